@@ -1,0 +1,40 @@
+package dev.moe.compiler.ir;
+
+/**
+ * The model-wide settings, checked and with defaults filled in.
+ *
+ * @param slidingWindow 0 when attention sees the whole context
+ */
+public record ModelConfig(
+        int vocab,
+        int context,
+        int dim,
+        int heads,
+        int kvHeads,
+        int headDim,
+        Norm norm,
+        Position position,
+        boolean causal,
+        boolean qkNorm,
+        boolean qkvBias,
+        int slidingWindow,
+        boolean tieEmbeddings) {
+
+    public enum NormKind { RMS, LAYER }
+
+    public record Norm(NormKind kind, double eps) {
+        /** Parameters of one norm over {@code width} features (LayerNorm has a bias too). */
+        public long params(long width) {
+            return kind == NormKind.LAYER ? 2 * width : width;
+        }
+    }
+
+    public enum PositionKind { ROPE, NONE }
+
+    /** @param fraction the share of each head's dimensions that rotate (partial rotary) */
+    public record Position(PositionKind kind, double theta, double fraction) {
+        public int rotaryDims(int headDim) {
+            return kind == PositionKind.NONE ? 0 : (int) Math.round(fraction * headDim);
+        }
+    }
+}

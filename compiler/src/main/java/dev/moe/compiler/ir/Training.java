@@ -1,0 +1,74 @@
+package dev.moe.compiler.ir;
+
+import java.util.List;
+import java.util.Map;
+import java.util.Optional;
+
+/** A checked {@code train} block: what to train, how, on what, in which stages. */
+public record Training(
+        String model,
+        Optimizer optimizer,
+        Schedule schedule,
+        int batch,
+        int globalBatch,
+        long steps,
+        long seed,
+        double gradClip,
+        Data data,
+        Map<String, String> domains,
+        List<Stage> stages) {
+    public Training {
+        domains = Map.copyOf(domains);
+        stages = List.copyOf(stages);
+    }
+
+    public record Optimizer(String kind, double lr, double beta1, double beta2, double eps, double weightDecay) {}
+
+    /** {@code constant}, or {@code cosine}/{@code linear} decay to {@code minLr} after {@code warmup} steps. */
+    public record Schedule(String kind, long warmup, double minLr) {}
+
+    /** Shares of each domain per batch; a single synthetic domain when the recipe gives none. */
+    public record Data(Map<String, Double> mixture) {
+        public Data {
+            mixture = Map.copyOf(mixture);
+        }
+    }
+
+    /**
+     * @param trainable name patterns of the parameters that train (empty = all)
+     * @param init where the stage starts from
+     */
+    public record Stage(String name, long steps, Optional<Data> data, List<String> trainable, Optional<Double> lr,
+            Optional<Schedule> schedule, Init init) {
+        public Stage {
+            trainable = List.copyOf(trainable);
+        }
+    }
+
+    /** Where a stage's weights come from. */
+    public sealed interface Init {
+        record Scratch() implements Init {}
+
+        record Previous() implements Init {}
+
+        record Checkpoint(String path) implements Init {}
+
+        /** Every expert a copy of the dense FFN, with optional relative noise. */
+        record Copy(String from, String model, double noise) implements Init {}
+
+        /** Expert j takes hidden units j*h/m..(j+1)*h/m of the dense FFN. */
+        record Split(String from, String model, int parts) implements Init {}
+
+        /** Several dense specialists' FFNs become experts; their attentions experts or averaged. */
+        record Merge(List<String> from, String model, String attention, boolean sharedKv) implements Init {}
+
+        /** Grow a smaller dense model into a wider or deeper one, function-preserving. */
+        record ScaleUp(String from, String model) implements Init {}
+
+        /** Add {@code add} experts (and router rows) to a trained MoE; old experts frozen. */
+        record Extend(String from, String model, int add) implements Init {}
+
+        /** Spawn {@code into} experts from expert {@code expert} with random masking. */
+        record Diversify(String from, String model, int expert, int into, double mask) implements Init {}
+    }
+}

@@ -1,0 +1,4 @@
+package dev.moe.dsl.ast;
+
+public sealed interface ModelMember extends Statement permits FfnDef, MoeDef, LayerPlan, Setting {
+}

@@ -1,0 +1,4 @@
+package dev.moe.dsl.ast;
+
+public sealed interface MoeMember extends Statement permits RouterBlock, Setting {
+}
