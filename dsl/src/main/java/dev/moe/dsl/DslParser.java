@@ -20,9 +20,13 @@ import org.antlr.v4.runtime.InputMismatchException;
 import org.antlr.v4.runtime.ListTokenSource;
 import org.antlr.v4.runtime.NoViableAltException;
 import org.antlr.v4.runtime.Parser;
+import org.antlr.v4.runtime.ParserRuleContext;
 import org.antlr.v4.runtime.RecognitionException;
 import org.antlr.v4.runtime.Recognizer;
 import org.antlr.v4.runtime.Token;
+import org.antlr.v4.runtime.atn.ATN;
+import org.antlr.v4.runtime.atn.ATNConfigSet;
+import org.antlr.v4.runtime.atn.ParserATNSimulator;
 import org.antlr.v4.runtime.atn.PredictionMode;
 import org.antlr.v4.runtime.misc.IntervalSet;
 import org.antlr.v4.runtime.misc.ParseCancellationException;
@@ -99,8 +103,7 @@ public final class DslParser {
             return new ParseResult(source, Optional.empty(), diagnostics.all());
         }
 
-        MoeParser parser = new MoeParser(tokens);
-        parser.removeErrorListeners();
+        MoeParser parser = newParser(tokens);
         MoeParser.StandaloneFileContext tree;
         try {
             // Fast path: SLL, give up at the first error.
@@ -122,6 +125,41 @@ public final class DslParser {
             return new ParseResult(source, Optional.empty(), diagnostics.all());
         }
         return build(source, tree, tokens, diagnostics);
+    }
+
+    /** A parser without console listeners whose syntax errors are reported where the input stops matching. */
+    private static MoeParser newParser(org.antlr.v4.runtime.TokenStream tokens) {
+        MoeParser parser = new MoeParser(tokens);
+        parser.removeErrorListeners();
+        parser.setInterpreter(new ExactErrorSimulator(parser));
+        return parser;
+    }
+
+    /**
+     * When no alternative of a decision matches the lookahead, ANTLR by default picks an alternative
+     * that leaves the current rule (judged by SLL's context-free lookahead) and lets the caller fail.
+     * That reports the error too early: in {@code const A = 2 +} it blames the {@code +} (as if an
+     * expression could not continue with {@code +}) instead of the missing operand at the end of the
+     * file, and it hides {@code +}, {@code -} and {@code (} from the exact expected sets. Instead,
+     * the decision is redone with full context, which either predicts the one alternative full LL
+     * would have taken, or fails at the token where the input really stops matching. Only the
+     * error path changes: on valid input this method is never called.
+     */
+    private static final class ExactErrorSimulator extends ParserATNSimulator {
+        ExactErrorSimulator(MoeParser parser) {
+            super(parser, parser.getATN(), parser.getInterpreter().decisionToDFA, parser.getInterpreter().getSharedContextCache());
+        }
+
+        @Override
+        protected int getSynValidOrSemInvalidAltThatFinishedDecisionEntryRule(ATNConfigSet configs, ParserRuleContext outerContext) {
+            if (!configs.fullCtx && _dfa != null && getPredictionMode() != PredictionMode.SLL) {
+                ParserRuleContext context = outerContext == null ? ParserRuleContext.EMPTY : outerContext;
+                ATNConfigSet start = computeStartState(_dfa.atnStartState, context, true);
+                // Throws NoViableAltException at the exact token, or returns full LL's prediction.
+                return execATNWithFullContext(_dfa, null, start, _input, _startIndex, context);
+            }
+            return ATN.INVALID_ALT_NUMBER;
+        }
     }
 
     private static ParseResult build(SourceFile source, MoeParser.StandaloneFileContext tree, CommonTokenStream tokens, Diagnostics diagnostics) {
@@ -241,13 +279,19 @@ public final class DslParser {
             return "number `" + text + "` is out of range (larger than the largest 64-bit float)";
         }
         boolean integer = !digits.contains(".") && !digits.contains("e") && !digits.contains("E");
-        if (integer && value > MAX_EXACT_INTEGER) {
+        if (integer && exceedsMaxExactInteger(digits)) {
             return "integer `" + text + "` is out of range (the largest is 2^53 = 9007199254740992)";
         }
         if (!integer && value == 0.0 && digits.chars().anyMatch(c -> c >= '1' && c <= '9') && exponentNegative(digits)) {
             return "number `" + text + "` is too small to represent (it rounds to 0)";
         }
         return null;
+    }
+
+    /** Compared on the digits: 2^53 + 1 rounds to 2^53 as a double and would pass a comparison of values. */
+    private static boolean exceedsMaxExactInteger(String digits) {
+        String significant = digits.replaceFirst("^0+(?=.)", "");
+        return significant.length() > 16 || Long.parseLong(significant) > (long) MAX_EXACT_INTEGER;
     }
 
     private static boolean exponentNegative(String digits) {
@@ -281,6 +325,8 @@ public final class DslParser {
         private boolean first = true;
         /** Start token of each top-level declaration that already has an error: one error each, no cascades. */
         private final java.util.Set<Integer> reportedDeclarations = new java.util.HashSet<>();
+        /** Bracket depth before each token, computed on the first cascade check. */
+        private int[] depthBefore;
 
         SyntaxErrorCollector(SourceFile source, List<Token> allTokens, Diagnostics diagnostics) {
             this.source = source;
@@ -296,7 +342,15 @@ public final class DslParser {
                 offending = nva.getOffendingToken();
             }
             Parser parser = (Parser) recognizer;
-            if (!reportedDeclarations.add(enclosingDeclaration(parser))) {
+            int declaration = enclosingDeclaration(parser);
+            int where = declaration >= 0 ? declaration : offending == null ? -1 : offending.getTokenIndex();
+            if (!first && where >= 0 && insideBlock(where)) {
+                // Recovery resynchronised inside a block that is still open (on `model` in
+                // `layers 4 { model: ... }`, or on the `}` that closes it) and took it for the
+                // start of a new declaration: a cascade of the error already reported.
+                return;
+            }
+            if (!reportedDeclarations.add(declaration)) {
                 return;
             }
             IntervalSet expected = null;
@@ -328,11 +382,32 @@ public final class DslParser {
             }
             diagnostics.error(Code.SYNTAX, source, span, "%s", message);
         }
+
+        /** Whether the token at {@code tokenIndex} lies inside braces, brackets or parentheses left open before it. */
+        private boolean insideBlock(int tokenIndex) {
+            if (depthBefore == null) {
+                depthBefore = new int[allTokens.size() + 1];
+                int depth = 0;
+                for (int i = 0; i < allTokens.size(); i++) {
+                    depthBefore[i] = depth;
+                    Token t = allTokens.get(i);
+                    if (t.getChannel() == Token.DEFAULT_CHANNEL) {
+                        switch (t.getType()) {
+                            case MoeLexer.LPAREN, MoeLexer.LBRACKET, MoeLexer.LBRACE -> depth++;
+                            case MoeLexer.RPAREN, MoeLexer.RBRACKET, MoeLexer.RBRACE -> depth = Math.max(0, depth - 1);
+                            default -> { }
+                        }
+                    }
+                }
+                depthBefore[allTokens.size()] = depth;
+            }
+            return tokenIndex < depthBefore.length && depthBefore[tokenIndex] > 0;
+        }
     }
 
     /** The start of the top-level declaration the parser is in (-1 between declarations). */
     private static int enclosingDeclaration(Parser parser) {
-        org.antlr.v4.runtime.ParserRuleContext ctx = parser.getContext();
+        ParserRuleContext ctx = parser.getContext();
         while (ctx != null && !(ctx instanceof MoeParser.TopLevelContext)) {
             ctx = ctx.getParent();
         }
@@ -384,8 +459,7 @@ public final class DslParser {
                 eof.setTokenIndex(prefix.size() + 1);
                 trial.add(eof);
             }
-            MoeParser parser = new MoeParser(new CommonTokenStream(new ListTokenSource(trial)));
-            parser.removeErrorListeners();
+            MoeParser parser = newParser(new CommonTokenStream(new ListTokenSource(trial)));
             parser.setErrorHandler(new BailErrorStrategy());
             parser.getInterpreter().setPredictionMode(PredictionMode.LL);
             try {

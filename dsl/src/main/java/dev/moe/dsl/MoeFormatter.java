@@ -147,13 +147,24 @@ public final class MoeFormatter {
 
     private String selector(Selector s) {
         return switch (s) {
-            case Selector.Index i -> expr(i.from()) + i.to().map(t -> ".." + expr(t)).orElse("");
+            case Selector.Index i -> indexStart(expr(i.from())) + i.to().map(t -> ".." + expr(t)).orElse("");
             case Selector.First f -> "first " + expr(f.count());
             case Selector.Every e -> "every " + expr(e.step()) + e.start().map(v -> " from " + expr(v)).orElse("");
             case Selector.Rest r -> "rest";
             case Selector.All a -> "all";
         };
     }
+
+    /**
+     * A layer index that starts with a soft word would read back as another selector: the index
+     * {@code (rest)} as {@code rest}, {@code (first) + 1} as {@code first +1}, {@code (every) - 2} as
+     * {@code every -2}. Such an index keeps parentheses.
+     */
+    private static String indexStart(String from) {
+        return SOFT_SELECTOR_START.matcher(from).lookingAt() ? "(" + from + ")" : from;
+    }
+
+    private static final java.util.regex.Pattern SOFT_SELECTOR_START = java.util.regex.Pattern.compile("(first|every|rest|all)(?![A-Za-z0-9_])");
 
     // ---- lines and blocks ----
 

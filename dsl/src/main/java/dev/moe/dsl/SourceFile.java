@@ -76,6 +76,9 @@ public final class SourceFile {
         if (Files.isDirectory(path)) {
             return failed(name, "`" + name + "` is a directory, not a .moe file", "give the path of a .moe file inside it");
         }
+        if (Files.exists(path) && !Files.isRegularFile(path)) {
+            return failed(name, "`" + name + "` is not a regular file", null);
+        }
         byte[] bytes;
         try {
             long size = Files.size(path);
@@ -83,7 +86,9 @@ public final class SourceFile {
                 return failed(name, String.format(Locale.ROOT, "file is too large (%,d bytes; the limit is %,d)", size, MAX_BYTES),
                         "a .moe file declares a model; data and weights belong in separate files");
             }
-            bytes = Files.readAllBytes(path);
+            try (var in = Files.newInputStream(path)) {
+                bytes = in.readNBytes(MAX_BYTES + 1); // bounded even if the size changed meanwhile
+            }
         } catch (NoSuchFileException e) {
             return failed(name, "no such file `" + name + "`", null);
         } catch (IOException | SecurityException e) {

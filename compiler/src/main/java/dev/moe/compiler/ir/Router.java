@@ -38,8 +38,8 @@ public record Router(
         /** Smallest set with probability mass at least {@code p}, at most {@code maxK} experts. */
         record TopP(double p, int maxK) implements Selection {}
 
-        /** Each expert picks its top tokens; {@code capacity} tokens per expert = factor * T * k / E. */
-        record ExpertChoice(int k) implements Selection {}
+        /** Each expert picks its top {@code factor * T / E} tokens: a token gets {@code factor} experts on average. */
+        record ExpertChoice(double factor) implements Selection {}
 
         /** Every expert, weighted by the router's probabilities (BAM's soft mixture). */
         record Soft() implements Selection {}
@@ -62,13 +62,7 @@ public record Router(
 
     public enum DropPolicy { PROBABILITY, POSITION, RANDOM }
 
-    /** How many experts a token runs: fixed for top-k; for top-p between 1 and max_k. */
-    public int minK() {
-        return switch (selection) {
-            case Selection.TopK t -> t.k();
-            case Selection.TopP p -> 1;
-            case Selection.ExpertChoice e -> e.k();
-            case Selection.Soft s -> -1;
-        };
+    public boolean isTopK(int k) {
+        return selection instanceof Selection.TopK t && t.k() == k;
     }
 }
