@@ -1,0 +1,106 @@
+package dev.moe.compiler;
+
+import static com.google.common.truth.Truth.assertThat;
+
+import dev.moe.compiler.ir.Count;
+import dev.moe.compiler.ir.Model;
+import dev.moe.compiler.ir.Param;
+import dev.moe.dsl.SourceFile;
+import java.nio.file.Path;
+import org.junit.jupiter.api.Test;
+
+/** Parameter, active-parameter and FLOP counts, checked against counts done by hand. */
+class ParameterCountTest {
+    static Model compileOne(String text) {
+        var r = MoeCompiler.compile(new SourceFile("t.moe", text));
+        assertThat(r.diagnostics().stream().filter(d -> d.isError()).toList()).isEmpty();
+        return r.orThrow().models().getFirst();
+    }
+
+    @Test
+    void deepSeekMoeRecipeMatchesHandCount() {
+        Model m = MoeCompiler.compile(Path.of("../recipes/deepseek-moe.moe")).orThrow().models().getFirst();
+        long d = 128;
+        long vocab = 256;
+        long headDim = 128 / 4;
+        long attention = d * (4 * headDim) + 2 * d * (2 * headDim) + (4 * headDim) * d; // q, k, v, o
+        long norms = 2 * d;
+        long dense = 3 * d * 512; // swiglu: gate, up, down
+        long expert = 3 * d * 64; // one fine-grained expert
+        long router = 16 * d;
+        long moeLayer = attention + norms + router + 2 * expert + 16 * expert;
+        long total = vocab * d /* embed */ + (attention + norms + dense) + 5 * moeLayer + d /* final norm */ + vocab * d /* head */;
+        assertThat(m.totalParams()).isEqualTo(total);
+        assertThat(total).isEqualTo(2_780_800L);
+
+        long moeActive = attention + norms + router + 2 * expert + 4 * expert; // shared 2 + top-4
+        long active = vocab * d + (attention + norms + dense) + 5 * moeActive + d + vocab * d;
+        assertThat(m.activeParams()).isEqualTo(Count.exactly(active));
+        assertThat(active).isEqualTo(1_306_240L);
+
+        // FLOPs: 2 per weight used except the embedding lookup, plus 4 * heads * head_dim * context for attention.
+        long flops = 2 * (active - vocab * d) + 6 * 4 * 4 * headDim * 256;
+        assertThat(m.flopsPerToken()).isEqualTo(Count.exactly(flops));
+        assertThat(m.params().stream().filter(p -> p.kind() != Param.Kind.BUFFER).mapToLong(Param::numel).sum()).isEqualTo(total);
+    }
+
+    @Test
+    void zeroComputeExpertsMakeActiveCountsARange() {
+        Model m = compileOne("""
+                model M {
+                  vocab 10  context 8  dim 4  heads 1
+                  moe mix {
+                    routed 2 x relu(hidden: 8)
+                    routed 1 x zero
+                    routed 1 x constant
+                    router { top_k 2 }
+                  }
+                  layers 1 { all: attention, mix }
+                  tie_embeddings true
+                }
+                """);
+        long ffn = 2 * 4 * 8; // relu: up, down
+        long constant = 4 + 2 * 4; // vector v and the 2-way mix W_c
+        long fixed = 10 * 4 + 4 + 4 * 4 * 4 + 2 * 4 + 4 * 4; // embed, final norm, attention, 2 norms, router
+        assertThat(m.activeParams().min()).isEqualTo(fixed + constant); // zero + constant
+        assertThat(m.activeParams().max()).isEqualTo(fixed + 2 * ffn); // both FFN experts
+        assertThat(m.activeParams().expected()).isWithin(1e-9).of(fixed + 2 * (2 * ffn + constant) / 4.0);
+        assertThat(m.totalParams()).isEqualTo(fixed + 2 * ffn + constant);
+    }
+
+    @Test
+    void topPRangesFromOneToMaxK() {
+        Model m = compileOne("""
+                model M {
+                  vocab 10  context 8  dim 4  heads 1  tie_embeddings true
+                  moe p {
+                    routed 8 x relu(hidden: 4)
+                    router { top_p 0.5  max_k 3 }
+                    balance entropy(coef: 0.01)
+                  }
+                  layers 1 { all: attention, p }
+                }
+                """);
+        long expert = 2 * 4 * 4;
+        long fixed = 10 * 4 + 4 + 4 * 4 * 4 + 2 * 4 + 8 * 4;
+        assertThat(m.activeParams()).isEqualTo(new Count(fixed + expert, fixed + 3 * expert, fixed + 3 * expert));
+    }
+
+    @Test
+    void expertBiasIsABufferNotAParameter() {
+        Model m = compileOne("""
+                model M {
+                  vocab 10  context 8  dim 4  heads 1  tie_embeddings true
+                  moe b {
+                    routed 4 x relu(hidden: 4)
+                    router { score sigmoid  top_k 1  bias aux_free(rate: 0.001) }
+                  }
+                  layers 1 { all: attention, b }
+                }
+                """);
+        assertThat(m.params().stream().filter(p -> p.name().equals("layers.0.moe.router.expert_bias")).findFirst().orElseThrow().kind())
+                .isEqualTo(Param.Kind.BUFFER);
+        long withoutBias = m.params().stream().filter(p -> p.kind() != Param.Kind.BUFFER).mapToLong(Param::numel).sum();
+        assertThat(m.totalParams()).isEqualTo(withoutBias);
+    }
+}
