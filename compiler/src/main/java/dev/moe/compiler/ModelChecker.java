@@ -145,9 +145,10 @@ final class ModelChecker {
         boolean localTwice = (ffns.containsKey(name) && ffns.get(name).source() == d.source() && !program.ffns.containsKey(name))
                 || (moes.containsKey(name) && moes.get(name).source() == d.source() && !program.moes.containsKey(name));
         if (outer.isPresent() || localTwice) {
-            Span first = outer.map(Declared::span).orElseGet(() -> ffns.containsKey(name) ? ffns.get(name).span() : moes.get(name).span());
+            Declared<? extends dev.moe.dsl.ast.Node> first = outer.isPresent() ? outer.get()
+                    : ffns.containsKey(name) ? ffns.get(name) : moes.get(name);
             var diag = reporter.error(Code.DUPLICATE_NAME, d.source(), span, "`%s` is already declared", name);
-            reporter.note(diag, "first declared at line " + first.line());
+            reporter.note(diag, "first declared at " + first.source().name() + ":" + first.span().line() + ":" + first.span().column());
             return;
         }
         table.put(name, d);
@@ -243,6 +244,9 @@ final class ModelChecker {
         if (!resolving.add(def)) {
             var d = reporter.error(Code.CYCLIC_CONSTANT, def.source(), def.node().name().span(), "ffn `%s` is defined in terms of itself",
                     def.node().name().text());
+            List<String> cycle = new ArrayList<>(resolving.stream().map(x -> x.node().name().text()).toList());
+            cycle = cycle.subList(cycle.indexOf(def.node().name().text()), cycle.size());
+            reporter.note(d, "cycle: " + String.join(" -> ", cycle) + " -> " + def.node().name().text());
             return Optional.empty();
         }
         Value v = evaluator.eval(def.node().value(), def.source());
@@ -394,8 +398,6 @@ final class ModelChecker {
                 }
             }
         }
-        // Keep declaration order (shared and routed interleaved as written) for naming.
-        groups.sort((a, b) -> 0);
         if (map.all("routed").isEmpty() && map.all("shared").isEmpty()) {
             var d = reporter.error(Code.NO_EXPERTS, src, moe.name().span(), "moe `%s` declares no experts", moe.name().text());
             reporter.help(d, "add a group such as `routed 8 x swiglu(hidden: 256)`");
@@ -405,10 +407,21 @@ final class ModelChecker {
                     moe.name().text());
             reporter.note(d, "feed-forward experts start at line " + firstFeedForward.line());
         }
-        int routed = groups.stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).mapToInt(ExpertGroup::count).sum();
+        // Count routed experts from the declaration, so that a group with a bad kind still counts; when
+        // a count itself is bad, checks against the count are skipped (routed = -1).
+        int routed = 0;
+        for (Value v : map.all("routed")) {
+            if (routed >= 0 && v instanceof Value.Repeat rep && rep.count() instanceof Value.Num n && n.integral() && n.value() >= 1
+                    && n.value() <= Integer.MAX_VALUE) {
+                routed += (int) n.value();
+            } else {
+                routed = -1;
+            }
+        }
         boolean hasRoutedDeclared = !map.all("routed").isEmpty();
 
         List<Router> routers = new ArrayList<>();
+        int routersFailed = 0;
         Map<String, Span> routerNames = new HashMap<>();
         for (RouterBlock rb : routerBlocks) {
             if (rb.name().isPresent()) {
@@ -419,7 +432,9 @@ final class ModelChecker {
                 }
                 routerNames.put(n, rb.name().get().span());
             }
-            router(rb, bound, src, routed, hasRoutedDeclared).ifPresent(routers::add);
+            Optional<Router> built = router(rb, bound, src, routed, hasRoutedDeclared);
+            built.ifPresent(routers::add);
+            routersFailed += built.isEmpty() ? 1 : 0;
         }
         if (routerBlocks.size() > 1) {
             for (RouterBlock rb : routerBlocks) {
@@ -442,7 +457,8 @@ final class ModelChecker {
 
         List<Loss> losses = new ArrayList<>();
         boolean zeroCompute = groups.stream().anyMatch(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert().zeroCompute());
-        boolean topP = routers.stream().anyMatch(r -> r.selection() instanceof Router.Selection.TopP);
+        // A router that failed may well have been meant as top-p: do not add an entropy error to its own.
+        boolean topP = routersFailed > 0 || routers.stream().anyMatch(r -> r.selection() instanceof Router.Selection.TopP);
         for (Value v : map.all("balance")) {
             loss(v, routed, zeroCompute, topP).ifPresent(losses::add);
         }
@@ -475,6 +491,13 @@ final class ModelChecker {
             }
         } else if (spec instanceof Value.Call c && EXPERT_CALLS.contains(c.callee())) {
             expert = special(c, cfg);
+        } else if (spec instanceof Value.Call c && !ACTIVATIONS.containsKey(c.callee())) {
+            Set<String> words = new LinkedHashSet<>(EXPERT_WORDS);
+            words.addAll(EXPERT_CALLS);
+            words.addAll(ACTIVATIONS.keySet());
+            Value.Word callee = new Value.Word(c.calleeSpan(), c.source(), c.callee());
+            unknownName(callee, "expert kind", ffns.keySet(), words);
+            return Optional.empty();
         } else {
             if (spec instanceof Value.Word w && !ACTIVATIONS.containsKey(w.name()) && !ffns.containsKey(w.name()) && !moes.containsKey(w.name())) {
                 Set<String> words = new LinkedHashSet<>(EXPERT_WORDS);
@@ -611,7 +634,7 @@ final class ModelChecker {
             case "token_choice" -> {
                 if (map.has("top_k") && map.has("top_p")) {
                     conflict(src, map.keySpan("top_p").orElseThrow(), "`top_k` and `top_p` exclude each other");
-                } else if (!map.has("top_k") && !map.has("top_p")) {
+                } else if (!map.has("top_k") && !map.has("top_p") && !map.hadUnknown()) {
                     var d = reporter.error(Code.MISSING_SETTING, src, where, "%s needs `top_k` or `top_p`", block);
                     reporter.help(d, "add `top_k 2`, or `top_p 0.5` with `max_k 4`");
                 }
@@ -674,7 +697,9 @@ final class ModelChecker {
         if (map.get("groups").isPresent()) {
             Value gv = map.get("groups").get();
             Optional<Value.Call> c = read.callOf(gv, "groups", List.of("limited", "quota"));
-            if (c.isPresent() && c.get().callee().equals("limited")) {
+            if (routed <= 0) {
+                // the expert count is unknown or invalid (reported): nothing to check the groups against
+            } else if (c.isPresent() && c.get().callee().equals("limited")) {
                 Optional<Args> args = read.args(c.get(), List.of("groups", "top"), List.of(), List.of());
                 OptionalInt g = args.map(a -> read.positive(a.required("groups"), "groups")).orElse(OptionalInt.empty());
                 OptionalInt t = args.map(a -> read.positive(a.required("top"), "top")).orElse(OptionalInt.empty());
@@ -838,6 +863,7 @@ final class ModelChecker {
         int n = count.getAsInt();
         LayerEntry[] owner = new LayerEntry[n];
         List<LayerEntry> restEntries = new ArrayList<>();
+        int beforeSelectors = reporter.errorCount();
         for (LayerEntry e : plan.entries()) {
             if (e.selector() instanceof Selector.Rest) {
                 if (!restEntries.isEmpty()) {
@@ -877,7 +903,8 @@ final class ModelChecker {
                 missing.add(i);
             }
         }
-        if (!missing.isEmpty()) {
+        // A selector that failed covers nothing: the gap it leaves is not a second mistake.
+        if (!missing.isEmpty() && reporter.errorCount() == beforeSelectors) {
             var d = reporter.error(Code.LAYER_NOT_COVERED, src, new Span(plan.span().line(), plan.span().column(), plan.span().line(),
                     plan.span().column() + 6), "layer%s %s of %d not covered by the plan", missing.size() > 1 ? "s" : "", ranges(missing), n);
             reporter.help(d, "add an entry for them, or end the plan with `rest: attention, <ffn>`");
@@ -915,7 +942,9 @@ final class ModelChecker {
             seenMoe |= ffnMoe.isPresent();
             seenMixerMoe |= mixerMoe.isPresent();
         }
-        if (reporter.errorCount() != before) {
+        // A block can be empty without a new error here: its definition's error was reported where it
+        // is declared (an invalid ffn, a cyclic constant).
+        if (reporter.errorCount() != before || blocks.values().stream().anyMatch(Optional::isEmpty)) {
             return List.of();
         }
         List<Layer> layers = new ArrayList<>();
@@ -1127,9 +1156,9 @@ final class ModelChecker {
             Optional<Value.Call> call = v instanceof Value.Call c ? Optional.of(c) : Optional.empty();
             return instantiate(moes.get(name), call, cfg, v.span(), v.source()).map(Block.Part.MoePart::new);
         }
-        Set<String> candidates = new TreeMap<String, Boolean>().keySet();
         Set<String> all = new LinkedHashSet<>(ffns.keySet());
         all.addAll(moes.keySet());
+        all.addAll(ACTIVATIONS.keySet());
         all.add("attention");
         var d = reporter.error(Code.UNKNOWN_NAME, v, "unknown ffn or moe `%s`", name);
         Reporter.closest(name, all).ifPresent(c -> reporter.help(d, "did you mean `" + c + "`?"));

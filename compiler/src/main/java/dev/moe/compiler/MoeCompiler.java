@@ -42,6 +42,7 @@ public final class MoeCompiler {
         Evaluator evaluator = new Evaluator(reporter, program.constants);
         evaluator.checkAllConstants();
         Read read = new Read(reporter);
+        read.constants(program.constants.keySet());
         ModelChecker models = new ModelChecker(program, evaluator, read);
         models.checkFreeDefinitions();
 

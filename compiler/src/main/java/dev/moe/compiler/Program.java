@@ -110,7 +110,8 @@ final class Program {
         }
         if (!Files.isRegularFile(target)) {
             var d = reporter.error(Code.IMPORT_NOT_FOUND, from, i.path().span(), "cannot import \"%s\": no such file", relative);
-            reporter.note(d, "looked for " + target);
+            Path shown = Path.of(from.name()).getParent() == null ? Path.of(relative) : Path.of(from.name()).getParent().resolve(relative).normalize();
+            reporter.note(d, "looked for " + shown);
             return;
         }
         Path canonical = canonical(target).orElse(target);

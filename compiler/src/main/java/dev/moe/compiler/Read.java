@@ -22,9 +22,15 @@ import java.util.function.Function;
  */
 final class Read {
     private final Reporter reporter;
+    private java.util.Collection<String> constants = List.of();
 
     Read(Reporter reporter) {
         this.reporter = reporter;
+    }
+
+    /** The constants in scope, to suggest one when a name stands where a number belongs. */
+    void constants(java.util.Collection<String> names) {
+        this.constants = names;
     }
 
     Reporter reporter() {
@@ -127,6 +133,12 @@ final class Read {
         if (v instanceof Value.Invalid) {
             return;
         }
+        if (v instanceof Value.Word w && (expected.startsWith("an integer") || expected.startsWith("a number"))) {
+            // A name where a number belongs is almost always a misspelt constant.
+            var d = reporter.error(Code.UNKNOWN_NAME, v, "unknown constant `%s` (`%s` must be %s)", w.name(), what, expected);
+            Reporter.closest(w.name(), constants).ifPresent(c -> reporter.help(d, "did you mean `" + c + "`?"));
+            return;
+        }
         reporter.error(Code.WRONG_TYPE, v, "`%s` must be %s, found %s", what, expected, v.kind());
     }
 
@@ -198,8 +210,9 @@ final class Read {
             values.put(name, a.value());
             spans.put(name, span);
         }
+        boolean misspelt = !ok;
         for (String r : required) {
-            if (!values.containsKey(r)) {
+            if (!values.containsKey(r) && !misspelt) {
                 reporter.error(Code.BAD_ARGUMENTS, call.source(), call.calleeSpan(), "`%s` needs the argument `%s`", call.callee(), r);
                 ok = false;
             }
@@ -252,6 +265,7 @@ final class Read {
             Function<Setting, Value> eval) {
         Map<String, List<Setting>> byKey = new LinkedHashMap<>();
         Map<String, List<Value>> values = new LinkedHashMap<>();
+        boolean unknown = false;
         for (Setting s : settings) {
             String key = s.key().text();
             SourceFile source = null;
@@ -262,6 +276,7 @@ final class Read {
                 if (hint != null) {
                     reporter.help(d, hint);
                 }
+                unknown = true;
                 continue;
             }
             List<Setting> earlier = byKey.computeIfAbsent(key, k -> new ArrayList<>());
@@ -274,10 +289,16 @@ final class Read {
             earlier.add(s);
             values.computeIfAbsent(key, k -> new ArrayList<>()).add(evaluated);
         }
-        return new SettingMap(byKey, values);
+        return new SettingMap(byKey, values, unknown);
     }
 
-    record SettingMap(Map<String, List<Setting>> settings, Map<String, List<Value>> values) {
+    record SettingMap(Map<String, List<Setting>> settings, Map<String, List<Value>> values, boolean hadUnknown) {
+        /** Whether a key of this block was unknown (a typo): checks for missing keys then stay quiet. */
+        @Override
+        public boolean hadUnknown() {
+            return hadUnknown;
+        }
+
         Optional<Value> get(String key) {
             List<Value> v = values.get(key);
             return v == null || v.isEmpty() ? Optional.empty() : Optional.of(v.getFirst());

@@ -37,7 +37,7 @@ final class TrainChecker {
     static final Set<String> TRAIN_KEYS = Set.of("optimizer", "schedule", "batch", "global_batch", "steps", "seed", "grad_clip", "data");
     static final Set<String> STAGE_KEYS = Set.of("steps", "data", "trainable", "lr", "schedule", "init");
     /** Domains of the embedded synthetic corpus (generated, no files needed). */
-    static final Set<String> SYNTHETIC_DOMAINS = Set.of("synthetic", "arithmetic", "copy", "markov", "reverse", "sort");
+    static final Set<String> SYNTHETIC_DOMAINS = Set.of("synthetic", "arithmetic", "brackets", "copy", "lookup", "markov", "reverse", "sort");
 
     private final Program program;
     private final Evaluator evaluator;
@@ -92,11 +92,12 @@ final class TrainChecker {
         SettingMap map = read.settings(settings, "train `" + modelName + "`", TRAIN_KEYS, Set.of(), s -> evaluator.eval(s.value(), src));
         Training.Optimizer optimizer = optimizer(map.get("optimizer"));
         Training.Schedule schedule = map.get("schedule").flatMap(this::schedule).orElse(new Training.Schedule("constant", 0, 0));
-        int batch = map.get("batch").map(v -> read.positive(v, "batch")).orElse(OptionalInt.of(8)).orElse(8);
+        OptionalInt batchValue = map.get("batch").map(v -> read.positive(v, "batch")).orElse(OptionalInt.of(8));
+        int batch = batchValue.orElse(8);
         int globalBatch = batch;
         if (map.get("global_batch").isPresent()) {
             OptionalInt g = read.positive(map.get("global_batch").get(), "global_batch");
-            if (g.isPresent() && g.getAsInt() % batch != 0) {
+            if (g.isPresent() && batchValue.isPresent() && g.getAsInt() % batch != 0) {
                 var d = reporter.error(Code.GLOBAL_BATCH_MULTIPLE, map.get("global_batch").get(), "`global_batch` (%d) is not a multiple of `batch` (%d)",
                         g.getAsInt(), batch);
                 reporter.help(d, "each step accumulates global_batch / batch micro-batches");
@@ -424,7 +425,8 @@ final class TrainChecker {
                 }
                 Optional<String> from = read.string(args.get().required("from"), "from");
                 boolean mustBeDense = !c.callee().equals("extend") && !c.callee().equals("diversify");
-                Optional<Model> source = sourceModel(args.get().required("model"), target, mustBeDense);
+                Optional<Model> source = c.callee().equals("scale_up") ? grownFrom(args.get().required("model"), target)
+                        : sourceModel(args.get().required("model"), target, mustBeDense);
                 if (from.isEmpty() || source.isEmpty()) {
                     return Optional.empty();
                 }
@@ -518,7 +520,7 @@ final class TrainChecker {
             if (t.vocab() != c.vocab()) {
                 differ.add("vocab " + c.vocab() + " vs " + t.vocab());
             }
-            if (t.dim() != c.dim() && !(v instanceof Value.Word && false)) {
+            if (t.dim() != c.dim()) {
                 differ.add("dim " + c.dim() + " vs " + t.dim());
             }
             if (t.heads() != c.heads()) {
@@ -527,12 +529,41 @@ final class TrainChecker {
             if (target.get().layers().size() != s.layers().size()) {
                 differ.add("layers " + s.layers().size() + " vs " + target.get().layers().size());
             }
-            boolean scaleUp = false;
-            if (!differ.isEmpty() && !scaleUp) {
+            if (!differ.isEmpty()) {
                 var d = reporter.error(Code.UPCYCLE_SHAPE, v, "model `%s` does not fit `%s`: %s", w.name(), target.get().name(), String.join(", ", differ));
                 reporter.note(d, "upcycling keeps vocab, dim, heads and the layer count (scale-up grows them in a stage of its own)");
                 return Optional.empty();
             }
+        }
+        return source;
+    }
+
+    /** The source of a scale-up: dense, the same vocabulary, and no larger than the target in any dimension. */
+    private Optional<Model> grownFrom(Value v, Optional<Model> target) {
+        Optional<Model> source = sourceModel(v, Optional.empty(), true);
+        if (source.isEmpty() || target.isEmpty()) {
+            return source;
+        }
+        var s = source.get().config();
+        var t = target.get().config();
+        List<String> shrinks = new ArrayList<>();
+        if (s.vocab() != t.vocab()) {
+            shrinks.add("vocab " + s.vocab() + " vs " + t.vocab());
+        }
+        if (s.dim() > t.dim()) {
+            shrinks.add("dim " + s.dim() + " > " + t.dim());
+        }
+        if (s.heads() > t.heads()) {
+            shrinks.add("heads " + s.heads() + " > " + t.heads());
+        }
+        if (source.get().layers().size() > target.get().layers().size()) {
+            shrinks.add("layers " + source.get().layers().size() + " > " + target.get().layers().size());
+        }
+        if (!shrinks.isEmpty()) {
+            var d = reporter.error(Code.UPCYCLE_SHAPE, v, "`scale_up` grows a model; `%s` is not smaller than `%s`: %s", source.get().name(),
+                    target.get().name(), String.join(", ", shrinks));
+            reporter.note(d, "scale-up keeps the vocabulary and may only grow dim, heads and layers");
+            return Optional.empty();
         }
         return source;
     }

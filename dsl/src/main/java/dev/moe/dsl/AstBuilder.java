@@ -144,8 +144,20 @@ final class AstBuilder {
             case MoeParser.EverySelectorContext c -> new Selector.Every(span(c), expr(c.step), Optional.ofNullable(c.start).map(this::expr));
             case MoeParser.RestSelectorContext c -> new Selector.Rest(span(c));
             case MoeParser.AllSelectorContext c -> new Selector.All(span(c));
-            case MoeParser.IndexSelectorContext c -> new Selector.Index(span(c), expr(c.from), Optional.ofNullable(c.to).map(this::expr));
+            case MoeParser.IndexSelectorContext c -> new Selector.Index(span(c), bound(c.from), Optional.ofNullable(c.to).map(this::bound));
             default -> throw new IllegalStateException("unhandled selector " + ctx.getClass().getSimpleName());
+        };
+    }
+
+    private Expr bound(MoeParser.SelectorBoundContext ctx) {
+        return switch (ctx) {
+            case MoeParser.NumberBoundContext c -> {
+                String text = c.NUMBER().getText();
+                yield new Expr.NumberLit(span(c), text, Double.parseDouble(text.replace("_", "")));
+            }
+            case MoeParser.NameBoundContext c -> new Expr.Ref(span(c), c.identifier().getText());
+            case MoeParser.ExpressionBoundContext c -> expr(c.expression());
+            default -> throw new IllegalStateException("unhandled selector bound " + ctx.getClass().getSimpleName());
         };
     }
 
@@ -268,18 +280,32 @@ final class AstBuilder {
         return new Trivia(leading, trailing, blankLine);
     }
 
-    /** Unclaimed comments between the previous grammar token and {@code index}. */
+    /**
+     * Unclaimed comments between the previous grammar token and {@code index}. A blank line between
+     * two of them, or between the last and the token at {@code index}, is kept as an empty string,
+     * so that {@code moe fmt} keeps a header comment apart from the declaration below it.
+     */
     private List<String> commentsBefore(int index) {
         int first = index;
         while (first > 0 && tokens.get(first - 1).getChannel() != Token.DEFAULT_CHANNEL) {
             first--;
         }
         List<String> comments = new ArrayList<>();
+        Token previous = null;
         for (int i = first; i < index; i++) {
-            if (isComment(tokens.get(i)) && !claimed[i]) {
+            Token t = tokens.get(i);
+            if (isComment(t) && !claimed[i]) {
                 claimed[i] = true;
-                comments.add(tokens.get(i).getText());
+                if (previous != null && t.getLine() - endLine(previous) >= 2) {
+                    comments.add("");
+                }
+                comments.add(t.getText());
+                previous = t;
             }
+        }
+        if (previous != null && index < tokens.size() && tokens.get(index).getType() != Token.EOF
+                && tokens.get(index).getType() != MoeLexer.RBRACE && tokens.get(index).getLine() - endLine(previous) >= 2) {
+            comments.add("");
         }
         return comments;
     }

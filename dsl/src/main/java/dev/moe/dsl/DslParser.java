@@ -282,7 +282,7 @@ public final class DslParser {
         if (integer && exceedsMaxExactInteger(digits)) {
             return "integer `" + text + "` is out of range (the largest is 2^53 = 9007199254740992)";
         }
-        if (!integer && value == 0.0 && digits.chars().anyMatch(c -> c >= '1' && c <= '9') && exponentNegative(digits)) {
+        if (!integer && value == 0.0 && mantissa(digits).chars().anyMatch(c -> c >= '1' && c <= '9') && exponentNegative(digits)) {
             return "number `" + text + "` is too small to represent (it rounds to 0)";
         }
         return null;
@@ -292,6 +292,12 @@ public final class DslParser {
     private static boolean exceedsMaxExactInteger(String digits) {
         String significant = digits.replaceFirst("^0+(?=.)", "");
         return significant.length() > 16 || Long.parseLong(significant) > (long) MAX_EXACT_INTEGER;
+    }
+
+    /** The digits before the exponent: `0e-9` is zero, written exactly, not a value that underflows. */
+    private static String mantissa(String digits) {
+        int e = Math.max(digits.indexOf('e'), digits.indexOf('E'));
+        return e < 0 ? digits : digits.substring(0, e);
     }
 
     private static boolean exponentNegative(String digits) {
@@ -327,6 +333,8 @@ public final class DslParser {
         private final java.util.Set<Integer> reportedDeclarations = new java.util.HashSet<>();
         /** Bracket depth before each token, computed on the first cascade check. */
         private int[] depthBefore;
+        /** Index of the token the last reported error was found at. */
+        private int lastReportedToken = -1;
 
         SyntaxErrorCollector(SourceFile source, List<Token> allTokens, Diagnostics diagnostics) {
             this.source = source;
@@ -350,9 +358,15 @@ public final class DslParser {
                 // start of a new declaration: a cascade of the error already reported.
                 return;
             }
+            if (!first && declaration >= 0 && declaration == lastReportedToken && !startsLine(declaration)) {
+                // Recovery restarted at the very token just reported, in the middle of a line
+                // (`ffn model = ...`): a misused keyword, not a new declaration.
+                return;
+            }
             if (!reportedDeclarations.add(declaration)) {
                 return;
             }
+            lastReportedToken = offending == null ? -1 : offending.getTokenIndex();
             IntervalSet expected = null;
             if (first && offending != null) {
                 try {
@@ -381,6 +395,18 @@ public final class DslParser {
                 message = "found " + found + ", expected one of: " + String.join(", ", names);
             }
             diagnostics.error(Code.SYNTAX, source, span, "%s", message);
+        }
+
+        /** Whether the token at {@code tokenIndex} is the first grammar token on its line. */
+        private boolean startsLine(int tokenIndex) {
+            Token token = allTokens.get(tokenIndex);
+            for (int i = tokenIndex - 1; i >= 0; i--) {
+                Token t = allTokens.get(i);
+                if (t.getChannel() == Token.DEFAULT_CHANNEL) {
+                    return t.getLine() < token.getLine();
+                }
+            }
+            return true;
         }
 
         /** Whether the token at {@code tokenIndex} lies inside braces, brackets or parentheses left open before it. */

@@ -64,7 +64,7 @@ public final class MoeFormatter {
                 out.append('\n');
             }
             for (String c : file.trailingComments()) {
-                out.append(c).append('\n');
+                comment(0, c);
             }
         }
     }
@@ -166,13 +166,26 @@ public final class MoeFormatter {
 
     private static final java.util.regex.Pattern SOFT_SELECTOR_START = java.util.regex.Pattern.compile("(first|every|rest|all)(?![A-Za-z0-9_])");
 
+    /** A bound of a layer range: a number or name as is, anything else in parentheses. */
+    private String bound(Expr e) {
+        return e instanceof Expr.NumberLit || e instanceof Expr.Ref ? expr(e) : "(" + expr(e) + ")";
+    }
+
     // ---- lines and blocks ----
 
     private void leading(int depth, Statement s) {
         for (String c : s.trivia().leadingComments()) {
-            indent(depth);
-            out.append(c).append('\n');
+            comment(depth, c);
         }
+    }
+
+    /** A comment on its own line; an empty string stands for a blank line between comments. */
+    private void comment(int depth, String c) {
+        if (!c.isEmpty()) {
+            indent(depth);
+            out.append(c);
+        }
+        out.append('\n');
     }
 
     private void line(int depth, Statement s, String text) {
@@ -194,8 +207,7 @@ public final class MoeFormatter {
             out.append('\n');
         }
         for (String c : closingComments) {
-            indent(depth + 1);
-            out.append(c).append('\n');
+            comment(depth + 1, c);
         }
         indent(depth);
         out.append('}');

@@ -50,7 +50,15 @@ selector
     | EVERY step=expression (FROM start=expression)?                   #everySelector
     | REST                                                             #restSelector
     | ALL                                                              #allSelector
-    | from=expression ('..' to=expression)?                            #indexSelector
+    | from=selectorBound ('..' to=selectorBound)?                      #indexSelector
+    ;
+
+// A number, a constant, or a parenthesised expression: `2..(N - 1)`. Keeping calls out of selectors
+// means a missing comma in `all: attention swiglu(...)` is reported where it is, not a line later.
+selectorBound
+    : NUMBER                                                           #numberBound
+    | identifier                                                       #nameBound
+    | '(' expression ')'                                               #expressionBound
     ;
 
 moeMember

@@ -50,7 +50,8 @@ public enum Code {
             """),
     NUMBER_OUT_OF_RANGE(8, "number out of range", """
             A number literal must be finite as a 64-bit float, and an integer literal at most 2^53
-            (9007199254740992), the largest integer a 64-bit float holds exactly.
+            (9007199254740992), the largest integer a 64-bit float holds exactly. Arithmetic on
+            constants whose result overflows is reported the same way.
             """),
     EMPTY_FILE(9, "file declares nothing", """
             The file holds no declaration (only whitespace or comments). A .moe file declares at
@@ -63,16 +64,19 @@ public enum Code {
 
     // ---- 01xx: names and values ----
     UNKNOWN_NAME(101, "unknown name", """
-            A name refers to nothing declared: no constant, ffn, moe or model of that name is visible
-            here (in this file or the files it imports). The nearest declared name is suggested.
+            A name refers to nothing declared: no constant, ffn, moe, model or expert kind of that
+            name is visible here (in this file or the files it imports). A name standing where a
+            number belongs is taken for a misspelt constant. The nearest declared name is suggested.
 
                 ffn dense = swiglu(hidden: 512)
                 model M { ... layers 2 { all: attention, dnese } }   // error: did you mean `dense`?
             """),
     DUPLICATE_NAME(102, "duplicate name", """
-            Two declarations of the same kind share a name in one scope (constants, ffn and moe
-            definitions, models, stages, routers of one MoE, parameters of one MoE definition).
-            Names are unique so that every reference is unambiguous.
+            Two declarations share a name in one scope. All top-level names of a file and its imports
+            (constants, ffn and moe definitions, models) share one namespace, and a model's own
+            definitions may not reuse them; stages of a train block, data domains (the built-in
+            synthetic ones included), routers of one MoE and parameters of one moe definition are
+            unique too. Names are unique so that every reference is unambiguous.
             """),
     UNKNOWN_SETTING(103, "unknown setting", """
             The key is not a setting of this block. Each block has its own vocabulary (model,
@@ -85,7 +89,9 @@ public enum Code {
             """),
     MISSING_SETTING(105, "missing setting", """
             A block lacks a setting it needs. A model needs `vocab`, `context`, `dim`, `heads` and a
-            `layers` plan; a stage needs `steps`; a train block needs `steps` unless it has stages.
+            `layers` plan; a token-choice router needs `top_k` or `top_p`; an expert-choice router
+            needs `capacity factor(c)`; a stage needs `steps`; a train block needs `steps` unless it
+            has stages.
             """),
     WRONG_TYPE(106, "value of the wrong kind", """
             The value does not have the kind the setting takes: an integer where a count is needed, a
@@ -109,11 +115,14 @@ public enum Code {
             """),
     OUT_OF_RANGE(110, "value out of range", """
             The value has the right kind but lies outside what the setting allows: counts and sizes
-            are positive, probabilities lie in (0, 1], coefficients are non-negative, eps is
-            positive. The message gives the allowed range.
+            are positive, probabilities and mixture shares lie in (0, 1], coefficients are
+            non-negative, eps is positive. The message gives the allowed range. Division by zero in
+            a constant expression, and a train block whose `steps` differs from its stages' total,
+            are reported with this code too.
             """),
-    CYCLIC_CONSTANT(111, "constant defined in terms of itself", """
-            A `const` refers to itself, directly or through other constants.
+    CYCLIC_CONSTANT(111, "defined in terms of itself", """
+            A `const` (or an `ffn` definition) refers to itself, directly or through others. The note
+            shows the cycle.
 
                 const A = B * 2
                 const B = A / 2             // error
@@ -186,9 +195,10 @@ public enum Code {
             without them, for example through a parameter of the moe definition.
             """),
     CONFLICTING_ROUTER(307, "conflicting router settings", """
-            Two router settings exclude each other: `top_k` and `top_p`; `order` with sigmoid scores
-            (order only applies to softmax); expert-choice or soft routing with `top_k`/`top_p`;
-            a pre-gating router with a gating residual or a recurrent state.
+            Two router settings exclude each other: `top_k` and `top_p`; `max_k` without `top_p`;
+            `order` with sigmoid scores (order only applies to softmax); expert-choice or soft
+            routing with `top_k`/`top_p`; `groups quota(...)` without `top_k`; a pre-gating router
+            with a gating residual or a recurrent state.
             """),
     ROUTER_MISMATCH(308, "routed experts and router do not match", """
             An MoE with routed experts needs a router, and a router needs routed experts to choose
@@ -252,7 +262,7 @@ public enum Code {
     // ---- 06xx: training recipes ----
     MIXTURE_SUM(601, "mixture weights do not sum to 1", """
             `data mix(a: wa, b: wb, ...)` gives the share of each domain in a batch; the shares must
-            be positive and sum to 1 (within 1e-6).
+            sum to 1 (within 1e-6). A share outside (0, 1] is reported as MOE0110.
             """),
     PATTERN_MATCHES_NOTHING(602, "parameter pattern matches nothing", """
             A `trainable` pattern selects parameters by name: `*` matches within one dot-separated
@@ -265,9 +275,11 @@ public enum Code {
             experts' hidden size must be h/m.
             """),
     UPCYCLE_SHAPE(604, "upcycling source does not fit the target", """
-            The dense model named as an upcycling source must be dense (no MoE layers) and have the
-            target's vocab, dim, heads and layer count; the target's experts must be able to take its
-            FFN (same activation; hidden size equal for copy, h/m for split).
+            The source model of `copy`, `split` and `merge` must be dense (no MoE layers) and have the
+            target's vocab, dim, heads and layer count, and the target's experts must be able to take
+            its FFN (same activation; hidden size equal for copy, h/m for split). `scale_up` starts
+            from a dense model no larger than the target (same vocab); `extend` and `diversify` start
+            from an MoE, and `extend` must add exactly the target's extra experts.
             """),
     NO_PREVIOUS_STAGE(605, "first stage starts from a previous stage", """
             `init previous` continues from the stage before; the first stage has none. Start it from
