@@ -1,7 +1,7 @@
 /**
- * Code generation (not built yet; see the code-generation issue): turns the checked IR of
- * {@code dev.moe.compiler.ir} into Java sources with JavaPoet, with forward and backward passes
- * written out per model and kernels specialised to the declaration. The module exists now so that
- * the build layout is final; it holds no code until that work lands.
+ * Code generation: the checked IR of {@code dev.moe.compiler.ir} to Java sources with JavaPoet.
+ * {@link dev.moe.codegen.JavaGenerator} is the entry point; {@link dev.moe.codegen.ModelGenerator}
+ * writes one class per model whose forward and backward passes are straight-line calls of the
+ * runtime's primitive ops, with routers and combine steps specialised to the declaration.
  */
 package dev.moe.codegen;

@@ -32,6 +32,15 @@ public final class MoeCompiler {
 
     /** Imports resolve relative to the directory of {@code source.name()}. */
     public static CompileResult compile(SourceFile source) {
+        try {
+            return dev.moe.dsl.BigStack.call("moe-check", () -> check(source));
+        } catch (dev.moe.dsl.BigStack.Overflow e) {
+            return new CompileResult(source.name(), Optional.empty(), List.of(dev.moe.dsl.diag.Diagnostic.error(dev.moe.dsl.diag.Code.NESTING_TOO_DEEP,
+                    source, dev.moe.dsl.Span.START, "file is nested too deeply to check (stack overflow)")));
+        }
+    }
+
+    private static CompileResult check(SourceFile source) {
         ParseResult parsed = DslParser.parse(source);
         if (parsed.file().isEmpty()) {
             return new CompileResult(source.name(), Optional.empty(), parsed.diagnostics());

@@ -290,7 +290,11 @@ public final class DslParser {
 
     /** Compared on the digits: 2^53 + 1 rounds to 2^53 as a double and would pass a comparison of values. */
     private static boolean exceedsMaxExactInteger(String digits) {
-        String significant = digits.replaceFirst("^0+(?=.)", "");
+        int start = 0;
+        while (start < digits.length() - 1 && digits.charAt(start) == '0') {
+            start++;
+        }
+        String significant = digits.substring(start);
         return significant.length() > 16 || Long.parseLong(significant) > (long) MAX_EXACT_INTEGER;
     }
 

@@ -42,9 +42,11 @@ public final class MoeFormatter {
     private MoeFormatter() {}
 
     public static String format(MoeFile file) {
-        MoeFormatter f = new MoeFormatter();
-        f.file(file);
-        return f.out.toString();
+        return BigStack.call("moe-format", () -> {
+            MoeFormatter f = new MoeFormatter();
+            f.file(file);
+            return f.out.toString();
+        });
     }
 
     private void file(MoeFile file) {
@@ -147,7 +149,7 @@ public final class MoeFormatter {
 
     private String selector(Selector s) {
         return switch (s) {
-            case Selector.Index i -> indexStart(expr(i.from())) + i.to().map(t -> ".." + expr(t)).orElse("");
+            case Selector.Index i -> indexStart(bound(i.from())) + i.to().map(t -> ".." + bound(t)).orElse("");
             case Selector.First f -> "first " + expr(f.count());
             case Selector.Every e -> "every " + expr(e.step()) + e.start().map(v -> " from " + expr(v)).orElse("");
             case Selector.Rest r -> "rest";
@@ -156,9 +158,8 @@ public final class MoeFormatter {
     }
 
     /**
-     * A layer index that starts with a soft word would read back as another selector: the index
-     * {@code (rest)} as {@code rest}, {@code (first) + 1} as {@code first +1}, {@code (every) - 2} as
-     * {@code every -2}. Such an index keeps parentheses.
+     * A layer index that is a soft word would read back as another selector: the index {@code (rest)}
+     * as {@code rest}, {@code (all)} as {@code all}. Such an index keeps parentheses.
      */
     private static String indexStart(String from) {
         return SOFT_SELECTOR_START.matcher(from).lookingAt() ? "(" + from + ")" : from;

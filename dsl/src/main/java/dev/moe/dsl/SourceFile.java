@@ -27,11 +27,12 @@ public final class SourceFile {
     public SourceFile(String name, String text) {
         this.name = name;
         this.text = text;
+        // Lines end at \n, as for the lexer (whose line numbers every span carries): a lone \r is
+        // whitespace within a line, not a line break.
         List<Integer> starts = new ArrayList<>();
         starts.add(0);
         for (int i = 0; i < text.length(); i++) {
-            char c = text.charAt(i);
-            if (c == '\n' || (c == '\r' && (i + 1 >= text.length() || text.charAt(i + 1) != '\n'))) {
+            if (text.charAt(i) == '\n') {
                 starts.add(i + 1);
             }
         }

@@ -1,7 +1,6 @@
 /**
- * The runtime (not built yet; see the code-generation and CPU-runtime issue): tensors, the backend
- * SPI and the CPU backend, AdamW and schedules, safetensors checkpoints, the synthetic corpus and
- * sampling. The module exists now so that the build layout is final; it holds no code until that
- * work lands.
+ * The runtime that generated model classes call: {@link dev.moe.runtime.Backend} (the primitive ops,
+ * each with its backward) and its CPU implementation, parameters, the optimiser and training loop
+ * ({@code train}), checkpoints ({@code io}) and data ({@code data}).
  */
 package dev.moe.runtime;

@@ -14,6 +14,10 @@ public final class AstEquivalence {
     private AstEquivalence() {}
 
     public static boolean equivalent(Object a, Object b) {
+        return dev.moe.dsl.BigStack.call("moe-ast-compare", () -> same(a, b));
+    }
+
+    private static boolean same(Object a, Object b) {
         if (a == b) {
             return true;
         }
@@ -27,14 +31,14 @@ public final class AstEquivalence {
             return ta.leadingComments().equals(tb.leadingComments()) && ta.trailingComment().equals(tb.trailingComment());
         }
         if (a instanceof Optional<?> oa && b instanceof Optional<?> ob) {
-            return oa.isPresent() == ob.isPresent() && (oa.isEmpty() || equivalent(oa.get(), ob.get()));
+            return oa.isPresent() == ob.isPresent() && (oa.isEmpty() || same(oa.get(), ob.get()));
         }
         if (a instanceof List<?> la && b instanceof List<?> lb) {
             if (la.size() != lb.size()) {
                 return false;
             }
             for (int i = 0; i < la.size(); i++) {
-                if (!equivalent(la.get(i), lb.get(i))) {
+                if (!same(la.get(i), lb.get(i))) {
                     return false;
                 }
             }
@@ -43,7 +47,7 @@ public final class AstEquivalence {
         if (a.getClass().isRecord()) {
             for (RecordComponent c : a.getClass().getRecordComponents()) {
                 try {
-                    if (!equivalent(c.getAccessor().invoke(a), c.getAccessor().invoke(b))) {
+                    if (!same(c.getAccessor().invoke(a), c.getAccessor().invoke(b))) {
                         return false;
                     }
                 } catch (IllegalAccessException | InvocationTargetException e) {

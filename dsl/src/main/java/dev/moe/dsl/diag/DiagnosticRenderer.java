@@ -28,8 +28,9 @@ public final class DiagnosticRenderer {
             String line = d.source().line(span.line());
             String shown = line.length() > 240 ? line.substring(0, 240) + " ..." : line;
             out.append(padLeft(number, gutter.length())).append(" | ").append(sanitize(shown)).append('\n');
-            int start = Math.min(span.column() - 1, line.length());
-            int end = span.endLine() == span.line() ? Math.min(span.endColumn() - 1, line.length()) : line.length();
+            // Columns count code points (as the lexer does); the line is indexed in UTF-16 chars.
+            int start = charIndex(line, span.column() - 1);
+            int end = span.endLine() == span.line() ? charIndex(line, span.endColumn() - 1) : line.length();
             int width = Math.max(1, Math.min(end - start, 240));
             StringBuilder indent = new StringBuilder();
             for (int i = 0; i < start && i < 240; i++) {
@@ -49,6 +50,11 @@ public final class DiagnosticRenderer {
             out.append(render(d));
         }
         return out.toString();
+    }
+
+    private static int charIndex(String line, int codePoints) {
+        int cps = line.codePointCount(0, line.length());
+        return codePoints >= cps ? line.length() : line.offsetByCodePoints(0, Math.max(0, codePoints));
     }
 
     private static String padLeft(String s, int width) {

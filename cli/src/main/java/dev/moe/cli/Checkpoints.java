@@ -1,0 +1,41 @@
+package dev.moe.cli;
+
+import dev.moe.dsl.SourceFile;
+import dev.moe.runtime.train.Checkpoint;
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Map;
+
+/** Opens a checkpoint with the model it was trained from (the recipe travels in its metadata). */
+final class Checkpoints {
+    private Checkpoints() {}
+
+    static Recipes.Loaded open(Path checkpoint, int threads, PrintWriter err) throws Recipes.UserError, IOException {
+        if (Files.isDirectory(checkpoint)) {
+            checkpoint = checkpoint.resolve("last.safetensors");
+        }
+        if (!Files.isRegularFile(checkpoint)) {
+            throw new Recipes.UserError("no checkpoint at " + checkpoint);
+        }
+        Map<String, String> meta;
+        try {
+            meta = Checkpoint.metadata(checkpoint);
+        } catch (IOException e) {
+            throw new Recipes.UserError(e.getMessage());
+        }
+        String source = meta.get("recipe.source");
+        String name = meta.getOrDefault("recipe.file", checkpoint.toString());
+        if (source == null) {
+            throw new Recipes.UserError(checkpoint + " carries no recipe in its metadata");
+        }
+        Recipes.Loaded loaded = Recipes.load(new SourceFile(name, source), meta.get("model"), threads, err);
+        try {
+            Checkpoint.load(checkpoint, loaded.instance().parameters(), null);
+        } catch (IOException e) {
+            throw new Recipes.UserError(e.getMessage());
+        }
+        return loaded;
+    }
+}

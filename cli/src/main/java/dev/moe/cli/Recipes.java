@@ -1,0 +1,75 @@
+package dev.moe.cli;
+
+import com.palantir.javapoet.JavaFile;
+import dev.moe.codegen.InMemoryCompiler;
+import dev.moe.codegen.JavaGenerator;
+import dev.moe.codegen.UnsupportedFeatureException;
+import dev.moe.compiler.CompileResult;
+import dev.moe.compiler.MoeCompiler;
+import dev.moe.compiler.ir.Model;
+import dev.moe.compiler.ir.Training;
+import dev.moe.dsl.SourceFile;
+import dev.moe.dsl.diag.DiagnosticRenderer;
+import dev.moe.runtime.Backend;
+import dev.moe.runtime.TrainableModel;
+import dev.moe.runtime.cpu.CpuBackend;
+import java.io.PrintWriter;
+import java.util.List;
+import java.util.Optional;
+
+/** From a recipe to a running model: check, generate, compile in memory, instantiate. */
+final class Recipes {
+    private Recipes() {}
+
+    /** A mistake the user can fix (bad file, unknown model, unsupported feature): exit 1, no stack trace. */
+    static final class UserError extends Exception {
+        UserError(String message) {
+            super(message);
+        }
+    }
+
+    record Loaded(Model model, Optional<Training> training, TrainableModel instance) {}
+
+    static Loaded load(SourceFile source, String modelName, int threads, PrintWriter err) throws UserError {
+        CompileResult result = MoeCompiler.compile(source);
+        result.diagnostics().forEach(d -> err.print(DiagnosticRenderer.render(d)));
+        err.flush();
+        if (result.output().isEmpty()) {
+            throw new UserError(source.name() + " has errors");
+        }
+        List<Model> models = result.output().get().models();
+        if (models.isEmpty()) {
+            throw new UserError(source.name() + " declares no model to run");
+        }
+        Model model;
+        if (modelName != null) {
+            model = models.stream().filter(m -> m.name().equals(modelName)).findFirst()
+                    .orElseThrow(() -> new UserError("no model `" + modelName + "` in " + source.name() + "; it declares "
+                            + String.join(", ", models.stream().map(Model::name).toList())));
+        } else if (models.size() > 1) {
+            throw new UserError(source.name() + " declares several models (" + String.join(", ", models.stream().map(Model::name).toList())
+                    + "): choose one with --model");
+        } else {
+            model = models.getFirst();
+        }
+        Optional<Training> training = result.output().get().trainings().stream().filter(t -> t.model().equals(model.name())).findFirst();
+        return new Loaded(model, training, instantiate(model, source.name(), threads));
+    }
+
+    static TrainableModel instantiate(Model model, String sourceName, int threads) throws UserError {
+        JavaFile file;
+        try {
+            file = JavaGenerator.generate(model, JavaGenerator.DEFAULT_PACKAGE, sourceName);
+        } catch (UnsupportedFeatureException e) {
+            throw new UserError(e.getMessage());
+        }
+        ClassLoader loader = InMemoryCompiler.compile(List.of(file), Recipes.class.getClassLoader());
+        Backend backend = new CpuBackend(threads, CpuBackend.VECTOR_API);
+        try {
+            Class<?> type = loader.loadClass(JavaGenerator.DEFAULT_PACKAGE + "." + file.typeSpec().name());
+            return (TrainableModel) type.getConstructor(Backend.class).newInstance(backend);
+        } catch (ReflectiveOperationException e) {
+            throw new IllegalStateException("cannot instantiate the generated " + file.typeSpec().name(), e);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+package dev.moe.cli;
+
+import static com.google.common.truth.Truth.assertThat;
+import static com.google.common.truth.Truth.assertWithMessage;
+
+import dev.moe.runtime.io.SafeTensors;
+import dev.moe.runtime.io.SafeTensorsFile;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** {@code moe train}, {@code generate} and {@code eval} end to end on a tiny recipe. */
+class TrainCommandTest {
+    static final String RECIPE = """
+            // A tiny MoE for tests: trains in seconds.
+            model Tiny {
+              vocab 256
+              context 16
+              dim 16
+              heads 2
+              moe experts {
+                shared 1 x swiglu(hidden: 16)
+                routed 4 x swiglu(hidden: 16)
+                router { top_k 2  normalize true }
+                balance aux(coef: 0.01)
+              }
+              layers 2 {
+                first 1: attention, swiglu(hidden: 32)
+                rest: attention, experts
+              }
+            }
+
+            train Tiny {
+              optimizer adamw(lr: 0.01, weight_decay: 0.01)
+              schedule cosine(warmup: 2, min_lr: 0.001)
+              batch 4
+              steps 12
+              seed 3
+              data mix(arithmetic: 0.5, copy: 0.5)
+            }
+            """;
+
+    @TempDir
+    Path dir;
+
+    Path recipe;
+
+    @BeforeEach
+    void writeRecipe() throws IOException {
+        recipe = dir.resolve("tiny.moe");
+        Files.writeString(recipe, RECIPE);
+    }
+
+    private Cli.Run train(Path out, String... more) {
+        List<String> args = new java.util.ArrayList<>(List.of("train", recipe.toString(), "--out", out.toString()));
+        args.addAll(List.of(more));
+        return Cli.run(args.toArray(String[]::new));
+    }
+
+    @Test
+    void trainsWritesARunDirectoryAndLearns() throws IOException {
+        Path out = dir.resolve("run");
+        Cli.Run r = train(out);
+        assertWithMessage("%s", r).that(r.exit()).isEqualTo(0);
+        assertThat(r.out()).contains("training Tiny");
+        for (String f : List.of("last.safetensors", "metrics.jsonl", "loss.png", "experts.png")) {
+            assertWithMessage(f).that(Files.exists(out.resolve(f))).isTrue();
+        }
+        List<String> metrics = Files.readAllLines(out.resolve("metrics.jsonl"));
+        assertThat(metrics).hasSize(12);
+        assertThat(metrics.getFirst()).containsMatch("\"step\":1,\"loss\":[0-9.]+,.*\"lr\":.*\"tokens_per_s\":.*\"expert_loads\":\\[\\[\\d+,\\d+,\\d+,\\d+]]");
+        double first = loss(metrics.getFirst());
+        double last = loss(metrics.getLast());
+        assertWithMessage("loss should fall from %s", first).that(last).isLessThan(first);
+    }
+
+    @Test
+    void resumeIsBitwiseTheSameAsAnUninterruptedRun() throws IOException {
+        Path straight = dir.resolve("straight");
+        assertThat(train(straight, "--threads", "2").exit()).isEqualTo(0);
+        Path resumed = dir.resolve("resumed");
+        Cli.Run first = train(resumed, "--stop-at", "5", "--threads", "2");
+        assertWithMessage("%s", first).that(first.exit()).isEqualTo(0);
+        assertThat(Files.readAllLines(resumed.resolve("metrics.jsonl"))).hasSize(5);
+        Cli.Run second = train(resumed, "--resume", "--threads", "2");
+        assertWithMessage("%s", second).that(second.exit()).isEqualTo(0);
+        assertThat(tensors(resumed.resolve("last.safetensors"))).isEqualTo(tensors(straight.resolve("last.safetensors")));
+        assertThat(Files.readAllLines(resumed.resolve("metrics.jsonl")).stream().map(TrainCommandTest::withoutSpeed).toList())
+                .isEqualTo(Files.readAllLines(straight.resolve("metrics.jsonl")).stream().map(TrainCommandTest::withoutSpeed).toList());
+    }
+
+    @Test
+    void oneAndTwoThreadsGiveTheSameCheckpoint() throws IOException {
+        Path one = dir.resolve("one");
+        Path two = dir.resolve("two");
+        assertThat(train(one, "--steps", "4", "--threads", "1").exit()).isEqualTo(0);
+        assertThat(train(two, "--steps", "4", "--threads", "2").exit()).isEqualTo(0);
+        assertThat(tensors(one.resolve("last.safetensors"))).isEqualTo(tensors(two.resolve("last.safetensors")));
+    }
+
+    @Test
+    void generateAndEvalReadTheCheckpoint() throws IOException {
+        Path out = dir.resolve("run");
+        assertThat(train(out, "--steps", "3").exit()).isEqualTo(0);
+        Cli.Run g = Cli.run("generate", out.resolve("last.safetensors").toString(), "--prompt", "12+3=", "--max-tokens", "8", "--seed", "1");
+        assertWithMessage("%s", g).that(g.exit()).isEqualTo(0);
+        assertThat(g.out()).startsWith("12+3=");
+        Cli.Run same = Cli.run("generate", out.toString(), "--prompt", "12+3=", "--max-tokens", "8", "--seed", "1");
+        assertThat(same.out()).isEqualTo(g.out());
+        Cli.Run e = Cli.run("eval", out.toString(), "--batches", "1");
+        assertWithMessage("%s", e).that(e.exit()).isEqualTo(0);
+        assertThat(e.out()).containsMatch("arithmetic +[0-9.]+ +[0-9.]+");
+        assertThat(e.out()).containsMatch("all +[0-9.]+");
+    }
+
+    @Test
+    void badInputsAreCleanErrors() throws IOException {
+        Cli.Run missing = Cli.run("generate", dir.resolve("nope.safetensors").toString(), "--prompt", "x");
+        assertThat(missing.exit()).isEqualTo(1);
+        assertThat(missing.err()).contains("no checkpoint at");
+        Path garbage = dir.resolve("garbage.safetensors");
+        Files.write(garbage, new byte[] {1, 2, 3});
+        Cli.Run bad = Cli.run("generate", garbage.toString(), "--prompt", "x");
+        assertThat(bad.exit()).isEqualTo(1);
+        assertThat(bad.err()).contains("moe: error:");
+        assertThat(bad.err()).doesNotContain("Exception");
+        Path unsupported = dir.resolve("pp.moe");
+        Files.writeString(unsupported, RECIPE.replace("routed 4 x swiglu(hidden: 16)", "routed 3 x swiglu(hidden: 16)\n    routed 1 x zero"));
+        Cli.Run u = Cli.run("train", unsupported.toString(), "--out", dir.resolve("u").toString());
+        assertThat(u.exit()).isEqualTo(1);
+        assertThat(u.err()).contains("code generation does not support zero experts");
+    }
+
+    private static double loss(String metricsLine) {
+        var m = java.util.regex.Pattern.compile("\"loss\":([0-9.]+)").matcher(metricsLine);
+        assertThat(m.find()).isTrue();
+        return Double.parseDouble(m.group(1));
+    }
+
+    private static String withoutSpeed(String line) {
+        return line.replaceAll("\"tokens_per_s\":[0-9.]+", "");
+    }
+
+    /** Every tensor's bytes (parameters and optimiser moments), by name. */
+    private static java.util.Map<String, String> tensors(Path file) throws IOException {
+        java.util.Map<String, String> out = new java.util.TreeMap<>();
+        try (SafeTensorsFile f = SafeTensors.open(file)) {
+            for (String name : f.tensors().keySet()) {
+                out.put(name, java.util.HexFormat.of().formatHex(sha256(f.readBytes(name))));
+            }
+            out.put("__step", f.metadata().get("step"));
+        }
+        return out;
+    }
+
+    private static byte[] sha256(byte[] b) {
+        try {
+            return java.security.MessageDigest.getInstance("SHA-256").digest(b);
+        } catch (java.security.NoSuchAlgorithmException e) {
+            throw new AssertionError(e);
+        }
+    }
+}

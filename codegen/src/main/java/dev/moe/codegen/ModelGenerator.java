@@ -1,0 +1,1180 @@
+package dev.moe.codegen;
+
+import com.palantir.javapoet.ClassName;
+import com.palantir.javapoet.FieldSpec;
+import com.palantir.javapoet.MethodSpec;
+import com.palantir.javapoet.ParameterizedTypeName;
+import com.palantir.javapoet.TypeName;
+import com.palantir.javapoet.TypeSpec;
+import dev.moe.compiler.ir.Block;
+import dev.moe.compiler.ir.Expert;
+import dev.moe.compiler.ir.ExpertGroup;
+import dev.moe.compiler.ir.Ffn;
+import dev.moe.compiler.ir.Layer;
+import dev.moe.compiler.ir.Loss;
+import dev.moe.compiler.ir.Model;
+import dev.moe.compiler.ir.ModelConfig;
+import dev.moe.compiler.ir.Moe;
+import dev.moe.compiler.ir.Param;
+import dev.moe.compiler.ir.Router;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import javax.lang.model.element.Modifier;
+
+/**
+ * One model class: parameters as fields, a forward pass and a backward pass written out layer by
+ * layer as calls of the runtime's primitive ops, and per MoE a router specialised to its score
+ * function, k, normalisation and scaling, with its own backward.
+ *
+ * <p>The generated class keeps what the backward pass needs in per-layer state objects, so one
+ * forward is followed by at most one backward.
+ */
+final class ModelGenerator {
+    static final ClassName BACKEND = ClassName.get("dev.moe.runtime", "Backend");
+    static final ClassName PARAMETER = ClassName.get("dev.moe.runtime", "Parameter");
+    static final ClassName TRAINABLE = ClassName.get("dev.moe.runtime", "TrainableModel");
+    static final ClassName ELEMENTWISE = ClassName.get("dev.moe.runtime", "Elementwise");
+    static final ClassName ROUTING = ClassName.get("dev.moe.runtime", "Routing");
+    static final ClassName INIT = ClassName.get("dev.moe.runtime", "Init");
+    static final ClassName ACTIVATION = ClassName.get("dev.moe.runtime", "Activation");
+    static final ClassName LIST = ClassName.get(List.class);
+    static final ClassName ARRAY_LIST = ClassName.get(ArrayList.class);
+    static final ClassName ARRAYS = ClassName.get(java.util.Arrays.class);
+
+    private final Model model;
+    private final ModelConfig cfg;
+    private final String className;
+    private final TypeSpec.Builder type;
+    /** Distinct MoEs by name: their router methods are generated once. */
+    private final Map<String, Moe> moes = new LinkedHashMap<>();
+    private final List<Integer> moeLayers = new ArrayList<>();
+    private int maxHidden = 1;
+    private int maxExpertRows = 1;
+
+    ModelGenerator(Model model) {
+        this.model = model;
+        this.cfg = model.config();
+        this.className = Names.type(model.name());
+        this.type = TypeSpec.classBuilder(className).addModifiers(Modifier.PUBLIC, Modifier.FINAL).addSuperinterface(TRAINABLE);
+    }
+
+    String className() {
+        return className;
+    }
+
+    TypeSpec.Builder generate() {
+        checkSupported();
+        type.addJavadoc("$L: $L layers, dim $L, $L heads ($L key/value), vocab $L, context $L.\n\n", model.name(), model.layers().size(), cfg.dim(),
+                cfg.heads(), cfg.kvHeads(), cfg.vocab(), cfg.context());
+        type.addJavadoc("<pre>\n$L</pre>\n", dataFlow());
+        constants();
+        parameters();
+        stateClasses();
+        fields();
+        constructor();
+        accessors();
+        initialize();
+        forward();
+        backward();
+        for (Layer l : model.layers()) {
+            layerForward(l);
+            layerBackward(l);
+        }
+        for (Moe m : moes.values()) {
+            router(m);
+            routerBackward(m);
+        }
+        inference();
+        stepHooks();
+        return type;
+    }
+
+    // ---- what is supported ----
+
+    private void checkSupported() {
+        for (Layer l : model.layers()) {
+            switch (l.block()) {
+                case Block.PreNorm p -> {
+                    mixerSupported(p.mixer(), l);
+                    ffnSupported(p.ffn(), l);
+                }
+                case Block.Parallel p -> {
+                    mixerSupported(p.mixer(), l);
+                    ffnSupported(p.ffn(), l);
+                }
+                case Block.Shortcut s -> unsupported(l, "shortcut-connected blocks");
+                case Block.Residual r -> unsupported(l, "residual MoE blocks");
+            }
+        }
+    }
+
+    private void mixerSupported(Block.Part p, Layer l) {
+        if (!(p instanceof Block.Part.Attention)) {
+            unsupported(l, "attention experts");
+        }
+    }
+
+    private void ffnSupported(Block.Part p, Layer l) {
+        switch (p) {
+            case Block.Part.Dense d -> maxHidden = Math.max(maxHidden, d.ffn().hidden());
+            case Block.Part.MoePart mp -> {
+                Moe m = mp.moe();
+                Ffn routed = null;
+                for (ExpertGroup g : m.groups()) {
+                    if (!(g.expert() instanceof Expert.FeedForward f)) {
+                        unsupported(l, g.expert().describe().replaceAll("\\(.*", "") + " experts");
+                        return;
+                    }
+                    maxHidden = Math.max(maxHidden, f.ffn().hidden());
+                    if (g.role() == ExpertGroup.Role.ROUTED) {
+                        if (routed != null && !routed.equals(f.ffn())) {
+                            unsupported(l, "routed experts of different shapes in one MoE");
+                        }
+                        routed = f.ffn();
+                    }
+                }
+                if (m.routers().size() != 1) {
+                    unsupported(l, "several named gates");
+                }
+                Router r = m.routers().getFirst();
+                if (!(r.selection() instanceof Router.Selection.TopK k)) {
+                    unsupported(l, "routing other than token-choice top-k");
+                    return;
+                }
+                if (r.groupLimit().isPresent() || r.quotaGroups().isPresent()) {
+                    unsupported(l, "grouped routing");
+                }
+                if (r.temperature().isPresent() || r.jitter() != 0) {
+                    unsupported(l, "router temperature and jitter");
+                }
+                if (r.gatingResidual() || r.recurrentWidth().isPresent() || r.pregate()) {
+                    unsupported(l, "gating residuals, recurrent and pre-gating routers");
+                }
+                if (!(r.capacity() instanceof Router.Capacity.Dropless)) {
+                    unsupported(l, "capacity factors (token dropping)");
+                }
+                for (Loss loss : m.losses()) {
+                    if (!(loss instanceof Loss.Aux) && !(loss instanceof Loss.ZLoss)) {
+                        unsupported(l, "the " + loss.getClass().getSimpleName().toLowerCase(Locale.ROOT) + " loss");
+                    }
+                }
+                moes.putIfAbsent(m.name(), m);
+                moeLayers.add(l.index());
+                maxExpertRows = Math.max(maxExpertRows, k.k());
+            }
+            case Block.Part.Attention a -> unsupported(l, "attention in the ffn slot");
+        }
+    }
+
+    private void unsupported(Layer l, String what) {
+        throw new UnsupportedFeatureException("model `" + model.name() + "`, layer " + l.index() + ": code generation does not support " + what
+                + " yet (the checker accepts it; the generator will follow)");
+    }
+
+    private String dataFlow() {
+        StringBuilder b = new StringBuilder();
+        b.append("tokens ─▶ embed ─▶ x\n");
+        for (Layer l : model.layers()) {
+            String norm = cfg.norm().kind() == ModelConfig.NormKind.RMS ? "rms" : "ln";
+            switch (l.block()) {
+                case Block.PreNorm p -> b.append(String.format(Locale.ROOT, "layer %2d: x += attention(%s(x)); x += %s(%s(x))%n", l.index(), norm,
+                        partName(p.ffn()), norm));
+                case Block.Parallel p -> b.append(String.format(Locale.ROOT, "layer %2d: h = %s(x); x += attention(h) + %s(h)%n", l.index(), norm,
+                        partName(p.ffn())));
+                default -> { }
+            }
+        }
+        b.append("x ─▶ norm ─▶ head ─▶ logits ─▶ cross-entropy (+ balancing losses)\n");
+        return b.toString();
+    }
+
+    private static String partName(Block.Part p) {
+        return switch (p) {
+            case Block.Part.Dense d -> d.name();
+            case Block.Part.MoePart m -> "moe " + m.moe().name();
+            case Block.Part.Attention a -> "attention";
+        };
+    }
+
+    // ---- constants and parameters ----
+
+    private void constants() {
+        intConstant("VOCAB", cfg.vocab());
+        intConstant("CONTEXT", cfg.context());
+        intConstant("DIM", cfg.dim());
+        intConstant("HEADS", cfg.heads());
+        intConstant("KV_HEADS", cfg.kvHeads());
+        intConstant("HEAD_DIM", cfg.headDim());
+        intConstant("Q_DIM", cfg.heads() * cfg.headDim());
+        intConstant("KV_DIM", cfg.kvHeads() * cfg.headDim());
+        intConstant("ROTARY_DIMS", cfg.position().rotaryDims(cfg.headDim()));
+        intConstant("WINDOW", cfg.slidingWindow());
+        intConstant("LAYERS", model.layers().size());
+        type.addField(FieldSpec.builder(TypeName.FLOAT, "EPS", Modifier.STATIC, Modifier.FINAL).initializer("$Lf", floatLiteral(cfg.norm().eps()))
+                .build());
+        type.addField(FieldSpec.builder(TypeName.FLOAT, "THETA", Modifier.STATIC, Modifier.FINAL)
+                .initializer("$Lf", floatLiteral(cfg.position().theta())).build());
+        type.addField(FieldSpec.builder(TypeName.BOOLEAN, "CAUSAL", Modifier.STATIC, Modifier.FINAL).initializer("$L", cfg.causal()).build());
+    }
+
+    private void intConstant(String name, int value) {
+        type.addField(FieldSpec.builder(TypeName.INT, name, Modifier.PUBLIC, Modifier.STATIC, Modifier.FINAL).initializer("$L", value).build());
+    }
+
+    static String floatLiteral(double v) {
+        float f = (float) v;
+        String s = Float.toString(f);
+        return s.contains("E") ? s.replace("E", "e") : s;
+    }
+
+    /** Packed expert weights of one MoE layer: [experts, out, in] for each projection. */
+    record Packed(String field, int experts, int out, int in) {}
+
+    private final Map<String, Packed> packed = new LinkedHashMap<>();
+
+    private static final java.util.regex.Pattern EXPERT_PARAM = java.util.regex.Pattern.compile("(layers\\.\\d+\\.moe)\\.experts\\.(\\d+)\\.(gate|up|down)");
+
+    private void parameters() {
+        for (Param p : model.params()) {
+            var m = EXPERT_PARAM.matcher(p.name());
+            if (m.matches()) {
+                String field = Names.field(m.group(1) + ".experts." + m.group(3));
+                Packed old = packed.get(field);
+                int experts = Integer.parseInt(m.group(2)) + 1;
+                packed.put(field, new Packed(field, Math.max(experts, old == null ? 0 : old.experts()), p.shape().get(0).intValue(),
+                        p.shape().get(1).intValue()));
+                continue;
+            }
+            String shape = String.join(", ", p.shape().stream().map(String::valueOf).toList());
+            String factory = p.kind() == Param.Kind.BUFFER ? "buffer" : "of";
+            type.addField(FieldSpec.builder(PARAMETER, Names.field(p.name()), Modifier.PRIVATE, Modifier.FINAL)
+                    .addJavadoc("$L [$L]$L", p.name(), shape, p.kind() == Param.Kind.BUFFER ? " (buffer)" : "")
+                    .initializer("$T.$L($S, $L)", PARAMETER, factory, p.name(), shape).build());
+        }
+        for (Packed p : packed.values()) {
+            type.addField(FieldSpec.builder(float[].class, p.field(), Modifier.PRIVATE, Modifier.FINAL)
+                    .addJavadoc("experts' projections, packed [$L, $L, $L]", p.experts(), p.out(), p.in())
+                    .initializer("new float[$L]", (long) p.experts() * p.out() * p.in()).build());
+            type.addField(FieldSpec.builder(float[].class, p.field() + "Grad", Modifier.PRIVATE, Modifier.FINAL)
+                    .initializer("new float[$L]", (long) p.experts() * p.out() * p.in()).build());
+        }
+    }
+
+    // ---- state kept between forward and backward ----
+
+    private void stateClasses() {
+        type.addType(TypeSpec.classBuilder("SubBlockState").addModifiers(Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
+                .addJavadoc("What one sub-block (a norm and what follows it) keeps for the backward pass; arrays are [rows, ...].\n")
+                .addField(float[].class, "input").addField(float[].class, "normed").addField(float[].class, "mean").addField(float[].class, "rstd")
+                .addField(float[].class, "q").addField(float[].class, "k").addField(float[].class, "v")
+                .addField(float[].class, "qRaw").addField(float[].class, "kRaw").addField(float[].class, "qRstd").addField(float[].class, "kRstd")
+                .addField(float[].class, "att").addField(float[].class, "lse")
+                .addField(float[].class, "gate").addField(float[].class, "up").addField(float[].class, "act")
+                .build());
+        type.addType(TypeSpec.classBuilder("MoeState").addModifiers(Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
+                .addJavadoc("What an MoE layer keeps: routing of each token, its dispatch order, and the experts' intermediates.\n")
+                .addField(float[].class, "logits").addField(float[].class, "probs").addField(float[].class, "lse")
+                .addField(int[].class, "selected").addField(float[].class, "weight").addField(float[].class, "chosenSum")
+                .addField(int[].class, "order").addField(int[].class, "offsets").addField(int[].class, "tokenOfRow")
+                .addField(float[].class, "weightOfRow").addField(float[].class, "xs").addField(float[].class, "gate").addField(float[].class, "up")
+                .addField(float[].class, "act").addField(float[].class, "ys").addField(float[].class, "auxGrad")
+                .addField(float[].class, "dWeight").addField(float[].class, "dScore").addField(float[].class, "dLogits")
+                .addField(int[].class, "counts").addField(long[].class, "stepCounts").addField(TypeName.LONG, "stepSlots")
+                .addField(TypeName.DOUBLE, "balanceLoss")
+                .addField(ArrayTypeName("SubBlockState"), "shared").addField(float[].class, "sharedOut").addField(float[].class, "sharedGate")
+                .build());
+    }
+
+    private static TypeName ArrayTypeName(String nested) {
+        return com.palantir.javapoet.ArrayTypeName.of(ClassName.bestGuess(nested));
+    }
+
+    private void fields() {
+        type.addField(BACKEND, "backend", Modifier.PRIVATE, Modifier.FINAL);
+        type.addField(ParameterizedTypeName.get(LIST, PARAMETER), "parameters", Modifier.PRIVATE, Modifier.FINAL);
+        type.addField(TypeName.INT, "batch", Modifier.PRIVATE);
+        type.addField(TypeName.INT, "seq", Modifier.PRIVATE);
+        type.addField(TypeName.INT, "rows", Modifier.PRIVATE);
+        type.addField(TypeName.INT, "capacity", Modifier.PRIVATE);
+        type.addField(int[].class, "inputs", Modifier.PRIVATE);
+        type.addField(TypeName.DOUBLE, "lastCrossEntropy", Modifier.PRIVATE);
+        for (String f : List.of("x", "tmp", "tmp2", "dx", "dNormed", "dAtt", "dq", "dk", "dv", "dqRaw", "dkRaw", "dAct", "dGate", "dUp", "dShared",
+                "finalNormed", "finalInput", "finalMean", "finalRstd", "logits", "dLogits")) {
+            type.addField(float[].class, f, Modifier.PRIVATE);
+        }
+        for (Layer l : model.layers()) {
+            type.addField(FieldSpec.builder(ClassName.bestGuess("SubBlockState"), "mix" + l.index(), Modifier.PRIVATE, Modifier.FINAL)
+                    .initializer("new SubBlockState()").build());
+            if (!(l.block() instanceof Block.Parallel)) {
+                type.addField(FieldSpec.builder(ClassName.bestGuess("SubBlockState"), "ffn" + l.index(), Modifier.PRIVATE, Modifier.FINAL)
+                        .initializer("new SubBlockState()").build());
+            }
+            moeOf(l).ifPresent(m -> {
+                Code init = new Code();
+                type.addField(FieldSpec.builder(ClassName.bestGuess("MoeState"), "moe" + l.index(), Modifier.PRIVATE, Modifier.FINAL)
+                        .initializer("newMoeState($L, $L)", m.routedExperts(), sharedCount(m)).build());
+            });
+        }
+    }
+
+    private static int sharedCount(Moe m) {
+        return m.sharedExperts();
+    }
+
+    static java.util.Optional<Moe> moeOf(Layer l) {
+        Block.Part ffn = switch (l.block()) {
+            case Block.PreNorm p -> p.ffn();
+            case Block.Parallel p -> p.ffn();
+            default -> null;
+        };
+        return ffn instanceof Block.Part.MoePart m ? java.util.Optional.of(m.moe()) : java.util.Optional.empty();
+    }
+
+    private void constructor() {
+        Code c = new Code();
+        c.line("this.backend = backend");
+        c.line("$T<$T> all = new $T<>()", LIST, PARAMETER, ARRAY_LIST);
+        // The order of the IR: the order of checkpoints and of `moe info --params`.
+        String currentPacked = null;
+        for (Param p : model.params()) {
+            var m = EXPERT_PARAM.matcher(p.name());
+            if (m.matches()) {
+                String prefix = m.group(1);
+                if (m.group(2).equals("0") && !prefix.equals(currentPacked)) {
+                    currentPacked = prefix;
+                    Packed gate = packed.get(Names.field(prefix + ".experts.gate"));
+                    Packed up = packed.get(Names.field(prefix + ".experts.up"));
+                    Packed down = packed.get(Names.field(prefix + ".experts.down"));
+                    c.open("for (int e = 0; e < $L; e++)", up.experts());
+                    for (Packed pk : gate == null ? List.of(up, down) : List.of(gate, up, down)) {
+                        String proj = pk.field().substring(pk.field().lastIndexOf("Experts") + 7).toLowerCase(Locale.ROOT);
+                        c.line("all.add($T.view($S + e + $S, $L, $LGrad, e * $L, $L, $L))", PARAMETER, prefix + ".experts.", "." + proj, pk.field(),
+                                pk.field(), pk.out() * pk.in(), pk.out(), pk.in());
+                    }
+                    c.close();
+                }
+                continue;
+            }
+            c.line("all.add($L)", Names.field(p.name()));
+        }
+        c.line("this.parameters = $T.copyOf(all)", LIST);
+        type.addMethod(MethodSpec.constructorBuilder().addModifiers(Modifier.PUBLIC).addParameter(BACKEND, "backend")
+                .addJavadoc("A model with zero weights; call {@link #initialize} or load a checkpoint.\n").addCode(c.build()).build());
+
+        Code s = new Code();
+        s.line("MoeState m = new MoeState()");
+        s.line("m.counts = new int[experts]");
+        s.line("m.stepCounts = new long[experts]");
+        s.line("m.offsets = new int[experts + 1]");
+        s.line("m.shared = new SubBlockState[shared]");
+        s.open("for (int i = 0; i < shared; i++)").line("m.shared[i] = new SubBlockState()").close();
+        s.line("return m");
+        type.addMethod(MethodSpec.methodBuilder("newMoeState").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                .returns(ClassName.bestGuess("MoeState")).addParameter(TypeName.INT, "experts").addParameter(TypeName.INT, "shared")
+                .addCode(s.build()).build());
+    }
+
+    private void accessors() {
+        type.addMethod(MethodSpec.methodBuilder("name").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(String.class)
+                .addStatement("return $S", model.name()).build());
+        type.addMethod(MethodSpec.methodBuilder("vocab").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(TypeName.INT)
+                .addStatement("return VOCAB").build());
+        type.addMethod(MethodSpec.methodBuilder("context").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(TypeName.INT)
+                .addStatement("return CONTEXT").build());
+        type.addMethod(MethodSpec.methodBuilder("parameters").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .returns(ParameterizedTypeName.get(LIST, PARAMETER)).addStatement("return parameters").build());
+        Code loads = new Code();
+        loads.line("int[][] loads = new int[$L][]", moeLayers.size());
+        for (int i = 0; i < moeLayers.size(); i++) {
+            loads.line("loads[$L] = moe$L.counts.clone()", i, moeLayers.get(i));
+        }
+        loads.line("return loads");
+        type.addMethod(MethodSpec.methodBuilder("expertLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[][].class)
+                .addCode(loads.build()).build());
+        type.addMethod(MethodSpec.methodBuilder("moeLayers").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[].class)
+                .addStatement("return new int[] {$L}", String.join(", ", moeLayers.stream().map(String::valueOf).toList())).build());
+        type.addMethod(MethodSpec.methodBuilder("lastCrossEntropy").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .returns(TypeName.DOUBLE).addStatement("return lastCrossEntropy").build());
+    }
+
+    private void initialize() {
+        Code c = new Code();
+        c.comment("Normal(0, 0.02) weights; output projections scaled by 1/sqrt(2 * layers) (GPT-2); norms 1; biases 0.");
+        c.open("for ($T p : parameters)", PARAMETER);
+        c.open("if (p.isBuffer() || p.name().endsWith($S) || p.name().endsWith($S) || p.name().endsWith($S) || p.name().endsWith($S))", "_bias",
+                ".bias", "expert_bias", "residual_mix");
+        c.line("$T.constant(p, 0f)", INIT);
+        c.orElse("else if (p.shape().length == 1)");
+        c.line("$T.constant(p, 1f)", INIT);
+        c.orElse("else if (p.name().endsWith($S) || p.name().endsWith($S))", ".o", ".down");
+        c.line("$T.normal(p, seed, 0.02 / Math.sqrt(2.0 * LAYERS))", INIT);
+        c.orElse("else");
+        c.line("$T.normal(p, seed, 0.02)", INIT);
+        c.close();
+        c.close();
+        type.addMethod(MethodSpec.methodBuilder("initialize").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .addParameter(TypeName.LONG, "seed").addCode(c.build()).build());
+    }
+
+    // ---- forward ----
+
+    private void forward() {
+        Code c = new Code();
+        c.line("prepare(inputs, batch, seq)");
+        c.line("backend.embedding(inputs, $L.value(), x, rows, DIM)", Names.field("embed.weight"));
+        for (Layer l : model.layers()) {
+            c.line("forwardLayer$L()", l.index());
+        }
+        c.add(headForward().build());
+        c.line("lastCrossEntropy = backend.crossEntropy(logits, targets, dLogits, rows, VOCAB)");
+        c.line("double loss = lastCrossEntropy");
+        for (int i : moeLayers) {
+            c.line("loss += moe$L.balanceLoss", i);
+        }
+        c.line("return loss");
+        type.addMethod(MethodSpec.methodBuilder("forward").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(TypeName.DOUBLE)
+                .addParameter(int[].class, "inputs").addParameter(int[].class, "targets").addParameter(TypeName.INT, "batch")
+                .addParameter(TypeName.INT, "seq").addCode(c.build()).build());
+
+        Code p = new Code();
+        p.open("if (seq < 1 || seq > CONTEXT || batch < 1 || inputs.length < batch * seq)");
+        p.line("throw new IllegalArgumentException($S + batch + $S + seq + $S + CONTEXT)", "bad batch ", " x ", " (context is ");
+        p.close();
+        p.line("this.batch = batch");
+        p.line("this.seq = seq");
+        p.line("this.rows = batch * seq");
+        p.line("this.inputs = inputs");
+        p.open("if (rows > capacity)");
+        p.line("capacity = rows");
+        p.line("int r = rows");
+        p.line("int wide = Math.max(Math.max(DIM, Q_DIM), $L)", maxHidden);
+        for (String f : List.of("x", "tmp", "tmp2", "dx", "dNormed", "finalNormed", "finalInput", "dShared")) {
+            p.line("$L = new float[r * DIM]", f);
+        }
+        p.line("finalMean = new float[r]");
+        p.line("finalRstd = new float[r]");
+        p.line("dAtt = new float[r * Q_DIM]");
+        p.line("dq = new float[r * Q_DIM]");
+        p.line("dqRaw = new float[r * Q_DIM]");
+        p.line("dk = new float[r * KV_DIM]");
+        p.line("dkRaw = new float[r * KV_DIM]");
+        p.line("dv = new float[r * KV_DIM]");
+        p.line("int hiddenRows = r * $L", maxExpertRows);
+        p.line("dAct = new float[hiddenRows * wide]");
+        p.line("dGate = new float[hiddenRows * wide]");
+        p.line("dUp = new float[hiddenRows * wide]");
+        p.line("logits = new float[r * VOCAB]");
+        p.line("dLogits = new float[r * VOCAB]");
+        for (Layer l : model.layers()) {
+            p.line("sizeAttention(mix$L, r)", l.index());
+            if (!(l.block() instanceof Block.Parallel)) {
+                p.line("sizeNorm(ffn$L, r)", l.index());
+            }
+            Block.Part ffn = l.block() instanceof Block.PreNorm pre ? pre.ffn() : ((Block.Parallel) l.block()).ffn();
+            String state = l.block() instanceof Block.Parallel ? "mix" + l.index() : "ffn" + l.index();
+            switch (ffn) {
+                case Block.Part.Dense d -> p.line("sizeFfn($L, r, $L)", state, d.ffn().hidden());
+                case Block.Part.MoePart mp -> {
+                    Moe m = mp.moe();
+                    int k = ((Router.Selection.TopK) m.routers().getFirst().selection()).k();
+                    Ffn e = routedFfn(m);
+                    p.line("sizeMoe(moe$L, r, $L, $L, $L)", l.index(), m.routedExperts(), k, e.hidden());
+                    int s = 0;
+                    for (ExpertGroup g : m.groups()) {
+                        if (g.role() == ExpertGroup.Role.SHARED) {
+                            for (int i = 0; i < g.count(); i++) {
+                                p.line("sizeFfn(moe$L.shared[$L], r, $L)", l.index(), s++, ((Expert.FeedForward) g.expert()).ffn().hidden());
+                            }
+                        }
+                    }
+                }
+                default -> { }
+            }
+        }
+        p.close();
+        type.addMethod(MethodSpec.methodBuilder("prepare").addModifiers(Modifier.PRIVATE).addParameter(int[].class, "inputs")
+                .addParameter(TypeName.INT, "batch").addParameter(TypeName.INT, "seq").addCode(p.build()).build());
+
+        type.addMethod(MethodSpec.methodBuilder("sizeNorm").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                .addParameter(ClassName.bestGuess("SubBlockState"), "s").addParameter(TypeName.INT, "r")
+                .addStatement("s.input = new float[r * DIM]").addStatement("s.normed = new float[r * DIM]")
+                .addStatement("s.mean = new float[r]").addStatement("s.rstd = new float[r]").build());
+        Code att = new Code();
+        att.line("sizeNorm(s, r)");
+        att.line("s.q = new float[r * Q_DIM]").line("s.k = new float[r * KV_DIM]").line("s.v = new float[r * KV_DIM]");
+        att.line("s.qRaw = new float[r * Q_DIM]").line("s.kRaw = new float[r * KV_DIM]");
+        att.line("s.qRstd = new float[r * HEADS]").line("s.kRstd = new float[r * KV_HEADS]");
+        att.line("s.att = new float[r * Q_DIM]").line("s.lse = new float[r * HEADS]");
+        type.addMethod(MethodSpec.methodBuilder("sizeAttention").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                .addParameter(ClassName.bestGuess("SubBlockState"), "s").addParameter(TypeName.INT, "r").addCode(att.build()).build());
+        type.addMethod(MethodSpec.methodBuilder("sizeFfn").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                .addParameter(ClassName.bestGuess("SubBlockState"), "s").addParameter(TypeName.INT, "r").addParameter(TypeName.INT, "hidden")
+                .addStatement("s.gate = new float[r * hidden]").addStatement("s.up = new float[r * hidden]")
+                .addStatement("s.act = new float[r * hidden]").build());
+        Code moe = new Code();
+        moe.line("int slots = r * k");
+        moe.line("m.logits = new float[r * experts]").line("m.probs = new float[r * experts]").line("m.lse = new float[r]");
+        moe.line("m.selected = new int[slots]").line("m.weight = new float[slots]").line("m.chosenSum = new float[r]");
+        moe.line("m.order = new int[slots]").line("m.tokenOfRow = new int[slots]").line("m.weightOfRow = new float[slots]");
+        moe.line("m.xs = new float[slots * DIM]").line("m.gate = new float[slots * hidden]").line("m.up = new float[slots * hidden]");
+        moe.line("m.act = new float[slots * hidden]").line("m.ys = new float[slots * DIM]");
+        moe.line("m.auxGrad = new float[r * experts]").line("m.dWeight = new float[slots]").line("m.dScore = new float[r * experts]");
+        moe.line("m.dLogits = new float[r * experts]").line("m.sharedOut = new float[r * DIM]").line("m.sharedGate = new float[r]");
+        type.addMethod(MethodSpec.methodBuilder("sizeMoe").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "r").addParameter(TypeName.INT, "experts")
+                .addParameter(TypeName.INT, "k").addParameter(TypeName.INT, "hidden").addCode(moe.build()).build());
+    }
+
+    private Code headForward() {
+        Code c = new Code();
+        c.comment("final norm and head");
+        c.line("System.arraycopy(x, 0, finalInput, 0, rows * DIM)");
+        c.add(norm("final_norm", "finalInput", "finalNormed", "finalMean", "finalRstd").build());
+        String head = cfg.tieEmbeddings() ? Names.field("embed.weight") : Names.field("head.weight");
+        c.line("backend.matmul(finalNormed, 0, $L.value(), 0, logits, 0, rows, DIM, VOCAB)", head);
+        return c;
+    }
+
+    private Code norm(String prefix, String in, String out, String mean, String rstd) {
+        Code c = new Code();
+        String w = Names.field(prefix + ".weight");
+        if (cfg.norm().kind() == ModelConfig.NormKind.RMS) {
+            c.line("backend.rmsNorm($L, $L.value(), $L, $L, rows, DIM, EPS)", in, w, out, rstd);
+        } else {
+            c.line("backend.layerNorm($L, $L.value(), $L.value(), $L, $L, $L, rows, DIM, EPS)", in, w, Names.field(prefix + ".bias"), out, mean, rstd);
+        }
+        return c;
+    }
+
+    private Code normBackward(String prefix, String in, String mean, String rstd, String dOut, String dIn) {
+        Code c = new Code();
+        String w = Names.field(prefix + ".weight");
+        if (cfg.norm().kind() == ModelConfig.NormKind.RMS) {
+            c.line("backend.rmsNormBackward($L, $L.value(), $L, $L, $L, $L.grad(), rows, DIM)", in, w, rstd, dOut, dIn, w);
+        } else {
+            String b = Names.field(prefix + ".bias");
+            c.line("backend.layerNormBackward($L, $L.value(), $L, $L, $L, $L, $L.grad(), $L.grad(), rows, DIM)", in, w, mean, rstd, dOut, dIn, w, b);
+        }
+        return c;
+    }
+
+    private void layerForward(Layer l) {
+        int i = l.index();
+        String p = "layers." + i + ".";
+        Code c = new Code();
+        String s = "mix" + i;
+        switch (l.block()) {
+            case Block.PreNorm pre -> {
+                c.comment("x += attention(norm(x))");
+                c.line("System.arraycopy(x, 0, $L.input, 0, rows * DIM)", s);
+                c.add(norm(p + "attn_norm", s + ".input", s + ".normed", s + ".mean", s + ".rstd").build());
+                c.add(attentionForward(p + "attn", s, s + ".normed", "tmp").build());
+                c.line("$T.addInPlace(x, tmp, rows * DIM)", ELEMENTWISE);
+                String f = "ffn" + i;
+                c.comment("x += $L(norm(x))", partName(pre.ffn()));
+                c.line("System.arraycopy(x, 0, $L.input, 0, rows * DIM)", f);
+                c.add(norm(p + "ffn_norm", f + ".input", f + ".normed", f + ".mean", f + ".rstd").build());
+                c.add(ffnForward(pre.ffn(), i, f, f + ".normed", "tmp").build());
+                c.line("$T.addInPlace(x, tmp, rows * DIM)", ELEMENTWISE);
+            }
+            case Block.Parallel par -> {
+                c.comment("h = norm(x); x += attention(h) + $L(h)", partName(par.ffn()));
+                c.line("System.arraycopy(x, 0, $L.input, 0, rows * DIM)", s);
+                c.add(norm(p + "norm", s + ".input", s + ".normed", s + ".mean", s + ".rstd").build());
+                c.add(attentionForward(p + "attn", s, s + ".normed", "tmp").build());
+                c.add(ffnForward(par.ffn(), i, s, s + ".normed", "tmp2").build());
+                c.line("$T.addInPlace(x, tmp, rows * DIM)", ELEMENTWISE);
+                c.line("$T.addInPlace(x, tmp2, rows * DIM)", ELEMENTWISE);
+            }
+            default -> throw new IllegalStateException();
+        }
+        type.addMethod(MethodSpec.methodBuilder("forwardLayer" + i).addModifiers(Modifier.PRIVATE).addJavadoc("Layer $L: $L.\n", i,
+                l.block().describe()).addCode(c.build()).build());
+    }
+
+    private Code attentionForward(String prefix, String s, String in, String out) {
+        Code c = new Code();
+        String q = Names.field(prefix + ".q");
+        String k = Names.field(prefix + ".k");
+        String v = Names.field(prefix + ".v");
+        String o = Names.field(prefix + ".o");
+        boolean qkNorm = cfg.qkNorm();
+        c.line("backend.matmul($L, 0, $L.value(), 0, $L, 0, rows, DIM, Q_DIM)", in, q, qkNorm ? s + ".qRaw" : s + ".q");
+        c.line("backend.matmul($L, 0, $L.value(), 0, $L, 0, rows, DIM, KV_DIM)", in, k, qkNorm ? s + ".kRaw" : s + ".k");
+        c.line("backend.matmul($L, 0, $L.value(), 0, $L.v, 0, rows, DIM, KV_DIM)", in, v, s);
+        if (cfg.qkvBias()) {
+            c.line("$T.addBias($L, $L.value(), 0, rows, Q_DIM)", ELEMENTWISE, qkNorm ? s + ".qRaw" : s + ".q", Names.field(prefix + ".q_bias"));
+            c.line("$T.addBias($L, $L.value(), 0, rows, KV_DIM)", ELEMENTWISE, qkNorm ? s + ".kRaw" : s + ".k", Names.field(prefix + ".k_bias"));
+            c.line("$T.addBias($L.v, $L.value(), 0, rows, KV_DIM)", ELEMENTWISE, s, Names.field(prefix + ".v_bias"));
+        }
+        if (qkNorm) {
+            c.line("backend.rmsNorm($L.qRaw, $L.value(), $L.q, $L.qRstd, rows * HEADS, HEAD_DIM, EPS)", s, Names.field(prefix + ".q_norm"), s, s);
+            c.line("backend.rmsNorm($L.kRaw, $L.value(), $L.k, $L.kRstd, rows * KV_HEADS, HEAD_DIM, EPS)", s, Names.field(prefix + ".k_norm"), s, s);
+        }
+        if (cfg.position().kind() == ModelConfig.PositionKind.ROPE) {
+            c.line("backend.rope($L.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false)", s);
+            c.line("backend.rope($L.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false)", s);
+        }
+        c.line("backend.attention($L.q, $L.k, $L.v, $L.att, $L.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW)", s, s, s, s, s);
+        c.line("backend.matmul($L.att, 0, $L.value(), 0, $L, 0, rows, Q_DIM, DIM)", s, o, out);
+        return c;
+    }
+
+    private Code ffnForward(Block.Part part, int layer, String s, String in, String out) {
+        String prefix = "layers." + layer + ".ffn";
+        return switch (part) {
+            case Block.Part.Dense d -> denseForward(prefix, d.ffn(), s, in, out, "rows");
+            case Block.Part.MoePart m -> moeForward(layer, m.moe(), in, out);
+            default -> throw new IllegalStateException();
+        };
+    }
+
+    private static String act(Ffn f) {
+        return switch (f.activation()) {
+            case SWIGLU -> "SILU";
+            case GEGLU, GELU -> "GELU";
+            case RELU -> "RELU";
+        };
+    }
+
+    private Code denseForward(String prefix, Ffn f, String s, String in, String out, String rows) {
+        Code c = new Code();
+        int h = f.hidden();
+        String up = Names.field(prefix + ".up");
+        String down = Names.field(prefix + ".down");
+        if (f.activation().gated()) {
+            c.line("backend.matmul($L, 0, $L.value(), 0, $L.gate, 0, $L, DIM, $L)", in, Names.field(prefix + ".gate"), s, rows, h);
+            c.line("backend.matmul($L, 0, $L.value(), 0, $L.up, 0, $L, DIM, $L)", in, up, s, rows, h);
+            c.line("backend.glu($T.$L, $L.gate, $L.up, $L.act, $L * $L)", ACTIVATION, act(f), s, s, s, rows, h);
+        } else {
+            c.line("backend.matmul($L, 0, $L.value(), 0, $L.up, 0, $L, DIM, $L)", in, up, s, rows, h);
+            c.line("backend.activation($T.$L, $L.up, $L.act, $L * $L)", ACTIVATION, act(f), s, s, rows, h);
+        }
+        c.line("backend.matmul($L.act, 0, $L.value(), 0, $L, 0, $L, $L, DIM)", s, down, out, rows, h);
+        return c;
+    }
+
+    private static Ffn routedFfn(Moe m) {
+        for (ExpertGroup g : m.groups()) {
+            if (g.role() == ExpertGroup.Role.ROUTED) {
+                return ((Expert.FeedForward) g.expert()).ffn();
+            }
+        }
+        throw new IllegalStateException("no routed experts in " + m.name());
+    }
+
+    private static String routerMethod(Moe m) {
+        return "route" + Names.type(Names.field(m.name().replaceAll("[^A-Za-z0-9]+", "_")));
+    }
+
+    private Code moeForward(int layer, Moe moe, String in, String out) {
+        Code c = new Code();
+        String m = "moe" + layer;
+        String p = "layers." + layer + ".moe";
+        Router r = moe.routers().getFirst();
+        int e = moe.routedExperts();
+        int k = ((Router.Selection.TopK) r.selection()).k();
+        Ffn f = routedFfn(moe);
+        int h = f.hidden();
+        c.comment("router: logits, scores, top-$L ($L)", k, moe.name());
+        c.line("backend.matmul($L, 0, $L.value(), 0, $L.logits, 0, rows, DIM, $L)", in, Names.field(p + ".router.weight"), m, e);
+        c.line("$L($L, $L)", routerMethod(moe), m, r.bias().isPresent() ? Names.field(p + ".router.expert_bias") + ".value()" : "null");
+        c.comment("dispatch: group the $L slots by expert (counting sort), gather their inputs", "rows * " + k);
+        c.line("int slots = rows * $L", k);
+        c.line("$T.sortByExpert($L.selected, slots, $L, $L.order, $L.offsets)", ROUTING, m, e, m, m);
+        c.open("for (int i = 0; i < slots; i++)");
+        c.line("$L.tokenOfRow[i] = $L.order[i] / $L", m, m, k);
+        c.line("$L.weightOfRow[i] = $L.weight[$L.order[i]]", m, m, m);
+        c.close();
+        c.open("for (int x = 0; x < $L; x++)", e);
+        c.line("$L.counts[x] = $L.offsets[x + 1] - $L.offsets[x]", m, m, m);
+        c.line("$L.stepCounts[x] += $L.counts[x]", m, m);
+        c.close();
+        c.line("$L.stepSlots += slots", m);
+        c.line("backend.gatherRows($L, $L.tokenOfRow, slots, DIM, $L.xs)", in, m, m);
+        c.comment("experts: grouped matmuls over the sorted rows ($L x $L)", e, f);
+        String gate = Names.field(p + ".experts.gate");
+        String up = Names.field(p + ".experts.up");
+        String down = Names.field(p + ".experts.down");
+        if (f.activation().gated()) {
+            c.line("backend.groupedMatmul($L.xs, $L, 0, $L.gate, $L.offsets, $L, DIM, $L)", m, gate, m, m, e, h);
+            c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, DIM, $L)", m, up, m, m, e, h);
+            c.line("backend.glu($T.$L, $L.gate, $L.up, $L.act, slots * $L)", ACTIVATION, act(f), m, m, m, h);
+        } else {
+            c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, DIM, $L)", m, up, m, m, e, h);
+            c.line("backend.activation($T.$L, $L.up, $L.act, slots * $L)", ACTIVATION, act(f), m, m, h);
+        }
+        c.line("backend.groupedMatmul($L.act, $L, 0, $L.ys, $L.offsets, $L, $L, DIM)", m, down, m, m, e, h);
+        c.comment("combine: out[token] = Σ weight · expert output");
+        c.line("$T.zero($L, rows * DIM)", ELEMENTWISE, out);
+        c.line("backend.scatterAddRows($L.ys, $L.tokenOfRow, $L.weightOfRow, slots, DIM, $L)", m, m, m, out);
+        int s = 0;
+        for (ExpertGroup g : moe.groups()) {
+            if (g.role() != ExpertGroup.Role.SHARED) {
+                continue;
+            }
+            Ffn sf = ((Expert.FeedForward) g.expert()).ffn();
+            for (int i = 0; i < g.count(); i++, s++) {
+                String sp = p + ".shared." + s;
+                c.comment("shared expert $L: $L$L", s, sf, g.sigmoidGate() ? ", with a sigmoid gate" : "");
+                c.add(denseForward(sp, sf, m + ".shared[" + s + "]", in, m + ".sharedOut", "rows").build());
+                if (g.sigmoidGate()) {
+                    c.line("backend.matmul($L, 0, $L.value(), 0, $L.sharedGate, 0, rows, DIM, 1)", in, Names.field(sp + ".sigmoid_gate"), m);
+                    c.open("for (int t = 0; t < rows; t++)");
+                    c.line("$L.sharedGate[t] = $T.sigmoid($L.sharedGate[t])", m, ELEMENTWISE, m);
+                    c.close();
+                    c.line("System.arraycopy($L.sharedOut, 0, tmp2, 0, rows * DIM)", m);
+                    c.line("$T.scaleRows(tmp2, $L.sharedGate, rows, DIM)", ELEMENTWISE, m);
+                    c.line("$T.addInPlace($L, tmp2, rows * DIM)", ELEMENTWISE, out);
+                    // keep the ungated output for the gate's gradient
+                    c.line("System.arraycopy($L.sharedOut, 0, $L.shared[$L].input == null ? ($L.shared[$L].input = new float[rows * DIM]) : $L.shared[$L].input, 0, rows * DIM)",
+                            m, m, s, m, s, m, s);
+                } else {
+                    c.line("$T.addInPlace($L, $L.sharedOut, rows * DIM)", ELEMENTWISE, out, m);
+                }
+            }
+        }
+        c.add(balanceForward(moe, m, e, k).build());
+        return c;
+    }
+
+    /** Balancing losses: computed in the forward pass; their gradients with respect to the scores are kept in auxGrad. */
+    private Code balanceForward(Moe moe, String m, int e, int k) {
+        Code c = new Code();
+        c.line("$L.balanceLoss = 0", m);
+        c.line("$T.zero($L.auxGrad, rows * $L)", ELEMENTWISE, m, e);
+        for (Loss loss : moe.losses()) {
+            switch (loss) {
+                case Loss.Aux a when a.coef() > 0 -> {
+                    c.comment("aux loss ($L scope): coef * E * Σ f_e P_e; f from counts, P the mean (normalised) score", a.scope().name().toLowerCase(Locale.ROOT));
+                    String coef = floatLiteral(a.coef()) + "f";
+                    if (a.scope() == Loss.Scope.SEQUENCE) {
+                        c.open("for (int b = 0; b < batch; b++)");
+                        c.line("float[] f = new float[$L]", e);
+                        c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
+                        c.open("for (int r = 0; r < $L; r++)", k);
+                        c.line("f[$L.selected[t * $L + r]] += 1f / (seq * $L)", m, k, k);
+                        c.close().close();
+                        c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
+                        c.add(scoreRow(moe, m, e).build());
+                        c.open("for (int x = 0; x < $L; x++)", e);
+                        c.line("$L.balanceLoss += $L * $L * f[x] * p[x] / ((double) seq * batch)", m, coef, e);
+                        c.line("$L.auxGrad[t * $L + x] += $L * $L * f[x] / ((float) seq * batch)", m, e, coef, e);
+                        c.close().close().close();
+                    } else {
+                        c.line("float[] f = new float[$L]", e);
+                        if (a.scope() == Loss.Scope.GLOBAL_BATCH) {
+                            c.comment("global batch: counts so far in this optimiser step (all micro-batches up to this one)");
+                            c.open("for (int x = 0; x < $L; x++)", e);
+                            c.line("f[x] = (float) ((double) $L.stepCounts[x] / $L.stepSlots)", m, m);
+                            c.close();
+                        } else {
+                            c.open("for (int x = 0; x < $L; x++)", e);
+                            c.line("f[x] = (float) $L.counts[x] / slots", m);
+                            c.close();
+                        }
+                        c.open("for (int t = 0; t < rows; t++)");
+                        c.add(scoreRow(moe, m, e).build());
+                        c.open("for (int x = 0; x < $L; x++)", e);
+                        c.line("$L.balanceLoss += $L * $L * f[x] * p[x] / (double) rows", m, coef, e);
+                        c.line("$L.auxGrad[t * $L + x] += $L * $L * f[x] / rows", m, e, coef, e);
+                        c.close().close();
+                    }
+                }
+                case Loss.ZLoss z when z.coef() > 0 -> {
+                    c.comment("z-loss: coef * mean(logsumexp(logits)²)");
+                    c.open("for (int t = 0; t < rows; t++)");
+                    c.line("$L.balanceLoss += $Lf * (double) $L.lse[t] * $L.lse[t] / rows", m, floatLiteral(z.coef()), m, m);
+                    c.close();
+                }
+                default -> { }
+            }
+        }
+        return c;
+    }
+
+    /** {@code float[] p}: the token's scores as the aux loss sees them (softmax, or sigmoid normalised to sum 1). */
+    private Code scoreRow(Moe moe, String m, int e) {
+        Code c = new Code();
+        c.line("float[] p = new float[$L]", e);
+        if (moe.routers().getFirst().score() == Router.Score.SIGMOID) {
+            c.line("double z = 0");
+            c.open("for (int x = 0; x < $L; x++)", e).line("z += $L.probs[t * $L + x]", m, e).close();
+            c.open("for (int x = 0; x < $L; x++)", e).line("p[x] = (float) ($L.probs[t * $L + x] / z)", m, e).close();
+        } else {
+            c.line("System.arraycopy($L.probs, t * $L, p, 0, $L)", m, e, e);
+        }
+        return c;
+    }
+
+    // ---- routers (one per distinct MoE) ----
+
+    private void router(Moe moe) {
+        Router r = moe.routers().getFirst();
+        int e = moe.routedExperts();
+        int k = ((Router.Selection.TopK) r.selection()).k();
+        boolean sigmoid = r.score() == Router.Score.SIGMOID;
+        boolean topkFirst = !sigmoid && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
+        Code c = new Code();
+        c.open("for (int t = 0; t < rows; t++)");
+        c.line("int o = t * $L", e);
+        c.comment("softmax of the logits (kept for the aux and z losses) and their log-sum-exp");
+        c.line("float max = Float.NEGATIVE_INFINITY");
+        c.open("for (int x = 0; x < $L; x++)", e).line("max = Math.max(max, m.logits[o + x])").close();
+        c.line("double sum = 0");
+        c.open("for (int x = 0; x < $L; x++)", e).line("sum += Math.exp(m.logits[o + x] - max)").close();
+        c.line("m.lse[t] = (float) (max + Math.log(sum))");
+        c.open("for (int x = 0; x < $L; x++)", e);
+        if (sigmoid) {
+            c.line("m.probs[o + x] = $T.sigmoid(m.logits[o + x])", ELEMENTWISE);
+        } else {
+            c.line("m.probs[o + x] = (float) (Math.exp(m.logits[o + x] - max) / sum)");
+        }
+        c.close();
+        String by = topkFirst ? "m.logits[o + x]" : "m.probs[o + x]";
+        c.comment("top-$L by $L$L; ties go to the lower index", k, topkFirst ? "logit" : sigmoid ? "sigmoid score" : "probability",
+                r.bias().isPresent() ? " + expert bias (selection only)" : "");
+        c.line("double chosen = 0");
+        c.open("for (int r = 0; r < $L; r++)", k);
+        c.line("int best = -1");
+        c.line("float bestScore = Float.NEGATIVE_INFINITY");
+        c.open("for (int x = 0; x < $L; x++)", e);
+        c.line("float s = $L$L", by, r.bias().isPresent() ? " + bias[x]" : "");
+        c.line("boolean taken = false");
+        c.open("for (int q = 0; q < r; q++)").line("taken |= m.selected[t * $L + q] == x", k).close();
+        c.open("if (!taken && (best < 0 || s > bestScore))").line("best = x").line("bestScore = s").close();
+        c.close();
+        c.open("if (!Float.isFinite(bestScore))");
+        c.line("throw new $T($S + t + $S)", ArithmeticException.class, "router scores are not finite at token ", " (training diverged?)");
+        c.close();
+        c.line("m.selected[t * $L + r] = best", k);
+        if (topkFirst) {
+            c.line("m.weight[t * $L + r] = m.logits[o + best]", k);
+        } else {
+            c.line("m.weight[t * $L + r] = m.probs[o + best]", k);
+            c.line("chosen += m.probs[o + best]");
+        }
+        c.close();
+        if (topkFirst) {
+            c.comment("softmax over the $L chosen logits", k);
+            c.line("float top = Float.NEGATIVE_INFINITY");
+            c.open("for (int r = 0; r < $L; r++)", k).line("top = Math.max(top, m.weight[t * $L + r])", k).close();
+            c.line("double z = 0");
+            c.open("for (int r = 0; r < $L; r++)", k).line("z += Math.exp(m.weight[t * $L + r] - top)", k).close();
+            c.open("for (int r = 0; r < $L; r++)", k).line("m.weight[t * $L + r] = (float) (Math.exp(m.weight[t * $L + r] - top) / z)", k, k).close();
+        } else {
+            c.line("m.chosenSum[t] = (float) chosen");
+            if (r.normalize()) {
+                c.comment("renormalise the chosen weights to sum to 1");
+                c.open("for (int r = 0; r < $L; r++)", k).line("m.weight[t * $L + r] = (float) (m.weight[t * $L + r] / chosen)", k, k).close();
+            }
+        }
+        if (r.scale() != 1.0) {
+            c.comment("routed scaling factor");
+            c.open("for (int r = 0; r < $L; r++)", k).line("m.weight[t * $L + r] *= $Lf", k, floatLiteral(r.scale())).close();
+        }
+        c.close();
+        type.addMethod(MethodSpec.methodBuilder(routerMethod(moe)).addModifiers(Modifier.PRIVATE)
+                .addJavadoc("Router of $L: $L scores, top-$L$L$L$L.\n", moe.name(), sigmoid ? "sigmoid" : "softmax", k,
+                        topkFirst ? " of the logits, then softmax over them" : "", r.normalize() && !topkFirst ? ", renormalised" : "",
+                        r.scale() != 1.0 ? ", scaled by " + r.scale() : "")
+                .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(float[].class, "bias").addCode(c.build()).build());
+    }
+
+    private void routerBackward(Moe moe) {
+        Router r = moe.routers().getFirst();
+        int e = moe.routedExperts();
+        int k = ((Router.Selection.TopK) r.selection()).k();
+        boolean sigmoid = r.score() == Router.Score.SIGMOID;
+        boolean topkFirst = !sigmoid && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
+        double zCoef = moe.losses().stream().filter(l -> l instanceof Loss.ZLoss).mapToDouble(l -> ((Loss.ZLoss) l).coef()).sum();
+        String scale = floatLiteral(r.scale()) + "f";
+        Code c = new Code();
+        c.open("for (int t = 0; t < rows; t++)");
+        c.line("int o = t * $L", e);
+        c.line("int s0 = t * $L", k);
+        c.open("for (int x = 0; x < $L; x++)", e).line("m.dScore[o + x] = lossScale * m.auxGrad[o + x]").line("m.dLogits[o + x] = 0").close();
+        if (topkFirst) {
+            c.comment("weights are a softmax over the chosen logits: push their gradient to those logits");
+            c.line("double dot = 0");
+            c.open("for (int r = 0; r < $L; r++)", k).line("dot += m.weight[s0 + r] / $L * ($L * m.dWeight[s0 + r])", scale, scale).close();
+            c.open("for (int r = 0; r < $L; r++)", k);
+            c.line("float w = m.weight[s0 + r] / $L", scale);
+            c.line("m.dLogits[o + m.selected[s0 + r]] += (float) (w * ($L * m.dWeight[s0 + r] - dot))", scale);
+            c.close();
+        } else {
+            c.comment("weights are the chosen scores$L", r.normalize() ? " over their sum" : "");
+            if (r.normalize()) {
+                c.line("double total = m.chosenSum[t]");
+                c.line("double dot = 0");
+                c.open("for (int r = 0; r < $L; r++)", k).line("dot += m.dWeight[s0 + r] * m.probs[o + m.selected[s0 + r]]").close();
+                c.open("for (int r = 0; r < $L; r++)", k);
+                c.line("m.dScore[o + m.selected[s0 + r]] += (float) ($L * (m.dWeight[s0 + r] / total - dot / (total * total)))", scale);
+                c.close();
+            } else {
+                c.open("for (int r = 0; r < $L; r++)", k).line("m.dScore[o + m.selected[s0 + r]] += $L * m.dWeight[s0 + r]", scale).close();
+            }
+        }
+        if (sigmoid) {
+            c.comment("aux gradient was taken with respect to scores normalised per token: undo that normalisation");
+            c.line("double z = 0");
+            c.line("double cz = 0");
+            c.open("for (int x = 0; x < $L; x++)", e).line("z += m.probs[o + x]").close();
+            c.open("for (int x = 0; x < $L; x++)", e).line("cz += lossScale * m.auxGrad[o + x] * m.probs[o + x] / z").close();
+            c.open("for (int x = 0; x < $L; x++)", e);
+            c.line("float direct = m.dScore[o + x] - lossScale * m.auxGrad[o + x]");
+            c.line("float viaAux = (float) ((lossScale * m.auxGrad[o + x] - cz) / z)");
+            c.line("float s = m.probs[o + x]");
+            c.line("m.dLogits[o + x] += (direct + viaAux) * s * (1 - s)");
+            c.close();
+        } else {
+            c.comment("softmax backward: dl = p ⊙ (dp - Σ p dp)");
+            c.line("double pdp = 0");
+            c.open("for (int x = 0; x < $L; x++)", e).line("pdp += (double) m.probs[o + x] * m.dScore[o + x]").close();
+            c.open("for (int x = 0; x < $L; x++)", e).line("m.dLogits[o + x] += (float) (m.probs[o + x] * (m.dScore[o + x] - pdp))").close();
+        }
+        if (zCoef > 0) {
+            c.comment("z-loss: d/dl of coef * lse² / rows = coef * 2 * lse * softmax / rows");
+            c.open("for (int x = 0; x < $L; x++)", e);
+            c.line("double softmax = Math.exp(m.logits[o + x] - m.lse[t])");
+            c.line("m.dLogits[o + x] += (float) (lossScale * $L * 2.0 * m.lse[t] * softmax / rows)", floatLiteral(zCoef));
+            c.close();
+        }
+        c.close();
+        type.addMethod(MethodSpec.methodBuilder(routerMethod(moe) + "Backward").addModifiers(Modifier.PRIVATE)
+                .addJavadoc("Backward of {@link #$L}: from the weights' gradient (and the balancing losses) to the logits' gradient.\n",
+                        routerMethod(moe))
+                .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.FLOAT, "lossScale").addCode(c.build()).build());
+    }
+
+    // ---- backward ----
+
+    private void backward() {
+        Code c = new Code();
+        c.comment("dLogits holds the gradient of the mean cross-entropy; scale it for gradient accumulation");
+        c.open("if (scale != 1f)");
+        c.open("for (int i = 0; i < rows * VOCAB; i++)").line("dLogits[i] *= scale").close();
+        c.close();
+        c.line("$T.zero(dx, rows * DIM)", ELEMENTWISE);
+        c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
+        String head = cfg.tieEmbeddings() ? Names.field("embed.weight") : Names.field("head.weight");
+        c.line("backend.matmulBackward(finalNormed, 0, $L.value(), 0, dLogits, 0, dNormed, 0, $L.grad(), 0, rows, DIM, VOCAB)", head, head);
+        c.add(normBackward("final_norm", "finalInput", "finalMean", "finalRstd", "dNormed", "dx").build());
+        for (int i = model.layers().size() - 1; i >= 0; i--) {
+            c.line("backwardLayer$L(scale)", i);
+        }
+        c.line("backend.embeddingBackward(inputs, dx, $L.grad(), rows, DIM)", Names.field("embed.weight"));
+        type.addMethod(MethodSpec.methodBuilder("backward").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .addParameter(TypeName.FLOAT, "scale").addCode(c.build()).build());
+    }
+
+    private void layerBackward(Layer l) {
+        int i = l.index();
+        String p = "layers." + i + ".";
+        Code c = new Code();
+        String s = "mix" + i;
+        switch (l.block()) {
+            case Block.PreNorm pre -> {
+                String f = "ffn" + i;
+                c.comment("x += $L(norm(x)): dx flows through the residual and back through the ffn", partName(pre.ffn()));
+                c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
+                c.add(ffnBackward(pre.ffn(), i, f, f + ".normed", "dx", "dNormed").build());
+                c.add(normBackward(p + "ffn_norm", f + ".input", f + ".mean", f + ".rstd", "dNormed", "dx").build());
+                c.comment("x += attention(norm(x))");
+                c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
+                c.add(attentionBackward(p + "attn", s, s + ".normed", "dx", "dNormed").build());
+                c.add(normBackward(p + "attn_norm", s + ".input", s + ".mean", s + ".rstd", "dNormed", "dx").build());
+            }
+            case Block.Parallel par -> {
+                c.comment("x += attention(h) + $L(h), h = norm(x)", partName(par.ffn()));
+                c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
+                c.add(ffnBackward(par.ffn(), i, s, s + ".normed", "dx", "dNormed").build());
+                c.add(attentionBackward(p + "attn", s, s + ".normed", "dx", "dNormed").build());
+                c.add(normBackward(p + "norm", s + ".input", s + ".mean", s + ".rstd", "dNormed", "dx").build());
+            }
+            default -> throw new IllegalStateException();
+        }
+        type.addMethod(MethodSpec.methodBuilder("backwardLayer" + i).addModifiers(Modifier.PRIVATE)
+                .addParameter(TypeName.FLOAT, "scale").addCode(c.build()).build());
+    }
+
+    private Code attentionBackward(String prefix, String s, String in, String dOut, String dIn) {
+        Code c = new Code();
+        String q = Names.field(prefix + ".q");
+        String k = Names.field(prefix + ".k");
+        String v = Names.field(prefix + ".v");
+        String o = Names.field(prefix + ".o");
+        c.line("$T.zero(dAtt, rows * Q_DIM)", ELEMENTWISE);
+        c.line("backend.matmulBackward($L.att, 0, $L.value(), 0, $L, 0, dAtt, 0, $L.grad(), 0, rows, Q_DIM, DIM)", s, o, dOut, o);
+        c.line("$T.zero(dq, rows * Q_DIM)", ELEMENTWISE);
+        c.line("$T.zero(dk, rows * KV_DIM)", ELEMENTWISE);
+        c.line("$T.zero(dv, rows * KV_DIM)", ELEMENTWISE);
+        c.line("backend.attentionBackward($L.q, $L.k, $L.v, $L.att, $L.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW)",
+                s, s, s, s, s);
+        if (cfg.position().kind() == ModelConfig.PositionKind.ROPE) {
+            c.line("backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true)");
+            c.line("backend.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true)");
+        }
+        String dq = "dq";
+        String dk = "dk";
+        if (cfg.qkNorm()) {
+            c.line("$T.zero(dqRaw, rows * Q_DIM)", ELEMENTWISE);
+            c.line("$T.zero(dkRaw, rows * KV_DIM)", ELEMENTWISE);
+            String qn = Names.field(prefix + ".q_norm");
+            String kn = Names.field(prefix + ".k_norm");
+            c.line("backend.rmsNormBackward($L.qRaw, $L.value(), $L.qRstd, dq, dqRaw, $L.grad(), rows * HEADS, HEAD_DIM)", s, qn, s, qn);
+            c.line("backend.rmsNormBackward($L.kRaw, $L.value(), $L.kRstd, dk, dkRaw, $L.grad(), rows * KV_HEADS, HEAD_DIM)", s, kn, s, kn);
+            dq = "dqRaw";
+            dk = "dkRaw";
+        }
+        if (cfg.qkvBias()) {
+            c.line("$T.biasBackward($L, $L.grad(), 0, rows, Q_DIM)", ELEMENTWISE, dq, Names.field(prefix + ".q_bias"));
+            c.line("$T.biasBackward($L, $L.grad(), 0, rows, KV_DIM)", ELEMENTWISE, dk, Names.field(prefix + ".k_bias"));
+            c.line("$T.biasBackward(dv, $L.grad(), 0, rows, KV_DIM)", ELEMENTWISE, Names.field(prefix + ".v_bias"));
+        }
+        c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L, 0, $L, 0, $L.grad(), 0, rows, DIM, Q_DIM)", in, q, dq, dIn, q);
+        c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L, 0, $L, 0, $L.grad(), 0, rows, DIM, KV_DIM)", in, k, dk, dIn, k);
+        c.line("backend.matmulBackward($L, 0, $L.value(), 0, dv, 0, $L, 0, $L.grad(), 0, rows, DIM, KV_DIM)", in, v, dIn, v);
+        return c;
+    }
+
+    private Code ffnBackward(Block.Part part, int layer, String s, String in, String dOut, String dIn) {
+        return switch (part) {
+            case Block.Part.Dense d -> denseBackward("layers." + layer + ".ffn", d.ffn(), s, in, dOut, dIn, "rows");
+            case Block.Part.MoePart m -> moeBackward(layer, m.moe(), in, dOut, dIn);
+            default -> throw new IllegalStateException();
+        };
+    }
+
+    private Code denseBackward(String prefix, Ffn f, String s, String in, String dOut, String dIn, String rows) {
+        Code c = new Code();
+        int h = f.hidden();
+        String up = Names.field(prefix + ".up");
+        String down = Names.field(prefix + ".down");
+        c.line("$T.zero(dAct, $L * $L)", ELEMENTWISE, rows, h);
+        c.line("backend.matmulBackward($L.act, 0, $L.value(), 0, $L, 0, dAct, 0, $L.grad(), 0, $L, $L, DIM)", s, down, dOut, down, rows, h);
+        if (f.activation().gated()) {
+            String gate = Names.field(prefix + ".gate");
+            c.line("backend.gluBackward($T.$L, $L.gate, $L.up, dAct, dGate, dUp, $L * $L)", ACTIVATION, act(f), s, s, rows, h);
+            c.line("backend.matmulBackward($L, 0, $L.value(), 0, dGate, 0, $L, 0, $L.grad(), 0, $L, DIM, $L)", in, gate, dIn, gate, rows, h);
+        } else {
+            c.line("backend.activationBackward($T.$L, $L.up, dAct, dUp, $L * $L)", ACTIVATION, act(f), s, rows, h);
+        }
+        c.line("backend.matmulBackward($L, 0, $L.value(), 0, dUp, 0, $L, 0, $L.grad(), 0, $L, DIM, $L)", in, up, dIn, up, rows, h);
+        return c;
+    }
+
+    private Code moeBackward(int layer, Moe moe, String in, String dOut, String dIn) {
+        Code c = new Code();
+        String m = "moe" + layer;
+        String p = "layers." + layer + ".moe";
+        Router r = moe.routers().getFirst();
+        int e = moe.routedExperts();
+        int k = ((Router.Selection.TopK) r.selection()).k();
+        Ffn f = routedFfn(moe);
+        int h = f.hidden();
+        c.line("int slots = rows * $L", k);
+        int s = 0;
+        for (ExpertGroup g : moe.groups()) {
+            if (g.role() != ExpertGroup.Role.SHARED) {
+                continue;
+            }
+            Ffn sf = ((Expert.FeedForward) g.expert()).ffn();
+            for (int i = 0; i < g.count(); i++, s++) {
+                String sp = p + ".shared." + s;
+                c.comment("shared expert $L", s);
+                String state = m + ".shared[" + s + "]";
+                if (g.sigmoidGate()) {
+                    String wg = Names.field(sp + ".sigmoid_gate");
+                    c.line("$T.dotRows($L, $L.input, rows, DIM, $L.dWeight)", ELEMENTWISE, dOut, state, m);
+                    c.line("float[] dGateLogit = new float[rows]");
+                    c.open("for (int t = 0; t < rows; t++)");
+                    c.line("float g = $L.sharedGate[t]", m);
+                    c.line("dGateLogit[t] = $L.dWeight[t] * g * (1 - g)", m);
+                    c.close();
+                    c.line("backend.matmulBackward($L, 0, $L.value(), 0, dGateLogit, 0, $L, 0, $L.grad(), 0, rows, DIM, 1)", in, wg, dIn, wg);
+                    c.line("System.arraycopy($L, 0, dShared, 0, rows * DIM)", dOut);
+                    c.line("$T.scaleRows(dShared, $L.sharedGate, rows, DIM)", ELEMENTWISE, m);
+                    c.add(denseBackward(sp, sf, state, in, "dShared", dIn, "rows").build());
+                } else {
+                    c.add(denseBackward(sp, sf, state, in, dOut, dIn, "rows").build());
+                }
+            }
+        }
+        c.comment("combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]");
+        c.line("float[] dRowWeight = new float[slots]");
+        c.line("$T.dotGatheredRows($L, $L.tokenOfRow, $L.ys, slots, DIM, dRowWeight)", ELEMENTWISE, dOut, m, m);
+        c.open("for (int i = 0; i < slots; i++)").line("$L.dWeight[$L.order[i]] = dRowWeight[i]", m, m).close();
+        c.line("float[] dys = new float[slots * DIM]");
+        c.line("backend.gatherRows($L, $L.tokenOfRow, slots, DIM, dys)", dOut, m);
+        c.line("$T.scaleRows(dys, $L.weightOfRow, slots, DIM)", ELEMENTWISE, m);
+        c.comment("experts backward (grouped)");
+        String gate = Names.field(p + ".experts.gate");
+        String up = Names.field(p + ".experts.up");
+        String down = Names.field(p + ".experts.down");
+        c.line("$T.zero(dAct, slots * $L)", ELEMENTWISE, h);
+        c.line("backend.groupedMatmulBackward($L.act, $L, 0, dys, dAct, $LGrad, 0, $L.offsets, $L, $L, DIM)", m, down, down, m, e, h);
+        c.line("float[] dxs = new float[slots * DIM]");
+        if (f.activation().gated()) {
+            c.line("backend.gluBackward($T.$L, $L.gate, $L.up, dAct, dGate, dUp, slots * $L)", ACTIVATION, act(f), m, m, h);
+            c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dGate, dxs, $LGrad, 0, $L.offsets, $L, DIM, $L)", m, gate, gate, m, e, h);
+        } else {
+            c.line("backend.activationBackward($T.$L, $L.up, dAct, dUp, slots * $L)", ACTIVATION, act(f), m, h);
+        }
+        c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dUp, dxs, $LGrad, 0, $L.offsets, $L, DIM, $L)", m, up, up, m, e, h);
+        c.line("backend.scatterAddRows(dxs, $L.tokenOfRow, null, slots, DIM, $L)", m, dIn);
+        c.comment("router backward");
+        c.line("$LBackward($L, scale)", routerMethod(moe), m);
+        String wr = Names.field(p + ".router.weight");
+        c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.dLogits, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, wr, m, dIn, wr, e);
+        return c;
+    }
+
+    // ---- inference and step hooks ----
+
+    private void inference() {
+        Code c = new Code();
+        c.line("int[] targets = new int[batch * seq]");
+        c.line("forward(inputs, targets, batch, seq)");
+        c.line("float[] last = new float[batch * VOCAB]");
+        c.open("for (int b = 0; b < batch; b++)");
+        c.line("System.arraycopy(logits, ((b + 1) * seq - 1) * VOCAB, last, b * VOCAB, VOCAB)");
+        c.close();
+        c.line("return last");
+        type.addMethod(MethodSpec.methodBuilder("lastLogits").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(float[].class)
+                .addParameter(int[].class, "inputs").addParameter(TypeName.INT, "batch").addParameter(TypeName.INT, "seq").addCode(c.build())
+                .build());
+    }
+
+    private void stepHooks() {
+        Code begin = new Code();
+        for (int i : moeLayers) {
+            begin.line("$T.fill(moe$L.stepCounts, 0L)", ARRAYS, i);
+            begin.line("moe$L.stepSlots = 0", i);
+        }
+        type.addMethod(MethodSpec.methodBuilder("beginStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).addCode(begin.build())
+                .build());
+        Code end = new Code();
+        for (Layer l : model.layers()) {
+            moeOf(l).ifPresent(m -> {
+                Router r = m.routers().getFirst();
+                if (r.bias().isEmpty()) {
+                    return;
+                }
+                int e = m.routedExperts();
+                String bias = Names.field("layers." + l.index() + ".moe.router.expert_bias");
+                end.comment("layer $L: aux-free balancing, bias += rate * sign(mean load - load)", l.index());
+                end.line("double mean$L = (double) moe$L.stepSlots / $L", l.index(), l.index(), e);
+                end.open("for (int x = 0; x < $L; x++)", e);
+                end.line("$L.value()[x] += $Lf * (float) Math.signum(mean$L - moe$L.stepCounts[x])", bias, floatLiteral(r.bias().get().rate()),
+                        l.index(), l.index());
+                end.close();
+            });
+        }
+        type.addMethod(MethodSpec.methodBuilder("endStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).addCode(end.build())
+                .build());
+    }
+}

@@ -1,0 +1,49 @@
+package dev.moe.runtime;
+
+import java.util.List;
+
+/**
+ * What a generated model class offers the trainer, the sampler and tools. One forward keeps what
+ * its backward needs; the next forward replaces it.
+ */
+public interface TrainableModel {
+    /** The model's name as declared in its {@code .moe} file. */
+    String name();
+
+    int vocab();
+
+    int context();
+
+    /** Every parameter and buffer, in a fixed order, experts as views. */
+    List<Parameter> parameters();
+
+    /** Fills every parameter deterministically from {@code seed} (independent of thread count). */
+    void initialize(long seed);
+
+    /** Starts an optimiser step: resets per-step state such as global-batch expert counts. */
+    void beginStep();
+
+    /**
+     * Runs the forward pass on {@code batch} sequences of {@code seq} tokens and returns the training
+     * loss (cross-entropy plus balancing losses); keeps what {@link #backward} needs.
+     */
+    double forward(int[] inputs, int[] targets, int batch, int seq);
+
+    /** The language-modelling part of the last forward's loss (without balancing terms). */
+    double lastCrossEntropy();
+
+    /** Accumulates the gradient of the last forward's loss, scaled by {@code scale}, into the parameters. */
+    void backward(float scale);
+
+    /** Ends an optimiser step: updates state that is not trained by gradients (the aux-free expert bias). */
+    void endStep();
+
+    /** Logits of the last position of each sequence, [batch, vocab]; no state kept for backward. */
+    float[] lastLogits(int[] inputs, int batch, int seq);
+
+    /** Tokens routed to each expert in the last forward, per MoE layer: [moeLayer][expert]. */
+    int[][] expertLoads();
+
+    /** The layer index of each MoE layer of {@link #expertLoads()}. */
+    int[] moeLayers();
+}
