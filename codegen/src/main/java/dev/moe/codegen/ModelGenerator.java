@@ -53,6 +53,8 @@ final class ModelGenerator {
     private final List<Integer> moeLayers = new ArrayList<>();
     private int maxHidden = 1;
     private int maxExpertRows = 1;
+    /** The widest FFN intermediate per token: a dense hidden size, or k times an expert's. */
+    private int maxActivationPerRow = 1;
 
     ModelGenerator(Model model) {
         this.model = model;
@@ -119,7 +121,10 @@ final class ModelGenerator {
 
     private void ffnSupported(Block.Part p, Layer l) {
         switch (p) {
-            case Block.Part.Dense d -> maxHidden = Math.max(maxHidden, d.ffn().hidden());
+            case Block.Part.Dense d -> {
+                maxHidden = Math.max(maxHidden, d.ffn().hidden());
+                maxActivationPerRow = Math.max(maxActivationPerRow, d.ffn().hidden());
+            }
             case Block.Part.MoePart mp -> {
                 Moe m = mp.moe();
                 Ffn routed = null;
@@ -129,6 +134,7 @@ final class ModelGenerator {
                         return;
                     }
                     maxHidden = Math.max(maxHidden, f.ffn().hidden());
+                    maxActivationPerRow = Math.max(maxActivationPerRow, f.ffn().hidden());
                     if (g.role() == ExpertGroup.Role.ROUTED) {
                         if (routed != null && !routed.equals(f.ffn())) {
                             unsupported(l, "routed experts of different shapes in one MoE");
@@ -164,6 +170,9 @@ final class ModelGenerator {
                 moes.putIfAbsent(m.name(), m);
                 moeLayers.add(l.index());
                 maxExpertRows = Math.max(maxExpertRows, k.k());
+                if (routed != null) {
+                    maxActivationPerRow = Math.max(maxActivationPerRow, k.k() * routed.hidden());
+                }
             }
             case Block.Part.Attention a -> unsupported(l, "attention in the ffn slot");
         }
@@ -176,18 +185,18 @@ final class ModelGenerator {
 
     private String dataFlow() {
         StringBuilder b = new StringBuilder();
-        b.append("tokens ─▶ embed ─▶ x\n");
+        b.append("tokens ─▶ embed ─▶ stream (the residual stream, [rows, DIM])\n");
         for (Layer l : model.layers()) {
             String norm = cfg.norm().kind() == ModelConfig.NormKind.RMS ? "rms" : "ln";
             switch (l.block()) {
-                case Block.PreNorm p -> b.append(String.format(Locale.ROOT, "layer %2d: x += attention(%s(x)); x += %s(%s(x))%n", l.index(), norm,
+                case Block.PreNorm p -> b.append(String.format(Locale.ROOT, "layer %2d: stream += attention(%s(stream)); stream += %s(%s(stream))%n", l.index(), norm,
                         partName(p.ffn()), norm));
-                case Block.Parallel p -> b.append(String.format(Locale.ROOT, "layer %2d: h = %s(x); x += attention(h) + %s(h)%n", l.index(), norm,
+                case Block.Parallel p -> b.append(String.format(Locale.ROOT, "layer %2d: h = %s(stream); stream += attention(h) + %s(h)%n", l.index(), norm,
                         partName(p.ffn())));
                 default -> { }
             }
         }
-        b.append("x ─▶ norm ─▶ head ─▶ logits ─▶ cross-entropy (+ balancing losses)\n");
+        b.append("stream ─▶ norm ─▶ head ─▶ logits ─▶ cross-entropy (+ balancing losses)\n");
         return b.toString();
     }
 
@@ -282,6 +291,8 @@ final class ModelGenerator {
                 .addField(float[].class, "weightOfRow").addField(float[].class, "xs").addField(float[].class, "gate").addField(float[].class, "up")
                 .addField(float[].class, "act").addField(float[].class, "ys").addField(float[].class, "auxGrad")
                 .addField(float[].class, "dWeight").addField(float[].class, "dScore").addField(float[].class, "dLogits")
+                .addField(float[].class, "dRowWeight").addField(float[].class, "dys").addField(float[].class, "dxs")
+                .addField(float[].class, "f").addField(float[].class, "p")
                 .addField(int[].class, "counts").addField(long[].class, "stepCounts").addField(TypeName.LONG, "stepSlots")
                 .addField(TypeName.DOUBLE, "balanceLoss")
                 .addField(ArrayTypeName("SubBlockState"), "shared").addField(float[].class, "sharedOut").addField(float[].class, "sharedGate")
@@ -301,7 +312,9 @@ final class ModelGenerator {
         type.addField(TypeName.INT, "capacity", Modifier.PRIVATE);
         type.addField(int[].class, "inputs", Modifier.PRIVATE);
         type.addField(TypeName.DOUBLE, "lastCrossEntropy", Modifier.PRIVATE);
-        for (String f : List.of("x", "tmp", "tmp2", "dx", "dNormed", "dAtt", "dq", "dk", "dv", "dqRaw", "dkRaw", "dAct", "dGate", "dUp", "dShared",
+        type.addField(FieldSpec.builder(TypeName.BOOLEAN, "counting", Modifier.PRIVATE).initializer("true")
+                .addJavadoc("False while generating: inference does not count towards a training step's expert loads.\n").build());
+        for (String f : List.of("stream", "tmp", "tmp2", "dx", "dNormed", "dAtt", "dq", "dk", "dv", "dqRaw", "dkRaw", "dAct", "dGate", "dUp", "dShared",
                 "finalNormed", "finalInput", "finalMean", "finalRstd", "logits", "dLogits")) {
             type.addField(float[].class, f, Modifier.PRIVATE);
         }
@@ -424,7 +437,7 @@ final class ModelGenerator {
     private void forward() {
         Code c = new Code();
         c.line("prepare(inputs, batch, seq)");
-        c.line("backend.embedding(inputs, $L.value(), x, rows, DIM)", Names.field("embed.weight"));
+        c.line("backend.embedding(inputs, $L.value(), stream, rows, DIM)", Names.field("embed.weight"));
         for (Layer l : model.layers()) {
             c.line("forwardLayer$L()", l.index());
         }
@@ -441,7 +454,12 @@ final class ModelGenerator {
 
         Code p = new Code();
         p.open("if (seq < 1 || seq > CONTEXT || batch < 1 || inputs.length < batch * seq)");
-        p.line("throw new IllegalArgumentException($S + batch + $S + seq + $S + CONTEXT)", "bad batch ", " x ", " (context is ");
+        p.line("throw new IllegalArgumentException($S + batch + $S + seq + $S + CONTEXT + $S)", "bad batch ", " x ", " (context is ", ")");
+        p.close();
+        p.open("for (int i = 0; i < batch * seq; i++)");
+        p.open("if (inputs[i] < 0 || inputs[i] >= VOCAB)");
+        p.line("throw new IllegalArgumentException($S + inputs[i] + $S + i + $S + VOCAB + $S)", "token ", " at ", " is outside the vocabulary (", ")");
+        p.close();
         p.close();
         p.line("this.batch = batch");
         p.line("this.seq = seq");
@@ -450,8 +468,7 @@ final class ModelGenerator {
         p.open("if (rows > capacity)");
         p.line("capacity = rows");
         p.line("int r = rows");
-        p.line("int wide = Math.max(Math.max(DIM, Q_DIM), $L)", maxHidden);
-        for (String f : List.of("x", "tmp", "tmp2", "dx", "dNormed", "finalNormed", "finalInput", "dShared")) {
+        for (String f : List.of("stream", "tmp", "tmp2", "dx", "dNormed", "finalNormed", "finalInput", "dShared")) {
             p.line("$L = new float[r * DIM]", f);
         }
         p.line("finalMean = new float[r]");
@@ -462,10 +479,9 @@ final class ModelGenerator {
         p.line("dk = new float[r * KV_DIM]");
         p.line("dkRaw = new float[r * KV_DIM]");
         p.line("dv = new float[r * KV_DIM]");
-        p.line("int hiddenRows = r * $L", maxExpertRows);
-        p.line("dAct = new float[hiddenRows * wide]");
-        p.line("dGate = new float[hiddenRows * wide]");
-        p.line("dUp = new float[hiddenRows * wide]");
+        p.line("dAct = new float[r * $L]", maxActivationPerRow);
+        p.line("dGate = new float[r * $L]", maxActivationPerRow);
+        p.line("dUp = new float[r * $L]", maxActivationPerRow);
         p.line("logits = new float[r * VOCAB]");
         p.line("dLogits = new float[r * VOCAB]");
         for (Layer l : model.layers()) {
@@ -523,6 +539,8 @@ final class ModelGenerator {
         moe.line("m.act = new float[slots * hidden]").line("m.ys = new float[slots * DIM]");
         moe.line("m.auxGrad = new float[r * experts]").line("m.dWeight = new float[slots]").line("m.dScore = new float[r * experts]");
         moe.line("m.dLogits = new float[r * experts]").line("m.sharedOut = new float[r * DIM]").line("m.sharedGate = new float[r]");
+        moe.line("m.dRowWeight = new float[slots]").line("m.dys = new float[slots * DIM]").line("m.dxs = new float[slots * DIM]");
+        moe.line("m.f = new float[experts]").line("m.p = new float[experts]");
         type.addMethod(MethodSpec.methodBuilder("sizeMoe").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
                 .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "r").addParameter(TypeName.INT, "experts")
                 .addParameter(TypeName.INT, "k").addParameter(TypeName.INT, "hidden").addCode(moe.build()).build());
@@ -531,7 +549,7 @@ final class ModelGenerator {
     private Code headForward() {
         Code c = new Code();
         c.comment("final norm and head");
-        c.line("System.arraycopy(x, 0, finalInput, 0, rows * DIM)");
+        c.line("System.arraycopy(stream, 0, finalInput, 0, rows * DIM)");
         c.add(norm("final_norm", "finalInput", "finalNormed", "finalMean", "finalRstd").build());
         String head = cfg.tieEmbeddings() ? Names.field("embed.weight") : Names.field("head.weight");
         c.line("backend.matmul(finalNormed, 0, $L.value(), 0, logits, 0, rows, DIM, VOCAB)", head);
@@ -568,26 +586,26 @@ final class ModelGenerator {
         String s = "mix" + i;
         switch (l.block()) {
             case Block.PreNorm pre -> {
-                c.comment("x += attention(norm(x))");
-                c.line("System.arraycopy(x, 0, $L.input, 0, rows * DIM)", s);
+                c.comment("stream += attention(norm(stream))");
+                c.line("System.arraycopy(stream, 0, $L.input, 0, rows * DIM)", s);
                 c.add(norm(p + "attn_norm", s + ".input", s + ".normed", s + ".mean", s + ".rstd").build());
                 c.add(attentionForward(p + "attn", s, s + ".normed", "tmp").build());
-                c.line("$T.addInPlace(x, tmp, rows * DIM)", ELEMENTWISE);
+                c.line("$T.addInPlace(stream, tmp, rows * DIM)", ELEMENTWISE);
                 String f = "ffn" + i;
-                c.comment("x += $L(norm(x))", partName(pre.ffn()));
-                c.line("System.arraycopy(x, 0, $L.input, 0, rows * DIM)", f);
+                c.comment("stream += $L(norm(stream))", partName(pre.ffn()));
+                c.line("System.arraycopy(stream, 0, $L.input, 0, rows * DIM)", f);
                 c.add(norm(p + "ffn_norm", f + ".input", f + ".normed", f + ".mean", f + ".rstd").build());
                 c.add(ffnForward(pre.ffn(), i, f, f + ".normed", "tmp").build());
-                c.line("$T.addInPlace(x, tmp, rows * DIM)", ELEMENTWISE);
+                c.line("$T.addInPlace(stream, tmp, rows * DIM)", ELEMENTWISE);
             }
             case Block.Parallel par -> {
-                c.comment("h = norm(x); x += attention(h) + $L(h)", partName(par.ffn()));
-                c.line("System.arraycopy(x, 0, $L.input, 0, rows * DIM)", s);
+                c.comment("h = norm(stream); stream += attention(h) + $L(h)", partName(par.ffn()));
+                c.line("System.arraycopy(stream, 0, $L.input, 0, rows * DIM)", s);
                 c.add(norm(p + "norm", s + ".input", s + ".normed", s + ".mean", s + ".rstd").build());
                 c.add(attentionForward(p + "attn", s, s + ".normed", "tmp").build());
                 c.add(ffnForward(par.ffn(), i, s, s + ".normed", "tmp2").build());
-                c.line("$T.addInPlace(x, tmp, rows * DIM)", ELEMENTWISE);
-                c.line("$T.addInPlace(x, tmp2, rows * DIM)", ELEMENTWISE);
+                c.line("$T.addInPlace(stream, tmp, rows * DIM)", ELEMENTWISE);
+                c.line("$T.addInPlace(stream, tmp2, rows * DIM)", ELEMENTWISE);
             }
             default -> throw new IllegalStateException();
         }
@@ -689,11 +707,13 @@ final class ModelGenerator {
         c.line("$L.tokenOfRow[i] = $L.order[i] / $L", m, m, k);
         c.line("$L.weightOfRow[i] = $L.weight[$L.order[i]]", m, m, m);
         c.close();
-        c.open("for (int x = 0; x < $L; x++)", e);
-        c.line("$L.counts[x] = $L.offsets[x + 1] - $L.offsets[x]", m, m, m);
-        c.line("$L.stepCounts[x] += $L.counts[x]", m, m);
+        c.open("for (int ex = 0; ex < $L; ex++)", e);
+        c.line("$L.counts[ex] = $L.offsets[ex + 1] - $L.offsets[ex]", m, m, m);
+        c.open("if (counting)").line("$L.stepCounts[ex] += $L.counts[ex]", m, m).close();
         c.close();
+        c.open("if (counting)");
         c.line("$L.stepSlots += slots", m);
+        c.close();
         c.line("backend.gatherRows($L, $L.tokenOfRow, slots, DIM, $L.xs)", in, m, m);
         c.comment("experts: grouped matmuls over the sorted rows ($L x $L)", e, f);
         String gate = Names.field(p + ".experts.gate");
@@ -753,34 +773,35 @@ final class ModelGenerator {
                     String coef = floatLiteral(a.coef()) + "f";
                     if (a.scope() == Loss.Scope.SEQUENCE) {
                         c.open("for (int b = 0; b < batch; b++)");
-                        c.line("float[] f = new float[$L]", e);
+                        c.line("float[] f = $L.f", m);
+                        c.line("$T.zero(f, $L)", ELEMENTWISE, e);
                         c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
                         c.open("for (int r = 0; r < $L; r++)", k);
                         c.line("f[$L.selected[t * $L + r]] += 1f / (seq * $L)", m, k, k);
                         c.close().close();
                         c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
                         c.add(scoreRow(moe, m, e).build());
-                        c.open("for (int x = 0; x < $L; x++)", e);
-                        c.line("$L.balanceLoss += $L * $L * f[x] * p[x] / ((double) seq * batch)", m, coef, e);
-                        c.line("$L.auxGrad[t * $L + x] += $L * $L * f[x] / ((float) seq * batch)", m, e, coef, e);
+                        c.open("for (int ex = 0; ex < $L; ex++)", e);
+                        c.line("$L.balanceLoss += $L * $L * f[ex] * p[ex] / ((double) seq * batch)", m, coef, e);
+                        c.line("$L.auxGrad[t * $L + ex] += $L * $L * f[ex] / ((float) seq * batch)", m, e, coef, e);
                         c.close().close().close();
                     } else {
-                        c.line("float[] f = new float[$L]", e);
+                        c.line("float[] f = $L.f", m);
                         if (a.scope() == Loss.Scope.GLOBAL_BATCH) {
                             c.comment("global batch: counts so far in this optimiser step (all micro-batches up to this one)");
-                            c.open("for (int x = 0; x < $L; x++)", e);
-                            c.line("f[x] = (float) ((double) $L.stepCounts[x] / $L.stepSlots)", m, m);
+                            c.open("for (int ex = 0; ex < $L; ex++)", e);
+                            c.line("f[ex] = (float) ((double) $L.stepCounts[ex] / $L.stepSlots)", m, m);
                             c.close();
                         } else {
-                            c.open("for (int x = 0; x < $L; x++)", e);
-                            c.line("f[x] = (float) $L.counts[x] / slots", m);
+                            c.open("for (int ex = 0; ex < $L; ex++)", e);
+                            c.line("f[ex] = (float) $L.counts[ex] / slots", m);
                             c.close();
                         }
                         c.open("for (int t = 0; t < rows; t++)");
                         c.add(scoreRow(moe, m, e).build());
-                        c.open("for (int x = 0; x < $L; x++)", e);
-                        c.line("$L.balanceLoss += $L * $L * f[x] * p[x] / (double) rows", m, coef, e);
-                        c.line("$L.auxGrad[t * $L + x] += $L * $L * f[x] / rows", m, e, coef, e);
+                        c.open("for (int ex = 0; ex < $L; ex++)", e);
+                        c.line("$L.balanceLoss += $L * $L * f[ex] * p[ex] / (double) rows", m, coef, e);
+                        c.line("$L.auxGrad[t * $L + ex] += $L * $L * f[ex] / rows", m, e, coef, e);
                         c.close().close();
                     }
                 }
@@ -799,11 +820,11 @@ final class ModelGenerator {
     /** {@code float[] p}: the token's scores as the aux loss sees them (softmax, or sigmoid normalised to sum 1). */
     private Code scoreRow(Moe moe, String m, int e) {
         Code c = new Code();
-        c.line("float[] p = new float[$L]", e);
+        c.line("float[] p = $L.p", m);
         if (moe.routers().getFirst().score() == Router.Score.SIGMOID) {
             c.line("double z = 0");
-            c.open("for (int x = 0; x < $L; x++)", e).line("z += $L.probs[t * $L + x]", m, e).close();
-            c.open("for (int x = 0; x < $L; x++)", e).line("p[x] = (float) ($L.probs[t * $L + x] / z)", m, e).close();
+            c.open("for (int ex = 0; ex < $L; ex++)", e).line("z += $L.probs[t * $L + ex]", m, e).close();
+            c.open("for (int ex = 0; ex < $L; ex++)", e).line("p[ex] = (float) ($L.probs[t * $L + ex] / z)", m, e).close();
         } else {
             c.line("System.arraycopy($L.probs, t * $L, p, 0, $L)", m, e, e);
         }
@@ -823,29 +844,29 @@ final class ModelGenerator {
         c.line("int o = t * $L", e);
         c.comment("softmax of the logits (kept for the aux and z losses) and their log-sum-exp");
         c.line("float max = Float.NEGATIVE_INFINITY");
-        c.open("for (int x = 0; x < $L; x++)", e).line("max = Math.max(max, m.logits[o + x])").close();
+        c.open("for (int ex = 0; ex < $L; ex++)", e).line("max = Math.max(max, m.logits[o + ex])").close();
         c.line("double sum = 0");
-        c.open("for (int x = 0; x < $L; x++)", e).line("sum += Math.exp(m.logits[o + x] - max)").close();
+        c.open("for (int ex = 0; ex < $L; ex++)", e).line("sum += Math.exp(m.logits[o + ex] - max)").close();
         c.line("m.lse[t] = (float) (max + Math.log(sum))");
-        c.open("for (int x = 0; x < $L; x++)", e);
+        c.open("for (int ex = 0; ex < $L; ex++)", e);
         if (sigmoid) {
-            c.line("m.probs[o + x] = $T.sigmoid(m.logits[o + x])", ELEMENTWISE);
+            c.line("m.probs[o + ex] = $T.sigmoid(m.logits[o + ex])", ELEMENTWISE);
         } else {
-            c.line("m.probs[o + x] = (float) (Math.exp(m.logits[o + x] - max) / sum)");
+            c.line("m.probs[o + ex] = (float) (Math.exp(m.logits[o + ex] - max) / sum)");
         }
         c.close();
-        String by = topkFirst ? "m.logits[o + x]" : "m.probs[o + x]";
+        String by = topkFirst ? "m.logits[o + ex]" : "m.probs[o + ex]";
         c.comment("top-$L by $L$L; ties go to the lower index", k, topkFirst ? "logit" : sigmoid ? "sigmoid score" : "probability",
                 r.bias().isPresent() ? " + expert bias (selection only)" : "");
         c.line("double chosen = 0");
         c.open("for (int r = 0; r < $L; r++)", k);
         c.line("int best = -1");
         c.line("float bestScore = Float.NEGATIVE_INFINITY");
-        c.open("for (int x = 0; x < $L; x++)", e);
-        c.line("float s = $L$L", by, r.bias().isPresent() ? " + bias[x]" : "");
+        c.open("for (int ex = 0; ex < $L; ex++)", e);
+        c.line("float s = $L$L", by, r.bias().isPresent() ? " + bias[ex]" : "");
         c.line("boolean taken = false");
-        c.open("for (int q = 0; q < r; q++)").line("taken |= m.selected[t * $L + q] == x", k).close();
-        c.open("if (!taken && (best < 0 || s > bestScore))").line("best = x").line("bestScore = s").close();
+        c.open("for (int q = 0; q < r; q++)").line("taken |= m.selected[t * $L + q] == ex", k).close();
+        c.open("if (!taken && (best < 0 || s > bestScore))").line("best = ex").line("bestScore = s").close();
         c.close();
         c.open("if (!Float.isFinite(bestScore))");
         c.line("throw new $T($S + t + $S)", ArithmeticException.class, "router scores are not finite at token ", " (training diverged?)");
@@ -896,7 +917,7 @@ final class ModelGenerator {
         c.open("for (int t = 0; t < rows; t++)");
         c.line("int o = t * $L", e);
         c.line("int s0 = t * $L", k);
-        c.open("for (int x = 0; x < $L; x++)", e).line("m.dScore[o + x] = lossScale * m.auxGrad[o + x]").line("m.dLogits[o + x] = 0").close();
+        c.open("for (int ex = 0; ex < $L; ex++)", e).line("m.dScore[o + ex] = lossScale * m.auxGrad[o + ex]").line("m.dLogits[o + ex] = 0").close();
         if (topkFirst) {
             c.comment("weights are a softmax over the chosen logits: push their gradient to those logits");
             c.line("double dot = 0");
@@ -922,25 +943,25 @@ final class ModelGenerator {
             c.comment("aux gradient was taken with respect to scores normalised per token: undo that normalisation");
             c.line("double z = 0");
             c.line("double cz = 0");
-            c.open("for (int x = 0; x < $L; x++)", e).line("z += m.probs[o + x]").close();
-            c.open("for (int x = 0; x < $L; x++)", e).line("cz += lossScale * m.auxGrad[o + x] * m.probs[o + x] / z").close();
-            c.open("for (int x = 0; x < $L; x++)", e);
-            c.line("float direct = m.dScore[o + x] - lossScale * m.auxGrad[o + x]");
-            c.line("float viaAux = (float) ((lossScale * m.auxGrad[o + x] - cz) / z)");
-            c.line("float s = m.probs[o + x]");
-            c.line("m.dLogits[o + x] += (direct + viaAux) * s * (1 - s)");
+            c.open("for (int ex = 0; ex < $L; ex++)", e).line("z += m.probs[o + ex]").close();
+            c.open("for (int ex = 0; ex < $L; ex++)", e).line("cz += lossScale * m.auxGrad[o + ex] * m.probs[o + ex] / z").close();
+            c.open("for (int ex = 0; ex < $L; ex++)", e);
+            c.line("float direct = m.dScore[o + ex] - lossScale * m.auxGrad[o + ex]");
+            c.line("float viaAux = (float) ((lossScale * m.auxGrad[o + ex] - cz) / z)");
+            c.line("float s = m.probs[o + ex]");
+            c.line("m.dLogits[o + ex] += (direct + viaAux) * s * (1 - s)");
             c.close();
         } else {
             c.comment("softmax backward: dl = p ⊙ (dp - Σ p dp)");
             c.line("double pdp = 0");
-            c.open("for (int x = 0; x < $L; x++)", e).line("pdp += (double) m.probs[o + x] * m.dScore[o + x]").close();
-            c.open("for (int x = 0; x < $L; x++)", e).line("m.dLogits[o + x] += (float) (m.probs[o + x] * (m.dScore[o + x] - pdp))").close();
+            c.open("for (int ex = 0; ex < $L; ex++)", e).line("pdp += (double) m.probs[o + ex] * m.dScore[o + ex]").close();
+            c.open("for (int ex = 0; ex < $L; ex++)", e).line("m.dLogits[o + ex] += (float) (m.probs[o + ex] * (m.dScore[o + ex] - pdp))").close();
         }
         if (zCoef > 0) {
             c.comment("z-loss: d/dl of coef * lse² / rows = coef * 2 * lse * softmax / rows");
-            c.open("for (int x = 0; x < $L; x++)", e);
-            c.line("double softmax = Math.exp(m.logits[o + x] - m.lse[t])");
-            c.line("m.dLogits[o + x] += (float) (lossScale * $L * 2.0 * m.lse[t] * softmax / rows)", floatLiteral(zCoef));
+            c.open("for (int ex = 0; ex < $L; ex++)", e);
+            c.line("double softmax = Math.exp(m.logits[o + ex] - m.lse[t])");
+            c.line("m.dLogits[o + ex] += (float) (lossScale * $L * 2.0 * m.lse[t] * softmax / rows)", floatLiteral(zCoef));
             c.close();
         }
         c.close();
@@ -979,17 +1000,17 @@ final class ModelGenerator {
         switch (l.block()) {
             case Block.PreNorm pre -> {
                 String f = "ffn" + i;
-                c.comment("x += $L(norm(x)): dx flows through the residual and back through the ffn", partName(pre.ffn()));
+                c.comment("stream += $L(norm(stream)): dx flows through the residual and back through the ffn", partName(pre.ffn()));
                 c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
                 c.add(ffnBackward(pre.ffn(), i, f, f + ".normed", "dx", "dNormed").build());
                 c.add(normBackward(p + "ffn_norm", f + ".input", f + ".mean", f + ".rstd", "dNormed", "dx").build());
-                c.comment("x += attention(norm(x))");
+                c.comment("stream += attention(norm(stream))");
                 c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
                 c.add(attentionBackward(p + "attn", s, s + ".normed", "dx", "dNormed").build());
                 c.add(normBackward(p + "attn_norm", s + ".input", s + ".mean", s + ".rstd", "dNormed", "dx").build());
             }
             case Block.Parallel par -> {
-                c.comment("x += attention(h) + $L(h), h = norm(x)", partName(par.ffn()));
+                c.comment("stream += attention(h) + $L(h), h = norm(stream)", partName(par.ffn()));
                 c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
                 c.add(ffnBackward(par.ffn(), i, s, s + ".normed", "dx", "dNormed").build());
                 c.add(attentionBackward(p + "attn", s, s + ".normed", "dx", "dNormed").build());
@@ -1105,27 +1126,25 @@ final class ModelGenerator {
             }
         }
         c.comment("combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]");
-        c.line("float[] dRowWeight = new float[slots]");
-        c.line("$T.dotGatheredRows($L, $L.tokenOfRow, $L.ys, slots, DIM, dRowWeight)", ELEMENTWISE, dOut, m, m);
-        c.open("for (int i = 0; i < slots; i++)").line("$L.dWeight[$L.order[i]] = dRowWeight[i]", m, m).close();
-        c.line("float[] dys = new float[slots * DIM]");
-        c.line("backend.gatherRows($L, $L.tokenOfRow, slots, DIM, dys)", dOut, m);
-        c.line("$T.scaleRows(dys, $L.weightOfRow, slots, DIM)", ELEMENTWISE, m);
+        c.line("$T.dotGatheredRows($L, $L.tokenOfRow, $L.ys, slots, DIM, $L.dRowWeight)", ELEMENTWISE, dOut, m, m, m);
+        c.open("for (int i = 0; i < slots; i++)").line("$L.dWeight[$L.order[i]] = $L.dRowWeight[i]", m, m, m).close();
+        c.line("backend.gatherRows($L, $L.tokenOfRow, slots, DIM, $L.dys)", dOut, m, m);
+        c.line("$T.scaleRows($L.dys, $L.weightOfRow, slots, DIM)", ELEMENTWISE, m, m);
         c.comment("experts backward (grouped)");
         String gate = Names.field(p + ".experts.gate");
         String up = Names.field(p + ".experts.up");
         String down = Names.field(p + ".experts.down");
         c.line("$T.zero(dAct, slots * $L)", ELEMENTWISE, h);
-        c.line("backend.groupedMatmulBackward($L.act, $L, 0, dys, dAct, $LGrad, 0, $L.offsets, $L, $L, DIM)", m, down, down, m, e, h);
-        c.line("float[] dxs = new float[slots * DIM]");
+        c.line("backend.groupedMatmulBackward($L.act, $L, 0, $L.dys, dAct, $LGrad, 0, $L.offsets, $L, $L, DIM)", m, down, m, down, m, e, h);
+        c.line("$T.zero($L.dxs, slots * DIM)", ELEMENTWISE, m);
         if (f.activation().gated()) {
             c.line("backend.gluBackward($T.$L, $L.gate, $L.up, dAct, dGate, dUp, slots * $L)", ACTIVATION, act(f), m, m, h);
-            c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dGate, dxs, $LGrad, 0, $L.offsets, $L, DIM, $L)", m, gate, gate, m, e, h);
+            c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dGate, $L.dxs, $LGrad, 0, $L.offsets, $L, DIM, $L)", m, gate, m, gate, m, e, h);
         } else {
             c.line("backend.activationBackward($T.$L, $L.up, dAct, dUp, slots * $L)", ACTIVATION, act(f), m, h);
         }
-        c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dUp, dxs, $LGrad, 0, $L.offsets, $L, DIM, $L)", m, up, up, m, e, h);
-        c.line("backend.scatterAddRows(dxs, $L.tokenOfRow, null, slots, DIM, $L)", m, dIn);
+        c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dUp, $L.dxs, $LGrad, 0, $L.offsets, $L, DIM, $L)", m, up, m, up, m, e, h);
+        c.line("backend.scatterAddRows($L.dxs, $L.tokenOfRow, null, slots, DIM, $L)", m, m, dIn);
         c.comment("router backward");
         c.line("$LBackward($L, scale)", routerMethod(moe), m);
         String wr = Names.field(p + ".router.weight");
@@ -1138,7 +1157,12 @@ final class ModelGenerator {
     private void inference() {
         Code c = new Code();
         c.line("int[] targets = new int[batch * seq]");
+        c.line("counting = false");
+        c.open("try");
         c.line("forward(inputs, targets, batch, seq)");
+        c.orElse("finally");
+        c.line("counting = true");
+        c.close();
         c.line("float[] last = new float[batch * VOCAB]");
         c.open("for (int b = 0; b < batch; b++)");
         c.line("System.arraycopy(logits, ((b + 1) * seq - 1) * VOCAB, last, b * VOCAB, VOCAB)");
@@ -1168,8 +1192,8 @@ final class ModelGenerator {
                 String bias = Names.field("layers." + l.index() + ".moe.router.expert_bias");
                 end.comment("layer $L: aux-free balancing, bias += rate * sign(mean load - load)", l.index());
                 end.line("double mean$L = (double) moe$L.stepSlots / $L", l.index(), l.index(), e);
-                end.open("for (int x = 0; x < $L; x++)", e);
-                end.line("$L.value()[x] += $Lf * (float) Math.signum(mean$L - moe$L.stepCounts[x])", bias, floatLiteral(r.bias().get().rate()),
+                end.open("for (int ex = 0; ex < $L; ex++)", e);
+                end.line("$L.value()[ex] += $Lf * (float) Math.signum(mean$L - moe$L.stepCounts[ex])", bias, floatLiteral(r.bias().get().rate()),
                         l.index(), l.index());
                 end.close();
             });

@@ -17,14 +17,14 @@ import javax.annotation.processing.Generated;
  * DeepSeekMoETiny: 6 layers, dim 128, 4 heads (2 key/value), vocab 256, context 256.
  *
  * <pre>
- * tokens ─▶ embed ─▶ x
- * layer  0: x += attention(rms(x)); x += dense(rms(x))
- * layer  1: x += attention(rms(x)); x += moe fine(rms(x))
- * layer  2: x += attention(rms(x)); x += moe fine(rms(x))
- * layer  3: x += attention(rms(x)); x += moe fine(rms(x))
- * layer  4: x += attention(rms(x)); x += moe fine(rms(x))
- * layer  5: x += attention(rms(x)); x += moe fine(rms(x))
- * x ─▶ norm ─▶ head ─▶ logits ─▶ cross-entropy (+ balancing losses)
+ * tokens ─▶ embed ─▶ stream (the residual stream, [rows, DIM])
+ * layer  0: stream += attention(rms(stream)); stream += dense(rms(stream))
+ * layer  1: stream += attention(rms(stream)); stream += moe fine(rms(stream))
+ * layer  2: stream += attention(rms(stream)); stream += moe fine(rms(stream))
+ * layer  3: stream += attention(rms(stream)); stream += moe fine(rms(stream))
+ * layer  4: stream += attention(rms(stream)); stream += moe fine(rms(stream))
+ * layer  5: stream += attention(rms(stream)); stream += moe fine(rms(stream))
+ * stream ─▶ norm ─▶ head ─▶ logits ─▶ cross-entropy (+ balancing losses)
  * </pre>
  */
 @Generated(
@@ -567,7 +567,12 @@ public final class DeepSeekMoETiny implements TrainableModel {
 
     private double lastCrossEntropy;
 
-    private float[] x;
+    /**
+     * False while generating: inference does not count towards a training step's expert loads.
+     */
+    private boolean counting = true;
+
+    private float[] stream;
 
     private float[] tmp;
 
@@ -826,7 +831,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
     @Override
     public double forward(int[] inputs, int[] targets, int batch, int seq) {
         prepare(inputs, batch, seq);
-        backend.embedding(inputs, embedWeight.value(), x, rows, DIM);
+        backend.embedding(inputs, embedWeight.value(), stream, rows, DIM);
         forwardLayer0();
         forwardLayer1();
         forwardLayer2();
@@ -834,7 +839,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         forwardLayer4();
         forwardLayer5();
         // final norm and head
-        System.arraycopy(x, 0, finalInput, 0, rows * DIM);
+        System.arraycopy(stream, 0, finalInput, 0, rows * DIM);
         backend.rmsNorm(finalInput, finalNormWeight.value(), finalNormed, finalRstd, rows, DIM, EPS);
         backend.matmul(finalNormed, 0, headWeight.value(), 0, logits, 0, rows, DIM, VOCAB);
         lastCrossEntropy = backend.crossEntropy(logits, targets, dLogits, rows, VOCAB);
@@ -849,7 +854,12 @@ public final class DeepSeekMoETiny implements TrainableModel {
 
     private void prepare(int[] inputs, int batch, int seq) {
         if (seq < 1 || seq > CONTEXT || batch < 1 || inputs.length < batch * seq) {
-            throw new IllegalArgumentException("bad batch " + batch + " x " + seq + " (context is " + CONTEXT);
+            throw new IllegalArgumentException("bad batch " + batch + " x " + seq + " (context is " + CONTEXT + ")");
+        }
+        for (int i = 0; i < batch * seq; i++) {
+            if (inputs[i] < 0 || inputs[i] >= VOCAB) {
+                throw new IllegalArgumentException("token " + inputs[i] + " at " + i + " is outside the vocabulary (" + VOCAB + ")");
+            }
         }
         this.batch = batch;
         this.seq = seq;
@@ -858,8 +868,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         if (rows > capacity) {
             capacity = rows;
             int r = rows;
-            int wide = Math.max(Math.max(DIM, Q_DIM), 512);
-            x = new float[r * DIM];
+            stream = new float[r * DIM];
             tmp = new float[r * DIM];
             tmp2 = new float[r * DIM];
             dx = new float[r * DIM];
@@ -875,10 +884,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
             dk = new float[r * KV_DIM];
             dkRaw = new float[r * KV_DIM];
             dv = new float[r * KV_DIM];
-            int hiddenRows = r * 4;
-            dAct = new float[hiddenRows * wide];
-            dGate = new float[hiddenRows * wide];
-            dUp = new float[hiddenRows * wide];
+            dAct = new float[r * 512];
+            dGate = new float[r * 512];
+            dUp = new float[r * 512];
             logits = new float[r * VOCAB];
             dLogits = new float[r * VOCAB];
             sizeAttention(mix0, r);
@@ -960,6 +968,11 @@ public final class DeepSeekMoETiny implements TrainableModel {
         m.dLogits = new float[r * experts];
         m.sharedOut = new float[r * DIM];
         m.sharedGate = new float[r];
+        m.dRowWeight = new float[slots];
+        m.dys = new float[slots * DIM];
+        m.dxs = new float[slots * DIM];
+        m.f = new float[experts];
+        m.p = new float[experts];
     }
 
     @Override
@@ -987,8 +1000,8 @@ public final class DeepSeekMoETiny implements TrainableModel {
      * Layer 0: attention, dense.
      */
     private void forwardLayer0() {
-        // x += attention(norm(x))
-        System.arraycopy(x, 0, mix0.input, 0, rows * DIM);
+        // stream += attention(norm(stream))
+        System.arraycopy(stream, 0, mix0.input, 0, rows * DIM);
         backend.rmsNorm(mix0.input, l0AttnNormWeight.value(), mix0.normed, mix0.rstd, rows, DIM, EPS);
         backend.matmul(mix0.normed, 0, l0AttnQ.value(), 0, mix0.q, 0, rows, DIM, Q_DIM);
         backend.matmul(mix0.normed, 0, l0AttnK.value(), 0, mix0.k, 0, rows, DIM, KV_DIM);
@@ -997,19 +1010,19 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.rope(mix0.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.attention(mix0.q, mix0.k, mix0.v, mix0.att, mix0.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
         backend.matmul(mix0.att, 0, l0AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
-        Elementwise.addInPlace(x, tmp, rows * DIM);
-        // x += dense(norm(x))
-        System.arraycopy(x, 0, ffn0.input, 0, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
+        // stream += dense(norm(stream))
+        System.arraycopy(stream, 0, ffn0.input, 0, rows * DIM);
         backend.rmsNorm(ffn0.input, l0FfnNormWeight.value(), ffn0.normed, ffn0.rstd, rows, DIM, EPS);
         backend.matmul(ffn0.normed, 0, l0FfnGate.value(), 0, ffn0.gate, 0, rows, DIM, 512);
         backend.matmul(ffn0.normed, 0, l0FfnUp.value(), 0, ffn0.up, 0, rows, DIM, 512);
         backend.glu(Activation.SILU, ffn0.gate, ffn0.up, ffn0.act, rows * 512);
         backend.matmul(ffn0.act, 0, l0FfnDown.value(), 0, tmp, 0, rows, 512, DIM);
-        Elementwise.addInPlace(x, tmp, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
 
     private void backwardLayer0(float scale) {
-        // x += dense(norm(x)): dx flows through the residual and back through the ffn
+        // stream += dense(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
         Elementwise.zero(dAct, rows * 512);
         backend.matmulBackward(ffn0.act, 0, l0FfnDown.value(), 0, dx, 0, dAct, 0, l0FfnDown.grad(), 0, rows, 512, DIM);
@@ -1017,7 +1030,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.matmulBackward(ffn0.normed, 0, l0FfnGate.value(), 0, dGate, 0, dNormed, 0, l0FfnGate.grad(), 0, rows, DIM, 512);
         backend.matmulBackward(ffn0.normed, 0, l0FfnUp.value(), 0, dUp, 0, dNormed, 0, l0FfnUp.grad(), 0, rows, DIM, 512);
         backend.rmsNormBackward(ffn0.input, l0FfnNormWeight.value(), ffn0.rstd, dNormed, dx, l0FfnNormWeight.grad(), rows, DIM);
-        // x += attention(norm(x))
+        // stream += attention(norm(stream))
         Elementwise.zero(dNormed, rows * DIM);
         Elementwise.zero(dAtt, rows * Q_DIM);
         backend.matmulBackward(mix0.att, 0, l0AttnO.value(), 0, dx, 0, dAtt, 0, l0AttnO.grad(), 0, rows, Q_DIM, DIM);
@@ -1037,8 +1050,8 @@ public final class DeepSeekMoETiny implements TrainableModel {
      * Layer 1: attention, fine.
      */
     private void forwardLayer1() {
-        // x += attention(norm(x))
-        System.arraycopy(x, 0, mix1.input, 0, rows * DIM);
+        // stream += attention(norm(stream))
+        System.arraycopy(stream, 0, mix1.input, 0, rows * DIM);
         backend.rmsNorm(mix1.input, l1AttnNormWeight.value(), mix1.normed, mix1.rstd, rows, DIM, EPS);
         backend.matmul(mix1.normed, 0, l1AttnQ.value(), 0, mix1.q, 0, rows, DIM, Q_DIM);
         backend.matmul(mix1.normed, 0, l1AttnK.value(), 0, mix1.k, 0, rows, DIM, KV_DIM);
@@ -1047,9 +1060,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.rope(mix1.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.attention(mix1.q, mix1.k, mix1.v, mix1.att, mix1.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
         backend.matmul(mix1.att, 0, l1AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
-        Elementwise.addInPlace(x, tmp, rows * DIM);
-        // x += moe fine(norm(x))
-        System.arraycopy(x, 0, ffn1.input, 0, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
+        // stream += moe fine(norm(stream))
+        System.arraycopy(stream, 0, ffn1.input, 0, rows * DIM);
         backend.rmsNorm(ffn1.input, l1FfnNormWeight.value(), ffn1.normed, ffn1.rstd, rows, DIM, EPS);
         // router: logits, scores, top-4 (fine)
         backend.matmul(ffn1.normed, 0, l1MoeRouterWeight.value(), 0, moe1.logits, 0, rows, DIM, 16);
@@ -1061,11 +1074,15 @@ public final class DeepSeekMoETiny implements TrainableModel {
             moe1.tokenOfRow[i] = moe1.order[i] / 4;
             moe1.weightOfRow[i] = moe1.weight[moe1.order[i]];
         }
-        for (int x = 0; x < 16; x++) {
-            moe1.counts[x] = moe1.offsets[x + 1] - moe1.offsets[x];
-            moe1.stepCounts[x] += moe1.counts[x];
+        for (int ex = 0; ex < 16; ex++) {
+            moe1.counts[ex] = moe1.offsets[ex + 1] - moe1.offsets[ex];
+            if (counting) {
+                moe1.stepCounts[ex] += moe1.counts[ex];
+            }
         }
-        moe1.stepSlots += slots;
+        if (counting) {
+            moe1.stepSlots += slots;
+        }
         backend.gatherRows(ffn1.normed, moe1.tokenOfRow, slots, DIM, moe1.xs);
         // experts: grouped matmuls over the sorted rows (16 x swiglu(hidden: 64))
         backend.groupedMatmul(moe1.xs, l1MoeExpertsGate, 0, moe1.gate, moe1.offsets, 16, DIM, 64);
@@ -1090,28 +1107,28 @@ public final class DeepSeekMoETiny implements TrainableModel {
         moe1.balanceLoss = 0;
         Elementwise.zero(moe1.auxGrad, rows * 16);
         // aux loss (global_batch scope): coef * E * Σ f_e P_e; f from counts, P the mean (normalised) score
-        float[] f = new float[16];
+        float[] f = moe1.f;
         // global batch: counts so far in this optimiser step (all micro-batches up to this one)
-        for (int x = 0; x < 16; x++) {
-            f[x] = (float) ((double) moe1.stepCounts[x] / moe1.stepSlots);
+        for (int ex = 0; ex < 16; ex++) {
+            f[ex] = (float) ((double) moe1.stepCounts[ex] / moe1.stepSlots);
         }
         for (int t = 0; t < rows; t++) {
-            float[] p = new float[16];
+            float[] p = moe1.p;
             System.arraycopy(moe1.probs, t * 16, p, 0, 16);
-            for (int x = 0; x < 16; x++) {
-                moe1.balanceLoss += 0.001f * 16 * f[x] * p[x] / (double) rows;
-                moe1.auxGrad[t * 16 + x] += 0.001f * 16 * f[x] / rows;
+            for (int ex = 0; ex < 16; ex++) {
+                moe1.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) rows;
+                moe1.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / rows;
             }
         }
         // z-loss: coef * mean(logsumexp(logits)²)
         for (int t = 0; t < rows; t++) {
             moe1.balanceLoss += 1.0e-4f * (double) moe1.lse[t] * moe1.lse[t] / rows;
         }
-        Elementwise.addInPlace(x, tmp, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
 
     private void backwardLayer1(float scale) {
-        // x += moe fine(norm(x)): dx flows through the residual and back through the ffn
+        // stream += moe fine(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
         int slots = rows * 4;
         // shared expert 0
@@ -1127,27 +1144,25 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.matmulBackward(ffn1.normed, 0, l1MoeShared1Gate.value(), 0, dGate, 0, dNormed, 0, l1MoeShared1Gate.grad(), 0, rows, DIM, 64);
         backend.matmulBackward(ffn1.normed, 0, l1MoeShared1Up.value(), 0, dUp, 0, dNormed, 0, l1MoeShared1Up.grad(), 0, rows, DIM, 64);
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
-        float[] dRowWeight = new float[slots];
-        Elementwise.dotGatheredRows(dx, moe1.tokenOfRow, moe1.ys, slots, DIM, dRowWeight);
+        Elementwise.dotGatheredRows(dx, moe1.tokenOfRow, moe1.ys, slots, DIM, moe1.dRowWeight);
         for (int i = 0; i < slots; i++) {
-            moe1.dWeight[moe1.order[i]] = dRowWeight[i];
+            moe1.dWeight[moe1.order[i]] = moe1.dRowWeight[i];
         }
-        float[] dys = new float[slots * DIM];
-        backend.gatherRows(dx, moe1.tokenOfRow, slots, DIM, dys);
-        Elementwise.scaleRows(dys, moe1.weightOfRow, slots, DIM);
+        backend.gatherRows(dx, moe1.tokenOfRow, slots, DIM, moe1.dys);
+        Elementwise.scaleRows(moe1.dys, moe1.weightOfRow, slots, DIM);
         // experts backward (grouped)
         Elementwise.zero(dAct, slots * 64);
-        backend.groupedMatmulBackward(moe1.act, l1MoeExpertsDown, 0, dys, dAct, l1MoeExpertsDownGrad, 0, moe1.offsets, 16, 64, DIM);
-        float[] dxs = new float[slots * DIM];
+        backend.groupedMatmulBackward(moe1.act, l1MoeExpertsDown, 0, moe1.dys, dAct, l1MoeExpertsDownGrad, 0, moe1.offsets, 16, 64, DIM);
+        Elementwise.zero(moe1.dxs, slots * DIM);
         backend.gluBackward(Activation.SILU, moe1.gate, moe1.up, dAct, dGate, dUp, slots * 64);
-        backend.groupedMatmulBackward(moe1.xs, l1MoeExpertsGate, 0, dGate, dxs, l1MoeExpertsGateGrad, 0, moe1.offsets, 16, DIM, 64);
-        backend.groupedMatmulBackward(moe1.xs, l1MoeExpertsUp, 0, dUp, dxs, l1MoeExpertsUpGrad, 0, moe1.offsets, 16, DIM, 64);
-        backend.scatterAddRows(dxs, moe1.tokenOfRow, null, slots, DIM, dNormed);
+        backend.groupedMatmulBackward(moe1.xs, l1MoeExpertsGate, 0, dGate, moe1.dxs, l1MoeExpertsGateGrad, 0, moe1.offsets, 16, DIM, 64);
+        backend.groupedMatmulBackward(moe1.xs, l1MoeExpertsUp, 0, dUp, moe1.dxs, l1MoeExpertsUpGrad, 0, moe1.offsets, 16, DIM, 64);
+        backend.scatterAddRows(moe1.dxs, moe1.tokenOfRow, null, slots, DIM, dNormed);
         // router backward
         routeFineBackward(moe1, scale);
         backend.matmulBackward(ffn1.normed, 0, l1MoeRouterWeight.value(), 0, moe1.dLogits, 0, dNormed, 0, l1MoeRouterWeight.grad(), 0, rows, DIM, 16);
         backend.rmsNormBackward(ffn1.input, l1FfnNormWeight.value(), ffn1.rstd, dNormed, dx, l1FfnNormWeight.grad(), rows, DIM);
-        // x += attention(norm(x))
+        // stream += attention(norm(stream))
         Elementwise.zero(dNormed, rows * DIM);
         Elementwise.zero(dAtt, rows * Q_DIM);
         backend.matmulBackward(mix1.att, 0, l1AttnO.value(), 0, dx, 0, dAtt, 0, l1AttnO.grad(), 0, rows, Q_DIM, DIM);
@@ -1167,8 +1182,8 @@ public final class DeepSeekMoETiny implements TrainableModel {
      * Layer 2: attention, fine.
      */
     private void forwardLayer2() {
-        // x += attention(norm(x))
-        System.arraycopy(x, 0, mix2.input, 0, rows * DIM);
+        // stream += attention(norm(stream))
+        System.arraycopy(stream, 0, mix2.input, 0, rows * DIM);
         backend.rmsNorm(mix2.input, l2AttnNormWeight.value(), mix2.normed, mix2.rstd, rows, DIM, EPS);
         backend.matmul(mix2.normed, 0, l2AttnQ.value(), 0, mix2.q, 0, rows, DIM, Q_DIM);
         backend.matmul(mix2.normed, 0, l2AttnK.value(), 0, mix2.k, 0, rows, DIM, KV_DIM);
@@ -1177,9 +1192,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.rope(mix2.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.attention(mix2.q, mix2.k, mix2.v, mix2.att, mix2.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
         backend.matmul(mix2.att, 0, l2AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
-        Elementwise.addInPlace(x, tmp, rows * DIM);
-        // x += moe fine(norm(x))
-        System.arraycopy(x, 0, ffn2.input, 0, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
+        // stream += moe fine(norm(stream))
+        System.arraycopy(stream, 0, ffn2.input, 0, rows * DIM);
         backend.rmsNorm(ffn2.input, l2FfnNormWeight.value(), ffn2.normed, ffn2.rstd, rows, DIM, EPS);
         // router: logits, scores, top-4 (fine)
         backend.matmul(ffn2.normed, 0, l2MoeRouterWeight.value(), 0, moe2.logits, 0, rows, DIM, 16);
@@ -1191,11 +1206,15 @@ public final class DeepSeekMoETiny implements TrainableModel {
             moe2.tokenOfRow[i] = moe2.order[i] / 4;
             moe2.weightOfRow[i] = moe2.weight[moe2.order[i]];
         }
-        for (int x = 0; x < 16; x++) {
-            moe2.counts[x] = moe2.offsets[x + 1] - moe2.offsets[x];
-            moe2.stepCounts[x] += moe2.counts[x];
+        for (int ex = 0; ex < 16; ex++) {
+            moe2.counts[ex] = moe2.offsets[ex + 1] - moe2.offsets[ex];
+            if (counting) {
+                moe2.stepCounts[ex] += moe2.counts[ex];
+            }
         }
-        moe2.stepSlots += slots;
+        if (counting) {
+            moe2.stepSlots += slots;
+        }
         backend.gatherRows(ffn2.normed, moe2.tokenOfRow, slots, DIM, moe2.xs);
         // experts: grouped matmuls over the sorted rows (16 x swiglu(hidden: 64))
         backend.groupedMatmul(moe2.xs, l2MoeExpertsGate, 0, moe2.gate, moe2.offsets, 16, DIM, 64);
@@ -1220,28 +1239,28 @@ public final class DeepSeekMoETiny implements TrainableModel {
         moe2.balanceLoss = 0;
         Elementwise.zero(moe2.auxGrad, rows * 16);
         // aux loss (global_batch scope): coef * E * Σ f_e P_e; f from counts, P the mean (normalised) score
-        float[] f = new float[16];
+        float[] f = moe2.f;
         // global batch: counts so far in this optimiser step (all micro-batches up to this one)
-        for (int x = 0; x < 16; x++) {
-            f[x] = (float) ((double) moe2.stepCounts[x] / moe2.stepSlots);
+        for (int ex = 0; ex < 16; ex++) {
+            f[ex] = (float) ((double) moe2.stepCounts[ex] / moe2.stepSlots);
         }
         for (int t = 0; t < rows; t++) {
-            float[] p = new float[16];
+            float[] p = moe2.p;
             System.arraycopy(moe2.probs, t * 16, p, 0, 16);
-            for (int x = 0; x < 16; x++) {
-                moe2.balanceLoss += 0.001f * 16 * f[x] * p[x] / (double) rows;
-                moe2.auxGrad[t * 16 + x] += 0.001f * 16 * f[x] / rows;
+            for (int ex = 0; ex < 16; ex++) {
+                moe2.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) rows;
+                moe2.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / rows;
             }
         }
         // z-loss: coef * mean(logsumexp(logits)²)
         for (int t = 0; t < rows; t++) {
             moe2.balanceLoss += 1.0e-4f * (double) moe2.lse[t] * moe2.lse[t] / rows;
         }
-        Elementwise.addInPlace(x, tmp, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
 
     private void backwardLayer2(float scale) {
-        // x += moe fine(norm(x)): dx flows through the residual and back through the ffn
+        // stream += moe fine(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
         int slots = rows * 4;
         // shared expert 0
@@ -1257,27 +1276,25 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.matmulBackward(ffn2.normed, 0, l2MoeShared1Gate.value(), 0, dGate, 0, dNormed, 0, l2MoeShared1Gate.grad(), 0, rows, DIM, 64);
         backend.matmulBackward(ffn2.normed, 0, l2MoeShared1Up.value(), 0, dUp, 0, dNormed, 0, l2MoeShared1Up.grad(), 0, rows, DIM, 64);
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
-        float[] dRowWeight = new float[slots];
-        Elementwise.dotGatheredRows(dx, moe2.tokenOfRow, moe2.ys, slots, DIM, dRowWeight);
+        Elementwise.dotGatheredRows(dx, moe2.tokenOfRow, moe2.ys, slots, DIM, moe2.dRowWeight);
         for (int i = 0; i < slots; i++) {
-            moe2.dWeight[moe2.order[i]] = dRowWeight[i];
+            moe2.dWeight[moe2.order[i]] = moe2.dRowWeight[i];
         }
-        float[] dys = new float[slots * DIM];
-        backend.gatherRows(dx, moe2.tokenOfRow, slots, DIM, dys);
-        Elementwise.scaleRows(dys, moe2.weightOfRow, slots, DIM);
+        backend.gatherRows(dx, moe2.tokenOfRow, slots, DIM, moe2.dys);
+        Elementwise.scaleRows(moe2.dys, moe2.weightOfRow, slots, DIM);
         // experts backward (grouped)
         Elementwise.zero(dAct, slots * 64);
-        backend.groupedMatmulBackward(moe2.act, l2MoeExpertsDown, 0, dys, dAct, l2MoeExpertsDownGrad, 0, moe2.offsets, 16, 64, DIM);
-        float[] dxs = new float[slots * DIM];
+        backend.groupedMatmulBackward(moe2.act, l2MoeExpertsDown, 0, moe2.dys, dAct, l2MoeExpertsDownGrad, 0, moe2.offsets, 16, 64, DIM);
+        Elementwise.zero(moe2.dxs, slots * DIM);
         backend.gluBackward(Activation.SILU, moe2.gate, moe2.up, dAct, dGate, dUp, slots * 64);
-        backend.groupedMatmulBackward(moe2.xs, l2MoeExpertsGate, 0, dGate, dxs, l2MoeExpertsGateGrad, 0, moe2.offsets, 16, DIM, 64);
-        backend.groupedMatmulBackward(moe2.xs, l2MoeExpertsUp, 0, dUp, dxs, l2MoeExpertsUpGrad, 0, moe2.offsets, 16, DIM, 64);
-        backend.scatterAddRows(dxs, moe2.tokenOfRow, null, slots, DIM, dNormed);
+        backend.groupedMatmulBackward(moe2.xs, l2MoeExpertsGate, 0, dGate, moe2.dxs, l2MoeExpertsGateGrad, 0, moe2.offsets, 16, DIM, 64);
+        backend.groupedMatmulBackward(moe2.xs, l2MoeExpertsUp, 0, dUp, moe2.dxs, l2MoeExpertsUpGrad, 0, moe2.offsets, 16, DIM, 64);
+        backend.scatterAddRows(moe2.dxs, moe2.tokenOfRow, null, slots, DIM, dNormed);
         // router backward
         routeFineBackward(moe2, scale);
         backend.matmulBackward(ffn2.normed, 0, l2MoeRouterWeight.value(), 0, moe2.dLogits, 0, dNormed, 0, l2MoeRouterWeight.grad(), 0, rows, DIM, 16);
         backend.rmsNormBackward(ffn2.input, l2FfnNormWeight.value(), ffn2.rstd, dNormed, dx, l2FfnNormWeight.grad(), rows, DIM);
-        // x += attention(norm(x))
+        // stream += attention(norm(stream))
         Elementwise.zero(dNormed, rows * DIM);
         Elementwise.zero(dAtt, rows * Q_DIM);
         backend.matmulBackward(mix2.att, 0, l2AttnO.value(), 0, dx, 0, dAtt, 0, l2AttnO.grad(), 0, rows, Q_DIM, DIM);
@@ -1297,8 +1314,8 @@ public final class DeepSeekMoETiny implements TrainableModel {
      * Layer 3: attention, fine.
      */
     private void forwardLayer3() {
-        // x += attention(norm(x))
-        System.arraycopy(x, 0, mix3.input, 0, rows * DIM);
+        // stream += attention(norm(stream))
+        System.arraycopy(stream, 0, mix3.input, 0, rows * DIM);
         backend.rmsNorm(mix3.input, l3AttnNormWeight.value(), mix3.normed, mix3.rstd, rows, DIM, EPS);
         backend.matmul(mix3.normed, 0, l3AttnQ.value(), 0, mix3.q, 0, rows, DIM, Q_DIM);
         backend.matmul(mix3.normed, 0, l3AttnK.value(), 0, mix3.k, 0, rows, DIM, KV_DIM);
@@ -1307,9 +1324,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.rope(mix3.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.attention(mix3.q, mix3.k, mix3.v, mix3.att, mix3.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
         backend.matmul(mix3.att, 0, l3AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
-        Elementwise.addInPlace(x, tmp, rows * DIM);
-        // x += moe fine(norm(x))
-        System.arraycopy(x, 0, ffn3.input, 0, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
+        // stream += moe fine(norm(stream))
+        System.arraycopy(stream, 0, ffn3.input, 0, rows * DIM);
         backend.rmsNorm(ffn3.input, l3FfnNormWeight.value(), ffn3.normed, ffn3.rstd, rows, DIM, EPS);
         // router: logits, scores, top-4 (fine)
         backend.matmul(ffn3.normed, 0, l3MoeRouterWeight.value(), 0, moe3.logits, 0, rows, DIM, 16);
@@ -1321,11 +1338,15 @@ public final class DeepSeekMoETiny implements TrainableModel {
             moe3.tokenOfRow[i] = moe3.order[i] / 4;
             moe3.weightOfRow[i] = moe3.weight[moe3.order[i]];
         }
-        for (int x = 0; x < 16; x++) {
-            moe3.counts[x] = moe3.offsets[x + 1] - moe3.offsets[x];
-            moe3.stepCounts[x] += moe3.counts[x];
+        for (int ex = 0; ex < 16; ex++) {
+            moe3.counts[ex] = moe3.offsets[ex + 1] - moe3.offsets[ex];
+            if (counting) {
+                moe3.stepCounts[ex] += moe3.counts[ex];
+            }
         }
-        moe3.stepSlots += slots;
+        if (counting) {
+            moe3.stepSlots += slots;
+        }
         backend.gatherRows(ffn3.normed, moe3.tokenOfRow, slots, DIM, moe3.xs);
         // experts: grouped matmuls over the sorted rows (16 x swiglu(hidden: 64))
         backend.groupedMatmul(moe3.xs, l3MoeExpertsGate, 0, moe3.gate, moe3.offsets, 16, DIM, 64);
@@ -1350,28 +1371,28 @@ public final class DeepSeekMoETiny implements TrainableModel {
         moe3.balanceLoss = 0;
         Elementwise.zero(moe3.auxGrad, rows * 16);
         // aux loss (global_batch scope): coef * E * Σ f_e P_e; f from counts, P the mean (normalised) score
-        float[] f = new float[16];
+        float[] f = moe3.f;
         // global batch: counts so far in this optimiser step (all micro-batches up to this one)
-        for (int x = 0; x < 16; x++) {
-            f[x] = (float) ((double) moe3.stepCounts[x] / moe3.stepSlots);
+        for (int ex = 0; ex < 16; ex++) {
+            f[ex] = (float) ((double) moe3.stepCounts[ex] / moe3.stepSlots);
         }
         for (int t = 0; t < rows; t++) {
-            float[] p = new float[16];
+            float[] p = moe3.p;
             System.arraycopy(moe3.probs, t * 16, p, 0, 16);
-            for (int x = 0; x < 16; x++) {
-                moe3.balanceLoss += 0.001f * 16 * f[x] * p[x] / (double) rows;
-                moe3.auxGrad[t * 16 + x] += 0.001f * 16 * f[x] / rows;
+            for (int ex = 0; ex < 16; ex++) {
+                moe3.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) rows;
+                moe3.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / rows;
             }
         }
         // z-loss: coef * mean(logsumexp(logits)²)
         for (int t = 0; t < rows; t++) {
             moe3.balanceLoss += 1.0e-4f * (double) moe3.lse[t] * moe3.lse[t] / rows;
         }
-        Elementwise.addInPlace(x, tmp, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
 
     private void backwardLayer3(float scale) {
-        // x += moe fine(norm(x)): dx flows through the residual and back through the ffn
+        // stream += moe fine(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
         int slots = rows * 4;
         // shared expert 0
@@ -1387,27 +1408,25 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.matmulBackward(ffn3.normed, 0, l3MoeShared1Gate.value(), 0, dGate, 0, dNormed, 0, l3MoeShared1Gate.grad(), 0, rows, DIM, 64);
         backend.matmulBackward(ffn3.normed, 0, l3MoeShared1Up.value(), 0, dUp, 0, dNormed, 0, l3MoeShared1Up.grad(), 0, rows, DIM, 64);
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
-        float[] dRowWeight = new float[slots];
-        Elementwise.dotGatheredRows(dx, moe3.tokenOfRow, moe3.ys, slots, DIM, dRowWeight);
+        Elementwise.dotGatheredRows(dx, moe3.tokenOfRow, moe3.ys, slots, DIM, moe3.dRowWeight);
         for (int i = 0; i < slots; i++) {
-            moe3.dWeight[moe3.order[i]] = dRowWeight[i];
+            moe3.dWeight[moe3.order[i]] = moe3.dRowWeight[i];
         }
-        float[] dys = new float[slots * DIM];
-        backend.gatherRows(dx, moe3.tokenOfRow, slots, DIM, dys);
-        Elementwise.scaleRows(dys, moe3.weightOfRow, slots, DIM);
+        backend.gatherRows(dx, moe3.tokenOfRow, slots, DIM, moe3.dys);
+        Elementwise.scaleRows(moe3.dys, moe3.weightOfRow, slots, DIM);
         // experts backward (grouped)
         Elementwise.zero(dAct, slots * 64);
-        backend.groupedMatmulBackward(moe3.act, l3MoeExpertsDown, 0, dys, dAct, l3MoeExpertsDownGrad, 0, moe3.offsets, 16, 64, DIM);
-        float[] dxs = new float[slots * DIM];
+        backend.groupedMatmulBackward(moe3.act, l3MoeExpertsDown, 0, moe3.dys, dAct, l3MoeExpertsDownGrad, 0, moe3.offsets, 16, 64, DIM);
+        Elementwise.zero(moe3.dxs, slots * DIM);
         backend.gluBackward(Activation.SILU, moe3.gate, moe3.up, dAct, dGate, dUp, slots * 64);
-        backend.groupedMatmulBackward(moe3.xs, l3MoeExpertsGate, 0, dGate, dxs, l3MoeExpertsGateGrad, 0, moe3.offsets, 16, DIM, 64);
-        backend.groupedMatmulBackward(moe3.xs, l3MoeExpertsUp, 0, dUp, dxs, l3MoeExpertsUpGrad, 0, moe3.offsets, 16, DIM, 64);
-        backend.scatterAddRows(dxs, moe3.tokenOfRow, null, slots, DIM, dNormed);
+        backend.groupedMatmulBackward(moe3.xs, l3MoeExpertsGate, 0, dGate, moe3.dxs, l3MoeExpertsGateGrad, 0, moe3.offsets, 16, DIM, 64);
+        backend.groupedMatmulBackward(moe3.xs, l3MoeExpertsUp, 0, dUp, moe3.dxs, l3MoeExpertsUpGrad, 0, moe3.offsets, 16, DIM, 64);
+        backend.scatterAddRows(moe3.dxs, moe3.tokenOfRow, null, slots, DIM, dNormed);
         // router backward
         routeFineBackward(moe3, scale);
         backend.matmulBackward(ffn3.normed, 0, l3MoeRouterWeight.value(), 0, moe3.dLogits, 0, dNormed, 0, l3MoeRouterWeight.grad(), 0, rows, DIM, 16);
         backend.rmsNormBackward(ffn3.input, l3FfnNormWeight.value(), ffn3.rstd, dNormed, dx, l3FfnNormWeight.grad(), rows, DIM);
-        // x += attention(norm(x))
+        // stream += attention(norm(stream))
         Elementwise.zero(dNormed, rows * DIM);
         Elementwise.zero(dAtt, rows * Q_DIM);
         backend.matmulBackward(mix3.att, 0, l3AttnO.value(), 0, dx, 0, dAtt, 0, l3AttnO.grad(), 0, rows, Q_DIM, DIM);
@@ -1427,8 +1446,8 @@ public final class DeepSeekMoETiny implements TrainableModel {
      * Layer 4: attention, fine.
      */
     private void forwardLayer4() {
-        // x += attention(norm(x))
-        System.arraycopy(x, 0, mix4.input, 0, rows * DIM);
+        // stream += attention(norm(stream))
+        System.arraycopy(stream, 0, mix4.input, 0, rows * DIM);
         backend.rmsNorm(mix4.input, l4AttnNormWeight.value(), mix4.normed, mix4.rstd, rows, DIM, EPS);
         backend.matmul(mix4.normed, 0, l4AttnQ.value(), 0, mix4.q, 0, rows, DIM, Q_DIM);
         backend.matmul(mix4.normed, 0, l4AttnK.value(), 0, mix4.k, 0, rows, DIM, KV_DIM);
@@ -1437,9 +1456,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.rope(mix4.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.attention(mix4.q, mix4.k, mix4.v, mix4.att, mix4.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
         backend.matmul(mix4.att, 0, l4AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
-        Elementwise.addInPlace(x, tmp, rows * DIM);
-        // x += moe fine(norm(x))
-        System.arraycopy(x, 0, ffn4.input, 0, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
+        // stream += moe fine(norm(stream))
+        System.arraycopy(stream, 0, ffn4.input, 0, rows * DIM);
         backend.rmsNorm(ffn4.input, l4FfnNormWeight.value(), ffn4.normed, ffn4.rstd, rows, DIM, EPS);
         // router: logits, scores, top-4 (fine)
         backend.matmul(ffn4.normed, 0, l4MoeRouterWeight.value(), 0, moe4.logits, 0, rows, DIM, 16);
@@ -1451,11 +1470,15 @@ public final class DeepSeekMoETiny implements TrainableModel {
             moe4.tokenOfRow[i] = moe4.order[i] / 4;
             moe4.weightOfRow[i] = moe4.weight[moe4.order[i]];
         }
-        for (int x = 0; x < 16; x++) {
-            moe4.counts[x] = moe4.offsets[x + 1] - moe4.offsets[x];
-            moe4.stepCounts[x] += moe4.counts[x];
+        for (int ex = 0; ex < 16; ex++) {
+            moe4.counts[ex] = moe4.offsets[ex + 1] - moe4.offsets[ex];
+            if (counting) {
+                moe4.stepCounts[ex] += moe4.counts[ex];
+            }
         }
-        moe4.stepSlots += slots;
+        if (counting) {
+            moe4.stepSlots += slots;
+        }
         backend.gatherRows(ffn4.normed, moe4.tokenOfRow, slots, DIM, moe4.xs);
         // experts: grouped matmuls over the sorted rows (16 x swiglu(hidden: 64))
         backend.groupedMatmul(moe4.xs, l4MoeExpertsGate, 0, moe4.gate, moe4.offsets, 16, DIM, 64);
@@ -1480,28 +1503,28 @@ public final class DeepSeekMoETiny implements TrainableModel {
         moe4.balanceLoss = 0;
         Elementwise.zero(moe4.auxGrad, rows * 16);
         // aux loss (global_batch scope): coef * E * Σ f_e P_e; f from counts, P the mean (normalised) score
-        float[] f = new float[16];
+        float[] f = moe4.f;
         // global batch: counts so far in this optimiser step (all micro-batches up to this one)
-        for (int x = 0; x < 16; x++) {
-            f[x] = (float) ((double) moe4.stepCounts[x] / moe4.stepSlots);
+        for (int ex = 0; ex < 16; ex++) {
+            f[ex] = (float) ((double) moe4.stepCounts[ex] / moe4.stepSlots);
         }
         for (int t = 0; t < rows; t++) {
-            float[] p = new float[16];
+            float[] p = moe4.p;
             System.arraycopy(moe4.probs, t * 16, p, 0, 16);
-            for (int x = 0; x < 16; x++) {
-                moe4.balanceLoss += 0.001f * 16 * f[x] * p[x] / (double) rows;
-                moe4.auxGrad[t * 16 + x] += 0.001f * 16 * f[x] / rows;
+            for (int ex = 0; ex < 16; ex++) {
+                moe4.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) rows;
+                moe4.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / rows;
             }
         }
         // z-loss: coef * mean(logsumexp(logits)²)
         for (int t = 0; t < rows; t++) {
             moe4.balanceLoss += 1.0e-4f * (double) moe4.lse[t] * moe4.lse[t] / rows;
         }
-        Elementwise.addInPlace(x, tmp, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
 
     private void backwardLayer4(float scale) {
-        // x += moe fine(norm(x)): dx flows through the residual and back through the ffn
+        // stream += moe fine(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
         int slots = rows * 4;
         // shared expert 0
@@ -1517,27 +1540,25 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.matmulBackward(ffn4.normed, 0, l4MoeShared1Gate.value(), 0, dGate, 0, dNormed, 0, l4MoeShared1Gate.grad(), 0, rows, DIM, 64);
         backend.matmulBackward(ffn4.normed, 0, l4MoeShared1Up.value(), 0, dUp, 0, dNormed, 0, l4MoeShared1Up.grad(), 0, rows, DIM, 64);
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
-        float[] dRowWeight = new float[slots];
-        Elementwise.dotGatheredRows(dx, moe4.tokenOfRow, moe4.ys, slots, DIM, dRowWeight);
+        Elementwise.dotGatheredRows(dx, moe4.tokenOfRow, moe4.ys, slots, DIM, moe4.dRowWeight);
         for (int i = 0; i < slots; i++) {
-            moe4.dWeight[moe4.order[i]] = dRowWeight[i];
+            moe4.dWeight[moe4.order[i]] = moe4.dRowWeight[i];
         }
-        float[] dys = new float[slots * DIM];
-        backend.gatherRows(dx, moe4.tokenOfRow, slots, DIM, dys);
-        Elementwise.scaleRows(dys, moe4.weightOfRow, slots, DIM);
+        backend.gatherRows(dx, moe4.tokenOfRow, slots, DIM, moe4.dys);
+        Elementwise.scaleRows(moe4.dys, moe4.weightOfRow, slots, DIM);
         // experts backward (grouped)
         Elementwise.zero(dAct, slots * 64);
-        backend.groupedMatmulBackward(moe4.act, l4MoeExpertsDown, 0, dys, dAct, l4MoeExpertsDownGrad, 0, moe4.offsets, 16, 64, DIM);
-        float[] dxs = new float[slots * DIM];
+        backend.groupedMatmulBackward(moe4.act, l4MoeExpertsDown, 0, moe4.dys, dAct, l4MoeExpertsDownGrad, 0, moe4.offsets, 16, 64, DIM);
+        Elementwise.zero(moe4.dxs, slots * DIM);
         backend.gluBackward(Activation.SILU, moe4.gate, moe4.up, dAct, dGate, dUp, slots * 64);
-        backend.groupedMatmulBackward(moe4.xs, l4MoeExpertsGate, 0, dGate, dxs, l4MoeExpertsGateGrad, 0, moe4.offsets, 16, DIM, 64);
-        backend.groupedMatmulBackward(moe4.xs, l4MoeExpertsUp, 0, dUp, dxs, l4MoeExpertsUpGrad, 0, moe4.offsets, 16, DIM, 64);
-        backend.scatterAddRows(dxs, moe4.tokenOfRow, null, slots, DIM, dNormed);
+        backend.groupedMatmulBackward(moe4.xs, l4MoeExpertsGate, 0, dGate, moe4.dxs, l4MoeExpertsGateGrad, 0, moe4.offsets, 16, DIM, 64);
+        backend.groupedMatmulBackward(moe4.xs, l4MoeExpertsUp, 0, dUp, moe4.dxs, l4MoeExpertsUpGrad, 0, moe4.offsets, 16, DIM, 64);
+        backend.scatterAddRows(moe4.dxs, moe4.tokenOfRow, null, slots, DIM, dNormed);
         // router backward
         routeFineBackward(moe4, scale);
         backend.matmulBackward(ffn4.normed, 0, l4MoeRouterWeight.value(), 0, moe4.dLogits, 0, dNormed, 0, l4MoeRouterWeight.grad(), 0, rows, DIM, 16);
         backend.rmsNormBackward(ffn4.input, l4FfnNormWeight.value(), ffn4.rstd, dNormed, dx, l4FfnNormWeight.grad(), rows, DIM);
-        // x += attention(norm(x))
+        // stream += attention(norm(stream))
         Elementwise.zero(dNormed, rows * DIM);
         Elementwise.zero(dAtt, rows * Q_DIM);
         backend.matmulBackward(mix4.att, 0, l4AttnO.value(), 0, dx, 0, dAtt, 0, l4AttnO.grad(), 0, rows, Q_DIM, DIM);
@@ -1557,8 +1578,8 @@ public final class DeepSeekMoETiny implements TrainableModel {
      * Layer 5: attention, fine.
      */
     private void forwardLayer5() {
-        // x += attention(norm(x))
-        System.arraycopy(x, 0, mix5.input, 0, rows * DIM);
+        // stream += attention(norm(stream))
+        System.arraycopy(stream, 0, mix5.input, 0, rows * DIM);
         backend.rmsNorm(mix5.input, l5AttnNormWeight.value(), mix5.normed, mix5.rstd, rows, DIM, EPS);
         backend.matmul(mix5.normed, 0, l5AttnQ.value(), 0, mix5.q, 0, rows, DIM, Q_DIM);
         backend.matmul(mix5.normed, 0, l5AttnK.value(), 0, mix5.k, 0, rows, DIM, KV_DIM);
@@ -1567,9 +1588,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.rope(mix5.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.attention(mix5.q, mix5.k, mix5.v, mix5.att, mix5.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
         backend.matmul(mix5.att, 0, l5AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
-        Elementwise.addInPlace(x, tmp, rows * DIM);
-        // x += moe fine(norm(x))
-        System.arraycopy(x, 0, ffn5.input, 0, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
+        // stream += moe fine(norm(stream))
+        System.arraycopy(stream, 0, ffn5.input, 0, rows * DIM);
         backend.rmsNorm(ffn5.input, l5FfnNormWeight.value(), ffn5.normed, ffn5.rstd, rows, DIM, EPS);
         // router: logits, scores, top-4 (fine)
         backend.matmul(ffn5.normed, 0, l5MoeRouterWeight.value(), 0, moe5.logits, 0, rows, DIM, 16);
@@ -1581,11 +1602,15 @@ public final class DeepSeekMoETiny implements TrainableModel {
             moe5.tokenOfRow[i] = moe5.order[i] / 4;
             moe5.weightOfRow[i] = moe5.weight[moe5.order[i]];
         }
-        for (int x = 0; x < 16; x++) {
-            moe5.counts[x] = moe5.offsets[x + 1] - moe5.offsets[x];
-            moe5.stepCounts[x] += moe5.counts[x];
+        for (int ex = 0; ex < 16; ex++) {
+            moe5.counts[ex] = moe5.offsets[ex + 1] - moe5.offsets[ex];
+            if (counting) {
+                moe5.stepCounts[ex] += moe5.counts[ex];
+            }
         }
-        moe5.stepSlots += slots;
+        if (counting) {
+            moe5.stepSlots += slots;
+        }
         backend.gatherRows(ffn5.normed, moe5.tokenOfRow, slots, DIM, moe5.xs);
         // experts: grouped matmuls over the sorted rows (16 x swiglu(hidden: 64))
         backend.groupedMatmul(moe5.xs, l5MoeExpertsGate, 0, moe5.gate, moe5.offsets, 16, DIM, 64);
@@ -1610,28 +1635,28 @@ public final class DeepSeekMoETiny implements TrainableModel {
         moe5.balanceLoss = 0;
         Elementwise.zero(moe5.auxGrad, rows * 16);
         // aux loss (global_batch scope): coef * E * Σ f_e P_e; f from counts, P the mean (normalised) score
-        float[] f = new float[16];
+        float[] f = moe5.f;
         // global batch: counts so far in this optimiser step (all micro-batches up to this one)
-        for (int x = 0; x < 16; x++) {
-            f[x] = (float) ((double) moe5.stepCounts[x] / moe5.stepSlots);
+        for (int ex = 0; ex < 16; ex++) {
+            f[ex] = (float) ((double) moe5.stepCounts[ex] / moe5.stepSlots);
         }
         for (int t = 0; t < rows; t++) {
-            float[] p = new float[16];
+            float[] p = moe5.p;
             System.arraycopy(moe5.probs, t * 16, p, 0, 16);
-            for (int x = 0; x < 16; x++) {
-                moe5.balanceLoss += 0.001f * 16 * f[x] * p[x] / (double) rows;
-                moe5.auxGrad[t * 16 + x] += 0.001f * 16 * f[x] / rows;
+            for (int ex = 0; ex < 16; ex++) {
+                moe5.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) rows;
+                moe5.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / rows;
             }
         }
         // z-loss: coef * mean(logsumexp(logits)²)
         for (int t = 0; t < rows; t++) {
             moe5.balanceLoss += 1.0e-4f * (double) moe5.lse[t] * moe5.lse[t] / rows;
         }
-        Elementwise.addInPlace(x, tmp, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
 
     private void backwardLayer5(float scale) {
-        // x += moe fine(norm(x)): dx flows through the residual and back through the ffn
+        // stream += moe fine(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
         int slots = rows * 4;
         // shared expert 0
@@ -1647,27 +1672,25 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.matmulBackward(ffn5.normed, 0, l5MoeShared1Gate.value(), 0, dGate, 0, dNormed, 0, l5MoeShared1Gate.grad(), 0, rows, DIM, 64);
         backend.matmulBackward(ffn5.normed, 0, l5MoeShared1Up.value(), 0, dUp, 0, dNormed, 0, l5MoeShared1Up.grad(), 0, rows, DIM, 64);
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
-        float[] dRowWeight = new float[slots];
-        Elementwise.dotGatheredRows(dx, moe5.tokenOfRow, moe5.ys, slots, DIM, dRowWeight);
+        Elementwise.dotGatheredRows(dx, moe5.tokenOfRow, moe5.ys, slots, DIM, moe5.dRowWeight);
         for (int i = 0; i < slots; i++) {
-            moe5.dWeight[moe5.order[i]] = dRowWeight[i];
+            moe5.dWeight[moe5.order[i]] = moe5.dRowWeight[i];
         }
-        float[] dys = new float[slots * DIM];
-        backend.gatherRows(dx, moe5.tokenOfRow, slots, DIM, dys);
-        Elementwise.scaleRows(dys, moe5.weightOfRow, slots, DIM);
+        backend.gatherRows(dx, moe5.tokenOfRow, slots, DIM, moe5.dys);
+        Elementwise.scaleRows(moe5.dys, moe5.weightOfRow, slots, DIM);
         // experts backward (grouped)
         Elementwise.zero(dAct, slots * 64);
-        backend.groupedMatmulBackward(moe5.act, l5MoeExpertsDown, 0, dys, dAct, l5MoeExpertsDownGrad, 0, moe5.offsets, 16, 64, DIM);
-        float[] dxs = new float[slots * DIM];
+        backend.groupedMatmulBackward(moe5.act, l5MoeExpertsDown, 0, moe5.dys, dAct, l5MoeExpertsDownGrad, 0, moe5.offsets, 16, 64, DIM);
+        Elementwise.zero(moe5.dxs, slots * DIM);
         backend.gluBackward(Activation.SILU, moe5.gate, moe5.up, dAct, dGate, dUp, slots * 64);
-        backend.groupedMatmulBackward(moe5.xs, l5MoeExpertsGate, 0, dGate, dxs, l5MoeExpertsGateGrad, 0, moe5.offsets, 16, DIM, 64);
-        backend.groupedMatmulBackward(moe5.xs, l5MoeExpertsUp, 0, dUp, dxs, l5MoeExpertsUpGrad, 0, moe5.offsets, 16, DIM, 64);
-        backend.scatterAddRows(dxs, moe5.tokenOfRow, null, slots, DIM, dNormed);
+        backend.groupedMatmulBackward(moe5.xs, l5MoeExpertsGate, 0, dGate, moe5.dxs, l5MoeExpertsGateGrad, 0, moe5.offsets, 16, DIM, 64);
+        backend.groupedMatmulBackward(moe5.xs, l5MoeExpertsUp, 0, dUp, moe5.dxs, l5MoeExpertsUpGrad, 0, moe5.offsets, 16, DIM, 64);
+        backend.scatterAddRows(moe5.dxs, moe5.tokenOfRow, null, slots, DIM, dNormed);
         // router backward
         routeFineBackward(moe5, scale);
         backend.matmulBackward(ffn5.normed, 0, l5MoeRouterWeight.value(), 0, moe5.dLogits, 0, dNormed, 0, l5MoeRouterWeight.grad(), 0, rows, DIM, 16);
         backend.rmsNormBackward(ffn5.input, l5FfnNormWeight.value(), ffn5.rstd, dNormed, dx, l5FfnNormWeight.grad(), rows, DIM);
-        // x += attention(norm(x))
+        // stream += attention(norm(stream))
         Elementwise.zero(dNormed, rows * DIM);
         Elementwise.zero(dAtt, rows * Q_DIM);
         backend.matmulBackward(mix5.att, 0, l5AttnO.value(), 0, dx, 0, dAtt, 0, l5AttnO.grad(), 0, rows, Q_DIM, DIM);
@@ -1691,30 +1714,30 @@ public final class DeepSeekMoETiny implements TrainableModel {
             int o = t * 16;
             // softmax of the logits (kept for the aux and z losses) and their log-sum-exp
             float max = Float.NEGATIVE_INFINITY;
-            for (int x = 0; x < 16; x++) {
-                max = Math.max(max, m.logits[o + x]);
+            for (int ex = 0; ex < 16; ex++) {
+                max = Math.max(max, m.logits[o + ex]);
             }
             double sum = 0;
-            for (int x = 0; x < 16; x++) {
-                sum += Math.exp(m.logits[o + x] - max);
+            for (int ex = 0; ex < 16; ex++) {
+                sum += Math.exp(m.logits[o + ex] - max);
             }
             m.lse[t] = (float) (max + Math.log(sum));
-            for (int x = 0; x < 16; x++) {
-                m.probs[o + x] = (float) (Math.exp(m.logits[o + x] - max) / sum);
+            for (int ex = 0; ex < 16; ex++) {
+                m.probs[o + ex] = (float) (Math.exp(m.logits[o + ex] - max) / sum);
             }
             // top-4 by probability; ties go to the lower index
             double chosen = 0;
             for (int r = 0; r < 4; r++) {
                 int best = -1;
                 float bestScore = Float.NEGATIVE_INFINITY;
-                for (int x = 0; x < 16; x++) {
-                    float s = m.probs[o + x];
+                for (int ex = 0; ex < 16; ex++) {
+                    float s = m.probs[o + ex];
                     boolean taken = false;
                     for (int q = 0; q < r; q++) {
-                        taken |= m.selected[t * 4 + q] == x;
+                        taken |= m.selected[t * 4 + q] == ex;
                     }
                     if (!taken && (best < 0 || s > bestScore)) {
-                        best = x;
+                        best = ex;
                         bestScore = s;
                     }
                 }
@@ -1736,9 +1759,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         for (int t = 0; t < rows; t++) {
             int o = t * 16;
             int s0 = t * 4;
-            for (int x = 0; x < 16; x++) {
-                m.dScore[o + x] = lossScale * m.auxGrad[o + x];
-                m.dLogits[o + x] = 0;
+            for (int ex = 0; ex < 16; ex++) {
+                m.dScore[o + ex] = lossScale * m.auxGrad[o + ex];
+                m.dLogits[o + ex] = 0;
             }
             // weights are the chosen scores
             for (int r = 0; r < 4; r++) {
@@ -1746,16 +1769,16 @@ public final class DeepSeekMoETiny implements TrainableModel {
             }
             // softmax backward: dl = p ⊙ (dp - Σ p dp)
             double pdp = 0;
-            for (int x = 0; x < 16; x++) {
-                pdp += (double) m.probs[o + x] * m.dScore[o + x];
+            for (int ex = 0; ex < 16; ex++) {
+                pdp += (double) m.probs[o + ex] * m.dScore[o + ex];
             }
-            for (int x = 0; x < 16; x++) {
-                m.dLogits[o + x] += (float) (m.probs[o + x] * (m.dScore[o + x] - pdp));
+            for (int ex = 0; ex < 16; ex++) {
+                m.dLogits[o + ex] += (float) (m.probs[o + ex] * (m.dScore[o + ex] - pdp));
             }
             // z-loss: d/dl of coef * lse² / rows = coef * 2 * lse * softmax / rows
-            for (int x = 0; x < 16; x++) {
-                double softmax = Math.exp(m.logits[o + x] - m.lse[t]);
-                m.dLogits[o + x] += (float) (lossScale * 1.0e-4 * 2.0 * m.lse[t] * softmax / rows);
+            for (int ex = 0; ex < 16; ex++) {
+                double softmax = Math.exp(m.logits[o + ex] - m.lse[t]);
+                m.dLogits[o + ex] += (float) (lossScale * 1.0e-4 * 2.0 * m.lse[t] * softmax / rows);
             }
         }
     }
@@ -1763,7 +1786,12 @@ public final class DeepSeekMoETiny implements TrainableModel {
     @Override
     public float[] lastLogits(int[] inputs, int batch, int seq) {
         int[] targets = new int[batch * seq];
-        forward(inputs, targets, batch, seq);
+        counting = false;
+        try {
+            forward(inputs, targets, batch, seq);
+        } finally {
+            counting = true;
+        }
         float[] last = new float[batch * VOCAB];
         for (int b = 0; b < batch; b++) {
             System.arraycopy(logits, ((b + 1) * seq - 1) * VOCAB, last, b * VOCAB, VOCAB);
@@ -1867,6 +1895,16 @@ public final class DeepSeekMoETiny implements TrainableModel {
         float[] dScore;
 
         float[] dLogits;
+
+        float[] dRowWeight;
+
+        float[] dys;
+
+        float[] dxs;
+
+        float[] f;
+
+        float[] p;
 
         int[] counts;
 

@@ -17,12 +17,12 @@ import javax.annotation.processing.Generated;
  * MixtralTiny: 4 layers, dim 128, 4 heads (2 key/value), vocab 256, context 256.
  *
  * <pre>
- * tokens ─▶ embed ─▶ x
- * layer  0: x += attention(rms(x)); x += moe mixtral(rms(x))
- * layer  1: x += attention(rms(x)); x += moe mixtral(rms(x))
- * layer  2: x += attention(rms(x)); x += moe mixtral(rms(x))
- * layer  3: x += attention(rms(x)); x += moe mixtral(rms(x))
- * x ─▶ norm ─▶ head ─▶ logits ─▶ cross-entropy (+ balancing losses)
+ * tokens ─▶ embed ─▶ stream (the residual stream, [rows, DIM])
+ * layer  0: stream += attention(rms(stream)); stream += moe mixtral(rms(stream))
+ * layer  1: stream += attention(rms(stream)); stream += moe mixtral(rms(stream))
+ * layer  2: stream += attention(rms(stream)); stream += moe mixtral(rms(stream))
+ * layer  3: stream += attention(rms(stream)); stream += moe mixtral(rms(stream))
+ * stream ─▶ norm ─▶ head ─▶ logits ─▶ cross-entropy (+ balancing losses)
  * </pre>
  */
 @Generated(
@@ -314,7 +314,12 @@ public final class MixtralTiny implements TrainableModel {
 
     private double lastCrossEntropy;
 
-    private float[] x;
+    /**
+     * False while generating: inference does not count towards a training step's expert loads.
+     */
+    private boolean counting = true;
+
+    private float[] stream;
 
     private float[] tmp;
 
@@ -511,13 +516,13 @@ public final class MixtralTiny implements TrainableModel {
     @Override
     public double forward(int[] inputs, int[] targets, int batch, int seq) {
         prepare(inputs, batch, seq);
-        backend.embedding(inputs, embedWeight.value(), x, rows, DIM);
+        backend.embedding(inputs, embedWeight.value(), stream, rows, DIM);
         forwardLayer0();
         forwardLayer1();
         forwardLayer2();
         forwardLayer3();
         // final norm and head
-        System.arraycopy(x, 0, finalInput, 0, rows * DIM);
+        System.arraycopy(stream, 0, finalInput, 0, rows * DIM);
         backend.rmsNorm(finalInput, finalNormWeight.value(), finalNormed, finalRstd, rows, DIM, EPS);
         backend.matmul(finalNormed, 0, headWeight.value(), 0, logits, 0, rows, DIM, VOCAB);
         lastCrossEntropy = backend.crossEntropy(logits, targets, dLogits, rows, VOCAB);
@@ -531,7 +536,12 @@ public final class MixtralTiny implements TrainableModel {
 
     private void prepare(int[] inputs, int batch, int seq) {
         if (seq < 1 || seq > CONTEXT || batch < 1 || inputs.length < batch * seq) {
-            throw new IllegalArgumentException("bad batch " + batch + " x " + seq + " (context is " + CONTEXT);
+            throw new IllegalArgumentException("bad batch " + batch + " x " + seq + " (context is " + CONTEXT + ")");
+        }
+        for (int i = 0; i < batch * seq; i++) {
+            if (inputs[i] < 0 || inputs[i] >= VOCAB) {
+                throw new IllegalArgumentException("token " + inputs[i] + " at " + i + " is outside the vocabulary (" + VOCAB + ")");
+            }
         }
         this.batch = batch;
         this.seq = seq;
@@ -540,8 +550,7 @@ public final class MixtralTiny implements TrainableModel {
         if (rows > capacity) {
             capacity = rows;
             int r = rows;
-            int wide = Math.max(Math.max(DIM, Q_DIM), 256);
-            x = new float[r * DIM];
+            stream = new float[r * DIM];
             tmp = new float[r * DIM];
             tmp2 = new float[r * DIM];
             dx = new float[r * DIM];
@@ -557,10 +566,9 @@ public final class MixtralTiny implements TrainableModel {
             dk = new float[r * KV_DIM];
             dkRaw = new float[r * KV_DIM];
             dv = new float[r * KV_DIM];
-            int hiddenRows = r * 2;
-            dAct = new float[hiddenRows * wide];
-            dGate = new float[hiddenRows * wide];
-            dUp = new float[hiddenRows * wide];
+            dAct = new float[r * 512];
+            dGate = new float[r * 512];
+            dUp = new float[r * 512];
             logits = new float[r * VOCAB];
             dLogits = new float[r * VOCAB];
             sizeAttention(mix0, r);
@@ -626,6 +634,11 @@ public final class MixtralTiny implements TrainableModel {
         m.dLogits = new float[r * experts];
         m.sharedOut = new float[r * DIM];
         m.sharedGate = new float[r];
+        m.dRowWeight = new float[slots];
+        m.dys = new float[slots * DIM];
+        m.dxs = new float[slots * DIM];
+        m.f = new float[experts];
+        m.p = new float[experts];
     }
 
     @Override
@@ -651,8 +664,8 @@ public final class MixtralTiny implements TrainableModel {
      * Layer 0: attention, mixtral.
      */
     private void forwardLayer0() {
-        // x += attention(norm(x))
-        System.arraycopy(x, 0, mix0.input, 0, rows * DIM);
+        // stream += attention(norm(stream))
+        System.arraycopy(stream, 0, mix0.input, 0, rows * DIM);
         backend.rmsNorm(mix0.input, l0AttnNormWeight.value(), mix0.normed, mix0.rstd, rows, DIM, EPS);
         backend.matmul(mix0.normed, 0, l0AttnQ.value(), 0, mix0.q, 0, rows, DIM, Q_DIM);
         backend.matmul(mix0.normed, 0, l0AttnK.value(), 0, mix0.k, 0, rows, DIM, KV_DIM);
@@ -661,9 +674,9 @@ public final class MixtralTiny implements TrainableModel {
         backend.rope(mix0.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.attention(mix0.q, mix0.k, mix0.v, mix0.att, mix0.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
         backend.matmul(mix0.att, 0, l0AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
-        Elementwise.addInPlace(x, tmp, rows * DIM);
-        // x += moe mixtral(norm(x))
-        System.arraycopy(x, 0, ffn0.input, 0, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
+        // stream += moe mixtral(norm(stream))
+        System.arraycopy(stream, 0, ffn0.input, 0, rows * DIM);
         backend.rmsNorm(ffn0.input, l0FfnNormWeight.value(), ffn0.normed, ffn0.rstd, rows, DIM, EPS);
         // router: logits, scores, top-2 (mixtral)
         backend.matmul(ffn0.normed, 0, l0MoeRouterWeight.value(), 0, moe0.logits, 0, rows, DIM, 8);
@@ -675,11 +688,15 @@ public final class MixtralTiny implements TrainableModel {
             moe0.tokenOfRow[i] = moe0.order[i] / 2;
             moe0.weightOfRow[i] = moe0.weight[moe0.order[i]];
         }
-        for (int x = 0; x < 8; x++) {
-            moe0.counts[x] = moe0.offsets[x + 1] - moe0.offsets[x];
-            moe0.stepCounts[x] += moe0.counts[x];
+        for (int ex = 0; ex < 8; ex++) {
+            moe0.counts[ex] = moe0.offsets[ex + 1] - moe0.offsets[ex];
+            if (counting) {
+                moe0.stepCounts[ex] += moe0.counts[ex];
+            }
         }
-        moe0.stepSlots += slots;
+        if (counting) {
+            moe0.stepSlots += slots;
+        }
         backend.gatherRows(ffn0.normed, moe0.tokenOfRow, slots, DIM, moe0.xs);
         // experts: grouped matmuls over the sorted rows (8 x swiglu(hidden: 256))
         backend.groupedMatmul(moe0.xs, l0MoeExpertsGate, 0, moe0.gate, moe0.offsets, 8, DIM, 256);
@@ -692,47 +709,45 @@ public final class MixtralTiny implements TrainableModel {
         moe0.balanceLoss = 0;
         Elementwise.zero(moe0.auxGrad, rows * 8);
         // aux loss (micro_batch scope): coef * E * Σ f_e P_e; f from counts, P the mean (normalised) score
-        float[] f = new float[8];
-        for (int x = 0; x < 8; x++) {
-            f[x] = (float) moe0.counts[x] / slots;
+        float[] f = moe0.f;
+        for (int ex = 0; ex < 8; ex++) {
+            f[ex] = (float) moe0.counts[ex] / slots;
         }
         for (int t = 0; t < rows; t++) {
-            float[] p = new float[8];
+            float[] p = moe0.p;
             System.arraycopy(moe0.probs, t * 8, p, 0, 8);
-            for (int x = 0; x < 8; x++) {
-                moe0.balanceLoss += 0.02f * 8 * f[x] * p[x] / (double) rows;
-                moe0.auxGrad[t * 8 + x] += 0.02f * 8 * f[x] / rows;
+            for (int ex = 0; ex < 8; ex++) {
+                moe0.balanceLoss += 0.02f * 8 * f[ex] * p[ex] / (double) rows;
+                moe0.auxGrad[t * 8 + ex] += 0.02f * 8 * f[ex] / rows;
             }
         }
-        Elementwise.addInPlace(x, tmp, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
 
     private void backwardLayer0(float scale) {
-        // x += moe mixtral(norm(x)): dx flows through the residual and back through the ffn
+        // stream += moe mixtral(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
         int slots = rows * 2;
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
-        float[] dRowWeight = new float[slots];
-        Elementwise.dotGatheredRows(dx, moe0.tokenOfRow, moe0.ys, slots, DIM, dRowWeight);
+        Elementwise.dotGatheredRows(dx, moe0.tokenOfRow, moe0.ys, slots, DIM, moe0.dRowWeight);
         for (int i = 0; i < slots; i++) {
-            moe0.dWeight[moe0.order[i]] = dRowWeight[i];
+            moe0.dWeight[moe0.order[i]] = moe0.dRowWeight[i];
         }
-        float[] dys = new float[slots * DIM];
-        backend.gatherRows(dx, moe0.tokenOfRow, slots, DIM, dys);
-        Elementwise.scaleRows(dys, moe0.weightOfRow, slots, DIM);
+        backend.gatherRows(dx, moe0.tokenOfRow, slots, DIM, moe0.dys);
+        Elementwise.scaleRows(moe0.dys, moe0.weightOfRow, slots, DIM);
         // experts backward (grouped)
         Elementwise.zero(dAct, slots * 256);
-        backend.groupedMatmulBackward(moe0.act, l0MoeExpertsDown, 0, dys, dAct, l0MoeExpertsDownGrad, 0, moe0.offsets, 8, 256, DIM);
-        float[] dxs = new float[slots * DIM];
+        backend.groupedMatmulBackward(moe0.act, l0MoeExpertsDown, 0, moe0.dys, dAct, l0MoeExpertsDownGrad, 0, moe0.offsets, 8, 256, DIM);
+        Elementwise.zero(moe0.dxs, slots * DIM);
         backend.gluBackward(Activation.SILU, moe0.gate, moe0.up, dAct, dGate, dUp, slots * 256);
-        backend.groupedMatmulBackward(moe0.xs, l0MoeExpertsGate, 0, dGate, dxs, l0MoeExpertsGateGrad, 0, moe0.offsets, 8, DIM, 256);
-        backend.groupedMatmulBackward(moe0.xs, l0MoeExpertsUp, 0, dUp, dxs, l0MoeExpertsUpGrad, 0, moe0.offsets, 8, DIM, 256);
-        backend.scatterAddRows(dxs, moe0.tokenOfRow, null, slots, DIM, dNormed);
+        backend.groupedMatmulBackward(moe0.xs, l0MoeExpertsGate, 0, dGate, moe0.dxs, l0MoeExpertsGateGrad, 0, moe0.offsets, 8, DIM, 256);
+        backend.groupedMatmulBackward(moe0.xs, l0MoeExpertsUp, 0, dUp, moe0.dxs, l0MoeExpertsUpGrad, 0, moe0.offsets, 8, DIM, 256);
+        backend.scatterAddRows(moe0.dxs, moe0.tokenOfRow, null, slots, DIM, dNormed);
         // router backward
         routeMixtralBackward(moe0, scale);
         backend.matmulBackward(ffn0.normed, 0, l0MoeRouterWeight.value(), 0, moe0.dLogits, 0, dNormed, 0, l0MoeRouterWeight.grad(), 0, rows, DIM, 8);
         backend.rmsNormBackward(ffn0.input, l0FfnNormWeight.value(), ffn0.rstd, dNormed, dx, l0FfnNormWeight.grad(), rows, DIM);
-        // x += attention(norm(x))
+        // stream += attention(norm(stream))
         Elementwise.zero(dNormed, rows * DIM);
         Elementwise.zero(dAtt, rows * Q_DIM);
         backend.matmulBackward(mix0.att, 0, l0AttnO.value(), 0, dx, 0, dAtt, 0, l0AttnO.grad(), 0, rows, Q_DIM, DIM);
@@ -752,8 +767,8 @@ public final class MixtralTiny implements TrainableModel {
      * Layer 1: attention, mixtral.
      */
     private void forwardLayer1() {
-        // x += attention(norm(x))
-        System.arraycopy(x, 0, mix1.input, 0, rows * DIM);
+        // stream += attention(norm(stream))
+        System.arraycopy(stream, 0, mix1.input, 0, rows * DIM);
         backend.rmsNorm(mix1.input, l1AttnNormWeight.value(), mix1.normed, mix1.rstd, rows, DIM, EPS);
         backend.matmul(mix1.normed, 0, l1AttnQ.value(), 0, mix1.q, 0, rows, DIM, Q_DIM);
         backend.matmul(mix1.normed, 0, l1AttnK.value(), 0, mix1.k, 0, rows, DIM, KV_DIM);
@@ -762,9 +777,9 @@ public final class MixtralTiny implements TrainableModel {
         backend.rope(mix1.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.attention(mix1.q, mix1.k, mix1.v, mix1.att, mix1.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
         backend.matmul(mix1.att, 0, l1AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
-        Elementwise.addInPlace(x, tmp, rows * DIM);
-        // x += moe mixtral(norm(x))
-        System.arraycopy(x, 0, ffn1.input, 0, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
+        // stream += moe mixtral(norm(stream))
+        System.arraycopy(stream, 0, ffn1.input, 0, rows * DIM);
         backend.rmsNorm(ffn1.input, l1FfnNormWeight.value(), ffn1.normed, ffn1.rstd, rows, DIM, EPS);
         // router: logits, scores, top-2 (mixtral)
         backend.matmul(ffn1.normed, 0, l1MoeRouterWeight.value(), 0, moe1.logits, 0, rows, DIM, 8);
@@ -776,11 +791,15 @@ public final class MixtralTiny implements TrainableModel {
             moe1.tokenOfRow[i] = moe1.order[i] / 2;
             moe1.weightOfRow[i] = moe1.weight[moe1.order[i]];
         }
-        for (int x = 0; x < 8; x++) {
-            moe1.counts[x] = moe1.offsets[x + 1] - moe1.offsets[x];
-            moe1.stepCounts[x] += moe1.counts[x];
+        for (int ex = 0; ex < 8; ex++) {
+            moe1.counts[ex] = moe1.offsets[ex + 1] - moe1.offsets[ex];
+            if (counting) {
+                moe1.stepCounts[ex] += moe1.counts[ex];
+            }
         }
-        moe1.stepSlots += slots;
+        if (counting) {
+            moe1.stepSlots += slots;
+        }
         backend.gatherRows(ffn1.normed, moe1.tokenOfRow, slots, DIM, moe1.xs);
         // experts: grouped matmuls over the sorted rows (8 x swiglu(hidden: 256))
         backend.groupedMatmul(moe1.xs, l1MoeExpertsGate, 0, moe1.gate, moe1.offsets, 8, DIM, 256);
@@ -793,47 +812,45 @@ public final class MixtralTiny implements TrainableModel {
         moe1.balanceLoss = 0;
         Elementwise.zero(moe1.auxGrad, rows * 8);
         // aux loss (micro_batch scope): coef * E * Σ f_e P_e; f from counts, P the mean (normalised) score
-        float[] f = new float[8];
-        for (int x = 0; x < 8; x++) {
-            f[x] = (float) moe1.counts[x] / slots;
+        float[] f = moe1.f;
+        for (int ex = 0; ex < 8; ex++) {
+            f[ex] = (float) moe1.counts[ex] / slots;
         }
         for (int t = 0; t < rows; t++) {
-            float[] p = new float[8];
+            float[] p = moe1.p;
             System.arraycopy(moe1.probs, t * 8, p, 0, 8);
-            for (int x = 0; x < 8; x++) {
-                moe1.balanceLoss += 0.02f * 8 * f[x] * p[x] / (double) rows;
-                moe1.auxGrad[t * 8 + x] += 0.02f * 8 * f[x] / rows;
+            for (int ex = 0; ex < 8; ex++) {
+                moe1.balanceLoss += 0.02f * 8 * f[ex] * p[ex] / (double) rows;
+                moe1.auxGrad[t * 8 + ex] += 0.02f * 8 * f[ex] / rows;
             }
         }
-        Elementwise.addInPlace(x, tmp, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
 
     private void backwardLayer1(float scale) {
-        // x += moe mixtral(norm(x)): dx flows through the residual and back through the ffn
+        // stream += moe mixtral(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
         int slots = rows * 2;
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
-        float[] dRowWeight = new float[slots];
-        Elementwise.dotGatheredRows(dx, moe1.tokenOfRow, moe1.ys, slots, DIM, dRowWeight);
+        Elementwise.dotGatheredRows(dx, moe1.tokenOfRow, moe1.ys, slots, DIM, moe1.dRowWeight);
         for (int i = 0; i < slots; i++) {
-            moe1.dWeight[moe1.order[i]] = dRowWeight[i];
+            moe1.dWeight[moe1.order[i]] = moe1.dRowWeight[i];
         }
-        float[] dys = new float[slots * DIM];
-        backend.gatherRows(dx, moe1.tokenOfRow, slots, DIM, dys);
-        Elementwise.scaleRows(dys, moe1.weightOfRow, slots, DIM);
+        backend.gatherRows(dx, moe1.tokenOfRow, slots, DIM, moe1.dys);
+        Elementwise.scaleRows(moe1.dys, moe1.weightOfRow, slots, DIM);
         // experts backward (grouped)
         Elementwise.zero(dAct, slots * 256);
-        backend.groupedMatmulBackward(moe1.act, l1MoeExpertsDown, 0, dys, dAct, l1MoeExpertsDownGrad, 0, moe1.offsets, 8, 256, DIM);
-        float[] dxs = new float[slots * DIM];
+        backend.groupedMatmulBackward(moe1.act, l1MoeExpertsDown, 0, moe1.dys, dAct, l1MoeExpertsDownGrad, 0, moe1.offsets, 8, 256, DIM);
+        Elementwise.zero(moe1.dxs, slots * DIM);
         backend.gluBackward(Activation.SILU, moe1.gate, moe1.up, dAct, dGate, dUp, slots * 256);
-        backend.groupedMatmulBackward(moe1.xs, l1MoeExpertsGate, 0, dGate, dxs, l1MoeExpertsGateGrad, 0, moe1.offsets, 8, DIM, 256);
-        backend.groupedMatmulBackward(moe1.xs, l1MoeExpertsUp, 0, dUp, dxs, l1MoeExpertsUpGrad, 0, moe1.offsets, 8, DIM, 256);
-        backend.scatterAddRows(dxs, moe1.tokenOfRow, null, slots, DIM, dNormed);
+        backend.groupedMatmulBackward(moe1.xs, l1MoeExpertsGate, 0, dGate, moe1.dxs, l1MoeExpertsGateGrad, 0, moe1.offsets, 8, DIM, 256);
+        backend.groupedMatmulBackward(moe1.xs, l1MoeExpertsUp, 0, dUp, moe1.dxs, l1MoeExpertsUpGrad, 0, moe1.offsets, 8, DIM, 256);
+        backend.scatterAddRows(moe1.dxs, moe1.tokenOfRow, null, slots, DIM, dNormed);
         // router backward
         routeMixtralBackward(moe1, scale);
         backend.matmulBackward(ffn1.normed, 0, l1MoeRouterWeight.value(), 0, moe1.dLogits, 0, dNormed, 0, l1MoeRouterWeight.grad(), 0, rows, DIM, 8);
         backend.rmsNormBackward(ffn1.input, l1FfnNormWeight.value(), ffn1.rstd, dNormed, dx, l1FfnNormWeight.grad(), rows, DIM);
-        // x += attention(norm(x))
+        // stream += attention(norm(stream))
         Elementwise.zero(dNormed, rows * DIM);
         Elementwise.zero(dAtt, rows * Q_DIM);
         backend.matmulBackward(mix1.att, 0, l1AttnO.value(), 0, dx, 0, dAtt, 0, l1AttnO.grad(), 0, rows, Q_DIM, DIM);
@@ -853,8 +870,8 @@ public final class MixtralTiny implements TrainableModel {
      * Layer 2: attention, mixtral.
      */
     private void forwardLayer2() {
-        // x += attention(norm(x))
-        System.arraycopy(x, 0, mix2.input, 0, rows * DIM);
+        // stream += attention(norm(stream))
+        System.arraycopy(stream, 0, mix2.input, 0, rows * DIM);
         backend.rmsNorm(mix2.input, l2AttnNormWeight.value(), mix2.normed, mix2.rstd, rows, DIM, EPS);
         backend.matmul(mix2.normed, 0, l2AttnQ.value(), 0, mix2.q, 0, rows, DIM, Q_DIM);
         backend.matmul(mix2.normed, 0, l2AttnK.value(), 0, mix2.k, 0, rows, DIM, KV_DIM);
@@ -863,9 +880,9 @@ public final class MixtralTiny implements TrainableModel {
         backend.rope(mix2.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.attention(mix2.q, mix2.k, mix2.v, mix2.att, mix2.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
         backend.matmul(mix2.att, 0, l2AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
-        Elementwise.addInPlace(x, tmp, rows * DIM);
-        // x += moe mixtral(norm(x))
-        System.arraycopy(x, 0, ffn2.input, 0, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
+        // stream += moe mixtral(norm(stream))
+        System.arraycopy(stream, 0, ffn2.input, 0, rows * DIM);
         backend.rmsNorm(ffn2.input, l2FfnNormWeight.value(), ffn2.normed, ffn2.rstd, rows, DIM, EPS);
         // router: logits, scores, top-2 (mixtral)
         backend.matmul(ffn2.normed, 0, l2MoeRouterWeight.value(), 0, moe2.logits, 0, rows, DIM, 8);
@@ -877,11 +894,15 @@ public final class MixtralTiny implements TrainableModel {
             moe2.tokenOfRow[i] = moe2.order[i] / 2;
             moe2.weightOfRow[i] = moe2.weight[moe2.order[i]];
         }
-        for (int x = 0; x < 8; x++) {
-            moe2.counts[x] = moe2.offsets[x + 1] - moe2.offsets[x];
-            moe2.stepCounts[x] += moe2.counts[x];
+        for (int ex = 0; ex < 8; ex++) {
+            moe2.counts[ex] = moe2.offsets[ex + 1] - moe2.offsets[ex];
+            if (counting) {
+                moe2.stepCounts[ex] += moe2.counts[ex];
+            }
         }
-        moe2.stepSlots += slots;
+        if (counting) {
+            moe2.stepSlots += slots;
+        }
         backend.gatherRows(ffn2.normed, moe2.tokenOfRow, slots, DIM, moe2.xs);
         // experts: grouped matmuls over the sorted rows (8 x swiglu(hidden: 256))
         backend.groupedMatmul(moe2.xs, l2MoeExpertsGate, 0, moe2.gate, moe2.offsets, 8, DIM, 256);
@@ -894,47 +915,45 @@ public final class MixtralTiny implements TrainableModel {
         moe2.balanceLoss = 0;
         Elementwise.zero(moe2.auxGrad, rows * 8);
         // aux loss (micro_batch scope): coef * E * Σ f_e P_e; f from counts, P the mean (normalised) score
-        float[] f = new float[8];
-        for (int x = 0; x < 8; x++) {
-            f[x] = (float) moe2.counts[x] / slots;
+        float[] f = moe2.f;
+        for (int ex = 0; ex < 8; ex++) {
+            f[ex] = (float) moe2.counts[ex] / slots;
         }
         for (int t = 0; t < rows; t++) {
-            float[] p = new float[8];
+            float[] p = moe2.p;
             System.arraycopy(moe2.probs, t * 8, p, 0, 8);
-            for (int x = 0; x < 8; x++) {
-                moe2.balanceLoss += 0.02f * 8 * f[x] * p[x] / (double) rows;
-                moe2.auxGrad[t * 8 + x] += 0.02f * 8 * f[x] / rows;
+            for (int ex = 0; ex < 8; ex++) {
+                moe2.balanceLoss += 0.02f * 8 * f[ex] * p[ex] / (double) rows;
+                moe2.auxGrad[t * 8 + ex] += 0.02f * 8 * f[ex] / rows;
             }
         }
-        Elementwise.addInPlace(x, tmp, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
 
     private void backwardLayer2(float scale) {
-        // x += moe mixtral(norm(x)): dx flows through the residual and back through the ffn
+        // stream += moe mixtral(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
         int slots = rows * 2;
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
-        float[] dRowWeight = new float[slots];
-        Elementwise.dotGatheredRows(dx, moe2.tokenOfRow, moe2.ys, slots, DIM, dRowWeight);
+        Elementwise.dotGatheredRows(dx, moe2.tokenOfRow, moe2.ys, slots, DIM, moe2.dRowWeight);
         for (int i = 0; i < slots; i++) {
-            moe2.dWeight[moe2.order[i]] = dRowWeight[i];
+            moe2.dWeight[moe2.order[i]] = moe2.dRowWeight[i];
         }
-        float[] dys = new float[slots * DIM];
-        backend.gatherRows(dx, moe2.tokenOfRow, slots, DIM, dys);
-        Elementwise.scaleRows(dys, moe2.weightOfRow, slots, DIM);
+        backend.gatherRows(dx, moe2.tokenOfRow, slots, DIM, moe2.dys);
+        Elementwise.scaleRows(moe2.dys, moe2.weightOfRow, slots, DIM);
         // experts backward (grouped)
         Elementwise.zero(dAct, slots * 256);
-        backend.groupedMatmulBackward(moe2.act, l2MoeExpertsDown, 0, dys, dAct, l2MoeExpertsDownGrad, 0, moe2.offsets, 8, 256, DIM);
-        float[] dxs = new float[slots * DIM];
+        backend.groupedMatmulBackward(moe2.act, l2MoeExpertsDown, 0, moe2.dys, dAct, l2MoeExpertsDownGrad, 0, moe2.offsets, 8, 256, DIM);
+        Elementwise.zero(moe2.dxs, slots * DIM);
         backend.gluBackward(Activation.SILU, moe2.gate, moe2.up, dAct, dGate, dUp, slots * 256);
-        backend.groupedMatmulBackward(moe2.xs, l2MoeExpertsGate, 0, dGate, dxs, l2MoeExpertsGateGrad, 0, moe2.offsets, 8, DIM, 256);
-        backend.groupedMatmulBackward(moe2.xs, l2MoeExpertsUp, 0, dUp, dxs, l2MoeExpertsUpGrad, 0, moe2.offsets, 8, DIM, 256);
-        backend.scatterAddRows(dxs, moe2.tokenOfRow, null, slots, DIM, dNormed);
+        backend.groupedMatmulBackward(moe2.xs, l2MoeExpertsGate, 0, dGate, moe2.dxs, l2MoeExpertsGateGrad, 0, moe2.offsets, 8, DIM, 256);
+        backend.groupedMatmulBackward(moe2.xs, l2MoeExpertsUp, 0, dUp, moe2.dxs, l2MoeExpertsUpGrad, 0, moe2.offsets, 8, DIM, 256);
+        backend.scatterAddRows(moe2.dxs, moe2.tokenOfRow, null, slots, DIM, dNormed);
         // router backward
         routeMixtralBackward(moe2, scale);
         backend.matmulBackward(ffn2.normed, 0, l2MoeRouterWeight.value(), 0, moe2.dLogits, 0, dNormed, 0, l2MoeRouterWeight.grad(), 0, rows, DIM, 8);
         backend.rmsNormBackward(ffn2.input, l2FfnNormWeight.value(), ffn2.rstd, dNormed, dx, l2FfnNormWeight.grad(), rows, DIM);
-        // x += attention(norm(x))
+        // stream += attention(norm(stream))
         Elementwise.zero(dNormed, rows * DIM);
         Elementwise.zero(dAtt, rows * Q_DIM);
         backend.matmulBackward(mix2.att, 0, l2AttnO.value(), 0, dx, 0, dAtt, 0, l2AttnO.grad(), 0, rows, Q_DIM, DIM);
@@ -954,8 +973,8 @@ public final class MixtralTiny implements TrainableModel {
      * Layer 3: attention, mixtral.
      */
     private void forwardLayer3() {
-        // x += attention(norm(x))
-        System.arraycopy(x, 0, mix3.input, 0, rows * DIM);
+        // stream += attention(norm(stream))
+        System.arraycopy(stream, 0, mix3.input, 0, rows * DIM);
         backend.rmsNorm(mix3.input, l3AttnNormWeight.value(), mix3.normed, mix3.rstd, rows, DIM, EPS);
         backend.matmul(mix3.normed, 0, l3AttnQ.value(), 0, mix3.q, 0, rows, DIM, Q_DIM);
         backend.matmul(mix3.normed, 0, l3AttnK.value(), 0, mix3.k, 0, rows, DIM, KV_DIM);
@@ -964,9 +983,9 @@ public final class MixtralTiny implements TrainableModel {
         backend.rope(mix3.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.attention(mix3.q, mix3.k, mix3.v, mix3.att, mix3.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
         backend.matmul(mix3.att, 0, l3AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
-        Elementwise.addInPlace(x, tmp, rows * DIM);
-        // x += moe mixtral(norm(x))
-        System.arraycopy(x, 0, ffn3.input, 0, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
+        // stream += moe mixtral(norm(stream))
+        System.arraycopy(stream, 0, ffn3.input, 0, rows * DIM);
         backend.rmsNorm(ffn3.input, l3FfnNormWeight.value(), ffn3.normed, ffn3.rstd, rows, DIM, EPS);
         // router: logits, scores, top-2 (mixtral)
         backend.matmul(ffn3.normed, 0, l3MoeRouterWeight.value(), 0, moe3.logits, 0, rows, DIM, 8);
@@ -978,11 +997,15 @@ public final class MixtralTiny implements TrainableModel {
             moe3.tokenOfRow[i] = moe3.order[i] / 2;
             moe3.weightOfRow[i] = moe3.weight[moe3.order[i]];
         }
-        for (int x = 0; x < 8; x++) {
-            moe3.counts[x] = moe3.offsets[x + 1] - moe3.offsets[x];
-            moe3.stepCounts[x] += moe3.counts[x];
+        for (int ex = 0; ex < 8; ex++) {
+            moe3.counts[ex] = moe3.offsets[ex + 1] - moe3.offsets[ex];
+            if (counting) {
+                moe3.stepCounts[ex] += moe3.counts[ex];
+            }
         }
-        moe3.stepSlots += slots;
+        if (counting) {
+            moe3.stepSlots += slots;
+        }
         backend.gatherRows(ffn3.normed, moe3.tokenOfRow, slots, DIM, moe3.xs);
         // experts: grouped matmuls over the sorted rows (8 x swiglu(hidden: 256))
         backend.groupedMatmul(moe3.xs, l3MoeExpertsGate, 0, moe3.gate, moe3.offsets, 8, DIM, 256);
@@ -995,47 +1018,45 @@ public final class MixtralTiny implements TrainableModel {
         moe3.balanceLoss = 0;
         Elementwise.zero(moe3.auxGrad, rows * 8);
         // aux loss (micro_batch scope): coef * E * Σ f_e P_e; f from counts, P the mean (normalised) score
-        float[] f = new float[8];
-        for (int x = 0; x < 8; x++) {
-            f[x] = (float) moe3.counts[x] / slots;
+        float[] f = moe3.f;
+        for (int ex = 0; ex < 8; ex++) {
+            f[ex] = (float) moe3.counts[ex] / slots;
         }
         for (int t = 0; t < rows; t++) {
-            float[] p = new float[8];
+            float[] p = moe3.p;
             System.arraycopy(moe3.probs, t * 8, p, 0, 8);
-            for (int x = 0; x < 8; x++) {
-                moe3.balanceLoss += 0.02f * 8 * f[x] * p[x] / (double) rows;
-                moe3.auxGrad[t * 8 + x] += 0.02f * 8 * f[x] / rows;
+            for (int ex = 0; ex < 8; ex++) {
+                moe3.balanceLoss += 0.02f * 8 * f[ex] * p[ex] / (double) rows;
+                moe3.auxGrad[t * 8 + ex] += 0.02f * 8 * f[ex] / rows;
             }
         }
-        Elementwise.addInPlace(x, tmp, rows * DIM);
+        Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
 
     private void backwardLayer3(float scale) {
-        // x += moe mixtral(norm(x)): dx flows through the residual and back through the ffn
+        // stream += moe mixtral(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
         int slots = rows * 2;
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
-        float[] dRowWeight = new float[slots];
-        Elementwise.dotGatheredRows(dx, moe3.tokenOfRow, moe3.ys, slots, DIM, dRowWeight);
+        Elementwise.dotGatheredRows(dx, moe3.tokenOfRow, moe3.ys, slots, DIM, moe3.dRowWeight);
         for (int i = 0; i < slots; i++) {
-            moe3.dWeight[moe3.order[i]] = dRowWeight[i];
+            moe3.dWeight[moe3.order[i]] = moe3.dRowWeight[i];
         }
-        float[] dys = new float[slots * DIM];
-        backend.gatherRows(dx, moe3.tokenOfRow, slots, DIM, dys);
-        Elementwise.scaleRows(dys, moe3.weightOfRow, slots, DIM);
+        backend.gatherRows(dx, moe3.tokenOfRow, slots, DIM, moe3.dys);
+        Elementwise.scaleRows(moe3.dys, moe3.weightOfRow, slots, DIM);
         // experts backward (grouped)
         Elementwise.zero(dAct, slots * 256);
-        backend.groupedMatmulBackward(moe3.act, l3MoeExpertsDown, 0, dys, dAct, l3MoeExpertsDownGrad, 0, moe3.offsets, 8, 256, DIM);
-        float[] dxs = new float[slots * DIM];
+        backend.groupedMatmulBackward(moe3.act, l3MoeExpertsDown, 0, moe3.dys, dAct, l3MoeExpertsDownGrad, 0, moe3.offsets, 8, 256, DIM);
+        Elementwise.zero(moe3.dxs, slots * DIM);
         backend.gluBackward(Activation.SILU, moe3.gate, moe3.up, dAct, dGate, dUp, slots * 256);
-        backend.groupedMatmulBackward(moe3.xs, l3MoeExpertsGate, 0, dGate, dxs, l3MoeExpertsGateGrad, 0, moe3.offsets, 8, DIM, 256);
-        backend.groupedMatmulBackward(moe3.xs, l3MoeExpertsUp, 0, dUp, dxs, l3MoeExpertsUpGrad, 0, moe3.offsets, 8, DIM, 256);
-        backend.scatterAddRows(dxs, moe3.tokenOfRow, null, slots, DIM, dNormed);
+        backend.groupedMatmulBackward(moe3.xs, l3MoeExpertsGate, 0, dGate, moe3.dxs, l3MoeExpertsGateGrad, 0, moe3.offsets, 8, DIM, 256);
+        backend.groupedMatmulBackward(moe3.xs, l3MoeExpertsUp, 0, dUp, moe3.dxs, l3MoeExpertsUpGrad, 0, moe3.offsets, 8, DIM, 256);
+        backend.scatterAddRows(moe3.dxs, moe3.tokenOfRow, null, slots, DIM, dNormed);
         // router backward
         routeMixtralBackward(moe3, scale);
         backend.matmulBackward(ffn3.normed, 0, l3MoeRouterWeight.value(), 0, moe3.dLogits, 0, dNormed, 0, l3MoeRouterWeight.grad(), 0, rows, DIM, 8);
         backend.rmsNormBackward(ffn3.input, l3FfnNormWeight.value(), ffn3.rstd, dNormed, dx, l3FfnNormWeight.grad(), rows, DIM);
-        // x += attention(norm(x))
+        // stream += attention(norm(stream))
         Elementwise.zero(dNormed, rows * DIM);
         Elementwise.zero(dAtt, rows * Q_DIM);
         backend.matmulBackward(mix3.att, 0, l3AttnO.value(), 0, dx, 0, dAtt, 0, l3AttnO.grad(), 0, rows, Q_DIM, DIM);
@@ -1059,30 +1080,30 @@ public final class MixtralTiny implements TrainableModel {
             int o = t * 8;
             // softmax of the logits (kept for the aux and z losses) and their log-sum-exp
             float max = Float.NEGATIVE_INFINITY;
-            for (int x = 0; x < 8; x++) {
-                max = Math.max(max, m.logits[o + x]);
+            for (int ex = 0; ex < 8; ex++) {
+                max = Math.max(max, m.logits[o + ex]);
             }
             double sum = 0;
-            for (int x = 0; x < 8; x++) {
-                sum += Math.exp(m.logits[o + x] - max);
+            for (int ex = 0; ex < 8; ex++) {
+                sum += Math.exp(m.logits[o + ex] - max);
             }
             m.lse[t] = (float) (max + Math.log(sum));
-            for (int x = 0; x < 8; x++) {
-                m.probs[o + x] = (float) (Math.exp(m.logits[o + x] - max) / sum);
+            for (int ex = 0; ex < 8; ex++) {
+                m.probs[o + ex] = (float) (Math.exp(m.logits[o + ex] - max) / sum);
             }
             // top-2 by probability; ties go to the lower index
             double chosen = 0;
             for (int r = 0; r < 2; r++) {
                 int best = -1;
                 float bestScore = Float.NEGATIVE_INFINITY;
-                for (int x = 0; x < 8; x++) {
-                    float s = m.probs[o + x];
+                for (int ex = 0; ex < 8; ex++) {
+                    float s = m.probs[o + ex];
                     boolean taken = false;
                     for (int q = 0; q < r; q++) {
-                        taken |= m.selected[t * 2 + q] == x;
+                        taken |= m.selected[t * 2 + q] == ex;
                     }
                     if (!taken && (best < 0 || s > bestScore)) {
-                        best = x;
+                        best = ex;
                         bestScore = s;
                     }
                 }
@@ -1108,9 +1129,9 @@ public final class MixtralTiny implements TrainableModel {
         for (int t = 0; t < rows; t++) {
             int o = t * 8;
             int s0 = t * 2;
-            for (int x = 0; x < 8; x++) {
-                m.dScore[o + x] = lossScale * m.auxGrad[o + x];
-                m.dLogits[o + x] = 0;
+            for (int ex = 0; ex < 8; ex++) {
+                m.dScore[o + ex] = lossScale * m.auxGrad[o + ex];
+                m.dLogits[o + ex] = 0;
             }
             // weights are the chosen scores over their sum
             double total = m.chosenSum[t];
@@ -1123,11 +1144,11 @@ public final class MixtralTiny implements TrainableModel {
             }
             // softmax backward: dl = p ⊙ (dp - Σ p dp)
             double pdp = 0;
-            for (int x = 0; x < 8; x++) {
-                pdp += (double) m.probs[o + x] * m.dScore[o + x];
+            for (int ex = 0; ex < 8; ex++) {
+                pdp += (double) m.probs[o + ex] * m.dScore[o + ex];
             }
-            for (int x = 0; x < 8; x++) {
-                m.dLogits[o + x] += (float) (m.probs[o + x] * (m.dScore[o + x] - pdp));
+            for (int ex = 0; ex < 8; ex++) {
+                m.dLogits[o + ex] += (float) (m.probs[o + ex] * (m.dScore[o + ex] - pdp));
             }
         }
     }
@@ -1135,7 +1156,12 @@ public final class MixtralTiny implements TrainableModel {
     @Override
     public float[] lastLogits(int[] inputs, int batch, int seq) {
         int[] targets = new int[batch * seq];
-        forward(inputs, targets, batch, seq);
+        counting = false;
+        try {
+            forward(inputs, targets, batch, seq);
+        } finally {
+            counting = true;
+        }
         float[] last = new float[batch * VOCAB];
         for (int b = 0; b < batch; b++) {
             System.arraycopy(logits, ((b + 1) * seq - 1) * VOCAB, last, b * VOCAB, VOCAB);
@@ -1237,6 +1263,16 @@ public final class MixtralTiny implements TrainableModel {
         float[] dScore;
 
         float[] dLogits;
+
+        float[] dRowWeight;
+
+        float[] dys;
+
+        float[] dxs;
+
+        float[] f;
+
+        float[] p;
 
         int[] counts;
 

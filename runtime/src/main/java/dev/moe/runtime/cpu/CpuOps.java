@@ -931,7 +931,7 @@ final class CpuOps {
     }
 
     /** The sum of the lanes, in a fixed tree order (unrolled: a loop would box the vector). */
-    private static float sumLanes(FloatVector v) {
+    static float sumLanes(FloatVector v) {
         int n = F.length();
         if (n > 32) {
             v = v.add(v.rearrange(FOLD32));
@@ -965,7 +965,7 @@ final class CpuOps {
      * infinity and NaN kept. The scale {@code 2^n} is applied in two halves so that results near the
      * ends of the float range (subnormal or near max) come out right.
      */
-    private static FloatVector exp(FloatVector x) {
+    static FloatVector exp(FloatVector x) {
         FloatVector xc = x.max(-104f).min(89f);
         FloatVector n = xc.fma(LOG2E, ROUND).sub(ROUND);
         FloatVector r = n.fma(FloatVector.broadcast(F, -LN2_HI), xc);
