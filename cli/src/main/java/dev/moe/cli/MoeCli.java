@@ -35,6 +35,7 @@ import picocli.CommandLine.Spec;
             TrainCommand.class,
             GenerateCommand.class,
             EvalCommand.class,
+            BenchCommand.class,
             CommandLine.HelpCommand.class,
         },
         exitCodeListHeading = "%nExit status:%n",
