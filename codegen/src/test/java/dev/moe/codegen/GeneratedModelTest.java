@@ -137,6 +137,21 @@ class GeneratedModelTest {
         assertThat(checked).isGreaterThan(20);
     }
 
+    @ParameterizedTest
+    @MethodSource("tinyModels")
+    void aBatchSplitInTwoGivesTheSameOutputsBitwise(String text) {
+        TrainableModel m = Generated.instantiate(Generated.model(text), new CpuBackend(2, true));
+        m.initialize(9);
+        int[] both = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+        float[] together = m.lastLogits(both, 2, 5);
+        float[] first = m.lastLogits(Arrays.copyOfRange(both, 0, 5), 1, 5);
+        float[] second = m.lastLogits(Arrays.copyOfRange(both, 5, 10), 1, 5);
+        float[] apart = new float[together.length];
+        System.arraycopy(first, 0, apart, 0, first.length);
+        System.arraycopy(second, 0, apart, first.length, second.length);
+        assertThat(apart).isEqualTo(together);
+    }
+
     @Test
     void sameSeedSameLossOnOneAndTwoThreads() {
         Model ir = Generated.model(tinyModels().getFirst());

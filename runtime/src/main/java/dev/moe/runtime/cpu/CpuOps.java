@@ -727,9 +727,19 @@ final class CpuOps {
             }
             a.intoArray(y, i);
         }
-        for (; i < end; i++) {
-            double a = act(act, x[i]);
-            y[i] = (float) (up != null ? a * up[i] : a);
+        if (i < end) {
+            // The tail goes through the same vector code on a zero-padded copy, so that an element's
+            // bits never depend on where it falls in the array (a batch split in two stays bitwise equal).
+            int n = end - i;
+            float[] xt = new float[F.length()];
+            float[] ut = up == null ? null : new float[F.length()];
+            float[] yt = new float[F.length()];
+            System.arraycopy(x, i, xt, 0, n);
+            if (up != null) {
+                System.arraycopy(up, i, ut, 0, n);
+            }
+            activationVector(act, xt, ut, yt, 0, F.length());
+            System.arraycopy(yt, 0, y, i, n);
         }
     }
 
@@ -777,15 +787,26 @@ final class CpuOps {
                 value.mul(g).intoArray(dUp, i);
             }
         }
-        for (; i < end; i++) {
-            double xi = x[i];
-            double g = dy[i];
-            double u = up != null ? up[i] : 1.0;
+        if (i < end) {
+            // As in activationVector: the tail runs the vector code on a zero-padded copy.
+            int n = end - i;
+            int w = F.length();
+            float[] xt = new float[w];
+            float[] ut = up == null ? null : new float[w];
+            float[] gt = new float[w];
+            float[] dxt = dx == null ? null : new float[w];
+            float[] dut = dUp == null ? null : new float[w];
+            System.arraycopy(x, i, xt, 0, n);
+            System.arraycopy(dy, i, gt, 0, n);
+            if (up != null) {
+                System.arraycopy(up, i, ut, 0, n);
+            }
+            activationBackwardVector(act, xt, ut, gt, dxt, dut, 0, w);
             if (dx != null) {
-                dx[i] = (float) (derivative(act, xi) * u * g);
+                System.arraycopy(dxt, 0, dx, i, n);
             }
             if (dUp != null) {
-                dUp[i] = (float) (act(act, xi) * g);
+                System.arraycopy(dut, 0, dUp, i, n);
             }
         }
     }
