@@ -128,11 +128,11 @@ class TrainCommandTest {
         assertThat(bad.exit()).isEqualTo(1);
         assertThat(bad.err()).contains("moe: error:");
         assertThat(bad.err()).doesNotContain("Exception");
-        Path unsupported = dir.resolve("pp.moe");
-        Files.writeString(unsupported, RECIPE.replace("routed 4 x swiglu(hidden: 16)", "routed 3 x swiglu(hidden: 16)\n    routed 1 x zero"));
+        Path unsupported = dir.resolve("latent.moe");
+        Files.writeString(unsupported, RECIPE.replace("routed 4 x swiglu(hidden: 16)", "routed 4 x latent(rank: 8, ffn: swiglu(hidden: 16))"));
         Cli.Run u = Cli.run("train", unsupported.toString(), "--out", dir.resolve("u").toString());
         assertThat(u.exit()).isEqualTo(1);
-        assertThat(u.err()).contains("code generation does not support zero experts");
+        assertThat(u.err()).contains("code generation does not support latent experts");
     }
 
     private static double loss(String metricsLine) {
