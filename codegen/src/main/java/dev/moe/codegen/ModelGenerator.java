@@ -51,6 +51,12 @@ final class ModelGenerator {
     /** Distinct MoEs by name: their router methods are generated once. */
     private final Map<String, Moe> moes = new LinkedHashMap<>();
     private final List<Integer> moeLayers = new ArrayList<>();
+    /** The routed slots of each MoE layer, by parameter prefix ({@code layers.3.moe}). */
+    private final Map<String, Slots> slotsByPrefix = new LinkedHashMap<>();
+    /** Gating residuals: MoE layer → the previous MoE layer whose logits its router adds. */
+    private final Map<Integer, Integer> residualFrom = new LinkedHashMap<>();
+    /** Static constants already added (distinct MoEs of several layers share them). */
+    private final java.util.Set<String> constantsAdded = new java.util.HashSet<>();
     private int maxHidden = 1;
     private int maxExpertRows = 1;
     /** The widest FFN intermediate per token: a dense hidden size, or k times an expert's. */
@@ -89,6 +95,7 @@ final class ModelGenerator {
             router(m);
             routerBackward(m);
         }
+        helpers();
         inference();
         stepHooks();
         return type;
@@ -129,8 +136,13 @@ final class ModelGenerator {
                 Moe m = mp.moe();
                 Ffn routed = null;
                 for (ExpertGroup g : m.groups()) {
+                    if (g.role() == ExpertGroup.Role.ROUTED && g.expert().zeroCompute()) {
+                        continue; // zero, copy and constant experts: loops over their slots
+                    }
                     if (!(g.expert() instanceof Expert.FeedForward f)) {
-                        unsupported(l, g.expert().describe().replaceAll("\\(.*", "") + " experts");
+                        unsupported(l, g.role() == ExpertGroup.Role.SHARED && g.expert().zeroCompute()
+                                ? "shared " + g.expert().describe() + " experts"
+                                : g.expert().describe().replaceAll("\\(.*", "") + " experts");
                         return;
                     }
                     maxHidden = Math.max(maxHidden, f.ffn().hidden());
@@ -156,8 +168,8 @@ final class ModelGenerator {
                 if (r.temperature().isPresent() || r.jitter() != 0) {
                     unsupported(l, "router temperature and jitter");
                 }
-                if (r.gatingResidual() || r.recurrentWidth().isPresent() || r.pregate()) {
-                    unsupported(l, "gating residuals, recurrent and pre-gating routers");
+                if (r.recurrentWidth().isPresent() || r.pregate()) {
+                    unsupported(l, "recurrent and pre-gating routers");
                 }
                 if (!(r.capacity() instanceof Router.Capacity.Dropless)) {
                     unsupported(l, "capacity factors (token dropping)");
@@ -167,6 +179,12 @@ final class ModelGenerator {
                         unsupported(l, "the " + loss.getClass().getSimpleName().toLowerCase(Locale.ROOT) + " loss");
                     }
                 }
+                String prefix = "layers." + l.index() + ".moe";
+                Slots slots = Slots.of(m);
+                slotsByPrefix.put(prefix, slots);
+                if (model.params().stream().anyMatch(q -> q.name().equals(prefix + ".router.residual"))) {
+                    residualFrom.put(l.index(), moeLayers.getLast());
+                }
                 moes.putIfAbsent(m.name(), m);
                 moeLayers.add(l.index());
                 maxExpertRows = Math.max(maxExpertRows, k.k());
@@ -175,6 +193,59 @@ final class ModelGenerator {
                 }
             }
             case Block.Part.Attention a -> unsupported(l, "attention in the ffn slot");
+        }
+    }
+
+    /**
+     * The routed slots of one MoE, numbered over the routed groups in declaration order (the IR's
+     * {@code experts.j}). FFN experts are packed, in slot order, for the grouped matmuls; the
+     * dispatch sorts slots by key: FFN experts first (key = packed index), then the
+     * zero-computation experts (zero, copy, constant) in slot order.
+     *
+     * @param experts each slot's expert
+     * @param key each slot's dispatch key
+     * @param ffn how many FFN experts (their keys are 0 .. ffn - 1)
+     */
+    record Slots(List<Expert> experts, int[] key, int ffn) {
+        static Slots of(Moe m) {
+            List<Expert> experts = new ArrayList<>();
+            for (ExpertGroup g : m.groups()) {
+                if (g.role() == ExpertGroup.Role.ROUTED) {
+                    for (int i = 0; i < g.count(); i++) {
+                        experts.add(g.expert());
+                    }
+                }
+            }
+            int ffn = (int) experts.stream().filter(x -> x instanceof Expert.FeedForward).count();
+            int[] key = new int[experts.size()];
+            int nextFfn = 0;
+            int nextOther = ffn;
+            for (int j = 0; j < key.length; j++) {
+                key[j] = experts.get(j) instanceof Expert.FeedForward ? nextFfn++ : nextOther++;
+            }
+            return new Slots(experts, key, ffn);
+        }
+
+        boolean isFfn(int slot) {
+            return experts.get(slot) instanceof Expert.FeedForward;
+        }
+
+        /** True when the keys are the slots themselves (the FFN experts come first). */
+        boolean identity() {
+            for (int j = 0; j < key.length; j++) {
+                if (key[j] != j) {
+                    return false;
+                }
+            }
+            return true;
+        }
+
+        boolean zeroCompute() {
+            return ffn < experts.size();
+        }
+
+        boolean hasConstant() {
+            return experts.stream().anyMatch(x -> x instanceof Expert.Constant);
         }
     }
 
@@ -252,7 +323,8 @@ final class ModelGenerator {
             if (m.matches()) {
                 String field = Names.field(m.group(1) + ".experts." + m.group(3));
                 Packed old = packed.get(field);
-                int experts = Integer.parseInt(m.group(2)) + 1;
+                // packed by key: the FFN experts' order among themselves
+                int experts = slotsByPrefix.get(m.group(1)).key()[Integer.parseInt(m.group(2))] + 1;
                 packed.put(field, new Packed(field, Math.max(experts, old == null ? 0 : old.experts()), p.shape().get(0).intValue(),
                         p.shape().get(1).intValue()));
                 continue;
@@ -283,7 +355,7 @@ final class ModelGenerator {
                 .addField(float[].class, "att").addField(float[].class, "lse")
                 .addField(float[].class, "gate").addField(float[].class, "up").addField(float[].class, "act")
                 .build());
-        type.addType(TypeSpec.classBuilder("MoeState").addModifiers(Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
+        TypeSpec.Builder moeState = TypeSpec.classBuilder("MoeState").addModifiers(Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
                 .addJavadoc("What an MoE layer keeps: routing of each token, its dispatch order, and the experts' intermediates.\n")
                 .addField(float[].class, "logits").addField(float[].class, "probs").addField(float[].class, "lse")
                 .addField(int[].class, "selected").addField(float[].class, "weight").addField(float[].class, "chosenSum")
@@ -295,8 +367,22 @@ final class ModelGenerator {
                 .addField(float[].class, "f").addField(float[].class, "p")
                 .addField(int[].class, "counts").addField(long[].class, "stepCounts").addField(TypeName.LONG, "stepSlots")
                 .addField(TypeName.DOUBLE, "balanceLoss")
-                .addField(ArrayTypeName("SubBlockState"), "shared").addField(float[].class, "sharedOut").addField(float[].class, "sharedGate")
-                .build());
+                .addField(ArrayTypeName("SubBlockState"), "shared").addField(float[].class, "sharedOut").addField(float[].class, "sharedGate");
+        if (anyKeyedDispatch()) {
+            moeState.addField(FieldSpec.builder(int[].class, "slotKey").addJavadoc("each slot's dispatch key (FFN experts first)\n").build());
+        }
+        if (anyConstantExpert()) {
+            moeState.addField(FieldSpec.builder(float[].class, "constantMix").addJavadoc("constant experts' [a1, a2] per dispatched row\n").build());
+        }
+        type.addType(moeState.build());
+    }
+
+    private boolean anyKeyedDispatch() {
+        return slotsByPrefix.values().stream().anyMatch(sl -> !sl.identity());
+    }
+
+    private boolean anyConstantExpert() {
+        return slotsByPrefix.values().stream().anyMatch(Slots::hasConstant);
     }
 
     private static TypeName ArrayTypeName(String nested) {
@@ -351,21 +437,32 @@ final class ModelGenerator {
         c.line("this.backend = backend");
         c.line("$T<$T> all = new $T<>()", LIST, PARAMETER, ARRAY_LIST);
         // The order of the IR: the order of checkpoints and of `moe info --params`.
-        String currentPacked = null;
+        java.util.Set<String> runsAdded = new java.util.HashSet<>();
         for (Param p : model.params()) {
             var m = EXPERT_PARAM.matcher(p.name());
             if (m.matches()) {
                 String prefix = m.group(1);
-                if (m.group(2).equals("0") && !prefix.equals(currentPacked)) {
-                    currentPacked = prefix;
+                Slots slots = slotsByPrefix.get(prefix);
+                int j = Integer.parseInt(m.group(2));
+                int start = j;
+                while (start > 0 && slots.isFfn(start - 1)) {
+                    start--;
+                }
+                if (runsAdded.add(prefix + "#" + start)) {
+                    // a run of FFN experts in consecutive slots: views of the packed arrays, in the IR's order
+                    int end = start;
+                    while (end < slots.experts().size() && slots.isFfn(end)) {
+                        end++;
+                    }
+                    int shift = start - slots.key()[start];
                     Packed gate = packed.get(Names.field(prefix + ".experts.gate"));
                     Packed up = packed.get(Names.field(prefix + ".experts.up"));
                     Packed down = packed.get(Names.field(prefix + ".experts.down"));
-                    c.open("for (int e = 0; e < $L; e++)", up.experts());
+                    c.open("for (int e = $L; e < $L; e++)", start, end);
                     for (Packed pk : gate == null ? List.of(up, down) : List.of(gate, up, down)) {
                         String proj = pk.field().substring(pk.field().lastIndexOf("Experts") + 7).toLowerCase(Locale.ROOT);
-                        c.line("all.add($T.view($S + e + $S, $L, $LGrad, e * $L, $L, $L))", PARAMETER, prefix + ".experts.", "." + proj, pk.field(),
-                                pk.field(), pk.out() * pk.in(), pk.out(), pk.in());
+                        c.line("all.add($T.view($S + e + $S, $L, $LGrad, $L * $L, $L, $L))", PARAMETER, prefix + ".experts.", "." + proj, pk.field(),
+                                pk.field(), shift == 0 ? "e" : "(e - " + shift + ")", pk.out() * pk.in(), pk.out(), pk.in());
                     }
                     c.close();
                 }
@@ -420,6 +517,11 @@ final class ModelGenerator {
         c.open("if (p.isBuffer() || p.name().endsWith($S) || p.name().endsWith($S) || p.name().endsWith($S) || p.name().endsWith($S))", "_bias",
                 ".bias", "expert_bias", "residual_mix");
         c.line("$T.constant(p, 0f)", INIT);
+        if (anyConstantExpert()) {
+            c.orElse("else if (p.name().endsWith($S))", ".vector");
+            c.comment("MoE++ constant experts' vectors: Normal(0, 1), the scale of the normed input they stand in for");
+            c.line("$T.normal(p, seed, 1.0)", INIT);
+        }
         c.orElse("else if (p.shape().length == 1)");
         c.line("$T.constant(p, 1f)", INIT);
         c.orElse("else if (p.name().endsWith($S) || p.name().endsWith($S))", ".o", ".down");
@@ -497,7 +599,7 @@ final class ModelGenerator {
                     Moe m = mp.moe();
                     int k = ((Router.Selection.TopK) m.routers().getFirst().selection()).k();
                     Ffn e = routedFfn(m);
-                    p.line("sizeMoe(moe$L, r, $L, $L, $L)", l.index(), m.routedExperts(), k, e.hidden());
+                    p.line("sizeMoe(moe$L, r, $L, $L, $L)", l.index(), m.routedExperts(), k, e == null ? 0 : e.hidden());
                     int s = 0;
                     for (ExpertGroup g : m.groups()) {
                         if (g.role() == ExpertGroup.Role.SHARED) {
@@ -541,6 +643,12 @@ final class ModelGenerator {
         moe.line("m.dLogits = new float[r * experts]").line("m.sharedOut = new float[r * DIM]").line("m.sharedGate = new float[r]");
         moe.line("m.dRowWeight = new float[slots]").line("m.dys = new float[slots * DIM]").line("m.dxs = new float[slots * DIM]");
         moe.line("m.f = new float[experts]").line("m.p = new float[experts]");
+        if (anyKeyedDispatch()) {
+            moe.line("m.slotKey = new int[slots]");
+        }
+        if (anyConstantExpert()) {
+            moe.line("m.constantMix = new float[slots * 2]");
+        }
         type.addMethod(MethodSpec.methodBuilder("sizeMoe").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
                 .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "r").addParameter(TypeName.INT, "experts")
                 .addParameter(TypeName.INT, "k").addParameter(TypeName.INT, "hidden").addCode(moe.build()).build());
@@ -675,13 +783,69 @@ final class ModelGenerator {
         return c;
     }
 
+    /** The shape of the routed FFN experts, or null when every routed expert is a zero-computation one. */
     private static Ffn routedFfn(Moe m) {
         for (ExpertGroup g : m.groups()) {
-            if (g.role() == ExpertGroup.Role.ROUTED) {
-                return ((Expert.FeedForward) g.expert()).ffn();
+            if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.FeedForward f) {
+                return f.ffn();
             }
         }
-        throw new IllegalStateException("no routed experts in " + m.name());
+        return null;
+    }
+
+    private Moe moeOfLayer(int index) {
+        return moeOf(model.layers().get(index)).orElseThrow();
+    }
+
+    /** A name for a static constant of one distinct MoE: {@code KEYS_MOEPP_RESIDUAL_FALSE}. */
+    private static String moeConstant(String what, Moe m) {
+        return what + "_" + Names.constant(routerMethod(m).substring("route".length()));
+    }
+
+    /** The static table of each routed expert's dispatch key (added once per distinct MoE). */
+    private String slotKeyConstant(Moe moe, Slots sl) {
+        String name = moeConstant("KEYS", moe);
+        if (constantsAdded.add(name)) {
+            type.addField(FieldSpec.builder(int[].class, name, Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
+                    .addJavadoc("$L: each routed expert's dispatch key; the FFN experts come first, in packed order\n", moe.name())
+                    .initializer("{$L}", String.join(", ", java.util.Arrays.stream(sl.key()).mapToObj(String::valueOf).toList())).build());
+        }
+        return name;
+    }
+
+    private static int slotOfKey(Slots sl, int key) {
+        for (int j = 0; j < sl.key().length; j++) {
+            if (sl.key()[j] == key) {
+                return j;
+            }
+        }
+        throw new IllegalStateException("no slot with key " + key);
+    }
+
+    /** " (key 8)" or "s (keys 8..9)": words for a run of keys in a comment. */
+    private static String keys(int from, int to) {
+        return to - from == 1 ? " (key " + from + ")" : "s (keys " + from + ".." + (to - 1) + ")";
+    }
+
+    private interface KeyRun {
+        void accept(int fromKey, int toKey, Expert expert);
+    }
+
+    /** The zero-computation experts by key: runs of zero or copy experts together, each constant expert alone. */
+    private static void zeroComputeRuns(Slots sl, KeyRun run) {
+        int e = sl.experts().size();
+        int key = sl.ffn();
+        while (key < e) {
+            Expert x = sl.experts().get(slotOfKey(sl, key));
+            int to = key + 1;
+            if (!(x instanceof Expert.Constant)) {
+                while (to < e && sl.experts().get(slotOfKey(sl, to)).getClass() == x.getClass()) {
+                    to++;
+                }
+            }
+            run.accept(key, to, x);
+            key = to;
+        }
     }
 
     private static String routerMethod(Moe m) {
@@ -696,38 +860,86 @@ final class ModelGenerator {
         int e = moe.routedExperts();
         int k = ((Router.Selection.TopK) r.selection()).k();
         Ffn f = routedFfn(moe);
-        int h = f.hidden();
+        Slots sl = slotsByPrefix.get(p);
+        int nf = sl.ffn();
         c.comment("router: logits, scores, top-$L ($L)", k, moe.name());
         c.line("backend.matmul($L, 0, $L.value(), 0, $L.logits, 0, rows, DIM, $L)", in, Names.field(p + ".router.weight"), m, e);
+        Integer prev = residualFrom.get(layer);
+        if (prev != null) {
+            int ep = moeOfLayer(prev).routedExperts();
+            c.comment("gating residual: logits += G · (the pre-softmax logits of layer $L)", prev);
+            c.line("addLinear(moe$L.logits, $L.value(), $L.logits, rows, $L, $L)", prev, Names.field(p + ".router.residual"), m, ep, e);
+        }
         c.line("$L($L, $L)", routerMethod(moe), m, r.bias().isPresent() ? Names.field(p + ".router.expert_bias") + ".value()" : "null");
-        c.comment("dispatch: group the $L slots by expert (counting sort), gather their inputs", "rows * " + k);
-        c.line("int slots = rows * $L", k);
-        c.line("$T.sortByExpert($L.selected, slots, $L, $L.order, $L.offsets)", ROUTING, m, e, m, m);
+        if (sl.identity()) {
+            c.comment("dispatch: group the $L slots by expert (counting sort), gather their inputs", "rows * " + k);
+            c.line("int slots = rows * $L", k);
+            c.line("$T.sortByExpert($L.selected, slots, $L, $L.order, $L.offsets)", ROUTING, m, e, m, m);
+        } else {
+            c.comment("dispatch: group the $L slots by key (FFN experts first; counting sort), gather their inputs", "rows * " + k);
+            c.line("int slots = rows * $L", k);
+            c.open("for (int i = 0; i < slots; i++)").line("$L.slotKey[i] = $L[$L.selected[i]]", m, slotKeyConstant(moe, sl), m).close();
+            c.line("$T.sortByExpert($L.slotKey, slots, $L, $L.order, $L.offsets)", ROUTING, m, e, m, m);
+        }
         c.open("for (int i = 0; i < slots; i++)");
         c.line("$L.tokenOfRow[i] = $L.order[i] / $L", m, m, k);
         c.line("$L.weightOfRow[i] = $L.weight[$L.order[i]]", m, m, m);
         c.close();
         c.open("for (int ex = 0; ex < $L; ex++)", e);
-        c.line("$L.counts[ex] = $L.offsets[ex + 1] - $L.offsets[ex]", m, m, m);
+        if (sl.identity()) {
+            c.line("$L.counts[ex] = $L.offsets[ex + 1] - $L.offsets[ex]", m, m, m);
+        } else {
+            c.line("int key = $L[ex]", slotKeyConstant(moe, sl));
+            c.line("$L.counts[ex] = $L.offsets[key + 1] - $L.offsets[key]", m, m, m);
+        }
         c.open("if (counting)").line("$L.stepCounts[ex] += $L.counts[ex]", m, m).close();
         c.close();
         c.open("if (counting)");
         c.line("$L.stepSlots += slots", m);
         c.close();
-        c.line("backend.gatherRows($L, $L.tokenOfRow, slots, DIM, $L.xs)", in, m, m);
-        c.comment("experts: grouped matmuls over the sorted rows ($L x $L)", e, f);
-        String gate = Names.field(p + ".experts.gate");
-        String up = Names.field(p + ".experts.up");
-        String down = Names.field(p + ".experts.down");
-        if (f.activation().gated()) {
-            c.line("backend.groupedMatmul($L.xs, $L, 0, $L.gate, $L.offsets, $L, DIM, $L)", m, gate, m, m, e, h);
-            c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, DIM, $L)", m, up, m, m, e, h);
-            c.line("backend.glu($T.$L, $L.gate, $L.up, $L.act, slots * $L)", ACTIVATION, act(f), m, m, m, h);
-        } else {
-            c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, DIM, $L)", m, up, m, m, e, h);
-            c.line("backend.activation($T.$L, $L.up, $L.act, slots * $L)", ACTIVATION, act(f), m, m, h);
+        String ffnRows = sl.zeroCompute() ? "ffnRows" : "slots";
+        if (sl.zeroCompute()) {
+            c.comment("the FFN experts' rows come first; the zero-computation experts' rows follow");
+            c.line("int ffnRows = $L.offsets[$L]", m, nf);
         }
-        c.line("backend.groupedMatmul($L.act, $L, 0, $L.ys, $L.offsets, $L, $L, DIM)", m, down, m, m, e, h);
+        if (nf > 0) {
+            int h = f.hidden();
+            c.line("backend.gatherRows($L, $L.tokenOfRow, $L, DIM, $L.xs)", in, m, ffnRows, m);
+            c.comment("experts: grouped matmuls over the sorted rows ($L x $L)", nf, f);
+            String gate = Names.field(p + ".experts.gate");
+            String up = Names.field(p + ".experts.up");
+            String down = Names.field(p + ".experts.down");
+            if (f.activation().gated()) {
+                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.gate, $L.offsets, $L, DIM, $L)", m, gate, m, m, nf, h);
+                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, DIM, $L)", m, up, m, m, nf, h);
+                c.line("backend.glu($T.$L, $L.gate, $L.up, $L.act, $L * $L)", ACTIVATION, act(f), m, m, m, ffnRows, h);
+            } else {
+                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, DIM, $L)", m, up, m, m, nf, h);
+                c.line("backend.activation($T.$L, $L.up, $L.act, $L * $L)", ACTIVATION, act(f), m, m, ffnRows, h);
+            }
+            c.line("backend.groupedMatmul($L.act, $L, 0, $L.ys, $L.offsets, $L, $L, DIM)", m, down, m, m, nf, h);
+        }
+        zeroComputeRuns(sl, (from, to, x) -> {
+            String rows = m + ".offsets[" + from + "], " + m + ".offsets[" + to + "]";
+            switch (x) {
+                case Expert.Zero z -> {
+                    c.comment("zero expert$L: output 0", keys(from, to));
+                    c.line("$T.fill($L.ys, $L.offsets[$L] * DIM, $L.offsets[$L] * DIM, 0f)", ARRAYS, m, m, from, m, to);
+                }
+                case Expert.Copy cp -> {
+                    c.comment("copy expert$L: output the input", keys(from, to));
+                    c.open("for (int i = $L.offsets[$L]; i < $L.offsets[$L]; i++)", m, from, m, to);
+                    c.line("System.arraycopy($L, $L.tokenOfRow[i] * DIM, $L.ys, i * DIM, DIM)", in, m, m);
+                    c.close();
+                }
+                case Expert.Constant cs -> {
+                    String ep = p + ".experts." + slotOfKey(sl, from);
+                    c.comment("constant expert $L (key $L): softmax(mix · x) mixes x and the vector", slotOfKey(sl, from), from);
+                    c.line("constantExpert($L, $L, $L, $L.value(), $L.value())", in, m, rows, Names.field(ep + ".vector"), Names.field(ep + ".mix"));
+                }
+                default -> throw new IllegalStateException();
+            }
+        });
         c.comment("combine: out[token] = Σ weight · expert output");
         c.line("$T.zero($L, rows * DIM)", ELEMENTWISE, out);
         c.line("backend.scatterAddRows($L.ys, $L.tokenOfRow, $L.weightOfRow, slots, DIM, $L)", m, m, m, out);
@@ -769,8 +981,16 @@ final class ModelGenerator {
         for (Loss loss : moe.losses()) {
             switch (loss) {
                 case Loss.Aux a when a.coef() > 0 -> {
-                    c.comment("aux loss ($L scope): coef * E * Σ f_e P_e; f from counts, P the mean (normalised) score", a.scope().name().toLowerCase(Locale.ROOT));
+                    String eta = etaConstant(moe, a);
                     String coef = floatLiteral(a.coef()) + "f";
+                    if (eta == null) {
+                        c.comment("aux loss ($L scope): coef * E * Σ f_e P_e; f from counts, P the mean (normalised) score",
+                                a.scope().name().toLowerCase(Locale.ROOT));
+                    } else {
+                        c.comment("aux loss ($L scope): coef * E * Σ η_e f_e P_e, η = 1 for FFN experts and tau = $L for zero-computation ones (MoE++)",
+                                a.scope().name().toLowerCase(Locale.ROOT), floatLiteral(a.tau()));
+                        coef = coef + " * " + eta + "[ex]";
+                    }
                     if (a.scope() == Loss.Scope.SEQUENCE) {
                         c.open("for (int b = 0; b < batch; b++)");
                         c.line("float[] f = $L.f", m);
@@ -815,6 +1035,22 @@ final class ModelGenerator {
             }
         }
         return c;
+    }
+
+    /** The static table of η per routed expert for an aux loss with tau, or null when every η is 1. */
+    private String etaConstant(Moe moe, Loss.Aux a) {
+        Slots sl = Slots.of(moe);
+        if (a.tau() == 1.0 || !sl.zeroCompute()) {
+            return null;
+        }
+        String name = moeConstant("ETA", moe) + "_" + floatLiteral(a.tau()).replaceAll("[^0-9]", "_");
+        if (constantsAdded.add(name)) {
+            List<String> eta = sl.experts().stream().map(x -> x.zeroCompute() ? floatLiteral(a.tau()) + "f" : "1f").toList();
+            type.addField(FieldSpec.builder(float[].class, name, Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
+                    .addJavadoc("$L: each routed expert's weight η in the aux loss (1 for FFN experts, tau for zero-computation ones)\n", moe.name())
+                    .initializer("{$L}", String.join(", ", eta)).build());
+        }
+        return name;
     }
 
     /** {@code float[] p}: the token's scores as the aux loss sees them (softmax, or sigmoid normalised to sum 1). */
@@ -917,7 +1153,11 @@ final class ModelGenerator {
         c.open("for (int t = 0; t < rows; t++)");
         c.line("int o = t * $L", e);
         c.line("int s0 = t * $L", k);
-        c.open("for (int ex = 0; ex < $L; ex++)", e).line("m.dScore[o + ex] = lossScale * m.auxGrad[o + ex]").line("m.dLogits[o + ex] = 0").close();
+        c.open("for (int ex = 0; ex < $L; ex++)", e).line("m.dScore[o + ex] = lossScale * m.auxGrad[o + ex]");
+        if (!logitGradientsAccumulate()) {
+            c.line("m.dLogits[o + ex] = 0");
+        }
+        c.close();
         if (topkFirst) {
             c.comment("weights are a softmax over the chosen logits: push their gradient to those logits");
             c.line("double dot = 0");
@@ -971,6 +1211,82 @@ final class ModelGenerator {
                 .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.FLOAT, "lossScale").addCode(c.build()).build());
     }
 
+    // ---- helpers the runtime has no op for ----
+
+    private void helpers() {
+        if (!residualFrom.isEmpty()) {
+            Code c = new Code();
+            c.open("for (int t = 0; t < rows; t++)");
+            c.open("for (int o = 0; o < out; o++)");
+            c.line("double s = 0");
+            c.open("for (int i = 0; i < in; i++)").line("s += (double) w[o * in + i] * x[t * in + i]").close();
+            c.line("y[t * out + o] += (float) s");
+            c.close();
+            c.close();
+            type.addMethod(MethodSpec.methodBuilder("addLinear").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                    .addJavadoc("{@code y[rows, out] += x[rows, in] · w[out, in]ᵀ}: a gating residual (its backward is {@code matmulBackward}).\n")
+                    .addParameter(float[].class, "x").addParameter(float[].class, "w").addParameter(float[].class, "y")
+                    .addParameter(TypeName.INT, "rows").addParameter(TypeName.INT, "in").addParameter(TypeName.INT, "out")
+                    .addCode(c.build()).build());
+        }
+        if (anyConstantExpert()) {
+            Code c = new Code();
+            c.open("for (int i = from; i < to; i++)");
+            c.line("int xo = m.tokenOfRow[i] * DIM");
+            c.line("int yo = i * DIM");
+            c.line("double z1 = 0");
+            c.line("double z2 = 0");
+            c.open("for (int d = 0; d < DIM; d++)");
+            c.line("z1 += (double) mix[d] * x[xo + d]");
+            c.line("z2 += (double) mix[DIM + d] * x[xo + d]");
+            c.close();
+            c.line("double top = Math.max(z1, z2)");
+            c.line("double e1 = Math.exp(z1 - top)");
+            c.line("double e2 = Math.exp(z2 - top)");
+            c.line("float a1 = (float) (e1 / (e1 + e2))");
+            c.line("float a2 = (float) (e2 / (e1 + e2))");
+            c.line("m.constantMix[2 * i] = a1");
+            c.line("m.constantMix[2 * i + 1] = a2");
+            c.open("for (int d = 0; d < DIM; d++)").line("m.ys[yo + d] = a1 * x[xo + d] + a2 * v[d]").close();
+            c.close();
+            type.addMethod(MethodSpec.methodBuilder("constantExpert").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                    .addJavadoc("MoE++ constant expert on dispatched rows {@code from .. to}: [a1, a2] = softmax(mix · x), output a1 x + a2 v.\n")
+                    .addParameter(float[].class, "x").addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "from")
+                    .addParameter(TypeName.INT, "to").addParameter(float[].class, "v").addParameter(float[].class, "mix").addCode(c.build()).build());
+
+            Code b = new Code();
+            b.open("for (int i = from; i < to; i++)");
+            b.line("int xo = m.tokenOfRow[i] * DIM");
+            b.line("int yo = i * DIM");
+            b.line("float a1 = m.constantMix[2 * i]");
+            b.line("float a2 = m.constantMix[2 * i + 1]");
+            b.comment("dy = weight · dOut (in dys); d a1 = <dy, x>, d a2 = <dy, v>; softmax backward to the mix logits");
+            b.line("double da1 = 0");
+            b.line("double da2 = 0");
+            b.open("for (int d = 0; d < DIM; d++)");
+            b.line("da1 += (double) m.dys[yo + d] * x[xo + d]");
+            b.line("da2 += (double) m.dys[yo + d] * v[d]");
+            b.close();
+            b.line("double mean = a1 * da1 + a2 * da2");
+            b.line("float dz1 = (float) (a1 * (da1 - mean))");
+            b.line("float dz2 = (float) (a2 * (da2 - mean))");
+            b.open("for (int d = 0; d < DIM; d++)");
+            b.line("float dy = m.dys[yo + d]");
+            b.line("dx[xo + d] += a1 * dy + dz1 * mix[d] + dz2 * mix[DIM + d]");
+            b.line("dv[d] += a2 * dy");
+            b.line("dMix[d] += dz1 * x[xo + d]");
+            b.line("dMix[DIM + d] += dz2 * x[xo + d]");
+            b.close();
+            b.close();
+            type.addMethod(MethodSpec.methodBuilder("constantExpertBackward").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                    .addJavadoc("Backward of {@link #constantExpert}: adds to the input's, the vector's and the mix's gradients.\n")
+                    .addParameter(float[].class, "x").addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "from")
+                    .addParameter(TypeName.INT, "to").addParameter(float[].class, "v").addParameter(float[].class, "dv")
+                    .addParameter(float[].class, "mix").addParameter(float[].class, "dMix").addParameter(float[].class, "dx")
+                    .addCode(b.build()).build());
+        }
+    }
+
     // ---- backward ----
 
     private void backward() {
@@ -981,6 +1297,12 @@ final class ModelGenerator {
         c.close();
         c.line("$T.zero(dx, rows * DIM)", ELEMENTWISE);
         c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
+        if (logitGradientsAccumulate()) {
+            c.comment("routers' logit gradients accumulate: a gating residual adds to the previous MoE layer's before that layer's backward");
+            for (int i : moeLayers) {
+                c.line("$T.zero(moe$L.dLogits, rows * $L)", ELEMENTWISE, i, moeOfLayer(i).routedExperts());
+            }
+        }
         String head = cfg.tieEmbeddings() ? Names.field("embed.weight") : Names.field("head.weight");
         c.line("backend.matmulBackward(finalNormed, 0, $L.value(), 0, dLogits, 0, dNormed, 0, $L.grad(), 0, rows, DIM, VOCAB)", head, head);
         c.add(normBackward("final_norm", "finalInput", "finalMean", "finalRstd", "dNormed", "dx").build());
@@ -1088,6 +1410,20 @@ final class ModelGenerator {
         return c;
     }
 
+    /** Whether the next MoE layer's gating residual reads this layer's logits (and so sends a gradient back). */
+    private boolean residualFeeds(int layer) {
+        return residualFrom.containsValue(layer);
+    }
+
+    /**
+     * Whether routers' logit gradients accumulate: in a model with gating residuals, backward()
+     * zeroes every MoE layer's dLogits first, a residual adds to the previous layer's, and the
+     * router backward adds its own instead of overwriting.
+     */
+    private boolean logitGradientsAccumulate() {
+        return !residualFrom.isEmpty();
+    }
+
     private Code moeBackward(int layer, Moe moe, String in, String dOut, String dIn) {
         Code c = new Code();
         String m = "moe" + layer;
@@ -1096,7 +1432,8 @@ final class ModelGenerator {
         int e = moe.routedExperts();
         int k = ((Router.Selection.TopK) r.selection()).k();
         Ffn f = routedFfn(moe);
-        int h = f.hidden();
+        Slots sl = slotsByPrefix.get(p);
+        int nf = sl.ffn();
         c.line("int slots = rows * $L", k);
         int s = 0;
         for (ExpertGroup g : moe.groups()) {
@@ -1130,25 +1467,60 @@ final class ModelGenerator {
         c.open("for (int i = 0; i < slots; i++)").line("$L.dWeight[$L.order[i]] = $L.dRowWeight[i]", m, m, m).close();
         c.line("backend.gatherRows($L, $L.tokenOfRow, slots, DIM, $L.dys)", dOut, m, m);
         c.line("$T.scaleRows($L.dys, $L.weightOfRow, slots, DIM)", ELEMENTWISE, m, m);
-        c.comment("experts backward (grouped)");
-        String gate = Names.field(p + ".experts.gate");
-        String up = Names.field(p + ".experts.up");
-        String down = Names.field(p + ".experts.down");
-        c.line("$T.zero(dAct, slots * $L)", ELEMENTWISE, h);
-        c.line("backend.groupedMatmulBackward($L.act, $L, 0, $L.dys, dAct, $LGrad, 0, $L.offsets, $L, $L, DIM)", m, down, m, down, m, e, h);
-        c.line("$T.zero($L.dxs, slots * DIM)", ELEMENTWISE, m);
-        if (f.activation().gated()) {
-            c.line("backend.gluBackward($T.$L, $L.gate, $L.up, dAct, dGate, dUp, slots * $L)", ACTIVATION, act(f), m, m, h);
-            c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dGate, $L.dxs, $LGrad, 0, $L.offsets, $L, DIM, $L)", m, gate, m, gate, m, e, h);
-        } else {
-            c.line("backend.activationBackward($T.$L, $L.up, dAct, dUp, slots * $L)", ACTIVATION, act(f), m, h);
+        String ffnRows = sl.zeroCompute() ? "ffnRows" : "slots";
+        if (sl.zeroCompute()) {
+            c.line("int ffnRows = $L.offsets[$L]", m, nf);
         }
-        c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dUp, $L.dxs, $LGrad, 0, $L.offsets, $L, DIM, $L)", m, up, m, up, m, e, h);
-        c.line("backend.scatterAddRows($L.dxs, $L.tokenOfRow, null, slots, DIM, $L)", m, m, dIn);
-        c.comment("router backward");
+        if (nf > 0) {
+            int h = f.hidden();
+            c.comment("experts backward (grouped)");
+            String gate = Names.field(p + ".experts.gate");
+            String up = Names.field(p + ".experts.up");
+            String down = Names.field(p + ".experts.down");
+            c.line("$T.zero(dAct, $L * $L)", ELEMENTWISE, ffnRows, h);
+            c.line("backend.groupedMatmulBackward($L.act, $L, 0, $L.dys, dAct, $LGrad, 0, $L.offsets, $L, $L, DIM)", m, down, m, down, m, nf, h);
+            c.line("$T.zero($L.dxs, $L * DIM)", ELEMENTWISE, m, ffnRows);
+            if (f.activation().gated()) {
+                c.line("backend.gluBackward($T.$L, $L.gate, $L.up, dAct, dGate, dUp, $L * $L)", ACTIVATION, act(f), m, m, ffnRows, h);
+                c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dGate, $L.dxs, $LGrad, 0, $L.offsets, $L, DIM, $L)", m, gate, m, gate, m, nf, h);
+            } else {
+                c.line("backend.activationBackward($T.$L, $L.up, dAct, dUp, $L * $L)", ACTIVATION, act(f), m, ffnRows, h);
+            }
+            c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dUp, $L.dxs, $LGrad, 0, $L.offsets, $L, DIM, $L)", m, up, m, up, m, nf, h);
+            c.line("backend.scatterAddRows($L.dxs, $L.tokenOfRow, null, $L, DIM, $L)", m, m, ffnRows, dIn);
+        }
+        zeroComputeRuns(sl, (from, to, x) -> {
+            switch (x) {
+                case Expert.Zero z -> { }
+                case Expert.Copy cp -> {
+                    c.comment("copy experts: d(input) += weight · dOut");
+                    c.open("for (int i = $L.offsets[$L]; i < $L.offsets[$L]; i++)", m, from, m, to);
+                    c.line("int xo = $L.tokenOfRow[i] * DIM", m);
+                    c.open("for (int d = 0; d < DIM; d++)").line("$L[xo + d] += $L.dys[i * DIM + d]", dIn, m).close();
+                    c.close();
+                }
+                case Expert.Constant cs -> {
+                    String ep = p + ".experts." + slotOfKey(sl, from);
+                    String v = Names.field(ep + ".vector");
+                    String mix = Names.field(ep + ".mix");
+                    c.comment("constant expert $L", slotOfKey(sl, from));
+                    c.line("constantExpertBackward($L, $L, $L.offsets[$L], $L.offsets[$L], $L.value(), $L.grad(), $L.value(), $L.grad(), $L)", in, m, m, from,
+                            m, to, v, v, mix, mix, dIn);
+                }
+                default -> throw new IllegalStateException();
+            }
+        });
+        c.comment("router backward$L", residualFeeds(layer) ? " (dLogits already holds what the next MoE layer's gating residual sent back)" : "");
         c.line("$LBackward($L, scale)", routerMethod(moe), m);
         String wr = Names.field(p + ".router.weight");
         c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.dLogits, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, wr, m, dIn, wr, e);
+        Integer prev = residualFrom.get(layer);
+        if (prev != null) {
+            String g = Names.field(p + ".router.residual");
+            c.comment("gating residual backward: dG += dLogitsᵀ · logits of layer $L; that layer's dLogits += dLogits · G", prev);
+            c.line("backend.matmulBackward(moe$L.logits, 0, $L.value(), 0, $L.dLogits, 0, moe$L.dLogits, 0, $L.grad(), 0, rows, $L, $L)", prev, g, m, prev, g,
+                    moeOfLayer(prev).routedExperts(), e);
+        }
         return c;
     }
 

@@ -63,6 +63,38 @@ class GeneratedModelTest {
                   }
                   layers 2 { all: attention, m }
                 }
+                """,
+                // MoE++ zero-computation experts among FFN experts, declared out of order: the
+                // dispatch puts the FFN experts' slots first; tau weights the others' aux loss.
+                header + """
+                  moe m {
+                    routed 1 x copy
+                    routed 3 x swiglu(hidden: 5)
+                    routed 1 x zero
+                    routed 2 x constant
+                    router { top_k 3  normalize true }
+                    balance aux(coef: 0.1, scope: sequence, tau: 0.5)
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // MoE++ gating residual over three MoE layers (the first without; a dense layer
+                // between; experts counts differ, so the residual maps are not square).
+                header + """
+                  moe g(residual = true, n = 4) {
+                    routed n x swiglu(hidden: 5)
+                    routed 1 x zero
+                    routed 1 x constant
+                    router { top_k 2  gating_residual residual }
+                    balance aux(coef: 0.1, tau: 0.75)
+                  }
+                  layers 4 {
+                    first 1: attention, g(residual: false, n: 3)
+                    1: attention, swiglu(hidden: 12)
+                    rest: attention, g
+                  }
+                }
                 """);
     }
 

@@ -2,7 +2,6 @@ package dev.moe.codegen;
 
 import static com.google.common.truth.Truth.assertThat;
 import static com.google.common.truth.Truth.assertWithMessage;
-import static org.junit.jupiter.api.Assertions.assertThrows;
 
 import com.palantir.javapoet.JavaFile;
 import dev.moe.compiler.MoeCompiler;
@@ -52,9 +51,9 @@ class GeneratedSourcesGoldenTest {
 
     private static final Path GOLDENS = Path.of("src/test/resources/goldens", GeneratedSourcesGoldenTest.class.getSimpleName());
 
-    /** The recipes the generator supports today; moe-plus-plus.moe is expected to be refused. */
+    /** The recipes the generator supports today. */
     static List<String> supportedRecipes() {
-        return List.of("mixtral.moe", "deepseek-moe.moe");
+        return List.of("mixtral.moe", "deepseek-moe.moe", "moe-plus-plus.moe");
     }
 
     private static boolean blessing() {
@@ -153,18 +152,7 @@ class GeneratedSourcesGoldenTest {
     void goldenNamesArePackageAndModelClass() {
         assertThat(sources("mixtral.moe").keySet()).containsExactly(JavaGenerator.DEFAULT_PACKAGE + ".MixtralTiny");
         assertThat(sources("deepseek-moe.moe").keySet()).containsExactly(JavaGenerator.DEFAULT_PACKAGE + ".DeepSeekMoETiny");
-    }
-
-    @Test
-    void moePlusPlusIsNotSupportedYet() {
-        CompiledFile compiled = MoeCompiler.compile(RECIPES.resolve("moe-plus-plus.moe")).orThrow();
-        UnsupportedFeatureException e = assertThrows(UnsupportedFeatureException.class,
-                () -> JavaGenerator.generate(compiled, JavaGenerator.DEFAULT_PACKAGE),
-                "moe-plus-plus.moe now generates: move it to the golden recipes of this test");
-        assertThat(e).hasMessageThat().contains("model `MoEPlusPlusTiny`");
-        assertThat(e).hasMessageThat().contains("layer 0");
-        // The first unsupported thing the generator meets: the zero-computation expert of MoE++.
-        assertThat(e).hasMessageThat().contains("does not support zero experts");
+        assertThat(sources("moe-plus-plus.moe").keySet()).containsExactly(JavaGenerator.DEFAULT_PACKAGE + ".MoEPlusPlusTiny");
     }
 
     // ---- 2. determinism ----
