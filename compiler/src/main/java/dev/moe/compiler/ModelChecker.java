@@ -38,7 +38,6 @@ import java.util.Optional;
 import java.util.OptionalDouble;
 import java.util.OptionalInt;
 import java.util.Set;
-import java.util.TreeMap;
 
 /** Checks one model: its settings, its definitions, its layer plan; builds its IR. */
 final class ModelChecker {
@@ -439,7 +438,7 @@ final class ModelChecker {
         if (routerBlocks.size() > 1) {
             for (RouterBlock rb : routerBlocks) {
                 if (rb.name().isEmpty()) {
-                    var d = reporter.error(Code.GATE_NAMES, src, rb.span().to(rb.span()), "moe `%s` has %d routers; this one has no name",
+                    var d = reporter.error(Code.GATE_NAMES, src, rb.span(), "moe `%s` has %d routers; this one has no name",
                             moe.name().text(), routerBlocks.size());
                     reporter.help(d, "name each gate after the data domain or task that selects it: `router text { ... }`");
                 }
