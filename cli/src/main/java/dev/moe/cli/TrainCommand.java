@@ -34,8 +34,8 @@ import picocli.CommandLine.Spec;
                     + " experts.png and checkpoints (last.safetensors) to the run directory. Ctrl-C saves and stops;"
                     + " --resume carries an interrupted run on, bitwise as if uninterrupted."},
         exitCodeListHeading = "%nExit status:%n",
-        exitCodeList = {"0:trained (or stopped cleanly by Ctrl-C)", "1:the file has errors, uses an unsupported feature, or training failed",
-            "2:usage error"})
+        exitCodeList = {"0:trained", "1:the file has errors, uses an unsupported feature, or training failed",
+            "2:usage error", "130:stopped by Ctrl-C, after saving a checkpoint (continue with --resume)"})
 final class TrainCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
