@@ -136,6 +136,11 @@ final class TrainCommand implements Callable<Integer> {
             err.println("moe: error: " + e.getMessage());
             err.flush();
             return 1;
+        } catch (java.io.IOException e) {
+            // Unreadable data or checkpoints, a full disk: the user's to fix, not a crash.
+            err.println("moe: error: " + e.getMessage());
+            err.flush();
+            return 1;
         } catch (ArithmeticException e) {
             err.println("moe: error: " + e.getMessage());
             err.flush();

@@ -135,6 +135,24 @@ class TrainCommandTest {
         assertThat(u.err()).contains("code generation does not support latent experts");
     }
 
+    @Test
+    void aCorruptLatestCheckpointFallsBackToTheNewestGoodOneWithAWarning() throws IOException {
+        Path out = dir.resolve("run");
+        assertThat(train(out, "--stop-at", "8", "--save-every", "4").exit()).isEqualTo(0);
+        assertThat(Files.exists(out.resolve("step-000004.safetensors"))).isTrue();
+        byte[] bytes = Files.readAllBytes(out.resolve("last.safetensors"));
+        Files.write(out.resolve("last.safetensors"), java.util.Arrays.copyOf(bytes, bytes.length / 2)); // torn file
+        Cli.Run resumed = train(out, "--resume");
+        assertWithMessage("%s", resumed).that(resumed.exit()).isEqualTo(0);
+        assertThat(Files.readAllLines(out.resolve("metrics.jsonl"))).hasSize(12);
+        Files.delete(out.resolve("step-000004.safetensors"));
+        Files.write(out.resolve("last.safetensors"), new byte[] {9, 9, 9});
+        Cli.Run refused = train(out, "--resume");
+        assertThat(refused.exit()).isEqualTo(1);
+        assertThat(refused.err()).contains("moe: error: cannot resume:");
+        assertThat(refused.err()).doesNotContain("Exception");
+    }
+
     private static double loss(String metricsLine) {
         var m = java.util.regex.Pattern.compile("\"loss\":([0-9.]+)").matcher(metricsLine);
         assertThat(m.find()).isTrue();

@@ -78,13 +78,7 @@ public final class Trainer {
         Path metrics = o.out().resolve("metrics.jsonl");
         long start = 0;
         if (o.resume() && Files.exists(last)) {
-            Map<String, String> meta = Checkpoint.metadata(last);
-            if (!model.name().equals(meta.get("model"))) {
-                throw new IOException(last + " holds model `" + meta.get("model") + "`, not `" + model.name() + "`");
-            }
-            Checkpoint.load(last, params, adam);
-            start = Long.parseLong(meta.get("step"));
-            log.printf(Locale.ROOT, "resuming %s from step %d%n", model.name(), start);
+            start = resume(last, params, adam);
             truncateMetrics(metrics, start);
         } else {
             model.initialize(o.seed());
@@ -167,6 +161,41 @@ public final class Trainer {
         }
         return new Result(step, losses.isEmpty() ? Double.NaN : losses.getFirst(), losses.isEmpty() ? Double.NaN : losses.getLast(),
                 interrupted, last, losses);
+    }
+
+    /**
+     * Loads the newest complete checkpoint: {@code last.safetensors}, or when that is unreadable the
+     * newest readable {@code step-N.safetensors} (with a warning). Never loads a partial file.
+     */
+    private long resume(Path last, List<Parameter> params, AdamW adam) throws IOException {
+        List<Path> candidates = new ArrayList<>();
+        candidates.add(last);
+        try (var files = Files.list(o.out())) {
+            files.filter(p -> p.getFileName().toString().matches("step-\\d+\\.safetensors")).sorted(java.util.Comparator.reverseOrder())
+                    .forEach(candidates::add);
+        }
+        IOException first = null;
+        for (Path candidate : candidates) {
+            try {
+                Map<String, String> meta = Checkpoint.metadata(candidate);
+                if (!model.name().equals(meta.get("model"))) {
+                    throw new IOException(candidate + " holds model `" + meta.get("model") + "`, not `" + model.name() + "`");
+                }
+                Checkpoint.load(candidate, params, adam);
+                long step = Long.parseLong(meta.get("step"));
+                if (first != null) {
+                    log.printf(Locale.ROOT, "warning: %s%n  resuming from the older %s instead%n", first.getMessage(), candidate.getFileName());
+                }
+                log.printf(Locale.ROOT, "resuming %s from step %d%n", model.name(), step);
+                return step;
+            } catch (IOException | RuntimeException e) {
+                if (first == null) {
+                    first = e instanceof IOException io ? io : new IOException(candidate + ": " + e.getMessage(), e);
+                }
+            }
+        }
+        throw new IOException("cannot resume: " + first.getMessage() + (candidates.size() > 1 ? " (and no older checkpoint is readable)" : ""),
+                first);
     }
 
     private void save(Path last, List<Parameter> params, AdamW adam, long step) throws IOException {
