@@ -158,15 +158,20 @@ final class ModelGenerator {
                     unsupported(l, "several named gates");
                 }
                 Router r = m.routers().getFirst();
-                if (!(r.selection() instanceof Router.Selection.TopK k)) {
-                    unsupported(l, "routing other than token-choice top-k");
+                if (r.selection() instanceof Router.Selection.TopP) {
+                    if (r.score() != Router.Score.SOFTMAX || r.order() != Router.Order.SOFTMAX_THEN_TOPK) {
+                        unsupported(l, "top-p routing over other than softmax probabilities");
+                    }
+                    if (r.bias().isPresent() || r.groupLimit().isPresent()) {
+                        unsupported(l, "top-p routing with an expert bias or group limits");
+                    }
+                } else if (!(r.selection() instanceof Router.Selection.TopK)) {
+                    unsupported(l, "routing other than token-choice top-k or top-p");
                     return;
                 }
-                if (r.groupLimit().isPresent() || r.quotaGroups().isPresent()) {
-                    unsupported(l, "grouped routing");
-                }
-                if (r.temperature().isPresent() || r.jitter() != 0) {
-                    unsupported(l, "router temperature and jitter");
+                int perToken = slotsPerToken(r);
+                if (r.temperature().isPresent() && r.temperature().get().steps() > 0 && r.temperature().get().start() != r.temperature().get().end()) {
+                    unsupported(l, "an annealed router temperature (the generated model keeps no step count in its checkpoint)");
                 }
                 if (r.recurrentWidth().isPresent() || r.pregate()) {
                     unsupported(l, "recurrent and pre-gating routers");
@@ -175,7 +180,7 @@ final class ModelGenerator {
                     unsupported(l, "capacity factors (token dropping)");
                 }
                 for (Loss loss : m.losses()) {
-                    if (!(loss instanceof Loss.Aux) && !(loss instanceof Loss.ZLoss)) {
+                    if (!(loss instanceof Loss.Aux) && !(loss instanceof Loss.ZLoss) && !(loss instanceof Loss.Entropy)) {
                         unsupported(l, "the " + loss.getClass().getSimpleName().toLowerCase(Locale.ROOT) + " loss");
                     }
                 }
@@ -187,9 +192,9 @@ final class ModelGenerator {
                 }
                 moes.putIfAbsent(m.name(), m);
                 moeLayers.add(l.index());
-                maxExpertRows = Math.max(maxExpertRows, k.k());
+                maxExpertRows = Math.max(maxExpertRows, perToken);
                 if (routed != null) {
-                    maxActivationPerRow = Math.max(maxActivationPerRow, k.k() * routed.hidden());
+                    maxActivationPerRow = Math.max(maxActivationPerRow, perToken * routed.hidden());
                 }
             }
             case Block.Part.Attention a -> unsupported(l, "attention in the ffn slot");
@@ -371,6 +376,17 @@ final class ModelGenerator {
         if (anyKeyedDispatch()) {
             moeState.addField(FieldSpec.builder(int[].class, "slotKey").addJavadoc("each slot's dispatch key (FFN experts first)\n").build());
         }
+        if (anyJitter()) {
+            moeState.addField(FieldSpec.builder(float[].class, "noise").addJavadoc("router input jitter: the noise factors and the jittered input\n").build());
+            moeState.addField(float[].class, "jittered").addField(float[].class, "dJittered").addField(TypeName.BOOLEAN, "jitterOn");
+        }
+        if (anyTopP()) {
+            moeState.addField(FieldSpec.builder(int[].class, "kept").addJavadoc("top-p: experts each token took (its first slots; the rest route to no expert)\n").build());
+        }
+        if (anyLogitTransform()) {
+            moeState.addField(FieldSpec.builder(float[].class, "scaled").addJavadoc("act(logits) / temperature: what the router's scores read\n").build());
+            moeState.addField(float[].class, "dScaled");
+        }
         if (anyConstantExpert()) {
             moeState.addField(FieldSpec.builder(float[].class, "constantMix").addJavadoc("constant experts' [a1, a2] per dispatched row\n").build());
         }
@@ -398,6 +414,11 @@ final class ModelGenerator {
         type.addField(TypeName.INT, "capacity", Modifier.PRIVATE);
         type.addField(int[].class, "inputs", Modifier.PRIVATE);
         type.addField(TypeName.DOUBLE, "lastCrossEntropy", Modifier.PRIVATE);
+        if (anyJitter()) {
+            type.addField(FieldSpec.builder(TypeName.LONG, "jitterStep", Modifier.PRIVATE)
+                    .addJavadoc("Optimiser steps ended (counted in endStep, not checkpointed): with the micro-batch and the layer, the jitter noise's seed.\n").build());
+            type.addField(FieldSpec.builder(TypeName.INT, "microBatch", Modifier.PRIVATE).addJavadoc("Training forwards since beginStep.\n").build());
+        }
         type.addField(FieldSpec.builder(TypeName.BOOLEAN, "counting", Modifier.PRIVATE).initializer("true")
                 .addJavadoc("False while generating: inference does not count towards a training step's expert loads.\n").build());
         for (String f : List.of("stream", "tmp", "tmp2", "dx", "dNormed", "dAtt", "dq", "dk", "dv", "dqRaw", "dkRaw", "dAct", "dGate", "dUp", "dShared",
@@ -549,6 +570,9 @@ final class ModelGenerator {
         for (int i : moeLayers) {
             c.line("loss += moe$L.balanceLoss", i);
         }
+        if (anyJitter()) {
+            c.open("if (counting)").line("microBatch++").close();
+        }
         c.line("return loss");
         type.addMethod(MethodSpec.methodBuilder("forward").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(TypeName.DOUBLE)
                 .addParameter(int[].class, "inputs").addParameter(int[].class, "targets").addParameter(TypeName.INT, "batch")
@@ -597,9 +621,12 @@ final class ModelGenerator {
                 case Block.Part.Dense d -> p.line("sizeFfn($L, r, $L)", state, d.ffn().hidden());
                 case Block.Part.MoePart mp -> {
                     Moe m = mp.moe();
-                    int k = ((Router.Selection.TopK) m.routers().getFirst().selection()).k();
+                    int k = slotsPerToken(m.routers().getFirst());
                     Ffn e = routedFfn(m);
                     p.line("sizeMoe(moe$L, r, $L, $L, $L)", l.index(), m.routedExperts(), k, e == null ? 0 : e.hidden());
+                    if (topP(m.routers().getFirst())) {
+                        p.line("moe$L.offsets = new int[$L]", l.index(), m.routedExperts() + 2);
+                    }
                     int s = 0;
                     for (ExpertGroup g : m.groups()) {
                         if (g.role() == ExpertGroup.Role.SHARED) {
@@ -648,6 +675,15 @@ final class ModelGenerator {
         }
         if (anyConstantExpert()) {
             moe.line("m.constantMix = new float[slots * 2]");
+        }
+        if (anyJitter()) {
+            moe.line("m.noise = new float[r * DIM]").line("m.jittered = new float[r * DIM]").line("m.dJittered = new float[r * DIM]");
+        }
+        if (anyTopP()) {
+            moe.line("m.kept = new int[r]");
+        }
+        if (anyLogitTransform()) {
+            moe.line("m.scaled = new float[r * experts]").line("m.dScaled = new float[r * experts]");
         }
         type.addMethod(MethodSpec.methodBuilder("sizeMoe").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
                 .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "r").addParameter(TypeName.INT, "experts")
@@ -848,6 +884,36 @@ final class ModelGenerator {
         }
     }
 
+    /** Slots per token: k, or top-p's max_k (a token's unused slots route to no expert). */
+    private static int slotsPerToken(Router r) {
+        return switch (r.selection()) {
+            case Router.Selection.TopK t -> t.k();
+            case Router.Selection.TopP t -> t.maxK();
+            default -> throw new IllegalStateException();
+        };
+    }
+
+    private static boolean topP(Router r) {
+        return r.selection() instanceof Router.Selection.TopP;
+    }
+
+    private boolean anyTopP() {
+        return moes.values().stream().anyMatch(m -> topP(m.routers().getFirst()));
+    }
+
+    private boolean anyJitter() {
+        return moes.values().stream().anyMatch(m -> m.routers().getFirst().jitter() != 0);
+    }
+
+    /** Whether the router's scores read a transform of its logits: act(logits) / temperature. */
+    private static boolean transformsLogits(Router r) {
+        return r.temperature().isPresent();
+    }
+
+    private boolean anyLogitTransform() {
+        return moes.values().stream().anyMatch(m -> transformsLogits(m.routers().getFirst()));
+    }
+
     private static String routerMethod(Moe m) {
         return "route" + Names.type(Names.field(m.name().replaceAll("[^A-Za-z0-9]+", "_")));
     }
@@ -858,12 +924,24 @@ final class ModelGenerator {
         String p = "layers." + layer + ".moe";
         Router r = moe.routers().getFirst();
         int e = moe.routedExperts();
-        int k = ((Router.Selection.TopK) r.selection()).k();
+        int k = slotsPerToken(r);
         Ffn f = routedFfn(moe);
         Slots sl = slotsByPrefix.get(p);
         int nf = sl.ffn();
-        c.comment("router: logits, scores, top-$L ($L)", k, moe.name());
-        c.line("backend.matmul($L, 0, $L.value(), 0, $L.logits, 0, rows, DIM, $L)", in, Names.field(p + ".router.weight"), m, e);
+        c.comment("router: logits, scores, $L ($L)", topP(r) ? "top-p (at most " + k + ")" : "top-" + k, moe.name());
+        if (r.jitter() != 0) {
+            c.comment("jitter (training forwards only): the router reads its input times uniform noise in [1 - $L, 1 + $L]", r.jitter(), r.jitter());
+            c.open("if (counting)");
+            c.line("$L.jitterOn = true", m);
+            c.line("jitter($L, $L, rows, $Lf, $L)", in, m, floatLiteral(r.jitter()), layer);
+            c.line("backend.matmul($L.jittered, 0, $L.value(), 0, $L.logits, 0, rows, DIM, $L)", m, Names.field(p + ".router.weight"), m, e);
+            c.orElse("else");
+            c.line("$L.jitterOn = false", m);
+            c.line("backend.matmul($L, 0, $L.value(), 0, $L.logits, 0, rows, DIM, $L)", in, Names.field(p + ".router.weight"), m, e);
+            c.close();
+        } else {
+            c.line("backend.matmul($L, 0, $L.value(), 0, $L.logits, 0, rows, DIM, $L)", in, Names.field(p + ".router.weight"), m, e);
+        }
         Integer prev = residualFrom.get(layer);
         if (prev != null) {
             int ep = moeOfLayer(prev).routedExperts();
@@ -871,7 +949,19 @@ final class ModelGenerator {
             c.line("addLinear(moe$L.logits, $L.value(), $L.logits, rows, $L, $L)", prev, Names.field(p + ".router.residual"), m, ep, e);
         }
         c.line("$L($L, $L)", routerMethod(moe), m, r.bias().isPresent() ? Names.field(p + ".router.expert_bias") + ".value()" : "null");
-        if (sl.identity()) {
+        if (topP(r)) {
+            c.comment("dispatch: group the $L slots by key (counting sort); a token's unused slots hold key $L and sort last, undispatched", "rows * " + k, e);
+            c.line("int allSlots = rows * $L", k);
+            if (sl.identity()) {
+                c.line("$T.sortByExpert($L.selected, allSlots, $L, $L.order, $L.offsets)", ROUTING, m, e + 1, m, m);
+            } else {
+                c.open("for (int i = 0; i < allSlots; i++)");
+                c.line("$L.slotKey[i] = $L.selected[i] == $L ? $L : $L[$L.selected[i]]", m, m, e, e, slotKeyConstant(moe, sl), m);
+                c.close();
+                c.line("$T.sortByExpert($L.slotKey, allSlots, $L, $L.order, $L.offsets)", ROUTING, m, e + 1, m, m);
+            }
+            c.line("int slots = $L.offsets[$L]", m, e);
+        } else if (sl.identity()) {
             c.comment("dispatch: group the $L slots by expert (counting sort), gather their inputs", "rows * " + k);
             c.line("int slots = rows * $L", k);
             c.line("$T.sortByExpert($L.selected, slots, $L, $L.order, $L.offsets)", ROUTING, m, e, m, m);
@@ -995,10 +1085,21 @@ final class ModelGenerator {
                         c.open("for (int b = 0; b < batch; b++)");
                         c.line("float[] f = $L.f", m);
                         c.line("$T.zero(f, $L)", ELEMENTWISE, e);
-                        c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
-                        c.open("for (int r = 0; r < $L; r++)", k);
-                        c.line("f[$L.selected[t * $L + r]] += 1f / (seq * $L)", m, k, k);
-                        c.close().close();
+                        if (topP(moe.routers().getFirst())) {
+                            c.comment("top-p: f over the sequence's used slots");
+                            c.line("int seqSlots = 0");
+                            c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
+                            c.open("for (int r = 0; r < $L.kept[t]; r++)", m);
+                            c.line("f[$L.selected[t * $L + r]] += 1f", m, k);
+                            c.line("seqSlots++");
+                            c.close().close();
+                            c.open("for (int ex = 0; ex < $L; ex++)", e).line("f[ex] /= seqSlots").close();
+                        } else {
+                            c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
+                            c.open("for (int r = 0; r < $L; r++)", k);
+                            c.line("f[$L.selected[t * $L + r]] += 1f / (seq * $L)", m, k, k);
+                            c.close().close();
+                        }
                         c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
                         c.add(scoreRow(moe, m, e).build());
                         c.open("for (int ex = 0; ex < $L; ex++)", e);
@@ -1030,6 +1131,18 @@ final class ModelGenerator {
                     c.open("for (int t = 0; t < rows; t++)");
                     c.line("$L.balanceLoss += $Lf * (double) $L.lse[t] * $L.lse[t] / rows", m, floatLiteral(z.coef()), m, m);
                     c.close();
+                }
+                case Loss.Entropy h when h.coef() > 0 -> {
+                    String coef = floatLiteral(h.coef()) + "f";
+                    c.comment("entropy loss: coef * mean over tokens of -Σ p log p; d/dp = -coef (log p + 1) / rows");
+                    c.open("for (int t = 0; t < rows; t++)");
+                    c.open("for (int ex = 0; ex < $L; ex++)", e);
+                    c.line("double q = $L.probs[t * $L + ex]", m, e);
+                    c.open("if (q > 0)");
+                    c.line("$L.balanceLoss -= $L * q * Math.log(q) / rows", m, coef);
+                    c.line("$L.auxGrad[t * $L + ex] -= (float) ($L * (Math.log(q) + 1) / rows)", m, e, coef);
+                    c.close();
+                    c.close().close();
                 }
                 default -> { }
             }
@@ -1072,33 +1185,106 @@ final class ModelGenerator {
     private void router(Moe moe) {
         Router r = moe.routers().getFirst();
         int e = moe.routedExperts();
-        int k = ((Router.Selection.TopK) r.selection()).k();
+        int k = slotsPerToken(r);
         boolean sigmoid = r.score() == Router.Score.SIGMOID;
         boolean topkFirst = !sigmoid && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
         Code c = new Code();
+        boolean transform = transformsLogits(r);
+        String lg = transform ? "m.scaled" : "m.logits";
+        String selScore = (topkFirst ? lg + "[o + ex]" : "m.probs[o + ex]") + (r.bias().isPresent() ? " + bias[ex]" : "");
+        int groupSize = 0;
+        if (r.groupLimit().isPresent()) {
+            groupSize = e / r.groupLimit().get().groups();
+            c.line("float[] groupScore = new float[$L]", r.groupLimit().get().groups());
+            c.line("boolean[] keptGroup = new boolean[$L]", r.groupLimit().get().groups());
+        }
         c.open("for (int t = 0; t < rows; t++)");
         c.line("int o = t * $L", e);
+        if (transform) {
+            Router.Temperature tp = r.temperature().get();
+            String act = tp.activation().orElse("none");
+            c.comment("the router's scores read $L / $L (temperature)", act.equals("none") ? "logits" : act + "(logits)", floatLiteral(tp.start()));
+            c.open("for (int ex = 0; ex < $L; ex++)", e);
+            switch (act) {
+                case "tanh" -> c.line("m.scaled[o + ex] = (float) Math.tanh(m.logits[o + ex]) / $Lf", floatLiteral(tp.start()));
+                case "sigmoid" -> c.line("m.scaled[o + ex] = $T.sigmoid(m.logits[o + ex]) / $Lf", ELEMENTWISE, floatLiteral(tp.start()));
+                default -> c.line("m.scaled[o + ex] = m.logits[o + ex] / $Lf", floatLiteral(tp.start()));
+            }
+            c.close();
+        }
         c.comment("softmax of the logits (kept for the aux and z losses) and their log-sum-exp");
         c.line("float max = Float.NEGATIVE_INFINITY");
-        c.open("for (int ex = 0; ex < $L; ex++)", e).line("max = Math.max(max, m.logits[o + ex])").close();
+        c.open("for (int ex = 0; ex < $L; ex++)", e).line("max = Math.max(max, $L[o + ex])", lg).close();
         c.line("double sum = 0");
-        c.open("for (int ex = 0; ex < $L; ex++)", e).line("sum += Math.exp(m.logits[o + ex] - max)").close();
+        c.open("for (int ex = 0; ex < $L; ex++)", e).line("sum += Math.exp($L[o + ex] - max)", lg).close();
         c.line("m.lse[t] = (float) (max + Math.log(sum))");
         c.open("for (int ex = 0; ex < $L; ex++)", e);
         if (sigmoid) {
-            c.line("m.probs[o + ex] = $T.sigmoid(m.logits[o + ex])", ELEMENTWISE);
+            c.line("m.probs[o + ex] = $T.sigmoid($L[o + ex])", ELEMENTWISE, lg);
         } else {
-            c.line("m.probs[o + ex] = (float) (Math.exp(m.logits[o + ex] - max) / sum)");
+            c.line("m.probs[o + ex] = (float) (Math.exp($L[o + ex] - max) / sum)", lg);
         }
         c.close();
-        String by = topkFirst ? "m.logits[o + ex]" : "m.probs[o + ex]";
-        c.comment("top-$L by $L$L; ties go to the lower index", k, topkFirst ? "logit" : sigmoid ? "sigmoid score" : "probability",
-                r.bias().isPresent() ? " + expert bias (selection only)" : "");
+        String by = topkFirst ? lg + "[o + ex]" : "m.probs[o + ex]";
+        if (r.groupLimit().isPresent()) {
+            int groups = r.groupLimit().get().groups();
+            int top = r.groupLimit().get().top();
+            c.comment("group-limited: a group's score is the sum of its top-$L selection scores; keep the best $L of $L groups (ties: lower index)",
+                    Math.min(2, groupSize), top, groups);
+            c.open("for (int g = 0; g < $L; g++)", groups);
+            c.line("float first = Float.NEGATIVE_INFINITY");
+            c.line("float second = Float.NEGATIVE_INFINITY");
+            c.open("for (int ex = g * $L; ex < (g + 1) * $L; ex++)", groupSize, groupSize);
+            c.line("float s = $L", selScore);
+            c.open("if (s > first)").line("second = first").line("first = s");
+            c.orElse("else if (s > second)").line("second = s").close();
+            c.close();
+            c.line("groupScore[g] = $L", groupSize >= 2 ? "first + second" : "first");
+            c.line("keptGroup[g] = false");
+            c.close();
+            c.open("for (int q = 0; q < $L; q++)", top);
+            c.line("int bestGroup = -1");
+            c.open("for (int g = 0; g < $L; g++)", groups);
+            c.open("if (!keptGroup[g] && (bestGroup < 0 || groupScore[g] > groupScore[bestGroup]))").line("bestGroup = g").close();
+            c.close();
+            c.line("keptGroup[bestGroup] = true");
+            c.close();
+        }
+        if (!topP(r)) {
+            c.comment("top-$L by $L$L$L; ties go to the lower index", k, topkFirst ? "logit" : sigmoid ? "sigmoid score" : "probability",
+                    r.bias().isPresent() ? " + expert bias (selection only)" : "",
+                    r.groupLimit().isPresent() ? ", among the kept groups' experts"
+                            : r.quotaGroups().isPresent() ? ", " + k / r.quotaGroups().get() + " in each of " + r.quotaGroups().get() + " equal groups" : "");
+        }
         c.line("double chosen = 0");
+        if (topP(r)) {
+            double pp = ((Router.Selection.TopP) r.selection()).p();
+            c.comment("top-p: take experts by probability until their mass reaches $L (at least 1, at most $L); the rest of the token's slots get expert $L (none) and weight 0",
+                    pp, k, e);
+            c.line("int used = 0");
+        }
         c.open("for (int r = 0; r < $L; r++)", k);
+        if (topP(r)) {
+            double pp = ((Router.Selection.TopP) r.selection()).p();
+            c.open("if (r > 0 && chosen >= $L)", pp);
+            c.line("m.selected[t * $L + r] = $L", k, e);
+            c.line("m.weight[t * $L + r] = 0f", k);
+            c.line("continue");
+            c.close();
+        }
         c.line("int best = -1");
         c.line("float bestScore = Float.NEGATIVE_INFINITY");
-        c.open("for (int ex = 0; ex < $L; ex++)", e);
+        if (r.quotaGroups().isPresent()) {
+            int gs = e / r.quotaGroups().get();
+            int perGroup = k / r.quotaGroups().get();
+            c.line("int group = r / $L", perGroup);
+            c.open("for (int ex = group * $L; ex < (group + 1) * $L; ex++)", gs, gs);
+        } else {
+            c.open("for (int ex = 0; ex < $L; ex++)", e);
+        }
+        if (r.groupLimit().isPresent()) {
+            c.open("if (!keptGroup[ex / $L])", groupSize).line("continue").close();
+        }
         c.line("float s = $L$L", by, r.bias().isPresent() ? " + bias[ex]" : "");
         c.line("boolean taken = false");
         c.open("for (int q = 0; q < r; q++)").line("taken |= m.selected[t * $L + q] == ex", k).close();
@@ -1109,12 +1295,18 @@ final class ModelGenerator {
         c.close();
         c.line("m.selected[t * $L + r] = best", k);
         if (topkFirst) {
-            c.line("m.weight[t * $L + r] = m.logits[o + best]", k);
+            c.line("m.weight[t * $L + r] = $L[o + best]", k, lg);
         } else {
             c.line("m.weight[t * $L + r] = m.probs[o + best]", k);
             c.line("chosen += m.probs[o + best]");
         }
+        if (topP(r)) {
+            c.line("used++");
+        }
         c.close();
+        if (topP(r)) {
+            c.line("m.kept[t] = used");
+        }
         if (topkFirst) {
             c.comment("softmax over the $L chosen logits", k);
             c.line("float top = Float.NEGATIVE_INFINITY");
@@ -1135,7 +1327,12 @@ final class ModelGenerator {
         }
         c.close();
         type.addMethod(MethodSpec.methodBuilder(routerMethod(moe)).addModifiers(Modifier.PRIVATE)
-                .addJavadoc("Router of $L: $L scores, top-$L$L$L$L.\n", moe.name(), sigmoid ? "sigmoid" : "softmax", k,
+                .addJavadoc("Router of $L: $L scores$L, $L$L$L$L$L.\n", moe.name(), sigmoid ? "sigmoid" : "softmax",
+                        transform ? " of " + r.temperature().get().activation().map(a -> a + "(logits)").orElse("logits") + " / "
+                                + floatLiteral(r.temperature().get().start()) : "",
+                        topP(r) ? "top-p " + ((Router.Selection.TopP) r.selection()).p() + " (1 to " + k + " experts)" : "top-" + k,
+                        r.groupLimit().isPresent() ? " within the best " + r.groupLimit().get().top() + " of " + r.groupLimit().get().groups() + " groups"
+                                : r.quotaGroups().isPresent() ? ", " + k / r.quotaGroups().get() + " in each of " + r.quotaGroups().get() + " groups" : "",
                         topkFirst ? " of the logits, then softmax over them" : "", r.normalize() && !topkFirst ? ", renormalised" : "",
                         r.scale() != 1.0 ? ", scaled by " + r.scale() : "")
                 .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(float[].class, "bias").addCode(c.build()).build());
@@ -1144,16 +1341,23 @@ final class ModelGenerator {
     private void routerBackward(Moe moe) {
         Router r = moe.routers().getFirst();
         int e = moe.routedExperts();
-        int k = ((Router.Selection.TopK) r.selection()).k();
+        int k = slotsPerToken(r);
+        Object kb = topP(r) ? "m.kept[t]" : k;
         boolean sigmoid = r.score() == Router.Score.SIGMOID;
         boolean topkFirst = !sigmoid && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
         double zCoef = moe.losses().stream().filter(l -> l instanceof Loss.ZLoss).mapToDouble(l -> ((Loss.ZLoss) l).coef()).sum();
         String scale = floatLiteral(r.scale()) + "f";
+        boolean transform = transformsLogits(r);
+        String lg = transform ? "m.scaled" : "m.logits";
+        String dl = transform ? "m.dScaled" : "m.dLogits";
         Code c = new Code();
         c.open("for (int t = 0; t < rows; t++)");
         c.line("int o = t * $L", e);
         c.line("int s0 = t * $L", k);
         c.open("for (int ex = 0; ex < $L; ex++)", e).line("m.dScore[o + ex] = lossScale * m.auxGrad[o + ex]");
+        if (transform) {
+            c.line("m.dScaled[o + ex] = 0");
+        }
         if (!logitGradientsAccumulate()) {
             c.line("m.dLogits[o + ex] = 0");
         }
@@ -1161,22 +1365,22 @@ final class ModelGenerator {
         if (topkFirst) {
             c.comment("weights are a softmax over the chosen logits: push their gradient to those logits");
             c.line("double dot = 0");
-            c.open("for (int r = 0; r < $L; r++)", k).line("dot += m.weight[s0 + r] / $L * ($L * m.dWeight[s0 + r])", scale, scale).close();
-            c.open("for (int r = 0; r < $L; r++)", k);
+            c.open("for (int r = 0; r < $L; r++)", kb).line("dot += m.weight[s0 + r] / $L * ($L * m.dWeight[s0 + r])", scale, scale).close();
+            c.open("for (int r = 0; r < $L; r++)", kb);
             c.line("float w = m.weight[s0 + r] / $L", scale);
-            c.line("m.dLogits[o + m.selected[s0 + r]] += (float) (w * ($L * m.dWeight[s0 + r] - dot))", scale);
+            c.line("$L[o + m.selected[s0 + r]] += (float) (w * ($L * m.dWeight[s0 + r] - dot))", dl, scale);
             c.close();
         } else {
             c.comment("weights are the chosen scores$L", r.normalize() ? " over their sum" : "");
             if (r.normalize()) {
                 c.line("double total = m.chosenSum[t]");
                 c.line("double dot = 0");
-                c.open("for (int r = 0; r < $L; r++)", k).line("dot += m.dWeight[s0 + r] * m.probs[o + m.selected[s0 + r]]").close();
-                c.open("for (int r = 0; r < $L; r++)", k);
+                c.open("for (int r = 0; r < $L; r++)", kb).line("dot += m.dWeight[s0 + r] * m.probs[o + m.selected[s0 + r]]").close();
+                c.open("for (int r = 0; r < $L; r++)", kb);
                 c.line("m.dScore[o + m.selected[s0 + r]] += (float) ($L * (m.dWeight[s0 + r] / total - dot / (total * total)))", scale);
                 c.close();
             } else {
-                c.open("for (int r = 0; r < $L; r++)", k).line("m.dScore[o + m.selected[s0 + r]] += $L * m.dWeight[s0 + r]", scale).close();
+                c.open("for (int r = 0; r < $L; r++)", kb).line("m.dScore[o + m.selected[s0 + r]] += $L * m.dWeight[s0 + r]", scale).close();
             }
         }
         if (sigmoid) {
@@ -1189,19 +1393,37 @@ final class ModelGenerator {
             c.line("float direct = m.dScore[o + ex] - lossScale * m.auxGrad[o + ex]");
             c.line("float viaAux = (float) ((lossScale * m.auxGrad[o + ex] - cz) / z)");
             c.line("float s = m.probs[o + ex]");
-            c.line("m.dLogits[o + ex] += (direct + viaAux) * s * (1 - s)");
+            c.line("$L[o + ex] += (direct + viaAux) * s * (1 - s)", dl);
             c.close();
         } else {
             c.comment("softmax backward: dl = p ⊙ (dp - Σ p dp)");
             c.line("double pdp = 0");
             c.open("for (int ex = 0; ex < $L; ex++)", e).line("pdp += (double) m.probs[o + ex] * m.dScore[o + ex]").close();
-            c.open("for (int ex = 0; ex < $L; ex++)", e).line("m.dLogits[o + ex] += (float) (m.probs[o + ex] * (m.dScore[o + ex] - pdp))").close();
+            c.open("for (int ex = 0; ex < $L; ex++)", e).line("$L[o + ex] += (float) (m.probs[o + ex] * (m.dScore[o + ex] - pdp))", dl).close();
         }
         if (zCoef > 0) {
             c.comment("z-loss: d/dl of coef * lse² / rows = coef * 2 * lse * softmax / rows");
             c.open("for (int ex = 0; ex < $L; ex++)", e);
-            c.line("double softmax = Math.exp(m.logits[o + ex] - m.lse[t])");
-            c.line("m.dLogits[o + ex] += (float) (lossScale * $L * 2.0 * m.lse[t] * softmax / rows)", floatLiteral(zCoef));
+            c.line("double softmax = Math.exp($L[o + ex] - m.lse[t])", lg);
+            c.line("$L[o + ex] += (float) (lossScale * $L * 2.0 * m.lse[t] * softmax / rows)", dl, floatLiteral(zCoef));
+            c.close();
+        }
+        if (transform) {
+            Router.Temperature tp = r.temperature().get();
+            String act = tp.activation().orElse("none");
+            c.comment("through the temperature$L", act.equals("none") ? "" : " and the " + act);
+            c.open("for (int ex = 0; ex < $L; ex++)", e);
+            switch (act) {
+                case "tanh" -> {
+                    c.line("float a = (float) Math.tanh(m.logits[o + ex])");
+                    c.line("m.dLogits[o + ex] += m.dScaled[o + ex] * (1 - a * a) / $Lf", floatLiteral(tp.start()));
+                }
+                case "sigmoid" -> {
+                    c.line("float a = $T.sigmoid(m.logits[o + ex])", ELEMENTWISE);
+                    c.line("m.dLogits[o + ex] += m.dScaled[o + ex] * a * (1 - a) / $Lf", floatLiteral(tp.start()));
+                }
+                default -> c.line("m.dLogits[o + ex] += m.dScaled[o + ex] / $Lf", floatLiteral(tp.start()));
+            }
             c.close();
         }
         c.close();
@@ -1214,6 +1436,19 @@ final class ModelGenerator {
     // ---- helpers the runtime has no op for ----
 
     private void helpers() {
+        if (anyJitter()) {
+            Code c = new Code();
+            c.line("$T rng = new $T(jitterStep * 0x9E3779B97F4A7C15L + microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L)", INIT.nestedClass("SplitMix"),
+                    INIT.nestedClass("SplitMix"));
+            c.open("for (int i = 0; i < rows * DIM; i++)");
+            c.line("m.noise[i] = (float) (1 - eps + 2 * eps * rng.nextDouble())");
+            c.line("m.jittered[i] = x[i] * m.noise[i]");
+            c.close();
+            type.addMethod(MethodSpec.methodBuilder("jitter").addModifiers(Modifier.PRIVATE)
+                    .addJavadoc("Router input jitter: noise uniform in [1 - eps, 1 + eps], seeded by the step, the micro-batch and the layer.\n")
+                    .addParameter(float[].class, "x").addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "rows")
+                    .addParameter(TypeName.FLOAT, "eps").addParameter(TypeName.INT, "layer").addCode(c.build()).build());
+        }
         if (!residualFrom.isEmpty()) {
             Code c = new Code();
             c.open("for (int t = 0; t < rows; t++)");
@@ -1430,11 +1665,17 @@ final class ModelGenerator {
         String p = "layers." + layer + ".moe";
         Router r = moe.routers().getFirst();
         int e = moe.routedExperts();
-        int k = ((Router.Selection.TopK) r.selection()).k();
+        int k = slotsPerToken(r);
         Ffn f = routedFfn(moe);
         Slots sl = slotsByPrefix.get(p);
         int nf = sl.ffn();
-        c.line("int slots = rows * $L", k);
+        if (topP(r)) {
+            c.comment("top-p: the dispatched (used) slots; the unused ones get no weight gradient");
+            c.line("int slots = $L.offsets[$L]", m, e);
+            c.line("$T.fill($L.dWeight, 0, rows * $L, 0f)", ARRAYS, m, k);
+        } else {
+            c.line("int slots = rows * $L", k);
+        }
         int s = 0;
         for (ExpertGroup g : moe.groups()) {
             if (g.role() != ExpertGroup.Role.SHARED) {
@@ -1513,7 +1754,18 @@ final class ModelGenerator {
         c.comment("router backward$L", residualFeeds(layer) ? " (dLogits already holds what the next MoE layer's gating residual sent back)" : "");
         c.line("$LBackward($L, scale)", routerMethod(moe), m);
         String wr = Names.field(p + ".router.weight");
-        c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.dLogits, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, wr, m, dIn, wr, e);
+        if (r.jitter() != 0) {
+            c.open("if ($L.jitterOn)", m);
+            c.comment("the router read the jittered input: d(input) += (dLogits · W) ⊙ noise");
+            c.line("$T.zero($L.dJittered, rows * DIM)", ELEMENTWISE, m);
+            c.line("backend.matmulBackward($L.jittered, 0, $L.value(), 0, $L.dLogits, 0, $L.dJittered, 0, $L.grad(), 0, rows, DIM, $L)", m, wr, m, m, wr, e);
+            c.open("for (int i = 0; i < rows * DIM; i++)").line("$L[i] += $L.dJittered[i] * $L.noise[i]", dIn, m, m).close();
+            c.orElse("else");
+            c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.dLogits, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, wr, m, dIn, wr, e);
+            c.close();
+        } else {
+            c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.dLogits, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, wr, m, dIn, wr, e);
+        }
         Integer prev = residualFrom.get(layer);
         if (prev != null) {
             String g = Names.field(p + ".router.residual");
@@ -1551,6 +1803,9 @@ final class ModelGenerator {
             begin.line("$T.fill(moe$L.stepCounts, 0L)", ARRAYS, i);
             begin.line("moe$L.stepSlots = 0", i);
         }
+        if (anyJitter()) {
+            begin.line("microBatch = 0");
+        }
         type.addMethod(MethodSpec.methodBuilder("beginStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).addCode(begin.build())
                 .build());
         Code end = new Code();
@@ -1569,6 +1824,9 @@ final class ModelGenerator {
                         l.index(), l.index());
                 end.close();
             });
+        }
+        if (anyJitter()) {
+            end.line("jitterStep++");
         }
         type.addMethod(MethodSpec.methodBuilder("endStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).addCode(end.build())
                 .build());

@@ -95,6 +95,91 @@ class GeneratedModelTest {
                     rest: attention, g
                   }
                 }
+                """,
+                // DeepSeek-V3 group-limited top-k: 3 groups of 2, the best 2 groups by the sum of their top-2 scores (with bias)
+                header + """
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 6 x swiglu(hidden: 5)
+                    router { score sigmoid  top_k 2  normalize true  scale 1.5  bias aux_free(rate: 0.01)  groups limited(groups: 3, top: 2) }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // MoGE grouped experts: 2 groups of 3, top-1 in each
+                header + """
+                  moe m {
+                    routed 6 x swiglu(hidden: 5)
+                    router { top_k 2  normalize true  groups quota(2) }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // router temperature: softmax(logits / 0.5); then tanh before a temperature of 0.25, top-k of the logits first
+                header + """
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 2  normalize true  temperature 0.5 }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  moe t {
+                    routed 4 x swiglu(hidden: 5)
+                    router { order topk_then_softmax  top_k 2  temperature 0.25  activation tanh }
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { first 1: attention, m  rest: attention, t }
+                }
+                """,
+                // sigmoid before the softmax (temperature 1)
+                header + """
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 2  activation sigmoid }
+                    balance aux(coef: 0.1, scope: sequence)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // top-p routing: between 1 and max_k experts per token, with the entropy loss
+                header + """
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 5 x swiglu(hidden: 5)
+                    router { top_p 0.5  max_k 3  normalize true }
+                    balance aux(coef: 0.1)
+                    balance entropy(coef: 0.05)
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // top-p among FFN and zero-computation experts (keyed dispatch), unnormalised and scaled, sequence-scope aux
+                header + """
+                  moe m {
+                    routed 1 x zero
+                    routed 4 x swiglu(hidden: 5)
+                    routed 1 x copy
+                    router { top_p 0.7  max_k 4  scale 2  temperature 0.5 }
+                    balance aux(coef: 0.1, scope: sequence, tau: 0.5)
+                    balance entropy(coef: 0.1)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // router input jitter (training forwards; the same noise within a step's first micro-batch)
+                header + """
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 2  normalize true  jitter 0.2 }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
                 """);
     }
 
