@@ -53,6 +53,7 @@ final class EvalCommand implements Callable<Integer> {
         try {
             Recipes.Loaded loaded = Checkpoints.open(checkpoint, threads, err);
             TrainableModel m = loaded.instance();
+            m.setTraining(false);
             int len = seq != null ? Math.min(seq, m.context()) : m.context();
             DataStream stream = data != null && !data.isEmpty() ? DataStream.files(data, 8, len, 0)
                     : DataStream.synthetic(loaded.training().map(t -> t.data().mixture()).filter(x -> x.keySet().stream().noneMatch(k -> k.startsWith("file:")))

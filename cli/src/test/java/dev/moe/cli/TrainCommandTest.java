@@ -25,7 +25,7 @@ class TrainCommandTest {
               moe experts {
                 shared 1 x swiglu(hidden: 16)
                 routed 4 x swiglu(hidden: 16)
-                router { top_k 2  normalize true }
+                router { top_k 2  normalize true  jitter 0.01 }
                 balance aux(coef: 0.01)
               }
               layers 2 {

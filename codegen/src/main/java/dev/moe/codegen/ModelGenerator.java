@@ -416,11 +416,11 @@ final class ModelGenerator {
         type.addField(TypeName.DOUBLE, "lastCrossEntropy", Modifier.PRIVATE);
         if (anyJitter()) {
             type.addField(FieldSpec.builder(TypeName.LONG, "jitterStep", Modifier.PRIVATE)
-                    .addJavadoc("Optimiser steps ended (counted in endStep, not checkpointed): with the micro-batch and the layer, the jitter noise's seed.\n").build());
+                    .addJavadoc("The optimiser step (set by the trainer through setStep, counted on in endStep): with the micro-batch and the layer, the jitter noise's seed.\n").build());
             type.addField(FieldSpec.builder(TypeName.INT, "microBatch", Modifier.PRIVATE).addJavadoc("Training forwards since beginStep.\n").build());
         }
         type.addField(FieldSpec.builder(TypeName.BOOLEAN, "counting", Modifier.PRIVATE).initializer("true")
-                .addJavadoc("False while generating: inference does not count towards a training step's expert loads.\n").build());
+                .addJavadoc("Training mode: expert loads count towards the step and jitter applies. False while evaluating and generating.\n").build());
         for (String f : List.of("stream", "tmp", "tmp2", "dx", "dNormed", "dAtt", "dq", "dk", "dv", "dqRaw", "dkRaw", "dAct", "dGate", "dUp", "dShared",
                 "finalNormed", "finalInput", "finalMean", "finalRstd", "logits", "dLogits")) {
             type.addField(float[].class, f, Modifier.PRIVATE);
@@ -1781,11 +1781,12 @@ final class ModelGenerator {
     private void inference() {
         Code c = new Code();
         c.line("int[] targets = new int[batch * seq]");
+        c.line("boolean training = counting");
         c.line("counting = false");
         c.open("try");
         c.line("forward(inputs, targets, batch, seq)");
         c.orElse("finally");
-        c.line("counting = true");
+        c.line("counting = training");
         c.close();
         c.line("float[] last = new float[batch * VOCAB]");
         c.open("for (int b = 0; b < batch; b++)");
@@ -1808,6 +1809,14 @@ final class ModelGenerator {
         }
         type.addMethod(MethodSpec.methodBuilder("beginStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).addCode(begin.build())
                 .build());
+        Code setStep = new Code();
+        if (anyJitter()) {
+            setStep.line("jitterStep = step");
+        }
+        type.addMethod(MethodSpec.methodBuilder("setStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .addParameter(TypeName.LONG, "step").addCode(setStep.build()).build());
+        type.addMethod(MethodSpec.methodBuilder("setTraining").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .addParameter(TypeName.BOOLEAN, "training").addStatement("counting = training").build());
         Code end = new Code();
         for (Layer l : model.layers()) {
             moeOf(l).ifPresent(m -> {

@@ -415,7 +415,7 @@ public final class MoEPlusPlusTiny implements TrainableModel {
     private double lastCrossEntropy;
 
     /**
-     * False while generating: inference does not count towards a training step's expert loads.
+     * Training mode: expert loads count towards the step and jitter applies. False while evaluating and generating.
      */
     private boolean counting = true;
 
@@ -1524,11 +1524,12 @@ public final class MoEPlusPlusTiny implements TrainableModel {
     @Override
     public float[] lastLogits(int[] inputs, int batch, int seq) {
         int[] targets = new int[batch * seq];
+        boolean training = counting;
         counting = false;
         try {
             forward(inputs, targets, batch, seq);
         } finally {
-            counting = true;
+            counting = training;
         }
         float[] last = new float[batch * VOCAB];
         for (int b = 0; b < batch; b++) {
@@ -1547,6 +1548,15 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         moe2.stepSlots = 0;
         Arrays.fill(moe3.stepCounts, 0L);
         moe3.stepSlots = 0;
+    }
+
+    @Override
+    public void setStep(long step) {
+    }
+
+    @Override
+    public void setTraining(boolean training) {
+        counting = training;
     }
 
     @Override

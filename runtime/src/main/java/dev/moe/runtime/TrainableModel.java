@@ -24,6 +24,19 @@ public interface TrainableModel {
     void beginStep();
 
     /**
+     * Tells the model which optimiser step comes next (0-based), so that per-step randomness such as
+     * router jitter depends on the step and not on how many steps this instance has seen: a resumed
+     * run draws the same noise as an uninterrupted one.
+     */
+    void setStep(long step);
+
+    /**
+     * Training mode (the default) counts expert loads towards the step and applies training-only noise
+     * (router jitter); evaluation mode does neither. {@link #lastLogits} always runs in evaluation mode.
+     */
+    void setTraining(boolean training);
+
+    /**
      * Runs the forward pass on {@code batch} sequences of {@code seq} tokens and returns the training
      * loss (cross-entropy plus balancing losses); keeps what {@link #backward} needs.
      */

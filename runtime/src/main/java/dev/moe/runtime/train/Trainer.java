@@ -110,6 +110,7 @@ public final class Trainer {
                 long t0 = System.nanoTime();
                 double lr = schedule.at(step);
                 params.forEach(Parameter::zeroGrad);
+                model.setStep(step);
                 model.beginStep();
                 double loss = 0;
                 double ce = 0;
