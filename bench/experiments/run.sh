@@ -11,7 +11,7 @@ rows=()
 shares=()
 for recipe in dense-twin moe-top2 moe-plus-plus; do
   info=$($MOE info "$recipe.moe" 2>/dev/null)
-  active=$(echo "$info" | awk '/active params/ {print $3; exit}')
+  active=$(echo "$info" | grep -m1 'active params' | sed 's/.*active params *//')
   flops=$(echo "$info" | grep -i "flops" | tail -1 | sed 's/  */ /g')
   losses=()
   for seed in 1 2 3; do
