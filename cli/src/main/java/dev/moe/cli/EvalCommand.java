@@ -46,6 +46,51 @@ final class EvalCommand implements Callable<Integer> {
     @Option(names = "--threads", paramLabel = "N", description = "CPU threads (default: all cores).")
     int threads = Runtime.getRuntime().availableProcessors();
 
+    /**
+     * I(domain; expert) in bits from the counts of routed slots per domain and expert: how much knowing
+     * a token's domain tells about which experts it takes (0 = experts do not specialise by domain).
+     */
+    static double mutualInformation(long[][] counts) {
+        double total = 0;
+        int experts = 0;
+        for (long[] row : counts) {
+            if (row != null) {
+                experts = Math.max(experts, row.length);
+                for (long c : row) {
+                    total += c;
+                }
+            }
+        }
+        if (total == 0) {
+            return 0;
+        }
+        double[] pe = new double[experts];
+        for (long[] row : counts) {
+            if (row != null) {
+                for (int e = 0; e < row.length; e++) {
+                    pe[e] += row[e] / total;
+                }
+            }
+        }
+        double mi = 0;
+        for (long[] row : counts) {
+            if (row == null) {
+                continue;
+            }
+            double pd = 0;
+            for (long c : row) {
+                pd += c / total;
+            }
+            for (int e = 0; e < row.length; e++) {
+                double pde = row[e] / total;
+                if (pde > 0) {
+                    mi += pde * Math.log(pde / (pd * pe[e])) / Math.log(2);
+                }
+            }
+        }
+        return mi;
+    }
+
     @Override
     public Integer call() throws IOException {
         PrintWriter out = spec.commandLine().getOut();
@@ -63,6 +108,7 @@ final class EvalCommand implements Callable<Integer> {
             long[] count = new long[names.size()];
             double total = 0;
             long tokens = 0;
+            long[][][] routing = new long[m.moeLayers().length][names.size()][];
             for (int i = 0; i < batches; i++) {
                 Batch b = stream.evalBatch(i);
                 for (int r = 0; r < b.size(); r++) {
@@ -76,6 +122,16 @@ final class EvalCommand implements Callable<Integer> {
                     m.forward(in, tg, 1, len);
                     double ce = m.lastCrossEntropy();
                     int d = stream.sources().isEmpty() ? b.domain(r) : b.source(r);
+                    int[][][] bySequence = m.expertLoadsBySequence();
+                    for (int layer = 0; layer < bySequence.length; layer++) {
+                        int[] counts = bySequence[layer][0];
+                        if (routing[layer][d] == null) {
+                            routing[layer][d] = new long[counts.length];
+                        }
+                        for (int e = 0; e < counts.length; e++) {
+                            routing[layer][d][e] += counts[e];
+                        }
+                    }
                     sum[d] += ce * len;
                     count[d] += len;
                     total += ce * len;
@@ -91,6 +147,10 @@ final class EvalCommand implements Callable<Integer> {
             }
             double loss = total / tokens;
             out.printf(Locale.ROOT, "%-12s %10.4f %10.2f %12d%n", "all", loss, Math.exp(loss), tokens);
+            int[] layers = m.moeLayers();
+            for (int layer = 0; layer < layers.length; layer++) {
+                out.printf(Locale.ROOT, "layer %d: mutual information of domain and expert %.4f bits%n", layers[layer], mutualInformation(routing[layer]));
+            }
             out.flush();
             return 0;
         } catch (Recipes.UserError | IllegalArgumentException e) {

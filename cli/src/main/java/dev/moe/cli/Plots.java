@@ -22,6 +22,42 @@ final class Plots {
 
     private Plots() {}
 
+    /** One row per (MoE layer, data domain): the share of that domain's tokens each expert took, in %. */
+    private static void domainHeatmap(Path runDir, TrainableModel model, Path json) throws IOException {
+        com.fasterxml.jackson.databind.JsonNode root = new com.fasterxml.jackson.databind.ObjectMapper().readTree(json.toFile());
+        List<Integer> layers = new ArrayList<>();
+        root.get("layers").forEach(n -> layers.add(n.asInt()));
+        List<String> rows = new ArrayList<>();
+        List<Number[]> cells = new ArrayList<>();
+        int experts = 0;
+        List<String> domains = new ArrayList<>();
+        root.get("domains").fieldNames().forEachRemaining(domains::add);
+        int y = 0;
+        for (int li = 0; li < layers.size(); li++) {
+            for (String d : domains) {
+                com.fasterxml.jackson.databind.JsonNode counts = root.get("domains").get(d).get(li);
+                long sum = 0;
+                for (com.fasterxml.jackson.databind.JsonNode c : counts) {
+                    sum += c.asLong();
+                }
+                for (int e = 0; e < counts.size(); e++) {
+                    cells.add(new Number[] {e, y, sum == 0 ? 0 : 100.0 * counts.get(e).asLong() / sum});
+                }
+                experts = Math.max(experts, counts.size());
+                rows.add("layer " + layers.get(li) + " · " + d);
+                y++;
+            }
+        }
+        List<Integer> xs = new ArrayList<>();
+        for (int e = 0; e < experts; e++) {
+            xs.add(e);
+        }
+        HeatMapChart heat = new HeatMapChartBuilder().width(Math.max(700, 60 * experts + 300)).height(140 + 22 * rows.size())
+                .title(model.name() + ": % of each domain's tokens per expert (whole run)").xAxisTitle("expert").yAxisTitle("").build();
+        heat.addSeries("load", xs, rows, cells);
+        BitmapEncoder.saveBitmap(heat, runDir.resolve("experts.png").toString(), BitmapEncoder.BitmapFormat.PNG);
+    }
+
     static void write(Path runDir, TrainableModel model) throws IOException {
         Path metrics = runDir.resolve("metrics.jsonl");
         if (!Files.exists(metrics)) {
@@ -64,6 +100,11 @@ final class Plots {
         chart.getStyler().setMarkerSize(0);
         chart.addSeries("loss", steps, losses);
         BitmapEncoder.saveBitmap(chart, runDir.resolve("loss.png").toString(), BitmapEncoder.BitmapFormat.PNG);
+        Path byDomain = runDir.resolve("domain-loads.json");
+        if (Files.exists(byDomain)) {
+            domainHeatmap(runDir, model, byDomain);
+            return;
+        }
         if (totals != null && totals.length > 0 && totals[0] != null) {
             int[] layers = model.moeLayers();
             int experts = totals[0].length;

@@ -67,7 +67,7 @@ class TrainCommandTest {
         Cli.Run r = train(out);
         assertWithMessage("%s", r).that(r.exit()).isEqualTo(0);
         assertThat(r.out()).contains("training Tiny");
-        for (String f : List.of("last.safetensors", "metrics.jsonl", "loss.png", "experts.png")) {
+        for (String f : List.of("last.safetensors", "metrics.jsonl", "loss.png", "experts.png", "domain-loads.json")) {
             assertWithMessage(f).that(Files.exists(out.resolve(f))).isTrue();
         }
         List<String> metrics = Files.readAllLines(out.resolve("metrics.jsonl"));

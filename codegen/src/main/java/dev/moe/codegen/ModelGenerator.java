@@ -525,6 +525,25 @@ final class ModelGenerator {
         loads.line("return loads");
         type.addMethod(MethodSpec.methodBuilder("expertLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[][].class)
                 .addCode(loads.build()).build());
+        Code bySeq = new Code();
+        bySeq.line("int[][][] loads = new int[$L][batch][]", moeLayers.size());
+        for (int i = 0; i < moeLayers.size(); i++) {
+            int layer = moeLayers.get(i);
+            Moe moe = moeOf(model.layers().get(layer)).orElseThrow();
+            int experts = moe.routedExperts();
+            int perToken = slotsPerToken(moe.routers().getFirst());
+            bySeq.open("for (int b = 0; b < batch; b++)");
+            bySeq.line("int[] counts = new int[$L]", experts);
+            bySeq.open("for (int slot = b * seq * $L; slot < (b + 1) * seq * $L; slot++)", perToken, perToken);
+            bySeq.line("int ex = moe$L.selected[slot]", layer);
+            bySeq.open("if (ex >= 0 && ex < $L)", experts).line("counts[ex]++").close();
+            bySeq.close();
+            bySeq.line("loads[$L][b] = counts", i);
+            bySeq.close();
+        }
+        bySeq.line("return loads");
+        type.addMethod(MethodSpec.methodBuilder("expertLoadsBySequence").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .returns(int[][][].class).addCode(bySeq.build()).build());
         type.addMethod(MethodSpec.methodBuilder("moeLayers").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[].class)
                 .addStatement("return new int[] {$L}", String.join(", ", moeLayers.stream().map(String::valueOf).toList())).build());
         type.addMethod(MethodSpec.methodBuilder("lastCrossEntropy").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)

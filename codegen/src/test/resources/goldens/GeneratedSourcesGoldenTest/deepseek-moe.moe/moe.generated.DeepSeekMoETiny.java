@@ -803,6 +803,62 @@ public final class DeepSeekMoETiny implements TrainableModel {
     }
 
     @Override
+    public int[][][] expertLoadsBySequence() {
+        int[][][] loads = new int[5][batch][];
+        for (int b = 0; b < batch; b++) {
+            int[] counts = new int[16];
+            for (int slot = b * seq * 4; slot < (b + 1) * seq * 4; slot++) {
+                int ex = moe1.selected[slot];
+                if (ex >= 0 && ex < 16) {
+                    counts[ex]++;
+                }
+            }
+            loads[0][b] = counts;
+        }
+        for (int b = 0; b < batch; b++) {
+            int[] counts = new int[16];
+            for (int slot = b * seq * 4; slot < (b + 1) * seq * 4; slot++) {
+                int ex = moe2.selected[slot];
+                if (ex >= 0 && ex < 16) {
+                    counts[ex]++;
+                }
+            }
+            loads[1][b] = counts;
+        }
+        for (int b = 0; b < batch; b++) {
+            int[] counts = new int[16];
+            for (int slot = b * seq * 4; slot < (b + 1) * seq * 4; slot++) {
+                int ex = moe3.selected[slot];
+                if (ex >= 0 && ex < 16) {
+                    counts[ex]++;
+                }
+            }
+            loads[2][b] = counts;
+        }
+        for (int b = 0; b < batch; b++) {
+            int[] counts = new int[16];
+            for (int slot = b * seq * 4; slot < (b + 1) * seq * 4; slot++) {
+                int ex = moe4.selected[slot];
+                if (ex >= 0 && ex < 16) {
+                    counts[ex]++;
+                }
+            }
+            loads[3][b] = counts;
+        }
+        for (int b = 0; b < batch; b++) {
+            int[] counts = new int[16];
+            for (int slot = b * seq * 4; slot < (b + 1) * seq * 4; slot++) {
+                int ex = moe5.selected[slot];
+                if (ex >= 0 && ex < 16) {
+                    counts[ex]++;
+                }
+            }
+            loads[4][b] = counts;
+        }
+        return loads;
+    }
+
+    @Override
     public int[] moeLayers() {
         return new int[] {1, 2, 3, 4, 5};
     }

@@ -606,6 +606,52 @@ public final class MoEPlusPlusTiny implements TrainableModel {
     }
 
     @Override
+    public int[][][] expertLoadsBySequence() {
+        int[][][] loads = new int[4][batch][];
+        for (int b = 0; b < batch; b++) {
+            int[] counts = new int[12];
+            for (int slot = b * seq * 2; slot < (b + 1) * seq * 2; slot++) {
+                int ex = moe0.selected[slot];
+                if (ex >= 0 && ex < 12) {
+                    counts[ex]++;
+                }
+            }
+            loads[0][b] = counts;
+        }
+        for (int b = 0; b < batch; b++) {
+            int[] counts = new int[12];
+            for (int slot = b * seq * 2; slot < (b + 1) * seq * 2; slot++) {
+                int ex = moe1.selected[slot];
+                if (ex >= 0 && ex < 12) {
+                    counts[ex]++;
+                }
+            }
+            loads[1][b] = counts;
+        }
+        for (int b = 0; b < batch; b++) {
+            int[] counts = new int[12];
+            for (int slot = b * seq * 2; slot < (b + 1) * seq * 2; slot++) {
+                int ex = moe2.selected[slot];
+                if (ex >= 0 && ex < 12) {
+                    counts[ex]++;
+                }
+            }
+            loads[2][b] = counts;
+        }
+        for (int b = 0; b < batch; b++) {
+            int[] counts = new int[12];
+            for (int slot = b * seq * 2; slot < (b + 1) * seq * 2; slot++) {
+                int ex = moe3.selected[slot];
+                if (ex >= 0 && ex < 12) {
+                    counts[ex]++;
+                }
+            }
+            loads[3][b] = counts;
+        }
+        return loads;
+    }
+
+    @Override
     public int[] moeLayers() {
         return new int[] {0, 1, 2, 3};
     }

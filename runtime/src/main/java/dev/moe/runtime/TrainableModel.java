@@ -57,6 +57,12 @@ public interface TrainableModel {
     /** Tokens routed to each expert in the last forward, per MoE layer: [moeLayer][expert]. */
     int[][] expertLoads();
 
+    /**
+     * Tokens routed to each expert in the last forward, per MoE layer and per sequence of the batch:
+     * [moeLayer][sequence][expert]. With the sequences' data domains this gives per-domain routing.
+     */
+    int[][][] expertLoadsBySequence();
+
     /** The layer index of each MoE layer of {@link #expertLoads()}. */
     int[] moeLayers();
 }

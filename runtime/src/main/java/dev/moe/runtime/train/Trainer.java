@@ -121,6 +121,7 @@ public final class Trainer {
                     ce += model.lastCrossEntropy() / o.microBatches();
                     model.backward(1f / o.microBatches());
                     loads = add(loads, model.expertLoads());
+                    addByDomain(b, model.expertLoadsBySequence());
                 }
                 model.endStep();
                 double norm = clip(params, o.gradClip());
@@ -199,7 +200,50 @@ public final class Trainer {
                 first);
     }
 
+    /** Tokens per expert, per data domain (or synthetic part) and MoE layer, over the run: [domain][layer][expert]. */
+    private final Map<Integer, long[][]> domainLoads = new java.util.TreeMap<>();
+
+    private void addByDomain(Batch b, int[][][] bySequence) {
+        for (int r = 0; r < b.size(); r++) {
+            int domain = data.sources().isEmpty() ? b.domain(r) : b.source(r);
+            long[][] acc = domainLoads.computeIfAbsent(domain, d -> new long[bySequence.length][]);
+            for (int layer = 0; layer < bySequence.length; layer++) {
+                int[] counts = bySequence[layer][r];
+                if (acc[layer] == null) {
+                    acc[layer] = new long[counts.length];
+                }
+                for (int e = 0; e < counts.length; e++) {
+                    acc[layer][e] += counts[e];
+                }
+            }
+        }
+    }
+
+    /** {@code domain-loads.json}: what {@code experts.png} draws per domain. Counts since this process started the run. */
+    private void writeDomainLoads() throws IOException {
+        List<String> names = data.sources().isEmpty() ? data.domains() : data.sources();
+        StringBuilder b = new StringBuilder("{\"layers\":").append(java.util.Arrays.toString(model.moeLayers()).replace(" ", ""));
+        b.append(",\"domains\":{");
+        boolean first = true;
+        for (var e : domainLoads.entrySet()) {
+            b.append(first ? "" : ",").append('"').append(names.get(e.getKey()).replace("\"", "'")).append("\":[");
+            for (int layer = 0; layer < e.getValue().length; layer++) {
+                b.append(layer == 0 ? "" : ",").append(java.util.Arrays.toString(e.getValue()[layer]).replace(" ", ""));
+            }
+            b.append(']');
+            first = false;
+        }
+        b.append("}}\n");
+        Path tmp = o.out().resolve("domain-loads.json.tmp");
+        Files.writeString(tmp, b.toString());
+        Files.move(tmp, o.out().resolve("domain-loads.json"), java.nio.file.StandardCopyOption.REPLACE_EXISTING,
+                java.nio.file.StandardCopyOption.ATOMIC_MOVE);
+    }
+
     private void save(Path last, List<Parameter> params, AdamW adam, long step) throws IOException {
+        if (model.moeLayers().length > 0) {
+            writeDomainLoads();
+        }
         Map<String, String> meta = new LinkedHashMap<>(o.recipe());
         meta.put("model", model.name());
         meta.put("step", Long.toString(step));
