@@ -433,7 +433,6 @@ final class ModelGenerator {
                         .initializer("new SubBlockState()").build());
             }
             moeOf(l).ifPresent(m -> {
-                Code init = new Code();
                 type.addField(FieldSpec.builder(ClassName.bestGuess("MoeState"), "moe" + l.index(), Modifier.PRIVATE, Modifier.FINAL)
                         .initializer("newMoeState($L, $L)", m.routedExperts(), sharedCount(m)).build());
             });
