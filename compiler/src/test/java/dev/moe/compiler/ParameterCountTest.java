@@ -69,6 +69,29 @@ class ParameterCountTest {
     }
 
     @Test
+    void zeroComputationExpertsCountNoFlops() {
+        String base = """
+                model M {
+                  vocab 10  context 8  dim 4  heads 1  tie_embeddings true
+                  moe m {
+                    routed 4 x %s
+                    router { top_k 1 }
+                  }
+                  layers 1 { all: attention, m }
+                }
+                """;
+        Model zeros = compileOne(base.formatted("zero"));
+        Model copies = compileOne(base.formatted("copy"));
+        Model ffns = compileOne(base.formatted("relu(hidden: 8)"));
+        // Zero and copy experts add no weights and no FLOPs: the layer costs what its router costs.
+        assertThat(zeros.flopsPerToken()).isEqualTo(copies.flopsPerToken());
+        assertThat(zeros.flopsPerToken().fixed()).isTrue();
+        long routedFfnFlops = 2 * (2 * 4 * 8); // one relu expert: up and down
+        assertThat(ffns.flopsPerToken().min() - zeros.flopsPerToken().min()).isEqualTo(routedFfnFlops);
+        assertThat(zeros.totalParams()).isEqualTo(ffns.totalParams() - 4 * (2 * 4 * 8));
+    }
+
+    @Test
     void topPRangesFromOneToMaxK() {
         Model m = compileOne("""
                 model M {
