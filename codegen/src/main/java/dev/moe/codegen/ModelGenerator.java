@@ -57,6 +57,8 @@ final class ModelGenerator {
     private final Map<Integer, Integer> residualFrom = new LinkedHashMap<>();
     /** Static constants already added (distinct MoEs of several layers share them). */
     private final java.util.Set<String> constantsAdded = new java.util.HashSet<>();
+    /** Expert-choice routers: their MoE's routed experts (each token ranks them all). */
+    private final Map<Router, Integer> expertsOfRouter = new java.util.IdentityHashMap<>();
     private int maxHidden = 1;
     private int maxExpertRows = 1;
     /** The widest FFN intermediate per token: a dense hidden size, or k times an expert's. */
@@ -114,8 +116,16 @@ final class ModelGenerator {
                     mixerSupported(p.mixer(), l);
                     ffnSupported(p.ffn(), l);
                 }
-                case Block.Shortcut s -> unsupported(l, "shortcut-connected blocks");
-                case Block.Residual r -> unsupported(l, "residual MoE blocks");
+                case Block.Shortcut s -> {
+                    mixerSupported(s.mixer(), l);
+                    ffnSupported(new Block.Part.Dense("dense", s.dense()), l);
+                    ffnSupported(new Block.Part.MoePart(s.moe()), l);
+                }
+                case Block.Residual r -> {
+                    mixerSupported(r.mixer(), l);
+                    ffnSupported(new Block.Part.Dense("dense", r.dense()), l);
+                    ffnSupported(new Block.Part.MoePart(r.moe()), l);
+                }
             }
         }
     }
@@ -165,6 +175,12 @@ final class ModelGenerator {
                     if (r.bias().isPresent() || r.groupLimit().isPresent()) {
                         unsupported(l, "top-p routing with an expert bias or group limits");
                     }
+                } else if (r.selection() instanceof Router.Selection.ExpertChoice) {
+                    if (r.score() != Router.Score.SOFTMAX || r.order() != Router.Order.SOFTMAX_THEN_TOPK || r.bias().isPresent()
+                            || r.groupLimit().isPresent() || r.quotaGroups().isPresent() || r.temperature().isPresent()) {
+                        unsupported(l, "expert-choice routing over other than plain softmax probabilities");
+                    }
+                    expertsOfRouter.put(r, m.routedExperts());
                 } else if (!(r.selection() instanceof Router.Selection.TopK)) {
                     unsupported(l, "routing other than token-choice top-k or top-p");
                     return;
@@ -176,8 +192,9 @@ final class ModelGenerator {
                 if (r.recurrentWidth().isPresent() || r.pregate()) {
                     unsupported(l, "recurrent and pre-gating routers");
                 }
-                if (!(r.capacity() instanceof Router.Capacity.Dropless)) {
-                    unsupported(l, "capacity factors (token dropping)");
+                if (!(r.capacity() instanceof Router.Capacity.Dropless) && !(r.selection() instanceof Router.Selection.TopK)
+                        && !(r.selection() instanceof Router.Selection.ExpertChoice)) {
+                    unsupported(l, "capacity factors (token dropping) with other than top-k routing");
                 }
                 for (Loss loss : m.losses()) {
                     if (!(loss instanceof Loss.Aux) && !(loss instanceof Loss.ZLoss) && !(loss instanceof Loss.Entropy)) {
@@ -269,6 +286,12 @@ final class ModelGenerator {
                         partName(p.ffn()), norm));
                 case Block.Parallel p -> b.append(String.format(Locale.ROOT, "layer %2d: h = %s(stream); stream += attention(h) + %s(h)%n", l.index(), norm,
                         partName(p.ffn())));
+                case Block.Residual r -> b.append(String.format(Locale.ROOT,
+                        "layer %2d: stream += attention(%s(stream)); h = %s(stream); [c1, c2] = softmax(mix · h); stream += c1 · moe %s(h) + c2 · %s(h)%n",
+                        l.index(), norm, norm, r.moe().name(), r.dense()));
+                case Block.Shortcut sc -> b.append(String.format(Locale.ROOT,
+                        "layer %2d: stream += attention(%s(stream)); h = %s(stream); stream += %s(h); stream += attention(%s(stream)); stream += %s(%s(stream)) + moe %s(h)%n",
+                        l.index(), norm, norm, sc.dense(), norm, sc.dense(), norm, sc.moe().name()));
                 default -> { }
             }
         }
@@ -373,8 +396,11 @@ final class ModelGenerator {
                 .addField(int[].class, "counts").addField(long[].class, "stepCounts").addField(TypeName.LONG, "stepSlots")
                 .addField(TypeName.DOUBLE, "balanceLoss")
                 .addField(ArrayTypeName("SubBlockState"), "shared").addField(float[].class, "sharedOut").addField(float[].class, "sharedGate");
-        if (anyKeyedDispatch()) {
+        if (anyKeyedDispatch() || anyCapacity()) {
             moeState.addField(FieldSpec.builder(int[].class, "slotKey").addJavadoc("each slot's dispatch key (FFN experts first)\n").build());
+        }
+        if (anyCapacity()) {
+            moeState.addField(FieldSpec.builder(boolean[].class, "dropped").addJavadoc("capacity factor: slots dropped (not dispatched, no weight)\n").build());
         }
         if (anyJitter()) {
             moeState.addField(FieldSpec.builder(float[].class, "noise").addJavadoc("router input jitter: the noise factors and the jittered input\n").build());
@@ -414,7 +440,7 @@ final class ModelGenerator {
         type.addField(TypeName.INT, "capacity", Modifier.PRIVATE);
         type.addField(int[].class, "inputs", Modifier.PRIVATE);
         type.addField(TypeName.DOUBLE, "lastCrossEntropy", Modifier.PRIVATE);
-        if (anyJitter()) {
+        if (anySeeded()) {
             type.addField(FieldSpec.builder(TypeName.LONG, "jitterStep", Modifier.PRIVATE)
                     .addJavadoc("The optimiser step (set by the trainer through setStep, counted on in endStep): with the micro-batch and the layer, the jitter noise's seed.\n").build());
             type.addField(FieldSpec.builder(TypeName.INT, "microBatch", Modifier.PRIVATE).addJavadoc("Training forwards since beginStep.\n").build());
@@ -432,6 +458,21 @@ final class ModelGenerator {
                 type.addField(FieldSpec.builder(ClassName.bestGuess("SubBlockState"), "ffn" + l.index(), Modifier.PRIVATE, Modifier.FINAL)
                         .initializer("new SubBlockState()").build());
             }
+            if (l.block() instanceof Block.Shortcut) {
+                type.addField(FieldSpec.builder(ClassName.bestGuess("SubBlockState"), "mix" + l.index() + "b", Modifier.PRIVATE, Modifier.FINAL)
+                        .addJavadoc("shortcut block: the second attention\n").initializer("new SubBlockState()").build());
+                type.addField(FieldSpec.builder(ClassName.bestGuess("SubBlockState"), "ffn" + l.index() + "b", Modifier.PRIVATE, Modifier.FINAL)
+                        .addJavadoc("shortcut block: the second dense FFN\n").initializer("new SubBlockState()").build());
+                type.addField(FieldSpec.builder(float[].class, "shortcut" + l.index() + "Moe", Modifier.PRIVATE)
+                        .addJavadoc("shortcut block: the MoE's output (added at the end of the block), then its gradient\n").build());
+            }
+            if (l.block() instanceof Block.Residual) {
+                for (String f : List.of("Moe", "Dense", "Mix")) {
+                    type.addField(FieldSpec.builder(float[].class, "residual" + l.index() + f, Modifier.PRIVATE)
+                            .addJavadoc("$L", f.equals("Mix") ? "residual MoE: [c1, c2] per token\n"
+                                    : "residual MoE: the " + f.toLowerCase(Locale.ROOT) + " output, then its gradient\n").build());
+                }
+            }
             moeOf(l).ifPresent(m -> {
                 type.addField(FieldSpec.builder(ClassName.bestGuess("MoeState"), "moe" + l.index(), Modifier.PRIVATE, Modifier.FINAL)
                         .initializer("newMoeState($L, $L)", m.routedExperts(), sharedCount(m)).build());
@@ -447,7 +488,8 @@ final class ModelGenerator {
         Block.Part ffn = switch (l.block()) {
             case Block.PreNorm p -> p.ffn();
             case Block.Parallel p -> p.ffn();
-            default -> null;
+            case Block.Residual r -> new Block.Part.MoePart(r.moe());
+            case Block.Shortcut sc -> new Block.Part.MoePart(sc.moe());
         };
         return ffn instanceof Block.Part.MoePart m ? java.util.Optional.of(m.moe()) : java.util.Optional.empty();
     }
@@ -535,7 +577,11 @@ final class ModelGenerator {
             bySeq.line("int[] counts = new int[$L]", experts);
             bySeq.open("for (int slot = b * seq * $L; slot < (b + 1) * seq * $L; slot++)", perToken, perToken);
             bySeq.line("int ex = moe$L.selected[slot]", layer);
-            bySeq.open("if (ex >= 0 && ex < $L)", experts).line("counts[ex]++").close();
+            if (capacity(moe.routers().getFirst()) != null || expertChoice(moe.routers().getFirst())) {
+                bySeq.open("if (ex >= 0 && ex < $L && !moe$L.dropped[slot])", experts, layer).line("counts[ex]++").close();
+            } else {
+                bySeq.open("if (ex >= 0 && ex < $L)", experts).line("counts[ex]++").close();
+            }
             bySeq.close();
             bySeq.line("loads[$L][b] = counts", i);
             bySeq.close();
@@ -588,7 +634,7 @@ final class ModelGenerator {
         for (int i : moeLayers) {
             c.line("loss += moe$L.balanceLoss", i);
         }
-        if (anyJitter()) {
+        if (anySeeded()) {
             c.open("if (counting)").line("microBatch++").close();
         }
         c.line("return loss");
@@ -633,7 +679,26 @@ final class ModelGenerator {
             if (!(l.block() instanceof Block.Parallel)) {
                 p.line("sizeNorm(ffn$L, r)", l.index());
             }
-            Block.Part ffn = l.block() instanceof Block.PreNorm pre ? pre.ffn() : ((Block.Parallel) l.block()).ffn();
+            if (l.block() instanceof Block.Residual res) {
+                p.line("sizeFfn(ffn$L, r, $L)", l.index(), res.dense().hidden());
+                p.line("residual$LMoe = new float[r * DIM]", l.index());
+                p.line("residual$LDense = new float[r * DIM]", l.index());
+                p.line("residual$LMix = new float[r * 2]", l.index());
+            }
+            if (l.block() instanceof Block.Shortcut sc) {
+                p.line("sizeAttention(mix$Lb, r)", l.index());
+                p.line("sizeNorm(ffn$Lb, r)", l.index());
+                p.line("sizeFfn(ffn$L, r, $L)", l.index(), sc.dense().hidden());
+                p.line("sizeFfn(ffn$Lb, r, $L)", l.index(), sc.dense().hidden());
+                p.line("shortcut$LMoe = new float[r * DIM]", l.index());
+            }
+            Block.Part ffn = switch (l.block()) {
+                case Block.Shortcut sc -> new Block.Part.MoePart(sc.moe());
+                case Block.PreNorm pre -> pre.ffn();
+                case Block.Parallel par -> par.ffn();
+                case Block.Residual res -> new Block.Part.MoePart(res.moe());
+                default -> throw new IllegalStateException();
+            };
             String state = l.block() instanceof Block.Parallel ? "mix" + l.index() : "ffn" + l.index();
             switch (ffn) {
                 case Block.Part.Dense d -> p.line("sizeFfn($L, r, $L)", state, d.ffn().hidden());
@@ -642,7 +707,7 @@ final class ModelGenerator {
                     int k = slotsPerToken(m.routers().getFirst());
                     Ffn e = routedFfn(m);
                     p.line("sizeMoe(moe$L, r, $L, $L, $L)", l.index(), m.routedExperts(), k, e == null ? 0 : e.hidden());
-                    if (topP(m.routers().getFirst())) {
+                    if (topP(m.routers().getFirst()) || capacity(m.routers().getFirst()) != null || expertChoice(m.routers().getFirst())) {
                         p.line("moe$L.offsets = new int[$L]", l.index(), m.routedExperts() + 2);
                     }
                     int s = 0;
@@ -688,8 +753,11 @@ final class ModelGenerator {
         moe.line("m.dLogits = new float[r * experts]").line("m.sharedOut = new float[r * DIM]").line("m.sharedGate = new float[r]");
         moe.line("m.dRowWeight = new float[slots]").line("m.dys = new float[slots * DIM]").line("m.dxs = new float[slots * DIM]");
         moe.line("m.f = new float[experts]").line("m.p = new float[experts]");
-        if (anyKeyedDispatch()) {
+        if (anyKeyedDispatch() || anyCapacity()) {
             moe.line("m.slotKey = new int[slots]");
+        }
+        if (anyCapacity()) {
+            moe.line("m.dropped = new boolean[slots]");
         }
         if (anyConstantExpert()) {
             moe.line("m.constantMix = new float[slots * 2]");
@@ -768,6 +836,59 @@ final class ModelGenerator {
                 c.add(ffnForward(par.ffn(), i, s, s + ".normed", "tmp2").build());
                 c.line("$T.addInPlace(stream, tmp, rows * DIM)", ELEMENTWISE);
                 c.line("$T.addInPlace(stream, tmp2, rows * DIM)", ELEMENTWISE);
+            }
+            case Block.Residual res -> {
+                c.comment("stream += attention(norm(stream))");
+                c.line("System.arraycopy(stream, 0, $L.input, 0, rows * DIM)", s);
+                c.add(norm(p + "attn_norm", s + ".input", s + ".normed", s + ".mean", s + ".rstd").build());
+                c.add(attentionForward(p + "attn", s, s + ".normed", "tmp").build());
+                c.line("$T.addInPlace(stream, tmp, rows * DIM)", ELEMENTWISE);
+                String f = "ffn" + i;
+                c.comment("h = norm(stream); [c1, c2] = softmax(residual_mix · h); stream += c1 · $L(h) + c2 · $L(h)", res.moe().name(), res.dense());
+                c.line("System.arraycopy(stream, 0, $L.input, 0, rows * DIM)", f);
+                c.add(norm(p + "ffn_norm", f + ".input", f + ".normed", f + ".mean", f + ".rstd").build());
+                c.add(denseForward(p + "ffn", res.dense(), f, f + ".normed", "residual" + i + "Dense", "rows").build());
+                c.add(moeForward(i, res.moe(), f + ".normed", "residual" + i + "Moe").build());
+                c.line("backend.matmul($L.normed, 0, $L.value(), 0, residual$LMix, 0, rows, DIM, 2)", f, Names.field(p + "residual_mix"), i);
+                c.open("for (int t = 0; t < rows; t++)");
+                c.line("float a = residual$LMix[2 * t]", i);
+                c.line("float b = residual$LMix[2 * t + 1]", i);
+                c.line("float c1 = 1f / (1f + (float) Math.exp(b - a))");
+                c.line("float c2 = 1f - c1");
+                c.line("residual$LMix[2 * t] = c1", i);
+                c.line("residual$LMix[2 * t + 1] = c2", i);
+                c.open("for (int d = 0; d < DIM; d++)");
+                c.line("stream[t * DIM + d] += c1 * residual$LMoe[t * DIM + d] + c2 * residual$LDense[t * DIM + d]", i, i);
+                c.close();
+                c.close();
+            }
+            case Block.Shortcut sc -> {
+                String f = "ffn" + i;
+                c.comment("stream += attention(norm(stream))  (attn0)");
+                c.line("System.arraycopy(stream, 0, $L.input, 0, rows * DIM)", s);
+                c.add(norm(p + "attn0_norm", s + ".input", s + ".normed", s + ".mean", s + ".rstd").build());
+                c.add(attentionForward(p + "attn0", s, s + ".normed", "tmp").build());
+                c.line("$T.addInPlace(stream, tmp, rows * DIM)", ELEMENTWISE);
+                c.comment("m = norm(stream): the input of ffn0 and of the MoE (whose output is added at the end of the block)");
+                c.line("System.arraycopy(stream, 0, $L.input, 0, rows * DIM)", f);
+                c.add(norm(p + "ffn0_norm", f + ".input", f + ".normed", f + ".mean", f + ".rstd").build());
+                c.add(moeForward(i, sc.moe(), f + ".normed", "shortcut" + i + "Moe").build());
+                c.comment("stream += ffn0(m)");
+                c.add(denseForward(p + "ffn0", sc.dense(), f, f + ".normed", "tmp", "rows").build());
+                c.line("$T.addInPlace(stream, tmp, rows * DIM)", ELEMENTWISE);
+                String s1 = s + "b";
+                c.comment("stream += attention(norm(stream))  (attn1)");
+                c.line("System.arraycopy(stream, 0, $L.input, 0, rows * DIM)", s1);
+                c.add(norm(p + "attn1_norm", s1 + ".input", s1 + ".normed", s1 + ".mean", s1 + ".rstd").build());
+                c.add(attentionForward(p + "attn1", s1, s1 + ".normed", "tmp").build());
+                c.line("$T.addInPlace(stream, tmp, rows * DIM)", ELEMENTWISE);
+                String f1 = f + "b";
+                c.comment("stream += ffn1(norm(stream)) + moe(m)");
+                c.line("System.arraycopy(stream, 0, $L.input, 0, rows * DIM)", f1);
+                c.add(norm(p + "ffn1_norm", f1 + ".input", f1 + ".normed", f1 + ".mean", f1 + ".rstd").build());
+                c.add(denseForward(p + "ffn1", sc.dense(), f1, f1 + ".normed", "tmp", "rows").build());
+                c.line("$T.addInPlace(stream, tmp, rows * DIM)", ELEMENTWISE);
+                c.line("$T.addInPlace(stream, shortcut$LMoe, rows * DIM)", ELEMENTWISE, i);
             }
             default -> throw new IllegalStateException();
         }
@@ -903,10 +1024,12 @@ final class ModelGenerator {
     }
 
     /** Slots per token: k, or top-p's max_k (a token's unused slots route to no expert). */
-    private static int slotsPerToken(Router r) {
+    private int slotsPerToken(Router r) {
         return switch (r.selection()) {
             case Router.Selection.TopK t -> t.k();
             case Router.Selection.TopP t -> t.maxK();
+            // expert choice: every token ranks every expert (top-E); the experts' picks drop the rest
+            case Router.Selection.ExpertChoice x -> expertsOfRouter.get(r);
             default -> throw new IllegalStateException();
         };
     }
@@ -917,6 +1040,26 @@ final class ModelGenerator {
 
     private boolean anyTopP() {
         return moes.values().stream().anyMatch(m -> topP(m.routers().getFirst()));
+    }
+
+    /** The capacity factor of a token-choice router that drops slots over capacity, or null when dropless. */
+    private static Router.Capacity.Factor capacity(Router r) {
+        return r.capacity() instanceof Router.Capacity.Factor cf && !expertChoice(r) ? cf : null;
+    }
+
+    private static boolean expertChoice(Router r) {
+        return r.selection() instanceof Router.Selection.ExpertChoice;
+    }
+
+    /** Whether any MoE drops slots: a token-choice capacity factor or expert-choice routing. */
+    private boolean anyCapacity() {
+        return moes.values().stream().anyMatch(m -> capacity(m.routers().getFirst()) != null || expertChoice(m.routers().getFirst()));
+    }
+
+    /** Whether the step and micro-batch counters are kept: they seed jitter noise and random drop priorities. */
+    private boolean anySeeded() {
+        return anyJitter() || moes.values().stream().anyMatch(m -> capacity(m.routers().getFirst()) != null
+                && capacity(m.routers().getFirst()).drop() == Router.DropPolicy.RANDOM);
     }
 
     private boolean anyJitter() {
@@ -967,7 +1110,41 @@ final class ModelGenerator {
             c.line("addLinear(moe$L.logits, $L.value(), $L.logits, rows, $L, $L)", prev, Names.field(p + ".router.residual"), m, ep, e);
         }
         c.line("$L($L, $L)", routerMethod(moe), m, r.bias().isPresent() ? Names.field(p + ".router.expert_bias") + ".value()" : "null");
-        if (topP(r)) {
+        if (expertChoice(r)) {
+            double cf = ((Router.Selection.ExpertChoice) r.selection()).factor();
+            c.comment("expert choice: in each sequence, each expert keeps its best ceil($L · seq / $L) tokens by probability; the other slots hold key $L and sort last, undispatched",
+                    cf, e, e);
+            c.line("int allSlots = rows * $L", k);
+            c.line("expertChoice($L, batch, seq, $L, (int) Math.ceil($L * seq / $L))", m, e, cf, e);
+            c.open("for (int i = 0; i < allSlots; i++)");
+            c.line("$L.slotKey[i] = $L.dropped[i] ? $L : $L", m, m, e, sl.identity() ? m + ".selected[i]" : slotKeyConstant(moe, sl) + "[" + m + ".selected[i]]");
+            c.close();
+            c.line("$T.sortByExpert($L.slotKey, allSlots, $L, $L.order, $L.offsets)", ROUTING, m, e + 1, m, m);
+            c.line("int slots = $L.offsets[$L]", m, e);
+        } else if (capacity(r) != null) {
+            Router.Capacity.Factor cf = capacity(r);
+            c.comment("capacity factor $L (training forwards only): each expert keeps at most ceil($L · rows · $L / $L) slots, by $L; the dropped slots hold key $L and sort last, undispatched",
+                    cf.factor(), cf.factor(), k, e, switch (cf.drop()) {
+                        case PROBABILITY -> "highest weight";
+                        case POSITION -> "earliest token";
+                        case RANDOM -> "a seeded random priority";
+                    }, e);
+            c.line("int allSlots = rows * $L", k);
+            c.open("if (counting)");
+            c.line("dropOverCapacity($L, allSlots, $L, (int) Math.ceil($L * rows * $L / $L), $L)", m, e, cf.factor(), k, e, switch (cf.drop()) {
+                case PROBABILITY -> m + ".weight";
+                case POSITION -> "null";
+                case RANDOM -> "randomPriority(allSlots, " + layer + ")";
+            });
+            c.orElse("else");
+            c.line("$T.fill($L.dropped, 0, allSlots, false)", ARRAYS, m);
+            c.close();
+            c.open("for (int i = 0; i < allSlots; i++)");
+            c.line("$L.slotKey[i] = $L.dropped[i] ? $L : $L", m, m, e, sl.identity() ? m + ".selected[i]" : slotKeyConstant(moe, sl) + "[" + m + ".selected[i]]");
+            c.close();
+            c.line("$T.sortByExpert($L.slotKey, allSlots, $L, $L.order, $L.offsets)", ROUTING, m, e + 1, m, m);
+            c.line("int slots = $L.offsets[$L]", m, e);
+        } else if (topP(r)) {
             c.comment("dispatch: group the $L slots by key (counting sort); a token's unused slots hold key $L and sort last, undispatched", "rows * " + k, e);
             c.line("int allSlots = rows * $L", k);
             if (sl.identity()) {
@@ -1454,6 +1631,58 @@ final class ModelGenerator {
     // ---- helpers the runtime has no op for ----
 
     private void helpers() {
+        if (anyCapacity()) {
+            Code c = new Code();
+            c.line("$T.fill(m.dropped, 0, slots, false)", ARRAYS);
+            c.line("$T.sortByExpert(m.selected, slots, experts, m.order, m.offsets)", ROUTING);
+            c.open("for (int ex = 0; ex < experts; ex++)");
+            c.line("int from = m.offsets[ex]");
+            c.line("int n = m.offsets[ex + 1] - from");
+            c.open("if (n <= capacity)").line("continue").close();
+            c.line("Integer[] idx = new Integer[n]");
+            c.open("for (int j = 0; j < n; j++)").line("idx[j] = m.order[from + j]").close();
+            c.open("if (priority != null)");
+            c.line("$T.sort(idx, (a, b) -> priority[a] != priority[b] ? Float.compare(priority[b], priority[a]) : Integer.compare(a, b))", ARRAYS);
+            c.close();
+            c.open("for (int j = capacity; j < n; j++)").line("m.dropped[idx[j]] = true").close();
+            c.close();
+            type.addMethod(MethodSpec.methodBuilder("dropOverCapacity").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                    .addJavadoc("Capacity factor: each expert keeps at most {@code capacity} of its slots, those of highest priority (ties, and a null priority: the earliest slots); the rest are marked dropped.\n")
+                    .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "slots").addParameter(TypeName.INT, "experts")
+                    .addParameter(TypeName.INT, "capacity").addParameter(float[].class, "priority").addCode(c.build()).build());
+        }
+        if (moes.values().stream().anyMatch(m -> expertChoice(m.routers().getFirst()))) {
+            Code c = new Code();
+            c.line("int experts = slotsPerToken");
+            c.line("$T.fill(m.dropped, 0, batch * seq * slotsPerToken, true)", ARRAYS);
+            c.line("Integer[] idx = new Integer[seq]");
+            c.open("for (int b = 0; b < batch; b++)");
+            c.open("for (int ex = 0; ex < experts; ex++)");
+            c.line("int n = 0");
+            c.open("for (int s = b * seq * slotsPerToken; s < (b + 1) * seq * slotsPerToken; s++)");
+            c.open("if (m.selected[s] == ex)").line("idx[n++] = s").close();
+            c.close();
+            c.line("$T.sort(idx, 0, n, (x, y) -> m.weight[x] != m.weight[y] ? Float.compare(m.weight[y], m.weight[x]) : Integer.compare(x, y))", ARRAYS);
+            c.open("for (int j = 0; j < Math.min(n, capacity); j++)").line("m.dropped[idx[j]] = false").close();
+            c.close();
+            c.close();
+            type.addMethod(MethodSpec.methodBuilder("expertChoice").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                    .addJavadoc("Expert choice: every token ranked every expert (slotsPerToken = experts); in each sequence each expert keeps the {@code capacity} tokens of highest weight (ties: the earlier token), the other slots are marked dropped.\n")
+                    .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "batch").addParameter(TypeName.INT, "seq")
+                    .addParameter(TypeName.INT, "slotsPerToken").addParameter(TypeName.INT, "capacity").addCode(c.build()).build());
+        }
+        if (anySeeded() && moes.values().stream().anyMatch(m -> capacity(m.routers().getFirst()) != null
+                && capacity(m.routers().getFirst()).drop() == Router.DropPolicy.RANDOM)) {
+            Code c = new Code();
+            c.line("$T rng = new $T((jitterStep * 0x9E3779B97F4A7C15L + microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L) ^ 0x5DEECE66DL)",
+                    INIT.nestedClass("SplitMix"), INIT.nestedClass("SplitMix"));
+            c.line("float[] priority = new float[slots]");
+            c.open("for (int i = 0; i < slots; i++)").line("priority[i] = (float) rng.nextDouble()").close();
+            c.line("return priority");
+            type.addMethod(MethodSpec.methodBuilder("randomPriority").addModifiers(Modifier.PRIVATE).returns(float[].class)
+                    .addJavadoc("Random drop priorities of a layer's slots, seeded by the step, the micro-batch and the layer.\n")
+                    .addParameter(TypeName.INT, "slots").addParameter(TypeName.INT, "layer").addCode(c.build()).build());
+        }
         if (anyJitter()) {
             Code c = new Code();
             c.line("$T rng = new $T(jitterStep * 0x9E3779B97F4A7C15L + microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L)", INIT.nestedClass("SplitMix"),
@@ -1591,6 +1820,61 @@ final class ModelGenerator {
                 c.add(attentionBackward(p + "attn", s, s + ".normed", "dx", "dNormed").build());
                 c.add(normBackward(p + "norm", s + ".input", s + ".mean", s + ".rstd", "dNormed", "dx").build());
             }
+            case Block.Residual res -> {
+                String f = "ffn" + i;
+                c.comment("stream += c1 · moe(h) + c2 · dense(h): the mix's logits' gradient, then each branch's output gradient in place of its output");
+                c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
+                c.line("float[] dMix = new float[rows * 2]");
+                c.open("for (int t = 0; t < rows; t++)");
+                c.line("float c1 = residual$LMix[2 * t]", i);
+                c.line("float c2 = residual$LMix[2 * t + 1]", i);
+                c.line("double dc1 = 0");
+                c.line("double dc2 = 0");
+                c.open("for (int d = 0; d < DIM; d++)");
+                c.line("float g = dx[t * DIM + d]");
+                c.line("dc1 += (double) g * residual$LMoe[t * DIM + d]", i);
+                c.line("dc2 += (double) g * residual$LDense[t * DIM + d]", i);
+                c.line("residual$LMoe[t * DIM + d] = c1 * g", i);
+                c.line("residual$LDense[t * DIM + d] = c2 * g", i);
+                c.close();
+                c.line("double mean = c1 * dc1 + c2 * dc2");
+                c.line("dMix[2 * t] = (float) (c1 * (dc1 - mean))");
+                c.line("dMix[2 * t + 1] = (float) (c2 * (dc2 - mean))");
+                c.close();
+                String mix = Names.field(p + "residual_mix");
+                c.line("backend.matmulBackward($L.normed, 0, $L.value(), 0, dMix, 0, dNormed, 0, $L.grad(), 0, rows, DIM, 2)", f, mix, mix);
+                c.add(denseBackward(p + "ffn", res.dense(), f, f + ".normed", "residual" + i + "Dense", "dNormed", "rows").build());
+                c.add(moeBackward(i, res.moe(), f + ".normed", "residual" + i + "Moe", "dNormed").build());
+                c.add(normBackward(p + "ffn_norm", f + ".input", f + ".mean", f + ".rstd", "dNormed", "dx").build());
+                c.comment("stream += attention(norm(stream))");
+                c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
+                c.add(attentionBackward(p + "attn", s, s + ".normed", "dx", "dNormed").build());
+                c.add(normBackward(p + "attn_norm", s + ".input", s + ".mean", s + ".rstd", "dNormed", "dx").build());
+            }
+            case Block.Shortcut sc -> {
+                String f = "ffn" + i;
+                String s1 = s + "b";
+                String f1 = f + "b";
+                c.comment("the MoE's output gradient: the block output's");
+                c.line("System.arraycopy(dx, 0, shortcut$LMoe, 0, rows * DIM)", i);
+                c.comment("stream += ffn1(norm(stream))");
+                c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
+                c.add(denseBackward(p + "ffn1", sc.dense(), f1, f1 + ".normed", "dx", "dNormed", "rows").build());
+                c.add(normBackward(p + "ffn1_norm", f1 + ".input", f1 + ".mean", f1 + ".rstd", "dNormed", "dx").build());
+                c.comment("stream += attention(norm(stream))  (attn1)");
+                c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
+                c.add(attentionBackward(p + "attn1", s1, s1 + ".normed", "dx", "dNormed").build());
+                c.add(normBackward(p + "attn1_norm", s1 + ".input", s1 + ".mean", s1 + ".rstd", "dNormed", "dx").build());
+                c.comment("stream += ffn0(m), and the MoE's input m");
+                c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
+                c.add(denseBackward(p + "ffn0", sc.dense(), f, f + ".normed", "dx", "dNormed", "rows").build());
+                c.add(moeBackward(i, sc.moe(), f + ".normed", "shortcut" + i + "Moe", "dNormed").build());
+                c.add(normBackward(p + "ffn0_norm", f + ".input", f + ".mean", f + ".rstd", "dNormed", "dx").build());
+                c.comment("stream += attention(norm(stream))  (attn0)");
+                c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
+                c.add(attentionBackward(p + "attn0", s, s + ".normed", "dx", "dNormed").build());
+                c.add(normBackward(p + "attn0_norm", s + ".input", s + ".mean", s + ".rstd", "dNormed", "dx").build());
+            }
             default -> throw new IllegalStateException();
         }
         type.addMethod(MethodSpec.methodBuilder("backwardLayer" + i).addModifiers(Modifier.PRIVATE)
@@ -1687,7 +1971,11 @@ final class ModelGenerator {
         Ffn f = routedFfn(moe);
         Slots sl = slotsByPrefix.get(p);
         int nf = sl.ffn();
-        if (topP(r)) {
+        if (capacity(r) != null || expertChoice(r)) {
+            c.comment("$L: the dispatched (kept) slots; the dropped ones get no weight gradient", expertChoice(r) ? "expert choice" : "capacity factor");
+            c.line("int slots = $L.offsets[$L]", m, e);
+            c.line("$T.fill($L.dWeight, 0, rows * $L, 0f)", ARRAYS, m, k);
+        } else if (topP(r)) {
             c.comment("top-p: the dispatched (used) slots; the unused ones get no weight gradient");
             c.line("int slots = $L.offsets[$L]", m, e);
             c.line("$T.fill($L.dWeight, 0, rows * $L, 0f)", ARRAYS, m, k);
@@ -1822,13 +2110,13 @@ final class ModelGenerator {
             begin.line("$T.fill(moe$L.stepCounts, 0L)", ARRAYS, i);
             begin.line("moe$L.stepSlots = 0", i);
         }
-        if (anyJitter()) {
+        if (anySeeded()) {
             begin.line("microBatch = 0");
         }
         type.addMethod(MethodSpec.methodBuilder("beginStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).addCode(begin.build())
                 .build());
         Code setStep = new Code();
-        if (anyJitter()) {
+        if (anySeeded()) {
             setStep.line("jitterStep = step");
         }
         type.addMethod(MethodSpec.methodBuilder("setStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
@@ -1852,7 +2140,7 @@ final class ModelGenerator {
                 end.close();
             });
         }
-        if (anyJitter()) {
+        if (anySeeded()) {
             end.line("jitterStep++");
         }
         type.addMethod(MethodSpec.methodBuilder("endStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).addCode(end.build())

@@ -180,6 +180,70 @@ class GeneratedModelTest {
                   }
                   layers 2 { all: attention, m }
                 }
+                """,
+                // PR-MoE residual blocks: a top-1 MoE and a dense FFN mixed per token by softmax(residual_mix · h)
+                header + """
+                  ffn d = swiglu(hidden: 6)
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 1 }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { first 1: attention, swiglu(hidden: 12)  rest: residual(attention, d, m) }
+                }
+                """,
+                // LongCat shortcut-connected blocks: the MoE reads norm(stream) after the first attention, its output joins at the end
+                header + """
+                  ffn d = swiglu(hidden: 6)
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 2  normalize true }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: shortcut(attention, d, m) }
+                }
+                """,
+                // capacity factors: slots over an expert's capacity are dropped (by position, by weight)
+                header + """
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 2  normalize true  capacity factor(0.75, drop: position) }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  moe p {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 2  capacity factor(1.0, drop: probability) }
+                    balance aux(coef: 0.1, scope: sequence)
+                  }
+                  layers 2 { first 1: attention, m  rest: attention, p }
+                }
+                """,
+                // random drop priorities (seeded by step, micro-batch and layer) with a zero expert among FFN experts (keyed dispatch)
+                header + """
+                  moe m {
+                    routed 1 x zero
+                    routed 3 x swiglu(hidden: 5)
+                    router { top_k 2  normalize true  capacity factor(0.75, drop: random) }
+                    balance aux(coef: 0.1, tau: 0.5)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // expert-choice routing: in each sequence, each expert picks its best ceil(1.0 * seq / 4) tokens
+                header + """
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 4 x swiglu(hidden: 5)
+                    router { mode expert_choice  capacity factor(1.0) }
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { first 1: attention, swiglu(hidden: 12)  rest: attention, m }
+                }
                 """);
     }
 
