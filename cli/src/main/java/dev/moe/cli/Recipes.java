@@ -63,7 +63,7 @@ final class Recipes {
         } catch (UnsupportedFeatureException e) {
             throw new UserError(e.getMessage());
         }
-        ClassLoader loader = InMemoryCompiler.compile(List.of(file), Recipes.class.getClassLoader());
+        ClassLoader loader = InMemoryCompiler.load(ClassCache.compile(file), Recipes.class.getClassLoader());
         Backend backend = new CpuBackend(threads, CpuBackend.VECTOR_API);
         try {
             Class<?> type = loader.loadClass(JavaGenerator.DEFAULT_PACKAGE + "." + file.typeSpec().name());

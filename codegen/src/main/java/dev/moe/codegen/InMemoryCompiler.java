@@ -36,6 +36,26 @@ public final class InMemoryCompiler {
     }
 
     public static ClassLoader compile(List<JavaFile> files, ClassLoader parent) {
+        return load(compileToBytes(files), parent);
+    }
+
+    /** A class loader over compiled classes (binary name to class file bytes). */
+    public static ClassLoader load(Map<String, byte[]> classes, ClassLoader parent) {
+        Map<String, byte[]> copy = Map.copyOf(classes);
+        return new ClassLoader(parent) {
+            @Override
+            protected Class<?> findClass(String name) throws ClassNotFoundException {
+                byte[] b = copy.get(name);
+                if (b == null) {
+                    throw new ClassNotFoundException(name);
+                }
+                return defineClass(name, b, 0, b.length);
+            }
+        };
+    }
+
+    /** Compiles the files; returns each class's bytes by binary name. */
+    public static Map<String, byte[]> compileToBytes(List<JavaFile> files) {
         JavaCompiler javac = ToolProvider.getSystemJavaCompiler();
         if (javac == null) {
             throw new IllegalStateException("no Java compiler in this runtime: run moe on a JDK, not a JRE");
@@ -81,16 +101,8 @@ public final class InMemoryCompiler {
             message.append(log);
             throw new CompilationFailed(message.toString());
         }
-        return new ClassLoader(parent) {
-            @Override
-            protected Class<?> findClass(String name) throws ClassNotFoundException {
-                ByteArrayOutputStream bytes = classes.get(name);
-                if (bytes == null) {
-                    throw new ClassNotFoundException(name);
-                }
-                byte[] b = bytes.toByteArray();
-                return defineClass(name, b, 0, b.length);
-            }
-        };
+        Map<String, byte[]> out = new HashMap<>();
+        classes.forEach((name, bytes) -> out.put(name, bytes.toByteArray()));
+        return out;
     }
 }
