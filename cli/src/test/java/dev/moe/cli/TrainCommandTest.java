@@ -128,11 +128,12 @@ class TrainCommandTest {
         assertThat(bad.exit()).isEqualTo(1);
         assertThat(bad.err()).contains("moe: error:");
         assertThat(bad.err()).doesNotContain("Exception");
-        Path unsupported = dir.resolve("latent.moe");
-        Files.writeString(unsupported, RECIPE.replace("routed 4 x swiglu(hidden: 16)", "routed 4 x latent(rank: 8, ffn: swiglu(hidden: 16))"));
+        Path unsupported = dir.resolve("gates.moe");
+        Files.writeString(unsupported, RECIPE.replace("router { top_k 2  normalize true  jitter 0.01 }",
+                "router arithmetic { top_k 2 }\n    router copy { top_k 1 }"));
         Cli.Run u = Cli.run("train", unsupported.toString(), "--out", dir.resolve("u").toString());
         assertThat(u.exit()).isEqualTo(1);
-        assertThat(u.err()).contains("code generation does not support latent experts");
+        assertThat(u.err()).contains("code generation does not support several named gates");
     }
 
     @Test

@@ -59,6 +59,16 @@ final class ModelGenerator {
     private final java.util.Set<String> constantsAdded = new java.util.HashSet<>();
     /** Expert-choice routers: their MoE's routed experts (each token ranks them all). */
     private final Map<Router, Integer> expertsOfRouter = new java.util.IdentityHashMap<>();
+    /** MoLE latent experts, by MoE parameter prefix: the group's shared down-projection and its rank. */
+    private final Map<String, LatentGroup> latentByPrefix = new LinkedHashMap<>();
+
+    record LatentGroup(String downField, int rank) {}
+
+    /** MoLA LoRA experts, by MoE parameter prefix: the group's frozen base FFN's parameter prefix and the expert. */
+    private final Map<String, LoraGroup> loraByPrefix = new LinkedHashMap<>();
+
+    record LoraGroup(String base, Expert.Lora lora) {}
+
     private int maxHidden = 1;
     private int maxExpertRows = 1;
     /** The widest FFN intermediate per token: a dense hidden size, or k times an expert's. */
@@ -145,9 +155,36 @@ final class ModelGenerator {
             case Block.Part.MoePart mp -> {
                 Moe m = mp.moe();
                 Ffn routed = null;
+                String prefix = "layers." + l.index() + ".moe";
+                int groupIndex = -1;
+                boolean anyRoutedFfn = false;
                 for (ExpertGroup g : m.groups()) {
+                    groupIndex++;
                     if (g.role() == ExpertGroup.Role.ROUTED && g.expert().zeroCompute()) {
                         continue; // zero, copy and constant experts: loops over their slots
+                    }
+                    if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Lora lo) {
+                        // MoLA: one LoRA group over a frozen base FFN, no other routed experts
+                        if (loraByPrefix.containsKey(prefix) || anyRoutedFfn || latentByPrefix.containsKey(prefix)
+                                || m.groups().stream().anyMatch(o -> o.role() == ExpertGroup.Role.ROUTED && o.expert().zeroCompute())) {
+                            unsupported(l, "LoRA experts beside other routed experts in one MoE");
+                        }
+                        loraByPrefix.put(prefix, new LoraGroup(prefix + ".group" + groupIndex + ".base", lo));
+                        maxHidden = Math.max(maxHidden, lo.base().hidden());
+                        maxActivationPerRow = Math.max(maxActivationPerRow, lo.base().hidden());
+                        routed = lo.base();
+                        continue;
+                    }
+                    if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Latent lat) {
+                        // MoLE: one latent group (its down-projection shared by all its experts), no FFN experts beside it
+                        if (latentByPrefix.containsKey(prefix) || anyRoutedFfn || loraByPrefix.containsKey(prefix)) {
+                            unsupported(l, "latent experts beside other computing routed experts in one MoE");
+                        }
+                        latentByPrefix.put(prefix, new LatentGroup(Names.field(prefix + ".group" + groupIndex + ".latent_down"), lat.rank()));
+                        maxHidden = Math.max(maxHidden, lat.ffn().hidden());
+                        maxActivationPerRow = Math.max(maxActivationPerRow, lat.ffn().hidden());
+                        routed = lat.ffn();
+                        continue;
                     }
                     if (!(g.expert() instanceof Expert.FeedForward f)) {
                         unsupported(l, g.role() == ExpertGroup.Role.SHARED && g.expert().zeroCompute()
@@ -158,6 +195,10 @@ final class ModelGenerator {
                     maxHidden = Math.max(maxHidden, f.ffn().hidden());
                     maxActivationPerRow = Math.max(maxActivationPerRow, f.ffn().hidden());
                     if (g.role() == ExpertGroup.Role.ROUTED) {
+                        if (latentByPrefix.containsKey(prefix) || loraByPrefix.containsKey(prefix)) {
+                            unsupported(l, "latent or LoRA experts beside other computing routed experts in one MoE");
+                        }
+                        anyRoutedFfn = true;
                         if (routed != null && !routed.equals(f.ffn())) {
                             unsupported(l, "routed experts of different shapes in one MoE");
                         }
@@ -201,7 +242,6 @@ final class ModelGenerator {
                         unsupported(l, "the " + loss.getClass().getSimpleName().toLowerCase(Locale.ROOT) + " loss");
                     }
                 }
-                String prefix = "layers." + l.index() + ".moe";
                 Slots slots = Slots.of(m);
                 slotsByPrefix.put(prefix, slots);
                 if (model.params().stream().anyMatch(q -> q.name().equals(prefix + ".router.residual"))) {
@@ -238,18 +278,23 @@ final class ModelGenerator {
                     }
                 }
             }
-            int ffn = (int) experts.stream().filter(x -> x instanceof Expert.FeedForward).count();
+            int ffn = (int) experts.stream().filter(Slots::computes).count();
             int[] key = new int[experts.size()];
             int nextFfn = 0;
             int nextOther = ffn;
             for (int j = 0; j < key.length; j++) {
-                key[j] = experts.get(j) instanceof Expert.FeedForward ? nextFfn++ : nextOther++;
+                key[j] = computes(experts.get(j)) ? nextFfn++ : nextOther++;
             }
             return new Slots(experts, key, ffn);
         }
 
+        /** FFN and latent experts: those run as grouped matmuls. */
+        static boolean computes(Expert x) {
+            return x instanceof Expert.FeedForward || x instanceof Expert.Latent || x instanceof Expert.Lora;
+        }
+
         boolean isFfn(int slot) {
-            return experts.get(slot) instanceof Expert.FeedForward;
+            return computes(experts.get(slot));
         }
 
         /** True when the keys are the slots themselves (the FFN experts come first). */
@@ -361,7 +406,7 @@ final class ModelGenerator {
             String factory = p.kind() == Param.Kind.BUFFER ? "buffer" : "of";
             type.addField(FieldSpec.builder(PARAMETER, Names.field(p.name()), Modifier.PRIVATE, Modifier.FINAL)
                     .addJavadoc("$L [$L]$L", p.name(), shape, p.kind() == Param.Kind.BUFFER ? " (buffer)" : "")
-                    .initializer("$T.$L($S, $L)", PARAMETER, factory, p.name(), shape).build());
+                    .initializer("$T.$L($S, $L)$L", PARAMETER, factory, p.name(), shape, p.kind() == Param.Kind.FROZEN ? ".withTrainable(false)" : "").build());
         }
         for (Packed p : packed.values()) {
             type.addField(FieldSpec.builder(float[].class, p.field(), Modifier.PRIVATE, Modifier.FINAL)
@@ -412,6 +457,15 @@ final class ModelGenerator {
         if (anyLogitTransform()) {
             moeState.addField(FieldSpec.builder(float[].class, "scaled").addJavadoc("act(logits) / temperature: what the router's scores read\n").build());
             moeState.addField(float[].class, "dScaled");
+        }
+        if (!latentByPrefix.isEmpty()) {
+            moeState.addField(FieldSpec.builder(float[].class, "latent").addJavadoc("latent experts: the shared down-projection of each token [rows, rank], then its gradient\n").build());
+            moeState.addField(float[].class, "dLatent");
+        }
+        if (!loraByPrefix.isEmpty()) {
+            moeState.addField(FieldSpec.builder(float[].class, "loraA").addJavadoc("LoRA experts: per slot x·Aᵀ of gate, up, down [3, slots, rank]; B·(x·Aᵀ) of gate, up [2, slots, hidden]; the token's hidden row; the base's output; gradients\n").build());
+            moeState.addField(float[].class, "loraB").addField(float[].class, "loraH").addField(float[].class, "loraBase").addField(float[].class, "dLoraA")
+                    .addField(float[].class, "dLoraB");
         }
         if (anyConstantExpert()) {
             moeState.addField(FieldSpec.builder(float[].class, "constantMix").addJavadoc("constant experts' [a1, a2] per dispatched row\n").build());
@@ -707,6 +761,26 @@ final class ModelGenerator {
                     int k = slotsPerToken(m.routers().getFirst());
                     Ffn e = routedFfn(m);
                     p.line("sizeMoe(moe$L, r, $L, $L, $L)", l.index(), m.routedExperts(), k, e == null ? 0 : e.hidden());
+                    LoraGroup lo = loraByPrefix.get("layers." + l.index() + ".moe");
+                    if (lo != null) {
+                        int rk = lo.lora().rank();
+                        int hd = lo.lora().base().hidden();
+                        p.line("moe$L.loraA = new float[3 * r * $L * $L]", l.index(), k, rk);
+                        p.line("moe$L.dLoraA = new float[r * $L * $L]", l.index(), k, rk);
+                        p.line("moe$L.loraB = new float[2 * r * $L * $L]", l.index(), k, hd);
+                        p.line("moe$L.loraH = new float[r * $L * $L]", l.index(), k, hd);
+                        p.line("moe$L.dLoraB = new float[r * $L * $L]", l.index(), k, hd);
+                        p.line("moe$L.loraBase = new float[r * DIM]", l.index());
+                    }
+                    LatentGroup lg = latentByPrefix.get("layers." + l.index() + ".moe");
+                    if (lg != null) {
+                        p.line("moe$L.latent = new float[r * $L]", l.index(), lg.rank());
+                        p.line("moe$L.dLatent = new float[r * $L]", l.index(), lg.rank());
+                        if (lg.rank() > cfg.dim()) {
+                            p.line("moe$L.xs = new float[r * $L * $L]", l.index(), k, lg.rank());
+                            p.line("moe$L.dxs = new float[r * $L * $L]", l.index(), k, lg.rank());
+                        }
+                    }
                     if (topP(m.routers().getFirst()) || capacity(m.routers().getFirst()) != null || expertChoice(m.routers().getFirst())) {
                         p.line("moe$L.offsets = new int[$L]", l.index(), m.routedExperts() + 2);
                     }
@@ -964,6 +1038,12 @@ final class ModelGenerator {
             if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.FeedForward f) {
                 return f.ffn();
             }
+            if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Latent lat) {
+                return lat.ffn();
+            }
+            if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Lora lo) {
+                return lo.base();
+            }
         }
         return null;
     }
@@ -1187,19 +1267,30 @@ final class ModelGenerator {
             c.comment("the FFN experts' rows come first; the zero-computation experts' rows follow");
             c.line("int ffnRows = $L.offsets[$L]", m, nf);
         }
-        if (nf > 0) {
+        if (loraByPrefix.containsKey(p)) {
+            c.add(loraForward(p, m, loraByPrefix.get(p), nf, in).build());
+        } else if (nf > 0) {
             int h = f.hidden();
-            c.line("backend.gatherRows($L, $L.tokenOfRow, $L, DIM, $L.xs)", in, m, ffnRows, m);
+            LatentGroup lg = latentByPrefix.get(p);
+            String width = "DIM";
+            if (lg != null) {
+                width = String.valueOf(lg.rank());
+                c.comment("latent experts (MoLE): z = x · latent_downᵀ once per token, then each expert's FFN reads its token's z");
+                c.line("backend.matmul($L, 0, $L.value(), 0, $L.latent, 0, rows, DIM, $L)", in, lg.downField(), m, lg.rank());
+                c.line("backend.gatherRows($L.latent, $L.tokenOfRow, $L, $L, $L.xs)", m, m, ffnRows, lg.rank(), m);
+            } else {
+                c.line("backend.gatherRows($L, $L.tokenOfRow, $L, DIM, $L.xs)", in, m, ffnRows, m);
+            }
             c.comment("experts: grouped matmuls over the sorted rows ($L x $L)", nf, f);
             String gate = Names.field(p + ".experts.gate");
             String up = Names.field(p + ".experts.up");
             String down = Names.field(p + ".experts.down");
             if (f.activation().gated()) {
-                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.gate, $L.offsets, $L, DIM, $L)", m, gate, m, m, nf, h);
-                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, DIM, $L)", m, up, m, m, nf, h);
+                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.gate, $L.offsets, $L, $L, $L)", m, gate, m, m, nf, width, h);
+                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, $L, $L)", m, up, m, m, nf, width, h);
                 c.line("backend.glu($T.$L, $L.gate, $L.up, $L.act, $L * $L)", ACTIVATION, act(f), m, m, m, ffnRows, h);
             } else {
-                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, DIM, $L)", m, up, m, m, nf, h);
+                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, $L, $L)", m, up, m, m, nf, width, h);
                 c.line("backend.activation($T.$L, $L.up, $L.act, $L * $L)", ACTIVATION, act(f), m, m, ffnRows, h);
             }
             c.line("backend.groupedMatmul($L.act, $L, 0, $L.ys, $L.offsets, $L, $L, DIM)", m, down, m, m, nf, h);
@@ -1228,6 +1319,9 @@ final class ModelGenerator {
         c.comment("combine: out[token] = Σ weight · expert output");
         c.line("$T.zero($L, rows * DIM)", ELEMENTWISE, out);
         c.line("backend.scatterAddRows($L.ys, $L.tokenOfRow, $L.weightOfRow, slots, DIM, $L)", m, m, m, out);
+        if (loraByPrefix.containsKey(p)) {
+            c.line("$T.addInPlace($L, $L.loraBase, rows * DIM)", ELEMENTWISE, out, m);
+        }
         int s = 0;
         for (ExpertGroup g : moe.groups()) {
             if (g.role() != ExpertGroup.Role.SHARED) {
@@ -1255,6 +1349,137 @@ final class ModelGenerator {
             }
         }
         c.add(balanceForward(moe, m, e, k).build());
+        return c;
+    }
+
+    private String loraArray(Code c, String p, int experts, String proj) {
+        List<String> names = new ArrayList<>();
+        for (int j = 0; j < experts; j++) {
+            names.add(Names.field(p + ".experts." + j + "." + proj));
+        }
+        String local = "lora" + Names.type(Names.field(proj.replace('_', '.')));
+        c.line("$T[] $L = {$L}", PARAMETER, local, String.join(", ", names));
+        return local;
+    }
+
+    /**
+     * MoLA: the frozen base FFN runs for every token; each routed slot adds weight · (alpha / rank) ·
+     * B_e A_e to each projection's output, the nonlinearity reading the mixed pre-activations.
+     */
+    private Code loraForward(String p, String m, LoraGroup lo, int e, String in) {
+        Code c = new Code();
+        Ffn f = lo.lora().base();
+        int h = f.hidden();
+        int r = lo.lora().rank();
+        String sc = floatLiteral(lo.lora().alpha() / r) + "f";
+        boolean gated = f.activation().gated();
+        c.comment("LoRA experts (MoLA): base pre-activations for every token, plus Σ weight · $L · (x · Aᵀ) · Bᵀ of the selected experts", sc);
+        String wg = Names.field(lo.base() + ".gate");
+        String wu = Names.field(lo.base() + ".up");
+        String wd = Names.field(lo.base() + ".down");
+        if (gated) {
+            c.line("backend.matmul($L, 0, $L.value(), 0, $L.gate, 0, rows, DIM, $L)", in, wg, m, h);
+        }
+        c.line("backend.matmul($L, 0, $L.value(), 0, $L.up, 0, rows, DIM, $L)", in, wu, m, h);
+        c.line("backend.gatherRows($L, $L.tokenOfRow, slots, DIM, $L.xs)", in, m, m);
+        List<String> projs = gated ? List.of("gate", "up") : List.of("up");
+        for (int q = 0; q < projs.size(); q++) {
+            String proj = projs.get(q);
+            String a = loraArray(c, p, e, proj + "_a");
+            String b = loraArray(c, p, e, proj + "_b");
+            c.open("for (int ex = 0; ex < $L; ex++)", e);
+            c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
+            c.line("backend.matmul($L.xs, o * DIM, $L[ex].value(), 0, $L.loraA, $L * slots * $L + o * $L, n, DIM, $L)", m, a, m, q, r, r, r);
+            c.line("backend.matmul($L.loraA, $L * slots * $L + o * $L, $L[ex].value(), 0, $L.loraB, $L * slots * $L + o * $L, n, $L, $L)", m, q, r, r, b, m, q, h,
+                    h, r, h);
+            c.close();
+            c.open("for (int i = 0; i < slots; i++)");
+            c.line("float w = $L.weightOfRow[i] * $L", m, sc);
+            c.line("int to = $L.tokenOfRow[i] * $L", m, h);
+            c.line("int from = $L * slots * $L + i * $L", q, h, h);
+            c.open("for (int j = 0; j < $L; j++)", h).line("$L.$L[to + j] += w * $L.loraB[from + j]", m, proj, m).close();
+            c.close();
+        }
+        if (gated) {
+            c.line("backend.glu($T.$L, $L.gate, $L.up, $L.act, rows * $L)", ACTIVATION, act(f), m, m, m, h);
+        } else {
+            c.line("backend.activation($T.$L, $L.up, $L.act, rows * $L)", ACTIVATION, act(f), m, m, h);
+        }
+        c.line("backend.matmul($L.act, 0, $L.value(), 0, $L.loraBase, 0, rows, $L, DIM)", m, wd, m, h);
+        c.line("backend.gatherRows($L.act, $L.tokenOfRow, slots, $L, $L.loraH)", m, m, h, m);
+        String a = loraArray(c, p, e, "down_a");
+        String b = loraArray(c, p, e, "down_b");
+        c.open("for (int ex = 0; ex < $L; ex++)", e);
+        c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
+        c.line("backend.matmul($L.loraH, o * $L, $L[ex].value(), 0, $L.loraA, 2 * slots * $L + o * $L, n, $L, $L)", m, h, a, m, r, r, h, r);
+        c.line("backend.matmul($L.loraA, 2 * slots * $L + o * $L, $L[ex].value(), 0, $L.ys, o * DIM, n, $L, DIM)", m, r, r, b, m, r);
+        c.close();
+        c.open("for (int i = 0; i < slots * DIM; i++)").line("$L.ys[i] *= $L", m, sc).close();
+        return c;
+    }
+
+    private Code loraBackward(String p, String m, LoraGroup lo, int e, String in, String dOut, String dIn) {
+        Code c = new Code();
+        Ffn f = lo.lora().base();
+        int h = f.hidden();
+        int r = lo.lora().rank();
+        String sc = floatLiteral(lo.lora().alpha() / r) + "f";
+        boolean gated = f.activation().gated();
+        String wg = Names.field(lo.base() + ".gate");
+        String wu = Names.field(lo.base() + ".up");
+        String wd = Names.field(lo.base() + ".down");
+        c.comment("LoRA experts backward: the down projection (dys holds weight · dOut per slot)");
+        c.line("$T.zero(dAct, rows * $L)", ELEMENTWISE, h);
+        c.line("backend.matmulBackward($L.act, 0, $L.value(), 0, $L, 0, dAct, 0, $L.grad(), 0, rows, $L, DIM)", m, wd, dOut, wd, h);
+        c.open("for (int i = 0; i < slots * DIM; i++)").line("$L.dys[i] *= $L", m, sc).close();
+        c.line("$T.zero($L.dLoraA, slots * $L)", ELEMENTWISE, m, r);
+        c.line("$T.zero($L.dLoraB, slots * $L)", ELEMENTWISE, m, h);
+        String a = loraArray(c, p, e, "down_a");
+        String b = loraArray(c, p, e, "down_b");
+        c.open("for (int ex = 0; ex < $L; ex++)", e);
+        c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
+        c.line("backend.matmulBackward($L.loraA, 2 * slots * $L + o * $L, $L[ex].value(), 0, $L.dys, o * DIM, $L.dLoraA, o * $L, $L[ex].grad(), 0, n, $L, DIM)",
+                m, r, r, b, m, m, r, b, r);
+        c.line("backend.matmulBackward($L.loraH, o * $L, $L[ex].value(), 0, $L.dLoraA, o * $L, $L.dLoraB, o * $L, $L[ex].grad(), 0, n, $L, $L)", m, h, a, m,
+                r, m, h, a, h, r);
+        c.close();
+        c.line("backend.scatterAddRows($L.dLoraB, $L.tokenOfRow, null, slots, $L, dAct)", m, m, h);
+        if (gated) {
+            c.line("backend.gluBackward($T.$L, $L.gate, $L.up, dAct, dGate, dUp, rows * $L)", ACTIVATION, act(f), m, m, h);
+            c.line("backend.matmulBackward($L, 0, $L.value(), 0, dGate, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, wg, dIn, wg, h);
+        } else {
+            c.line("backend.activationBackward($T.$L, $L.up, dAct, dUp, rows * $L)", ACTIVATION, act(f), m, h);
+        }
+        c.line("backend.matmulBackward($L, 0, $L.value(), 0, dUp, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, wu, dIn, wu, h);
+        c.line("$T.zero($L.dxs, slots * DIM)", ELEMENTWISE, m);
+        List<String> projs = gated ? List.of("gate", "up") : List.of("up");
+        for (int q = 0; q < projs.size(); q++) {
+            String proj = projs.get(q);
+            String d = proj.equals("gate") ? "dGate" : "dUp";
+            c.comment("LoRA $L: d(weight) += $L · <d$L[token], B·(x·Aᵀ)>; d(B·(x·Aᵀ)) = weight · $L · d$L[token]", proj, sc, proj, sc, proj);
+            c.open("for (int i = 0; i < slots; i++)");
+            c.line("int t = $L.tokenOfRow[i] * $L", m, h);
+            c.line("int from = $L * slots * $L + i * $L", q, h, h);
+            c.line("float w = $L.weightOfRow[i] * $L", m, sc);
+            c.line("float dot = 0f");
+            c.open("for (int j = 0; j < $L; j++)", h);
+            c.line("dot += $L[t + j] * $L.loraB[from + j]", d, m);
+            c.line("$L.dLoraB[i * $L + j] = w * $L[t + j]", m, h, d);
+            c.close();
+            c.line("$L.dWeight[$L.order[i]] += $L * dot", m, m, sc);
+            c.close();
+            c.line("$T.zero($L.dLoraA, slots * $L)", ELEMENTWISE, m, r);
+            String pa = loraArray(c, p, e, proj + "_a");
+            String pb = loraArray(c, p, e, proj + "_b");
+            c.open("for (int ex = 0; ex < $L; ex++)", e);
+            c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
+            c.line("backend.matmulBackward($L.loraA, $L * slots * $L + o * $L, $L[ex].value(), 0, $L.dLoraB, o * $L, $L.dLoraA, o * $L, $L[ex].grad(), 0, n, $L, $L)",
+                    m, q, r, r, pb, m, h, m, r, pb, r, h);
+            c.line("backend.matmulBackward($L.xs, o * DIM, $L[ex].value(), 0, $L.dLoraA, o * $L, $L.dxs, o * DIM, $L[ex].grad(), 0, n, DIM, $L)", m, pa, m, r, m,
+                    pa, r);
+            c.close();
+        }
+        c.line("backend.scatterAddRows($L.dxs, $L.tokenOfRow, null, slots, DIM, $L)", m, m, dIn);
         return c;
     }
 
@@ -2018,7 +2243,9 @@ final class ModelGenerator {
         if (sl.zeroCompute()) {
             c.line("int ffnRows = $L.offsets[$L]", m, nf);
         }
-        if (nf > 0) {
+        if (loraByPrefix.containsKey(p)) {
+            c.add(loraBackward(p, m, loraByPrefix.get(p), nf, in, dOut, dIn).build());
+        } else if (nf > 0) {
             int h = f.hidden();
             c.comment("experts backward (grouped)");
             String gate = Names.field(p + ".experts.gate");
@@ -2026,15 +2253,25 @@ final class ModelGenerator {
             String down = Names.field(p + ".experts.down");
             c.line("$T.zero(dAct, $L * $L)", ELEMENTWISE, ffnRows, h);
             c.line("backend.groupedMatmulBackward($L.act, $L, 0, $L.dys, dAct, $LGrad, 0, $L.offsets, $L, $L, DIM)", m, down, m, down, m, nf, h);
-            c.line("$T.zero($L.dxs, $L * DIM)", ELEMENTWISE, m, ffnRows);
+            LatentGroup lg = latentByPrefix.get(p);
+            String width = lg == null ? "DIM" : String.valueOf(lg.rank());
+            c.line("$T.zero($L.dxs, $L * $L)", ELEMENTWISE, m, ffnRows, width);
             if (f.activation().gated()) {
                 c.line("backend.gluBackward($T.$L, $L.gate, $L.up, dAct, dGate, dUp, $L * $L)", ACTIVATION, act(f), m, m, ffnRows, h);
-                c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dGate, $L.dxs, $LGrad, 0, $L.offsets, $L, DIM, $L)", m, gate, m, gate, m, nf, h);
+                c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dGate, $L.dxs, $LGrad, 0, $L.offsets, $L, $L, $L)", m, gate, m, gate, m, nf, width, h);
             } else {
                 c.line("backend.activationBackward($T.$L, $L.up, dAct, dUp, $L * $L)", ACTIVATION, act(f), m, ffnRows, h);
             }
-            c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dUp, $L.dxs, $LGrad, 0, $L.offsets, $L, DIM, $L)", m, up, m, up, m, nf, h);
-            c.line("backend.scatterAddRows($L.dxs, $L.tokenOfRow, null, $L, DIM, $L)", m, m, ffnRows, dIn);
+            c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dUp, $L.dxs, $LGrad, 0, $L.offsets, $L, $L, $L)", m, up, m, up, m, nf, width, h);
+            if (lg != null) {
+                c.comment("latent experts: d(z) per token, then the shared down-projection's backward");
+                c.line("$T.zero($L.dLatent, rows * $L)", ELEMENTWISE, m, lg.rank());
+                c.line("backend.scatterAddRows($L.dxs, $L.tokenOfRow, null, $L, $L, $L.dLatent)", m, m, ffnRows, lg.rank(), m);
+                c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.dLatent, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, lg.downField(), m, dIn,
+                        lg.downField(), lg.rank());
+            } else {
+                c.line("backend.scatterAddRows($L.dxs, $L.tokenOfRow, null, $L, DIM, $L)", m, m, ffnRows, dIn);
+            }
         }
         zeroComputeRuns(sl, (from, to, x) -> {
             switch (x) {

@@ -244,6 +244,40 @@ class GeneratedModelTest {
                   }
                   layers 2 { first 1: attention, swiglu(hidden: 12)  rest: attention, m }
                 }
+                """,
+                // MoLE latent experts: a down-projection to rank 3 shared by the group, then per-expert FFNs from rank 3; a copy expert declared first
+                header + """
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 1 x copy
+                    routed 4 x latent(rank: 3, ffn: swiglu(hidden: 5))
+                    router { top_k 2  normalize true }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // MoLA LoRA experts: a frozen swiglu base for every token, each selected expert adding weight · alpha/rank · B A to each projection
+                header + """
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 4 x lora(rank: 2, alpha: 4, base: swiglu(hidden: 5))
+                    router { top_k 2  normalize true }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { first 1: attention, swiglu(hidden: 12)  rest: attention, m }
+                }
+                """,
+                // LoRA over an ungated base
+                header + """
+                  moe m {
+                    routed 3 x lora(rank: 2, alpha: 3, base: gelu(hidden: 5))
+                    router { top_k 2 }
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
                 """);
     }
 
