@@ -128,20 +128,9 @@ final class TrainCommand implements Callable<Integer> {
             }
             stdout.flush();
             return 0;
-        } catch (Recipes.UserError e) {
-            err.println("moe: error: " + e.getMessage());
-            err.flush();
-            return 1;
-        } catch (IllegalArgumentException | UncheckedIOException e) {
-            err.println("moe: error: " + e.getMessage());
-            err.flush();
-            return 1;
-        } catch (java.io.IOException e) {
-            // Unreadable data or checkpoints, a full disk: the user's to fix, not a crash.
-            err.println("moe: error: " + e.getMessage());
-            err.flush();
-            return 1;
-        } catch (ArithmeticException e) {
+        } catch (Recipes.UserError | IllegalArgumentException | UncheckedIOException | IOException | ArithmeticException e) {
+            // A bad recipe or data, an unreadable checkpoint, a full disk, a diverged run: the user's to
+            // fix, reported in one line, not as a crash.
             err.println("moe: error: " + e.getMessage());
             err.flush();
             return 1;

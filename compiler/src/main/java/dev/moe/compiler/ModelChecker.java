@@ -953,7 +953,7 @@ final class ModelChecker {
         return layers;
     }
 
-    private static Optional<Moe> ffnMoe(Block b) {
+    static Optional<Moe> ffnMoe(Block b) {
         return switch (b) {
             case Block.PreNorm p -> p.ffn() instanceof Block.Part.MoePart m ? Optional.of(m.moe()) : Optional.empty();
             case Block.Parallel p -> p.ffn() instanceof Block.Part.MoePart m ? Optional.of(m.moe()) : Optional.empty();
@@ -962,7 +962,7 @@ final class ModelChecker {
         };
     }
 
-    private static Optional<Moe> mixerMoe(Block b) {
+    static Optional<Moe> mixerMoe(Block b) {
         Block.Part mixer = switch (b) {
             case Block.PreNorm p -> p.mixer();
             case Block.Parallel p -> p.mixer();

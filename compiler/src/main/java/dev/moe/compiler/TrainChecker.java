@@ -154,33 +154,12 @@ final class TrainChecker {
         return Optional.of(new Training(modelName, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, checkedStages));
     }
 
+    /** The MoEs of a block: its mixer's, if the mixer is an MoE of attention experts, then its ffn's. */
     private static List<Moe> moesOf(Block b) {
         List<Moe> out = new ArrayList<>();
-        switch (b) {
-            case Block.PreNorm p -> {
-                addMoe(p.mixer(), out);
-                addMoe(p.ffn(), out);
-            }
-            case Block.Parallel p -> {
-                addMoe(p.mixer(), out);
-                addMoe(p.ffn(), out);
-            }
-            case Block.Shortcut s -> {
-                addMoe(s.mixer(), out);
-                out.add(s.moe());
-            }
-            case Block.Residual r -> {
-                addMoe(r.mixer(), out);
-                out.add(r.moe());
-            }
-        }
+        ModelChecker.mixerMoe(b).ifPresent(out::add);
+        ModelChecker.ffnMoe(b).ifPresent(out::add);
         return out;
-    }
-
-    private static void addMoe(Block.Part p, List<Moe> out) {
-        if (p instanceof Block.Part.MoePart m) {
-            out.add(m.moe());
-        }
     }
 
     private Training.Optimizer optimizer(Optional<Value> value) {
