@@ -1,0 +1,184 @@
+package dev.moe.cuda;
+
+import static dev.moe.cuda.Native.INT;
+import static dev.moe.cuda.Native.LONG;
+import static dev.moe.cuda.Native.PTR;
+import static dev.moe.cuda.Native.SIZE_T;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.FunctionDescriptor;
+import java.lang.foreign.MemoryLayout;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.SymbolLookup;
+import java.lang.foreign.ValueLayout;
+import java.lang.invoke.MethodHandle;
+import java.util.LinkedHashMap;
+import java.util.Map;
+
+/**
+ * cuBLASLt GEMMs in cuBLAS's column-major convention: {@code D[m,n] = op(A)·op(B) + beta·D}, with
+ * fp32 accumulation whatever the storage type. A row-major {@code Y = X·Wᵀ} (X [rows, in], W [out,
+ * in]) is the column-major {@code Yᶜ = Wᶜᵀ·Xᶜ}: {@code matmul(T, N, out, rows, in, W, in, X, in, Y, out)}.
+ * The descriptors and the heuristic's algorithm are cached per shape (least recently used first out),
+ * so a training loop asks the heuristic once per distinct shape.
+ */
+public final class CublasLt {
+    /** cudaDataType values: storage types of matrices. */
+    public enum Type {
+        F32(0, 4), BF16(14, 2);
+
+        final int code;
+        public final int bytes;
+
+        Type(int code, int bytes) {
+            this.code = code;
+            this.bytes = bytes;
+        }
+    }
+
+    private static final String LIB = "libcublasLt";
+    private static final int CUBLAS_COMPUTE_32F = 68;
+    private static final int CUDA_R_32F = 0;
+    private static final int DESC_TRANSA = 3, DESC_TRANSB = 4;
+    private static final int PREF_MAX_WORKSPACE_BYTES = 1;
+    private static final long HEURISTIC_RESULT_BYTES = 96; // algo (64) + workspaceSize + state + wavesCount + reserved[4]
+    private static final int MAX_PLANS = 4096;
+
+    private final MethodHandle create, matmul, descCreate, descSetAttribute, descDestroy, layoutCreate, layoutDestroy, prefCreate,
+            prefSetAttribute, prefDestroy, heuristic, statusName;
+    private final Arena arena = Arena.ofShared();
+    private final MemorySegment handle;
+    private final MemorySegment one, zero;
+    private final long workspace;
+    private final long workspaceBytes;
+    private final Map<PlanKey, Plan> plans = new LinkedHashMap<>(256, 0.75f, true) {
+        @Override
+        protected boolean removeEldestEntry(Map.Entry<PlanKey, Plan> eldest) {
+            if (size() > MAX_PLANS) {
+                eldest.getValue().destroy();
+                return true;
+            }
+            return false;
+        }
+    };
+
+    private record PlanKey(boolean transA, boolean transB, int m, int n, int k, int lda, int ldb, int ldd, Type ta, Type tb, Type td) {}
+
+    private final class Plan {
+        final MemorySegment desc, a, b, d, algo;
+
+        Plan(MemorySegment desc, MemorySegment a, MemorySegment b, MemorySegment d, MemorySegment algo) {
+            this.desc = desc;
+            this.a = a;
+            this.b = b;
+            this.d = d;
+            this.algo = algo;
+        }
+
+        void destroy() {
+            Native.call(descDestroy, desc);
+            Native.call(layoutDestroy, a);
+            Native.call(layoutDestroy, b);
+            Native.call(layoutDestroy, d);
+        }
+    }
+
+    /** A handle bound to a workspace of {@code workspaceBytes} at device address {@code workspace}. */
+    public CublasLt(long workspace, long workspaceBytes) {
+        SymbolLookup lib = CudaLibraries.load(CudaLibraries.CUBLASLT);
+        create = fn(lib, "cublasLtCreate", INT, PTR);
+        matmul = fn(lib, "cublasLtMatmul", INT, PTR, PTR, PTR, LONG, PTR, LONG, PTR, PTR, LONG, PTR, LONG, PTR, PTR, LONG, SIZE_T, PTR);
+        descCreate = fn(lib, "cublasLtMatmulDescCreate", INT, PTR, INT, INT);
+        descSetAttribute = fn(lib, "cublasLtMatmulDescSetAttribute", INT, PTR, INT, PTR, SIZE_T);
+        descDestroy = fn(lib, "cublasLtMatmulDescDestroy", INT, PTR);
+        layoutCreate = fn(lib, "cublasLtMatrixLayoutCreate", INT, PTR, INT, LONG, LONG, LONG);
+        layoutDestroy = fn(lib, "cublasLtMatrixLayoutDestroy", INT, PTR);
+        prefCreate = fn(lib, "cublasLtMatmulPreferenceCreate", INT, PTR);
+        prefSetAttribute = fn(lib, "cublasLtMatmulPreferenceSetAttribute", INT, PTR, INT, PTR, SIZE_T);
+        prefDestroy = fn(lib, "cublasLtMatmulPreferenceDestroy", INT, PTR);
+        heuristic = fn(lib, "cublasLtMatmulAlgoGetHeuristic", INT, PTR, PTR, PTR, PTR, PTR, PTR, PTR, INT, PTR, PTR);
+        statusName = fn(lib, "cublasLtGetStatusName", PTR, INT);
+        MemorySegment h = arena.allocate(PTR);
+        check(Native.call(create, h), "cublasLtCreate");
+        handle = h.get(ValueLayout.ADDRESS, 0);
+        one = arena.allocateFrom(ValueLayout.JAVA_FLOAT, 1f);
+        zero = arena.allocateFrom(ValueLayout.JAVA_FLOAT, 0f);
+        this.workspace = workspace;
+        this.workspaceBytes = workspaceBytes;
+    }
+
+    private static MethodHandle fn(SymbolLookup lib, String name, MemoryLayout ret, MemoryLayout... args) {
+        return Native.function(lib, LIB, name, FunctionDescriptor.of(ret, args));
+    }
+
+    private void check(int status, String function) {
+        if (status != 0) {
+            String name;
+            try {
+                name = Native.cString((MemorySegment) statusName.invokeExact(status));
+            } catch (Throwable t) {
+                name = "status " + status;
+            }
+            throw new CudaException(function + " failed: " + name);
+        }
+    }
+
+    /**
+     * {@code D = op(A)·op(B) + (accumulate ? D : 0)}, column-major, on {@code stream}. A is stored
+     * {@code transA ? k×m : m×k} with leading dimension lda, B {@code transB ? n×k : k×n}.
+     */
+    public void matmul(MemorySegment stream, boolean transA, boolean transB, int m, int n, int k, long a, Type ta, int lda, long b,
+            Type tb, int ldb, long d, Type td, int ldd, boolean accumulate) {
+        if (m == 0 || n == 0) {
+            return;
+        }
+        Plan plan = plans.computeIfAbsent(new PlanKey(transA, transB, m, n, k, lda, ldb, ldd, ta, tb, td), this::plan);
+        int rc;
+        MemorySegment beta = accumulate ? one : zero; // a local: invokeExact needs the static type exactly
+        try {
+            rc = (int) matmul.invokeExact(handle, plan.desc, one, a, plan.a, b, plan.b, beta, d, plan.d, d, plan.d,
+                    plan.algo, workspace, workspaceBytes, stream);
+        } catch (Throwable t) {
+            throw new CudaException("cublasLtMatmul failed: " + t, t);
+        }
+        check(rc, "cublasLtMatmul(" + m + "x" + n + "x" + k + ")");
+    }
+
+    private Plan plan(PlanKey key) {
+        try (Arena tmp = Arena.ofConfined()) {
+            MemorySegment out = tmp.allocate(PTR);
+            check(Native.call(descCreate, out, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+            MemorySegment desc = out.get(ValueLayout.ADDRESS, 0);
+            check(Native.call(descSetAttribute, desc, DESC_TRANSA, tmp.allocateFrom(INT, key.transA() ? 1 : 0), 4L),
+                    "cublasLtMatmulDescSetAttribute(TRANSA)");
+            check(Native.call(descSetAttribute, desc, DESC_TRANSB, tmp.allocateFrom(INT, key.transB() ? 1 : 0), 4L),
+                    "cublasLtMatmulDescSetAttribute(TRANSB)");
+            MemorySegment a = layout(tmp, key.ta(), key.transA() ? key.k() : key.m(), key.transA() ? key.m() : key.k(), key.lda());
+            MemorySegment b = layout(tmp, key.tb(), key.transB() ? key.n() : key.k(), key.transB() ? key.k() : key.n(), key.ldb());
+            MemorySegment d = layout(tmp, key.td(), key.m(), key.n(), key.ldd());
+            check(Native.call(prefCreate, out), "cublasLtMatmulPreferenceCreate");
+            MemorySegment pref = out.get(ValueLayout.ADDRESS, 0);
+            try {
+                check(Native.call(prefSetAttribute, pref, PREF_MAX_WORKSPACE_BYTES, tmp.allocateFrom(LONG, workspaceBytes), 8L),
+                        "cublasLtMatmulPreferenceSetAttribute");
+                MemorySegment result = tmp.allocate(HEURISTIC_RESULT_BYTES, 8);
+                MemorySegment count = tmp.allocate(INT);
+                check(Native.call(heuristic, handle, desc, a, b, d, d, pref, 1, result, count), "cublasLtMatmulAlgoGetHeuristic");
+                if (count.get(INT, 0) == 0) {
+                    throw new CudaException("cuBLASLt has no algorithm for " + key);
+                }
+                MemorySegment algo = arena.allocate(64, 8);
+                algo.copyFrom(result.asSlice(0, 64));
+                return new Plan(desc, a, b, d, algo);
+            } finally {
+                Native.call(prefDestroy, pref);
+            }
+        }
+    }
+
+    private MemorySegment layout(Arena tmp, Type type, long rows, long cols, long ld) {
+        MemorySegment out = tmp.allocate(PTR);
+        check(Native.call(layoutCreate, out, type.code, rows, cols, ld), "cublasLtMatrixLayoutCreate");
+        return out.get(ValueLayout.ADDRESS, 0);
+    }
+}

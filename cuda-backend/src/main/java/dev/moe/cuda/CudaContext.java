@@ -1,0 +1,188 @@
+package dev.moe.cuda;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * One GPU as the backend uses it: the primary context, one stream (all work is ordered on it),
+ * a caching allocator, a cuBLASLt handle with its workspace, and the kernels compiled so far.
+ * Not thread-safe: one model, one thread.
+ */
+public final class CudaContext implements AutoCloseable {
+    private static final long GEMM_WORKSPACE = 32L << 20;
+
+    public final Driver driver;
+    public final int device;
+    public final String deviceName;
+    /** "sm_90" on an H200. */
+    public final String arch;
+    public final int multiprocessors;
+    public final MemorySegment stream;
+    public final DeviceAllocator allocator;
+    public final CublasLt blas;
+    private final MemorySegment context;
+    private final DeviceAllocator.Block workspace;
+    private final KernelCache cache = KernelCache.fromEnvironment();
+    private final Map<String, MemorySegment> modules = new HashMap<>();
+    private final Map<String, MemorySegment> functions = new HashMap<>();
+    private boolean reportedCompile;
+
+    public CudaContext(int ordinal) {
+        driver = Driver.get();
+        int count = driver.deviceCount();
+        if (ordinal >= count) {
+            throw new CudaException("GPU " + ordinal + " asked for, but this machine has " + count + " CUDA device(s)");
+        }
+        device = driver.device(ordinal);
+        deviceName = driver.deviceName(device);
+        arch = "sm_" + driver.attribute(device, Driver.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+                + driver.attribute(device, Driver.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
+        multiprocessors = driver.attribute(device, Driver.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
+        context = driver.primaryContext(device);
+        stream = driver.createStream();
+        allocator = new DeviceAllocator(new DeviceAllocator.RawMemory() {
+            @Override
+            public long tryMalloc(long bytes) {
+                return driver.tryMalloc(bytes);
+            }
+
+            @Override
+            public void free(long pointer) {
+                driver.free(pointer);
+            }
+
+            @Override
+            public long[] memoryInfo() {
+                return driver.memoryInfo();
+            }
+        });
+        workspace = allocator.allocate(GEMM_WORKSPACE);
+        blas = new CublasLt(workspace.pointer, GEMM_WORKSPACE);
+    }
+
+    /** Makes this context current on the calling thread (needed once per thread that launches). */
+    public void makeCurrent() {
+        driver.setCurrent(context);
+    }
+
+    /**
+     * The kernel {@code name} of {@code source}: compiled by NVRTC at first use for this GPU and
+     * cached on disk; the first compile in a process prints its time once.
+     */
+    public MemorySegment kernel(String source, String name) {
+        String fkey = name + "\u0000" + source.hashCode() + "\u0000" + source.length();
+        MemorySegment f = functions.get(fkey);
+        if (f != null) {
+            return f;
+        }
+        MemorySegment module = modules.get(source);
+        if (module == null) {
+            Nvrtc nvrtc = Nvrtc.get();
+            List<String> options = List.of();
+            String key = KernelCache.key(source, arch, nvrtc.version(), options);
+            byte[] cubin = cache.read(key).orElse(null);
+            if (cubin == null) {
+                long t0 = System.nanoTime();
+                cubin = nvrtc.compile(source, "moe_kernels.cu", arch, options);
+                if (!reportedCompile) {
+                    reportedCompile = true;
+                    System.err.printf("moe: compiled GPU kernels for %s with NVRTC %s in %.1f s (cached in %s)%n", arch, nvrtc.version(),
+                            (System.nanoTime() - t0) / 1e9, cache.directory());
+                }
+                cache.write(key, cubin);
+            }
+            module = driver.loadModule(cubin);
+            modules.put(source, module);
+        }
+        f = driver.function(module, name);
+        functions.put(fkey, f);
+        return f;
+    }
+
+    /** Launches a kernel; {@code args} are device pointers (long), ints and floats in the kernel's parameter order. */
+    public void launch(MemorySegment function, String name, int gridX, int gridY, int block, int sharedBytes, Object... args) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment params = arena.allocate(ValueLayout.ADDRESS, args.length);
+            for (int i = 0; i < args.length; i++) {
+                MemorySegment slot = switch (args[i]) {
+                    case Long l -> arena.allocateFrom(ValueLayout.JAVA_LONG, l);
+                    case Integer n -> arena.allocateFrom(ValueLayout.JAVA_INT, n);
+                    case Float x -> arena.allocateFrom(ValueLayout.JAVA_FLOAT, x);
+                    default -> throw new IllegalArgumentException("kernel argument of type " + args[i].getClass());
+                };
+                params.setAtIndex(ValueLayout.ADDRESS, i, slot);
+            }
+            driver.launch(function, name, gridX, gridY, block, sharedBytes, stream, params);
+        }
+    }
+
+    /** Copies floats to the device (through a temporary host buffer). */
+    public void upload(float[] src, long dst) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment host = arena.allocate((long) src.length * 4, 64);
+            MemorySegment.copy(src, 0, host, ValueLayout.JAVA_FLOAT, 0, src.length);
+            driver.copyToDevice(dst, host, (long) src.length * 4, stream);
+            driver.synchronize(stream);
+        }
+    }
+
+    public void upload(int[] src, long dst) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment host = arena.allocate((long) src.length * 4, 64);
+            MemorySegment.copy(src, 0, host, ValueLayout.JAVA_INT, 0, src.length);
+            driver.copyToDevice(dst, host, (long) src.length * 4, stream);
+            driver.synchronize(stream);
+        }
+    }
+
+    public void upload(short[] src, long dst) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment host = arena.allocate((long) src.length * 2, 64);
+            MemorySegment.copy(src, 0, host, ValueLayout.JAVA_SHORT, 0, src.length);
+            driver.copyToDevice(dst, host, (long) src.length * 2, stream);
+            driver.synchronize(stream);
+        }
+    }
+
+    public float[] downloadFloats(long src, int n) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment host = arena.allocate((long) n * 4, 64);
+            driver.copyToHost(host, src, (long) n * 4, stream);
+            driver.synchronize(stream);
+            return host.toArray(ValueLayout.JAVA_FLOAT);
+        }
+    }
+
+    public int[] downloadInts(long src, int n) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment host = arena.allocate((long) n * 4, 64);
+            driver.copyToHost(host, src, (long) n * 4, stream);
+            driver.synchronize(stream);
+            return host.toArray(ValueLayout.JAVA_INT);
+        }
+    }
+
+    public short[] downloadShorts(long src, int n) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment host = arena.allocate((long) n * 2, 64);
+            driver.copyToHost(host, src, (long) n * 2, stream);
+            driver.synchronize(stream);
+            return host.toArray(ValueLayout.JAVA_SHORT);
+        }
+    }
+
+    public void synchronize() {
+        driver.synchronize(stream);
+    }
+
+    @Override
+    public void close() {
+        synchronize();
+        workspace.close();
+        allocator.close();
+    }
+}

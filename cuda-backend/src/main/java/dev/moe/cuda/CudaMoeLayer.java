@@ -1,0 +1,311 @@
+package dev.moe.cuda;
+
+import dev.moe.cuda.CublasLt.Type;
+import dev.moe.cuda.kernels.MoeKernelSource;
+import dev.moe.cuda.kernels.MoeKernelSource.Precision;
+import dev.moe.cuda.kernels.MoeKernelSource.Spec;
+import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * One dropless MoE layer with SwiGLU experts on the GPU, forward and backward: the router and the
+ * permutation run as kernels generated for the layer's declaration ({@link MoeKernelSource}), the
+ * expert FFNs as cuBLASLt GEMMs over each expert's contiguous rows (tokens sorted by expert).
+ *
+ * <p>Weights use the CPU backend's layout: router {@code [E, D]}, gate and up projections packed
+ * as {@code w13 [E, 2F, D]} (gate rows first), down projection {@code w2 [E, D, F]}. Weights and
+ * activations are stored in the spec's precision (bf16, or fp32 for parity runs); gradients of
+ * the weights are fp32 (the master copy's type) or, with {@code gradsInActivationType}, the
+ * activation type, as PyTorch does for bf16 parameters.
+ */
+public final class CudaMoeLayer implements AutoCloseable {
+    private static final int THREADS = 256;
+
+    public final Spec spec;
+    private final CudaContext ctx;
+    private final String source;
+    private final Type act;
+    private final Type gradType;
+    private final int actBytes;
+    private final DeviceAllocator.Block router, bias, w13, w2, dRouter, dW13, dW2;
+    private final List<DeviceAllocator.Block> saved = new ArrayList<>();
+    private final List<DeviceAllocator.Block> backwardBlocks = new ArrayList<>();
+    private int tokens;
+    private int[] offsets;
+    /** When profiling, an event recorded after each phase of the forward pass. */
+    private final List<String> phaseNames = new ArrayList<>();
+    private final List<MemorySegment> phaseEvents = new ArrayList<>();
+    private boolean profiling;
+    private long x, logits, probs, idx, weight, pos, h, g, a, y, out;
+
+    public CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType) {
+        this.ctx = ctx;
+        this.spec = spec;
+        this.source = MoeKernelSource.generate(spec);
+        this.act = spec.precision() == Precision.BF16 ? Type.BF16 : Type.F32;
+        this.gradType = gradsInActivationType ? act : Type.F32;
+        this.actBytes = act.bytes;
+        long e = spec.experts(), d = spec.dim(), f = spec.hidden();
+        router = ctx.allocator.allocate(e * d * actBytes);
+        bias = spec.bias() ? ctx.allocator.allocate(e * 4) : null;
+        w13 = ctx.allocator.allocate(e * 2 * f * d * actBytes);
+        w2 = ctx.allocator.allocate(e * d * f * actBytes);
+        dRouter = ctx.allocator.allocate(e * d * gradType.bytes);
+        dW13 = ctx.allocator.allocate(e * 2 * f * d * gradType.bytes);
+        dW2 = ctx.allocator.allocate(e * d * f * gradType.bytes);
+        // Compile (or load from the disk cache) before any timing starts.
+        for (String k : List.of("router_topk", "expert_rank", "expert_offsets", "permute_gather", "swiglu", "combine",
+                "combine_backward", "swiglu_backward", "unpermute_sum", "router_backward")) {
+            ctx.kernel(source, k);
+        }
+    }
+
+    /** Uploads weights given in fp32 (rounded to bf16 in bf16 mode); {@code expertBias} may be null. */
+    public void setWeights(float[] routerWeights, float[] expertBias, float[] gateUp, float[] down) {
+        int e = spec.experts(), d = spec.dim(), f = spec.hidden();
+        check(routerWeights.length == e * d, "router weights");
+        check(gateUp.length == (long) e * 2 * f * d, "gate/up weights");
+        check(down.length == (long) e * d * f, "down weights");
+        upload(routerWeights, router.pointer);
+        upload(gateUp, w13.pointer);
+        upload(down, w2.pointer);
+        if (spec.bias()) {
+            check(expertBias != null && expertBias.length == e, "expert bias");
+            ctx.upload(expertBias, bias.pointer);
+        }
+    }
+
+    private static void check(boolean ok, String what) {
+        if (!ok) {
+            throw new IllegalArgumentException(what + " have the wrong size");
+        }
+    }
+
+    /** Uploads fp32 values as this layer's activation type. */
+    public void upload(float[] values, long device) {
+        if (act == Type.F32) {
+            ctx.upload(values, device);
+        } else {
+            ctx.upload(Bf16.fromFloats(values), device);
+        }
+    }
+
+    /** Downloads {@code n} values of this layer's activation type as fp32. */
+    public float[] download(long device, int n) {
+        return act == Type.F32 ? ctx.downloadFloats(device, n) : Bf16.toFloats(ctx.downloadShorts(device, n));
+    }
+
+    private float[] downloadGrad(long device, int n) {
+        return gradType == Type.F32 ? ctx.downloadFloats(device, n) : Bf16.toFloats(ctx.downloadShorts(device, n));
+    }
+
+    public float[] routerGrad() {
+        return downloadGrad(dRouter.pointer, spec.experts() * spec.dim());
+    }
+
+    public float[] gateUpGrad() {
+        return downloadGrad(dW13.pointer, spec.experts() * 2 * spec.hidden() * spec.dim());
+    }
+
+    public float[] downGrad() {
+        return downloadGrad(dW2.pointer, spec.experts() * spec.dim() * spec.hidden());
+    }
+
+    /** Tokens per expert in the last forward pass. */
+    public int[] lastCounts() {
+        int[] counts = new int[spec.experts()];
+        for (int e = 0; e < counts.length; e++) {
+            counts[e] = offsets[e + 1] - offsets[e];
+        }
+        return counts;
+    }
+
+    /** Records an event after each forward phase, for {@link #phaseMillis()}; costs a little time. */
+    public void setProfiling(boolean on) {
+        profiling = on;
+    }
+
+    private void mark(String phase) {
+        if (!profiling) {
+            return;
+        }
+        int i = phaseNames.indexOf(phase);
+        if (i < 0) {
+            phaseNames.add(phase);
+            phaseEvents.add(ctx.driver.createEvent());
+            i = phaseNames.size() - 1;
+        }
+        ctx.driver.record(phaseEvents.get(i), ctx.stream);
+    }
+
+    /** Milliseconds of each phase of the last profiled forward pass, in order (after the "start" mark). */
+    public java.util.LinkedHashMap<String, Float> phaseMillis() {
+        var out = new java.util.LinkedHashMap<String, Float>();
+        for (int i = 1; i < phaseNames.size(); i++) {
+            out.put(phaseNames.get(i), ctx.driver.elapsedMillis(phaseEvents.get(i - 1), phaseEvents.get(i)));
+        }
+        return out;
+    }
+
+    /** A device buffer of {@code n} activations, for inputs and output gradients. */
+    public DeviceAllocator.Block allocateActivations(long n) {
+        return ctx.allocator.allocate(n * actBytes);
+    }
+
+    private long keep(List<DeviceAllocator.Block> list, long bytes) {
+        DeviceAllocator.Block b = ctx.allocator.allocate(bytes);
+        list.add(b);
+        return b.pointer;
+    }
+
+    /**
+     * The layer's output for {@code x [tokens, D]} (device, activation type); the pointer stays
+     * valid until the next forward. Saves what the backward pass needs.
+     */
+    public long forward(long x, int tokens) {
+        release(saved);
+        release(backwardBlocks);
+        this.x = x;
+        this.tokens = tokens;
+        int e = spec.experts(), k = spec.topK(), d = spec.dim(), f = spec.hidden();
+        int m = tokens * k;
+        logits = keep(saved, (long) tokens * e * 4);
+        probs = keep(saved, (long) tokens * e * 4);
+        idx = keep(saved, (long) m * 4);
+        weight = keep(saved, (long) m * 4);
+        long rank = keep(saved, (long) m * 4);
+        long counts = keep(saved, (long) e * 4);
+        long offs = keep(saved, (long) (e + 1) * 4);
+        pos = keep(saved, (long) m * 4);
+        h = keep(saved, (long) m * d * actBytes);
+        g = keep(saved, (long) m * 2 * f * actBytes);
+        a = keep(saved, (long) m * f * actBytes);
+        y = keep(saved, (long) m * d * actBytes);
+        out = keep(saved, (long) tokens * d * actBytes);
+
+        mark("start");
+        // logits[T, E] = x · routerᵀ, fp32 out.
+        ctx.blas.matmul(ctx.stream, true, false, e, tokens, d, router.pointer, act, d, x, act, d, logits, Type.F32, e, false);
+        launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, spec.bias() ? bias.pointer : 0L, tokens, idx, weight, probs);
+        launch("expert_rank", e, 1024, idx, m, rank, counts);
+        launch("expert_offsets", 1, 32, counts, offs);
+        launch("permute_gather", m, 128, x, idx, rank, offs, pos, h);
+        // The GEMMs need each expert's row range on the host: the one device-to-host sync per layer.
+        offsets = ctx.downloadInts(offs, e + 1);
+        mark("route+permute");
+        for (int ex = 0; ex < e; ex++) {
+            int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
+            if (rows == 0) {
+                continue;
+            }
+            // g_e[rows, 2F] = h_e · w13_eᵀ
+            ctx.blas.matmul(ctx.stream, true, false, 2 * f, rows, d, w13.pointer + (long) ex * 2 * f * d * actBytes, act, d,
+                    h + (long) r0 * d * actBytes, act, d, g + (long) r0 * 2 * f * actBytes, act, 2 * f, false);
+        }
+        mark("gemm gate/up");
+        long n = (long) m * f;
+        launch("swiglu", elementwiseGrid(n), THREADS, g, a, n);
+        mark("swiglu");
+        for (int ex = 0; ex < e; ex++) {
+            int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
+            if (rows == 0) {
+                continue;
+            }
+            // y_e[rows, D] = a_e · w2_eᵀ
+            ctx.blas.matmul(ctx.stream, true, false, d, rows, f, w2.pointer + (long) ex * d * f * actBytes, act, f,
+                    a + (long) r0 * f * actBytes, act, f, y + (long) r0 * d * actBytes, act, d, false);
+        }
+        mark("gemm down");
+        launch("combine", tokens, THREADS, y, pos, weight, out);
+        mark("combine");
+        return out;
+    }
+
+    /**
+     * The gradient with respect to the last forward's input for the output gradient {@code dOut};
+     * OVERWRITES the weight gradients (an expert that got no tokens gets zeros).
+     */
+    public long backward(long dOut) {
+        release(backwardBlocks);
+        int e = spec.experts(), k = spec.topK(), d = spec.dim(), f = spec.hidden();
+        int m = tokens * k;
+        long dy = keep(backwardBlocks, (long) m * d * actBytes);
+        long dWeight = keep(backwardBlocks, (long) m * 4);
+        long da = keep(backwardBlocks, (long) m * f * actBytes);
+        long dg = keep(backwardBlocks, (long) m * 2 * f * actBytes);
+        long dh = keep(backwardBlocks, (long) m * d * actBytes);
+        long dx = keep(backwardBlocks, (long) tokens * d * actBytes);
+        long dLogits = keep(backwardBlocks, (long) tokens * e * actBytes);
+        int gb = gradType.bytes;
+
+        launch("combine_backward", tokens, THREADS, dOut, y, pos, weight, dy, dWeight);
+        for (int ex = 0; ex < e; ex++) {
+            int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
+            long w2e = w2.pointer + (long) ex * d * f * actBytes;
+            if (rows == 0) {
+                ctx.driver.memsetZero(dW2.pointer + (long) ex * d * f * gb, (long) d * f * gb, ctx.stream);
+                continue;
+            }
+            // da_e[rows, F] = dy_e · w2_e
+            ctx.blas.matmul(ctx.stream, false, false, f, rows, d, w2e, act, f, dy + (long) r0 * d * actBytes, act, d,
+                    da + (long) r0 * f * actBytes, act, f, false);
+            // dw2_e[D, F] = dy_eᵀ · a_e
+            ctx.blas.matmul(ctx.stream, false, true, f, d, rows, a + (long) r0 * f * actBytes, act, f, dy + (long) r0 * d * actBytes, act,
+                    d, dW2.pointer + (long) ex * d * f * gb, gradType, f, false);
+        }
+        long n = (long) m * f;
+        launch("swiglu_backward", elementwiseGrid(n), THREADS, g, da, dg, n);
+        for (int ex = 0; ex < e; ex++) {
+            int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
+            long w13e = w13.pointer + (long) ex * 2 * f * d * actBytes;
+            if (rows == 0) {
+                ctx.driver.memsetZero(dW13.pointer + (long) ex * 2 * f * d * gb, (long) 2 * f * d * gb, ctx.stream);
+                continue;
+            }
+            // dh_e[rows, D] = dg_e · w13_e
+            ctx.blas.matmul(ctx.stream, false, false, d, rows, 2 * f, w13e, act, d, dg + (long) r0 * 2 * f * actBytes, act, 2 * f,
+                    dh + (long) r0 * d * actBytes, act, d, false);
+            // dw13_e[2F, D] = dg_eᵀ · h_e
+            ctx.blas.matmul(ctx.stream, false, true, d, 2 * f, rows, h + (long) r0 * d * actBytes, act, d, dg + (long) r0 * 2 * f * actBytes,
+                    act, 2 * f, dW13.pointer + (long) ex * 2 * f * d * gb, gradType, d, false);
+        }
+        launch("unpermute_sum", tokens, THREADS, dh, pos, dx);
+        launch("router_backward", ceilDiv(tokens * 32, THREADS), THREADS, probs, idx, dWeight, tokens, dLogits);
+        // dx += dlogits · router;  drouter[E, D] = dlogitsᵀ · x
+        ctx.blas.matmul(ctx.stream, false, false, d, tokens, e, router.pointer, act, d, dLogits, act, e, dx, act, d, true);
+        ctx.blas.matmul(ctx.stream, false, true, d, e, tokens, x, act, d, dLogits, act, e, dRouter.pointer, gradType, d, false);
+        return dx;
+    }
+
+    private void launch(String kernel, int grid, int block, Object... args) {
+        MemorySegment fn = ctx.kernel(source, kernel);
+        ctx.launch(fn, kernel, grid, 1, block, 0, args);
+    }
+
+    private int elementwiseGrid(long n) {
+        return (int) Math.min(ceilDiv(n, THREADS), (long) ctx.multiprocessors * 16);
+    }
+
+    private static int ceilDiv(long a, long b) {
+        return (int) ((a + b - 1) / b);
+    }
+
+    private static void release(List<DeviceAllocator.Block> blocks) {
+        for (DeviceAllocator.Block b : blocks) {
+            b.close();
+        }
+        blocks.clear();
+    }
+
+    @Override
+    public void close() {
+        release(saved);
+        release(backwardBlocks);
+        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {router, bias, w13, w2, dRouter, dW13, dW2}) {
+            if (b != null) {
+                b.close();
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+package dev.moe.cuda;
+
+import static dev.moe.cuda.Native.FLOAT;
+import static dev.moe.cuda.Native.INT;
+import static dev.moe.cuda.Native.LONG;
+import static dev.moe.cuda.Native.PTR;
+import static dev.moe.cuda.Native.SIZE_T;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.FunctionDescriptor;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.SymbolLookup;
+import java.lang.foreign.ValueLayout;
+import java.lang.invoke.MethodHandle;
+
+/**
+ * The part of the CUDA driver API the backend uses. Every call is checked: a failure throws a
+ * {@link CudaException} with the function's name and the driver's error name and text. Device
+ * pointers, contexts, streams, modules and functions are plain {@code long}s/segments here; the
+ * closeable handles live in {@link CudaContext} and {@link DeviceAllocator}.
+ */
+public final class Driver {
+    private static final String LIB = "libcuda";
+    public static final int CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
+    public static final int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
+    public static final int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
+    /** cuLaunchKernel's limit on dynamic shared memory without opting in. */
+    static final int CUDA_ERROR_OUT_OF_MEMORY = 2;
+
+    private final MethodHandle cuInit, cuDeviceGetCount, cuDeviceGet, cuDeviceGetName, cuDeviceGetAttribute, cuDriverGetVersion,
+            cuDevicePrimaryCtxRetain, cuCtxSetCurrent, cuCtxSynchronize, cuMemAlloc, cuMemFree, cuMemGetInfo, cuMemHostAlloc,
+            cuMemFreeHost, cuMemcpyHtoDAsync, cuMemcpyDtoHAsync, cuMemcpyDtoDAsync, cuMemsetD8Async, cuModuleLoadData,
+            cuModuleGetFunction, cuLaunchKernel, cuStreamCreate, cuStreamSynchronize, cuEventCreate, cuEventRecord,
+            cuEventSynchronize, cuEventElapsedTime, cuGetErrorName, cuGetErrorString;
+
+    private static Driver instance;
+
+    /** Loads the driver and calls cuInit once; throws with a hint to use the CPU when there is none. */
+    public static synchronized Driver get() {
+        if (instance == null) {
+            instance = new Driver(CudaLibraries.load(CudaLibraries.DRIVER));
+        }
+        return instance;
+    }
+
+    private Driver(SymbolLookup lib) {
+        cuGetErrorName = fn(lib, "cuGetErrorName", INT, INT, PTR);
+        cuGetErrorString = fn(lib, "cuGetErrorString", INT, INT, PTR);
+        cuInit = fn(lib, "cuInit", INT, INT);
+        cuDriverGetVersion = fn(lib, "cuDriverGetVersion", INT, PTR);
+        cuDeviceGetCount = fn(lib, "cuDeviceGetCount", INT, PTR);
+        cuDeviceGet = fn(lib, "cuDeviceGet", INT, PTR, INT);
+        cuDeviceGetName = fn(lib, "cuDeviceGetName", INT, PTR, INT, INT);
+        cuDeviceGetAttribute = fn(lib, "cuDeviceGetAttribute", INT, PTR, INT, INT);
+        cuDevicePrimaryCtxRetain = fn(lib, "cuDevicePrimaryCtxRetain", INT, PTR, INT);
+        cuCtxSetCurrent = fn(lib, "cuCtxSetCurrent", INT, PTR);
+        cuCtxSynchronize = fn(lib, "cuCtxSynchronize", INT);
+        cuMemAlloc = fn(lib, "cuMemAlloc_v2", INT, PTR, SIZE_T);
+        cuMemFree = fn(lib, "cuMemFree_v2", INT, LONG);
+        cuMemGetInfo = fn(lib, "cuMemGetInfo_v2", INT, PTR, PTR);
+        cuMemHostAlloc = fn(lib, "cuMemHostAlloc", INT, PTR, SIZE_T, INT);
+        cuMemFreeHost = fn(lib, "cuMemFreeHost", INT, PTR);
+        cuMemcpyHtoDAsync = fn(lib, "cuMemcpyHtoDAsync_v2", INT, LONG, PTR, SIZE_T, PTR);
+        cuMemcpyDtoHAsync = fn(lib, "cuMemcpyDtoHAsync_v2", INT, PTR, LONG, SIZE_T, PTR);
+        cuMemcpyDtoDAsync = fn(lib, "cuMemcpyDtoDAsync_v2", INT, LONG, LONG, SIZE_T, PTR);
+        cuMemsetD8Async = fn(lib, "cuMemsetD8Async", INT, LONG, ValueLayout.JAVA_BYTE, SIZE_T, PTR);
+        cuModuleLoadData = fn(lib, "cuModuleLoadData", INT, PTR, PTR);
+        cuModuleGetFunction = fn(lib, "cuModuleGetFunction", INT, PTR, PTR, PTR);
+        cuLaunchKernel = fn(lib, "cuLaunchKernel", INT, PTR, INT, INT, INT, INT, INT, INT, INT, PTR, PTR, PTR);
+        cuStreamCreate = fn(lib, "cuStreamCreate", INT, PTR, INT);
+        cuStreamSynchronize = fn(lib, "cuStreamSynchronize", INT, PTR);
+        cuEventCreate = fn(lib, "cuEventCreate", INT, PTR, INT);
+        cuEventRecord = fn(lib, "cuEventRecord", INT, PTR, PTR);
+        cuEventSynchronize = fn(lib, "cuEventSynchronize", INT, PTR);
+        cuEventElapsedTime = lib.find("cuEventElapsedTime_v2").isPresent()
+                ? fn(lib, "cuEventElapsedTime_v2", INT, PTR, PTR, PTR)
+                : fn(lib, "cuEventElapsedTime", INT, PTR, PTR, PTR);
+        check(Native.call(cuInit, 0), "cuInit");
+    }
+
+    private static MethodHandle fn(SymbolLookup lib, String name, java.lang.foreign.MemoryLayout ret, java.lang.foreign.MemoryLayout... args) {
+        return Native.function(lib, LIB, name, FunctionDescriptor.of(ret, args));
+    }
+
+    /** Throws for a non-zero CUresult, with the driver's own name and description of it. */
+    void check(int result, String function) {
+        if (result == 0) {
+            return;
+        }
+        String name = "CUDA error " + result;
+        String text = "";
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment p = arena.allocate(PTR);
+            if (Native.call(cuGetErrorName, result, p) == 0) {
+                name = Native.cString(p.get(ValueLayout.ADDRESS, 0));
+            }
+            if (Native.call(cuGetErrorString, result, p) == 0) {
+                text = Native.cString(p.get(ValueLayout.ADDRESS, 0));
+            }
+        }
+        throw new CudaException(function + " failed: " + name + (text.isEmpty() ? "" : " (" + text + ")"));
+    }
+
+    public int driverVersion() {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(INT);
+            check(Native.call(cuDriverGetVersion, v), "cuDriverGetVersion");
+            return v.get(INT, 0);
+        }
+    }
+
+    public int deviceCount() {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(INT);
+            check(Native.call(cuDeviceGetCount, v), "cuDeviceGetCount");
+            return v.get(INT, 0);
+        }
+    }
+
+    public int device(int ordinal) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(INT);
+            check(Native.call(cuDeviceGet, v, ordinal), "cuDeviceGet");
+            return v.get(INT, 0);
+        }
+    }
+
+    public String deviceName(int device) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment buf = arena.allocate(256);
+            check(Native.call(cuDeviceGetName, buf, 256, device), "cuDeviceGetName");
+            return buf.getString(0);
+        }
+    }
+
+    public int attribute(int device, int attribute) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(INT);
+            check(Native.call(cuDeviceGetAttribute, v, attribute, device), "cuDeviceGetAttribute");
+            return v.get(INT, 0);
+        }
+    }
+
+    /** Retains the device's primary context and makes it current on this thread. */
+    public MemorySegment primaryContext(int device) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(PTR);
+            check(Native.call(cuDevicePrimaryCtxRetain, v, device), "cuDevicePrimaryCtxRetain");
+            MemorySegment ctx = v.get(ValueLayout.ADDRESS, 0);
+            check(Native.call(cuCtxSetCurrent, ctx), "cuCtxSetCurrent");
+            return ctx;
+        }
+    }
+
+    public void setCurrent(MemorySegment context) {
+        check(Native.call(cuCtxSetCurrent, context), "cuCtxSetCurrent");
+    }
+
+    public void synchronizeContext() {
+        check(Native.call(cuCtxSynchronize), "cuCtxSynchronize");
+    }
+
+    /** A device allocation, or -1 when the device is out of memory (the allocator decides what to do). */
+    public long tryMalloc(long bytes) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(LONG);
+            int rc = Native.call(cuMemAlloc, v, bytes);
+            if (rc == CUDA_ERROR_OUT_OF_MEMORY) {
+                return -1;
+            }
+            check(rc, "cuMemAlloc");
+            return v.get(LONG, 0);
+        }
+    }
+
+    public void free(long devicePointer) {
+        check(Native.call(cuMemFree, devicePointer), "cuMemFree");
+    }
+
+    /** {free, total} bytes of device memory. */
+    public long[] memoryInfo() {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment free = arena.allocate(SIZE_T);
+            MemorySegment total = arena.allocate(SIZE_T);
+            check(Native.call(cuMemGetInfo, free, total), "cuMemGetInfo");
+            return new long[] {free.get(SIZE_T, 0), total.get(SIZE_T, 0)};
+        }
+    }
+
+    /** Page-locked host memory, so that copies run at full PCIe speed and asynchronously. */
+    public MemorySegment hostAlloc(long bytes) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(PTR);
+            check(Native.call(cuMemHostAlloc, v, bytes, 0), "cuMemHostAlloc");
+            return v.get(ValueLayout.ADDRESS, 0).reinterpret(bytes);
+        }
+    }
+
+    public void freeHost(MemorySegment host) {
+        check(Native.call(cuMemFreeHost, host), "cuMemFreeHost");
+    }
+
+    public void copyToDevice(long dst, MemorySegment src, long bytes, MemorySegment stream) {
+        check(Native.call(cuMemcpyHtoDAsync, dst, src, bytes, stream), "cuMemcpyHtoDAsync");
+    }
+
+    public void copyToHost(MemorySegment dst, long src, long bytes, MemorySegment stream) {
+        check(Native.call(cuMemcpyDtoHAsync, dst, src, bytes, stream), "cuMemcpyDtoHAsync");
+    }
+
+    public void copyOnDevice(long dst, long src, long bytes, MemorySegment stream) {
+        check(Native.call(cuMemcpyDtoDAsync, dst, src, bytes, stream), "cuMemcpyDtoDAsync");
+    }
+
+    public void memsetZero(long dst, long bytes, MemorySegment stream) {
+        check(Native.call(cuMemsetD8Async, dst, (byte) 0, bytes, stream), "cuMemsetD8Async");
+    }
+
+    /** Loads a cubin (or PTX) image; the module lives as long as the context. */
+    public MemorySegment loadModule(byte[] image) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment img = arena.allocate(image.length + 1L);
+            img.copyFrom(MemorySegment.ofArray(image));
+            MemorySegment v = arena.allocate(PTR);
+            check(Native.call(cuModuleLoadData, v, img), "cuModuleLoadData");
+            return v.get(ValueLayout.ADDRESS, 0);
+        }
+    }
+
+    public MemorySegment function(MemorySegment module, String name) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(PTR);
+            check(Native.call(cuModuleGetFunction, v, module, arena.allocateFrom(name)), "cuModuleGetFunction(" + name + ")");
+            return v.get(ValueLayout.ADDRESS, 0);
+        }
+    }
+
+    /** Launches with {@code params} an array of pointers to the argument values (as cuLaunchKernel wants). */
+    public void launch(MemorySegment function, String name, int gridX, int gridY, int blockX, int sharedBytes, MemorySegment stream,
+            MemorySegment params) {
+        int rc;
+        try {
+            // invokeExact: launches are on the hot path, and the generic call boxes every argument.
+            rc = (int) cuLaunchKernel.invokeExact(function, gridX, gridY, 1, blockX, 1, 1, sharedBytes, stream, params, MemorySegment.NULL);
+        } catch (Throwable t) {
+            throw new CudaException("cuLaunchKernel(" + name + ") failed: " + t, t);
+        }
+        check(rc, "cuLaunchKernel(" + name + ")");
+    }
+
+    public MemorySegment createStream() {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(PTR);
+            check(Native.call(cuStreamCreate, v, 1 /* CU_STREAM_NON_BLOCKING */), "cuStreamCreate");
+            return v.get(ValueLayout.ADDRESS, 0);
+        }
+    }
+
+    public void synchronize(MemorySegment stream) {
+        check(Native.call(cuStreamSynchronize, stream), "cuStreamSynchronize");
+    }
+
+    public MemorySegment createEvent() {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(PTR);
+            check(Native.call(cuEventCreate, v, 0), "cuEventCreate");
+            return v.get(ValueLayout.ADDRESS, 0);
+        }
+    }
+
+    public void record(MemorySegment event, MemorySegment stream) {
+        check(Native.call(cuEventRecord, event, stream), "cuEventRecord");
+    }
+
+    /** Milliseconds between two recorded events (waits for the second). */
+    public float elapsedMillis(MemorySegment start, MemorySegment end) {
+        check(Native.call(cuEventSynchronize, end), "cuEventSynchronize");
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(FLOAT);
+            check(Native.call(cuEventElapsedTime, v, start, end), "cuEventElapsedTime");
+            return v.get(FLOAT, 0);
+        }
+    }
+}

@@ -1,0 +1,142 @@
+package dev.moe.cuda;
+
+import dev.moe.cuda.kernels.MoeKernelSource.Precision;
+import dev.moe.cuda.kernels.MoeKernelSource.Score;
+import dev.moe.cuda.kernels.MoeKernelSource.Spec;
+import java.lang.foreign.MemorySegment;
+import java.util.Arrays;
+import java.util.Map;
+import java.util.Random;
+
+/**
+ * Times one MoE layer (SwiGLU experts, softmax top-k, normalised) on the GPU, forward and
+ * forward+backward, and prints TFLOP/s with FLOPs counted as 6·T·k·d·f forward and 3× that for
+ * forward+backward (the convention of the PyTorch peer script), the share of the forward pass
+ * spent outside the expert GEMMs, and the allocator's peak. Routing is uniform (random router) or
+ * skewed (an expert bias that favours low-numbered experts). Median of CUDA-event timings.
+ *
+ * <pre>java ... dev.moe.cuda.MoeLayerBench [--tokens 8192] [--reps 20] [--fp32] [--shapes mixtral,deepseek,olmoe]</pre>
+ */
+public final class MoeLayerBench {
+
+    record Shape(String name, int d, int f, int e, int k) {}
+
+    static final Map<String, Shape> SHAPES = Map.of(
+            "mixtral", new Shape("mixtral", 4096, 14336, 8, 2),
+            "deepseek", new Shape("deepseek", 2048, 1408, 64, 6),
+            "olmoe", new Shape("olmoe", 2048, 1024, 64, 8));
+
+    public static void main(String[] args) {
+        int tokens = 8192, reps = 20;
+        Precision precision = Precision.BF16;
+        String[] shapes = {"mixtral", "deepseek", "olmoe"};
+        for (int i = 0; i < args.length; i++) {
+            switch (args[i]) {
+                case "--tokens" -> tokens = Integer.parseInt(args[++i]);
+                case "--reps" -> reps = Integer.parseInt(args[++i]);
+                case "--fp32" -> precision = Precision.FP32;
+                case "--shapes" -> shapes = args[++i].split(",");
+                default -> {
+                    System.err.println("usage: MoeLayerBench [--tokens N] [--reps N] [--fp32] [--shapes mixtral,deepseek,olmoe]");
+                    System.exit(2);
+                }
+            }
+        }
+        try (CudaContext ctx = new CudaContext(0)) {
+            System.out.printf("MoE layer on %s (%s), %s, %d tokens, median of %d%n", ctx.deviceName, ctx.arch,
+                    precision.name().toLowerCase(java.util.Locale.ROOT), tokens, reps);
+            System.out.printf("%-9s %-7s %8s %8s %10s %10s %11s %12s %10s%n", "shape", "routing", "fwd ms", "f+b ms", "fwd TF/s",
+                    "f+b TF/s", "non-GEMM %", "peak memory", "max/mean");
+            for (String name : shapes) {
+                Shape sh = SHAPES.get(name);
+                if (sh == null) {
+                    throw new IllegalArgumentException("unknown shape " + name + "; known: " + SHAPES.keySet());
+                }
+                for (boolean skewed : new boolean[] {false, true}) {
+                    run(ctx, sh, skewed, tokens, reps, precision);
+                }
+            }
+        } catch (CudaException e) {
+            System.err.println("moe: " + e.getMessage());
+            System.exit(2);
+        }
+    }
+
+    static void run(CudaContext ctx, Shape sh, boolean skewed, int tokens, int reps, Precision precision) {
+        Spec spec = new Spec(sh.d(), sh.f(), sh.e(), sh.k(), Score.SOFTMAX, true, 1f, skewed, precision);
+        Random rnd = new Random(42);
+        // Gradients in the activation type, as PyTorch keeps them for bf16 parameters: same bytes as the peer.
+        try (CudaMoeLayer layer = new CudaMoeLayer(ctx, spec, true);
+                DeviceAllocator.Block x = layer.allocateActivations((long) tokens * sh.d());
+                DeviceAllocator.Block dOut = layer.allocateActivations((long) tokens * sh.d())) {
+            float[] bias = null;
+            if (skewed) {
+                bias = new float[sh.e()];
+                for (int e = 0; e < sh.e(); e++) {
+                    bias[e] = 2f / sh.e() * (1f - e / (float) (sh.e() - 1)); // linear: expert 0 most favoured
+                }
+            }
+            layer.setWeights(GpuChecks.gaussian(rnd, sh.e() * sh.d(), (float) (1 / Math.sqrt(sh.d())), false), bias,
+                    tiled(rnd, sh.e() * 2 * sh.f() * sh.d(), (float) (1 / Math.sqrt(sh.d()))),
+                    tiled(rnd, sh.e() * sh.d() * sh.f(), (float) (1 / Math.sqrt(sh.f()))));
+            layer.upload(GpuChecks.gaussian(rnd, tokens * sh.d(), 1f, false), x.pointer);
+            layer.upload(GpuChecks.gaussian(rnd, tokens * sh.d(), 1e-3f, false), dOut.pointer);
+            MemorySegment start = ctx.driver.createEvent(), end = ctx.driver.createEvent();
+            for (int i = 0; i < 3; i++) { // warm-up: plans, caches
+                layer.forward(x.pointer, tokens);
+                layer.backward(dOut.pointer);
+            }
+            ctx.synchronize();
+            ctx.allocator.resetHighWater();
+            float[] fwd = new float[reps], fb = new float[reps];
+            for (int i = 0; i < reps; i++) {
+                ctx.driver.record(start, ctx.stream);
+                layer.forward(x.pointer, tokens);
+                ctx.driver.record(end, ctx.stream);
+                fwd[i] = ctx.driver.elapsedMillis(start, end);
+            }
+            for (int i = 0; i < reps; i++) {
+                ctx.driver.record(start, ctx.stream);
+                layer.forward(x.pointer, tokens);
+                layer.backward(dOut.pointer);
+                ctx.driver.record(end, ctx.stream);
+                fb[i] = ctx.driver.elapsedMillis(start, end);
+            }
+            long peak = ctx.allocator.highWater();
+            layer.setProfiling(true);
+            layer.forward(x.pointer, tokens);
+            ctx.synchronize();
+            Map<String, Float> phases = layer.phaseMillis();
+            float total = 0, gemm = 0;
+            for (var p : phases.entrySet()) {
+                total += p.getValue();
+                gemm += p.getKey().startsWith("gemm") ? p.getValue() : 0;
+            }
+            int[] counts = layer.lastCounts();
+            double mean = Arrays.stream(counts).average().orElse(0);
+            int max = Arrays.stream(counts).max().orElse(0);
+            double flops = 6.0 * tokens * sh.k() * sh.d() * sh.f();
+            double fwdMs = median(fwd), fbMs = median(fb);
+            System.out.printf("%-9s %-7s %8.3f %8.3f %10.1f %10.1f %10.1f%% %12s %10.2f%n", sh.name(), skewed ? "skewed" : "uniform", fwdMs,
+                    fbMs, flops / (fwdMs * 1e-3) / 1e12, 3 * flops / (fbMs * 1e-3) / 1e12, 100 * (total - gemm) / total,
+                    DeviceAllocator.human(peak), max / mean);
+            System.out.printf("          phases (ms): %s%n", phases);
+        }
+    }
+
+    /** Expert weights for timing: a block of Gaussians repeated (GEMM speed does not depend on the values; this is fast). */
+    static float[] tiled(Random rnd, int n, float std) {
+        float[] block = GpuChecks.gaussian(rnd, Math.min(n, 1 << 20), std, false);
+        float[] out = new float[n];
+        for (int i = 0; i < n; i += block.length) {
+            System.arraycopy(block, 0, out, i, Math.min(block.length, n - i));
+        }
+        return out;
+    }
+
+    static double median(float[] v) {
+        float[] s = v.clone();
+        Arrays.sort(s);
+        return s.length % 2 == 1 ? s[s.length / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2.0;
+    }
+}

@@ -1,0 +1,31 @@
+package dev.moe.cuda;
+
+import static com.google.common.truth.Truth.assertWithMessage;
+
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.Test;
+
+/** The GPU parity checks as a test: skipped, with the reason shown, where there is no GPU (as in CI). */
+class GpuParityTest {
+
+    @Test
+    void everyCaseMatchesTheFloat64Reference() {
+        String why = null;
+        try {
+            Driver.get();
+            if (Driver.get().deviceCount() == 0) {
+                why = "the CUDA driver reports no GPU";
+            }
+        } catch (CudaException e) {
+            why = e.getMessage();
+        }
+        Assumptions.assumeTrue(why == null, "GPU tests skipped: " + why + " (run bench/gpu/run-gpu-tests.sh on a GPU machine)");
+        try (CudaContext ctx = new CudaContext(0)) {
+            long seed = 1;
+            for (GpuChecks.Case c : GpuChecks.cases()) {
+                GpuChecks.Outcome o = GpuChecks.check(ctx, c, seed++);
+                assertWithMessage("%s", o).that(o.pass()).isTrue();
+            }
+        }
+    }
+}
