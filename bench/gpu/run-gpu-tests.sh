@@ -3,10 +3,14 @@
 # `java` on PATH) and the project's jars in .device/lib (../shared/tools/device-java.sh builds both).
 #
 #   bash bench/gpu/run-gpu-tests.sh [OUTDIR]     # default OUTDIR: bench/results/gpu-<date>
+#   SKIP_BENCH=1 ...                             # only the correctness checks
 #
 # 1. GpuChecks: the MoE layer's output and every gradient against a float64 reference (22 cases).
-# 2. MoeLayerBench: TFLOP/s forward and forward+backward, bf16, 8192 tokens, three shapes.
-# 3. The PyTorch peer on the same GPU in the same run (bench/gpu/torch_moe_gpu.py), when torch is there.
+# 2. BackendParity: the primitives CudaBackend runs on the GPU against the CPU backend (24 shapes).
+# 3. Training parity: 100 steps of two recipes with --backend cuda against --backend cpu; the losses
+#    must agree within 1e-3 relative at every step.
+# 4. MoeLayerBench: TFLOP/s forward and forward+backward, bf16, 8192 tokens, three shapes, and the
+#    PyTorch peer on the same GPU in the same run (bench/gpu/torch_moe_gpu.py), when torch is there.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-bench/results/gpu-$(date +%F)}
@@ -17,8 +21,30 @@ JOPTS="--enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1 || true
 status=0
 $J $JOPTS -cp "$CP" dev.moe.cuda.GpuChecks 2>&1 | tee "$OUT/parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
-$J $JOPTS -Xmx48g -cp "$CP" dev.moe.cuda.MoeLayerBench ${BENCH_ARGS:-} 2>&1 | tee "$OUT/moe-layer-bench.txt"
-if python3 -c 'import torch' 2>/dev/null; then
-  python3 bench/gpu/torch_moe_gpu.py 2>&1 | tee "$OUT/torch-peer.txt"
+$J $JOPTS -cp "$CP" dev.moe.cuda.BackendParity 2>&1 | tee "$OUT/backend-parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+for recipe in mixtral deepseek-moe; do
+  for backend in cpu cuda; do
+    $J $JOPTS -Xmx8g -cp "$CP" dev.moe.cli.MoeCli train "recipes/$recipe.moe" --steps 100 --backend $backend \
+        --out "$OUT/train-$recipe-$backend" > "$OUT/train-$recipe-$backend.log" 2>&1 || { status=1; tail -5 "$OUT/train-$recipe-$backend.log"; }
+  done
+  python3 - "$OUT/train-$recipe-cpu/metrics.jsonl" "$OUT/train-$recipe-cuda/metrics.jsonl" "$recipe" <<'PY' | tee -a "$OUT/train-parity.txt" || status=1
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b) == 100, (len(a), len(b))
+worst = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a, b))
+tps = lambda r: sum(x.get("tokens_per_s", 0) for x in r[10:]) / max(1, len(r) - 10)
+print(f"{sys.argv[3]}: 100 steps, loss cpu {a[-1]['loss']:.5f} cuda {b[-1]['loss']:.5f}, worst relative difference {worst:.2e}"
+      f" ({'ok' if worst <= 1e-3 else 'FAIL'}); tokens/s cpu {tps(a):.0f} cuda {tps(b):.0f}")
+sys.exit(0 if worst <= 1e-3 else 1)
+PY
+done
+
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  $J $JOPTS -Xmx48g -cp "$CP" dev.moe.cuda.MoeLayerBench ${BENCH_ARGS:-} 2>&1 | tee "$OUT/moe-layer-bench.txt"
+  if python3 -c 'import torch' 2>/dev/null; then
+    python3 bench/gpu/torch_moe_gpu.py 2>&1 | tee "$OUT/torch-peer.txt"
+  fi
 fi
 exit $status

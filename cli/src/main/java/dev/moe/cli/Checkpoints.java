@@ -13,6 +13,10 @@ final class Checkpoints {
     private Checkpoints() {}
 
     static Recipes.Loaded open(Path checkpoint, int threads, PrintWriter err) throws Recipes.UserError, IOException {
+        return open(checkpoint, Recipes.BackendFactory.cpu(threads), err);
+    }
+
+    static Recipes.Loaded open(Path checkpoint, Recipes.BackendFactory backend, PrintWriter err) throws Recipes.UserError, IOException {
         if (Files.isDirectory(checkpoint)) {
             checkpoint = checkpoint.resolve("last.safetensors");
         }
@@ -30,7 +34,7 @@ final class Checkpoints {
         if (source == null) {
             throw new Recipes.UserError(checkpoint + " carries no recipe in its metadata");
         }
-        Recipes.Loaded loaded = Recipes.load(new SourceFile(name, source), meta.get("model"), threads, err);
+        Recipes.Loaded loaded = Recipes.load(new SourceFile(name, source), meta.get("model"), backend, err);
         try {
             Checkpoint.load(checkpoint, loaded.instance().parameters(), null);
         } catch (IOException e) {

@@ -31,6 +31,9 @@ final class EvalCommand implements Callable<Integer> {
     @Mixin
     HelpOption help;
 
+    @Mixin
+    BackendOption backendOption;
+
     @Parameters(paramLabel = "CHECKPOINT", description = "A checkpoint written by `moe train` (or its run directory).")
     Path checkpoint;
 
@@ -96,7 +99,7 @@ final class EvalCommand implements Callable<Integer> {
         PrintWriter out = spec.commandLine().getOut();
         PrintWriter err = spec.commandLine().getErr();
         try {
-            Recipes.Loaded loaded = Checkpoints.open(checkpoint, threads, err);
+            Recipes.Loaded loaded = Checkpoints.open(checkpoint, () -> backendOption.create(threads), err);
             TrainableModel m = loaded.instance();
             m.setTraining(false);
             int len = seq != null ? Math.min(seq, m.context()) : m.context();

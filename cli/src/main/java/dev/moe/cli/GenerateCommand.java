@@ -26,6 +26,9 @@ final class GenerateCommand implements Callable<Integer> {
     @Mixin
     HelpOption help;
 
+    @Mixin
+    BackendOption backendOption;
+
     @Parameters(paramLabel = "CHECKPOINT", description = "A .safetensors checkpoint written by `moe train` (or its run directory).")
     Path checkpoint;
 
@@ -60,7 +63,7 @@ final class GenerateCommand implements Callable<Integer> {
             return 2;
         }
         try {
-            Recipes.Loaded loaded = Checkpoints.open(checkpoint, threads, err);
+            Recipes.Loaded loaded = Checkpoints.open(checkpoint, () -> backendOption.create(threads), err);
             int[] tokens = ByteTokenizer.INSTANCE.encode(prompt);
             if (tokens.length == 0) {
                 err.println("moe: error: the prompt is empty");

@@ -58,6 +58,22 @@ final class Plots {
         BitmapEncoder.saveBitmap(heat, runDir.resolve("experts.png").toString(), BitmapEncoder.BitmapFormat.PNG);
     }
 
+    /**
+     * {@link #write}, but a machine that cannot draw (a headless server without fonts, where AWT
+     * throws an Error) gets a warning instead of a failed run: the metrics and checkpoints are there.
+     */
+    static void writeOrWarn(Path runDir, TrainableModel model, java.io.PrintWriter err) throws IOException {
+        try {
+            write(runDir, model);
+        } catch (VirtualMachineError e) {
+            throw e;
+        } catch (Error | RuntimeException e) {
+            err.println("moe: warning: could not draw loss.png and experts.png (" + e.getMessage()
+                    + "); metrics.jsonl has the same data. Installing fonts (e.g. fontconfig and fonts-dejavu-core) fixes this.");
+            err.flush();
+        }
+    }
+
     static void write(Path runDir, TrainableModel model) throws IOException {
         Path metrics = runDir.resolve("metrics.jsonl");
         if (!Files.exists(metrics)) {

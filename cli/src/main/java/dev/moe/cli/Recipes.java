@@ -30,7 +30,21 @@ final class Recipes {
 
     record Loaded(Model model, Optional<Training> training, TrainableModel instance) {}
 
+    /** Opens the backend a model runs on (the CPU, or a GPU that may be missing). */
+    @FunctionalInterface
+    interface BackendFactory {
+        Backend create() throws UserError;
+
+        static BackendFactory cpu(int threads) {
+            return () -> new CpuBackend(threads, CpuBackend.VECTOR_API);
+        }
+    }
+
     static Loaded load(SourceFile source, String modelName, int threads, PrintWriter err) throws UserError {
+        return load(source, modelName, BackendFactory.cpu(threads), err);
+    }
+
+    static Loaded load(SourceFile source, String modelName, BackendFactory backend, PrintWriter err) throws UserError {
         CompileResult result = MoeCompiler.compile(source);
         result.diagnostics().forEach(d -> err.print(DiagnosticRenderer.render(d)));
         err.flush();
@@ -53,10 +67,14 @@ final class Recipes {
             model = models.getFirst();
         }
         Optional<Training> training = result.output().get().trainings().stream().filter(t -> t.model().equals(model.name())).findFirst();
-        return new Loaded(model, training, instantiate(model, source.name(), threads));
+        return new Loaded(model, training, instantiate(model, source.name(), backend));
     }
 
     static TrainableModel instantiate(Model model, String sourceName, int threads) throws UserError {
+        return instantiate(model, sourceName, BackendFactory.cpu(threads));
+    }
+
+    static TrainableModel instantiate(Model model, String sourceName, BackendFactory backendFactory) throws UserError {
         JavaFile file;
         try {
             file = JavaGenerator.generate(model, JavaGenerator.DEFAULT_PACKAGE, sourceName);
@@ -64,7 +82,7 @@ final class Recipes {
             throw new UserError(e.getMessage());
         }
         ClassLoader loader = InMemoryCompiler.load(ClassCache.compile(file), Recipes.class.getClassLoader());
-        Backend backend = new CpuBackend(threads, CpuBackend.VECTOR_API);
+        Backend backend = backendFactory.create();
         try {
             Class<?> type = loader.loadClass(JavaGenerator.DEFAULT_PACKAGE + "." + file.typeSpec().name());
             return (TrainableModel) type.getConstructor(Backend.class).newInstance(backend);

@@ -29,7 +29,7 @@ import picocli.CommandLine.Spec;
  */
 @Command(
         name = "train",
-        description = {"Train the model of a .moe file on the CPU.",
+        description = {"Train the model of a .moe file on the CPU (or with --backend cuda on a GPU).",
             "Settings come from the file's `train` block; options override them. Writes metrics.jsonl, loss.png,"
                     + " experts.png and checkpoints (last.safetensors) to the run directory. Ctrl-C saves and stops;"
                     + " --resume carries an interrupted run on, bitwise as if uninterrupted."},
@@ -42,6 +42,9 @@ final class TrainCommand implements Callable<Integer> {
 
     @Mixin
     HelpOption help;
+
+    @Mixin
+    BackendOption backendOption;
 
     @Parameters(paramLabel = "FILE", description = "The .moe recipe.")
     Path file;
@@ -92,7 +95,7 @@ final class TrainCommand implements Callable<Integer> {
             return 1;
         }
         try {
-            Recipes.Loaded loaded = Recipes.load(source, model, threads, err);
+            Recipes.Loaded loaded = Recipes.load(source, model, () -> backendOption.create(threads), err);
             Training t = loaded.training().orElse(null);
             if (t != null && !t.stages().isEmpty()) {
                 throw new Recipes.UserError("train `" + t.model() + "` has stages: multi-stage curricula are not run by `moe train` yet");
@@ -121,7 +124,7 @@ final class TrainCommand implements Callable<Integer> {
             stdout.flush();
             PrintStream log = new PrintStream(new java.io.FileOutputStream(java.io.FileDescriptor.err), true, java.nio.charset.StandardCharsets.UTF_8);
             Trainer.Result r = new Trainer(m, stream, options, log).run();
-            Plots.write(runDir, m);
+            Plots.writeOrWarn(runDir, m, err);
             if (!r.losses().isEmpty()) {
                 stdout.printf(Locale.ROOT, "loss %.4f -> %.4f over %d steps; checkpoint %s%n", r.firstLoss(), r.lastLoss(), r.losses().size(),
                         r.checkpoint());

@@ -8,8 +8,7 @@ import org.junit.jupiter.api.Test;
 /** The GPU parity checks as a test: skipped, with the reason shown, where there is no GPU (as in CI). */
 class GpuParityTest {
 
-    @Test
-    void everyCaseMatchesTheFloat64Reference() {
+    private static String whyNoGpu() {
         String why = null;
         try {
             Driver.get();
@@ -19,12 +18,31 @@ class GpuParityTest {
         } catch (CudaException e) {
             why = e.getMessage();
         }
+        return why;
+    }
+
+    @Test
+    void everyCaseMatchesTheFloat64Reference() {
+        String why = whyNoGpu();
         Assumptions.assumeTrue(why == null, "GPU tests skipped: " + why + " (run bench/gpu/run-gpu-tests.sh on a GPU machine)");
         try (CudaContext ctx = new CudaContext(0)) {
             long seed = 1;
             for (GpuChecks.Case c : GpuChecks.cases()) {
                 GpuChecks.Outcome o = GpuChecks.check(ctx, c, seed++);
                 assertWithMessage("%s", o).that(o.pass()).isTrue();
+            }
+        }
+    }
+
+    @Test
+    void theGpuPrimitivesMatchTheCpuBackend() {
+        String why = whyNoGpu();
+        Assumptions.assumeTrue(why == null, "GPU tests skipped: " + why + " (run bench/gpu/run-gpu-tests.sh on a GPU machine)");
+        dev.moe.runtime.Backend cpu = new dev.moe.runtime.cpu.CpuBackend(2, dev.moe.runtime.cpu.CpuBackend.VECTOR_API);
+        try (CudaBackend gpu = new CudaBackend(0, cpu)) {
+            long seed = 11;
+            for (BackendParity.Shape s : BackendParity.shapes()) {
+                assertWithMessage("%s", s).that(BackendParity.check(gpu, cpu, s, seed++)).isAtMost(1e-4);
             }
         }
     }

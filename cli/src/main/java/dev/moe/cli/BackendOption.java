@@ -1,0 +1,30 @@
+package dev.moe.cli;
+
+import dev.moe.cuda.CudaBackend;
+import dev.moe.cuda.CudaException;
+import dev.moe.runtime.Backend;
+import dev.moe.runtime.cpu.CpuBackend;
+import picocli.CommandLine.Option;
+
+/** {@code --backend cpu|cuda}, shared by the commands that run a model. */
+final class BackendOption {
+    @Option(names = "--backend", paramLabel = "NAME", description = "Where the model runs: cpu (default) or cuda (an NVIDIA GPU: "
+            + "the matrix products run there through cuBLASLt, the other ops on the CPU).")
+    String backend = "cpu";
+
+    /** Opens the backend, or explains why it cannot be opened (no GPU, no driver) as a user error. */
+    Backend create(int threads) throws Recipes.UserError {
+        Backend cpu = new CpuBackend(threads, CpuBackend.VECTOR_API);
+        return switch (backend) {
+            case "cpu" -> cpu;
+            case "cuda" -> {
+                try {
+                    yield new CudaBackend(0, cpu);
+                } catch (CudaException e) {
+                    throw new Recipes.UserError("--backend cuda: " + e.getMessage());
+                }
+            }
+            default -> throw new Recipes.UserError("unknown backend `" + backend + "`: use cpu or cuda");
+        };
+    }
+}

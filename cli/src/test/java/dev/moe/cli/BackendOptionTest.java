@@ -1,0 +1,37 @@
+package dev.moe.cli;
+
+import static com.google.common.truth.Truth.assertThat;
+
+import dev.moe.cuda.CudaLibraries;
+import dev.moe.cuda.CudaException;
+import java.nio.file.Path;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+class BackendOptionTest {
+
+    @Test
+    void anUnknownBackendIsAUserError(@TempDir Path dir) {
+        Cli.Run r = Cli.run("train", "../recipes/mixtral.moe", "--steps", "1", "--backend", "tpu", "--out", dir.toString());
+        assertThat(r.exit()).isEqualTo(1);
+        assertThat(r.err()).contains("unknown backend `tpu`: use cpu or cuda");
+    }
+
+    @Test
+    void withoutAGpuTheCudaBackendSaysWhyAndPointsToTheCpu(@TempDir Path dir) {
+        boolean driver;
+        try {
+            CudaLibraries.load(CudaLibraries.DRIVER);
+            driver = true;
+        } catch (CudaException e) {
+            driver = false;
+        }
+        Assumptions.assumeFalse(driver, "this machine has a CUDA driver: the no-GPU message cannot be seen here");
+        Cli.Run r = Cli.run("train", "../recipes/mixtral.moe", "--steps", "1", "--backend", "cuda", "--out", dir.toString());
+        assertThat(r.exit()).isEqualTo(1);
+        assertThat(r.err()).contains("--backend cuda: the CUDA driver not found");
+        assertThat(r.err()).contains("--backend cpu");
+        assertThat(r.err()).doesNotContain("Exception");
+    }
+}
