@@ -38,7 +38,14 @@ class TrainKillTest {
             }
             Process child = new ProcessBuilder(command).redirectErrorStream(true).redirectOutput(dir.resolve("child-" + round + ".log").toFile())
                     .start();
-            Thread.sleep(2500 + rnd.nextInt(2500));
+            // Kill at a random moment once the run is saving (a fixed delay fails on a loaded machine,
+            // where the child JVM may not reach its first step in time).
+            Path log = dir.resolve("child-" + round + ".log");
+            long deadline = System.nanoTime() + 180_000_000_000L;
+            while (System.nanoTime() < deadline && child.isAlive() && !(Files.exists(log) && Files.readString(log).contains("step "))) {
+                Thread.sleep(50);
+            }
+            Thread.sleep(rnd.nextInt(1500));
             child.destroyForcibly();
             child.waitFor();
             Path last = out.resolve("last.safetensors");
