@@ -6,7 +6,9 @@
 #   SKIP_BENCH=1 ...                             # only the correctness checks
 #
 # 1. GpuChecks: the MoE layer's output and every gradient against a float64 reference (22 cases).
-# 2. BackendParity: the primitives CudaBackend runs on the GPU against the CPU backend (24 shapes).
+# 2. BackendParity: the primitives CudaBackend runs on the GPU against the CPU backend (24 shapes);
+#    DeviceOpsParity: the dense-model kernels (embedding, RMSNorm, RoPE, GLU, cross-entropy, AdamW)
+#    against the CPU backend, 20 shapes each.
 # 3. Training parity: 100 steps of two recipes with --backend cuda against --backend cpu; the losses
 #    must agree within 1e-3 relative at every step.
 # 4. MoeLayerBench: TFLOP/s forward and forward+backward, bf16, 8192 tokens, three shapes, and the
@@ -22,6 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
 status=0
 $J $JOPTS -cp "$CP" dev.moe.cuda.GpuChecks 2>&1 | tee "$OUT/parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 $J $JOPTS -cp "$CP" dev.moe.cuda.BackendParity 2>&1 | tee "$OUT/backend-parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+$J $JOPTS -cp "$CP" dev.moe.cuda.DeviceOpsParity 2>&1 | tee "$OUT/device-ops-parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 for recipe in mixtral deepseek-moe; do
   for backend in cpu cuda; do

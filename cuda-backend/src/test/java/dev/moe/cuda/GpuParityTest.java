@@ -46,4 +46,16 @@ class GpuParityTest {
             }
         }
     }
+
+    @Test
+    void theDenseModelKernelsMatchTheCpuBackend() {
+        String why = whyNoGpu();
+        Assumptions.assumeTrue(why == null, "GPU tests skipped: " + why + " (run bench/gpu/run-gpu-tests.sh on a GPU machine)");
+        dev.moe.runtime.Backend cpu = new dev.moe.runtime.cpu.CpuBackend(2, dev.moe.runtime.cpu.CpuBackend.VECTOR_API);
+        try (CudaContext ctx = new CudaContext(0)) {
+            for (DeviceOpsParity.Result r : DeviceOpsParity.run(ctx, cpu)) {
+                assertWithMessage("%s", r).that(r.pass()).isTrue();
+            }
+        }
+    }
 }

@@ -54,16 +54,21 @@ class MoeKernelSourceTest {
             nvcc = Path.of("/usr/local/bin/nvcc");
         }
         Assumptions.assumeTrue(Files.isExecutable(nvcc), "nvcc is not installed: the CUDA C is compiled only on the GPU machine");
+        java.util.List<String> sources = new java.util.ArrayList<>();
         for (Spec spec : new Spec[] {DEEPSEEK, V3, new Spec(23, 17, 3, 1, Score.SOFTMAX, false, 1f, false, Precision.BF16)}) {
+            sources.add(MoeKernelSource.generate(spec));
+        }
+        sources.add(dev.moe.cuda.kernels.ModelKernelSource.generate());
+        for (String source : sources) {
             Path cu = dir.resolve("k.cu");
-            Files.writeString(cu, MoeKernelSource.generate(spec));
+            Files.writeString(cu, source);
             Process p = new ProcessBuilder(nvcc.toString(), "-arch=sm_90", "--ptx", "-std=c++17", "-o", dir.resolve("k.ptx").toString(),
                     cu.toString()).redirectErrorStream(true).start();
             String log = new String(p.getInputStream().readAllBytes());
             assertThat(p.waitFor(120, TimeUnit.SECONDS)).isTrue();
             assertThat(log).isEmpty();
             assertThat(p.exitValue()).isEqualTo(0);
-            assertThat(Files.readString(dir.resolve("k.ptx"))).contains(".entry router_topk");
+            assertThat(Files.readString(dir.resolve("k.ptx"))).contains(".entry ");
         }
     }
 }

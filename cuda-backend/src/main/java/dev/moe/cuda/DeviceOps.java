@@ -1,0 +1,101 @@
+package dev.moe.cuda;
+
+import dev.moe.cuda.kernels.ModelKernelSource;
+import dev.moe.runtime.Activation;
+
+/**
+ * The dense-model ops on device memory (fp32, device pointers): the GPU twins of the CPU
+ * backend's embedding, RMSNorm, RoPE, gated activations, cross-entropy and of the AdamW update,
+ * with the same contracts (backward ops accumulate where the CPU's do, overwrite where they do).
+ * They are the pieces device-resident generated models will be written in; {@link DeviceOpsParity}
+ * checks each against the CPU backend.
+ */
+public final class DeviceOps {
+    private static final int THREADS = 256;
+    private static final String SOURCE = ModelKernelSource.generate();
+    private final CudaContext ctx;
+
+    public DeviceOps(CudaContext ctx) {
+        this.ctx = ctx;
+    }
+
+    private void launch(String kernel, int grid, int block, Object... args) {
+        ctx.launch(ctx.kernel(SOURCE, kernel), kernel, Math.max(grid, 1), 1, block, 0, args);
+    }
+
+    private int grid(long n) {
+        return (int) Math.max(1, Math.min((n + THREADS - 1) / THREADS, (long) ctx.multiprocessors * 16));
+    }
+
+    private static int activation(Activation act) {
+        return switch (act) {
+            case SILU -> 0;
+            case GELU -> 1;
+            case RELU -> 2;
+        };
+    }
+
+    public void embedding(long tokens, long table, long out, int count, int dim) {
+        if (count > 0) {
+            launch("embedding", count, THREADS, tokens, table, out, dim);
+        }
+    }
+
+    public void embeddingBackward(long tokens, long dOut, long dTable, int count, int dim) {
+        launch("embedding_backward", (dim + THREADS - 1) / THREADS, THREADS, tokens, dOut, dTable, count, dim);
+    }
+
+    public void rmsNorm(long x, long w, long y, long rstd, int rows, int dim, float eps) {
+        if (rows > 0) {
+            launch("rms_norm", rows, THREADS, x, w, y, rstd, dim, eps);
+        }
+    }
+
+    /** {@code dx} and {@code dw} accumulate; either may be 0 (not wanted). */
+    public void rmsNormBackward(long x, long w, long rstd, long dy, long dx, long dw, int rows, int dim) {
+        if (dx != 0 && rows > 0) {
+            launch("rms_norm_backward_dx", rows, THREADS, x, w, rstd, dy, dx, dim);
+        }
+        if (dw != 0) {
+            launch("rms_norm_backward_dw", (dim + THREADS - 1) / THREADS, THREADS, x, rstd, dy, dw, rows, dim);
+        }
+    }
+
+    public void rope(long x, int rows, int seqLen, int heads, int headDim, int rotaryDims, float theta, boolean inverse) {
+        if (rows > 0 && rotaryDims > 0) {
+            launch("rope", grid((long) rows * heads * (rotaryDims / 2)), THREADS, x, rows, seqLen, heads, headDim, rotaryDims, theta,
+                    inverse ? 1 : 0);
+        }
+    }
+
+    public void glu(Activation act, long gate, long up, long h, long n) {
+        launch("glu", grid(n), THREADS, activation(act), gate, up, h, n);
+    }
+
+    public void gluBackward(Activation act, long gate, long up, long dh, long dGate, long dUp, long n) {
+        launch("glu_backward", grid(n), THREADS, activation(act), gate, up, dh, dGate, dUp, n);
+    }
+
+    /** Mean cross-entropy; OVERWRITES dLogits (when not 0) with the gradient of that mean. Waits for the GPU. */
+    public double crossEntropy(long logits, long targets, long dLogits, int rows, int vocab) {
+        if (rows == 0) {
+            return 0;
+        }
+        try (DeviceAllocator.Block losses = ctx.allocator.allocate((long) rows * 4)) {
+            launch("cross_entropy", rows, THREADS, logits, targets, dLogits, losses.pointer, rows, vocab);
+            double total = 0;
+            for (float l : ctx.downloadFloats(losses.pointer, rows)) {
+                total += l;
+            }
+            return total / rows;
+        }
+    }
+
+    /** One AdamW step on {@code n} parameters; {@code step} counts from 1; decay applies to matrices only, as on the CPU. */
+    public void adamw(long w, long g, long m, long v, long n, double beta1, double beta2, double eps, double weightDecay, double lr,
+            long step, boolean decay) {
+        double c1 = 1 - Math.pow(beta1, step), c2 = 1 - Math.pow(beta2, step);
+        launch("adamw", grid(n), THREADS, w, g, m, v, n, (float) beta1, (float) beta2, (float) eps,
+                (float) (decay ? lr * weightDecay : 0), (float) lr, (float) c1, (float) c2);
+    }
+}

@@ -1,0 +1,202 @@
+package dev.moe.cuda;
+
+import dev.moe.runtime.Activation;
+import dev.moe.runtime.Backend;
+import dev.moe.runtime.Parameter;
+import dev.moe.runtime.cpu.CpuBackend;
+import dev.moe.runtime.train.AdamW;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+
+/**
+ * {@link DeviceOps} against the CPU backend (and the CPU AdamW), each op on 20 shapes drawn from a
+ * seeded generator that includes one row, odd widths and widths above the block size: relative
+ * error at most 1e-4 (fp32 on both sides; the CPU sums some reductions in double). Prints a table
+ * of the worst error per op; exits 1 on any failure.
+ */
+public final class DeviceOpsParity {
+    static final int SHAPES = 20;
+
+    public record Result(String op, int shapes, double worst) {
+        public boolean pass() {
+            return worst <= 1e-4;
+        }
+    }
+
+    public static List<Result> run(CudaContext ctx, Backend cpu) {
+        DeviceOps ops = new DeviceOps(ctx);
+        List<Result> out = new ArrayList<>();
+        Random shapes = new Random(2026);
+        double[] worst = new double[9];
+        for (int s = 0; s < SHAPES; s++) {
+            int rows = s == 0 ? 1 : 1 + shapes.nextInt(300);
+            int dim = s == 1 ? 1 : 1 + shapes.nextInt(s % 3 == 0 ? 1500 : 200);
+            Random rnd = new Random(s);
+            try (Scratch sc = new Scratch(ctx)) {
+                // embedding and its backward (repeated tokens)
+                int vocab = 1 + shapes.nextInt(50);
+                int[] tokens = new int[rows];
+                for (int i = 0; i < rows; i++) {
+                    tokens[i] = rnd.nextInt(vocab);
+                }
+                float[] table = random(rnd, vocab * dim), dOut = random(rnd, rows * dim), dTable = random(rnd, vocab * dim);
+                float[] e1 = new float[rows * dim];
+                cpu.embedding(tokens, table, e1, rows, dim);
+                long tk = sc.ints(tokens), tb = sc.floats(table), eo = sc.zeros(rows * dim);
+                ops.embedding(tk, tb, eo, rows, dim);
+                worst[0] = Math.max(worst[0], rel(ctx.downloadFloats(eo, rows * dim), e1));
+                long dt = sc.floats(dTable);
+                ops.embeddingBackward(tk, sc.floats(dOut), dt, rows, dim);
+                cpu.embeddingBackward(tokens, dOut, dTable, rows, dim);
+                worst[1] = Math.max(worst[1], rel(ctx.downloadFloats(dt, vocab * dim), dTable));
+
+                // RMSNorm forward and backward
+                float[] x = random(rnd, rows * dim), w = random(rnd, dim), dy = random(rnd, rows * dim);
+                float[] y = new float[rows * dim], rstd = new float[rows];
+                cpu.rmsNorm(x, w, y, rstd, rows, dim, 1e-6f);
+                long xd = sc.floats(x), wd = sc.floats(w), yd = sc.zeros(rows * dim), rd = sc.zeros(rows);
+                ops.rmsNorm(xd, wd, yd, rd, rows, dim, 1e-6f);
+                worst[2] = Math.max(worst[2], Math.max(rel(ctx.downloadFloats(yd, rows * dim), y), rel(ctx.downloadFloats(rd, rows), rstd)));
+                float[] dx = random(rnd, rows * dim), dw = random(rnd, dim);
+                long dxd = sc.floats(dx), dwd = sc.floats(dw);
+                cpu.rmsNormBackward(x, w, rstd, dy, dx, dw, rows, dim);
+                ops.rmsNormBackward(xd, wd, sc.floats(rstd), sc.floats(dy), dxd, dwd, rows, dim);
+                worst[3] = Math.max(worst[3], Math.max(rel(ctx.downloadFloats(dxd, rows * dim), dx), rel(ctx.downloadFloats(dwd, dim), dw)));
+
+                // RoPE forward and inverse, partial rotary
+                int heads = 1 + s % 4, headDim = 2 * (1 + shapes.nextInt(40)), rotary = 2 * (1 + shapes.nextInt(headDim / 2));
+                int seq = 1 + shapes.nextInt(64);
+                float[] q = random(rnd, rows * heads * headDim);
+                long qd = sc.floats(q);
+                for (boolean inverse : new boolean[] {false, true}) {
+                    cpu.rope(q, rows, seq, heads, headDim, rotary, 10000f, inverse);
+                    ops.rope(qd, rows, seq, heads, headDim, rotary, 10000f, inverse);
+                    worst[4] = Math.max(worst[4], rel(ctx.downloadFloats(qd, q.length), q));
+                }
+
+                // gated activations
+                Activation act = Activation.values()[s % Activation.values().length];
+                int n = rows * dim;
+                float[] gate = random(rnd, n), up = random(rnd, n), dh = random(rnd, n);
+                float[] h = new float[n], dGate = new float[n], dUp = new float[n];
+                cpu.glu(act, gate, up, h, n);
+                cpu.gluBackward(act, gate, up, dh, dGate, dUp, n);
+                long gd = sc.floats(gate), ud = sc.floats(up), hd = sc.zeros(n), dgd = sc.zeros(n), dud = sc.zeros(n);
+                ops.glu(act, gd, ud, hd, n);
+                ops.gluBackward(act, gd, ud, sc.floats(dh), dgd, dud, n);
+                worst[5] = Math.max(worst[5], rel(ctx.downloadFloats(hd, n), h));
+                worst[6] = Math.max(worst[6], Math.max(rel(ctx.downloadFloats(dgd, n), dGate), rel(ctx.downloadFloats(dud, n), dUp)));
+
+                // cross-entropy (loss and gradient)
+                int v = 2 + shapes.nextInt(s % 2 == 0 ? 3000 : 300);
+                float[] logits = random(rnd, rows * v);
+                int[] targets = new int[rows];
+                for (int i = 0; i < rows; i++) {
+                    targets[i] = rnd.nextInt(v);
+                }
+                float[] dl = new float[rows * v];
+                double loss = cpu.crossEntropy(logits, targets, dl, rows, v);
+                long dld = sc.zeros(rows * v);
+                double got = ops.crossEntropy(sc.floats(logits), sc.ints(targets), dld, rows, v);
+                worst[7] = Math.max(worst[7], Math.max(Math.abs(got - loss) / Math.abs(loss), rel(ctx.downloadFloats(dld, rows * v), dl)));
+
+                // three AdamW steps on a matrix, with weight decay
+                Parameter p = Parameter.of("w", rows, dim);
+                float[] init = random(rnd, rows * dim);
+                System.arraycopy(init, 0, p.value(), 0, init.length);
+                AdamW adam = new AdamW(List.of(p), 0.9, 0.95, 1e-8, 0.1);
+                long pw = sc.floats(init), pm = sc.zeros(n), pv = sc.zeros(n), pg = sc.zeros(n);
+                for (int step = 1; step <= 3; step++) {
+                    float[] g = random(rnd, n);
+                    System.arraycopy(g, 0, p.grad(), 0, n);
+                    adam.step(List.of(p), 1e-2);
+                    ctx.upload(g, pg);
+                    ops.adamw(pw, pg, pm, pv, n, 0.9, 0.95, 1e-8, 0.1, 1e-2, step, true);
+                }
+                worst[8] = Math.max(worst[8], Math.max(rel(ctx.downloadFloats(pw, n), p.value()),
+                        rel(ctx.downloadFloats(pm, n), adam.firstMoments().get("w"))));
+            }
+        }
+        String[] names = {"embedding", "embedding backward", "rms_norm", "rms_norm backward", "rope (both ways)", "glu",
+            "glu backward", "cross_entropy", "adamw (3 steps)"};
+        for (int i = 0; i < names.length; i++) {
+            out.add(new Result(names[i], SHAPES, worst[i]));
+        }
+        return out;
+    }
+
+    /** Device buffers for one shape, freed together. */
+    private static final class Scratch implements AutoCloseable {
+        private final CudaContext ctx;
+        private final List<DeviceAllocator.Block> blocks = new ArrayList<>();
+
+        Scratch(CudaContext ctx) {
+            this.ctx = ctx;
+        }
+
+        long zeros(int n) {
+            DeviceAllocator.Block b = ctx.allocator.allocate(Math.max(4, (long) n * 4));
+            blocks.add(b);
+            ctx.driver.memsetZero(b.pointer, Math.max(4, (long) n * 4), ctx.stream);
+            return b.pointer;
+        }
+
+        long floats(float[] v) {
+            long p = zeros(v.length);
+            if (v.length > 0) {
+                ctx.upload(v, p);
+            }
+            return p;
+        }
+
+        long ints(int[] v) {
+            long p = zeros(v.length);
+            if (v.length > 0) {
+                ctx.upload(v, p);
+            }
+            return p;
+        }
+
+        @Override
+        public void close() {
+            ctx.synchronize();
+            blocks.forEach(DeviceAllocator.Block::close);
+        }
+    }
+
+    static float[] random(Random rnd, int n) {
+        float[] v = new float[n];
+        for (int i = 0; i < n; i++) {
+            v[i] = (float) rnd.nextGaussian();
+        }
+        return v;
+    }
+
+    static double rel(float[] got, float[] want) {
+        double num = 0, den = 0;
+        for (int i = 0; i < want.length; i++) {
+            double d = got[i] - want[i];
+            num += d * d;
+            den += (double) want[i] * want[i];
+        }
+        return den == 0 ? Math.sqrt(num) : Math.sqrt(num / den);
+    }
+
+    public static void main(String[] args) {
+        Backend cpu = new CpuBackend(Runtime.getRuntime().availableProcessors(), CpuBackend.VECTOR_API);
+        try (CudaContext ctx = new CudaContext(0)) {
+            System.out.printf("Dense-model GPU kernels against the CPU backend on %s, %d shapes each (tolerance 1e-4)%n", ctx.deviceName,
+                    SHAPES);
+            int failures = 0;
+            for (Result r : run(ctx, cpu)) {
+                failures += r.pass() ? 0 : 1;
+                System.out.printf("%-22s %9.2e  %s%n", r.op(), r.worst(), r.pass() ? "ok" : "FAIL");
+            }
+            System.exit(failures == 0 ? 0 : 1);
+        } catch (CudaException e) {
+            System.err.println("moe: " + e.getMessage());
+            System.exit(2);
+        }
+    }
+}
