@@ -76,6 +76,38 @@ public final class DeviceOps {
         launch("glu_backward", grid(n), THREADS, activation(act), gate, up, dh, dGate, dUp, n);
     }
 
+    /**
+     * Grouped-query attention, scale 1/sqrt(headDim), with the CPU backend's layout: q and out
+     * {@code [B*S, H*hd]}, k and v {@code [B*S, KV*hd]}, lse {@code [B*S*H]} (may be 0). Head dims up to 256.
+     */
+    public void attention(long q, long k, long v, long out, long lse, int batch, int seq, int heads, int kvHeads, int headDim,
+            boolean causal, int window) {
+        checkHeadDim(headDim);
+        long warps = (long) batch * seq * heads;
+        launch("attention_forward", (int) ((warps * 32 + THREADS - 1) / THREADS), THREADS, q, k, v, out, lse, batch, seq, heads, kvHeads,
+                headDim, causal ? 1 : 0, window);
+    }
+
+    /** Accumulates dq, dk, dv (the CPU backend's contract). */
+    public void attentionBackward(long q, long k, long v, long out, long lse, long dOut, long dq, long dk, long dv, int batch, int seq,
+            int heads, int kvHeads, int headDim, boolean causal, int window) {
+        checkHeadDim(headDim);
+        try (DeviceAllocator.Block delta = ctx.allocator.allocate((long) batch * seq * heads * 4)) {
+            long warps = (long) batch * seq * heads;
+            launch("attention_backward_dq", (int) ((warps * 32 + THREADS - 1) / THREADS), THREADS, q, k, v, out, lse, dOut, dq,
+                    delta.pointer, batch, seq, heads, kvHeads, headDim, causal ? 1 : 0, window);
+            long kvWarps = (long) batch * seq * kvHeads;
+            launch("attention_backward_dkdv", (int) ((kvWarps * 32 + THREADS - 1) / THREADS), THREADS, q, k, v, lse, dOut, delta.pointer,
+                    dk, dv, batch, seq, heads, kvHeads, headDim, causal ? 1 : 0, window);
+        }
+    }
+
+    private static void checkHeadDim(int headDim) {
+        if (headDim > 256) {
+            throw new IllegalArgumentException("the GPU attention kernels take head dimensions up to 256, not " + headDim);
+        }
+    }
+
     /** Mean cross-entropy; OVERWRITES dLogits (when not 0) with the gradient of that mean. Waits for the GPU. */
     public double crossEntropy(long logits, long targets, long dLogits, int rows, int vocab) {
         if (rows == 0) {

@@ -28,7 +28,7 @@ public final class DeviceOpsParity {
         DeviceOps ops = new DeviceOps(ctx);
         List<Result> out = new ArrayList<>();
         Random shapes = new Random(2026);
-        double[] worst = new double[9];
+        double[] worst = new double[11];
         for (int s = 0; s < SHAPES; s++) {
             int rows = s == 0 ? 1 : 1 + shapes.nextInt(300);
             int dim = s == 1 ? 1 : 1 + shapes.nextInt(s % 3 == 0 ? 1500 : 200);
@@ -116,10 +116,30 @@ public final class DeviceOpsParity {
                 }
                 worst[8] = Math.max(worst[8], Math.max(rel(ctx.downloadFloats(pw, n), p.value()),
                         rel(ctx.downloadFloats(pm, n), adam.firstMoments().get("w"))));
+
+                // attention: grouped-query, causal or not, with and without a window
+                int kvHeads = 1 + s % 3, group = 1 + (s / 3) % 3, qHeads = kvHeads * group;
+                int ahd = s == 4 ? 256 : 1 + shapes.nextInt(96), ab = 1 + s % 2, as = s == 0 ? 1 : 1 + shapes.nextInt(70);
+                boolean causal = s % 4 != 3;
+                int window = s % 5 == 2 ? 1 + shapes.nextInt(8) : 0;
+                int qn = ab * as * qHeads * ahd, kn = ab * as * kvHeads * ahd;
+                float[] aq = random(rnd, qn), ak = random(rnd, kn), av = random(rnd, kn), ago = random(rnd, qn);
+                float[] ao = new float[qn], alse = new float[ab * as * qHeads];
+                cpu.attention(aq, ak, av, ao, alse, ab, as, qHeads, kvHeads, ahd, causal, window);
+                long aqd = sc.floats(aq), akd = sc.floats(ak), avd = sc.floats(av), aod = sc.zeros(qn), alsed = sc.zeros(alse.length);
+                ops.attention(aqd, akd, avd, aod, alsed, ab, as, qHeads, kvHeads, ahd, causal, window);
+                worst[9] = Math.max(worst[9], Math.max(rel(ctx.downloadFloats(aod, qn), ao), rel(ctx.downloadFloats(alsed, alse.length), alse)));
+                float[] adq = random(rnd, qn), adk = random(rnd, kn), adv = random(rnd, kn);
+                long adqd = sc.floats(adq), adkd = sc.floats(adk), advd = sc.floats(adv);
+                cpu.attentionBackward(aq, ak, av, ao, alse, ago, adq, adk, adv, ab, as, qHeads, kvHeads, ahd, causal, window);
+                ops.attentionBackward(aqd, akd, avd, sc.floats(ao), sc.floats(alse), sc.floats(ago), adqd, adkd, advd, ab, as, qHeads, kvHeads,
+                        ahd, causal, window);
+                worst[10] = Math.max(worst[10], Math.max(rel(ctx.downloadFloats(adqd, qn), adq),
+                        Math.max(rel(ctx.downloadFloats(adkd, kn), adk), rel(ctx.downloadFloats(advd, kn), adv))));
             }
         }
         String[] names = {"embedding", "embedding backward", "rms_norm", "rms_norm backward", "rope (both ways)", "glu",
-            "glu backward", "cross_entropy", "adamw (3 steps)"};
+            "glu backward", "cross_entropy", "adamw (3 steps)", "attention", "attention backward"};
         for (int i = 0; i < names.length; i++) {
             out.add(new Result(names[i], SHAPES, worst[i]));
         }

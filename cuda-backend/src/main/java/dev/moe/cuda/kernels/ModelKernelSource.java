@@ -3,7 +3,8 @@ package dev.moe.cuda.kernels;
 /**
  * CUDA C (fp32) for the dense parts of a model, each the GPU twin of a CPU backend op with the same
  * contract ({@code dev.moe.runtime.Backend}): embedding, RMSNorm, RoPE, gated activations, the
- * cross-entropy loss, and the AdamW update, with the backward of each where training needs one.
+ * cross-entropy loss, causal/windowed grouped-query attention, and the AdamW update, with the backward of
+ * each where training needs one.
  *
  * <p>Reductions that feed parameter gradients (the embedding table, the norm weight) run one thread
  * per column over the rows in order, as the CPU backend does: no atomics, so a run is bitwise
@@ -176,6 +177,128 @@ public final class ModelKernelSource {
                     wi -= lrTimesDecay * wi;
                     w[i] = wi - lr * ((mi / c1) / (sqrtf(vi / c2) + eps));
                   }
+                }
+                // ---- attention: one warp per (query row, head); lanes split the head dimension (at most 256) ----
+                #define MAXD 8
+                __device__ __forceinline__ float warpSumF(float v) {
+                  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+                  return v;
+                }
+
+                // Online softmax over the keys the mask allows: causal keeps j <= i, a window w > 0 also j > i - w.
+                extern "C" __global__ void attention_forward(const float* __restrict__ q, const float* __restrict__ k,
+                    const float* __restrict__ v, float* __restrict__ out, float* __restrict__ lse, int batch, int seq, int heads,
+                    int kvHeads, int hd, int causal, int window) {
+                  long wi = (blockIdx.x * (long) blockDim.x + threadIdx.x) >> 5;
+                  int lane = threadIdx.x & 31;
+                  if (wi >= (long) batch * seq * heads) return;
+                  int h = (int) (wi % heads); long row = wi / heads; int i = (int) (row % seq); long b = row / seq;
+                  int kvh = h / (heads / kvHeads);
+                  float scale = (float) (1.0 / sqrt((double) hd));
+                  const float* qr = q + row * heads * hd + (long) h * hd;
+                  float qv[MAXD], acc[MAXD];
+                  #pragma unroll
+                  for (int t = 0; t < MAXD; t++) { int d = lane + 32 * t; qv[t] = d < hd ? qr[d] : 0.f; acc[t] = 0.f; }
+                  int lo = window > 0 ? max(0, i - window + 1) : 0, hi = causal ? i : seq - 1;
+                  float m = -__int_as_float(0x7f800000), l = 0.f;
+                  for (int j = lo; j <= hi; j++) {
+                    const float* kr = k + ((b * seq + j) * kvHeads + kvh) * (long) hd;
+                    const float* vr = v + ((b * seq + j) * kvHeads + kvh) * (long) hd;
+                    float s = 0.f;
+                    #pragma unroll
+                    for (int t = 0; t < MAXD; t++) { int d = lane + 32 * t; if (d < hd) s += qv[t] * kr[d]; }
+                    s = warpSumF(s) * scale;
+                    float mNew = fmaxf(m, s), corr = expf(m - mNew), p = expf(s - mNew);
+                    l = l * corr + p;
+                    #pragma unroll
+                    for (int t = 0; t < MAXD; t++) { int d = lane + 32 * t; if (d < hd) acc[t] = acc[t] * corr + p * vr[d]; }
+                    m = mNew;
+                  }
+                  float* o = out + row * heads * hd + (long) h * hd;
+                  #pragma unroll
+                  for (int t = 0; t < MAXD; t++) { int d = lane + 32 * t; if (d < hd) o[d] = acc[t] / l; }
+                  if (lane == 0 && lse != nullptr) lse[row * heads + h] = m + logf(l);
+                }
+
+                // dq (accumulates) for one (query row, head), and delta = dOut . out for the key/value pass.
+                extern "C" __global__ void attention_backward_dq(const float* __restrict__ q, const float* __restrict__ k,
+                    const float* __restrict__ v, const float* __restrict__ out, const float* __restrict__ lse, const float* __restrict__ dOut,
+                    float* __restrict__ dq, float* __restrict__ delta, int batch, int seq, int heads, int kvHeads, int hd, int causal,
+                    int window) {
+                  long wi = (blockIdx.x * (long) blockDim.x + threadIdx.x) >> 5;
+                  int lane = threadIdx.x & 31;
+                  if (wi >= (long) batch * seq * heads) return;
+                  int h = (int) (wi % heads); long row = wi / heads; int i = (int) (row % seq); long b = row / seq;
+                  int kvh = h / (heads / kvHeads);
+                  float scale = (float) (1.0 / sqrt((double) hd));
+                  long qo = row * heads * hd + (long) h * hd;
+                  float qv[MAXD], go[MAXD], acc[MAXD];
+                  float dd = 0.f;
+                  #pragma unroll
+                  for (int t = 0; t < MAXD; t++) {
+                    int d = lane + 32 * t;
+                    qv[t] = d < hd ? q[qo + d] : 0.f; go[t] = d < hd ? dOut[qo + d] : 0.f; acc[t] = 0.f;
+                    if (d < hd) dd += go[t] * out[qo + d];
+                  }
+                  dd = warpSumF(dd);
+                  if (lane == 0) delta[row * heads + h] = dd;
+                  float L = lse[row * heads + h];
+                  int lo = window > 0 ? max(0, i - window + 1) : 0, hi = causal ? i : seq - 1;
+                  for (int j = lo; j <= hi; j++) {
+                    const float* kr = k + ((b * seq + j) * kvHeads + kvh) * (long) hd;
+                    const float* vr = v + ((b * seq + j) * kvHeads + kvh) * (long) hd;
+                    float s = 0.f, dp = 0.f;
+                    #pragma unroll
+                    for (int t = 0; t < MAXD; t++) { int d = lane + 32 * t; if (d < hd) { s += qv[t] * kr[d]; dp += go[t] * vr[d]; } }
+                    s = warpSumF(s) * scale; dp = warpSumF(dp);
+                    float ds = expf(s - L) * (dp - dd) * scale;
+                    #pragma unroll
+                    for (int t = 0; t < MAXD; t++) { int d = lane + 32 * t; if (d < hd) acc[t] += ds * kr[d]; }
+                  }
+                  #pragma unroll
+                  for (int t = 0; t < MAXD; t++) { int d = lane + 32 * t; if (d < hd) dq[qo + d] += acc[t]; }
+                }
+
+                // dk and dv (accumulate) for one (key row, key/value head): its query heads and the queries that see it, in order.
+                extern "C" __global__ void attention_backward_dkdv(const float* __restrict__ q, const float* __restrict__ k,
+                    const float* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ dOut, const float* __restrict__ delta,
+                    float* __restrict__ dk, float* __restrict__ dv, int batch, int seq, int heads, int kvHeads, int hd, int causal,
+                    int window) {
+                  long wi = (blockIdx.x * (long) blockDim.x + threadIdx.x) >> 5;
+                  int lane = threadIdx.x & 31;
+                  if (wi >= (long) batch * seq * kvHeads) return;
+                  int g = (int) (wi % kvHeads); long krow = wi / kvHeads; int j = (int) (krow % seq); long b = krow / seq;
+                  int group = heads / kvHeads;
+                  float scale = (float) (1.0 / sqrt((double) hd));
+                  long ko = krow * kvHeads * hd + (long) g * hd;
+                  float kv[MAXD], vv[MAXD], dka[MAXD], dva[MAXD];
+                  #pragma unroll
+                  for (int t = 0; t < MAXD; t++) {
+                    int d = lane + 32 * t;
+                    kv[t] = d < hd ? k[ko + d] : 0.f; vv[t] = d < hd ? v[ko + d] : 0.f; dka[t] = 0.f; dva[t] = 0.f;
+                  }
+                  int iLo = causal ? j : 0, iHi = window > 0 ? min(seq - 1, j + window - 1) : seq - 1;
+                  for (int r = 0; r < group; r++) {
+                    int h = g * group + r;
+                    for (int i = iLo; i <= iHi; i++) {
+                      long row = b * seq + i;
+                      const float* qr = q + row * heads * hd + (long) h * hd;
+                      const float* gr = dOut + row * heads * hd + (long) h * hd;
+                      float s = 0.f, dp = 0.f;
+                      #pragma unroll
+                      for (int t = 0; t < MAXD; t++) { int d = lane + 32 * t; if (d < hd) { s += qr[d] * kv[t]; dp += gr[d] * vv[t]; } }
+                      s = warpSumF(s) * scale; dp = warpSumF(dp);
+                      float p = expf(s - lse[row * heads + h]);
+                      float ds = p * (dp - delta[row * heads + h]) * scale;
+                      #pragma unroll
+                      for (int t = 0; t < MAXD; t++) {
+                        int d = lane + 32 * t;
+                        if (d < hd) { dva[t] += p * gr[d]; dka[t] += ds * qr[d]; }
+                      }
+                    }
+                  }
+                  #pragma unroll
+                  for (int t = 0; t < MAXD; t++) { int d = lane + 32 * t; if (d < hd) { dk[ko + d] += dka[t]; dv[ko + d] += dva[t]; } }
                 }
                 """;
     }
