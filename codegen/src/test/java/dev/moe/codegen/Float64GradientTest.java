@@ -152,9 +152,7 @@ class Float64GradientTest {
         }
         List<String> tinies = GeneratedModelTest.tinyModels();
         for (int i = 0; i < tinies.size(); i++) {
-            if (!tinies.get(i).contains("jitter")) {
-                all.add(Arguments.of("GeneratedModelTest #" + i, tinies.get(i)));
-            }
+            all.add(Arguments.of("GeneratedModelTest #" + i, tinies.get(i)));
         }
         List<String> variants = variants();
         for (int i = 0; i < variants.size(); i++) {
@@ -222,6 +220,9 @@ class Float64GradientTest {
 
     private static void check(String text, int microBatches) {
         Model ir = Generated.model(text);
+        // a feature the generator supports and the oracle does not know yet shows as a skipped case
+        java.util.Optional<String> unknown = Float64Model.unsupported(ir);
+        org.junit.jupiter.api.Assumptions.assumeTrue(unknown.isEmpty(), () -> "the float64 oracle does not model " + unknown.orElseThrow());
         TrainableModel m = Generated.instantiate(ir);
         Float64Model ref = new Float64Model(ir);
         int n = BATCH * SEQ;

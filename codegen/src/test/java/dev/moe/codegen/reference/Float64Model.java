@@ -57,6 +57,42 @@ public final class Float64Model {
         }
     }
 
+    /** Why this oracle cannot model {@code ir} (a feature it does not know yet), or empty. */
+    public static java.util.Optional<String> unsupported(Model ir) {
+        for (Layer l : ir.layers()) {
+            Block b = l.block();
+            boolean attentionMixer = switch (b) {
+                case Block.PreNorm p -> p.mixer() instanceof Block.Part.Attention;
+                case Block.Parallel p -> p.mixer() instanceof Block.Part.Attention;
+                case Block.Shortcut sc -> sc.mixer() instanceof Block.Part.Attention;
+                case Block.Residual r -> r.mixer() instanceof Block.Part.Attention;
+            };
+            if (!attentionMixer) {
+                return java.util.Optional.of("layer " + l.index() + ": attention experts");
+            }
+            List<Moe> moes = switch (b) {
+                case Block.PreNorm p -> p.ffn() instanceof Block.Part.MoePart m ? List.of(m.moe()) : List.of();
+                case Block.Parallel p -> p.ffn() instanceof Block.Part.MoePart m ? List.of(m.moe()) : List.of();
+                case Block.Shortcut sc -> List.of(sc.moe());
+                case Block.Residual r -> List.of(r.moe());
+            };
+            for (Moe m : moes) {
+                if (m.routers().size() != 1) {
+                    return java.util.Optional.of("layer " + l.index() + ": several named gates");
+                }
+                Router r = m.routers().getFirst();
+                if (r.jitter() != 0 || r.recurrentWidth().isPresent() || r.pregate() || r.selection() instanceof Router.Selection.Soft
+                        || r.temperature().map(t -> t.steps() > 0 && t.start() != t.end()).orElse(false)) {
+                    return java.util.Optional.of("layer " + l.index() + ": jitter, recurrent, pre-gating, soft or annealed routing");
+                }
+                if (m.losses().stream().anyMatch(x -> x instanceof Loss.Device)) {
+                    return java.util.Optional.of("layer " + l.index() + ": the device loss");
+                }
+            }
+        }
+        return java.util.Optional.empty();
+    }
+
     /** Copies every parameter and buffer of a generated model, by name. */
     public void load(TrainableModel m) {
         for (Parameter p : m.parameters()) {
