@@ -23,7 +23,8 @@ import picocli.CommandLine.Spec;
  * SwiGLU, weighted scatter.
  */
 @Command(name = "bench", description = {"Benchmark one MoE layer on the CPU and print a table of GFLOP/s.",
-    "Shapes: T=2048, d=256, E=16, f=512, k=2 and the fine-grained T=2048, d=256, E=64, f=128, k=6."})
+    "Shapes: T=2048, d=256, E=16, f=512, k=2 and the fine-grained T=2048, d=256, E=64, f=128, k=6.",
+    "Then the first shape with 16 zero experts added: time as routed, with every slot on a zero expert, and on an FFN expert."})
 final class BenchCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
@@ -61,7 +62,35 @@ final class BenchCommand implements Callable<Integer> {
                     s.experts(), s.hidden(), s.k()), flops / fwd / 1e9, fwd * 1e3, 3 * flops / both / 1e9);
             out.flush();
         }
+        zeroComputation(out, backend);
         return 0;
+    }
+
+    /**
+     * MoE++ zero-computation experts: the first shape with as many zero experts as FFN experts, timed
+     * as the router routes and with every slot steered to a zero expert (or to an FFN expert) by a
+     * logit shift; slots of zero experts skip the grouped matmuls, so their time is the router's,
+     * the dispatch's and the combine's.
+     */
+    private void zeroComputation(PrintWriter out, Backend backend) {
+        Shape s = new Shape(2048, 256, 16, 512, 2);
+        int zero = 16;
+        out.printf(Locale.ROOT, "%nzero-computation experts: T=%d, d=%d, %d FFN experts (f=%d) + %d zero experts, k=%d%n", s.tokens(), s.dim(), s.experts(),
+                s.hidden(), zero, s.k());
+        out.printf(Locale.ROOT, "%-30s %12s %12s %14s%n", "routing", "FFN slots", "fwd ms", "fwd+bwd ms");
+        String[] names = {"as the router routes", "every slot to a zero expert", "every slot to an FFN expert"};
+        float[] shifts = {0f, 1e4f, -1e4f};
+        for (int i = 0; i < names.length; i++) {
+            Layer layer = new Layer(s, zero, shifts[i], backend);
+            double fwd = time(layer::forward);
+            double both = time(() -> {
+                layer.forward();
+                layer.backward();
+            });
+            double ffnShare = (double) layer.offsets[s.experts()] / (s.tokens() * s.k());
+            out.printf(Locale.ROOT, "%-30s %11.0f%% %12.2f %14.2f%n", names[i], 100 * ffnShare, fwd * 1e3, both * 1e3);
+            out.flush();
+        }
     }
 
     /** Median seconds per call over the measuring time, after a warm-up of the same length. */
@@ -81,10 +110,18 @@ final class BenchCommand implements Callable<Integer> {
         return runs.get(runs.size() / 2) / 1e9;
     }
 
-    /** The buffers and op sequence of one MoE layer (what generated code does for `routed E x swiglu(f)`, top-k). */
+    /**
+     * The buffers and op sequence of one MoE layer (what generated code does for `routed E x swiglu(f)`,
+     * top-k), optionally with zero experts after the FFN ones (`routed Z x zero`): their slots sort last
+     * and skip the experts' matmuls.
+     */
     static final class Layer {
         final Shape s;
         final Backend b;
+        /** Zero experts, numbered after the FFN experts. */
+        final int zero;
+        /** Added to the zero experts' logits for selection: steers slots to them (positive) or away (negative). */
+        final float zeroShift;
         final float[] x;
         final float[] router;
         final float[] gate;
@@ -116,11 +153,17 @@ final class BenchCommand implements Callable<Integer> {
         final float[] dx;
 
         Layer(Shape s, Backend backend) {
+            this(s, 0, 0f, backend);
+        }
+
+        Layer(Shape s, int zero, float zeroShift, Backend backend) {
             this.s = s;
             this.b = backend;
+            this.zero = zero;
+            this.zeroShift = zeroShift;
             int slots = s.tokens() * s.k();
             x = random(s.tokens() * s.dim(), 1, 1.0);
-            router = random(s.experts() * s.dim(), 2, 0.05);
+            router = random((s.experts() + zero) * s.dim(), 2, 0.05);
             gate = random(s.experts() * s.hidden() * s.dim(), 3, 0.05);
             up = random(s.experts() * s.hidden() * s.dim(), 4, 0.05);
             down = random(s.experts() * s.dim() * s.hidden(), 5, 0.05);
@@ -128,11 +171,11 @@ final class BenchCommand implements Callable<Integer> {
             dUpW = new float[up.length];
             dDownW = new float[down.length];
             dRouter = new float[router.length];
-            logits = new float[s.tokens() * s.experts()];
+            logits = new float[s.tokens() * (s.experts() + zero)];
             selected = new int[slots];
             weight = new float[slots];
             order = new int[slots];
-            offsets = new int[s.experts() + 1];
+            offsets = new int[s.experts() + zero + 1];
             tokenOfRow = new int[slots];
             weightOfRow = new float[slots];
             xs = new float[slots * s.dim()];
@@ -161,36 +204,43 @@ final class BenchCommand implements Callable<Integer> {
 
         void forward() {
             int e = s.experts();
+            int all = e + zero;
             int k = s.k();
             int slots = s.tokens() * k;
-            b.matmul(x, 0, router, 0, logits, 0, s.tokens(), s.dim(), e);
+            b.matmul(x, 0, router, 0, logits, 0, s.tokens(), s.dim(), all);
             for (int t = 0; t < s.tokens(); t++) {
-                int o = t * e;
+                int o = t * all;
                 for (int r = 0; r < k; r++) {
                     int best = -1;
-                    for (int x1 = 0; x1 < e; x1++) {
+                    float bestScore = Float.NEGATIVE_INFINITY;
+                    for (int x1 = 0; x1 < all; x1++) {
                         boolean taken = false;
                         for (int q = 0; q < r; q++) {
                             taken |= selected[t * k + q] == x1;
                         }
-                        if (!taken && (best < 0 || logits[o + x1] > logits[o + best])) {
+                        float score = logits[o + x1] + (x1 >= e ? zeroShift : 0f);
+                        if (!taken && (best < 0 || score > bestScore)) {
                             best = x1;
+                            bestScore = score;
                         }
                     }
                     selected[t * k + r] = best;
                     weight[t * k + r] = 1f / k;
                 }
             }
-            Routing.sortByExpert(selected, slots, e, order, offsets);
+            Routing.sortByExpert(selected, slots, all, order, offsets);
             for (int i = 0; i < slots; i++) {
                 tokenOfRow[i] = order[i] / k;
                 weightOfRow[i] = weight[order[i]];
             }
-            b.gatherRows(x, tokenOfRow, slots, s.dim(), xs);
+            // the FFN experts' rows come first; the zero experts' rows output 0
+            int ffnRows = offsets[e];
+            b.gatherRows(x, tokenOfRow, ffnRows, s.dim(), xs);
             b.groupedMatmul(xs, gate, 0, g, offsets, e, s.dim(), s.hidden());
             b.groupedMatmul(xs, up, 0, u, offsets, e, s.dim(), s.hidden());
-            b.glu(Activation.SILU, g, u, a, slots * s.hidden());
+            b.glu(Activation.SILU, g, u, a, ffnRows * s.hidden());
             b.groupedMatmul(a, down, 0, ys, offsets, e, s.hidden(), s.dim());
+            java.util.Arrays.fill(ys, ffnRows * s.dim(), slots * s.dim(), 0f);
             Elementwise.zero(out, out.length);
             b.scatterAddRows(ys, tokenOfRow, weightOfRow, slots, s.dim(), out);
         }
@@ -198,16 +248,17 @@ final class BenchCommand implements Callable<Integer> {
         void backward() {
             int e = s.experts();
             int slots = s.tokens() * s.k();
+            int ffnRows = offsets[e];
             b.gatherRows(dOut, tokenOfRow, slots, s.dim(), dys);
             Elementwise.scaleRows(dys, weightOfRow, slots, s.dim());
-            Elementwise.zero(dAct, dAct.length);
+            Elementwise.zero(dAct, ffnRows * s.hidden());
             b.groupedMatmulBackward(a, down, 0, dys, dAct, dDownW, 0, offsets, e, s.hidden(), s.dim());
-            b.gluBackward(Activation.SILU, g, u, dAct, dG, dU, slots * s.hidden());
-            Elementwise.zero(dxs, dxs.length);
+            b.gluBackward(Activation.SILU, g, u, dAct, dG, dU, ffnRows * s.hidden());
+            Elementwise.zero(dxs, ffnRows * s.dim());
             b.groupedMatmulBackward(xs, gate, 0, dG, dxs, dGateW, 0, offsets, e, s.dim(), s.hidden());
             b.groupedMatmulBackward(xs, up, 0, dU, dxs, dUpW, 0, offsets, e, s.dim(), s.hidden());
             Elementwise.zero(dx, dx.length);
-            b.scatterAddRows(dxs, tokenOfRow, null, slots, s.dim(), dx);
+            b.scatterAddRows(dxs, tokenOfRow, null, ffnRows, s.dim(), dx);
         }
     }
 }

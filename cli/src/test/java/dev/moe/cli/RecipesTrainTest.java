@@ -11,23 +11,25 @@ import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 
-/** Every starter recipe is checked, generated, compiled and trains a few steps with a finite, falling loss. */
+/** Every recipe is checked, generated, compiled and trains 20 steps with a finite, falling loss. */
 class RecipesTrainTest {
     @TempDir
     Path dir;
 
     static List<String> starterRecipes() {
-        return List.of("mixtral.moe", "deepseek-moe.moe", "moe-plus-plus.moe");
+        return List.of("mixtral.moe", "deepseek-moe.moe", "moe-plus-plus.moe",
+                "switch.moe", "deepseek-v3.moe", "longcat-flash.moe", "dynamic-top-p.moe", "mole.moe", "mola.moe", "pangu-moge.moe", "pr-moe.moe",
+                "global-batch-lbl.moe", "expert-choice.moe");
     }
 
     @ParameterizedTest(name = "{0}")
     @MethodSource("starterRecipes")
     void trains(String recipe) throws IOException {
         Path out = dir.resolve(recipe);
-        Cli.Run r = Cli.run("train", Path.of("../recipes").resolve(recipe).toString(), "--steps", "6", "--seq", "32", "--out", out.toString());
+        Cli.Run r = Cli.run("train", Path.of("../recipes").resolve(recipe).toString(), "--steps", "20", "--seq", "8", "--out", out.toString());
         assertWithMessage("%s", r).that(r.exit()).isEqualTo(0);
         List<String> metrics = Files.readAllLines(out.resolve("metrics.jsonl"));
-        assertThat(metrics).hasSize(6);
+        assertThat(metrics).hasSize(20);
         double first = loss(metrics.getFirst());
         double last = loss(metrics.getLast());
         assertThat(Double.isFinite(last)).isTrue();

@@ -1,0 +1,59 @@
+package dev.moe.compiler;
+
+import static com.google.common.truth.Truth.assertThat;
+
+import dev.moe.compiler.ir.Model;
+import org.junit.jupiter.api.Test;
+
+/**
+ * Zero-computation experts (zero, copy) cost no FLOPs under every router that can pick them: the
+ * least a token costs is the layer without routed compute, counted by hand.
+ */
+class ZeroComputeFlopsTest {
+    /** Width of the model below (vocab 10, 1 head, context 8, tied embeddings, one layer). */
+    static final long D = 4;
+
+    static Model model(String experts, String router) {
+        return ParameterCountTest.compileOne("""
+                model M {
+                  vocab 10  context 8  dim 4  heads 1  tie_embeddings true
+                  moe m {
+                    %s
+                    router { %s }
+                  }
+                  layers 1 { all: attention, m }
+                }
+                """.formatted(experts, router));
+    }
+
+    /** Forward FLOPs of the fixed parts (norms, attention, head, a router of {@code experts} rows), 2 per weight used. */
+    static long fixed(long experts) {
+        long norms = 2 * (3 * D); // two layer norms and the final one, 2 per weight
+        long attention = 2 * 4 * D * D + 4 * D * 8;
+        long head = 2 * 10 * D;
+        long router = 2 * experts * D;
+        return norms + attention + head + router;
+    }
+
+    @Test
+    void theFixedPartsAreWhatAnAllZeroLayerCosts() {
+        assertThat(model("routed 4 x zero", "top_k 2").flopsPerToken().max()).isEqualTo(fixed(4));
+        assertThat(model("routed 4 x copy", "top_k 2").flopsPerToken().max()).isEqualTo(fixed(4));
+    }
+
+    @Test
+    void tokensThatPickOnlyZeroComputationExpertsCostTheFixedParts() {
+        long relu = 2 * (2 * D * 8); // up and down, 2 per weight
+        String mix = "routed 4 x relu(hidden: 8)\n routed 1 x zero\n routed 1 x copy";
+        for (String router : new String[] {"top_k 2", "top_k 2  normalize true  bias aux_free(rate: 0.01)", "top_p 0.5  max_k 3",
+                "top_k 2  capacity factor(1.0)"}) {
+            Model m = model(mix, router);
+            int maxK = router.startsWith("top_p") ? 3 : 2;
+            // a token may take only zero-computation experts: then it costs the fixed parts
+            assertThat(m.flopsPerToken().min()).isEqualTo(fixed(6));
+            assertThat(m.flopsPerToken().max()).isEqualTo(fixed(6) + maxK * relu);
+        }
+        // with top-2 of 4 FFN and 2 zero-computation experts, uniform routing runs 2 · 4/6 FFN experts a token
+        assertThat(model(mix, "top_k 2").flopsPerToken().expected()).isWithin(1e-9).of(fixed(6) + 2 * 4.0 / 6 * relu);
+    }
+}
