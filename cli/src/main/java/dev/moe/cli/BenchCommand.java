@@ -24,7 +24,10 @@ import picocli.CommandLine.Spec;
  */
 @Command(name = "bench", description = {"Benchmark one MoE layer on the CPU and print a table of GFLOP/s.",
     "Shapes: T=2048, d=256, E=16, f=512, k=2 and the fine-grained T=2048, d=256, E=64, f=128, k=6.",
-    "Then the first shape with 16 zero experts added: time as routed, with every slot on a zero expert, and on an FFN expert."})
+    "Then the first shape with 16 zero experts added: time as routed, with every slot on a zero expert, and on an FFN expert.",
+    "With --backend cuda: the GPU layer (bf16) in TFLOP/s on the Mixtral (4096, 14336, 8, 2), DeepSeek (2048, 1408, 64, 6)",
+    "and OLMoE (2048, 1024, 64, 8) shapes (d, f, E, k), uniform and skewed routing, with the share of time outside the GEMMs",
+    "and the peak device memory."})
 final class BenchCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
@@ -41,11 +44,23 @@ final class BenchCommand implements Callable<Integer> {
     @Option(names = "--scalar", description = "Use the scalar reference path instead of the Vector API.")
     boolean scalar;
 
+    @Option(names = "--backend", paramLabel = "NAME", description = "cpu (default) or cuda.")
+    String backendName = "cpu";
+
+    @Option(names = "--tokens", paramLabel = "N", description = "Tokens per batch with --backend cuda (default: ${DEFAULT-VALUE}).")
+    int tokens = 8192;
+
+    @Option(names = "--fp32", description = "With --backend cuda: fp32 instead of bf16.")
+    boolean fp32;
+
     record Shape(int tokens, int dim, int experts, int hidden, int k) {}
 
     @Override
     public Integer call() {
         PrintWriter out = spec.commandLine().getOut();
+        if (!backendName.equals("cpu")) {
+            return gpu(out);
+        }
         Backend backend = new CpuBackend(threads, !scalar);
         out.printf(Locale.ROOT, "MoE layer, fp32, %d thread(s), %s path, %s%n", threads, scalar ? "scalar" : "Vector API",
                 System.getProperty("os.arch"));
@@ -64,6 +79,29 @@ final class BenchCommand implements Callable<Integer> {
         }
         zeroComputation(out, backend);
         return 0;
+    }
+
+    /** The GPU layer benchmark; a machine without a GPU gets the reason and exit status 1. */
+    private int gpu(PrintWriter out) {
+        PrintWriter err = spec.commandLine().getErr();
+        if (!backendName.equals("cuda")) {
+            err.println("moe: error: unknown backend `" + backendName + "`: use cpu or cuda");
+            return 1;
+        }
+        if (tokens < 1) {
+            err.println("moe: error: --tokens must be at least 1");
+            return 1;
+        }
+        try {
+            int reps = Math.max(3, (int) Math.round(seconds * 5));
+            dev.moe.cuda.MoeLayerBench.run(out, tokens, reps,
+                    fp32 ? dev.moe.cuda.kernels.MoeKernelSource.Precision.FP32 : dev.moe.cuda.kernels.MoeKernelSource.Precision.BF16,
+                    "mixtral", "deepseek", "olmoe");
+            return 0;
+        } catch (dev.moe.cuda.CudaException e) {
+            err.println("moe: error: --backend cuda: " + e.getMessage());
+            return 1;
+        }
     }
 
     /**

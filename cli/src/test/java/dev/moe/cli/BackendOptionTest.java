@@ -34,4 +34,20 @@ class BackendOptionTest {
         assertThat(r.err()).contains("--backend cpu");
         assertThat(r.err()).doesNotContain("Exception");
     }
+
+    @Test
+    void benchWithTheCudaBackendWithoutAGpuIsAUserError() {
+        boolean driver;
+        try {
+            CudaLibraries.load(CudaLibraries.DRIVER);
+            driver = true;
+        } catch (CudaException e) {
+            driver = false;
+        }
+        Assumptions.assumeFalse(driver, "this machine has a CUDA driver: the no-GPU message cannot be seen here");
+        Cli.Run r = Cli.run("bench", "--backend", "cuda");
+        assertThat(r.exit()).isEqualTo(1);
+        assertThat(r.err()).contains("--backend cuda: the CUDA driver not found");
+        assertThat(Cli.run("bench", "--backend", "tpu").err()).contains("unknown backend `tpu`");
+    }
 }

@@ -42,27 +42,36 @@ public final class MoeLayerBench {
                 }
             }
         }
-        try (CudaContext ctx = new CudaContext(0)) {
-            System.out.printf("MoE layer on %s (%s), %s, %d tokens, median of %d%n", ctx.deviceName, ctx.arch,
-                    precision.name().toLowerCase(java.util.Locale.ROOT), tokens, reps);
-            System.out.printf("%-9s %-7s %8s %8s %10s %10s %11s %12s %10s%n", "shape", "routing", "fwd ms", "f+b ms", "fwd TF/s",
-                    "f+b TF/s", "non-GEMM %", "peak memory", "max/mean");
-            for (String name : shapes) {
-                Shape sh = SHAPES.get(name);
-                if (sh == null) {
-                    throw new IllegalArgumentException("unknown shape " + name + "; known: " + SHAPES.keySet());
-                }
-                for (boolean skewed : new boolean[] {false, true}) {
-                    run(ctx, sh, skewed, tokens, reps, precision);
-                }
-            }
+        try {
+            run(new java.io.PrintWriter(System.out, true), tokens, reps, precision, shapes);
         } catch (CudaException e) {
             System.err.println("moe: " + e.getMessage());
             System.exit(2);
         }
     }
 
-    static void run(CudaContext ctx, Shape sh, boolean skewed, int tokens, int reps, Precision precision) {
+    /** Opens GPU 0 and prints the table for {@code shapes} (names of {@link #SHAPES}). */
+    public static void run(java.io.PrintWriter out, int tokens, int reps, Precision precision, String... shapes) {
+        for (String name : shapes) {
+            if (!SHAPES.containsKey(name)) {
+                throw new IllegalArgumentException("unknown shape " + name + "; known: " + new java.util.TreeSet<>(SHAPES.keySet()));
+            }
+        }
+        try (CudaContext ctx = new CudaContext(0)) {
+            out.printf("MoE layer on %s (%s), %s, %d tokens, median of %d%n", ctx.deviceName, ctx.arch,
+                    precision.name().toLowerCase(java.util.Locale.ROOT), tokens, reps);
+            out.printf("%-9s %-7s %8s %8s %10s %10s %11s %12s %10s%n", "shape", "routing", "fwd ms", "f+b ms", "fwd TF/s",
+                    "f+b TF/s", "non-GEMM %", "peak memory", "max/mean");
+            out.flush();
+            for (String name : shapes) {
+                for (boolean skewed : new boolean[] {false, true}) {
+                    run(out, ctx, SHAPES.get(name), skewed, tokens, reps, precision);
+                }
+            }
+        }
+    }
+
+    static void run(java.io.PrintWriter out, CudaContext ctx, Shape sh, boolean skewed, int tokens, int reps, Precision precision) {
         Spec spec = new Spec(sh.d(), sh.f(), sh.e(), sh.k(), Score.SOFTMAX, true, 1f, skewed, precision);
         Random rnd = new Random(42);
         // Gradients in the activation type, as PyTorch keeps them for bf16 parameters: same bytes as the peer.
@@ -117,10 +126,11 @@ public final class MoeLayerBench {
             int max = Arrays.stream(counts).max().orElse(0);
             double flops = 6.0 * tokens * sh.k() * sh.d() * sh.f();
             double fwdMs = median(fwd), fbMs = median(fb);
-            System.out.printf("%-9s %-7s %8.3f %8.3f %10.1f %10.1f %10.1f%% %12s %10.2f%n", sh.name(), skewed ? "skewed" : "uniform", fwdMs,
+            out.printf("%-9s %-7s %8.3f %8.3f %10.1f %10.1f %10.1f%% %12s %10.2f%n", sh.name(), skewed ? "skewed" : "uniform", fwdMs,
                     fbMs, flops / (fwdMs * 1e-3) / 1e12, 3 * flops / (fbMs * 1e-3) / 1e12, 100 * (total - gemm) / total,
                     DeviceAllocator.human(peak), max / mean);
-            System.out.printf("          phases (ms): %s%n", phases);
+            out.printf("          phases (ms): %s%n", phases);
+            out.flush();
         }
     }
 
