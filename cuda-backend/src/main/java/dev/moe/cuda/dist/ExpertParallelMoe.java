@@ -56,13 +56,8 @@ public final class ExpertParallelMoe {
         int d = spec.dim(), f = spec.hidden();
         int me = exchange.rank();
         local = placement.localExperts(me);
-        gateUp = new float[local * 2 * f * d];
-        down = new float[local * d * f];
-        for (int l = 0; l < local; l++) {
-            int e = placement.globalExpert(me, l);
-            System.arraycopy(gateUpAll, e * 2 * f * d, gateUp, l * 2 * f * d, 2 * f * d);
-            System.arraycopy(downAll, e * d * f, down, l * d * f, d * f);
-        }
+        gateUp = ExpertShards.local(gateUpAll, 2 * f * d, placement, me);
+        down = ExpertShards.local(downAll, d * f, placement, me);
     }
 
     /** out [T, D] for x [T, D]; every rank must call it (with its own tokens, possibly none). */
