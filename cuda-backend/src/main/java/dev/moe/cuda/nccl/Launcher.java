@@ -1,0 +1,163 @@
+package dev.moe.cuda.nccl;
+
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.io.PrintStream;
+import java.lang.management.ManagementFactory;
+import java.net.ServerSocket;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * One process per GPU on this machine: starts {@code ranks} copies of a Java main class with this
+ * JVM's class path and options, each with MOE_RANK, MOE_LOCAL_RANK, MOE_WORLD_SIZE and a loopback
+ * MOE_RENDEZVOUS; prefixes their output with the rank; and when one fails, stops the others and
+ * exits with its status, so that a dead rank never leaves the rest hanging in a collective.
+ *
+ * <pre>
+ * java ... dev.moe.cuda.nccl.Launcher --gpus N MAIN_CLASS [ARGS...]
+ * </pre>
+ */
+public final class Launcher {
+    private static final Duration GRACE = Duration.ofSeconds(10);
+
+    private Launcher() {}
+
+    public static void main(String[] args) {
+        if (args.length < 3 || !args[0].equals("--gpus")) {
+            System.err.println("usage: Launcher --gpus N MAIN_CLASS [ARGS...]");
+            System.exit(2);
+        }
+        int n;
+        try {
+            n = Integer.parseInt(args[1]);
+        } catch (NumberFormatException e) {
+            n = 0;
+        }
+        if (n < 1) {
+            System.err.println("moe: --gpus must be a whole number of at least 1, not " + args[1]);
+            System.exit(2);
+        }
+        List<String> rest = List.of(args).subList(3, args.length);
+        System.exit(run(javaCommand(args[2], rest), n, System.out));
+    }
+
+    /** The command that runs {@code mainClass} in a fresh JVM like this one (same java, class path and options). */
+    public static List<String> javaCommand(String mainClass, List<String> args) {
+        List<String> cmd = new ArrayList<>();
+        cmd.add(ProcessHandle.current().info().command().orElse(Path.of(System.getProperty("java.home"), "bin", "java").toString()));
+        for (String option : ManagementFactory.getRuntimeMXBean().getInputArguments()) {
+            if (!option.startsWith("-agentlib:jdwp")) { // a debugger port can be bound only once
+                cmd.add(option);
+            }
+        }
+        cmd.add("-cp");
+        cmd.add(System.getProperty("java.class.path"));
+        cmd.add(mainClass);
+        cmd.addAll(args);
+        return cmd;
+    }
+
+    /** Runs the ranks to completion; 0 when all succeed, else the first failing rank's status. */
+    public static int run(List<String> command, int ranks, PrintStream out) {
+        int port;
+        try (ServerSocket probe = new ServerSocket(0)) {
+            port = probe.getLocalPort();
+        } catch (IOException e) {
+            out.println("moe: no free local port for the rendezvous: " + e.getMessage());
+            return 1;
+        }
+        List<Process> procs = new ArrayList<>();
+        List<Thread> pumps = new ArrayList<>();
+        try {
+            for (int r = 0; r < ranks; r++) {
+                ProcessBuilder pb = new ProcessBuilder(command).redirectErrorStream(true);
+                Map<String, String> env = pb.environment();
+                env.put("MOE_RANK", String.valueOf(r));
+                env.put("MOE_LOCAL_RANK", String.valueOf(r));
+                env.put("MOE_WORLD_SIZE", String.valueOf(ranks));
+                env.put("MOE_RENDEZVOUS", "127.0.0.1:" + port);
+                Process p = pb.start();
+                procs.add(p);
+                pumps.add(Thread.ofPlatform().daemon().start(pump(p, "[rank " + r + "] ", out)));
+            }
+            while (true) {
+                boolean allDone = true;
+                for (int r = 0; r < ranks; r++) {
+                    Process p = procs.get(r);
+                    if (p.isAlive()) {
+                        allDone = false;
+                    } else if (p.exitValue() != 0) {
+                        int status = p.exitValue();
+                        synchronized (out) {
+                            out.println("moe: rank " + r + " exited with status " + status + "; stopping the other ranks");
+                        }
+                        stop(procs);
+                        join(pumps);
+                        return status;
+                    }
+                }
+                if (allDone) {
+                    join(pumps);
+                    return 0;
+                }
+                Thread.sleep(50);
+            }
+        } catch (IOException e) {
+            out.println("moe: cannot start rank " + procs.size() + ": " + e.getMessage());
+            stop(procs);
+            return 1;
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            stop(procs);
+            return 130;
+        }
+    }
+
+    private static Runnable pump(Process p, String prefix, PrintStream out) {
+        return () -> {
+            try (BufferedReader in = new BufferedReader(new InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8))) {
+                for (String line; (line = in.readLine()) != null; ) {
+                    synchronized (out) {
+                        out.println(prefix + line);
+                    }
+                }
+            } catch (IOException ignored) {
+                // the process is gone
+            }
+        };
+    }
+
+    /** Asks every live rank to stop, then kills those still there after the grace period. */
+    private static void stop(List<Process> procs) {
+        procs.forEach(Process::destroy);
+        long deadline = System.nanoTime() + GRACE.toNanos();
+        for (Process p : procs) {
+            try {
+                long left = deadline - System.nanoTime();
+                if (left <= 0 || !p.waitFor(Duration.ofNanos(left))) {
+                    p.destroyForcibly();
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                p.destroyForcibly();
+            }
+        }
+    }
+
+    private static void join(List<Thread> pumps) {
+        for (Thread t : pumps) {
+            try {
+                t.join(Duration.ofSeconds(5));
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return;
+            }
+        }
+    }
+}
