@@ -71,13 +71,15 @@ final class Curricula {
             case Training.Init.Scratch s -> Trainer.Start.SCRATCH;
             case Training.Init.Previous p -> Trainer.Start.PREVIOUS;
             case Training.Init.Checkpoint cp -> {
-                Path path = c.base().resolve(cp.path());
-                Weights w = weights(path, target.name(), c);
+                // the checkpoint may come from another model (a seed model's run) as long as it has every tensor of this one
+                Source s = cp.from() instanceof Training.Source.Run r ? source(r, r.model(), c)
+                        : new Source(weights(c.base().resolve(((Training.Source.File) cp.from()).path()), null, c), null, target.name(), 0);
                 yield (model, seed) -> {
-                    model.initialize(seed);
+                    Weights w = s.read(c);
                     for (var p : model.parameters()) {
                         if (!w.has(p.name(), p.shape())) {
-                            throw new IOException(path + " has no tensor `" + p.name() + "` of shape " + java.util.Arrays.toString(p.shape()));
+                            throw new IOException(w.origin() + " has no tensor `" + p.name() + "` of shape " + java.util.Arrays.toString(p.shape())
+                                    + ": it was saved from a model of another shape");
                         }
                         p.load(w.get(p.name()).clone());
                     }
@@ -184,7 +186,7 @@ final class Curricula {
         Weights w;
         try (SafeTensorsFile f = SafeTensors.open(path)) {
             String saved = f.metadata().get("model");
-            if (saved != null && !saved.equals(model)) {
+            if (model != null && saved != null && !saved.equals(model)) {
                 throw new Recipes.UserError(path + " holds model `" + saved + "`, but the recipe reads it as `" + model + "`");
             }
         } catch (IOException e) {
@@ -195,7 +197,7 @@ final class Curricula {
         } catch (IOException e) {
             throw new Recipes.UserError(path + ": " + e.getMessage());
         }
-        Model declared = c.models().get(model);
+        Model declared = model == null ? null : c.models().get(model);
         if (declared != null) {
             for (Param p : declared.params()) {
                 int[] shape = p.shape().stream().mapToInt(Long::intValue).toArray();

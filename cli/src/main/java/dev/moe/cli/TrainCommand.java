@@ -231,7 +231,7 @@ final class TrainCommand implements Callable<Integer> {
                 throw new Recipes.UserError("--data does not apply to a recipe with stages: each stage names its data");
             }
             trainer = new Trainer(m, stages, options, log);
-            what = stages.size() + " stages (" + String.join(", ", stages.stream().map(Trainer.Stage::name).toList()) + ")";
+            what = stages.size() + (stages.size() == 1 ? " stage (" : " stages (") + String.join(", ", stages.stream().map(Trainer.Stage::name).toList()) + ")";
         }
         stdout.printf(Locale.ROOT, "training %s (%s params) on %s: %d steps of %d x %d x %d tokens, %d threads -> %s%n", m.name(),
                 Units.count(declared.totalParams()), what, totalSteps, micro, batch, seqLen, threads, runDir);

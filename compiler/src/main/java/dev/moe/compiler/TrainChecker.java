@@ -357,8 +357,15 @@ final class TrainChecker {
                 return read.args(c, List.of(), List.of(), List.of()).map(a -> new Training.Init.Previous());
             }
             case "checkpoint" -> {
-                return read.args(c, List.of("path"), List.of(), List.of("path")).flatMap(a -> read.string(a.required("path"), "path"))
-                        .map(Training.Init.Checkpoint::new);
+                Optional<Args> args = read.args(c, List.of("path"), List.of(), List.of("path"));
+                Optional<Training.Source> from = args.flatMap(a -> source(a.required("path")));
+                if (from.isPresent() && from.get() instanceof Training.Source.Run r && target.isPresent() && !sameTensors(r.model(), target.get())) {
+                    var d = reporter.error(Code.UPCYCLE_SHAPE, args.get().required("path"), "`%s` does not have the tensors of `%s`", r.model(),
+                            target.get().name());
+                    reporter.note(d, "a checkpoint start loads every tensor by name; for a model of another shape use an upcycling step");
+                    return Optional.empty();
+                }
+                return from.map(Training.Init.Checkpoint::new);
             }
             case "merge" -> {
                 Optional<Args> args = read.args(c, List.of("from"), List.of("model", "attention", "shared_kv"), List.of());

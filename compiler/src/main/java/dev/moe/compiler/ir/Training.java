@@ -60,7 +60,8 @@ public record Training(
 
         record Previous() implements Init {}
 
-        record Checkpoint(String path) implements Init {}
+        /** Every weight from a checkpoint with the target's tensors (a file, or an earlier block's run of a model of the same shape). */
+        record Checkpoint(Source from) implements Init {}
 
         /** Every expert a copy of the dense FFN, with optional relative noise. */
         record Copy(Source from, String model, double noise) implements Init {}
