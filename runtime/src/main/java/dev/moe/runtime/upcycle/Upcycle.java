@@ -292,4 +292,72 @@ public final class Upcycle {
         }
         return left;
     }
+
+    /**
+     * The {@code keep} most used experts of one MoE layer by routed-token counts (ties to the lower
+     * index), in their original order.
+     */
+    public static int[] mostUsed(long[] counts, int keep) {
+        if (keep < 1 || keep > counts.length) {
+            throw new IllegalArgumentException("cannot keep " + keep + " of " + counts.length + " experts");
+        }
+        Integer[] order = new Integer[counts.length];
+        for (int i = 0; i < order.length; i++) {
+            order[i] = i;
+        }
+        Arrays.sort(order, (a, b) -> counts[a] != counts[b] ? Long.compare(counts[b], counts[a]) : Integer.compare(a, b));
+        int[] kept = new int[keep];
+        for (int i = 0; i < keep; i++) {
+            kept[i] = order[i];
+        }
+        Arrays.sort(kept);
+        return kept;
+    }
+
+    /**
+     * Pruning for inference: the target has fewer routed experts per MoE layer; its expert j of layer
+     * L is the source's expert {@code kept.get(L)[j]}, and router rows (and any per-expert buffer such
+     * as the aux-free bias) are taken at the kept indices. Every other tensor is copied by name, and
+     * must be there: the pruned model differs from the source in its expert counts only.
+     */
+    public static void prune(Weights source, List<Parameter> target, Map<Integer, int[]> kept) {
+        Pattern perExpert = Pattern.compile("layers\\.(\\d+)\\.moe\\.[\\w.]+");
+        for (Parameter p : target) {
+            ExpertName e = ExpertName.parse(p.name());
+            if (e != null && !e.shared()) {
+                int[] keep = kept.get(e.layer());
+                if (keep == null || e.index() >= keep.length) {
+                    throw new IllegalArgumentException("no kept expert for `" + p.name() + "`");
+                }
+                String from = "layers." + e.layer() + ".moe.experts." + keep[e.index()] + "." + e.projection();
+                if (!source.has(from, p.shape())) {
+                    throw new IllegalArgumentException(source.origin() + " has no `" + from + "` of shape " + Arrays.toString(p.shape()));
+                }
+                p.load(source.get(from).clone());
+            } else if (source.has(p.name(), p.shape())) {
+                p.load(source.get(p.name()).clone());
+            } else if (source.has(p.name()) && perExpert.matcher(p.name()).matches() && sameButFirst(p.shape(), source.shape(p.name()))) {
+                int layer = Integer.parseInt(p.name().split("\\.")[1]);
+                int[] keep = kept.get(layer);
+                int[] s = source.shape(p.name());
+                int row = p.size() / p.shape()[0];
+                if (keep == null || keep.length != p.shape()[0]) {
+                    throw new IllegalArgumentException("`" + p.name() + "` " + Arrays.toString(p.shape()) + " does not have one row per kept expert");
+                }
+                float[] src = source.get(p.name());
+                float[] v = new float[p.size()];
+                for (int j = 0; j < keep.length; j++) {
+                    if (keep[j] >= s[0]) {
+                        throw new IllegalArgumentException("expert " + keep[j] + " is outside `" + p.name() + "` " + Arrays.toString(s));
+                    }
+                    System.arraycopy(src, keep[j] * row, v, j * row, row);
+                }
+                p.load(v);
+            } else {
+                throw new IllegalArgumentException("`" + p.name() + "` " + Arrays.toString(p.shape()) + " has no counterpart in " + source.origin()
+                        + (source.has(p.name()) ? " (it has shape " + Arrays.toString(source.shape(p.name())) + ")" : "")
+                        + ": the pruned model must differ from the trained one in its routed expert counts only");
+            }
+        }
+    }
 }
