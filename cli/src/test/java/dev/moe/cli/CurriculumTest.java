@@ -160,6 +160,55 @@ class CurriculumTest {
         assertThat(Files.readAllBytes(out.resolve("last.safetensors"))).isEqualTo(last);
     }
 
+    @Test
+    void aCheckpointThatDoesNotMatchTheDeclaredDenseModelIsRefusedBeforeTraining() throws IOException {
+        Path out = dir.resolve("tiny");
+        assertThat(train(out, "--stage-steps", "1").exit()).isEqualTo(0);
+        Path upcycling = dir.resolve("upcycle.moe");
+        Files.writeString(upcycling, """
+                model Dense {
+                  vocab 256
+                  context 16
+                  dim 16
+                  heads 2
+                  layers 2 { all: attention, swiglu(hidden: 32) }
+                }
+                moe copies {
+                  routed 4 x swiglu(hidden: 32)
+                  router { top_k 2 }
+                }
+                model Sparse {
+                  vocab 256
+                  context 16
+                  dim 16
+                  heads 2
+                  layers 2 { all: attention, copies }
+                }
+                train Sparse {
+                  stage upcycle {
+                    steps 2
+                    init copy(from: "dense.safetensors", model: Dense)
+                  }
+                }
+                """);
+        Path dense = dir.resolve("dense.safetensors");
+        Files.copy(out.resolve("last.safetensors"), dense);
+        Cli.Run r = Cli.run("train", upcycling.toString(), "--out", dir.resolve("sparse").toString());
+        assertThat(r.exit()).isEqualTo(1);
+        assertThat(r.err()).contains("dense.safetensors holds model `Tiny`, but the recipe reads it as `Dense`");
+
+        // the same tensors under the name `Dense`: the declared model's FFN is missing
+        var w = dev.moe.runtime.upcycle.Weights.read(dense);
+        List<dev.moe.runtime.Parameter> params = new ArrayList<>();
+        w.values().forEach((name, v) -> params.add(new dev.moe.runtime.Parameter(name, w.shape(name), v, null, 0, v.length, false)));
+        dev.moe.runtime.train.Checkpoint.save(dense, params, null, Map.of("model", "Dense"));
+        r = Cli.run("train", upcycling.toString(), "--out", dir.resolve("sparse").toString());
+        assertThat(r.exit()).isEqualTo(1);
+        assertThat(r.err()).containsMatch("does not match model `Dense`: (it has no tensor|`[a-z0-9_.]+` has shape)");
+        assertThat(r.err()).doesNotContain("Exception");
+        assertThat(Files.exists(dir.resolve("sparse"))).isFalse();
+    }
+
     static String withoutSpeed(String line) {
         return line.replaceAll("\"tokens_per_s\":[0-9.]+", "");
     }
