@@ -23,7 +23,7 @@ class CurriculumRecipesTest {
     Path dir;
 
     static List<String> recipes() {
-        return List.of("sparse-upcycling.moe", "innovator.moe", "moextend.moe", "branch-train-mix.moe", "aquila-moe.moe", "evomoe.moe");
+        return List.of("sparse-upcycling.moe", "innovator.moe", "moextend.moe", "branch-train-mix.moe", "aquila-moe.moe", "evomoe.moe", "unimoe-audio.moe");
     }
 
     @ParameterizedTest(name = "{0}")

@@ -161,10 +161,10 @@ public final class Trainer {
     }
 
     public Result run() throws IOException {
-        Files.createDirectories(o.out());
         for (int k = 0; k < stages.size(); k++) {
             parametersOf(k); // a stage that trains nothing is an error before any work
         }
+        Files.createDirectories(o.out());
         Path last = o.out().resolve("last.safetensors");
         Path metrics = o.out().resolve("metrics.jsonl");
         long start = 0;
