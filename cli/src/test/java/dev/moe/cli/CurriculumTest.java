@@ -209,6 +209,72 @@ class CurriculumTest {
         assertThat(Files.exists(dir.resolve("sparse"))).isFalse();
     }
 
+    static final String PIPELINE = """
+            model Dense {
+              vocab 256
+              context 16
+              dim 16
+              heads 2
+              layers 2 { all: attention, swiglu(hidden: 32) }
+            }
+            moe copies {
+              routed 4 x swiglu(hidden: 32)
+              router { top_k 2  normalize true }
+            }
+            model Sparse {
+              vocab 256
+              context 16
+              dim 16
+              heads 2
+              layers 2 { all: attention, copies }
+            }
+            train Dense {
+              optimizer adamw(lr: 0.01)
+              batch 4
+              steps 3
+            }
+            train Sparse {
+              optimizer adamw(lr: 0.005)
+              batch 4
+              stage upcycle {
+                steps 2
+                init copy(from: Dense, noise: 0.01)
+                trainable ["**.router.*"]
+              }
+              stage joint { steps 2 }
+            }
+            """;
+
+    @Test
+    void aPipelineOfTrainBlocksResumesBitwiseAcrossBlocks() throws IOException {
+        Path file = dir.resolve("pipeline.moe");
+        Files.writeString(file, PIPELINE);
+        Path straight = dir.resolve("straight");
+        Cli.Run r = Cli.run("train", file.toString(), "--out", straight.toString(), "--threads", "2");
+        assertWithMessage("%s", r).that(r.exit()).isEqualTo(0);
+        assertThat(r.out()).contains("training Dense");
+        assertThat(r.out()).contains("training Sparse");
+        Path resumed = dir.resolve("resumed");
+        // stops the first block at step 2: the pipeline waits
+        Cli.Run first = Cli.run("train", file.toString(), "--out", resumed.toString(), "--threads", "2", "--stop-at", "2");
+        assertWithMessage("%s", first).that(first.exit()).isEqualTo(0);
+        assertThat(first.out()).doesNotContain("training Sparse");
+        // finishes Dense, then stops Sparse inside its first stage
+        Cli.Run second = Cli.run("train", file.toString(), "--out", resumed.toString(), "--threads", "2", "--resume", "--model", "Dense");
+        assertWithMessage("%s", second).that(second.exit()).isEqualTo(0);
+        Cli.Run third = Cli.run("train", file.toString(), "--out", resumed.toString(), "--threads", "2", "--resume", "--stop-at", "1");
+        assertWithMessage("%s", third).that(third.exit()).isEqualTo(0);
+        Cli.Run last = Cli.run("train", file.toString(), "--out", resumed.toString(), "--threads", "2", "--resume");
+        assertWithMessage("%s", last).that(last.exit()).isEqualTo(0);
+        for (String model : List.of("Dense", "Sparse")) {
+            assertWithMessage(model).that(tensors(resumed.resolve(model).resolve("last.safetensors")))
+                    .isEqualTo(tensors(straight.resolve(model).resolve("last.safetensors")));
+        }
+        // the upcycled stage trained only the routers: the experts are still the copies, each near the dense FFN
+        Map<String, String> upcycled = tensors(straight.resolve("Sparse/stage-upcycle.safetensors"));
+        assertThat(upcycled.get("layers.0.attn.q")).isEqualTo(tensors(straight.resolve("Dense/last.safetensors")).get("layers.0.attn.q"));
+    }
+
     static String withoutSpeed(String line) {
         return line.replaceAll("\"tokens_per_s\":[0-9.]+", "");
     }
