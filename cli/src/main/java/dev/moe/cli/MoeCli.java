@@ -35,6 +35,7 @@ import picocli.CommandLine.Spec;
             TrainCommand.class,
             GenerateCommand.class,
             EvalCommand.class,
+            PruneCommand.class,
             BenchCommand.class,
             CommandLine.HelpCommand.class,
         },

@@ -6,6 +6,7 @@ import dev.moe.codegen.JavaGenerator;
 import dev.moe.codegen.UnsupportedFeatureException;
 import dev.moe.compiler.CompileResult;
 import dev.moe.compiler.MoeCompiler;
+import dev.moe.compiler.ir.CompiledFile;
 import dev.moe.compiler.ir.Model;
 import dev.moe.compiler.ir.Training;
 import dev.moe.dsl.SourceFile;
@@ -45,13 +46,27 @@ final class Recipes {
     }
 
     static Loaded load(SourceFile source, String modelName, BackendFactory backend, PrintWriter err) throws UserError {
+        return select(compile(source, err), source, modelName, backend);
+    }
+
+    /** Checks the file, printing its diagnostics; its checked models and train blocks, or an error. */
+    static CompiledFile compile(SourceFile source, PrintWriter err) throws UserError {
         CompileResult result = MoeCompiler.compile(source);
         result.diagnostics().forEach(d -> err.print(DiagnosticRenderer.render(d)));
         err.flush();
         if (result.output().isEmpty()) {
             throw new UserError(source.name() + " has errors");
         }
-        List<Model> models = result.output().get().models();
+        return result.output().get();
+    }
+
+    static Loaded select(CompiledFile compiled, SourceFile source, String modelName, int threads) throws UserError {
+        return select(compiled, source, modelName, BackendFactory.cpu(threads));
+    }
+
+    /** The model named {@code modelName}, or the file's only model, with its training and an instance. */
+    static Loaded select(CompiledFile compiled, SourceFile source, String modelName, BackendFactory backend) throws UserError {
+        List<Model> models = compiled.models();
         if (models.isEmpty()) {
             throw new UserError(source.name() + " declares no model to run");
         }
@@ -66,7 +81,7 @@ final class Recipes {
         } else {
             model = models.getFirst();
         }
-        Optional<Training> training = result.output().get().trainings().stream().filter(t -> t.model().equals(model.name())).findFirst();
+        Optional<Training> training = compiled.trainings().stream().filter(t -> t.model().equals(model.name())).findFirst();
         return new Loaded(model, training, instantiate(model, source.name(), backend));
     }
 

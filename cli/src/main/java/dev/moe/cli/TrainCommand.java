@@ -1,5 +1,7 @@
 package dev.moe.cli;
 
+import dev.moe.compiler.ir.CompiledFile;
+import dev.moe.compiler.ir.Model;
 import dev.moe.compiler.ir.Training;
 import dev.moe.dsl.SourceFile;
 import dev.moe.runtime.TrainableModel;
@@ -11,6 +13,7 @@ import java.io.PrintWriter;
 import java.io.UncheckedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -32,7 +35,10 @@ import picocli.CommandLine.Spec;
         description = {"Train the model of a .moe file on the CPU (or with --backend cuda on a GPU).",
             "Settings come from the file's `train` block; options override them. Writes metrics.jsonl, loss.png,"
                     + " experts.png and checkpoints (last.safetensors) to the run directory. Ctrl-C saves and stops;"
-                    + " --resume carries an interrupted run on, bitwise as if uninterrupted."},
+                    + " --resume carries an interrupted run on, bitwise as if uninterrupted.",
+            "A block with stages runs them in order, each with its own data, trainable parameters, learning rate and start"
+                    + " (previous stage, checkpoint, upcycling), keeping stage-NAME.safetensors at each end. A file with several"
+                    + " train blocks runs them in order, each into DIR/MODEL; `from: MODEL` in an upcycling step reads that run."},
         exitCodeListHeading = "%nExit status:%n",
         exitCodeList = {"0:trained", "1:the file has errors, uses an unsupported feature, or training failed",
             "2:usage error", "130:stopped by Ctrl-C, after saving a checkpoint (continue with --resume)"})
@@ -49,10 +55,10 @@ final class TrainCommand implements Callable<Integer> {
     @Parameters(paramLabel = "FILE", description = "The .moe recipe.")
     Path file;
 
-    @Option(names = "--model", paramLabel = "NAME", description = "Which model, when the file declares several.")
+    @Option(names = "--model", paramLabel = "NAME", description = "Run only this model's train block (a model without one trains with default settings).")
     String model;
 
-    @Option(names = "--steps", paramLabel = "N", description = "Total optimiser steps (with --resume: the step to reach).")
+    @Option(names = "--steps", paramLabel = "N", description = "Total optimiser steps (with --resume: the step to reach; with stages: where to stop).")
     Long steps;
 
     @Option(names = "--data", paramLabel = "PATH", description = "Train on text files or a directory of them (UTF-8 bytes) instead.")
@@ -79,6 +85,9 @@ final class TrainCommand implements Callable<Integer> {
     @Option(names = "--stop-at", paramLabel = "N", description = "Stop at step N as Ctrl-C would (save; continue later with --resume).")
     long stopAt;
 
+    @Option(names = "--stage-steps", paramLabel = "N", description = "Run every stage (and every train block without stages) for N steps: a quick trial of a curriculum.")
+    Long stageSteps;
+
     @Override
     public Integer call() throws IOException {
         PrintWriter err = spec.commandLine().getErr();
@@ -95,48 +104,154 @@ final class TrainCommand implements Callable<Integer> {
             return 1;
         }
         try {
-            Recipes.Loaded loaded = Recipes.load(source, model, () -> backendOption.create(threads), err);
-            Training t = loaded.training().orElse(null);
-            if (t != null && !t.stages().isEmpty()) {
-                throw new Recipes.UserError("train `" + t.model() + "` has stages: multi-stage curricula are not run by `moe train` yet");
+            if (stageSteps != null && stageSteps < 1) {
+                throw new Recipes.UserError("--stage-steps must be at least 1");
             }
-            TrainableModel m = loaded.instance();
-            long totalSteps = steps != null ? steps : t != null ? t.steps() : 200;
-            long runSeed = seed != null ? seed : t != null ? t.seed() : 0;
-            int batch = t != null ? t.batch() : 8;
-            int micro = t != null ? t.globalBatch() / t.batch() : 1;
-            int seqLen = seq != null ? seq : m.context();
-            if (seqLen < 1 || seqLen > m.context()) {
-                throw new Recipes.UserError("--seq must be between 1 and the model's context (" + m.context() + ")");
+            CompiledFile compiled = Recipes.compile(source, err);
+            Path base = out != null ? out : Path.of("runs", file.getFileName().toString().replaceAll("\\.moe$", ""));
+            List<Training> all = compiled.trainings();
+            if (all.isEmpty()) {
+                Recipes.Loaded loaded = Recipes.select(compiled, source, model, () -> backendOption.create(threads));
+                trainOne(source, loaded.model(), null, loaded.instance(), base, Map.of(), Map.of(), compiled, stdout);
+                return 0;
             }
-            DataStream stream = dataStream(t, batch, seqLen, runSeed);
-            Path runDir = out != null ? out : Path.of("runs", file.getFileName().toString().replaceAll("\\.moe$", ""));
-            Training.Optimizer opt = t != null ? t.optimizer() : new Training.Optimizer("adamw", 3e-4, 0.9, 0.95, 1e-8, 0.0);
-            Training.Schedule sched = t != null ? t.schedule() : new Training.Schedule("constant", 0, 0);
-            Map<String, String> recipe = new LinkedHashMap<>();
-            recipe.put("recipe.file", file.toAbsolutePath().normalize().toString());
-            recipe.put("recipe.source", source.text());
-            Trainer.Options options = new Trainer.Options(totalSteps, batch, micro, seqLen, opt.lr(), opt.beta1(), opt.beta2(), opt.eps(),
-                    opt.weightDecay(), sched.kind(), sched.warmup(), sched.minLr(), t != null ? t.gradClip() : 1.0, runSeed, runDir, saveEvery,
-                    resume, stopAt, recipe);
-            stdout.printf(Locale.ROOT, "training %s (%s params) on %s: %d steps of %d x %d x %d tokens, %d threads -> %s%n", m.name(),
-                    Units.count(loaded.model().totalParams()), describe(stream), totalSteps, micro, batch, seqLen, threads, runDir);
-            stdout.flush();
-            PrintStream log = new PrintStream(new java.io.FileOutputStream(java.io.FileDescriptor.err), true, java.nio.charset.StandardCharsets.UTF_8);
-            Trainer.Result r = new Trainer(m, stream, options, log).run();
-            Plots.writeOrWarn(runDir, m, err);
-            if (!r.losses().isEmpty()) {
-                stdout.printf(Locale.ROOT, "loss %.4f -> %.4f over %d steps; checkpoint %s%n", r.firstLoss(), r.lastLoss(), r.losses().size(),
-                        r.checkpoint());
+            // A file with several train blocks is a pipeline: each block runs in order, into a directory of its own.
+            Map<String, Path> runs = new LinkedHashMap<>();
+            Map<String, Long> planned = new LinkedHashMap<>();
+            for (Training t : all) {
+                if (runs.containsKey(t.model())) {
+                    throw new Recipes.UserError(source.name() + " has two train blocks of `" + t.model() + "`; each model is trained by one block");
+                }
+                runs.put(t.model(), all.size() > 1 ? base.resolve(t.model()) : base);
+                planned.put(t.model(), plannedSteps(t));
             }
-            stdout.flush();
+            List<Training> chosen = all;
+            if (model != null) {
+                chosen = all.stream().filter(t -> t.model().equals(model)).toList();
+                if (chosen.isEmpty()) { // a model without a train block trains with the defaults
+                    Recipes.Loaded loaded = Recipes.select(compiled, source, model, () -> backendOption.create(threads));
+                    trainOne(source, loaded.model(), null, loaded.instance(), base, Map.of(), Map.of(), compiled, stdout);
+                    return 0;
+                }
+            }
+            List<Job> jobs = new ArrayList<>();
+            for (Training t : chosen) {
+                Model m = Curricula.find(compiled.models(), t.model())
+                        .orElseThrow(() -> new Recipes.UserError("`" + t.model() + "` is imported; train it from the file that declares it"));
+                jobs.add(new Job(m, t, runs.get(t.model())));
+            }
+            // Instantiate every model and plan every block (reading and checking checkpoint files) before any training.
+            List<Planned> ready = new ArrayList<>();
+            for (Job j : jobs) {
+                TrainableModel instance = Recipes.instantiate(j.model(), source.name(), () -> backendOption.create(threads));
+                ready.add(new Planned(j, instance));
+            }
+            List<List<Trainer.Stage>> stagesOf = new ArrayList<>();
+            for (Planned p : ready) {
+                stagesOf.add(p.job().training().stages().isEmpty() ? null
+                        : Curricula.stages(p.job().training(), p.job().model(), context(p, runs, planned, compiled), stageSteps));
+            }
+            for (int i = 0; i < ready.size(); i++) {
+                Planned p = ready.get(i);
+                trainOne(source, p.job().model(), p.job().training(), p.instance(), p.job().runDir(), runs, planned, compiled, stdout, stagesOf.get(i));
+            }
             return 0;
+        } catch (Interrupted stopped) {
+            return 0; // the block that stopped has said so; later blocks wait for --resume
         } catch (Recipes.UserError | IllegalArgumentException | UncheckedIOException | IOException | ArithmeticException e) {
             // A bad recipe or data, an unreadable checkpoint, a full disk, a diverged run: the user's to
             // fix, reported in one line, not as a crash.
             err.println("moe: error: " + e.getMessage());
             err.flush();
             return 1;
+        }
+    }
+
+    private record Job(Model model, Training training, Path runDir) {}
+
+    private record Planned(Job job, TrainableModel instance) {}
+
+    private long plannedSteps(Training t) {
+        if (t.stages().isEmpty()) {
+            return steps != null ? steps : stageSteps != null ? stageSteps : t.steps();
+        }
+        long total = 0;
+        for (Training.Stage s : t.stages()) {
+            total += stageSteps != null ? stageSteps : s.steps();
+        }
+        return steps != null ? Math.min(steps, total) : total;
+    }
+
+    private int seqOf(TrainableModel m) throws Recipes.UserError {
+        int seqLen = seq != null ? seq : m.context();
+        if (seqLen < 1 || seqLen > m.context()) {
+            throw new Recipes.UserError("--seq must be between 1 and the model's context (" + m.context() + ")");
+        }
+        return seqLen;
+    }
+
+    private Curricula.Context context(Planned p, Map<String, Path> runs, Map<String, Long> planned, CompiledFile compiled) throws Recipes.UserError {
+        Training t = p.job().training();
+        Map<String, Model> models = new LinkedHashMap<>();
+        compiled.models().forEach(m -> models.put(m.name(), m));
+        PrintStream log = new PrintStream(new java.io.FileOutputStream(java.io.FileDescriptor.err), true, java.nio.charset.StandardCharsets.UTF_8);
+        return new Curricula.Context(file.toAbsolutePath().getParent(), runs, planned, models, seed != null ? seed : t.seed(), t.batch(),
+                seqOf(p.instance()), log);
+    }
+
+    private void trainOne(SourceFile source, Model declared, Training t, TrainableModel m, Path runDir, Map<String, Path> runs,
+            Map<String, Long> planned, CompiledFile compiled, PrintWriter stdout) throws IOException, Recipes.UserError {
+        trainOne(source, declared, t, m, runDir, runs, planned, compiled, stdout, null);
+    }
+
+    private void trainOne(SourceFile source, Model declared, Training t, TrainableModel m, Path runDir, Map<String, Path> runs,
+            Map<String, Long> planned, CompiledFile compiled, PrintWriter stdout, List<Trainer.Stage> stages) throws IOException, Recipes.UserError {
+        long totalSteps = t != null ? plannedSteps(t) : steps != null ? steps : stageSteps != null ? stageSteps : 200;
+        long runSeed = seed != null ? seed : t != null ? t.seed() : 0;
+        int batch = t != null ? t.batch() : 8;
+        int micro = t != null ? t.globalBatch() / t.batch() : 1;
+        int seqLen = seqOf(m);
+        Training.Optimizer opt = t != null ? t.optimizer() : new Training.Optimizer("adamw", 3e-4, 0.9, 0.95, 1e-8, 0.0);
+        Training.Schedule sched = t != null ? t.schedule() : new Training.Schedule("constant", 0, 0);
+        Map<String, String> recipe = new LinkedHashMap<>();
+        recipe.put("recipe.file", file.toAbsolutePath().normalize().toString());
+        recipe.put("recipe.source", source.text());
+        Trainer.Options options = new Trainer.Options(totalSteps, batch, micro, seqLen, opt.lr(), opt.beta1(), opt.beta2(), opt.eps(),
+                opt.weightDecay(), sched.kind(), sched.warmup(), sched.minLr(), t != null ? t.gradClip() : 1.0, runSeed, runDir, saveEvery,
+                resume, stopAt, recipe);
+        PrintStream log = new PrintStream(new java.io.FileOutputStream(java.io.FileDescriptor.err), true, java.nio.charset.StandardCharsets.UTF_8);
+        Trainer trainer;
+        String what;
+        if (stages == null) {
+            DataStream stream = dataStream(t, batch, seqLen, runSeed);
+            trainer = new Trainer(m, stream, options, log);
+            what = describe(stream);
+        } else {
+            if (data != null && !data.isEmpty()) {
+                throw new Recipes.UserError("--data does not apply to a recipe with stages: each stage names its data");
+            }
+            trainer = new Trainer(m, stages, options, log);
+            what = stages.size() + (stages.size() == 1 ? " stage (" : " stages (") + String.join(", ", stages.stream().map(Trainer.Stage::name).toList()) + ")";
+        }
+        stdout.printf(Locale.ROOT, "training %s (%s params) on %s: %d steps of %d x %d x %d tokens, %d threads -> %s%n", m.name(),
+                Units.count(declared.totalParams()), what, totalSteps, micro, batch, seqLen, threads, runDir);
+        stdout.flush();
+        Trainer.Result r = trainer.run();
+        Plots.writeOrWarn(runDir, m, spec.commandLine().getErr());
+        if (!r.losses().isEmpty()) {
+            stdout.printf(Locale.ROOT, "loss %.4f -> %.4f over %d steps; checkpoint %s%n", r.firstLoss(), r.lastLoss(), r.losses().size(),
+                    r.checkpoint());
+        }
+        stdout.flush();
+        if (r.interrupted()) {
+            throw new Interrupted();
+        }
+    }
+
+    /** Stops a pipeline after a block was stopped (Ctrl-C or --stop-at): later blocks need it finished. */
+    private static final class Interrupted extends RuntimeException {
+        Interrupted() {
+            super(null, null, false, false);
         }
     }
 

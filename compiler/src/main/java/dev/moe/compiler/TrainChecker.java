@@ -44,6 +44,8 @@ final class TrainChecker {
     private final Read read;
     private final Reporter reporter;
     private final Function<String, Optional<Model>> models;
+    /** Models whose train blocks come before the one being checked: what {@code from: Name} may read. */
+    private Set<String> trainedBefore = Set.of();
 
     TrainChecker(Program program, Evaluator evaluator, Read read, Function<String, Optional<Model>> models) {
         this.program = program;
@@ -56,6 +58,14 @@ final class TrainChecker {
     Optional<Training> check(Declared<TrainDecl> declared) {
         TrainDecl train = declared.node();
         SourceFile src = declared.source();
+        Set<String> earlier = new java.util.HashSet<>();
+        for (Declared<TrainDecl> t : program.trainings) {
+            if (t == declared) {
+                break;
+            }
+            earlier.add(t.node().model().text());
+        }
+        trainedBefore = earlier;
         int before = reporter.errorCount();
         String modelName = train.model().text();
         Optional<Model> model = Optional.empty();
@@ -288,6 +298,9 @@ final class TrainChecker {
             Value v = map.get("trainable").get();
             if (v instanceof Value.Word w && w.name().equals("all")) {
                 trainable = List.of();
+            } else if (v instanceof Value.ListV l && l.items().isEmpty()) {
+                var d = reporter.error(Code.PATTERN_MATCHES_NOTHING, v, "an empty `trainable` list freezes every parameter of stage `%s`", s.name().text());
+                reporter.help(d, "list patterns of the parameters to train, or write `trainable all`");
             } else {
                 Optional<List<String>> patterns = read.list(v, "trainable", item -> read.string(item, "pattern").map(p -> {
                     model.ifPresent(m -> checkPattern(p, item, m));
@@ -304,47 +317,19 @@ final class TrainChecker {
                 init = checked.get();
             }
         }
+        if (init instanceof Training.Init.Extend e && map.get("trainable").isEmpty() && model.isPresent()) {
+            // MoExtend: the old experts stay as trained; the new ones and the router learn.
+            int old = routedPerLayer(model.get()) - e.add();
+            trainable = List.of("layers.*.moe.experts.{" + old + ".." + (old + e.add() - 1) + "}.**", "layers.*.moe.router.**");
+        }
         if (reporter.errorCount() != before) {
             return Optional.empty();
         }
         return Optional.of(new Training.Stage(s.name().text(), steps, data, trainable, lr, schedule, init));
     }
 
-    /** {@code *} within one dot-separated segment, {@code **} across segments, {@code {a..b}} a number in a range. */
-    static Pattern compilePattern(String pattern) {
-        StringBuilder re = new StringBuilder();
-        for (int i = 0; i < pattern.length(); i++) {
-            char c = pattern.charAt(i);
-            if (c == '*' && i + 1 < pattern.length() && pattern.charAt(i + 1) == '*') {
-                re.append(".*");
-                i++;
-            } else if (c == '*') {
-                re.append("[^.]*");
-            } else if (c == '{') {
-                int close = pattern.indexOf('}', i);
-                String inner = close < 0 ? "" : pattern.substring(i + 1, close);
-                String[] bounds = inner.split("\\.\\.");
-                if (close > 0 && bounds.length == 2 && bounds[0].matches("\\d{1,6}") && bounds[1].matches("\\d{1,6}")) {
-                    int lo = Integer.parseInt(bounds[0]);
-                    int hi = Integer.parseInt(bounds[1]);
-                    List<String> alts = new ArrayList<>();
-                    for (int k = lo; k <= hi && alts.size() < 10_000; k++) {
-                        alts.add(Integer.toString(k));
-                    }
-                    re.append("(?:").append(String.join("|", alts)).append(")");
-                    i = close;
-                } else {
-                    re.append(Pattern.quote(String.valueOf(c)));
-                }
-            } else {
-                re.append(Pattern.quote(String.valueOf(c)));
-            }
-        }
-        return Pattern.compile(re.toString());
-    }
-
     private void checkPattern(String pattern, Value at, Model model) {
-        Pattern p = compilePattern(pattern);
+        Pattern p = Patterns.compile(pattern);
         boolean any = model.params().stream().map(Param::name).anyMatch(n -> p.matcher(n).matches());
         if (!any) {
             var d = reporter.error(Code.PATTERN_MATCHES_NOTHING, at, "pattern \"%s\" matches no parameter of model `%s`", pattern, model.name());
@@ -372,41 +357,85 @@ final class TrainChecker {
                 return read.args(c, List.of(), List.of(), List.of()).map(a -> new Training.Init.Previous());
             }
             case "checkpoint" -> {
-                return read.args(c, List.of("path"), List.of(), List.of("path")).flatMap(a -> read.string(a.required("path"), "path"))
-                        .map(Training.Init.Checkpoint::new);
+                Optional<Args> args = read.args(c, List.of("path"), List.of(), List.of("path"));
+                Optional<Training.Source> from = args.flatMap(a -> source(a.required("path")));
+                if (from.isPresent() && from.get() instanceof Training.Source.Run r && target.isPresent() && !sameTensors(r.model(), target.get())) {
+                    var d = reporter.error(Code.UPCYCLE_SHAPE, args.get().required("path"), "`%s` does not have the tensors of `%s`", r.model(),
+                            target.get().name());
+                    reporter.note(d, "a checkpoint start loads every tensor by name; for a model of another shape use an upcycling step");
+                    return Optional.empty();
+                }
+                return from.map(Training.Init.Checkpoint::new);
             }
             case "merge" -> {
-                Optional<Args> args = read.args(c, List.of("from", "model"), List.of("attention", "shared_kv"), List.of());
+                Optional<Args> args = read.args(c, List.of("from"), List.of("model", "attention", "shared_kv"), List.of());
                 if (args.isEmpty()) {
                     return Optional.empty();
                 }
-                Optional<List<String>> from = read.list(args.get().required("from"), "from", i -> read.string(i, "checkpoint path"));
-                Optional<Model> source = sourceModel(args.get().required("model"), target, true);
+                Value fromValue = args.get().required("from");
+                Optional<List<Training.Source>> from = read.list(fromValue, "from", this::source);
+                Optional<Value> modelValue = args.get().get("model").or(() -> fromValue instanceof Value.ListV l
+                        ? l.items().stream().filter(i -> i instanceof Value.Word).findFirst() : Optional.empty());
+                if (modelValue.isEmpty()) {
+                    if (from.isPresent()) {
+                        var d = reporter.error(Code.BAD_ARGUMENTS, c.source(), c.calleeSpan(), "`merge` needs the argument `model`");
+                        reporter.help(d, "name the dense model the checkpoints were saved from: `model: Dense`");
+                    }
+                    return Optional.empty();
+                }
+                Optional<Model> source = sourceModel(modelValue.get(), target, true);
                 String attention = args.get().get("attention").flatMap(a -> read.word(a, "attention", Map.of("experts", "experts", "average", "average")))
                         .orElse("average");
                 boolean sharedKv = args.get().get("shared_kv").flatMap(a -> read.bool(a, "shared_kv")).orElse(false);
                 if (from.isEmpty() || source.isEmpty()) {
                     return Optional.empty();
                 }
+                if (fromValue instanceof Value.ListV l) {
+                    for (int i = 0; i < l.items().size(); i++) {
+                        if (from.get().get(i) instanceof Training.Source.Run r && !sameTensors(r.model(), source.get())) {
+                            var d = reporter.error(Code.UPCYCLE_SHAPE, l.items().get(i), "specialist `%s` does not have the tensors of `%s`", r.model(),
+                                    source.get().name());
+                            reporter.note(d, "merged specialists share one dense architecture; they differ only in what they were trained on");
+                            return Optional.empty();
+                        }
+                    }
+                }
                 return Optional.of(new Training.Init.Merge(from.get(), source.get().name(), attention, sharedKv));
             }
             default -> {
-                List<String> optional = switch (c.callee()) {
+                List<String> optional = new ArrayList<>(List.of("model"));
+                optional.addAll(switch (c.callee()) {
                     case "copy" -> List.of("noise");
                     case "split" -> List.of("parts");
                     case "extend" -> List.of("add");
                     case "diversify" -> List.of("expert", "into", "mask");
-                    default -> List.of();
-                };
-                Optional<Args> args = read.args(c, List.of("from", "model"), optional, List.of());
+                    default -> List.<String>of();
+                });
+                Optional<Args> args = read.args(c, List.of("from"), optional, List.of());
                 if (args.isEmpty()) {
                     return Optional.empty();
                 }
-                Optional<String> from = read.string(args.get().required("from"), "from");
+                Value fromValue = args.get().required("from");
+                Optional<Training.Source> from = source(fromValue);
+                if (from.isEmpty()) {
+                    return Optional.empty();
+                }
+                Value modelValue = args.get().get("model").orElse(null);
+                if (modelValue == null && fromValue instanceof Value.Word w) {
+                    modelValue = w; // the run of a train block holds that block's model
+                } else if (modelValue == null) {
+                    var d = reporter.error(Code.BAD_ARGUMENTS, c.source(), c.calleeSpan(), "`%s` needs the argument `model`", c.callee());
+                    reporter.help(d, "name the model the checkpoint was saved from: `model: Dense`");
+                    return Optional.empty();
+                } else if (from.get() instanceof Training.Source.Run r && modelValue instanceof Value.Word w && !w.name().equals(r.model())) {
+                    var d = reporter.error(Code.UPCYCLE_SHAPE, modelValue, "`from` is the run of `%s`, but `model` is `%s`", r.model(), w.name());
+                    reporter.help(d, "drop `model`: a run's checkpoint holds its own model");
+                    return Optional.empty();
+                }
                 boolean mustBeDense = !c.callee().equals("extend") && !c.callee().equals("diversify");
-                Optional<Model> source = c.callee().equals("scale_up") ? grownFrom(args.get().required("model"), target)
-                        : sourceModel(args.get().required("model"), target, mustBeDense);
-                if (from.isEmpty() || source.isEmpty()) {
+                Optional<Model> source = c.callee().equals("scale_up") ? grownFrom(modelValue, target)
+                        : sourceModel(modelValue, target, mustBeDense);
+                if (source.isEmpty()) {
                     return Optional.empty();
                 }
                 String s = source.get().name();
@@ -464,12 +493,47 @@ final class TrainChecker {
                         if (into.isEmpty()) {
                             yield Optional.empty();
                         }
+                        if (target.isPresent() && routedPerLayer(target.get()) != into.getAsInt()) {
+                            var d = reporter.error(Code.UPCYCLE_SHAPE, args.get().get("into").get(), "`into` is %d, but `%s` has %d routed experts per MoE layer",
+                                    into.getAsInt(), target.get().name(), routedPerLayer(target.get()));
+                            reporter.help(d, "spawn as many experts as the target routes: `into: " + routedPerLayer(target.get()) + "`");
+                            yield Optional.empty();
+                        }
+                        int sourceExperts = routedPerLayer(source.get());
+                        if (sourceExperts > 0 && expert >= sourceExperts) {
+                            reporter.error(Code.OUT_OF_RANGE, args.get().get("expert").get(), "`%s` has experts 0..%d; there is no expert %d", s,
+                                    sourceExperts - 1, expert);
+                            yield Optional.empty();
+                        }
                         yield Optional.of(new Training.Init.Diversify(from.get(), s, expert, into.getAsInt(), mask));
                     }
                     default -> Optional.of(new Training.Init.ScaleUp(from.get(), s));
                 };
             }
         }
+    }
+
+    /** A checkpoint path, or the name of a model whose train block comes earlier in this file. */
+    private Optional<Training.Source> source(Value v) {
+        if (v instanceof Value.Str str) {
+            return Optional.of(new Training.Source.File(str.value()));
+        }
+        if (v instanceof Value.Word w) {
+            if (!trainedBefore.contains(w.name())) {
+                var d = reporter.error(Code.UNKNOWN_NAME, v, "no train block of `%s` comes before this one", w.name());
+                reporter.note(d, "`from: " + w.name() + "` reads the checkpoint that the train block of `" + w.name()
+                        + "` writes earlier in the same run of this file; give a path in quotes for any other checkpoint");
+                return Optional.empty();
+            }
+            return Optional.of(new Training.Source.Run(w.name()));
+        }
+        read.wrongType(v, "from", "a checkpoint path in quotes, or a model trained earlier in this file");
+        return Optional.empty();
+    }
+
+    private boolean sameTensors(String model, Model expected) {
+        Optional<Model> m = models.apply(model);
+        return m.isEmpty() || m.get().params().equals(expected.params());
     }
 
     private Optional<Model> sourceModel(Value v, Optional<Model> target, boolean mustBeDense) {

@@ -125,16 +125,16 @@ class ConstructsTest {
         assertThat(t.stages().get(0).init()).isEqualTo(new Training.Init.Scratch());
         assertThat(t.stages().get(1).init()).isEqualTo(new Training.Init.Previous());
         List<Training> up = MoeCompiler.compile(DIR.resolve("upcycling.moe")).orThrow().trainings();
-        assertThat(up.get(1).stages().getFirst().init()).isEqualTo(new Training.Init.Split("runs/dense/last.safetensors", "DenseBase", 4));
-        assertThat(up.get(2).stages().getFirst().init()).isEqualTo(new Training.Init.Extend("runs/copied/last.safetensors", "Copied", 2));
+        assertThat(up.get(1).stages().getFirst().init()).isEqualTo(new Training.Init.Split(new Training.Source.File("runs/dense/last.safetensors"), "DenseBase", 4));
+        assertThat(up.get(2).stages().getFirst().init()).isEqualTo(new Training.Init.Extend(new Training.Source.File("runs/copied/last.safetensors"), "Copied", 2));
     }
 
     @Test
     void trainablePatterns() {
-        var p = TrainChecker.compilePattern("layers.{2..4}.moe.*.weight");
+        var p = Patterns.compile("layers.{2..4}.moe.*.weight");
         assertThat(p.matcher("layers.3.moe.router.weight").matches()).isTrue();
         assertThat(p.matcher("layers.5.moe.router.weight").matches()).isFalse();
         assertThat(p.matcher("layers.3.moe.router.x.weight").matches()).isFalse();
-        assertThat(TrainChecker.compilePattern("**.up").matcher("layers.1.moe.experts.7.up").matches()).isTrue();
+        assertThat(Patterns.compile("**.up").matcher("layers.1.moe.experts.7.up").matches()).isTrue();
     }
 }

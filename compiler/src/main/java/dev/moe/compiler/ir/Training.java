@@ -45,30 +45,40 @@ public record Training(
         }
     }
 
+    /** The checkpoint an upcycling step reads. */
+    public sealed interface Source {
+        /** A checkpoint file, relative to the recipe's directory. */
+        record File(String path) implements Source {}
+
+        /** The checkpoint that the train block of {@code model}, earlier in the same file, writes in the same run. */
+        record Run(String model) implements Source {}
+    }
+
     /** Where a stage's weights come from. */
     public sealed interface Init {
         record Scratch() implements Init {}
 
         record Previous() implements Init {}
 
-        record Checkpoint(String path) implements Init {}
+        /** Every weight from a checkpoint with the target's tensors (a file, or an earlier block's run of a model of the same shape). */
+        record Checkpoint(Source from) implements Init {}
 
         /** Every expert a copy of the dense FFN, with optional relative noise. */
-        record Copy(String from, String model, double noise) implements Init {}
+        record Copy(Source from, String model, double noise) implements Init {}
 
         /** Expert j takes hidden units j*h/m..(j+1)*h/m of the dense FFN. */
-        record Split(String from, String model, int parts) implements Init {}
+        record Split(Source from, String model, int parts) implements Init {}
 
         /** Several dense specialists' FFNs become experts; their attentions experts or averaged. */
-        record Merge(List<String> from, String model, String attention, boolean sharedKv) implements Init {}
+        record Merge(List<Source> from, String model, String attention, boolean sharedKv) implements Init {}
 
         /** Grow a smaller dense model into a wider or deeper one, function-preserving. */
-        record ScaleUp(String from, String model) implements Init {}
+        record ScaleUp(Source from, String model) implements Init {}
 
         /** Add {@code add} experts (and router rows) to a trained MoE; old experts frozen. */
-        record Extend(String from, String model, int add) implements Init {}
+        record Extend(Source from, String model, int add) implements Init {}
 
         /** Spawn {@code into} experts from expert {@code expert} with random masking. */
-        record Diversify(String from, String model, int expert, int into, double mask) implements Init {}
+        record Diversify(Source from, String model, int expert, int into, double mask) implements Init {}
     }
 }

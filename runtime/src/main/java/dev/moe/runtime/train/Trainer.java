@@ -18,14 +18,23 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.function.Predicate;
 
 /**
  * The training loop: micro-batches accumulated into optimiser steps, gradient clipping, AdamW on a
  * schedule, a live progress line, {@code metrics.jsonl}, periodic and final checkpoints, resume, and
  * a clean stop on Ctrl-C (the current step finishes, a checkpoint is written, then the JVM exits).
  *
+ * <p>A run is a curriculum of {@link Stage stages} run in order (a plain recipe is one stage). Each
+ * stage has its own steps, data, trainable parameters, learning rate and schedule, and starts from
+ * the previous stage's weights or from what its {@link Start} puts there (fresh weights, a
+ * checkpoint, an upcycled model). Each stage gets a fresh optimiser holding moments only for the
+ * parameters it trains; frozen ones are never written. A checkpoint is kept at each stage's end
+ * ({@code stage-NAME.safetensors}).
+ *
  * <p>Batch i of the data is a pure function of the seed and i, and every other piece of state is in
- * the checkpoint, so a resumed run is bitwise the same as an uninterrupted one.
+ * the checkpoint (whose step says which stage it belongs to), so a resumed run is bitwise the same as
+ * an uninterrupted one, also across stage boundaries.
  */
 public final class Trainer {
     public record Options(
@@ -49,17 +58,64 @@ public final class Trainer {
             long stopAt,
             Map<String, String> recipe) {}
 
+    /** What a stage starts from, applied to the model's weights when the stage begins. */
+    @FunctionalInterface
+    public interface Start {
+        /** Fresh weights from the seed. */
+        Start SCRATCH = (model, seed) -> model.initialize(seed);
+
+        /** The weights as the previous stage left them. */
+        Start PREVIOUS = (model, seed) -> {};
+
+        void apply(TrainableModel model, long seed) throws IOException;
+    }
+
+    /**
+     * One stage of a curriculum.
+     *
+     * @param name shown in the progress line, metrics and the stage's checkpoint; empty for a plain run
+     * @param trainable which parameters train, by name (parameters the model itself freezes stay frozen)
+     */
+    public record Stage(String name, long steps, DataStream data, Predicate<String> trainable, double lr, String schedule, long warmup,
+            double minLr, Start start) {
+        public Stage {
+            if (steps < 1) {
+                throw new IllegalArgumentException("stage `" + name + "` has " + steps + " steps");
+            }
+        }
+    }
+
     public record Result(long steps, double firstLoss, double lastLoss, boolean interrupted, Path checkpoint, List<Double> losses) {}
 
     private final TrainableModel model;
-    private final DataStream data;
+    private final List<Stage> stages;
+    private final long[] begins;
+    private final long total;
     private final Options o;
     private final PrintStream log;
     private final AtomicBoolean stop = new AtomicBoolean();
 
+    /** A plain run: one stage with the options' steps, learning rate and schedule, from fresh weights. */
     public Trainer(TrainableModel model, DataStream data, Options options, PrintStream log) {
+        this(model, List.of(new Stage("", options.steps(), data, name -> true, options.lr(), options.schedule(), options.warmup(),
+                options.minLr(), Start.SCRATCH)), options, log);
+    }
+
+    /**
+     * A curriculum. The options' steps is where to stop (at most the stages' total); their learning
+     * rate and schedule are unused (each stage has its own).
+     */
+    public Trainer(TrainableModel model, List<Stage> stages, Options options, PrintStream log) {
+        if (stages.isEmpty()) {
+            throw new IllegalArgumentException("a curriculum needs at least one stage");
+        }
         this.model = model;
-        this.data = data;
+        this.stages = List.copyOf(stages);
+        this.begins = new long[stages.size() + 1];
+        for (int i = 0; i < stages.size(); i++) {
+            begins[i + 1] = Math.addExact(begins[i], stages.get(i).steps());
+        }
+        this.total = Math.min(begins[stages.size()], options.steps());
         this.o = options;
         this.log = log;
     }
@@ -69,23 +125,60 @@ public final class Trainer {
         stop.set(true);
     }
 
+    /**
+     * The model's parameters as stage {@code k} trains them: those its patterns select (and the model
+     * does not freeze) are trainable, the rest frozen.
+     *
+     * @throws IllegalArgumentException when the stage would train nothing
+     */
+    public List<Parameter> parametersOf(int k) {
+        Stage s = stages.get(k);
+        List<Parameter> out = new ArrayList<>();
+        boolean any = false;
+        for (Parameter p : model.parameters()) {
+            Parameter q = p.trainable() && s.trainable().test(p.name()) ? p : p.withTrainable(false);
+            any |= q.trainable();
+            out.add(q);
+        }
+        if (!any) {
+            throw new IllegalArgumentException((s.name().isEmpty() ? "the run" : "stage `" + s.name() + "`") + " trains no parameter of "
+                    + model.name());
+        }
+        return out;
+    }
+
+    /** The index of the stage that step {@code step} (0-based, below the total) belongs to. */
+    int stageAt(long step) {
+        int k = 0;
+        while (k + 1 < stages.size() && step >= begins[k + 1]) {
+            k++;
+        }
+        return k;
+    }
+
+    private boolean named() {
+        return stages.size() > 1 || !stages.getFirst().name().isEmpty();
+    }
+
     public Result run() throws IOException {
+        for (int k = 0; k < stages.size(); k++) {
+            parametersOf(k); // a stage that trains nothing is an error before any work
+        }
         Files.createDirectories(o.out());
-        List<Parameter> params = model.parameters();
-        AdamW adam = new AdamW(params, o.beta1(), o.beta2(), o.eps(), o.weightDecay());
-        Schedule schedule = new Schedule(o.schedule(), o.lr(), o.warmup(), o.minLr(), o.steps());
         Path last = o.out().resolve("last.safetensors");
         Path metrics = o.out().resolve("metrics.jsonl");
         long start = 0;
+        AdamW adam = null;
         if (o.resume() && Files.exists(last)) {
-            start = resume(last, params, adam);
+            Resumed r = resume(last);
+            start = r.step();
+            adam = r.adam();
             truncateMetrics(metrics, start);
         } else {
-            model.initialize(o.seed());
             Files.deleteIfExists(metrics);
         }
-        if (start >= o.steps()) {
-            log.printf(Locale.ROOT, "nothing to do: the checkpoint is at step %d of %d%n", start, o.steps());
+        if (start >= total) {
+            log.printf(Locale.ROOT, "nothing to do: the checkpoint is at step %d of %d%n", start, total);
             return new Result(start, Double.NaN, Double.NaN, false, last, List.of());
         }
 
@@ -101,55 +194,94 @@ public final class Trainer {
         Runtime.getRuntime().addShutdownHook(hook);
 
         List<Double> losses = new ArrayList<>();
-        Progress progress = new Progress(log, o.steps(), start);
-        long tokensPerStep = (long) o.batch() * o.microBatches() * o.seq();
         long step = start;
         boolean interrupted = false;
+        long savedAt = -1;
+        int k = stageAt(step);
+        List<Parameter> params = parametersOf(k);
         try (BufferedWriter out = Files.newBufferedWriter(metrics, StandardCharsets.UTF_8, StandardOpenOption.CREATE, StandardOpenOption.APPEND)) {
-            while (step < o.steps()) {
-                long t0 = System.nanoTime();
-                double lr = schedule.at(step);
-                params.forEach(Parameter::zeroGrad);
-                model.setStep(step);
-                model.beginStep();
-                double loss = 0;
-                double ce = 0;
-                int[][] loads = null;
-                for (int j = 0; j < o.microBatches(); j++) {
-                    Batch b = data.batch(step * o.microBatches() + j);
-                    loss += model.forward(inputs(b), targets(b), b.size(), o.seq()) / o.microBatches();
-                    ce += model.lastCrossEntropy() / o.microBatches();
-                    model.backward(1f / o.microBatches());
-                    loads = add(loads, model.expertLoads());
-                    addByDomain(b, model.expertLoadsBySequence());
+            stages:
+            while (step < total) {
+                k = stageAt(step);
+                Stage stage = stages.get(k);
+                params = parametersOf(k);
+                if (step == begins[k]) {
+                    // A stage begins (also when resuming from the previous stage's final checkpoint).
+                    stage.start().apply(model, o.seed());
+                    adam = null;
                 }
-                model.endStep();
-                double norm = clip(params, o.gradClip());
-                adam.step(params, lr);
-                step++;
-                double seconds = (System.nanoTime() - t0) / 1e9;
-                losses.add(loss);
-                double tokensPerSecond = tokensPerStep / seconds;
-                out.write(json(step, loss, ce, lr, norm, tokensPerSecond, loads));
-                out.newLine();
-                out.flush();
-                progress.update(step, loss, lr, tokensPerSecond, imbalance(loads));
-                if (!Double.isFinite(loss)) {
-                    progress.end();
-                    throw new ArithmeticException("loss is " + loss + " at step " + step + ": training diverged (lower the learning rate)");
+                if (adam == null) {
+                    adam = new AdamW(params, o.beta1(), o.beta2(), o.eps(), o.weightDecay());
                 }
-                if (stop.get() || (o.stopAt() > 0 && step >= o.stopAt() && step < o.steps())) {
-                    interrupted = true;
-                    break;
+                long end = Math.min(begins[k + 1], total);
+                if (named()) {
+                    announce(k, params, step);
                 }
-                if (o.saveEvery() > 0 && step % o.saveEvery() == 0 && step < o.steps()) {
-                    save(last, params, adam, step);
-                    Files.copy(last, o.out().resolve(String.format(Locale.ROOT, "step-%06d.safetensors", step)),
-                            java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                Schedule schedule = new Schedule(stage.schedule(), stage.lr(), stage.warmup(), stage.minLr(), stage.steps());
+                Progress progress = new Progress(log, total, step, named() ? stagePrefix(k) : "");
+                long tokensPerStep = (long) o.batch() * o.microBatches() * o.seq();
+                double stageFirst = Double.NaN;
+                double stageLast = Double.NaN;
+                while (step < end) {
+                    long t0 = System.nanoTime();
+                    double lr = schedule.at(step - begins[k]);
+                    params.forEach(Parameter::zeroGrad);
+                    model.setStep(step);
+                    model.beginStep();
+                    double loss = 0;
+                    double ce = 0;
+                    int[][] loads = null;
+                    for (int j = 0; j < o.microBatches(); j++) {
+                        Batch b = stage.data().batch(step * o.microBatches() + j);
+                        loss += model.forward(inputs(b), targets(b), b.size(), o.seq()) / o.microBatches();
+                        ce += model.lastCrossEntropy() / o.microBatches();
+                        model.backward(1f / o.microBatches());
+                        loads = add(loads, model.expertLoads());
+                        addByDomain(stage.data(), b, model.expertLoadsBySequence());
+                    }
+                    model.endStep();
+                    double norm = clip(params, o.gradClip());
+                    adam.step(params, lr);
+                    step++;
+                    double seconds = (System.nanoTime() - t0) / 1e9;
+                    losses.add(loss);
+                    stageFirst = Double.isNaN(stageFirst) ? loss : stageFirst;
+                    stageLast = loss;
+                    double tokensPerSecond = tokensPerStep / seconds;
+                    out.write(json(step, named() ? stage.name() : null, step - begins[k], loss, ce, lr, norm, tokensPerSecond, loads));
+                    out.newLine();
+                    out.flush();
+                    progress.update(step, loss, lr, tokensPerSecond, imbalance(loads));
+                    if (!Double.isFinite(loss)) {
+                        progress.end();
+                        throw new ArithmeticException("loss is " + loss + " at step " + step + ": training diverged (lower the learning rate)");
+                    }
+                    if (named() && step == begins[k + 1]) {
+                        progress.end();
+                        save(last, params, adam, step, stage.data());
+                        savedAt = step;
+                        Path kept = o.out().resolve("stage-" + stage.name() + ".safetensors");
+                        Files.copy(last, kept, java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                        log.printf(Locale.ROOT, "stage %s done at step %d: loss %.4f -> %.4f; checkpoint %s%n", stage.name(), step, stageFirst,
+                                stageLast, kept.getFileName());
+                    }
+                    if (stop.get() || (o.stopAt() > 0 && step >= o.stopAt() && step < total)) {
+                        interrupted = true;
+                        progress.end();
+                        break stages;
+                    }
+                    if (o.saveEvery() > 0 && step % o.saveEvery() == 0 && step < total) {
+                        save(last, params, adam, step, stage.data());
+                        savedAt = step;
+                        Files.copy(last, o.out().resolve(String.format(Locale.ROOT, "step-%06d.safetensors", step)),
+                                java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                    }
                 }
+                progress.end();
             }
-            progress.end();
-            save(last, params, adam, step);
+            if (savedAt != step) {
+                save(last, params, adam, step, stages.get(stageAt(step - 1)).data());
+            }
             if (interrupted) {
                 log.printf(Locale.ROOT, "stopped at step %d; saved %s (continue with --resume)%n", step, last);
             }
@@ -165,11 +297,38 @@ public final class Trainer {
                 interrupted, last, losses);
     }
 
+    private String stagePrefix(int k) {
+        return String.format(Locale.ROOT, "[%d/%d %s] ", k + 1, stages.size(), stages.get(k).name());
+    }
+
+    private void announce(int k, List<Parameter> params, long step) {
+        Stage s = stages.get(k);
+        long trained = 0;
+        long all = 0;
+        int tensors = 0;
+        for (Parameter p : params) {
+            if (!p.isBuffer()) {
+                all += p.size();
+            }
+            if (p.trainable()) {
+                trained += p.size();
+                tensors++;
+            }
+        }
+        log.printf(Locale.ROOT, "stage %d/%d %s: steps %d..%d, lr %.3g %s, data %s, trains %d tensors (%s of %s weights)%s%n", k + 1, stages.size(),
+                s.name(), begins[k] + 1, begins[k + 1], s.lr(), s.schedule(), s.data().mixture(), tensors, Progress.human(trained),
+                Progress.human(all), step > begins[k] ? ", resumed at step " + step : "");
+    }
+
+    private record Resumed(long step, AdamW adam) {}
+
     /**
      * Loads the newest complete checkpoint: {@code last.safetensors}, or when that is unreadable the
-     * newest readable {@code step-N.safetensors} (with a warning). Never loads a partial file.
+     * newest readable {@code step-N.safetensors} (with a warning). Never loads a partial file. A
+     * checkpoint inside a stage restores that stage's optimiser; one at a stage's end only the weights
+     * (the next stage starts a fresh optimiser).
      */
-    private long resume(Path last, List<Parameter> params, AdamW adam) throws IOException {
+    private Resumed resume(Path last) throws IOException {
         List<Path> candidates = new ArrayList<>();
         candidates.add(last);
         try (var files = Files.list(o.out())) {
@@ -183,13 +342,25 @@ public final class Trainer {
                 if (!model.name().equals(meta.get("model"))) {
                     throw new IOException(candidate + " holds model `" + meta.get("model") + "`, not `" + model.name() + "`");
                 }
-                Checkpoint.load(candidate, params, adam);
                 long step = Long.parseLong(meta.get("step"));
+                if (step < 0 || step > begins[stages.size()]) {
+                    throw new IOException(candidate + " is at step " + step + ", past this recipe's " + begins[stages.size()] + " steps");
+                }
+                AdamW adam = null;
+                if (step < total && step > begins[stageAt(step)]) {
+                    int k = stageAt(step);
+                    if (named() && !stages.get(k).name().equals(meta.get("stage"))) {
+                        throw new IOException(candidate + " was saved in stage `" + meta.get("stage") + "`, but step " + step + " is in stage `"
+                                + stages.get(k).name() + "`: the recipe's stages changed");
+                    }
+                    adam = new AdamW(parametersOf(k), o.beta1(), o.beta2(), o.eps(), o.weightDecay());
+                }
+                Checkpoint.load(candidate, model.parameters(), adam);
                 if (first != null) {
                     log.printf(Locale.ROOT, "warning: %s%n  resuming from the older %s instead%n", first.getMessage(), candidate.getFileName());
                 }
                 log.printf(Locale.ROOT, "resuming %s from step %d%n", model.name(), step);
-                return step;
+                return new Resumed(step, adam);
             } catch (IOException | RuntimeException e) {
                 if (first == null) {
                     first = e instanceof IOException io ? io : new IOException(candidate + ": " + e.getMessage(), e);
@@ -201,11 +372,11 @@ public final class Trainer {
     }
 
     /** Tokens per expert, per data domain (or synthetic part) and MoE layer, over the run: [domain][layer][expert]. */
-    private final Map<Integer, long[][]> domainLoads = new java.util.TreeMap<>();
+    private final Map<String, long[][]> domainLoads = new java.util.TreeMap<>();
 
-    private void addByDomain(Batch b, int[][][] bySequence) {
+    private void addByDomain(DataStream data, Batch b, int[][][] bySequence) {
         for (int r = 0; r < b.size(); r++) {
-            int domain = data.sources().isEmpty() ? b.domain(r) : b.source(r);
+            String domain = data.sources().isEmpty() ? data.domains().get(b.domain(r)) : data.sources().get(b.source(r));
             long[][] acc = domainLoads.computeIfAbsent(domain, d -> new long[bySequence.length][]);
             for (int layer = 0; layer < bySequence.length; layer++) {
                 int[] counts = bySequence[layer][r];
@@ -221,12 +392,11 @@ public final class Trainer {
 
     /** {@code domain-loads.json}: what {@code experts.png} draws per domain. Counts since this process started the run. */
     private void writeDomainLoads() throws IOException {
-        List<String> names = data.sources().isEmpty() ? data.domains() : data.sources();
         StringBuilder b = new StringBuilder("{\"layers\":").append(java.util.Arrays.toString(model.moeLayers()).replace(" ", ""));
         b.append(",\"domains\":{");
         boolean first = true;
         for (var e : domainLoads.entrySet()) {
-            b.append(first ? "" : ",").append('"').append(names.get(e.getKey()).replace("\"", "'")).append("\":[");
+            b.append(first ? "" : ",").append('"').append(e.getKey().replace("\"", "'")).append("\":[");
             for (int layer = 0; layer < e.getValue().length; layer++) {
                 b.append(layer == 0 ? "" : ",").append(java.util.Arrays.toString(e.getValue()[layer]).replace(" ", ""));
             }
@@ -240,13 +410,16 @@ public final class Trainer {
                 java.nio.file.StandardCopyOption.ATOMIC_MOVE);
     }
 
-    private void save(Path last, List<Parameter> params, AdamW adam, long step) throws IOException {
+    private void save(Path last, List<Parameter> params, AdamW adam, long step, DataStream data) throws IOException {
         if (model.moeLayers().length > 0) {
             writeDomainLoads();
         }
         Map<String, String> meta = new LinkedHashMap<>(o.recipe());
         meta.put("model", model.name());
         meta.put("step", Long.toString(step));
+        if (named()) {
+            meta.put("stage", stages.get(stageAt(step - 1)).name());
+        }
         meta.put("seed", Long.toString(o.seed()));
         meta.put("data", String.join(",", java.util.Arrays.stream(data.state()).mapToObj(Long::toString).toList()));
         Checkpoint.save(last, params, adam, meta);
@@ -324,10 +497,15 @@ public final class Trainer {
         return sum / loads.length;
     }
 
-    private static String json(long step, double loss, double ce, double lr, double norm, double tokensPerSecond, int[][] loads) {
+    private static String json(long step, String stage, long stageStep, double loss, double ce, double lr, double norm, double tokensPerSecond,
+            int[][] loads) {
         StringBuilder b = new StringBuilder();
-        b.append(String.format(Locale.ROOT, "{\"step\":%d,\"loss\":%.6f,\"cross_entropy\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f",
-                step, loss, ce, lr, norm, tokensPerSecond));
+        b.append(String.format(Locale.ROOT, "{\"step\":%d,", step));
+        if (stage != null) {
+            b.append("\"stage\":\"").append(stage).append("\",\"stage_step\":").append(stageStep).append(',');
+        }
+        b.append(String.format(Locale.ROOT, "\"loss\":%.6f,\"cross_entropy\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f",
+                loss, ce, lr, norm, tokensPerSecond));
         b.append(",\"expert_loads\":[");
         if (loads != null) {
             for (int i = 0; i < loads.length; i++) {
@@ -353,25 +531,29 @@ public final class Trainer {
         private final PrintStream out;
         private final long total;
         private final long start;
+        private final String prefix;
         private final long began = System.nanoTime();
         private final boolean terminal = System.console() != null;
         private long lastPrint;
+        private boolean pending;
 
-        Progress(PrintStream out, long total, long start) {
+        Progress(PrintStream out, long total, long start, String prefix) {
             this.out = out;
             this.total = total;
             this.start = start;
+            this.prefix = prefix;
         }
 
         void update(long step, double loss, double lr, double tokensPerSecond, double imbalance) {
             long now = System.nanoTime();
             double elapsed = (now - began) / 1e9;
             double eta = (step - start) == 0 ? 0 : elapsed / (step - start) * (total - step);
-            String line = String.format(Locale.ROOT, "step %d/%d  loss %.4f  lr %.2e  %s tok/s  ETA %s%s", step, total, loss, lr,
+            String line = prefix + String.format(Locale.ROOT, "step %d/%d  loss %.4f  lr %.2e  %s tok/s  ETA %s%s", step, total, loss, lr,
                     human(tokensPerSecond), duration(eta), Double.isNaN(imbalance) ? "" : String.format(Locale.ROOT, "  imbalance %.2f", imbalance));
             if (terminal) {
                 out.print("\r" + line + "   ");
                 out.flush();
+                pending = true;
             } else if (now - lastPrint > 5_000_000_000L || step == total || step == start + 1) {
                 out.println(line);
                 lastPrint = now;
@@ -379,8 +561,9 @@ public final class Trainer {
         }
 
         void end() {
-            if (terminal) {
+            if (terminal && pending) {
                 out.println();
+                pending = false;
             }
         }
 
