@@ -64,6 +64,7 @@ class Float64GradientTest {
                 .replaceAll("const DIM = \\d+", "const DIM = 8")
                 .replaceAll("hidden:\\s*[^,)\\n]+", "hidden: 5")
                 .replaceAll("rank:\\s*\\d+", "rank: 3")
+                .replaceAll("parts:\\s*\\d+", "parts: 1") // the FFN hidden is now 5: split upcycling into 1 part keeps it valid
                 .replaceAll("sliding_window\\s+\\d+", "sliding_window 3");
     }
 
