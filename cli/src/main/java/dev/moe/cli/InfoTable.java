@@ -108,7 +108,7 @@ public final class InfoTable {
             parts.add("causal false");
         }
         if (c.qkNorm()) {
-            parts.add("qk_norm true");
+            parts.add(c.qkNormFull() ? "qk_norm full" : "qk_norm true");
         }
         if (c.qkvBias()) {
             parts.add("qkv_bias true");

@@ -986,8 +986,11 @@ final class ModelGenerator {
             c.line("$T.addBias($L.v, $L.value(), 0, rows, KV_DIM)", ELEMENTWISE, s, Names.field(prefix + ".v_bias"));
         }
         if (qkNorm) {
-            c.line("backend.rmsNorm($L.qRaw, $L.value(), $L.q, $L.qRstd, rows * HEADS, HEAD_DIM, EPS)", s, Names.field(prefix + ".q_norm"), s, s);
-            c.line("backend.rmsNorm($L.kRaw, $L.value(), $L.k, $L.kRstd, rows * KV_HEADS, HEAD_DIM, EPS)", s, Names.field(prefix + ".k_norm"), s, s);
+            // per head (rows * heads rows of HEAD_DIM), or `qk_norm full`: one norm over each row's q (and k)
+            String qRows = cfg.qkNormFull() ? "rows, Q_DIM" : "rows * HEADS, HEAD_DIM";
+            String kRows = cfg.qkNormFull() ? "rows, KV_DIM" : "rows * KV_HEADS, HEAD_DIM";
+            c.line("backend.rmsNorm($L.qRaw, $L.value(), $L.q, $L.qRstd, $L, EPS)", s, Names.field(prefix + ".q_norm"), s, s, qRows);
+            c.line("backend.rmsNorm($L.kRaw, $L.value(), $L.k, $L.kRstd, $L, EPS)", s, Names.field(prefix + ".k_norm"), s, s, kRows);
         }
         if (cfg.position().kind() == ModelConfig.PositionKind.ROPE) {
             c.line("backend.rope($L.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false)", s);
@@ -1341,8 +1344,9 @@ final class ModelGenerator {
                     c.line("$T.scaleRows(tmp2, $L.sharedGate, rows, DIM)", ELEMENTWISE, m);
                     c.line("$T.addInPlace($L, tmp2, rows * DIM)", ELEMENTWISE, out);
                     // keep the ungated output for the gate's gradient
-                    c.line("System.arraycopy($L.sharedOut, 0, $L.shared[$L].input == null ? ($L.shared[$L].input = new float[rows * DIM]) : $L.shared[$L].input, 0, rows * DIM)",
-                            m, m, s, m, s, m, s);
+                    // (sized on first use and regrown when a later batch has more rows)
+                    c.line("System.arraycopy($L.sharedOut, 0, $L.shared[$L].input == null || $L.shared[$L].input.length < rows * DIM ? ($L.shared[$L].input = new float[rows * DIM]) : $L.shared[$L].input, 0, rows * DIM)",
+                            m, m, s, m, s, m, s, m, s);
                 } else {
                     c.line("$T.addInPlace($L, $L.sharedOut, rows * DIM)", ELEMENTWISE, out, m);
                 }
@@ -2130,8 +2134,10 @@ final class ModelGenerator {
             c.line("$T.zero(dkRaw, rows * KV_DIM)", ELEMENTWISE);
             String qn = Names.field(prefix + ".q_norm");
             String kn = Names.field(prefix + ".k_norm");
-            c.line("backend.rmsNormBackward($L.qRaw, $L.value(), $L.qRstd, dq, dqRaw, $L.grad(), rows * HEADS, HEAD_DIM)", s, qn, s, qn);
-            c.line("backend.rmsNormBackward($L.kRaw, $L.value(), $L.kRstd, dk, dkRaw, $L.grad(), rows * KV_HEADS, HEAD_DIM)", s, kn, s, kn);
+            String qRows = cfg.qkNormFull() ? "rows, Q_DIM" : "rows * HEADS, HEAD_DIM";
+            String kRows = cfg.qkNormFull() ? "rows, KV_DIM" : "rows * KV_HEADS, HEAD_DIM";
+            c.line("backend.rmsNormBackward($L.qRaw, $L.value(), $L.qRstd, dq, dqRaw, $L.grad(), $L)", s, qn, s, qn, qRows);
+            c.line("backend.rmsNormBackward($L.kRaw, $L.value(), $L.kRstd, dk, dkRaw, $L.grad(), $L)", s, kn, s, kn, kRows);
             dq = "dqRaw";
             dk = "dkRaw";
         }

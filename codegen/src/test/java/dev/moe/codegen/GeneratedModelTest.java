@@ -54,6 +54,16 @@ class GeneratedModelTest {
                   layers 2 { all: parallel(attention, m) }
                 }
                 """,
+                // OLMoE's qk-norm: one RMSNorm over all heads of q and of k.
+                header + """
+                  qk_norm full
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 2 }
+                  }
+                  layers 1 { all: attention, m }
+                }
+                """,
                 header + """
                   moe m {
                     shared 1 x geglu(hidden: 4, gate: sigmoid)

@@ -133,7 +133,8 @@ final class Costs {
             n += weight(prefix + ".q_bias", q) + weight(prefix + ".k_bias", kv) + weight(prefix + ".v_bias", kv);
         }
         if (cfg.qkNorm()) {
-            n += weight(prefix + ".q_norm", hd) + weight(prefix + ".k_norm", hd);
+            n += cfg.qkNormFull() ? weight(prefix + ".q_norm", q) + weight(prefix + ".k_norm", kv)
+                    : weight(prefix + ".q_norm", hd) + weight(prefix + ".k_norm", hd);
         }
         return dense(n, 4L * cfg.heads() * hd * attentionLength());
     }

@@ -217,7 +217,10 @@ final class ModelChecker {
             }
         }
         boolean causal = map.get("causal").flatMap(v -> read.bool(v, "causal")).orElse(true);
-        boolean qkNorm = map.get("qk_norm").flatMap(v -> read.bool(v, "qk_norm")).orElse(false);
+        // `qk_norm full` normalises the whole projected q and k (OLMoE); `true` each head (Qwen3).
+        Optional<String> qkNormWord = map.get("qk_norm").flatMap(v -> read.word(v, "qk_norm", Map.of("true", "true", "false", "false", "full", "full")));
+        boolean qkNorm = qkNormWord.map(w -> !w.equals("false")).orElse(false);
+        boolean qkNormFull = qkNormWord.map(w -> w.equals("full")).orElse(false);
         boolean qkvBias = map.get("qkv_bias").flatMap(v -> read.bool(v, "qkv_bias")).orElse(false);
         boolean tie = map.get("tie_embeddings").flatMap(v -> read.bool(v, "tie_embeddings")).orElse(false);
         OptionalInt window = map.get("sliding_window").map(v -> read.positive(v, "sliding_window")).orElse(OptionalInt.of(0));
@@ -231,7 +234,7 @@ final class ModelChecker {
             return Optional.empty();
         }
         return Optional.of(new ModelConfig(vocab.getAsInt(), context.getAsInt(), dim.getAsInt(), heads.getAsInt(), kvHeads.getAsInt(),
-                headDim.getAsInt(), norm, position, causal, qkNorm, qkvBias, window.getAsInt(), tie));
+                headDim.getAsInt(), norm, position, causal, qkNorm, qkvBias, window.getAsInt(), tie, qkNormFull));
     }
 
     // ---- feed-forward networks ----

@@ -366,8 +366,13 @@ public final class Float64Model {
             }
             for (int t = 0; t < rows; t++) {
                 int pos = t % seq;
-                headwise(q[t], heads, hd, pos, cfg.qkNorm() ? w(prefix + ".q_norm") : null);
-                headwise(k[t], kvHeads, hd, pos, cfg.qkNorm() ? w(prefix + ".k_norm") : null);
+                if (cfg.qkNormFull()) { // OLMoE: one RMSNorm over the whole q and k, then RoPE per head
+                    q[t] = normRow(q[t], w(prefix + ".q_norm"), null);
+                    k[t] = normRow(k[t], w(prefix + ".k_norm"), null);
+                }
+                boolean perHead = cfg.qkNorm() && !cfg.qkNormFull();
+                headwise(q[t], heads, hd, pos, perHead ? w(prefix + ".q_norm") : null);
+                headwise(k[t], kvHeads, hd, pos, perHead ? w(prefix + ".k_norm") : null);
             }
             double scale = 1 / Math.sqrt(hd);
             int group = heads / kvHeads;
