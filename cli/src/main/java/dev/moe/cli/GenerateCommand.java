@@ -1,5 +1,6 @@
 package dev.moe.cli;
 
+import dev.moe.runtime.data.BpeTokenizer;
 import dev.moe.runtime.data.ByteTokenizer;
 import dev.moe.runtime.train.Sampler;
 import java.io.IOException;
@@ -29,7 +30,7 @@ final class GenerateCommand implements Callable<Integer> {
     @Mixin
     BackendOption backendOption;
 
-    @Parameters(paramLabel = "CHECKPOINT", description = "A .safetensors checkpoint written by `moe train` (or its run directory).")
+    @Parameters(paramLabel = "CHECKPOINT", description = "A .safetensors checkpoint written by `moe train` or `moe import hf` (or its directory). A tokenizer.json beside it (byte-level BPE) is used instead of bytes.")
     Path checkpoint;
 
     @Option(names = "--prompt", paramLabel = "TEXT", required = true, description = "Text to continue.")
@@ -64,7 +65,22 @@ final class GenerateCommand implements Callable<Integer> {
         }
         try {
             Recipes.Loaded loaded = Checkpoints.open(checkpoint, () -> backendOption.create(threads), err);
-            int[] tokens = ByteTokenizer.INSTANCE.encode(prompt);
+            Path dir = java.nio.file.Files.isDirectory(checkpoint) ? checkpoint : checkpoint.toAbsolutePath().getParent();
+            Path tokenizerFile = dir.resolve("tokenizer.json");
+            BpeTokenizer bpe = null;
+            if (java.nio.file.Files.isRegularFile(tokenizerFile)) {
+                try {
+                    bpe = BpeTokenizer.load(tokenizerFile);
+                } catch (IOException e) {
+                    throw new Recipes.UserError(e.getMessage());
+                }
+                if (bpe.vocabSize() > loaded.instance().vocab()) {
+                    throw new Recipes.UserError(tokenizerFile + " has " + bpe.vocabSize() + " tokens, more than the model's vocabulary ("
+                            + loaded.instance().vocab() + ")");
+                }
+            }
+            BpeTokenizer tokenizer = bpe;
+            int[] tokens = tokenizer != null ? tokenizer.encode(prompt) : ByteTokenizer.INSTANCE.encode(prompt);
             if (tokens.length == 0) {
                 err.println("moe: error: the prompt is empty");
                 err.flush();
@@ -74,7 +90,11 @@ final class GenerateCommand implements Callable<Integer> {
             out.flush();
             java.io.ByteArrayOutputStream pending = new java.io.ByteArrayOutputStream();
             Sampler.generate(loaded.instance(), tokens, new Sampler.Options(maxTokens, temperature, topK, topP, seed), t -> {
-                pending.write(t);
+                if (tokenizer != null) {
+                    pending.writeBytes(tokenizer.bytes(t));
+                } else {
+                    pending.write(t);
+                }
                 String text = new String(pending.toByteArray(), java.nio.charset.StandardCharsets.UTF_8);
                 if (!text.endsWith("\uFFFD")) { // wait for the rest of a multi-byte character
                     out.print(text);

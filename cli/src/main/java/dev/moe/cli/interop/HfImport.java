@@ -1,0 +1,370 @@
+package dev.moe.cli.interop;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import dev.moe.runtime.Parameter;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashSet;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * From a Hugging Face config to a {@code .moe} recipe ({@link #architecture}, {@link Arch#recipe}),
+ * and from its tensors to our parameters ({@link #loadWeights}).
+ */
+public final class HfImport {
+    private HfImport() {}
+
+    /**
+     * The architecture a config declares, in the terms of the language.
+     *
+     * @param sparse per layer: true for an MoE layer, false for a dense MLP
+     * @param sharedHidden 0 without a shared expert
+     * @param slidingWindow 0 for full attention
+     */
+    public record Arch(
+            HfType type,
+            int vocab,
+            int context,
+            int dim,
+            int layers,
+            int heads,
+            int kvHeads,
+            int headDim,
+            double eps,
+            double theta,
+            boolean tie,
+            int experts,
+            int topK,
+            int expertHidden,
+            boolean normalize,
+            int sharedHidden,
+            int denseHidden,
+            boolean qkvBias,
+            int slidingWindow,
+            boolean[] sparse,
+            double auxCoef) {
+
+        /** The recipe: one model, no train block (add one to continue training). */
+        public String recipe(String origin) {
+            StringBuilder s = new StringBuilder();
+            s.append("// Imported by `moe import hf` from ").append(origin).append(" (model_type ").append(type.modelType()).append(").\n");
+            s.append("// transformers' causal-LM loss has no balancing term unless output_router_logits is set, so none is declared;\n");
+            s.append("// to continue training, add e.g. `balance aux(coef: ").append(num(auxCoef)).append(")` (the config's router_aux_loss_coef;\n");
+            s.append("// transformers scales its aux loss by top_k relative to ours) and a `train` block.\n");
+            s.append("model ").append(type.recipeName()).append(" {\n");
+            line(s, "vocab", Integer.toString(vocab));
+            line(s, "context", Integer.toString(context));
+            line(s, "dim", Integer.toString(dim));
+            line(s, "heads", Integer.toString(heads));
+            line(s, "kv_heads", Integer.toString(kvHeads));
+            line(s, "head_dim", Integer.toString(headDim));
+            line(s, "norm", "rms(eps: " + num(eps) + ")");
+            line(s, "position", "rope(theta: " + num(theta) + ")");
+            if (type.qkNorm() != HfType.QkNorm.NONE) {
+                line(s, "qk_norm", type.qkNorm() == HfType.QkNorm.FULL ? "full" : "true");
+            }
+            if (qkvBias) {
+                line(s, "qkv_bias", "true");
+            }
+            if (slidingWindow > 0) {
+                line(s, "sliding_window", Integer.toString(slidingWindow));
+            }
+            if (tie) {
+                line(s, "tie_embeddings", "true");
+            }
+            boolean anyDense = false;
+            boolean anySparse = false;
+            for (boolean b : sparse) {
+                anyDense |= !b;
+                anySparse |= b;
+            }
+            if (anyDense) {
+                s.append("\n  ffn dense = swiglu(hidden: ").append(denseHidden).append(")\n");
+            }
+            if (anySparse) {
+                s.append("\n  moe experts {\n");
+                if (sharedHidden > 0) {
+                    s.append("    shared 1 x swiglu(hidden: ").append(sharedHidden).append(", gate: sigmoid)\n");
+                }
+                s.append("    routed ").append(experts).append(" x swiglu(hidden: ").append(expertHidden).append(")\n");
+                s.append("    router {\n");
+                s.append("      score softmax\n");
+                s.append("      order softmax_then_topk\n");
+                s.append("      top_k ").append(topK).append('\n');
+                s.append("      normalize ").append(normalize).append('\n');
+                s.append("    }\n");
+                s.append("  }\n");
+            }
+            s.append("\n  layers ").append(layers).append(" {\n");
+            if (anyDense && anySparse) {
+                for (int i = 0; i < layers; i++) {
+                    if (!sparse[i]) {
+                        s.append("    ").append(i).append(": attention, dense\n");
+                    }
+                }
+                s.append("    rest: attention, experts\n");
+            } else {
+                s.append("    all: attention, ").append(anySparse ? "experts" : "dense").append('\n');
+            }
+            s.append("  }\n}\n");
+            return s.toString();
+        }
+
+        private static void line(StringBuilder s, String key, String value) {
+            s.append("  ").append(key).append(' ').append(value).append('\n');
+        }
+    }
+
+    /** A number as the language reads it back exactly. */
+    static String num(double v) {
+        if (v == Math.rint(v) && Math.abs(v) < 1e15) {
+            return Long.toString((long) v);
+        }
+        return Double.toString(v).toLowerCase(Locale.ROOT);
+    }
+
+    /** Reads and checks a config: every field the recipe needs, and no feature the language lacks. */
+    public static Arch architecture(ObjectNode config, String file) throws InteropException {
+        Config c = new Config(config, file);
+        HfType type = HfType.forModelType(c.string("model_type"));
+        String act = c.optString("hidden_act", "silu");
+        if (!act.equals("silu")) {
+            throw new InteropException(file + ": hidden_act `" + act + "` is not supported (the experts are SwiGLU: silu)");
+        }
+        JsonNode rope = config.path("rope_parameters");
+        double theta;
+        if (rope.isObject()) { // transformers 5
+            String ropeType = rope.path("rope_type").asText("default");
+            if (!ropeType.equals("default")) {
+                throw new InteropException(file + ": rope_parameters.rope_type `" + ropeType + "` is not supported (only `default` RoPE)");
+            }
+            if (!rope.path("rope_theta").isNumber()) {
+                throw new InteropException(file + ": rope_parameters.rope_theta is missing");
+            }
+            theta = rope.path("rope_theta").asDouble();
+            if (rope.has("partial_rotary_factor") && rope.get("partial_rotary_factor").asDouble() != 1.0) {
+                throw new InteropException(file + ": partial_rotary_factor is not supported");
+            }
+        } else {
+            theta = c.optDouble("rope_theta", 10000);
+            if (config.hasNonNull("rope_scaling")) {
+                throw new InteropException(file + ": rope_scaling is not supported (only plain RoPE)");
+            }
+        }
+        if (config.path("attention_bias").asBoolean(false)) {
+            throw new InteropException(file + ": attention_bias true (a bias on o_proj too) is not supported; the language has q/k/v biases only");
+        }
+        if (config.hasNonNull("clip_qkv")) {
+            throw new InteropException(file + ": clip_qkv is not supported");
+        }
+        if (config.path("use_sliding_window").asBoolean(false)) {
+            throw new InteropException(file + ": use_sliding_window (per-layer sliding windows) is not supported");
+        }
+        int dim = c.positive("hidden_size");
+        int heads = c.positive("num_attention_heads");
+        int kvHeads = config.hasNonNull("num_key_value_heads") ? c.positive("num_key_value_heads") : heads;
+        int headDim = config.hasNonNull("head_dim") ? c.positive("head_dim") : dim / heads;
+        int layers = c.positive("num_hidden_layers");
+        int experts = 0;
+        for (String f : type.expertsFields()) {
+            if (config.hasNonNull(f)) {
+                experts = c.positive(f);
+                break;
+            }
+        }
+        if (experts == 0) {
+            throw new InteropException(file + ": no number of experts (" + String.join(" or ", type.expertsFields()) + ")");
+        }
+        boolean[] sparse = new boolean[layers];
+        Set<Integer> mlpOnly = new HashSet<>();
+        for (JsonNode n : config.path("mlp_only_layers")) {
+            mlpOnly.add(n.asInt());
+        }
+        int step = config.hasNonNull("decoder_sparse_step") ? c.positive("decoder_sparse_step") : 1;
+        for (int i = 0; i < layers; i++) {
+            sparse[i] = !mlpOnly.contains(i) && (i + 1) % step == 0;
+        }
+        boolean anyDense = false;
+        for (boolean b : sparse) {
+            anyDense |= !b;
+        }
+        if (anyDense && type.denseHiddenField() == null) {
+            throw new InteropException(file + ": dense layers (mlp_only_layers, decoder_sparse_step) are not part of `" + type.modelType() + "`");
+        }
+        boolean normalize = type.normalize().equals("true") || config.path(type.normalize()).asBoolean(false);
+        boolean qkvBias = type.qkvBias().equals("true")
+                || (!type.qkvBias().equals("false") && config.path(type.qkvBias()).asBoolean(true));
+        int window = 0;
+        if (type.slidingWindowField() != null && config.hasNonNull(type.slidingWindowField())) {
+            window = c.positive(type.slidingWindowField());
+        }
+        int context = c.positive("max_position_embeddings");
+        if (window >= context) {
+            window = 0; // a window as long as the context is full attention
+        }
+        return new Arch(type, c.positive("vocab_size"), context, dim, layers, heads, kvHeads, headDim,
+                c.positiveDouble("rms_norm_eps"), theta, config.path("tie_word_embeddings").asBoolean(false), experts,
+                c.positive("num_experts_per_tok"), c.positive(type.expertHiddenField()), normalize,
+                type.sharedHiddenField() == null ? 0 : c.optNonNegative(type.sharedHiddenField()),
+                anyDense ? c.positive(type.denseHiddenField()) : 0, qkvBias, window, sparse,
+                c.optDouble("router_aux_loss_coef", 0.01));
+    }
+
+    /** Typed access to config fields, with messages naming the file and the field. */
+    private record Config(ObjectNode node, String file) {
+        String string(String field) throws InteropException {
+            JsonNode n = node.get(field);
+            if (n == null || !n.isTextual()) {
+                throw new InteropException(file + ": `" + field + "` is missing or not a string");
+            }
+            return n.asText();
+        }
+
+        String optString(String field, String dflt) {
+            JsonNode n = node.get(field);
+            return n == null || n.isNull() ? dflt : n.asText();
+        }
+
+        int positive(String field) throws InteropException {
+            JsonNode n = node.get(field);
+            if (n == null || !n.canConvertToInt() || !n.isIntegralNumber() || n.asInt() <= 0) {
+                throw new InteropException(file + ": `" + field + "` must be a positive integer" + (n == null ? " (it is missing)" : ", not " + n));
+            }
+            return n.asInt();
+        }
+
+        int optNonNegative(String field) throws InteropException {
+            JsonNode n = node.get(field);
+            if (n == null || n.isNull()) {
+                return 0;
+            }
+            if (!n.isIntegralNumber() || !n.canConvertToInt() || n.asInt() < 0) {
+                throw new InteropException(file + ": `" + field + "` must be a non-negative integer, not " + n);
+            }
+            return n.asInt();
+        }
+
+        double positiveDouble(String field) throws InteropException {
+            JsonNode n = node.get(field);
+            if (n == null || !n.isNumber() || !(n.asDouble() > 0) || Double.isInfinite(n.asDouble())) {
+                throw new InteropException(file + ": `" + field + "` must be a positive number" + (n == null ? " (it is missing)" : ", not " + n));
+            }
+            return n.asDouble();
+        }
+
+        double optDouble(String field, double dflt) throws InteropException {
+            JsonNode n = node.get(field);
+            if (n == null || n.isNull()) {
+                return dflt;
+            }
+            if (!n.isNumber()) {
+                throw new InteropException(file + ": `" + field + "` must be a number, not " + n);
+            }
+            return n.asDouble();
+        }
+    }
+
+    /** Tensors that carry no weights (old checkpoints saved RoPE's inverse frequencies). */
+    private static boolean ignorable(String name) {
+        return name.endsWith("rotary_emb.inv_freq");
+    }
+
+    /**
+     * Fills every parameter from the checkpoint; checks names, shapes and that every checkpoint
+     * tensor is used, so that a partial or mismatched import is an error and not a silent default.
+     */
+    public static void loadWeights(HfCheckpoint ckpt, HfType type, List<Parameter> params) throws InteropException {
+        Set<String> used = new HashSet<>();
+        Map<String, float[]> cache = new LinkedHashMap<>(4, 0.75f, true) {
+            @Override
+            protected boolean removeEldestEntry(Map.Entry<String, float[]> eldest) {
+                return size() > 2;
+            }
+        };
+        int[] expertsIn = expertsPerLayer(params);
+        for (Parameter p : params) {
+            HfType.Match m = type.match(p.name())
+                    .orElseThrow(() -> new InteropException("no `" + type.modelType() + "` tensor maps onto our parameter `" + p.name() + "`"));
+            HfType.Source src = null;
+            for (HfType.Source s : m.rule().sources()) {
+                if (ckpt.has(m.name(s))) {
+                    src = s;
+                    break;
+                }
+            }
+            if (src == null) {
+                throw new InteropException(ckpt.dir() + " has no tensor for `" + p.name() + "`: looked for "
+                        + String.join(", ", m.rule().sources().stream().map(s -> "`" + m.name(s) + "`").toList()));
+            }
+            String name = m.name(src);
+            used.add(name);
+            long[] shape = ckpt.shape(name);
+            int[] ps = p.shape();
+            if (src.slice() == HfType.Slice.WHOLE) {
+                if (!Arrays.equals(shape, longs(ps))) {
+                    throw new InteropException(ckpt.fileOf(name) + ": tensor `" + name + "` has shape " + Arrays.toString(shape)
+                            + ", the recipe's `" + p.name() + "` needs " + Arrays.toString(ps));
+                }
+                p.load(ckpt.read(name));
+                continue;
+            }
+            int expert = Integer.parseInt(m.expert());
+            int layer = Integer.parseInt(m.layer());
+            boolean halves = src.slice() != HfType.Slice.FUSED_EXPERT;
+            long[] want = {expertsIn[layer], halves ? 2L * ps[0] : ps[0], ps[1]};
+            if (!Arrays.equals(shape, want)) {
+                throw new InteropException(ckpt.fileOf(name) + ": tensor `" + name + "` has shape " + Arrays.toString(shape)
+                        + ", the recipe needs " + Arrays.toString(want) + (halves ? " (experts, gate and up rows, dim)" : " (experts, rows, columns)"));
+            }
+            float[] all = cache.get(name);
+            if (all == null) {
+                all = ckpt.read(name);
+                cache.put(name, all);
+            }
+            int size = ps[0] * ps[1];
+            int offset = expert * (halves ? 2 * size : size) + (src.slice() == HfType.Slice.FUSED_SECOND_HALF ? size : 0);
+            p.load(Arrays.copyOfRange(all, offset, offset + size));
+        }
+        List<String> unused = new ArrayList<>();
+        for (String n : ckpt.names()) {
+            if (!used.contains(n) && !ignorable(n)) {
+                unused.add(n);
+            }
+        }
+        if (!unused.isEmpty()) {
+            throw new InteropException(ckpt.dir() + ": " + unused.size() + " tensor(s) have no place in the imported model, e.g. `"
+                    + unused.getFirst() + "` (in " + ckpt.fileOf(unused.getFirst()) + ")");
+        }
+    }
+
+    /** Routed experts per layer index, from the parameter names. */
+    static int[] expertsPerLayer(List<Parameter> params) {
+        Map<Integer, Integer> max = new LinkedHashMap<>();
+        java.util.regex.Pattern pat = java.util.regex.Pattern.compile("layers\\.(\\d+)\\.moe\\.experts\\.(\\d+)\\..*");
+        int layers = 0;
+        for (Parameter p : params) {
+            java.util.regex.Matcher m = pat.matcher(p.name());
+            if (m.matches()) {
+                int l = Integer.parseInt(m.group(1));
+                max.merge(l, Integer.parseInt(m.group(2)) + 1, Math::max);
+                layers = Math.max(layers, l + 1);
+            }
+        }
+        int[] out = new int[layers];
+        max.forEach((l, n) -> out[l] = n);
+        return out;
+    }
+
+    static long[] longs(int[] shape) {
+        long[] l = new long[shape.length];
+        for (int i = 0; i < shape.length; i++) {
+            l[i] = shape[i];
+        }
+        return l;
+    }
+}
