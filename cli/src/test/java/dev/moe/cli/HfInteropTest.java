@@ -349,4 +349,82 @@ class HfInteropTest {
         assertThat(run.exit()).isEqualTo(1);
         assertThat(run.err()).contains("has 400 tokens, more than the model's vocabulary (128)");
     }
+
+    @Test
+    void aTrainedModelExportsAsAFamilyAndImportsBackUnchanged(@TempDir Path tmp) throws Exception {
+        Path recipe = tmp.resolve("q.moe");
+        Files.writeString(recipe, """
+                model Q {
+                  vocab 256
+                  context 16
+                  dim 16
+                  heads 4
+                  kv_heads 2
+                  head_dim 6
+                  qkv_bias true
+                  ffn dense = swiglu(hidden: 24)
+                  moe m {
+                    shared 1 x swiglu(hidden: 16, gate: sigmoid)
+                    routed 4 x swiglu(hidden: 8)
+                    router { top_k 2 }
+                    balance aux(coef: 0.01)
+                  }
+                  layers 3 { first 1: attention, dense  rest: attention, m }
+                }
+                train Q { steps 2 batch 2 }
+                """);
+        Cli.Run run = Cli.run("train", recipe.toString(), "--out", tmp.resolve("run").toString(), "--seq", "8", "--threads", "1");
+        assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
+        run = Cli.run("export", "hf", tmp.resolve("run").toString(), "--type", "qwen2_moe", "--out", tmp.resolve("hf").toString());
+        assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
+        JsonNode config = new ObjectMapper().readTree(tmp.resolve("hf").resolve("config.json").toFile());
+        assertThat(config.get("mlp_only_layers").toString()).isEqualTo("[0]");
+        assertThat(config.get("head_dim").asInt()).isEqualTo(6);
+        run = Cli.run("import", "hf", tmp.resolve("hf").toString(), "--out", tmp.resolve("back").toString(), "--threads", "1");
+        assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
+        Recipes.Loaded trained = Checkpoints.open(tmp.resolve("run"), 1, new PrintWriter(new StringWriter()));
+        Recipes.Loaded back = Checkpoints.open(tmp.resolve("back"), 1, new PrintWriter(new StringWriter()));
+        assertThat(weights(back).keySet()).containsExactlyElementsIn(weights(trained).keySet());
+        weights(trained).forEach((name, v) -> assertWithMessage(name).that(weights(back).get(name)).isEqualTo(v));
+        int[][] ids = {{3, 1, 4, 1, 5, 9, 2, 6}};
+        assertThat(Probe.logits(back.instance(), ids)).isEqualTo(Probe.logits(trained.instance(), ids));
+
+        // The same model is no OLMoE (a shared expert, q/k/v biases): export says which setting differs.
+        run = Cli.run("export", "hf", tmp.resolve("run").toString(), "--type", "olmoe", "--out", tmp.resolve("x").toString());
+        assertThat(run.exit()).isEqualTo(1);
+        assertThat(run.err()).contains("cannot be exported as `olmoe`: its settings differ from what the family can say: qkNorm false (the config gives true), qkvBias true (the config gives false)");
+        assertThat(Files.exists(tmp.resolve("x"))).isFalse();
+    }
+
+    @Test
+    void bf16WeightsImportAsTheirFloatValues(@TempDir Path tmp) throws Exception {
+        Path dir = Files.createDirectories(tmp.resolve("bf16"));
+        Files.copy(FIXTURES.resolve("mixtral").resolve("config.json"), dir.resolve("config.json"));
+        List<Tensor> halves = new ArrayList<>();
+        Map<String, float[]> rounded = new java.util.HashMap<>();
+        try (SafeTensorsFile f = SafeTensors.open(FIXTURES.resolve("mixtral").resolve("model.safetensors"))) {
+            for (String n : f.tensors().keySet()) {
+                float[] v = f.readF32(n);
+                byte[] b = new byte[2 * v.length];
+                float[] r = new float[v.length];
+                for (int i = 0; i < v.length; i++) {
+                    int bits = Float.floatToRawIntBits(v[i]);
+                    int top = (bits + 0x7FFF + ((bits >>> 16) & 1)) >>> 16; // round to nearest even
+                    b[2 * i] = (byte) top;
+                    b[2 * i + 1] = (byte) (top >>> 8);
+                    r[i] = Float.intBitsToFloat(top << 16);
+                }
+                halves.add(Tensor.of(n, dev.moe.runtime.io.DType.BF16, f.tensors().get(n).shape(), b));
+                rounded.put(n, r);
+            }
+        }
+        SafeTensors.write(dir.resolve("model.safetensors"), halves);
+        Map<String, float[]> imported = weights(importAndOpen("mixtral", tmp.resolve("f32")));
+        Cli.Run run = Cli.run("import", "hf", dir.toString(), "--out", tmp.resolve("out").toString(), "--threads", "1");
+        assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
+        Map<String, float[]> fromBf16 = weights(Checkpoints.open(tmp.resolve("out"), 1, new PrintWriter(new StringWriter())));
+        assertThat(fromBf16.get("layers.1.attn.q")).isEqualTo(rounded.get("model.layers.1.self_attn.q_proj.weight"));
+        assertThat(fromBf16.get("layers.0.moe.experts.2.down")).isEqualTo(rounded.get("model.layers.0.block_sparse_moe.experts.2.w2.weight"));
+        assertThat(fromBf16.get("layers.1.attn.q")).isNotEqualTo(imported.get("layers.1.attn.q"));
+    }
 }

@@ -131,7 +131,7 @@ public final class HfExport {
         }
         Model back = r.output().get().models().getFirst();
         if (!back.config().equals(c)) {
-            throw refuse(model, type, "its settings (" + c + ") are not all expressible; the config gives " + back.config());
+            throw refuse(model, type, "its settings differ from what the family can say: " + differences(c, back.config()));
         }
         for (int i = 0; i < model.layers().size(); i++) {
             String ours = canonical(model.layers().get(i).block());
@@ -141,6 +141,23 @@ public final class HfExport {
             }
         }
         return cfg;
+    }
+
+    /** The settings that differ, as {@code name: ours, the family's}. */
+    private static String differences(ModelConfig ours, ModelConfig theirs) {
+        List<String> out = new ArrayList<>();
+        for (var component : ModelConfig.class.getRecordComponents()) {
+            try {
+                Object a = component.getAccessor().invoke(ours);
+                Object b = component.getAccessor().invoke(theirs);
+                if (!a.equals(b)) {
+                    out.add(component.getName() + " " + a + " (the config gives " + b + ")");
+                }
+            } catch (ReflectiveOperationException e) {
+                throw new IllegalStateException(e);
+            }
+        }
+        return String.join(", ", out);
     }
 
     private static InteropException refuse(Model model, HfType type, String why) {
