@@ -23,8 +23,12 @@ import java.util.regex.Pattern;
  * applied lowest rank first. Decoding maps the characters back to bytes.
  *
  * <p>Supported: model {@code BPE} without dropout, {@code continuing_subword_prefix} or
- * {@code end_of_word_suffix}; pre-tokenizer {@code ByteLevel} (alone or in a {@code Sequence}), no
- * normalizer. Anything else is refused with a message naming the field. Immutable and thread-safe.
+ * {@code end_of_word_suffix}; normalizer none, {@code NFC} or {@code NFKC}; pre-tokenizer
+ * {@code ByteLevel}, alone or after {@code Split} steps with {@code Isolated} behaviour (Qwen2,
+ * Llama 3, DeepSeek). Anything else is refused with a message naming the field. The post-processor
+ * is not applied: {@link #encode} adds no special tokens (transformers' {@code add_special_tokens=False}).
+ * Added tokens are matched exactly ({@code lstrip}, {@code rstrip} and {@code single_word} are not
+ * applied). Immutable and thread-safe.
  */
 public final class BpeTokenizer {
     /** GPT-2's pre-tokenizer split, as the ByteLevel pre-tokenizer of {@code tokenizers} uses it. */
@@ -52,9 +56,13 @@ public final class BpeTokenizer {
     private final Map<String, Integer> mergeRanks;
     private final List<AddedToken> added;
     private final boolean addPrefixSpace;
-    private final boolean useRegex;
+    /** The Split steps, then ByteLevel's own regex when it uses one: each isolates its matches. */
+    private final List<Pattern> splits;
+    private final int byteLevelStep;
+    private final java.text.Normalizer.Form normalization;
 
-    private BpeTokenizer(Map<String, Integer> vocab, Map<String, Integer> mergeRanks, List<AddedToken> added, boolean addPrefixSpace, boolean useRegex) {
+    private BpeTokenizer(Map<String, Integer> vocab, Map<String, Integer> mergeRanks, List<AddedToken> added, boolean addPrefixSpace,
+            List<Pattern> splits, int byteLevelStep, java.text.Normalizer.Form normalization) {
         this.vocab = Map.copyOf(vocab);
         this.mergeRanks = Map.copyOf(mergeRanks);
         // Longest first, so that an added token that contains another wins.
@@ -62,7 +70,9 @@ public final class BpeTokenizer {
         sorted.sort(Comparator.comparingInt((AddedToken a) -> a.content().length()).reversed());
         this.added = List.copyOf(sorted);
         this.addPrefixSpace = addPrefixSpace;
-        this.useRegex = useRegex;
+        this.splits = List.copyOf(splits);
+        this.byteLevelStep = byteLevelStep;
+        this.normalization = normalization;
         int size = 0;
         for (int id : vocab.values()) {
             size = Math.max(size, id + 1);
@@ -109,13 +119,35 @@ public final class BpeTokenizer {
         if (model.hasNonNull("dropout") && model.get("dropout").asDouble() != 0) {
             throw new IllegalArgumentException("model.dropout is not supported");
         }
+        java.text.Normalizer.Form normalization = null;
         if (root.hasNonNull("normalizer")) {
-            throw new IllegalArgumentException("a normalizer (`" + root.get("normalizer").path("type").asText() + "`) is not supported");
+            String type = root.get("normalizer").path("type").asText();
+            normalization = switch (type) {
+                case "NFC" -> java.text.Normalizer.Form.NFC;
+                case "NFKC" -> java.text.Normalizer.Form.NFKC;
+                default -> throw new IllegalArgumentException("normalizer `" + type + "` is not supported (none, NFC or NFKC)");
+            };
         }
-        JsonNode byteLevel = byteLevel(root.path("pre_tokenizer"));
-        if (byteLevel == null) {
-            throw new IllegalArgumentException("pre_tokenizer must be ByteLevel (byte-level BPE), not `"
-                    + root.path("pre_tokenizer").path("type").asText("none") + "`");
+        // The pre-tokenizer: ByteLevel, or a Sequence of Split steps ending in ByteLevel.
+        JsonNode pre = root.path("pre_tokenizer");
+        List<JsonNode> steps = new ArrayList<>();
+        if ("Sequence".equals(pre.path("type").asText())) {
+            pre.path("pretokenizers").forEach(steps::add);
+        } else {
+            steps.add(pre);
+        }
+        if (steps.isEmpty() || !"ByteLevel".equals(steps.getLast().path("type").asText())) {
+            throw new IllegalArgumentException("pre_tokenizer must be ByteLevel (byte-level BPE), possibly after Split steps; found `"
+                    + pre.path("type").asText("none") + "`");
+        }
+        JsonNode byteLevel = steps.getLast();
+        List<Pattern> splits = new ArrayList<>();
+        for (JsonNode step : steps.subList(0, steps.size() - 1)) {
+            splits.add(split(step));
+        }
+        int byteLevelStep = splits.size();
+        if (byteLevel.path("use_regex").asBoolean(true)) {
+            splits.add(GPT2_SPLIT);
         }
         Map<String, Integer> vocab = new HashMap<>();
         JsonNode v = model.path("vocab");
@@ -154,17 +186,31 @@ public final class BpeTokenizer {
             }
             added.add(new AddedToken(a.get("id").asInt(), a.get("content").asText(), a.path("special").asBoolean(false)));
         }
-        return new BpeTokenizer(vocab, ranks, added, byteLevel.path("add_prefix_space").asBoolean(false), byteLevel.path("use_regex").asBoolean(true));
+        return new BpeTokenizer(vocab, ranks, added, byteLevel.path("add_prefix_space").asBoolean(false), splits, byteLevelStep, normalization);
     }
 
-    private static JsonNode byteLevel(JsonNode pre) {
-        if ("ByteLevel".equals(pre.path("type").asText())) {
-            return pre;
+    /** A {@code Split} pre-tokenizer step that isolates the matches of a regex or a string. */
+    private static Pattern split(JsonNode step) {
+        if (!"Split".equals(step.path("type").asText())) {
+            throw new IllegalArgumentException("pre_tokenizer step `" + step.path("type").asText("none") + "` is not supported (Split, then ByteLevel)");
         }
-        if ("Sequence".equals(pre.path("type").asText()) && pre.path("pretokenizers").size() == 1) {
-            return byteLevel(pre.path("pretokenizers").get(0));
+        if (!"Isolated".equals(step.path("behavior").asText()) || step.path("invert").asBoolean(false)) {
+            throw new IllegalArgumentException("Split with behavior `" + step.path("behavior").asText() + "`"
+                    + (step.path("invert").asBoolean(false) ? " inverted" : "") + " is not supported (only Isolated)");
         }
-        return null;
+        JsonNode pattern = step.path("pattern");
+        try {
+            if (pattern.has("Regex")) {
+                // tokenizers' regexes are Oniguruma's; the ones in use (\p{L}, \p{N}, (?i:...), (?!\S)) read the same in Java.
+                return Pattern.compile(pattern.get("Regex").asText(), Pattern.UNICODE_CHARACTER_CLASS);
+            }
+            if (pattern.has("String")) {
+                return Pattern.compile(Pattern.quote(pattern.get("String").asText()));
+            }
+        } catch (java.util.regex.PatternSyntaxException e) {
+            throw new IllegalArgumentException("Split regex cannot be read: " + e.getDescription(), e);
+        }
+        throw new IllegalArgumentException("Split without a pattern");
     }
 
     /** One more than the largest id (the size a model's vocabulary must have at least). */
@@ -215,16 +261,43 @@ public final class BpeTokenizer {
         if (text.isEmpty()) {
             return;
         }
-        if (addPrefixSpace && !text.startsWith(" ")) {
-            text = " " + text;
+        if (normalization != null) {
+            text = java.text.Normalizer.normalize(text, normalization);
         }
-        if (!useRegex) {
-            encodeWord(text, out);
-            return;
+        List<String> pieces = List.of(text);
+        for (int step = 0; step <= splits.size(); step++) {
+            if (step == byteLevelStep && addPrefixSpace) {
+                pieces = pieces.stream().map(p -> p.startsWith(" ") ? p : " " + p).toList();
+            }
+            if (step == splits.size()) {
+                break;
+            }
+            List<String> next = new ArrayList<>();
+            for (String piece : pieces) {
+                isolate(splits.get(step), piece, next);
+            }
+            pieces = next;
         }
-        Matcher m = GPT2_SPLIT.matcher(text);
+        for (String piece : pieces) {
+            encodeWord(piece, out);
+        }
+    }
+
+    /** The matches of {@code pattern} in {@code text} and the text between them, in order, empty pieces dropped. */
+    private static void isolate(Pattern pattern, String text, List<String> out) {
+        Matcher m = pattern.matcher(text);
+        int at = 0;
         while (m.find()) {
-            encodeWord(m.group(), out);
+            if (m.start() > at) {
+                out.add(text.substring(at, m.start()));
+            }
+            if (m.end() > m.start()) {
+                out.add(m.group());
+            }
+            at = m.end();
+        }
+        if (at < text.length()) {
+            out.add(text.substring(at));
         }
     }
 

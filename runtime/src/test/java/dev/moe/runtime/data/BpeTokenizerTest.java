@@ -61,4 +61,52 @@ class BpeTokenizerTest {
         e = assertThrows(IOException.class, () -> BpeTokenizer.load(bad));
         assertThat(e).hasMessageThat().contains("tokenizer.json");
     }
+
+    /** The fixture's tokenizer with its pre-tokenizer or normalizer replaced. */
+    private static Path variant(Path tmp, String preTokenizer, String normalizer) throws IOException {
+        ObjectMapper json = new ObjectMapper();
+        com.fasterxml.jackson.databind.node.ObjectNode root = (com.fasterxml.jackson.databind.node.ObjectNode) json.readTree(DIR.resolve("tokenizer.json").toFile());
+        if (preTokenizer != null) {
+            root.set("pre_tokenizer", json.readTree(preTokenizer));
+        }
+        if (normalizer != null) {
+            root.set("normalizer", json.readTree(normalizer));
+        }
+        Path file = tmp.resolve("variant.json");
+        Files.writeString(file, root.toString());
+        return file;
+    }
+
+    @Test
+    void splitStepsThenByteLevelAsQwenAndLlamaTokenizersHaveThem(@TempDir Path tmp) throws IOException {
+        // ByteLevel's own regex, given as a Split step before a ByteLevel without regex: the same tokens.
+        String gpt2 = "'s|'t|'re|'ve|'m|'ll|'d| ?\\\\p{L}+| ?\\\\p{N}+| ?[^\\\\s\\\\p{L}\\\\p{N}]+|\\\\s+(?!\\\\S)|\\\\s+";
+        BpeTokenizer base = BpeTokenizer.load(DIR.resolve("tokenizer.json"));
+        BpeTokenizer split = BpeTokenizer.load(variant(tmp, "{\"type\": \"Sequence\", \"pretokenizers\": ["
+                + "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"" + gpt2 + "\"}, \"behavior\": \"Isolated\", \"invert\": false},"
+                + "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": false}]}", null));
+        for (JsonNode sample : new ObjectMapper().readTree(DIR.resolve("expected.json").toFile())) {
+            assertThat(split.encode(sample.get("text").asText())).isEqualTo(base.encode(sample.get("text").asText()));
+        }
+        // Qwen2's split: one token per digit, where ByteLevel's regex keeps " 4567" together.
+        String qwen2 = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*"
+                + "|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+";
+        BpeTokenizer qwen = BpeTokenizer.load(variant(tmp, "{\"type\": \"Sequence\", \"pretokenizers\": ["
+                + "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"" + qwen2 + "\"}, \"behavior\": \"Isolated\", \"invert\": false},"
+                + "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": false}]}", null));
+        int[] digits = qwen.encode("4567");
+        assertThat(digits).isEqualTo(new int[] {base.id("4"), base.id("5"), base.id("6"), base.id("7")});
+        assertThat(qwen.decode(qwen.encode("Naïve café 🙂 数字 123"))).isEqualTo("Naïve café 🙂 数字 123");
+    }
+
+    @Test
+    void nfcNormalizerComposesBeforeEncoding(@TempDir Path tmp) throws IOException {
+        BpeTokenizer base = BpeTokenizer.load(DIR.resolve("tokenizer.json"));
+        BpeTokenizer nfc = BpeTokenizer.load(variant(tmp, null, "{\"type\": \"NFC\"}"));
+        String decomposed = "cafe\u0301";
+        assertThat(base.encode(decomposed)).isNotEqualTo(base.encode("café"));
+        assertThat(nfc.encode(decomposed)).isEqualTo(base.encode("café"));
+        IOException e = assertThrows(IOException.class, () -> BpeTokenizer.load(variant(tmp, null, "{\"type\": \"Lowercase\"}")));
+        assertThat(e).hasMessageThat().contains("normalizer `Lowercase` is not supported");
+    }
 }
