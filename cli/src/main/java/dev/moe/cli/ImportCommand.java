@@ -4,7 +4,12 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import dev.moe.cli.interop.HfCheckpoint;
 import dev.moe.cli.interop.HfImport;
 import dev.moe.cli.interop.InteropException;
+import dev.moe.compiler.CompileResult;
+import dev.moe.compiler.MoeCompiler;
+import dev.moe.compiler.ir.Model;
+import dev.moe.compiler.ir.Param;
 import dev.moe.dsl.SourceFile;
+import dev.moe.dsl.diag.DiagnosticRenderer;
 import dev.moe.runtime.Parameter;
 import dev.moe.runtime.train.Checkpoint;
 import java.io.IOException;
@@ -13,6 +18,8 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 import java.util.concurrent.Callable;
 import picocli.CommandLine.Command;
@@ -61,8 +68,23 @@ final class ImportCommand implements Callable<Integer> {
             HfImport.Arch arch = HfImport.architecture(ckpt.config(), dir.resolve("config.json").toString());
             String fileName = arch.type().modelType() + ".moe";
             String recipe = arch.recipe(dir.toString());
+            // Check every tensor against the recipe's IR before the model (and its memory) exists.
+            CompileResult compiled = MoeCompiler.compile(new SourceFile(fileName, recipe));
+            if (compiled.output().isEmpty() || compiled.output().get().models().isEmpty()) {
+                compiled.diagnostics().forEach(d -> err.print(DiagnosticRenderer.render(d)));
+                throw new InteropException("the recipe for " + dir + " does not compile (a bug in moe import)");
+            }
+            Model model = compiled.output().get().models().getFirst();
+            List<HfImport.Assignment> plan = HfImport.plan(ckpt, arch.type(), model.params());
+            long elements = model.params().stream().mapToLong(Param::numel).sum();
+            long need = 4 * elements + 4 * ckpt.largestTensor();
+            if (need > Runtime.getRuntime().maxMemory()) {
+                throw new InteropException(String.format(Locale.ROOT, "%s has %,d parameters (%.1f GB in fp32), more than this JVM may use "
+                        + "(%.1f GB): give it more with MOE_JAVA_OPTS=-Xmx%dg", dir, elements, need / 1e9,
+                        Runtime.getRuntime().maxMemory() / 1e9, (long) Math.ceil(need * 1.25 / (1L << 30))));
+            }
             Recipes.Loaded loaded = Recipes.load(new SourceFile(fileName, recipe), null, threads, err);
-            HfImport.loadWeights(ckpt, arch.type(), loaded.instance().parameters());
+            HfImport.load(ckpt, plan, loaded.instance().parameters());
             if (Files.exists(out) && !Files.isDirectory(out)) {
                 throw new InteropException(out + " exists and is not a directory");
             }

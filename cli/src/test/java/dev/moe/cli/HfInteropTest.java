@@ -235,6 +235,14 @@ class HfInteropTest {
         assertThat(run.err()).contains("tensor `model.layers.0.block_sparse_moe.gate.weight` has shape [4, 64], the recipe's "
                 + "`layers.0.moe.router.weight` needs [5, 64]");
 
+        // An absurd config is refused by its tensors' shapes before any memory is taken for it.
+        config.put("num_local_experts", 4);
+        config.put("hidden_size", 1 << 20);
+        config.put("num_hidden_layers", 1000);
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        run = importFails(dir, tmp.resolve("out"));
+        assertThat(run.err()).contains("tensor `model.embed_tokens.weight` has shape [128, 64], the recipe's `embed.weight` needs [128, 1048576]");
+
         // A missing tensor.
         dir = copy("mixtral", tmp.resolve("missing"));
         List<Tensor> kept = new ArrayList<>();

@@ -130,6 +130,15 @@ public final class HfCheckpoint implements Closeable {
         return fileOf.get(name).tensors().get(name).shape();
     }
 
+    /** Elements of the largest tensor (read whole when fused experts are sliced). */
+    public long largestTensor() {
+        long max = 0;
+        for (Map.Entry<String, SafeTensorsFile> e : fileOf.entrySet()) {
+            max = Math.max(max, e.getValue().tensors().get(e.getKey()).numel());
+        }
+        return max;
+    }
+
     /** Where a tensor is, for messages. */
     public Path fileOf(String name) {
         return fileOf.get(name).path();

@@ -193,7 +193,7 @@ public final class HfExport {
      * tensors), or in that of transformers 5's module parameters (fused 3-D experts).
      */
     public static List<Tensor> tensors(HfType type, List<Parameter> params, HfType.Layout layout) throws InteropException {
-        int[] experts = HfImport.expertsPerLayer(params);
+        int[] experts = HfImport.expertsPerLayer(params.stream().map(Parameter::name).toList());
         Map<String, Tensor> whole = new LinkedHashMap<>();
         Map<String, float[]> fused = new LinkedHashMap<>();
         Map<String, long[]> fusedShape = new LinkedHashMap<>();

@@ -5,6 +5,7 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.moe.runtime.Parameter;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.HashMap;
 import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -14,7 +15,7 @@ import java.util.Set;
 
 /**
  * From a Hugging Face config to a {@code .moe} recipe ({@link #architecture}, {@link Arch#recipe}),
- * and from its tensors to our parameters ({@link #loadWeights}).
+ * and from its tensors to our parameters ({@link #plan}, {@link #load}).
  */
 public final class HfImport {
     private HfImport() {}
@@ -274,20 +275,19 @@ public final class HfImport {
         return name.endsWith("rotary_emb.inv_freq");
     }
 
+    /** Where one parameter's values are: a checkpoint tensor and, for fused experts, the slice. */
+    public record Assignment(String param, String tensor, HfType.Slice slice, int expert, int size) {}
+
     /**
-     * Fills every parameter from the checkpoint; checks names, shapes and that every checkpoint
-     * tensor is used, so that a partial or mismatched import is an error and not a silent default.
+     * Maps every parameter (name and shape, from the recipe's IR: nothing is allocated yet) onto the
+     * checkpoint; checks names, shapes and that every checkpoint tensor is used, so that a partial or
+     * mismatched import is an error and not a silent default.
      */
-    public static void loadWeights(HfCheckpoint ckpt, HfType type, List<Parameter> params) throws InteropException {
+    public static List<Assignment> plan(HfCheckpoint ckpt, HfType type, List<dev.moe.compiler.ir.Param> params) throws InteropException {
         Set<String> used = new HashSet<>();
-        Map<String, float[]> cache = new LinkedHashMap<>(4, 0.75f, true) {
-            @Override
-            protected boolean removeEldestEntry(Map.Entry<String, float[]> eldest) {
-                return size() > 2;
-            }
-        };
-        int[] expertsIn = expertsPerLayer(params);
-        for (Parameter p : params) {
+        List<Assignment> out = new ArrayList<>();
+        int[] expertsIn = expertsPerLayer(params.stream().map(dev.moe.compiler.ir.Param::name).toList());
+        for (dev.moe.compiler.ir.Param p : params) {
             HfType.Match m = type.match(p.name())
                     .orElseThrow(() -> new InteropException("no `" + type.modelType() + "` tensor maps onto our parameter `" + p.name() + "`"));
             HfType.Source src = null;
@@ -304,31 +304,26 @@ public final class HfImport {
             String name = m.name(src);
             used.add(name);
             long[] shape = ckpt.shape(name);
-            int[] ps = p.shape();
+            long[] ps = p.shape().stream().mapToLong(Long::longValue).toArray();
+            long numel = p.numel();
+            if (numel > Integer.MAX_VALUE - 8) {
+                throw new InteropException("`" + p.name() + "` " + Arrays.toString(ps) + " is larger than one Java array can hold");
+            }
             if (src.slice() == HfType.Slice.WHOLE) {
-                if (!Arrays.equals(shape, longs(ps))) {
+                if (!Arrays.equals(shape, ps)) {
                     throw new InteropException(ckpt.fileOf(name) + ": tensor `" + name + "` has shape " + Arrays.toString(shape)
                             + ", the recipe's `" + p.name() + "` needs " + Arrays.toString(ps));
                 }
-                p.load(ckpt.read(name));
+                out.add(new Assignment(p.name(), name, src.slice(), 0, (int) numel));
                 continue;
             }
-            int expert = Integer.parseInt(m.expert());
-            int layer = Integer.parseInt(m.layer());
             boolean halves = src.slice() != HfType.Slice.FUSED_EXPERT;
-            long[] want = {expertsIn[layer], halves ? 2L * ps[0] : ps[0], ps[1]};
+            long[] want = {expertsIn[Integer.parseInt(m.layer())], halves ? 2L * ps[0] : ps[0], ps[1]};
             if (!Arrays.equals(shape, want)) {
                 throw new InteropException(ckpt.fileOf(name) + ": tensor `" + name + "` has shape " + Arrays.toString(shape)
                         + ", the recipe needs " + Arrays.toString(want) + (halves ? " (experts, gate and up rows, dim)" : " (experts, rows, columns)"));
             }
-            float[] all = cache.get(name);
-            if (all == null) {
-                all = ckpt.read(name);
-                cache.put(name, all);
-            }
-            int size = ps[0] * ps[1];
-            int offset = expert * (halves ? 2 * size : size) + (src.slice() == HfType.Slice.FUSED_SECOND_HALF ? size : 0);
-            p.load(Arrays.copyOfRange(all, offset, offset + size));
+            out.add(new Assignment(p.name(), name, src.slice(), Integer.parseInt(m.expert()), (int) numel));
         }
         List<String> unused = new ArrayList<>();
         for (String n : ckpt.names()) {
@@ -340,15 +335,50 @@ public final class HfImport {
             throw new InteropException(ckpt.dir() + ": " + unused.size() + " tensor(s) have no place in the imported model, e.g. `"
                     + unused.getFirst() + "` (in " + ckpt.fileOf(unused.getFirst()) + ")");
         }
+        return out;
+    }
+
+    /** Fills the model's parameters as {@link #plan} assigned them. */
+    public static void load(HfCheckpoint ckpt, List<Assignment> plan, List<Parameter> params) throws InteropException {
+        Map<String, Parameter> byName = new HashMap<>();
+        for (Parameter p : params) {
+            byName.put(p.name(), p);
+        }
+        // Fused tensors hold every expert: keep the last two read (gate_up and down alternate).
+        Map<String, float[]> cache = new LinkedHashMap<>(4, 0.75f, true) {
+            @Override
+            protected boolean removeEldestEntry(Map.Entry<String, float[]> eldest) {
+                return size() > 2;
+            }
+        };
+        for (Assignment a : plan) {
+            Parameter p = byName.get(a.param());
+            if (p == null || p.size() != a.size()) {
+                throw new IllegalStateException("the generated model's `" + a.param() + "` differs from its IR");
+            }
+            if (a.slice() == HfType.Slice.WHOLE) {
+                p.load(ckpt.read(a.tensor()));
+                continue;
+            }
+            float[] all = cache.get(a.tensor());
+            if (all == null) {
+                all = ckpt.read(a.tensor());
+                cache.put(a.tensor(), all);
+            }
+            int size = a.size();
+            int offset = a.slice() == HfType.Slice.FUSED_EXPERT ? a.expert() * size
+                    : a.expert() * 2 * size + (a.slice() == HfType.Slice.FUSED_SECOND_HALF ? size : 0);
+            p.load(Arrays.copyOfRange(all, offset, offset + size));
+        }
     }
 
     /** Routed experts per layer index, from the parameter names. */
-    static int[] expertsPerLayer(List<Parameter> params) {
+    static int[] expertsPerLayer(List<String> names) {
         Map<Integer, Integer> max = new LinkedHashMap<>();
         java.util.regex.Pattern pat = java.util.regex.Pattern.compile("layers\\.(\\d+)\\.moe\\.experts\\.(\\d+)\\..*");
         int layers = 0;
-        for (Parameter p : params) {
-            java.util.regex.Matcher m = pat.matcher(p.name());
+        for (String name : names) {
+            java.util.regex.Matcher m = pat.matcher(name);
             if (m.matches()) {
                 int l = Integer.parseInt(m.group(1));
                 max.merge(l, Integer.parseInt(m.group(2)) + 1, Math::max);
