@@ -38,7 +38,8 @@ class HfInteropTest {
     private static final Path FIXTURES = Path.of("..", "fixtures", "hf");
 
     private static Recipes.Loaded importAndOpen(String type, Path out) throws Exception {
-        Cli.Run run = Cli.run("import", "hf", FIXTURES.resolve(type).toString(), "--out", out.toString(), "--threads", "1");
+        Path dir = type.contains("/") ? Path.of(type) : FIXTURES.resolve(type);
+        Cli.Run run = Cli.run("import", "hf", dir.toString(), "--out", out.toString(), "--threads", "1");
         assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
         return Checkpoints.open(out, 1, new PrintWriter(new StringWriter()));
     }
@@ -434,5 +435,16 @@ class HfInteropTest {
         assertThat(fromBf16.get("layers.1.attn.q")).isEqualTo(rounded.get("model.layers.1.self_attn.q_proj.weight"));
         assertThat(fromBf16.get("layers.0.moe.experts.2.down")).isEqualTo(rounded.get("model.layers.0.block_sparse_moe.experts.2.w2.weight"));
         assertThat(fromBf16.get("layers.1.attn.q")).isNotEqualTo(imported.get("layers.1.attn.q"));
+    }
+
+    @Test
+    void tiedEmbeddingsIgnoreASavedLmHead(@TempDir Path tmp) throws Exception {
+        Path dir = copy("mixtral", tmp.resolve("tied"));
+        ObjectNode config = (ObjectNode) new ObjectMapper().readTree(dir.resolve("config.json").toFile());
+        config.put("tie_word_embeddings", true);
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        Recipes.Loaded loaded = importAndOpen(dir.toString(), tmp.resolve("out"));
+        assertThat(Files.readString(tmp.resolve("out").resolve("mixtral.moe"))).contains("tie_embeddings true");
+        assertThat(weights(loaded)).doesNotContainKey("head.weight");
     }
 }

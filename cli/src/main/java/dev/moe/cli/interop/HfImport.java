@@ -325,9 +325,11 @@ public final class HfImport {
             }
             out.add(new Assignment(p.name(), name, src.slice(), Integer.parseInt(m.expert()), (int) numel));
         }
+        // With tied embeddings the head is the embedding; some checkpoints still save lm_head.weight.
+        boolean tied = params.stream().noneMatch(p -> p.name().equals("head.weight"));
         List<String> unused = new ArrayList<>();
         for (String n : ckpt.names()) {
-            if (!used.contains(n) && !ignorable(n)) {
+            if (!used.contains(n) && !ignorable(n) && !(tied && n.equals("lm_head.weight"))) {
                 unused.add(n);
             }
         }
