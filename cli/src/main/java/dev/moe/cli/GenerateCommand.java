@@ -30,7 +30,7 @@ final class GenerateCommand implements Callable<Integer> {
     @Mixin
     BackendOption backendOption;
 
-    @Parameters(paramLabel = "CHECKPOINT", description = "A .safetensors checkpoint written by `moe train` or `moe import hf` (or its directory). A tokenizer.json beside it (byte-level BPE) is used instead of bytes.")
+    @Parameters(paramLabel = "CHECKPOINT", description = "A .safetensors checkpoint written by `moe train` or `moe import hf` (or its directory). A tokenizer.json beside it (BPE, byte-level or SentencePiece-style) is used instead of bytes.")
     Path checkpoint;
 
     @Option(names = "--prompt", paramLabel = "TEXT", required = true, description = "Text to continue.")
@@ -80,7 +80,12 @@ final class GenerateCommand implements Callable<Integer> {
                 }
             }
             BpeTokenizer tokenizer = bpe;
-            int[] tokens = tokenizer != null ? tokenizer.encode(prompt) : ByteTokenizer.INSTANCE.encode(prompt);
+            int[] tokens;
+            try {
+                tokens = tokenizer != null ? tokenizer.encode(prompt) : ByteTokenizer.INSTANCE.encode(prompt);
+            } catch (IllegalArgumentException e) { // a character the tokenizer cannot represent
+                throw new Recipes.UserError(tokenizerFile + ": the prompt cannot be tokenized: " + e.getMessage());
+            }
             if (tokens.length == 0) {
                 err.println("moe: error: the prompt is empty");
                 err.flush();

@@ -13,19 +13,28 @@ import java.util.HashMap;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Map;
+import java.util.function.UnaryOperator;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
 /**
- * A byte-level BPE tokenizer read from a Hugging Face {@code tokenizer.json} (GPT-2, RoBERTa, Qwen,
- * OLMo, DeepSeek style): added tokens are split off first, the rest is cut by the ByteLevel
- * pre-tokenizer's regex, each piece's UTF-8 bytes are mapped to printable characters, and merges are
- * applied lowest rank first. Decoding maps the characters back to bytes.
+ * A BPE tokenizer read from a Hugging Face {@code tokenizer.json}, in its two common forms.
+ *
+ * <p>Byte-level (GPT-2, Qwen, OLMo, Llama 3, DeepSeek): added tokens are split off first, the rest
+ * is cut by the pre-tokenizer's regexes, each piece's UTF-8 bytes are mapped to printable
+ * characters, and merges are applied lowest rank first. Decoding maps the characters back to bytes.
+ *
+ * <p>SentencePiece-style (Mistral, Mixtral, Llama 2, as transformers' converter writes them): the
+ * normalizer prepends {@code ▁} and replaces spaces by it (or a {@code Metaspace} pre-tokenizer
+ * does), pieces are characters, and a character outside the vocabulary falls back to its UTF-8
+ * bytes as {@code <0xXX>} tokens. Decoding turns {@code ▁} back into spaces, byte tokens into bytes,
+ * and strips the one leading space the normalizer added.
  *
  * <p>Supported: model {@code BPE} without dropout, {@code continuing_subword_prefix} or
- * {@code end_of_word_suffix}; normalizer none, {@code NFC} or {@code NFKC}; pre-tokenizer
- * {@code ByteLevel}, alone or after {@code Split} steps with {@code Isolated} behaviour (Qwen2,
- * Llama 3, DeepSeek). Anything else is refused with a message naming the field. The post-processor
+ * {@code end_of_word_suffix}; normalizers {@code NFC}, {@code NFKC}, {@code Prepend},
+ * {@code Replace} (in a {@code Sequence} too); pre-tokenizers {@code ByteLevel}, {@code Split}
+ * ({@code Isolated}) and {@code Metaspace}, alone or in a {@code Sequence}. Anything else is refused
+ * with a message naming the field. The post-processor
  * is not applied: {@link #encode} adds no special tokens (transformers' {@code add_special_tokens=False}).
  * Added tokens are matched exactly ({@code lstrip}, {@code rstrip} and {@code single_word} are not
  * applied). Immutable and thread-safe.
@@ -55,24 +64,40 @@ public final class BpeTokenizer {
     private final String[] tokens;
     private final Map<String, Integer> mergeRanks;
     private final List<AddedToken> added;
-    private final boolean addPrefixSpace;
-    /** The Split steps, then ByteLevel's own regex when it uses one: each isolates its matches. */
-    private final List<Pattern> splits;
-    private final int byteLevelStep;
-    private final java.text.Normalizer.Form normalization;
+    /** Text rewrites applied to each stretch between added tokens, in order. */
+    private final List<UnaryOperator<String>> normalizers;
+    /** Pre-tokenizer steps: each turns the pieces so far into finer pieces ({@code first} marks the text's first stretch). */
+    private final List<Step> steps;
+    /** Byte-level: pieces are UTF-8 bytes mapped to characters; otherwise characters, with byte fallback. */
+    private final boolean byteLevel;
+    private final boolean byteFallback;
+    private final String unk;
+    private final boolean fuseUnk;
+    /** SentencePiece-style decoding: this string stands for a space, and one leading space is stripped. */
+    private final String spaceMark;
+    private final boolean stripLeadingSpace;
 
-    private BpeTokenizer(Map<String, Integer> vocab, Map<String, Integer> mergeRanks, List<AddedToken> added, boolean addPrefixSpace,
-            List<Pattern> splits, int byteLevelStep, java.text.Normalizer.Form normalization) {
+    /** A pre-tokenizer step. */
+    private interface Step {
+        List<String> apply(String piece, boolean first);
+    }
+
+    private BpeTokenizer(Map<String, Integer> vocab, Map<String, Integer> mergeRanks, List<AddedToken> added, List<UnaryOperator<String>> normalizers,
+            List<Step> steps, boolean byteLevel, boolean byteFallback, String unk, boolean fuseUnk, String spaceMark, boolean stripLeadingSpace) {
         this.vocab = Map.copyOf(vocab);
         this.mergeRanks = Map.copyOf(mergeRanks);
         // Longest first, so that an added token that contains another wins.
         List<AddedToken> sorted = new ArrayList<>(added);
         sorted.sort(Comparator.comparingInt((AddedToken a) -> a.content().length()).reversed());
         this.added = List.copyOf(sorted);
-        this.addPrefixSpace = addPrefixSpace;
-        this.splits = List.copyOf(splits);
-        this.byteLevelStep = byteLevelStep;
-        this.normalization = normalization;
+        this.normalizers = List.copyOf(normalizers);
+        this.steps = List.copyOf(steps);
+        this.byteLevel = byteLevel;
+        this.byteFallback = byteFallback;
+        this.unk = unk;
+        this.fuseUnk = fuseUnk;
+        this.spaceMark = spaceMark;
+        this.stripLeadingSpace = stripLeadingSpace;
         int size = 0;
         for (int id : vocab.values()) {
             size = Math.max(size, id + 1);
@@ -109,7 +134,7 @@ public final class BpeTokenizer {
         }
         JsonNode model = root.path("model");
         if (!"BPE".equals(model.path("type").asText(""))) {
-            throw new IllegalArgumentException("model.type is `" + model.path("type").asText("") + "`; only byte-level `BPE` is supported");
+            throw new IllegalArgumentException("model.type is `" + model.path("type").asText("") + "`; only `BPE` is supported");
         }
         for (String field : List.of("continuing_subword_prefix", "end_of_word_suffix")) {
             if (model.hasNonNull(field) && !model.get(field).asText().isEmpty()) {
@@ -119,44 +144,82 @@ public final class BpeTokenizer {
         if (model.hasNonNull("dropout") && model.get("dropout").asDouble() != 0) {
             throw new IllegalArgumentException("model.dropout is not supported");
         }
-        java.text.Normalizer.Form normalization = null;
+        List<UnaryOperator<String>> normalizers = new ArrayList<>();
+        String[] spaceMark = {null};
         if (root.hasNonNull("normalizer")) {
-            String type = root.get("normalizer").path("type").asText();
-            normalization = switch (type) {
-                case "NFC" -> java.text.Normalizer.Form.NFC;
-                case "NFKC" -> java.text.Normalizer.Form.NFKC;
-                default -> throw new IllegalArgumentException("normalizer `" + type + "` is not supported (none, NFC or NFKC)");
-            };
+            JsonNode n = root.get("normalizer");
+            List<JsonNode> list = new ArrayList<>();
+            if ("Sequence".equals(n.path("type").asText())) {
+                n.path("normalizers").forEach(list::add);
+            } else {
+                list.add(n);
+            }
+            for (JsonNode step : list) {
+                normalizers.add(normalizer(step, spaceMark));
+            }
         }
-        // The pre-tokenizer: ByteLevel, or a Sequence of Split steps ending in ByteLevel.
         JsonNode pre = root.path("pre_tokenizer");
-        List<JsonNode> steps = new ArrayList<>();
+        List<JsonNode> preSteps = new ArrayList<>();
         if ("Sequence".equals(pre.path("type").asText())) {
-            pre.path("pretokenizers").forEach(steps::add);
-        } else {
-            steps.add(pre);
+            pre.path("pretokenizers").forEach(preSteps::add);
+        } else if (!pre.isMissingNode() && !pre.isNull()) {
+            preSteps.add(pre);
         }
-        if (steps.isEmpty() || !"ByteLevel".equals(steps.getLast().path("type").asText())) {
-            throw new IllegalArgumentException("pre_tokenizer must be ByteLevel (byte-level BPE), possibly after Split steps; found `"
-                    + pre.path("type").asText("none") + "`");
+        List<Step> steps = new ArrayList<>();
+        boolean byteLevel = false;
+        for (JsonNode step : preSteps) {
+            switch (step.path("type").asText()) {
+                case "ByteLevel" -> {
+                    byteLevel = true;
+                    boolean prefix = step.path("add_prefix_space").asBoolean(false);
+                    boolean regex = step.path("use_regex").asBoolean(true);
+                    steps.add((piece, first) -> {
+                        String p = prefix && !piece.startsWith(" ") ? " " + piece : piece;
+                        return regex ? isolate(GPT2_SPLIT, p) : List.of(p);
+                    });
+                }
+                case "Split" -> {
+                    Pattern pattern = split(step);
+                    steps.add((piece, first) -> isolate(pattern, piece));
+                }
+                case "Metaspace" -> {
+                    String mark = step.path("replacement").asText("\u2581");
+                    String scheme = step.path("prepend_scheme").asText(step.path("add_prefix_space").asBoolean(true) ? "always" : "never");
+                    boolean splitWords = step.path("split").asBoolean(true);
+                    spaceMark[0] = mark;
+                    steps.add((piece, first) -> {
+                        String p = piece.replace(" ", mark);
+                        if (!p.startsWith(mark) && (scheme.equals("always") || (scheme.equals("first") && first))) {
+                            p = mark + p;
+                        }
+                        return splitWords ? isolate(Pattern.compile(Pattern.quote(mark) + "(?:(?!" + Pattern.quote(mark) + ").)*|(?:(?!"
+                                + Pattern.quote(mark) + ").)+", Pattern.DOTALL), p) : List.of(p);
+                    });
+                }
+                default -> throw new IllegalArgumentException("pre_tokenizer `" + step.path("type").asText("none")
+                        + "` is not supported (ByteLevel, Split, Metaspace)");
+            }
         }
-        JsonNode byteLevel = steps.getLast();
-        List<Pattern> splits = new ArrayList<>();
-        for (JsonNode step : steps.subList(0, steps.size() - 1)) {
-            splits.add(split(step));
+        boolean byteFallback = model.path("byte_fallback").asBoolean(false);
+        if (!byteLevel && spaceMark[0] == null) {
+            throw new IllegalArgumentException("neither byte-level (a ByteLevel pre-tokenizer) nor SentencePiece-style (a `▁` normalizer "
+                    + "or Metaspace pre-tokenizer): not supported");
         }
-        int byteLevelStep = splits.size();
-        if (byteLevel.path("use_regex").asBoolean(true)) {
-            splits.add(GPT2_SPLIT);
+        boolean strip = false;
+        for (JsonNode d : root.path("decoder").path("type").asText().equals("Sequence") ? root.path("decoder").path("decoders")
+                : List.of(root.path("decoder"))) {
+            strip |= "Strip".equals(d.path("type").asText()) && d.path("start").asInt(0) > 0
+                    || "Metaspace".equals(d.path("type").asText()) && !"never".equals(d.path("prepend_scheme").asText("always"));
         }
         Map<String, Integer> vocab = new HashMap<>();
+        final int maxId = 10_000_000; // ids index an array: a hostile file must not ask for billions
         JsonNode v = model.path("vocab");
         if (!v.isObject()) {
             throw new IllegalArgumentException("model.vocab is missing");
         }
         for (Iterator<Map.Entry<String, JsonNode>> it = v.properties().iterator(); it.hasNext();) {
             Map.Entry<String, JsonNode> e = it.next();
-            if (!e.getValue().canConvertToInt() || e.getValue().asInt() < 0) {
+            if (!e.getValue().canConvertToInt() || e.getValue().asInt() < 0 || e.getValue().asInt() > maxId) {
                 throw new IllegalArgumentException("model.vocab: `" + e.getKey() + "` has no valid id");
             }
             vocab.put(e.getKey(), e.getValue().asInt());
@@ -181,18 +244,53 @@ public final class BpeTokenizer {
         }
         List<AddedToken> added = new ArrayList<>();
         for (JsonNode a : root.path("added_tokens")) {
-            if (!a.path("id").canConvertToInt() || a.path("content").asText("").isEmpty()) {
+            if (!a.path("id").canConvertToInt() || a.path("id").asInt() < 0 || a.path("id").asInt() > maxId || a.path("content").asText("").isEmpty()) {
                 throw new IllegalArgumentException("added_tokens: an entry without id or content");
             }
             added.add(new AddedToken(a.get("id").asInt(), a.get("content").asText(), a.path("special").asBoolean(false)));
         }
-        return new BpeTokenizer(vocab, ranks, added, byteLevel.path("add_prefix_space").asBoolean(false), splits, byteLevelStep, normalization);
+        String unk = model.hasNonNull("unk_token") ? model.get("unk_token").asText() : null;
+        return new BpeTokenizer(vocab, ranks, added, normalizers, steps, byteLevel, byteFallback, unk, model.path("fuse_unk").asBoolean(false),
+                byteLevel ? null : spaceMark[0], !byteLevel && strip);
+    }
+
+    /** One normalizer; a {@code Replace} of spaces by a mark makes that mark the decoder's space. */
+    private static UnaryOperator<String> normalizer(JsonNode n, String[] spaceMark) {
+        String type = n.path("type").asText();
+        switch (type) {
+            case "NFC":
+                return t -> java.text.Normalizer.normalize(t, java.text.Normalizer.Form.NFC);
+            case "NFKC":
+                return t -> java.text.Normalizer.normalize(t, java.text.Normalizer.Form.NFKC);
+            case "Prepend": {
+                String prefix = n.path("prepend").asText();
+                return t -> t.isEmpty() ? t : prefix + t;
+            }
+            case "Replace": {
+                String content = n.path("content").asText();
+                JsonNode pattern = n.path("pattern");
+                if (pattern.has("String")) {
+                    String from = pattern.get("String").asText();
+                    if (from.equals(" ")) {
+                        spaceMark[0] = content;
+                    }
+                    return t -> t.replace(from, content);
+                }
+                if (pattern.has("Regex")) {
+                    Pattern p = Pattern.compile(pattern.get("Regex").asText(), Pattern.UNICODE_CHARACTER_CLASS);
+                    return t -> p.matcher(t).replaceAll(Matcher.quoteReplacement(content));
+                }
+                throw new IllegalArgumentException("Replace normalizer without a pattern");
+            }
+            default:
+                throw new IllegalArgumentException("normalizer `" + type + "` is not supported (NFC, NFKC, Prepend, Replace)");
+        }
     }
 
     /** A {@code Split} pre-tokenizer step that isolates the matches of a regex or a string. */
     private static Pattern split(JsonNode step) {
         if (!"Split".equals(step.path("type").asText())) {
-            throw new IllegalArgumentException("pre_tokenizer step `" + step.path("type").asText("none") + "` is not supported (Split, then ByteLevel)");
+            throw new IllegalArgumentException("pre_tokenizer step `" + step.path("type").asText("none") + "` is not a Split");
         }
         if (!"Isolated".equals(step.path("behavior").asText()) || step.path("invert").asBoolean(false)) {
             throw new IllegalArgumentException("Split with behavior `" + step.path("behavior").asText() + "`"
@@ -248,43 +346,40 @@ public final class BpeTokenizer {
                 i++;
                 continue;
             }
-            encodeText(text.substring(start, i), out);
+            encodeText(text.substring(start, i), start == 0, out);
             out.add(hit.id());
             i += hit.content().length();
             start = i;
         }
-        encodeText(text.substring(start), out);
+        encodeText(text.substring(start), start == 0, out);
         return out.stream().mapToInt(Integer::intValue).toArray();
     }
 
-    private void encodeText(String text, List<Integer> out) {
+    private void encodeText(String text, boolean first, List<Integer> out) {
         if (text.isEmpty()) {
             return;
         }
-        if (normalization != null) {
-            text = java.text.Normalizer.normalize(text, normalization);
+        for (UnaryOperator<String> n : normalizers) {
+            text = n.apply(text);
         }
         List<String> pieces = List.of(text);
-        for (int step = 0; step <= splits.size(); step++) {
-            if (step == byteLevelStep && addPrefixSpace) {
-                pieces = pieces.stream().map(p -> p.startsWith(" ") ? p : " " + p).toList();
-            }
-            if (step == splits.size()) {
-                break;
-            }
+        for (Step step : steps) {
             List<String> next = new ArrayList<>();
             for (String piece : pieces) {
-                isolate(splits.get(step), piece, next);
+                next.addAll(step.apply(piece, first));
             }
             pieces = next;
         }
         for (String piece : pieces) {
-            encodeWord(piece, out);
+            if (!piece.isEmpty()) {
+                encodeWord(piece, out);
+            }
         }
     }
 
     /** The matches of {@code pattern} in {@code text} and the text between them, in order, empty pieces dropped. */
-    private static void isolate(Pattern pattern, String text, List<String> out) {
+    private static List<String> isolate(Pattern pattern, String text) {
+        List<String> out = new ArrayList<>();
         Matcher m = pattern.matcher(text);
         int at = 0;
         while (m.find()) {
@@ -299,13 +394,34 @@ public final class BpeTokenizer {
         if (at < text.length()) {
             out.add(text.substring(at));
         }
+        return out;
     }
 
     private void encodeWord(String word, List<Integer> out) {
-        byte[] bytes = word.getBytes(StandardCharsets.UTF_8);
-        List<String> parts = new ArrayList<>(bytes.length);
-        for (byte b : bytes) {
-            parts.add(String.valueOf(BYTE_TO_CHAR[b & 0xFF]));
+        List<String> parts = new ArrayList<>();
+        if (byteLevel) {
+            for (byte b : word.getBytes(StandardCharsets.UTF_8)) {
+                parts.add(String.valueOf(BYTE_TO_CHAR[b & 0xFF]));
+            }
+        } else {
+            // Characters; one outside the vocabulary becomes its bytes' <0xXX> tokens, or the unknown token.
+            for (int i = 0; i < word.length(); ) {
+                String ch = word.substring(i, i + Character.charCount(word.codePointAt(i)));
+                i += ch.length();
+                if (vocab.containsKey(ch)) {
+                    parts.add(ch);
+                } else if (byteFallback) {
+                    for (byte b : ch.getBytes(StandardCharsets.UTF_8)) {
+                        parts.add(String.format("<0x%02X>", b & 0xFF));
+                    }
+                } else if (unk != null) {
+                    if (!(fuseUnk && !parts.isEmpty() && parts.getLast().equals(unk))) {
+                        parts.add(unk);
+                    }
+                } else {
+                    throw new IllegalArgumentException("`" + ch + "` is not in the vocabulary, which has no unknown token");
+                }
+            }
         }
         // Merge the adjacent pair of lowest rank (the leftmost among equals) until none applies.
         while (parts.size() > 1) {
@@ -327,7 +443,7 @@ public final class BpeTokenizer {
         for (String p : parts) {
             Integer id = vocab.get(p);
             if (id == null) {
-                throw new IllegalStateException("the vocabulary lacks `" + p + "` (a byte-level BPE has every byte)");
+                throw new IllegalArgumentException("the vocabulary lacks `" + p + "`" + (byteLevel ? " (a byte-level BPE has every byte)" : ""));
             }
             out.add(id);
         }
@@ -339,6 +455,12 @@ public final class BpeTokenizer {
             return "\uFFFD".getBytes(StandardCharsets.UTF_8);
         }
         String t = tokens[id];
+        if (!byteLevel) {
+            if (t.length() == 6 && t.startsWith("<0x") && t.endsWith(">") && t.substring(3, 5).matches("[0-9A-Fa-f]{2}")) {
+                return new byte[] {(byte) Integer.parseInt(t.substring(3, 5), 16)};
+            }
+            return (spaceMark == null ? t : t.replace(spaceMark, " ")).getBytes(StandardCharsets.UTF_8);
+        }
         ByteArrayOutputStream out = new ByteArrayOutputStream();
         for (int i = 0; i < t.length(); ) {
             int cp = t.codePointAt(i);
@@ -353,12 +475,16 @@ public final class BpeTokenizer {
         return out.toByteArray();
     }
 
-    /** Tokens back to text, special tokens included; invalid UTF-8 becomes U+FFFD. */
+    /**
+     * Tokens back to text, special tokens included; invalid UTF-8 becomes U+FFFD. SentencePiece-style
+     * tokenizers drop the one leading space their normalizer added.
+     */
     public String decode(int[] ids) {
         ByteArrayOutputStream out = new ByteArrayOutputStream();
         for (int id : ids) {
             out.writeBytes(bytes(id));
         }
-        return out.toString(StandardCharsets.UTF_8);
+        String text = out.toString(StandardCharsets.UTF_8);
+        return stripLeadingSpace && text.startsWith(" ") ? text.substring(1) : text;
     }
 }
