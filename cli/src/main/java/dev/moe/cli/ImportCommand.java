@@ -72,7 +72,8 @@ final class ImportCommand implements Callable<Integer> {
             CompileResult compiled = MoeCompiler.compile(new SourceFile(fileName, recipe));
             if (compiled.output().isEmpty() || compiled.output().get().models().isEmpty()) {
                 compiled.diagnostics().forEach(d -> err.print(DiagnosticRenderer.render(d)));
-                throw new InteropException("the recipe for " + dir + " does not compile (a bug in moe import)");
+                throw new InteropException(dir.resolve("config.json") + " declares a model that the checker rejects (above, in the recipe "
+                        + "import would write)");
             }
             Model model = compiled.output().get().models().getFirst();
             List<HfImport.Assignment> plan = HfImport.plan(ckpt, arch.type(), model.params());

@@ -236,6 +236,14 @@ class HfInteropTest {
         assertThat(run.err()).contains("tensor `model.layers.0.block_sparse_moe.gate.weight` has shape [4, 64], the recipe's "
                 + "`layers.0.moe.router.weight` needs [5, 64]");
 
+        // A config the language rejects: more experts per token than experts.
+        config.put("num_experts_per_tok", 9);
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        run = importFails(dir, tmp.resolve("out"));
+        assertThat(run.err()).contains("exceeds the routed experts");
+        assertThat(run.err()).contains("declares a model that the checker rejects");
+        config.put("num_experts_per_tok", 2);
+
         // An absurd config is refused by its tensors' shapes before any memory is taken for it.
         config.put("num_local_experts", 4);
         config.put("hidden_size", 1 << 20);
