@@ -86,6 +86,12 @@ final class GenerateCommand implements Callable<Integer> {
             } catch (IllegalArgumentException e) { // a character the tokenizer cannot represent
                 throw new Recipes.UserError(tokenizerFile + ": the prompt cannot be tokenized: " + e.getMessage());
             }
+            for (int t : tokens) {
+                if (t >= loaded.instance().vocab()) {
+                    throw new Recipes.UserError("the prompt has token " + t + ", outside the model's vocabulary (" + loaded.instance().vocab() + ")"
+                            + (tokenizer == null ? "; without a tokenizer.json beside the checkpoint, each UTF-8 byte is a token" : ""));
+                }
+            }
             if (tokens.length == 0) {
                 err.println("moe: error: the prompt is empty");
                 err.flush();

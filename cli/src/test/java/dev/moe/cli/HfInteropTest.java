@@ -365,6 +365,10 @@ class HfInteropTest {
         run = Cli.run("generate", tmp.resolve("mx").toString(), "--prompt", "hi", "--threads", "1");
         assertThat(run.exit()).isEqualTo(1);
         assertThat(run.err()).contains("has 400 tokens, more than the model's vocabulary (128)");
+        Files.delete(tmp.resolve("mx").resolve("tokenizer.json"));
+        run = Cli.run("generate", tmp.resolve("mx").toString(), "--prompt", "café", "--threads", "1");
+        assertThat(run.exit()).isEqualTo(1);
+        assertThat(run.err()).contains("the prompt has token 195, outside the model's vocabulary (128)");
     }
 
     @Test
