@@ -76,12 +76,15 @@ class HfInteropTest {
         TrainableModel model = loaded.instance();
         try (SafeTensorsFile ref = SafeTensors.open(FIXTURES.resolve(type).resolve("reference.safetensors"))) {
             int[][] ids = inputIds(ref);
+            StringBuilder measured = new StringBuilder();
             double logitsError = relError(Probe.logits(model, ids), ref.readF32("logits"));
+            measured.append(String.format("%s logits %.3g%n", type, logitsError));
             assertWithMessage("%s logits", type).that(logitsError).isLessThan(1e-5);
 
             Probe.Loss loss = Probe.gradients(model, ids);
             double refLoss = ref.readF32("loss")[0];
             assertWithMessage("%s loss", type).that(Math.abs(loss.total() - refLoss) / refLoss).isLessThan(1e-6);
+            measured.append(String.format("%s loss %.3g%n", type, Math.abs(loss.total() - refLoss) / refLoss));
             assertThat(loss.total()).isEqualTo(loss.crossEntropy()); // no balancing term, as transformers without router logits
 
             // Our gradients under transformers' names and layout, one for each reference gradient.
@@ -103,7 +106,11 @@ class HfInteropTest {
                     }
                 }
                 assertWithMessage("%s gradient of %s", type, g.name()).that(relError(actual, expected)).isLessThan(1e-4);
+                measured.append(String.format("%s gradient %s %.3g%n", type, g.name(), relError(actual, expected)));
             }
+            // The errors measured, for reading: target/hf-interop/<type>.txt
+            Files.createDirectories(Path.of("target", "hf-interop"));
+            Files.writeString(Path.of("target", "hf-interop", type + ".txt"), measured);
         }
     }
 
