@@ -102,7 +102,8 @@ final class ProbeCommands {
     @Command(
             name = "logits",
             description = {"Write a model's fp32 logits on given tokens, [sequences, tokens, vocab], as `logits` in a safetensors file.",
-                "Evaluation mode (no router noise); for comparing with another implementation, e.g. transformers after `moe import hf`."},
+                "Evaluation mode (no router noise); for comparing with another implementation, e.g. transformers after `moe import hf`. "
+                        + "It runs one forward pass per position (the models return the last position's logits): meant for short token lists."},
             exitCodeListHeading = "%nExit status:%n",
             exitCodeList = {"0:written", "1:the recipe, the weights or the tokens are bad", "2:usage error"})
     static final class Logits extends Base {
