@@ -37,6 +37,10 @@ final class Checkpoints {
         Recipes.Loaded loaded = Recipes.load(new SourceFile(name, source), meta.get("model"), backend, err);
         try {
             Checkpoint.load(checkpoint, loaded.instance().parameters(), null);
+            // the step the weights were trained to: annealed router temperatures depend on it
+            loaded.instance().setStep(Long.parseLong(meta.getOrDefault("step", "0")));
+        } catch (NumberFormatException e) {
+            throw new Recipes.UserError(checkpoint + " has a malformed step in its metadata: " + meta.get("step"));
         } catch (IOException e) {
             throw new Recipes.UserError(e.getMessage());
         }

@@ -122,6 +122,7 @@ final class EvalCommand implements Callable<Integer> {
                         tg[t] = b.target(r, t);
                     }
                     m.beginStep();
+                    m.setDomains(List.of(stream.domains().get(b.domain(r))));
                     m.forward(in, tg, 1, len);
                     double ce = m.lastCrossEntropy();
                     int d = stream.sources().isEmpty() ? b.domain(r) : b.source(r);

@@ -19,7 +19,9 @@ class RecipesTrainTest {
     static List<String> starterRecipes() {
         return List.of("mixtral.moe", "deepseek-moe.moe", "moe-plus-plus.moe",
                 "switch.moe", "deepseek-v3.moe", "longcat-flash.moe", "dynamic-top-p.moe", "mole.moe", "mola.moe", "pangu-moge.moe", "pr-moe.moe",
-                "global-batch-lbl.moe", "expert-choice.moe");
+                "global-batch-lbl.moe", "expert-choice.moe",
+                // the paper zoo: routers and experts beyond the starters
+                "evomoe-dts.moe", "unimoe-audio-gates.moe", "rmoe.moe", "read-me.moe", "jetmoe.moe", "bam.moe");
     }
 
     @ParameterizedTest(name = "{0}")

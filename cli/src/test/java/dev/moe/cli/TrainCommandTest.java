@@ -133,7 +133,7 @@ class TrainCommandTest {
                 "router arithmetic { top_k 2 }\n    router copy { top_k 1 }"));
         Cli.Run u = Cli.run("train", unsupported.toString(), "--out", dir.resolve("u").toString());
         assertThat(u.exit()).isEqualTo(1);
-        assertThat(u.err()).contains("code generation does not support several named gates");
+        assertThat(u.err()).contains("code generation does not support named gates that differ in more than their weights");
     }
 
     @Test

@@ -69,6 +69,9 @@ final class ModelGenerator {
 
     record LoraGroup(String base, Expert.Lora lora) {}
 
+    /** The width of the GRU that recurrent routers share (RMoE), or 0 when no router is recurrent. */
+    private int gruWidth = 0;
+
     private int maxHidden = 1;
     private int maxExpertRows = 1;
     /** The widest FFN intermediate per token: a dense hidden size, or k times an expert's. */
@@ -141,9 +144,74 @@ final class ModelGenerator {
     }
 
     private void mixerSupported(Block.Part p, Layer l) {
-        if (!(p instanceof Block.Part.Attention)) {
-            unsupported(l, "attention experts");
+        if (p instanceof Block.Part.Attention) {
+            return;
         }
+        Moe m = ((Block.Part.MoePart) p).moe();
+        if (!(l.block() instanceof Block.PreNorm) && !(l.block() instanceof Block.Parallel)) {
+            unsupported(l, "attention experts in " + (l.block() instanceof Block.Shortcut ? "shortcut" : "residual") + " blocks");
+        }
+        if (!m.groups().stream().allMatch(g -> g.expert() instanceof Expert.Attention)) {
+            unsupported(l, "zero-computation experts among attention experts");
+        }
+        if (m.routers().size() > 1) {
+            unsupported(l, "several named gates over attention experts");
+        }
+        for (ExpertGroup g : m.groups()) {
+            int rotary = cfg.position().rotaryDims(((Expert.Attention) g.expert()).headDim());
+            if (rotary % 2 != 0) {
+                unsupported(l, "attention experts whose head_dim gives an odd number (" + rotary + ") of rotary dimensions");
+            }
+        }
+        Router r = m.routers().getFirst();
+        if (!(r.selection() instanceof Router.Selection.TopK || r.selection() instanceof Router.Selection.TopP
+                || r.selection() instanceof Router.Selection.Soft)) {
+            unsupported(l, "expert-choice routing over attention experts");
+        }
+        if (r.selection() instanceof Router.Selection.TopP && (r.score() != Router.Score.SOFTMAX || r.order() != Router.Order.SOFTMAX_THEN_TOPK)) {
+            unsupported(l, "top-p routing over other than softmax probabilities");
+        }
+        if (r.bias().isPresent() || r.groupLimit().isPresent() || r.quotaGroups().isPresent() || r.jitter() != 0 || r.gatingResidual()
+                || r.recurrentWidth().isPresent() || r.pregate() || !(r.capacity() instanceof Router.Capacity.Dropless)) {
+            unsupported(l, "attention experts with an expert bias, groups, jitter, a gating residual, a recurrent state, pre-gating or a capacity factor");
+        }
+        for (Loss loss : m.losses()) {
+            if (!(loss instanceof Loss.Aux) && !(loss instanceof Loss.ZLoss) && !(loss instanceof Loss.Entropy)) {
+                unsupported(l, "the " + loss.getClass().getSimpleName().toLowerCase(Locale.ROOT) + " loss");
+            }
+        }
+        expertsOfRouter.put(r, m.routedExperts());
+        moes.putIfAbsent(m.name(), m);
+        attnMoeLayers.add(l.index());
+    }
+
+    /** Layers whose mixer is an MoE of attention experts (JetMoE, BAM); their state is {@code amoeN}. */
+    private final List<Integer> attnMoeLayers = new ArrayList<>();
+
+    /** A routed MoE's state: the layer, the state's field, the MoE. In layer order, a mixer MoE before its layer's ffn MoE. */
+    record RoutedState(int layer, String state, Moe moe) {}
+
+    private List<RoutedState> routedStates() {
+        List<RoutedState> all = new ArrayList<>();
+        for (Layer l : model.layers()) {
+            if (attnMoeLayers.contains(l.index())) {
+                all.add(new RoutedState(l.index(), "amoe" + l.index(), mixerMoe(l).orElseThrow()));
+            }
+            if (moeLayers.contains(l.index())) {
+                all.add(new RoutedState(l.index(), "moe" + l.index(), moeOfLayer(l.index())));
+            }
+        }
+        return all;
+    }
+
+    static java.util.Optional<Moe> mixerMoe(Layer l) {
+        Block.Part mixer = switch (l.block()) {
+            case Block.PreNorm p -> p.mixer();
+            case Block.Parallel p -> p.mixer();
+            case Block.Residual r -> r.mixer();
+            case Block.Shortcut sc -> sc.mixer();
+        };
+        return mixer instanceof Block.Part.MoePart m ? java.util.Optional.of(m.moe()) : java.util.Optional.empty();
     }
 
     private void ffnSupported(Block.Part p, Layer l) {
@@ -165,9 +233,8 @@ final class ModelGenerator {
                     }
                     if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Lora lo) {
                         // MoLA: one LoRA group over a frozen base FFN, no other routed experts
-                        if (loraByPrefix.containsKey(prefix) || anyRoutedFfn || latentByPrefix.containsKey(prefix)
-                                || m.groups().stream().anyMatch(o -> o.role() == ExpertGroup.Role.ROUTED && o.expert().zeroCompute())) {
-                            unsupported(l, "LoRA experts beside other routed experts in one MoE");
+                        if (loraByPrefix.containsKey(prefix) || anyRoutedFfn || latentByPrefix.containsKey(prefix)) {
+                            unsupported(l, "LoRA experts beside other computing routed experts in one MoE");
                         }
                         loraByPrefix.put(prefix, new LoraGroup(prefix + ".group" + groupIndex + ".base", lo));
                         maxHidden = Math.max(maxHidden, lo.base().hidden());
@@ -205,10 +272,19 @@ final class ModelGenerator {
                         routed = f.ffn();
                     }
                 }
-                if (m.routers().size() != 1) {
-                    unsupported(l, "several named gates");
-                }
                 Router r = m.routers().getFirst();
+                if (m.routers().size() > 1) {
+                    for (Router other : m.routers()) {
+                        if (!new Router(r.name(), other.score(), other.order(), other.selection(), other.normalize(), other.scale(), other.bias(),
+                                other.groupLimit(), other.quotaGroups(), other.jitter(), other.temperature(), other.gatingResidual(),
+                                other.recurrentWidth(), other.pregate(), other.capacity()).equals(r)) {
+                            unsupported(l, "named gates that differ in more than their weights (gate `" + other.name().orElse("") + "`)");
+                        }
+                    }
+                    if (r.bias().isPresent() || r.gatingResidual() || r.recurrentWidth().isPresent() || r.pregate()) {
+                        unsupported(l, "several named gates with an expert bias, a gating residual, a recurrent state or pre-gating");
+                    }
+                }
                 if (r.selection() instanceof Router.Selection.TopP) {
                     if (r.score() != Router.Score.SOFTMAX || r.order() != Router.Order.SOFTMAX_THEN_TOPK) {
                         unsupported(l, "top-p routing over other than softmax probabilities");
@@ -222,18 +298,24 @@ final class ModelGenerator {
                         unsupported(l, "expert-choice routing over other than plain softmax probabilities");
                     }
                     expertsOfRouter.put(r, m.routedExperts());
+                } else if (r.selection() instanceof Router.Selection.Soft) {
+                    // soft routing: every expert, weighted by its score (top-k with k = all experts)
+                    if (!(r.capacity() instanceof Router.Capacity.Dropless) || r.groupLimit().isPresent() || r.quotaGroups().isPresent()) {
+                        unsupported(l, "soft routing with a capacity factor or expert groups");
+                    }
+                    expertsOfRouter.put(r, m.routedExperts());
                 } else if (!(r.selection() instanceof Router.Selection.TopK)) {
                     unsupported(l, "routing other than token-choice top-k or top-p");
                     return;
                 }
                 int perToken = slotsPerToken(r);
-                if (r.temperature().isPresent() && r.temperature().get().steps() > 0 && r.temperature().get().start() != r.temperature().get().end()) {
-                    unsupported(l, "an annealed router temperature (the generated model keeps no step count in its checkpoint)");
+                if (r.recurrentWidth().isPresent()) {
+                    if (gruWidth != 0 && gruWidth != r.recurrentWidth().get()) {
+                        unsupported(l, "recurrent routers of different widths in one model");
+                    }
+                    gruWidth = r.recurrentWidth().get();
                 }
-                if (r.recurrentWidth().isPresent() || r.pregate()) {
-                    unsupported(l, "recurrent and pre-gating routers");
-                }
-                if (!(r.capacity() instanceof Router.Capacity.Dropless) && !(r.selection() instanceof Router.Selection.TopK)
+                        if (!(r.capacity() instanceof Router.Capacity.Dropless) && !(r.selection() instanceof Router.Selection.TopK)
                         && !(r.selection() instanceof Router.Selection.ExpertChoice)) {
                     unsupported(l, "capacity factors (token dropping) with other than top-k routing");
                 }
@@ -327,10 +409,10 @@ final class ModelGenerator {
         for (Layer l : model.layers()) {
             String norm = cfg.norm().kind() == ModelConfig.NormKind.RMS ? "rms" : "ln";
             switch (l.block()) {
-                case Block.PreNorm p -> b.append(String.format(Locale.ROOT, "layer %2d: stream += attention(%s(stream)); stream += %s(%s(stream))%n", l.index(), norm,
-                        partName(p.ffn()), norm));
-                case Block.Parallel p -> b.append(String.format(Locale.ROOT, "layer %2d: h = %s(stream); stream += attention(h) + %s(h)%n", l.index(), norm,
-                        partName(p.ffn())));
+                case Block.PreNorm p -> b.append(String.format(Locale.ROOT, "layer %2d: stream += %s(%s(stream)); stream += %s(%s(stream))%n", l.index(),
+                        partName(p.mixer()), norm, partName(p.ffn()), norm));
+                case Block.Parallel p -> b.append(String.format(Locale.ROOT, "layer %2d: h = %s(stream); stream += %s(h) + %s(h)%n", l.index(), norm,
+                        partName(p.mixer()), partName(p.ffn())));
                 case Block.Residual r -> b.append(String.format(Locale.ROOT,
                         "layer %2d: stream += attention(%s(stream)); h = %s(stream); [c1, c2] = softmax(mix · h); stream += c1 · moe %s(h) + c2 · %s(h)%n",
                         l.index(), norm, norm, r.moe().name(), r.dense()));
@@ -454,6 +536,26 @@ final class ModelGenerator {
         if (anyTopP()) {
             moeState.addField(FieldSpec.builder(int[].class, "kept").addJavadoc("top-p: experts each token took (its first slots; the rest route to no expert)\n").build());
         }
+        if (!attnMoeLayers.isEmpty()) {
+            moeState.addField(FieldSpec.builder(float[].class, "gateW")
+                    .addJavadoc("attention experts: each token's weight per expert [rows, experts] (routed, then shared at 1), its gradient, and an expert's output gradient [rows, DIM]\n").build());
+            moeState.addField(float[].class, "dGateW").addField(float[].class, "aDOut");
+            moeState.addField(FieldSpec.builder(float[][].class, "aq").addJavadoc("per attention expert: q, k, v (shared-kv experts share theirs), attention, log-sum-exp, output; and gradients\n").build());
+            for (String f : List.of("ak", "av", "aAtt", "aLse", "aOut", "aDq", "aDk", "aDv", "aDAtt")) {
+                moeState.addField(float[][].class, f);
+            }
+        }
+        if (gruWidth > 0) {
+            moeState.addField(FieldSpec.builder(float[].class, "gruU").addJavadoc("recurrent router: u = x · gru_inᵀ, the previous state, the GRU's reset and update gates, its candidate, its hidden part before the reset, and the new state [rows, width]\n").build());
+            moeState.addField(float[].class, "gruPrev").addField(float[].class, "gruR").addField(float[].class, "gruZ").addField(float[].class, "gruN")
+                    .addField(float[].class, "gruNh").addField(float[].class, "gruH");
+        }
+        if (anyGates()) {
+            moeState.addField(FieldSpec.builder(int[].class, "gateOf").addJavadoc("several named gates: the gate each sequence of the last forward used\n").build());
+        }
+        if (anyAnneal()) {
+            moeState.addField(FieldSpec.builder(TypeName.FLOAT, "temperature").addJavadoc("an annealed router's temperature in the last forward\n").build());
+        }
         if (anyLogitTransform()) {
             moeState.addField(FieldSpec.builder(float[].class, "scaled").addJavadoc("act(logits) / temperature: what the router's scores read\n").build());
             moeState.addField(float[].class, "dScaled");
@@ -494,10 +596,31 @@ final class ModelGenerator {
         type.addField(TypeName.INT, "capacity", Modifier.PRIVATE);
         type.addField(int[].class, "inputs", Modifier.PRIVATE);
         type.addField(TypeName.DOUBLE, "lastCrossEntropy", Modifier.PRIVATE);
+        if (keepsStep()) {
+            type.addField(FieldSpec.builder(TypeName.LONG, "step", Modifier.PRIVATE)
+                    .addJavadoc("The optimiser step (set by the trainer through setStep, counted on in endStep): $L.\n",
+                            anySeeded() && anyAnneal() ? "with the micro-batch and the layer, the seed of jitter noise and drop priorities; and where annealed routers' temperatures are"
+                                    : anySeeded() ? "with the micro-batch and the layer, the jitter noise's seed" : "where annealed routers' temperatures are").build());
+        }
         if (anySeeded()) {
-            type.addField(FieldSpec.builder(TypeName.LONG, "jitterStep", Modifier.PRIVATE)
-                    .addJavadoc("The optimiser step (set by the trainer through setStep, counted on in endStep): with the micro-batch and the layer, the jitter noise's seed.\n").build());
             type.addField(FieldSpec.builder(TypeName.INT, "microBatch", Modifier.PRIVATE).addJavadoc("Training forwards since beginStep.\n").build());
+        }
+        if (gruWidth > 0) {
+            type.addField(FieldSpec.builder(float[].class, "gruState", Modifier.PRIVATE)
+                    .addJavadoc("RMoE: the routers' GRU state, carried from one recurrent MoE layer to the next [rows, $L]; its gradient; scratch\n", gruWidth).build());
+            for (String f : List.of("dGruState", "gruGi", "gruGh", "gruDu", "gruDPrev")) {
+                type.addField(float[].class, f, Modifier.PRIVATE);
+            }
+        }
+        if (anyPregate()) {
+            type.addField(FieldSpec.builder(float[].class, "embedded", Modifier.PRIVATE)
+                    .addJavadoc("Read-ME: the embeddings, which every pre-gating router reads; their gradient from those routers\n").build());
+            type.addField(float[].class, "dEmbedded", Modifier.PRIVATE);
+        }
+        if (anyGates()) {
+            type.addField(FieldSpec.builder(ParameterizedTypeName.get(LIST, ClassName.get(String.class)), "domains", Modifier.PRIVATE)
+                    .initializer("$T.of()", LIST)
+                    .addJavadoc("The data domain (or task) of each sequence, set by the trainer: an MoE with named gates routes a sequence with the gate of that name.\n").build());
         }
         type.addField(FieldSpec.builder(TypeName.BOOLEAN, "counting", Modifier.PRIVATE).initializer("true")
                 .addJavadoc("Training mode: expert loads count towards the step and jitter applies. False while evaluating and generating.\n").build());
@@ -526,6 +649,12 @@ final class ModelGenerator {
                             .addJavadoc("$L", f.equals("Mix") ? "residual MoE: [c1, c2] per token\n"
                                     : "residual MoE: the " + f.toLowerCase(Locale.ROOT) + " output, then its gradient\n").build());
                 }
+            }
+            if (attnMoeLayers.contains(l.index())) {
+                Moe am = mixerMoe(l).orElseThrow();
+                type.addField(FieldSpec.builder(ClassName.bestGuess("MoeState"), "amoe" + l.index(), Modifier.PRIVATE, Modifier.FINAL)
+                        .addJavadoc("the MoE of attention experts in layer $L's mixer slot\n", l.index())
+                        .initializer("newMoeState($L, 0)", am.routedExperts()).build());
             }
             moeOf(l).ifPresent(m -> {
                 type.addField(FieldSpec.builder(ClassName.bestGuess("MoeState"), "moe" + l.index(), Modifier.PRIVATE, Modifier.FINAL)
@@ -613,26 +742,27 @@ final class ModelGenerator {
         type.addMethod(MethodSpec.methodBuilder("parameters").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
                 .returns(ParameterizedTypeName.get(LIST, PARAMETER)).addStatement("return parameters").build());
         Code loads = new Code();
-        loads.line("int[][] loads = new int[$L][]", moeLayers.size());
-        for (int i = 0; i < moeLayers.size(); i++) {
-            loads.line("loads[$L] = moe$L.counts.clone()", i, moeLayers.get(i));
+        List<RoutedState> routed = routedStates();
+        loads.line("int[][] loads = new int[$L][]", routed.size());
+        for (int i = 0; i < routed.size(); i++) {
+            loads.line("loads[$L] = $L.counts.clone()", i, routed.get(i).state());
         }
         loads.line("return loads");
         type.addMethod(MethodSpec.methodBuilder("expertLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[][].class)
                 .addCode(loads.build()).build());
         Code bySeq = new Code();
-        bySeq.line("int[][][] loads = new int[$L][batch][]", moeLayers.size());
-        for (int i = 0; i < moeLayers.size(); i++) {
-            int layer = moeLayers.get(i);
-            Moe moe = moeOf(model.layers().get(layer)).orElseThrow();
+        bySeq.line("int[][][] loads = new int[$L][batch][]", routed.size());
+        for (int i = 0; i < routed.size(); i++) {
+            String state = routed.get(i).state();
+            Moe moe = routed.get(i).moe();
             int experts = moe.routedExperts();
             int perToken = slotsPerToken(moe.routers().getFirst());
             bySeq.open("for (int b = 0; b < batch; b++)");
             bySeq.line("int[] counts = new int[$L]", experts);
             bySeq.open("for (int slot = b * seq * $L; slot < (b + 1) * seq * $L; slot++)", perToken, perToken);
-            bySeq.line("int ex = moe$L.selected[slot]", layer);
+            bySeq.line("int ex = $L.selected[slot]", state);
             if (capacity(moe.routers().getFirst()) != null || expertChoice(moe.routers().getFirst())) {
-                bySeq.open("if (ex >= 0 && ex < $L && !moe$L.dropped[slot])", experts, layer).line("counts[ex]++").close();
+                bySeq.open("if (ex >= 0 && ex < $L && !$L.dropped[slot])", experts, state).line("counts[ex]++").close();
             } else {
                 bySeq.open("if (ex >= 0 && ex < $L)", experts).line("counts[ex]++").close();
             }
@@ -644,7 +774,7 @@ final class ModelGenerator {
         type.addMethod(MethodSpec.methodBuilder("expertLoadsBySequence").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
                 .returns(int[][][].class).addCode(bySeq.build()).build());
         type.addMethod(MethodSpec.methodBuilder("moeLayers").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[].class)
-                .addStatement("return new int[] {$L}", String.join(", ", moeLayers.stream().map(String::valueOf).toList())).build());
+                .addStatement("return new int[] {$L}", String.join(", ", routed.stream().map(rs -> String.valueOf(rs.layer())).toList())).build());
         type.addMethod(MethodSpec.methodBuilder("lastCrossEntropy").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
                 .returns(TypeName.DOUBLE).addStatement("return lastCrossEntropy").build());
     }
@@ -656,6 +786,10 @@ final class ModelGenerator {
         c.open("if (p.isBuffer() || p.name().endsWith($S) || p.name().endsWith($S) || p.name().endsWith($S) || p.name().endsWith($S))", "_bias",
                 ".bias", "expert_bias", "residual_mix");
         c.line("$T.constant(p, 0f)", INIT);
+        if (gruWidth > 0) {
+            c.orElse("else if (p.name().startsWith($S))", "router_gru.b_");
+            c.line("$T.constant(p, 0f)", INIT);
+        }
         if (anyConstantExpert()) {
             c.orElse("else if (p.name().endsWith($S))", ".vector");
             c.comment("MoE++ constant experts' vectors: Normal(0, 1), the scale of the normed input they stand in for");
@@ -679,14 +813,22 @@ final class ModelGenerator {
         Code c = new Code();
         c.line("prepare(inputs, batch, seq)");
         c.line("backend.embedding(inputs, $L.value(), stream, rows, DIM)", Names.field("embed.weight"));
+        if (anyPregate()) {
+            c.comment("Read-ME: pre-gating routers read the embeddings");
+            c.line("System.arraycopy(stream, 0, embedded, 0, rows * DIM)");
+        }
+        if (gruWidth > 0) {
+            c.comment("RMoE: the routers' GRU state starts at 0");
+            c.line("$T.zero(gruState, rows * $L)", ELEMENTWISE, gruWidth);
+        }
         for (Layer l : model.layers()) {
             c.line("forwardLayer$L()", l.index());
         }
         c.add(headForward().build());
         c.line("lastCrossEntropy = backend.crossEntropy(logits, targets, dLogits, rows, VOCAB)");
         c.line("double loss = lastCrossEntropy");
-        for (int i : moeLayers) {
-            c.line("loss += moe$L.balanceLoss", i);
+        for (RoutedState rs : routedStates()) {
+            c.line("loss += $L.balanceLoss", rs.state());
         }
         if (anySeeded()) {
             c.open("if (counting)").line("microBatch++").close();
@@ -728,7 +870,45 @@ final class ModelGenerator {
         p.line("dUp = new float[r * $L]", maxActivationPerRow);
         p.line("logits = new float[r * VOCAB]");
         p.line("dLogits = new float[r * VOCAB]");
+        if (gruWidth > 0) {
+            for (String f : List.of("gruState", "dGruState", "gruDu", "gruDPrev")) {
+                p.line("$L = new float[r * $L]", f, gruWidth);
+            }
+            p.line("gruGi = new float[r * $L]", 3 * gruWidth);
+            p.line("gruGh = new float[r * $L]", 3 * gruWidth);
+        }
+        if (anyPregate()) {
+            p.line("embedded = new float[r * DIM]");
+            p.line("dEmbedded = new float[r * DIM]");
+        }
         for (Layer l : model.layers()) {
+            if (attnMoeLayers.contains(l.index())) {
+                Moe am = mixerMoe(l).orElseThrow();
+                String st = "amoe" + l.index();
+                List<AttnUnit> units = attnUnits(am, "layers." + l.index() + ".attn_moe");
+                p.line("sizeMoe($L, r, $L, $L, 0)", st, am.routedExperts(), slotsPerToken(am.routers().getFirst()));
+                p.line("$L.gateW = new float[r * $L]", st, units.size());
+                p.line("$L.dGateW = new float[r * $L]", st, units.size());
+                p.line("$L.aDOut = new float[r * DIM]", st);
+                for (String f : List.of("aq", "ak", "av", "aAtt", "aLse", "aOut", "aDq", "aDk", "aDv", "aDAtt")) {
+                    p.line("$L.$L = new float[$L][]", st, f, units.size());
+                }
+                for (AttnUnit u : units) {
+                    int w = u.heads() * u.headDim();
+                    for (String f : List.of("aq", "aAtt", "aDq", "aDAtt")) {
+                        p.line("$L.$L[$L] = new float[r * $L]", st, f, u.index(), w);
+                    }
+                    for (String f : List.of("ak", "av", "aDk", "aDv")) {
+                        if (u.kvOwner() == u.index()) {
+                            p.line("$L.$L[$L] = new float[r * $L]", st, f, u.index(), w);
+                        } else {
+                            p.line("$L.$L[$L] = $L.$L[$L]", st, f, u.index(), st, f, u.kvOwner());
+                        }
+                    }
+                    p.line("$L.aLse[$L] = new float[r * $L]", st, u.index(), u.heads());
+                    p.line("$L.aOut[$L] = new float[r * DIM]", st, u.index());
+                }
+            }
             p.line("sizeAttention(mix$L, r)", l.index());
             if (!(l.block() instanceof Block.Parallel)) {
                 p.line("sizeNorm(ffn$L, r)", l.index());
@@ -779,6 +959,14 @@ final class ModelGenerator {
                         if (lg.rank() > cfg.dim()) {
                             p.line("moe$L.xs = new float[r * $L * $L]", l.index(), k, lg.rank());
                             p.line("moe$L.dxs = new float[r * $L * $L]", l.index(), k, lg.rank());
+                        }
+                    }
+                    if (m.routers().size() > 1) {
+                        p.line("moe$L.gateOf = new int[r]", l.index());
+                    }
+                    if (m.routers().getFirst().recurrentWidth().isPresent()) {
+                        for (String f : List.of("gruU", "gruPrev", "gruR", "gruZ", "gruN", "gruNh", "gruH")) {
+                            p.line("moe$L.$L = new float[r * $L]", l.index(), f, gruWidth);
                         }
                     }
                     if (topP(m.routers().getFirst()) || capacity(m.routers().getFirst()) != null || expertChoice(m.routers().getFirst())) {
@@ -890,10 +1078,10 @@ final class ModelGenerator {
         String s = "mix" + i;
         switch (l.block()) {
             case Block.PreNorm pre -> {
-                c.comment("stream += attention(norm(stream))");
+                c.comment("stream += $L(norm(stream))", partName(pre.mixer()));
                 c.line("System.arraycopy(stream, 0, $L.input, 0, rows * DIM)", s);
                 c.add(norm(p + "attn_norm", s + ".input", s + ".normed", s + ".mean", s + ".rstd").build());
-                c.add(attentionForward(p + "attn", s, s + ".normed", "tmp").build());
+                c.add(mixerForward(pre.mixer(), i, p + "attn", s, s + ".normed", "tmp").build());
                 c.line("$T.addInPlace(stream, tmp, rows * DIM)", ELEMENTWISE);
                 String f = "ffn" + i;
                 c.comment("stream += $L(norm(stream))", partName(pre.ffn()));
@@ -903,10 +1091,10 @@ final class ModelGenerator {
                 c.line("$T.addInPlace(stream, tmp, rows * DIM)", ELEMENTWISE);
             }
             case Block.Parallel par -> {
-                c.comment("h = norm(stream); stream += attention(h) + $L(h)", partName(par.ffn()));
+                c.comment("h = norm(stream); stream += $L(h) + $L(h)", partName(par.mixer()), partName(par.ffn()));
                 c.line("System.arraycopy(stream, 0, $L.input, 0, rows * DIM)", s);
                 c.add(norm(p + "norm", s + ".input", s + ".normed", s + ".mean", s + ".rstd").build());
-                c.add(attentionForward(p + "attn", s, s + ".normed", "tmp").build());
+                c.add(mixerForward(par.mixer(), i, p + "attn", s, s + ".normed", "tmp").build());
                 c.add(ffnForward(par.ffn(), i, s, s + ".normed", "tmp2").build());
                 c.line("$T.addInPlace(stream, tmp, rows * DIM)", ELEMENTWISE);
                 c.line("$T.addInPlace(stream, tmp2, rows * DIM)", ELEMENTWISE);
@@ -998,6 +1186,189 @@ final class ModelGenerator {
         }
         c.line("backend.attention($L.q, $L.k, $L.v, $L.att, $L.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW)", s, s, s, s, s);
         c.line("backend.matmul($L.att, 0, $L.value(), 0, $L, 0, rows, Q_DIM, DIM)", s, o, out);
+        return c;
+    }
+
+    private Code mixerForward(Block.Part part, int layer, String prefix, String s, String in, String out) {
+        if (!(part instanceof Block.Part.MoePart mp)) {
+            return attentionForward(prefix, s, in, out);
+        }
+        type.addMethod(MethodSpec.methodBuilder("attentionExperts" + layer).addModifiers(Modifier.PRIVATE)
+                .addJavadoc("Layer $L's mixer: moe $L of attention experts.\n", layer, mp.moe().name())
+                .addParameter(float[].class, "in").addParameter(float[].class, "out").addCode(attentionMoeForward(layer, mp.moe(), "in", "out").build()).build());
+        return new Code().line("attentionExperts$L($L, $L)", layer, in, out);
+    }
+
+    private Code mixerBackward(Block.Part part, int layer, String prefix, String s, String in, String dOut, String dIn) {
+        if (!(part instanceof Block.Part.MoePart mp)) {
+            return attentionBackward(prefix, s, in, dOut, dIn);
+        }
+        type.addMethod(MethodSpec.methodBuilder("attentionExperts" + layer + "Backward").addModifiers(Modifier.PRIVATE)
+                .addParameter(float[].class, "in").addParameter(float[].class, "dOut").addParameter(float[].class, "dIn").addParameter(TypeName.FLOAT, "scale")
+                .addCode(attentionMoeBackward(layer, mp.moe(), "in", "dOut", "dIn").build()).build());
+        return new Code().line("attentionExperts$LBackward($L, $L, $L, scale)", layer, in, dOut, dIn);
+    }
+
+    /**
+     * One attention expert: its parameter prefix, its heads and head size, and the expert whose keys
+     * and values it reads (itself, or the first of its group when the group shares them: BAM).
+     */
+    record AttnUnit(int index, String prefix, String kvPrefix, int kvOwner, int heads, int headDim) {}
+
+    /** The attention experts of an MoE: routed ones first (0 .. E-1, as the router numbers them), then the shared ones. */
+    private static List<AttnUnit> attnUnits(Moe moe, String p) {
+        List<AttnUnit> routed = new ArrayList<>();
+        List<AttnUnit> shared = new ArrayList<>();
+        int e = moe.routedExperts();
+        int group = 0;
+        for (ExpertGroup g : moe.groups()) {
+            Expert.Attention a = (Expert.Attention) g.expert();
+            String gp = p + ".group" + group++;
+            List<AttnUnit> into = g.role() == ExpertGroup.Role.ROUTED ? routed : shared;
+            int first = (g.role() == ExpertGroup.Role.ROUTED ? 0 : e) + into.size();
+            for (int i = 0; i < g.count(); i++) {
+                int index = first + i;
+                String prefix = g.role() == ExpertGroup.Role.ROUTED ? p + ".experts." + (index) : p + ".shared." + (index - e);
+                into.add(new AttnUnit(index, prefix, a.sharedKv() ? gp : prefix, a.sharedKv() ? first : index, a.heads(), a.headDim()));
+            }
+        }
+        List<AttnUnit> all = new ArrayList<>(routed);
+        all.addAll(shared);
+        return all;
+    }
+
+    /**
+     * An MoE of attention experts in the mixer slot (JetMoE's mixture of attention heads, BAM's soft
+     * mixture): out = Σ_e weight_e · O_e · attention(Q_e x, K_e x, V_e x). Every expert runs for every
+     * token (a query's attention reads every earlier token's keys); the weights are 0 for experts a
+     * token did not choose, so the sum is that of the chosen ones.
+     */
+    private Code attentionMoeForward(int layer, Moe moe, String in, String out) {
+        Code c = new Code();
+        String m = "amoe" + layer;
+        String p = "layers." + layer + ".attn_moe";
+        Router r = moe.routers().getFirst();
+        int e = moe.routedExperts();
+        int k = slotsPerToken(r);
+        List<AttnUnit> units = attnUnits(moe, p);
+        int n = units.size();
+        c.comment("router over $L attention experts ($L): $L", e, moe.name(), r.selection() instanceof Router.Selection.Soft ? "soft, every expert weighted"
+                : topP(r) ? "top-p (at most " + k + ")" : "top-" + k);
+        routerMatmul(c, moe, p, m, in);
+        c.line("$L($L, null)", routerMethod(moe), m);
+        c.comment("loads, and each token's weight per expert (0 where not chosen$L)", n > e ? "; shared experts 1" : "");
+        c.line("$T.fill($L.counts, 0)", ARRAYS, m);
+        c.line("$T.zero($L.gateW, rows * $L)", ELEMENTWISE, m, n);
+        c.line("int slots = 0");
+        c.open("for (int t = 0; t < rows; t++)");
+        c.open("for (int s = 0; s < $L; s++)", k);
+        c.line("int ex = $L.selected[t * $L + s]", m, k);
+        c.open("if (ex < $L)", e);
+        c.line("$L.counts[ex]++", m).line("slots++");
+        c.line("$L.gateW[t * $L + ex] += $L.weight[t * $L + s]", m, n, m, k);
+        c.close();
+        c.close();
+        for (int u = e; u < n; u++) {
+            c.line("$L.gateW[t * $L + $L] = 1f", m, n, u);
+        }
+        c.close();
+        c.open("if (counting)");
+        c.open("for (int ex = 0; ex < $L; ex++)", e).line("$L.stepCounts[ex] += $L.counts[ex]", m, m).close();
+        c.line("$L.stepSlots += slots", m);
+        c.close();
+        c.line("$T.zero($L, rows * DIM)", ELEMENTWISE, out);
+        boolean rope = cfg.position().kind() == ModelConfig.PositionKind.ROPE;
+        for (AttnUnit u : units) {
+            int w = u.heads() * u.headDim();
+            int i = u.index();
+            c.comment("attention expert $L ($L heads of $L)$L", i, u.heads(), u.headDim(), u.kvOwner() != i ? ", keys and values of expert " + u.kvOwner()
+                    : u.kvPrefix().equals(u.prefix()) ? "" : ", keys and values shared with its group");
+            if (u.kvOwner() == i) {
+                c.line("backend.matmul($L, 0, $L.value(), 0, $L.ak[$L], 0, rows, DIM, $L)", in, Names.field(u.kvPrefix() + ".k"), m, i, w);
+                c.line("backend.matmul($L, 0, $L.value(), 0, $L.av[$L], 0, rows, DIM, $L)", in, Names.field(u.kvPrefix() + ".v"), m, i, w);
+                if (rope) {
+                    c.line("backend.rope($L.ak[$L], rows, seq, $L, $L, $L, THETA, false)", m, i, u.heads(), u.headDim(), cfg.position().rotaryDims(u.headDim()));
+                }
+            }
+            c.line("backend.matmul($L, 0, $L.value(), 0, $L.aq[$L], 0, rows, DIM, $L)", in, Names.field(u.prefix() + ".q"), m, i, w);
+            if (rope) {
+                c.line("backend.rope($L.aq[$L], rows, seq, $L, $L, $L, THETA, false)", m, i, u.heads(), u.headDim(), cfg.position().rotaryDims(u.headDim()));
+            }
+            c.line("backend.attention($L.aq[$L], $L.ak[$L], $L.av[$L], $L.aAtt[$L], $L.aLse[$L], batch, seq, $L, $L, $L, CAUSAL, WINDOW)", m, i, m, i, m, i, m, i,
+                    m, i, u.heads(), u.heads(), u.headDim());
+            c.line("backend.matmul($L.aAtt[$L], 0, $L.value(), 0, $L.aOut[$L], 0, rows, $L, DIM)", m, i, Names.field(u.prefix() + ".o"), m, i, w);
+            c.open("for (int t = 0; t < rows; t++)");
+            c.line("float w = $L.gateW[t * $L + $L]", m, n, i);
+            c.open("if (w != 0f)");
+            c.open("for (int d = 0; d < DIM; d++)").line("$L[t * DIM + d] += w * $L.aOut[$L][t * DIM + d]", out, m, i).close();
+            c.close();
+            c.close();
+        }
+        c.add(balanceForward(moe, m, e, k).build());
+        return c;
+    }
+
+    private Code attentionMoeBackward(int layer, Moe moe, String in, String dOut, String dIn) {
+        Code c = new Code();
+        String m = "amoe" + layer;
+        String p = "layers." + layer + ".attn_moe";
+        int e = moe.routedExperts();
+        int k = slotsPerToken(moe.routers().getFirst());
+        List<AttnUnit> units = attnUnits(moe, p);
+        int n = units.size();
+        boolean rope = cfg.position().kind() == ModelConfig.PositionKind.ROPE;
+        for (AttnUnit u : units) {
+            if (u.kvOwner() == u.index()) {
+                c.line("$T.zero($L.aDk[$L], rows * $L)", ELEMENTWISE, m, u.index(), u.heads() * u.headDim());
+                c.line("$T.zero($L.aDv[$L], rows * $L)", ELEMENTWISE, m, u.index(), u.heads() * u.headDim());
+            }
+        }
+        for (AttnUnit u : units) {
+            int w = u.heads() * u.headDim();
+            int i = u.index();
+            String o = Names.field(u.prefix() + ".o");
+            String q = Names.field(u.prefix() + ".q");
+            c.comment("attention expert $L: d(weight) = <dOut, its output>; its output's gradient is weight · dOut", i);
+            c.open("for (int t = 0; t < rows; t++)");
+            c.line("float w = $L.gateW[t * $L + $L]", m, n, i);
+            c.line("double dot = 0");
+            c.open("for (int d = 0; d < DIM; d++)");
+            c.line("dot += (double) $L[t * DIM + d] * $L.aOut[$L][t * DIM + d]", dOut, m, i);
+            c.line("$L.aDOut[t * DIM + d] = w * $L[t * DIM + d]", m, dOut);
+            c.close();
+            c.line("$L.dGateW[t * $L + $L] = (float) dot", m, n, i);
+            c.close();
+            c.line("$T.zero($L.aDAtt[$L], rows * $L)", ELEMENTWISE, m, i, w);
+            c.line("backend.matmulBackward($L.aAtt[$L], 0, $L.value(), 0, $L.aDOut, 0, $L.aDAtt[$L], 0, $L.grad(), 0, rows, $L, DIM)", m, i, o, m, m, i, o, w);
+            c.line("$T.zero($L.aDq[$L], rows * $L)", ELEMENTWISE, m, i, w);
+            c.line("backend.attentionBackward($L.aq[$L], $L.ak[$L], $L.av[$L], $L.aAtt[$L], $L.aLse[$L], $L.aDAtt[$L], $L.aDq[$L], $L.aDk[$L], $L.aDv[$L], batch, seq, $L, $L, $L, CAUSAL, WINDOW)",
+                    m, i, m, i, m, i, m, i, m, i, m, i, m, i, m, i, m, i, u.heads(), u.heads(), u.headDim());
+            if (rope) {
+                c.line("backend.rope($L.aDq[$L], rows, seq, $L, $L, $L, THETA, true)", m, i, u.heads(), u.headDim(), cfg.position().rotaryDims(u.headDim()));
+            }
+            c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.aDq[$L], 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, q, m, i, dIn, q, w);
+            boolean lastOfKv = units.stream().noneMatch(x -> x.kvOwner() == u.kvOwner() && x.index() > i);
+            if (lastOfKv) {
+                int owner = u.kvOwner();
+                AttnUnit ou = units.get(owner);
+                String kf = Names.field(ou.kvPrefix() + ".k");
+                String vf = Names.field(ou.kvPrefix() + ".v");
+                if (rope) {
+                    c.line("backend.rope($L.aDk[$L], rows, seq, $L, $L, $L, THETA, true)", m, owner, ou.heads(), ou.headDim(), cfg.position().rotaryDims(ou.headDim()));
+                }
+                c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.aDk[$L], 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, kf, m, owner, dIn, kf, w);
+                c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.aDv[$L], 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, vf, m, owner, dIn, vf, w);
+            }
+        }
+        c.comment("each slot's weight gradient, then the router's");
+        c.open("for (int t = 0; t < rows; t++)");
+        c.open("for (int s = 0; s < $L; s++)", k);
+        c.line("int ex = $L.selected[t * $L + s]", m, k);
+        c.line("$L.dWeight[t * $L + s] = ex < $L ? $L.dGateW[t * $L + ex] : 0f", m, k, e, m, n);
+        c.close();
+        c.close();
+        c.line("$LBackward($L, scale)", routerMethod(moe), m);
+        routerMatmulBackward(c, moe, p, m, in, dIn);
         return c;
     }
 
@@ -1113,6 +1484,8 @@ final class ModelGenerator {
             case Router.Selection.TopP t -> t.maxK();
             // expert choice: every token ranks every expert (top-E); the experts' picks drop the rest
             case Router.Selection.ExpertChoice x -> expertsOfRouter.get(r);
+            // soft: every token takes every expert, weighted by its score
+            case Router.Selection.Soft x -> expertsOfRouter.get(r);
             default -> throw new IllegalStateException();
         };
     }
@@ -1145,6 +1518,25 @@ final class ModelGenerator {
                 && capacity(m.routers().getFirst()).drop() == Router.DropPolicy.RANDOM);
     }
 
+    /** A temperature that moves from its start to its end over the first steps of training (dense to sparse). */
+    private static boolean annealed(Router r) {
+        return r.temperature().isPresent() && r.temperature().get().steps() > 0 && r.temperature().get().start() != r.temperature().get().end();
+    }
+
+    /** The temperature's expression in a router method: a literal, or the annealed value of this forward. */
+    private static String temperature(Router r) {
+        return annealed(r) ? "m.temperature" : floatLiteral(r.temperature().get().start()) + "f";
+    }
+
+    private boolean anyAnneal() {
+        return moes.values().stream().anyMatch(m -> annealed(m.routers().getFirst()));
+    }
+
+    /** Whether the model keeps the optimiser step: seeded noise and annealed temperatures read it. */
+    private boolean keepsStep() {
+        return anySeeded() || anyAnneal();
+    }
+
     private boolean anyJitter() {
         return moes.values().stream().anyMatch(m -> m.routers().getFirst().jitter() != 0);
     }
@@ -1173,18 +1565,38 @@ final class ModelGenerator {
         Slots sl = slotsByPrefix.get(p);
         int nf = sl.ffn();
         c.comment("router: logits, scores, $L ($L)", topP(r) ? "top-p (at most " + k + ")" : "top-" + k, moe.name());
+        String routerIn = in;
+        if (r.pregate()) {
+            c.comment("pre-gating (Read-ME): the router reads the embeddings, not this layer's input");
+            routerIn = "embedded";
+        }
+        if (moe.routers().size() > 1) {
+            c.comment("several named gates: each sequence is routed by the gate named after its domain (the first, $L, when none is)",
+                    moe.routers().getFirst().name().orElseThrow());
+            c.line("$T[] gates = {$L}", PARAMETER, String.join(", ", gateFields(moe, p)));
+            c.open("for (int b = 0; b < batch; b++)").line("$L.gateOf[b] = gateOf($L, b)", m, gateNamesConstant(moe)).close();
+        }
         if (r.jitter() != 0) {
             c.comment("jitter (training forwards only): the router reads its input times uniform noise in [1 - $L, 1 + $L]", r.jitter(), r.jitter());
             c.open("if (counting)");
             c.line("$L.jitterOn = true", m);
-            c.line("jitter($L, $L, rows, $Lf, $L)", in, m, floatLiteral(r.jitter()), layer);
-            c.line("backend.matmul($L.jittered, 0, $L.value(), 0, $L.logits, 0, rows, DIM, $L)", m, Names.field(p + ".router.weight"), m, e);
+            c.line("jitter($L, $L, rows, $Lf, $L)", routerIn, m, floatLiteral(r.jitter()), layer);
+            routerMatmul(c, moe, p, m, m + ".jittered");
             c.orElse("else");
             c.line("$L.jitterOn = false", m);
-            c.line("backend.matmul($L, 0, $L.value(), 0, $L.logits, 0, rows, DIM, $L)", in, Names.field(p + ".router.weight"), m, e);
+            routerMatmul(c, moe, p, m, routerIn);
             c.close();
         } else {
-            c.line("backend.matmul($L, 0, $L.value(), 0, $L.logits, 0, rows, DIM, $L)", in, Names.field(p + ".router.weight"), m, e);
+            routerMatmul(c, moe, p, m, routerIn);
+        }
+        if (r.recurrentWidth().isPresent()) {
+            String rp = Names.field(p + ".router.gru_in");
+            c.comment("recurrent router (RMoE): u = x · gru_inᵀ; h = GRU(u, h of the previous recurrent layer); logits += h · gru_outᵀ");
+            c.line("backend.matmul($L, 0, $L.value(), 0, $L.gruU, 0, rows, DIM, $L)", in, rp, m, gruWidth);
+            c.line("System.arraycopy(gruState, 0, $L.gruPrev, 0, rows * $L)", m, gruWidth);
+            c.line("gru($L)", m);
+            c.line("System.arraycopy($L.gruH, 0, gruState, 0, rows * $L)", m, gruWidth);
+            c.line("addLinear($L.gruH, $L.value(), $L.logits, rows, $L, $L)", m, Names.field(p + ".router.gru_out"), m, gruWidth, e);
         }
         Integer prev = residualFrom.get(layer);
         if (prev != null) {
@@ -1271,7 +1683,7 @@ final class ModelGenerator {
             c.line("int ffnRows = $L.offsets[$L]", m, nf);
         }
         if (loraByPrefix.containsKey(p)) {
-            c.add(loraForward(p, m, loraByPrefix.get(p), nf, in).build());
+            c.add(loraForward(p, m, loraByPrefix.get(p), sl, nf, in, ffnRows).build());
         } else if (nf > 0) {
             int h = f.hidden();
             LatentGroup lg = latentByPrefix.get(p);
@@ -1356,10 +1768,119 @@ final class ModelGenerator {
         return c;
     }
 
-    private String loraArray(Code c, String p, int experts, String proj) {
+    /** The router's logits from {@code x}: one gate for all rows, or each sequence's named gate. */
+    private void routerMatmul(Code c, Moe moe, String p, String m, String x) {
+        int e = moe.routedExperts();
+        if (moe.routers().size() > 1) {
+            c.open("for (int b = 0; b < batch; b++)");
+            c.line("backend.matmul($L, b * seq * DIM, gates[$L.gateOf[b]].value(), 0, $L.logits, b * seq * $L, seq, DIM, $L)", x, m, m, e, e);
+            c.close();
+        } else {
+            c.line("backend.matmul($L, 0, $L.value(), 0, $L.logits, 0, rows, DIM, $L)", x, Names.field(p + ".router.weight"), m, e);
+        }
+    }
+
+    /** Backward of {@link #routerMatmul}. */
+    private void routerMatmulBackward(Code c, Moe moe, String p, String m, String x, String dx) {
+        int e = moe.routedExperts();
+        if (moe.routers().size() > 1) {
+            c.open("for (int b = 0; b < batch; b++)");
+            c.line("$T w = gates[$L.gateOf[b]]", PARAMETER, m);
+            c.line("backend.matmulBackward($L, b * seq * DIM, w.value(), 0, $L.dLogits, b * seq * $L, $L, b * seq * DIM, w.grad(), 0, seq, DIM, $L)", x, m, e, dx,
+                    e);
+            c.close();
+        } else {
+            String wr = Names.field(p + ".router.weight");
+            c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.dLogits, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", x, wr, m, dx, wr, e);
+        }
+    }
+
+    private static List<String> gateFields(Moe moe, String p) {
+        return moe.routers().stream().map(g -> Names.field(p + ".router." + g.name().orElseThrow() + ".weight")).toList();
+    }
+
+    /** The static table of one distinct MoE's gate names, in declaration order. */
+    private String gateNamesConstant(Moe moe) {
+        String name = moeConstant("GATES", moe);
+        if (constantsAdded.add(name)) {
+            type.addField(FieldSpec.builder(String[].class, name, Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
+                    .addJavadoc("$L: its named gates; a sequence takes the gate named after its domain\n", moe.name())
+                    .initializer("{$L}", String.join(", ", moe.routers().stream().map(g -> "\"" + g.name().orElseThrow() + "\"").toList())).build());
+        }
+        return name;
+    }
+
+    /**
+     * The GRU cell that recurrent routers share (PyTorch's gate order r, z, n): r = σ(W_ir u + b_ir +
+     * W_hr h + b_hr), z likewise, n = tanh(W_in u + b_in + r ⊙ (W_hn h + b_hn)), h' = (1 - z) ⊙ n + z ⊙ h.
+     */
+    private void gruHelpers() {
+        int w = gruWidth;
+        String wih = Names.field("router_gru.w_ih");
+        String whh = Names.field("router_gru.w_hh");
+        String bih = Names.field("router_gru.b_ih");
+        String bhh = Names.field("router_gru.b_hh");
+        Code c = new Code();
+        c.line("backend.matmul(m.gruU, 0, $L.value(), 0, gruGi, 0, rows, $L, $L)", wih, w, 3 * w);
+        c.line("backend.matmul(m.gruPrev, 0, $L.value(), 0, gruGh, 0, rows, $L, $L)", whh, w, 3 * w);
+        c.line("float[] bi = $L.value()", bih);
+        c.line("float[] bh = $L.value()", bhh);
+        c.open("for (int t = 0; t < rows; t++)");
+        c.open("for (int j = 0; j < $L; j++)", w);
+        c.line("int g = t * $L + j", 3 * w);
+        c.line("int o = t * $L + j", w);
+        c.line("float r = $T.sigmoid(gruGi[g] + bi[j] + gruGh[g] + bh[j])", ELEMENTWISE);
+        c.line("float z = $T.sigmoid(gruGi[g + $L] + bi[j + $L] + gruGh[g + $L] + bh[j + $L])", ELEMENTWISE, w, w, w, w);
+        c.line("float nh = gruGh[g + $L] + bh[j + $L]", 2 * w, 2 * w);
+        c.line("float n = (float) Math.tanh(gruGi[g + $L] + bi[j + $L] + r * nh)", 2 * w, 2 * w);
+        c.line("m.gruR[o] = r").line("m.gruZ[o] = z").line("m.gruN[o] = n").line("m.gruNh[o] = nh");
+        c.line("m.gruH[o] = (1 - z) * n + z * m.gruPrev[o]");
+        c.close().close();
+        type.addMethod(MethodSpec.methodBuilder("gru").addModifiers(Modifier.PRIVATE)
+                .addJavadoc("One step of the routers' GRU cell: from u and the previous state of {@code m} to its new state {@code m.gruH}.\n")
+                .addParameter(ClassName.bestGuess("MoeState"), "m").addCode(c.build()).build());
+
+        Code b = new Code();
+        b.comment("dGruState holds dL/dh'; it leaves holding dL/dh (the previous state's), and gruDu dL/du");
+        b.line("float[] dbi = $L.grad()", bih);
+        b.line("float[] dbh = $L.grad()", bhh);
+        b.open("for (int t = 0; t < rows; t++)");
+        b.open("for (int j = 0; j < $L; j++)", w);
+        b.line("int g = t * $L + j", 3 * w);
+        b.line("int o = t * $L + j", w);
+        b.line("float dh = dGruState[o]");
+        b.line("float r = m.gruR[o]").line("float z = m.gruZ[o]").line("float n = m.gruN[o]");
+        b.line("float dn = dh * (1 - z) * (1 - n * n)");
+        b.line("float dz = dh * (m.gruPrev[o] - n) * z * (1 - z)");
+        b.line("float dr = dn * m.gruNh[o] * r * (1 - r)");
+        b.line("gruGi[g] = dr").line("gruGi[g + $L] = dz", w).line("gruGi[g + $L] = dn", 2 * w);
+        b.line("gruGh[g] = dr").line("gruGh[g + $L] = dz", w).line("gruGh[g + $L] = dn * r", 2 * w);
+        b.line("dbi[j] += dr").line("dbi[j + $L] += dz", w).line("dbi[j + $L] += dn", 2 * w);
+        b.line("dbh[j] += dr").line("dbh[j + $L] += dz", w).line("dbh[j + $L] += dn * r", 2 * w);
+        b.line("gruDPrev[o] = dh * z");
+        b.close().close();
+        b.line("$T.zero(gruDu, rows * $L)", ELEMENTWISE, w);
+        b.line("backend.matmulBackward(m.gruU, 0, $L.value(), 0, gruGi, 0, gruDu, 0, $L.grad(), 0, rows, $L, $L)", wih, wih, w, 3 * w);
+        b.line("backend.matmulBackward(m.gruPrev, 0, $L.value(), 0, gruGh, 0, gruDPrev, 0, $L.grad(), 0, rows, $L, $L)", whh, whh, w, 3 * w);
+        b.line("System.arraycopy(gruDPrev, 0, dGruState, 0, rows * $L)", w);
+        type.addMethod(MethodSpec.methodBuilder("gruBackward").addModifiers(Modifier.PRIVATE)
+                .addJavadoc("Backward of {@link #gru}: adds to the cell's gradients; leaves dL/du in gruDu and dL/d(previous state) in dGruState.\n")
+                .addParameter(ClassName.bestGuess("MoeState"), "m").addCode(b.build()).build());
+    }
+
+    private boolean anyPregate() {
+        return moes.values().stream().anyMatch(m -> m.routers().getFirst().pregate());
+    }
+
+    private boolean anyGates() {
+        return moes.values().stream().anyMatch(m -> m.routers().size() > 1);
+    }
+
+    private String loraArray(Code c, String p, Slots sl, int experts, String proj) {
         List<String> names = new ArrayList<>();
         for (int j = 0; j < experts; j++) {
-            names.add(Names.field(p + ".experts." + j + "." + proj));
+            // by dispatch key: the LoRA experts' slots among zero-computation ones
+            names.add(Names.field(p + ".experts." + slotOfKey(sl, j) + "." + proj));
         }
         String local = "lora" + Names.type(Names.field(proj.replace('_', '.')));
         c.line("$T[] $L = {$L}", PARAMETER, local, String.join(", ", names));
@@ -1370,7 +1891,7 @@ final class ModelGenerator {
      * MoLA: the frozen base FFN runs for every token; each routed slot adds weight · (alpha / rank) ·
      * B_e A_e to each projection's output, the nonlinearity reading the mixed pre-activations.
      */
-    private Code loraForward(String p, String m, LoraGroup lo, int e, String in) {
+    private Code loraForward(String p, String m, LoraGroup lo, Slots sl, int e, String in, String ffnRows) {
         Code c = new Code();
         Ffn f = lo.lora().base();
         int h = f.hidden();
@@ -1385,19 +1906,19 @@ final class ModelGenerator {
             c.line("backend.matmul($L, 0, $L.value(), 0, $L.gate, 0, rows, DIM, $L)", in, wg, m, h);
         }
         c.line("backend.matmul($L, 0, $L.value(), 0, $L.up, 0, rows, DIM, $L)", in, wu, m, h);
-        c.line("backend.gatherRows($L, $L.tokenOfRow, slots, DIM, $L.xs)", in, m, m);
+        c.line("backend.gatherRows($L, $L.tokenOfRow, $L, DIM, $L.xs)", in, m, ffnRows, m);
         List<String> projs = gated ? List.of("gate", "up") : List.of("up");
         for (int q = 0; q < projs.size(); q++) {
             String proj = projs.get(q);
-            String a = loraArray(c, p, e, proj + "_a");
-            String b = loraArray(c, p, e, proj + "_b");
+            String a = loraArray(c, p, sl, e, proj + "_a");
+            String b = loraArray(c, p, sl, e, proj + "_b");
             c.open("for (int ex = 0; ex < $L; ex++)", e);
             c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
             c.line("backend.matmul($L.xs, o * DIM, $L[ex].value(), 0, $L.loraA, $L * slots * $L + o * $L, n, DIM, $L)", m, a, m, q, r, r, r);
             c.line("backend.matmul($L.loraA, $L * slots * $L + o * $L, $L[ex].value(), 0, $L.loraB, $L * slots * $L + o * $L, n, $L, $L)", m, q, r, r, b, m, q, h,
                     h, r, h);
             c.close();
-            c.open("for (int i = 0; i < slots; i++)");
+            c.open("for (int i = 0; i < $L; i++)", ffnRows);
             c.line("float w = $L.weightOfRow[i] * $L", m, sc);
             c.line("int to = $L.tokenOfRow[i] * $L", m, h);
             c.line("int from = $L * slots * $L + i * $L", q, h, h);
@@ -1410,19 +1931,19 @@ final class ModelGenerator {
             c.line("backend.activation($T.$L, $L.up, $L.act, rows * $L)", ACTIVATION, act(f), m, m, h);
         }
         c.line("backend.matmul($L.act, 0, $L.value(), 0, $L.loraBase, 0, rows, $L, DIM)", m, wd, m, h);
-        c.line("backend.gatherRows($L.act, $L.tokenOfRow, slots, $L, $L.loraH)", m, m, h, m);
-        String a = loraArray(c, p, e, "down_a");
-        String b = loraArray(c, p, e, "down_b");
+        c.line("backend.gatherRows($L.act, $L.tokenOfRow, $L, $L, $L.loraH)", m, m, ffnRows, h, m);
+        String a = loraArray(c, p, sl, e, "down_a");
+        String b = loraArray(c, p, sl, e, "down_b");
         c.open("for (int ex = 0; ex < $L; ex++)", e);
         c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
         c.line("backend.matmul($L.loraH, o * $L, $L[ex].value(), 0, $L.loraA, 2 * slots * $L + o * $L, n, $L, $L)", m, h, a, m, r, r, h, r);
         c.line("backend.matmul($L.loraA, 2 * slots * $L + o * $L, $L[ex].value(), 0, $L.ys, o * DIM, n, $L, DIM)", m, r, r, b, m, r);
         c.close();
-        c.open("for (int i = 0; i < slots * DIM; i++)").line("$L.ys[i] *= $L", m, sc).close();
+        c.open("for (int i = 0; i < $L * DIM; i++)", ffnRows).line("$L.ys[i] *= $L", m, sc).close();
         return c;
     }
 
-    private Code loraBackward(String p, String m, LoraGroup lo, int e, String in, String dOut, String dIn) {
+    private Code loraBackward(String p, String m, LoraGroup lo, Slots sl, int e, String in, String dOut, String dIn, String ffnRows) {
         Code c = new Code();
         Ffn f = lo.lora().base();
         int h = f.hidden();
@@ -1435,11 +1956,11 @@ final class ModelGenerator {
         c.comment("LoRA experts backward: the down projection (dys holds weight · dOut per slot)");
         c.line("$T.zero(dAct, rows * $L)", ELEMENTWISE, h);
         c.line("backend.matmulBackward($L.act, 0, $L.value(), 0, $L, 0, dAct, 0, $L.grad(), 0, rows, $L, DIM)", m, wd, dOut, wd, h);
-        c.open("for (int i = 0; i < slots * DIM; i++)").line("$L.dys[i] *= $L", m, sc).close();
+        c.open("for (int i = 0; i < $L * DIM; i++)", ffnRows).line("$L.dys[i] *= $L", m, sc).close();
         c.line("$T.zero($L.dLoraA, slots * $L)", ELEMENTWISE, m, r);
         c.line("$T.zero($L.dLoraB, slots * $L)", ELEMENTWISE, m, h);
-        String a = loraArray(c, p, e, "down_a");
-        String b = loraArray(c, p, e, "down_b");
+        String a = loraArray(c, p, sl, e, "down_a");
+        String b = loraArray(c, p, sl, e, "down_b");
         c.open("for (int ex = 0; ex < $L; ex++)", e);
         c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
         c.line("backend.matmulBackward($L.loraA, 2 * slots * $L + o * $L, $L[ex].value(), 0, $L.dys, o * DIM, $L.dLoraA, o * $L, $L[ex].grad(), 0, n, $L, DIM)",
@@ -1447,7 +1968,7 @@ final class ModelGenerator {
         c.line("backend.matmulBackward($L.loraH, o * $L, $L[ex].value(), 0, $L.dLoraA, o * $L, $L.dLoraB, o * $L, $L[ex].grad(), 0, n, $L, $L)", m, h, a, m,
                 r, m, h, a, h, r);
         c.close();
-        c.line("backend.scatterAddRows($L.dLoraB, $L.tokenOfRow, null, slots, $L, dAct)", m, m, h);
+        c.line("backend.scatterAddRows($L.dLoraB, $L.tokenOfRow, null, $L, $L, dAct)", m, m, ffnRows, h);
         if (gated) {
             c.line("backend.gluBackward($T.$L, $L.gate, $L.up, dAct, dGate, dUp, rows * $L)", ACTIVATION, act(f), m, m, h);
             c.line("backend.matmulBackward($L, 0, $L.value(), 0, dGate, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, wg, dIn, wg, h);
@@ -1461,7 +1982,7 @@ final class ModelGenerator {
             String proj = projs.get(q);
             String d = proj.equals("gate") ? "dGate" : "dUp";
             c.comment("LoRA $L: d(weight) += $L · <d$L[token], B·(x·Aᵀ)>; d(B·(x·Aᵀ)) = weight · $L · d$L[token]", proj, sc, proj, sc, proj);
-            c.open("for (int i = 0; i < slots; i++)");
+            c.open("for (int i = 0; i < $L; i++)", ffnRows);
             c.line("int t = $L.tokenOfRow[i] * $L", m, h);
             c.line("int from = $L * slots * $L + i * $L", q, h, h);
             c.line("float w = $L.weightOfRow[i] * $L", m, sc);
@@ -1473,8 +1994,8 @@ final class ModelGenerator {
             c.line("$L.dWeight[$L.order[i]] += $L * dot", m, m, sc);
             c.close();
             c.line("$T.zero($L.dLoraA, slots * $L)", ELEMENTWISE, m, r);
-            String pa = loraArray(c, p, e, proj + "_a");
-            String pb = loraArray(c, p, e, proj + "_b");
+            String pa = loraArray(c, p, sl, e, proj + "_a");
+            String pb = loraArray(c, p, sl, e, proj + "_b");
             c.open("for (int ex = 0; ex < $L; ex++)", e);
             c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
             c.line("backend.matmulBackward($L.loraA, $L * slots * $L + o * $L, $L[ex].value(), 0, $L.dLoraB, o * $L, $L.dLoraA, o * $L, $L[ex].grad(), 0, n, $L, $L)",
@@ -1483,7 +2004,7 @@ final class ModelGenerator {
                     pa, r);
             c.close();
         }
-        c.line("backend.scatterAddRows($L.dxs, $L.tokenOfRow, null, slots, DIM, $L)", m, m, dIn);
+        c.line("backend.scatterAddRows($L.dxs, $L.tokenOfRow, null, $L, DIM, $L)", m, m, ffnRows, dIn);
         return c;
     }
 
@@ -1622,17 +2143,23 @@ final class ModelGenerator {
             c.line("float[] groupScore = new float[$L]", r.groupLimit().get().groups());
             c.line("boolean[] keptGroup = new boolean[$L]", r.groupLimit().get().groups());
         }
+        if (annealed(r)) {
+            Router.Temperature tp = r.temperature().get();
+            c.comment("dense to sparse: the temperature moves linearly from $L to $L over the first $L steps, then stays", tp.start(), tp.end(), tp.steps());
+            c.line("m.temperature = (float) ($L + ($L - $L) * (double) Math.min(step, $LL) / $L)", tp.start(), tp.end(), tp.start(), tp.steps(), tp.steps());
+        }
         c.open("for (int t = 0; t < rows; t++)");
         c.line("int o = t * $L", e);
         if (transform) {
             Router.Temperature tp = r.temperature().get();
             String act = tp.activation().orElse("none");
-            c.comment("the router's scores read $L / $L (temperature)", act.equals("none") ? "logits" : act + "(logits)", floatLiteral(tp.start()));
+            String tau = temperature(r);
+            c.comment("the router's scores read $L / $L (temperature)", act.equals("none") ? "logits" : act + "(logits)", tau);
             c.open("for (int ex = 0; ex < $L; ex++)", e);
             switch (act) {
-                case "tanh" -> c.line("m.scaled[o + ex] = (float) Math.tanh(m.logits[o + ex]) / $Lf", floatLiteral(tp.start()));
-                case "sigmoid" -> c.line("m.scaled[o + ex] = $T.sigmoid(m.logits[o + ex]) / $Lf", ELEMENTWISE, floatLiteral(tp.start()));
-                default -> c.line("m.scaled[o + ex] = m.logits[o + ex] / $Lf", floatLiteral(tp.start()));
+                case "tanh" -> c.line("m.scaled[o + ex] = (float) Math.tanh(m.logits[o + ex]) / $L", tau);
+                case "sigmoid" -> c.line("m.scaled[o + ex] = $T.sigmoid(m.logits[o + ex]) / $L", ELEMENTWISE, tau);
+                default -> c.line("m.scaled[o + ex] = m.logits[o + ex] / $L", tau);
             }
             c.close();
         }
@@ -1753,7 +2280,8 @@ final class ModelGenerator {
         type.addMethod(MethodSpec.methodBuilder(routerMethod(moe)).addModifiers(Modifier.PRIVATE)
                 .addJavadoc("Router of $L: $L scores$L, $L$L$L$L$L.\n", moe.name(), sigmoid ? "sigmoid" : "softmax",
                         transform ? " of " + r.temperature().get().activation().map(a -> a + "(logits)").orElse("logits") + " / "
-                                + floatLiteral(r.temperature().get().start()) : "",
+                                + (annealed(r) ? "a temperature annealed from " + floatLiteral(r.temperature().get().start()) + " to "
+                                        + floatLiteral(r.temperature().get().end()) : floatLiteral(r.temperature().get().start())) : "",
                         topP(r) ? "top-p " + ((Router.Selection.TopP) r.selection()).p() + " (1 to " + k + " experts)" : "top-" + k,
                         r.groupLimit().isPresent() ? " within the best " + r.groupLimit().get().top() + " of " + r.groupLimit().get().groups() + " groups"
                                 : r.quotaGroups().isPresent() ? ", " + k / r.quotaGroups().get() + " in each of " + r.quotaGroups().get() + " groups" : "",
@@ -1837,16 +2365,17 @@ final class ModelGenerator {
             String act = tp.activation().orElse("none");
             c.comment("through the temperature$L", act.equals("none") ? "" : " and the " + act);
             c.open("for (int ex = 0; ex < $L; ex++)", e);
+            String tau = temperature(r);
             switch (act) {
                 case "tanh" -> {
                     c.line("float a = (float) Math.tanh(m.logits[o + ex])");
-                    c.line("m.dLogits[o + ex] += m.dScaled[o + ex] * (1 - a * a) / $Lf", floatLiteral(tp.start()));
+                    c.line("m.dLogits[o + ex] += m.dScaled[o + ex] * (1 - a * a) / $L", tau);
                 }
                 case "sigmoid" -> {
                     c.line("float a = $T.sigmoid(m.logits[o + ex])", ELEMENTWISE);
-                    c.line("m.dLogits[o + ex] += m.dScaled[o + ex] * a * (1 - a) / $Lf", floatLiteral(tp.start()));
+                    c.line("m.dLogits[o + ex] += m.dScaled[o + ex] * a * (1 - a) / $L", tau);
                 }
-                default -> c.line("m.dLogits[o + ex] += m.dScaled[o + ex] / $Lf", floatLiteral(tp.start()));
+                default -> c.line("m.dLogits[o + ex] += m.dScaled[o + ex] / $L", tau);
             }
             c.close();
         }
@@ -1903,7 +2432,7 @@ final class ModelGenerator {
         if (anySeeded() && moes.values().stream().anyMatch(m -> capacity(m.routers().getFirst()) != null
                 && capacity(m.routers().getFirst()).drop() == Router.DropPolicy.RANDOM)) {
             Code c = new Code();
-            c.line("$T rng = new $T((jitterStep * 0x9E3779B97F4A7C15L + microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L) ^ 0x5DEECE66DL)",
+            c.line("$T rng = new $T((step * 0x9E3779B97F4A7C15L + microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L) ^ 0x5DEECE66DL)",
                     INIT.nestedClass("SplitMix"), INIT.nestedClass("SplitMix"));
             c.line("float[] priority = new float[slots]");
             c.open("for (int i = 0; i < slots; i++)").line("priority[i] = (float) rng.nextDouble()").close();
@@ -1914,7 +2443,7 @@ final class ModelGenerator {
         }
         if (anyJitter()) {
             Code c = new Code();
-            c.line("$T rng = new $T(jitterStep * 0x9E3779B97F4A7C15L + microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L)", INIT.nestedClass("SplitMix"),
+            c.line("$T rng = new $T(step * 0x9E3779B97F4A7C15L + microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L)", INIT.nestedClass("SplitMix"),
                     INIT.nestedClass("SplitMix"));
             c.open("for (int i = 0; i < rows * DIM; i++)");
             c.line("m.noise[i] = (float) (1 - eps + 2 * eps * rng.nextDouble())");
@@ -1925,7 +2454,25 @@ final class ModelGenerator {
                     .addParameter(float[].class, "x").addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "rows")
                     .addParameter(TypeName.FLOAT, "eps").addParameter(TypeName.INT, "layer").addCode(c.build()).build());
         }
-        if (!residualFrom.isEmpty()) {
+        if (anyGates()) {
+            Code c = new Code();
+            c.open("if (b < domains.size())");
+            c.open("for (int g = 0; g < gates.length; g++)");
+            c.open("if (gates[g].equals(domains.get(b)))").line("return g").close();
+            c.close();
+            c.close();
+            c.line("return 0");
+            type.addMethod(MethodSpec.methodBuilder("gateOf").addModifiers(Modifier.PRIVATE).returns(TypeName.INT)
+                    .addJavadoc("The gate of sequence {@code b}: the one named after its domain, else the first.\n")
+                    .addParameter(String[].class, "gates").addParameter(TypeName.INT, "b").addCode(c.build()).build());
+            type.addMethod(MethodSpec.methodBuilder("setDomains").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                    .addParameter(ParameterizedTypeName.get(LIST, ClassName.get(String.class)), "domains")
+                    .addStatement("this.domains = $T.copyOf(domains)", LIST).build());
+        }
+        if (gruWidth > 0) {
+            gruHelpers();
+        }
+        if (!residualFrom.isEmpty() || gruWidth > 0) {
             Code c = new Code();
             c.open("for (int t = 0; t < rows; t++)");
             c.open("for (int o = 0; o < out; o++)");
@@ -1935,7 +2482,7 @@ final class ModelGenerator {
             c.close();
             c.close();
             type.addMethod(MethodSpec.methodBuilder("addLinear").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
-                    .addJavadoc("{@code y[rows, out] += x[rows, in] · w[out, in]ᵀ}: a gating residual (its backward is {@code matmulBackward}).\n")
+                    .addJavadoc("{@code y[rows, out] += x[rows, in] · w[out, in]ᵀ}: a gating residual or a recurrent router's state (its backward is {@code matmulBackward}).\n")
                     .addParameter(float[].class, "x").addParameter(float[].class, "w").addParameter(float[].class, "y")
                     .addParameter(TypeName.INT, "rows").addParameter(TypeName.INT, "in").addParameter(TypeName.INT, "out")
                     .addCode(c.build()).build());
@@ -2008,10 +2555,16 @@ final class ModelGenerator {
         c.close();
         c.line("$T.zero(dx, rows * DIM)", ELEMENTWISE);
         c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
+        if (gruWidth > 0) {
+            c.line("$T.zero(dGruState, rows * $L)", ELEMENTWISE, gruWidth);
+        }
+        if (anyPregate()) {
+            c.line("$T.zero(dEmbedded, rows * DIM)", ELEMENTWISE);
+        }
         if (logitGradientsAccumulate()) {
             c.comment("routers' logit gradients accumulate: a gating residual adds to the previous MoE layer's before that layer's backward");
-            for (int i : moeLayers) {
-                c.line("$T.zero(moe$L.dLogits, rows * $L)", ELEMENTWISE, i, moeOfLayer(i).routedExperts());
+            for (RoutedState rs : routedStates()) {
+                c.line("$T.zero($L.dLogits, rows * $L)", ELEMENTWISE, rs.state(), rs.moe().routedExperts());
             }
         }
         String head = cfg.tieEmbeddings() ? Names.field("embed.weight") : Names.field("head.weight");
@@ -2019,6 +2572,10 @@ final class ModelGenerator {
         c.add(normBackward("final_norm", "finalInput", "finalMean", "finalRstd", "dNormed", "dx").build());
         for (int i = model.layers().size() - 1; i >= 0; i--) {
             c.line("backwardLayer$L(scale)", i);
+        }
+        if (anyPregate()) {
+            c.comment("the pre-gating routers' gradient joins the embeddings'");
+            c.line("$T.addInPlace(dx, dEmbedded, rows * DIM)", ELEMENTWISE);
         }
         c.line("backend.embeddingBackward(inputs, dx, $L.grad(), rows, DIM)", Names.field("embed.weight"));
         type.addMethod(MethodSpec.methodBuilder("backward").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
@@ -2037,16 +2594,16 @@ final class ModelGenerator {
                 c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
                 c.add(ffnBackward(pre.ffn(), i, f, f + ".normed", "dx", "dNormed").build());
                 c.add(normBackward(p + "ffn_norm", f + ".input", f + ".mean", f + ".rstd", "dNormed", "dx").build());
-                c.comment("stream += attention(norm(stream))");
+                c.comment("stream += $L(norm(stream))", partName(pre.mixer()));
                 c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
-                c.add(attentionBackward(p + "attn", s, s + ".normed", "dx", "dNormed").build());
+                c.add(mixerBackward(pre.mixer(), i, p + "attn", s, s + ".normed", "dx", "dNormed").build());
                 c.add(normBackward(p + "attn_norm", s + ".input", s + ".mean", s + ".rstd", "dNormed", "dx").build());
             }
             case Block.Parallel par -> {
-                c.comment("stream += attention(h) + $L(h), h = norm(stream)", partName(par.ffn()));
+                c.comment("stream += $L(h) + $L(h), h = norm(stream)", partName(par.mixer()), partName(par.ffn()));
                 c.line("$T.zero(dNormed, rows * DIM)", ELEMENTWISE);
                 c.add(ffnBackward(par.ffn(), i, s, s + ".normed", "dx", "dNormed").build());
-                c.add(attentionBackward(p + "attn", s, s + ".normed", "dx", "dNormed").build());
+                c.add(mixerBackward(par.mixer(), i, p + "attn", s, s + ".normed", "dx", "dNormed").build());
                 c.add(normBackward(p + "norm", s + ".input", s + ".mean", s + ".rstd", "dNormed", "dx").build());
             }
             case Block.Residual res -> {
@@ -2250,7 +2807,7 @@ final class ModelGenerator {
             c.line("int ffnRows = $L.offsets[$L]", m, nf);
         }
         if (loraByPrefix.containsKey(p)) {
-            c.add(loraBackward(p, m, loraByPrefix.get(p), nf, in, dOut, dIn).build());
+            c.add(loraBackward(p, m, loraByPrefix.get(p), sl, nf, in, dOut, dIn, ffnRows).build());
         } else if (nf > 0) {
             int h = f.hidden();
             c.comment("experts backward (grouped)");
@@ -2302,18 +2859,30 @@ final class ModelGenerator {
         });
         c.comment("router backward$L", residualFeeds(layer) ? " (dLogits already holds what the next MoE layer's gating residual sent back)" : "");
         c.line("$LBackward($L, scale)", routerMethod(moe), m);
-        String wr = Names.field(p + ".router.weight");
+        if (moe.routers().size() > 1) {
+            c.line("$T[] gates = {$L}", PARAMETER, String.join(", ", gateFields(moe, p)));
+        }
+        String routerIn = r.pregate() ? "embedded" : in;
+        String dRouterIn = r.pregate() ? "dEmbedded" : dIn;
         if (r.jitter() != 0) {
             c.open("if ($L.jitterOn)", m);
             c.comment("the router read the jittered input: d(input) += (dLogits · W) ⊙ noise");
             c.line("$T.zero($L.dJittered, rows * DIM)", ELEMENTWISE, m);
-            c.line("backend.matmulBackward($L.jittered, 0, $L.value(), 0, $L.dLogits, 0, $L.dJittered, 0, $L.grad(), 0, rows, DIM, $L)", m, wr, m, m, wr, e);
-            c.open("for (int i = 0; i < rows * DIM; i++)").line("$L[i] += $L.dJittered[i] * $L.noise[i]", dIn, m, m).close();
+            routerMatmulBackward(c, moe, p, m, m + ".jittered", m + ".dJittered");
+            c.open("for (int i = 0; i < rows * DIM; i++)").line("$L[i] += $L.dJittered[i] * $L.noise[i]", dRouterIn, m, m).close();
             c.orElse("else");
-            c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.dLogits, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, wr, m, dIn, wr, e);
+            routerMatmulBackward(c, moe, p, m, routerIn, dRouterIn);
             c.close();
         } else {
-            c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.dLogits, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, wr, m, dIn, wr, e);
+            routerMatmulBackward(c, moe, p, m, routerIn, dRouterIn);
+        }
+        if (r.recurrentWidth().isPresent()) {
+            String gi = Names.field(p + ".router.gru_in");
+            String go = Names.field(p + ".router.gru_out");
+            c.comment("recurrent router backward: dh = dLogits · gru_out + what later recurrent layers sent back (in dGruState); through the GRU to u and the previous state; then gru_in");
+            c.line("backend.matmulBackward($L.gruH, 0, $L.value(), 0, $L.dLogits, 0, dGruState, 0, $L.grad(), 0, rows, $L, $L)", m, go, m, go, gruWidth, e);
+            c.line("gruBackward($L)", m);
+            c.line("backend.matmulBackward($L, 0, $L.value(), 0, gruDu, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, gi, dIn, gi, gruWidth);
         }
         Integer prev = residualFrom.get(layer);
         if (prev != null) {
@@ -2349,9 +2918,9 @@ final class ModelGenerator {
 
     private void stepHooks() {
         Code begin = new Code();
-        for (int i : moeLayers) {
-            begin.line("$T.fill(moe$L.stepCounts, 0L)", ARRAYS, i);
-            begin.line("moe$L.stepSlots = 0", i);
+        for (RoutedState rs : routedStates()) {
+            begin.line("$T.fill($L.stepCounts, 0L)", ARRAYS, rs.state());
+            begin.line("$L.stepSlots = 0", rs.state());
         }
         if (anySeeded()) {
             begin.line("microBatch = 0");
@@ -2359,8 +2928,8 @@ final class ModelGenerator {
         type.addMethod(MethodSpec.methodBuilder("beginStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).addCode(begin.build())
                 .build());
         Code setStep = new Code();
-        if (anySeeded()) {
-            setStep.line("jitterStep = step");
+        if (keepsStep()) {
+            setStep.line("this.step = step");
         }
         type.addMethod(MethodSpec.methodBuilder("setStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
                 .addParameter(TypeName.LONG, "step").addCode(setStep.build()).build());
@@ -2383,8 +2952,8 @@ final class ModelGenerator {
                 end.close();
             });
         }
-        if (anySeeded()) {
-            end.line("jitterStep++");
+        if (keepsStep()) {
+            end.line("step++");
         }
         type.addMethod(MethodSpec.methodBuilder("endStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).addCode(end.build())
                 .build());

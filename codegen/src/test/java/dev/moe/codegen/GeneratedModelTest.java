@@ -279,6 +279,83 @@ class GeneratedModelTest {
                   layers 2 { first 1: attention, swiglu(hidden: 12)  rest: attention, m }
                 }
                 """,
+                // RMoE recurrent routers: one GRU cell whose state runs through layers 1 and 3 (past a dense layer); layer 0's router is plain
+                header + """
+                  moe plain {
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 2  normalize true }
+                    balance aux(coef: 0.1)
+                  }
+                  moe rec {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 2  normalize true  recurrent gru(width: 3) }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 4 { first 1: attention, plain  2: attention, swiglu(hidden: 12)  rest: attention, rec }
+                }
+                """,
+                // Read-ME pre-gating: every layer's router reads the embeddings (one with jitter, one sigmoid)
+                header + """
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 2  normalize true  pregate true  jitter 0.1 }
+                    balance aux(coef: 0.1)
+                  }
+                  moe s {
+                    routed 4 x swiglu(hidden: 5)
+                    router { score sigmoid  top_k 2  pregate true }
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { first 1: attention, m  rest: parallel(attention, s) }
+                }
+                """,
+                // JetMoE attention experts: top-2 of 3 (two of 2 heads of 2, one of 1 head of 4, each with its own keys and values), a shared one, before an MoE
+                header + """
+                  moe heads {
+                    shared 1 x attention(heads: 1, head_dim: 4)
+                    routed 2 x attention(heads: 2, head_dim: 2)
+                    routed 1 x attention(heads: 1, head_dim: 4)
+                    router { order topk_then_softmax  top_k 2 }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 2  normalize true }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { first 1: heads, m  rest: attention, swiglu(hidden: 12) }
+                }
+                """,
+                // BAM: a soft mixture of attention experts sharing keys and values, in parallel with a soft MoE of FFN experts
+                header + """
+                  moe bam {
+                    routed 3 x attention(heads: 2, head_dim: 4, shared_kv: true)
+                    router { mode soft }
+                    balance z_loss(coef: 0.01)
+                  }
+                  moe soft {
+                    routed 3 x swiglu(hidden: 5)
+                    router { mode soft  temperature 0.5 }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: parallel(bam, soft) }
+                }
+                """,
+                // LoRA experts among zero-computation ones (declared first: keyed dispatch): a token may skip the adapters
+                header + """
+                  moe m {
+                    routed 1 x zero
+                    routed 3 x lora(rank: 2, alpha: 4, base: swiglu(hidden: 5))
+                    routed 1 x copy
+                    router { top_k 2  normalize true }
+                    balance aux(coef: 0.1, tau: 0.5)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
                 // LoRA over an ungated base
                 header + """
                   moe m {
@@ -306,11 +383,32 @@ class GeneratedModelTest {
     @ParameterizedTest
     @MethodSource("tinyModels")
     void backwardMatchesFiniteDifferences(String text) {
+        checkGradients(text, 0);
+    }
+
+    /** The whole model's backward against central differences of its forward, at optimiser step {@code step}. */
+    static void checkGradients(String text, long step) {
+        checkGradients(text, step, List.of());
+    }
+
+    /** The same, with the two sequences' data domains (for models with named gates). */
+    static void checkGradients(String text, long step, List<String> domains) {
+        checkGradients(text, step, domains, null, 2e-3);
+    }
+
+    /**
+     * With {@code focus}, only the parameters it accepts are checked, every element of them, against
+     * the absolute tolerance {@code absolute}; they are drawn from Normal(0, 0.5), vectors included.
+     */
+    static void checkGradients(String text, long step, List<String> domains, java.util.function.Predicate<String> focus, double absolute) {
         TrainableModel m = Generated.instantiate(Generated.model(text));
+        m.setDomains(domains);
         m.initialize(7);
         // Larger weights than the default init make every path's gradient visible above fp32 noise.
         for (Parameter p : m.parameters()) {
-            if (!p.isBuffer() && p.shape().length > 1) {
+            if (!p.isBuffer() && focus != null && focus.test(p.name())) {
+                Init.normal(p, 13, 0.5);
+            } else if (!p.isBuffer() && p.shape().length > 1) {
                 Init.normal(p, 11, 0.3);
             }
         }
@@ -324,6 +422,7 @@ class GeneratedModelTest {
             targets[i] = (int) Long.remainderUnsigned(rng.nextLong(), 11);
         }
         m.parameters().forEach(Parameter::zeroGrad);
+        m.setStep(step);
         m.beginStep();
         m.forward(inputs, targets, batch, seq);
         m.backward(1f);
@@ -331,11 +430,11 @@ class GeneratedModelTest {
         int checked = 0;
         List<String> failures = new ArrayList<>();
         for (Parameter p : m.parameters()) {
-            if (p.isBuffer()) {
+            if (p.isBuffer() || (focus != null && !focus.test(p.name()))) {
                 continue;
             }
-            for (int probe = 0; probe < 3; probe++) {
-                int i = p.offset() + (int) Long.remainderUnsigned(rng.nextLong(), p.size());
+            for (int probe = 0; probe < (focus == null ? 3 : p.size()); probe++) {
+                int i = p.offset() + (focus == null ? (int) Long.remainderUnsigned(rng.nextLong(), p.size()) : probe);
                 double analytic = p.grad()[i];
                 float saved = p.value()[i];
                 double h = 1e-2;
@@ -353,7 +452,7 @@ class GeneratedModelTest {
                 }
                 double numeric = (up - down) / (2 * h);
                 checked++;
-                if (Math.abs(analytic - numeric) > 2e-3 + 3e-2 * Math.abs(numeric)) {
+                if (Math.abs(analytic - numeric) > absolute + 3e-2 * Math.abs(numeric)) {
                     failures.add(String.format("%s[%d]: analytic %.6g numeric %.6g", p.name(), i - p.offset(), analytic, numeric));
                 }
             }

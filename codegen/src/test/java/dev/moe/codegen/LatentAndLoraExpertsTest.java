@@ -42,6 +42,21 @@ class LatentAndLoraExpertsTest {
     }
 
     @Test
+    void loraExpertsAmongZeroComputationOnesMatchFiniteDifferencesEverywhere() {
+        GeneratedModelTest.checkGradients(HEADER + """
+                  moe m {
+                    routed 1 x zero
+                    routed 3 x lora(rank: 2, alpha: 4, base: swiglu(hidden: 5))
+                    routed 1 x copy
+                    router { top_k 2  normalize true }
+                    balance aux(coef: 0.1, tau: 0.5)
+                  }
+                  layers 1 { all: attention, m }
+                }
+                """, 0, java.util.List.of(), n -> !n.contains(".base."), 1e-4);
+    }
+
+    @Test
     void loraBaseIsFrozenAndEveryTensorGetsAGradient() {
         TrainableModel m = trained(HEADER + """
                   moe m {

@@ -37,14 +37,16 @@ class RouterInvariantTest {
 
     @Test
     void everyTokenTakesExactlyKDistinctExperts() {
-        for (String router : new String[] {"top_k 2", "top_k 3  order topk_then_softmax", "score sigmoid  top_k 2  normalize true  bias aux_free(rate: 0.1)"}) {
+        for (String router : new String[] {"top_k 2", "top_k 3  order topk_then_softmax", "score sigmoid  top_k 2  normalize true  bias aux_free(rate: 0.1)",
+                "top_k 2  temperature anneal(start: 3, end: 0.25, steps: 500)  activation tanh", "top_k 2  pregate true", "mode soft"}) {
             TrainableModel m = Generated.instantiate(Generated.model(model(router, "")));
             m.initialize(1);
-            int k = Integer.parseInt(router.replaceAll(".*top_k (\\d).*", "$1"));
+            int k = router.equals("mode soft") ? 6 : Integer.parseInt(router.replaceAll(".*top_k (\\d).*", "$1"));
             Init.SplitMix rng = new Init.SplitMix(42);
             for (int c = 0; c < CASES; c++) {
                 int batch = 1 + (int) Long.remainderUnsigned(rng.nextLong(), 3);
                 int seq = 1 + (int) Long.remainderUnsigned(rng.nextLong(), 8);
+                m.setStep(c); // annealed temperatures move through their schedule
                 m.beginStep();
                 m.forward(tokens(rng, batch * seq), tokens(rng, batch * seq), batch, seq);
                 for (int[] layer : m.expertLoads()) {
@@ -214,15 +216,17 @@ class RouterInvariantTest {
 
     @Test
     void auxCoefficientZeroChangesNothingAndPositiveChangesTheRouterGradient() {
-        float[] none = routerGradient("");
-        float[] zero = routerGradient("balance aux(coef: 0)");
-        float[] some = routerGradient("balance aux(coef: 0.5)");
-        assertThat(zero).isEqualTo(none);
-        assertThat(some).isNotEqualTo(none);
+        for (String router : new String[] {"top_k 2", "top_k 2  temperature anneal(start: 3, end: 0.25, steps: 500)", "top_k 2  pregate true", "mode soft"}) {
+            float[] none = routerGradient(router, "");
+            float[] zero = routerGradient(router, "balance aux(coef: 0)");
+            float[] some = routerGradient(router, "balance aux(coef: 0.5)");
+            assertWithMessage(router).that(zero).isEqualTo(none);
+            assertWithMessage(router).that(some).isNotEqualTo(none);
+        }
     }
 
-    private static float[] routerGradient(String balance) {
-        TrainableModel m = Generated.instantiate(Generated.model(model("top_k 2", balance)));
+    private static float[] routerGradient(String routerSettings, String balance) {
+        TrainableModel m = Generated.instantiate(Generated.model(model(routerSettings, balance)));
         m.initialize(3);
         Init.SplitMix rng = new Init.SplitMix(5);
         m.parameters().forEach(Parameter::zeroGrad);

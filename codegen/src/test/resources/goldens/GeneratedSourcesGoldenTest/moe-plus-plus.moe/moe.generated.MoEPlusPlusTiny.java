@@ -1496,7 +1496,7 @@ public final class MoEPlusPlusTiny implements TrainableModel {
     }
 
     /**
-     * {@code y[rows, out] += x[rows, in] · w[out, in]ᵀ}: a gating residual (its backward is {@code matmulBackward}).
+     * {@code y[rows, out] += x[rows, in] · w[out, in]ᵀ}: a gating residual or a recurrent router's state (its backward is {@code matmulBackward}).
      */
     private static void addLinear(float[] x, float[] w, float[] y, int rows, int in, int out) {
         for (int t = 0; t < rows; t++) {

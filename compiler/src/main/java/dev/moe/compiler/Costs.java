@@ -20,7 +20,8 @@ import java.util.List;
  *   <li>total parameters: every weight, frozen ones included, buffers (expert bias) excluded;
  *   <li>active parameters: what one token runs through; embedding and head count fully (as the
  *       Mixtral and DeepSeek papers count), routed experts as selected, one gate of several named
- *       gates, shared-per-group tensors (latent down-projection, LoRA base) fully;
+ *       gates, shared-per-group tensors (latent down-projection, LoRA base) fully, and the keys and
+ *       values of routed attention experts fully (every token's are read by later queries);
  *   <li>forward FLOPs: 2 per weight used (the embedding lookup is free; a tied head costs
  *       2·vocab·dim), plus 4·heads·head_dim·L for attention scores and values, L the full context
  *       or the sliding window.
@@ -180,11 +181,17 @@ final class Costs {
             if (r.recurrentWidth().isPresent()) {
                 int width = r.recurrentWidth().get();
                 n += weight(rp + ".gru_in", width, d()) + weight(rp + ".gru_out", e, width);
+                long cell = 2 * 3L * width * width + 2 * 3L * width;
                 if (gruWidths.add(width)) {
-                    // One GRU cell shared by every layer's router (RMoE), counted once per model.
-                    long cell = weight("router_gru.w_ih", 3L * width, width) + weight("router_gru.w_hh", 3L * width, width)
-                            + weight("router_gru.b_ih", 3L * width) + weight("router_gru.b_hh", 3L * width);
+                    // One GRU cell shared by every layer's router (RMoE): its weights count once per model.
+                    weight("router_gru.w_ih", 3L * width, width);
+                    weight("router_gru.w_hh", 3L * width, width);
+                    weight("router_gru.b_ih", 3L * width);
+                    weight("router_gru.b_hh", 3L * width);
                     fixed = fixed.plus(dense(cell, 0));
+                } else {
+                    // ... and its FLOPs once per layer that steps it
+                    fixed = fixed.plus(new Cost(0, Count.ZERO, Count.exactly(2 * cell)));
                 }
             }
             oneRouter = Math.max(oneRouter, n);
@@ -212,7 +219,15 @@ final class Costs {
                     fixed = fixed.plus(dense(n, expertExtraFlops(g.expert())));
                 } else {
                     String ep = prefix + ".experts." + routed++;
-                    routedCosts.add(expertWeights(ep, g.expert()));
+                    long n = expertWeights(ep, g.expert());
+                    if (g.expert() instanceof Expert.Attention a && !a.sharedKv()) {
+                        // An attention expert's keys and values are needed at every token a later query
+                        // of that expert reads: they run for every token; its query and output as chosen.
+                        long kv = 2L * a.heads() * a.headDim() * d();
+                        fixed = fixed.plus(dense(kv, 0));
+                        n -= kv;
+                    }
+                    routedCosts.add(n);
                     routedExtraFlops.add(expertExtraFlops(g.expert()));
                 }
             }

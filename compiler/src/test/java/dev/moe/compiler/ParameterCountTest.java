@@ -45,6 +45,64 @@ class ParameterCountTest {
     }
 
     @Test
+    void aRecurrentRoutersGruCountsItsWeightsOnceAndItsFlopsPerLayer() {
+        String text = """
+                model M {
+                  vocab 10  context 8  dim 4  heads 1  tie_embeddings true
+                  moe plain {
+                    routed 2 x relu(hidden: 8)
+                    router { top_k 1 }
+                  }
+                  moe rec {
+                    routed 2 x relu(hidden: 8)
+                    router { top_k 1  recurrent gru(width: 3) }
+                  }
+                  layers 3 { first 1: attention, plain  rest: attention, rec }
+                }
+                """;
+        Model rec = compileOne(text);
+        Model plain = compileOne(text.replace("  recurrent gru(width: 3)", ""));
+        long cell = 2 * 9 * 3 + 2 * 9; // w_ih and w_hh [9, 3], b_ih and b_hh [9]
+        long perLayer = 3 * 4 + 2 * 3; // gru_in [3, 4], gru_out [2, 3]
+        assertThat(rec.totalParams() - plain.totalParams()).isEqualTo(cell + 2 * perLayer);
+        assertThat(rec.activeParams().min() - plain.activeParams().min()).isEqualTo(cell + 2 * perLayer);
+        assertThat(rec.flopsPerToken().min() - plain.flopsPerToken().min()).isEqualTo(2 * (2 * cell + 2 * perLayer));
+    }
+
+    @Test
+    void attentionExpertsRunTheirKeysAndValuesForEveryTokenAndTheirQueriesAsChosen() {
+        Model m = compileOne("""
+                model M {
+                  vocab 10  context 8  dim 4  heads 1  tie_embeddings true
+                  moe heads {
+                    routed 3 x attention(heads: 2, head_dim: 2)
+                    router { top_k 1 }
+                  }
+                  moe bam {
+                    routed 2 x attention(heads: 1, head_dim: 4, shared_kv: true)
+                    router { mode soft }
+                  }
+                  layers 2 { first 1: heads, relu(hidden: 8)  rest: parallel(bam, relu(hidden: 8)) }
+                }
+                """);
+        long d = 4;
+        long embed = 10 * d;
+        long norms = 2 * d + d + d; // layer 0: two norms; layer 1: one; final norm
+        long ffn = 2 * 8 * d;
+        long w0 = 2 * 2; // heads * head_dim
+        long routers = 3 * d + 2 * d;
+        long jet = 3 * 4 * w0 * d; // q, k, v, o of three experts
+        long bam = 2 * w0 * d /* shared k, v */ + 2 * 2 * w0 * d /* q, o of two experts */;
+        assertThat(m.totalParams()).isEqualTo(embed + norms + 2 * ffn + routers + jet + bam);
+        long jetActive = 3 * 2 * w0 * d /* every expert's k, v */ + 2 * w0 * d /* one expert's q, o */;
+        long active = embed + norms + 2 * ffn + routers + jetActive + bam;
+        assertThat(m.activeParams()).isEqualTo(Count.exactly(active));
+        // scores and values: 4 · heads · head_dim · context per chosen expert (one in layer 0, both in layer 1)
+        long attention = 4 * w0 * 8 + 2 * 4 * 4 * 8;
+        assertThat(m.flopsPerToken()).isEqualTo(Count.exactly(2 * (active - embed) + 2 * 10 * d + attention));
+    }
+
+    @Test
     void zeroComputeExpertsMakeActiveCountsARange() {
         Model m = compileOne("""
                 model M {

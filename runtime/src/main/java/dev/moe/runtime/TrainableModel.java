@@ -37,6 +37,14 @@ public interface TrainableModel {
     void setTraining(boolean training);
 
     /**
+     * The data domain (or task) of each sequence of the following forwards, in batch order. A model
+     * whose MoE has several named gates routes each sequence with the gate named after its domain,
+     * and with its first gate where no gate has that name or no domain is given. Models without
+     * named gates ignore it.
+     */
+    default void setDomains(List<String> domains) {}
+
+    /**
      * Runs the forward pass on {@code batch} sequences of {@code seq} tokens and returns the training
      * loss (cross-entropy plus balancing losses); keeps what {@link #backward} needs.
      */

@@ -88,6 +88,10 @@ public final class Float64Model {
                 if (m.losses().stream().anyMatch(x -> x instanceof Loss.Device)) {
                     return java.util.Optional.of("layer " + l.index() + ": the device loss");
                 }
+                if (m.groups().stream().anyMatch(g -> g.expert() instanceof Expert.Lora)
+                        && m.groups().stream().anyMatch(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert().zeroCompute())) {
+                    return java.util.Optional.of("layer " + l.index() + ": LoRA experts among zero-computation experts");
+                }
             }
         }
         return java.util.Optional.empty();

@@ -233,6 +233,7 @@ public final class Trainer {
                     int[][] loads = null;
                     for (int j = 0; j < o.microBatches(); j++) {
                         Batch b = stage.data().batch(step * o.microBatches() + j);
+                        model.setDomains(java.util.Arrays.stream(b.domains()).mapToObj(stage.data().domains()::get).toList());
                         loss += model.forward(inputs(b), targets(b), b.size(), o.seq()) / o.microBatches();
                         ce += model.lastCrossEntropy() / o.microBatches();
                         model.backward(1f / o.microBatches());
