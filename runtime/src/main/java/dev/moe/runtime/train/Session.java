@@ -132,7 +132,10 @@ public final class Session {
         model.initialize(settings.seed());
     }
 
-    /** A model on the CPU backend (all cores), initialised from the settings' seed. */
+    /**
+     * A model on the CPU backend (all cores), initialised from the settings' seed. The CPU backend
+     * needs the JVM option {@code --add-modules jdk.incubator.vector}.
+     */
     public static Session create(Function<Backend, ? extends TrainableModel> constructor, Settings settings) {
         return of(constructor.apply(new CpuBackend()), settings);
     }
