@@ -101,6 +101,9 @@ abstract class AbstractGenerateMojo extends AbstractMojo {
         Path state = Path.of(project.getBuild().getDirectory(), "moe-maven-plugin", mojoExecution.getGoal(), mojoExecution.getExecutionId(),
                 "state.tsv");
         Generation.Request request = new Generation.Request(sources, output, state, incremental, toolVersion());
+        // On the command line the default context logs every message itself, in a format of its own;
+        // the log already has the CLI's text, so markers go only to an IDE's context.
+        boolean markers = !(buildContext instanceof org.codehaus.plexus.build.DefaultBuildContext);
         Generation.Result result;
         try {
             result = Generation.run(request, new Generation.Listener() {
@@ -119,14 +122,18 @@ abstract class AbstractGenerateMojo extends AbstractMojo {
                     } else {
                         getLog().warn(text);
                     }
-                    buildContext.addMessage(file.toFile(), line, column, d.message() + " [" + d.code().id() + "]",
-                            d.isError() ? BuildContext.SEVERITY_ERROR : BuildContext.SEVERITY_WARNING, null);
+                    if (markers) {
+                        buildContext.addMessage(file.toFile(), line, column, d.message() + " [" + d.code().id() + "]",
+                                d.isError() ? BuildContext.SEVERITY_ERROR : BuildContext.SEVERITY_WARNING, null);
+                    }
                 }
 
                 @Override
                 public void problem(Path file, String message) {
                     getLog().error(message);
-                    buildContext.addMessage(file.toFile(), 0, 0, message, BuildContext.SEVERITY_ERROR, null);
+                    if (markers) {
+                        buildContext.addMessage(file.toFile(), 0, 0, message, BuildContext.SEVERITY_ERROR, null);
+                    }
                 }
 
                 @Override
