@@ -41,6 +41,7 @@ import picocli.CommandLine.Spec;
             ExportCommand.class,
             ProbeCommands.Logits.class,
             ProbeCommands.Grads.class,
+            ReplCommand.class,
             CommandLine.HelpCommand.class,
         },
         exitCodeListHeading = "%nExit status:%n",

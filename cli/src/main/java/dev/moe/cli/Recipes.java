@@ -66,6 +66,20 @@ final class Recipes {
 
     /** The model named {@code modelName}, or the file's only model, with its training and an instance. */
     static Loaded select(CompiledFile compiled, SourceFile source, String modelName, BackendFactory backend) throws UserError {
+        Chosen chosen = choose(compiled, source, modelName);
+        return new Loaded(chosen.model(), chosen.training(), instantiate(chosen.model(), source.name(), backend));
+    }
+
+    /** A checked model of a file and its training recipe, if it has one. */
+    record Chosen(Model model, Optional<Training> training) {}
+
+    /** Checks the file (diagnostics go to {@code err}) and picks its model: the one named, or the only one. */
+    static Chosen choose(SourceFile source, String modelName, PrintWriter err) throws UserError {
+        return choose(compile(source, err), source, modelName);
+    }
+
+    /** The model named {@code modelName}, or the file's only model, with its training. */
+    static Chosen choose(CompiledFile compiled, SourceFile source, String modelName) throws UserError {
         List<Model> models = compiled.models();
         if (models.isEmpty()) {
             throw new UserError(source.name() + " declares no model to run");
@@ -82,7 +96,7 @@ final class Recipes {
             model = models.getFirst();
         }
         Optional<Training> training = compiled.trainings().stream().filter(t -> t.model().equals(model.name())).findFirst();
-        return new Loaded(model, training, instantiate(model, source.name(), backend));
+        return new Chosen(model, training);
     }
 
     static TrainableModel instantiate(Model model, String sourceName, int threads) throws UserError {
