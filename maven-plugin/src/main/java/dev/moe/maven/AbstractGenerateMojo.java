@@ -160,6 +160,7 @@ abstract class AbstractGenerateMojo extends AbstractMojo {
         }
         if (!result.deleted().isEmpty()) {
             getLog().info("moe: deleted " + count(result.deleted().size(), "stale Java file"));
+            result.deleted().forEach(f -> buildContext.refresh(f.toFile())); // so that an IDE drops them too
         }
         addSourceRoot(output.toString());
     }
