@@ -5,10 +5,18 @@ import com.palantir.javapoet.JavaFile;
 import com.palantir.javapoet.TypeSpec;
 import dev.moe.compiler.ir.CompiledFile;
 import dev.moe.compiler.ir.Model;
+import dev.moe.dsl.DslParser;
+import dev.moe.dsl.ParseResult;
+import dev.moe.dsl.SourceFile;
+import dev.moe.dsl.ast.ModelDecl;
+import dev.moe.dsl.ast.MoeFile;
+import dev.moe.dsl.ast.TopLevel;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 
 /**
  * Writes the Java sources of a checked file: one class per model. The one place that adds the
@@ -29,8 +37,19 @@ public final class JavaGenerator {
     }
 
     public static JavaFile generate(Model model, String packageName, String sourceName) {
+        return generate(model, packageName, sourceName, List.of());
+    }
+
+    /**
+     * Like {@link #generate(Model, String, String)}, with {@code comments} (the recipe's comments on
+     * the model, from {@link #modelComments}) added to the class's Javadoc.
+     */
+    public static JavaFile generate(Model model, String packageName, String sourceName, List<String> comments) {
         ModelGenerator g = new ModelGenerator(model);
         TypeSpec.Builder type = g.generate();
+        if (!comments.isEmpty()) {
+            type.addJavadoc("\n<p>From $L:\n<pre>\n$L</pre>\n", Path.of(sourceName).getFileName(), javadocText(String.join("\n", comments) + "\n"));
+        }
         type.addAnnotation(AnnotationSpec.builder(ClassNames.GENERATED).addMember("value", "$S", "dev.moe.codegen")
                 .addMember("comments", "$S", "from " + Path.of(sourceName).getFileName()).build());
         type.addAnnotation(AnnotationSpec.builder(SuppressWarnings.class).addMember("value", "$S", "unused").build());
@@ -39,6 +58,38 @@ public final class JavaGenerator {
                 .skipJavaLangImports(true)
                 .indent("    ")
                 .build();
+    }
+
+    /**
+     * The comments written just before each model of a file ({@code //} and {@code /* *\/} markers
+     * removed), by model name; models without comments are absent. A file that does not parse has none.
+     */
+    public static Map<String, List<String>> modelComments(SourceFile source) {
+        Map<String, List<String>> out = new LinkedHashMap<>();
+        ParseResult parsed = DslParser.parse(source);
+        for (TopLevel t : parsed.file().map(MoeFile::declarations).orElse(List.of())) {
+            if (t instanceof ModelDecl m && !m.trivia().leadingComments().isEmpty()) {
+                List<String> lines = new ArrayList<>();
+                for (String c : m.trivia().leadingComments()) {
+                    String body = c.startsWith("//") ? c.substring(2) : c.startsWith("/*") ? c.substring(2, Math.max(2, c.length() - 2)) : c;
+                    for (String line : body.split("\n", -1)) {
+                        lines.add(line.replaceFirst("^\\s*\\* ?", "").stripTrailing().replaceFirst("^ ", ""));
+                    }
+                }
+                while (!lines.isEmpty() && lines.getLast().isBlank()) {
+                    lines.removeLast();
+                }
+                if (!lines.isEmpty()) {
+                    out.put(m.name().text(), List.copyOf(lines));
+                }
+            }
+        }
+        return out;
+    }
+
+    /** Text that cannot end the comment or start a tag inside Javadoc. */
+    private static String javadocText(String text) {
+        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("*/", "*&#47;").replace("@", "&#64;");
     }
 
     public static void write(List<JavaFile> files, Path dir) throws IOException {

@@ -191,10 +191,13 @@ final class Generation {
         if (failed || result.output().isEmpty()) {
             return null;
         }
+        // The recipe's comments on a model document its class.
+        Map<String, List<String>> comments = SourceFile.read(shown) instanceof SourceFile.ReadResult.Ok ok
+                ? JavaGenerator.modelComments(ok.source()) : Map.of();
         List<JavaFile> files = new ArrayList<>();
         for (Model m : result.output().get().models()) {
             try {
-                files.add(JavaGenerator.generate(m, pkg, shown.toString()));
+                files.add(JavaGenerator.generate(m, pkg, shown.toString(), comments.getOrDefault(m.name(), List.of())));
             } catch (UnsupportedFeatureException e) {
                 problem(source, e.getMessage());
                 return null;

@@ -63,6 +63,10 @@ class GenerationTest {
         Files.writeString(src.resolve("com/example/a.moe"), model("Alpha"));
         Files.writeString(src.resolve("com/example/b.moe"), model("Beta"));
         Files.writeString(src.resolve("c.moe"), """
+                // Gamma: a dense model, for <tests> & @docs.
+                /* It has no experts;
+                 * none at all. */
+                // A line comment may hold */.
                 model Gamma {
                   vocab 256
                   context 8
@@ -105,6 +109,16 @@ class GenerationTest {
         assertThat(r.written()).containsExactly(out.resolve("com/example/Alpha.java"), out.resolve("com/example/Beta.java"), out.resolve("Gamma.java"));
         assertThat(Files.readString(out.resolve("com/example/Alpha.java"))).contains("package com.example;");
         assertThat(Files.readString(out.resolve("Gamma.java"))).doesNotContain("package ");
+        // The recipe's comments on the model, made safe for Javadoc.
+        assertThat(Files.readString(out.resolve("Gamma.java"))).contains("""
+                 * <p>From c.moe:
+                 * <pre>
+                 * Gamma: a dense model, for &lt;tests&gt; &amp; &#64;docs.
+                 * It has no experts;
+                 * none at all.
+                 * A line comment may hold *&#47;.
+                 * </pre>
+                """);
 
         // What was written is ordinary Java that compiles against the runtime and trains.
         JavaCompiler javac = ToolProvider.getSystemJavaCompiler();
