@@ -7,7 +7,6 @@ import dev.moe.compiler.ir.Training;
 import dev.moe.dsl.SourceFile;
 import dev.moe.runtime.Backend;
 import dev.moe.runtime.TrainableModel;
-import dev.moe.runtime.cpu.CpuBackend;
 import dev.moe.runtime.train.Session;
 import java.io.BufferedReader;
 import java.io.ByteArrayOutputStream;
@@ -62,7 +61,7 @@ final class Repl implements AutoCloseable {
 
     private final PrintWriter out;
     private final PrintWriter err;
-    private final int threads;
+    private final Backend backend;
     private final boolean stackTraces;
     private final List<Path> classDirs = new ArrayList<>();
     private JShell shell;
@@ -70,10 +69,10 @@ final class Repl implements AutoCloseable {
     private volatile Path pendingOpen;
     private volatile boolean pendingReload;
 
-    Repl(PrintWriter out, PrintWriter err, int threads, boolean stackTraces) {
+    Repl(PrintWriter out, PrintWriter err, Backend backend, boolean stackTraces) {
         this.out = out;
         this.err = err;
-        this.threads = threads;
+        this.backend = backend;
         this.stackTraces = stackTraces;
     }
 
@@ -183,7 +182,7 @@ final class Repl implements AutoCloseable {
 
     /** Called by the startup snippet: the session over a new instance of the model. */
     Session session(Function<Backend, ? extends TrainableModel> constructor) {
-        Session s = Session.of(constructor.apply(new CpuBackend(threads, CpuBackend.VECTOR_API)), settings());
+        Session s = Session.of(constructor.apply(backend), settings());
         if (recipe != null) {
             s.recipe(recipe.file().toAbsolutePath().normalize().toString(), recipe.source().text());
         }

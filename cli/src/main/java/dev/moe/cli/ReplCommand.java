@@ -1,5 +1,6 @@
 package dev.moe.cli;
 
+import dev.moe.runtime.Backend;
 import java.io.BufferedReader;
 import java.io.InputStream;
 import java.io.InputStreamReader;
@@ -27,13 +28,17 @@ import picocli.CommandLine.Spec;
             "Helpers: train(n), generate(text), loads(), evaluate(), reload(), open(file), help().",
             "Without FILE only the runtime is loaded: open(file) compiles a recipe. /exit leaves."},
         exitCodeListHeading = "%nExit status:%n",
-        exitCodeList = {"0:the session ended (/exit or end of input)", "1:FILE has errors or uses an unsupported feature", "2:usage error"})
+        exitCodeList = {"0:the session ended (/exit or end of input)", "1:FILE has errors or uses an unsupported feature, or the backend cannot be opened",
+            "2:usage error"})
 final class ReplCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
 
     @Mixin
     HelpOption help;
+
+    @Mixin
+    BackendOption backendOption;
 
     @Parameters(paramLabel = "FILE", arity = "0..1", description = "The .moe recipe whose model to load.")
     Path file;
@@ -67,7 +72,15 @@ final class ReplCommand implements Callable<Integer> {
             err.flush();
             return 2;
         }
-        Repl repl = new Repl(out, err, threads, stackTraces);
+        Backend backend;
+        try {
+            backend = backendOption.create(threads); // one for the whole session: every model reloaded shares it
+        } catch (Recipes.UserError e) {
+            err.println("moe: error: " + e.getMessage());
+            err.flush();
+            return 1;
+        }
+        Repl repl = new Repl(out, err, backend, stackTraces);
         try {
             if (file != null && !repl.open(file, model)) {
                 return 1;

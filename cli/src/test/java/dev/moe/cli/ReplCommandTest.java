@@ -104,5 +104,9 @@ class ReplCommandTest {
         assertThat(r.exit()).isEqualTo(1);
         assertThat(r.err()).contains("error: `top_k` (9) exceeds the routed experts (4) [MOE0301]");
         assertThat(r.out()).isEmpty();
+
+        Cli.Run unknown = repl("", recipe().toString(), "--backend", "tpu");
+        assertThat(unknown.exit()).isEqualTo(1);
+        assertThat(unknown.err()).contains("moe: error: unknown backend `tpu`: use cpu or cuda");
     }
 }
