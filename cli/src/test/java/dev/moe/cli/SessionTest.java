@@ -78,6 +78,12 @@ class SessionTest {
         String text = s.generate("ab", 5);
         assertThat(text.getBytes(java.nio.charset.StandardCharsets.UTF_8).length).isAtMost(5 * 4);
         assertThat(s.generate("ab", 5)).isEqualTo(text);
+
+        var e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class, () -> s.evaluate(0));
+        assertThat(e).hasMessageThat().isEqualTo("batches must be at least 1");
+        org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class, () -> s.generate("ab", -1));
+        org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class, () -> s.generate("", 3));
+        org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class, () -> s.train(-1));
     }
 
     @Test

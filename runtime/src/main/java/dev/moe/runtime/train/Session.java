@@ -208,6 +208,9 @@ public final class Session {
 
     /** {@code steps} optimiser steps; returns their losses. */
     public List<Double> train(int steps) {
+        if (steps < 0) {
+            throw new IllegalArgumentException("steps must be at least 0");
+        }
         List<Double> losses = new ArrayList<>(steps);
         for (int i = 0; i < steps; i++) {
             losses.add(trainStep());
@@ -217,6 +220,9 @@ public final class Session {
 
     /** Mean cross-entropy (nats per token) over {@code batches} held-out batches, which training never sees. */
     public double evaluate(int batches) {
+        if (batches < 1) {
+            throw new IllegalArgumentException("batches must be at least 1");
+        }
         model.setTraining(false);
         try {
             double sum = 0;
@@ -238,6 +244,9 @@ public final class Session {
 
     /** Continuation of {@code prompt} sampled with the given temperature, top-k, top-p and seed. */
     public String generate(String prompt, Sampler.Options options) {
+        if (options.maxTokens() < 0) {
+            throw new IllegalArgumentException("maxTokens must be at least 0");
+        }
         int[] tokens = ByteTokenizer.INSTANCE.encode(prompt);
         if (tokens.length == 0) {
             throw new IllegalArgumentException("the prompt is empty");
