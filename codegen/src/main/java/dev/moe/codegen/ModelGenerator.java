@@ -93,6 +93,10 @@ final class ModelGenerator {
         type.addJavadoc("$L: $L layers, dim $L, $L heads ($L key/value), vocab $L, context $L.\n\n", model.name(), model.layers().size(), cfg.dim(),
                 cfg.heads(), cfg.kvHeads(), cfg.vocab(), cfg.context());
         type.addJavadoc("<pre>\n$L</pre>\n", dataFlow());
+        type.addJavadoc("\n<p>Use it through {@link dev.moe.runtime.train.Session}: {@code Session.create($L::new)}\n"
+                + "builds it on the CPU backend and initialises it; the session trains it (a step or a loop),\n"
+                + "evaluates it, generates text, saves and loads checkpoints and reads the expert loads.\n"
+                + "Its public methods are those of {@link $T}.\n", className, TRAINABLE);
         constants();
         parameters();
         stateClasses();

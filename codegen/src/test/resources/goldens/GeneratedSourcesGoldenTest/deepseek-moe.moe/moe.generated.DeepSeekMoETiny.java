@@ -26,6 +26,11 @@ import javax.annotation.processing.Generated;
  * layer  5: stream += attention(rms(stream)); stream += moe fine(rms(stream))
  * stream ─▶ norm ─▶ head ─▶ logits ─▶ cross-entropy (+ balancing losses)
  * </pre>
+ *
+ * <p>Use it through {@link dev.moe.runtime.train.Session}: {@code Session.create(DeepSeekMoETiny::new)}
+ * builds it on the CPU backend and initialises it; the session trains it (a step or a loop),
+ * evaluates it, generates text, saves and loads checkpoints and reads the expert loads.
+ * Its public methods are those of {@link TrainableModel}.
  */
 @Generated(
         value = "dev.moe.codegen",

@@ -24,6 +24,11 @@ import javax.annotation.processing.Generated;
  * layer  3: stream += attention(rms(stream)); stream += moe mixtral(rms(stream))
  * stream ─▶ norm ─▶ head ─▶ logits ─▶ cross-entropy (+ balancing losses)
  * </pre>
+ *
+ * <p>Use it through {@link dev.moe.runtime.train.Session}: {@code Session.create(MixtralTiny::new)}
+ * builds it on the CPU backend and initialises it; the session trains it (a step or a loop),
+ * evaluates it, generates text, saves and loads checkpoints and reads the expert loads.
+ * Its public methods are those of {@link TrainableModel}.
  */
 @Generated(
         value = "dev.moe.codegen",
