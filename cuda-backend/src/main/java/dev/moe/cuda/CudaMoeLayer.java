@@ -46,12 +46,12 @@ public final class CudaMoeLayer implements AutoCloseable {
         this.act = spec.precision() == Precision.BF16 ? Type.BF16 : Type.F32;
         this.gradType = gradsInActivationType ? act : Type.F32;
         this.actBytes = act.bytes;
-        long e = spec.experts(), d = spec.dim(), f = spec.hidden();
-        router = ctx.allocator.allocate(e * d * actBytes);
-        bias = spec.bias() ? ctx.allocator.allocate(e * 4) : null;
+        long e = spec.experts(), er = spec.routed(), d = spec.dim(), f = spec.hidden();
+        router = ctx.allocator.allocate(er * d * actBytes);
+        bias = spec.bias() ? ctx.allocator.allocate(er * 4) : null;
         w13 = ctx.allocator.allocate(e * 2 * f * d * actBytes);
         w2 = ctx.allocator.allocate(e * d * f * actBytes);
-        dRouter = ctx.allocator.allocate(e * d * gradType.bytes);
+        dRouter = ctx.allocator.allocate(er * d * gradType.bytes);
         dW13 = ctx.allocator.allocate(e * 2 * f * d * gradType.bytes);
         dW2 = ctx.allocator.allocate(e * d * f * gradType.bytes);
         // Compile (or load from the disk cache) before any timing starts.
@@ -61,17 +61,21 @@ public final class CudaMoeLayer implements AutoCloseable {
         }
     }
 
-    /** Uploads weights given in fp32 (rounded to bf16 in bf16 mode); {@code expertBias} may be null. */
+    /**
+     * Uploads weights given in fp32 (rounded to bf16 in bf16 mode): the router {@code [routed, D]}
+     * (FFN experts' rows first, then zero, then copy experts'), the selection bias {@code [routed]}
+     * or null, and the FFN experts' {@code gateUp} and {@code down}.
+     */
     public void setWeights(float[] routerWeights, float[] expertBias, float[] gateUp, float[] down) {
-        int e = spec.experts(), d = spec.dim(), f = spec.hidden();
-        check(routerWeights.length == e * d, "router weights");
+        int e = spec.experts(), er = spec.routed(), d = spec.dim(), f = spec.hidden();
+        check(routerWeights.length == er * d, "router weights");
         check(gateUp.length == (long) e * 2 * f * d, "gate/up weights");
         check(down.length == (long) e * d * f, "down weights");
         upload(routerWeights, router.pointer);
         upload(gateUp, w13.pointer);
         upload(down, w2.pointer);
         if (spec.bias()) {
-            check(expertBias != null && expertBias.length == e, "expert bias");
+            check(expertBias != null && expertBias.length == er, "expert bias");
             ctx.upload(expertBias, bias.pointer);
         }
     }
@@ -101,7 +105,7 @@ public final class CudaMoeLayer implements AutoCloseable {
     }
 
     public float[] routerGrad() {
-        return downloadGrad(dRouter.pointer, spec.experts() * spec.dim());
+        return downloadGrad(dRouter.pointer, spec.routed() * spec.dim());
     }
 
     public float[] gateUpGrad() {
@@ -168,10 +172,10 @@ public final class CudaMoeLayer implements AutoCloseable {
         release(backwardBlocks);
         this.x = x;
         this.tokens = tokens;
-        int e = spec.experts(), k = spec.topK(), d = spec.dim(), f = spec.hidden();
+        int e = spec.experts(), er = spec.routed(), k = spec.topK(), d = spec.dim(), f = spec.hidden();
         int m = tokens * k;
-        logits = keep(saved, (long) tokens * e * 4);
-        probs = keep(saved, (long) tokens * e * 4);
+        logits = keep(saved, (long) tokens * er * 4);
+        probs = keep(saved, (long) tokens * er * 4);
         idx = keep(saved, (long) m * 4);
         weight = keep(saved, (long) m * 4);
         long rank = keep(saved, (long) m * 4);
@@ -186,7 +190,7 @@ public final class CudaMoeLayer implements AutoCloseable {
 
         mark("start");
         // logits[T, E] = x · routerᵀ, fp32 out.
-        ctx.blas.matmul(ctx.stream, true, false, e, tokens, d, router.pointer, act, d, x, act, d, logits, Type.F32, e, false);
+        ctx.blas.matmul(ctx.stream, true, false, er, tokens, d, router.pointer, act, d, x, act, d, logits, Type.F32, er, false);
         launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, spec.bias() ? bias.pointer : 0L, tokens, idx, weight, probs);
         launch("expert_rank", e, 1024, idx, m, rank, counts);
         launch("expert_offsets", 1, 32, counts, offs);
@@ -204,7 +208,7 @@ public final class CudaMoeLayer implements AutoCloseable {
                     h + (long) r0 * d * actBytes, act, d, g + (long) r0 * 2 * f * actBytes, act, 2 * f, false);
         }
         mark("gemm gate/up");
-        long n = (long) m * f;
+        long n = (long) offsets[e] * f; // rows of FFN experts only: zero and copy slots have none
         launch("swiglu", elementwiseGrid(n), THREADS, g, a, n);
         mark("swiglu");
         for (int ex = 0; ex < e; ex++) {
@@ -217,7 +221,7 @@ public final class CudaMoeLayer implements AutoCloseable {
                     a + (long) r0 * f * actBytes, act, f, y + (long) r0 * d * actBytes, act, d, false);
         }
         mark("gemm down");
-        launch("combine", tokens, THREADS, y, pos, weight, out);
+        launch("combine", tokens, THREADS, y, x, idx, pos, weight, out);
         mark("combine");
         return out;
     }
@@ -228,7 +232,7 @@ public final class CudaMoeLayer implements AutoCloseable {
      */
     public long backward(long dOut) {
         release(backwardBlocks);
-        int e = spec.experts(), k = spec.topK(), d = spec.dim(), f = spec.hidden();
+        int e = spec.experts(), er = spec.routed(), k = spec.topK(), d = spec.dim(), f = spec.hidden();
         int m = tokens * k;
         long dy = keep(backwardBlocks, (long) m * d * actBytes);
         long dWeight = keep(backwardBlocks, (long) m * 4);
@@ -236,10 +240,10 @@ public final class CudaMoeLayer implements AutoCloseable {
         long dg = keep(backwardBlocks, (long) m * 2 * f * actBytes);
         long dh = keep(backwardBlocks, (long) m * d * actBytes);
         long dx = keep(backwardBlocks, (long) tokens * d * actBytes);
-        long dLogits = keep(backwardBlocks, (long) tokens * e * actBytes);
+        long dLogits = keep(backwardBlocks, (long) tokens * er * actBytes);
         int gb = gradType.bytes;
 
-        launch("combine_backward", tokens, THREADS, dOut, y, pos, weight, dy, dWeight);
+        launch("combine_backward", tokens, THREADS, dOut, y, x, idx, pos, weight, dy, dWeight);
         for (int ex = 0; ex < e; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
             long w2e = w2.pointer + (long) ex * d * f * actBytes;
@@ -254,7 +258,7 @@ public final class CudaMoeLayer implements AutoCloseable {
             ctx.blas.matmul(ctx.stream, false, true, f, d, rows, a + (long) r0 * f * actBytes, act, f, dy + (long) r0 * d * actBytes, act,
                     d, dW2.pointer + (long) ex * d * f * gb, gradType, f, false);
         }
-        long n = (long) m * f;
+        long n = (long) offsets[e] * f;
         launch("swiglu_backward", elementwiseGrid(n), THREADS, g, da, dg, n);
         for (int ex = 0; ex < e; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
@@ -270,11 +274,11 @@ public final class CudaMoeLayer implements AutoCloseable {
             ctx.blas.matmul(ctx.stream, false, true, d, 2 * f, rows, h + (long) r0 * d * actBytes, act, d, dg + (long) r0 * 2 * f * actBytes,
                     act, 2 * f, dW13.pointer + (long) ex * 2 * f * d * gb, gradType, d, false);
         }
-        launch("unpermute_sum", tokens, THREADS, dh, pos, dx);
+        launch("unpermute_sum", tokens, THREADS, dh, dOut, idx, pos, weight, dx);
         launch("router_backward", ceilDiv(tokens * 32, THREADS), THREADS, probs, idx, dWeight, tokens, dLogits);
         // dx += dlogits · router;  drouter[E, D] = dlogitsᵀ · x
-        ctx.blas.matmul(ctx.stream, false, false, d, tokens, e, router.pointer, act, d, dLogits, act, e, dx, act, d, true);
-        ctx.blas.matmul(ctx.stream, false, true, d, e, tokens, x, act, d, dLogits, act, e, dRouter.pointer, gradType, d, false);
+        ctx.blas.matmul(ctx.stream, false, false, d, tokens, er, router.pointer, act, d, dLogits, act, er, dx, act, d, true);
+        ctx.blas.matmul(ctx.stream, false, true, d, er, tokens, x, act, d, dLogits, act, er, dRouter.pointer, gradType, d, false);
         return dx;
     }
 

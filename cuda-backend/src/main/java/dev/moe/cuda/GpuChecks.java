@@ -20,7 +20,8 @@ public final class GpuChecks {
     public record Case(Spec spec, int tokens) {
         @Override
         public String toString() {
-            return String.format("D=%d F=%d E=%d k=%d %s%s%s%s T=%d %s", spec.dim(), spec.hidden(), spec.experts(), spec.topK(),
+            return String.format("D=%d F=%d E=%d%s k=%d %s%s%s%s T=%d %s", spec.dim(), spec.hidden(), spec.experts(),
+                    spec.zeroExperts() + spec.copyExperts() > 0 ? "+" + spec.zeroExperts() + "z+" + spec.copyExperts() + "c" : "", spec.topK(),
                     spec.score() == Score.SOFTMAX ? "softmax" : "sigmoid", spec.normalize() ? " norm" : "",
                     spec.scale() != 1f ? " scale=" + spec.scale() : "", spec.bias() ? " bias" : "", tokens,
                     spec.precision().name().toLowerCase(java.util.Locale.ROOT));
@@ -42,6 +43,10 @@ public final class GpuChecks {
             out.add(new Case(new Spec(16, 16, 2, 2, Score.SOFTMAX, true, 1f, false, p), 7)); // k = E
             out.add(new Case(new Spec(128, 352, 8, 2, Score.SOFTMAX, true, 1f, false, p), 256));
             out.add(new Case(new Spec(64, 32, 256, 8, Score.SIGMOID, true, 2.5f, true, p), 96));
+            // MoE++ zero-computation experts folded into the combine
+            out.add(new Case(new Spec(64, 96, 8, 2, 2, 2, Score.SOFTMAX, true, 1f, false, p), 80));
+            out.add(new Case(new Spec(32, 48, 16, 4, 0, 6, Score.SIGMOID, false, 1f, true, p), 40));
+            out.add(new Case(new Spec(48, 64, 4, 8, 0, 3, Score.SOFTMAX, false, 1f, false, p), 30)); // mostly zero experts
         }
         return out;
     }
@@ -50,12 +55,12 @@ public final class GpuChecks {
 
     public static Outcome check(CudaContext ctx, Case c, long seed) {
         Spec s = c.spec();
-        int t = c.tokens(), d = s.dim(), f = s.hidden(), e = s.experts();
+        int t = c.tokens(), d = s.dim(), f = s.hidden(), e = s.experts(), er = s.routed();
         boolean bf16 = s.precision() == Precision.BF16;
         Random rnd = new Random(seed);
         float[] x = gaussian(rnd, t * d, 1f, bf16);
-        float[] router = gaussian(rnd, e * d, (float) (1 / Math.sqrt(d)), bf16);
-        float[] bias = s.bias() ? gaussian(rnd, e, 0.05f, false) : null;
+        float[] router = gaussian(rnd, er * d, (float) (1 / Math.sqrt(d)), bf16);
+        float[] bias = s.bias() ? gaussian(rnd, er, 0.05f, false) : null;
         float[] gateUp = gaussian(rnd, e * 2 * f * d, (float) (1 / Math.sqrt(d)), bf16);
         float[] down = gaussian(rnd, e * d * f, (float) (1 / Math.sqrt(f)), bf16);
         float[] dOut = gaussian(rnd, t * d, 1f, bf16);
@@ -75,7 +80,7 @@ public final class GpuChecks {
                     rel(layer.gateUpGrad(), ref.dGateUp()), rel(layer.downGrad(), ref.dDown()), false);
             double tol = bf16 ? 2e-2 : 1e-4;
             boolean pass = o.outErr() <= tol && o.dxErr() <= tol && o.dRouterErr() <= tol && o.dGateUpErr() <= tol && o.dDownErr() <= tol
-                    && java.util.Arrays.equals(layer.lastCounts(), ref.counts());
+                    && java.util.Arrays.equals(layer.lastCounts(), java.util.Arrays.copyOf(ref.counts(), e));
             return new Outcome(c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(), o.dDownErr(), pass);
         }
     }

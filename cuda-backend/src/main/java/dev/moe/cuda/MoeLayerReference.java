@@ -10,19 +10,19 @@ import dev.moe.cuda.kernels.MoeKernelSource.Spec;
  */
 public final class MoeLayerReference {
 
-    /** Outputs and the gradients of {@code sum(out · dOut)}. */
+    /** Outputs and the gradients of {@code sum(out · dOut)}; {@code counts} has one entry per routed expert. */
     public record Result(double[] out, double[] dx, double[] dRouter, double[] dGateUp, double[] dDown, int[] counts) {}
 
     private MoeLayerReference() {}
 
     public static Result run(Spec s, int tokens, double[] x, double[] router, double[] bias, double[] gateUp, double[] down,
             double[] dOut) {
-        int d = s.dim(), f = s.hidden(), e = s.experts(), k = s.topK();
+        int d = s.dim(), f = s.hidden(), e = s.routed(), ffn = s.experts(), k = s.topK();
         double[] out = new double[tokens * d];
         double[] dx = new double[tokens * d];
         double[] dRouter = new double[e * d];
-        double[] dGateUp = new double[e * 2 * f * d];
-        double[] dDown = new double[e * d * f];
+        double[] dGateUp = new double[ffn * 2 * f * d];
+        double[] dDown = new double[ffn * d * f];
         int[] counts = new int[e];
         for (int t = 0; t < tokens; t++) {
             int xo = t * d;
@@ -74,6 +74,20 @@ public final class MoeLayerReference {
             double[] dw = new double[k];
             for (int r = 0; r < k; r++) {
                 int ex = chosen[r];
+                if (ex >= ffn) {
+                    // zero expert: outputs 0 (no gradient but through its routing weight, which is 0 here);
+                    // copy expert: outputs x
+                    if (ex >= ffn + s.zeroExperts()) {
+                        double dot = 0;
+                        for (int c = 0; c < d; c++) {
+                            out[xo + c] += w[r] * x[xo + c];
+                            dot += dOut[xo + c] * x[xo + c];
+                            dx[xo + c] += w[r] * dOut[xo + c];
+                        }
+                        dw[r] = dot;
+                    }
+                    continue;
+                }
                 double[] gate = new double[f], up = new double[f], act = new double[f];
                 for (int j = 0; j < f; j++) {
                     double gz = 0, uz = 0;

@@ -21,7 +21,8 @@ class MoeKernelSourceTest {
     @Test
     void theDeclarationIsBakedInAsConstants() {
         String src = MoeKernelSource.generate(DEEPSEEK);
-        assertThat(src).contains("#define E 64\n");
+        assertThat(src).contains("#define E 64 ");
+        assertThat(src).contains("#define ER 64 ");
         assertThat(src).contains("#define K 6\n");
         assertThat(src).contains("#define EPT 2 ");
         assertThat(src).contains("#define SOFTMAX 1\n");
@@ -55,7 +56,8 @@ class MoeKernelSourceTest {
         }
         Assumptions.assumeTrue(Files.isExecutable(nvcc), "nvcc is not installed: the CUDA C is compiled only on the GPU machine");
         java.util.List<String> sources = new java.util.ArrayList<>();
-        for (Spec spec : new Spec[] {DEEPSEEK, V3, new Spec(23, 17, 3, 1, Score.SOFTMAX, false, 1f, false, Precision.BF16)}) {
+        for (Spec spec : new Spec[] {DEEPSEEK, V3, new Spec(23, 17, 3, 1, Score.SOFTMAX, false, 1f, false, Precision.BF16),
+            new Spec(64, 32, 8, 2, 3, 2, Score.SOFTMAX, true, 1f, false, Precision.BF16)}) {
             sources.add(MoeKernelSource.generate(spec));
         }
         sources.add(dev.moe.cuda.kernels.ModelKernelSource.generate());

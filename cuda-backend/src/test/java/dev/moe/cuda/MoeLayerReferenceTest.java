@@ -22,16 +22,22 @@ class MoeLayerReferenceTest {
     }
 
     @Test
+    void zeroAndCopyExpertsGradientsMatchCentralDifferences() {
+        check(new Spec(5, 4, 3, 2, 2, 3, Score.SOFTMAX, true, 1f, false, Precision.FP32), 4);
+        check(new Spec(4, 3, 2, 1, 3, 2, Score.SIGMOID, false, 1f, true, Precision.FP32), 4);
+    }
+
+    @Test
     void unnormalizedTopOneGradientsMatchCentralDifferences() {
         check(new Spec(4, 3, 3, 1, Score.SOFTMAX, false, 1f, false, Precision.FP32), 4);
     }
 
     private static void check(Spec s, int tokens) {
         Random r = new Random(7);
-        double[] x = gaussian(r, tokens * s.dim()), router = gaussian(r, s.experts() * s.dim()),
+        double[] x = gaussian(r, tokens * s.dim()), router = gaussian(r, s.routed() * s.dim()),
                 gateUp = gaussian(r, s.experts() * 2 * s.hidden() * s.dim()), down = gaussian(r, s.experts() * s.dim() * s.hidden()),
                 dOut = gaussian(r, tokens * s.dim());
-        double[] bias = s.bias() ? gaussian(r, s.experts()) : null;
+        double[] bias = s.bias() ? gaussian(r, s.routed()) : null;
         MoeLayerReference.Result res = MoeLayerReference.run(s, tokens, x, router, bias, gateUp, down, dOut);
         compare("dx", res.dx(), x, () -> loss(s, tokens, x, router, bias, gateUp, down, dOut));
         compare("dRouter", res.dRouter(), router, () -> loss(s, tokens, x, router, bias, gateUp, down, dOut));
