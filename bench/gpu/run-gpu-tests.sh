@@ -5,7 +5,7 @@
 #   bash bench/gpu/run-gpu-tests.sh [OUTDIR]     # default OUTDIR: bench/results/gpu-<date>
 #   SKIP_BENCH=1 ...                             # only the correctness checks
 #
-# 1. GpuChecks: the MoE layer's output and every gradient against a float64 reference (22 cases).
+# 1. GpuChecks: the MoE layer's output and every gradient against a float64 reference (28 cases).
 # 2. BackendParity: the primitives CudaBackend runs on the GPU against the CPU backend (24 shapes);
 #    DeviceOpsParity: the dense-model kernels (embedding, RMSNorm, RoPE, GLU, cross-entropy, AdamW)
 #    against the CPU backend, 20 shapes each.
