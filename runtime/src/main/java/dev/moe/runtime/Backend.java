@@ -72,6 +72,28 @@ public interface Backend {
     void attentionBackward(float[] q, float[] k, float[] v, float[] out, float[] lse, float[] dOut, float[] dq, float[] dk, float[] dv,
             int batch, int seq, int heads, int kvHeads, int headDim, boolean causal, int window);
 
+    /**
+     * {@link #attention} with a padding mask: {@code keep[B*S]} (null = every row kept); a row not kept
+     * is no key or value for any other query (it still sees itself, so its own output stays finite).
+     * Backends without masks refuse a non-null one.
+     */
+    default void attention(float[] q, float[] k, float[] v, float[] out, float[] lse, int batch, int seq, int heads, int kvHeads, int headDim,
+            boolean causal, int window, boolean[] keep) {
+        if (keep != null) {
+            throw new UnsupportedOperationException(getClass().getSimpleName() + " has no attention padding masks");
+        }
+        attention(q, k, v, out, lse, batch, seq, heads, kvHeads, headDim, causal, window);
+    }
+
+    /** {@link #attentionBackward} with the padding mask of {@link #attention(float[], float[], float[], float[], float[], int, int, int, int, int, boolean, int, boolean[])}. */
+    default void attentionBackward(float[] q, float[] k, float[] v, float[] out, float[] lse, float[] dOut, float[] dq, float[] dk, float[] dv,
+            int batch, int seq, int heads, int kvHeads, int headDim, boolean causal, int window, boolean[] keep) {
+        if (keep != null) {
+            throw new UnsupportedOperationException(getClass().getSimpleName() + " has no attention padding masks");
+        }
+        attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, batch, seq, heads, kvHeads, headDim, causal, window);
+    }
+
     // ---- activations ----
 
     /** {@code h = act(gate) * up}, n elements. */

@@ -45,6 +45,22 @@ public interface TrainableModel {
     default void setDomains(List<String> domains) {}
 
     /**
+     * A padding mask for the following forwards (and {@link #lastLogits}), until replaced:
+     * {@code keep[b * seq + t]} false drops token t of sequence b; null (the default) keeps every token.
+     * Its length must be {@code batch * seq} of each forward, and it must keep at least one token. A
+     * dropped token is no key or value for any other token's attention, is left out of the loss and its
+     * mean, of expert capacity and expert choice, of the balancing losses' statistics, of the expert-bias
+     * update and of {@link #expertLoads}; its own output is unspecified. So the other tokens' logits and
+     * the loss do not depend on a dropped token's id, bit for bit. Models that cannot honour a mask for
+     * some feature throw an {@link UnsupportedOperationException} naming it (this default: all of them).
+     */
+    default void setMask(boolean[] keep) {
+        if (keep != null) {
+            throw new UnsupportedOperationException(name() + " does not support padding masks");
+        }
+    }
+
+    /**
      * Runs the forward pass on {@code batch} sequences of {@code seq} tokens and returns the training
      * loss (cross-entropy plus balancing losses); keeps what {@link #backward} needs.
      */

@@ -371,6 +371,12 @@ final class CpuOps {
 
     void attention(float[] q, float[] k, float[] v, float[] out, float[] lse, int batch, int seq, int heads, int kvHeads, int headDim,
             boolean causal, int window) {
+        attention(q, k, v, out, lse, batch, seq, heads, kvHeads, headDim, causal, window, null);
+    }
+
+    /** With {@code keep} (per row, null = all): a query sees a dropped key only when it is that key's own row. */
+    void attention(float[] q, float[] k, float[] v, float[] out, float[] lse, int batch, int seq, int heads, int kvHeads, int headDim,
+            boolean causal, int window, boolean[] keep) {
         checkHeads(heads, kvHeads);
         int group = heads / kvHeads;
         int qWidth = heads * headDim;
@@ -380,6 +386,7 @@ final class CpuOps {
         float[] kt = vectorApi ? transposeHeads(k, batch, seq, kvHeads, headDim) : null;
         forRange(batch * heads * seq, 4L * seq * headDim, (from, to) -> {
             float[] p = new float[seq];
+            int[] seen = keep == null ? null : new int[seq];
             float[] acc = new float[headDim];
             for (int u = from; u < to; u++) {
                 int bh = u / seq;
@@ -399,14 +406,18 @@ final class CpuOps {
                         p[j - lo] = dot(q, qo, k, (b * seq + j) * kvWidth + kvh * headDim, headDim) * scale;
                     }
                 }
+                if (keep != null) {
+                    n = visibleKeys(p, null, seen, keep, b * seq, i, lo, n);
+                }
                 float max = Float.NEGATIVE_INFINITY;
                 for (int t = 0; t < n; t++) {
                     max = Math.max(max, p[t]);
                 }
                 double sum = expShifted(p, n, max);
                 java.util.Arrays.fill(acc, 0f);
-                for (int j = lo; j <= hi; j++) {
-                    axpy(p[j - lo], v, (b * seq + j) * kvWidth + kvh * headDim, acc, 0, headDim);
+                for (int t = 0; t < n; t++) {
+                    int j = seen == null ? lo + t : seen[t];
+                    axpy(p[t], v, (b * seq + j) * kvWidth + kvh * headDim, acc, 0, headDim);
                 }
                 float inv = (float) (1.0 / sum);
                 for (int d = 0; d < headDim; d++) {
@@ -421,6 +432,11 @@ final class CpuOps {
 
     void attentionBackward(float[] q, float[] k, float[] v, float[] out, float[] lse, float[] dOut, float[] dq, float[] dk, float[] dv,
             int batch, int seq, int heads, int kvHeads, int headDim, boolean causal, int window) {
+        attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, batch, seq, heads, kvHeads, headDim, causal, window, null);
+    }
+
+    void attentionBackward(float[] q, float[] k, float[] v, float[] out, float[] lse, float[] dOut, float[] dq, float[] dk, float[] dv,
+            int batch, int seq, int heads, int kvHeads, int headDim, boolean causal, int window, boolean[] keep) {
         checkHeads(heads, kvHeads);
         int group = heads / kvHeads;
         int qWidth = heads * headDim;
@@ -441,6 +457,7 @@ final class CpuOps {
             forRange(batch * heads * seq, 6L * seq * headDim, (from, to) -> {
                 float[] p = new float[seq];
                 float[] dp = new float[seq];
+                int[] seen = keep == null ? null : new int[seq];
                 float[] acc = new float[headDim];
                 for (int u = from; u < to; u++) {
                     int bh = u / seq;
@@ -465,11 +482,15 @@ final class CpuOps {
                             dp[j - lo] = dot(dOut, qo, v, kvo, headDim);
                         }
                     }
+                    if (keep != null) {
+                        n = visibleKeys(p, dp, seen, keep, b * seq, i, lo, n);
+                    }
                     expShifted(p, n, l);
                     float dl = delta[row * heads + h];
                     java.util.Arrays.fill(acc, 0f);
-                    for (int j = lo; j <= hi; j++) {
-                        float ds = p[j - lo] * (dp[j - lo] - dl);
+                    for (int t = 0; t < n; t++) {
+                        int j = seen == null ? lo + t : seen[t];
+                        float ds = p[t] * (dp[t] - dl);
                         axpy(ds, k, (b * seq + j) * kvWidth + kvh * headDim, acc, 0, headDim);
                     }
                     for (int d = 0; d < headDim; d++) {
@@ -495,6 +516,11 @@ final class CpuOps {
                     int kvo = (b * seq + j) * kvWidth + kvh * headDim;
                     int lo = causal ? j : 0;
                     int hi = window > 0 ? Math.min(seq - 1, j + window - 1) : seq - 1;
+                    if (keep != null && !keep[b * seq + j]) {
+                        // a dropped key is seen by its own row only
+                        lo = j;
+                        hi = j;
+                    }
                     int n = hi - lo + 1;
                     java.util.Arrays.fill(accK, 0f);
                     java.util.Arrays.fill(accV, 0f);
@@ -534,6 +560,25 @@ final class CpuOps {
                 }
             });
         }
+    }
+
+    /**
+     * Keeps, in place and in order, the scores (and {@code dp}) of the keys lo .. lo + n - 1 that query i
+     * sees under {@code keep}: the kept rows and its own. Their positions go to {@code seen}; returns how many.
+     */
+    private static int visibleKeys(float[] p, float[] dp, int[] seen, boolean[] keep, int rowBase, int i, int lo, int n) {
+        int m = 0;
+        for (int t = 0; t < n; t++) {
+            int j = lo + t;
+            if (j == i || keep[rowBase + j]) {
+                p[m] = p[t];
+                if (dp != null) {
+                    dp[m] = dp[t];
+                }
+                seen[m++] = j;
+            }
+        }
+        return m;
     }
 
     /** {@code x[b*seq + s, h*hd + d]} as {@code [b, h, d, s]}: each head's dims become rows over positions. */
