@@ -116,6 +116,7 @@ final class ModelGenerator {
         }
         helpers();
         inference();
+        mask();
         stepHooks();
         return type;
     }
@@ -527,9 +528,7 @@ final class ModelGenerator {
                 .addField(int[].class, "counts").addField(long[].class, "stepCounts").addField(TypeName.LONG, "stepSlots")
                 .addField(TypeName.DOUBLE, "balanceLoss")
                 .addField(ArrayTypeName("SubBlockState"), "shared").addField(float[].class, "sharedOut").addField(float[].class, "sharedGate");
-        if (anyKeyedDispatch() || anyCapacity()) {
-            moeState.addField(FieldSpec.builder(int[].class, "slotKey").addJavadoc("each slot's dispatch key (FFN experts first)\n").build());
-        }
+        moeState.addField(FieldSpec.builder(int[].class, "slotKey").addJavadoc("each slot's dispatch key (FFN experts first; a padding mask's dropped slots last)\n").build());
         if (anyCapacity()) {
             moeState.addField(FieldSpec.builder(boolean[].class, "dropped").addJavadoc("capacity factor: slots dropped (not dispatched, no weight)\n").build());
         }
@@ -599,6 +598,12 @@ final class ModelGenerator {
         type.addField(TypeName.INT, "rows", Modifier.PRIVATE);
         type.addField(TypeName.INT, "capacity", Modifier.PRIVATE);
         type.addField(int[].class, "inputs", Modifier.PRIVATE);
+        type.addField(FieldSpec.builder(boolean[].class, "keep", Modifier.PRIVATE).addJavadoc("The padding mask (see setMask), null when every token is kept.\n").build());
+        type.addField(FieldSpec.builder(TypeName.INT, "keptRows", Modifier.PRIVATE).addJavadoc("The rows the mask keeps (all rows without one): the balancing statistics' denominator.\n").build());
+        type.addField(FieldSpec.builder(TypeName.INT, "keptSequences", Modifier.PRIVATE).addJavadoc("The sequences that keep any token.\n").build());
+        type.addField(float[].class, "keptLogits", Modifier.PRIVATE);
+        type.addField(float[].class, "keptDLogits", Modifier.PRIVATE);
+        type.addField(int[].class, "keptTargets", Modifier.PRIVATE);
         type.addField(TypeName.DOUBLE, "lastCrossEntropy", Modifier.PRIVATE);
         if (keepsStep()) {
             type.addField(FieldSpec.builder(TypeName.LONG, "step", Modifier.PRIVATE)
@@ -727,7 +732,7 @@ final class ModelGenerator {
         s.line("MoeState m = new MoeState()");
         s.line("m.counts = new int[experts]");
         s.line("m.stepCounts = new long[experts]");
-        s.line("m.offsets = new int[experts + 1]");
+        s.line("m.offsets = new int[experts + 2]");
         s.line("m.shared = new SubBlockState[shared]");
         s.open("for (int i = 0; i < shared; i++)").line("m.shared[i] = new SubBlockState()").close();
         s.line("return m");
@@ -764,6 +769,7 @@ final class ModelGenerator {
             bySeq.open("for (int b = 0; b < batch; b++)");
             bySeq.line("int[] counts = new int[$L]", experts);
             bySeq.open("for (int slot = b * seq * $L; slot < (b + 1) * seq * $L; slot++)", perToken, perToken);
+            bySeq.open("if (keep != null && !keep[slot / $L])", perToken).line("continue").close();
             bySeq.line("int ex = $L.selected[slot]", state);
             if (capacity(moe.routers().getFirst()) != null || expertChoice(moe.routers().getFirst())) {
                 bySeq.open("if (ex >= 0 && ex < $L && !$L.dropped[slot])", experts, state).line("counts[ex]++").close();
@@ -829,7 +835,26 @@ final class ModelGenerator {
             c.line("forwardLayer$L()", l.index());
         }
         c.add(headForward().build());
+        c.open("if (keep == null)");
         c.line("lastCrossEntropy = backend.crossEntropy(logits, targets, dLogits, rows, VOCAB)");
+        c.orElse("else");
+        c.comment("padding mask: the loss is the mean over the kept rows, packed in order; the dropped rows get no gradient");
+        c.open("if (keptLogits == null || keptLogits.length < keptRows * VOCAB)");
+        c.line("keptLogits = new float[keptRows * VOCAB]").line("keptDLogits = new float[keptRows * VOCAB]").line("keptTargets = new int[keptRows]");
+        c.close();
+        c.line("int kept = 0");
+        c.open("for (int t = 0; t < rows; t++)");
+        c.open("if (keep[t])");
+        c.line("System.arraycopy(logits, t * VOCAB, keptLogits, kept * VOCAB, VOCAB)");
+        c.line("keptTargets[kept++] = targets[t]");
+        c.close().close();
+        c.line("lastCrossEntropy = backend.crossEntropy(keptLogits, keptTargets, keptDLogits, keptRows, VOCAB)");
+        c.line("kept = 0");
+        c.open("for (int t = 0; t < rows; t++)");
+        c.open("if (keep[t])").line("System.arraycopy(keptDLogits, kept++ * VOCAB, dLogits, t * VOCAB, VOCAB)");
+        c.orElse("else").line("$T.fill(dLogits, t * VOCAB, (t + 1) * VOCAB, 0f)", ARRAYS).close();
+        c.close();
+        c.close();
         c.line("double loss = lastCrossEntropy");
         for (RoutedState rs : routedStates()) {
             c.line("loss += $L.balanceLoss", rs.state());
@@ -849,6 +874,20 @@ final class ModelGenerator {
         p.open("for (int i = 0; i < batch * seq; i++)");
         p.open("if (inputs[i] < 0 || inputs[i] >= VOCAB)");
         p.line("throw new IllegalArgumentException($S + inputs[i] + $S + i + $S + VOCAB + $S)", "token ", " at ", " is outside the vocabulary (", ")");
+        p.close();
+        p.close();
+        p.line("keptRows = batch * seq");
+        p.line("keptSequences = batch");
+        p.open("if (keep != null)");
+        p.open("if (keep.length != batch * seq)");
+        p.line("throw new IllegalArgumentException($S + keep.length + $S + batch + $S + seq)", "the padding mask has ", " entries, not batch x seq = ", " x ");
+        p.close();
+        p.line("keptRows = 0");
+        p.open("for (boolean kept : keep)").open("if (kept)").line("keptRows++").close().close();
+        p.open("if (keptRows == 0)").line("throw new IllegalArgumentException($S)", "the padding mask keeps no token").close();
+        p.line("keptSequences = 0");
+        p.open("for (int b = 0; b < batch; b++)");
+        p.open("for (int t = b * seq; t < (b + 1) * seq; t++)").open("if (keep[t])").line("keptSequences++").line("break").close().close();
         p.close();
         p.close();
         p.line("this.batch = batch");
@@ -973,9 +1012,6 @@ final class ModelGenerator {
                             p.line("moe$L.$L = new float[r * $L]", l.index(), f, gruWidth);
                         }
                     }
-                    if (topP(m.routers().getFirst()) || capacity(m.routers().getFirst()) != null || expertChoice(m.routers().getFirst())) {
-                        p.line("moe$L.offsets = new int[$L]", l.index(), m.routedExperts() + 2);
-                    }
                     int s = 0;
                     for (ExpertGroup g : m.groups()) {
                         if (g.role() == ExpertGroup.Role.SHARED) {
@@ -1019,9 +1055,7 @@ final class ModelGenerator {
         moe.line("m.dLogits = new float[r * experts]").line("m.sharedOut = new float[r * DIM]").line("m.sharedGate = new float[r]");
         moe.line("m.dRowWeight = new float[slots]").line("m.dys = new float[slots * DIM]").line("m.dxs = new float[slots * DIM]");
         moe.line("m.f = new float[experts]").line("m.p = new float[experts]");
-        if (anyKeyedDispatch() || anyCapacity()) {
-            moe.line("m.slotKey = new int[slots]");
-        }
+        moe.line("m.slotKey = new int[slots]");
         if (anyCapacity()) {
             moe.line("m.dropped = new boolean[slots]");
         }
@@ -1188,7 +1222,7 @@ final class ModelGenerator {
             c.line("backend.rope($L.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false)", s);
             c.line("backend.rope($L.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false)", s);
         }
-        c.line("backend.attention($L.q, $L.k, $L.v, $L.att, $L.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW)", s, s, s, s, s);
+        c.line("backend.attention($L.q, $L.k, $L.v, $L.att, $L.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep)", s, s, s, s, s);
         c.line("backend.matmul($L.att, 0, $L.value(), 0, $L, 0, rows, Q_DIM, DIM)", s, o, out);
         return c;
     }
@@ -1614,7 +1648,7 @@ final class ModelGenerator {
             c.comment("expert choice: in each sequence, each expert keeps its best ceil($L · seq / $L) tokens by probability; the other slots hold key $L and sort last, undispatched",
                     cf, e, e);
             c.line("int allSlots = rows * $L", k);
-            c.line("expertChoice($L, batch, seq, $L, (int) Math.ceil($L * seq / $L))", m, e, cf, e);
+            c.line("expertChoice($L, batch, seq, $L, (int) Math.ceil($L * seq / $L), keep)", m, e, cf, e);
             c.open("for (int i = 0; i < allSlots; i++)");
             c.line("$L.slotKey[i] = $L.dropped[i] ? $L : $L", m, m, e, sl.identity() ? m + ".selected[i]" : slotKeyConstant(moe, sl) + "[" + m + ".selected[i]]");
             c.close();
@@ -1630,13 +1664,13 @@ final class ModelGenerator {
                     }, e);
             c.line("int allSlots = rows * $L", k);
             c.open("if (counting)");
-            c.line("dropOverCapacity($L, allSlots, $L, (int) Math.ceil($L * rows * $L / $L), $L)", m, e, cf.factor(), k, e, switch (cf.drop()) {
+            c.line("dropOverCapacity($L, allSlots, $L, (int) Math.ceil($L * keptRows * $L / $L), $L, keep, $L)", m, e, cf.factor(), k, e, switch (cf.drop()) {
                 case PROBABILITY -> m + ".weight";
                 case POSITION -> "null";
                 case RANDOM -> "randomPriority(allSlots, " + layer + ")";
-            });
+            }, k);
             c.orElse("else");
-            c.line("$T.fill($L.dropped, 0, allSlots, false)", ARRAYS, m);
+            c.open("for (int i = 0; i < allSlots; i++)").line("$L.dropped[i] = keep != null && !keep[i / $L]", m, k).close();
             c.close();
             c.open("for (int i = 0; i < allSlots; i++)");
             c.line("$L.slotKey[i] = $L.dropped[i] ? $L : $L", m, m, e, sl.identity() ? m + ".selected[i]" : slotKeyConstant(moe, sl) + "[" + m + ".selected[i]]");
@@ -1647,10 +1681,16 @@ final class ModelGenerator {
             c.comment("dispatch: group the $L slots by key (counting sort); a token's unused slots hold key $L and sort last, undispatched", "rows * " + k, e);
             c.line("int allSlots = rows * $L", k);
             if (sl.identity()) {
+                c.open("if (keep == null)");
                 c.line("$T.sortByExpert($L.selected, allSlots, $L, $L.order, $L.offsets)", ROUTING, m, e + 1, m, m);
+                c.orElse("else");
+                c.comment("padding mask: a dropped token's slots sort last, undispatched");
+                c.open("for (int i = 0; i < allSlots; i++)").line("$L.slotKey[i] = keep[i / $L] ? $L.selected[i] : $L", m, k, m, e).close();
+                c.line("$T.sortByExpert($L.slotKey, allSlots, $L, $L.order, $L.offsets)", ROUTING, m, e + 1, m, m);
+                c.close();
             } else {
                 c.open("for (int i = 0; i < allSlots; i++)");
-                c.line("$L.slotKey[i] = $L.selected[i] == $L ? $L : $L[$L.selected[i]]", m, m, e, e, slotKeyConstant(moe, sl), m);
+                c.line("$L.slotKey[i] = $L.selected[i] == $L || keep != null && !keep[i / $L] ? $L : $L[$L.selected[i]]", m, m, e, k, e, slotKeyConstant(moe, sl), m);
                 c.close();
                 c.line("$T.sortByExpert($L.slotKey, allSlots, $L, $L.order, $L.offsets)", ROUTING, m, e + 1, m, m);
             }
@@ -1658,12 +1698,21 @@ final class ModelGenerator {
         } else if (sl.identity()) {
             c.comment("dispatch: group the $L slots by expert (counting sort), gather their inputs", "rows * " + k);
             c.line("int slots = rows * $L", k);
+            c.open("if (keep == null)");
             c.line("$T.sortByExpert($L.selected, slots, $L, $L.order, $L.offsets)", ROUTING, m, e, m, m);
+            c.orElse("else");
+            c.comment("padding mask: a dropped token's slots hold key $L and sort last, undispatched", e);
+            c.open("for (int i = 0; i < slots; i++)").line("$L.slotKey[i] = keep[i / $L] ? $L.selected[i] : $L", m, k, m, e).close();
+            c.line("$T.sortByExpert($L.slotKey, slots, $L, $L.order, $L.offsets)", ROUTING, m, e + 1, m, m);
+            c.line("slots = $L.offsets[$L]", m, e);
+            c.close();
         } else {
-            c.comment("dispatch: group the $L slots by key (FFN experts first; counting sort), gather their inputs", "rows * " + k);
+            c.comment("dispatch: group the $L slots by key (FFN experts first; counting sort), gather their inputs; a padding mask's dropped slots hold key $L and sort last",
+                    "rows * " + k, e);
             c.line("int slots = rows * $L", k);
-            c.open("for (int i = 0; i < slots; i++)").line("$L.slotKey[i] = $L[$L.selected[i]]", m, slotKeyConstant(moe, sl), m).close();
-            c.line("$T.sortByExpert($L.slotKey, slots, $L, $L.order, $L.offsets)", ROUTING, m, e, m, m);
+            c.open("for (int i = 0; i < slots; i++)").line("$L.slotKey[i] = keep == null || keep[i / $L] ? $L[$L.selected[i]] : $L", m, k, slotKeyConstant(moe, sl), m, e).close();
+            c.line("$T.sortByExpert($L.slotKey, slots, keep == null ? $L : $L, $L.order, $L.offsets)", ROUTING, m, e, e + 1, m, m);
+            c.line("slots = $L.offsets[$L]", m, e);
         }
         c.open("for (int i = 0; i < slots; i++)");
         c.line("$L.tokenOfRow[i] = $L.order[i] / $L", m, m, k);
@@ -2031,13 +2080,17 @@ final class ModelGenerator {
                         coef = coef + " * " + eta + "[ex]";
                     }
                     if (a.scope() == Loss.Scope.SEQUENCE) {
+                        c.comment("with a padding mask: over each sequence's kept tokens, averaged over the sequences that keep any");
                         c.open("for (int b = 0; b < batch; b++)");
+                        c.line("int keptSeq = keep == null ? seq : keptOf(b)");
+                        c.open("if (keptSeq == 0)").line("continue").close();
                         c.line("float[] f = $L.f", m);
                         c.line("$T.zero(f, $L)", ELEMENTWISE, e);
                         if (topP(moe.routers().getFirst())) {
                             c.comment("top-p: f over the sequence's used slots");
                             c.line("int seqSlots = 0");
                             c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
+                            c.open("if (keep != null && !keep[t])").line("continue").close();
                             c.open("for (int r = 0; r < $L.kept[t]; r++)", m);
                             c.line("f[$L.selected[t * $L + r]] += 1f", m, k);
                             c.line("seqSlots++");
@@ -2045,15 +2098,17 @@ final class ModelGenerator {
                             c.open("for (int ex = 0; ex < $L; ex++)", e).line("f[ex] /= seqSlots").close();
                         } else {
                             c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
+                            c.open("if (keep != null && !keep[t])").line("continue").close();
                             c.open("for (int r = 0; r < $L; r++)", k);
-                            c.line("f[$L.selected[t * $L + r]] += 1f / (seq * $L)", m, k, k);
+                            c.line("f[$L.selected[t * $L + r]] += 1f / (keptSeq * $L)", m, k, k);
                             c.close().close();
                         }
                         c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
+                        c.open("if (keep != null && !keep[t])").line("continue").close();
                         c.add(scoreRow(moe, m, e).build());
                         c.open("for (int ex = 0; ex < $L; ex++)", e);
-                        c.line("$L.balanceLoss += $L * $L * f[ex] * p[ex] / ((double) seq * batch)", m, coef, e);
-                        c.line("$L.auxGrad[t * $L + ex] += $L * $L * f[ex] / ((float) seq * batch)", m, e, coef, e);
+                        c.line("$L.balanceLoss += $L * $L * f[ex] * p[ex] / ((double) keptSeq * keptSequences)", m, coef, e);
+                        c.line("$L.auxGrad[t * $L + ex] += $L * $L * f[ex] / ((float) keptSeq * keptSequences)", m, e, coef, e);
                         c.close().close().close();
                     } else {
                         c.line("float[] f = $L.f", m);
@@ -2068,28 +2123,31 @@ final class ModelGenerator {
                             c.close();
                         }
                         c.open("for (int t = 0; t < rows; t++)");
+                        c.open("if (keep != null && !keep[t])").line("continue").close();
                         c.add(scoreRow(moe, m, e).build());
                         c.open("for (int ex = 0; ex < $L; ex++)", e);
-                        c.line("$L.balanceLoss += $L * $L * f[ex] * p[ex] / (double) rows", m, coef, e);
-                        c.line("$L.auxGrad[t * $L + ex] += $L * $L * f[ex] / rows", m, e, coef, e);
+                        c.line("$L.balanceLoss += $L * $L * f[ex] * p[ex] / (double) keptRows", m, coef, e);
+                        c.line("$L.auxGrad[t * $L + ex] += $L * $L * f[ex] / keptRows", m, e, coef, e);
                         c.close().close();
                     }
                 }
                 case Loss.ZLoss z when z.coef() > 0 -> {
                     c.comment("z-loss: coef * mean(logsumexp(logits)²)");
                     c.open("for (int t = 0; t < rows; t++)");
-                    c.line("$L.balanceLoss += $Lf * (double) $L.lse[t] * $L.lse[t] / rows", m, floatLiteral(z.coef()), m, m);
+                    c.open("if (keep != null && !keep[t])").line("continue").close();
+                    c.line("$L.balanceLoss += $Lf * (double) $L.lse[t] * $L.lse[t] / keptRows", m, floatLiteral(z.coef()), m, m);
                     c.close();
                 }
                 case Loss.Entropy h when h.coef() > 0 -> {
                     String coef = floatLiteral(h.coef()) + "f";
                     c.comment("entropy loss: coef * mean over tokens of -Σ p log p; d/dp = -coef (log p + 1) / rows");
                     c.open("for (int t = 0; t < rows; t++)");
+                    c.open("if (keep != null && !keep[t])").line("continue").close();
                     c.open("for (int ex = 0; ex < $L; ex++)", e);
                     c.line("double q = $L.probs[t * $L + ex]", m, e);
                     c.open("if (q > 0)");
-                    c.line("$L.balanceLoss -= $L * q * Math.log(q) / rows", m, coef);
-                    c.line("$L.auxGrad[t * $L + ex] -= (float) ($L * (Math.log(q) + 1) / rows)", m, e, coef);
+                    c.line("$L.balanceLoss -= $L * q * Math.log(q) / keptRows", m, coef);
+                    c.line("$L.auxGrad[t * $L + ex] -= (float) ($L * (Math.log(q) + 1) / keptRows)", m, e, coef);
                     c.close();
                     c.close().close();
                 }
@@ -2358,11 +2416,12 @@ final class ModelGenerator {
             c.open("for (int ex = 0; ex < $L; ex++)", e).line("$L[o + ex] += (float) (m.probs[o + ex] * (m.dScore[o + ex] - pdp))", dl).close();
         }
         if (zCoef > 0) {
-            c.comment("z-loss: d/dl of coef * lse² / rows = coef * 2 * lse * softmax / rows");
+            c.comment("z-loss: d/dl of coef * lse² / rows = coef * 2 * lse * softmax / rows (over the rows a padding mask keeps)");
+            c.open("if (keep == null || keep[t])");
             c.open("for (int ex = 0; ex < $L; ex++)", e);
             c.line("double softmax = Math.exp($L[o + ex] - m.lse[t])", lg);
-            c.line("$L[o + ex] += (float) (lossScale * $L * 2.0 * m.lse[t] * softmax / rows)", dl, floatLiteral(zCoef));
-            c.close();
+            c.line("$L[o + ex] += (float) (lossScale * $L * 2.0 * m.lse[t] * softmax / keptRows)", dl, floatLiteral(zCoef));
+            c.close().close();
         }
         if (transform) {
             Router.Temperature tp = r.temperature().get();
@@ -2396,7 +2455,16 @@ final class ModelGenerator {
         if (anyCapacity()) {
             Code c = new Code();
             c.line("$T.fill(m.dropped, 0, slots, false)", ARRAYS);
+            c.open("if (keep == null)");
             c.line("$T.sortByExpert(m.selected, slots, experts, m.order, m.offsets)", ROUTING);
+            c.orElse("else");
+            c.comment("padding mask: a dropped token's slots are dropped and do not compete for capacity");
+            c.open("for (int s = 0; s < slots; s++)");
+            c.line("m.dropped[s] = !keep[s / k]");
+            c.line("m.slotKey[s] = m.dropped[s] ? experts : m.selected[s]");
+            c.close();
+            c.line("$T.sortByExpert(m.slotKey, slots, experts + 1, m.order, m.offsets)", ROUTING);
+            c.close();
             c.open("for (int ex = 0; ex < experts; ex++)");
             c.line("int from = m.offsets[ex]");
             c.line("int n = m.offsets[ex + 1] - from");
@@ -2411,7 +2479,8 @@ final class ModelGenerator {
             type.addMethod(MethodSpec.methodBuilder("dropOverCapacity").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
                     .addJavadoc("Capacity factor: each expert keeps at most {@code capacity} of its slots, those of highest priority (ties, and a null priority: the earliest slots); the rest are marked dropped.\n")
                     .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "slots").addParameter(TypeName.INT, "experts")
-                    .addParameter(TypeName.INT, "capacity").addParameter(float[].class, "priority").addCode(c.build()).build());
+                    .addParameter(TypeName.INT, "capacity").addParameter(float[].class, "priority").addParameter(boolean[].class, "keep")
+                    .addParameter(TypeName.INT, "k").addCode(c.build()).build());
         }
         if (moes.values().stream().anyMatch(m -> expertChoice(m.routers().getFirst()))) {
             Code c = new Code();
@@ -2422,7 +2491,7 @@ final class ModelGenerator {
             c.open("for (int ex = 0; ex < experts; ex++)");
             c.line("int n = 0");
             c.open("for (int s = b * seq * slotsPerToken; s < (b + 1) * seq * slotsPerToken; s++)");
-            c.open("if (m.selected[s] == ex)").line("idx[n++] = s").close();
+            c.open("if (m.selected[s] == ex && (keep == null || keep[s / slotsPerToken]))").line("idx[n++] = s").close();
             c.close();
             c.line("$T.sort(idx, 0, n, (x, y) -> m.weight[x] != m.weight[y] ? Float.compare(m.weight[y], m.weight[x]) : Integer.compare(x, y))", ARRAYS);
             c.open("for (int j = 0; j < Math.min(n, capacity); j++)").line("m.dropped[idx[j]] = false").close();
@@ -2431,7 +2500,8 @@ final class ModelGenerator {
             type.addMethod(MethodSpec.methodBuilder("expertChoice").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
                     .addJavadoc("Expert choice: every token ranked every expert (slotsPerToken = experts); in each sequence each expert keeps the {@code capacity} tokens of highest weight (ties: the earlier token), the other slots are marked dropped.\n")
                     .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "batch").addParameter(TypeName.INT, "seq")
-                    .addParameter(TypeName.INT, "slotsPerToken").addParameter(TypeName.INT, "capacity").addCode(c.build()).build());
+                    .addParameter(TypeName.INT, "slotsPerToken").addParameter(TypeName.INT, "capacity").addParameter(boolean[].class, "keep")
+                    .addCode(c.build()).build());
         }
         if (anySeeded() && moes.values().stream().anyMatch(m -> capacity(m.routers().getFirst()) != null
                 && capacity(m.routers().getFirst()).drop() == Router.DropPolicy.RANDOM)) {
@@ -2682,7 +2752,7 @@ final class ModelGenerator {
         c.line("$T.zero(dq, rows * Q_DIM)", ELEMENTWISE);
         c.line("$T.zero(dk, rows * KV_DIM)", ELEMENTWISE);
         c.line("$T.zero(dv, rows * KV_DIM)", ELEMENTWISE);
-        c.line("backend.attentionBackward($L.q, $L.k, $L.v, $L.att, $L.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW)",
+        c.line("backend.attentionBackward($L.q, $L.k, $L.v, $L.att, $L.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep)",
                 s, s, s, s, s);
         if (cfg.position().kind() == ModelConfig.PositionKind.ROPE) {
             c.line("backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true)");
@@ -2766,13 +2836,12 @@ final class ModelGenerator {
         if (capacity(r) != null || expertChoice(r)) {
             c.comment("$L: the dispatched (kept) slots; the dropped ones get no weight gradient", expertChoice(r) ? "expert choice" : "capacity factor");
             c.line("int slots = $L.offsets[$L]", m, e);
-            c.line("$T.fill($L.dWeight, 0, rows * $L, 0f)", ARRAYS, m, k);
         } else if (topP(r)) {
             c.comment("top-p: the dispatched (used) slots; the unused ones get no weight gradient");
             c.line("int slots = $L.offsets[$L]", m, e);
-            c.line("$T.fill($L.dWeight, 0, rows * $L, 0f)", ARRAYS, m, k);
         } else {
-            c.line("int slots = rows * $L", k);
+            c.comment("a padding mask's dropped slots are not dispatched and get no weight gradient");
+            c.line("int slots = keep == null ? rows * $L : $L.offsets[$L]", k, m, e);
         }
         int s = 0;
         for (ExpertGroup g : moe.groups()) {
@@ -2800,6 +2869,12 @@ final class ModelGenerator {
                     c.add(denseBackward(sp, sf, state, in, dOut, dIn, "rows").build());
                 }
             }
+        }
+        // after the shared experts: a sigmoid gate's backward uses dWeight as scratch
+        if (capacity(r) != null || expertChoice(r) || topP(r)) {
+            c.line("$T.fill($L.dWeight, 0, rows * $L, 0f)", ARRAYS, m, k);
+        } else {
+            c.open("if (keep != null)").line("$T.fill($L.dWeight, 0, rows * $L, 0f)", ARRAYS, m, k).close();
         }
         c.comment("combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]");
         c.line("$T.dotGatheredRows($L, $L.tokenOfRow, $L.ys, slots, DIM, $L.dRowWeight)", ELEMENTWISE, dOut, m, m, m);
@@ -2918,6 +2993,31 @@ final class ModelGenerator {
         type.addMethod(MethodSpec.methodBuilder("lastLogits").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(float[].class)
                 .addParameter(int[].class, "inputs").addParameter(TypeName.INT, "batch").addParameter(TypeName.INT, "seq").addCode(c.build())
                 .build());
+    }
+
+    private void mask() {
+        Code c = new Code();
+        if (!attnMoeLayers.isEmpty()) {
+            c.open("if (keep != null)");
+            c.line("throw new $T($S)", UnsupportedOperationException.class,
+                    model.name() + ": padding masks with attention experts (layer " + attnMoeLayers.getFirst() + ") are not supported");
+            c.close();
+        }
+        c.line("this.keep = keep == null ? null : keep.clone()");
+        type.addMethod(MethodSpec.methodBuilder("setMask").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .addJavadoc("See {@link $T#setMask}.\n", TRAINABLE).addParameter(boolean[].class, "keep").addCode(c.build()).build());
+        boolean sequenceAux = moes.values().stream().flatMap(mo -> mo.losses().stream())
+                .anyMatch(l -> l instanceof Loss.Aux a && a.coef() > 0 && a.scope() == Loss.Scope.SEQUENCE);
+        if (!sequenceAux) {
+            return;
+        }
+        type.addMethod(MethodSpec.methodBuilder("keptOf").addModifiers(Modifier.PRIVATE).returns(TypeName.INT)
+                .addJavadoc("The tokens of sequence {@code b} that the padding mask keeps.\n").addParameter(TypeName.INT, "b")
+                .addStatement("int n = 0")
+                .beginControlFlow("for (int t = b * seq; t < (b + 1) * seq; t++)")
+                .beginControlFlow("if (keep[t])").addStatement("n++").endControlFlow()
+                .endControlFlow()
+                .addStatement("return n").build());
     }
 
     private void stepHooks() {

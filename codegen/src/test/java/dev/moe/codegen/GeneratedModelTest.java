@@ -401,8 +401,15 @@ class GeneratedModelTest {
      * the absolute tolerance {@code absolute}; they are drawn from Normal(0, 0.5), vectors included.
      */
     static void checkGradients(String text, long step, List<String> domains, java.util.function.Predicate<String> focus, double absolute) {
+        checkGradients(text, step, domains, focus, absolute, null);
+    }
+
+    /** The same, with a padding mask over the batch's 2 x 5 tokens (null: none). */
+    static void checkGradients(String text, long step, List<String> domains, java.util.function.Predicate<String> focus, double absolute,
+            boolean[] keep) {
         TrainableModel m = Generated.instantiate(Generated.model(text));
         m.setDomains(domains);
+        m.setMask(keep);
         m.initialize(7);
         // Larger weights than the default init make every path's gradient visible above fp32 noise.
         for (Parameter p : m.parameters()) {

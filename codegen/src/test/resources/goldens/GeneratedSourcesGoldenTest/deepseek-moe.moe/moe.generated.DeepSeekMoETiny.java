@@ -570,6 +570,27 @@ public final class DeepSeekMoETiny implements TrainableModel {
 
     private int[] inputs;
 
+    /**
+     * The padding mask (see setMask), null when every token is kept.
+     */
+    private boolean[] keep;
+
+    /**
+     * The rows the mask keeps (all rows without one): the balancing statistics' denominator.
+     */
+    private int keptRows;
+
+    /**
+     * The sequences that keep any token.
+     */
+    private int keptSequences;
+
+    private float[] keptLogits;
+
+    private float[] keptDLogits;
+
+    private int[] keptTargets;
+
     private double lastCrossEntropy;
 
     /**
@@ -768,7 +789,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         MoeState m = new MoeState();
         m.counts = new int[experts];
         m.stepCounts = new long[experts];
-        m.offsets = new int[experts + 1];
+        m.offsets = new int[experts + 2];
         m.shared = new SubBlockState[shared];
         for (int i = 0; i < shared; i++) {
             m.shared[i] = new SubBlockState();
@@ -813,6 +834,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         for (int b = 0; b < batch; b++) {
             int[] counts = new int[16];
             for (int slot = b * seq * 4; slot < (b + 1) * seq * 4; slot++) {
+                if (keep != null && !keep[slot / 4]) {
+                    continue;
+                }
                 int ex = moe1.selected[slot];
                 if (ex >= 0 && ex < 16) {
                     counts[ex]++;
@@ -823,6 +847,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         for (int b = 0; b < batch; b++) {
             int[] counts = new int[16];
             for (int slot = b * seq * 4; slot < (b + 1) * seq * 4; slot++) {
+                if (keep != null && !keep[slot / 4]) {
+                    continue;
+                }
                 int ex = moe2.selected[slot];
                 if (ex >= 0 && ex < 16) {
                     counts[ex]++;
@@ -833,6 +860,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         for (int b = 0; b < batch; b++) {
             int[] counts = new int[16];
             for (int slot = b * seq * 4; slot < (b + 1) * seq * 4; slot++) {
+                if (keep != null && !keep[slot / 4]) {
+                    continue;
+                }
                 int ex = moe3.selected[slot];
                 if (ex >= 0 && ex < 16) {
                     counts[ex]++;
@@ -843,6 +873,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         for (int b = 0; b < batch; b++) {
             int[] counts = new int[16];
             for (int slot = b * seq * 4; slot < (b + 1) * seq * 4; slot++) {
+                if (keep != null && !keep[slot / 4]) {
+                    continue;
+                }
                 int ex = moe4.selected[slot];
                 if (ex >= 0 && ex < 16) {
                     counts[ex]++;
@@ -853,6 +886,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         for (int b = 0; b < batch; b++) {
             int[] counts = new int[16];
             for (int slot = b * seq * 4; slot < (b + 1) * seq * 4; slot++) {
+                if (keep != null && !keep[slot / 4]) {
+                    continue;
+                }
                 int ex = moe5.selected[slot];
                 if (ex >= 0 && ex < 16) {
                     counts[ex]++;
@@ -903,7 +939,32 @@ public final class DeepSeekMoETiny implements TrainableModel {
         System.arraycopy(stream, 0, finalInput, 0, rows * DIM);
         backend.rmsNorm(finalInput, finalNormWeight.value(), finalNormed, finalRstd, rows, DIM, EPS);
         backend.matmul(finalNormed, 0, headWeight.value(), 0, logits, 0, rows, DIM, VOCAB);
-        lastCrossEntropy = backend.crossEntropy(logits, targets, dLogits, rows, VOCAB);
+        if (keep == null) {
+            lastCrossEntropy = backend.crossEntropy(logits, targets, dLogits, rows, VOCAB);
+        } else {
+            // padding mask: the loss is the mean over the kept rows, packed in order; the dropped rows get no gradient
+            if (keptLogits == null || keptLogits.length < keptRows * VOCAB) {
+                keptLogits = new float[keptRows * VOCAB];
+                keptDLogits = new float[keptRows * VOCAB];
+                keptTargets = new int[keptRows];
+            }
+            int kept = 0;
+            for (int t = 0; t < rows; t++) {
+                if (keep[t]) {
+                    System.arraycopy(logits, t * VOCAB, keptLogits, kept * VOCAB, VOCAB);
+                    keptTargets[kept++] = targets[t];
+                }
+            }
+            lastCrossEntropy = backend.crossEntropy(keptLogits, keptTargets, keptDLogits, keptRows, VOCAB);
+            kept = 0;
+            for (int t = 0; t < rows; t++) {
+                if (keep[t]) {
+                    System.arraycopy(keptDLogits, kept++ * VOCAB, dLogits, t * VOCAB, VOCAB);
+                } else {
+                    Arrays.fill(dLogits, t * VOCAB, (t + 1) * VOCAB, 0f);
+                }
+            }
+        }
         double loss = lastCrossEntropy;
         loss += moe1.balanceLoss;
         loss += moe2.balanceLoss;
@@ -920,6 +981,31 @@ public final class DeepSeekMoETiny implements TrainableModel {
         for (int i = 0; i < batch * seq; i++) {
             if (inputs[i] < 0 || inputs[i] >= VOCAB) {
                 throw new IllegalArgumentException("token " + inputs[i] + " at " + i + " is outside the vocabulary (" + VOCAB + ")");
+            }
+        }
+        keptRows = batch * seq;
+        keptSequences = batch;
+        if (keep != null) {
+            if (keep.length != batch * seq) {
+                throw new IllegalArgumentException("the padding mask has " + keep.length + " entries, not batch x seq = " + batch + " x " + seq);
+            }
+            keptRows = 0;
+            for (boolean kept : keep) {
+                if (kept) {
+                    keptRows++;
+                }
+            }
+            if (keptRows == 0) {
+                throw new IllegalArgumentException("the padding mask keeps no token");
+            }
+            keptSequences = 0;
+            for (int b = 0; b < batch; b++) {
+                for (int t = b * seq; t < (b + 1) * seq; t++) {
+                    if (keep[t]) {
+                        keptSequences++;
+                        break;
+                    }
+                }
             }
         }
         this.batch = batch;
@@ -1034,6 +1120,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         m.dxs = new float[slots * DIM];
         m.f = new float[experts];
         m.p = new float[experts];
+        m.slotKey = new int[slots];
     }
 
     @Override
@@ -1069,7 +1156,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.matmul(mix0.normed, 0, l0AttnV.value(), 0, mix0.v, 0, rows, DIM, KV_DIM);
         backend.rope(mix0.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.rope(mix0.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
-        backend.attention(mix0.q, mix0.k, mix0.v, mix0.att, mix0.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attention(mix0.q, mix0.k, mix0.v, mix0.att, mix0.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.matmul(mix0.att, 0, l0AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
         Elementwise.addInPlace(stream, tmp, rows * DIM);
         // stream += dense(norm(stream))
@@ -1098,7 +1185,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         Elementwise.zero(dq, rows * Q_DIM);
         Elementwise.zero(dk, rows * KV_DIM);
         Elementwise.zero(dv, rows * KV_DIM);
-        backend.attentionBackward(mix0.q, mix0.k, mix0.v, mix0.att, mix0.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attentionBackward(mix0.q, mix0.k, mix0.v, mix0.att, mix0.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.matmulBackward(mix0.normed, 0, l0AttnQ.value(), 0, dq, 0, dNormed, 0, l0AttnQ.grad(), 0, rows, DIM, Q_DIM);
@@ -1119,7 +1206,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.matmul(mix1.normed, 0, l1AttnV.value(), 0, mix1.v, 0, rows, DIM, KV_DIM);
         backend.rope(mix1.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.rope(mix1.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
-        backend.attention(mix1.q, mix1.k, mix1.v, mix1.att, mix1.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attention(mix1.q, mix1.k, mix1.v, mix1.att, mix1.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.matmul(mix1.att, 0, l1AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
         Elementwise.addInPlace(stream, tmp, rows * DIM);
         // stream += moe fine(norm(stream))
@@ -1130,7 +1217,16 @@ public final class DeepSeekMoETiny implements TrainableModel {
         routeFine(moe1, null);
         // dispatch: group the rows * 4 slots by expert (counting sort), gather their inputs
         int slots = rows * 4;
-        Routing.sortByExpert(moe1.selected, slots, 16, moe1.order, moe1.offsets);
+        if (keep == null) {
+            Routing.sortByExpert(moe1.selected, slots, 16, moe1.order, moe1.offsets);
+        } else {
+            // padding mask: a dropped token's slots hold key 16 and sort last, undispatched
+            for (int i = 0; i < slots; i++) {
+                moe1.slotKey[i] = keep[i / 4] ? moe1.selected[i] : 16;
+            }
+            Routing.sortByExpert(moe1.slotKey, slots, 17, moe1.order, moe1.offsets);
+            slots = moe1.offsets[16];
+        }
         for (int i = 0; i < slots; i++) {
             moe1.tokenOfRow[i] = moe1.order[i] / 4;
             moe1.weightOfRow[i] = moe1.weight[moe1.order[i]];
@@ -1174,16 +1270,22 @@ public final class DeepSeekMoETiny implements TrainableModel {
             f[ex] = (float) ((double) moe1.stepCounts[ex] / moe1.stepSlots);
         }
         for (int t = 0; t < rows; t++) {
+            if (keep != null && !keep[t]) {
+                continue;
+            }
             float[] p = moe1.p;
             System.arraycopy(moe1.probs, t * 16, p, 0, 16);
             for (int ex = 0; ex < 16; ex++) {
-                moe1.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) rows;
-                moe1.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / rows;
+                moe1.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) keptRows;
+                moe1.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / keptRows;
             }
         }
         // z-loss: coef * mean(logsumexp(logits)²)
         for (int t = 0; t < rows; t++) {
-            moe1.balanceLoss += 1.0e-4f * (double) moe1.lse[t] * moe1.lse[t] / rows;
+            if (keep != null && !keep[t]) {
+                continue;
+            }
+            moe1.balanceLoss += 1.0e-4f * (double) moe1.lse[t] * moe1.lse[t] / keptRows;
         }
         Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
@@ -1191,7 +1293,8 @@ public final class DeepSeekMoETiny implements TrainableModel {
     private void backwardLayer1(float scale) {
         // stream += moe fine(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
-        int slots = rows * 4;
+        // a padding mask's dropped slots are not dispatched and get no weight gradient
+        int slots = keep == null ? rows * 4 : moe1.offsets[16];
         // shared expert 0
         Elementwise.zero(dAct, rows * 64);
         backend.matmulBackward(moe1.shared[0].act, 0, l1MoeShared0Down.value(), 0, dx, 0, dAct, 0, l1MoeShared0Down.grad(), 0, rows, 64, DIM);
@@ -1204,6 +1307,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.gluBackward(Activation.SILU, moe1.shared[1].gate, moe1.shared[1].up, dAct, dGate, dUp, rows * 64);
         backend.matmulBackward(ffn1.normed, 0, l1MoeShared1Gate.value(), 0, dGate, 0, dNormed, 0, l1MoeShared1Gate.grad(), 0, rows, DIM, 64);
         backend.matmulBackward(ffn1.normed, 0, l1MoeShared1Up.value(), 0, dUp, 0, dNormed, 0, l1MoeShared1Up.grad(), 0, rows, DIM, 64);
+        if (keep != null) {
+            Arrays.fill(moe1.dWeight, 0, rows * 4, 0f);
+        }
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
         Elementwise.dotGatheredRows(dx, moe1.tokenOfRow, moe1.ys, slots, DIM, moe1.dRowWeight);
         for (int i = 0; i < slots; i++) {
@@ -1230,7 +1336,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         Elementwise.zero(dq, rows * Q_DIM);
         Elementwise.zero(dk, rows * KV_DIM);
         Elementwise.zero(dv, rows * KV_DIM);
-        backend.attentionBackward(mix1.q, mix1.k, mix1.v, mix1.att, mix1.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attentionBackward(mix1.q, mix1.k, mix1.v, mix1.att, mix1.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.matmulBackward(mix1.normed, 0, l1AttnQ.value(), 0, dq, 0, dNormed, 0, l1AttnQ.grad(), 0, rows, DIM, Q_DIM);
@@ -1251,7 +1357,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.matmul(mix2.normed, 0, l2AttnV.value(), 0, mix2.v, 0, rows, DIM, KV_DIM);
         backend.rope(mix2.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.rope(mix2.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
-        backend.attention(mix2.q, mix2.k, mix2.v, mix2.att, mix2.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attention(mix2.q, mix2.k, mix2.v, mix2.att, mix2.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.matmul(mix2.att, 0, l2AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
         Elementwise.addInPlace(stream, tmp, rows * DIM);
         // stream += moe fine(norm(stream))
@@ -1262,7 +1368,16 @@ public final class DeepSeekMoETiny implements TrainableModel {
         routeFine(moe2, null);
         // dispatch: group the rows * 4 slots by expert (counting sort), gather their inputs
         int slots = rows * 4;
-        Routing.sortByExpert(moe2.selected, slots, 16, moe2.order, moe2.offsets);
+        if (keep == null) {
+            Routing.sortByExpert(moe2.selected, slots, 16, moe2.order, moe2.offsets);
+        } else {
+            // padding mask: a dropped token's slots hold key 16 and sort last, undispatched
+            for (int i = 0; i < slots; i++) {
+                moe2.slotKey[i] = keep[i / 4] ? moe2.selected[i] : 16;
+            }
+            Routing.sortByExpert(moe2.slotKey, slots, 17, moe2.order, moe2.offsets);
+            slots = moe2.offsets[16];
+        }
         for (int i = 0; i < slots; i++) {
             moe2.tokenOfRow[i] = moe2.order[i] / 4;
             moe2.weightOfRow[i] = moe2.weight[moe2.order[i]];
@@ -1306,16 +1421,22 @@ public final class DeepSeekMoETiny implements TrainableModel {
             f[ex] = (float) ((double) moe2.stepCounts[ex] / moe2.stepSlots);
         }
         for (int t = 0; t < rows; t++) {
+            if (keep != null && !keep[t]) {
+                continue;
+            }
             float[] p = moe2.p;
             System.arraycopy(moe2.probs, t * 16, p, 0, 16);
             for (int ex = 0; ex < 16; ex++) {
-                moe2.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) rows;
-                moe2.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / rows;
+                moe2.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) keptRows;
+                moe2.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / keptRows;
             }
         }
         // z-loss: coef * mean(logsumexp(logits)²)
         for (int t = 0; t < rows; t++) {
-            moe2.balanceLoss += 1.0e-4f * (double) moe2.lse[t] * moe2.lse[t] / rows;
+            if (keep != null && !keep[t]) {
+                continue;
+            }
+            moe2.balanceLoss += 1.0e-4f * (double) moe2.lse[t] * moe2.lse[t] / keptRows;
         }
         Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
@@ -1323,7 +1444,8 @@ public final class DeepSeekMoETiny implements TrainableModel {
     private void backwardLayer2(float scale) {
         // stream += moe fine(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
-        int slots = rows * 4;
+        // a padding mask's dropped slots are not dispatched and get no weight gradient
+        int slots = keep == null ? rows * 4 : moe2.offsets[16];
         // shared expert 0
         Elementwise.zero(dAct, rows * 64);
         backend.matmulBackward(moe2.shared[0].act, 0, l2MoeShared0Down.value(), 0, dx, 0, dAct, 0, l2MoeShared0Down.grad(), 0, rows, 64, DIM);
@@ -1336,6 +1458,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.gluBackward(Activation.SILU, moe2.shared[1].gate, moe2.shared[1].up, dAct, dGate, dUp, rows * 64);
         backend.matmulBackward(ffn2.normed, 0, l2MoeShared1Gate.value(), 0, dGate, 0, dNormed, 0, l2MoeShared1Gate.grad(), 0, rows, DIM, 64);
         backend.matmulBackward(ffn2.normed, 0, l2MoeShared1Up.value(), 0, dUp, 0, dNormed, 0, l2MoeShared1Up.grad(), 0, rows, DIM, 64);
+        if (keep != null) {
+            Arrays.fill(moe2.dWeight, 0, rows * 4, 0f);
+        }
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
         Elementwise.dotGatheredRows(dx, moe2.tokenOfRow, moe2.ys, slots, DIM, moe2.dRowWeight);
         for (int i = 0; i < slots; i++) {
@@ -1362,7 +1487,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         Elementwise.zero(dq, rows * Q_DIM);
         Elementwise.zero(dk, rows * KV_DIM);
         Elementwise.zero(dv, rows * KV_DIM);
-        backend.attentionBackward(mix2.q, mix2.k, mix2.v, mix2.att, mix2.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attentionBackward(mix2.q, mix2.k, mix2.v, mix2.att, mix2.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.matmulBackward(mix2.normed, 0, l2AttnQ.value(), 0, dq, 0, dNormed, 0, l2AttnQ.grad(), 0, rows, DIM, Q_DIM);
@@ -1383,7 +1508,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.matmul(mix3.normed, 0, l3AttnV.value(), 0, mix3.v, 0, rows, DIM, KV_DIM);
         backend.rope(mix3.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.rope(mix3.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
-        backend.attention(mix3.q, mix3.k, mix3.v, mix3.att, mix3.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attention(mix3.q, mix3.k, mix3.v, mix3.att, mix3.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.matmul(mix3.att, 0, l3AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
         Elementwise.addInPlace(stream, tmp, rows * DIM);
         // stream += moe fine(norm(stream))
@@ -1394,7 +1519,16 @@ public final class DeepSeekMoETiny implements TrainableModel {
         routeFine(moe3, null);
         // dispatch: group the rows * 4 slots by expert (counting sort), gather their inputs
         int slots = rows * 4;
-        Routing.sortByExpert(moe3.selected, slots, 16, moe3.order, moe3.offsets);
+        if (keep == null) {
+            Routing.sortByExpert(moe3.selected, slots, 16, moe3.order, moe3.offsets);
+        } else {
+            // padding mask: a dropped token's slots hold key 16 and sort last, undispatched
+            for (int i = 0; i < slots; i++) {
+                moe3.slotKey[i] = keep[i / 4] ? moe3.selected[i] : 16;
+            }
+            Routing.sortByExpert(moe3.slotKey, slots, 17, moe3.order, moe3.offsets);
+            slots = moe3.offsets[16];
+        }
         for (int i = 0; i < slots; i++) {
             moe3.tokenOfRow[i] = moe3.order[i] / 4;
             moe3.weightOfRow[i] = moe3.weight[moe3.order[i]];
@@ -1438,16 +1572,22 @@ public final class DeepSeekMoETiny implements TrainableModel {
             f[ex] = (float) ((double) moe3.stepCounts[ex] / moe3.stepSlots);
         }
         for (int t = 0; t < rows; t++) {
+            if (keep != null && !keep[t]) {
+                continue;
+            }
             float[] p = moe3.p;
             System.arraycopy(moe3.probs, t * 16, p, 0, 16);
             for (int ex = 0; ex < 16; ex++) {
-                moe3.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) rows;
-                moe3.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / rows;
+                moe3.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) keptRows;
+                moe3.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / keptRows;
             }
         }
         // z-loss: coef * mean(logsumexp(logits)²)
         for (int t = 0; t < rows; t++) {
-            moe3.balanceLoss += 1.0e-4f * (double) moe3.lse[t] * moe3.lse[t] / rows;
+            if (keep != null && !keep[t]) {
+                continue;
+            }
+            moe3.balanceLoss += 1.0e-4f * (double) moe3.lse[t] * moe3.lse[t] / keptRows;
         }
         Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
@@ -1455,7 +1595,8 @@ public final class DeepSeekMoETiny implements TrainableModel {
     private void backwardLayer3(float scale) {
         // stream += moe fine(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
-        int slots = rows * 4;
+        // a padding mask's dropped slots are not dispatched and get no weight gradient
+        int slots = keep == null ? rows * 4 : moe3.offsets[16];
         // shared expert 0
         Elementwise.zero(dAct, rows * 64);
         backend.matmulBackward(moe3.shared[0].act, 0, l3MoeShared0Down.value(), 0, dx, 0, dAct, 0, l3MoeShared0Down.grad(), 0, rows, 64, DIM);
@@ -1468,6 +1609,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.gluBackward(Activation.SILU, moe3.shared[1].gate, moe3.shared[1].up, dAct, dGate, dUp, rows * 64);
         backend.matmulBackward(ffn3.normed, 0, l3MoeShared1Gate.value(), 0, dGate, 0, dNormed, 0, l3MoeShared1Gate.grad(), 0, rows, DIM, 64);
         backend.matmulBackward(ffn3.normed, 0, l3MoeShared1Up.value(), 0, dUp, 0, dNormed, 0, l3MoeShared1Up.grad(), 0, rows, DIM, 64);
+        if (keep != null) {
+            Arrays.fill(moe3.dWeight, 0, rows * 4, 0f);
+        }
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
         Elementwise.dotGatheredRows(dx, moe3.tokenOfRow, moe3.ys, slots, DIM, moe3.dRowWeight);
         for (int i = 0; i < slots; i++) {
@@ -1494,7 +1638,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         Elementwise.zero(dq, rows * Q_DIM);
         Elementwise.zero(dk, rows * KV_DIM);
         Elementwise.zero(dv, rows * KV_DIM);
-        backend.attentionBackward(mix3.q, mix3.k, mix3.v, mix3.att, mix3.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attentionBackward(mix3.q, mix3.k, mix3.v, mix3.att, mix3.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.matmulBackward(mix3.normed, 0, l3AttnQ.value(), 0, dq, 0, dNormed, 0, l3AttnQ.grad(), 0, rows, DIM, Q_DIM);
@@ -1515,7 +1659,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.matmul(mix4.normed, 0, l4AttnV.value(), 0, mix4.v, 0, rows, DIM, KV_DIM);
         backend.rope(mix4.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.rope(mix4.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
-        backend.attention(mix4.q, mix4.k, mix4.v, mix4.att, mix4.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attention(mix4.q, mix4.k, mix4.v, mix4.att, mix4.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.matmul(mix4.att, 0, l4AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
         Elementwise.addInPlace(stream, tmp, rows * DIM);
         // stream += moe fine(norm(stream))
@@ -1526,7 +1670,16 @@ public final class DeepSeekMoETiny implements TrainableModel {
         routeFine(moe4, null);
         // dispatch: group the rows * 4 slots by expert (counting sort), gather their inputs
         int slots = rows * 4;
-        Routing.sortByExpert(moe4.selected, slots, 16, moe4.order, moe4.offsets);
+        if (keep == null) {
+            Routing.sortByExpert(moe4.selected, slots, 16, moe4.order, moe4.offsets);
+        } else {
+            // padding mask: a dropped token's slots hold key 16 and sort last, undispatched
+            for (int i = 0; i < slots; i++) {
+                moe4.slotKey[i] = keep[i / 4] ? moe4.selected[i] : 16;
+            }
+            Routing.sortByExpert(moe4.slotKey, slots, 17, moe4.order, moe4.offsets);
+            slots = moe4.offsets[16];
+        }
         for (int i = 0; i < slots; i++) {
             moe4.tokenOfRow[i] = moe4.order[i] / 4;
             moe4.weightOfRow[i] = moe4.weight[moe4.order[i]];
@@ -1570,16 +1723,22 @@ public final class DeepSeekMoETiny implements TrainableModel {
             f[ex] = (float) ((double) moe4.stepCounts[ex] / moe4.stepSlots);
         }
         for (int t = 0; t < rows; t++) {
+            if (keep != null && !keep[t]) {
+                continue;
+            }
             float[] p = moe4.p;
             System.arraycopy(moe4.probs, t * 16, p, 0, 16);
             for (int ex = 0; ex < 16; ex++) {
-                moe4.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) rows;
-                moe4.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / rows;
+                moe4.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) keptRows;
+                moe4.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / keptRows;
             }
         }
         // z-loss: coef * mean(logsumexp(logits)²)
         for (int t = 0; t < rows; t++) {
-            moe4.balanceLoss += 1.0e-4f * (double) moe4.lse[t] * moe4.lse[t] / rows;
+            if (keep != null && !keep[t]) {
+                continue;
+            }
+            moe4.balanceLoss += 1.0e-4f * (double) moe4.lse[t] * moe4.lse[t] / keptRows;
         }
         Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
@@ -1587,7 +1746,8 @@ public final class DeepSeekMoETiny implements TrainableModel {
     private void backwardLayer4(float scale) {
         // stream += moe fine(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
-        int slots = rows * 4;
+        // a padding mask's dropped slots are not dispatched and get no weight gradient
+        int slots = keep == null ? rows * 4 : moe4.offsets[16];
         // shared expert 0
         Elementwise.zero(dAct, rows * 64);
         backend.matmulBackward(moe4.shared[0].act, 0, l4MoeShared0Down.value(), 0, dx, 0, dAct, 0, l4MoeShared0Down.grad(), 0, rows, 64, DIM);
@@ -1600,6 +1760,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.gluBackward(Activation.SILU, moe4.shared[1].gate, moe4.shared[1].up, dAct, dGate, dUp, rows * 64);
         backend.matmulBackward(ffn4.normed, 0, l4MoeShared1Gate.value(), 0, dGate, 0, dNormed, 0, l4MoeShared1Gate.grad(), 0, rows, DIM, 64);
         backend.matmulBackward(ffn4.normed, 0, l4MoeShared1Up.value(), 0, dUp, 0, dNormed, 0, l4MoeShared1Up.grad(), 0, rows, DIM, 64);
+        if (keep != null) {
+            Arrays.fill(moe4.dWeight, 0, rows * 4, 0f);
+        }
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
         Elementwise.dotGatheredRows(dx, moe4.tokenOfRow, moe4.ys, slots, DIM, moe4.dRowWeight);
         for (int i = 0; i < slots; i++) {
@@ -1626,7 +1789,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         Elementwise.zero(dq, rows * Q_DIM);
         Elementwise.zero(dk, rows * KV_DIM);
         Elementwise.zero(dv, rows * KV_DIM);
-        backend.attentionBackward(mix4.q, mix4.k, mix4.v, mix4.att, mix4.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attentionBackward(mix4.q, mix4.k, mix4.v, mix4.att, mix4.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.matmulBackward(mix4.normed, 0, l4AttnQ.value(), 0, dq, 0, dNormed, 0, l4AttnQ.grad(), 0, rows, DIM, Q_DIM);
@@ -1647,7 +1810,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.matmul(mix5.normed, 0, l5AttnV.value(), 0, mix5.v, 0, rows, DIM, KV_DIM);
         backend.rope(mix5.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.rope(mix5.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
-        backend.attention(mix5.q, mix5.k, mix5.v, mix5.att, mix5.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attention(mix5.q, mix5.k, mix5.v, mix5.att, mix5.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.matmul(mix5.att, 0, l5AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
         Elementwise.addInPlace(stream, tmp, rows * DIM);
         // stream += moe fine(norm(stream))
@@ -1658,7 +1821,16 @@ public final class DeepSeekMoETiny implements TrainableModel {
         routeFine(moe5, null);
         // dispatch: group the rows * 4 slots by expert (counting sort), gather their inputs
         int slots = rows * 4;
-        Routing.sortByExpert(moe5.selected, slots, 16, moe5.order, moe5.offsets);
+        if (keep == null) {
+            Routing.sortByExpert(moe5.selected, slots, 16, moe5.order, moe5.offsets);
+        } else {
+            // padding mask: a dropped token's slots hold key 16 and sort last, undispatched
+            for (int i = 0; i < slots; i++) {
+                moe5.slotKey[i] = keep[i / 4] ? moe5.selected[i] : 16;
+            }
+            Routing.sortByExpert(moe5.slotKey, slots, 17, moe5.order, moe5.offsets);
+            slots = moe5.offsets[16];
+        }
         for (int i = 0; i < slots; i++) {
             moe5.tokenOfRow[i] = moe5.order[i] / 4;
             moe5.weightOfRow[i] = moe5.weight[moe5.order[i]];
@@ -1702,16 +1874,22 @@ public final class DeepSeekMoETiny implements TrainableModel {
             f[ex] = (float) ((double) moe5.stepCounts[ex] / moe5.stepSlots);
         }
         for (int t = 0; t < rows; t++) {
+            if (keep != null && !keep[t]) {
+                continue;
+            }
             float[] p = moe5.p;
             System.arraycopy(moe5.probs, t * 16, p, 0, 16);
             for (int ex = 0; ex < 16; ex++) {
-                moe5.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) rows;
-                moe5.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / rows;
+                moe5.balanceLoss += 0.001f * 16 * f[ex] * p[ex] / (double) keptRows;
+                moe5.auxGrad[t * 16 + ex] += 0.001f * 16 * f[ex] / keptRows;
             }
         }
         // z-loss: coef * mean(logsumexp(logits)²)
         for (int t = 0; t < rows; t++) {
-            moe5.balanceLoss += 1.0e-4f * (double) moe5.lse[t] * moe5.lse[t] / rows;
+            if (keep != null && !keep[t]) {
+                continue;
+            }
+            moe5.balanceLoss += 1.0e-4f * (double) moe5.lse[t] * moe5.lse[t] / keptRows;
         }
         Elementwise.addInPlace(stream, tmp, rows * DIM);
     }
@@ -1719,7 +1897,8 @@ public final class DeepSeekMoETiny implements TrainableModel {
     private void backwardLayer5(float scale) {
         // stream += moe fine(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
-        int slots = rows * 4;
+        // a padding mask's dropped slots are not dispatched and get no weight gradient
+        int slots = keep == null ? rows * 4 : moe5.offsets[16];
         // shared expert 0
         Elementwise.zero(dAct, rows * 64);
         backend.matmulBackward(moe5.shared[0].act, 0, l5MoeShared0Down.value(), 0, dx, 0, dAct, 0, l5MoeShared0Down.grad(), 0, rows, 64, DIM);
@@ -1732,6 +1911,9 @@ public final class DeepSeekMoETiny implements TrainableModel {
         backend.gluBackward(Activation.SILU, moe5.shared[1].gate, moe5.shared[1].up, dAct, dGate, dUp, rows * 64);
         backend.matmulBackward(ffn5.normed, 0, l5MoeShared1Gate.value(), 0, dGate, 0, dNormed, 0, l5MoeShared1Gate.grad(), 0, rows, DIM, 64);
         backend.matmulBackward(ffn5.normed, 0, l5MoeShared1Up.value(), 0, dUp, 0, dNormed, 0, l5MoeShared1Up.grad(), 0, rows, DIM, 64);
+        if (keep != null) {
+            Arrays.fill(moe5.dWeight, 0, rows * 4, 0f);
+        }
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
         Elementwise.dotGatheredRows(dx, moe5.tokenOfRow, moe5.ys, slots, DIM, moe5.dRowWeight);
         for (int i = 0; i < slots; i++) {
@@ -1758,7 +1940,7 @@ public final class DeepSeekMoETiny implements TrainableModel {
         Elementwise.zero(dq, rows * Q_DIM);
         Elementwise.zero(dk, rows * KV_DIM);
         Elementwise.zero(dv, rows * KV_DIM);
-        backend.attentionBackward(mix5.q, mix5.k, mix5.v, mix5.att, mix5.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attentionBackward(mix5.q, mix5.k, mix5.v, mix5.att, mix5.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.matmulBackward(mix5.normed, 0, l5AttnQ.value(), 0, dq, 0, dNormed, 0, l5AttnQ.grad(), 0, rows, DIM, Q_DIM);
@@ -1836,10 +2018,12 @@ public final class DeepSeekMoETiny implements TrainableModel {
             for (int ex = 0; ex < 16; ex++) {
                 m.dLogits[o + ex] += (float) (m.probs[o + ex] * (m.dScore[o + ex] - pdp));
             }
-            // z-loss: d/dl of coef * lse² / rows = coef * 2 * lse * softmax / rows
-            for (int ex = 0; ex < 16; ex++) {
-                double softmax = Math.exp(m.logits[o + ex] - m.lse[t]);
-                m.dLogits[o + ex] += (float) (lossScale * 1.0e-4 * 2.0 * m.lse[t] * softmax / rows);
+            // z-loss: d/dl of coef * lse² / rows = coef * 2 * lse * softmax / rows (over the rows a padding mask keeps)
+            if (keep == null || keep[t]) {
+                for (int ex = 0; ex < 16; ex++) {
+                    double softmax = Math.exp(m.logits[o + ex] - m.lse[t]);
+                    m.dLogits[o + ex] += (float) (lossScale * 1.0e-4 * 2.0 * m.lse[t] * softmax / keptRows);
+                }
             }
         }
     }
@@ -1859,6 +2043,14 @@ public final class DeepSeekMoETiny implements TrainableModel {
             System.arraycopy(logits, ((b + 1) * seq - 1) * VOCAB, last, b * VOCAB, VOCAB);
         }
         return last;
+    }
+
+    /**
+     * See {@link TrainableModel#setMask}.
+     */
+    @Override
+    public void setMask(boolean[] keep) {
+        this.keep = keep == null ? null : keep.clone();
     }
 
     @Override
@@ -1990,5 +2182,10 @@ public final class DeepSeekMoETiny implements TrainableModel {
         float[] sharedOut;
 
         float[] sharedGate;
+
+        /**
+         * each slot's dispatch key (FFN experts first; a padding mask's dropped slots last)
+         */
+        int[] slotKey;
     }
 }

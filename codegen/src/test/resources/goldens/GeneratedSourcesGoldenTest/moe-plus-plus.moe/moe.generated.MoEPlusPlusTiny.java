@@ -417,6 +417,27 @@ public final class MoEPlusPlusTiny implements TrainableModel {
 
     private int[] inputs;
 
+    /**
+     * The padding mask (see setMask), null when every token is kept.
+     */
+    private boolean[] keep;
+
+    /**
+     * The rows the mask keeps (all rows without one): the balancing statistics' denominator.
+     */
+    private int keptRows;
+
+    /**
+     * The sequences that keep any token.
+     */
+    private int keptSequences;
+
+    private float[] keptLogits;
+
+    private float[] keptDLogits;
+
+    private int[] keptTargets;
+
     private double lastCrossEntropy;
 
     /**
@@ -572,7 +593,7 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         MoeState m = new MoeState();
         m.counts = new int[experts];
         m.stepCounts = new long[experts];
-        m.offsets = new int[experts + 1];
+        m.offsets = new int[experts + 2];
         m.shared = new SubBlockState[shared];
         for (int i = 0; i < shared; i++) {
             m.shared[i] = new SubBlockState();
@@ -616,6 +637,9 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         for (int b = 0; b < batch; b++) {
             int[] counts = new int[12];
             for (int slot = b * seq * 2; slot < (b + 1) * seq * 2; slot++) {
+                if (keep != null && !keep[slot / 2]) {
+                    continue;
+                }
                 int ex = moe0.selected[slot];
                 if (ex >= 0 && ex < 12) {
                     counts[ex]++;
@@ -626,6 +650,9 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         for (int b = 0; b < batch; b++) {
             int[] counts = new int[12];
             for (int slot = b * seq * 2; slot < (b + 1) * seq * 2; slot++) {
+                if (keep != null && !keep[slot / 2]) {
+                    continue;
+                }
                 int ex = moe1.selected[slot];
                 if (ex >= 0 && ex < 12) {
                     counts[ex]++;
@@ -636,6 +663,9 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         for (int b = 0; b < batch; b++) {
             int[] counts = new int[12];
             for (int slot = b * seq * 2; slot < (b + 1) * seq * 2; slot++) {
+                if (keep != null && !keep[slot / 2]) {
+                    continue;
+                }
                 int ex = moe2.selected[slot];
                 if (ex >= 0 && ex < 12) {
                     counts[ex]++;
@@ -646,6 +676,9 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         for (int b = 0; b < batch; b++) {
             int[] counts = new int[12];
             for (int slot = b * seq * 2; slot < (b + 1) * seq * 2; slot++) {
+                if (keep != null && !keep[slot / 2]) {
+                    continue;
+                }
                 int ex = moe3.selected[slot];
                 if (ex >= 0 && ex < 12) {
                     counts[ex]++;
@@ -697,7 +730,32 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         System.arraycopy(stream, 0, finalInput, 0, rows * DIM);
         backend.rmsNorm(finalInput, finalNormWeight.value(), finalNormed, finalRstd, rows, DIM, EPS);
         backend.matmul(finalNormed, 0, embedWeight.value(), 0, logits, 0, rows, DIM, VOCAB);
-        lastCrossEntropy = backend.crossEntropy(logits, targets, dLogits, rows, VOCAB);
+        if (keep == null) {
+            lastCrossEntropy = backend.crossEntropy(logits, targets, dLogits, rows, VOCAB);
+        } else {
+            // padding mask: the loss is the mean over the kept rows, packed in order; the dropped rows get no gradient
+            if (keptLogits == null || keptLogits.length < keptRows * VOCAB) {
+                keptLogits = new float[keptRows * VOCAB];
+                keptDLogits = new float[keptRows * VOCAB];
+                keptTargets = new int[keptRows];
+            }
+            int kept = 0;
+            for (int t = 0; t < rows; t++) {
+                if (keep[t]) {
+                    System.arraycopy(logits, t * VOCAB, keptLogits, kept * VOCAB, VOCAB);
+                    keptTargets[kept++] = targets[t];
+                }
+            }
+            lastCrossEntropy = backend.crossEntropy(keptLogits, keptTargets, keptDLogits, keptRows, VOCAB);
+            kept = 0;
+            for (int t = 0; t < rows; t++) {
+                if (keep[t]) {
+                    System.arraycopy(keptDLogits, kept++ * VOCAB, dLogits, t * VOCAB, VOCAB);
+                } else {
+                    Arrays.fill(dLogits, t * VOCAB, (t + 1) * VOCAB, 0f);
+                }
+            }
+        }
         double loss = lastCrossEntropy;
         loss += moe0.balanceLoss;
         loss += moe1.balanceLoss;
@@ -713,6 +771,31 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         for (int i = 0; i < batch * seq; i++) {
             if (inputs[i] < 0 || inputs[i] >= VOCAB) {
                 throw new IllegalArgumentException("token " + inputs[i] + " at " + i + " is outside the vocabulary (" + VOCAB + ")");
+            }
+        }
+        keptRows = batch * seq;
+        keptSequences = batch;
+        if (keep != null) {
+            if (keep.length != batch * seq) {
+                throw new IllegalArgumentException("the padding mask has " + keep.length + " entries, not batch x seq = " + batch + " x " + seq);
+            }
+            keptRows = 0;
+            for (boolean kept : keep) {
+                if (kept) {
+                    keptRows++;
+                }
+            }
+            if (keptRows == 0) {
+                throw new IllegalArgumentException("the padding mask keeps no token");
+            }
+            keptSequences = 0;
+            for (int b = 0; b < batch; b++) {
+                for (int t = b * seq; t < (b + 1) * seq; t++) {
+                    if (keep[t]) {
+                        keptSequences++;
+                        break;
+                    }
+                }
             }
         }
         this.batch = batch;
@@ -811,6 +894,7 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         m.dxs = new float[slots * DIM];
         m.f = new float[experts];
         m.p = new float[experts];
+        m.slotKey = new int[slots];
         m.constantMix = new float[slots * 2];
     }
 
@@ -850,7 +934,7 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         backend.matmul(mix0.normed, 0, l0AttnV.value(), 0, mix0.v, 0, rows, DIM, KV_DIM);
         backend.rope(mix0.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.rope(mix0.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
-        backend.attention(mix0.q, mix0.k, mix0.v, mix0.att, mix0.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attention(mix0.q, mix0.k, mix0.v, mix0.att, mix0.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.matmul(mix0.att, 0, l0AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
         Elementwise.addInPlace(stream, tmp, rows * DIM);
         // stream += moe moepp(residual: false)(norm(stream))
@@ -861,7 +945,16 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         routeMoeppResidualFalse(moe0, null);
         // dispatch: group the rows * 2 slots by expert (counting sort), gather their inputs
         int slots = rows * 2;
-        Routing.sortByExpert(moe0.selected, slots, 12, moe0.order, moe0.offsets);
+        if (keep == null) {
+            Routing.sortByExpert(moe0.selected, slots, 12, moe0.order, moe0.offsets);
+        } else {
+            // padding mask: a dropped token's slots hold key 12 and sort last, undispatched
+            for (int i = 0; i < slots; i++) {
+                moe0.slotKey[i] = keep[i / 2] ? moe0.selected[i] : 12;
+            }
+            Routing.sortByExpert(moe0.slotKey, slots, 13, moe0.order, moe0.offsets);
+            slots = moe0.offsets[12];
+        }
         for (int i = 0; i < slots; i++) {
             moe0.tokenOfRow[i] = moe0.order[i] / 2;
             moe0.weightOfRow[i] = moe0.weight[moe0.order[i]];
@@ -904,11 +997,14 @@ public final class MoEPlusPlusTiny implements TrainableModel {
             f[ex] = (float) moe0.counts[ex] / slots;
         }
         for (int t = 0; t < rows; t++) {
+            if (keep != null && !keep[t]) {
+                continue;
+            }
             float[] p = moe0.p;
             System.arraycopy(moe0.probs, t * 12, p, 0, 12);
             for (int ex = 0; ex < 12; ex++) {
-                moe0.balanceLoss += 0.01f * ETA_MOEPP_RESIDUAL_FALSE_0_75[ex] * 12 * f[ex] * p[ex] / (double) rows;
-                moe0.auxGrad[t * 12 + ex] += 0.01f * ETA_MOEPP_RESIDUAL_FALSE_0_75[ex] * 12 * f[ex] / rows;
+                moe0.balanceLoss += 0.01f * ETA_MOEPP_RESIDUAL_FALSE_0_75[ex] * 12 * f[ex] * p[ex] / (double) keptRows;
+                moe0.auxGrad[t * 12 + ex] += 0.01f * ETA_MOEPP_RESIDUAL_FALSE_0_75[ex] * 12 * f[ex] / keptRows;
             }
         }
         Elementwise.addInPlace(stream, tmp, rows * DIM);
@@ -917,7 +1013,11 @@ public final class MoEPlusPlusTiny implements TrainableModel {
     private void backwardLayer0(float scale) {
         // stream += moe moepp(residual: false)(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
-        int slots = rows * 2;
+        // a padding mask's dropped slots are not dispatched and get no weight gradient
+        int slots = keep == null ? rows * 2 : moe0.offsets[12];
+        if (keep != null) {
+            Arrays.fill(moe0.dWeight, 0, rows * 2, 0f);
+        }
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
         Elementwise.dotGatheredRows(dx, moe0.tokenOfRow, moe0.ys, slots, DIM, moe0.dRowWeight);
         for (int i = 0; i < slots; i++) {
@@ -956,7 +1056,7 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         Elementwise.zero(dq, rows * Q_DIM);
         Elementwise.zero(dk, rows * KV_DIM);
         Elementwise.zero(dv, rows * KV_DIM);
-        backend.attentionBackward(mix0.q, mix0.k, mix0.v, mix0.att, mix0.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attentionBackward(mix0.q, mix0.k, mix0.v, mix0.att, mix0.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.matmulBackward(mix0.normed, 0, l0AttnQ.value(), 0, dq, 0, dNormed, 0, l0AttnQ.grad(), 0, rows, DIM, Q_DIM);
@@ -977,7 +1077,7 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         backend.matmul(mix1.normed, 0, l1AttnV.value(), 0, mix1.v, 0, rows, DIM, KV_DIM);
         backend.rope(mix1.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.rope(mix1.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
-        backend.attention(mix1.q, mix1.k, mix1.v, mix1.att, mix1.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attention(mix1.q, mix1.k, mix1.v, mix1.att, mix1.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.matmul(mix1.att, 0, l1AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
         Elementwise.addInPlace(stream, tmp, rows * DIM);
         // stream += moe moepp(norm(stream))
@@ -990,7 +1090,16 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         routeMoepp(moe1, null);
         // dispatch: group the rows * 2 slots by expert (counting sort), gather their inputs
         int slots = rows * 2;
-        Routing.sortByExpert(moe1.selected, slots, 12, moe1.order, moe1.offsets);
+        if (keep == null) {
+            Routing.sortByExpert(moe1.selected, slots, 12, moe1.order, moe1.offsets);
+        } else {
+            // padding mask: a dropped token's slots hold key 12 and sort last, undispatched
+            for (int i = 0; i < slots; i++) {
+                moe1.slotKey[i] = keep[i / 2] ? moe1.selected[i] : 12;
+            }
+            Routing.sortByExpert(moe1.slotKey, slots, 13, moe1.order, moe1.offsets);
+            slots = moe1.offsets[12];
+        }
         for (int i = 0; i < slots; i++) {
             moe1.tokenOfRow[i] = moe1.order[i] / 2;
             moe1.weightOfRow[i] = moe1.weight[moe1.order[i]];
@@ -1033,11 +1142,14 @@ public final class MoEPlusPlusTiny implements TrainableModel {
             f[ex] = (float) moe1.counts[ex] / slots;
         }
         for (int t = 0; t < rows; t++) {
+            if (keep != null && !keep[t]) {
+                continue;
+            }
             float[] p = moe1.p;
             System.arraycopy(moe1.probs, t * 12, p, 0, 12);
             for (int ex = 0; ex < 12; ex++) {
-                moe1.balanceLoss += 0.01f * ETA_MOEPP_0_75[ex] * 12 * f[ex] * p[ex] / (double) rows;
-                moe1.auxGrad[t * 12 + ex] += 0.01f * ETA_MOEPP_0_75[ex] * 12 * f[ex] / rows;
+                moe1.balanceLoss += 0.01f * ETA_MOEPP_0_75[ex] * 12 * f[ex] * p[ex] / (double) keptRows;
+                moe1.auxGrad[t * 12 + ex] += 0.01f * ETA_MOEPP_0_75[ex] * 12 * f[ex] / keptRows;
             }
         }
         Elementwise.addInPlace(stream, tmp, rows * DIM);
@@ -1046,7 +1158,11 @@ public final class MoEPlusPlusTiny implements TrainableModel {
     private void backwardLayer1(float scale) {
         // stream += moe moepp(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
-        int slots = rows * 2;
+        // a padding mask's dropped slots are not dispatched and get no weight gradient
+        int slots = keep == null ? rows * 2 : moe1.offsets[12];
+        if (keep != null) {
+            Arrays.fill(moe1.dWeight, 0, rows * 2, 0f);
+        }
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
         Elementwise.dotGatheredRows(dx, moe1.tokenOfRow, moe1.ys, slots, DIM, moe1.dRowWeight);
         for (int i = 0; i < slots; i++) {
@@ -1087,7 +1203,7 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         Elementwise.zero(dq, rows * Q_DIM);
         Elementwise.zero(dk, rows * KV_DIM);
         Elementwise.zero(dv, rows * KV_DIM);
-        backend.attentionBackward(mix1.q, mix1.k, mix1.v, mix1.att, mix1.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attentionBackward(mix1.q, mix1.k, mix1.v, mix1.att, mix1.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.matmulBackward(mix1.normed, 0, l1AttnQ.value(), 0, dq, 0, dNormed, 0, l1AttnQ.grad(), 0, rows, DIM, Q_DIM);
@@ -1108,7 +1224,7 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         backend.matmul(mix2.normed, 0, l2AttnV.value(), 0, mix2.v, 0, rows, DIM, KV_DIM);
         backend.rope(mix2.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.rope(mix2.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
-        backend.attention(mix2.q, mix2.k, mix2.v, mix2.att, mix2.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attention(mix2.q, mix2.k, mix2.v, mix2.att, mix2.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.matmul(mix2.att, 0, l2AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
         Elementwise.addInPlace(stream, tmp, rows * DIM);
         // stream += moe moepp(norm(stream))
@@ -1121,7 +1237,16 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         routeMoepp(moe2, null);
         // dispatch: group the rows * 2 slots by expert (counting sort), gather their inputs
         int slots = rows * 2;
-        Routing.sortByExpert(moe2.selected, slots, 12, moe2.order, moe2.offsets);
+        if (keep == null) {
+            Routing.sortByExpert(moe2.selected, slots, 12, moe2.order, moe2.offsets);
+        } else {
+            // padding mask: a dropped token's slots hold key 12 and sort last, undispatched
+            for (int i = 0; i < slots; i++) {
+                moe2.slotKey[i] = keep[i / 2] ? moe2.selected[i] : 12;
+            }
+            Routing.sortByExpert(moe2.slotKey, slots, 13, moe2.order, moe2.offsets);
+            slots = moe2.offsets[12];
+        }
         for (int i = 0; i < slots; i++) {
             moe2.tokenOfRow[i] = moe2.order[i] / 2;
             moe2.weightOfRow[i] = moe2.weight[moe2.order[i]];
@@ -1164,11 +1289,14 @@ public final class MoEPlusPlusTiny implements TrainableModel {
             f[ex] = (float) moe2.counts[ex] / slots;
         }
         for (int t = 0; t < rows; t++) {
+            if (keep != null && !keep[t]) {
+                continue;
+            }
             float[] p = moe2.p;
             System.arraycopy(moe2.probs, t * 12, p, 0, 12);
             for (int ex = 0; ex < 12; ex++) {
-                moe2.balanceLoss += 0.01f * ETA_MOEPP_0_75[ex] * 12 * f[ex] * p[ex] / (double) rows;
-                moe2.auxGrad[t * 12 + ex] += 0.01f * ETA_MOEPP_0_75[ex] * 12 * f[ex] / rows;
+                moe2.balanceLoss += 0.01f * ETA_MOEPP_0_75[ex] * 12 * f[ex] * p[ex] / (double) keptRows;
+                moe2.auxGrad[t * 12 + ex] += 0.01f * ETA_MOEPP_0_75[ex] * 12 * f[ex] / keptRows;
             }
         }
         Elementwise.addInPlace(stream, tmp, rows * DIM);
@@ -1177,7 +1305,11 @@ public final class MoEPlusPlusTiny implements TrainableModel {
     private void backwardLayer2(float scale) {
         // stream += moe moepp(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
-        int slots = rows * 2;
+        // a padding mask's dropped slots are not dispatched and get no weight gradient
+        int slots = keep == null ? rows * 2 : moe2.offsets[12];
+        if (keep != null) {
+            Arrays.fill(moe2.dWeight, 0, rows * 2, 0f);
+        }
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
         Elementwise.dotGatheredRows(dx, moe2.tokenOfRow, moe2.ys, slots, DIM, moe2.dRowWeight);
         for (int i = 0; i < slots; i++) {
@@ -1218,7 +1350,7 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         Elementwise.zero(dq, rows * Q_DIM);
         Elementwise.zero(dk, rows * KV_DIM);
         Elementwise.zero(dv, rows * KV_DIM);
-        backend.attentionBackward(mix2.q, mix2.k, mix2.v, mix2.att, mix2.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attentionBackward(mix2.q, mix2.k, mix2.v, mix2.att, mix2.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.matmulBackward(mix2.normed, 0, l2AttnQ.value(), 0, dq, 0, dNormed, 0, l2AttnQ.grad(), 0, rows, DIM, Q_DIM);
@@ -1239,7 +1371,7 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         backend.matmul(mix3.normed, 0, l3AttnV.value(), 0, mix3.v, 0, rows, DIM, KV_DIM);
         backend.rope(mix3.q, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
         backend.rope(mix3.k, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false);
-        backend.attention(mix3.q, mix3.k, mix3.v, mix3.att, mix3.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attention(mix3.q, mix3.k, mix3.v, mix3.att, mix3.lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.matmul(mix3.att, 0, l3AttnO.value(), 0, tmp, 0, rows, Q_DIM, DIM);
         Elementwise.addInPlace(stream, tmp, rows * DIM);
         // stream += moe moepp(norm(stream))
@@ -1252,7 +1384,16 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         routeMoepp(moe3, null);
         // dispatch: group the rows * 2 slots by expert (counting sort), gather their inputs
         int slots = rows * 2;
-        Routing.sortByExpert(moe3.selected, slots, 12, moe3.order, moe3.offsets);
+        if (keep == null) {
+            Routing.sortByExpert(moe3.selected, slots, 12, moe3.order, moe3.offsets);
+        } else {
+            // padding mask: a dropped token's slots hold key 12 and sort last, undispatched
+            for (int i = 0; i < slots; i++) {
+                moe3.slotKey[i] = keep[i / 2] ? moe3.selected[i] : 12;
+            }
+            Routing.sortByExpert(moe3.slotKey, slots, 13, moe3.order, moe3.offsets);
+            slots = moe3.offsets[12];
+        }
         for (int i = 0; i < slots; i++) {
             moe3.tokenOfRow[i] = moe3.order[i] / 2;
             moe3.weightOfRow[i] = moe3.weight[moe3.order[i]];
@@ -1295,11 +1436,14 @@ public final class MoEPlusPlusTiny implements TrainableModel {
             f[ex] = (float) moe3.counts[ex] / slots;
         }
         for (int t = 0; t < rows; t++) {
+            if (keep != null && !keep[t]) {
+                continue;
+            }
             float[] p = moe3.p;
             System.arraycopy(moe3.probs, t * 12, p, 0, 12);
             for (int ex = 0; ex < 12; ex++) {
-                moe3.balanceLoss += 0.01f * ETA_MOEPP_0_75[ex] * 12 * f[ex] * p[ex] / (double) rows;
-                moe3.auxGrad[t * 12 + ex] += 0.01f * ETA_MOEPP_0_75[ex] * 12 * f[ex] / rows;
+                moe3.balanceLoss += 0.01f * ETA_MOEPP_0_75[ex] * 12 * f[ex] * p[ex] / (double) keptRows;
+                moe3.auxGrad[t * 12 + ex] += 0.01f * ETA_MOEPP_0_75[ex] * 12 * f[ex] / keptRows;
             }
         }
         Elementwise.addInPlace(stream, tmp, rows * DIM);
@@ -1308,7 +1452,11 @@ public final class MoEPlusPlusTiny implements TrainableModel {
     private void backwardLayer3(float scale) {
         // stream += moe moepp(norm(stream)): dx flows through the residual and back through the ffn
         Elementwise.zero(dNormed, rows * DIM);
-        int slots = rows * 2;
+        // a padding mask's dropped slots are not dispatched and get no weight gradient
+        int slots = keep == null ? rows * 2 : moe3.offsets[12];
+        if (keep != null) {
+            Arrays.fill(moe3.dWeight, 0, rows * 2, 0f);
+        }
         // combine backward: d(weight) = <dOut[token], expert output>; d(expert output) = weight · dOut[token]
         Elementwise.dotGatheredRows(dx, moe3.tokenOfRow, moe3.ys, slots, DIM, moe3.dRowWeight);
         for (int i = 0; i < slots; i++) {
@@ -1349,7 +1497,7 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         Elementwise.zero(dq, rows * Q_DIM);
         Elementwise.zero(dk, rows * KV_DIM);
         Elementwise.zero(dv, rows * KV_DIM);
-        backend.attentionBackward(mix3.q, mix3.k, mix3.v, mix3.att, mix3.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW);
+        backend.attentionBackward(mix3.q, mix3.k, mix3.v, mix3.att, mix3.lse, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW, keep);
         backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true);
         backend.matmulBackward(mix3.normed, 0, l3AttnQ.value(), 0, dq, 0, dNormed, 0, l3AttnQ.grad(), 0, rows, DIM, Q_DIM);
@@ -1589,6 +1737,14 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         return last;
     }
 
+    /**
+     * See {@link TrainableModel#setMask}.
+     */
+    @Override
+    public void setMask(boolean[] keep) {
+        this.keep = keep == null ? null : keep.clone();
+    }
+
     @Override
     public void beginStep() {
         Arrays.fill(moe0.stepCounts, 0L);
@@ -1716,6 +1872,11 @@ public final class MoEPlusPlusTiny implements TrainableModel {
         float[] sharedOut;
 
         float[] sharedGate;
+
+        /**
+         * each slot's dispatch key (FFN experts first; a padding mask's dropped slots last)
+         */
+        int[] slotKey;
 
         /**
          * constant experts' [a1, a2] per dispatched row
