@@ -40,6 +40,12 @@ class AttentionTest {
     /** float64 attention; fills {@code lse} (length B*S*H) when not null. */
     static double[] attentionRef(double[] q, double[] k, double[] v, double[] lse, int batch, int seq, int heads, int kvHeads, int hd,
             boolean causal, int window) {
+        return attentionRef(q, k, v, lse, batch, seq, heads, kvHeads, hd, causal, window, null);
+    }
+
+    /** The same with a padding mask: a query sees a dropped key only when it is its own row. */
+    static double[] attentionRef(double[] q, double[] k, double[] v, double[] lse, int batch, int seq, int heads, int kvHeads, int hd,
+            boolean causal, int window, boolean[] keep) {
         double[] out = new double[batch * seq * heads * hd];
         double scale = 1 / Math.sqrt(hd);
         for (int b = 0; b < batch; b++) {
@@ -49,7 +55,7 @@ class AttentionTest {
                     double[] s = new double[seq];
                     double max = Double.NEGATIVE_INFINITY;
                     for (int j = 0; j < seq; j++) {
-                        if (!visible(i, j, causal, window)) {
+                        if (!(visible(i, j, causal, window) && (keep == null || j == i || keep[b * seq + j]))) {
                             continue;
                         }
                         double dot = 0;
@@ -61,12 +67,12 @@ class AttentionTest {
                     }
                     double z = 0;
                     for (int j = 0; j < seq; j++) {
-                        if (visible(i, j, causal, window)) {
+                        if ((visible(i, j, causal, window) && (keep == null || j == i || keep[b * seq + j]))) {
                             z += Math.exp(s[j] - max);
                         }
                     }
                     for (int j = 0; j < seq; j++) {
-                        if (!visible(i, j, causal, window)) {
+                        if (!(visible(i, j, causal, window) && (keep == null || j == i || keep[b * seq + j]))) {
                             continue;
                         }
                         double p = Math.exp(s[j] - max) / z;
@@ -132,6 +138,58 @@ class AttentionTest {
         assertGradient("dq", dq, numericGradient(f, in, 0, d(dOut)));
         assertGradient("dk", dk, numericGradient(f, in, 1, d(dOut)));
         assertGradient("dv", dv, numericGradient(f, in, 2, d(dOut)));
+    }
+
+    /** Rows 1 and 3 of the first sequence and row 0 of the second are dropped. */
+    private static final boolean[] KEEP = {true, false, true, false, true, false, true, true, true, true};
+
+    @ParameterizedTest(name = "causal={0} window={1} vector={2}")
+    @MethodSource("masks")
+    void paddingMaskMatchesFloat64ReferenceForwardAndBackward(boolean causal, int window, boolean vector) {
+        Random r = new Random(4);
+        float[] q = randn(r, B * S * H * HD, 1);
+        float[] k = randn(r, B * S * KV * HD, 1);
+        float[] v = randn(r, B * S * KV * HD, 1);
+        float[] dOut = randn(r, q.length, 1);
+        CpuOps ops = ops(1, vector);
+        float[] out = filled(q.length, Float.NaN);
+        float[] lse = filled(B * S * H, Float.NaN);
+        ops.attention(q, k, v, out, lse, B, S, H, KV, HD, causal, window, KEEP);
+        double[] lseRef = new double[B * S * H];
+        assertForward("out", out, attentionRef(d(q), d(k), d(v), lseRef, B, S, H, KV, HD, causal, window, KEEP));
+        assertForward("lse", lse, lseRef);
+        float[] dq = new float[q.length];
+        float[] dk = new float[k.length];
+        float[] dv = new float[v.length];
+        ops.attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, B, S, H, KV, HD, causal, window, KEEP);
+        Function<double[][], double[]> f = in -> attentionRef(in[0], in[1], in[2], null, B, S, H, KV, HD, causal, window, KEEP);
+        double[][] in = {d(q), d(k), d(v)};
+        assertGradient("dq", dq, numericGradient(f, in, 0, d(dOut)));
+        assertGradient("dk", dk, numericGradient(f, in, 1, d(dOut)));
+        assertGradient("dv", dv, numericGradient(f, in, 2, d(dOut)));
+    }
+
+    @ParameterizedTest(name = "vector={0}")
+    @ValueSource(booleans = {false, true})
+    void anAllKeptMaskIsBitwiseNoMask(boolean vector) {
+        Random r = new Random(5);
+        int seq = 19;
+        float[] q = randn(r, B * seq * H * HD, 1.5);
+        float[] k = randn(r, B * seq * KV * HD, 1.5);
+        float[] v = randn(r, B * seq * KV * HD, 1);
+        float[] dOut = randn(r, q.length, 1);
+        boolean[] all = new boolean[B * seq];
+        java.util.Arrays.fill(all, true);
+        CpuOps ops = ops(2, vector);
+        float[][] none = run(ops, q, k, v, dOut, B, seq, H, KV, HD, true, 5);
+        float[] out = new float[q.length];
+        float[] lse = new float[B * seq * H];
+        ops.attention(q, k, v, out, lse, B, seq, H, KV, HD, true, 5, all);
+        float[] dq = new float[q.length];
+        float[] dk = new float[k.length];
+        float[] dv = new float[v.length];
+        ops.attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, B, seq, H, KV, HD, true, 5, all);
+        assertThat(new float[][] {out, lse, dq, dk, dv}).isEqualTo(none);
     }
 
     @ParameterizedTest(name = "vector={0}")
