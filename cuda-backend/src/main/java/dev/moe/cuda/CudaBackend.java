@@ -256,6 +256,18 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     @Override
+    public void attention(float[] q, float[] k, float[] v, float[] out, float[] lse, int batch, int seq, int heads, int kvHeads, int headDim,
+            boolean causal, int window, boolean[] keep) {
+        cpu.attention(q, k, v, out, lse, batch, seq, heads, kvHeads, headDim, causal, window, keep);
+    }
+
+    @Override
+    public void attentionBackward(float[] q, float[] k, float[] v, float[] out, float[] lse, float[] dOut, float[] dq, float[] dk, float[] dv,
+            int batch, int seq, int heads, int kvHeads, int headDim, boolean causal, int window, boolean[] keep) {
+        cpu.attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, batch, seq, heads, kvHeads, headDim, causal, window, keep);
+    }
+
+    @Override
     public void glu(Activation act, float[] gate, float[] up, float[] h, int n) {
         cpu.glu(act, gate, up, h, n);
     }
