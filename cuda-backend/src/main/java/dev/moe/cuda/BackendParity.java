@@ -46,16 +46,16 @@ public final class BackendParity {
         double worst = 0;
         if (s.expertRows() == null) {
             int xOff = 3, wOff = 5, yOff = 2; // offsets into larger arrays, as the generated code passes them
-            float[] x = random(rnd, xOff + rows * in), w = random(rnd, wOff + out * in), dy = random(rnd, yOff + rows * out);
+            float[] x = Compare.gaussian(rnd, xOff + rows * in), w = Compare.gaussian(rnd, wOff + out * in), dy = Compare.gaussian(rnd, yOff + rows * out);
             float[] y1 = new float[yOff + rows * out], y2 = new float[yOff + rows * out];
             gpu.matmul(x, xOff, w, wOff, y1, yOff, rows, in, out);
             cpu.matmul(x, xOff, w, wOff, y2, yOff, rows, in, out);
-            worst = Math.max(worst, rel(y1, y2));
-            float[] dx1 = random(new Random(seed + 1), xOff + rows * in), dx2 = dx1.clone();
-            float[] dw1 = random(new Random(seed + 2), wOff + out * in), dw2 = dw1.clone();
+            worst = Math.max(worst, Compare.rel(y1, y2));
+            float[] dx1 = Compare.gaussian(new Random(seed + 1), xOff + rows * in), dx2 = dx1.clone();
+            float[] dw1 = Compare.gaussian(new Random(seed + 2), wOff + out * in), dw2 = dw1.clone();
             gpu.matmulBackward(x, xOff, w, wOff, dy, yOff, dx1, xOff, dw1, wOff, rows, in, out);
             cpu.matmulBackward(x, xOff, w, wOff, dy, yOff, dx2, xOff, dw2, wOff, rows, in, out);
-            worst = Math.max(worst, Math.max(rel(dx1, dx2), rel(dw1, dw2)));
+            worst = Math.max(worst, Math.max(Compare.rel(dx1, dx2), Compare.rel(dw1, dw2)));
         } else {
             int experts = s.expertRows().length;
             int[] offsets = new int[experts + 1];
@@ -63,41 +63,23 @@ public final class BackendParity {
                 offsets[e + 1] = offsets[e] + s.expertRows()[e];
             }
             int wOff = 7;
-            float[] x = random(rnd, rows * in), w = random(rnd, wOff + experts * out * in), dy = random(rnd, rows * out);
+            float[] x = Compare.gaussian(rnd, rows * in), w = Compare.gaussian(rnd, wOff + experts * out * in), dy = Compare.gaussian(rnd, rows * out);
             float[] y1 = new float[rows * out], y2 = new float[rows * out];
             gpu.groupedMatmul(x, w, wOff, y1, offsets, experts, in, out);
             cpu.groupedMatmul(x, w, wOff, y2, offsets, experts, in, out);
-            worst = Math.max(worst, rel(y1, y2));
-            float[] dx1 = random(new Random(seed + 1), rows * in), dx2 = dx1.clone();
-            float[] dw1 = random(new Random(seed + 2), wOff + experts * out * in), dw2 = dw1.clone();
+            worst = Math.max(worst, Compare.rel(y1, y2));
+            float[] dx1 = Compare.gaussian(new Random(seed + 1), rows * in), dx2 = dx1.clone();
+            float[] dw1 = Compare.gaussian(new Random(seed + 2), wOff + experts * out * in), dw2 = dw1.clone();
             gpu.groupedMatmulBackward(x, w, wOff, dy, dx1, dw1, wOff, offsets, experts, in, out);
             cpu.groupedMatmulBackward(x, w, wOff, dy, dx2, dw2, wOff, offsets, experts, in, out);
-            worst = Math.max(worst, Math.max(rel(dx1, dx2), rel(dw1, dw2)));
+            worst = Math.max(worst, Math.max(Compare.rel(dx1, dx2), Compare.rel(dw1, dw2)));
             // dx may be null (the first layer's input needs no gradient)
             float[] dw3 = dw1.clone(), dw4 = dw1.clone();
             gpu.groupedMatmulBackward(x, w, wOff, dy, null, dw3, wOff, offsets, experts, in, out);
             cpu.groupedMatmulBackward(x, w, wOff, dy, null, dw4, wOff, offsets, experts, in, out);
-            worst = Math.max(worst, rel(dw3, dw4));
+            worst = Math.max(worst, Compare.rel(dw3, dw4));
         }
         return worst;
-    }
-
-    static float[] random(Random rnd, int n) {
-        float[] v = new float[n];
-        for (int i = 0; i < n; i++) {
-            v[i] = (float) rnd.nextGaussian();
-        }
-        return v;
-    }
-
-    static double rel(float[] a, float[] b) {
-        double num = 0, den = 0;
-        for (int i = 0; i < a.length; i++) {
-            double d = a[i] - b[i];
-            num += d * d;
-            den += (double) b[i] * b[i];
-        }
-        return den == 0 ? Math.sqrt(num) : Math.sqrt(num / den);
     }
 
     public static void main(String[] args) {

@@ -40,57 +40,57 @@ public final class DeviceOpsParity {
                 for (int i = 0; i < rows; i++) {
                     tokens[i] = rnd.nextInt(vocab);
                 }
-                float[] table = random(rnd, vocab * dim), dOut = random(rnd, rows * dim), dTable = random(rnd, vocab * dim);
+                float[] table = Compare.gaussian(rnd, vocab * dim), dOut = Compare.gaussian(rnd, rows * dim), dTable = Compare.gaussian(rnd, vocab * dim);
                 float[] e1 = new float[rows * dim];
                 cpu.embedding(tokens, table, e1, rows, dim);
                 long tk = sc.ints(tokens), tb = sc.floats(table), eo = sc.zeros(rows * dim);
                 ops.embedding(tk, tb, eo, rows, dim);
-                worst[0] = Math.max(worst[0], rel(ctx.downloadFloats(eo, rows * dim), e1));
+                worst[0] = Math.max(worst[0], Compare.rel(ctx.downloadFloats(eo, rows * dim), e1));
                 long dt = sc.floats(dTable);
                 ops.embeddingBackward(tk, sc.floats(dOut), dt, rows, dim);
                 cpu.embeddingBackward(tokens, dOut, dTable, rows, dim);
-                worst[1] = Math.max(worst[1], rel(ctx.downloadFloats(dt, vocab * dim), dTable));
+                worst[1] = Math.max(worst[1], Compare.rel(ctx.downloadFloats(dt, vocab * dim), dTable));
 
                 // RMSNorm forward and backward
-                float[] x = random(rnd, rows * dim), w = random(rnd, dim), dy = random(rnd, rows * dim);
+                float[] x = Compare.gaussian(rnd, rows * dim), w = Compare.gaussian(rnd, dim), dy = Compare.gaussian(rnd, rows * dim);
                 float[] y = new float[rows * dim], rstd = new float[rows];
                 cpu.rmsNorm(x, w, y, rstd, rows, dim, 1e-6f);
                 long xd = sc.floats(x), wd = sc.floats(w), yd = sc.zeros(rows * dim), rd = sc.zeros(rows);
                 ops.rmsNorm(xd, wd, yd, rd, rows, dim, 1e-6f);
-                worst[2] = Math.max(worst[2], Math.max(rel(ctx.downloadFloats(yd, rows * dim), y), rel(ctx.downloadFloats(rd, rows), rstd)));
-                float[] dx = random(rnd, rows * dim), dw = random(rnd, dim);
+                worst[2] = Math.max(worst[2], Math.max(Compare.rel(ctx.downloadFloats(yd, rows * dim), y), Compare.rel(ctx.downloadFloats(rd, rows), rstd)));
+                float[] dx = Compare.gaussian(rnd, rows * dim), dw = Compare.gaussian(rnd, dim);
                 long dxd = sc.floats(dx), dwd = sc.floats(dw);
                 cpu.rmsNormBackward(x, w, rstd, dy, dx, dw, rows, dim);
                 ops.rmsNormBackward(xd, wd, sc.floats(rstd), sc.floats(dy), dxd, dwd, rows, dim);
-                worst[3] = Math.max(worst[3], Math.max(rel(ctx.downloadFloats(dxd, rows * dim), dx), rel(ctx.downloadFloats(dwd, dim), dw)));
+                worst[3] = Math.max(worst[3], Math.max(Compare.rel(ctx.downloadFloats(dxd, rows * dim), dx), Compare.rel(ctx.downloadFloats(dwd, dim), dw)));
 
                 // RoPE forward and inverse, partial rotary
                 int heads = 1 + s % 4, headDim = 2 * (1 + shapes.nextInt(40)), rotary = 2 * (1 + shapes.nextInt(headDim / 2));
                 int seq = 1 + shapes.nextInt(64);
-                float[] q = random(rnd, rows * heads * headDim);
+                float[] q = Compare.gaussian(rnd, rows * heads * headDim);
                 long qd = sc.floats(q);
                 for (boolean inverse : new boolean[] {false, true}) {
                     cpu.rope(q, rows, seq, heads, headDim, rotary, 10000f, inverse);
                     ops.rope(qd, rows, seq, heads, headDim, rotary, 10000f, inverse);
-                    worst[4] = Math.max(worst[4], rel(ctx.downloadFloats(qd, q.length), q));
+                    worst[4] = Math.max(worst[4], Compare.rel(ctx.downloadFloats(qd, q.length), q));
                 }
 
                 // gated activations
                 Activation act = Activation.values()[s % Activation.values().length];
                 int n = rows * dim;
-                float[] gate = random(rnd, n), up = random(rnd, n), dh = random(rnd, n);
+                float[] gate = Compare.gaussian(rnd, n), up = Compare.gaussian(rnd, n), dh = Compare.gaussian(rnd, n);
                 float[] h = new float[n], dGate = new float[n], dUp = new float[n];
                 cpu.glu(act, gate, up, h, n);
                 cpu.gluBackward(act, gate, up, dh, dGate, dUp, n);
                 long gd = sc.floats(gate), ud = sc.floats(up), hd = sc.zeros(n), dgd = sc.zeros(n), dud = sc.zeros(n);
                 ops.glu(act, gd, ud, hd, n);
                 ops.gluBackward(act, gd, ud, sc.floats(dh), dgd, dud, n);
-                worst[5] = Math.max(worst[5], rel(ctx.downloadFloats(hd, n), h));
-                worst[6] = Math.max(worst[6], Math.max(rel(ctx.downloadFloats(dgd, n), dGate), rel(ctx.downloadFloats(dud, n), dUp)));
+                worst[5] = Math.max(worst[5], Compare.rel(ctx.downloadFloats(hd, n), h));
+                worst[6] = Math.max(worst[6], Math.max(Compare.rel(ctx.downloadFloats(dgd, n), dGate), Compare.rel(ctx.downloadFloats(dud, n), dUp)));
 
                 // cross-entropy (loss and gradient)
                 int v = 2 + shapes.nextInt(s % 2 == 0 ? 3000 : 300);
-                float[] logits = random(rnd, rows * v);
+                float[] logits = Compare.gaussian(rnd, rows * v);
                 int[] targets = new int[rows];
                 for (int i = 0; i < rows; i++) {
                     targets[i] = rnd.nextInt(v);
@@ -99,23 +99,23 @@ public final class DeviceOpsParity {
                 double loss = cpu.crossEntropy(logits, targets, dl, rows, v);
                 long dld = sc.zeros(rows * v);
                 double got = ops.crossEntropy(sc.floats(logits), sc.ints(targets), dld, rows, v);
-                worst[7] = Math.max(worst[7], Math.max(Math.abs(got - loss) / Math.abs(loss), rel(ctx.downloadFloats(dld, rows * v), dl)));
+                worst[7] = Math.max(worst[7], Math.max(Math.abs(got - loss) / Math.abs(loss), Compare.rel(ctx.downloadFloats(dld, rows * v), dl)));
 
                 // three AdamW steps on a matrix, with weight decay
                 Parameter p = Parameter.of("w", rows, dim);
-                float[] init = random(rnd, rows * dim);
+                float[] init = Compare.gaussian(rnd, rows * dim);
                 System.arraycopy(init, 0, p.value(), 0, init.length);
                 AdamW adam = new AdamW(List.of(p), 0.9, 0.95, 1e-8, 0.1);
                 long pw = sc.floats(init), pm = sc.zeros(n), pv = sc.zeros(n), pg = sc.zeros(n);
                 for (int step = 1; step <= 3; step++) {
-                    float[] g = random(rnd, n);
+                    float[] g = Compare.gaussian(rnd, n);
                     System.arraycopy(g, 0, p.grad(), 0, n);
                     adam.step(List.of(p), 1e-2);
                     ctx.upload(g, pg);
                     ops.adamw(pw, pg, pm, pv, n, 0.9, 0.95, 1e-8, 0.1, 1e-2, step, true);
                 }
-                worst[8] = Math.max(worst[8], Math.max(rel(ctx.downloadFloats(pw, n), p.value()),
-                        rel(ctx.downloadFloats(pm, n), adam.firstMoments().get("w"))));
+                worst[8] = Math.max(worst[8], Math.max(Compare.rel(ctx.downloadFloats(pw, n), p.value()),
+                        Compare.rel(ctx.downloadFloats(pm, n), adam.firstMoments().get("w"))));
 
                 // attention: grouped-query, causal or not, with and without a window
                 int kvHeads = 1 + s % 3, group = 1 + (s / 3) % 3, qHeads = kvHeads * group;
@@ -123,19 +123,19 @@ public final class DeviceOpsParity {
                 boolean causal = s % 4 != 3;
                 int window = s % 5 == 2 ? 1 + shapes.nextInt(8) : 0;
                 int qn = ab * as * qHeads * ahd, kn = ab * as * kvHeads * ahd;
-                float[] aq = random(rnd, qn), ak = random(rnd, kn), av = random(rnd, kn), ago = random(rnd, qn);
+                float[] aq = Compare.gaussian(rnd, qn), ak = Compare.gaussian(rnd, kn), av = Compare.gaussian(rnd, kn), ago = Compare.gaussian(rnd, qn);
                 float[] ao = new float[qn], alse = new float[ab * as * qHeads];
                 cpu.attention(aq, ak, av, ao, alse, ab, as, qHeads, kvHeads, ahd, causal, window);
                 long aqd = sc.floats(aq), akd = sc.floats(ak), avd = sc.floats(av), aod = sc.zeros(qn), alsed = sc.zeros(alse.length);
                 ops.attention(aqd, akd, avd, aod, alsed, ab, as, qHeads, kvHeads, ahd, causal, window);
-                worst[9] = Math.max(worst[9], Math.max(rel(ctx.downloadFloats(aod, qn), ao), rel(ctx.downloadFloats(alsed, alse.length), alse)));
-                float[] adq = random(rnd, qn), adk = random(rnd, kn), adv = random(rnd, kn);
+                worst[9] = Math.max(worst[9], Math.max(Compare.rel(ctx.downloadFloats(aod, qn), ao), Compare.rel(ctx.downloadFloats(alsed, alse.length), alse)));
+                float[] adq = Compare.gaussian(rnd, qn), adk = Compare.gaussian(rnd, kn), adv = Compare.gaussian(rnd, kn);
                 long adqd = sc.floats(adq), adkd = sc.floats(adk), advd = sc.floats(adv);
                 cpu.attentionBackward(aq, ak, av, ao, alse, ago, adq, adk, adv, ab, as, qHeads, kvHeads, ahd, causal, window);
                 ops.attentionBackward(aqd, akd, avd, sc.floats(ao), sc.floats(alse), sc.floats(ago), adqd, adkd, advd, ab, as, qHeads, kvHeads,
                         ahd, causal, window);
-                worst[10] = Math.max(worst[10], Math.max(rel(ctx.downloadFloats(adqd, qn), adq),
-                        Math.max(rel(ctx.downloadFloats(adkd, kn), adk), rel(ctx.downloadFloats(advd, kn), adv))));
+                worst[10] = Math.max(worst[10], Math.max(Compare.rel(ctx.downloadFloats(adqd, qn), adq),
+                        Math.max(Compare.rel(ctx.downloadFloats(adkd, kn), adk), Compare.rel(ctx.downloadFloats(advd, kn), adv))));
             }
         }
         String[] names = {"embedding", "embedding backward", "rms_norm", "rms_norm backward", "rope (both ways)", "glu",
@@ -183,24 +183,6 @@ public final class DeviceOpsParity {
             ctx.synchronize();
             blocks.forEach(DeviceAllocator.Block::close);
         }
-    }
-
-    static float[] random(Random rnd, int n) {
-        float[] v = new float[n];
-        for (int i = 0; i < n; i++) {
-            v[i] = (float) rnd.nextGaussian();
-        }
-        return v;
-    }
-
-    static double rel(float[] got, float[] want) {
-        double num = 0, den = 0;
-        for (int i = 0; i < want.length; i++) {
-            double d = got[i] - want[i];
-            num += d * d;
-            den += (double) want[i] * want[i];
-        }
-        return den == 0 ? Math.sqrt(num) : Math.sqrt(num / den);
     }
 
     public static void main(String[] args) {

@@ -58,14 +58,14 @@ public final class GpuChecks {
         int t = c.tokens(), d = s.dim(), f = s.hidden(), e = s.experts(), er = s.routed();
         boolean bf16 = s.precision() == Precision.BF16;
         Random rnd = new Random(seed);
-        float[] x = gaussian(rnd, t * d, 1f, bf16);
-        float[] router = gaussian(rnd, er * d, (float) (1 / Math.sqrt(d)), bf16);
-        float[] bias = s.bias() ? gaussian(rnd, er, 0.05f, false) : null;
-        float[] gateUp = gaussian(rnd, e * 2 * f * d, (float) (1 / Math.sqrt(d)), bf16);
-        float[] down = gaussian(rnd, e * d * f, (float) (1 / Math.sqrt(f)), bf16);
-        float[] dOut = gaussian(rnd, t * d, 1f, bf16);
-        MoeLayerReference.Result ref = MoeLayerReference.run(s, t, doubles(x), doubles(router), bias == null ? null : doubles(bias),
-                doubles(gateUp), doubles(down), doubles(dOut));
+        float[] x = Compare.gaussian(rnd, t * d, 1f, bf16);
+        float[] router = Compare.gaussian(rnd, er * d, (float) (1 / Math.sqrt(d)), bf16);
+        float[] bias = s.bias() ? Compare.gaussian(rnd, er, 0.05f, false) : null;
+        float[] gateUp = Compare.gaussian(rnd, e * 2 * f * d, (float) (1 / Math.sqrt(d)), bf16);
+        float[] down = Compare.gaussian(rnd, e * d * f, (float) (1 / Math.sqrt(f)), bf16);
+        float[] dOut = Compare.gaussian(rnd, t * d, 1f, bf16);
+        MoeLayerReference.Result ref = MoeLayerReference.run(s, t, Compare.doubles(x), Compare.doubles(router), bias == null ? null : Compare.doubles(bias),
+                Compare.doubles(gateUp), Compare.doubles(down), Compare.doubles(dOut));
         try (CudaMoeLayer layer = new CudaMoeLayer(ctx, s, false);
                 DeviceAllocator.Block xd = layer.allocateActivations((long) t * d);
                 DeviceAllocator.Block gd = layer.allocateActivations((long) t * d)) {
@@ -76,43 +76,14 @@ public final class GpuChecks {
             float[] got = layer.download(out, t * d);
             long dx = layer.backward(gd.pointer);
             float[] gotDx = layer.download(dx, t * d);
-            Outcome o = new Outcome(c, rel(got, ref.out()), rel(gotDx, ref.dx()), rel(layer.routerGrad(), ref.dRouter()),
-                    rel(layer.gateUpGrad(), ref.dGateUp()), rel(layer.downGrad(), ref.dDown()), false);
+            Outcome o = new Outcome(c, Compare.rel(got, ref.out()), Compare.rel(gotDx, ref.dx()), Compare.rel(layer.routerGrad(), ref.dRouter()),
+                    Compare.rel(layer.gateUpGrad(), ref.dGateUp()), Compare.rel(layer.downGrad(), ref.dDown()), false);
             double tol = bf16 ? 2e-2 : 1e-4;
             boolean pass = o.outErr() <= tol && o.dxErr() <= tol && o.dRouterErr() <= tol && o.dGateUpErr() <= tol && o.dDownErr() <= tol
                     && java.util.Arrays.equals(layer.lastCounts(), java.util.Arrays.copyOf(ref.counts(), e));
             return new Outcome(c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(), o.dDownErr(), pass);
         }
     }
-
-    static float[] gaussian(Random rnd, int n, float std, boolean roundToBf16) {
-        float[] out = new float[n];
-        for (int i = 0; i < n; i++) {
-            float v = (float) (rnd.nextGaussian() * std);
-            out[i] = roundToBf16 ? Bf16.round(v) : v;
-        }
-        return out;
-    }
-
-    static double[] doubles(float[] v) {
-        double[] out = new double[v.length];
-        for (int i = 0; i < v.length; i++) {
-            out[i] = v[i];
-        }
-        return out;
-    }
-
-    /** ‖got − ref‖ / ‖ref‖ (or the absolute norm when the reference is zero). */
-    static double rel(float[] got, double[] ref) {
-        double num = 0, den = 0;
-        for (int i = 0; i < ref.length; i++) {
-            double diff = got[i] - ref[i];
-            num += diff * diff;
-            den += ref[i] * ref[i];
-        }
-        return den == 0 ? Math.sqrt(num) : Math.sqrt(num / den);
-    }
-
     public static void main(String[] args) {
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.printf("GPU parity checks on %s (%s), against a float64 reference%n", ctx.deviceName, ctx.arch);

@@ -85,11 +85,11 @@ public final class MoeLayerBench {
                     bias[e] = 2f / sh.e() * (1f - e / (float) (sh.e() - 1)); // linear: expert 0 most favoured
                 }
             }
-            layer.setWeights(GpuChecks.gaussian(rnd, sh.e() * sh.d(), (float) (1 / Math.sqrt(sh.d())), false), bias,
+            layer.setWeights(Compare.gaussian(rnd, sh.e() * sh.d(), (float) (1 / Math.sqrt(sh.d())), false), bias,
                     tiled(rnd, sh.e() * 2 * sh.f() * sh.d(), (float) (1 / Math.sqrt(sh.d()))),
                     tiled(rnd, sh.e() * sh.d() * sh.f(), (float) (1 / Math.sqrt(sh.f()))));
-            layer.upload(GpuChecks.gaussian(rnd, tokens * sh.d(), 1f, false), x.pointer);
-            layer.upload(GpuChecks.gaussian(rnd, tokens * sh.d(), 1e-3f, false), dOut.pointer);
+            layer.upload(Compare.gaussian(rnd, tokens * sh.d(), 1f, false), x.pointer);
+            layer.upload(Compare.gaussian(rnd, tokens * sh.d(), 1e-3f, false), dOut.pointer);
             MemorySegment start = ctx.driver.createEvent(), end = ctx.driver.createEvent();
             for (int i = 0; i < 3; i++) { // warm-up: plans, caches
                 layer.forward(x.pointer, tokens);
@@ -136,7 +136,7 @@ public final class MoeLayerBench {
 
     /** Expert weights for timing: a block of Gaussians repeated (GEMM speed does not depend on the values; this is fast). */
     static float[] tiled(Random rnd, int n, float std) {
-        float[] block = GpuChecks.gaussian(rnd, Math.min(n, 1 << 20), std, false);
+        float[] block = Compare.gaussian(rnd, Math.min(n, 1 << 20), std, false);
         float[] out = new float[n];
         for (int i = 0; i < n; i += block.length) {
             System.arraycopy(block, 0, out, i, Math.min(block.length, n - i));
