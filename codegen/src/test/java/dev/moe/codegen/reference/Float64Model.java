@@ -30,7 +30,7 @@ import java.util.Map;
  * <p>It follows the semantics the generated models document: pre-norm, parallel, residual (PR-MoE) and
  * shortcut (LongCat-Flash) blocks; RMSNorm and LayerNorm; NeoX RoPE; causal/windowed grouped-query
  * attention with qk-norm and biases; gated and plain FFNs (GELU as its tanh form); MoE layers with
- * softmax or sigmoid scores, temperature and activation, top-k (either order), top-p, expert choice,
+ * softmax or sigmoid scores, temperature (annealed linearly by the step) and activation, top-k (either order), top-p, expert choice,
  * group limits, quotas, an expert bias for selection only, normalisation and scaling, capacity factors
  * with every drop policy, gating residuals, shared (gated) experts, zero, copy, constant, latent and
  * LoRA experts; the aux loss at every scope with tau, the z-loss and the entropy loss. Jitter is not
@@ -81,9 +81,8 @@ public final class Float64Model {
                     return java.util.Optional.of("layer " + l.index() + ": several named gates");
                 }
                 Router r = m.routers().getFirst();
-                if (r.jitter() != 0 || r.recurrentWidth().isPresent() || r.pregate() || r.selection() instanceof Router.Selection.Soft
-                        || r.temperature().map(t -> t.steps() > 0 && t.start() != t.end()).orElse(false)) {
-                    return java.util.Optional.of("layer " + l.index() + ": jitter, recurrent, pre-gating, soft or annealed routing");
+                if (r.jitter() != 0 || r.recurrentWidth().isPresent() || r.pregate() || r.selection() instanceof Router.Selection.Soft) {
+                    return java.util.Optional.of("layer " + l.index() + ": jitter, recurrent, pre-gating or soft routing");
                 }
                 if (m.losses().stream().anyMatch(x -> x instanceof Loss.Device)) {
                     return java.util.Optional.of("layer " + l.index() + ": the device loss");
@@ -526,6 +525,7 @@ public final class Float64Model {
             int[] selected = new int[rows * k];
             double[] weight = new double[rows * k];
             int[] used = new int[rows];
+            double tau = r.temperature().map(this::temperature).orElse(1.0);
             for (int t = 0; t < rows; t++) {
                 double[] z = logits[t].clone();
                 if (r.temperature().isPresent()) {
@@ -536,7 +536,7 @@ public final class Float64Model {
                             case "sigmoid" -> sigmoid(z[ex]);
                             default -> z[ex];
                         };
-                        z[ex] = a / tp.start();
+                        z[ex] = a / tau;
                     }
                 }
                 scores[t] = z;
@@ -764,6 +764,15 @@ public final class Float64Model {
                 }
             }
             return out;
+        }
+
+        /** The router temperature at this step: linear from start to end over the first {@code steps} optimiser steps, then the end. */
+        double temperature(Router.Temperature tp) {
+            if (tp.steps() <= 0) {
+                return tp.start();
+            }
+            double f = Math.min(step.step, tp.steps()) / (double) tp.steps();
+            return tp.start() * (1 - f) + tp.end() * f;
         }
 
         /** Keeps the first {@code cap} of the ranked slots (the rest stay dropped); records the rank gap at the cut. */
