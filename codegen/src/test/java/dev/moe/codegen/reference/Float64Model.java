@@ -32,7 +32,7 @@ import java.util.Map;
  * attention with qk-norm and biases; gated and plain FFNs (GELU as its tanh form); MoE layers with
  * softmax or sigmoid scores, temperature (annealed linearly by the step) and activation, top-k (either order), top-p, expert choice,
  * group limits, quotas, an expert bias for selection only, normalisation and scaling, capacity factors
- * with every drop policy, gating residuals, shared (gated) experts, zero, copy, constant, latent and
+ * with every drop policy, gating residuals, pre-gating routers reading the embeddings (Read-ME), shared (gated) experts, zero, copy, constant, latent and
  * LoRA experts; the aux loss at every scope with tau, the z-loss and the entropy loss. Jitter is not
  * modelled: compare against a model without it, in training mode.
  *
@@ -81,8 +81,8 @@ public final class Float64Model {
                     return java.util.Optional.of("layer " + l.index() + ": several named gates");
                 }
                 Router r = m.routers().getFirst();
-                if (r.jitter() != 0 || r.recurrentWidth().isPresent() || r.pregate() || r.selection() instanceof Router.Selection.Soft) {
-                    return java.util.Optional.of("layer " + l.index() + ": jitter, recurrent, pre-gating or soft routing");
+                if (r.jitter() != 0 || r.recurrentWidth().isPresent() || r.selection() instanceof Router.Selection.Soft) {
+                    return java.util.Optional.of("layer " + l.index() + ": jitter, recurrent or soft routing");
                 }
                 if (m.losses().stream().anyMatch(x -> x instanceof Loss.Device)) {
                     return java.util.Optional.of("layer " + l.index() + ": the device loss");
@@ -241,6 +241,8 @@ public final class Float64Model {
         final List<int[]> routing = new ArrayList<>();
         /** The router logits of the last MoE layer run (for the next one's gating residual). */
         double[][] lastLogits;
+        /** The token embeddings, which pre-gating (Read-ME) routers read instead of their layer's input. */
+        double[][] embedded;
 
         Run(int batch, int seq, Step step) {
             this.batch = batch;
@@ -259,6 +261,10 @@ public final class Float64Model {
             double[][] x = new double[rows][dim];
             for (int t = 0; t < rows; t++) {
                 System.arraycopy(embed, inputs[t] * dim, x[t], 0, dim);
+            }
+            embedded = new double[rows][];
+            for (int t = 0; t < rows; t++) {
+                embedded[t] = x[t].clone();
             }
             for (Layer l : ir.layers()) {
                 layer(l, x);
@@ -502,7 +508,7 @@ public final class Float64Model {
             }
 
             // router logits, with the gating residual of the previous MoE layer's logits
-            double[][] logits = linear(x, p + ".router.weight");
+            double[][] logits = linear(r.pregate() ? embedded : x, p + ".router.weight");
             if (values.containsKey(p + ".router.residual")) {
                 int prevE = shapes.get(p + ".router.residual")[1];
                 double[][] extra = linear(lastLogits, w(p + ".router.residual"), e, prevE);
