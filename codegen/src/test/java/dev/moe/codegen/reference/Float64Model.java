@@ -32,7 +32,7 @@ import java.util.Map;
  * attention with qk-norm and biases; gated and plain FFNs (GELU as its tanh form); MoE layers with
  * softmax or sigmoid scores, temperature (annealed linearly by the step) and activation, top-k (either order), top-p, expert choice,
  * group limits, quotas, an expert bias for selection only, normalisation and scaling, capacity factors
- * with every drop policy, gating residuals, pre-gating routers reading the embeddings (Read-ME), shared (gated) experts, zero, copy, constant, latent and
+ * with every drop policy, gating residuals, pre-gating routers reading the embeddings (Read-ME), recurrent GRU routers (RMoE), shared (gated) experts, zero, copy, constant, latent and
  * LoRA experts; the aux loss at every scope with tau, the z-loss and the entropy loss. Jitter is not
  * modelled: compare against a model without it, in training mode.
  *
@@ -81,8 +81,8 @@ public final class Float64Model {
                     return java.util.Optional.of("layer " + l.index() + ": several named gates");
                 }
                 Router r = m.routers().getFirst();
-                if (r.jitter() != 0 || r.recurrentWidth().isPresent() || r.selection() instanceof Router.Selection.Soft) {
-                    return java.util.Optional.of("layer " + l.index() + ": jitter, recurrent or soft routing");
+                if (r.jitter() != 0 || r.selection() instanceof Router.Selection.Soft) {
+                    return java.util.Optional.of("layer " + l.index() + ": jitter or soft routing");
                 }
                 if (m.losses().stream().anyMatch(x -> x instanceof Loss.Device)) {
                     return java.util.Optional.of("layer " + l.index() + ": the device loss");
@@ -243,6 +243,8 @@ public final class Float64Model {
         double[][] lastLogits;
         /** The token embeddings, which pre-gating (Read-ME) routers read instead of their layer's input. */
         double[][] embedded;
+        /** RMoE: the routers' GRU state, zero before the first recurrent MoE layer, carried to the next one. */
+        double[][] gruState;
 
         Run(int batch, int seq, Step step) {
             this.batch = batch;
@@ -514,6 +516,9 @@ public final class Float64Model {
                 double[][] extra = linear(lastLogits, w(p + ".router.residual"), e, prevE);
                 addInto(logits, extra);
             }
+            if (r.recurrentWidth().isPresent()) {
+                addInto(logits, recurrent(x, p, r.recurrentWidth().get(), e));
+            }
             lastLogits = logits;
             boolean sigmoidScore = r.score() == Router.Score.SIGMOID;
             boolean topkFirst = !sigmoidScore && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
@@ -770,6 +775,45 @@ public final class Float64Model {
                 }
             }
             return out;
+        }
+
+        /**
+         * RMoE: u = gru_in · x; the shared GRU cell (gates r, z, n) steps from the previous recurrent
+         * layer's state to h; the router's logits gain gru_out · h.
+         */
+        double[][] recurrent(double[][] x, String p, int width, int e) {
+            if (gruState == null) {
+                gruState = new double[rows][width];
+            }
+            double[][] u = linear(x, p + ".router.gru_in");
+            double[] wih = w("router_gru.w_ih");
+            double[] whh = w("router_gru.w_hh");
+            double[] bih = w("router_gru.b_ih");
+            double[] bhh = w("router_gru.b_hh");
+            double[][] next = new double[rows][width];
+            for (int t = 0; t < rows; t++) {
+                double[] h = gruState[t];
+                for (int j = 0; j < width; j++) {
+                    // pre-activations of gate row j of block b (0 reset, 1 update, 2 candidate), from u and from h
+                    double[] fromU = new double[3];
+                    double[] fromH = new double[3];
+                    for (int b = 0; b < 3; b++) {
+                        int o = b * width + j;
+                        fromU[b] = bih[o];
+                        fromH[b] = bhh[o];
+                        for (int i = 0; i < width; i++) {
+                            fromU[b] += wih[o * width + i] * u[t][i];
+                            fromH[b] += whh[o * width + i] * h[i];
+                        }
+                    }
+                    double reset = sigmoid(fromU[0] + fromH[0]);
+                    double update = sigmoid(fromU[1] + fromH[1]);
+                    double cand = Math.tanh(fromU[2] + reset * fromH[2]);
+                    next[t][j] = (1 - update) * cand + update * h[j];
+                }
+            }
+            gruState = next;
+            return linear(next, p + ".router.gru_out");
         }
 
         /** The router temperature at this step: linear from start to end over the first {@code steps} optimiser steps, then the end. */
