@@ -228,6 +228,11 @@ class Float64GradientTest {
         org.junit.jupiter.api.Assumptions.assumeTrue(unknown.isEmpty(), () -> "the float64 oracle does not model " + unknown.orElseThrow());
         TrainableModel m = Generated.instantiate(ir);
         Float64Model ref = new Float64Model(ir);
+        // named gates: the first sequence takes the last gate by its domain, the second an unknown domain (the first gate)
+        List<String> domains = ir.layers().stream().flatMap(l -> moeRouters(l).stream()).filter(rs -> rs.size() > 1).findFirst()
+                .map(rs -> List.of(rs.getLast().name().orElseThrow(), "no such domain")).orElse(List.of());
+        m.setDomains(domains);
+        ref.setDomains(domains);
         int n = BATCH * SEQ;
         int[][] inputs = new int[microBatches][];
         int[][] targets = new int[microBatches][];
@@ -284,6 +289,16 @@ class Float64GradientTest {
         }
         assertWithMessage("gradient mismatches (seed %s, %s probes)", seed, probes).that(failures).isEmpty();
         assertThat(probes).isAtLeast(m.parameters().size());
+    }
+
+    private static List<List<dev.moe.compiler.ir.Router>> moeRouters(dev.moe.compiler.ir.Layer l) {
+        List<dev.moe.compiler.ir.Moe> moes = switch (l.block()) {
+            case dev.moe.compiler.ir.Block.PreNorm p -> p.ffn() instanceof dev.moe.compiler.ir.Block.Part.MoePart mp ? List.of(mp.moe()) : List.of();
+            case dev.moe.compiler.ir.Block.Parallel p -> p.ffn() instanceof dev.moe.compiler.ir.Block.Part.MoePart mp ? List.of(mp.moe()) : List.of();
+            case dev.moe.compiler.ir.Block.Shortcut sc -> List.of(sc.moe());
+            case dev.moe.compiler.ir.Block.Residual r -> List.of(r.moe());
+        };
+        return moes.stream().map(dev.moe.compiler.ir.Moe::routers).toList();
     }
 
     private static Float64Model.Result refLoss(Float64Model ref, int[][] inputs, int[][] targets) {

@@ -32,7 +32,7 @@ import java.util.Map;
  * attention with qk-norm and biases; gated and plain FFNs (GELU as its tanh form); MoE layers with
  * softmax or sigmoid scores, temperature (annealed linearly by the step) and activation, top-k (either order), top-p, expert choice,
  * group limits, quotas, an expert bias for selection only, normalisation and scaling, capacity factors
- * with every drop policy, gating residuals, pre-gating routers reading the embeddings (Read-ME), recurrent GRU routers (RMoE), shared (gated) experts, zero, copy, constant, latent and
+ * with every drop policy, gating residuals, pre-gating routers reading the embeddings (Read-ME), recurrent GRU routers (RMoE), several named gates chosen per sequence by its data domain, shared (gated) experts, zero, copy, constant, latent and
  * LoRA experts; the aux loss at every scope with tau, the z-loss and the entropy loss. Jitter is not
  * modelled: compare against a model without it, in training mode.
  *
@@ -46,6 +46,7 @@ public final class Float64Model {
     private final ModelConfig cfg;
     private final Map<String, double[]> values = new LinkedHashMap<>();
     private final Map<String, int[]> shapes = new HashMap<>();
+    private List<String> domains = List.of();
 
     public Float64Model(Model ir) {
         this.ir = ir;
@@ -77,9 +78,6 @@ public final class Float64Model {
                 case Block.Residual r -> List.of(r.moe());
             };
             for (Moe m : moes) {
-                if (m.routers().size() != 1) {
-                    return java.util.Optional.of("layer " + l.index() + ": several named gates");
-                }
                 Router r = m.routers().getFirst();
                 if (r.jitter() != 0 || r.selection() instanceof Router.Selection.Soft) {
                     return java.util.Optional.of("layer " + l.index() + ": jitter or soft routing");
@@ -94,6 +92,11 @@ public final class Float64Model {
             }
         }
         return java.util.Optional.empty();
+    }
+
+    /** The data domain of each sequence: an MoE with named gates routes sequence b with the gate named domains[b], else its first gate. */
+    public void setDomains(List<String> domains) {
+        this.domains = List.copyOf(domains);
     }
 
     /** Copies every parameter and buffer of a generated model, by name. */
@@ -510,7 +513,23 @@ public final class Float64Model {
             }
 
             // router logits, with the gating residual of the previous MoE layer's logits
-            double[][] logits = linear(r.pregate() ? embedded : x, p + ".router.weight");
+            double[][] logits;
+            if (moe.routers().size() > 1) {
+                // several named gates (equal but for their weights): each sequence's tokens read the gate of its domain
+                logits = new double[rows][];
+                for (int t = 0; t < rows; t++) {
+                    int b = t / seq;
+                    String gate = moe.routers().getFirst().name().orElseThrow();
+                    for (Router g : moe.routers()) {
+                        if (b < domains.size() && g.name().orElseThrow().equals(domains.get(b))) {
+                            gate = domains.get(b);
+                        }
+                    }
+                    logits[t] = row(x[t], w(p + ".router." + gate + ".weight"), e, dim);
+                }
+            } else {
+                logits = linear(r.pregate() ? embedded : x, p + ".router.weight");
+            }
             if (values.containsKey(p + ".router.residual")) {
                 int prevE = shapes.get(p + ".router.residual")[1];
                 double[][] extra = linear(lastLogits, w(p + ".router.residual"), e, prevE);
