@@ -32,7 +32,7 @@ import java.util.Map;
  * attention with qk-norm and biases; gated and plain FFNs (GELU as its tanh form); MoE layers with
  * softmax or sigmoid scores, temperature (annealed linearly by the step) and activation, top-k (either order), top-p, expert choice,
  * group limits, quotas, an expert bias for selection only, normalisation and scaling, capacity factors
- * with every drop policy, gating residuals, pre-gating routers reading the embeddings (Read-ME), recurrent GRU routers (RMoE), several named gates chosen per sequence by its data domain, shared (gated) experts, zero, copy, constant, latent and
+ * with every drop policy, gating residuals, pre-gating routers reading the embeddings (Read-ME), recurrent GRU routers (RMoE), several named gates chosen per sequence by its data domain, soft routing, attention experts in the mixer slot (JetMoE top-k, BAM soft, own or group-shared keys and values), shared (gated) experts, zero, copy, constant, latent and
  * LoRA experts; the aux loss at every scope with tau, the z-loss and the entropy loss. Jitter is not
  * modelled: compare against a model without it, in training mode.
  *
@@ -62,25 +62,28 @@ public final class Float64Model {
     public static java.util.Optional<String> unsupported(Model ir) {
         for (Layer l : ir.layers()) {
             Block b = l.block();
-            boolean attentionMixer = switch (b) {
-                case Block.PreNorm p -> p.mixer() instanceof Block.Part.Attention;
-                case Block.Parallel p -> p.mixer() instanceof Block.Part.Attention;
-                case Block.Shortcut sc -> sc.mixer() instanceof Block.Part.Attention;
-                case Block.Residual r -> r.mixer() instanceof Block.Part.Attention;
-            };
-            if (!attentionMixer) {
-                return java.util.Optional.of("layer " + l.index() + ": attention experts");
-            }
-            List<Moe> moes = switch (b) {
+            List<Moe> moes = new ArrayList<>(switch (b) {
                 case Block.PreNorm p -> p.ffn() instanceof Block.Part.MoePart m ? List.of(m.moe()) : List.of();
                 case Block.Parallel p -> p.ffn() instanceof Block.Part.MoePart m ? List.of(m.moe()) : List.of();
                 case Block.Shortcut sc -> List.of(sc.moe());
                 case Block.Residual r -> List.of(r.moe());
+            });
+            Block.Part mixer = switch (b) {
+                case Block.PreNorm p -> p.mixer();
+                case Block.Parallel p -> p.mixer();
+                case Block.Shortcut sc -> sc.mixer();
+                case Block.Residual r -> r.mixer();
             };
+            if (mixer instanceof Block.Part.MoePart m) {
+                if (!(b instanceof Block.PreNorm || b instanceof Block.Parallel)) {
+                    return java.util.Optional.of("layer " + l.index() + ": attention experts in a shortcut or residual block");
+                }
+                moes.add(m.moe());
+            }
             for (Moe m : moes) {
                 Router r = m.routers().getFirst();
-                if (r.jitter() != 0 || r.selection() instanceof Router.Selection.Soft) {
-                    return java.util.Optional.of("layer " + l.index() + ": jitter or soft routing");
+                if (r.jitter() != 0) {
+                    return java.util.Optional.of("layer " + l.index() + ": jitter");
                 }
                 if (m.losses().stream().anyMatch(x -> x instanceof Loss.Device)) {
                     return java.util.Optional.of("layer " + l.index() + ": the device loss");
@@ -123,8 +126,8 @@ public final class Float64Model {
 
     /** Per-step state: expert counts for the global-batch aux loss, the step and micro-batch numbers for random drops. */
     public static final class Step {
-        final Map<Integer, long[]> counts = new HashMap<>();
-        final Map<Integer, long[]> slots = new HashMap<>();
+        final Map<String, long[]> counts = new HashMap<>();
+        final Map<String, long[]> slots = new HashMap<>();
         final long step;
         int microBatch;
 
@@ -288,12 +291,12 @@ public final class Float64Model {
             String p = "layers." + l.index() + ".";
             switch (l.block()) {
                 case Block.PreNorm b -> {
-                    addInto(x, attention(norm(x, p + "attn_norm"), p + "attn"));
+                    addInto(x, mixer(b.mixer(), norm(x, p + "attn_norm"), p, l.index()));
                     addInto(x, part(b.ffn(), norm(x, p + "ffn_norm"), p, l.index()));
                 }
                 case Block.Parallel b -> {
                     double[][] h = norm(x, p + "norm");
-                    double[][] a = attention(h, p + "attn");
+                    double[][] a = mixer(b.mixer(), h, p, l.index());
                     double[][] f = part(b.ffn(), h, p, l.index());
                     addInto(x, a);
                     addInto(x, f);
@@ -321,6 +324,14 @@ public final class Float64Model {
                     addInto(x, moe);
                 }
             }
+        }
+
+        double[][] mixer(Block.Part part, double[][] h, String p, int layer) {
+            return switch (part) {
+                case Block.Part.Attention a -> attention(h, p + "attn");
+                case Block.Part.MoePart m -> moe(h, m.moe(), p + "attn_moe", layer);
+                case Block.Part.Dense d -> throw new IllegalArgumentException("a dense FFN in the mixer slot");
+            };
         }
 
         double[][] part(Block.Part part, double[][] h, String p, int layer) {
@@ -388,6 +399,26 @@ public final class Float64Model {
                 headwise(q[t], heads, hd, pos, perHead ? w(prefix + ".q_norm") : null);
                 headwise(k[t], kvHeads, hd, pos, perHead ? w(prefix + ".k_norm") : null);
             }
+            return linear(attend(q, k, v, heads, kvHeads, hd), prefix + ".o");
+        }
+
+        /**
+         * An attention expert (JetMoE, BAM): its own queries and output, its own keys and values or
+         * those its group shares at {@code kvPrefix}; RoPE, no biases or qk-norm; as many key heads as query heads.
+         */
+        double[][] attentionExpert(double[][] h, String prefix, String kvPrefix, Expert.Attention a) {
+            double[][] q = linear(h, prefix + ".q");
+            double[][] k = linear(h, kvPrefix + ".k");
+            double[][] v = linear(h, kvPrefix + ".v");
+            for (int t = 0; t < rows; t++) {
+                headwise(q[t], a.heads(), a.headDim(), t % seq, null);
+                headwise(k[t], a.heads(), a.headDim(), t % seq, null);
+            }
+            return linear(attend(q, k, v, a.heads(), a.heads(), a.headDim()), prefix + ".o");
+        }
+
+        /** Scaled dot-product attention per head (causal and windowed as configured), query heads grouped over the key heads. */
+        double[][] attend(double[][] q, double[][] k, double[][] v, int heads, int kvHeads, int hd) {
             double scale = 1 / Math.sqrt(hd);
             int group = heads / kvHeads;
             int window = cfg.slidingWindow();
@@ -420,7 +451,7 @@ public final class Float64Model {
                     }
                 }
             }
-            return linear(att, prefix + ".o");
+            return att;
         }
 
         void addBias(double[][] y, double[] bias) {
@@ -494,12 +525,14 @@ public final class Float64Model {
             int e = moe.routedExperts();
             int dim = cfg.dim();
             List<Expert> experts = new ArrayList<>();
+            List<String> kvOf = new ArrayList<>(); // attention experts: where each routed expert's keys and values live
             int latentGroup = -1;
             int loraGroup = -1;
             int gi = 0;
             for (ExpertGroup g : moe.groups()) {
                 if (g.role() == ExpertGroup.Role.ROUTED) {
                     for (int i = 0; i < g.count(); i++) {
+                        kvOf.add(g.expert() instanceof Expert.Attention a && a.sharedKv() ? p + ".group" + gi : p + ".experts." + experts.size());
                         experts.add(g.expert());
                     }
                     if (g.expert() instanceof Expert.Latent) {
@@ -538,7 +571,10 @@ public final class Float64Model {
             if (r.recurrentWidth().isPresent()) {
                 addInto(logits, recurrent(x, p, r.recurrentWidth().get(), e));
             }
-            lastLogits = logits;
+            boolean attentionMoe = p.endsWith(".attn_moe");
+            if (!attentionMoe) { // a gating residual reads the previous layer's FFN MoE
+                lastLogits = logits;
+            }
             boolean sigmoidScore = r.score() == Router.Score.SIGMOID;
             boolean topkFirst = !sigmoidScore && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
             double[] bias = r.bias().isPresent() ? w(p + ".router.expert_bias") : new double[e];
@@ -547,7 +583,7 @@ public final class Float64Model {
                 case Router.Selection.TopK t -> t.k();
                 case Router.Selection.TopP t -> t.maxK();
                 case Router.Selection.ExpertChoice c -> e;
-                case Router.Selection.Soft s -> throw new IllegalArgumentException("soft routing");
+                case Router.Selection.Soft s -> e; // every expert, weighted by its score: top-k with k = E
             };
             double[][] scores = new double[rows][];
             double[][] probs = new double[rows][];
@@ -670,8 +706,8 @@ public final class Float64Model {
                 signature[2 * s + 1] = dropped[s] ? 1 : 0;
             }
             routing.add(signature);
-            long[] stepCounts = step.counts.computeIfAbsent(layer, i -> new long[e]);
-            long[] stepSlots = step.slots.computeIfAbsent(layer, i -> new long[1]);
+            long[] stepCounts = step.counts.computeIfAbsent(p, i -> new long[e]);
+            long[] stepSlots = step.slots.computeIfAbsent(p, i -> new long[1]);
             for (int ex = 0; ex < e; ex++) {
                 stepCounts[ex] += counts[ex];
             }
@@ -680,6 +716,13 @@ public final class Float64Model {
             // experts
             double[][] out = new double[rows][dim];
             double[][] latent = latentGroup >= 0 ? linear(x, p + ".group" + latentGroup + ".latent_down") : null;
+            // attention experts read the whole sequence: each one's output for every token, used where chosen
+            double[][][] attended = new double[e][][];
+            for (int ex = 0; ex < e; ex++) {
+                if (experts.get(ex) instanceof Expert.Attention a) {
+                    attended[ex] = attentionExpert(x, p + ".experts." + ex, kvOf.get(ex), a);
+                }
+            }
             if (loraGroup >= 0) {
                 loraExperts(x, out, p, loraGroup, (Expert.Lora) experts.getFirst(), selected, weight, dropped, k, e);
             }
@@ -705,19 +748,25 @@ public final class Float64Model {
                         yield yy;
                     }
                     case Expert.Lora l -> new double[dim]; // added above, with the base FFN
-                    case Expert.Attention a -> throw new IllegalArgumentException("attention experts");
+                    case Expert.Attention a -> attended[ex][t];
                 };
                 for (int d = 0; d < dim; d++) {
                     out[t][d] += weight[s] * y[d];
                 }
             }
             int shared = 0;
+            int sg = 0;
             for (ExpertGroup g : moe.groups()) {
+                String gp = p + ".group" + sg++;
                 if (g.role() != ExpertGroup.Role.SHARED) {
                     continue;
                 }
                 for (int i = 0; i < g.count(); i++, shared++) {
                     String sp = p + ".shared." + shared;
+                    if (g.expert() instanceof Expert.Attention a) {
+                        addInto(out, attentionExpert(x, sp, a.sharedKv() ? gp : sp, a));
+                        continue;
+                    }
                     Ffn f = ((Expert.FeedForward) g.expert()).ffn();
                     for (int t = 0; t < rows; t++) {
                         double[] y = ffnRow(x[t], sp, f);
