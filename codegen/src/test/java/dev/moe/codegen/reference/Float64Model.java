@@ -88,10 +88,6 @@ public final class Float64Model {
                 if (m.losses().stream().anyMatch(x -> x instanceof Loss.Device)) {
                     return java.util.Optional.of("layer " + l.index() + ": the device loss");
                 }
-                if (m.groups().stream().anyMatch(g -> g.expert() instanceof Expert.Lora)
-                        && m.groups().stream().anyMatch(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert().zeroCompute())) {
-                    return java.util.Optional.of("layer " + l.index() + ": LoRA experts among zero-computation experts");
-                }
             }
         }
         return java.util.Optional.empty();
@@ -724,7 +720,7 @@ public final class Float64Model {
                 }
             }
             if (loraGroup >= 0) {
-                loraExperts(x, out, p, loraGroup, (Expert.Lora) experts.getFirst(), selected, weight, dropped, k, e);
+                loraExperts(x, out, p, loraGroup, (Expert.Lora) moe.groups().get(loraGroup).expert(), experts, selected, weight, dropped, k, e);
             }
             for (int s = 0; s < rows * k; s++) {
                 int ex = selected[s];
@@ -1009,8 +1005,8 @@ public final class Float64Model {
          * B A to each projection (the gate and up pre-activations of the token, and the down projection
          * of the token's mixed activation).
          */
-        void loraExperts(double[][] x, double[][] out, String p, int group, Expert.Lora lo, int[] selected, double[] weight, boolean[] dropped,
-                int k, int e) {
+        void loraExperts(double[][] x, double[][] out, String p, int group, Expert.Lora lo, List<Expert> experts, int[] selected, double[] weight,
+                boolean[] dropped, int k, int e) {
             Ffn f = lo.base();
             int h = f.hidden();
             int rank = lo.rank();
@@ -1022,7 +1018,8 @@ public final class Float64Model {
                 double[] gate = f.activation().gated() ? row(x[t], w(base + ".gate"), h, dim) : null;
                 List<Integer> slots = new ArrayList<>();
                 for (int s = t * k; s < (t + 1) * k; s++) {
-                    if (selected[s] < e && !dropped[s]) {
+                    // only the LoRA experts adapt the base; zero, copy and constant experts beside them add their own output
+                    if (selected[s] < e && !dropped[s] && experts.get(selected[s]) instanceof Expert.Lora) {
                         slots.add(s);
                     }
                 }
