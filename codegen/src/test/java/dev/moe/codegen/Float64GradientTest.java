@@ -38,6 +38,8 @@ class Float64GradientTest {
     static final int BATCH = 2;
     static final int SEQ = 4;
     static final int VOCAB = 11;
+    /** The optimiser step of every check: part-way through an annealed temperature's schedule. */
+    static final long STEP = 150;
 
     /** The starter recipes and the new ones, scaled down to a tiny size (vocabulary, context, width, FFN hidden, ranks, layers). */
     static List<String> recipes() {
@@ -226,6 +228,11 @@ class Float64GradientTest {
         org.junit.jupiter.api.Assumptions.assumeTrue(unknown.isEmpty(), () -> "the float64 oracle does not model " + unknown.orElseThrow());
         TrainableModel m = Generated.instantiate(ir);
         Float64Model ref = new Float64Model(ir);
+        // named gates: the first sequence takes the last gate by its domain, the second an unknown domain (the first gate)
+        List<String> domains = ir.layers().stream().flatMap(l -> moeRouters(l).stream()).filter(rs -> rs.size() > 1).findFirst()
+                .map(rs -> List.of(rs.getLast().name().orElseThrow(), "no such domain")).orElse(List.of());
+        m.setDomains(domains);
+        ref.setDomains(domains);
         int n = BATCH * SEQ;
         int[][] inputs = new int[microBatches][];
         int[][] targets = new int[microBatches][];
@@ -246,6 +253,7 @@ class Float64GradientTest {
         assertWithMessage("no seed routes away from ties").that(base.margin()).isAtLeast(MARGIN);
 
         m.parameters().forEach(Parameter::zeroGrad);
+        m.setStep(STEP);
         m.beginStep();
         double loss = 0;
         for (int b = 0; b < microBatches; b++) {
@@ -283,8 +291,18 @@ class Float64GradientTest {
         assertThat(probes).isAtLeast(m.parameters().size());
     }
 
+    private static List<List<dev.moe.compiler.ir.Router>> moeRouters(dev.moe.compiler.ir.Layer l) {
+        List<dev.moe.compiler.ir.Moe> moes = switch (l.block()) {
+            case dev.moe.compiler.ir.Block.PreNorm p -> p.ffn() instanceof dev.moe.compiler.ir.Block.Part.MoePart mp ? List.of(mp.moe()) : List.of();
+            case dev.moe.compiler.ir.Block.Parallel p -> p.ffn() instanceof dev.moe.compiler.ir.Block.Part.MoePart mp ? List.of(mp.moe()) : List.of();
+            case dev.moe.compiler.ir.Block.Shortcut sc -> List.of(sc.moe());
+            case dev.moe.compiler.ir.Block.Residual r -> List.of(r.moe());
+        };
+        return moes.stream().map(dev.moe.compiler.ir.Moe::routers).toList();
+    }
+
     private static Float64Model.Result refLoss(Float64Model ref, int[][] inputs, int[][] targets) {
-        Float64Model.Step step = new Float64Model.Step(0);
+        Float64Model.Step step = new Float64Model.Step(STEP);
         Float64Model.Result r = null;
         for (int b = 0; b < inputs.length; b++) {
             r = ref.forward(inputs[b], targets[b], BATCH, SEQ, step);

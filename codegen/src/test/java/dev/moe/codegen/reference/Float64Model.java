@@ -30,9 +30,9 @@ import java.util.Map;
  * <p>It follows the semantics the generated models document: pre-norm, parallel, residual (PR-MoE) and
  * shortcut (LongCat-Flash) blocks; RMSNorm and LayerNorm; NeoX RoPE; causal/windowed grouped-query
  * attention with qk-norm and biases; gated and plain FFNs (GELU as its tanh form); MoE layers with
- * softmax or sigmoid scores, temperature and activation, top-k (either order), top-p, expert choice,
+ * softmax or sigmoid scores, temperature (annealed linearly by the step) and activation, top-k (either order), top-p, expert choice,
  * group limits, quotas, an expert bias for selection only, normalisation and scaling, capacity factors
- * with every drop policy, gating residuals, shared (gated) experts, zero, copy, constant, latent and
+ * with every drop policy, gating residuals, pre-gating routers reading the embeddings (Read-ME), recurrent GRU routers (RMoE), several named gates chosen per sequence by its data domain, soft routing, attention experts in the mixer slot (JetMoE top-k, BAM soft, own or group-shared keys and values), shared (gated) experts, zero, copy, constant, latent and
  * LoRA experts; the aux loss at every scope with tau, the z-loss and the entropy loss. Jitter is not
  * modelled: compare against a model without it, in training mode.
  *
@@ -46,6 +46,7 @@ public final class Float64Model {
     private final ModelConfig cfg;
     private final Map<String, double[]> values = new LinkedHashMap<>();
     private final Map<String, int[]> shapes = new HashMap<>();
+    private List<String> domains = List.of();
 
     public Float64Model(Model ir) {
         this.ir = ir;
@@ -61,40 +62,40 @@ public final class Float64Model {
     public static java.util.Optional<String> unsupported(Model ir) {
         for (Layer l : ir.layers()) {
             Block b = l.block();
-            boolean attentionMixer = switch (b) {
-                case Block.PreNorm p -> p.mixer() instanceof Block.Part.Attention;
-                case Block.Parallel p -> p.mixer() instanceof Block.Part.Attention;
-                case Block.Shortcut sc -> sc.mixer() instanceof Block.Part.Attention;
-                case Block.Residual r -> r.mixer() instanceof Block.Part.Attention;
-            };
-            if (!attentionMixer) {
-                return java.util.Optional.of("layer " + l.index() + ": attention experts");
-            }
-            List<Moe> moes = switch (b) {
+            List<Moe> moes = new ArrayList<>(switch (b) {
                 case Block.PreNorm p -> p.ffn() instanceof Block.Part.MoePart m ? List.of(m.moe()) : List.of();
                 case Block.Parallel p -> p.ffn() instanceof Block.Part.MoePart m ? List.of(m.moe()) : List.of();
                 case Block.Shortcut sc -> List.of(sc.moe());
                 case Block.Residual r -> List.of(r.moe());
+            });
+            Block.Part mixer = switch (b) {
+                case Block.PreNorm p -> p.mixer();
+                case Block.Parallel p -> p.mixer();
+                case Block.Shortcut sc -> sc.mixer();
+                case Block.Residual r -> r.mixer();
             };
-            for (Moe m : moes) {
-                if (m.routers().size() != 1) {
-                    return java.util.Optional.of("layer " + l.index() + ": several named gates");
+            if (mixer instanceof Block.Part.MoePart m) {
+                if (!(b instanceof Block.PreNorm || b instanceof Block.Parallel)) {
+                    return java.util.Optional.of("layer " + l.index() + ": attention experts in a shortcut or residual block");
                 }
+                moes.add(m.moe());
+            }
+            for (Moe m : moes) {
                 Router r = m.routers().getFirst();
-                if (r.jitter() != 0 || r.recurrentWidth().isPresent() || r.pregate() || r.selection() instanceof Router.Selection.Soft
-                        || r.temperature().map(t -> t.steps() > 0 && t.start() != t.end()).orElse(false)) {
-                    return java.util.Optional.of("layer " + l.index() + ": jitter, recurrent, pre-gating, soft or annealed routing");
+                if (r.jitter() != 0) {
+                    return java.util.Optional.of("layer " + l.index() + ": jitter");
                 }
                 if (m.losses().stream().anyMatch(x -> x instanceof Loss.Device)) {
                     return java.util.Optional.of("layer " + l.index() + ": the device loss");
                 }
-                if (m.groups().stream().anyMatch(g -> g.expert() instanceof Expert.Lora)
-                        && m.groups().stream().anyMatch(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert().zeroCompute())) {
-                    return java.util.Optional.of("layer " + l.index() + ": LoRA experts among zero-computation experts");
-                }
             }
         }
         return java.util.Optional.empty();
+    }
+
+    /** The data domain of each sequence: an MoE with named gates routes sequence b with the gate named domains[b], else its first gate. */
+    public void setDomains(List<String> domains) {
+        this.domains = List.copyOf(domains);
     }
 
     /** Copies every parameter and buffer of a generated model, by name. */
@@ -121,8 +122,8 @@ public final class Float64Model {
 
     /** Per-step state: expert counts for the global-batch aux loss, the step and micro-batch numbers for random drops. */
     public static final class Step {
-        final Map<Integer, long[]> counts = new HashMap<>();
-        final Map<Integer, long[]> slots = new HashMap<>();
+        final Map<String, long[]> counts = new HashMap<>();
+        final Map<String, long[]> slots = new HashMap<>();
         final long step;
         int microBatch;
 
@@ -242,6 +243,10 @@ public final class Float64Model {
         final List<int[]> routing = new ArrayList<>();
         /** The router logits of the last MoE layer run (for the next one's gating residual). */
         double[][] lastLogits;
+        /** The token embeddings, which pre-gating (Read-ME) routers read instead of their layer's input. */
+        double[][] embedded;
+        /** RMoE: the routers' GRU state, zero before the first recurrent MoE layer, carried to the next one. */
+        double[][] gruState;
 
         Run(int batch, int seq, Step step) {
             this.batch = batch;
@@ -261,6 +266,10 @@ public final class Float64Model {
             for (int t = 0; t < rows; t++) {
                 System.arraycopy(embed, inputs[t] * dim, x[t], 0, dim);
             }
+            embedded = new double[rows][];
+            for (int t = 0; t < rows; t++) {
+                embedded[t] = x[t].clone();
+            }
             for (Layer l : ir.layers()) {
                 layer(l, x);
             }
@@ -278,12 +287,12 @@ public final class Float64Model {
             String p = "layers." + l.index() + ".";
             switch (l.block()) {
                 case Block.PreNorm b -> {
-                    addInto(x, attention(norm(x, p + "attn_norm"), p + "attn"));
+                    addInto(x, mixer(b.mixer(), norm(x, p + "attn_norm"), p, l.index()));
                     addInto(x, part(b.ffn(), norm(x, p + "ffn_norm"), p, l.index()));
                 }
                 case Block.Parallel b -> {
                     double[][] h = norm(x, p + "norm");
-                    double[][] a = attention(h, p + "attn");
+                    double[][] a = mixer(b.mixer(), h, p, l.index());
                     double[][] f = part(b.ffn(), h, p, l.index());
                     addInto(x, a);
                     addInto(x, f);
@@ -311,6 +320,14 @@ public final class Float64Model {
                     addInto(x, moe);
                 }
             }
+        }
+
+        double[][] mixer(Block.Part part, double[][] h, String p, int layer) {
+            return switch (part) {
+                case Block.Part.Attention a -> attention(h, p + "attn");
+                case Block.Part.MoePart m -> moe(h, m.moe(), p + "attn_moe", layer);
+                case Block.Part.Dense d -> throw new IllegalArgumentException("a dense FFN in the mixer slot");
+            };
         }
 
         double[][] part(Block.Part part, double[][] h, String p, int layer) {
@@ -378,6 +395,26 @@ public final class Float64Model {
                 headwise(q[t], heads, hd, pos, perHead ? w(prefix + ".q_norm") : null);
                 headwise(k[t], kvHeads, hd, pos, perHead ? w(prefix + ".k_norm") : null);
             }
+            return linear(attend(q, k, v, heads, kvHeads, hd), prefix + ".o");
+        }
+
+        /**
+         * An attention expert (JetMoE, BAM): its own queries and output, its own keys and values or
+         * those its group shares at {@code kvPrefix}; RoPE, no biases or qk-norm; as many key heads as query heads.
+         */
+        double[][] attentionExpert(double[][] h, String prefix, String kvPrefix, Expert.Attention a) {
+            double[][] q = linear(h, prefix + ".q");
+            double[][] k = linear(h, kvPrefix + ".k");
+            double[][] v = linear(h, kvPrefix + ".v");
+            for (int t = 0; t < rows; t++) {
+                headwise(q[t], a.heads(), a.headDim(), t % seq, null);
+                headwise(k[t], a.heads(), a.headDim(), t % seq, null);
+            }
+            return linear(attend(q, k, v, a.heads(), a.heads(), a.headDim()), prefix + ".o");
+        }
+
+        /** Scaled dot-product attention per head (causal and windowed as configured), query heads grouped over the key heads. */
+        double[][] attend(double[][] q, double[][] k, double[][] v, int heads, int kvHeads, int hd) {
             double scale = 1 / Math.sqrt(hd);
             int group = heads / kvHeads;
             int window = cfg.slidingWindow();
@@ -410,7 +447,7 @@ public final class Float64Model {
                     }
                 }
             }
-            return linear(att, prefix + ".o");
+            return att;
         }
 
         void addBias(double[][] y, double[] bias) {
@@ -484,12 +521,14 @@ public final class Float64Model {
             int e = moe.routedExperts();
             int dim = cfg.dim();
             List<Expert> experts = new ArrayList<>();
+            List<String> kvOf = new ArrayList<>(); // attention experts: where each routed expert's keys and values live
             int latentGroup = -1;
             int loraGroup = -1;
             int gi = 0;
             for (ExpertGroup g : moe.groups()) {
                 if (g.role() == ExpertGroup.Role.ROUTED) {
                     for (int i = 0; i < g.count(); i++) {
+                        kvOf.add(g.expert() instanceof Expert.Attention a && a.sharedKv() ? p + ".group" + gi : p + ".experts." + experts.size());
                         experts.add(g.expert());
                     }
                     if (g.expert() instanceof Expert.Latent) {
@@ -503,13 +542,35 @@ public final class Float64Model {
             }
 
             // router logits, with the gating residual of the previous MoE layer's logits
-            double[][] logits = linear(x, p + ".router.weight");
+            double[][] logits;
+            if (moe.routers().size() > 1) {
+                // several named gates (equal but for their weights): each sequence's tokens read the gate of its domain
+                logits = new double[rows][];
+                for (int t = 0; t < rows; t++) {
+                    int b = t / seq;
+                    String gate = moe.routers().getFirst().name().orElseThrow();
+                    for (Router g : moe.routers()) {
+                        if (b < domains.size() && g.name().orElseThrow().equals(domains.get(b))) {
+                            gate = domains.get(b);
+                        }
+                    }
+                    logits[t] = row(x[t], w(p + ".router." + gate + ".weight"), e, dim);
+                }
+            } else {
+                logits = linear(r.pregate() ? embedded : x, p + ".router.weight");
+            }
             if (values.containsKey(p + ".router.residual")) {
                 int prevE = shapes.get(p + ".router.residual")[1];
                 double[][] extra = linear(lastLogits, w(p + ".router.residual"), e, prevE);
                 addInto(logits, extra);
             }
-            lastLogits = logits;
+            if (r.recurrentWidth().isPresent()) {
+                addInto(logits, recurrent(x, p, r.recurrentWidth().get(), e));
+            }
+            boolean attentionMoe = p.endsWith(".attn_moe");
+            if (!attentionMoe) { // a gating residual reads the previous layer's FFN MoE
+                lastLogits = logits;
+            }
             boolean sigmoidScore = r.score() == Router.Score.SIGMOID;
             boolean topkFirst = !sigmoidScore && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
             double[] bias = r.bias().isPresent() ? w(p + ".router.expert_bias") : new double[e];
@@ -518,7 +579,7 @@ public final class Float64Model {
                 case Router.Selection.TopK t -> t.k();
                 case Router.Selection.TopP t -> t.maxK();
                 case Router.Selection.ExpertChoice c -> e;
-                case Router.Selection.Soft s -> throw new IllegalArgumentException("soft routing");
+                case Router.Selection.Soft s -> e; // every expert, weighted by its score: top-k with k = E
             };
             double[][] scores = new double[rows][];
             double[][] probs = new double[rows][];
@@ -526,6 +587,7 @@ public final class Float64Model {
             int[] selected = new int[rows * k];
             double[] weight = new double[rows * k];
             int[] used = new int[rows];
+            double tau = r.temperature().map(this::temperature).orElse(1.0);
             for (int t = 0; t < rows; t++) {
                 double[] z = logits[t].clone();
                 if (r.temperature().isPresent()) {
@@ -536,7 +598,7 @@ public final class Float64Model {
                             case "sigmoid" -> sigmoid(z[ex]);
                             default -> z[ex];
                         };
-                        z[ex] = a / tp.start();
+                        z[ex] = a / tau;
                     }
                 }
                 scores[t] = z;
@@ -640,8 +702,8 @@ public final class Float64Model {
                 signature[2 * s + 1] = dropped[s] ? 1 : 0;
             }
             routing.add(signature);
-            long[] stepCounts = step.counts.computeIfAbsent(layer, i -> new long[e]);
-            long[] stepSlots = step.slots.computeIfAbsent(layer, i -> new long[1]);
+            long[] stepCounts = step.counts.computeIfAbsent(p, i -> new long[e]);
+            long[] stepSlots = step.slots.computeIfAbsent(p, i -> new long[1]);
             for (int ex = 0; ex < e; ex++) {
                 stepCounts[ex] += counts[ex];
             }
@@ -650,8 +712,15 @@ public final class Float64Model {
             // experts
             double[][] out = new double[rows][dim];
             double[][] latent = latentGroup >= 0 ? linear(x, p + ".group" + latentGroup + ".latent_down") : null;
+            // attention experts read the whole sequence: each one's output for every token, used where chosen
+            double[][][] attended = new double[e][][];
+            for (int ex = 0; ex < e; ex++) {
+                if (experts.get(ex) instanceof Expert.Attention a) {
+                    attended[ex] = attentionExpert(x, p + ".experts." + ex, kvOf.get(ex), a);
+                }
+            }
             if (loraGroup >= 0) {
-                loraExperts(x, out, p, loraGroup, (Expert.Lora) experts.getFirst(), selected, weight, dropped, k, e);
+                loraExperts(x, out, p, loraGroup, (Expert.Lora) moe.groups().get(loraGroup).expert(), experts, selected, weight, dropped, k, e);
             }
             for (int s = 0; s < rows * k; s++) {
                 int ex = selected[s];
@@ -675,19 +744,25 @@ public final class Float64Model {
                         yield yy;
                     }
                     case Expert.Lora l -> new double[dim]; // added above, with the base FFN
-                    case Expert.Attention a -> throw new IllegalArgumentException("attention experts");
+                    case Expert.Attention a -> attended[ex][t];
                 };
                 for (int d = 0; d < dim; d++) {
                     out[t][d] += weight[s] * y[d];
                 }
             }
             int shared = 0;
+            int sg = 0;
             for (ExpertGroup g : moe.groups()) {
+                String gp = p + ".group" + sg++;
                 if (g.role() != ExpertGroup.Role.SHARED) {
                     continue;
                 }
                 for (int i = 0; i < g.count(); i++, shared++) {
                     String sp = p + ".shared." + shared;
+                    if (g.expert() instanceof Expert.Attention a) {
+                        addInto(out, attentionExpert(x, sp, a.sharedKv() ? gp : sp, a));
+                        continue;
+                    }
                     Ffn f = ((Expert.FeedForward) g.expert()).ffn();
                     for (int t = 0; t < rows; t++) {
                         double[] y = ffnRow(x[t], sp, f);
@@ -764,6 +839,54 @@ public final class Float64Model {
                 }
             }
             return out;
+        }
+
+        /**
+         * RMoE: u = gru_in · x; the shared GRU cell (gates r, z, n) steps from the previous recurrent
+         * layer's state to h; the router's logits gain gru_out · h.
+         */
+        double[][] recurrent(double[][] x, String p, int width, int e) {
+            if (gruState == null) {
+                gruState = new double[rows][width];
+            }
+            double[][] u = linear(x, p + ".router.gru_in");
+            double[] wih = w("router_gru.w_ih");
+            double[] whh = w("router_gru.w_hh");
+            double[] bih = w("router_gru.b_ih");
+            double[] bhh = w("router_gru.b_hh");
+            double[][] next = new double[rows][width];
+            for (int t = 0; t < rows; t++) {
+                double[] h = gruState[t];
+                for (int j = 0; j < width; j++) {
+                    // pre-activations of gate row j of block b (0 reset, 1 update, 2 candidate), from u and from h
+                    double[] fromU = new double[3];
+                    double[] fromH = new double[3];
+                    for (int b = 0; b < 3; b++) {
+                        int o = b * width + j;
+                        fromU[b] = bih[o];
+                        fromH[b] = bhh[o];
+                        for (int i = 0; i < width; i++) {
+                            fromU[b] += wih[o * width + i] * u[t][i];
+                            fromH[b] += whh[o * width + i] * h[i];
+                        }
+                    }
+                    double reset = sigmoid(fromU[0] + fromH[0]);
+                    double update = sigmoid(fromU[1] + fromH[1]);
+                    double cand = Math.tanh(fromU[2] + reset * fromH[2]);
+                    next[t][j] = (1 - update) * cand + update * h[j];
+                }
+            }
+            gruState = next;
+            return linear(next, p + ".router.gru_out");
+        }
+
+        /** The router temperature at this step: linear from start to end over the first {@code steps} optimiser steps, then the end. */
+        double temperature(Router.Temperature tp) {
+            if (tp.steps() <= 0) {
+                return tp.start();
+            }
+            double f = Math.min(step.step, tp.steps()) / (double) tp.steps();
+            return tp.start() * (1 - f) + tp.end() * f;
         }
 
         /** Keeps the first {@code cap} of the ranked slots (the rest stay dropped); records the rank gap at the cut. */
@@ -882,8 +1005,8 @@ public final class Float64Model {
          * B A to each projection (the gate and up pre-activations of the token, and the down projection
          * of the token's mixed activation).
          */
-        void loraExperts(double[][] x, double[][] out, String p, int group, Expert.Lora lo, int[] selected, double[] weight, boolean[] dropped,
-                int k, int e) {
+        void loraExperts(double[][] x, double[][] out, String p, int group, Expert.Lora lo, List<Expert> experts, int[] selected, double[] weight,
+                boolean[] dropped, int k, int e) {
             Ffn f = lo.base();
             int h = f.hidden();
             int rank = lo.rank();
@@ -895,7 +1018,8 @@ public final class Float64Model {
                 double[] gate = f.activation().gated() ? row(x[t], w(base + ".gate"), h, dim) : null;
                 List<Integer> slots = new ArrayList<>();
                 for (int s = t * k; s < (t + 1) * k; s++) {
-                    if (selected[s] < e && !dropped[s]) {
+                    // only the LoRA experts adapt the base; zero, copy and constant experts beside them add their own output
+                    if (selected[s] < e && !dropped[s] && experts.get(selected[s]) instanceof Expert.Lora) {
                         slots.add(s);
                     }
                 }
