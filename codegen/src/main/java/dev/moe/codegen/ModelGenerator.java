@@ -442,17 +442,17 @@ final class ModelGenerator {
     // ---- constants and parameters ----
 
     private void constants() {
-        intConstant("VOCAB", cfg.vocab());
-        intConstant("CONTEXT", cfg.context());
-        intConstant("DIM", cfg.dim());
-        intConstant("HEADS", cfg.heads());
-        intConstant("KV_HEADS", cfg.kvHeads());
-        intConstant("HEAD_DIM", cfg.headDim());
-        intConstant("Q_DIM", cfg.heads() * cfg.headDim());
-        intConstant("KV_DIM", cfg.kvHeads() * cfg.headDim());
-        intConstant("ROTARY_DIMS", cfg.position().rotaryDims(cfg.headDim()));
-        intConstant("WINDOW", cfg.slidingWindow());
-        intConstant("LAYERS", model.layers().size());
+        intConstant("VOCAB", cfg.vocab(), "Tokens in the vocabulary: the embedding's rows and the logits' width.");
+        intConstant("CONTEXT", cfg.context(), "The longest sequence the model is declared for.");
+        intConstant("DIM", cfg.dim(), "Width of the hidden state (d_model).");
+        intConstant("HEADS", cfg.heads(), "Query heads per attention layer.");
+        intConstant("KV_HEADS", cfg.kvHeads(), "Key/value heads per attention layer (grouped-query attention when fewer than HEADS).");
+        intConstant("HEAD_DIM", cfg.headDim(), "Width of one attention head.");
+        intConstant("Q_DIM", cfg.heads() * cfg.headDim(), "Width of the query projection: HEADS * HEAD_DIM.");
+        intConstant("KV_DIM", cfg.kvHeads() * cfg.headDim(), "Width of the key and value projections: KV_HEADS * HEAD_DIM.");
+        intConstant("ROTARY_DIMS", cfg.position().rotaryDims(cfg.headDim()), "Dimensions of each head that RoPE rotates (0: no RoPE).");
+        intConstant("WINDOW", cfg.slidingWindow(), "Sliding attention window in positions (0: none).");
+        intConstant("LAYERS", model.layers().size(), "Number of layers.");
         type.addField(FieldSpec.builder(TypeName.FLOAT, "EPS", Modifier.STATIC, Modifier.FINAL).initializer("$Lf", floatLiteral(cfg.norm().eps()))
                 .build());
         type.addField(FieldSpec.builder(TypeName.FLOAT, "THETA", Modifier.STATIC, Modifier.FINAL)
@@ -460,8 +460,9 @@ final class ModelGenerator {
         type.addField(FieldSpec.builder(TypeName.BOOLEAN, "CAUSAL", Modifier.STATIC, Modifier.FINAL).initializer("$L", cfg.causal()).build());
     }
 
-    private void intConstant(String name, int value) {
-        type.addField(FieldSpec.builder(TypeName.INT, name, Modifier.PUBLIC, Modifier.STATIC, Modifier.FINAL).initializer("$L", value).build());
+    private void intConstant(String name, int value, String doc) {
+        type.addField(FieldSpec.builder(TypeName.INT, name, Modifier.PUBLIC, Modifier.STATIC, Modifier.FINAL).addJavadoc("$L\n", doc)
+                .initializer("$L", value).build());
     }
 
     static String floatLiteral(double v) {

@@ -38,26 +38,59 @@ import javax.annotation.processing.Generated;
 )
 @SuppressWarnings("unused")
 public final class DeepSeekMoETiny implements TrainableModel {
+    /**
+     * Tokens in the vocabulary: the embedding's rows and the logits' width.
+     */
     public static final int VOCAB = 256;
 
+    /**
+     * The longest sequence the model is declared for.
+     */
     public static final int CONTEXT = 256;
 
+    /**
+     * Width of the hidden state (d_model).
+     */
     public static final int DIM = 128;
 
+    /**
+     * Query heads per attention layer.
+     */
     public static final int HEADS = 4;
 
+    /**
+     * Key/value heads per attention layer (grouped-query attention when fewer than HEADS).
+     */
     public static final int KV_HEADS = 2;
 
+    /**
+     * Width of one attention head.
+     */
     public static final int HEAD_DIM = 32;
 
+    /**
+     * Width of the query projection: HEADS * HEAD_DIM.
+     */
     public static final int Q_DIM = 128;
 
+    /**
+     * Width of the key and value projections: KV_HEADS * HEAD_DIM.
+     */
     public static final int KV_DIM = 64;
 
+    /**
+     * Dimensions of each head that RoPE rotates (0: no RoPE).
+     */
     public static final int ROTARY_DIMS = 32;
 
+    /**
+     * Sliding attention window in positions (0: none).
+     */
     public static final int WINDOW = 0;
 
+    /**
+     * Number of layers.
+     */
     public static final int LAYERS = 6;
 
     static final float EPS = 1.0e-6f;
