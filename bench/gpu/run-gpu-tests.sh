@@ -9,8 +9,10 @@
 # 2. BackendParity: the primitives CudaBackend runs on the GPU against the CPU backend (24 shapes);
 #    DeviceOpsParity: the dense-model kernels (embedding, RMSNorm, RoPE, GLU, cross-entropy, AdamW)
 #    against the CPU backend, 20 shapes each.
-# 3. Training parity: 100 steps of two recipes with --backend cuda against --backend cpu; the losses
-#    must agree within 1e-3 relative at every step.
+# 3. DeviceModelParity: the device-resident generated models (CudaModelGenerator) against the
+#    CPU-generated classes: losses, every gradient, gradient norms, weights and moments after 3 steps.
+#    Training parity: 100 steps of two recipes with --backend cuda (device-resident) and
+#    --backend cuda-hybrid against --backend cpu; the losses must agree within 1e-3 relative at every step.
 # 4. MoeLayerBench: TFLOP/s forward and forward+backward, bf16, 8192 tokens, three shapes, and the
 #    PyTorch peer on the same GPU in the same run (bench/gpu/torch_moe_gpu.py), when torch is there.
 set -uo pipefail
@@ -25,23 +27,26 @@ status=0
 $J $JOPTS -cp "$CP" dev.moe.cuda.GpuChecks 2>&1 | tee "$OUT/parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 $J $JOPTS -cp "$CP" dev.moe.cuda.BackendParity 2>&1 | tee "$OUT/backend-parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 $J $JOPTS -cp "$CP" dev.moe.cuda.DeviceOpsParity 2>&1 | tee "$OUT/device-ops-parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+$J $JOPTS -cp "$CP" dev.moe.cuda.model.DeviceModelParity 2>&1 | tee "$OUT/device-model-parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 for recipe in mixtral deepseek-moe; do
-  for backend in cpu cuda; do
+  for backend in cpu cuda cuda-hybrid; do
     $J $JOPTS -Xmx8g -cp "$CP" dev.moe.cli.MoeCli train "recipes/$recipe.moe" --steps 100 --backend $backend \
         --out "$OUT/train-$recipe-$backend" > "$OUT/train-$recipe-$backend.log" 2>&1 || { status=1; tail -5 "$OUT/train-$recipe-$backend.log"; }
   done
-  python3 - "$OUT/train-$recipe-cpu/metrics.jsonl" "$OUT/train-$recipe-cuda/metrics.jsonl" "$recipe" <<'PY' | tee -a "$OUT/train-parity.txt" || status=1
+  for backend in cuda cuda-hybrid; do
+  python3 - "$OUT/train-$recipe-cpu/metrics.jsonl" "$OUT/train-$recipe-$backend/metrics.jsonl" "$recipe" "$backend" <<'PY' | tee -a "$OUT/train-parity.txt" || status=1
 import json, sys
 a = [json.loads(l) for l in open(sys.argv[1])]
 b = [json.loads(l) for l in open(sys.argv[2])]
 assert len(a) == len(b) == 100, (len(a), len(b))
 worst = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a, b))
 tps = lambda r: sum(x.get("tokens_per_s", 0) for x in r[10:]) / max(1, len(r) - 10)
-print(f"{sys.argv[3]}: 100 steps, loss cpu {a[-1]['loss']:.5f} cuda {b[-1]['loss']:.5f}, worst relative difference {worst:.2e}"
-      f" ({'ok' if worst <= 1e-3 else 'FAIL'}); tokens/s cpu {tps(a):.0f} cuda {tps(b):.0f}")
+print(f"{sys.argv[3]} --backend {sys.argv[4]}: 100 steps, loss cpu {a[-1]['loss']:.5f} {sys.argv[4]} {b[-1]['loss']:.5f}, worst relative difference {worst:.2e}"
+      f" ({'ok' if worst <= 1e-3 else 'FAIL'}); tokens/s cpu {tps(a):.0f} {sys.argv[4]} {tps(b):.0f}")
 sys.exit(0 if worst <= 1e-3 else 1)
 PY
+  done
 done
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then

@@ -8,8 +8,9 @@ import picocli.CommandLine.Option;
 
 /** {@code --backend cpu|cuda}, shared by the commands that run a model. */
 final class BackendOption {
-    @Option(names = "--backend", paramLabel = "NAME", description = "Where the model runs: cpu (default) or cuda (an NVIDIA GPU: "
-            + "the matrix products run there through cuBLASLt, the other ops on the CPU).")
+    @Option(names = "--backend", paramLabel = "NAME", description = "Where the model runs: cpu (default), cuda (an NVIDIA GPU: models the "
+            + "GPU code generator covers run wholly there, weights and optimiser included; others on the hybrid path) or cuda-hybrid "
+            + "(matrix products on the GPU through cuBLASLt, the other ops on the CPU).")
     String backend = "cpu";
 
     /** Opens the backend, or explains why it cannot be opened (no GPU, no driver) as a user error. */
@@ -17,14 +18,15 @@ final class BackendOption {
         Backend cpu = new CpuBackend(threads, CpuBackend.VECTOR_API);
         return switch (backend) {
             case "cpu" -> cpu;
-            case "cuda" -> {
+            case "cuda", "cuda-hybrid" -> {
                 try {
-                    yield new CudaBackend(0, cpu);
+                    CudaBackend cuda = new CudaBackend(0, cpu);
+                    yield backend.equals("cuda") ? cuda : cuda.hybridOnly();
                 } catch (CudaException e) {
-                    throw new Recipes.UserError("--backend cuda: " + e.getMessage());
+                    throw new Recipes.UserError("--backend " + backend + ": " + e.getMessage());
                 }
             }
-            default -> throw new Recipes.UserError("unknown backend `" + backend + "`: use cpu or cuda");
+            default -> throw new Recipes.UserError("unknown backend `" + backend + "`: use cpu, cuda or cuda-hybrid");
         };
     }
 }

@@ -9,13 +9,18 @@ import dev.moe.compiler.MoeCompiler;
 import dev.moe.compiler.ir.CompiledFile;
 import dev.moe.compiler.ir.Model;
 import dev.moe.compiler.ir.Training;
+import dev.moe.cuda.CudaBackend;
+import dev.moe.cuda.CudaContext;
+import dev.moe.cuda.codegen.CudaModelGenerator;
 import dev.moe.dsl.SourceFile;
 import dev.moe.dsl.diag.DiagnosticRenderer;
 import dev.moe.runtime.Backend;
 import dev.moe.runtime.TrainableModel;
 import dev.moe.runtime.cpu.CpuBackend;
 import java.io.PrintWriter;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.Optional;
 
 /** From a recipe to a running model: check, generate, compile in memory, instantiate. */
@@ -110,10 +115,28 @@ final class Recipes {
         } catch (UnsupportedFeatureException e) {
             throw new UserError(e.getMessage());
         }
-        ClassLoader loader = InMemoryCompiler.load(ClassCache.compile(file), Recipes.class.getClassLoader());
         Backend backend = backendFactory.create();
+        Map<String, byte[]> classes = new HashMap<>(ClassCache.compile(file));
+        JavaFile device = null;
+        if (backend instanceof CudaBackend cuda && cuda.deviceModels()) {
+            Optional<String> why = CudaModelGenerator.unsupported(model);
+            if (why.isEmpty()) {
+                device = CudaModelGenerator.generate(model, JavaGenerator.DEFAULT_PACKAGE, sourceName);
+                classes.putAll(ClassCache.compile(device));
+            } else {
+                System.err.println("note: " + model.name() + " uses " + why.get() + ", which the GPU code generator does not cover yet: it runs on "
+                        + "the hybrid path (matrix products on the GPU, the rest on the CPU)");
+            }
+        }
+        ClassLoader loader = InMemoryCompiler.load(classes, Recipes.class.getClassLoader());
         try {
             Class<?> type = loader.loadClass(JavaGenerator.DEFAULT_PACKAGE + "." + file.typeSpec().name());
+            if (device != null) {
+                CudaBackend cuda = (CudaBackend) backend;
+                TrainableModel host = (TrainableModel) type.getConstructor(Backend.class).newInstance(cuda.cpu());
+                Class<?> twin = loader.loadClass(JavaGenerator.DEFAULT_PACKAGE + "." + device.typeSpec().name());
+                return (TrainableModel) twin.getConstructor(CudaContext.class, TrainableModel.class).newInstance(cuda.context(), host);
+            }
             return (TrainableModel) type.getConstructor(Backend.class).newInstance(backend);
         } catch (ReflectiveOperationException e) {
             throw new IllegalStateException("cannot instantiate the generated " + file.typeSpec().name(), e);

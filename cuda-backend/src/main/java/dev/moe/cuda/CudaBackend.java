@@ -41,6 +41,24 @@ public final class CudaBackend implements Backend, AutoCloseable {
         return ctx;
     }
 
+    /** The backend of the ops that do not run on the GPU (and of the host copies of device-resident models). */
+    public Backend cpu() {
+        return cpu;
+    }
+
+    private boolean deviceModels = true;
+
+    /** Whether models that can run device-resident should (true by default); false keeps every model on this hybrid backend. */
+    public boolean deviceModels() {
+        return deviceModels;
+    }
+
+    /** Keeps every model on the hybrid path (matrix products on the GPU, the rest on the CPU). */
+    public CudaBackend hybridOnly() {
+        deviceModels = false;
+        return this;
+    }
+
     /** The context must be current on the thread that launches; the model may be driven from any one thread. */
     private void bind() {
         if (boundThread != Thread.currentThread()) {

@@ -28,7 +28,11 @@ public final class CudaMoeLayer implements AutoCloseable {
     private final Type act;
     private final Type gradType;
     private final int actBytes;
-    private final DeviceAllocator.Block router, bias, w13, w2, dRouter, dW13, dW2;
+    /** The weight blocks this layer allocated itself (null when it works on external weights). */
+    private final DeviceAllocator.Block routerBlock, biasBlock, w13Block, w2Block, dRouterBlock, dW13Block, dW2Block;
+    private final long router, bias, w13, w2, dRouter, dW13, dW2;
+    /** Whether backward adds to the weight gradients (a model accumulating micro-batches) or overwrites them. */
+    private final boolean accumulateGrads;
     private final List<DeviceAllocator.Block> saved = new ArrayList<>();
     private final List<DeviceAllocator.Block> backwardBlocks = new ArrayList<>();
     private int tokens;
@@ -40,6 +44,31 @@ public final class CudaMoeLayer implements AutoCloseable {
     private long x, logits, probs, idx, weight, pos, h, g, a, y, out;
 
     public CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType) {
+        this(ctx, spec, gradsInActivationType, null);
+    }
+
+    /**
+     * Device pointers of weights and gradients that a caller owns (a device-resident model's
+     * parameter arena), fp32, in this layer's layout: router {@code [routed, D]}, selection bias
+     * {@code [routed]} (0 without one), {@code w13 [E, 2F, D]}, {@code w2 [E, D, F]}.
+     */
+    public record ExternalWeights(long router, long bias, long w13, long w2, long dRouter, long dW13, long dW2) {}
+
+    /**
+     * A layer on external fp32 weights whose backward ADDS to the external gradients, so a model
+     * can accumulate micro-batches. The spec's precision must be fp32.
+     */
+    public static CudaMoeLayer onExternalWeights(CudaContext ctx, Spec spec, ExternalWeights weights) {
+        if (spec.precision() != Precision.FP32) {
+            throw new IllegalArgumentException("external weights are fp32; the spec asks for " + spec.precision());
+        }
+        if (spec.bias() != (weights.bias() != 0)) {
+            throw new IllegalArgumentException("the spec " + (spec.bias() ? "has" : "has no") + " selection bias; the weights do not agree");
+        }
+        return new CudaMoeLayer(ctx, spec, false, weights);
+    }
+
+    private CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType, ExternalWeights external) {
         this.ctx = ctx;
         this.spec = spec;
         this.source = MoeKernelSource.generate(spec);
@@ -47,17 +76,41 @@ public final class CudaMoeLayer implements AutoCloseable {
         this.gradType = gradsInActivationType ? act : Type.F32;
         this.actBytes = act.bytes;
         long e = spec.experts(), er = spec.routed(), d = spec.dim(), f = spec.hidden();
-        router = ctx.allocator.allocate(er * d * actBytes);
-        bias = spec.bias() ? ctx.allocator.allocate(er * 4) : null;
-        w13 = ctx.allocator.allocate(e * 2 * f * d * actBytes);
-        w2 = ctx.allocator.allocate(e * d * f * actBytes);
-        dRouter = ctx.allocator.allocate(er * d * gradType.bytes);
-        dW13 = ctx.allocator.allocate(e * 2 * f * d * gradType.bytes);
-        dW2 = ctx.allocator.allocate(e * d * f * gradType.bytes);
+        if (external == null) {
+            routerBlock = ctx.allocator.allocate(er * d * actBytes);
+            biasBlock = spec.bias() ? ctx.allocator.allocate(er * 4) : null;
+            w13Block = ctx.allocator.allocate(e * 2 * f * d * actBytes);
+            w2Block = ctx.allocator.allocate(e * d * f * actBytes);
+            dRouterBlock = ctx.allocator.allocate(er * d * gradType.bytes);
+            dW13Block = ctx.allocator.allocate(e * 2 * f * d * gradType.bytes);
+            dW2Block = ctx.allocator.allocate(e * d * f * gradType.bytes);
+            router = routerBlock.pointer;
+            bias = biasBlock == null ? 0 : biasBlock.pointer;
+            w13 = w13Block.pointer;
+            w2 = w2Block.pointer;
+            dRouter = dRouterBlock.pointer;
+            dW13 = dW13Block.pointer;
+            dW2 = dW2Block.pointer;
+            accumulateGrads = false;
+        } else {
+            routerBlock = biasBlock = w13Block = w2Block = dRouterBlock = dW13Block = dW2Block = null;
+            router = external.router();
+            bias = external.bias();
+            w13 = external.w13();
+            w2 = external.w2();
+            dRouter = external.dRouter();
+            dW13 = external.dW13();
+            dW2 = external.dW2();
+            accumulateGrads = true;
+        }
         // Compile (or load from the disk cache) before any timing starts.
         for (String k : List.of("router_topk", "expert_rank", "expert_offsets", "permute_gather", "swiglu", "combine",
                 "combine_backward", "swiglu_backward", "unpermute_sum", "router_backward")) {
             ctx.kernel(source, k);
+        }
+        if (spec.score() == MoeKernelSource.Score.SOFTMAX) {
+            ctx.kernel(source, "router_balance_stats");
+            ctx.kernel(source, "router_backward_balance");
         }
     }
 
@@ -71,12 +124,12 @@ public final class CudaMoeLayer implements AutoCloseable {
         check(routerWeights.length == er * d, "router weights");
         check(gateUp.length == (long) e * 2 * f * d, "gate/up weights");
         check(down.length == (long) e * d * f, "down weights");
-        upload(routerWeights, router.pointer);
-        upload(gateUp, w13.pointer);
-        upload(down, w2.pointer);
+        upload(routerWeights, router);
+        upload(gateUp, w13);
+        upload(down, w2);
         if (spec.bias()) {
             check(expertBias != null && expertBias.length == er, "expert bias");
-            ctx.upload(expertBias, bias.pointer);
+            ctx.upload(expertBias, bias);
         }
     }
 
@@ -105,15 +158,34 @@ public final class CudaMoeLayer implements AutoCloseable {
     }
 
     public float[] routerGrad() {
-        return downloadGrad(dRouter.pointer, spec.routed() * spec.dim());
+        return downloadGrad(dRouter, spec.routed() * spec.dim());
     }
 
     public float[] gateUpGrad() {
-        return downloadGrad(dW13.pointer, spec.experts() * 2 * spec.hidden() * spec.dim());
+        return downloadGrad(dW13, spec.experts() * 2 * spec.hidden() * spec.dim());
     }
 
     public float[] downGrad() {
-        return downloadGrad(dW2.pointer, spec.experts() * spec.dim() * spec.hidden());
+        return downloadGrad(dW2, spec.experts() * spec.dim() * spec.hidden());
+    }
+
+    /**
+     * The values the balancing losses need from the last forward pass (softmax scores): the sum over
+     * tokens of each expert's probability ({@code [routed]}) followed by Σ_t logsumexp(logits_t)².
+     * Waits for the GPU.
+     */
+    public float[] balanceStats() {
+        int er = spec.routed();
+        try (DeviceAllocator.Block stats = ctx.allocator.allocate((long) (er + 1) * 4)) {
+            ctx.driver.memsetZero(stats.pointer, (long) (er + 1) * 4, ctx.stream);
+            launch("router_balance_stats", ceilDiv(tokens * 32, THREADS), THREADS, logits, probs, tokens, stats.pointer);
+            return ctx.downloadFloats(stats.pointer, er + 1);
+        }
+    }
+
+    /** The experts each token chose in the last forward pass, {@code [tokens, k]}. Waits for the GPU. */
+    public int[] lastSelection() {
+        return ctx.downloadInts(idx, tokens * spec.topK());
     }
 
     /** Tokens per expert in the last forward pass. */
@@ -190,8 +262,8 @@ public final class CudaMoeLayer implements AutoCloseable {
 
         mark("start");
         // logits[T, E] = x · routerᵀ, fp32 out.
-        ctx.blas.matmul(ctx.stream, true, false, er, tokens, d, router.pointer, act, d, x, act, d, logits, Type.F32, er, false);
-        launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, spec.bias() ? bias.pointer : 0L, tokens, idx, weight, probs);
+        ctx.blas.matmul(ctx.stream, true, false, er, tokens, d, router, act, d, x, act, d, logits, Type.F32, er, false);
+        launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, bias, tokens, idx, weight, probs);
         launch("expert_rank", e, 1024, idx, m, rank, counts);
         launch("expert_offsets", 1, 32, counts, offs);
         launch("permute_gather", m, 128, x, idx, rank, offs, pos, h);
@@ -204,7 +276,7 @@ public final class CudaMoeLayer implements AutoCloseable {
                 continue;
             }
             // g_e[rows, 2F] = h_e · w13_eᵀ
-            ctx.blas.matmul(ctx.stream, true, false, 2 * f, rows, d, w13.pointer + (long) ex * 2 * f * d * actBytes, act, d,
+            ctx.blas.matmul(ctx.stream, true, false, 2 * f, rows, d, w13 + (long) ex * 2 * f * d * actBytes, act, d,
                     h + (long) r0 * d * actBytes, act, d, g + (long) r0 * 2 * f * actBytes, act, 2 * f, false);
         }
         mark("gemm gate/up");
@@ -217,7 +289,7 @@ public final class CudaMoeLayer implements AutoCloseable {
                 continue;
             }
             // y_e[rows, D] = a_e · w2_eᵀ
-            ctx.blas.matmul(ctx.stream, true, false, d, rows, f, w2.pointer + (long) ex * d * f * actBytes, act, f,
+            ctx.blas.matmul(ctx.stream, true, false, d, rows, f, w2 + (long) ex * d * f * actBytes, act, f,
                     a + (long) r0 * f * actBytes, act, f, y + (long) r0 * d * actBytes, act, d, false);
         }
         mark("gemm down");
@@ -231,6 +303,18 @@ public final class CudaMoeLayer implements AutoCloseable {
      * OVERWRITES the weight gradients (an expert that got no tokens gets zeros).
      */
     public long backward(long dOut) {
+        return backward(dOut, null, 0f);
+    }
+
+    /**
+     * Backward with the balancing losses (softmax scores only): {@code aux[e]} is the gradient of
+     * the aux loss with respect to every token's probability of expert e (null: none), {@code zc}
+     * the z-loss coefficient already divided by the rows and times the loss scale (0: none).
+     */
+    public long backward(long dOut, float[] aux, float zc) {
+        if ((aux != null || zc != 0f) && spec.score() != MoeKernelSource.Score.SOFTMAX) {
+            throw new IllegalArgumentException("balancing losses on the GPU need softmax scores");
+        }
         release(backwardBlocks);
         int e = spec.experts(), er = spec.routed(), k = spec.topK(), d = spec.dim(), f = spec.hidden();
         int m = tokens * k;
@@ -246,9 +330,11 @@ public final class CudaMoeLayer implements AutoCloseable {
         launch("combine_backward", tokens, THREADS, dOut, y, x, idx, pos, weight, dy, dWeight);
         for (int ex = 0; ex < e; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
-            long w2e = w2.pointer + (long) ex * d * f * actBytes;
+            long w2e = w2 + (long) ex * d * f * actBytes;
             if (rows == 0) {
-                ctx.driver.memsetZero(dW2.pointer + (long) ex * d * f * gb, (long) d * f * gb, ctx.stream);
+                if (!accumulateGrads) {
+                    ctx.driver.memsetZero(dW2 + (long) ex * d * f * gb, (long) d * f * gb, ctx.stream);
+                }
                 continue;
             }
             // da_e[rows, F] = dy_e · w2_e
@@ -256,15 +342,17 @@ public final class CudaMoeLayer implements AutoCloseable {
                     da + (long) r0 * f * actBytes, act, f, false);
             // dw2_e[D, F] = dy_eᵀ · a_e
             ctx.blas.matmul(ctx.stream, false, true, f, d, rows, a + (long) r0 * f * actBytes, act, f, dy + (long) r0 * d * actBytes, act,
-                    d, dW2.pointer + (long) ex * d * f * gb, gradType, f, false);
+                    d, dW2 + (long) ex * d * f * gb, gradType, f, accumulateGrads);
         }
         long n = (long) offsets[e] * f;
         launch("swiglu_backward", elementwiseGrid(n), THREADS, g, da, dg, n);
         for (int ex = 0; ex < e; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
-            long w13e = w13.pointer + (long) ex * 2 * f * d * actBytes;
+            long w13e = w13 + (long) ex * 2 * f * d * actBytes;
             if (rows == 0) {
-                ctx.driver.memsetZero(dW13.pointer + (long) ex * 2 * f * d * gb, (long) 2 * f * d * gb, ctx.stream);
+                if (!accumulateGrads) {
+                    ctx.driver.memsetZero(dW13 + (long) ex * 2 * f * d * gb, (long) 2 * f * d * gb, ctx.stream);
+                }
                 continue;
             }
             // dh_e[rows, D] = dg_e · w13_e
@@ -272,13 +360,20 @@ public final class CudaMoeLayer implements AutoCloseable {
                     dh + (long) r0 * d * actBytes, act, d, false);
             // dw13_e[2F, D] = dg_eᵀ · h_e
             ctx.blas.matmul(ctx.stream, false, true, d, 2 * f, rows, h + (long) r0 * d * actBytes, act, d, dg + (long) r0 * 2 * f * actBytes,
-                    act, 2 * f, dW13.pointer + (long) ex * 2 * f * d * gb, gradType, d, false);
+                    act, 2 * f, dW13 + (long) ex * 2 * f * d * gb, gradType, d, accumulateGrads);
         }
         launch("unpermute_sum", tokens, THREADS, dh, dOut, idx, pos, weight, dx);
-        launch("router_backward", ceilDiv(tokens * 32, THREADS), THREADS, probs, idx, dWeight, tokens, dLogits);
+        if (aux == null && zc == 0f) {
+            launch("router_backward", ceilDiv(tokens * 32, THREADS), THREADS, probs, idx, dWeight, tokens, dLogits);
+        } else {
+            long auxDevice = keep(backwardBlocks, (long) er * 4);
+            ctx.upload(aux == null ? new float[er] : aux, auxDevice);
+            launch("router_backward_balance", ceilDiv(tokens * 32, THREADS), THREADS, probs, logits, idx, dWeight, tokens, auxDevice, zc,
+                    dLogits);
+        }
         // dx += dlogits · router;  drouter[E, D] = dlogitsᵀ · x
-        ctx.blas.matmul(ctx.stream, false, false, d, tokens, er, router.pointer, act, d, dLogits, act, er, dx, act, d, true);
-        ctx.blas.matmul(ctx.stream, false, true, d, er, tokens, x, act, d, dLogits, act, er, dRouter.pointer, gradType, d, false);
+        ctx.blas.matmul(ctx.stream, false, false, d, tokens, er, router, act, d, dLogits, act, er, dx, act, d, true);
+        ctx.blas.matmul(ctx.stream, false, true, d, er, tokens, x, act, d, dLogits, act, er, dRouter, gradType, d, accumulateGrads);
         return dx;
     }
 
@@ -306,7 +401,7 @@ public final class CudaMoeLayer implements AutoCloseable {
     public void close() {
         release(saved);
         release(backwardBlocks);
-        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {router, bias, w13, w2, dRouter, dW13, dW2}) {
+        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {routerBlock, biasBlock, w13Block, w2Block, dRouterBlock, dW13Block, dW2Block}) {
             if (b != null) {
                 b.close();
             }

@@ -123,6 +123,27 @@ public final class DeviceOps {
         }
     }
 
+    /** {@code y += x} over {@code n} floats. */
+    public void addInPlace(long y, long x, long n) {
+        if (n > 0) {
+            launch("add_inplace", grid(n), THREADS, y, x, n);
+        }
+    }
+
+    /** {@code x *= s} over {@code n} floats. */
+    public void scaleInPlace(long x, float s, long n) {
+        if (n > 0) {
+            launch("scale_inplace", grid(n), THREADS, x, s, n);
+        }
+    }
+
+    /** Adds Σ x² over {@code n} floats into the fp64 at {@code out} (device). */
+    public void sumSquares(long x, long n, long out) {
+        if (n > 0) {
+            launch("sum_squares", grid(n), THREADS, x, n, out);
+        }
+    }
+
     /** One AdamW step on {@code n} parameters; {@code step} counts from 1; decay applies to matrices only, as on the CPU. */
     public void adamw(long w, long g, long m, long v, long n, double beta1, double beta2, double eps, double weightDecay, double lr,
             long step, boolean decay) {

@@ -178,6 +178,20 @@ public final class ModelKernelSource {
                     w[i] = wi - lr * ((mi / c1) / (sqrtf(vi / c2) + eps));
                   }
                 }
+
+                // Elementwise helpers of device-resident models: y += x, x *= s, and Σ x² added into *out (fp64).
+                extern "C" __global__ void add_inplace(float* __restrict__ y, const float* __restrict__ x, long n) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) y[i] += x[i];
+                }
+                extern "C" __global__ void scale_inplace(float* __restrict__ x, float s, long n) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) x[i] *= s;
+                }
+                extern "C" __global__ void sum_squares(const float* __restrict__ x, long n, double* __restrict__ out) {
+                  double s = 0.0;
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) s += (double) x[i] * x[i];
+                  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                  if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
+                }
                 // ---- attention: one warp per (query row, head); lanes split the head dimension (at most 256) ----
                 #define MAXD 8
                 __device__ __forceinline__ float warpSumF(float v) {

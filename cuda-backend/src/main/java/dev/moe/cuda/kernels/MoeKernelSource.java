@@ -379,6 +379,62 @@ public final class MoeKernelSource {
                 #endif
                   }
                 }
+
+                #if SOFTMAX
+                // One warp per token: the column sums of the router probabilities (the aux loss's mean score
+                // times T) into colsum[ER] and Σ_t logsumexp(logits_t)² (the z-loss times T) into stats[ER].
+                extern "C" __global__ void router_balance_stats(const float* __restrict__ logits, const float* __restrict__ probs, int T,
+                    float* __restrict__ stats) {
+                  int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+                  if (t >= T) return;
+                  const float* row = logits + (long) t * ER;
+                  float m = -INF;
+                  for (int e = lane; e < ER; e += 32) { atomicAdd(stats + e, probs[(long) t * ER + e]); m = fmaxf(m, row[e]); }
+                  m = warpMax(m);
+                  float s = 0.f;
+                  for (int e = lane; e < ER; e += 32) s += __expf(row[e] - m);
+                  s = warpSum(s);
+                  if (lane == 0) { float lse = m + logf(s); atomicAdd(stats + ER, lse * lse); }
+                }
+
+                // router_backward with the balancing losses: aux[e] (d loss / d p[t,e], the same for every token)
+                // joins the score gradient before the softmax backward; the z-loss adds zc · 2 · lse · softmax.
+                extern "C" __global__ void router_backward_balance(const float* __restrict__ probs, const float* __restrict__ logits,
+                    const int* __restrict__ idx, const float* __restrict__ dweight, int T, const float* __restrict__ aux, float zc,
+                    act_t* __restrict__ dlogits) {
+                  int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+                  if (t >= T) return;
+                  const float* p = probs + (long) t * ER;
+                  const float* row = logits + (long) t * ER;
+                  int which[K]; float dp[K];
+                  float sum = 0.f, dot = 0.f;
+                  #pragma unroll
+                  for (int r = 0; r < K; r++) { which[r] = idx[(long) t * K + r]; float pr = p[which[r]]; sum += pr; dot += dweight[(long) t * K + r] * pr; }
+                  #pragma unroll
+                  for (int r = 0; r < K; r++) {
+                    float g = dweight[(long) t * K + r];
+                    dp[r] = SCALE * (NORMALIZE ? (g - dot / sum) / sum : g);
+                  }
+                  float pdp = 0.f;
+                  #pragma unroll
+                  for (int r = 0; r < K; r++) pdp += p[which[r]] * dp[r];
+                  float paux = 0.f, m = -INF;
+                  for (int e = lane; e < ER; e += 32) { paux += p[e] * aux[e]; m = fmaxf(m, row[e]); }
+                  paux = warpSum(paux);
+                  m = warpMax(m);
+                  float s = 0.f;
+                  for (int e = lane; e < ER; e += 32) s += __expf(row[e] - m);
+                  s = warpSum(s);
+                  float lse = m + logf(s);
+                  for (int e = lane; e < ER; e += 32) {
+                    float d = aux[e];
+                    #pragma unroll
+                    for (int r = 0; r < K; r++) if (which[r] == e) d += dp[r];
+                    float pe = p[e];
+                    st(dlogits, (long) t * ER + e, pe * (d - pdp - paux) + zc * 2.f * lse * pe);
+                  }
+                }
+                #endif
                 """);
         return c.toString();
     }

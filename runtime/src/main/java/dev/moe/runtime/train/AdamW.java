@@ -65,6 +65,30 @@ public final class AdamW {
         return step;
     }
 
+    /**
+     * Counts one step taken elsewhere (a device-resident model's AdamW on the GPU, with this
+     * object's settings and moments) and returns its number, counting from 1.
+     */
+    public long advance() {
+        return ++step;
+    }
+
+    public double beta1() {
+        return beta1;
+    }
+
+    public double beta2() {
+        return beta2;
+    }
+
+    public double eps() {
+        return eps;
+    }
+
+    public double weightDecay() {
+        return weightDecay;
+    }
+
     public Map<String, float[]> firstMoments() {
         return m;
     }

@@ -193,6 +193,9 @@ public final class Trainer {
         }, "moe-train-shutdown");
         Runtime.getRuntime().addShutdownHook(hook);
 
+        if (model instanceof DeviceTrainable device) {
+            device.gradientsStayOnDevice(true);
+        }
         List<Double> losses = new ArrayList<>();
         long step = start;
         boolean interrupted = false;
@@ -241,8 +244,13 @@ public final class Trainer {
                         addByDomain(stage.data(), b, model.expertLoadsBySequence());
                     }
                     model.endStep();
-                    double norm = clip(params, o.gradClip());
-                    adam.step(params, lr);
+                    double norm;
+                    if (model instanceof DeviceTrainable device) {
+                        norm = device.clipAndStep(adam, params, lr, o.gradClip());
+                    } else {
+                        norm = clip(params, o.gradClip());
+                        adam.step(params, lr);
+                    }
                     step++;
                     double seconds = (System.nanoTime() - t0) / 1e9;
                     losses.add(loss);
@@ -412,6 +420,9 @@ public final class Trainer {
     }
 
     private void save(Path last, List<Parameter> params, AdamW adam, long step, DataStream data) throws IOException {
+        if (model instanceof DeviceTrainable device) {
+            device.pullToHost(adam); // the device holds the newest weights and moments
+        }
         if (model.moeLayers().length > 0) {
             writeDomainLoads();
         }

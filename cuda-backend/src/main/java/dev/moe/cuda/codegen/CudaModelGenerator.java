@@ -1,0 +1,601 @@
+package dev.moe.cuda.codegen;
+
+import com.palantir.javapoet.ClassName;
+import com.palantir.javapoet.CodeBlock;
+import com.palantir.javapoet.FieldSpec;
+import com.palantir.javapoet.JavaFile;
+import com.palantir.javapoet.MethodSpec;
+import com.palantir.javapoet.ParameterizedTypeName;
+import com.palantir.javapoet.TypeName;
+import com.palantir.javapoet.TypeSpec;
+import dev.moe.compiler.ir.Block;
+import dev.moe.compiler.ir.Expert;
+import dev.moe.compiler.ir.ExpertGroup;
+import dev.moe.compiler.ir.Ffn;
+import dev.moe.compiler.ir.Layer;
+import dev.moe.compiler.ir.Loss;
+import dev.moe.compiler.ir.Model;
+import dev.moe.compiler.ir.ModelConfig;
+import dev.moe.compiler.ir.Moe;
+import dev.moe.compiler.ir.Param;
+import dev.moe.compiler.ir.Router;
+import dev.moe.cuda.CudaContext;
+import dev.moe.cuda.CudaMoeLayer;
+import dev.moe.cuda.kernels.MoeKernelSource;
+import dev.moe.cuda.model.DeviceModel;
+import dev.moe.runtime.Activation;
+import dev.moe.runtime.TrainableModel;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.Optional;
+import java.util.Set;
+import java.util.stream.Collectors;
+import javax.lang.model.element.Modifier;
+
+/**
+ * Writes the device-resident twin of a generated model: a {@link DeviceModel} subclass whose
+ * forward and backward passes, unrolled per layer like the CPU class's, run on device pointers
+ * (cuBLASLt for the matrix products, {@code DeviceOps} kernels, one {@link CudaMoeLayer} per MoE
+ * layer with kernels specialised to that layer's router). Activations, gradients and, in training,
+ * the weights and AdamW's moments stay on the GPU.
+ *
+ * <p>It covers the pre-norm transformer with RMSNorm, RoPE, grouped-query attention (causal or
+ * not, sliding window), gated dense FFNs, and MoE layers of SwiGLU routed experts with top-k
+ * softmax or sigmoid routing (normalisation, scaling, aux-free selection bias), ungated shared
+ * experts, and the micro- or global-batch aux loss and the z-loss. {@link #unsupported} names what
+ * else a model uses; such models run on the hybrid backend instead.
+ */
+public final class CudaModelGenerator {
+    /** The generated class is the CPU class's name plus this suffix. */
+    public static final String SUFFIX = "Cuda";
+
+    private static final ClassName DEVICE_MODEL = ClassName.get(DeviceModel.class);
+    private static final ClassName MOE_LAYER = ClassName.get(CudaMoeLayer.class);
+    private static final ClassName EXTERNAL = ClassName.get(CudaMoeLayer.ExternalWeights.class);
+    private static final ClassName SPEC = ClassName.get(MoeKernelSource.Spec.class);
+    private static final ClassName SCORE = ClassName.get(MoeKernelSource.Score.class);
+    private static final ClassName PRECISION = ClassName.get(MoeKernelSource.Precision.class);
+    private static final ClassName ACTIVATION = ClassName.get(Activation.class);
+
+    private final Model model;
+    private final ModelConfig cfg;
+    private final Set<String> paramNames;
+
+    private CudaModelGenerator(Model model) {
+        this.model = model;
+        this.cfg = model.config();
+        this.paramNames = model.params().stream().map(Param::name).collect(Collectors.toSet());
+    }
+
+    /** Why {@code model} cannot be generated device-resident, or empty when it can. */
+    public static Optional<String> unsupported(Model model) {
+        ModelConfig c = model.config();
+        if (c.norm().kind() != ModelConfig.NormKind.RMS) {
+            return Optional.of("layer norm");
+        }
+        if (c.qkNorm() || c.qkNormFull()) {
+            return Optional.of("qk-norm");
+        }
+        if (c.qkvBias()) {
+            return Optional.of("q/k/v biases");
+        }
+        if (c.headDim() > 256) {
+            return Optional.of("head_dim above 256");
+        }
+        for (Layer l : model.layers()) {
+            if (!(l.block() instanceof Block.PreNorm p)) {
+                return Optional.of("layer " + l.index() + "'s " + l.block().getClass().getSimpleName().toLowerCase(Locale.ROOT) + " block");
+            }
+            if (!(p.mixer() instanceof Block.Part.Attention)) {
+                return Optional.of("layer " + l.index() + "'s mixer (attention experts)");
+            }
+            Optional<String> why = switch (p.ffn()) {
+                case Block.Part.Dense d -> d.ffn().activation().gated() ? Optional.empty()
+                        : Optional.of("ungated " + d.ffn().activation().keyword() + " FFN");
+                case Block.Part.MoePart m -> unsupported(m.moe());
+                case Block.Part.Attention a -> Optional.of("attention in the FFN slot");
+            };
+            if (why.isPresent()) {
+                return why.map(w -> "layer " + l.index() + ": " + w);
+            }
+        }
+        return Optional.empty();
+    }
+
+    private static Optional<String> unsupported(Moe moe) {
+        if (moe.routers().size() != 1 || moe.routers().getFirst().name().isPresent()) {
+            return Optional.of("several named gates");
+        }
+        Router r = moe.routers().getFirst();
+        List<ExpertGroup> routed = moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).toList();
+        if (routed.size() != 1 || !(routed.getFirst().expert() instanceof Expert.FeedForward ff)
+                || ff.ffn().activation() != Ffn.Activation.SWIGLU || routed.getFirst().sigmoidGate()) {
+            return Optional.of("routed experts other than one group of swiglu experts (zero, copy, constant, latent, LoRA experts)");
+        }
+        for (ExpertGroup g : moe.groups()) {
+            if (g.role() == ExpertGroup.Role.SHARED
+                    && (!(g.expert() instanceof Expert.FeedForward sf) || !sf.ffn().activation().gated() || g.sigmoidGate())) {
+                return Optional.of("shared experts other than gated FFNs without a sigmoid gate");
+            }
+        }
+        if (!(r.selection() instanceof Router.Selection.TopK k) || k.k() > 32 || routed.getFirst().count() > 1024) {
+            return Optional.of("routing other than top-k (k <= 32, at most 1024 experts)");
+        }
+        if (r.score() == Router.Score.SOFTMAX && r.order() == Router.Order.TOPK_THEN_SOFTMAX && !r.normalize()) {
+            return Optional.of("top-k then softmax without normalisation");
+        }
+        if (r.groupLimit().isPresent() || r.quotaGroups().isPresent()) {
+            return Optional.of("group-limited routing");
+        }
+        if (r.jitter() != 0 || r.temperature().isPresent() || r.gatingResidual() || r.recurrentWidth().isPresent() || r.pregate()) {
+            return Optional.of("jitter, temperature, gating residual, recurrent or pre-gating routers");
+        }
+        if (!(r.capacity() instanceof Router.Capacity.Dropless)) {
+            return Optional.of("a capacity factor");
+        }
+        for (Loss loss : moe.losses()) {
+            switch (loss) {
+                case Loss.Aux a when a.scope() != Loss.Scope.SEQUENCE && r.score() == Router.Score.SOFTMAX -> {}
+                case Loss.ZLoss z when r.score() == Router.Score.SOFTMAX -> {}
+                default -> {
+                    return Optional.of("the balancing loss " + loss + " with " + r.score().name().toLowerCase(Locale.ROOT) + " scores");
+                }
+            }
+        }
+        return Optional.empty();
+    }
+
+    /** The class name the device twin of {@code model} gets. */
+    public static String className(Model model) {
+        return javaType(model.name()) + SUFFIX;
+    }
+
+    /** The device-resident class of {@code model}; throws IllegalArgumentException when {@link #unsupported} is not empty. */
+    public static JavaFile generate(Model model, String packageName, String sourceName) {
+        Optional<String> why = unsupported(model);
+        if (why.isPresent()) {
+            throw new IllegalArgumentException(model.name() + " cannot run device-resident: " + why.get());
+        }
+        TypeSpec type = new CudaModelGenerator(model).type(sourceName);
+        return JavaFile.builder(packageName, type).skipJavaLangImports(true)
+                .addFileComment("Generated by moe from $L for the CUDA backend. Do not edit: change the .moe file and regenerate.", sourceName)
+                .indent("    ").build();
+    }
+
+    // ---- names ----
+
+    private static String javaType(String modelName) {
+        String s = modelName.replaceAll("[^A-Za-z0-9_]", "_");
+        return Character.isJavaIdentifierStart(s.charAt(0)) ? Character.toUpperCase(s.charAt(0)) + s.substring(1) : "M" + s;
+    }
+
+    /** {@code layers.0.attn.q} → {@code l0AttnQ}. */
+    static String field(String param) {
+        StringBuilder b = new StringBuilder();
+        String[] parts = param.split("[._]");
+        for (int i = 0; i < parts.length; i++) {
+            String p = parts[i];
+            if (p.isEmpty()) {
+                continue;
+            }
+            if (p.equals("layers") && i + 1 < parts.length) {
+                b.append('l').append(parts[++i]);
+                continue;
+            }
+            b.append(b.isEmpty() ? p : Character.toUpperCase(p.charAt(0)) + p.substring(1));
+        }
+        return b.toString();
+    }
+
+    private String need(String param) {
+        if (!paramNames.contains(param)) {
+            throw new IllegalStateException("the IR of " + model.name() + " has no parameter " + param);
+        }
+        return param;
+    }
+
+    // ---- the class ----
+
+    private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int k, int hidden, List<Ffn> shared) {
+        int index() {
+            return layer.index();
+        }
+    }
+
+    private final List<String> pointerParams = new ArrayList<>();
+    private final List<String> buffers = new ArrayList<>();
+    private final List<String> bufferSizes = new ArrayList<>();
+
+    private String pointer(String param) {
+        need(param);
+        if (!pointerParams.contains(param)) {
+            pointerParams.add(param);
+        }
+        return field(param);
+    }
+
+    private String grad(String param) {
+        pointer(param);
+        return field(param) + "Grad";
+    }
+
+    private String buffer(String name, String floatsPerRow) {
+        if (!buffers.contains(name)) {
+            buffers.add(name);
+            bufferSizes.add(floatsPerRow);
+        }
+        return name;
+    }
+
+    private Optional<MoeInfo> moeOf(Layer l) {
+        if (l.block() instanceof Block.PreNorm p && p.ffn() instanceof Block.Part.MoePart mp) {
+            Moe m = mp.moe();
+            ExpertGroup routed = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow();
+            int hidden = ((Expert.FeedForward) routed.expert()).ffn().hidden();
+            List<Ffn> shared = new ArrayList<>();
+            for (ExpertGroup g : m.groups()) {
+                if (g.role() == ExpertGroup.Role.SHARED) {
+                    for (int s = 0; s < g.count(); s++) {
+                        shared.add(((Expert.FeedForward) g.expert()).ffn());
+                    }
+                }
+            }
+            Router r = m.routers().getFirst();
+            return Optional.of(new MoeInfo(l, m, r, routed.count(), ((Router.Selection.TopK) r.selection()).k(), hidden, shared));
+        }
+        return Optional.empty();
+    }
+
+    private TypeSpec type(String sourceName) {
+        String name = className(model);
+        TypeSpec.Builder t = TypeSpec.classBuilder(name).addModifiers(Modifier.PUBLIC, Modifier.FINAL).superclass(DEVICE_MODEL)
+                .addJavadoc("$L on the GPU: the device-resident twin of the generated $L (same parameters, same results within\n"
+                        + "floating-point tolerance), from $L.\n", model.name(), javaType(model.name()), sourceName);
+        constant(t, "VOCAB", cfg.vocab());
+        constant(t, "DIM", cfg.dim());
+        constant(t, "HEADS", cfg.heads());
+        constant(t, "KV_HEADS", cfg.kvHeads());
+        constant(t, "HEAD_DIM", cfg.headDim());
+        constant(t, "Q_DIM", cfg.heads() * cfg.headDim());
+        constant(t, "KV_DIM", cfg.kvHeads() * cfg.headDim());
+        constant(t, "ROTARY_DIMS", cfg.position().rotaryDims(cfg.headDim()));
+        constant(t, "WINDOW", cfg.slidingWindow());
+        t.addField(FieldSpec.builder(TypeName.FLOAT, "EPS", Modifier.STATIC, Modifier.FINAL).initializer("$Lf", (float) cfg.norm().eps()).build());
+        t.addField(FieldSpec.builder(TypeName.FLOAT, "THETA", Modifier.STATIC, Modifier.FINAL).initializer("$Lf", (float) cfg.position().theta())
+                .build());
+        t.addField(FieldSpec.builder(TypeName.BOOLEAN, "CAUSAL", Modifier.STATIC, Modifier.FINAL).initializer("$L", cfg.causal()).build());
+
+        List<MoeInfo> moes = model.layers().stream().map(this::moeOf).flatMap(Optional::stream).toList();
+        int maxHidden = 1;
+        for (Layer l : model.layers()) {
+            if (l.block() instanceof Block.PreNorm p && p.ffn() instanceof Block.Part.Dense d) {
+                maxHidden = Math.max(maxHidden, d.ffn().hidden());
+            }
+        }
+        for (MoeInfo m : moes) {
+            for (Ffn s : m.shared()) {
+                maxHidden = Math.max(maxHidden, s.hidden());
+            }
+        }
+
+        // forward, backward (these register the pointers and buffers they use)
+        CodeBlock.Builder fwd = CodeBlock.builder();
+        String embed = pointer("embed.weight");
+        fwd.addStatement("ops.embedding(tokens, $L, $L, rows, DIM)", embed, buffer("stream", "DIM"));
+        for (Layer l : model.layers()) {
+            fwd.addStatement("forwardLayer$L()", l.index());
+        }
+        fwd.add("// final norm and head\n");
+        fwd.addStatement("copy($L, stream, (long) rows * DIM)", buffer("finalInput", "DIM"));
+        String head = cfg.tieEmbeddings() ? embed : pointer("head.weight");
+        fwd.addStatement("ops.rmsNorm(finalInput, $L, $L, $L, rows, DIM, EPS)", pointer("final_norm.weight"), buffer("finalNormed", "DIM"),
+                buffer("finalRstd", "1"));
+        fwd.addStatement("linear(finalNormed, $L, $L, rows, DIM, VOCAB, false)", head, buffer("logitsBuf", "VOCAB"));
+        fwd.addStatement("lastCrossEntropy = ops.crossEntropy(logitsBuf, targets, $L, rows, VOCAB)", buffer("dLogits", "VOCAB"));
+        fwd.addStatement("double loss = lastCrossEntropy");
+        for (MoeInfo m : moes) {
+            fwd.addStatement("loss += balance$L", m.index());
+        }
+        fwd.addStatement("return loss");
+
+        CodeBlock.Builder bwd = CodeBlock.builder();
+        bwd.add("// dLogits holds the gradient of the mean cross-entropy; scale it for gradient accumulation\n");
+        bwd.beginControlFlow("if (scale != 1f)").addStatement("ops.scaleInPlace(dLogits, scale, (long) rows * VOCAB)").endControlFlow();
+        bwd.addStatement("zero($L, (long) rows * DIM)", buffer("dx", "DIM"));
+        bwd.addStatement("linearBackward(finalNormed, $L, dLogits, $L, $L, rows, DIM, VOCAB, false)", head, buffer("dNormed", "DIM"),
+                cfg.tieEmbeddings() ? grad("embed.weight") : grad("head.weight"));
+        bwd.addStatement("ops.rmsNormBackward(finalInput, $L, finalRstd, dNormed, dx, $L, rows, DIM)", pointer("final_norm.weight"),
+                grad("final_norm.weight"));
+        for (int i = model.layers().size() - 1; i >= 0; i--) {
+            bwd.addStatement("backwardLayer$L(scale)", model.layers().get(i).index());
+        }
+        bwd.addStatement("ops.embeddingBackward(tokens, dx, $L, rows, DIM)", grad("embed.weight"));
+
+        List<MethodSpec> layerMethods = new ArrayList<>();
+        for (Layer l : model.layers()) {
+            layerMethods.addAll(layerMethods(l, moeOf(l)));
+        }
+        // shared scratch (registered after the layers so their sizes are known)
+        buffer("dAct", Integer.toString(maxHidden));
+        buffer("dGate", Integer.toString(maxHidden));
+        buffer("dUp", Integer.toString(maxHidden));
+
+        // fields: weight and gradient pointers, MoE layers, host-side routing state, buffers
+        for (String p : pointerParams) {
+            t.addField(TypeName.LONG, field(p), Modifier.PRIVATE, Modifier.FINAL);
+            t.addField(TypeName.LONG, field(p) + "Grad", Modifier.PRIVATE, Modifier.FINAL);
+        }
+        for (MoeInfo m : moes) {
+            int l = m.index();
+            t.addField(MOE_LAYER, "moe" + l, Modifier.PRIVATE, Modifier.FINAL);
+            t.addField(FieldSpec.builder(int[].class, "counts" + l, Modifier.PRIVATE).initializer("new int[$L]", m.experts()).build());
+            t.addField(FieldSpec.builder(long[].class, "stepCounts" + l, Modifier.PRIVATE, Modifier.FINAL).initializer("new long[$L]", m.experts())
+                    .build());
+            t.addField(TypeName.LONG, "stepSlots" + l, Modifier.PRIVATE);
+            t.addField(TypeName.DOUBLE, "balance" + l, Modifier.PRIVATE);
+            t.addField(float[].class, "aux" + l, Modifier.PRIVATE);
+        }
+        for (String b : buffers) {
+            t.addField(TypeName.LONG, b, Modifier.PRIVATE);
+        }
+
+        // constructor
+        CodeBlock.Builder ctor = CodeBlock.builder();
+        ctor.addStatement("super(ctx, host, PLACED_FIRST)");
+        for (String p : pointerParams) {
+            ctor.addStatement("$L = w.value($S)", field(p), p);
+            ctor.addStatement("$LGrad = w.grad($S)", field(p), p);
+        }
+        List<String> placed = new ArrayList<>();
+        for (MoeInfo m : moes) {
+            int l = m.index();
+            String pre = "layers." + l + ".moe.";
+            for (int e = 0; e < m.experts(); e++) {
+                placed.add(need(pre + "experts." + e + ".gate"));
+                placed.add(need(pre + "experts." + e + ".up"));
+            }
+            for (int e = 0; e < m.experts(); e++) {
+                placed.add(need(pre + "experts." + e + ".down"));
+            }
+            Router r = m.router();
+            String bias = pre + "router.expert_bias";
+            boolean hasBias = r.bias().isPresent();
+            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, $L, $T.$L, $L, $Lf, $L, $T.FP32), new $T(w.value($S), $L, "
+                    + "w.value($S), w.value($S), w.grad($S), w.grad($S), w.grad($S)))", l, MOE_LAYER, SPEC, m.hidden(), m.experts(), m.k(), SCORE,
+                    r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias, PRECISION, EXTERNAL,
+                    need(pre + "router.weight"), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", pre + "experts.0.gate",
+                    pre + "experts.0.down", pre + "router.weight", pre + "experts.0.gate", pre + "experts.0.down");
+        }
+        t.addField(FieldSpec.builder(ParameterizedTypeName.get(List.class, String.class), "PLACED_FIRST", Modifier.PRIVATE, Modifier.STATIC,
+                Modifier.FINAL).initializer("$L", placedList(placed)).build());
+        t.addMethod(MethodSpec.constructorBuilder().addModifiers(Modifier.PUBLIC)
+                .addJavadoc("The GPU twin of {@code host} (the CPU-generated class of the same model), on {@code ctx}'s device.\n")
+                .addParameter(CudaContext.class, "ctx").addParameter(TrainableModel.class, "host").addCode(ctor.build()).build());
+
+        // activations
+        CodeBlock.Builder alloc = CodeBlock.builder();
+        for (int i = 0; i < buffers.size(); i++) {
+            alloc.addStatement("$L = allocate((long) rows * $L)", buffers.get(i), bufferSizes.get(i));
+        }
+        t.addMethod(MethodSpec.methodBuilder("allocateActivations").addAnnotation(Override.class).addModifiers(Modifier.PROTECTED)
+                .addParameter(TypeName.INT, "rows").addCode(alloc.build()).build());
+        t.addMethod(MethodSpec.methodBuilder("forwardPass").addAnnotation(Override.class).addModifiers(Modifier.PROTECTED).returns(TypeName.DOUBLE)
+                .addCode(fwd.build()).build());
+        t.addMethod(MethodSpec.methodBuilder("backwardPass").addAnnotation(Override.class).addModifiers(Modifier.PROTECTED)
+                .addParameter(TypeName.FLOAT, "scale").addCode(bwd.build()).build());
+        t.addMethod(MethodSpec.methodBuilder("logits").addAnnotation(Override.class).addModifiers(Modifier.PROTECTED).returns(TypeName.LONG)
+                .addStatement("return logitsBuf").build());
+        t.addMethods(layerMethods);
+        routingMethods(t, moes);
+        return t.build();
+    }
+
+    private static CodeBlock placedList(List<String> names) {
+        if (names.isEmpty()) {
+            return CodeBlock.of("$T.of()", List.class);
+        }
+        CodeBlock.Builder b = CodeBlock.builder().add("$T.of(", List.class);
+        for (int i = 0; i < names.size(); i++) {
+            b.add(i == 0 ? "$S" : ", $S", names.get(i));
+        }
+        return b.add(")").build();
+    }
+
+    private static void constant(TypeSpec.Builder t, String name, int value) {
+        t.addField(FieldSpec.builder(TypeName.INT, name, Modifier.STATIC, Modifier.FINAL).initializer("$L", value).build());
+    }
+
+    private static CodeBlock activation(Ffn.Activation a) {
+        return CodeBlock.of("$T.$L", ACTIVATION, a == Ffn.Activation.GEGLU ? "GELU" : "SILU");
+    }
+
+    private List<MethodSpec> layerMethods(Layer l, Optional<MoeInfo> moe) {
+        int i = l.index();
+        String p = "layers." + i + ".";
+        Block.PreNorm block = (Block.PreNorm) l.block();
+        CodeBlock.Builder f = CodeBlock.builder();
+        CodeBlock.Builder b = CodeBlock.builder();
+
+        // attention: stream += o(attention(rope(q), rope(k), v)) of rms(stream)
+        String in = buffer("a" + i + "Input", "DIM"), normed = buffer("a" + i + "Normed", "DIM"), rstd = buffer("a" + i + "Rstd", "1");
+        String q = buffer("a" + i + "Q", "Q_DIM"), k = buffer("a" + i + "K", "KV_DIM"), v = buffer("a" + i + "V", "KV_DIM");
+        String att = buffer("a" + i + "Att", "Q_DIM"), lse = buffer("a" + i + "Lse", "HEADS");
+        f.add("// stream += attention(norm(stream))\n");
+        f.addStatement("copy($L, stream, (long) rows * DIM)", in);
+        f.addStatement("ops.rmsNorm($L, $L, $L, $L, rows, DIM, EPS)", in, pointer(p + "attn_norm.weight"), normed, rstd);
+        f.addStatement("linear($L, $L, $L, rows, DIM, Q_DIM, false)", normed, pointer(p + "attn.q"), q);
+        f.addStatement("linear($L, $L, $L, rows, DIM, KV_DIM, false)", normed, pointer(p + "attn.k"), k);
+        f.addStatement("linear($L, $L, $L, rows, DIM, KV_DIM, false)", normed, pointer(p + "attn.v"), v);
+        f.addStatement("ops.rope($L, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false)", q);
+        f.addStatement("ops.rope($L, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false)", k);
+        f.addStatement("ops.attention($L, $L, $L, $L, $L, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW)", q, k, v, att, lse);
+        f.addStatement("linear($L, $L, stream, rows, Q_DIM, DIM, true)", att, pointer(p + "attn.o"));
+
+        CodeBlock.Builder ba = CodeBlock.builder();
+        ba.add("// stream += attention(norm(stream))\n");
+        ba.addStatement("zero(dNormed, (long) rows * DIM)");
+        ba.addStatement("linearBackward($L, $L, dx, $L, $L, rows, Q_DIM, DIM, false)", att, pointer(p + "attn.o"), buffer("dAtt", "Q_DIM"),
+                grad(p + "attn.o"));
+        ba.addStatement("zero($L, (long) rows * Q_DIM)", buffer("dq", "Q_DIM"));
+        ba.addStatement("zero($L, (long) rows * KV_DIM)", buffer("dk", "KV_DIM"));
+        ba.addStatement("zero($L, (long) rows * KV_DIM)", buffer("dv", "KV_DIM"));
+        ba.addStatement("ops.attentionBackward($L, $L, $L, $L, $L, dAtt, dq, dk, dv, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW)", q, k,
+                v, att, lse);
+        ba.addStatement("ops.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true)");
+        ba.addStatement("ops.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true)");
+        ba.addStatement("linearBackward($L, $L, dq, dNormed, $L, rows, DIM, Q_DIM, true)", normed, pointer(p + "attn.q"), grad(p + "attn.q"));
+        ba.addStatement("linearBackward($L, $L, dk, dNormed, $L, rows, DIM, KV_DIM, true)", normed, pointer(p + "attn.k"), grad(p + "attn.k"));
+        ba.addStatement("linearBackward($L, $L, dv, dNormed, $L, rows, DIM, KV_DIM, true)", normed, pointer(p + "attn.v"), grad(p + "attn.v"));
+        ba.addStatement("ops.rmsNormBackward($L, $L, $L, dNormed, dx, $L, rows, DIM)", in, pointer(p + "attn_norm.weight"), rstd,
+                grad(p + "attn_norm.weight"));
+
+        // the FFN slot
+        String fin = buffer("f" + i + "Input", "DIM"), fnormed = buffer("f" + i + "Normed", "DIM"), frstd = buffer("f" + i + "Rstd", "1");
+        f.addStatement("copy($L, stream, (long) rows * DIM)", fin);
+        f.addStatement("ops.rmsNorm($L, $L, $L, $L, rows, DIM, EPS)", fin, pointer(p + "ffn_norm.weight"), fnormed, frstd);
+        CodeBlock.Builder bf = CodeBlock.builder();
+        bf.addStatement("zero(dNormed, (long) rows * DIM)");
+        if (block.ffn() instanceof Block.Part.Dense d) {
+            f.add("// stream += dense(norm(stream))\n");
+            bf.add("// stream += dense(norm(stream))\n");
+            denseForward(f, fnormed, "f" + i, p + "ffn", d.ffn());
+            denseBackward(bf, fnormed, "f" + i, p + "ffn", d.ffn());
+        } else {
+            MoeInfo m = moe.orElseThrow();
+            f.add("// stream += moe $L(norm(stream)): routed experts on the GPU layer, then shared experts\n", m.moe().name());
+            f.addStatement("ops.addInPlace(stream, moe$L.forward($L, rows), (long) rows * DIM)", i, fnormed);
+            f.addStatement("counts$L = moe$L.lastCounts()", i, i);
+            f.beginControlFlow("if (counting)");
+            f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("stepCounts$L[ex] += counts$L[ex]", i, i).endControlFlow();
+            f.addStatement("stepSlots$L += (long) rows * $L", i, m.k());
+            f.endControlFlow();
+            for (int s = 0; s < m.shared().size(); s++) {
+                f.add("// shared expert $L: $L\n", s, m.shared().get(s));
+                denseForward(f, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s));
+            }
+            balanceForward(f, m);
+            for (int s = 0; s < m.shared().size(); s++) {
+                bf.add("// shared expert $L\n", s);
+                denseBackward(bf, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s));
+            }
+            bf.add("// routed experts and router (with the balancing losses' gradients)\n");
+            bf.addStatement("ops.addInPlace(dNormed, moe$L.backward(dx, $L, $L), (long) rows * DIM)", i,
+                    m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : "null",
+                    zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f")));
+        }
+        bf.addStatement("ops.rmsNormBackward($L, $L, $L, dNormed, dx, $L, rows, DIM)", fin, pointer(p + "ffn_norm.weight"), frstd,
+                grad(p + "ffn_norm.weight"));
+        b.add(bf.build());
+        b.add(ba.build());
+
+        return List.of(
+                MethodSpec.methodBuilder("forwardLayer" + i).addModifiers(Modifier.PRIVATE)
+                        .addJavadoc("Layer $L: attention, $L.\n", i, moe.map(m -> "moe " + m.moe().name()).orElse("dense")).addCode(f.build()).build(),
+                MethodSpec.methodBuilder("backwardLayer" + i).addModifiers(Modifier.PRIVATE).addParameter(TypeName.FLOAT, "scale").addCode(b.build())
+                        .build());
+    }
+
+    private static Optional<Loss.ZLoss> zLoss(MoeInfo m) {
+        return m.moe().losses().stream().filter(x -> x instanceof Loss.ZLoss).map(x -> (Loss.ZLoss) x).findFirst();
+    }
+
+    private void denseForward(CodeBlock.Builder f, String normed, String prefix, String param, Ffn ffn) {
+        String h = Integer.toString(ffn.hidden());
+        String gate = buffer(prefix + "Gate", h), up = buffer(prefix + "Up", h), act = buffer(prefix + "Act", h);
+        f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", normed, pointer(param + ".gate"), gate, h);
+        f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", normed, pointer(param + ".up"), up, h);
+        f.addStatement("ops.glu($L, $L, $L, $L, (long) rows * $L)", activation(ffn.activation()), gate, up, act, h);
+        f.addStatement("linear($L, $L, stream, rows, $L, DIM, true)", act, pointer(param + ".down"), h);
+    }
+
+    private void denseBackward(CodeBlock.Builder b, String normed, String prefix, String param, Ffn ffn) {
+        String h = Integer.toString(ffn.hidden());
+        b.addStatement("linearBackward($L, $L, dx, dAct, $L, rows, $L, DIM, false)", prefix + "Act", pointer(param + ".down"), grad(param + ".down"), h);
+        b.addStatement("ops.gluBackward($L, $L, $L, dAct, dGate, dUp, (long) rows * $L)", activation(ffn.activation()), prefix + "Gate",
+                prefix + "Up", h);
+        b.addStatement("linearBackward($L, $L, dGate, dNormed, $L, rows, DIM, $L, true)", normed, pointer(param + ".gate"), grad(param + ".gate"), h);
+        b.addStatement("linearBackward($L, $L, dUp, dNormed, $L, rows, DIM, $L, true)", normed, pointer(param + ".up"), grad(param + ".up"), h);
+    }
+
+    /** The aux and z losses' values (from the layer's probability sums) and the aux gradient per expert, as the CPU class computes them. */
+    private void balanceForward(CodeBlock.Builder f, MoeInfo m) {
+        int i = m.index();
+        int e = m.experts();
+        f.addStatement("balance$L = 0", i);
+        Optional<Loss.Aux> aux = m.moe().losses().stream().filter(x -> x instanceof Loss.Aux).map(x -> (Loss.Aux) x).findFirst();
+        Optional<Loss.ZLoss> z = zLoss(m);
+        if (aux.isEmpty() && z.isEmpty()) {
+            return;
+        }
+        f.addStatement("float[] stats = moe$L.balanceStats()", i);
+        aux.ifPresent(a -> {
+            boolean global = a.scope() == Loss.Scope.GLOBAL_BATCH;
+            f.add("// aux loss ($L scope): coef * E * Σ f_e P_e; f from counts, P the mean score\n", a.scope().name().toLowerCase(Locale.ROOT));
+            f.addStatement("aux$L = new float[$L]", i, e);
+            f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", e);
+            if (global) {
+                f.addStatement("double fe = stepSlots$L > 0 ? (double) stepCounts$L[ex] / stepSlots$L : (double) counts$L[ex] / ((long) rows * $L)", i, i, i,
+                        i, m.k());
+            } else {
+                f.addStatement("double fe = (double) counts$L[ex] / ((long) rows * $L)", i, m.k());
+            }
+            f.addStatement("balance$L += $L * $L * fe * stats[ex] / rows", i, a.coef(), e);
+            f.addStatement("aux$L[ex] = (float) ($L * $L * fe / rows)", i, a.coef(), e);
+            f.endControlFlow();
+        });
+        z.ifPresent(zl -> {
+            f.add("// z-loss: coef * mean(logsumexp(logits)²)\n");
+            f.addStatement("balance$L += $L * stats[$L] / rows", i, zl.coef(), e);
+        });
+    }
+
+    private void routingMethods(TypeSpec.Builder t, List<MoeInfo> moes) {
+        MethodSpec.Builder loads = MethodSpec.methodBuilder("expertLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .returns(int[][].class).addStatement("int[][] loads = new int[$L][]", moes.size());
+        MethodSpec.Builder bySeq = MethodSpec.methodBuilder("expertLoadsBySequence").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .returns(int[][][].class).addStatement("int[][][] loads = new int[$L][batch][]", moes.size());
+        MethodSpec.Builder reset = MethodSpec.methodBuilder("resetStepCounts").addAnnotation(Override.class).addModifiers(Modifier.PROTECTED);
+        MethodSpec.Builder end = MethodSpec.methodBuilder("endStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC);
+        StringBuilder layers = new StringBuilder();
+        for (int j = 0; j < moes.size(); j++) {
+            MoeInfo m = moes.get(j);
+            int i = m.index();
+            layers.append(j == 0 ? "" : ", ").append(i);
+            loads.addStatement("loads[$L] = counts$L.clone()", j, i);
+            bySeq.addStatement("int[] chosen$L = moe$L.lastSelection()", i, i);
+            bySeq.beginControlFlow("for (int b = 0; b < batch; b++)");
+            bySeq.addStatement("int[] counts = new int[$L]", m.experts());
+            bySeq.beginControlFlow("for (int slot = b * seq * $L; slot < (b + 1) * seq * $L; slot++)", m.k(), m.k());
+            bySeq.addStatement("counts[chosen$L[slot]]++", i);
+            bySeq.endControlFlow();
+            bySeq.addStatement("loads[$L][b] = counts", j);
+            bySeq.endControlFlow();
+            reset.addStatement("$T.fill(stepCounts$L, 0L)", java.util.Arrays.class, i);
+            reset.addStatement("stepSlots$L = 0", i);
+            m.router().bias().ifPresent(bias -> {
+                String name = "layers." + i + ".moe.router.expert_bias";
+                end.addComment("layer $L: aux-free balancing, bias += rate * sign(mean load - load), on the host copy, then to the GPU", i);
+                end.addStatement("float[] bias$L = hostValues($S)", i, name);
+                end.addStatement("double mean$L = (double) stepSlots$L / $L", i, i, m.experts());
+                end.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts());
+                end.addStatement("bias$L[ex] += $Lf * (float) Math.signum(mean$L - stepCounts$L[ex])", i, (float) bias.rate(), i, i);
+                end.endControlFlow();
+                end.addStatement("uploadParameter($S)", name);
+            });
+        }
+        t.addMethod(loads.addStatement("return loads").build());
+        t.addMethod(bySeq.addStatement("return loads").build());
+        t.addMethod(reset.build());
+        t.addMethod(end.build());
+        t.addMethod(MethodSpec.methodBuilder("setStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .addParameter(TypeName.LONG, "step").build());
+        t.addMethod(MethodSpec.methodBuilder("moeLayers").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[].class)
+                .addStatement("return new int[] {$L}", layers).build());
+        t.addMethod(MethodSpec.methodBuilder("scaled").addModifiers(Modifier.PRIVATE, Modifier.STATIC).returns(float[].class)
+                .addParameter(float[].class, "values").addParameter(TypeName.FLOAT, "scale")
+                .addStatement("float[] out = values.clone()")
+                .beginControlFlow("for (int i = 0; i < out.length; i++)").addStatement("out[i] *= scale").endControlFlow()
+                .addStatement("return out").build());
+    }
+}

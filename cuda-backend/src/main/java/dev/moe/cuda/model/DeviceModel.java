@@ -1,0 +1,257 @@
+package dev.moe.cuda.model;
+
+import dev.moe.cuda.CublasLt.Type;
+import dev.moe.cuda.CudaContext;
+import dev.moe.cuda.DeviceAllocator;
+import dev.moe.cuda.DeviceOps;
+import dev.moe.runtime.Parameter;
+import dev.moe.runtime.TrainableModel;
+import dev.moe.runtime.train.AdamW;
+import dev.moe.runtime.train.DeviceTrainable;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+
+/**
+ * What every device-resident generated model shares (the classes {@code CudaModelGenerator}
+ * writes extend it): the host model it mirrors, the parameter arena, activation buffers sized per
+ * batch shape, the matrix products and the {@link TrainableModel} and {@link DeviceTrainable}
+ * plumbing. The generated subclass holds the forward and backward passes, written for its model.
+ *
+ * <p>The host model (the CPU-generated class of the same declaration) owns the parameters, their
+ * names, initialisation and checkpoints; the device copy is refreshed from it before a forward
+ * pass unless the device holds newer weights (after {@link #clipAndStep}, until
+ * {@link #pullToHost}).
+ */
+public abstract class DeviceModel implements TrainableModel, DeviceTrainable, AutoCloseable {
+    protected final TrainableModel host;
+    protected final CudaContext ctx;
+    protected final DeviceOps ops;
+    protected final DeviceWeights w;
+    protected int batch;
+    protected int seq;
+    protected int rows;
+    /** Device {@code int[rows]} token ids and targets of the current batch. */
+    protected long tokens;
+    protected long targets;
+    protected double lastCrossEntropy;
+    /** False outside training (evaluation, sampling): routing counts are not accumulated into the step's. */
+    protected boolean counting = true;
+    private int capacity;
+    private final List<DeviceAllocator.Block> activations = new ArrayList<>();
+    private boolean deviceAhead;
+    private boolean gradsStay;
+
+    protected DeviceModel(CudaContext ctx, TrainableModel host, List<String> placedFirst) {
+        this.host = host;
+        this.ctx = ctx;
+        this.ops = new DeviceOps(ctx);
+        this.w = new DeviceWeights(ctx, ops, host.parameters(), placedFirst);
+    }
+
+    @Override
+    public String name() {
+        return host.name();
+    }
+
+    @Override
+    public int vocab() {
+        return host.vocab();
+    }
+
+    @Override
+    public int context() {
+        return host.context();
+    }
+
+    @Override
+    public List<Parameter> parameters() {
+        return host.parameters();
+    }
+
+    @Override
+    public void initialize(long seed) {
+        host.initialize(seed);
+        deviceAhead = false;
+    }
+
+    @Override
+    public void setTraining(boolean training) {
+        counting = training;
+    }
+
+    @Override
+    public void setMask(boolean[] keep) {
+        if (keep != null) {
+            throw new UnsupportedOperationException(name() + " on the GPU does not take padding masks yet (use --backend cpu)");
+        }
+    }
+
+    @Override
+    public double lastCrossEntropy() {
+        return lastCrossEntropy;
+    }
+
+    @Override
+    public void beginStep() {
+        w.zeroGrads();
+        resetStepCounts();
+    }
+
+    @Override
+    public double forward(int[] inputs, int[] targets, int batch, int seq) {
+        if (seq < 1 || seq > context() || batch < 1 || inputs.length < batch * seq || targets.length < batch * seq) {
+            throw new IllegalArgumentException("bad batch " + batch + " x " + seq + " (context is " + context() + ")");
+        }
+        for (int i = 0; i < batch * seq; i++) {
+            if (inputs[i] < 0 || inputs[i] >= vocab()) {
+                throw new IllegalArgumentException("token " + inputs[i] + " at " + i + " is outside the vocabulary (" + vocab() + ")");
+            }
+        }
+        ctx.makeCurrent();
+        if (!deviceAhead) {
+            w.uploadValues();
+        }
+        this.batch = batch;
+        this.seq = seq;
+        this.rows = batch * seq;
+        if (rows > capacity) {
+            for (DeviceAllocator.Block b : activations) {
+                b.close();
+            }
+            activations.clear();
+            capacity = rows;
+            this.tokens = allocate(rows);
+            this.targets = allocate(rows);
+            allocateActivations(rows);
+        }
+        ctx.upload(Arrays.copyOf(inputs, rows), this.tokens);
+        ctx.upload(Arrays.copyOf(targets, rows), this.targets);
+        return forwardPass();
+    }
+
+    @Override
+    public void backward(float scale) {
+        ctx.makeCurrent();
+        backwardPass(scale);
+        if (!gradsStay) {
+            w.downloadGrads();
+        }
+    }
+
+    @Override
+    public float[] lastLogits(int[] inputs, int batch, int seq) {
+        boolean training = counting;
+        counting = false;
+        try {
+            forward(inputs, new int[batch * seq], batch, seq);
+        } finally {
+            counting = training;
+        }
+        float[] last = new float[batch * vocab()];
+        for (int b = 0; b < batch; b++) {
+            float[] row = ctx.downloadFloats(logits() + ((long) (b + 1) * seq - 1) * vocab() * 4, vocab());
+            System.arraycopy(row, 0, last, b * vocab(), vocab());
+        }
+        return last;
+    }
+
+    @Override
+    public void gradientsStayOnDevice(boolean stay) {
+        gradsStay = stay;
+    }
+
+    @Override
+    public double clipAndStep(AdamW adam, List<Parameter> parameters, double lr, double maxNorm) {
+        ctx.makeCurrent();
+        double norm = w.clipAndStep(adam, parameters, lr, maxNorm);
+        deviceAhead = true;
+        return norm;
+    }
+
+    @Override
+    public void pullToHost(AdamW adam) {
+        ctx.makeCurrent();
+        if (deviceAhead) {
+            w.pullToHost(adam);
+            deviceAhead = false;
+        }
+    }
+
+    /**
+     * Copies one host parameter's values to the device (a buffer the model changes on the host,
+     * such as an aux-free selection bias).
+     */
+    protected void uploadParameter(String name) {
+        for (Parameter p : host.parameters()) {
+            if (p.name().equals(name)) {
+                ctx.upload(Arrays.copyOfRange(p.value(), p.offset(), p.offset() + p.size()), w.value(name));
+                return;
+            }
+        }
+        throw new IllegalArgumentException("no parameter " + name);
+    }
+
+    /** The host parameter's values (for host-side updates of buffers). */
+    protected float[] hostValues(String name) {
+        for (Parameter p : host.parameters()) {
+            if (p.name().equals(name)) {
+                return p.value();
+            }
+        }
+        throw new IllegalArgumentException("no parameter " + name);
+    }
+
+    /** A device buffer of {@code floats} floats (or ints), freed when the batch shape grows. */
+    protected final long allocate(long floats) {
+        DeviceAllocator.Block b = ctx.allocator.allocate(Math.max(floats, 1) * 4);
+        activations.add(b);
+        return b.pointer;
+    }
+
+    /** {@code y[rows, out] (+)= x[rows, in] · W[out, in]ᵀ}, row-major, fp32. */
+    protected final void linear(long x, long weight, long y, int rows, int in, int out, boolean accumulate) {
+        ctx.blas.matmul(ctx.stream, true, false, out, rows, in, weight, Type.F32, in, x, Type.F32, in, y, Type.F32, out, accumulate);
+    }
+
+    /**
+     * The backward of {@link #linear}: {@code dx (+)= dy · W} (overwritten unless {@code accumulateDx})
+     * and {@code dW += dyᵀ · x}.
+     */
+    protected final void linearBackward(long x, long weight, long dy, long dx, long dWeight, int rows, int in, int out, boolean accumulateDx) {
+        ctx.blas.matmul(ctx.stream, false, false, in, rows, out, weight, Type.F32, in, dy, Type.F32, out, dx, Type.F32, in, accumulateDx);
+        ctx.blas.matmul(ctx.stream, false, true, in, out, rows, x, Type.F32, in, dy, Type.F32, out, dWeight, Type.F32, in, true);
+    }
+
+    protected final void copy(long dst, long src, long floats) {
+        ctx.driver.copyOnDevice(dst, src, floats * 4, ctx.stream);
+    }
+
+    protected final void zero(long dst, long floats) {
+        ctx.driver.memsetZero(dst, floats * 4, ctx.stream);
+    }
+
+    /** Allocates the generated model's activation buffers for {@code rows} rows (with {@link #allocate}). */
+    protected abstract void allocateActivations(int rows);
+
+    /** Embedding, layers, head and loss on the device; returns the cross-entropy plus the balancing losses. */
+    protected abstract double forwardPass();
+
+    /** The backward of {@link #forwardPass}, adding into the gradient arena; {@code scale} scales the loss. */
+    protected abstract void backwardPass(float scale);
+
+    /** Device address of the logits {@code [rows, vocab]} of the last forward pass. */
+    protected abstract long logits();
+
+    /** Clears the routing counts accumulated over an optimiser step (global-batch balancing, aux-free bias). */
+    protected abstract void resetStepCounts();
+
+    @Override
+    public void close() {
+        for (DeviceAllocator.Block b : activations) {
+            b.close();
+        }
+        activations.clear();
+        w.close();
+    }
+}

@@ -1,0 +1,253 @@
+package dev.moe.cuda.model;
+
+import dev.moe.cuda.CudaContext;
+import dev.moe.cuda.DeviceAllocator;
+import dev.moe.cuda.DeviceOps;
+import dev.moe.runtime.Parameter;
+import dev.moe.runtime.train.AdamW;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * A device-resident model's parameters: one fp32 arena each for the values, the gradients and
+ * (once training starts) AdamW's two moments, every parameter at the same offset in all four, so
+ * that AdamW, the gradient norm and clipping run over contiguous ranges. The host {@link Parameter}s
+ * stay the master copy for checkpoints: {@link #uploadValues()} and {@link #pullToHost} move the
+ * whole arena in one copy through a pinned staging buffer.
+ *
+ * <p>Callers may ask for some parameters to be contiguous in a given order (an MoE layer's experts
+ * are packed as the GPU layer expects: gate and up rows of expert 0, of expert 1, ..., then the
+ * down projections); the others follow in the model's order.
+ */
+public final class DeviceWeights implements AutoCloseable {
+    private final CudaContext ctx;
+    private final DeviceOps ops;
+    /** The parameters in arena order, and their float offsets there. */
+    private final List<Parameter> order = new ArrayList<>();
+    private final Map<String, Long> offsets = new HashMap<>();
+    private final long floats;
+    private final DeviceAllocator.Block values;
+    private final DeviceAllocator.Block grads;
+    private final DeviceAllocator.Block scalar;
+    private DeviceAllocator.Block first;
+    private DeviceAllocator.Block second;
+    private AdamW moments;
+    private MemorySegment staging;
+
+    /**
+     * @param parameters the model's parameters (names unique)
+     * @param placedFirst names to lay out first, contiguously, in this order
+     */
+    public DeviceWeights(CudaContext ctx, DeviceOps ops, List<Parameter> parameters, List<String> placedFirst) {
+        this.ctx = ctx;
+        this.ops = ops;
+        Map<String, Parameter> byName = new LinkedHashMap<>();
+        for (Parameter p : parameters) {
+            if (byName.put(p.name(), p) != null) {
+                throw new IllegalArgumentException("two parameters named " + p.name());
+            }
+        }
+        long at = 0;
+        for (String name : placedFirst) {
+            Parameter p = byName.remove(name);
+            if (p == null) {
+                throw new IllegalArgumentException("no parameter " + name + " to place");
+            }
+            at = place(p, at);
+        }
+        for (Parameter p : byName.values()) {
+            at = place(p, at);
+        }
+        floats = Math.max(at, 1);
+        values = ctx.allocator.allocate(floats * 4);
+        grads = ctx.allocator.allocate(floats * 4);
+        scalar = ctx.allocator.allocate(8);
+        ctx.driver.memsetZero(grads.pointer, floats * 4, ctx.stream);
+    }
+
+    private long place(Parameter p, long at) {
+        order.add(p);
+        offsets.put(p.name(), at);
+        return at + p.size();
+    }
+
+    private long offset(String name) {
+        Long o = offsets.get(name);
+        if (o == null) {
+            throw new IllegalArgumentException("no parameter " + name);
+        }
+        return o;
+    }
+
+    /** Device address of a parameter's values. */
+    public long value(String name) {
+        return values.pointer + offset(name) * 4;
+    }
+
+    /** Device address of a parameter's gradient (same layout as its values). */
+    public long grad(String name) {
+        return grads.pointer + offset(name) * 4;
+    }
+
+    /** Floats in the arena: the model's parameter count. */
+    public long size() {
+        return floats;
+    }
+
+    private MemorySegment staging() {
+        if (staging == null) {
+            staging = ctx.driver.hostAlloc(floats * 4);
+        }
+        return staging;
+    }
+
+    /** Copies every host value to the device (one transfer). */
+    public void uploadValues() {
+        MemorySegment host = staging();
+        for (Parameter p : order) {
+            MemorySegment.copy(p.value(), p.offset(), host, ValueLayout.JAVA_FLOAT, offsets.get(p.name()) * 4, p.size());
+        }
+        ctx.driver.copyToDevice(values.pointer, host, floats * 4, ctx.stream);
+        ctx.synchronize();
+    }
+
+    /** Overwrites every host gradient with the device's (one transfer); parameters without a gradient array are skipped. */
+    public void downloadGrads() {
+        MemorySegment host = staging();
+        ctx.driver.copyToHost(host, grads.pointer, floats * 4, ctx.stream);
+        ctx.synchronize();
+        for (Parameter p : order) {
+            if (p.grad() != null) {
+                MemorySegment.copy(host, ValueLayout.JAVA_FLOAT, offsets.get(p.name()) * 4, p.grad(), p.offset(), p.size());
+            }
+        }
+    }
+
+    public void zeroGrads() {
+        ctx.driver.memsetZero(grads.pointer, floats * 4, ctx.stream);
+    }
+
+    /** A contiguous arena range of parameters that AdamW treats alike. */
+    private record Run(long offset, long size, boolean decay) {}
+
+    /** The trainable parameters (by name, from {@code trainable}) as maximal contiguous runs of equal decay. */
+    private List<Run> runs(List<Parameter> trainable, double weightDecay) {
+        Map<String, Boolean> decay = new HashMap<>();
+        for (Parameter p : trainable) {
+            if (p.trainable() && offsets.containsKey(p.name())) {
+                decay.put(p.name(), p.shape().length >= 2 && weightDecay > 0);
+            }
+        }
+        List<Run> runs = new ArrayList<>();
+        for (Parameter p : order) {
+            Boolean d = decay.get(p.name());
+            if (d == null || p.size() == 0) {
+                continue;
+            }
+            long o = offsets.get(p.name());
+            if (!runs.isEmpty()) {
+                Run last = runs.getLast();
+                if (last.decay() == d && last.offset() + last.size() == o) {
+                    runs.set(runs.size() - 1, new Run(last.offset(), last.size() + p.size(), d));
+                    continue;
+                }
+            }
+            runs.add(new Run(o, p.size(), d));
+        }
+        return runs;
+    }
+
+    /**
+     * The trainer's step on the device: the global L2 norm of the trainable parameters' gradients,
+     * clipping to {@code maxNorm} (0 = off), then one AdamW update with {@code adam}'s settings and
+     * step count; moments live on the device (uploaded from {@code adam} when it is a new optimiser).
+     * Returns the norm before clipping, as the CPU trainer does.
+     */
+    public double clipAndStep(AdamW adam, List<Parameter> trainable, double lr, double maxNorm) {
+        List<Run> runs = runs(trainable, adam.weightDecay());
+        if (moments != adam) {
+            loadMoments(adam);
+        }
+        ctx.driver.memsetZero(scalar.pointer, 8, ctx.stream);
+        for (Run r : runs) {
+            ops.sumSquares(grads.pointer + r.offset() * 4, r.size(), scalar.pointer);
+        }
+        int[] bits = ctx.downloadInts(scalar.pointer, 2);
+        double norm = Math.sqrt(Double.longBitsToDouble(((long) bits[1] << 32) | (bits[0] & 0xffffffffL)));
+        if (maxNorm > 0 && norm > maxNorm) {
+            float s = (float) (maxNorm / norm);
+            for (Run r : runs) {
+                ops.scaleInPlace(grads.pointer + r.offset() * 4, s, r.size());
+            }
+        }
+        long step = adam.advance();
+        for (Run r : runs) {
+            long o = r.offset() * 4;
+            ops.adamw(values.pointer + o, grads.pointer + o, first.pointer + o, second.pointer + o, r.size(), adam.beta1(), adam.beta2(),
+                    adam.eps(), adam.weightDecay(), lr, step, r.decay());
+        }
+        return norm;
+    }
+
+    private void loadMoments(AdamW adam) {
+        if (first == null) {
+            first = ctx.allocator.allocate(floats * 4);
+            second = ctx.allocator.allocate(floats * 4);
+        }
+        MemorySegment host = staging();
+        for (int which = 0; which < 2; which++) {
+            Map<String, float[]> state = which == 0 ? adam.firstMoments() : adam.secondMoments();
+            host.fill((byte) 0);
+            for (var e : state.entrySet()) {
+                Long o = offsets.get(e.getKey());
+                if (o != null) {
+                    MemorySegment.copy(e.getValue(), 0, host, ValueLayout.JAVA_FLOAT, o * 4, e.getValue().length);
+                }
+            }
+            ctx.driver.copyToDevice((which == 0 ? first : second).pointer, host, floats * 4, ctx.stream);
+            ctx.synchronize();
+        }
+        moments = adam;
+    }
+
+    /** Copies the device's values into the host parameters and, when {@code adam} is the optimiser stepping here, its moments. */
+    public void pullToHost(AdamW adam) {
+        MemorySegment host = staging();
+        ctx.driver.copyToHost(host, values.pointer, floats * 4, ctx.stream);
+        ctx.synchronize();
+        for (Parameter p : order) {
+            MemorySegment.copy(host, ValueLayout.JAVA_FLOAT, offsets.get(p.name()) * 4, p.value(), p.offset(), p.size());
+        }
+        if (adam != null && adam == moments) {
+            for (int which = 0; which < 2; which++) {
+                ctx.driver.copyToHost(host, (which == 0 ? first : second).pointer, floats * 4, ctx.stream);
+                ctx.synchronize();
+                Map<String, float[]> state = which == 0 ? adam.firstMoments() : adam.secondMoments();
+                for (var e : state.entrySet()) {
+                    Long o = offsets.get(e.getKey());
+                    if (o != null) {
+                        MemorySegment.copy(host, ValueLayout.JAVA_FLOAT, o * 4, e.getValue(), 0, e.getValue().length);
+                    }
+                }
+            }
+        }
+    }
+
+    @Override
+    public void close() {
+        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {values, grads, scalar, first, second}) {
+            if (b != null) {
+                b.close();
+            }
+        }
+        if (staging != null) {
+            ctx.driver.freeHost(staging);
+            staging = null;
+        }
+    }
+}
