@@ -13,14 +13,24 @@ final class BackendOption {
             + "(matrix products on the GPU through cuBLASLt, the other ops on the CPU).")
     String backend = "cpu";
 
+    @Option(names = "--tf32", description = "With --backend cuda: fp32 matrix products on the tensor cores in TF32 (inputs rounded to 10 "
+            + "mantissa bits, fp32 accumulation); several times faster, not bit-comparable with the CPU.")
+    boolean tf32;
+
     /** Opens the backend, or explains why it cannot be opened (no GPU, no driver) as a user error. */
     Backend create(int threads) throws Recipes.UserError {
         Backend cpu = new CpuBackend(threads, CpuBackend.VECTOR_API);
         return switch (backend) {
-            case "cpu" -> cpu;
+            case "cpu" -> {
+                if (tf32) {
+                    throw new Recipes.UserError("--tf32 needs --backend cuda");
+                }
+                yield cpu;
+            }
             case "cuda", "cuda-hybrid" -> {
                 try {
                     CudaBackend cuda = new CudaBackend(0, cpu);
+                    cuda.context().blas.setTf32(tf32);
                     yield backend.equals("cuda") ? cuda : cuda.hybridOnly();
                 } catch (CudaException e) {
                     throw new Recipes.UserError("--backend " + backend + ": " + e.getMessage());

@@ -1,5 +1,6 @@
 package dev.moe.cuda;
 
+import dev.moe.cuda.kernels.AttentionKernelSource;
 import dev.moe.cuda.kernels.ModelKernelSource;
 import dev.moe.runtime.Activation;
 
@@ -83,6 +84,10 @@ public final class DeviceOps {
     public void attention(long q, long k, long v, long out, long lse, int batch, int seq, int heads, int kvHeads, int headDim,
             boolean causal, int window) {
         checkHeadDim(headDim);
+        if (tiled && AttentionKernelSource.supports(headDim)) {
+            flash(headDim, "flash_forward", batch, seq, heads, q, k, v, out, lse, seq, heads, kvHeads, causal ? 1 : 0, window);
+            return;
+        }
         long warps = (long) batch * seq * heads;
         launch("attention_forward", (int) ((warps * 32 + THREADS - 1) / THREADS), THREADS, q, k, v, out, lse, batch, seq, heads, kvHeads,
                 headDim, causal ? 1 : 0, window);
@@ -93,6 +98,13 @@ public final class DeviceOps {
             int heads, int kvHeads, int headDim, boolean causal, int window) {
         checkHeadDim(headDim);
         try (DeviceAllocator.Block delta = ctx.allocator.allocate((long) batch * seq * heads * 4)) {
+            if (tiled && AttentionKernelSource.supports(headDim)) {
+                flash(headDim, "flash_backward_dq", batch, seq, heads, q, k, v, out, lse, dOut, dq, delta.pointer, seq, heads, kvHeads,
+                        causal ? 1 : 0, window);
+                flash(headDim, "flash_backward_dkdv", batch, seq, kvHeads, q, k, v, lse, dOut, delta.pointer, dk, dv, seq, heads, kvHeads,
+                        causal ? 1 : 0, window);
+                return;
+            }
             long warps = (long) batch * seq * heads;
             launch("attention_backward_dq", (int) ((warps * 32 + THREADS - 1) / THREADS), THREADS, q, k, v, out, lse, dOut, dq,
                     delta.pointer, batch, seq, heads, kvHeads, headDim, causal ? 1 : 0, window);
@@ -100,6 +112,24 @@ public final class DeviceOps {
             launch("attention_backward_dkdv", (int) ((kvWarps * 32 + THREADS - 1) / THREADS), THREADS, q, k, v, lse, dOut, delta.pointer,
                     dk, dv, batch, seq, heads, kvHeads, headDim, causal ? 1 : 0, window);
         }
+    }
+
+    /** Whether attention uses the tiled kernels where they take the head dimension (true) or always the warp-per-row ones. */
+    private boolean tiled = true;
+
+    /** Chooses the attention kernels: the tiled ones (default) or the warp-per-row ones (the reference they are checked against). */
+    public DeviceOps tiledAttention(boolean on) {
+        tiled = on;
+        return this;
+    }
+
+    private final java.util.Map<Integer, String> attentionSources = new java.util.concurrent.ConcurrentHashMap<>();
+
+    private void flash(int headDim, String kernel, int batch, int seq, int heads, Object... args) {
+        String source = attentionSources.computeIfAbsent(headDim, AttentionKernelSource::generate);
+        int tiles = (seq + AttentionKernelSource.ROWS - 1) / AttentionKernelSource.ROWS;
+        ctx.launch(ctx.kernel(source, kernel), kernel, batch * tiles, heads, AttentionKernelSource.ROWS * AttentionKernelSource.threadsPerRow(headDim),
+                0, args);
     }
 
     private static void checkHeadDim(int headDim) {

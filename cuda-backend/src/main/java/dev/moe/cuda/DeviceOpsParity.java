@@ -25,10 +25,10 @@ public final class DeviceOpsParity {
     }
 
     public static List<Result> run(CudaContext ctx, Backend cpu) {
-        DeviceOps ops = new DeviceOps(ctx);
+        DeviceOps ops = new DeviceOps(ctx).tiledAttention(false);
         List<Result> out = new ArrayList<>();
         Random shapes = new Random(2026);
-        double[] worst = new double[11];
+        double[] worst = new double[13];
         for (int s = 0; s < SHAPES; s++) {
             int rows = s == 0 ? 1 : 1 + shapes.nextInt(300);
             int dim = s == 1 ? 1 : 1 + shapes.nextInt(s % 3 == 0 ? 1500 : 200);
@@ -136,10 +136,30 @@ public final class DeviceOpsParity {
                         ahd, causal, window);
                 worst[10] = Math.max(worst[10], Math.max(Compare.rel(ctx.downloadFloats(adqd, qn), adq),
                         Math.max(Compare.rel(ctx.downloadFloats(adkd, kn), adk), Compare.rel(ctx.downloadFloats(advd, kn), adv))));
+
+                // tiled attention: head dims it takes, sequences across several 64-row blocks and key tiles
+                int[] tiledDims = {64, 32, 128, 8, 256, 96, 16, 64, 64, 128};
+                int thd = tiledDims[s % tiledDims.length], fb = 1 + s % 3, ts = s == 0 ? 1 : 1 + shapes.nextInt(s % 2 == 0 ? 200 : 70);
+                int tq = fb * ts * qHeads * thd, fkn = fb * ts * kvHeads * thd;
+                float[] tqv = Compare.gaussian(rnd, tq), tkv = Compare.gaussian(rnd, fkn), tvv = Compare.gaussian(rnd, fkn), tgo = Compare.gaussian(rnd, tq);
+                float[] to = new float[tq], tlse = new float[fb * ts * qHeads];
+                cpu.attention(tqv, tkv, tvv, to, tlse, fb, ts, qHeads, kvHeads, thd, causal, window);
+                long tqd = sc.floats(tqv), tkd = sc.floats(tkv), tvd = sc.floats(tvv), tod = sc.zeros(tq), tlsed = sc.zeros(tlse.length);
+                ops.tiledAttention(true).attention(tqd, tkd, tvd, tod, tlsed, fb, ts, qHeads, kvHeads, thd, causal, window);
+                worst[11] = Math.max(worst[11], Math.max(Compare.rel(ctx.downloadFloats(tod, tq), to), Compare.rel(ctx.downloadFloats(tlsed, tlse.length), tlse)));
+                float[] tdq = Compare.gaussian(rnd, tq), tdk = Compare.gaussian(rnd, fkn), tdv = Compare.gaussian(rnd, fkn);
+                long tdqd = sc.floats(tdq), tdkd = sc.floats(tdk), tdvd = sc.floats(tdv);
+                cpu.attentionBackward(tqv, tkv, tvv, to, tlse, tgo, tdq, tdk, tdv, fb, ts, qHeads, kvHeads, thd, causal, window);
+                ops.attentionBackward(tqd, tkd, tvd, sc.floats(to), sc.floats(tlse), sc.floats(tgo), tdqd, tdkd, tdvd, fb, ts, qHeads, kvHeads, thd,
+                        causal, window);
+                ops.tiledAttention(false);
+                worst[12] = Math.max(worst[12], Math.max(Compare.rel(ctx.downloadFloats(tdqd, tq), tdq),
+                        Math.max(Compare.rel(ctx.downloadFloats(tdkd, fkn), tdk), Compare.rel(ctx.downloadFloats(tdvd, fkn), tdv))));
             }
         }
         String[] names = {"embedding", "embedding backward", "rms_norm", "rms_norm backward", "rope (both ways)", "glu",
-            "glu backward", "cross_entropy", "adamw (3 steps)", "attention", "attention backward"};
+            "glu backward", "cross_entropy", "adamw (3 steps)", "attention (warp per row)", "attention backward (warp per row)",
+            "attention (tiled)", "attention backward (tiled)"};
         for (int i = 0; i < names.length; i++) {
             out.add(new Result(names[i], SHAPES, worst[i]));
         }

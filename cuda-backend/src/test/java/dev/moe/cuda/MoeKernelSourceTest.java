@@ -61,6 +61,9 @@ class MoeKernelSourceTest {
             sources.add(MoeKernelSource.generate(spec));
         }
         sources.add(dev.moe.cuda.kernels.ModelKernelSource.generate());
+        for (int hd : new int[] {8, 32, 64, 128, 256}) {
+            sources.add(dev.moe.cuda.kernels.AttentionKernelSource.generate(hd));
+        }
         for (String source : sources) {
             Path cu = dir.resolve("k.cu");
             Files.writeString(cu, source);

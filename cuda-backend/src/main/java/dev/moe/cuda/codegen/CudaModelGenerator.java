@@ -286,6 +286,7 @@ public final class CudaModelGenerator {
         for (Layer l : model.layers()) {
             fwd.addStatement("forwardLayer$L()", l.index());
         }
+        fwd.addStatement("mark($S)", "forward: embedding");
         fwd.add("// final norm and head\n");
         fwd.addStatement("copy($L, stream, (long) rows * DIM)", buffer("finalInput", "DIM"));
         String head = cfg.tieEmbeddings() ? embed : pointer("head.weight");
@@ -307,6 +308,7 @@ public final class CudaModelGenerator {
                 cfg.tieEmbeddings() ? grad("embed.weight") : grad("head.weight"));
         bwd.addStatement("ops.rmsNormBackward(finalInput, $L, finalRstd, dNormed, dx, $L, rows, DIM)", pointer("final_norm.weight"),
                 grad("final_norm.weight"));
+        bwd.addStatement("mark($S)", "backward: head and loss");
         for (int i = model.layers().size() - 1; i >= 0; i--) {
             bwd.addStatement("backwardLayer$L(scale)", model.layers().get(i).index());
         }
@@ -431,6 +433,7 @@ public final class CudaModelGenerator {
         f.addStatement("ops.rope($L, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false)", k);
         f.addStatement("ops.attention($L, $L, $L, $L, $L, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW)", q, k, v, att, lse);
         f.addStatement("linear($L, $L, stream, rows, Q_DIM, DIM, true)", att, pointer(p + "attn.o"));
+        f.addStatement("mark($S)", "forward: attention");
 
         CodeBlock.Builder ba = CodeBlock.builder();
         ba.add("// stream += attention(norm(stream))\n");
@@ -470,22 +473,29 @@ public final class CudaModelGenerator {
             f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("stepCounts$L[ex] += counts$L[ex]", i, i).endControlFlow();
             f.addStatement("stepSlots$L += (long) rows * $L", i, m.k());
             f.endControlFlow();
+            f.addStatement("mark($S)", "forward: moe routed experts");
             for (int s = 0; s < m.shared().size(); s++) {
                 f.add("// shared expert $L: $L\n", s, m.shared().get(s));
                 denseForward(f, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s));
             }
+            f.addStatement("mark($S)", "forward: shared experts");
             balanceForward(f, m);
             for (int s = 0; s < m.shared().size(); s++) {
                 bf.add("// shared expert $L\n", s);
                 denseBackward(bf, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s));
             }
+            bf.addStatement("mark($S)", "backward: shared experts");
             bf.add("// routed experts and router (with the balancing losses' gradients)\n");
             bf.addStatement("ops.addInPlace(dNormed, moe$L.backward(dx, $L, $L), (long) rows * DIM)", i,
                     m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : "null",
                     zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f")));
+            bf.addStatement("mark($S)", "backward: moe routed experts");
         }
         bf.addStatement("ops.rmsNormBackward($L, $L, $L, dNormed, dx, $L, rows, DIM)", fin, pointer(p + "ffn_norm.weight"), frstd,
                 grad(p + "ffn_norm.weight"));
+        bf.addStatement("mark($S)", moe.isPresent() ? "backward: moe" : "backward: dense ffn");
+        ba.addStatement("mark($S)", "backward: attention");
+        f.addStatement("mark($S)", moe.isPresent() ? "forward: moe" : "forward: dense ffn");
         b.add(bf.build());
         b.add(ba.build());
 

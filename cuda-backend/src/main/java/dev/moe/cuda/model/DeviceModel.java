@@ -41,6 +41,10 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
     private final List<DeviceAllocator.Block> activations = new ArrayList<>();
     private boolean deviceAhead;
     private boolean gradsStay;
+    /** With MOE_PROFILE=1: milliseconds per phase (the GPU synchronised at each mark), printed every 10 steps. */
+    private final java.util.Map<String, Double> profile = "1".equals(System.getenv("MOE_PROFILE")) ? new java.util.LinkedHashMap<>() : null;
+    private long markedAt;
+    private int profiledSteps;
 
     protected DeviceModel(CudaContext ctx, TrainableModel host, List<String> placedFirst) {
         this.host = host;
@@ -127,13 +131,31 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
         }
         ctx.upload(Arrays.copyOf(inputs, rows), this.tokens);
         ctx.upload(Arrays.copyOf(targets, rows), this.targets);
-        return forwardPass();
+        mark(null);
+        double loss = forwardPass();
+        mark("forward: head and loss");
+        return loss;
+    }
+
+    /** Profiling: charges the GPU time since the previous mark to {@code phase} (null: starts timing). */
+    protected final void mark(String phase) {
+        if (profile == null) {
+            return;
+        }
+        ctx.synchronize();
+        long now = System.nanoTime();
+        if (phase != null) {
+            profile.merge(phase, (now - markedAt) / 1e6, Double::sum);
+        }
+        markedAt = now;
     }
 
     @Override
     public void backward(float scale) {
         ctx.makeCurrent();
+        mark(null);
         backwardPass(scale);
+        mark("backward: embedding");
         if (!gradsStay) {
             w.downloadGrads();
         }
@@ -164,8 +186,17 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
     @Override
     public double clipAndStep(AdamW adam, List<Parameter> parameters, double lr, double maxNorm) {
         ctx.makeCurrent();
+        mark(null);
         double norm = w.clipAndStep(adam, parameters, lr, maxNorm);
         deviceAhead = true;
+        mark("clip and AdamW");
+        if (profile != null && ++profiledSteps % 10 == 0) {
+            double total = profile.values().stream().mapToDouble(Double::doubleValue).sum();
+            StringBuilder b = new StringBuilder("moe: GPU time per step over the last 10 steps (ms):");
+            profile.forEach((k, v) -> b.append(String.format(java.util.Locale.ROOT, "%n  %-28s %8.2f  %5.1f%%", k, v / 10, 100 * v / total)));
+            System.err.println(b);
+            profile.clear();
+        }
         return norm;
     }
 

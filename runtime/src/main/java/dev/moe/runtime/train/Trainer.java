@@ -228,7 +228,9 @@ public final class Trainer {
                 while (step < end) {
                     long t0 = System.nanoTime();
                     double lr = schedule.at(step - begins[k]);
-                    params.forEach(Parameter::zeroGrad);
+                    if (!(model instanceof DeviceTrainable)) {
+                        params.forEach(Parameter::zeroGrad); // a device-resident model's gradients never reach the host arrays
+                    }
                     model.setStep(step);
                     model.beginStep();
                     double loss = 0;
