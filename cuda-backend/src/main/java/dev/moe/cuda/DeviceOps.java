@@ -57,8 +57,16 @@ public final class DeviceOps {
         if (dx != 0 && rows > 0) {
             launch("rms_norm_backward_dx", rows, THREADS, x, w, rstd, dy, dx, dim);
         }
-        if (dw != 0) {
+        if (dw != 0 && rows < 128) {
             launch("rms_norm_backward_dw", (dim + THREADS - 1) / THREADS, THREADS, x, rstd, dy, dw, rows, dim);
+        } else if (dw != 0) {
+            // one thread per column is too little parallelism for many rows: partial sums over 128 row sets first
+            int parts = 128;
+            try (DeviceAllocator.Block partial = ctx.allocator.allocate((long) parts * dim * 8)) {
+                ctx.launch(ctx.kernel(SOURCE, "rms_norm_backward_dw_partial"), "rms_norm_backward_dw_partial", (dim + THREADS - 1) / THREADS, parts,
+                        THREADS, 0, x, rstd, dy, partial.pointer, rows, dim);
+                launch("rms_norm_backward_dw_sum", (dim + THREADS - 1) / THREADS, THREADS, partial.pointer, dw, parts, dim);
+            }
         }
     }
 
@@ -127,9 +135,9 @@ public final class DeviceOps {
 
     private void flash(int headDim, String kernel, int batch, int seq, int heads, Object... args) {
         String source = attentionSources.computeIfAbsent(headDim, AttentionKernelSource::generate);
-        int tiles = (seq + AttentionKernelSource.ROWS - 1) / AttentionKernelSource.ROWS;
-        ctx.launch(ctx.kernel(source, kernel), kernel, batch * tiles, heads, AttentionKernelSource.ROWS * AttentionKernelSource.threadsPerRow(headDim),
-                0, args);
+        int rows = AttentionKernelSource.rowsPerBlock(headDim);
+        int tiles = (seq + rows - 1) / rows;
+        ctx.launch(ctx.kernel(source, kernel), kernel, batch * tiles, heads, rows * AttentionKernelSource.threadsPerRow(headDim), 0, args);
     }
 
     private static void checkHeadDim(int headDim) {

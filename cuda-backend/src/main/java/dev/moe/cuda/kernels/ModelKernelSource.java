@@ -107,6 +107,25 @@ public final class ModelKernelSource {
                   dw[j] += (float) acc;
                 }
 
+                // The same sum in two deterministic passes for many rows: partial[p][j] over rows p, p + parts, ...,
+                // then dw[j] += the parts in order.
+                extern "C" __global__ void rms_norm_backward_dw_partial(const float* __restrict__ x, const float* __restrict__ rstd,
+                    const float* __restrict__ dy, double* __restrict__ partial, int rows, int dim) {
+                  int j = blockIdx.x * blockDim.x + threadIdx.x, p = blockIdx.y, parts = gridDim.y;
+                  if (j >= dim) return;
+                  double acc = 0.0;
+                  for (int r = p; r < rows; r += parts) acc += (double) dy[(long) r * dim + j] * x[(long) r * dim + j] * rstd[r];
+                  partial[(long) p * dim + j] = acc;
+                }
+                extern "C" __global__ void rms_norm_backward_dw_sum(const double* __restrict__ partial, float* __restrict__ dw, int parts,
+                    int dim) {
+                  int j = blockIdx.x * blockDim.x + threadIdx.x;
+                  if (j >= dim) return;
+                  double acc = 0.0;
+                  for (int p = 0; p < parts; p++) acc += partial[(long) p * dim + j];
+                  dw[j] += (float) acc;
+                }
+
                 // In place; row r is at position r % seqLen; pairs (i, i + rotary/2) of each head (GPT-NeoX layout).
                 extern "C" __global__ void rope(float* __restrict__ x, int rows, int seqLen, int heads, int headDim, int rotaryDims,
                     float theta, int inverse) {
