@@ -13,6 +13,7 @@
 #    CPU-generated classes: losses, every gradient, gradient norms, weights and moments after 3 steps.
 #    Training parity: 100 steps of two recipes with --backend cuda (device-resident) and
 #    --backend cuda-hybrid against --backend cpu; the losses must agree within 1e-3 relative at every step.
+#    Greedy generation with --backend cuda and cuda-hybrid gives the CPU's text.
 # 4. MoeLayerBench: TFLOP/s forward and forward+backward, bf16, 8192 tokens, three shapes, and the
 #    PyTorch peer on the same GPU in the same run (bench/gpu/torch_moe_gpu.py), when torch is there.
 set -uo pipefail
@@ -48,6 +49,16 @@ sys.exit(0 if worst <= 1e-3 else 1)
 PY
   done
 done
+
+# Greedy generation from the CPU-trained checkpoint: the device-resident model must pick the same tokens.
+for backend in cpu cuda cuda-hybrid; do
+  $J $JOPTS -cp "$CP" dev.moe.cli.MoeCli generate "$OUT/train-mixtral-cpu" --backend $backend --temperature 0 --max-tokens 48 \
+      --prompt "sort: 5 2 9 1 -> " > "$OUT/generate-$backend.txt" 2>"$OUT/generate-$backend.err" || { status=1; tail -3 "$OUT/generate-$backend.err"; }
+done
+for backend in cuda cuda-hybrid; do
+  if cmp -s "$OUT/generate-cpu.txt" "$OUT/generate-$backend.txt"; then echo "generate --backend $backend: same greedy text as cpu (ok)";
+  else echo "generate --backend $backend: text differs from cpu (FAIL)"; status=1; fi
+done | tee "$OUT/generate-parity.txt"
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   $J $JOPTS -Xmx48g -cp "$CP" dev.moe.cuda.MoeLayerBench ${BENCH_ARGS:-} 2>&1 | tee "$OUT/moe-layer-bench.txt"
