@@ -2,8 +2,10 @@ package dev.moe.cli;
 
 import dev.moe.cuda.CudaBackend;
 import dev.moe.cuda.CudaException;
+import dev.moe.cuda.kernels.MoeKernelSource.Precision;
 import dev.moe.runtime.Backend;
 import dev.moe.runtime.cpu.CpuBackend;
+import java.util.List;
 import picocli.CommandLine.Option;
 
 /** {@code --backend cpu|cuda}, shared by the commands that run a model. */
@@ -13,24 +15,29 @@ final class BackendOption {
             + "(matrix products on the GPU through cuBLASLt, the other ops on the CPU).")
     String backend = "cpu";
 
-    @Option(names = "--tf32", description = "With --backend cuda: fp32 matrix products on the tensor cores in TF32 (inputs rounded to 10 "
-            + "mantissa bits, fp32 accumulation); several times faster, not bit-comparable with the CPU.")
-    boolean tf32;
+    @Option(names = "--precision", paramLabel = "P", description = "With --backend cuda: fp32 (default: exact fp32, comparable with the "
+            + "CPU), tf32 (fp32 matrix products on the tensor cores in TF32) or bf16 (tf32, and the MoE layers' routers and experts in bf16 "
+            + "with fp32 master weights and gradients).")
+    String precision = "fp32";
 
     /** Opens the backend, or explains why it cannot be opened (no GPU, no driver) as a user error. */
     Backend create(int threads) throws Recipes.UserError {
+        if (!List.of("fp32", "tf32", "bf16").contains(precision)) {
+            throw new Recipes.UserError("unknown precision `" + precision + "`: use fp32, tf32 or bf16");
+        }
         Backend cpu = new CpuBackend(threads, CpuBackend.VECTOR_API);
         return switch (backend) {
             case "cpu" -> {
-                if (tf32) {
-                    throw new Recipes.UserError("--tf32 needs --backend cuda");
+                if (!precision.equals("fp32")) {
+                    throw new Recipes.UserError("--precision " + precision + " needs --backend cuda (the CPU computes in fp32)");
                 }
                 yield cpu;
             }
             case "cuda", "cuda-hybrid" -> {
                 try {
                     CudaBackend cuda = new CudaBackend(0, cpu);
-                    cuda.context().blas.setTf32(tf32);
+                    cuda.context().blas.setTf32(!precision.equals("fp32"));
+                    cuda.context().expertPrecision = precision.equals("bf16") ? Precision.BF16 : Precision.FP32;
                     yield backend.equals("cuda") ? cuda : cuda.hybridOnly();
                 } catch (CudaException e) {
                     throw new Recipes.UserError("--backend " + backend + ": " + e.getMessage());

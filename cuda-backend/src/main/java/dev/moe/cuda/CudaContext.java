@@ -24,6 +24,12 @@ public final class CudaContext implements AutoCloseable {
     public final MemorySegment stream;
     public final DeviceAllocator allocator;
     public final CublasLt blas;
+    /**
+     * The precision device-resident models give their MoE layers' experts and routers: fp32 (default,
+     * for parity) or bf16 (bf16 copies of the fp32 master weights, bf16 activations inside the layer,
+     * fp32 accumulation and fp32 weight gradients).
+     */
+    public volatile dev.moe.cuda.kernels.MoeKernelSource.Precision expertPrecision = dev.moe.cuda.kernels.MoeKernelSource.Precision.FP32;
     private final MemorySegment context;
     private final DeviceAllocator.Block workspace;
     private final KernelCache cache = KernelCache.fromEnvironment();

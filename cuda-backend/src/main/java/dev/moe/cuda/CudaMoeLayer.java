@@ -33,6 +33,10 @@ public final class CudaMoeLayer implements AutoCloseable {
     private final long router, bias, w13, w2, dRouter, dW13, dW2;
     /** Whether backward adds to the weight gradients (a model accumulating micro-batches) or overwrites them. */
     private final boolean accumulateGrads;
+    /** The fp32 master weights the bf16 copies are refreshed from (bf16 on external weights only). */
+    private final ExternalWeights master;
+    /** fp32 boundary buffers in the activation type: the input, and the output gradient. */
+    private DeviceAllocator.Block inAct, dOutAct;
     private final List<DeviceAllocator.Block> saved = new ArrayList<>();
     private final List<DeviceAllocator.Block> backwardBlocks = new ArrayList<>();
     private int tokens;
@@ -55,13 +59,11 @@ public final class CudaMoeLayer implements AutoCloseable {
     public record ExternalWeights(long router, long bias, long w13, long w2, long dRouter, long dW13, long dW2) {}
 
     /**
-     * A layer on external fp32 weights whose backward ADDS to the external gradients, so a model
-     * can accumulate micro-batches. The spec's precision must be fp32.
+     * A layer on external fp32 weights whose backward ADDS to the external fp32 gradients, so a model
+     * can accumulate micro-batches. In bf16 the layer keeps bf16 copies of the router and expert
+     * weights, refreshed from the fp32 masters at each {@link #forwardInto}.
      */
     public static CudaMoeLayer onExternalWeights(CudaContext ctx, Spec spec, ExternalWeights weights) {
-        if (spec.precision() != Precision.FP32) {
-            throw new IllegalArgumentException("external weights are fp32; the spec asks for " + spec.precision());
-        }
         if (spec.bias() != (weights.bias() != 0)) {
             throw new IllegalArgumentException("the spec " + (spec.bias() ? "has" : "has no") + " selection bias; the weights do not agree");
         }
@@ -92,7 +94,7 @@ public final class CudaMoeLayer implements AutoCloseable {
             dW13 = dW13Block.pointer;
             dW2 = dW2Block.pointer;
             accumulateGrads = false;
-        } else {
+        } else if (act == Type.F32) {
             routerBlock = biasBlock = w13Block = w2Block = dRouterBlock = dW13Block = dW2Block = null;
             router = external.router();
             bias = external.bias();
@@ -102,12 +104,29 @@ public final class CudaMoeLayer implements AutoCloseable {
             dW13 = external.dW13();
             dW2 = external.dW2();
             accumulateGrads = true;
+        } else {
+            // bf16 copies of the fp32 masters for the GEMMs; gradients go straight to the fp32 masters' arena
+            routerBlock = ctx.allocator.allocate(er * d * actBytes);
+            w13Block = ctx.allocator.allocate(e * 2 * f * d * actBytes);
+            w2Block = ctx.allocator.allocate(e * d * f * actBytes);
+            biasBlock = dRouterBlock = dW13Block = dW2Block = null;
+            router = routerBlock.pointer;
+            w13 = w13Block.pointer;
+            w2 = w2Block.pointer;
+            bias = external.bias();
+            dRouter = external.dRouter();
+            dW13 = external.dW13();
+            dW2 = external.dW2();
+            accumulateGrads = true;
         }
+        this.master = external != null && act != Type.F32 ? external : null;
         // Compile (or load from the disk cache) before any timing starts.
         for (String k : List.of("router_topk", "expert_rank", "expert_offsets", "permute_gather", "swiglu", "combine",
                 "combine_backward", "swiglu_backward", "unpermute_sum", "router_backward")) {
             ctx.kernel(source, k);
         }
+        ctx.kernel(source, "cast_from_float");
+        ctx.kernel(source, "add_to_float");
         if (spec.score() == MoeKernelSource.Score.SOFTMAX) {
             ctx.kernel(source, "router_balance_stats");
             ctx.kernel(source, "router_backward_balance");
@@ -167,6 +186,62 @@ public final class CudaMoeLayer implements AutoCloseable {
 
     public float[] downGrad() {
         return downloadGrad(dW2, spec.experts() * spec.dim() * spec.hidden());
+    }
+
+    private long boundary(boolean input, long floats) {
+        DeviceAllocator.Block b = input ? inAct : dOutAct;
+        if (b == null || b.bytes < floats * actBytes) {
+            if (b != null) {
+                b.close();
+            }
+            b = ctx.allocator.allocate(floats * actBytes);
+            if (input) {
+                inAct = b;
+            } else {
+                dOutAct = b;
+            }
+        }
+        return b.pointer;
+    }
+
+    private void cast(long srcFloat, long dst, long n) {
+        launch("cast_from_float", elementwiseGrid(n), THREADS, srcFloat, dst, n);
+    }
+
+    /**
+     * The layer on an fp32 input {@code x [tokens, D]}, its output ADDED to the fp32 {@code target}
+     * (a residual stream). In bf16 the weights' bf16 copies are refreshed from the masters first.
+     */
+    public void forwardInto(long x, int tokens, long target) {
+        long in = x;
+        if (act != Type.F32) {
+            if (master != null) {
+                long e = spec.experts(), er = spec.routed(), d = spec.dim(), f = spec.hidden();
+                cast(master.router(), router, er * d);
+                cast(master.w13(), w13, e * 2 * f * d);
+                cast(master.w2(), w2, e * d * f);
+            }
+            in = boundary(true, (long) tokens * spec.dim());
+            cast(x, in, (long) tokens * spec.dim());
+        }
+        long out = forward(in, tokens);
+        long n = (long) tokens * spec.dim();
+        launch("add_to_float", elementwiseGrid(n), THREADS, target, out, n);
+    }
+
+    /**
+     * Backward of {@link #forwardInto} for the fp32 output gradient {@code dOut}: the input gradient
+     * is ADDED to the fp32 {@code dIn}; the weight gradients are added to the masters'.
+     */
+    public void backwardInto(long dOut, float[] aux, float zc, long dIn) {
+        long g = dOut;
+        long n = (long) tokens * spec.dim();
+        if (act != Type.F32) {
+            g = boundary(false, n);
+            cast(dOut, g, n);
+        }
+        long dx = backward(g, aux, zc);
+        launch("add_to_float", elementwiseGrid(n), THREADS, dIn, dx, n);
     }
 
     /**
@@ -401,6 +476,11 @@ public final class CudaMoeLayer implements AutoCloseable {
     public void close() {
         release(saved);
         release(backwardBlocks);
+        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {inAct, dOutAct}) {
+            if (b != null) {
+                b.close();
+            }
+        }
         for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {routerBlock, biasBlock, w13Block, w2Block, dRouterBlock, dW13Block, dW2Block}) {
             if (b != null) {
                 b.close();

@@ -55,7 +55,6 @@ public final class CudaModelGenerator {
     private static final ClassName EXTERNAL = ClassName.get(CudaMoeLayer.ExternalWeights.class);
     private static final ClassName SPEC = ClassName.get(MoeKernelSource.Spec.class);
     private static final ClassName SCORE = ClassName.get(MoeKernelSource.Score.class);
-    private static final ClassName PRECISION = ClassName.get(MoeKernelSource.Precision.class);
     private static final ClassName ACTIVATION = ClassName.get(Activation.class);
 
     private final Model model;
@@ -363,9 +362,9 @@ public final class CudaModelGenerator {
             Router r = m.router();
             String bias = pre + "router.expert_bias";
             boolean hasBias = r.bias().isPresent();
-            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, $L, $T.$L, $L, $Lf, $L, $T.FP32), new $T(w.value($S), $L, "
+            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, $L, $T.$L, $L, $Lf, $L, ctx.expertPrecision), new $T(w.value($S), $L, "
                     + "w.value($S), w.value($S), w.grad($S), w.grad($S), w.grad($S)))", l, MOE_LAYER, SPEC, m.hidden(), m.experts(), m.k(), SCORE,
-                    r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias, PRECISION, EXTERNAL,
+                    r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias, EXTERNAL,
                     need(pre + "router.weight"), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", pre + "experts.0.gate",
                     pre + "experts.0.down", pre + "router.weight", pre + "experts.0.gate", pre + "experts.0.down");
         }
@@ -467,7 +466,7 @@ public final class CudaModelGenerator {
         } else {
             MoeInfo m = moe.orElseThrow();
             f.add("// stream += moe $L(norm(stream)): routed experts on the GPU layer, then shared experts\n", m.moe().name());
-            f.addStatement("ops.addInPlace(stream, moe$L.forward($L, rows), (long) rows * DIM)", i, fnormed);
+            f.addStatement("moe$L.forwardInto($L, rows, stream)", i, fnormed);
             f.addStatement("counts$L = moe$L.lastCounts()", i, i);
             f.beginControlFlow("if (counting)");
             f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("stepCounts$L[ex] += counts$L[ex]", i, i).endControlFlow();
@@ -486,7 +485,7 @@ public final class CudaModelGenerator {
             }
             bf.addStatement("mark($S)", "backward: shared experts");
             bf.add("// routed experts and router (with the balancing losses' gradients)\n");
-            bf.addStatement("ops.addInPlace(dNormed, moe$L.backward(dx, $L, $L), (long) rows * DIM)", i,
+            bf.addStatement("moe$L.backwardInto(dx, $L, $L, dNormed)", i,
                     m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : "null",
                     zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f")));
             bf.addStatement("mark($S)", "backward: moe routed experts");

@@ -380,6 +380,14 @@ public final class MoeKernelSource {
                   }
                 }
 
+                // Conversions at the layer's boundary with fp32 models: dst = src as act_t, and dst += src.
+                extern "C" __global__ void cast_from_float(const float* __restrict__ src, act_t* __restrict__ dst, long n) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) st(dst, i, src[i]);
+                }
+                extern "C" __global__ void add_to_float(float* __restrict__ dst, const act_t* __restrict__ src, long n) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) dst[i] += ld(src, i);
+                }
+
                 #if SOFTMAX
                 // One warp per token: the column sums of the router probabilities (the aux loss's mean score
                 // times T) into colsum[ER] and Σ_t logsumexp(logits_t)² (the z-loss times T) into stats[ER].

@@ -89,6 +89,14 @@ public final class DeviceModelParity {
             for (Model m : models) {
                 failures += check(ctx, m);
             }
+            // bf16 experts (--precision bf16): bf16 routing and expert GEMMs against the fp32 CPU; loose tolerances
+            ctx.expertPrecision = dev.moe.cuda.kernels.MoeKernelSource.Precision.BF16;
+            ctx.blas.setTf32(true);
+            for (Model m : models) {
+                failures += checkBf16(ctx, m);
+            }
+            ctx.expertPrecision = dev.moe.cuda.kernels.MoeKernelSource.Precision.FP32;
+            ctx.blas.setTf32(false);
         }
         System.out.println(failures == 0 ? "all device-model checks passed" : failures + " device-model checks FAILED");
         System.exit(failures == 0 ? 0 : 1);
@@ -179,6 +187,50 @@ public final class DeviceModelParity {
             failures += report(m.name() + " first moments after 3 steps", "worst relative", worstM, GRAD_TOLERANCE * 10);
         }
         return failures;
+    }
+
+    /** One step in bf16 expert mode: the loss within 2e-2 and the gradient norm within 5e-2 of the fp32 CPU. */
+    private static int checkBf16(CudaContext ctx, Model m) {
+        DeviceModels.Classes classes = DeviceModels.compile(m, m.name());
+        CpuBackend backend = new CpuBackend(4, CpuBackend.VECTOR_API);
+        TrainableModel cpu = classes.createHost(backend);
+        try (DeviceModel gpu = classes.create(ctx, backend)) {
+            cpu.initialize(11);
+            gpu.initialize(11);
+            SplittableRandom rng = new SplittableRandom(5);
+            int batch = 2, seq = Math.min(32, m.config().context());
+            int[] in = new int[batch * seq], tg = new int[batch * seq];
+            for (int i = 0; i < in.length; i++) {
+                in[i] = rng.nextInt(m.config().vocab());
+                tg[i] = rng.nextInt(m.config().vocab());
+            }
+            cpu.parameters().forEach(Parameter::zeroGrad);
+            gpu.parameters().forEach(Parameter::zeroGrad);
+            cpu.beginStep();
+            gpu.beginStep();
+            double lossC = cpu.forward(in, tg, batch, seq);
+            cpu.backward(1f);
+            double lossG = gpu.forward(in, tg, batch, seq);
+            gpu.backward(1f);
+            double normC = norm(cpu.parameters()), normG = norm(gpu.parameters());
+            return report(m.name() + " bf16 experts: loss", String.format(Locale.ROOT, "cpu %.6f gpu %.6f", lossC, lossG),
+                    Math.abs(lossC - lossG) / Math.abs(lossC), 2e-2)
+                    + report(m.name() + " bf16 experts: gradient norm", String.format(Locale.ROOT, "cpu %.6f gpu %.6f", normC, normG),
+                            Math.abs(normC - normG) / normC, 5e-2);
+        }
+    }
+
+    private static double norm(List<Parameter> params) {
+        double sq = 0;
+        for (Parameter p : params) {
+            if (!p.isBuffer()) {
+                for (int i = 0; i < p.size(); i++) {
+                    double g = p.grad()[p.offset() + i];
+                    sq += g * g;
+                }
+            }
+        }
+        return Math.sqrt(sq);
     }
 
     private static double clip(List<Parameter> params, double max) {
