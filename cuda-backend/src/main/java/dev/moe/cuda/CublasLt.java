@@ -70,6 +70,23 @@ public final class CublasLt {
     private volatile boolean tf32;
 
     /**
+     * Algorithms by shape bucket (each dimension rounded up to a power of two). The MoE layers'
+     * GEMMs change their row counts every step with the routing, and asking the heuristic for each
+     * new shape costs more than the GEMM; an algorithm of the bucket is tried first, and a shape it
+     * does not support gets its own (see {@link #matmul}).
+     */
+    private final Map<PlanKey, MemorySegment> algos = new java.util.HashMap<>();
+
+    private static int bucket(int x) {
+        return x <= 16 ? x : Integer.highestOneBit(x - 1) << 1;
+    }
+
+    private static PlanKey bucket(PlanKey k) {
+        return new PlanKey(k.transA(), k.transB(), bucket(k.m()), bucket(k.n()), bucket(k.k()), k.lda(), k.ldb(), k.ldd(), k.ta(), k.tb(), k.td(),
+                k.tf32());
+    }
+
+    /**
      * Whether fp32 products run on the tensor cores in TF32 (about 8x the fp32 rate on an H100/H200,
      * inputs rounded to 10 mantissa bits) instead of exact fp32; off by default, for parity runs.
      */
@@ -82,14 +99,18 @@ public final class CublasLt {
     }
 
     private final class Plan {
-        final MemorySegment desc, a, b, d, algo;
+        final MemorySegment desc, a, b, d;
+        MemorySegment algo;
+        /** Whether the algorithm was chosen for another shape of the same bucket (see {@link #algos}). */
+        boolean borrowed;
 
-        Plan(MemorySegment desc, MemorySegment a, MemorySegment b, MemorySegment d, MemorySegment algo) {
+        Plan(MemorySegment desc, MemorySegment a, MemorySegment b, MemorySegment d, MemorySegment algo, boolean borrowed) {
             this.desc = desc;
             this.a = a;
             this.b = b;
             this.d = d;
             this.algo = algo;
+            this.borrowed = borrowed;
         }
 
         void destroy() {
@@ -149,13 +170,20 @@ public final class CublasLt {
         if (m == 0 || n == 0) {
             return;
         }
-        Plan plan = plans.computeIfAbsent(new PlanKey(transA, transB, m, n, k, lda, ldb, ldd, ta, tb, td,
-                tf32 && ta == Type.F32 && tb == Type.F32), this::plan);
+        PlanKey key = new PlanKey(transA, transB, m, n, k, lda, ldb, ldd, ta, tb, td, tf32 && ta == Type.F32 && tb == Type.F32);
+        Plan plan = plans.computeIfAbsent(key, this::plan);
         int rc;
         MemorySegment beta = accumulate ? one : zero; // a local: invokeExact needs the static type exactly
         try {
             rc = (int) matmul.invokeExact(handle, plan.desc, one, a, plan.a, b, plan.b, beta, d, plan.d, d, plan.d,
                     plan.algo, workspace, workspaceBytes, stream);
+            if (rc != 0 && plan.borrowed) {
+                // the bucket's algorithm does not take this shape: ask for one of its own and try again
+                plan.algo = heuristic(key, plan);
+                plan.borrowed = false;
+                rc = (int) matmul.invokeExact(handle, plan.desc, one, a, plan.a, b, plan.b, beta, d, plan.d, d, plan.d,
+                        plan.algo, workspace, workspaceBytes, stream);
+            }
         } catch (Throwable t) {
             throw new CudaException("cublasLtMatmul failed: " + t, t);
         }
@@ -175,6 +203,22 @@ public final class CublasLt {
             MemorySegment a = layout(tmp, key.ta(), key.transA() ? key.k() : key.m(), key.transA() ? key.m() : key.k(), key.lda());
             MemorySegment b = layout(tmp, key.tb(), key.transB() ? key.n() : key.k(), key.transB() ? key.k() : key.n(), key.ldb());
             MemorySegment d = layout(tmp, key.td(), key.m(), key.n(), key.ldd());
+            PlanKey bucket = bucket(key);
+            MemorySegment algo = algos.get(bucket);
+            if (algo != null && !bucket.equals(key)) {
+                return new Plan(desc, a, b, d, algo, true);
+            }
+            Plan plan = new Plan(desc, a, b, d, null, false);
+            plan.algo = heuristic(key, plan);
+            algos.putIfAbsent(bucket, plan.algo);
+            return plan;
+        }
+    }
+
+    /** The heuristic's first algorithm for the plan's exact shape. */
+    private MemorySegment heuristic(PlanKey key, Plan plan) {
+        try (Arena tmp = Arena.ofConfined()) {
+            MemorySegment out = tmp.allocate(PTR);
             check(Native.call(prefCreate, out), "cublasLtMatmulPreferenceCreate");
             MemorySegment pref = out.get(ValueLayout.ADDRESS, 0);
             try {
@@ -182,13 +226,14 @@ public final class CublasLt {
                         "cublasLtMatmulPreferenceSetAttribute");
                 MemorySegment result = tmp.allocate(HEURISTIC_RESULT_BYTES, 8);
                 MemorySegment count = tmp.allocate(INT);
-                check(Native.call(heuristic, handle, desc, a, b, d, d, pref, 1, result, count), "cublasLtMatmulAlgoGetHeuristic");
+                check(Native.call(heuristic, handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref, 1, result, count),
+                        "cublasLtMatmulAlgoGetHeuristic");
                 if (count.get(INT, 0) == 0) {
                     throw new CudaException("cuBLASLt has no algorithm for " + key);
                 }
                 MemorySegment algo = arena.allocate(64, 8);
                 algo.copyFrom(result.asSlice(0, 64));
-                return new Plan(desc, a, b, d, algo);
+                return algo;
             } finally {
                 Native.call(prefDestroy, pref);
             }
