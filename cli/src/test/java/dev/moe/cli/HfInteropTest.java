@@ -237,6 +237,30 @@ class HfInteropTest {
     }
 
     @Test
+    void refusesDeepSeekConfigsAndTensorsThatDoNotFit(@TempDir Path tmp) throws IOException {
+        // kv_lora_rank 12: the recipe's kv_a and k_rope need 12 + 8 rows of kv_a_proj_with_mqa, the file has 24
+        Path dir = copy("deepseek_v3", tmp.resolve("rank"));
+        ObjectNode config = (ObjectNode) new ObjectMapper().readTree(dir.resolve("config.json").toFile());
+        config.put("kv_lora_rank", 12);
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        Cli.Run run = importFails(dir, tmp.resolve("out"));
+        assertThat(run.err()).contains("tensor `model.layers.0.self_attn.kv_a_proj_with_mqa.weight` has shape [24, 64], the recipe's "
+                + "`layers.0.attn.kv_a` needs [20, 64]");
+
+        config.put("kv_lora_rank", 16);
+        config.remove("qk_rope_head_dim");
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        run = importFails(dir, tmp.resolve("out"));
+        assertThat(run.err()).contains("`qk_rope_head_dim` must be a positive integer (it is missing)");
+
+        config.put("qk_rope_head_dim", 8);
+        ((ObjectNode) config.get("rope_parameters")).put("rope_type", "yarn");
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        run = importFails(dir, tmp.resolve("out"));
+        assertThat(run.err()).contains("rope_type `yarn` is not supported");
+    }
+
+    @Test
     void refusesMissingOrMisshapenTensorsAndBrokenFiles(@TempDir Path tmp) throws IOException {
         // A tensor of the wrong shape: the config says more experts than the file holds.
         Path dir = copy("mixtral", tmp.resolve("shape"));
