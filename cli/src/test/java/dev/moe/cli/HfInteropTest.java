@@ -143,6 +143,26 @@ class HfInteropTest {
     }
 
     @Test
+    void mixtralsRouterJitterBecomesTheRoutersJitterAndGoesBack(@TempDir Path tmp) throws Exception {
+        Path dir = copy("mixtral", tmp.resolve("jitter"));
+        ObjectNode config = (ObjectNode) new ObjectMapper().readTree(dir.resolve("config.json").toFile());
+        config.put("router_jitter_noise", 0.125);
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        Cli.Run run = Cli.run("import", "hf", dir.toString(), "--out", tmp.resolve("ours").toString(), "--threads", "1");
+        assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
+        assertThat(Files.readString(tmp.resolve("ours").resolve("mixtral.moe"))).contains("jitter 0.125");
+        run = Cli.run("export", "hf", tmp.resolve("ours").toString(), "--out", tmp.resolve("back").toString(), "--threads", "1");
+        assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
+        assertThat(new ObjectMapper().readTree(tmp.resolve("back").resolve("config.json").toFile()).get("router_jitter_noise").asDouble())
+                .isEqualTo(0.125);
+
+        config.put("router_jitter_noise", 1.5);
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        run = importFails(dir, tmp.resolve("out"));
+        assertThat(run.err()).contains("`router_jitter_noise` must be in [0, 1), not 1.5");
+    }
+
+    @Test
     void shardedAndLegacyLayoutsImportTheSameWeights(@TempDir Path tmp) throws Exception {
         Map<String, float[]> reference = weights(importAndOpen("mixtral", tmp.resolve("a")));
         // transformers 5's fused module layout, written from the imported weights.

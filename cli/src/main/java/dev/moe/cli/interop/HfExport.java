@@ -130,6 +130,9 @@ public final class HfExport {
             cfg.put("topk_group", r.groupLimit().map(Router.GroupLimit::top).orElse(1));
             cfg.put("routed_scaling_factor", r.scale());
         }
+        if (type.jitterField() != null) {
+            cfg.put(type.jitterField(), moe.routers().getFirst().jitter());
+        }
         if (type.sharedCountField() != null) {
             int n = 0;
             if (shared != null && shared.expert() instanceof Expert.FeedForward sf && sf.ffn().hidden() % ff.ffn().hidden() == 0) {

@@ -29,6 +29,7 @@ public final class HfImport {
      * @param latent multi-head latent attention, or null
      * @param grouped DeepSeek-V3's sigmoid router with group-limited selection, or null for softmax
      * @param plainSharedHidden the hidden width of one ungated shared expert (DeepSeek), 0 without
+     * @param jitter the router's input noise in training (Mixtral's router_jitter_noise), 0 without
      */
     public record Arch(
             HfType type,
@@ -54,7 +55,8 @@ public final class HfImport {
             double auxCoef,
             Latent latent,
             Grouped grouped,
-            int plainSharedHidden) {
+            int plainSharedHidden,
+            double jitter) {
 
         /** What the recipe's line for the router's scores and selection says. */
         private void router(StringBuilder s) {
@@ -66,6 +68,10 @@ public final class HfImport {
             }
             s.append("      top_k ").append(topK).append('\n');
             s.append("      normalize ").append(normalize).append('\n');
+            if (jitter > 0) {
+                // transformers multiplies the MoE block's input (router and experts) by the noise; ours, the router's input
+                s.append("      jitter ").append(num(jitter)).append('\n');
+            }
             if (grouped != null) {
                 if (grouped.scale() != 1) {
                     s.append("      scale ").append(num(grouped.scale())).append('\n');
@@ -270,6 +276,10 @@ public final class HfImport {
         for (boolean b : sparse) {
             anyDense |= !b;
         }
+        double jitter = type.jitterField() == null ? 0 : c.optDouble(type.jitterField(), 0);
+        if (!(jitter >= 0 && jitter < 1)) {
+            throw new InteropException(file + ": `" + type.jitterField() + "` must be in [0, 1), not " + jitter);
+        }
         int plainShared = 0;
         if (type.sharedCountField() != null) {
             plainShared = c.optNonNegative(type.sharedCountField()) * c.positive(type.expertHiddenField());
@@ -293,7 +303,7 @@ public final class HfImport {
                 c.positive("num_experts_per_tok"), c.positive(type.expertHiddenField()), normalize,
                 type.sharedHiddenField() == null ? 0 : c.optNonNegative(type.sharedHiddenField()),
                 anyDense ? c.positive(type.denseHiddenField()) : 0, qkvBias, window, sparse,
-                c.optDouble("router_aux_loss_coef", 0.01), latent, grouped, plainShared);
+                c.optDouble("router_aux_loss_coef", 0.01), latent, grouped, plainShared, jitter);
     }
 
     /** Typed access to config fields, with messages naming the file and the field. */

@@ -30,6 +30,7 @@ import java.util.stream.Stream;
  * @param routing how the router scores and selects
  * @param denseFirstField the field counting the dense layers before the first MoE layer, or null
  * @param sharedCountField the field counting ungated shared experts of the routed experts' width, or null
+ * @param jitterField the field of the router's multiplicative input noise in training, or null
  */
 public record HfType(
         String modelType,
@@ -47,14 +48,15 @@ public record HfType(
         Attention attention,
         Routing routing,
         String denseFirstField,
-        String sharedCountField) {
+        String sharedCountField,
+        String jitterField) {
 
     /** A family with standard attention and a softmax router. */
     HfType(String modelType, String architecture, String recipeName, List<String> expertsFields, String expertHiddenField,
             String denseHiddenField, String normalize, String sharedHiddenField, String qkvBias, QkNorm qkNorm, String slidingWindowField,
             List<Rule> tensors) {
         this(modelType, architecture, recipeName, expertsFields, expertHiddenField, denseHiddenField, normalize, sharedHiddenField, qkvBias, qkNorm,
-                slidingWindowField, tensors, Attention.STANDARD, Routing.SOFTMAX, null, null);
+                slidingWindowField, tensors, Attention.STANDARD, Routing.SOFTMAX, null, null, null);
     }
 
     public enum Attention {
@@ -251,7 +253,8 @@ public record HfType(
 
     public static final List<HfType> SUPPORTED = List.of(
             new HfType("mixtral", "MixtralForCausalLM", "Mixtral", List.of("num_local_experts"), "intermediate_size", null,
-                    "true", null, "false", QkNorm.NONE, "sliding_window", rules(BASE, experts(true))),
+                    "true", null, "false", QkNorm.NONE, "sliding_window", rules(BASE, experts(true)), Attention.STANDARD, Routing.SOFTMAX, null, null,
+                    "router_jitter_noise"),
             new HfType("qwen2_moe", "Qwen2MoeForCausalLM", "Qwen2Moe", List.of("num_experts", "num_local_experts"), "moe_intermediate_size",
                     "intermediate_size", "norm_topk_prob", "shared_expert_intermediate_size", "qkv_bias", QkNorm.NONE, null,
                     rules(BASE, experts(false), QWEN2_SHARED)),
@@ -262,7 +265,7 @@ public record HfType(
             // DEEPSEEK first: its attention rules must win over BASE's q/k/v (first match wins).
             new HfType("deepseek_v3", "DeepseekV3ForCausalLM", "DeepseekV3", List.of("n_routed_experts"), "moe_intermediate_size",
                     "intermediate_size", "norm_topk_prob", null, "false", QkNorm.NONE, null, rules(DEEPSEEK, BASE, experts(false)),
-                    Attention.LATENT, Routing.SIGMOID_GROUPED, "first_k_dense_replace", "n_shared_experts"));
+                    Attention.LATENT, Routing.SIGMOID_GROUPED, "first_k_dense_replace", "n_shared_experts", null));
 
     /** Families we know but the language cannot express yet, with the reason. */
     public static final Map<String, String> KNOWN_UNSUPPORTED = Map.of(
