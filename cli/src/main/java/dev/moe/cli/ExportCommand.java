@@ -49,7 +49,7 @@ final class ExportCommand implements Callable<Integer> {
     @Option(names = "--out", paramLabel = "DIR", required = true, description = "Directory to write config.json and model.safetensors to.")
     Path out;
 
-    @Option(names = "--type", paramLabel = "TYPE", description = "The model_type to write (mixtral, qwen2_moe, olmoe, qwen3_moe); "
+    @Option(names = "--type", paramLabel = "TYPE", description = "The model_type to write (mixtral, qwen2_moe, olmoe, qwen3_moe, deepseek_v3); "
             + "default: the one the checkpoint was imported from.")
     String type;
 

@@ -82,7 +82,12 @@ final class GenerateCommand implements Callable<Integer> {
             BpeTokenizer tokenizer = bpe;
             int[] tokens;
             try {
-                tokens = tokenizer != null ? tokenizer.encode(prompt) : ByteTokenizer.INSTANCE.encode(prompt);
+                if (tokenizer != null && tokenizer.postProcessorProblem().isPresent()) {
+                    err.println("moe: note: " + tokenizerFile + ": " + tokenizer.postProcessorProblem().get() + "; the prompt gets no special tokens");
+                }
+                // as transformers' tokenizer(prompt): the post-processor's special tokens too (Llama's BOS)
+                tokens = tokenizer != null ? tokenizer.encode(prompt, tokenizer.postProcessorProblem().isEmpty())
+                        : ByteTokenizer.INSTANCE.encode(prompt);
             } catch (IllegalArgumentException e) { // a character the tokenizer cannot represent
                 throw new Recipes.UserError(tokenizerFile + ": the prompt cannot be tokenized: " + e.getMessage());
             }

@@ -34,7 +34,7 @@ import picocli.CommandLine.Spec;
         name = "import",
         description = {"Import a Hugging Face MoE checkpoint: write a .moe recipe declaring its architecture and a checkpoint in moe's layout.",
             "Reads config.json and model.safetensors or a sharded model.safetensors.index.json; experts fused (transformers 5) or one "
-                    + "tensor per expert (w1/w2/w3, gate_proj/up_proj/down_proj). Supported model types: mixtral, qwen2_moe, olmoe, qwen3_moe.",
+                    + "tensor per expert (w1/w2/w3, gate_proj/up_proj/down_proj). Supported model types: mixtral, qwen2_moe, olmoe, qwen3_moe, deepseek_v3.",
             "Everything is checked before anything is written. OUT gets <model_type>.moe, last.safetensors (weights with the recipe, "
                     + "for `moe generate OUT`) and the tokenizer.json if there is one."},
         exitCodeListHeading = "%nExit status:%n",
@@ -76,7 +76,7 @@ final class ImportCommand implements Callable<Integer> {
                         + "import would write)");
             }
             Model model = compiled.output().get().models().getFirst();
-            List<HfImport.Assignment> plan = HfImport.plan(ckpt, arch.type(), model.params());
+            List<HfImport.Assignment> plan = HfImport.plan(ckpt, arch.type(), model.params(), arch.latent() == null || arch.latent().interleave());
             long elements = model.params().stream().mapToLong(Param::numel).sum();
             long need = 4 * elements + 4 * ckpt.largestTensor();
             if (need > Runtime.getRuntime().maxMemory()) {

@@ -113,6 +113,8 @@ public final class InfoTable {
         if (c.qkvBias()) {
             parts.add("qkv_bias true");
         }
+        c.mla().ifPresent(m -> parts.add("attention mla(" + (m.qRank() > 0 ? "q_rank: " + m.qRank() + ", " : "") + "kv_rank: " + m.kvRank()
+                + ", nope_dim: " + m.nopeDim() + ", rope_dim: " + m.ropeDim() + ", v_dim: " + m.vDim() + ")"));
         if (c.tieEmbeddings()) {
             parts.add("tie_embeddings true");
         }

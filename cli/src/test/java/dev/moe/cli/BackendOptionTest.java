@@ -15,7 +15,7 @@ class BackendOptionTest {
     void anUnknownBackendIsAUserError(@TempDir Path dir) {
         Cli.Run r = Cli.run("train", "../recipes/mixtral.moe", "--steps", "1", "--backend", "tpu", "--out", dir.toString());
         assertThat(r.exit()).isEqualTo(1);
-        assertThat(r.err()).contains("unknown backend `tpu`: use cpu or cuda");
+        assertThat(r.err()).contains("unknown backend `tpu`: use cpu, cuda or cuda-hybrid");
     }
 
     @Test

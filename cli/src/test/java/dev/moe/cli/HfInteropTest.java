@@ -70,7 +70,7 @@ class HfInteropTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"mixtral", "qwen2_moe", "olmoe", "qwen3_moe"})
+    @ValueSource(strings = {"mixtral", "qwen2_moe", "olmoe", "qwen3_moe", "deepseek_v3"})
     void logitsLossAndGradientsMatchTransformers(String type, @TempDir Path tmp) throws Exception {
         Recipes.Loaded loaded = importAndOpen(type, tmp.resolve("imported"));
         TrainableModel model = loaded.instance();
@@ -115,7 +115,7 @@ class HfInteropTest {
     }
 
     @ParameterizedTest
-    @ValueSource(strings = {"mixtral", "qwen2_moe", "olmoe", "qwen3_moe"})
+    @ValueSource(strings = {"mixtral", "qwen2_moe", "olmoe", "qwen3_moe", "deepseek_v3"})
     void exportOfImportGivesBackTheCheckpoint(String type, @TempDir Path tmp) throws Exception {
         Cli.Run run = Cli.run("import", "hf", FIXTURES.resolve(type).toString(), "--out", tmp.resolve("ours").toString(), "--threads", "1");
         assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
@@ -140,6 +140,26 @@ class HfInteropTest {
             }
             assertWithMessage("%s: %s", type, e.getKey()).that(back.get(e.getKey())).isEqualTo(e.getValue());
         }
+    }
+
+    @Test
+    void mixtralsRouterJitterBecomesTheRoutersJitterAndGoesBack(@TempDir Path tmp) throws Exception {
+        Path dir = copy("mixtral", tmp.resolve("jitter"));
+        ObjectNode config = (ObjectNode) new ObjectMapper().readTree(dir.resolve("config.json").toFile());
+        config.put("router_jitter_noise", 0.125);
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        Cli.Run run = Cli.run("import", "hf", dir.toString(), "--out", tmp.resolve("ours").toString(), "--threads", "1");
+        assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
+        assertThat(Files.readString(tmp.resolve("ours").resolve("mixtral.moe"))).contains("jitter 0.125");
+        run = Cli.run("export", "hf", tmp.resolve("ours").toString(), "--out", tmp.resolve("back").toString(), "--threads", "1");
+        assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
+        assertThat(new ObjectMapper().readTree(tmp.resolve("back").resolve("config.json").toFile()).get("router_jitter_noise").asDouble())
+                .isEqualTo(0.125);
+
+        config.put("router_jitter_noise", 1.5);
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        run = importFails(dir, tmp.resolve("out"));
+        assertThat(run.err()).contains("`router_jitter_noise` must be in [0, 1), not 1.5");
     }
 
     @Test
@@ -221,15 +241,43 @@ class HfInteropTest {
 
     @Test
     void refusesUnsupportedTypesListingTheSupportedOnes(@TempDir Path tmp) throws IOException {
-        Cli.Run run = importFails(FIXTURES.resolve("deepseek_v3"), tmp.resolve("out"));
-        assertThat(run.err()).contains("multi-head latent attention");
-        assertThat(run.err()).contains("supported: mixtral, qwen2_moe, olmoe, qwen3_moe");
+        Path v2 = copy("deepseek_v3", tmp.resolve("v2"));
+        ObjectNode v2config = (ObjectNode) new ObjectMapper().readTree(v2.resolve("config.json").toFile());
+        v2config.put("model_type", "deepseek_v2");
+        Files.writeString(v2.resolve("config.json"), v2config.toString());
+        Cli.Run run = importFails(v2, tmp.resolve("out"));
+        assertThat(run.err()).contains("DeepSeek-V2's softmax router");
+        assertThat(run.err()).contains("supported: mixtral, qwen2_moe, olmoe, qwen3_moe, deepseek_v3");
         Path dir = copy("mixtral", tmp.resolve("llama"));
         ObjectNode config = (ObjectNode) new ObjectMapper().readTree(dir.resolve("config.json").toFile());
         config.put("model_type", "llama");
         Files.writeString(dir.resolve("config.json"), config.toString());
         run = importFails(dir, tmp.resolve("out"));
-        assertThat(run.err()).contains("model_type `llama` is not supported; supported: mixtral, qwen2_moe, olmoe, qwen3_moe");
+        assertThat(run.err()).contains("model_type `llama` is not supported; supported: mixtral, qwen2_moe, olmoe, qwen3_moe, deepseek_v3");
+    }
+
+    @Test
+    void refusesDeepSeekConfigsAndTensorsThatDoNotFit(@TempDir Path tmp) throws IOException {
+        // kv_lora_rank 12: the recipe's kv_a and k_rope need 12 + 8 rows of kv_a_proj_with_mqa, the file has 24
+        Path dir = copy("deepseek_v3", tmp.resolve("rank"));
+        ObjectNode config = (ObjectNode) new ObjectMapper().readTree(dir.resolve("config.json").toFile());
+        config.put("kv_lora_rank", 12);
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        Cli.Run run = importFails(dir, tmp.resolve("out"));
+        assertThat(run.err()).contains("tensor `model.layers.0.self_attn.kv_a_proj_with_mqa.weight` has shape [24, 64], the recipe's "
+                + "`layers.0.attn.kv_a` needs [20, 64]");
+
+        config.put("kv_lora_rank", 16);
+        config.remove("qk_rope_head_dim");
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        run = importFails(dir, tmp.resolve("out"));
+        assertThat(run.err()).contains("`qk_rope_head_dim` must be a positive integer (it is missing)");
+
+        config.put("qk_rope_head_dim", 8);
+        ((ObjectNode) config.get("rope_parameters")).put("rope_type", "yarn");
+        Files.writeString(dir.resolve("config.json"), config.toString());
+        run = importFails(dir, tmp.resolve("out"));
+        assertThat(run.err()).contains("rope_type `yarn` is not supported");
     }
 
     @Test
@@ -315,7 +363,7 @@ class HfInteropTest {
         assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
         run = Cli.run("export", "hf", tmp.resolve("run").toString(), "--out", tmp.resolve("x").toString());
         assertThat(run.exit()).isEqualTo(1);
-        assertThat(run.err()).contains("choose the model type with --type (mixtral, qwen2_moe, olmoe, qwen3_moe)");
+        assertThat(run.err()).contains("choose the model type with --type (mixtral, qwen2_moe, olmoe, qwen3_moe, deepseek_v3)");
         run = Cli.run("export", "hf", tmp.resolve("run").toString(), "--out", tmp.resolve("x").toString(), "--type", "mixtral");
         assertThat(run.exit()).isEqualTo(1);
         assertThat(run.err()).contains("cannot be exported as `mixtral`: layer 0 is");
@@ -376,6 +424,56 @@ class HfInteropTest {
         run = Cli.run("generate", tmp.resolve("mx").toString(), "--prompt", "café", "--threads", "1");
         assertThat(run.exit()).isEqualTo(1);
         assertThat(run.err()).contains("the prompt has token 195, outside the model's vocabulary (128)");
+    }
+
+    /** Latent attention with a direct query projection and unequal widths; a sigmoid router with groups, bias and scaling. */
+    @Test
+    void aTrainedDeepSeekModelExportsAndImportsBackUnchanged(@TempDir Path tmp) throws Exception {
+        Path recipe = tmp.resolve("d.moe");
+        Files.writeString(recipe, """
+                model D {
+                  vocab 256
+                  context 16
+                  dim 16
+                  heads 2
+                  attention mla(kv_rank: 6, nope_dim: 4, rope_dim: 4, v_dim: 6)
+                  ffn dense = swiglu(hidden: 24)
+                  moe m {
+                    shared 1 x swiglu(hidden: 16)
+                    routed 4 x swiglu(hidden: 8)
+                    router { score sigmoid  top_k 2  normalize true  scale 1.5  bias aux_free(rate: 0.001)  groups limited(groups: 2, top: 1) }
+                  }
+                  layers 3 { first 1: attention, dense  rest: attention, m }
+                }
+                train D { steps 2 batch 2 }
+                """);
+        Cli.Run run = Cli.run("train", recipe.toString(), "--out", tmp.resolve("run").toString(), "--seq", "8", "--threads", "1");
+        assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
+        run = Cli.run("export", "hf", tmp.resolve("run").toString(), "--type", "deepseek_v3", "--out", tmp.resolve("hf").toString());
+        assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
+        JsonNode config = new ObjectMapper().readTree(tmp.resolve("hf").resolve("config.json").toFile());
+        assertThat(config.get("q_lora_rank").isNull()).isTrue();
+        assertThat(config.get("first_k_dense_replace").asInt()).isEqualTo(1);
+        assertThat(config.get("n_shared_experts").asInt()).isEqualTo(2);
+        assertThat(config.get("routed_scaling_factor").asDouble()).isEqualTo(1.5);
+        try (SafeTensorsFile f = SafeTensors.open(tmp.resolve("hf").resolve("model.safetensors"))) {
+            assertThat(f.tensors().get("model.layers.0.self_attn.q_proj.weight").shape()).isEqualTo(new long[] {16, 16});
+            assertThat(f.tensors().get("model.layers.0.self_attn.kv_a_proj_with_mqa.weight").shape()).isEqualTo(new long[] {10, 16});
+            assertThat(f.tensors()).containsKey("model.layers.1.mlp.gate.e_score_correction_bias");
+        }
+        run = Cli.run("import", "hf", tmp.resolve("hf").toString(), "--out", tmp.resolve("back").toString(), "--threads", "1");
+        assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
+        Recipes.Loaded trained = Checkpoints.open(tmp.resolve("run"), 1, new PrintWriter(new StringWriter()));
+        Recipes.Loaded back = Checkpoints.open(tmp.resolve("back"), 1, new PrintWriter(new StringWriter()));
+        assertThat(weights(back).keySet()).containsExactlyElementsIn(weights(trained).keySet());
+        weights(trained).forEach((name, v) -> assertWithMessage(name).that(weights(back).get(name)).isEqualTo(v));
+        int[][] ids = {{3, 1, 4, 1, 5, 9, 2, 6}};
+        assertThat(Probe.logits(back.instance(), ids)).isEqualTo(Probe.logits(trained.instance(), ids));
+
+        // Standard attention is no DeepSeek-V3.
+        run = Cli.run("export", "hf", tmp.resolve("run").toString(), "--type", "qwen2_moe", "--out", tmp.resolve("x").toString());
+        assertThat(run.exit()).isEqualTo(1);
+        assertThat(run.err()).contains("it has latent attention, which `qwen2_moe` does not");
     }
 
     @Test

@@ -55,6 +55,23 @@ class InfoCommandTest {
     }
 
     @Test
+    void latentAttentionShowsInTheSettingsAndTheTensors() throws IOException {
+        Path mla = Samples.write(dir, "mla.moe", """
+                model Tiny {
+                  vocab 128  context 64  dim 64  heads 4
+                  attention mla(q_rank: 32, kv_rank: 16, nope_dim: 8, rope_dim: 8, v_dim: 16)
+                  layers 1 { all: attention, swiglu(hidden: 128) }
+                }
+                """);
+
+        Cli.Run run = Cli.run("info", mla.toString(), "--params");
+
+        assertWithMessage("%s", run).that(run.exit()).isEqualTo(0);
+        assertThat(run.out()).contains("attention mla(q_rank: 32, kv_rank: 16, nope_dim: 8, rope_dim: 8, v_dim: 16)");
+        assertThat(run.out()).contains("layers.0.attn.kv_b");
+    }
+
+    @Test
     void takesExactlyOneFile() {
         assertThat(Cli.run("info").exit()).isEqualTo(2);
         assertThat(Cli.run("info", "a.moe", "b.moe").exit()).isEqualTo(2);

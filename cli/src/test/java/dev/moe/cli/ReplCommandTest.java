@@ -107,6 +107,6 @@ class ReplCommandTest {
 
         Cli.Run unknown = repl("", recipe().toString(), "--backend", "tpu");
         assertThat(unknown.exit()).isEqualTo(1);
-        assertThat(unknown.err()).contains("moe: error: unknown backend `tpu`: use cpu or cuda");
+        assertThat(unknown.err()).contains("moe: error: unknown backend `tpu`: use cpu, cuda or cuda-hybrid");
     }
 }

@@ -22,6 +22,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.stream.Stream;
 import javax.lang.model.element.Modifier;
 
 /**
@@ -115,6 +116,9 @@ final class ModelGenerator {
             routerBackward(m);
         }
         helpers();
+        if (cfg.mla().isPresent()) {
+            latentHelpers();
+        }
         inference();
         mask();
         stepHooks();
@@ -124,6 +128,10 @@ final class ModelGenerator {
     // ---- what is supported ----
 
     private void checkSupported() {
+        if (cfg.mla().isPresent() && cfg.mla().get().vDim() > cfg.headDim()) {
+            throw new UnsupportedFeatureException("model `" + model.name() + "`: code generation does not support latent attention with v_dim ("
+                    + cfg.mla().get().vDim() + ") above nope_dim + rope_dim (" + cfg.headDim() + ")");
+        }
         for (Layer l : model.layers()) {
             switch (l.block()) {
                 case Block.PreNorm p -> {
@@ -450,7 +458,20 @@ final class ModelGenerator {
         intConstant("HEAD_DIM", cfg.headDim(), "Width of one attention head.");
         intConstant("Q_DIM", cfg.heads() * cfg.headDim(), "Width of the query projection: HEADS * HEAD_DIM.");
         intConstant("KV_DIM", cfg.kvHeads() * cfg.headDim(), "Width of the key and value projections: KV_HEADS * HEAD_DIM.");
-        intConstant("ROTARY_DIMS", cfg.position().rotaryDims(cfg.headDim()), "Dimensions of each head that RoPE rotates (0: no RoPE).");
+        intConstant("ROTARY_DIMS", cfg.mla().isPresent() ? (rope() ? cfg.mla().get().ropeDim() : 0) : cfg.position().rotaryDims(cfg.headDim()),
+                "Dimensions of each head that RoPE rotates (0: no RoPE).");
+        if (cfg.mla().isPresent()) {
+            ModelConfig.Mla m = cfg.mla().get();
+            intConstant("Q_RANK", m.qRank(), "Latent attention: rank of the query's down-projection (0: a direct query projection).");
+            intConstant("KV_RANK", m.kvRank(), "Latent attention: rank of the key/value latent.");
+            intConstant("NOPE_DIM", m.nopeDim(), "Latent attention: query/key dimensions per head without RoPE.");
+            intConstant("ROPE_DIM", m.ropeDim(), "Latent attention: rotary dimensions per head, first in each head; one rotary key serves all heads.");
+            intConstant("V_DIM", m.vDim(), "Latent attention: value dimensions per head.");
+            intConstant("KVB_DIM", cfg.heads() * (m.nopeDim() + m.vDim()), "Latent attention: width of kv_b's output, per head NOPE_DIM keys then V_DIM values.");
+            intConstant("VO_DIM", cfg.heads() * m.vDim(), "Latent attention: width of the heads' values, o's input: HEADS * V_DIM.");
+            type.addField(FieldSpec.builder(TypeName.FLOAT, "MLA_EPS", Modifier.STATIC, Modifier.FINAL).initializer("$Lf", floatLiteral(m.eps()))
+                    .build());
+        }
         intConstant("WINDOW", cfg.slidingWindow(), "Sliding attention window in positions (0: none).");
         intConstant("LAYERS", model.layers().size(), "Number of layers.");
         type.addField(FieldSpec.builder(TypeName.FLOAT, "EPS", Modifier.STATIC, Modifier.FINAL).initializer("$Lf", floatLiteral(cfg.norm().eps()))
@@ -515,6 +536,8 @@ final class ModelGenerator {
                 .addField(float[].class, "qRaw").addField(float[].class, "kRaw").addField(float[].class, "qRstd").addField(float[].class, "kRstd")
                 .addField(float[].class, "att").addField(float[].class, "lse")
                 .addField(float[].class, "gate").addField(float[].class, "up").addField(float[].class, "act")
+                .addFields(cfg.mla().isEmpty() ? List.of() : Stream.of("qa", "qaNormed", "qaRstd", "ckv", "ckvNormed", "ckvRstd", "kpe", "kvb", "attV")
+                        .map(f -> FieldSpec.builder(float[].class, f).build()).toList())
                 .build());
         TypeSpec.Builder moeState = TypeSpec.classBuilder("MoeState").addModifiers(Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
                 .addJavadoc("What an MoE layer keeps: routing of each token, its dispatch order, and the experts' intermediates.\n")
@@ -637,6 +660,11 @@ final class ModelGenerator {
         for (String f : List.of("stream", "tmp", "tmp2", "dx", "dNormed", "dAtt", "dq", "dk", "dv", "dqRaw", "dkRaw", "dAct", "dGate", "dUp", "dShared",
                 "finalNormed", "finalInput", "finalMean", "finalRstd", "logits", "dLogits")) {
             type.addField(float[].class, f, Modifier.PRIVATE);
+        }
+        if (cfg.mla().isPresent()) {
+            for (String f : List.of("dAttV", "dKvb", "dKpe", "dCkv", "dCkvNormed", "dQa", "dQaNormed")) {
+                type.addField(float[].class, f, Modifier.PRIVATE);
+            }
         }
         for (Layer l : model.layers()) {
             type.addField(FieldSpec.builder(ClassName.bestGuess("SubBlockState"), "mix" + l.index(), Modifier.PRIVATE, Modifier.FINAL)
@@ -909,6 +937,11 @@ final class ModelGenerator {
         p.line("dk = new float[r * KV_DIM]");
         p.line("dkRaw = new float[r * KV_DIM]");
         p.line("dv = new float[r * KV_DIM]");
+        if (cfg.mla().isPresent()) {
+            p.line("dAttV = new float[r * VO_DIM]").line("dKvb = new float[r * KVB_DIM]").line("dKpe = new float[r * ROPE_DIM]");
+            p.line("dCkv = new float[r * KV_RANK]").line("dCkvNormed = new float[r * KV_RANK]");
+            p.line("dQa = new float[r * Q_RANK]").line("dQaNormed = new float[r * Q_RANK]");
+        }
         p.line("dAct = new float[r * $L]", maxActivationPerRow);
         p.line("dGate = new float[r * $L]", maxActivationPerRow);
         p.line("dUp = new float[r * $L]", maxActivationPerRow);
@@ -1039,6 +1072,11 @@ final class ModelGenerator {
         att.line("s.qRaw = new float[r * Q_DIM]").line("s.kRaw = new float[r * KV_DIM]");
         att.line("s.qRstd = new float[r * HEADS]").line("s.kRstd = new float[r * KV_HEADS]");
         att.line("s.att = new float[r * Q_DIM]").line("s.lse = new float[r * HEADS]");
+        if (cfg.mla().isPresent()) {
+            att.line("s.qa = new float[r * Q_RANK]").line("s.qaNormed = new float[r * Q_RANK]").line("s.qaRstd = new float[r]");
+            att.line("s.ckv = new float[r * KV_RANK]").line("s.ckvNormed = new float[r * KV_RANK]").line("s.ckvRstd = new float[r]");
+            att.line("s.kpe = new float[r * ROPE_DIM]").line("s.kvb = new float[r * KVB_DIM]").line("s.attV = new float[r * VO_DIM]");
+        }
         type.addMethod(MethodSpec.methodBuilder("sizeAttention").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
                 .addParameter(ClassName.bestGuess("SubBlockState"), "s").addParameter(TypeName.INT, "r").addCode(att.build()).build());
         type.addMethod(MethodSpec.methodBuilder("sizeFfn").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
@@ -1197,7 +1235,141 @@ final class ModelGenerator {
                 l.block().describe()).addCode(c.build()).build());
     }
 
+    private boolean rope() {
+        return cfg.position().kind() == ModelConfig.PositionKind.ROPE;
+    }
+
+    /**
+     * Multi-head latent attention (DeepSeek-V2/V3). Keys and values are assembled per head into the
+     * HEAD_DIM-wide layout of the attention kernel: keys [shared rotary key, the head's NOPE_DIM],
+     * values [the head's V_DIM, zeros] (V_DIM <= HEAD_DIM), so the kernel's 1/sqrt(HEAD_DIM) is MLA's scale.
+     */
+    private Code latentAttentionForward(String prefix, String s, String in, String out) {
+        Code c = new Code();
+        ModelConfig.Mla m = cfg.mla().orElseThrow();
+        if (m.qRank() > 0) {
+            c.comment("q = q_b · rms(q_a · x)");
+            c.line("backend.matmul($L, 0, $L.value(), 0, $L.qa, 0, rows, DIM, Q_RANK)", in, Names.field(prefix + ".q_a"), s);
+            c.line("backend.rmsNorm($L.qa, $L.value(), $L.qaNormed, $L.qaRstd, rows, Q_RANK, MLA_EPS)", s, Names.field(prefix + ".q_a_norm"), s, s);
+            c.line("backend.matmul($L.qaNormed, 0, $L.value(), 0, $L.q, 0, rows, Q_RANK, Q_DIM)", s, Names.field(prefix + ".q_b"), s);
+        } else {
+            c.line("backend.matmul($L, 0, $L.value(), 0, $L.q, 0, rows, DIM, Q_DIM)", in, Names.field(prefix + ".q"), s);
+        }
+        c.comment("the latent c = rms(kv_a · x); kv_b · c gives each head's keys (without RoPE) and values");
+        c.line("backend.matmul($L, 0, $L.value(), 0, $L.ckv, 0, rows, DIM, KV_RANK)", in, Names.field(prefix + ".kv_a"), s);
+        c.line("backend.rmsNorm($L.ckv, $L.value(), $L.ckvNormed, $L.ckvRstd, rows, KV_RANK, MLA_EPS)", s, Names.field(prefix + ".kv_a_norm"), s, s);
+        c.line("backend.matmul($L.ckvNormed, 0, $L.value(), 0, $L.kvb, 0, rows, KV_RANK, KVB_DIM)", s, Names.field(prefix + ".kv_b"), s);
+        c.comment("one rotary key for all heads");
+        c.line("backend.matmul($L, 0, $L.value(), 0, $L.kpe, 0, rows, DIM, ROPE_DIM)", in, Names.field(prefix + ".k_rope"), s);
+        if (rope()) {
+            c.line("backend.rope($L.q, rows, seq, HEADS, HEAD_DIM, ROPE_DIM, THETA, false)", s);
+            c.line("backend.rope($L.kpe, rows, seq, 1, ROPE_DIM, ROPE_DIM, THETA, false)", s);
+        }
+        c.line("latentKeysAndValues($L.kpe, $L.kvb, $L.k, $L.v, rows)", s, s, s, s);
+        c.line("backend.attention($L.q, $L.k, $L.v, $L.att, $L.lse, batch, seq, HEADS, HEADS, HEAD_DIM, CAUSAL, WINDOW, keep)", s, s, s, s, s);
+        c.line("latentValuesOut($L.att, $L.attV, rows)", s, s);
+        c.line("backend.matmul($L.attV, 0, $L.value(), 0, $L, 0, rows, VO_DIM, DIM)", s, Names.field(prefix + ".o"), out);
+        return c;
+    }
+
+    private Code latentAttentionBackward(String prefix, String s, String in, String dOut, String dIn) {
+        Code c = new Code();
+        ModelConfig.Mla m = cfg.mla().orElseThrow();
+        String o = Names.field(prefix + ".o");
+        c.line("$T.zero(dAttV, rows * VO_DIM)", ELEMENTWISE);
+        c.line("backend.matmulBackward($L.attV, 0, $L.value(), 0, $L, 0, dAttV, 0, $L.grad(), 0, rows, VO_DIM, DIM)", s, o, dOut, o);
+        c.line("latentValuesIn(dAttV, dAtt, rows)");
+        c.line("$T.zero(dq, rows * Q_DIM)", ELEMENTWISE);
+        c.line("$T.zero(dk, rows * KV_DIM)", ELEMENTWISE);
+        c.line("$T.zero(dv, rows * KV_DIM)", ELEMENTWISE);
+        c.line("backend.attentionBackward($L.q, $L.k, $L.v, $L.att, $L.lse, dAtt, dq, dk, dv, batch, seq, HEADS, HEADS, HEAD_DIM, CAUSAL, WINDOW, keep)",
+                s, s, s, s, s);
+        c.comment("the shared rotary key gathers every head's gradient");
+        c.line("latentKeysAndValuesBackward(dk, dv, dKpe, dKvb, rows)");
+        if (rope()) {
+            c.line("backend.rope(dq, rows, seq, HEADS, HEAD_DIM, ROPE_DIM, THETA, true)");
+            c.line("backend.rope(dKpe, rows, seq, 1, ROPE_DIM, ROPE_DIM, THETA, true)");
+        }
+        String kvb = Names.field(prefix + ".kv_b");
+        String kvaNorm = Names.field(prefix + ".kv_a_norm");
+        String kva = Names.field(prefix + ".kv_a");
+        String kRope = Names.field(prefix + ".k_rope");
+        c.line("$T.zero(dCkvNormed, rows * KV_RANK)", ELEMENTWISE);
+        c.line("backend.matmulBackward($L.ckvNormed, 0, $L.value(), 0, dKvb, 0, dCkvNormed, 0, $L.grad(), 0, rows, KV_RANK, KVB_DIM)", s, kvb, kvb);
+        c.line("$T.zero(dCkv, rows * KV_RANK)", ELEMENTWISE);
+        c.line("backend.rmsNormBackward($L.ckv, $L.value(), $L.ckvRstd, dCkvNormed, dCkv, $L.grad(), rows, KV_RANK)", s, kvaNorm, s, kvaNorm);
+        c.line("backend.matmulBackward($L, 0, $L.value(), 0, dCkv, 0, $L, 0, $L.grad(), 0, rows, DIM, KV_RANK)", in, kva, dIn, kva);
+        c.line("backend.matmulBackward($L, 0, $L.value(), 0, dKpe, 0, $L, 0, $L.grad(), 0, rows, DIM, ROPE_DIM)", in, kRope, dIn, kRope);
+        if (m.qRank() > 0) {
+            String qb = Names.field(prefix + ".q_b");
+            String qaNorm = Names.field(prefix + ".q_a_norm");
+            String qa = Names.field(prefix + ".q_a");
+            c.line("$T.zero(dQaNormed, rows * Q_RANK)", ELEMENTWISE);
+            c.line("backend.matmulBackward($L.qaNormed, 0, $L.value(), 0, dq, 0, dQaNormed, 0, $L.grad(), 0, rows, Q_RANK, Q_DIM)", s, qb, qb);
+            c.line("$T.zero(dQa, rows * Q_RANK)", ELEMENTWISE);
+            c.line("backend.rmsNormBackward($L.qa, $L.value(), $L.qaRstd, dQaNormed, dQa, $L.grad(), rows, Q_RANK)", s, qaNorm, s, qaNorm);
+            c.line("backend.matmulBackward($L, 0, $L.value(), 0, dQa, 0, $L, 0, $L.grad(), 0, rows, DIM, Q_RANK)", in, qa, dIn, qa);
+        } else {
+            String q = Names.field(prefix + ".q");
+            c.line("backend.matmulBackward($L, 0, $L.value(), 0, dq, 0, $L, 0, $L.grad(), 0, rows, DIM, Q_DIM)", in, q, dIn, q);
+        }
+        return c;
+    }
+
+    /** The static helpers that move latent attention's keys and values between its layouts and the kernel's. */
+    private void latentHelpers() {
+        Code kv = new Code();
+        kv.open("for (int t = 0; t < rows; t++)");
+        kv.open("for (int h = 0; h < HEADS; h++)");
+        kv.line("int at = t * Q_DIM + h * HEAD_DIM");
+        kv.line("int from = t * KVB_DIM + h * (NOPE_DIM + V_DIM)");
+        kv.line("System.arraycopy(kpe, t * ROPE_DIM, k, at, ROPE_DIM)");
+        kv.line("System.arraycopy(kvb, from, k, at + ROPE_DIM, NOPE_DIM)");
+        kv.line("System.arraycopy(kvb, from + NOPE_DIM, v, at, V_DIM)");
+        kv.line("$T.fill(v, at + V_DIM, at + HEAD_DIM, 0f)", java.util.Arrays.class);
+        kv.close().close();
+        type.addMethod(MethodSpec.methodBuilder("latentKeysAndValues").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                .addJavadoc("Per head: key = [the shared rotary key, the head's NOPE_DIM keys], value = [the head's V_DIM values, zeros].\n")
+                .addParameter(float[].class, "kpe").addParameter(float[].class, "kvb").addParameter(float[].class, "k").addParameter(float[].class, "v")
+                .addParameter(TypeName.INT, "rows").addCode(kv.build()).build());
+        Code kvb = new Code();
+        kvb.open("for (int t = 0; t < rows; t++)");
+        kvb.line("$T.fill(dKpe, t * ROPE_DIM, (t + 1) * ROPE_DIM, 0f)", java.util.Arrays.class);
+        kvb.open("for (int h = 0; h < HEADS; h++)");
+        kvb.line("int at = t * Q_DIM + h * HEAD_DIM");
+        kvb.line("int to = t * KVB_DIM + h * (NOPE_DIM + V_DIM)");
+        kvb.open("for (int i = 0; i < ROPE_DIM; i++)").line("dKpe[t * ROPE_DIM + i] += dk[at + i]").close();
+        kvb.line("System.arraycopy(dk, at + ROPE_DIM, dKvb, to, NOPE_DIM)");
+        kvb.line("System.arraycopy(dv, at, dKvb, to + NOPE_DIM, V_DIM)");
+        kvb.close().close();
+        type.addMethod(MethodSpec.methodBuilder("latentKeysAndValuesBackward").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                .addJavadoc("The gradients of latentKeysAndValues' inputs (written, not accumulated).\n")
+                .addParameter(float[].class, "dk").addParameter(float[].class, "dv").addParameter(float[].class, "dKpe").addParameter(float[].class, "dKvb")
+                .addParameter(TypeName.INT, "rows").addCode(kvb.build()).build());
+        Code out = new Code();
+        out.open("for (int t = 0; t < rows; t++)");
+        out.open("for (int h = 0; h < HEADS; h++)");
+        out.line("System.arraycopy(att, t * Q_DIM + h * HEAD_DIM, attV, t * VO_DIM + h * V_DIM, V_DIM)");
+        out.close().close();
+        type.addMethod(MethodSpec.methodBuilder("latentValuesOut").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                .addJavadoc("Each head's first V_DIM outputs (the rest are zero), packed for o.\n")
+                .addParameter(float[].class, "att").addParameter(float[].class, "attV").addParameter(TypeName.INT, "rows").addCode(out.build()).build());
+        Code back = new Code();
+        back.open("for (int t = 0; t < rows; t++)");
+        back.open("for (int h = 0; h < HEADS; h++)");
+        back.line("int at = t * Q_DIM + h * HEAD_DIM");
+        back.line("System.arraycopy(dAttV, t * VO_DIM + h * V_DIM, dAtt, at, V_DIM)");
+        back.line("$T.fill(dAtt, at + V_DIM, at + HEAD_DIM, 0f)", java.util.Arrays.class);
+        back.close().close();
+        type.addMethod(MethodSpec.methodBuilder("latentValuesIn").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
+                .addJavadoc("The gradient of latentValuesOut's input.\n")
+                .addParameter(float[].class, "dAttV").addParameter(float[].class, "dAtt").addParameter(TypeName.INT, "rows").addCode(back.build()).build());
+    }
+
     private Code attentionForward(String prefix, String s, String in, String out) {
+        if (cfg.mla().isPresent()) {
+            return latentAttentionForward(prefix, s, in, out);
+        }
         Code c = new Code();
         String q = Names.field(prefix + ".q");
         String k = Names.field(prefix + ".k");
@@ -2743,6 +2915,9 @@ final class ModelGenerator {
     }
 
     private Code attentionBackward(String prefix, String s, String in, String dOut, String dIn) {
+        if (cfg.mla().isPresent()) {
+            return latentAttentionBackward(prefix, s, in, dOut, dIn);
+        }
         Code c = new Code();
         String q = Names.field(prefix + ".q");
         String k = Names.field(prefix + ".k");

@@ -136,6 +136,28 @@ class Float64GradientTest {
                   layers 2 { all: attention, m }
                 }
                 """,
+                // DeepSeek-V3: multi-head latent attention with a query rank, sigmoid scores with a bias, group-limited top-k
+                """
+                model V {
+                  vocab 11  context 6  dim 8  heads 2
+                  attention mla(q_rank: 6, kv_rank: 5, nope_dim: 2, rope_dim: 4, v_dim: 3)
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 4 x swiglu(hidden: 3)
+                    router { score sigmoid  top_k 2  normalize true  scale 2.5  bias aux_free(rate: 0.001)  groups limited(groups: 2, top: 1) }
+                  }
+                  layers 2 { first 1: attention, swiglu(hidden: 6)  rest: attention, m }
+                }
+                """,
+                // latent attention with a direct query projection, sliding window, no RoPE dimensions beyond the rotary key's
+                """
+                model V {
+                  vocab 11  context 6  dim 8  heads 2
+                  sliding_window 3
+                  attention mla(kv_rank: 4, nope_dim: 0, rope_dim: 2, v_dim: 2, eps: 1e-5)
+                  layers 2 { all: attention, swiglu(hidden: 6) }
+                }
+                """,
                 // random drops by a seeded priority over a latent (MoLE) group
                 header + """
                   moe m {

@@ -24,7 +24,7 @@ import java.util.List;
  *       values of routed attention experts fully (every token's are read by later queries);
  *   <li>forward FLOPs: 2 per weight used (the embedding lookup is free; a tied head costs
  *       2·vocab·dim), plus 4·heads·head_dim·L for attention scores and values, L the full context
- *       or the sliding window.
+ *       or the sliding window (latent attention: 2·heads·(nope_dim + rope_dim + v_dim)·L).
  * </ul>
  */
 final class Costs {
@@ -126,6 +126,9 @@ final class Costs {
     }
 
     Cost attention(String prefix) {
+        if (cfg.mla().isPresent()) {
+            return latentAttention(prefix, cfg.mla().get());
+        }
         long hd = cfg.headDim();
         long q = cfg.heads() * hd;
         long kv = cfg.kvHeads() * hd;
@@ -138,6 +141,20 @@ final class Costs {
                     : weight(prefix + ".q_norm", hd) + weight(prefix + ".k_norm", hd);
         }
         return dense(n, 4L * cfg.heads() * hd * attentionLength());
+    }
+
+    /** Multi-head latent attention: scores over nope_dim + rope_dim, values of v_dim, per head. */
+    private Cost latentAttention(String prefix, ModelConfig.Mla m) {
+        long h = cfg.heads();
+        long n = 0;
+        if (m.qRank() > 0) {
+            n += weight(prefix + ".q_a", m.qRank(), d()) + weight(prefix + ".q_a_norm", m.qRank()) + weight(prefix + ".q_b", h * m.qkDim(), m.qRank());
+        } else {
+            n += weight(prefix + ".q", h * m.qkDim(), d());
+        }
+        n += weight(prefix + ".kv_a", m.kvRank(), d()) + weight(prefix + ".kv_a_norm", m.kvRank()) + weight(prefix + ".k_rope", m.ropeDim(), d())
+                + weight(prefix + ".kv_b", h * (m.nopeDim() + m.vDim()), m.kvRank()) + weight(prefix + ".o", d(), h * m.vDim());
+        return dense(n, 2L * h * (m.qkDim() + m.vDim()) * attentionLength());
     }
 
     Cost ffn(String prefix, Ffn f) {

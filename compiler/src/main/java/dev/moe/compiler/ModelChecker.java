@@ -42,7 +42,7 @@ import java.util.Set;
 /** Checks one model: its settings, its definitions, its layer plan; builds its IR. */
 final class ModelChecker {
     static final Set<String> MODEL_KEYS = Set.of("vocab", "context", "dim", "heads", "kv_heads", "head_dim", "norm", "position",
-            "causal", "qk_norm", "qkv_bias", "sliding_window", "tie_embeddings");
+            "causal", "qk_norm", "qkv_bias", "sliding_window", "tie_embeddings", "attention");
     static final Set<String> MOE_KEYS = Set.of("routed", "shared", "balance");
     static final Set<String> ROUTER_KEYS = Set.of("score", "order", "mode", "top_k", "top_p", "max_k", "normalize", "scale", "bias",
             "groups", "jitter", "temperature", "activation", "gating_residual", "recurrent", "pregate", "capacity");
@@ -167,6 +167,29 @@ final class ModelChecker {
         OptionalInt heads = map.get("heads").map(v -> read.positive(v, "heads")).orElse(OptionalInt.empty());
         OptionalInt kvHeads = map.get("kv_heads").map(v -> read.positive(v, "kv_heads")).orElse(heads);
         OptionalInt headDim = map.get("head_dim").map(v -> read.positive(v, "head_dim")).orElse(OptionalInt.empty());
+        Optional<ModelConfig.Mla> mla = map.get("attention").flatMap(this::attention);
+        if (mla.isPresent()) {
+            // Latent attention fixes each head's query/key width and gives every head its own keys.
+            int qk = mla.get().qkDim();
+            if (headDim.isPresent() && headDim.getAsInt() != qk) {
+                var d = reporter.error(Code.LATENT_ATTENTION, map.get("head_dim").orElseThrow(),
+                        "`head_dim` (%d) differs from latent attention's nope_dim + rope_dim (%d)", headDim.getAsInt(), qk);
+                reporter.help(d, "remove `head_dim`: with `attention mla(...)` it is nope_dim + rope_dim");
+            }
+            headDim = OptionalInt.of(qk);
+            if (map.get("kv_heads").isPresent() && kvHeads.isPresent() && heads.isPresent() && kvHeads.getAsInt() != heads.getAsInt()) {
+                var d = reporter.error(Code.LATENT_ATTENTION, map.get("kv_heads").orElseThrow(),
+                        "`kv_heads` (%d) differs from `heads` (%d): latent attention gives every head its own keys and values",
+                        kvHeads.getAsInt(), heads.getAsInt());
+                reporter.help(d, "remove `kv_heads` (the key/value cache is the latent, of rank kv_rank)");
+            }
+            for (String key : List.of("qk_norm", "qkv_bias")) {
+                if (map.get(key).isPresent()) {
+                    var d = reporter.error(Code.LATENT_ATTENTION, map.get(key).get(), "`%s` does not apply to latent attention", key);
+                    reporter.help(d, "remove `" + key + "`; the latent projections are normalised by their own RMSNorms");
+                }
+            }
+        }
         if (dim.isPresent() && heads.isPresent() && kvHeads.isPresent()) {
             if (headDim.isEmpty() && map.get("head_dim").isEmpty()) {
                 if (dim.getAsInt() % heads.getAsInt() != 0) {
@@ -205,7 +228,11 @@ final class ModelChecker {
                 Optional<Value> fractionValue = args.flatMap(a -> a.get("fraction"));
                 double fraction = fractionValue.map(v -> read.number(v, "fraction", 0, true, 1, false)).orElse(OptionalDouble.of(1.0)).orElse(1.0);
                 position = new ModelConfig.Position(ModelConfig.PositionKind.ROPE, theta, fraction);
-                if (headDim.isPresent() && fractionValue.isPresent()) {
+                if (mla.isPresent() && fractionValue.isPresent()) {
+                    var d = reporter.error(Code.LATENT_ATTENTION, fractionValue.get(),
+                            "partial rotary does not apply to latent attention: its rope_dim (%d) says what rotates", mla.get().ropeDim());
+                    reporter.help(d, "remove `fraction`");
+                } else if (headDim.isPresent() && fractionValue.isPresent()) {
                     double dims = fraction * headDim.getAsInt();
                     if (dims != Math.rint(dims) || ((long) dims) % 2 != 0 || dims < 2) {
                         var d = reporter.error(Code.ROTARY_DIMENSION, fractionValue.get(),
@@ -234,7 +261,40 @@ final class ModelChecker {
             return Optional.empty();
         }
         return Optional.of(new ModelConfig(vocab.getAsInt(), context.getAsInt(), dim.getAsInt(), heads.getAsInt(), kvHeads.getAsInt(),
-                headDim.getAsInt(), norm, position, causal, qkNorm, qkvBias, window.getAsInt(), tie, qkNormFull));
+                headDim.getAsInt(), norm, position, causal, qkNorm, qkvBias, window.getAsInt(), tie, qkNormFull, mla));
+    }
+
+    /** {@code attention standard} or {@code attention mla(q_rank, kv_rank, nope_dim, rope_dim, v_dim, eps)}. */
+    private Optional<ModelConfig.Mla> attention(Value v) {
+        Optional<Value.Call> call = read.callOf(v, "attention", List.of("standard", "mla"));
+        if (call.isEmpty()) {
+            return Optional.empty();
+        }
+        if (call.get().callee().equals("standard")) {
+            read.args(call.get(), List.of(), List.of(), List.of());
+            return Optional.empty();
+        }
+        Optional<Args> args = read.args(call.get(), List.of("kv_rank", "nope_dim", "rope_dim", "v_dim"), List.of("q_rank", "eps"), List.of());
+        if (args.isEmpty()) {
+            return Optional.empty();
+        }
+        Args a = args.get();
+        OptionalInt qRank = a.get("q_rank").map(x -> read.positive(x, "q_rank")).orElse(OptionalInt.of(0));
+        OptionalInt kvRank = read.positive(a.required("kv_rank"), "kv_rank");
+        OptionalInt nope = read.integer(a.required("nope_dim"), "nope_dim", 0, Integer.MAX_VALUE);
+        OptionalInt rope = read.positive(a.required("rope_dim"), "rope_dim");
+        OptionalInt vDim = read.positive(a.required("v_dim"), "v_dim");
+        double eps = a.get("eps").map(x -> read.number(x, "eps", 0, true, 1, true)).orElse(OptionalDouble.of(1e-6)).orElse(1e-6);
+        if (rope.isPresent() && rope.getAsInt() % 2 != 0) {
+            var d = reporter.error(Code.LATENT_ATTENTION, a.required("rope_dim"), "`rope_dim` (%d) is odd; RoPE turns dimensions in pairs",
+                    rope.getAsInt());
+            reporter.help(d, "choose an even rope_dim, e.g. " + (rope.getAsInt() + 1));
+            return Optional.empty();
+        }
+        if (qRank.isEmpty() || kvRank.isEmpty() || nope.isEmpty() || rope.isEmpty() || vDim.isEmpty()) {
+            return Optional.empty();
+        }
+        return Optional.of(new ModelConfig.Mla(qRank.getAsInt(), kvRank.getAsInt(), nope.getAsInt(), rope.getAsInt(), vDim.getAsInt(), eps));
     }
 
     // ---- feed-forward networks ----

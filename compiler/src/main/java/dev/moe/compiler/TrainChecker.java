@@ -602,6 +602,11 @@ final class TrainChecker {
         if (source.get().layers().size() > target.get().layers().size()) {
             shrinks.add("layers " + source.get().layers().size() + " > " + target.get().layers().size());
         }
+        if (s.mla().isPresent() || t.mla().isPresent()) {
+            var d = reporter.error(Code.UPCYCLE_SHAPE, v, "`scale_up` does not grow latent attention (`attention mla(...)`)");
+            reporter.note(d, "scale-up grows multi-head and grouped-query attention only");
+            return Optional.empty();
+        }
         if (!shrinks.isEmpty()) {
             var d = reporter.error(Code.UPCYCLE_SHAPE, v, "`scale_up` grows a model; `%s` is not smaller than `%s`: %s", source.get().name(),
                     target.get().name(), String.join(", ", shrinks));

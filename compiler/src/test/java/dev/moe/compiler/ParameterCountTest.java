@@ -45,6 +45,36 @@ class ParameterCountTest {
     }
 
     @Test
+    void latentAttentionCountsItsProjectionsAndScoresOverItsOwnWidths() {
+        String text = """
+                model M {
+                  vocab 128
+                  context 32
+                  dim 64
+                  heads 4
+                  attention mla(q_rank: 32, kv_rank: 16, nope_dim: 8, rope_dim: 4, v_dim: 16)
+                  layers 1 { all: attention, swiglu(hidden: 64) }
+                }
+                """;
+        Model m = compileOne(text);
+        assertThat(m.config().headDim()).isEqualTo(12);
+        // q_a, q_a_norm, q_b (4 heads of 8 + 4), kv_a, kv_a_norm, k_rope, kv_b (4 heads of 8 + 16), o (4 heads of 16)
+        long attention = 32 * 64 + 32 + 48 * 32 + 16 * 64 + 16 + 4 * 64 + 96 * 16 + 64 * 64;
+        assertThat(m.params().stream().filter(p -> p.name().startsWith("layers.0.attn.")).mapToLong(Param::numel).sum()).isEqualTo(attention);
+        assertThat(m.params().stream().map(Param::name).toList()).containsAtLeast("layers.0.attn.q_b", "layers.0.attn.k_rope", "layers.0.attn.kv_b");
+        long layer = attention + 2 * 64 + 3 * 64 * 64;
+        long total = 128 * 64 + layer + 64 + 128 * 64;
+        assertThat(m.totalParams()).isEqualTo(total);
+        // scores over 12 dims and values of 16, per head, over the context of 32
+        long flops = 2 * (total - 128 * 64) + 2 * 4 * (12 + 16) * 32;
+        assertThat(m.flopsPerToken()).isEqualTo(Count.exactly(flops));
+
+        Model direct = compileOne(text.replace("q_rank: 32, ", ""));
+        assertThat(direct.params().stream().map(Param::name).toList()).contains("layers.0.attn.q");
+        assertThat(direct.params().stream().map(Param::name).toList()).doesNotContain("layers.0.attn.q_a");
+    }
+
+    @Test
     void aRecurrentRoutersGruCountsItsWeightsOnceAndItsFlopsPerLayer() {
         String text = """
                 model M {

@@ -104,7 +104,48 @@ public final class HfExport {
         if (!type.qkvBias().equals("true") && !type.qkvBias().equals("false")) {
             cfg.put(type.qkvBias(), c.qkvBias());
         }
-        if (type.denseHiddenField() != null) {
+        if (type.attention() == HfType.Attention.LATENT) {
+            if (c.mla().isEmpty()) {
+                throw refuse(model, type, "its attention is not latent (`attention mla(...)`)");
+            }
+            ModelConfig.Mla m = c.mla().get();
+            if (m.qRank() > 0) {
+                cfg.put("q_lora_rank", m.qRank());
+            } else {
+                cfg.putNull("q_lora_rank");
+            }
+            cfg.put("kv_lora_rank", m.kvRank());
+            cfg.put("qk_nope_head_dim", m.nopeDim());
+            cfg.put("qk_rope_head_dim", m.ropeDim());
+            cfg.put("qk_head_dim", m.qkDim());
+            cfg.put("v_head_dim", m.vDim());
+            cfg.put("head_dim", m.ropeDim()); // transformers' RoPE reads its width from head_dim
+            cfg.put("rope_interleave", true); // tensors() writes the rotary rows interleaved
+        } else if (c.mla().isPresent()) {
+            throw refuse(model, type, "it has latent attention, which `" + type.modelType() + "` does not");
+        }
+        if (type.routing() == HfType.Routing.SIGMOID_GROUPED) {
+            Router r = moe.routers().getFirst();
+            cfg.put("n_group", r.groupLimit().map(Router.GroupLimit::groups).orElse(1));
+            cfg.put("topk_group", r.groupLimit().map(Router.GroupLimit::top).orElse(1));
+            cfg.put("routed_scaling_factor", r.scale());
+        }
+        if (type.jitterField() != null) {
+            cfg.put(type.jitterField(), moe.routers().getFirst().jitter());
+        }
+        if (type.sharedCountField() != null) {
+            int n = 0;
+            if (shared != null && shared.expert() instanceof Expert.FeedForward sf && sf.ffn().hidden() % ff.ffn().hidden() == 0) {
+                n = sf.ffn().hidden() / ff.ffn().hidden();
+            } else if (shared != null) {
+                throw refuse(model, type, "its shared expert's width is not a multiple of the routed experts'");
+            }
+            cfg.put(type.sharedCountField(), n);
+        }
+        if (type.denseFirstField() != null) {
+            cfg.put(type.denseHiddenField(), dense != null ? dense.hidden() : cfg.path(type.denseHiddenField()).asInt(ff.ffn().hidden()));
+            cfg.put(type.denseFirstField(), denseLayers.size()); // the re-import below checks that they come first
+        } else if (type.denseHiddenField() != null) {
             if (dense != null) {
                 cfg.put(type.denseHiddenField(), dense.hidden());
             } else if (!cfg.has(type.denseHiddenField())) {
@@ -197,6 +238,10 @@ public final class HfExport {
         Map<String, Tensor> whole = new LinkedHashMap<>();
         Map<String, float[]> fused = new LinkedHashMap<>();
         Map<String, long[]> fusedShape = new LinkedHashMap<>();
+        Map<String, long[]> shapes = new java.util.HashMap<>();
+        for (Parameter p : params) {
+            shapes.put(p.name(), HfImport.longs(p.shape()));
+        }
         for (Parameter p : params) {
             HfType.Match m = type.match(p.name())
                     .orElseThrow(() -> new InteropException("our parameter `" + p.name() + "` has no `" + type.modelType() + "` tensor"));
@@ -205,6 +250,18 @@ public final class HfExport {
             int[] ps = p.shape();
             if (s.slice() == HfType.Slice.WHOLE) {
                 whole.put(name, Tensor.f32(name, HfImport.longs(ps), p.values()));
+                continue;
+            }
+            if (s.slice().rows()) {
+                // we export the rotary rows interleaved, as the config's rope_interleave (true) says
+                int[] rows = HfImport.latentRows(s.slice(), p.name(), shapes::get, true);
+                int cols = ps[1];
+                float[] all = fused.computeIfAbsent(name, k -> new float[rows[rows.length - 1] * cols]);
+                fusedShape.putIfAbsent(name, new long[] {rows[rows.length - 1], cols});
+                whole.putIfAbsent(name, null);
+                for (int r = 0; r < rows.length - 1; r++) {
+                    System.arraycopy(p.value(), p.offset() + r * cols, all, rows[r] * cols, cols);
+                }
                 continue;
             }
             int layer = Integer.parseInt(m.layer());

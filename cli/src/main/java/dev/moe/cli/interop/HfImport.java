@@ -26,6 +26,10 @@ public final class HfImport {
      * @param sparse per layer: true for an MoE layer, false for a dense MLP
      * @param sharedHidden 0 without a shared expert
      * @param slidingWindow 0 for full attention
+     * @param latent multi-head latent attention, or null
+     * @param grouped DeepSeek-V3's sigmoid router with group-limited selection, or null for softmax
+     * @param plainSharedHidden the hidden width of one ungated shared expert (DeepSeek), 0 without
+     * @param jitter the router's input noise in training (Mixtral's router_jitter_noise), 0 without
      */
     public record Arch(
             HfType type,
@@ -48,7 +52,37 @@ public final class HfImport {
             boolean qkvBias,
             int slidingWindow,
             boolean[] sparse,
-            double auxCoef) {
+            double auxCoef,
+            Latent latent,
+            Grouped grouped,
+            int plainSharedHidden,
+            double jitter) {
+
+        /** What the recipe's line for the router's scores and selection says. */
+        private void router(StringBuilder s) {
+            if (grouped == null) {
+                s.append("      score softmax\n");
+                s.append("      order softmax_then_topk\n");
+            } else {
+                s.append("      score sigmoid\n");
+            }
+            s.append("      top_k ").append(topK).append('\n');
+            s.append("      normalize ").append(normalize).append('\n');
+            if (jitter > 0) {
+                // transformers multiplies the MoE block's input (router and experts) by the noise; ours, the router's input
+                s.append("      jitter ").append(num(jitter)).append('\n');
+            }
+            if (grouped != null) {
+                if (grouped.scale() != 1) {
+                    s.append("      scale ").append(num(grouped.scale())).append('\n');
+                }
+                // e_score_correction_bias: selection only; DeepSeek-V3 moves it by 0.001 per step when training
+                s.append("      bias aux_free(rate: 0.001)\n");
+                if (grouped.groups() > 1) {
+                    s.append("      groups limited(groups: ").append(grouped.groups()).append(", top: ").append(grouped.top()).append(")\n");
+                }
+            }
+        }
 
         /** The recipe: one model, no train block (add one to continue training). */
         public String recipe(String origin) {
@@ -62,8 +96,13 @@ public final class HfImport {
             line(s, "context", Integer.toString(context));
             line(s, "dim", Integer.toString(dim));
             line(s, "heads", Integer.toString(heads));
-            line(s, "kv_heads", Integer.toString(kvHeads));
-            line(s, "head_dim", Integer.toString(headDim));
+            if (latent == null) {
+                line(s, "kv_heads", Integer.toString(kvHeads));
+                line(s, "head_dim", Integer.toString(headDim));
+            } else {
+                line(s, "attention", "mla(" + (latent.qRank() > 0 ? "q_rank: " + latent.qRank() + ", " : "") + "kv_rank: " + latent.kvRank()
+                        + ", nope_dim: " + latent.nopeDim() + ", rope_dim: " + latent.ropeDim() + ", v_dim: " + latent.vDim() + ")");
+            }
             line(s, "norm", "rms(eps: " + num(eps) + ")");
             line(s, "position", "rope(theta: " + num(theta) + ")");
             if (type.qkNorm() != HfType.QkNorm.NONE) {
@@ -92,12 +131,12 @@ public final class HfImport {
                 if (sharedHidden > 0) {
                     s.append("    shared 1 x swiglu(hidden: ").append(sharedHidden).append(", gate: sigmoid)\n");
                 }
+                if (plainSharedHidden > 0) {
+                    s.append("    shared 1 x swiglu(hidden: ").append(plainSharedHidden).append(")\n");
+                }
                 s.append("    routed ").append(experts).append(" x swiglu(hidden: ").append(expertHidden).append(")\n");
                 s.append("    router {\n");
-                s.append("      score softmax\n");
-                s.append("      order softmax_then_topk\n");
-                s.append("      top_k ").append(topK).append('\n');
-                s.append("      normalize ").append(normalize).append('\n');
+                router(s);
                 s.append("    }\n");
                 s.append("  }\n");
             }
@@ -120,6 +159,12 @@ public final class HfImport {
             s.append("  ").append(key).append(' ').append(value).append('\n');
         }
     }
+
+    /** Multi-head latent attention's widths; {@code interleave}: the checkpoint's rotary rows pair (2i, 2i+1) (rope_interleave). */
+    public record Latent(int qRank, int kvRank, int nopeDim, int ropeDim, int vDim, boolean interleave) {}
+
+    /** DeepSeek-V3's router: n_group groups, the best topk_group kept, weights times routed_scaling_factor. */
+    public record Grouped(int groups, int top, double scale) {}
 
     /** A number as the language reads it back exactly. */
     static String num(double v) {
@@ -170,6 +215,9 @@ public final class HfImport {
         int heads = c.positive("num_attention_heads");
         int kvHeads = config.hasNonNull("num_key_value_heads") ? c.positive("num_key_value_heads") : heads;
         int headDim = config.hasNonNull("head_dim") ? c.positive("head_dim") : dim / heads;
+        if (type.attention() == HfType.Attention.LATENT) {
+            kvHeads = heads; // MLA gives every head its keys; transformers ignores num_key_value_heads there
+        }
         int layers = c.positive("num_hidden_layers");
         int experts = 0;
         for (String f : type.expertsFields()) {
@@ -187,12 +235,54 @@ public final class HfImport {
             mlpOnly.add(n.asInt());
         }
         int step = config.hasNonNull("decoder_sparse_step") ? c.positive("decoder_sparse_step") : 1;
+        int denseFirst = type.denseFirstField() == null ? 0 : c.optNonNegative(type.denseFirstField());
         for (int i = 0; i < layers; i++) {
-            sparse[i] = !mlpOnly.contains(i) && (i + 1) % step == 0;
+            sparse[i] = !mlpOnly.contains(i) && (i + 1) % step == 0 && i >= denseFirst;
+        }
+        Latent latent = null;
+        if (type.attention() == HfType.Attention.LATENT) {
+            int ropeDim = c.positive("qk_rope_head_dim");
+            latent = new Latent(c.optNonNegative("q_lora_rank"), c.positive("kv_lora_rank"), c.optNonNegative("qk_nope_head_dim"), ropeDim,
+                    c.positive("v_head_dim"), config.path("rope_interleave").asBoolean(true));
+            if (ropeDim % 2 != 0) {
+                throw new InteropException(file + ": `qk_rope_head_dim` (" + ropeDim + ") must be even");
+            }
+            if (latent.vDim() > latent.nopeDim() + ropeDim) {
+                throw new InteropException(file + ": v_head_dim (" + latent.vDim() + ") above qk_nope_head_dim + qk_rope_head_dim ("
+                        + (latent.nopeDim() + ropeDim) + ") is not supported by code generation");
+            }
+            // transformers rotates qk_rope_head_dim dimensions, by head_dim's frequencies when head_dim is set
+            if (config.hasNonNull("head_dim") && c.positive("head_dim") != ropeDim) {
+                throw new InteropException(file + ": head_dim (" + config.get("head_dim") + ") differs from qk_rope_head_dim (" + ropeDim
+                        + "); RoPE's frequencies would not be those of the rotary dimensions");
+            }
+        }
+        Grouped grouped = null;
+        if (type.routing() == HfType.Routing.SIGMOID_GROUPED) {
+            int groups = config.hasNonNull("n_group") ? c.positive("n_group") : 1;
+            int top = config.hasNonNull("topk_group") ? c.positive("topk_group") : 1;
+            if (groups > 1 && experts % groups != 0) {
+                throw new InteropException(file + ": n_group (" + groups + ") does not divide n_routed_experts (" + experts + ")");
+            }
+            if (groups > 1 && experts / groups < 2) {
+                throw new InteropException(file + ": groups of one expert are not supported (transformers scores a group by its top two)");
+            }
+            grouped = new Grouped(groups, top, c.optDouble("routed_scaling_factor", 1.0));
+            if (!(grouped.scale() > 0)) {
+                throw new InteropException(file + ": `routed_scaling_factor` must be positive, not " + grouped.scale());
+            }
         }
         boolean anyDense = false;
         for (boolean b : sparse) {
             anyDense |= !b;
+        }
+        double jitter = type.jitterField() == null ? 0 : c.optDouble(type.jitterField(), 0);
+        if (!(jitter >= 0 && jitter < 1)) {
+            throw new InteropException(file + ": `" + type.jitterField() + "` must be in [0, 1), not " + jitter);
+        }
+        int plainShared = 0;
+        if (type.sharedCountField() != null) {
+            plainShared = c.optNonNegative(type.sharedCountField()) * c.positive(type.expertHiddenField());
         }
         if (anyDense && type.denseHiddenField() == null) {
             throw new InteropException(file + ": dense layers (mlp_only_layers, decoder_sparse_step) are not part of `" + type.modelType() + "`");
@@ -213,7 +303,7 @@ public final class HfImport {
                 c.positive("num_experts_per_tok"), c.positive(type.expertHiddenField()), normalize,
                 type.sharedHiddenField() == null ? 0 : c.optNonNegative(type.sharedHiddenField()),
                 anyDense ? c.positive(type.denseHiddenField()) : 0, qkvBias, window, sparse,
-                c.optDouble("router_aux_loss_coef", 0.01));
+                c.optDouble("router_aux_loss_coef", 0.01), latent, grouped, plainShared, jitter);
     }
 
     /** Typed access to config fields, with messages naming the file and the field. */
@@ -275,8 +365,70 @@ public final class HfImport {
         return name.endsWith("rotary_emb.inv_freq");
     }
 
-    /** Where one parameter's values are: a checkpoint tensor and, for fused experts, the slice. */
-    public record Assignment(String param, String tensor, HfType.Slice slice, int expert, int size) {}
+    /**
+     * Where one parameter's values are: a checkpoint tensor and, for fused experts, the slice; for
+     * row slices, {@code rows[r]} is the checkpoint row of our row r.
+     */
+    public record Assignment(String param, String tensor, HfType.Slice slice, int expert, int size, int[] rows) {
+        Assignment(String param, String tensor, HfType.Slice slice, int expert, int size) {
+            this(param, tensor, slice, expert, size, null);
+        }
+    }
+
+    /**
+     * The checkpoint rows of latent attention's tensors, from the widths that the shapes of the
+     * layer's tensors imply: our query heads are [rope, nope] where transformers' are [nope, rope], and
+     * with {@code interleave} transformers pairs rotary dimensions (2i, 2i+1) where we pair (i, i + rope/2).
+     *
+     * @param shapeOf our tensors' shapes by name
+     * @return the checkpoint row of each of our rows, and the checkpoint tensor's row count last
+     */
+    static int[] latentRows(HfType.Slice slice, String ours, java.util.function.Function<String, long[]> shapeOf, boolean interleave) {
+        String at = ours.substring(0, ours.lastIndexOf('.') + 1);
+        int rope = (int) shapeOf.apply(at + "k_rope")[0];
+        int kvRank = (int) shapeOf.apply(at + "kv_a")[0];
+        long[] q = shapeOf.apply(at + "q_b") != null ? shapeOf.apply(at + "q_b") : shapeOf.apply(at + "q");
+        long kvb = shapeOf.apply(at + "kv_b")[0];
+        long vo = shapeOf.apply(at + "o")[1];
+        int heads = (int) ((q[0] - kvb + vo) / rope); // q: heads·(nope+rope), kv_b: heads·(nope+v), o: heads·v
+        int qk = (int) (q[0] / heads);
+        int[] rows;
+        switch (slice) {
+            case LATENT_QUERY -> {
+                rows = new int[(int) q[0] + 1];
+                for (int h = 0; h < heads; h++) {
+                    for (int i = 0; i < qk; i++) {
+                        rows[h * qk + i] = h * qk + (i < rope ? qk - rope + ropeRow(i, rope, interleave) : i - rope);
+                    }
+                }
+                rows[rows.length - 1] = (int) q[0];
+            }
+            case LATENT_KV -> {
+                rows = new int[kvRank + 1];
+                for (int i = 0; i < kvRank; i++) {
+                    rows[i] = i;
+                }
+                rows[kvRank] = kvRank + rope;
+            }
+            case LATENT_ROPE_KEY -> {
+                rows = new int[rope + 1];
+                for (int i = 0; i < rope; i++) {
+                    rows[i] = kvRank + ropeRow(i, rope, interleave);
+                }
+                rows[rope] = kvRank + rope;
+            }
+            default -> throw new IllegalArgumentException(slice.toString());
+        }
+        return rows;
+    }
+
+    /** The checkpoint's rotary dimension of our rotary dimension i: ours pair (i, i + rope/2), interleaved ones (2i, 2i+1). */
+    private static int ropeRow(int i, int rope, boolean interleave) {
+        if (!interleave) {
+            return i;
+        }
+        return i < rope / 2 ? 2 * i : 2 * (i - rope / 2) + 1;
+    }
 
     /**
      * Maps every parameter (name and shape, from the recipe's IR: nothing is allocated yet) onto the
@@ -284,6 +436,16 @@ public final class HfImport {
      * mismatched import is an error and not a silent default.
      */
     public static List<Assignment> plan(HfCheckpoint ckpt, HfType type, List<dev.moe.compiler.ir.Param> params) throws InteropException {
+        return plan(ckpt, type, params, true);
+    }
+
+    /** {@link #plan(HfCheckpoint, HfType, List)} with the checkpoint's rope_interleave (latent attention). */
+    public static List<Assignment> plan(HfCheckpoint ckpt, HfType type, List<dev.moe.compiler.ir.Param> params, boolean ropeInterleave)
+            throws InteropException {
+        Map<String, long[]> shapes = new HashMap<>();
+        for (dev.moe.compiler.ir.Param p : params) {
+            shapes.put(p.name(), p.shape().stream().mapToLong(Long::longValue).toArray());
+        }
         Set<String> used = new HashSet<>();
         List<Assignment> out = new ArrayList<>();
         int[] expertsIn = expertsPerLayer(params.stream().map(dev.moe.compiler.ir.Param::name).toList());
@@ -308,6 +470,16 @@ public final class HfImport {
             long numel = p.numel();
             if (numel > Integer.MAX_VALUE - 8) {
                 throw new InteropException("`" + p.name() + "` " + Arrays.toString(ps) + " is larger than one Java array can hold");
+            }
+            if (src.slice().rows()) {
+                int[] rows = latentRows(src.slice(), p.name(), shapes::get, ropeInterleave);
+                long[] want = {rows[rows.length - 1], ps[1]};
+                if (!Arrays.equals(shape, want)) {
+                    throw new InteropException(ckpt.fileOf(name) + ": tensor `" + name + "` has shape " + Arrays.toString(shape)
+                            + ", the recipe's `" + p.name() + "` needs " + Arrays.toString(want));
+                }
+                out.add(new Assignment(p.name(), name, src.slice(), 0, (int) numel, Arrays.copyOf(rows, rows.length - 1)));
+                continue;
             }
             if (src.slice() == HfType.Slice.WHOLE) {
                 if (!Arrays.equals(shape, ps)) {
@@ -360,6 +532,16 @@ public final class HfImport {
             }
             if (a.slice() == HfType.Slice.WHOLE) {
                 p.load(ckpt.read(a.tensor()));
+                continue;
+            }
+            if (a.slice().rows()) {
+                float[] all = ckpt.read(a.tensor());
+                int cols = a.size() / a.rows().length;
+                float[] mine = new float[a.size()];
+                for (int r = 0; r < a.rows().length; r++) {
+                    System.arraycopy(all, a.rows()[r] * cols, mine, r * cols, cols);
+                }
+                p.load(mine);
                 continue;
             }
             float[] all = cache.get(a.tensor());

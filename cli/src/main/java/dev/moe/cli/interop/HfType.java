@@ -26,6 +26,11 @@ import java.util.stream.Stream;
  * @param qkNorm how queries and keys are normalised before RoPE
  * @param slidingWindowField the field of a sliding window the whole model uses, or null
  * @param tensors our parameter names (regular expressions) onto the checkpoint's tensors
+ * @param attention multi-head / grouped-query, or latent (DeepSeek's q_lora_rank, kv_lora_rank, ...)
+ * @param routing how the router scores and selects
+ * @param denseFirstField the field counting the dense layers before the first MoE layer, or null
+ * @param sharedCountField the field counting ungated shared experts of the routed experts' width, or null
+ * @param jitterField the field of the router's multiplicative input noise in training, or null
  */
 public record HfType(
         String modelType,
@@ -39,7 +44,36 @@ public record HfType(
         String qkvBias,
         QkNorm qkNorm,
         String slidingWindowField,
-        List<Rule> tensors) {
+        List<Rule> tensors,
+        Attention attention,
+        Routing routing,
+        String denseFirstField,
+        String sharedCountField,
+        String jitterField) {
+
+    /** A family with standard attention and a softmax router. */
+    HfType(String modelType, String architecture, String recipeName, List<String> expertsFields, String expertHiddenField,
+            String denseHiddenField, String normalize, String sharedHiddenField, String qkvBias, QkNorm qkNorm, String slidingWindowField,
+            List<Rule> tensors) {
+        this(modelType, architecture, recipeName, expertsFields, expertHiddenField, denseHiddenField, normalize, sharedHiddenField, qkvBias, qkNorm,
+                slidingWindowField, tensors, Attention.STANDARD, Routing.SOFTMAX, null, null, null);
+    }
+
+    public enum Attention {
+        STANDARD,
+        /** Multi-head latent attention: q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim. */
+        LATENT
+    }
+
+    public enum Routing {
+        /** Softmax over the experts, then top-k. */
+        SOFTMAX,
+        /**
+         * DeepSeek-V3: sigmoid scores; selection by score + e_score_correction_bias within the best
+         * topk_group of n_group groups (a group's score: its top two); routed_scaling_factor.
+         */
+        SIGMOID_GROUPED
+    }
 
     public enum QkNorm {
         NONE,
@@ -58,7 +92,21 @@ public record HfType(
         /** Expert {@code E}'s second half of rows in a fused [experts, 2 * hidden, dim] tensor (the up projection). */
         FUSED_SECOND_HALF,
         /** Expert {@code E}'s matrix in a fused [experts, rows, cols] tensor. */
-        FUSED_EXPERT
+        FUSED_EXPERT,
+        /**
+         * Latent attention's query projection: per head the checkpoint has [nope, rope] rows, we have
+         * [rope, nope], the rope rows de-interleaved when the config's rope_interleave is set.
+         */
+        LATENT_QUERY,
+        /** The latent rows (the first kv_lora_rank) of kv_a_proj_with_mqa. */
+        LATENT_KV,
+        /** The rotary key rows (the last qk_rope_head_dim) of kv_a_proj_with_mqa, de-interleaved as the query's. */
+        LATENT_ROPE_KEY;
+
+        /** Whether our tensor is a selection or permutation of the checkpoint tensor's rows. */
+        public boolean rows() {
+            return this == LATENT_QUERY || this == LATENT_KV || this == LATENT_ROPE_KEY;
+        }
     }
 
     /** Which layouts a tensor name belongs to, for export. Import accepts every source. */
@@ -183,6 +231,21 @@ public record HfType(
             Rule.of(L + "moe\\.shared\\.0\\.down", whole(HL + "mlp.shared_expert.down_proj.weight")),
             Rule.of(L + "moe\\.shared\\.0\\.sigmoid_gate", whole(HL + "mlp.shared_expert_gate.weight")));
 
+    /** DeepSeek-V3: latent attention, its shared experts and the router's score correction bias. */
+    private static final List<Rule> DEEPSEEK = List.of(
+            Rule.of(L + "attn\\.q_a", whole(HL + "self_attn.q_a_proj.weight")),
+            Rule.of(L + "attn\\.q_a_norm", whole(HL + "self_attn.q_a_layernorm.weight")),
+            Rule.of(L + "attn\\.q_b", new Source(HL + "self_attn.q_b_proj.weight", Slice.LATENT_QUERY, Form.BOTH)),
+            Rule.of(L + "attn\\.q", new Source(HL + "self_attn.q_proj.weight", Slice.LATENT_QUERY, Form.BOTH)),
+            Rule.of(L + "attn\\.kv_a", new Source(HL + "self_attn.kv_a_proj_with_mqa.weight", Slice.LATENT_KV, Form.BOTH)),
+            Rule.of(L + "attn\\.k_rope", new Source(HL + "self_attn.kv_a_proj_with_mqa.weight", Slice.LATENT_ROPE_KEY, Form.BOTH)),
+            Rule.of(L + "attn\\.kv_a_norm", whole(HL + "self_attn.kv_a_layernorm.weight")),
+            Rule.of(L + "attn\\.kv_b", whole(HL + "self_attn.kv_b_proj.weight")),
+            Rule.of(L + "moe\\.router\\.expert_bias", whole(HL + "mlp.gate.e_score_correction_bias")),
+            Rule.of(L + "moe\\.shared\\.0\\.gate", whole(HL + "mlp.shared_experts.gate_proj.weight")),
+            Rule.of(L + "moe\\.shared\\.0\\.up", whole(HL + "mlp.shared_experts.up_proj.weight")),
+            Rule.of(L + "moe\\.shared\\.0\\.down", whole(HL + "mlp.shared_experts.down_proj.weight")));
+
     @SafeVarargs
     private static List<Rule> rules(List<Rule>... parts) {
         return Stream.of(parts).flatMap(List::stream).toList();
@@ -190,20 +253,24 @@ public record HfType(
 
     public static final List<HfType> SUPPORTED = List.of(
             new HfType("mixtral", "MixtralForCausalLM", "Mixtral", List.of("num_local_experts"), "intermediate_size", null,
-                    "true", null, "false", QkNorm.NONE, "sliding_window", rules(BASE, experts(true))),
+                    "true", null, "false", QkNorm.NONE, "sliding_window", rules(BASE, experts(true)), Attention.STANDARD, Routing.SOFTMAX, null, null,
+                    "router_jitter_noise"),
             new HfType("qwen2_moe", "Qwen2MoeForCausalLM", "Qwen2Moe", List.of("num_experts", "num_local_experts"), "moe_intermediate_size",
                     "intermediate_size", "norm_topk_prob", "shared_expert_intermediate_size", "qkv_bias", QkNorm.NONE, null,
                     rules(BASE, experts(false), QWEN2_SHARED)),
             new HfType("olmoe", "OlmoeForCausalLM", "Olmoe", List.of("num_experts", "num_local_experts"), "intermediate_size", null,
                     "norm_topk_prob", null, "false", QkNorm.FULL, null, rules(BASE, experts(false))),
             new HfType("qwen3_moe", "Qwen3MoeForCausalLM", "Qwen3Moe", List.of("num_local_experts", "num_experts"), "moe_intermediate_size",
-                    "intermediate_size", "norm_topk_prob", null, "false", QkNorm.PER_HEAD, null, rules(BASE, experts(false))));
+                    "intermediate_size", "norm_topk_prob", null, "false", QkNorm.PER_HEAD, null, rules(BASE, experts(false))),
+            // DEEPSEEK first: its attention rules must win over BASE's q/k/v (first match wins).
+            new HfType("deepseek_v3", "DeepseekV3ForCausalLM", "DeepseekV3", List.of("n_routed_experts"), "moe_intermediate_size",
+                    "intermediate_size", "norm_topk_prob", null, "false", QkNorm.NONE, null, rules(DEEPSEEK, BASE, experts(false)),
+                    Attention.LATENT, Routing.SIGMOID_GROUPED, "first_k_dense_replace", "n_shared_experts", null));
 
     /** Families we know but the language cannot express yet, with the reason. */
     public static final Map<String, String> KNOWN_UNSUPPORTED = Map.of(
-            "deepseek_v3", "DeepSeek-V3 uses multi-head latent attention (q_lora_rank, kv_lora_rank, a decoupled RoPE key), which the "
-                    + "language cannot declare yet (its attention is multi-head or grouped-query only)",
-            "deepseek_v2", "DeepSeek-V2 uses multi-head latent attention, which the language cannot declare yet",
+            "deepseek_v2", "DeepSeek-V2's softmax router with group-limited greedy selection is not mapped yet (its attention, MLA, is: "
+                    + "see deepseek_v3)",
             "qwen3_next", "Qwen3-Next mixes linear (gated DeltaNet) and full attention, which the language cannot declare yet");
 
     public static String supportedList() {

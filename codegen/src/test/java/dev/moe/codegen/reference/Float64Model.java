@@ -29,7 +29,7 @@ import java.util.Map;
  *
  * <p>It follows the semantics the generated models document: pre-norm, parallel, residual (PR-MoE) and
  * shortcut (LongCat-Flash) blocks; RMSNorm and LayerNorm; NeoX RoPE; causal/windowed grouped-query
- * attention with qk-norm and biases; gated and plain FFNs (GELU as its tanh form); MoE layers with
+ * attention with qk-norm and biases; multi-head latent attention (DeepSeek-V2/V3); gated and plain FFNs (GELU as its tanh form); MoE layers with
  * softmax or sigmoid scores, temperature (annealed linearly by the step) and activation, top-k (either order), top-p, expert choice,
  * group limits, quotas, an expert bias for selection only, normalisation and scaling, capacity factors
  * with every drop policy, gating residuals, pre-gating routers reading the embeddings (Read-ME), recurrent GRU routers (RMoE), several named gates chosen per sequence by its data domain, soft routing, attention experts in the mixer slot (JetMoE top-k, BAM soft, own or group-shared keys and values), shared (gated) experts, zero, copy, constant, latent and
@@ -374,6 +374,9 @@ public final class Float64Model {
         }
 
         double[][] attention(double[][] h, String prefix) {
+            if (cfg.mla().isPresent()) {
+                return latentAttention(h, prefix, cfg.mla().get());
+            }
             int heads = cfg.heads();
             int kvHeads = cfg.kvHeads();
             int hd = cfg.headDim();
@@ -396,6 +399,96 @@ public final class Float64Model {
                 headwise(k[t], kvHeads, hd, pos, perHead ? w(prefix + ".k_norm") : null);
             }
             return linear(attend(q, k, v, heads, kvHeads, hd), prefix + ".o");
+        }
+
+        /**
+         * Multi-head latent attention, written per head from its definition: score(i, j) =
+         * (q_rope(i) · k_rope(j) + q_nope(i) · k_nope(j)) / sqrt(nope + rope), with k_rope one rotary key
+         * shared by every head and k_nope, v from kv_b · rms(kv_a · x).
+         */
+        double[][] latentAttention(double[][] h, String prefix, ModelConfig.Mla m) {
+            int heads = cfg.heads();
+            int qk = m.qkDim();
+            int rope = m.ropeDim();
+            int nope = m.nopeDim();
+            int vd = m.vDim();
+            int kvw = nope + vd;
+            double[][] q = m.qRank() > 0 ? linear(rms(linear(h, prefix + ".q_a"), w(prefix + ".q_a_norm"), m.eps()), prefix + ".q_b")
+                    : linear(h, prefix + ".q");
+            double[][] kvb = linear(rms(linear(h, prefix + ".kv_a"), w(prefix + ".kv_a_norm"), m.eps()), prefix + ".kv_b");
+            double[][] kpe = linear(h, prefix + ".k_rope");
+            if (cfg.position().kind() == ModelConfig.PositionKind.ROPE) {
+                for (int t = 0; t < rows; t++) {
+                    for (int hh = 0; hh < heads; hh++) {
+                        rotate(q[t], hh * qk, rope, t % seq);
+                    }
+                    rotate(kpe[t], 0, rope, t % seq);
+                }
+            }
+            double scale = 1 / Math.sqrt(qk);
+            int window = cfg.slidingWindow();
+            double[][] out = new double[rows][heads * vd];
+            for (int b = 0; b < batch; b++) {
+                for (int i = 0; i < seq; i++) {
+                    double[] qi = q[b * seq + i];
+                    for (int hh = 0; hh < heads; hh++) {
+                        List<Integer> keys = new ArrayList<>();
+                        for (int j = 0; j < seq; j++) {
+                            if ((!cfg.causal() || j <= i) && (window == 0 || j > i - window)) {
+                                keys.add(j);
+                            }
+                        }
+                        double[] sc = new double[keys.size()];
+                        for (int n = 0; n < sc.length; n++) {
+                            int j = b * seq + keys.get(n);
+                            double dot = 0;
+                            for (int d = 0; d < rope; d++) {
+                                dot += qi[hh * qk + d] * kpe[j][d];
+                            }
+                            for (int d = 0; d < nope; d++) {
+                                dot += qi[hh * qk + rope + d] * kvb[j][hh * kvw + d];
+                            }
+                            sc[n] = dot * scale;
+                        }
+                        double[] a = softmax(sc);
+                        for (int n = 0; n < sc.length; n++) {
+                            int j = b * seq + keys.get(n);
+                            for (int d = 0; d < vd; d++) {
+                                out[b * seq + i][hh * vd + d] += a[n] * kvb[j][hh * kvw + nope + d];
+                            }
+                        }
+                    }
+                }
+            }
+            return linear(out, prefix + ".o");
+        }
+
+        /** RMSNorm of every row with its own eps. */
+        double[][] rms(double[][] x, double[] weight, double eps) {
+            double[][] y = new double[x.length][];
+            for (int t = 0; t < x.length; t++) {
+                double ms = 0;
+                for (double v : x[t]) {
+                    ms += v * v;
+                }
+                double r = 1 / Math.sqrt(ms / x[t].length + eps);
+                y[t] = new double[x[t].length];
+                for (int i = 0; i < y[t].length; i++) {
+                    y[t][i] = x[t][i] * r * weight[i];
+                }
+            }
+            return y;
+        }
+
+        /** NeoX RoPE ("rotate half") of x[from, from + dims) at position pos, in place. */
+        void rotate(double[] x, int from, int dims, int pos) {
+            int half = dims / 2;
+            double[] r = Arrays.copyOfRange(x, from, from + dims);
+            for (int i = 0; i < half; i++) {
+                double angle = pos * Math.pow(cfg.position().theta(), -2.0 * i / dims);
+                x[from + i] = r[i] * Math.cos(angle) - r[i + half] * Math.sin(angle);
+                x[from + i + half] = r[i + half] * Math.cos(angle) + r[i] * Math.sin(angle);
+            }
         }
 
         /**

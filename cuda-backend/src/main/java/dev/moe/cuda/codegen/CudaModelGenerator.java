@@ -79,6 +79,9 @@ public final class CudaModelGenerator {
         if (c.qkvBias()) {
             return Optional.of("q/k/v biases");
         }
+        if (c.mla().isPresent()) {
+            return Optional.of("multi-head latent attention");
+        }
         if (c.headDim() > 256) {
             return Optional.of("head_dim above 256");
         }

@@ -57,7 +57,7 @@ class CudaModelGeneratorTest {
             }
         });
         assertWithMessage("outcomes: %s", outcome).that(resident).containsAtLeast("mixtral.moe/MixtralTiny", "deepseek-moe.moe/DeepSeekMoETiny");
-        assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("group-limited");
+        assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
 
     @Test

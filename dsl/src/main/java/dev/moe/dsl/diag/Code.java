@@ -161,6 +161,17 @@ public enum Code {
             A warning: `sliding_window` is at least `context`, so every token already sees the whole
             context and the window has no effect. Remove it or make it smaller.
             """),
+    LATENT_ATTENTION(208, "latent attention does not fit", """
+            `attention mla(...)` (DeepSeek-V2/V3 multi-head latent attention) projects queries through
+            an optional rank `q_rank`, keys and values through the rank `kv_rank`, and gives every
+            head `nope_dim + rope_dim` query/key dimensions and `v_dim` value dimensions; one rotary
+            key of `rope_dim` dimensions is shared by all heads. So `rope_dim` must be even (RoPE
+            turns pairs), every head has its own keys and values (`kv_heads` equals `heads`),
+            `head_dim`, when given, is `nope_dim + rope_dim`, partial rotary fractions do not apply
+            (`rope_dim` says what rotates), and `qk_norm` and `qkv_bias` do not apply.
+
+                attention mla(q_rank: 32, kv_rank: 16, nope_dim: 8, rope_dim: 8, v_dim: 16)
+            """),
 
     // ---- 03xx: routers ----
     TOP_K_EXCEEDS_EXPERTS(301, "top-k exceeds the routed experts", """

@@ -8,6 +8,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Comparator;
 import java.util.HashMap;
 import java.util.Iterator;
@@ -34,10 +35,13 @@ import java.util.regex.Pattern;
  * {@code end_of_word_suffix}; normalizers {@code NFC}, {@code NFKC}, {@code Prepend},
  * {@code Replace} (in a {@code Sequence} too); pre-tokenizers {@code ByteLevel}, {@code Split}
  * ({@code Isolated}) and {@code Metaspace}, alone or in a {@code Sequence}. Anything else is refused
- * with a message naming the field. The post-processor
- * is not applied: {@link #encode} adds no special tokens (transformers' {@code add_special_tokens=False}).
- * Added tokens are matched exactly ({@code lstrip}, {@code rstrip} and {@code single_word} are not
- * applied). Immutable and thread-safe.
+ * with a message naming the field. {@link #encode(String)} adds no special tokens (transformers'
+ * {@code add_special_tokens=False}); {@link #encode(String, boolean)} applies the post-processor's
+ * single-sequence template ({@code TemplateProcessing}, {@code BertProcessing}, {@code RobertaProcessing};
+ * {@code ByteLevel} adds none). Added tokens are matched leftmost-longest as {@code tokenizers} does,
+ * with {@code lstrip}/{@code rstrip} (the whitespace before/after the token is part of it) and
+ * {@code single_word} (no word character, a letter, digit or {@code _}, touches the token). Immutable
+ * and thread-safe.
  */
 public final class BpeTokenizer {
     /** GPT-2's pre-tokenizer split, as the ByteLevel pre-tokenizer of {@code tokenizers} uses it. */
@@ -58,7 +62,16 @@ public final class BpeTokenizer {
     }
 
     /** An entry of {@code added_tokens}. */
-    public record AddedToken(int id, String content, boolean special) {}
+    public record AddedToken(int id, String content, boolean special, boolean lstrip, boolean rstrip, boolean singleWord) {
+        public AddedToken(int id, String content, boolean special) {
+            this(id, content, special, false, false, false);
+        }
+    }
+
+    /** The ids the post-processor puts before and after one sequence, or why it cannot ({@code unsupported} non-null). */
+    private record Template(int[] before, int[] after, String unsupported) {
+        static final Template NONE = new Template(new int[0], new int[0], null);
+    }
 
     private final Map<String, Integer> vocab;
     private final String[] tokens;
@@ -76,6 +89,7 @@ public final class BpeTokenizer {
     /** SentencePiece-style decoding: this string stands for a space, and one leading space is stripped. */
     private final String spaceMark;
     private final boolean stripLeadingSpace;
+    private final Template template;
 
     /** A pre-tokenizer step. */
     private interface Step {
@@ -83,7 +97,9 @@ public final class BpeTokenizer {
     }
 
     private BpeTokenizer(Map<String, Integer> vocab, Map<String, Integer> mergeRanks, List<AddedToken> added, List<UnaryOperator<String>> normalizers,
-            List<Step> steps, boolean byteLevel, boolean byteFallback, String unk, boolean fuseUnk, String spaceMark, boolean stripLeadingSpace) {
+            List<Step> steps, boolean byteLevel, boolean byteFallback, String unk, boolean fuseUnk, String spaceMark, boolean stripLeadingSpace,
+            Template template) {
+        this.template = template;
         this.vocab = Map.copyOf(vocab);
         this.mergeRanks = Map.copyOf(mergeRanks);
         // Longest first, so that an added token that contains another wins.
@@ -247,11 +263,77 @@ public final class BpeTokenizer {
             if (!a.path("id").canConvertToInt() || a.path("id").asInt() < 0 || a.path("id").asInt() > maxId || a.path("content").asText("").isEmpty()) {
                 throw new IllegalArgumentException("added_tokens: an entry without id or content");
             }
-            added.add(new AddedToken(a.get("id").asInt(), a.get("content").asText(), a.path("special").asBoolean(false)));
+            added.add(new AddedToken(a.get("id").asInt(), a.get("content").asText(), a.path("special").asBoolean(false),
+                    a.path("lstrip").asBoolean(false), a.path("rstrip").asBoolean(false), a.path("single_word").asBoolean(false)));
         }
         String unk = model.hasNonNull("unk_token") ? model.get("unk_token").asText() : null;
         return new BpeTokenizer(vocab, ranks, added, normalizers, steps, byteLevel, byteFallback, unk, model.path("fuse_unk").asBoolean(false),
-                byteLevel ? null : spaceMark[0], !byteLevel && strip);
+                byteLevel ? null : spaceMark[0], !byteLevel && strip,
+                root.hasNonNull("post_processor") ? template(root.get("post_processor")) : Template.NONE);
+    }
+
+    /** The single-sequence part of a post-processor; one that cannot be reproduced is kept as the reason, for encode with special tokens. */
+    private static Template template(JsonNode p) {
+        String type = p.path("type").asText("");
+        switch (type) {
+            case "ByteLevel":
+                return Template.NONE;
+            case "Sequence": {
+                List<Integer> before = new ArrayList<>();
+                List<Integer> after = new ArrayList<>();
+                for (JsonNode step : p.path("processors")) {
+                    Template t = template(step);
+                    if (t.unsupported() != null) {
+                        return t;
+                    }
+                    // a later processor wraps what the earlier ones made
+                    List<Integer> b = new ArrayList<>(Arrays.stream(t.before()).boxed().toList());
+                    b.addAll(before);
+                    before = b;
+                    after.addAll(Arrays.stream(t.after()).boxed().toList());
+                }
+                return new Template(before.stream().mapToInt(Integer::intValue).toArray(), after.stream().mapToInt(Integer::intValue).toArray(), null);
+            }
+            case "BertProcessing":
+            case "RobertaProcessing": {
+                JsonNode cls = p.path("cls");
+                JsonNode sep = p.path("sep");
+                if (!cls.path(1).canConvertToInt() || !sep.path(1).canConvertToInt()) {
+                    throw new IllegalArgumentException("post_processor " + type + " without [token, id] for cls and sep");
+                }
+                return new Template(new int[] {cls.get(1).asInt()}, new int[] {sep.get(1).asInt()}, null);
+            }
+            case "TemplateProcessing": {
+                List<Integer> before = new ArrayList<>();
+                List<Integer> after = new ArrayList<>();
+                boolean seenSequence = false;
+                for (JsonNode piece : p.path("single")) {
+                    if (piece.has("Sequence")) {
+                        if (seenSequence || !"A".equals(piece.get("Sequence").path("id").asText())) {
+                            throw new IllegalArgumentException("post_processor TemplateProcessing: the single template must hold $A once");
+                        }
+                        seenSequence = true;
+                    } else if (piece.has("SpecialToken")) {
+                        String id = piece.get("SpecialToken").path("id").asText();
+                        JsonNode ids = p.path("special_tokens").path(id).path("ids");
+                        if (!ids.isArray() || ids.isEmpty()) {
+                            throw new IllegalArgumentException("post_processor TemplateProcessing: special token `" + id + "` has no ids");
+                        }
+                        for (JsonNode i : ids) {
+                            (seenSequence ? after : before).add(i.asInt());
+                        }
+                    } else {
+                        throw new IllegalArgumentException("post_processor TemplateProcessing: a piece that is neither SpecialToken nor Sequence");
+                    }
+                }
+                if (!seenSequence) {
+                    throw new IllegalArgumentException("post_processor TemplateProcessing: the single template has no $A");
+                }
+                return new Template(before.stream().mapToInt(Integer::intValue).toArray(), after.stream().mapToInt(Integer::intValue).toArray(), null);
+            }
+            default:
+                return new Template(new int[0], new int[0], "post_processor `" + type + "` is not supported");
+        }
     }
 
     /** One normalizer; a {@code Replace} of spaces by a mark makes that mark the decoder's space. */
@@ -330,6 +412,7 @@ public final class BpeTokenizer {
         return added;
     }
 
+    /** The ids of {@code text}, without special tokens from the post-processor (add_special_tokens=False). */
     public int[] encode(String text) {
         List<Integer> out = new ArrayList<>();
         int start = 0;
@@ -346,13 +429,70 @@ public final class BpeTokenizer {
                 i++;
                 continue;
             }
-            encodeText(text.substring(start, i), start == 0, out);
+            int end = i + hit.content().length();
+            if (hit.singleWord() && ((i > 0 && wordChar(text.codePointBefore(i))) || (end < text.length() && wordChar(text.codePointAt(end))))) {
+                // tokenizers finds matches first and then drops this one: its text stays text
+                i = end;
+                continue;
+            }
+            int from = i;
+            if (hit.lstrip()) {
+                while (from > start && whitespace(text.codePointBefore(from))) {
+                    from -= Character.charCount(text.codePointBefore(from));
+                }
+            }
+            if (hit.rstrip()) {
+                while (end < text.length() && whitespace(text.codePointAt(end))) {
+                    end += Character.charCount(text.codePointAt(end));
+                }
+            }
+            encodeText(text.substring(start, from), start == 0, out);
             out.add(hit.id());
-            i += hit.content().length();
+            i = end;
             start = i;
         }
         encodeText(text.substring(start), start == 0, out);
         return out.stream().mapToInt(Integer::intValue).toArray();
+    }
+
+    /**
+     * The ids of {@code text}; with {@code addSpecialTokens}, those the post-processor puts around a
+     * single sequence too (transformers' default, e.g. Llama's BOS).
+     *
+     * @throws IllegalArgumentException when the post-processor is one this reader cannot reproduce
+     */
+    public int[] encode(String text, boolean addSpecialTokens) {
+        int[] ids = encode(text);
+        if (!addSpecialTokens) {
+            return ids;
+        }
+        if (template.unsupported() != null) {
+            throw new IllegalArgumentException(template.unsupported());
+        }
+        int[] out = new int[template.before().length + ids.length + template.after().length];
+        System.arraycopy(template.before(), 0, out, 0, template.before().length);
+        System.arraycopy(ids, 0, out, template.before().length, ids.length);
+        System.arraycopy(template.after(), 0, out, template.before().length + ids.length, template.after().length);
+        return out;
+    }
+
+    /** Why {@link #encode(String, boolean)} cannot add the post-processor's special tokens, or empty. */
+    public java.util.Optional<String> postProcessorProblem() {
+        return java.util.Optional.ofNullable(template.unsupported());
+    }
+
+    /** A word character for {@code single_word}, as tokenizers has it: alphanumeric or {@code _}. */
+    private static boolean wordChar(int cp) {
+        if (cp == '_' || Character.isAlphabetic(cp)) {
+            return true;
+        }
+        int type = Character.getType(cp);
+        return type == Character.DECIMAL_DIGIT_NUMBER || type == Character.LETTER_NUMBER || type == Character.OTHER_NUMBER;
+    }
+
+    /** Unicode White_Space, as Rust's char::is_whitespace. */
+    private static boolean whitespace(int cp) {
+        return Character.isWhitespace(cp) || Character.isSpaceChar(cp) || cp == 0x85;
     }
 
     private void encodeText(String text, boolean first, List<Integer> out) {

@@ -36,6 +36,63 @@ class BpeTokenizerTest {
         }
     }
 
+    /**
+     * Added tokens that take the whitespace on their left or right, one that matches only as a whole
+     * word, and a template that puts a BOS first: ids as tokenizers 0.23.2 gives them
+     * (fixtures/hf/make_tokenizer_flags.py).
+     */
+    @Test
+    void addedTokenFlagsAndThePostProcessorAsTokenizers() throws IOException {
+        Path dir = Path.of("..", "fixtures", "hf", "tokenizer-flags");
+        BpeTokenizer tok = BpeTokenizer.load(dir.resolve("tokenizer.json"));
+        for (JsonNode sample : new ObjectMapper().readTree(dir.resolve("expected.json").toFile())) {
+            String text = sample.get("text").asText();
+            assertWithMessage("%s", text).that(tok.encode(text)).isEqualTo(ints(sample.get("ids")));
+            assertWithMessage("%s", text).that(tok.encode(text, false)).isEqualTo(ints(sample.get("ids")));
+            assertWithMessage("%s with special tokens", text).that(tok.encode(text, true)).isEqualTo(ints(sample.get("ids_with_special")));
+            assertWithMessage("%s", text).that(tok.decode(tok.encode(text))).isEqualTo(sample.get("decoded").asText());
+        }
+        // Without a post-processor nothing is added.
+        BpeTokenizer plain = BpeTokenizer.load(DIR.resolve("tokenizer.json"));
+        assertThat(plain.encode("The quick", true)).isEqualTo(plain.encode("The quick"));
+    }
+
+    @Test
+    void postProcessorsInASequenceWrapAndUnknownOnesRefuseOnlySpecialTokens(@TempDir Path tmp) throws IOException {
+        com.fasterxml.jackson.databind.node.ObjectNode root = (com.fasterxml.jackson.databind.node.ObjectNode) new ObjectMapper()
+                .readTree(DIR.resolve("tokenizer.json").toFile());
+        root.set("post_processor", new ObjectMapper().readTree("""
+                {"type": "Sequence", "processors": [
+                  {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+                  {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "</s>", "type_id": 0}}], "pair": [],
+                   "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<|endoftext|>"]}, "</s>": {"id": "</s>", "ids": [1], "tokens": ["<|pad|>"]}}},
+                  {"type": "RobertaProcessing", "sep": ["<|user|>", 399], "cls": ["<|pad|>", 1], "trim_offsets": true, "add_prefix_space": false}]}
+                """));
+        Path file = tmp.resolve("tokenizer.json");
+        Files.writeString(file, root.toString());
+        BpeTokenizer tok = BpeTokenizer.load(file);
+        int[] ids = tok.encode("The quick");
+        int[] wrapped = tok.encode("The quick", true);
+        assertThat(wrapped.length).isEqualTo(ids.length + 4);
+        assertThat(new int[] {wrapped[0], wrapped[1], wrapped[wrapped.length - 2], wrapped[wrapped.length - 1]}).isEqualTo(new int[] {1, 0, 1, 399});
+
+        root.set("post_processor", new ObjectMapper().readTree("{\"type\": \"SomethingNew\"}"));
+        Files.writeString(file, root.toString());
+        BpeTokenizer unknown = BpeTokenizer.load(file);
+        assertThat(unknown.encode("The quick")).isEqualTo(ids);
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> unknown.encode("The quick", true));
+        assertThat(e).hasMessageThat().contains("post_processor `SomethingNew` is not supported");
+    }
+
+    private static int[] ints(JsonNode a) {
+        int[] out = new int[a.size()];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = a.get(i).asInt();
+        }
+        return out;
+    }
+
     @Test
     void addedTokensAndVocabulary() throws IOException {
         BpeTokenizer tok = BpeTokenizer.load(DIR.resolve("tokenizer.json"));
