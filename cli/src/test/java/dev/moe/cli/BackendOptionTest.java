@@ -50,4 +50,14 @@ class BackendOptionTest {
         assertThat(r.err()).contains("--backend cuda: the CUDA driver not found");
         assertThat(Cli.run("bench", "--backend", "tpu").err()).contains("unknown backend `tpu`");
     }
+
+    @Test
+    void aReducedPrecisionNeedsTheGpu(@TempDir Path dir) {
+        Cli.Run r = Cli.run("train", "../recipes/mixtral.moe", "--steps", "1", "--precision", "bf16", "--out", dir.toString());
+        assertThat(r.exit()).isEqualTo(1);
+        assertThat(r.err()).contains("--precision bf16 needs --backend cuda");
+        Cli.Run unknown = Cli.run("train", "../recipes/mixtral.moe", "--steps", "1", "--precision", "fp8", "--out", dir.toString());
+        assertThat(unknown.exit()).isEqualTo(1);
+        assertThat(unknown.err()).contains("unknown precision `fp8`: use fp32, tf32 or bf16");
+    }
 }
