@@ -20,8 +20,8 @@ import java.util.List;
  *
  * <p>The host model (the CPU-generated class of the same declaration) owns the parameters, their
  * names, initialisation and checkpoints; the device copy is refreshed from it before a forward
- * pass unless the device holds newer weights (after {@link #clipAndStep}, until
- * {@link #pullToHost}).
+ * pass when the host may have changed (the parameters were handed out or initialised) and the
+ * device does not hold newer weights (after {@link #clipAndStep}, until {@link #pullToHost}).
  */
 public abstract class DeviceModel implements TrainableModel, DeviceTrainable, AutoCloseable {
     protected final TrainableModel host;
@@ -39,7 +39,10 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
     protected boolean counting = true;
     private int capacity;
     private final List<DeviceAllocator.Block> activations = new ArrayList<>();
+    /** The device holds newer weights than the host (after {@link #clipAndStep}, until {@link #pullToHost}). */
     private boolean deviceAhead;
+    /** The host weights may differ from the device's (at first, and after {@link #parameters()} or {@link #initialize}). */
+    private boolean hostMayDiffer = true;
     private boolean gradsStay;
     /** With MOE_PROFILE=1: milliseconds per phase (the GPU synchronised at each mark), printed every 10 steps. */
     private final java.util.Map<String, Double> profile = "1".equals(System.getenv("MOE_PROFILE")) ? new java.util.LinkedHashMap<>() : null;
@@ -68,8 +71,15 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
         return host.context();
     }
 
+    /**
+     * Hands out the host parameters, whose values the caller may change (a checkpoint load, an
+     * upcycling step): unless the device holds newer weights, the next forward pass uploads them.
+     */
     @Override
     public List<Parameter> parameters() {
+        if (!deviceAhead) {
+            hostMayDiffer = true;
+        }
         return host.parameters();
     }
 
@@ -77,6 +87,7 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
     public void initialize(long seed) {
         host.initialize(seed);
         deviceAhead = false;
+        hostMayDiffer = true;
     }
 
     @Override
@@ -113,8 +124,9 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
             }
         }
         ctx.makeCurrent();
-        if (!deviceAhead) {
+        if (!deviceAhead && hostMayDiffer) {
             w.uploadValues();
+            hostMayDiffer = false;
         }
         this.batch = batch;
         this.seq = seq;
@@ -206,6 +218,7 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
         if (deviceAhead) {
             w.pullToHost(adam);
             deviceAhead = false;
+            hostMayDiffer = false;
         }
     }
 
