@@ -55,7 +55,7 @@ final class Curricula {
     }
 
     static DataStream stream(Training t, Training.Data data, Context c) {
-        DataStream.Builder b = DataStream.builder().batch(c.batch()).context(c.seq()).seed(c.seed()).baseDir(c.base());
+        DataStream.Builder b = DataStream.builder().batch(c.batch()).context(c.seq()).seed(c.seed()).baseDir(c.base()).padDocuments(t.padDocuments());
         Map<String, Double> mixture = new LinkedHashMap<>(data.mixture());
         t.domains().forEach((name, path) -> {
             if (mixture.containsKey(name)) {

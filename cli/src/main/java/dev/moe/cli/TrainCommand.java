@@ -262,14 +262,15 @@ final class TrainCommand implements Callable<Integer> {
                     throw new IllegalArgumentException("--data " + p + ": no such file or directory");
                 }
             }
-            return DataStream.files(data, batch, seqLen, runSeed);
+            return DataStream.builder().domain("file", dev.moe.runtime.data.TextCorpus.load("file", data)).mixture(Map.of("file", 1.0)).batch(batch)
+                    .context(seqLen).seed(runSeed).padDocuments(t != null && t.padDocuments()).build();
         }
         DataStream.Builder b = DataStream.builder().batch(batch).context(seqLen).seed(runSeed);
         Path base = file.toAbsolutePath().getParent();
         b.baseDir(base);
         if (t != null) {
             t.domains().forEach((name, path) -> b.file(name, Path.of(path)));
-            b.mixture(new LinkedHashMap<>(t.data().mixture()));
+            b.mixture(new LinkedHashMap<>(t.data().mixture())).padDocuments(t.padDocuments());
         }
         return b.build();
     }

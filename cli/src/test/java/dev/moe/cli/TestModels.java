@@ -84,7 +84,7 @@ final class TestModels {
     static Training training() {
         return new Training("MixtralTiny", new Training.Optimizer("adamw", 3e-4, 0.9, 0.95, 1e-8, 0.1),
                 new Training.Schedule("cosine", 50, 3e-5), 8, 8, 500, 42, 1.0,
-                new Training.Data(Map.of("synthetic", 1.0)), Map.of(), List.of());
+                new Training.Data(Map.of("synthetic", 1.0)), Map.of(), List.of(), false);
     }
 
     /** A compiler that returns these models and recipes for any path. */

@@ -1818,10 +1818,10 @@ final class ModelGenerator {
         c.line("$L($L, $L)", routerMethod(moe), m, r.bias().isPresent() ? Names.field(p + ".router.expert_bias") + ".value()" : "null");
         if (expertChoice(r)) {
             double cf = ((Router.Selection.ExpertChoice) r.selection()).factor();
-            c.comment("expert choice: in each sequence, each expert keeps its best ceil($L · seq / $L) tokens by probability; the other slots hold key $L and sort last, undispatched",
+            c.comment("expert choice: in each sequence, each expert keeps its best ceil($L · n / $L) tokens by probability, n the sequence's kept tokens; the other slots hold key $L and sort last, undispatched",
                     cf, e, e);
             c.line("int allSlots = rows * $L", k);
-            c.line("expertChoice($L, batch, seq, $L, (int) Math.ceil($L * seq / $L), keep)", m, e, cf, e);
+            c.line("expertChoice($L, batch, seq, $L, $L, keep)", m, e, cf);
             c.open("for (int i = 0; i < allSlots; i++)");
             c.line("$L.slotKey[i] = $L.dropped[i] ? $L : $L", m, m, e, sl.identity() ? m + ".selected[i]" : slotKeyConstant(moe, sl) + "[" + m + ".selected[i]]");
             c.close();
@@ -2661,6 +2661,13 @@ final class ModelGenerator {
             c.line("$T.fill(m.dropped, 0, batch * seq * slotsPerToken, true)", ARRAYS);
             c.line("Integer[] idx = new Integer[seq]");
             c.open("for (int b = 0; b < batch; b++)");
+            c.comment("a padded sequence's capacity counts its kept tokens only, as if it were unpadded");
+            c.line("int kept = seq");
+            c.open("if (keep != null)");
+            c.line("kept = 0");
+            c.open("for (int t = b * seq; t < (b + 1) * seq; t++)").open("if (keep[t])").line("kept++").close().close();
+            c.close();
+            c.line("int capacity = (int) Math.ceil(factor * kept / experts)");
             c.open("for (int ex = 0; ex < experts; ex++)");
             c.line("int n = 0");
             c.open("for (int s = b * seq * slotsPerToken; s < (b + 1) * seq * slotsPerToken; s++)");
@@ -2671,9 +2678,9 @@ final class ModelGenerator {
             c.close();
             c.close();
             type.addMethod(MethodSpec.methodBuilder("expertChoice").addModifiers(Modifier.PRIVATE, Modifier.STATIC)
-                    .addJavadoc("Expert choice: every token ranked every expert (slotsPerToken = experts); in each sequence each expert keeps the {@code capacity} tokens of highest weight (ties: the earlier token), the other slots are marked dropped.\n")
+                    .addJavadoc("Expert choice: every token ranked every expert (slotsPerToken = experts); in each sequence each expert keeps the ceil(factor · kept tokens / experts) tokens of highest weight (ties: the earlier token), the other slots are marked dropped.\n")
                     .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "batch").addParameter(TypeName.INT, "seq")
-                    .addParameter(TypeName.INT, "slotsPerToken").addParameter(TypeName.INT, "capacity").addParameter(boolean[].class, "keep")
+                    .addParameter(TypeName.INT, "slotsPerToken").addParameter(TypeName.DOUBLE, "factor").addParameter(boolean[].class, "keep")
                     .addCode(c.build()).build());
         }
         if (anySeeded() && moes.values().stream().anyMatch(m -> capacity(m.routers().getFirst()) != null

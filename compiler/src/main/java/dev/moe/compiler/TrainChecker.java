@@ -34,7 +34,7 @@ import java.util.regex.Pattern;
 
 /** Checks a {@code train} block: optimiser, schedule, batch, data, stages and upcycling sources. */
 final class TrainChecker {
-    static final Set<String> TRAIN_KEYS = Set.of("optimizer", "schedule", "batch", "global_batch", "steps", "seed", "grad_clip", "data");
+    static final Set<String> TRAIN_KEYS = Set.of("optimizer", "schedule", "batch", "global_batch", "steps", "seed", "grad_clip", "data", "documents");
     static final Set<String> STAGE_KEYS = Set.of("steps", "data", "trainable", "lr", "schedule", "init");
     /** Domains of the embedded synthetic corpus (generated, no files needed). */
     static final Set<String> SYNTHETIC_DOMAINS = Set.of("synthetic", "arithmetic", "brackets", "copy", "lookup", "markov", "reverse", "sort");
@@ -118,6 +118,7 @@ final class TrainChecker {
         long seed = map.get("seed").flatMap(v -> read.longInteger(v, "seed", 0)).orElse(0L);
         double gradClip = map.get("grad_clip").map(v -> read.nonNegative(v, "grad_clip")).orElse(OptionalDouble.of(1.0)).orElse(1.0);
         Training.Data data = map.get("data").flatMap(v -> data(v, domains)).orElse(new Training.Data(Map.of("synthetic", 1.0)));
+        boolean padDocuments = map.get("documents").flatMap(v -> read.word(v, "documents", Map.of("stream", false, "pad", true))).orElse(false);
 
         if (model.isPresent() && !map.has("global_batch")) {
             for (Layer l : model.get().layers()) {
@@ -161,7 +162,7 @@ final class TrainChecker {
         if (reporter.errorCount() != before) {
             return Optional.empty();
         }
-        return Optional.of(new Training(modelName, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, checkedStages));
+        return Optional.of(new Training(modelName, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, checkedStages, padDocuments));
     }
 
     /** The MoEs of a block: its mixer's, if the mixer is an MoE of attention experts, then its ffn's. */

@@ -4,7 +4,11 @@ import java.util.List;
 import java.util.Map;
 import java.util.Optional;
 
-/** A checked {@code train} block: what to train, how, on what, in which stages. */
+/**
+ * A checked {@code train} block: what to train, how, on what, in which stages.
+ *
+ * @param padDocuments {@code documents pad}: each sequence one document from its start, padding masked out
+ */
 public record Training(
         String model,
         Optimizer optimizer,
@@ -16,7 +20,8 @@ public record Training(
         double gradClip,
         Data data,
         Map<String, String> domains,
-        List<Stage> stages) {
+        List<Stage> stages,
+        boolean padDocuments) {
     public Training {
         domains = Map.copyOf(domains);
         stages = List.copyOf(stages);

@@ -25,6 +25,11 @@ import java.util.Objects;
  * <p><b>Evaluation.</b> {@link #evalBatch(long)} draws from a disjoint seed stream (and from the
  * held-out tail of text corpora), so evaluation data never repeats training draws.
  *
+ * <p><b>Documents.</b> By default each row is a window of its domain's text, documents running
+ * on across row boundaries. With {@link Builder#padDocuments padded documents} each row is one whole
+ * {@link Domain#document document} from its start, cut at {@code context + 1} tokens, and the rest
+ * of the row is padding that {@link Batch#keep} masks out of training.
+ *
  * <p><b>Resuming.</b> {@link #state()} is a {@code long[4]}: format version, seed, a fingerprint of
  * the configuration, and the position. {@link #restore} checks the first three and sets the position,
  * after which the stream yields exactly what the saved one would have.
@@ -48,9 +53,10 @@ public final class DataStream {
     private final List<String> sources;
     private final int[][] sourceIndex;
     private final long fingerprint;
+    private final boolean padded;
     private long position;
 
-    private DataStream(long seed, int batch, int context, Map<String, Double> mixture, Map<String, Domain> resolved) {
+    private DataStream(long seed, int batch, int context, Map<String, Double> mixture, Map<String, Domain> resolved, boolean padded) {
         if (batch <= 0 || context <= 0) {
             throw new IllegalArgumentException("batch and context must be positive: " + batch + ", " + context);
         }
@@ -61,6 +67,7 @@ public final class DataStream {
             throw new IllegalArgumentException("the mixture is empty");
         }
         this.seed = seed;
+        this.padded = padded;
         this.batch = batch;
         this.context = context;
         int n = mixture.size();
@@ -107,7 +114,7 @@ public final class DataStream {
         for (int k = 0; k < n; k++) {
             h = SplitMix64.hash(h, SplitMix64.hash(names.get(k)), Double.doubleToLongBits(shares[k]), domains[k].fingerprint());
         }
-        this.fingerprint = h;
+        this.fingerprint = padded ? SplitMix64.hash(h, SplitMix64.hash("padded documents")) : h;
     }
 
     /** A stream over built-in synthetic domains, e.g. {@code {arithmetic: 0.5, copy: 0.5}} or {@code {synthetic: 1}}. */
@@ -137,8 +144,15 @@ public final class DataStream {
         private int batch = 8;
         private int context = 64;
         private long seed;
+        private boolean padded;
 
         private Builder() {}
+
+        /** Each row one document from its start, padded (true), or windows of running text (false, the default). */
+        public Builder padDocuments(boolean padded) {
+            this.padded = padded;
+            return this;
+        }
 
         /**
          * Domain shares, in order (use a {@link LinkedHashMap}: the order numbers the domains), summing
@@ -208,7 +222,7 @@ public final class DataStream {
                 }
                 resolved.put(name, d);
             }
-            return new DataStream(seed, batch, context, mixture, resolved);
+            return new DataStream(seed, batch, context, mixture, resolved, padded);
         }
     }
 
@@ -229,6 +243,11 @@ public final class DataStream {
             m.put(names.get(k), shares[k]);
         }
         return Collections.unmodifiableMap(m);
+    }
+
+    /** Whether each row is one padded document ({@link Batch#keep} then masks the padding). */
+    public boolean paddedDocuments() {
+        return padded;
     }
 
     /** Sequences per batch. */
@@ -317,12 +336,23 @@ public final class DataStream {
         int[] tokens = new int[batch * stride];
         int[] rowDomain = assign(new SplitMix64(SplitMix64.hash(seed, stream, index, -1)));
         int[] rowSource = new int[batch];
+        int[] lengths = new int[batch];
         for (int r = 0; r < batch; r++) {
             int d = rowDomain[r];
-            int s = domains[d].sample(SplitMix64.hash(seed, stream, index, r), heldOut, tokens, r * stride, stride);
-            rowSource[r] = sourceIndex[d][s];
+            long rowSeed = SplitMix64.hash(seed, stream, index, r);
+            if (padded) {
+                Domain.Drawn doc = domains[d].document(rowSeed, heldOut, tokens, r * stride, stride);
+                if (doc.length() < 2) {
+                    throw new IllegalStateException("domain `" + names.get(d) + "` has a document of " + doc.length() + " token(s); training needs 2 or more");
+                }
+                rowSource[r] = sourceIndex[d][doc.source()];
+                lengths[r] = doc.length();
+            } else {
+                rowSource[r] = sourceIndex[d][domains[d].sample(rowSeed, heldOut, tokens, r * stride, stride)];
+                lengths[r] = stride;
+            }
         }
-        return new Batch(index, heldOut, batch, context, tokens, rowDomain, rowSource);
+        return new Batch(index, heldOut, batch, context, tokens, rowDomain, rowSource, lengths);
     }
 
     /** Systematic sampling of the domains at a random offset, then a Fisher–Yates shuffle. */
@@ -353,6 +383,6 @@ public final class DataStream {
 
     @Override
     public String toString() {
-        return "DataStream[" + mixture() + ", batch=" + batch + ", context=" + context + ", seed=" + seed + ", position=" + position + "]";
+        return "DataStream[" + mixture() + ", batch=" + batch + ", context=" + context + ", seed=" + seed + (padded ? ", padded documents" : "") + ", position=" + position + "]";
     }
 }

@@ -29,6 +29,22 @@ public interface Domain {
     int sample(long seed, boolean heldOut, int[] out, int offset, int length);
 
     /**
+     * Fills {@code out[offset..)} with one whole document from its start, at most {@code length}
+     * tokens, drawn with the given seed alone (for training on padded documents). A document longer
+     * than {@code length} gives a window of {@code length} tokens at a random offset within it.
+     * The default takes a {@link #sample} window as one document of {@code length} tokens.
+     *
+     * @return the source index (as {@link #sample} returns it) and the tokens written, at least 2
+     *     when {@code length} is at least 2
+     */
+    default Drawn document(long seed, boolean heldOut, int[] out, int offset, int length) {
+        return new Drawn(sample(seed, heldOut, out, offset, length), length);
+    }
+
+    /** What {@link #document} drew: the index in {@link #sources()} and the number of tokens written. */
+    record Drawn(int source, int length) {}
+
+    /**
      * Identifies the content for resume checks: equal fingerprints mean equal samples for equal
      * arguments (up to hash collisions).
      */

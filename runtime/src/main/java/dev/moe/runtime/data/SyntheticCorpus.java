@@ -244,16 +244,29 @@ public final class SyntheticCorpus {
         public int sample(long seed, boolean heldOut, int[] out, int offset, int length) {
             java.util.Objects.checkFromIndexSize(offset, length, out.length);
             SplitMix64 rng = new SplitMix64(seed);
-            byte[] doc = document(name, rng).getBytes(StandardCharsets.US_ASCII);
+            byte[] doc = SyntheticCorpus.document(name, rng).getBytes(StandardCharsets.US_ASCII);
             int pos = rng.nextInt(doc.length);
             for (int i = 0; i < length; i++) {
                 if (pos == doc.length) {
-                    doc = document(name, rng).getBytes(StandardCharsets.US_ASCII);
+                    doc = SyntheticCorpus.document(name, rng).getBytes(StandardCharsets.US_ASCII);
                     pos = 0;
                 }
                 out[offset + i] = doc[pos++] & 0xFF;
             }
             return 0;
+        }
+
+        @Override
+        public Drawn document(long seed, boolean heldOut, int[] out, int offset, int length) {
+            java.util.Objects.checkFromIndexSize(offset, length, out.length);
+            SplitMix64 rng = new SplitMix64(seed);
+            byte[] doc = SyntheticCorpus.document(name, rng).getBytes(StandardCharsets.US_ASCII);
+            int from = doc.length > length ? rng.nextInt(doc.length - length + 1) : 0;
+            int n = Math.min(length, doc.length);
+            for (int i = 0; i < n; i++) {
+                out[offset + i] = doc[from + i] & 0xFF;
+            }
+            return new Drawn(0, n);
         }
 
         @Override
@@ -280,6 +293,13 @@ public final class SyntheticCorpus {
             int k = rng.nextInt(parts.size());
             parts.get(k).sample(rng.nextLong(), heldOut, out, offset, length);
             return k;
+        }
+
+        @Override
+        public Drawn document(long seed, boolean heldOut, int[] out, int offset, int length) {
+            SplitMix64 rng = new SplitMix64(seed);
+            int k = rng.nextInt(parts.size());
+            return new Drawn(k, parts.get(k).document(rng.nextLong(), heldOut, out, offset, length).length());
         }
 
         @Override

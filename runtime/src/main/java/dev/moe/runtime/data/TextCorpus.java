@@ -19,6 +19,11 @@ import java.util.stream.Stream;
  * <p>The last {@value #HELD_OUT_DIVISOR}th of the bytes is held out for evaluation when both parts
  * can hold a whole sequence: training windows lie in the head, evaluation windows in the tail. A
  * text too short for that is used whole by both, and windows longer than the text wrap around.
+ *
+ * <p>{@link #document Documents} are the text's paragraphs: a document starts at the text's start
+ * and after each blank line, and runs to the next document (its trailing newlines included). A
+ * document is at least two bytes long (a one-byte last paragraph joins the one before). Documents
+ * that start in the held-out tail are the evaluation documents, when both parts hold one.
  */
 public final class TextCorpus implements Domain {
     /** One byte in this many, at the end of the text, is held out for evaluation. */
@@ -27,6 +32,8 @@ public final class TextCorpus implements Domain {
     private final String name;
     private final byte[] bytes;
     private final long fingerprint;
+    /** Where each document starts, ascending; the last document ends at the text's end. */
+    private final int[] starts;
 
     private TextCorpus(String name, byte[] bytes) {
         if (bytes.length == 0) {
@@ -39,6 +46,18 @@ public final class TextCorpus implements Domain {
             h = SplitMix64.mix((h + SplitMix64.GAMMA) ^ b);
         }
         this.fingerprint = h;
+        int[] at = new int[16];
+        int count = 0;
+        for (int i = 0; i < bytes.length - 1; i++) {
+            boolean afterBlankLine = i >= 2 && bytes[i - 1] == '\n' && bytes[i - 2] == '\n';
+            if ((i == 0 || afterBlankLine && bytes[i] != '\n') && (count == 0 || i - at[count - 1] >= 2)) {
+                if (count == at.length) {
+                    at = java.util.Arrays.copyOf(at, count * 2);
+                }
+                at[count++] = i;
+            }
+        }
+        this.starts = java.util.Arrays.copyOf(at, Math.max(count, 1));
     }
 
     /** A corpus of the given bytes (copied). */
@@ -157,6 +176,40 @@ public final class TextCorpus implements Domain {
             out[offset + i] = bytes[from + (start + i) % span] & 0xFF;
         }
         return 0;
+    }
+
+    /** The number of documents (paragraphs). */
+    public int documents() {
+        return starts.length;
+    }
+
+    @Override
+    public Drawn document(long seed, boolean heldOut, int[] out, int offset, int length) {
+        Objects.checkFromIndexSize(offset, length, out.length);
+        int n = bytes.length;
+        int cut = n - n / HELD_OUT_DIVISOR;
+        int firstHeldOut = 0;
+        while (firstHeldOut < starts.length && starts[firstHeldOut] < cut) {
+            firstHeldOut++;
+        }
+        int lo = 0;
+        int hi = starts.length;
+        if (firstHeldOut > 0 && firstHeldOut < starts.length) {
+            lo = heldOut ? firstHeldOut : 0;
+            hi = heldOut ? starts.length : firstHeldOut;
+        }
+        SplitMix64 rng = new SplitMix64(seed);
+        int j = lo + rng.nextInt(hi - lo);
+        int from = starts[j];
+        int size = (j + 1 < starts.length ? starts[j + 1] : n) - from;
+        if (size > length) {
+            from += rng.nextInt(size - length + 1);
+            size = length;
+        }
+        for (int i = 0; i < size; i++) {
+            out[offset + i] = bytes[from + i] & 0xFF;
+        }
+        return new Drawn(0, size);
     }
 
     @Override

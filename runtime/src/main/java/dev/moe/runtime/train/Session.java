@@ -190,10 +190,12 @@ public final class Session {
         int[][] loads = null;
         for (int j = 0; j < micro; j++) {
             Batch b = data.batch(step * micro + j);
+            Trainer.mask(model, b.keep(seq));
             loss += model.forward(inputs(b), targets(b), b.size(), seq) / micro;
             model.backward(1f / micro);
             loads = add(loads, model.expertLoads());
         }
+        model.setMask(null);
         model.endStep();
         Trainer.clip(params, settings.gradClip());
         adam.step(params, schedule.at(step));
@@ -228,11 +230,13 @@ public final class Session {
             double sum = 0;
             for (Batch b : data.evalBatches(batches)) {
                 model.beginStep();
+                Trainer.mask(model, b.keep(seq));
                 model.forward(inputs(b), targets(b), b.size(), seq);
                 sum += model.lastCrossEntropy();
             }
             return sum / batches;
         } finally {
+            model.setMask(null);
             model.setTraining(true);
         }
     }

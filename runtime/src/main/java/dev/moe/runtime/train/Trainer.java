@@ -222,7 +222,6 @@ public final class Trainer {
                 }
                 Schedule schedule = new Schedule(stage.schedule(), stage.lr(), stage.warmup(), stage.minLr(), stage.steps());
                 Progress progress = new Progress(log, total, step, named() ? stagePrefix(k) : "");
-                long tokensPerStep = (long) o.batch() * o.microBatches() * o.seq();
                 double stageFirst = Double.NaN;
                 double stageLast = Double.NaN;
                 while (step < end) {
@@ -236,15 +235,19 @@ public final class Trainer {
                     double loss = 0;
                     double ce = 0;
                     int[][] loads = null;
+                    long tokens = 0;
                     for (int j = 0; j < o.microBatches(); j++) {
                         Batch b = stage.data().batch(step * o.microBatches() + j);
                         model.setDomains(java.util.Arrays.stream(b.domains()).mapToObj(stage.data().domains()::get).toList());
+                        mask(model, b.keep(o.seq()));
                         loss += model.forward(inputs(b), targets(b), b.size(), o.seq()) / o.microBatches();
                         ce += model.lastCrossEntropy() / o.microBatches();
                         model.backward(1f / o.microBatches());
                         loads = add(loads, model.expertLoads());
                         addByDomain(stage.data(), b, model.expertLoadsBySequence());
+                        tokens += b.keptTokens(o.seq());
                     }
+                    model.setMask(null);
                     model.endStep();
                     double norm;
                     if (model instanceof DeviceTrainable device) {
@@ -258,7 +261,7 @@ public final class Trainer {
                     losses.add(loss);
                     stageFirst = Double.isNaN(stageFirst) ? loss : stageFirst;
                     stageLast = loss;
-                    double tokensPerSecond = tokensPerStep / seconds;
+                    double tokensPerSecond = tokens / seconds;
                     out.write(json(step, named() ? stage.name() : null, step - begins[k], loss, ce, lr, norm, tokensPerSecond, loads));
                     out.newLine();
                     out.flush();
@@ -437,6 +440,19 @@ public final class Trainer {
         meta.put("seed", Long.toString(o.seed()));
         meta.put("data", String.join(",", java.util.Arrays.stream(data.state()).mapToObj(Long::toString).toList()));
         Checkpoint.save(last, params, adam, meta);
+    }
+
+    /**
+     * Sets a padded batch's mask (null for full rows), so that padding is out of the loss, the routing
+     * counts and the balancing losses. Each micro-batch sets its own, and the step ends with none, so
+     * sampling and evaluation after training see no stale mask.
+     */
+    static void mask(TrainableModel model, boolean[] keep) {
+        try {
+            model.setMask(keep);
+        } catch (UnsupportedOperationException e) {
+            throw new IllegalArgumentException("cannot train on padded documents: " + e.getMessage(), e);
+        }
     }
 
     private int[] inputs(Batch b) {

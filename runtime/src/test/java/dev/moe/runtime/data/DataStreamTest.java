@@ -358,4 +358,85 @@ class DataStreamTest {
         assertThat(s.seed()).isEqualTo(0);
         assertThat(s.next().tokens()).hasLength(8 * 65);
     }
+
+    @Test
+    void paddedSyntheticRowsAreOneWholeDocumentEach() {
+        DataStream s = DataStream.builder().mixture(mix("synthetic", 0.5, "arithmetic", 0.5)).batch(16).context(64).seed(4).padDocuments(true).build();
+        assertThat(s.paddedDocuments()).isTrue();
+        Set<String> seen = new HashSet<>();
+        boolean anyPadded = false;
+        for (int i = 0; i < 10; i++) {
+            Batch b = s.next();
+            anyPadded |= b.padded();
+            boolean[] keep = b.keep(64);
+            for (int r = 0; r < b.size(); r++) {
+                String source = s.sources().get(b.source(r));
+                seen.add(source);
+                int[] row = b.sequence(r);
+                int n = b.length(r);
+                String text = ByteTokenizer.INSTANCE.decode(Arrays.copyOf(row, n));
+                // a document shorter than the row is whole, from its start, ending with its newline
+                if (n < row.length) {
+                    assertWithMessage("%s: %s", source, text).that(text.endsWith("\n")).isTrue();
+                    assertWithMessage("%s: %s", source, text).that(Documents.valid(source, text.substring(0, n - 1))).isTrue();
+                }
+                for (int t = n; t < row.length; t++) {
+                    assertThat(row[t]).isEqualTo(0);
+                }
+                for (int t = 0; t < 64; t++) {
+                    assertThat(keep == null || keep[r * 64 + t] == (t + 1 < n)).isTrue();
+                }
+            }
+            long kept = 0;
+            for (int r = 0; r < b.size(); r++) {
+                kept += Math.min(64, b.length(r) - 1);
+            }
+            assertThat(b.keptTokens(64)).isEqualTo(kept);
+        }
+        assertThat(anyPadded).isTrue();
+        assertThat(seen).containsExactlyElementsIn(SyntheticCorpus.PARTS);
+        // pure, and a different stream from the windows of the same mixture
+        assertThat(s.batch(3)).isEqualTo(s.batch(3));
+        DataStream windows = DataStream.builder().mixture(mix("synthetic", 0.5, "arithmetic", 0.5)).batch(16).context(64).seed(4).build();
+        assertThat(windows.batch(3).padded()).isFalse();
+        assertThat(windows.batch(3).keep(64)).isNull();
+        assertThrows(IllegalArgumentException.class, () -> windows.restore(s.state()));
+    }
+
+    @Test
+    void paddedTextDocumentsAreParagraphs() {
+        StringBuilder sb = new StringBuilder();
+        List<String> paragraphs = new ArrayList<>();
+        var rng = new SplitMix64(9);
+        for (int i = 0; i < 200; i++) {
+            StringBuilder p = new StringBuilder("p" + i + ":");
+            int words = 1 + rng.nextInt(30);
+            for (int w = 0; w < words; w++) {
+                p.append(" w").append(rng.nextInt(100));
+            }
+            paragraphs.add(p.toString());
+            sb.append(p).append(i % 3 == 0 ? "\n\n\n" : "\n\n");
+        }
+        TextCorpus text = TextCorpus.of("paras", sb.toString());
+        assertThat(text.documents()).isEqualTo(200);
+        DataStream s = DataStream.builder().domain("paras", text).mixture(mix("paras", 1.0)).batch(8).context(100).seed(2).padDocuments(true).build();
+        int cut = text.size() - text.size() / TextCorpus.HELD_OUT_DIVISOR;
+        int firstHeldOut = sb.indexOf("p", cut);
+        int heldOutFrom = Integer.parseInt(sb.substring(firstHeldOut + 1, sb.indexOf(":", firstHeldOut)));
+        for (int i = 0; i < 20; i++) {
+            for (Batch b : List.of(s.batch(i), s.evalBatch(i))) {
+                for (int r = 0; r < b.size(); r++) {
+                    String row = ByteTokenizer.INSTANCE.decode(Arrays.copyOf(b.sequence(r), b.length(r)));
+                    if (b.length(r) <= 100) {
+                        // whole: the paragraph and its blank line(s)
+                        int k = Integer.parseInt(row.substring(1, row.indexOf(':')));
+                        assertThat(row.strip()).isEqualTo(paragraphs.get(k));
+                        assertThat(k >= heldOutFrom).isEqualTo(b.heldOut());
+                    } else {
+                        assertThat(paragraphs.stream().anyMatch(p -> (p + "\n\n\n").contains(row) || (p + "\n\n").contains(row))).isTrue();
+                    }
+                }
+            }
+        }
+    }
 }
