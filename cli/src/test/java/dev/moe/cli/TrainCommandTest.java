@@ -137,6 +137,25 @@ class TrainCommandTest {
     }
 
     @Test
+    void paddedDocumentsTrainWithTheirPaddingOutOfTheExpertLoads() throws IOException {
+        Files.writeString(recipe, RECIPE.replace("steps 12", "steps 2\n  documents pad").replace("jitter 0.01", ""));
+        Path out = dir.resolve("padded");
+        Cli.Run r = train(out);
+        assertWithMessage("%s", r).that(r.exit()).isEqualTo(0);
+        // the mixture in the order the command sees it
+        var training = dev.moe.compiler.MoeCompiler.compile(recipe).orThrow().trainings().getFirst();
+        var mix = new java.util.LinkedHashMap<>(training.data().mixture());
+        var data = dev.moe.runtime.data.DataStream.builder().mixture(mix).batch(4).context(16).seed(3).padDocuments(true).build();
+        List<String> metrics = Files.readAllLines(out.resolve("metrics.jsonl"));
+        for (int step = 0; step < 2; step++) {
+            long kept = data.batch(step).keptTokens(16);
+            assertThat(kept).isLessThan(4 * 16);
+            String loads = metrics.get(step).replaceAll(".*\"expert_loads\":\\[\\[([0-9,]*)]].*", "$1");
+            assertWithMessage(metrics.get(step)).that(java.util.Arrays.stream(loads.split(",")).mapToLong(Long::parseLong).sum()).isEqualTo(2 * kept);
+        }
+    }
+
+    @Test
     void aCorruptLatestCheckpointFallsBackToTheNewestGoodOneWithAWarning() throws IOException {
         Path out = dir.resolve("run");
         assertThat(train(out, "--stop-at", "8", "--save-every", "4").exit()).isEqualTo(0);
