@@ -1467,11 +1467,12 @@ final class ModelGenerator {
                 : topP(r) ? "top-p (at most " + k + ")" : "top-" + k);
         routerMatmul(c, moe, p, m, in);
         c.line("$L($L, null)", routerMethod(moe), m);
-        c.comment("loads, and each token's weight per expert (0 where not chosen$L)", n > e ? "; shared experts 1" : "");
+        c.comment("loads, and each token's weight per expert (0 where not chosen$L; all 0 for a token a padding mask drops)", n > e ? "; shared experts 1" : "");
         c.line("$T.fill($L.counts, 0)", ARRAYS, m);
         c.line("$T.zero($L.gateW, rows * $L)", ELEMENTWISE, m, n);
         c.line("int slots = 0");
         c.open("for (int t = 0; t < rows; t++)");
+        c.open("if (keep != null && !keep[t])").line("continue").close();
         c.open("for (int s = 0; s < $L; s++)", k);
         c.line("int ex = $L.selected[t * $L + s]", m, k);
         c.open("if (ex < $L)", e);
@@ -1505,7 +1506,7 @@ final class ModelGenerator {
             if (rope) {
                 c.line("backend.rope($L.aq[$L], rows, seq, $L, $L, $L, THETA, false)", m, i, u.heads(), u.headDim(), cfg.position().rotaryDims(u.headDim()));
             }
-            c.line("backend.attention($L.aq[$L], $L.ak[$L], $L.av[$L], $L.aAtt[$L], $L.aLse[$L], batch, seq, $L, $L, $L, CAUSAL, WINDOW)", m, i, m, i, m, i, m, i,
+            c.line("backend.attention($L.aq[$L], $L.ak[$L], $L.av[$L], $L.aAtt[$L], $L.aLse[$L], batch, seq, $L, $L, $L, CAUSAL, WINDOW, keep)", m, i, m, i, m, i, m, i,
                     m, i, u.heads(), u.heads(), u.headDim());
             c.line("backend.matmul($L.aAtt[$L], 0, $L.value(), 0, $L.aOut[$L], 0, rows, $L, DIM)", m, i, Names.field(u.prefix() + ".o"), m, i, w);
             c.open("for (int t = 0; t < rows; t++)");
@@ -1552,7 +1553,7 @@ final class ModelGenerator {
             c.line("$T.zero($L.aDAtt[$L], rows * $L)", ELEMENTWISE, m, i, w);
             c.line("backend.matmulBackward($L.aAtt[$L], 0, $L.value(), 0, $L.aDOut, 0, $L.aDAtt[$L], 0, $L.grad(), 0, rows, $L, DIM)", m, i, o, m, m, i, o, w);
             c.line("$T.zero($L.aDq[$L], rows * $L)", ELEMENTWISE, m, i, w);
-            c.line("backend.attentionBackward($L.aq[$L], $L.ak[$L], $L.av[$L], $L.aAtt[$L], $L.aLse[$L], $L.aDAtt[$L], $L.aDq[$L], $L.aDk[$L], $L.aDv[$L], batch, seq, $L, $L, $L, CAUSAL, WINDOW)",
+            c.line("backend.attentionBackward($L.aq[$L], $L.ak[$L], $L.av[$L], $L.aAtt[$L], $L.aLse[$L], $L.aDAtt[$L], $L.aDq[$L], $L.aDk[$L], $L.aDv[$L], batch, seq, $L, $L, $L, CAUSAL, WINDOW, keep)",
                     m, i, m, i, m, i, m, i, m, i, m, i, m, i, m, i, m, i, u.heads(), u.heads(), u.headDim());
             if (rope) {
                 c.line("backend.rope($L.aDq[$L], rows, seq, $L, $L, $L, THETA, true)", m, i, u.heads(), u.headDim(), cfg.position().rotaryDims(u.headDim()));
@@ -3180,12 +3181,6 @@ final class ModelGenerator {
 
     private void mask() {
         Code c = new Code();
-        if (!attnMoeLayers.isEmpty()) {
-            c.open("if (keep != null)");
-            c.line("throw new $T($S)", UnsupportedOperationException.class,
-                    model.name() + ": padding masks with attention experts (layer " + attnMoeLayers.getFirst() + ") are not supported");
-            c.close();
-        }
         c.line("this.keep = keep == null ? null : keep.clone()");
         type.addMethod(MethodSpec.methodBuilder("setMask").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
                 .addJavadoc("See {@link $T#setMask}.\n", TRAINABLE).addParameter(boolean[].class, "keep").addCode(c.build()).build());

@@ -117,6 +117,39 @@ class MaskTest {
                   }
                   layers 2 { all: attention, m }
                 }
+                """,
+                // JetMoE: top-k attention experts with shared keys and values, aux and z losses, beside top-k FFN experts
+                HEADER + """
+                  moe moa {
+                    routed 3 x attention(heads: 2, head_dim: 2, shared_kv: true)
+                    router { order topk_then_softmax  top_k 2 }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router { order topk_then_softmax  top_k 2 }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: moa, m }
+                }
+                """,
+                // BAM: a soft mixture of attention experts in a parallel block, a shared one; top-p attention experts below
+                HEADER + """
+                  moe attend {
+                    shared 1 x attention(heads: 1, head_dim: 4)
+                    routed 3 x attention(heads: 2, head_dim: 2)
+                    router { mode soft }
+                    balance z_loss(coef: 0.01)
+                  }
+                  moe pick {
+                    routed 3 x attention(heads: 1, head_dim: 4)
+                    router { top_p 0.6  max_k 2 }
+                    balance aux(coef: 0.1, scope: sequence)
+                    balance entropy(coef: 0.05)
+                  }
+                  layers 2 { first 1: pick, swiglu(hidden: 12)  rest: parallel(attend, swiglu(hidden: 12)) }
+                }
                 """);
     }
 
@@ -301,18 +334,44 @@ class MaskTest {
         assertThat(none).hasMessageThat().contains("keeps no token");
     }
 
-    @Test
-    void attentionExpertsRefuseAMask() {
-        TrainableModel m = Generated.instantiate(Generated.model(HEADER + """
-                  moe heads {
-                    routed 3 x attention(heads: 2, head_dim: 2)
-                    router { top_k 2 }
-                  }
-                  layers 1 { all: heads, swiglu(hidden: 12) }
-                }
-                """));
-        m.setMask(null);
-        var refused = assertThrows(UnsupportedOperationException.class, () -> m.setMask(new boolean[] {true}));
-        assertThat(refused).hasMessageThat().contains("padding masks with attention experts");
+    /** The JetMoE and BAM recipes as they are (only the context cut, for speed): a dropped token changes nothing else, bit for bit. */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"jetmoe.moe", "bam.moe"})
+    void attentionExpertRecipesHonourAMask(String recipe) throws java.io.IOException {
+        String text = java.nio.file.Files.readString(java.nio.file.Path.of("../recipes").resolve(recipe)).replace("context 256", "context 8");
+        TrainableModel m = Generated.instantiate(Generated.model(text), new CpuBackend(2, true));
+        int[] inputs = new int[BATCH * SEQ];
+        int[] targets = new int[BATCH * SEQ];
+        boolean[] keep = new boolean[BATCH * SEQ];
+        for (int i = 0; i < inputs.length; i++) {
+            inputs[i] = (i * 37 + 11) % 256;
+            targets[i] = (i * 53 + 7) % 256;
+            keep[i] = i % 4 != 1;
+        }
+        int[] other = inputs.clone();
+        for (int i = 0; i < inputs.length; i++) {
+            if (!keep[i]) {
+                other[i] = (inputs[i] + 101) % 256;
+            }
+        }
+        Run a = run(m, inputs, targets, keep);
+        Run b = run(m, other, targets, keep);
+        assertThat(Double.doubleToRawLongBits(b.loss())).isEqualTo(Double.doubleToRawLongBits(a.loss()));
+        assertThat(sameKeptLogits(a.logits(), b.logits(), keep, 256)).isTrue();
+        assertThat(b.loads()).isEqualTo(a.loads());
+        for (int p = 0; p < a.params().size(); p++) {
+            assertThat(b.params().get(p)).isEqualTo(a.params().get(p));
+        }
+        Run plainA = run(m, inputs, targets, null);
+        Run plainB = run(m, other, targets, null);
+        assertThat(sameKeptLogits(plainA.logits(), plainB.logits(), keep, 256)).isFalse();
+        // the loads count the kept tokens only: top-2 attention experts in JetMoE's first MoE of each layer
+        if (recipe.equals("jetmoe.moe")) {
+            int kept = 0;
+            for (boolean k : keep) {
+                kept += k ? 1 : 0;
+            }
+            assertThat(java.util.Arrays.stream(a.loads()[0]).sum()).isEqualTo(2 * kept);
+        }
     }
 }

@@ -42,6 +42,23 @@ class PaddedDocumentsTest {
             }
             """;
 
+    /** The same with attention experts (JetMoE) in the mixer slot. */
+    private static final String ADDITIVE_ATTENTION = """
+            model Tiny {
+              vocab 256  context 24  dim 8  heads 2  kv_heads 1
+              moe moa {
+                routed 3 x attention(heads: 2, head_dim: 2, shared_kv: true)
+                router { order topk_then_softmax  top_k 2 }
+                balance z_loss(coef: 0.01)
+              }
+              moe m {
+                routed 4 x swiglu(hidden: 5)
+                router { top_k 2 }
+              }
+              layers 2 { all: moa, m }
+            }
+            """;
+
     /** Losses and routing that couple the tokens of a batch: micro-batch aux loss, capacity drops, expert choice. */
     private static final String COUPLED = """
             model Tiny {
@@ -117,9 +134,10 @@ class PaddedDocumentsTest {
         return a;
     }
 
-    @Test
-    void aPaddedBatchIsTheTokenWeightedSumOfItsUnpaddedDocuments() {
-        TrainableModel m = model(ADDITIVE);
+    @org.junit.jupiter.params.ParameterizedTest
+    @org.junit.jupiter.params.provider.ValueSource(booleans = {false, true})
+    void aPaddedBatchIsTheTokenWeightedSumOfItsUnpaddedDocuments(boolean attentionExperts) {
+        TrainableModel m = model(attentionExperts ? ADDITIVE_ATTENTION : ADDITIVE);
         Batch b = padded(6).batch(2);
         assertThat(b.padded()).isTrue();
         int[] inputs = b.inputs();
