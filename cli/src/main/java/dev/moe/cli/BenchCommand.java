@@ -53,13 +53,77 @@ final class BenchCommand implements Callable<Integer> {
     @Option(names = "--fp32", description = "With --backend cuda: fp32 instead of bf16.")
     boolean fp32;
 
+    @Option(names = "--attention-experts", description = "Instead: the forward of JetMoE's attention experts (recipes/jetmoe.moe scaled up to d=256, "
+            + "context 256, batch 8, 8 experts of 2 heads x 32 with shared keys and values) at top-k 1, 2, 4 and 8, with the FLOPs per "
+            + "token that `moe info` counts. Queries, outputs and attention rows run for routed tokens only: top-8 costs what every k "
+            + "cost when every expert ran for every token.")
+    boolean attentionExperts;
+
     record Shape(int tokens, int dim, int experts, int hidden, int k) {}
+
+    /** recipes/jetmoe.moe's mixer, scaled up, with dense FFNs so that the attention experts' time stands out. */
+    private static final String JETMOE = """
+            moe moa {
+              routed 8 x attention(heads: 2, head_dim: 32, shared_kv: true)
+              router {
+                order topk_then_softmax
+                top_k %d
+              }
+              balance aux(coef: 0.01)
+              balance z_loss(coef: 0.001)
+            }
+            model JetMoEBench {
+              vocab 256
+              context 256
+              dim 256
+              heads 4
+              layers 2 {
+                all: moa, swiglu(hidden: 512)
+              }
+            }
+            """;
+
+    /** Forward time of attention-expert models that differ only in top-k; the FLOPs are {@code moe info}'s, at full context. */
+    private int attentionExperts(PrintWriter out) {
+        int batch = 8;
+        out.printf(Locale.ROOT, "attention experts (recipes/jetmoe.moe scaled up), fp32, %d thread(s), %s path: d=256, context 256, batch %d, 2 layers,%n",
+                threads, scalar ? "scalar" : "Vector API", batch);
+        out.printf(Locale.ROOT, "8 experts of 2 heads x 32 (shared K/V), dense SwiGLU FFNs (f=512)%n");
+        out.printf(Locale.ROOT, "%-8s %20s %12s %12s%n", "top-k", "fwd MFLOP/token", "fwd ms", "tokens/s");
+        for (int k : new int[] {1, 2, 4, 8}) {
+            dev.moe.dsl.SourceFile source = new dev.moe.dsl.SourceFile("jetmoe-bench.moe", JETMOE.formatted(k));
+            dev.moe.compiler.ir.Model model = dev.moe.compiler.MoeCompiler.compile(source).orThrow().models().getFirst();
+            dev.moe.runtime.TrainableModel m;
+            try {
+                m = Recipes.instantiate(model, source.name(), () -> new CpuBackend(threads, !scalar));
+            } catch (Recipes.UserError e) {
+                throw new IllegalStateException(e);
+            }
+            m.initialize(1);
+            m.setTraining(false);
+            int seq = m.context();
+            int[] inputs = new int[batch * seq];
+            for (int i = 0; i < inputs.length; i++) {
+                inputs[i] = (i * 131 + 7) % 256;
+            }
+            double fwd = time(() -> {
+                m.beginStep();
+                m.forward(inputs, inputs, batch, seq);
+            });
+            out.printf(Locale.ROOT, "%-8d %20.2f %12.2f %12.0f%n", k, model.flopsPerToken().expected() / 1e6, fwd * 1e3, batch * seq / fwd);
+            out.flush();
+        }
+        return 0;
+    }
 
     @Override
     public Integer call() {
         PrintWriter out = spec.commandLine().getOut();
         if (!backendName.equals("cpu")) {
             return gpu(out);
+        }
+        if (attentionExperts) {
+            return attentionExperts(out);
         }
         Backend backend = new CpuBackend(threads, !scalar);
         out.printf(Locale.ROOT, "MoE layer, fp32, %d thread(s), %s path, %s%n", threads, scalar ? "scalar" : "Vector API",

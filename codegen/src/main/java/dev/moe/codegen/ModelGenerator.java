@@ -567,10 +567,14 @@ final class ModelGenerator {
             moeState.addField(FieldSpec.builder(float[].class, "gateW")
                     .addJavadoc("attention experts: each token's weight per expert [rows, experts] (routed, then shared at 1), its gradient, and an expert's output gradient [rows, DIM]\n").build());
             moeState.addField(float[].class, "dGateW").addField(float[].class, "aDOut");
-            moeState.addField(FieldSpec.builder(float[][].class, "aq").addJavadoc("per attention expert: q, k, v (shared-kv experts share theirs), attention, log-sum-exp, output; and gradients\n").build());
+            moeState.addField(FieldSpec.builder(float[][].class, "aq").addJavadoc("per attention expert: q, k, v (shared-kv experts share theirs), attention, log-sum-exp [rows, ...], output of its tokens [its tokens, DIM]; and gradients\n").build());
             for (String f : List.of("ak", "av", "aAtt", "aLse", "aOut", "aDq", "aDk", "aDv", "aDAtt")) {
                 moeState.addField(float[][].class, f);
             }
+            moeState.addField(FieldSpec.builder(int[][].class, "aTok").addJavadoc("per attention expert: its tokens in order (routed to it; every kept token for a shared one), their count, and which rows they are\n").build());
+            moeState.addField(int[].class, "aN").addField(boolean[][].class, "aIsQ");
+            moeState.addField(FieldSpec.builder(float[].class, "aX").addJavadoc("scratch over one expert's tokens: their inputs [n, DIM], a q / attention row [n, width] and its gradient, their weights, their input gradient [n, DIM]\n").build());
+            moeState.addField(float[].class, "aG").addField(float[].class, "aDG").addField(float[].class, "aGw").addField(float[].class, "aDx");
         }
         if (gruWidth > 0) {
             moeState.addField(FieldSpec.builder(float[].class, "gruU").addJavadoc("recurrent router: u = x · gru_inᵀ, the previous state, the GRU's reset and update gates, its candidate, its hidden part before the reset, and the new state [rows, width]\n").build());
@@ -970,6 +974,15 @@ final class ModelGenerator {
                 for (String f : List.of("aq", "ak", "av", "aAtt", "aLse", "aOut", "aDq", "aDk", "aDv", "aDAtt")) {
                     p.line("$L.$L = new float[$L][]", st, f, units.size());
                 }
+                int widest = units.stream().mapToInt(u -> u.heads() * u.headDim()).max().orElse(1);
+                p.line("$L.aTok = new int[$L][r]", st, units.size());
+                p.line("$L.aN = new int[$L]", st, units.size());
+                p.line("$L.aIsQ = new boolean[$L][r]", st, units.size());
+                p.line("$L.aX = new float[r * DIM]", st);
+                p.line("$L.aDx = new float[r * DIM]", st);
+                p.line("$L.aG = new float[r * $L]", st, widest);
+                p.line("$L.aDG = new float[r * $L]", st, widest);
+                p.line("$L.aGw = new float[r]", st);
                 for (AttnUnit u : units) {
                     int w = u.heads() * u.headDim();
                     for (String f : List.of("aq", "aAtt", "aDq", "aDAtt")) {
@@ -1450,9 +1463,10 @@ final class ModelGenerator {
 
     /**
      * An MoE of attention experts in the mixer slot (JetMoE's mixture of attention heads, BAM's soft
-     * mixture): out = Σ_e weight_e · O_e · attention(Q_e x, K_e x, V_e x). Every expert runs for every
-     * token (a query's attention reads every earlier token's keys); the weights are 0 for experts a
-     * token did not choose, so the sum is that of the chosen ones.
+     * mixture): out = Σ_e weight_e · O_e · attention(Q_e x, K_e x, V_e x) over the experts a token
+     * chose. Keys and values run for every token (a query reads every earlier token's); an expert's
+     * query and output projections and its attention rows run for the tokens routed to it only, so
+     * their cost falls with k / E.
      */
     private Code attentionMoeForward(int layer, Moe moe, String in, String out) {
         Code c = new Code();
@@ -1467,21 +1481,28 @@ final class ModelGenerator {
                 : topP(r) ? "top-p (at most " + k + ")" : "top-" + k);
         routerMatmul(c, moe, p, m, in);
         c.line("$L($L, null)", routerMethod(moe), m);
-        c.comment("loads, and each token's weight per expert (0 where not chosen$L; all 0 for a token a padding mask drops)", n > e ? "; shared experts 1" : "");
+        c.comment("loads, each token's weight per expert (0 where not chosen$L), and each expert's tokens in order; a token a padding mask drops has none",
+                n > e ? "; shared experts 1" : "");
         c.line("$T.fill($L.counts, 0)", ARRAYS, m);
+        c.line("$T.fill($L.aN, 0)", ARRAYS, m);
         c.line("$T.zero($L.gateW, rows * $L)", ELEMENTWISE, m, n);
         c.line("int slots = 0");
         c.open("for (int t = 0; t < rows; t++)");
+        c.open("for (int u = 0; u < $L; u++)", n).line("$L.aIsQ[u][t] = false", m).close();
         c.open("if (keep != null && !keep[t])").line("continue").close();
         c.open("for (int s = 0; s < $L; s++)", k);
         c.line("int ex = $L.selected[t * $L + s]", m, k);
         c.open("if (ex < $L)", e);
         c.line("$L.counts[ex]++", m).line("slots++");
         c.line("$L.gateW[t * $L + ex] += $L.weight[t * $L + s]", m, n, m, k);
+        c.line("$L.aTok[ex][$L.aN[ex]++] = t", m, m);
+        c.line("$L.aIsQ[ex][t] = true", m);
         c.close();
         c.close();
         for (int u = e; u < n; u++) {
             c.line("$L.gateW[t * $L + $L] = 1f", m, n, u);
+            c.line("$L.aTok[$L][$L.aN[$L]++] = t", m, u, m, u);
+            c.line("$L.aIsQ[$L][t] = true", m, u);
         }
         c.close();
         c.open("if (counting)");
@@ -1496,24 +1517,29 @@ final class ModelGenerator {
             c.comment("attention expert $L ($L heads of $L)$L", i, u.heads(), u.headDim(), u.kvOwner() != i ? ", keys and values of expert " + u.kvOwner()
                     : u.kvPrefix().equals(u.prefix()) ? "" : ", keys and values shared with its group");
             if (u.kvOwner() == i) {
+                c.comment("keys and values: every token");
                 c.line("backend.matmul($L, 0, $L.value(), 0, $L.ak[$L], 0, rows, DIM, $L)", in, Names.field(u.kvPrefix() + ".k"), m, i, w);
                 c.line("backend.matmul($L, 0, $L.value(), 0, $L.av[$L], 0, rows, DIM, $L)", in, Names.field(u.kvPrefix() + ".v"), m, i, w);
                 if (rope) {
                     c.line("backend.rope($L.ak[$L], rows, seq, $L, $L, $L, THETA, false)", m, i, u.heads(), u.headDim(), cfg.position().rotaryDims(u.headDim()));
                 }
             }
-            c.line("backend.matmul($L, 0, $L.value(), 0, $L.aq[$L], 0, rows, DIM, $L)", in, Names.field(u.prefix() + ".q"), m, i, w);
+            c.line("int n$L = $L.aN[$L]", i, m, i);
+            c.open("if (n$L > 0)", i);
+            c.comment("queries of its $L tokens only: gathered, projected, put back at their rows (for the positions), attended, projected out and added by weight",
+                    i < e ? "routed" : "(shared: all)");
+            c.line("backend.gatherRows($L, $L.aTok[$L], n$L, DIM, $L.aX)", in, m, i, i, m);
+            c.line("backend.matmul($L.aX, 0, $L.value(), 0, $L.aG, 0, n$L, DIM, $L)", m, Names.field(u.prefix() + ".q"), m, i, w);
+            c.open("for (int j = 0; j < n$L; j++)", i).line("System.arraycopy($L.aG, j * $L, $L.aq[$L], $L.aTok[$L][j] * $L, $L)", m, w, m, i, m, i, w, w).close();
             if (rope) {
                 c.line("backend.rope($L.aq[$L], rows, seq, $L, $L, $L, THETA, false)", m, i, u.heads(), u.headDim(), cfg.position().rotaryDims(u.headDim()));
             }
-            c.line("backend.attention($L.aq[$L], $L.ak[$L], $L.av[$L], $L.aAtt[$L], $L.aLse[$L], batch, seq, $L, $L, $L, CAUSAL, WINDOW, keep)", m, i, m, i, m, i, m, i,
-                    m, i, u.heads(), u.heads(), u.headDim());
-            c.line("backend.matmul($L.aAtt[$L], 0, $L.value(), 0, $L.aOut[$L], 0, rows, $L, DIM)", m, i, Names.field(u.prefix() + ".o"), m, i, w);
-            c.open("for (int t = 0; t < rows; t++)");
-            c.line("float w = $L.gateW[t * $L + $L]", m, n, i);
-            c.open("if (w != 0f)");
-            c.open("for (int d = 0; d < DIM; d++)").line("$L[t * DIM + d] += w * $L.aOut[$L][t * DIM + d]", out, m, i).close();
-            c.close();
+            c.line("backend.attention($L.aq[$L], $L.ak[$L], $L.av[$L], $L.aAtt[$L], $L.aLse[$L], batch, seq, $L, $L, $L, CAUSAL, WINDOW, keep, $L.aIsQ[$L])", m, i, m, i,
+                    m, i, m, i, m, i, u.heads(), u.heads(), u.headDim(), m, i);
+            c.line("backend.gatherRows($L.aAtt[$L], $L.aTok[$L], n$L, $L, $L.aG)", m, i, m, i, i, w, m);
+            c.line("backend.matmul($L.aG, 0, $L.value(), 0, $L.aOut[$L], 0, n$L, $L, DIM)", m, Names.field(u.prefix() + ".o"), m, i, i, w);
+            c.open("for (int j = 0; j < n$L; j++)", i).line("$L.aGw[j] = $L.gateW[$L.aTok[$L][j] * $L + $L]", m, m, m, i, n, i).close();
+            c.line("backend.scatterAddRows($L.aOut[$L], $L.aTok[$L], $L.aGw, n$L, DIM, $L)", m, i, m, i, m, i, out);
             c.close();
         }
         c.add(balanceForward(moe, m, e, k).build());
@@ -1535,36 +1561,51 @@ final class ModelGenerator {
                 c.line("$T.zero($L.aDv[$L], rows * $L)", ELEMENTWISE, m, u.index(), u.heads() * u.headDim());
             }
         }
+        c.line("$T.zero($L.dGateW, rows * $L)", ELEMENTWISE, m, n);
         for (AttnUnit u : units) {
             int w = u.heads() * u.headDim();
             int i = u.index();
             String o = Names.field(u.prefix() + ".o");
             String q = Names.field(u.prefix() + ".q");
-            c.comment("attention expert $L: d(weight) = <dOut, its output>; its output's gradient is weight · dOut", i);
-            c.open("for (int t = 0; t < rows; t++)");
+            c.comment("attention expert $L, over its tokens: d(weight) = <dOut, its output>; its output's gradient is weight · dOut", i);
+            c.line("int n$L = $L.aN[$L]", i, m, i);
+            c.open("if (n$L > 0)", i);
+            c.open("for (int j = 0; j < n$L; j++)", i);
+            c.line("int t = $L.aTok[$L][j]", m, i);
             c.line("float w = $L.gateW[t * $L + $L]", m, n, i);
             c.line("double dot = 0");
             c.open("for (int d = 0; d < DIM; d++)");
-            c.line("dot += (double) $L[t * DIM + d] * $L.aOut[$L][t * DIM + d]", dOut, m, i);
-            c.line("$L.aDOut[t * DIM + d] = w * $L[t * DIM + d]", m, dOut);
+            c.line("dot += (double) $L[t * DIM + d] * $L.aOut[$L][j * DIM + d]", dOut, m, i);
+            c.line("$L.aDOut[j * DIM + d] = w * $L[t * DIM + d]", m, dOut);
             c.close();
             c.line("$L.dGateW[t * $L + $L] = (float) dot", m, n, i);
             c.close();
+            c.comment("output projection over the gathered attention rows; their gradient back at the rows (0 elsewhere: not queries)");
+            c.line("backend.gatherRows($L.aAtt[$L], $L.aTok[$L], n$L, $L, $L.aG)", m, i, m, i, i, w, m);
+            c.line("$T.zero($L.aDG, n$L * $L)", ELEMENTWISE, m, i, w);
+            c.line("backend.matmulBackward($L.aG, 0, $L.value(), 0, $L.aDOut, 0, $L.aDG, 0, $L.grad(), 0, n$L, $L, DIM)", m, o, m, m, o, i, w);
             c.line("$T.zero($L.aDAtt[$L], rows * $L)", ELEMENTWISE, m, i, w);
-            c.line("backend.matmulBackward($L.aAtt[$L], 0, $L.value(), 0, $L.aDOut, 0, $L.aDAtt[$L], 0, $L.grad(), 0, rows, $L, DIM)", m, i, o, m, m, i, o, w);
+            c.open("for (int j = 0; j < n$L; j++)", i).line("System.arraycopy($L.aDG, j * $L, $L.aDAtt[$L], $L.aTok[$L][j] * $L, $L)", m, w, m, i, m, i, w, w).close();
             c.line("$T.zero($L.aDq[$L], rows * $L)", ELEMENTWISE, m, i, w);
-            c.line("backend.attentionBackward($L.aq[$L], $L.ak[$L], $L.av[$L], $L.aAtt[$L], $L.aLse[$L], $L.aDAtt[$L], $L.aDq[$L], $L.aDk[$L], $L.aDv[$L], batch, seq, $L, $L, $L, CAUSAL, WINDOW, keep)",
-                    m, i, m, i, m, i, m, i, m, i, m, i, m, i, m, i, m, i, u.heads(), u.heads(), u.headDim());
+            c.line("backend.attentionBackward($L.aq[$L], $L.ak[$L], $L.av[$L], $L.aAtt[$L], $L.aLse[$L], $L.aDAtt[$L], $L.aDq[$L], $L.aDk[$L], $L.aDv[$L], batch, seq, $L, $L, $L, CAUSAL, WINDOW, keep, $L.aIsQ[$L])",
+                    m, i, m, i, m, i, m, i, m, i, m, i, m, i, m, i, m, i, u.heads(), u.heads(), u.headDim(), m, i);
             if (rope) {
                 c.line("backend.rope($L.aDq[$L], rows, seq, $L, $L, $L, THETA, true)", m, i, u.heads(), u.headDim(), cfg.position().rotaryDims(u.headDim()));
             }
-            c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.aDq[$L], 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, q, m, i, dIn, q, w);
+            c.comment("query projection over the gathered rows");
+            c.line("backend.gatherRows($L.aDq[$L], $L.aTok[$L], n$L, $L, $L.aDG)", m, i, m, i, i, w, m);
+            c.line("backend.gatherRows($L, $L.aTok[$L], n$L, DIM, $L.aX)", in, m, i, i, m);
+            c.line("$T.zero($L.aDx, n$L * DIM)", ELEMENTWISE, m, i);
+            c.line("backend.matmulBackward($L.aX, 0, $L.value(), 0, $L.aDG, 0, $L.aDx, 0, $L.grad(), 0, n$L, DIM, $L)", m, q, m, m, q, i, w);
+            c.line("backend.scatterAddRows($L.aDx, $L.aTok[$L], null, n$L, DIM, $L)", m, m, i, i, dIn);
+            c.close();
             boolean lastOfKv = units.stream().noneMatch(x -> x.kvOwner() == u.kvOwner() && x.index() > i);
             if (lastOfKv) {
                 int owner = u.kvOwner();
                 AttnUnit ou = units.get(owner);
                 String kf = Names.field(ou.kvPrefix() + ".k");
                 String vf = Names.field(ou.kvPrefix() + ".v");
+                c.comment("keys and values of expert $L (every token)", owner);
                 if (rope) {
                     c.line("backend.rope($L.aDk[$L], rows, seq, $L, $L, $L, THETA, true)", m, owner, ou.heads(), ou.headDim(), cfg.position().rotaryDims(ou.headDim()));
                 }

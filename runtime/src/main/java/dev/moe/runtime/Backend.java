@@ -94,6 +94,29 @@ public interface Backend {
         attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, batch, seq, heads, kvHeads, headDim, causal, window);
     }
 
+    /**
+     * {@link #attention(float[], float[], float[], float[], float[], int, int, int, int, int, boolean, int, boolean[])} for
+     * the query rows that {@code queries[B*S]} marks (null = every row): the keys and values are still
+     * every row's (under {@code keep}), but only the marked rows' {@code out} and {@code lse} are
+     * computed; the others' are unspecified. Attention experts use it to attend for the tokens routed to
+     * them only. The default computes every row.
+     */
+    default void attention(float[] q, float[] k, float[] v, float[] out, float[] lse, int batch, int seq, int heads, int kvHeads, int headDim,
+            boolean causal, int window, boolean[] keep, boolean[] queries) {
+        attention(q, k, v, out, lse, batch, seq, heads, kvHeads, headDim, causal, window, keep);
+    }
+
+    /**
+     * Backward of the query-row attention above: only the marked rows are queries, so only their
+     * {@code dq} is accumulated (the others' is left as it is) and only they contribute to {@code dk} and
+     * {@code dv}. {@code dOut} must be 0 on the rows not marked. The default runs the full backward,
+     * which with that {@code dOut} adds nothing for the rows not marked.
+     */
+    default void attentionBackward(float[] q, float[] k, float[] v, float[] out, float[] lse, float[] dOut, float[] dq, float[] dk, float[] dv,
+            int batch, int seq, int heads, int kvHeads, int headDim, boolean causal, int window, boolean[] keep, boolean[] queries) {
+        attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, batch, seq, heads, kvHeads, headDim, causal, window, keep);
+    }
+
     // ---- activations ----
 
     /** {@code h = act(gate) * up}, n elements. */

@@ -97,13 +97,25 @@ public final class CpuBackend implements Backend {
     @Override
     public void attention(float[] q, float[] k, float[] v, float[] out, float[] lse, int batch, int seq, int heads, int kvHeads, int headDim,
             boolean causal, int window, boolean[] keep) {
-        ops.attention(q, k, v, out, lse, batch, seq, heads, kvHeads, headDim, causal, window, keep);
+        ops.attention(q, k, v, out, lse, batch, seq, heads, kvHeads, headDim, causal, window, keep, null);
     }
 
     @Override
     public void attentionBackward(float[] q, float[] k, float[] v, float[] out, float[] lse, float[] dOut, float[] dq, float[] dk, float[] dv,
             int batch, int seq, int heads, int kvHeads, int headDim, boolean causal, int window, boolean[] keep) {
-        ops.attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, batch, seq, heads, kvHeads, headDim, causal, window, keep);
+        ops.attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, batch, seq, heads, kvHeads, headDim, causal, window, keep, null);
+    }
+
+    @Override
+    public void attention(float[] q, float[] k, float[] v, float[] out, float[] lse, int batch, int seq, int heads, int kvHeads, int headDim,
+            boolean causal, int window, boolean[] keep, boolean[] queries) {
+        ops.attention(q, k, v, out, lse, batch, seq, heads, kvHeads, headDim, causal, window, keep, queries);
+    }
+
+    @Override
+    public void attentionBackward(float[] q, float[] k, float[] v, float[] out, float[] lse, float[] dOut, float[] dq, float[] dk, float[] dv,
+            int batch, int seq, int heads, int kvHeads, int headDim, boolean causal, int window, boolean[] keep, boolean[] queries) {
+        ops.attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, batch, seq, heads, kvHeads, headDim, causal, window, keep, queries);
     }
 
     @Override

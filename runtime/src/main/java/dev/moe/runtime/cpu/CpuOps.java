@@ -371,12 +371,20 @@ final class CpuOps {
 
     void attention(float[] q, float[] k, float[] v, float[] out, float[] lse, int batch, int seq, int heads, int kvHeads, int headDim,
             boolean causal, int window) {
-        attention(q, k, v, out, lse, batch, seq, heads, kvHeads, headDim, causal, window, null);
+        attention(q, k, v, out, lse, batch, seq, heads, kvHeads, headDim, causal, window, null, null);
     }
 
-    /** With {@code keep} (per row, null = all): a query sees a dropped key only when it is that key's own row. */
     void attention(float[] q, float[] k, float[] v, float[] out, float[] lse, int batch, int seq, int heads, int kvHeads, int headDim,
             boolean causal, int window, boolean[] keep) {
+        attention(q, k, v, out, lse, batch, seq, heads, kvHeads, headDim, causal, window, keep, null);
+    }
+
+    /**
+     * With {@code keep} (per row, null = all): a query sees a dropped key only when it is that key's own
+     * row. With {@code queries} (per row, null = all): only the marked rows are computed as queries.
+     */
+    void attention(float[] q, float[] k, float[] v, float[] out, float[] lse, int batch, int seq, int heads, int kvHeads, int headDim,
+            boolean causal, int window, boolean[] keep, boolean[] queries) {
         checkHeads(heads, kvHeads);
         int group = heads / kvHeads;
         int qWidth = heads * headDim;
@@ -395,6 +403,9 @@ final class CpuOps {
                 int h = bh % heads;
                 int kvh = h / group;
                 int row = b * seq + i;
+                if (queries != null && !queries[row]) {
+                    continue;
+                }
                 int qo = row * qWidth + h * headDim;
                 int lo = firstKey(i, window);
                 int hi = lastKey(i, seq, causal);
@@ -432,11 +443,17 @@ final class CpuOps {
 
     void attentionBackward(float[] q, float[] k, float[] v, float[] out, float[] lse, float[] dOut, float[] dq, float[] dk, float[] dv,
             int batch, int seq, int heads, int kvHeads, int headDim, boolean causal, int window) {
-        attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, batch, seq, heads, kvHeads, headDim, causal, window, null);
+        attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, batch, seq, heads, kvHeads, headDim, causal, window, null, null);
     }
 
     void attentionBackward(float[] q, float[] k, float[] v, float[] out, float[] lse, float[] dOut, float[] dq, float[] dk, float[] dv,
             int batch, int seq, int heads, int kvHeads, int headDim, boolean causal, int window, boolean[] keep) {
+        attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, batch, seq, heads, kvHeads, headDim, causal, window, keep, null);
+    }
+
+    /** With {@code queries}: only the marked rows are queries (their dq; their share of dk and dv). */
+    void attentionBackward(float[] q, float[] k, float[] v, float[] out, float[] lse, float[] dOut, float[] dq, float[] dk, float[] dv,
+            int batch, int seq, int heads, int kvHeads, int headDim, boolean causal, int window, boolean[] keep, boolean[] queries) {
         checkHeads(heads, kvHeads);
         int group = heads / kvHeads;
         int qWidth = heads * headDim;
@@ -466,6 +483,9 @@ final class CpuOps {
                     int h = bh % heads;
                     int kvh = h / group;
                     int row = b * seq + i;
+                    if (queries != null && !queries[row]) {
+                        continue;
+                    }
                     int qo = row * qWidth + h * headDim;
                     int lo = firstKey(i, window);
                     int hi = lastKey(i, seq, causal);
@@ -531,6 +551,9 @@ final class CpuOps {
                             scoresTransposed(v, kvo, dOutT, t0, seq, headDim, n, 1f, dp);
                         } else {
                             for (int i = lo; i <= hi; i++) {
+                                if (queries != null && !queries[b * seq + i]) {
+                                    continue;
+                                }
                                 int qo = (b * seq + i) * qWidth + h * headDim;
                                 p[i - lo] = dot(q, qo, k, kvo, headDim) * scale;
                                 dp[i - lo] = dot(dOut, qo, v, kvo, headDim);
@@ -542,6 +565,9 @@ final class CpuOps {
                         expShifted(p, n, 0f);
                         for (int i = lo; i <= hi; i++) {
                             int row = b * seq + i;
+                            if (queries != null && !queries[row]) {
+                                continue; // not a query: its scores (and lse) are not defined
+                            }
                             int qo = row * qWidth + h * headDim;
                             float pi = p[i - lo];
                             axpy(pi, dOut, qo, accV, 0, headDim);

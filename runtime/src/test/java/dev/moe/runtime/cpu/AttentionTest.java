@@ -169,6 +169,49 @@ class AttentionTest {
         assertGradient("dv", dv, numericGradient(f, in, 2, d(dOut)));
     }
 
+    /** Query rows (attention experts' routed tokens): some kept rows, not all; row 0 of the second sequence is dropped and no query. */
+    private static final boolean[] QUERIES = {true, false, false, false, true, false, false, true, false, true};
+
+    @ParameterizedTest(name = "causal={0} window={1} vector={2}")
+    @MethodSource("masks")
+    void queryRowsMatchTheFloat64ReferenceOnThoseRows(boolean causal, int window, boolean vector) {
+        Random r = new Random(6);
+        float[] q = randn(r, B * S * H * HD, 1);
+        float[] k = randn(r, B * S * KV * HD, 1);
+        float[] v = randn(r, B * S * KV * HD, 1);
+        float[] dOut = randn(r, q.length, 1);
+        int width = H * HD;
+        for (int row = 0; row < B * S; row++) {
+            if (!QUERIES[row]) {
+                java.util.Arrays.fill(dOut, row * width, (row + 1) * width, 0f); // the contract: no gradient at rows that are no queries
+            }
+        }
+        CpuOps ops = ops(2, vector);
+        float[] out = filled(q.length, Float.NaN);
+        float[] lse = filled(B * S * H, Float.NaN);
+        ops.attention(q, k, v, out, lse, B, S, H, KV, HD, causal, window, KEEP, QUERIES);
+        double[] lseRef = new double[B * S * H];
+        double[] outRef = attentionRef(d(q), d(k), d(v), lseRef, B, S, H, KV, HD, causal, window, KEEP);
+        for (int row = 0; row < B * S; row++) {
+            for (int x = 0; x < width; x++) {
+                if (QUERIES[row]) {
+                    assertThat((double) out[row * width + x]).isWithin(1e-5).of(outRef[row * width + x]);
+                } else {
+                    assertThat(out[row * width + x]).isNaN(); // not computed
+                }
+            }
+        }
+        float[] dq = new float[q.length];
+        float[] dk = new float[k.length];
+        float[] dv = new float[v.length];
+        ops.attentionBackward(q, k, v, out, lse, dOut, dq, dk, dv, B, S, H, KV, HD, causal, window, KEEP, QUERIES);
+        Function<double[][], double[]> f = in -> attentionRef(in[0], in[1], in[2], null, B, S, H, KV, HD, causal, window, KEEP);
+        double[][] in = {d(q), d(k), d(v)};
+        assertGradient("dq", dq, numericGradient(f, in, 0, d(dOut)));
+        assertGradient("dk", dk, numericGradient(f, in, 1, d(dOut)));
+        assertGradient("dv", dv, numericGradient(f, in, 2, d(dOut)));
+    }
+
     @ParameterizedTest(name = "vector={0}")
     @ValueSource(booleans = {false, true})
     void anAllKeptMaskIsBitwiseNoMask(boolean vector) {
