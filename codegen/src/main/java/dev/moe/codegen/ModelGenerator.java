@@ -113,7 +113,6 @@ final class ModelGenerator {
         }
         for (Moe m : moes.values()) {
             router(m);
-            routerBackward(m);
         }
         helpers();
         if (cfg.mla().isPresent()) {
@@ -288,10 +287,15 @@ final class ModelGenerator {
                 Router r = m.routers().getFirst();
                 if (m.routers().size() > 1) {
                     for (Router other : m.routers()) {
-                        if (!new Router(r.name(), other.score(), other.order(), other.selection(), other.normalize(), other.scale(), other.bias(),
+                        // gates may differ in their score function, order, normalisation and scale (one router method each)
+                        if (!new Router(r.name(), r.score(), r.order(), other.selection(), r.normalize(), r.scale(), other.bias(),
                                 other.groupLimit(), other.quotaGroups(), other.jitter(), other.temperature(), other.gatingResidual(),
                                 other.recurrentWidth(), other.pregate(), other.capacity()).equals(r)) {
-                            unsupported(l, "named gates that differ in more than their weights (gate `" + other.name().orElse("") + "`)");
+                            unsupported(l, "named gates that differ in more than their weights, score, order, normalisation and scale (gate `"
+                                    + other.name().orElse("") + "`)");
+                        }
+                        if (gatesDiffer(m) && !(r.selection() instanceof Router.Selection.TopK)) {
+                            unsupported(l, "named gates that differ in their score, order, normalisation or scale with other than top-k routing");
                         }
                     }
                     if (r.bias().isPresent() || r.gatingResidual() || r.recurrentWidth().isPresent() || r.pregate()) {
@@ -2392,7 +2396,22 @@ final class ModelGenerator {
     private Code scoreRow(Moe moe, String m, int e) {
         Code c = new Code();
         c.line("float[] p = $L.p", m);
-        if (moe.routers().getFirst().score() == Router.Score.SIGMOID) {
+        List<Integer> sigmoidGates = new ArrayList<>();
+        for (int g = 0; g < moe.routers().size(); g++) {
+            if (moe.routers().get(g).score() == Router.Score.SIGMOID) {
+                sigmoidGates.add(g);
+            }
+        }
+        if (!sigmoidGates.isEmpty() && sigmoidGates.size() < moe.routers().size()) {
+            c.comment("gates with sigmoid scores normalise them per token; softmax gates' are normalised already");
+            c.open("if ($L)", String.join(" || ", sigmoidGates.stream().map(g -> m + ".gateOf[t / seq] == " + g).toList()));
+            c.line("double z = 0");
+            c.open("for (int ex = 0; ex < $L; ex++)", e).line("z += $L.probs[t * $L + ex]", m, e).close();
+            c.open("for (int ex = 0; ex < $L; ex++)", e).line("p[ex] = (float) ($L.probs[t * $L + ex] / z)", m, e).close();
+            c.orElse("else");
+            c.line("System.arraycopy($L.probs, t * $L, p, 0, $L)", m, e, e);
+            c.close();
+        } else if (moe.routers().getFirst().score() == Router.Score.SIGMOID) {
             c.line("double z = 0");
             c.open("for (int ex = 0; ex < $L; ex++)", e).line("z += $L.probs[t * $L + ex]", m, e).close();
             c.open("for (int ex = 0; ex < $L; ex++)", e).line("p[ex] = (float) ($L.probs[t * $L + ex] / z)", m, e).close();
@@ -2404,8 +2423,57 @@ final class ModelGenerator {
 
     // ---- routers (one per distinct MoE) ----
 
+    /** Whether an MoE's named gates differ in more than their weights (score, order, normalisation, scale). */
+    private static boolean gatesDiffer(Moe moe) {
+        Router first = moe.routers().getFirst();
+        return moe.routers().stream().anyMatch(g -> g.score() != first.score() || g.order() != first.order() || g.normalize() != first.normalize()
+                || g.scale() != first.scale());
+    }
+
+    /** The router (and its backward) of an MoE: one method, or with gates that differ one per gate over a sequence's rows and one that picks them. */
     private void router(Moe moe) {
-        Router r = moe.routers().getFirst();
+        if (!gatesDiffer(moe)) {
+            router(moe, moe.routers().getFirst(), routerMethod(moe), false);
+            routerBackward(moe, moe.routers().getFirst(), routerMethod(moe), false);
+            return;
+        }
+        Code f = new Code();
+        Code b = new Code();
+        f.comment("gates that differ beyond their weights: each sequence's rows go through the router of its gate");
+        b.comment("each sequence's rows through the backward of its gate's router");
+        for (Code c : List.of(f, b)) {
+            c.open("for (int b = 0; b < batch; b++)");
+            c.line("int from = b * seq");
+            c.line("int to = from + seq");
+        }
+        for (int g = 0; g < moe.routers().size(); g++) {
+            Router gate = moe.routers().get(g);
+            String name = routerMethod(moe) + "Gate" + Names.type(Names.field(gate.name().orElseThrow()));
+            router(moe, gate, name, true);
+            routerBackward(moe, gate, name, true);
+            String cond = g == 0 ? "if (m.gateOf[b] == $L)" : "else if (m.gateOf[b] == $L)";
+            if (g == 0) {
+                f.open(cond, g);
+                b.open(cond, g);
+            } else {
+                f.orElse(cond, g);
+                b.orElse(cond, g);
+            }
+            f.line("$L(m, bias, from, to)", name);
+            b.line("$LBackward(m, lossScale, from, to)", name);
+        }
+        f.close().close();
+        b.close().close();
+        type.addMethod(MethodSpec.methodBuilder(routerMethod(moe)).addModifiers(Modifier.PRIVATE)
+                .addJavadoc("Router of $L: each sequence by its gate's router.\n", moe.name())
+                .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(float[].class, "bias").addCode(f.build()).build());
+        type.addMethod(MethodSpec.methodBuilder(routerMethod(moe) + "Backward").addModifiers(Modifier.PRIVATE)
+                .addJavadoc("Backward of {@link #$L}.\n", routerMethod(moe))
+                .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.FLOAT, "lossScale").addCode(b.build()).build());
+    }
+
+    /** One router over all rows, or ({@code ranged}) over rows {@code from .. to - 1}. */
+    private void router(Moe moe, Router r, String method, boolean ranged) {
         int e = moe.routedExperts();
         int k = slotsPerToken(r);
         boolean sigmoid = r.score() == Router.Score.SIGMOID;
@@ -2425,7 +2493,7 @@ final class ModelGenerator {
             c.comment("dense to sparse: the temperature moves linearly from $L to $L over the first $L steps, then stays", tp.start(), tp.end(), tp.steps());
             c.line("m.temperature = (float) ($L + ($L - $L) * (double) Math.min(step, $LL) / $L)", tp.start(), tp.end(), tp.start(), tp.steps(), tp.steps());
         }
-        c.open("for (int t = 0; t < rows; t++)");
+        c.open(ranged ? "for (int t = from; t < to; t++)" : "for (int t = 0; t < rows; t++)");
         c.line("int o = t * $L", e);
         if (transform) {
             Router.Temperature tp = r.temperature().get();
@@ -2554,8 +2622,9 @@ final class ModelGenerator {
             c.open("for (int r = 0; r < $L; r++)", k).line("m.weight[t * $L + r] *= $Lf", k, floatLiteral(r.scale())).close();
         }
         c.close();
-        type.addMethod(MethodSpec.methodBuilder(routerMethod(moe)).addModifiers(Modifier.PRIVATE)
-                .addJavadoc("Router of $L: $L scores$L, $L$L$L$L$L.\n", moe.name(), sigmoid ? "sigmoid" : "softmax",
+        MethodSpec.Builder spec = MethodSpec.methodBuilder(method).addModifiers(Modifier.PRIVATE)
+                .addJavadoc("Router of $L$L: $L scores$L, $L$L$L$L$L.\n", moe.name(), ranged ? "'s gate " + r.name().orElseThrow() + " over rows from .. to - 1" : "",
+                        sigmoid ? "sigmoid" : "softmax",
                         transform ? " of " + r.temperature().get().activation().map(a -> a + "(logits)").orElse("logits") + " / "
                                 + (annealed(r) ? "a temperature annealed from " + floatLiteral(r.temperature().get().start()) + " to "
                                         + floatLiteral(r.temperature().get().end()) : floatLiteral(r.temperature().get().start())) : "",
@@ -2564,11 +2633,14 @@ final class ModelGenerator {
                                 : r.quotaGroups().isPresent() ? ", " + k / r.quotaGroups().get() + " in each of " + r.quotaGroups().get() + " groups" : "",
                         topkFirst ? " of the logits, then softmax over them" : "", r.normalize() && !topkFirst ? ", renormalised" : "",
                         r.scale() != 1.0 ? ", scaled by " + r.scale() : "")
-                .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(float[].class, "bias").addCode(c.build()).build());
+                .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(float[].class, "bias");
+        if (ranged) {
+            spec.addParameter(TypeName.INT, "from").addParameter(TypeName.INT, "to");
+        }
+        type.addMethod(spec.addCode(c.build()).build());
     }
 
-    private void routerBackward(Moe moe) {
-        Router r = moe.routers().getFirst();
+    private void routerBackward(Moe moe, Router r, String method, boolean ranged) {
         int e = moe.routedExperts();
         int k = slotsPerToken(r);
         Object kb = topP(r) ? "m.kept[t]" : k;
@@ -2580,7 +2652,7 @@ final class ModelGenerator {
         String lg = transform ? "m.scaled" : "m.logits";
         String dl = transform ? "m.dScaled" : "m.dLogits";
         Code c = new Code();
-        c.open("for (int t = 0; t < rows; t++)");
+        c.open(ranged ? "for (int t = from; t < to; t++)" : "for (int t = 0; t < rows; t++)");
         c.line("int o = t * $L", e);
         c.line("int s0 = t * $L", k);
         c.open("for (int ex = 0; ex < $L; ex++)", e).line("m.dScore[o + ex] = lossScale * m.auxGrad[o + ex]");
@@ -2658,10 +2730,13 @@ final class ModelGenerator {
             c.close();
         }
         c.close();
-        type.addMethod(MethodSpec.methodBuilder(routerMethod(moe) + "Backward").addModifiers(Modifier.PRIVATE)
-                .addJavadoc("Backward of {@link #$L}: from the weights' gradient (and the balancing losses) to the logits' gradient.\n",
-                        routerMethod(moe))
-                .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.FLOAT, "lossScale").addCode(c.build()).build());
+        MethodSpec.Builder spec = MethodSpec.methodBuilder(method + "Backward").addModifiers(Modifier.PRIVATE)
+                .addJavadoc("Backward of {@link #$L}: from the weights' gradient (and the balancing losses) to the logits' gradient.\n", method)
+                .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.FLOAT, "lossScale");
+        if (ranged) {
+            spec.addParameter(TypeName.INT, "from").addParameter(TypeName.INT, "to");
+        }
+        type.addMethod(spec.addCode(c.build()).build());
     }
 
     // ---- helpers the runtime has no op for ----

@@ -158,6 +158,30 @@ class Float64GradientTest {
                   layers 2 { all: attention, swiglu(hidden: 6) }
                 }
                 """,
+                // named gates that differ beyond their weights: softmax renormalised, sigmoid scaled, top-k of the logits
+                header + """
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 4 x swiglu(hidden: 5)
+                    router text { top_k 2  normalize true }
+                    router image { score sigmoid  top_k 2  normalize true  scale 2.5 }
+                    router audio { order topk_then_softmax  top_k 2 }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { first 1: attention, swiglu(hidden: 6)  rest: attention, m }
+                }
+                """,
+                header + """
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router speech { score sigmoid  top_k 2 }
+                    router music { top_k 2  scale 1.5 }
+                    balance aux(coef: 0.1, scope: sequence)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
                 // random drops by a seeded priority over a latent (MoLE) group
                 header + """
                   moe m {

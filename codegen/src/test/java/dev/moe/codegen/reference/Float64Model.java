@@ -664,8 +664,17 @@ public final class Float64Model {
             if (!attentionMoe) { // a gating residual reads the previous layer's FFN MoE
                 lastLogits = logits;
             }
-            boolean sigmoidScore = r.score() == Router.Score.SIGMOID;
-            boolean topkFirst = !sigmoidScore && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
+            // several named gates may differ in score, order, normalisation and scale: each token uses its sequence's gate's
+            Router[] gateOf = new Router[rows];
+            for (int t = 0; t < rows; t++) {
+                int b = t / seq;
+                gateOf[t] = r;
+                for (Router g : moe.routers()) {
+                    if (moe.routers().size() > 1 && b < domains.size() && g.name().orElseThrow().equals(domains.get(b))) {
+                        gateOf[t] = g;
+                    }
+                }
+            }
             double[] bias = r.bias().isPresent() ? w(p + ".router.expert_bias") : new double[e];
 
             int k = switch (r.selection()) {
@@ -682,6 +691,9 @@ public final class Float64Model {
             int[] used = new int[rows];
             double tau = r.temperature().map(this::temperature).orElse(1.0);
             for (int t = 0; t < rows; t++) {
+                Router rt = gateOf[t];
+                boolean sigmoidScore = rt.score() == Router.Score.SIGMOID;
+                boolean topkFirst = !sigmoidScore && rt.order() == Router.Order.TOPK_THEN_SOFTMAX;
                 double[] z = logits[t].clone();
                 if (r.temperature().isPresent()) {
                     Router.Temperature tp = r.temperature().get();
@@ -723,14 +735,14 @@ public final class Float64Model {
                         wt[i] = pr[chosen[i]];
                         sum += wt[i];
                     }
-                    if (r.normalize()) {
+                    if (rt.normalize()) {
                         for (int i = 0; i < wt.length; i++) {
                             wt[i] /= sum;
                         }
                     }
                 }
                 for (int i = 0; i < wt.length; i++) {
-                    weight[t * k + i] = wt[i] * r.scale();
+                    weight[t * k + i] = wt[i] * rt.scale();
                 }
             }
 
@@ -878,7 +890,7 @@ public final class Float64Model {
                         double[][] pAux = new double[rows][];
                         for (int t = 0; t < rows; t++) {
                             pAux[t] = probs[t].clone();
-                            if (sigmoidScore) {
+                            if (gateOf[t].score() == Router.Score.SIGMOID) {
                                 double z = Arrays.stream(probs[t]).sum();
                                 for (int ex = 0; ex < e; ex++) {
                                     pAux[t][ex] /= z;
