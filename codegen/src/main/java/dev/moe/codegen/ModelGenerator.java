@@ -288,7 +288,8 @@ final class ModelGenerator {
                 if (m.routers().size() > 1) {
                     for (Router other : m.routers()) {
                         // gates may differ in their score function, order, normalisation and scale (one router method each)
-                        if (!new Router(r.name(), r.score(), r.order(), other.selection(), r.normalize(), r.scale(), other.bias(),
+                        boolean bothTopK = r.selection() instanceof Router.Selection.TopK && other.selection() instanceof Router.Selection.TopK;
+                        if (!new Router(r.name(), r.score(), r.order(), bothTopK ? r.selection() : other.selection(), r.normalize(), r.scale(), other.bias(),
                                 other.groupLimit(), other.quotaGroups(), other.jitter(), other.temperature(), other.gatingResidual(),
                                 other.recurrentWidth(), other.pregate(), other.capacity()).equals(r)) {
                             unsupported(l, "named gates that differ in more than their weights, score, order, normalisation and scale (gate `"
@@ -296,6 +297,16 @@ final class ModelGenerator {
                         }
                         if (gatesDiffer(m) && !(r.selection() instanceof Router.Selection.TopK)) {
                             unsupported(l, "named gates that differ in their score, order, normalisation or scale with other than top-k routing");
+                        }
+                    }
+                    int most = m.routers().stream().mapToInt(g -> g.selection() instanceof Router.Selection.TopK t ? t.k() : 0).max().orElse(0);
+                    if (m.routers().stream().anyMatch(g -> g.selection() instanceof Router.Selection.TopK t && t.k() != most)) {
+                        // gates of different k: every token has slots for the largest; a gate with fewer leaves the rest unused, as top-p does
+                        if (!(r.capacity() instanceof Router.Capacity.Dropless) || r.groupLimit().isPresent() || r.quotaGroups().isPresent()) {
+                            unsupported(l, "named gates of different top_k with a capacity factor or expert groups");
+                        }
+                        for (Router g : m.routers()) {
+                            variableK.put(g, most);
                         }
                     }
                     if (r.bias().isPresent() || r.gatingResidual() || r.recurrentWidth().isPresent() || r.pregate()) {
@@ -1737,7 +1748,7 @@ final class ModelGenerator {
     /** Slots per token: k, or top-p's max_k (a token's unused slots route to no expert). */
     private int slotsPerToken(Router r) {
         return switch (r.selection()) {
-            case Router.Selection.TopK t -> t.k();
+            case Router.Selection.TopK t -> variableK.getOrDefault(r, t.k());
             case Router.Selection.TopP t -> t.maxK();
             // expert choice: every token ranks every expert (top-E); the experts' picks drop the rest
             case Router.Selection.ExpertChoice x -> expertsOfRouter.get(r);
@@ -1747,7 +1758,15 @@ final class ModelGenerator {
         };
     }
 
-    private static boolean topP(Router r) {
+    /** Routers of MoEs whose named gates differ in top_k, with the largest k (the slots per token). */
+    private final Map<Router, Integer> variableK = new LinkedHashMap<>();
+
+    /** Whether a token may use fewer than all its slots (top-p, or a gate of smaller k): the unused ones route to no expert. */
+    private boolean topP(Router r) {
+        return r.selection() instanceof Router.Selection.TopP || variableK.containsKey(r);
+    }
+
+    private static boolean topPSelection(Router r) {
         return r.selection() instanceof Router.Selection.TopP;
     }
 
@@ -2427,7 +2446,7 @@ final class ModelGenerator {
     private static boolean gatesDiffer(Moe moe) {
         Router first = moe.routers().getFirst();
         return moe.routers().stream().anyMatch(g -> g.score() != first.score() || g.order() != first.order() || g.normalize() != first.normalize()
-                || g.scale() != first.scale());
+                || g.scale() != first.scale() || !g.selection().equals(first.selection()));
     }
 
     /** The router (and its backward) of an MoE: one method, or with gates that differ one per gate over a sequence's rows and one that picks them. */
@@ -2476,6 +2495,8 @@ final class ModelGenerator {
     private void router(Moe moe, Router r, String method, boolean ranged) {
         int e = moe.routedExperts();
         int k = slotsPerToken(r);
+        // this gate's own k (less than the slots per token k when gates differ in top_k)
+        int kg = r.selection() instanceof Router.Selection.TopK tk ? tk.k() : k;
         boolean sigmoid = r.score() == Router.Score.SIGMOID;
         boolean topkFirst = !sigmoid && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
         Code c = new Code();
@@ -2546,21 +2567,21 @@ final class ModelGenerator {
             c.line("keptGroup[bestGroup] = true");
             c.close();
         }
-        if (!topP(r)) {
+        if (!topPSelection(r)) {
             c.comment("top-$L by $L$L$L; ties go to the lower index", k, topkFirst ? "logit" : sigmoid ? "sigmoid score" : "probability",
                     r.bias().isPresent() ? " + expert bias (selection only)" : "",
                     r.groupLimit().isPresent() ? ", among the kept groups' experts"
                             : r.quotaGroups().isPresent() ? ", " + k / r.quotaGroups().get() + " in each of " + r.quotaGroups().get() + " equal groups" : "");
         }
         c.line("double chosen = 0");
-        if (topP(r)) {
+        if (topPSelection(r)) {
             double pp = ((Router.Selection.TopP) r.selection()).p();
             c.comment("top-p: take experts by probability until their mass reaches $L (at least 1, at most $L); the rest of the token's slots get expert $L (none) and weight 0",
                     pp, k, e);
             c.line("int used = 0");
         }
-        c.open("for (int r = 0; r < $L; r++)", k);
-        if (topP(r)) {
+        c.open("for (int r = 0; r < $L; r++)", kg);
+        if (topPSelection(r)) {
             double pp = ((Router.Selection.TopP) r.selection()).p();
             c.open("if (r > 0 && chosen >= $L)", pp);
             c.line("m.selected[t * $L + r] = $L", k, e);
@@ -2596,30 +2617,36 @@ final class ModelGenerator {
             c.line("m.weight[t * $L + r] = m.probs[o + best]", k);
             c.line("chosen += m.probs[o + best]");
         }
-        if (topP(r)) {
+        if (topPSelection(r)) {
             c.line("used++");
         }
         c.close();
-        if (topP(r)) {
+        if (topPSelection(r)) {
             c.line("m.kept[t] = used");
+        } else if (kg < k) {
+            c.comment("this gate takes $L of the $L slots; the rest route to no expert ($L) with weight 0", kg, k, e);
+            c.open("for (int r = $L; r < $L; r++)", kg, k).line("m.selected[t * $L + r] = $L", k, e).line("m.weight[t * $L + r] = 0f", k).close();
+            c.line("m.kept[t] = $L", kg);
+        } else if (topP(r)) {
+            c.line("m.kept[t] = $L", kg);
         }
         if (topkFirst) {
             c.comment("softmax over the $L chosen logits", k);
             c.line("float top = Float.NEGATIVE_INFINITY");
-            c.open("for (int r = 0; r < $L; r++)", k).line("top = Math.max(top, m.weight[t * $L + r])", k).close();
+            c.open("for (int r = 0; r < $L; r++)", kg).line("top = Math.max(top, m.weight[t * $L + r])", k).close();
             c.line("double z = 0");
-            c.open("for (int r = 0; r < $L; r++)", k).line("z += Math.exp(m.weight[t * $L + r] - top)", k).close();
-            c.open("for (int r = 0; r < $L; r++)", k).line("m.weight[t * $L + r] = (float) (Math.exp(m.weight[t * $L + r] - top) / z)", k, k).close();
+            c.open("for (int r = 0; r < $L; r++)", kg).line("z += Math.exp(m.weight[t * $L + r] - top)", k).close();
+            c.open("for (int r = 0; r < $L; r++)", kg).line("m.weight[t * $L + r] = (float) (Math.exp(m.weight[t * $L + r] - top) / z)", k, k).close();
         } else {
             c.line("m.chosenSum[t] = (float) chosen");
             if (r.normalize()) {
                 c.comment("renormalise the chosen weights to sum to 1");
-                c.open("for (int r = 0; r < $L; r++)", k).line("m.weight[t * $L + r] = (float) (m.weight[t * $L + r] / chosen)", k, k).close();
+                c.open("for (int r = 0; r < $L; r++)", kg).line("m.weight[t * $L + r] = (float) (m.weight[t * $L + r] / chosen)", k, k).close();
             }
         }
         if (r.scale() != 1.0) {
             c.comment("routed scaling factor");
-            c.open("for (int r = 0; r < $L; r++)", k).line("m.weight[t * $L + r] *= $Lf", k, floatLiteral(r.scale())).close();
+            c.open("for (int r = 0; r < $L; r++)", kg).line("m.weight[t * $L + r] *= $Lf", k, floatLiteral(r.scale())).close();
         }
         c.close();
         MethodSpec.Builder spec = MethodSpec.methodBuilder(method).addModifiers(Modifier.PRIVATE)
@@ -2628,7 +2655,7 @@ final class ModelGenerator {
                         transform ? " of " + r.temperature().get().activation().map(a -> a + "(logits)").orElse("logits") + " / "
                                 + (annealed(r) ? "a temperature annealed from " + floatLiteral(r.temperature().get().start()) + " to "
                                         + floatLiteral(r.temperature().get().end()) : floatLiteral(r.temperature().get().start())) : "",
-                        topP(r) ? "top-p " + ((Router.Selection.TopP) r.selection()).p() + " (1 to " + k + " experts)" : "top-" + k,
+                        topPSelection(r) ? "top-p " + ((Router.Selection.TopP) r.selection()).p() + " (1 to " + k + " experts)" : "top-" + kg,
                         r.groupLimit().isPresent() ? " within the best " + r.groupLimit().get().top() + " of " + r.groupLimit().get().groups() + " groups"
                                 : r.quotaGroups().isPresent() ? ", " + k / r.quotaGroups().get() + " in each of " + r.quotaGroups().get() + " groups" : "",
                         topkFirst ? " of the logits, then softmax over them" : "", r.normalize() && !topkFirst ? ", renormalised" : "",

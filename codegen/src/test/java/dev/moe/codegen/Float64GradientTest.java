@@ -182,6 +182,31 @@ class Float64GradientTest {
                   layers 2 { all: attention, m }
                 }
                 """,
+                // named gates of different top_k (and score): a gate of k = 1 leaves two of the three slots unused
+                header + """
+                  moe m {
+                    routed 1 x zero
+                    routed 4 x swiglu(hidden: 5)
+                    router text { top_k 1 }
+                    router image { score sigmoid  top_k 3  normalize true }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                header + """
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 4 x swiglu(hidden: 5)
+                    router speech { order topk_then_softmax  top_k 3 }
+                    router music { top_k 2  normalize true  scale 2.0 }
+                    balance aux(coef: 0.1, scope: sequence)
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { first 1: attention, swiglu(hidden: 6)  rest: attention, m }
+                }
+                """,
                 // random drops by a seeded priority over a latent (MoLE) group
                 header + """
                   moe m {

@@ -678,7 +678,9 @@ public final class Float64Model {
             double[] bias = r.bias().isPresent() ? w(p + ".router.expert_bias") : new double[e];
 
             int k = switch (r.selection()) {
-                case Router.Selection.TopK t -> t.k();
+                // gates of different top_k: slots for the largest; a gate with fewer leaves the rest unused
+                case Router.Selection.TopK t -> moe.routers().stream().mapToInt(g -> g.selection() instanceof Router.Selection.TopK u ? u.k() : 0).max()
+                        .orElse(t.k());
                 case Router.Selection.TopP t -> t.maxK();
                 case Router.Selection.ExpertChoice c -> e;
                 case Router.Selection.Soft s -> e; // every expert, weighted by its score: top-k with k = E
@@ -717,7 +719,7 @@ public final class Float64Model {
                 for (int ex = 0; ex < e; ex++) {
                     sel[ex] = (topkFirst ? z[ex] : pr[ex]) + bias[ex];
                 }
-                int[] chosen = select(r, sel, pr, k, e);
+                int[] chosen = select(rt, sel, pr, rt.selection() instanceof Router.Selection.TopK tk ? tk.k() : k, e);
                 used[t] = chosen.length;
                 Arrays.fill(selected, t * k, (t + 1) * k, e);
                 System.arraycopy(chosen, 0, selected, t * k, chosen.length);
