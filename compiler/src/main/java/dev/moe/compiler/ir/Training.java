@@ -17,8 +17,13 @@ public record Training(
         Data data,
         Map<String, String> domains,
         List<Stage> stages) {
+    /** An unmodifiable copy that iterates in {@code m}'s order. */
+    static <K, V> Map<K, V> ordered(Map<K, V> m) {
+        return java.util.Collections.unmodifiableMap(new java.util.LinkedHashMap<>(m));
+    }
+
     public Training {
-        domains = Map.copyOf(domains);
+        domains = ordered(domains);
         stages = List.copyOf(stages);
     }
 
@@ -30,7 +35,9 @@ public record Training(
     /** Shares of each domain per batch; a single synthetic domain when the recipe gives none. */
     public record Data(Map<String, Double> mixture) {
         public Data {
-            mixture = Map.copyOf(mixture);
+            // In the recipe's order: Map.copyOf's order changes from JVM to JVM, and with it which batch a seed gives
+            // (a resumed run or another rank would draw other data).
+            mixture = ordered(mixture);
         }
     }
 

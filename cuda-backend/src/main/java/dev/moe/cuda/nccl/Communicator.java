@@ -25,13 +25,20 @@ public final class Communicator implements AutoCloseable {
     private final MemorySegment comm;
     public final int ranks;
     public final int rank;
+    /** Made by the nonblocking init: its calls may return before they are enqueued. */
+    private final boolean nonblocking;
     private boolean closed;
 
     Communicator(Nccl nccl, MemorySegment comm, int ranks, int rank) {
+        this(nccl, comm, ranks, rank, false);
+    }
+
+    Communicator(Nccl nccl, MemorySegment comm, int ranks, int rank, boolean nonblocking) {
         this.nccl = nccl;
         this.comm = comm;
         this.ranks = ranks;
         this.rank = rank;
+        this.nonblocking = nonblocking;
     }
 
     /** What NCCL says this communicator is: {ranks, this rank, CUDA device}. */
@@ -89,7 +96,9 @@ public final class Communicator implements AutoCloseable {
         long deadline = System.nanoTime() + timeout.toNanos();
         long sleep = 0;
         while (true) {
-            int rc = streamQuery(stream);
+            // A nonblocking communicator may still be enqueueing (ncclInProgress): the stream is not yet the whole story.
+            int state = nonblocking ? nccl.asyncError(comm) : Nccl.NCCL_SUCCESS;
+            int rc = state == Nccl.NCCL_IN_PROGRESS ? CUDA_ERROR_NOT_READY : streamQuery(stream);
             if (rc == 0) {
                 return;
             }

@@ -79,18 +79,23 @@ public final class Launcher {
      * collectives (a wrong GPU, a hung driver) would otherwise keep the others waiting.
      */
     public static int run(List<String> command, int ranks, PrintStream out, Duration joinTimeout) {
+        return run(command, ranks, out::println, joinTimeout);
+    }
+
+    /** As {@link #run(List, int, PrintStream, Duration)}, handing each output line (ranks' and the launcher's) to {@code out}, one at a time. */
+    public static int run(List<String> command, int ranks, java.util.function.Consumer<String> out, Duration joinTimeout) {
         int port;
         try (ServerSocket probe = new ServerSocket(0)) {
             port = probe.getLocalPort();
         } catch (IOException e) {
-            out.println("moe: no free local port for the rendezvous: " + e.getMessage());
+            out.accept("moe: no free local port for the rendezvous: " + e.getMessage());
             return 1;
         }
         Path joinedDir;
         try {
             joinedDir = Files.createTempDirectory("moe-ranks-");
         } catch (IOException e) {
-            out.println("moe: cannot create a directory for the ranks' join marks: " + e.getMessage());
+            out.accept("moe: cannot create a directory for the ranks' join marks: " + e.getMessage());
             return 1;
         }
         List<Process> procs = new ArrayList<>();
@@ -124,7 +129,7 @@ public final class Launcher {
                             last = lastLines[r];
                         }
                         synchronized (out) {
-                            out.println("moe: rank " + r + " exited with status " + status + (last == null ? "" : " (its last line: " + last + ")")
+                            out.accept("moe: rank " + r + " exited with status " + status + (last == null ? "" : " (its last line: " + last + ")")
                                     + "; stopping the other ranks");
                         }
                         stop(procs);
@@ -145,7 +150,7 @@ public final class Launcher {
                     }
                     if (!late.isEmpty()) {
                         synchronized (out) {
-                            out.println("moe: " + (late.size() == 1 ? "rank " : "ranks ") + String.join(", ", late.stream().map(String::valueOf).toList())
+                            out.accept("moe: " + (late.size() == 1 ? "rank " : "ranks ") + String.join(", ", late.stream().map(String::valueOf).toList())
                                     + " did not join within " + joinTimeout.toSeconds() + " s (MOE_JOIN_TIMEOUT_S waits longer); stopping every rank");
                         }
                         stop(procs);
@@ -157,7 +162,7 @@ public final class Launcher {
                 Thread.sleep(50);
             }
         } catch (IOException e) {
-            out.println("moe: cannot start rank " + procs.size() + ": " + e.getMessage());
+            out.accept("moe: cannot start rank " + procs.size() + ": " + e.getMessage());
             stop(procs);
             return 1;
         } catch (InterruptedException e) {
@@ -196,7 +201,7 @@ public final class Launcher {
         }
     }
 
-    private static Runnable pump(Process p, int rank, String[] lastLines, PrintStream out) {
+    private static Runnable pump(Process p, int rank, String[] lastLines, java.util.function.Consumer<String> out) {
         String prefix = "[rank " + rank + "] ";
         return () -> {
             try (BufferedReader in = new BufferedReader(new InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8))) {
@@ -207,7 +212,7 @@ public final class Launcher {
                         }
                     }
                     synchronized (out) {
-                        out.println(prefix + line);
+                        out.accept(prefix + line);
                     }
                 }
             } catch (IOException ignored) {
