@@ -381,6 +381,11 @@ final class TrainCommand implements Callable<Integer> {
                     world.size() > 1 ? ", " + world.size() + " ranks" : "", runDir);
             stdout.flush();
         }
+        if (lead && world.size() > 1) {
+            batchLevelBalancing(declared).ifPresent(scope -> stdout.printf(Locale.ROOT,
+                    "warning: `balance aux` of scope %s is computed on each rank's share of the batch (%d ranks), so its loss differs"
+                            + " slightly from a one-GPU run's; scope: sequence is exact%n", scope, world.size()));
+        }
         Trainer.Result r = trainer.world(world).run();
         if (lead) {
             Plots.writeOrWarn(runDir, m, spec.commandLine().getErr());
@@ -393,6 +398,26 @@ final class TrainCommand implements Callable<Integer> {
         if (r.interrupted()) {
             throw new Interrupted();
         }
+    }
+
+    /** The scope of a balance loss whose statistics span the batch (not one sequence): data parallelism takes them per rank. */
+    private static Optional<String> batchLevelBalancing(Model m) {
+        for (dev.moe.compiler.ir.Layer l : m.layers()) {
+            dev.moe.compiler.ir.Block.Part ffn = switch (l.block()) {
+                case dev.moe.compiler.ir.Block.PreNorm p -> p.ffn();
+                case dev.moe.compiler.ir.Block.Parallel p -> p.ffn();
+                case dev.moe.compiler.ir.Block.Residual r -> new dev.moe.compiler.ir.Block.Part.MoePart(r.moe());
+                case dev.moe.compiler.ir.Block.Shortcut sc -> new dev.moe.compiler.ir.Block.Part.MoePart(sc.moe());
+            };
+            if (ffn instanceof dev.moe.compiler.ir.Block.Part.MoePart part) {
+                for (dev.moe.compiler.ir.Loss loss : part.moe().losses()) {
+                    if (loss instanceof dev.moe.compiler.ir.Loss.Aux a && a.coef() > 0 && a.scope() != dev.moe.compiler.ir.Loss.Scope.SEQUENCE) {
+                        return Optional.of(a.scope().name().toLowerCase(Locale.ROOT));
+                    }
+                }
+            }
+        }
+        return Optional.empty();
     }
 
     /** Stops a pipeline after a block was stopped (Ctrl-C or --stop-at): later blocks need it finished. */

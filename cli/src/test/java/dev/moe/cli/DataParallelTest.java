@@ -54,6 +54,13 @@ class DataParallelTest {
             }
             """;
 
+    /**
+     * An aux-free expert bias (updated from the step's loads, which must be the whole batch's on every
+     * rank) and a per-sequence balance loss (exact under any split of the sequences).
+     */
+    static final String BIASED = RECIPE.replace("router { top_k 2  normalize true }",
+            "router { top_k 2  normalize true  bias aux_free(rate: 0.01) }\n    balance aux(coef: 0.01, scope: sequence)");
+
     @TempDir
     Path dir;
 
@@ -86,15 +93,25 @@ class DataParallelTest {
 
     @Test
     void twoAndThreeRanksTrainLikeOneProcess() throws Exception {
-        Trainer.Options single = options(dir.resolve("single"));
-        TrainableModel reference = tiny();
+        ranksTrainLikeOneProcess(RECIPE, "plain");
+    }
+
+    @Test
+    void theExpertBiasIsUpdatedFromTheWholeBatchOnEveryRank() throws Exception {
+        ranksTrainLikeOneProcess(BIASED, "biased");
+        assertThat(BIASED).contains("aux_free");
+    }
+
+    private void ranksTrainLikeOneProcess(String recipe, String name) throws Exception {
+        Trainer.Options single = options(dir.resolve(name + "-single"));
+        TrainableModel reference = tiny(recipe);
         Trainer.Result want = new Trainer(reference, data(), single, quiet()).run();
         for (int ranks : new int[] {2, 3}) {
-            Path out = dir.resolve("ranks-" + ranks);
+            Path out = dir.resolve(name + "-ranks-" + ranks);
             ThreadWorld world = new ThreadWorld(ranks);
             List<TrainableModel> models = new ArrayList<>();
             for (int r = 0; r < ranks; r++) {
-                models.add(tiny());
+                models.add(tiny(recipe));
             }
             ExecutorService pool = Executors.newFixedThreadPool(ranks);
             List<Future<Trainer.Result>> results = new ArrayList<>();
@@ -131,12 +148,12 @@ class DataParallelTest {
             // Rank 0 alone wrote, and the checkpoint has the single run's layout.
             assertThat(Files.readAllLines(out.resolve("metrics.jsonl"))).hasSize(want.losses().size());
             assertThat(TrainCommandTest.tensors(out.resolve("last.safetensors")).keySet())
-                    .isEqualTo(TrainCommandTest.tensors(dir.resolve("single/last.safetensors")).keySet());
+                    .isEqualTo(TrainCommandTest.tensors(dir.resolve(name + "-single/last.safetensors")).keySet());
         }
     }
 
-    private static TrainableModel tiny() throws Recipes.UserError {
-        return Recipes.load(new SourceFile("tiny.moe", RECIPE), null, 1, new PrintWriter(new StringWriter())).instance();
+    private static TrainableModel tiny(String recipe) throws Recipes.UserError {
+        return Recipes.load(new SourceFile("tiny.moe", recipe), null, 1, new PrintWriter(new StringWriter())).instance();
     }
 
     /** Five sequences a batch: 3 ranks take 1, 2 and 2 of them; two micro-batches a step. */

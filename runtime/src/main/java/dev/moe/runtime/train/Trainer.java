@@ -281,6 +281,11 @@ public final class Trainer {
                     ce = scalars[1];
                     boolean stopAgreed = scalars[2] > 0;
                     loads = sumOverRanks(loads);
+                    if (world.size() > 1) {
+                        long[] stepLoads = model.stepLoads();
+                        world.allReduceSum(stepLoads);
+                        model.setStepLoads(stepLoads);
+                    }
                     model.endStep();
                     double norm;
                     if (model instanceof DeviceTrainable device) {
