@@ -80,6 +80,16 @@ class DataParallelTest {
     }
 
     @Test
+    void aWorkerThatFailsEndsTheLaunchWithItsRankAndReason() throws IOException {
+        Path recipe = dir.resolve("tiny.moe");
+        Files.writeString(recipe, TrainCommandTest.RECIPE);
+        Cli.Run r = Cli.run("train", recipe.toString(), "--out", dir.resolve("bad").toString(), "--seq", "999", "--gpus", "1");
+        assertWithMessage("%s", r).that(r.exit()).isEqualTo(1);
+        assertThat(r.out()).contains("[rank 0] moe: error: --seq must be between 1 and the model's context (16)");
+        assertThat(r.out()).contains("moe: rank 0 exited with status 1 (its last line: moe: error: --seq must be between 1 and the model's context (16))");
+    }
+
+    @Test
     void severalRanksNeedNcclAndBadCountsAreUsageErrors() throws IOException {
         Path recipe = dir.resolve("tiny.moe");
         Files.writeString(recipe, TrainCommandTest.RECIPE);
