@@ -185,6 +185,10 @@ final class TrainCommand implements Callable<Integer> {
             err.flush();
             return 2;
         }
+        String local = System.getenv("MOE_LOCAL_WORLD_SIZE");
+        if (local != null && local.strip().matches("[1-9][0-9]*") && !spec.commandLine().getParseResult().hasMatchedOption("--threads")) {
+            threads = Math.max(1, threads / Integer.parseInt(local.strip())); // the ranks of a machine share its cores
+        }
         if (!backendOption.backend.equals("cuda")) {
             if (w.worldSize() > 1) {
                 err.println("moe: error: rank " + w.rank() + ": a world of " + w.worldSize() + " ranks needs --backend cuda (NCCL is the only transport)");

@@ -109,6 +109,7 @@ public final class Launcher {
                 env.put("MOE_RANK", String.valueOf(r));
                 env.put("MOE_LOCAL_RANK", String.valueOf(r));
                 env.put("MOE_WORLD_SIZE", String.valueOf(ranks));
+                env.put("MOE_LOCAL_WORLD_SIZE", String.valueOf(ranks)); // the ranks sharing this machine's cores
                 env.put("MOE_RENDEZVOUS", "127.0.0.1:" + port);
                 env.put(JOINED_DIR, joinedDir.toString());
                 Process p = pb.start();

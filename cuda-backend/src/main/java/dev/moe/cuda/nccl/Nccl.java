@@ -261,7 +261,7 @@ public final class Nccl {
         while (true) {
             int state = asyncError(comm);
             if (state == NCCL_SUCCESS) {
-                return new Communicator(this, comm, ranks, rank, true);
+                return new Communicator(this, comm, ranks, rank, timeout);
             }
             if (state != NCCL_IN_PROGRESS) {
                 String msg = failure(what, state, errorString(state), lastError(comm));
