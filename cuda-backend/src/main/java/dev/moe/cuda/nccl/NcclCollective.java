@@ -142,6 +142,26 @@ public final class NcclCollective implements Collective, AutoCloseable {
         }
     }
 
+    /**
+     * The gradient arena of a device-resident model, summed in place: one all-reduce per bucket of at
+     * most {@link #BUCKET} floats, the arena's end first (the backward pass finishes the last layers
+     * first), all waited for together.
+     */
+    @Override
+    public void allReduceDeviceFloats(long pointer, long count) {
+        if (count == 0) {
+            return;
+        }
+        ctx.makeCurrent();
+        int buckets = 0;
+        for (long end = count; end > 0; end -= BUCKET) {
+            long start = Math.max(0, end - BUCKET);
+            comm.allReduce(pointer + 4 * start, pointer + 4 * start, end - start, DataType.FLOAT32, RedOp.SUM, ctx.stream);
+            buckets++;
+        }
+        comm.await(ctx.stream, timeout, "the gradient all-reduce (" + buckets + " buckets)");
+    }
+
     /** Trainable parameters in the order the backward pass finishes them (last first), cut into buckets. */
     private void plan(List<Parameter> params) {
         order = new ArrayList<>();

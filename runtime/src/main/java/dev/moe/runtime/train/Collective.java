@@ -34,6 +34,9 @@ public interface Collective {
 
         @Override
         public void allReduceGradients(List<Parameter> params) {}
+
+        @Override
+        public void allReduceDeviceFloats(long pointer, long count) {}
     };
 
     int rank();
@@ -48,6 +51,15 @@ public interface Collective {
 
     /** Replaces {@code values} by its element-wise sum over the ranks (exact). */
     void allReduceSum(long[] values);
+
+    /**
+     * Replaces {@code count} floats of accelerator memory at {@code pointer} (a device address, on this
+     * rank's GPU) by their sum over the ranks, in place: the gradients of a model that keeps them on
+     * the device ({@link DeviceTrainable}). Only a collective over the GPU can; others refuse.
+     */
+    default void allReduceDeviceFloats(long pointer, long count) {
+        throw new UnsupportedOperationException("this collective sums host arrays; a model that keeps its gradients on a GPU needs NCCL");
+    }
 
     /**
      * Sums the gradients of the trainable parameters over the ranks, in place. Implementations may

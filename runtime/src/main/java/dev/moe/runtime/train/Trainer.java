@@ -274,7 +274,11 @@ public final class Trainer {
                     }
                     // The whole batch's gradients, loss and loads on every rank; whether to stop is agreed too, so
                     // that no rank waits in a collective for a rank that has left the loop.
-                    world.allReduceGradients(params);
+                    if (model instanceof DeviceTrainable device) {
+                        device.allReduceGradients(world);
+                    } else {
+                        world.allReduceGradients(params);
+                    }
                     double[] scalars = {loss, ce, stop.get() ? 1 : 0};
                     world.allReduceSum(scalars);
                     loss = scalars[0];
