@@ -106,6 +106,8 @@ final class TrainCommand implements Callable<Integer> {
 
     /** This process's rank in a data-parallel world; a world of one unless started as a worker. */
     private Collective world = Collective.SINGLE;
+    /** Started as one rank of a world (by the launcher or by hand). */
+    private boolean worker;
 
     @Override
     public Integer call() throws IOException {
@@ -180,6 +182,7 @@ final class TrainCommand implements Callable<Integer> {
      * the rendezvous, then the communicator, both with timeouts), tells the launcher, and trains.
      */
     private int asWorker(WorldConfig w, PrintWriter err, PrintWriter stdout) throws IOException {
+        worker = true;
         if (gpus != null && gpus != w.worldSize()) {
             err.println("moe: error: rank " + w.rank() + ": --gpus " + gpus + " but MOE_WORLD_SIZE is " + w.worldSize());
             err.flush();
@@ -384,6 +387,10 @@ final class TrainCommand implements Callable<Integer> {
                     Units.count(declared.totalParams()), what, totalSteps, micro, batch, seqLen, threads,
                     world.size() > 1 ? ", " + world.size() + " ranks" : "", runDir);
             stdout.flush();
+        }
+        if (lead && worker && t != null && t.expertsPerRank() > 0) {
+            stdout.printf(Locale.ROOT, "note: experts_per_rank %d is declared, but this version trains data-parallel: every rank holds every"
+                    + " expert%n", t.expertsPerRank());
         }
         if (lead && world.size() > 1) {
             batchLevelBalancing(declared).ifPresent(scope -> stdout.printf(Locale.ROOT,

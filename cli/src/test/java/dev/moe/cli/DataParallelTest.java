@@ -67,13 +67,16 @@ class DataParallelTest {
     @Test
     void gpusOneOnTheCpuIsThePlainRunBitForBit() throws IOException {
         Path recipe = dir.resolve("tiny.moe");
-        Files.writeString(recipe, TrainCommandTest.RECIPE);
+        // A declared placement changes nothing yet: the worker says so.
+        Files.writeString(recipe, TrainCommandTest.RECIPE.replace("  steps 12\n", "  steps 12\n  experts_per_rank 2\n"));
         Cli.Run plain = Cli.run("train", recipe.toString(), "--out", dir.resolve("plain").toString(), "--steps", "3", "--threads", "1");
         assertWithMessage("%s", plain).that(plain.exit()).isEqualTo(0);
         Cli.Run launched = Cli.run("train", recipe.toString(), "--out", dir.resolve("launched").toString(), "--steps", "3", "--threads", "1",
                 "--gpus", "1");
         assertWithMessage("%s", launched).that(launched.exit()).isEqualTo(0);
         assertThat(launched.out()).contains("[rank 0] training Tiny");
+        assertThat(launched.out()).contains("[rank 0] note: experts_per_rank 2 is declared, but this version trains data-parallel");
+        assertThat(plain.out()).doesNotContain("experts_per_rank");
         assertThat(TrainCommandTest.tensors(dir.resolve("launched/last.safetensors")))
                 .isEqualTo(TrainCommandTest.tensors(dir.resolve("plain/last.safetensors")));
         assertThat(metrics(dir.resolve("launched"))).isEqualTo(metrics(dir.resolve("plain")));

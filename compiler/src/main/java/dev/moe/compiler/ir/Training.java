@@ -4,7 +4,12 @@ import java.util.List;
 import java.util.Map;
 import java.util.Optional;
 
-/** A checked {@code train} block: what to train, how, on what, in which stages. */
+/**
+ * A checked {@code train} block: what to train, how, on what, in which stages.
+ *
+ * @param expertsPerRank routed experts per GPU of an expert-parallel group ({@code experts_per_rank});
+ *     0 when not declared (every rank holds every expert)
+ */
 public record Training(
         String model,
         Optimizer optimizer,
@@ -16,10 +21,17 @@ public record Training(
         double gradClip,
         Data data,
         Map<String, String> domains,
-        List<Stage> stages) {
+        List<Stage> stages,
+        int expertsPerRank) {
     /** An unmodifiable copy that iterates in {@code m}'s order. */
     static <K, V> Map<K, V> ordered(Map<K, V> m) {
         return java.util.Collections.unmodifiableMap(new java.util.LinkedHashMap<>(m));
+    }
+
+    /** A block without an expert placement: every rank holds every expert. */
+    public Training(String model, Optimizer optimizer, Schedule schedule, int batch, int globalBatch, long steps, long seed, double gradClip,
+            Data data, Map<String, String> domains, List<Stage> stages) {
+        this(model, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, stages, 0);
     }
 
     public Training {
