@@ -165,6 +165,66 @@ class DataParallelTest {
         }
     }
 
+    /** Runs {@code ranks} trainers as threads of one world; {@code setup} adjusts rank r's trainer before it runs. */
+    private static List<Trainer.Result> inWorld(int ranks, Trainer.Options options, java.util.function.BiConsumer<Integer, Trainer> setup)
+            throws Exception {
+        ThreadWorld world = new ThreadWorld(ranks);
+        ExecutorService pool = Executors.newFixedThreadPool(ranks);
+        try {
+            List<Future<Trainer.Result>> results = new ArrayList<>();
+            for (int r = 0; r < ranks; r++) {
+                Trainer t = new Trainer(tiny(RECIPE), data(), options, quiet()).world(world.rank(r));
+                setup.accept(r, t);
+                results.add(pool.submit(t::run));
+            }
+            List<Trainer.Result> out = new ArrayList<>();
+            for (Future<Trainer.Result> f : results) {
+                out.add(f.get(120, TimeUnit.SECONDS));
+            }
+            return out;
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+
+    @Test
+    void aStopAskedOfOneRankStopsEveryRankAtTheSameStep() throws Exception {
+        Path out = dir.resolve("stopped");
+        List<Trainer.Result> got = inWorld(2, options(out), (rank, t) -> {
+            if (rank == 1) {
+                t.requestStop(); // as Ctrl-C reaching only rank 1 would
+            }
+        });
+        for (Trainer.Result r : got) {
+            assertThat(r.interrupted()).isTrue();
+            assertThat(r.steps()).isEqualTo(1);
+        }
+        assertThat(Files.readAllLines(out.resolve("metrics.jsonl"))).hasSize(1);
+        assertThat(TrainCommandTest.tensors(out.resolve("last.safetensors"))).containsEntry("__step", "1");
+    }
+
+    @Test
+    void aRunSavedByTwoRanksResumesInOneProcess() throws Exception {
+        Trainer.Result whole = new Trainer(tiny(RECIPE), data(), options(dir.resolve("whole")), quiet()).run();
+        Path out = dir.resolve("moved");
+        Trainer.Options first = options(out);
+        first = new Trainer.Options(first.steps(), first.batch(), first.microBatches(), first.seq(), first.lr(), first.beta1(), first.beta2(),
+                first.eps(), first.weightDecay(), first.schedule(), first.warmup(), first.minLr(), first.gradClip(), first.seed(), out, 0, false, 2,
+                Map.of());
+        inWorld(2, first, (rank, t) -> {});
+        Trainer.Options rest = new Trainer.Options(first.steps(), first.batch(), first.microBatches(), first.seq(), first.lr(), first.beta1(),
+                first.beta2(), first.eps(), first.weightDecay(), first.schedule(), first.warmup(), first.minLr(), first.gradClip(), first.seed(), out, 0,
+                true, 0, Map.of());
+        Trainer.Result resumed = new Trainer(tiny(RECIPE), data(), rest, quiet()).run();
+        assertThat(resumed.steps()).isEqualTo(whole.steps());
+        List<String> metrics = Files.readAllLines(out.resolve("metrics.jsonl"));
+        assertThat(metrics).hasSize((int) whole.steps());
+        for (int i = 0; i < resumed.losses().size(); i++) {
+            double want = whole.losses().get(2 + i);
+            assertThat(resumed.losses().get(i)).isWithin(1e-5 * want).of(want);
+        }
+    }
+
     private static TrainableModel tiny(String recipe) throws Recipes.UserError {
         return Recipes.load(new SourceFile("tiny.moe", recipe), null, 1, new PrintWriter(new StringWriter())).instance();
     }
