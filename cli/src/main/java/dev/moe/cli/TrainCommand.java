@@ -221,8 +221,10 @@ final class TrainCommand implements Callable<Integer> {
         Launcher.joined(w.rank());
         backendOption.shared = ctx;
         world = nccl;
+        int status = 1;
         try {
-            return train(err, stdout);
+            status = train(err, stdout);
+            return status;
         } catch (CudaException e) {
             // A collective that failed or timed out: the communicator is aborted; the launcher stops the other ranks.
             err.println("moe: error: " + e.getMessage());
@@ -230,7 +232,11 @@ final class TrainCommand implements Callable<Integer> {
             return 1;
         } finally {
             try {
-                nccl.close();
+                if (status == 0) {
+                    nccl.close();
+                } else {
+                    nccl.abort(); // the peers may be inside a collective: do not wait for them
+                }
                 ctx.close();
             } catch (CudaException e) {
                 err.println("moe: warning: rank " + w.rank() + ": " + e.getMessage());

@@ -175,6 +175,11 @@ public final class NcclCollective implements Collective, AutoCloseable {
         planned = params;
     }
 
+    /** Tears the communicator down without waiting for the peers: after this rank failed. */
+    public void abort() {
+        comm.abort();
+    }
+
     @Override
     public void close() {
         comm.close();
