@@ -23,6 +23,11 @@ final class BackendOption {
     /** In a data-parallel worker: the context of this rank's GPU, which every model of the run shares (with its communicator). */
     dev.moe.cuda.CudaContext shared;
 
+    /** cuda or cuda-hybrid: a GPU, which a data-parallel rank joins to NCCL. */
+    boolean onGpu() {
+        return backend.equals("cuda") || backend.equals("cuda-hybrid");
+    }
+
     /** Opens the backend, or explains why it cannot be opened (no GPU, no driver) as a user error. */
     Backend create(int threads) throws Recipes.UserError {
         if (!List.of("fp32", "tf32", "bf16").contains(precision)) {

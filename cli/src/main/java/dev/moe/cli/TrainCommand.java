@@ -137,13 +137,13 @@ final class TrainCommand implements Callable<Integer> {
             err.flush();
             return 2;
         }
-        if (gpus > 1 && !backendOption.backend.equals("cuda")) {
-            err.println("moe: error: --gpus " + gpus + " needs --backend cuda: the ranks exchange gradients through NCCL, the only transport"
+        if (gpus > 1 && !backendOption.onGpu()) {
+            err.println("moe: error: --gpus " + gpus + " needs --backend cuda (or cuda-hybrid): the ranks exchange gradients through NCCL, the only transport"
                     + " (--backend cpu runs a world of one, --gpus 1)");
             err.flush();
             return 2;
         }
-        if (backendOption.backend.equals("cuda")) {
+        if (backendOption.onGpu()) {
             try {
                 int devices = dev.moe.cuda.Driver.get().deviceCount();
                 if (gpus > devices) {
@@ -192,7 +192,7 @@ final class TrainCommand implements Callable<Integer> {
         if (local != null && local.strip().matches("[1-9][0-9]*") && !spec.commandLine().getParseResult().hasMatchedOption("--threads")) {
             threads = Math.max(1, threads / Integer.parseInt(local.strip())); // the ranks of a machine share its cores
         }
-        if (!backendOption.backend.equals("cuda")) {
+        if (!backendOption.onGpu()) {
             if (w.worldSize() > 1) {
                 err.println("moe: error: rank " + w.rank() + ": a world of " + w.worldSize() + " ranks needs --backend cuda (NCCL is the only transport)");
                 err.flush();
