@@ -27,6 +27,8 @@ import java.util.Map;
  */
 public final class Launcher {
     private static final Duration GRACE = Duration.ofSeconds(10);
+    /** How long the ranks get to save a checkpoint when the launcher itself is stopped. */
+    private static final Duration SHUTDOWN_GRACE = Duration.ofSeconds(60);
     /** Where each rank leaves {@code rank-R} once it has joined (set by {@link #run} for its children). */
     public static final String JOINED_DIR = "MOE_JOINED_DIR";
 
@@ -98,10 +100,22 @@ public final class Launcher {
             out.accept("moe: cannot create a directory for the ranks' join marks: " + e.getMessage());
             return 1;
         }
-        List<Process> procs = new ArrayList<>();
-        List<Thread> pumps = new ArrayList<>();
+        List<Process> procs = java.util.Collections.synchronizedList(new ArrayList<>());
+        List<Thread> pumps = java.util.Collections.synchronizedList(new ArrayList<>());
         String[] lastLines = new String[ranks];
         long started = System.nanoTime();
+        // Ctrl-C or a kill of the launcher alone: pass it on (SIGTERM), so that the ranks agree to stop, save
+        // and exit, and wait for them rather than leave them running without their output.
+        Thread hook = new Thread(() -> {
+            List<Process> live;
+            synchronized (procs) {
+                live = procs.stream().filter(Process::isAlive).toList();
+            }
+            live.forEach(Process::destroy);
+            stop(live, SHUTDOWN_GRACE);
+            join(pumps); // their last lines ("stopped at step N; saved ...")
+        }, "moe-launcher-shutdown");
+        Runtime.getRuntime().addShutdownHook(hook);
         try {
             for (int r = 0; r < ranks; r++) {
                 ProcessBuilder pb = new ProcessBuilder(command).redirectErrorStream(true);
@@ -171,6 +185,11 @@ public final class Launcher {
             stop(procs);
             return 130;
         } finally {
+            try {
+                Runtime.getRuntime().removeShutdownHook(hook);
+            } catch (IllegalStateException shuttingDown) {
+                // the hook is running or has run: it stops the ranks
+            }
             deleteMarks(joinedDir);
         }
     }
@@ -228,7 +247,12 @@ public final class Launcher {
             p.descendants().forEach(ProcessHandle::destroy); // a wrapper script's children hold its output open
             p.destroy();
         }
-        long deadline = System.nanoTime() + GRACE.toNanos();
+        stop(procs, GRACE);
+    }
+
+    /** Waits up to {@code grace} for the ranks to exit, then kills those still there. */
+    private static void stop(List<Process> procs, Duration grace) {
+        long deadline = System.nanoTime() + grace.toNanos();
         for (Process p : procs) {
             try {
                 long left = deadline - System.nanoTime();
@@ -244,7 +268,7 @@ public final class Launcher {
     }
 
     private static void join(List<Thread> pumps) {
-        for (Thread t : pumps) {
+        for (Thread t : pumps.toArray(Thread[]::new)) { // a snapshot: the list is shared with the shutdown hook
             try {
                 t.join(Duration.ofSeconds(5));
             } catch (InterruptedException e) {
