@@ -15,7 +15,11 @@
 #    Training parity: 100 steps of two recipes with --backend cuda (device-resident) and
 #    --backend cuda-hybrid against --backend cpu; the losses must agree within 1e-3 relative at every step.
 #    Greedy generation with --backend cuda and cuda-hybrid gives the CPU's text.
-# 4. MoeLayerBench: TFLOP/s forward and forward+backward, bf16, 8192 tokens, three shapes, and the
+# 4. Data parallelism over NCCL with a world of one: `moe train --gpus 1 --backend cuda` (launcher, rendezvous,
+#    nonblocking NCCL init, gradient all-reduce on the device) against the same run without --gpus, 20 steps;
+#    the losses must agree within 1e-6 relative at every step.
+#    With more GPUs (DP_GPUS=N), also N ranks against one: within 1e-3 relative (summation order differs).
+# 5. MoeLayerBench: TFLOP/s forward and forward+backward, bf16, 8192 tokens, three shapes, and the
 #    PyTorch peer on the same GPU in the same run (bench/gpu/torch_moe_gpu.py), when torch is there.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -60,6 +64,26 @@ for backend in ${BACKENDS:-cuda cuda-hybrid}; do
   if cmp -s "$OUT/generate-cpu.txt" "$OUT/generate-$backend.txt"; then echo "generate --backend $backend: same greedy text as cpu (ok)";
   else echo "generate --backend $backend: text differs from cpu (FAIL)"; status=1; fi
 done | tee "$OUT/generate-parity.txt"
+
+DP_RECIPE=recipes/mixtral.moe
+$J $JOPTS -Xmx8g -cp "$CP" dev.moe.cli.MoeCli train $DP_RECIPE --steps 20 --backend cuda --out "$OUT/dp-plain" \
+    > "$OUT/dp-plain.log" 2>&1 || { status=1; tail -5 "$OUT/dp-plain.log"; }
+for n in 1 ${DP_GPUS:-}; do
+  [ "$n" = 1 ] && tol=1e-6 || tol=1e-3
+  $J $JOPTS -Xmx8g -cp "$CP" dev.moe.cli.MoeCli train $DP_RECIPE --steps 20 --backend cuda --gpus "$n" --out "$OUT/dp-gpus$n" \
+      > "$OUT/dp-gpus$n.log" 2>&1 || { status=1; tail -5 "$OUT/dp-gpus$n.log"; }
+  python3 - "$OUT/dp-plain/metrics.jsonl" "$OUT/dp-gpus$n/metrics.jsonl" "$n" "$tol" <<'PY' | tee -a "$OUT/data-parallel.txt" || status=1
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+tol = float(sys.argv[4])
+assert len(a) == len(b) == 20, (len(a), len(b))
+worst = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a, b))
+print(f"--gpus {sys.argv[3]} against one process: 20 steps, loss {a[-1]['loss']:.6f} / {b[-1]['loss']:.6f},"
+      f" worst relative difference {worst:.2e} ({'ok' if worst <= tol else 'FAIL'}, limit {tol})")
+sys.exit(0 if worst <= tol else 1)
+PY
+done
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   $J $JOPTS -Xmx48g -cp "$CP" dev.moe.cuda.MoeLayerBench ${BENCH_ARGS:-} 2>&1 | tee "$OUT/moe-layer-bench.txt"

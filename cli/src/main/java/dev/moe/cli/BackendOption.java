@@ -20,6 +20,14 @@ final class BackendOption {
             + "with fp32 master weights and gradients).")
     String precision = "fp32";
 
+    /** In a data-parallel worker: the context of this rank's GPU, which every model of the run shares (with its communicator). */
+    dev.moe.cuda.CudaContext shared;
+
+    /** cuda or cuda-hybrid: a GPU, which a data-parallel rank joins to NCCL. */
+    boolean onGpu() {
+        return backend.equals("cuda") || backend.equals("cuda-hybrid");
+    }
+
     /** Opens the backend, or explains why it cannot be opened (no GPU, no driver) as a user error. */
     Backend create(int threads) throws Recipes.UserError {
         if (!List.of("fp32", "tf32", "bf16").contains(precision)) {
@@ -35,7 +43,7 @@ final class BackendOption {
             }
             case "cuda", "cuda-hybrid" -> {
                 try {
-                    CudaBackend cuda = new CudaBackend(0, cpu);
+                    CudaBackend cuda = shared != null ? new CudaBackend(shared, cpu, false) : new CudaBackend(0, cpu);
                     cuda.context().blas.setTf32(!precision.equals("fp32"));
                     cuda.context().expertPrecision = precision.equals("bf16") ? Precision.BF16 : Precision.FP32;
                     yield backend.equals("cuda") ? cuda : cuda.hybridOnly();

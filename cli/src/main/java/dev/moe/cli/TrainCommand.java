@@ -3,9 +3,16 @@ package dev.moe.cli;
 import dev.moe.compiler.ir.CompiledFile;
 import dev.moe.compiler.ir.Model;
 import dev.moe.compiler.ir.Training;
+import dev.moe.cuda.CudaContext;
+import dev.moe.cuda.CudaException;
+import dev.moe.cuda.nccl.Launcher;
+import dev.moe.cuda.nccl.NcclCollective;
+import dev.moe.cuda.nccl.RendezvousException;
+import dev.moe.cuda.nccl.WorldConfig;
 import dev.moe.dsl.SourceFile;
 import dev.moe.runtime.TrainableModel;
 import dev.moe.runtime.data.DataStream;
+import dev.moe.runtime.train.Collective;
 import dev.moe.runtime.train.Trainer;
 import java.io.IOException;
 import java.io.PrintStream;
@@ -13,11 +20,13 @@ import java.io.PrintWriter;
 import java.io.UncheckedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.Optional;
 import java.util.concurrent.Callable;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
@@ -85,13 +94,158 @@ final class TrainCommand implements Callable<Integer> {
     @Option(names = "--stop-at", paramLabel = "N", description = "Stop at step N as Ctrl-C would (save; continue later with --resume).")
     long stopAt;
 
+    @Option(names = "--gpus", paramLabel = "N", description = "Train data-parallel on N GPUs of this machine: one worker process per GPU"
+            + " (rank i on GPU i), joined through NCCL. Each rank takes its share of every batch, gradients are summed over the ranks,"
+            + " and rank 0 writes the same files as a one-GPU run (either resumes the other). A rank that fails or does not join"
+            + " within MOE_JOIN_TIMEOUT_S (default 600) stops them all. Needs --backend cuda (with cpu: only --gpus 1)."
+            + " Several hosts: set MOE_RANK, MOE_WORLD_SIZE and MOE_RENDEZVOUS instead (see the README).")
+    Integer gpus;
+
     @Option(names = "--stage-steps", paramLabel = "N", description = "Run every stage (and every train block without stages) for N steps: a quick trial of a curriculum.")
     Long stageSteps;
+
+    /** This process's rank in a data-parallel world; a world of one unless started as a worker. */
+    private Collective world = Collective.SINGLE;
+    /** Started as one rank of a world (by the launcher or by hand). */
+    private boolean worker;
 
     @Override
     public Integer call() throws IOException {
         PrintWriter err = spec.commandLine().getErr();
         PrintWriter stdout = spec.commandLine().getOut();
+        Optional<WorldConfig> worker;
+        try {
+            worker = WorldConfig.fromEnvironment(System.getenv());
+        } catch (RendezvousException e) {
+            err.println("moe: error: " + e.getMessage());
+            err.flush();
+            return 2;
+        }
+        if (worker.isPresent()) {
+            return asWorker(worker.get(), err, stdout);
+        }
+        if (gpus != null) {
+            return launch(err, stdout);
+        }
+        return train(err, stdout);
+    }
+
+    /** Starts one worker per GPU, each this same command line with its rank in the environment, and waits for them. */
+    private int launch(PrintWriter err, PrintWriter stdout) {
+        if (gpus < 1) {
+            err.println("moe: error: --gpus must be at least 1, not " + gpus);
+            err.flush();
+            return 2;
+        }
+        if (gpus > 1 && !backendOption.onGpu()) {
+            err.println("moe: error: --gpus " + gpus + " needs --backend cuda (or cuda-hybrid): the ranks exchange gradients through NCCL, the only transport"
+                    + " (--backend cpu runs a world of one, --gpus 1)");
+            err.flush();
+            return 2;
+        }
+        if (backendOption.onGpu()) {
+            try {
+                int devices = dev.moe.cuda.Driver.get().deviceCount();
+                if (gpus > devices) {
+                    err.println("moe: error: --gpus " + gpus + ", but this machine has " + devices + " GPU(s)");
+                    err.flush();
+                    return 2;
+                }
+            } catch (CudaException e) {
+                err.println("moe: error: --gpus " + gpus + " --backend cuda: " + e.getMessage());
+                err.flush();
+                return 1;
+            }
+        }
+        Duration join;
+        try {
+            String v = System.getenv().getOrDefault("MOE_JOIN_TIMEOUT_S", "600").strip();
+            join = Duration.ofSeconds(Long.parseLong(v));
+            if (join.isNegative() || join.isZero()) {
+                throw new NumberFormatException();
+            }
+        } catch (NumberFormatException e) {
+            err.println("moe: error: MOE_JOIN_TIMEOUT_S must be a whole number of seconds, at least 1");
+            err.flush();
+            return 2;
+        }
+        List<String> args = spec.commandLine().getParseResult().originalArgs();
+        int status = Launcher.run(Launcher.javaCommand(MoeCli.class.getName(), args), gpus, line -> {
+            stdout.println(line);
+            stdout.flush();
+        }, join);
+        return status;
+    }
+
+    /**
+     * One rank of a data-parallel run: on the GPU of its local rank, joins the NCCL world (the id through
+     * the rendezvous, then the communicator, both with timeouts), tells the launcher, and trains.
+     */
+    private int asWorker(WorldConfig w, PrintWriter err, PrintWriter stdout) throws IOException {
+        worker = true;
+        if (gpus != null && gpus != w.worldSize()) {
+            err.println("moe: error: rank " + w.rank() + ": --gpus " + gpus + " but MOE_WORLD_SIZE is " + w.worldSize());
+            err.flush();
+            return 2;
+        }
+        String local = System.getenv("MOE_LOCAL_WORLD_SIZE");
+        if (local != null && local.strip().matches("[1-9][0-9]*") && !spec.commandLine().getParseResult().hasMatchedOption("--threads")) {
+            threads = Math.max(1, threads / Integer.parseInt(local.strip())); // the ranks of a machine share its cores
+        }
+        if (!backendOption.onGpu()) {
+            if (w.worldSize() > 1) {
+                err.println("moe: error: rank " + w.rank() + ": a world of " + w.worldSize() + " ranks needs --backend cuda (NCCL is the only transport)");
+                err.flush();
+                return 2;
+            }
+            Launcher.joined(w.rank());
+            return train(err, stdout);
+        }
+        CudaContext ctx;
+        NcclCollective nccl;
+        try {
+            ctx = new CudaContext(w.localRank());
+        } catch (CudaException e) {
+            err.println("moe: error: rank " + w.rank() + ": GPU " + w.localRank() + ": " + e.getMessage());
+            err.flush();
+            return 1;
+        }
+        try {
+            nccl = NcclCollective.join(ctx, w);
+        } catch (CudaException | RendezvousException e) {
+            err.println("moe: error: " + (e.getMessage().startsWith("rank ") ? "" : "rank " + w.rank() + ": ") + e.getMessage());
+            err.flush();
+            ctx.close();
+            return 1;
+        }
+        Launcher.joined(w.rank());
+        backendOption.shared = ctx;
+        world = nccl;
+        int status = 1;
+        try {
+            status = train(err, stdout);
+            return status;
+        } catch (CudaException e) {
+            // A collective that failed or timed out: the communicator is aborted; the launcher stops the other ranks.
+            err.println("moe: error: " + e.getMessage());
+            err.flush();
+            return 1;
+        } finally {
+            try {
+                if (status == 0) {
+                    nccl.close();
+                } else {
+                    nccl.abort(); // the peers may be inside a collective: do not wait for them
+                }
+                ctx.close();
+            } catch (CudaException e) {
+                err.println("moe: warning: rank " + w.rank() + ": " + e.getMessage());
+                err.flush();
+            }
+        }
+    }
+
+    private int train(PrintWriter err, PrintWriter stdout) throws IOException {
         SourceFile source = switch (SourceFile.read(file)) {
             case SourceFile.ReadResult.Failed f -> {
                 err.print(f.diagnostic());
@@ -233,12 +387,27 @@ final class TrainCommand implements Callable<Integer> {
             trainer = new Trainer(m, stages, options, log);
             what = stages.size() + (stages.size() == 1 ? " stage (" : " stages (") + String.join(", ", stages.stream().map(Trainer.Stage::name).toList()) + ")";
         }
-        stdout.printf(Locale.ROOT, "training %s (%s params) on %s: %d steps of %d x %d x %d tokens, %d threads -> %s%n", m.name(),
-                Units.count(declared.totalParams()), what, totalSteps, micro, batch, seqLen, threads, runDir);
-        stdout.flush();
-        Trainer.Result r = trainer.run();
-        Plots.writeOrWarn(runDir, m, spec.commandLine().getErr());
-        if (!r.losses().isEmpty()) {
+        boolean lead = world.rank() == 0;
+        if (lead) {
+            stdout.printf(Locale.ROOT, "training %s (%s params) on %s: %d steps of %d x %d x %d tokens, %d threads%s -> %s%n", m.name(),
+                    Units.count(declared.totalParams()), what, totalSteps, micro, batch, seqLen, threads,
+                    world.size() > 1 ? ", " + world.size() + " ranks" : "", runDir);
+            stdout.flush();
+        }
+        if (lead && worker && t != null && t.expertsPerRank() > 0) {
+            stdout.printf(Locale.ROOT, "note: experts_per_rank %d is declared, but this version trains data-parallel: every rank holds every"
+                    + " expert%n", t.expertsPerRank());
+        }
+        if (lead && world.size() > 1) {
+            batchLevelBalancing(declared).ifPresent(scope -> stdout.printf(Locale.ROOT,
+                    "warning: `balance aux` of scope %s is computed on each rank's share of the batch (%d ranks), so its loss differs"
+                            + " slightly from a one-GPU run's; scope: sequence is exact%n", scope, world.size()));
+        }
+        Trainer.Result r = trainer.world(world).run();
+        if (lead) {
+            Plots.writeOrWarn(runDir, m, spec.commandLine().getErr());
+        }
+        if (lead && !r.losses().isEmpty()) {
             stdout.printf(Locale.ROOT, "loss %.4f -> %.4f over %d steps; checkpoint %s%n", r.firstLoss(), r.lastLoss(), r.losses().size(),
                     r.checkpoint());
         }
@@ -246,6 +415,26 @@ final class TrainCommand implements Callable<Integer> {
         if (r.interrupted()) {
             throw new Interrupted();
         }
+    }
+
+    /** The scope of a balance loss whose statistics span the batch (not one sequence): data parallelism takes them per rank. */
+    private static Optional<String> batchLevelBalancing(Model m) {
+        for (dev.moe.compiler.ir.Layer l : m.layers()) {
+            dev.moe.compiler.ir.Block.Part ffn = switch (l.block()) {
+                case dev.moe.compiler.ir.Block.PreNorm p -> p.ffn();
+                case dev.moe.compiler.ir.Block.Parallel p -> p.ffn();
+                case dev.moe.compiler.ir.Block.Residual r -> new dev.moe.compiler.ir.Block.Part.MoePart(r.moe());
+                case dev.moe.compiler.ir.Block.Shortcut sc -> new dev.moe.compiler.ir.Block.Part.MoePart(sc.moe());
+            };
+            if (ffn instanceof dev.moe.compiler.ir.Block.Part.MoePart part) {
+                for (dev.moe.compiler.ir.Loss loss : part.moe().losses()) {
+                    if (loss instanceof dev.moe.compiler.ir.Loss.Aux a && a.coef() > 0 && a.scope() != dev.moe.compiler.ir.Loss.Scope.SEQUENCE) {
+                        return Optional.of(a.scope().name().toLowerCase(Locale.ROOT));
+                    }
+                }
+            }
+        }
+        return Optional.empty();
     }
 
     /** Stops a pipeline after a block was stopped (Ctrl-C or --stop-at): later blocks need it finished. */

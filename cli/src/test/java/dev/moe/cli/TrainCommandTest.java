@@ -184,7 +184,7 @@ class TrainCommandTest {
     }
 
     /** Every tensor's bytes (parameters and optimiser moments), by name. */
-    private static java.util.Map<String, String> tensors(Path file) throws IOException {
+    static java.util.Map<String, String> tensors(Path file) throws IOException {
         java.util.Map<String, String> out = new java.util.TreeMap<>();
         try (SafeTensorsFile f = SafeTensors.open(file)) {
             for (String name : f.tensors().keySet()) {

@@ -3380,6 +3380,35 @@ final class ModelGenerator {
         if (keepsStep()) {
             end.line("step++");
         }
+        List<RoutedState> routed = routedStates();
+        if (!routed.isEmpty()) {
+            // Data parallelism sums these over the ranks before endStep, so that the bias update sees the whole batch.
+            Code get = new Code();
+            Code set = new Code();
+            int n = 0;
+            for (RoutedState rs : routed) {
+                n += rs.moe().routedExperts() + 1;
+            }
+            get.line("long[] out = new long[$L]", n);
+            set.open("if (loads.length != $L)", n)
+                    .line("throw new $T($S + loads.length)", IllegalArgumentException.class, "step loads of " + n + " counts expected, got ")
+                    .close();
+            int at = 0;
+            for (RoutedState rs : routed) {
+                int e = rs.moe().routedExperts();
+                get.comment("layer $L: tokens per expert this step, then the step's slots", rs.layer());
+                get.line("$T.arraycopy($L.stepCounts, 0, out, $L, $L)", System.class, rs.state(), at, e);
+                get.line("out[$L] = $L.stepSlots", at + e, rs.state());
+                set.line("$T.arraycopy(loads, $L, $L.stepCounts, 0, $L)", System.class, at, rs.state(), e);
+                set.line("$L.stepSlots = loads[$L]", rs.state(), at + e);
+                at += e + 1;
+            }
+            get.line("return out");
+            type.addMethod(MethodSpec.methodBuilder("stepLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                    .returns(long[].class).addCode(get.build()).build());
+            type.addMethod(MethodSpec.methodBuilder("setStepLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                    .addParameter(long[].class, "loads").addCode(set.build()).build());
+        }
         type.addMethod(MethodSpec.methodBuilder("endStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).addCode(end.build())
                 .build());
     }

@@ -2110,6 +2110,44 @@ public final class DeepSeekMoETiny implements TrainableModel {
     }
 
     @Override
+    public long[] stepLoads() {
+        long[] out = new long[85];
+        // layer 1: tokens per expert this step, then the step's slots
+        System.arraycopy(moe1.stepCounts, 0, out, 0, 16);
+        out[16] = moe1.stepSlots;
+        // layer 2: tokens per expert this step, then the step's slots
+        System.arraycopy(moe2.stepCounts, 0, out, 17, 16);
+        out[33] = moe2.stepSlots;
+        // layer 3: tokens per expert this step, then the step's slots
+        System.arraycopy(moe3.stepCounts, 0, out, 34, 16);
+        out[50] = moe3.stepSlots;
+        // layer 4: tokens per expert this step, then the step's slots
+        System.arraycopy(moe4.stepCounts, 0, out, 51, 16);
+        out[67] = moe4.stepSlots;
+        // layer 5: tokens per expert this step, then the step's slots
+        System.arraycopy(moe5.stepCounts, 0, out, 68, 16);
+        out[84] = moe5.stepSlots;
+        return out;
+    }
+
+    @Override
+    public void setStepLoads(long[] loads) {
+        if (loads.length != 85) {
+            throw new IllegalArgumentException("step loads of 85 counts expected, got " + loads.length);
+        }
+        System.arraycopy(loads, 0, moe1.stepCounts, 0, 16);
+        moe1.stepSlots = loads[16];
+        System.arraycopy(loads, 17, moe2.stepCounts, 0, 16);
+        moe2.stepSlots = loads[33];
+        System.arraycopy(loads, 34, moe3.stepCounts, 0, 16);
+        moe3.stepSlots = loads[50];
+        System.arraycopy(loads, 51, moe4.stepCounts, 0, 16);
+        moe4.stepSlots = loads[67];
+        System.arraycopy(loads, 68, moe5.stepCounts, 0, 16);
+        moe5.stepSlots = loads[84];
+    }
+
+    @Override
     public void endStep() {
     }
 

@@ -1432,6 +1432,39 @@ public final class MixtralTiny implements TrainableModel {
     }
 
     @Override
+    public long[] stepLoads() {
+        long[] out = new long[36];
+        // layer 0: tokens per expert this step, then the step's slots
+        System.arraycopy(moe0.stepCounts, 0, out, 0, 8);
+        out[8] = moe0.stepSlots;
+        // layer 1: tokens per expert this step, then the step's slots
+        System.arraycopy(moe1.stepCounts, 0, out, 9, 8);
+        out[17] = moe1.stepSlots;
+        // layer 2: tokens per expert this step, then the step's slots
+        System.arraycopy(moe2.stepCounts, 0, out, 18, 8);
+        out[26] = moe2.stepSlots;
+        // layer 3: tokens per expert this step, then the step's slots
+        System.arraycopy(moe3.stepCounts, 0, out, 27, 8);
+        out[35] = moe3.stepSlots;
+        return out;
+    }
+
+    @Override
+    public void setStepLoads(long[] loads) {
+        if (loads.length != 36) {
+            throw new IllegalArgumentException("step loads of 36 counts expected, got " + loads.length);
+        }
+        System.arraycopy(loads, 0, moe0.stepCounts, 0, 8);
+        moe0.stepSlots = loads[8];
+        System.arraycopy(loads, 9, moe1.stepCounts, 0, 8);
+        moe1.stepSlots = loads[17];
+        System.arraycopy(loads, 18, moe2.stepCounts, 0, 8);
+        moe2.stepSlots = loads[26];
+        System.arraycopy(loads, 27, moe3.stepCounts, 0, 8);
+        moe3.stepSlots = loads[35];
+    }
+
+    @Override
     public void endStep() {
     }
 

@@ -1800,6 +1800,39 @@ public final class MoEPlusPlusTiny implements TrainableModel {
     }
 
     @Override
+    public long[] stepLoads() {
+        long[] out = new long[52];
+        // layer 0: tokens per expert this step, then the step's slots
+        System.arraycopy(moe0.stepCounts, 0, out, 0, 12);
+        out[12] = moe0.stepSlots;
+        // layer 1: tokens per expert this step, then the step's slots
+        System.arraycopy(moe1.stepCounts, 0, out, 13, 12);
+        out[25] = moe1.stepSlots;
+        // layer 2: tokens per expert this step, then the step's slots
+        System.arraycopy(moe2.stepCounts, 0, out, 26, 12);
+        out[38] = moe2.stepSlots;
+        // layer 3: tokens per expert this step, then the step's slots
+        System.arraycopy(moe3.stepCounts, 0, out, 39, 12);
+        out[51] = moe3.stepSlots;
+        return out;
+    }
+
+    @Override
+    public void setStepLoads(long[] loads) {
+        if (loads.length != 52) {
+            throw new IllegalArgumentException("step loads of 52 counts expected, got " + loads.length);
+        }
+        System.arraycopy(loads, 0, moe0.stepCounts, 0, 12);
+        moe0.stepSlots = loads[12];
+        System.arraycopy(loads, 13, moe1.stepCounts, 0, 12);
+        moe1.stepSlots = loads[25];
+        System.arraycopy(loads, 26, moe2.stepCounts, 0, 12);
+        moe2.stepSlots = loads[38];
+        System.arraycopy(loads, 39, moe3.stepCounts, 0, 12);
+        moe3.stepSlots = loads[51];
+    }
+
+    @Override
     public void endStep() {
     }
 

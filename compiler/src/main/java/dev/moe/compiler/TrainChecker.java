@@ -34,7 +34,8 @@ import java.util.regex.Pattern;
 
 /** Checks a {@code train} block: optimiser, schedule, batch, data, stages and upcycling sources. */
 final class TrainChecker {
-    static final Set<String> TRAIN_KEYS = Set.of("optimizer", "schedule", "batch", "global_batch", "steps", "seed", "grad_clip", "data", "documents");
+    static final Set<String> TRAIN_KEYS = Set.of("optimizer", "schedule", "batch", "global_batch", "steps", "seed", "grad_clip", "data",
+            "documents", "experts_per_rank");
     static final Set<String> STAGE_KEYS = Set.of("steps", "data", "trainable", "lr", "schedule", "init");
     /** Domains of the embedded synthetic corpus (generated, no files needed). */
     static final Set<String> SYNTHETIC_DOMAINS = Set.of("synthetic", "arithmetic", "brackets", "copy", "lookup", "markov", "reverse", "sort");
@@ -133,6 +134,15 @@ final class TrainChecker {
             }
         }
 
+        int expertsPerRank = 0;
+        if (map.get("experts_per_rank").isPresent()) {
+            Value v = map.get("experts_per_rank").get();
+            OptionalInt n = read.positive(v, "experts_per_rank");
+            if (n.isPresent() && model.isPresent()) {
+                expertsPerRank = placement(v, n.getAsInt(), model.get());
+            }
+        }
+
         List<Training.Stage> checkedStages = new ArrayList<>();
         Map<String, Span> stageNames = new LinkedHashMap<>();
         for (int i = 0; i < stages.size(); i++) {
@@ -162,7 +172,49 @@ final class TrainChecker {
         if (reporter.errorCount() != before) {
             return Optional.empty();
         }
-        return Optional.of(new Training(modelName, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, checkedStages, padDocuments));
+        return Optional.of(new Training(modelName, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, checkedStages,
+                padDocuments, expertsPerRank));
+    }
+
+    /**
+     * {@code experts_per_rank n}: every MoE layer's routed experts split into groups of n, one group
+     * per GPU of an expert-parallel group. Reports each layer whose count n does not divide; returns n
+     * when all do (0 after an error).
+     */
+    private int placement(Value v, int n, Model model) {
+        int layers = 0;
+        boolean ok = true;
+        for (Layer l : model.layers()) {
+            for (Moe m : moesOf(l.block())) {
+                int experts = m.routedExperts();
+                if (experts == 0) {
+                    continue;
+                }
+                layers++;
+                if (experts % n != 0) {
+                    var d = reporter.error(Code.EXPERT_PLACEMENT, v, "`experts_per_rank` (%d) does not divide the %d routed experts of moe `%s` (layer %d)",
+                            n, experts, m.name(), l.index());
+                    List<String> divisors = new ArrayList<>();
+                    for (int k = 1; k <= experts; k++) {
+                        if (experts % k == 0) {
+                            divisors.add(String.valueOf(k));
+                        }
+                    }
+                    reporter.help(d, "use a divisor of " + experts + ": " + String.join(", ", divisors));
+                    ok = false;
+                    break;
+                }
+            }
+            if (!ok) {
+                break;
+            }
+        }
+        if (ok && layers == 0) {
+            var d = reporter.error(Code.EXPERT_PLACEMENT, v, "`experts_per_rank` places routed experts, but model `%s` has none", model.name());
+            reporter.help(d, "remove `experts_per_rank`: a dense model is replicated on every GPU");
+            ok = false;
+        }
+        return ok ? n : 0;
     }
 
     /** The MoEs of a block: its mixer's, if the mixer is an MoE of attention experts, then its ffn's. */

@@ -75,6 +75,24 @@ public interface TrainableModel {
     /** Ends an optimiser step: updates state that is not trained by gradients (the aux-free expert bias). */
     void endStep();
 
+    /**
+     * The expert counts gathered since {@link #beginStep} that {@link #endStep} reads (the aux-free
+     * bias update), flattened per MoE layer as [tokens per expert..., slots]; empty for a model with
+     * nothing routed. Data parallelism sums them over the ranks and hands them back with
+     * {@link #setStepLoads} before {@code endStep}, so that every rank updates the bias from the whole
+     * batch's loads and the replicas stay equal.
+     */
+    default long[] stepLoads() {
+        return new long[0];
+    }
+
+    /** Replaces the step's expert counts by {@code loads}, laid out as {@link #stepLoads} returns them. */
+    default void setStepLoads(long[] loads) {
+        if (loads.length != 0) {
+            throw new IllegalArgumentException(name() + " keeps no step loads, got " + loads.length);
+        }
+    }
+
     /** Logits of the last position of each sequence, [batch, vocab]; no state kept for backward. */
     float[] lastLogits(int[] inputs, int batch, int seq);
 

@@ -8,6 +8,8 @@ import java.util.Optional;
  * A checked {@code train} block: what to train, how, on what, in which stages.
  *
  * @param padDocuments {@code documents pad}: each sequence one document from its start, padding masked out
+ * @param expertsPerRank routed experts per GPU of an expert-parallel group ({@code experts_per_rank});
+ *     0 when not declared (every rank holds every expert)
  */
 public record Training(
         String model,
@@ -21,9 +23,33 @@ public record Training(
         Data data,
         Map<String, String> domains,
         List<Stage> stages,
-        boolean padDocuments) {
+        boolean padDocuments,
+        int expertsPerRank) {
+    /** An unmodifiable copy that iterates in {@code m}'s order. */
+    static <K, V> Map<K, V> ordered(Map<K, V> m) {
+        return java.util.Collections.unmodifiableMap(new java.util.LinkedHashMap<>(m));
+    }
+
+    /** A block of streamed documents without an expert placement: every rank holds every expert. */
+    public Training(String model, Optimizer optimizer, Schedule schedule, int batch, int globalBatch, long steps, long seed, double gradClip,
+            Data data, Map<String, String> domains, List<Stage> stages) {
+        this(model, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, stages, false, 0);
+    }
+
+    /** A block without an expert placement. */
+    public Training(String model, Optimizer optimizer, Schedule schedule, int batch, int globalBatch, long steps, long seed, double gradClip,
+            Data data, Map<String, String> domains, List<Stage> stages, boolean padDocuments) {
+        this(model, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, stages, padDocuments, 0);
+    }
+
+    /** A block of streamed documents. */
+    public Training(String model, Optimizer optimizer, Schedule schedule, int batch, int globalBatch, long steps, long seed, double gradClip,
+            Data data, Map<String, String> domains, List<Stage> stages, int expertsPerRank) {
+        this(model, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, stages, false, expertsPerRank);
+    }
+
     public Training {
-        domains = Map.copyOf(domains);
+        domains = ordered(domains);
         stages = List.copyOf(stages);
     }
 
@@ -35,7 +61,9 @@ public record Training(
     /** Shares of each domain per batch; a single synthetic domain when the recipe gives none. */
     public record Data(Map<String, Double> mixture) {
         public Data {
-            mixture = Map.copyOf(mixture);
+            // In the recipe's order: Map.copyOf's order changes from JVM to JVM, and with it which batch a seed gives
+            // (a resumed run or another rank would draw other data).
+            mixture = ordered(mixture);
         }
     }
 

@@ -569,6 +569,16 @@ public final class CudaModelGenerator {
                 .returns(int[][][].class).addStatement("int[][][] loads = new int[$L][batch][]", moes.size());
         MethodSpec.Builder reset = MethodSpec.methodBuilder("resetStepCounts").addAnnotation(Override.class).addModifiers(Modifier.PROTECTED);
         MethodSpec.Builder end = MethodSpec.methodBuilder("endStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC);
+        // Data parallelism sums the step's counts over the ranks before endStep (TrainableModel.stepLoads).
+        int loadCount = moes.stream().mapToInt(m -> m.experts() + 1).sum();
+        MethodSpec.Builder getLoads = MethodSpec.methodBuilder("stepLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .returns(long[].class).addStatement("long[] out = new long[$L]", loadCount);
+        MethodSpec.Builder setLoads = MethodSpec.methodBuilder("setStepLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .addParameter(long[].class, "loads")
+                .beginControlFlow("if (loads.length != $L)", loadCount)
+                .addStatement("throw new $T($S + loads.length)", IllegalArgumentException.class, "step loads of " + loadCount + " counts expected, got ")
+                .endControlFlow();
+        int loadAt = 0;
         StringBuilder layers = new StringBuilder();
         for (int j = 0; j < moes.size(); j++) {
             MoeInfo m = moes.get(j);
@@ -585,6 +595,11 @@ public final class CudaModelGenerator {
             bySeq.endControlFlow();
             reset.addStatement("$T.fill(stepCounts$L, 0L)", java.util.Arrays.class, i);
             reset.addStatement("stepSlots$L = 0", i);
+            getLoads.addStatement("$T.arraycopy(stepCounts$L, 0, out, $L, $L)", System.class, i, loadAt, m.experts());
+            getLoads.addStatement("out[$L] = stepSlots$L", loadAt + m.experts(), i);
+            setLoads.addStatement("$T.arraycopy(loads, $L, stepCounts$L, 0, $L)", System.class, loadAt, i, m.experts());
+            setLoads.addStatement("stepSlots$L = loads[$L]", i, loadAt + m.experts());
+            loadAt += m.experts() + 1;
             m.router().bias().ifPresent(bias -> {
                 String name = "layers." + i + ".moe.router.expert_bias";
                 end.addComment("layer $L: aux-free balancing, bias += rate * sign(mean load - load), on the host copy, then to the GPU", i);
@@ -600,6 +615,10 @@ public final class CudaModelGenerator {
         t.addMethod(bySeq.addStatement("return loads").build());
         t.addMethod(reset.build());
         t.addMethod(end.build());
+        if (!moes.isEmpty()) {
+            t.addMethod(getLoads.addStatement("return out").build());
+            t.addMethod(setLoads.build());
+        }
         t.addMethod(MethodSpec.methodBuilder("setStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
                 .addParameter(TypeName.LONG, "step").build());
         t.addMethod(MethodSpec.methodBuilder("moeLayers").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[].class)

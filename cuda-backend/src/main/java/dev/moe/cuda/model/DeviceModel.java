@@ -7,6 +7,7 @@ import dev.moe.cuda.DeviceOps;
 import dev.moe.runtime.Parameter;
 import dev.moe.runtime.TrainableModel;
 import dev.moe.runtime.train.AdamW;
+import dev.moe.runtime.train.Collective;
 import dev.moe.runtime.train.DeviceTrainable;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -210,6 +211,14 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
             profile.clear();
         }
         return norm;
+    }
+
+    @Override
+    public void allReduceGradients(Collective world) {
+        if (world != Collective.SINGLE) { // NCCL's world of one sums too: the one-GPU check runs the real path
+            ctx.makeCurrent();
+            world.allReduceDeviceFloats(w.gradients(), w.size());
+        }
     }
 
     @Override

@@ -94,6 +94,11 @@ public final class DeviceWeights implements AutoCloseable {
         return grads.pointer + offset(name) * 4;
     }
 
+    /** Device address of the gradient arena ({@link #size} floats, every parameter's gradient). */
+    public long gradients() {
+        return grads.pointer;
+    }
+
     /** Floats in the arena: the model's parameter count. */
     public long size() {
         return floats;

@@ -25,13 +25,48 @@ public final class Communicator implements AutoCloseable {
     private final MemorySegment comm;
     public final int ranks;
     public final int rank;
+    /**
+     * Set for a communicator made by the nonblocking init: its calls may return ncclInProgress before
+     * they are enqueued, and NCCL wants the state polled to success before the next call; this long.
+     */
+    private final Duration settleTimeout;
     private boolean closed;
 
     Communicator(Nccl nccl, MemorySegment comm, int ranks, int rank) {
+        this(nccl, comm, ranks, rank, null);
+    }
+
+    Communicator(Nccl nccl, MemorySegment comm, int ranks, int rank, Duration settleTimeout) {
         this.nccl = nccl;
         this.comm = comm;
         this.ranks = ranks;
         this.rank = rank;
+        this.settleTimeout = settleTimeout;
+    }
+
+    /** On a nonblocking communicator, waits until the last call is enqueued (its state leaves ncclInProgress). */
+    private void settle(String what) {
+        if (settleTimeout == null) {
+            return;
+        }
+        long deadline = System.nanoTime() + settleTimeout.toNanos();
+        while (true) {
+            int state = nccl.asyncError(comm);
+            if (state == Nccl.NCCL_SUCCESS) {
+                return;
+            }
+            if (state != Nccl.NCCL_IN_PROGRESS) {
+                String msg = Nccl.failure(what, state, nccl.errorString(state), nccl.lastError(comm));
+                abort();
+                throw new CudaException("rank " + rank + ": " + msg + " (a peer rank failed?)");
+            }
+            if (System.nanoTime() > deadline) {
+                abort();
+                throw new CudaException("rank " + rank + ": " + what + " was not enqueued within " + settleTimeout.toSeconds()
+                        + " s: a peer rank died or hangs; aborted the communicator");
+            }
+            Thread.onSpinWait();
+        }
     }
 
     /** What NCCL says this communicator is: {ranks, this rank, CUDA device}. */
@@ -41,6 +76,7 @@ public final class Communicator implements AutoCloseable {
 
     public void allReduce(long send, long recv, long count, DataType type, RedOp op, MemorySegment stream) {
         nccl.allReduce(send, recv, count, type, op, comm, stream);
+        settle("ncclAllReduce");
     }
 
     /**
@@ -67,6 +103,7 @@ public final class Communicator implements AutoCloseable {
         } finally {
             nccl.groupEnd();
         }
+        settle("the all-to-all's ncclGroupEnd");
     }
 
     /** The byte offset of each peer's part in a buffer laid out peer after peer. */
@@ -89,7 +126,9 @@ public final class Communicator implements AutoCloseable {
         long deadline = System.nanoTime() + timeout.toNanos();
         long sleep = 0;
         while (true) {
-            int rc = streamQuery(stream);
+            // A nonblocking communicator may still be enqueueing (ncclInProgress): the stream is not yet the whole story.
+            int state = settleTimeout != null ? nccl.asyncError(comm) : Nccl.NCCL_SUCCESS;
+            int rc = state == Nccl.NCCL_IN_PROGRESS ? CUDA_ERROR_NOT_READY : streamQuery(stream);
             if (rc == 0) {
                 return;
             }

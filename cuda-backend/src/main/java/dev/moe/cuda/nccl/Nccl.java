@@ -50,6 +50,24 @@ public final class Nccl {
         }
     }
 
+    /**
+     * {@code ncclConfig_t} as NCCL 2.17 laid it out. NCCL reads a config's own {@code size} and
+     * {@code version} and gives newer fields their defaults, so this prefix stays valid in later
+     * versions. Only {@code blocking} is set; the rest are NCCL_CONFIG_UNDEF_INT / NULL.
+     */
+    static final StructLayout CONFIG = MemoryLayout.structLayout(
+            ValueLayout.JAVA_LONG.withName("size"),
+            ValueLayout.JAVA_INT.withName("magic"),
+            ValueLayout.JAVA_INT.withName("version"),
+            ValueLayout.JAVA_INT.withName("blocking"),
+            ValueLayout.JAVA_INT.withName("cgaClusterSize"),
+            ValueLayout.JAVA_INT.withName("minCTAs"),
+            ValueLayout.JAVA_INT.withName("maxCTAs"),
+            ValueLayout.ADDRESS.withName("netName"));
+    static final int CONFIG_MAGIC = 0xcafebeef;
+    static final int CONFIG_VERSION = 21700; // NCCL_VERSION(2, 17, 0)
+    static final int CONFIG_UNDEF_INT = Integer.MIN_VALUE;
+
     static final int NCCL_SUCCESS = 0;
     static final int NCCL_IN_PROGRESS = 7;
     private static final String[] RESULT_NAMES = {"ncclSuccess", "ncclUnhandledCudaError", "ncclSystemError", "ncclInternalError",
@@ -60,7 +78,7 @@ public final class Nccl {
 
     private final MethodHandle ncclGetVersion, ncclGetUniqueId, ncclCommInitRank, ncclCommDestroy, ncclCommAbort, ncclCommGetAsyncError,
             ncclCommCount, ncclCommUserRank, ncclCommCuDevice, ncclAllReduce, ncclSend, ncclRecv, ncclGroupStart, ncclGroupEnd,
-            ncclGetErrorString, ncclGetLastError;
+            ncclGetErrorString, ncclGetLastError, ncclCommInitRankConfig;
 
     /** Loads libnccl once; throws with what was tried and how to fix it when it is missing. */
     public static synchronized Nccl get() {
@@ -77,6 +95,9 @@ public final class Nccl {
         ncclGetVersion = fn(lib, "ncclGetVersion", INT, PTR);
         ncclGetUniqueId = fn(lib, "ncclGetUniqueId", INT, PTR);
         ncclCommInitRank = fn(lib, "ncclCommInitRank", INT, PTR, INT, UNIQUE_ID, INT);
+        // Since NCCL 2.14: the nonblocking init that a joining timeout needs.
+        ncclCommInitRankConfig = lib.find("ncclCommInitRankConfig").isPresent()
+                ? fn(lib, "ncclCommInitRankConfig", INT, PTR, INT, UNIQUE_ID, INT, PTR) : null;
         ncclCommDestroy = fn(lib, "ncclCommDestroy", INT, PTR);
         ncclCommAbort = fn(lib, "ncclCommAbort", INT, PTR);
         ncclCommGetAsyncError = fn(lib, "ncclCommGetAsyncError", INT, PTR, PTR);
@@ -139,7 +160,7 @@ public final class Nccl {
         }
     }
 
-    private String lastError(MemorySegment comm) {
+    String lastError(MemorySegment comm) {
         if (ncclGetLastError == null) {
             return "";
         }
@@ -195,20 +216,98 @@ public final class Nccl {
         }
     }
 
+    /** A config that asks for a nonblocking communicator (calls return ncclInProgress; completion is polled). */
+    static MemorySegment nonblockingConfig(Arena arena) {
+        MemorySegment c = arena.allocate(CONFIG);
+        c.set(ValueLayout.JAVA_LONG, CONFIG.byteOffset(MemoryLayout.PathElement.groupElement("size")), CONFIG.byteSize());
+        c.set(INT, CONFIG.byteOffset(MemoryLayout.PathElement.groupElement("magic")), CONFIG_MAGIC);
+        c.set(INT, CONFIG.byteOffset(MemoryLayout.PathElement.groupElement("version")), CONFIG_VERSION);
+        c.set(INT, CONFIG.byteOffset(MemoryLayout.PathElement.groupElement("blocking")), 0);
+        for (String f : new String[] {"cgaClusterSize", "minCTAs", "maxCTAs"}) {
+            c.set(INT, CONFIG.byteOffset(MemoryLayout.PathElement.groupElement(f)), CONFIG_UNDEF_INT);
+        }
+        c.set(ValueLayout.ADDRESS, CONFIG.byteOffset(MemoryLayout.PathElement.groupElement("netName")), MemorySegment.NULL);
+        return c;
+    }
+
+    /**
+     * Like {@link #initRank(int, UniqueId, int)}, but gives up after {@code timeout}: the communicator
+     * is made nonblocking, its state is polled with ncclCommGetAsyncError, and when a peer does not
+     * come in time (or init fails) it is aborted with ncclCommAbort and this throws, naming the rank.
+     * Falls back to the blocking init (no timeout) on NCCL before 2.14, with a warning.
+     */
+    public Communicator initRank(int ranks, UniqueId id, int rank, java.time.Duration timeout) {
+        if (rank < 0 || rank >= ranks) {
+            throw new IllegalArgumentException("rank " + rank + " of a world of " + ranks);
+        }
+        if (ncclCommInitRankConfig == null) {
+            System.err.println("moe: warning: NCCL " + versionString(version()) + " has no nonblocking init (2.14+): joining without a timeout");
+            return initRank(ranks, id, rank);
+        }
+        String what = "ncclCommInitRankConfig(rank " + rank + " of " + ranks + ")";
+        MemorySegment comm;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment out = arena.allocate(PTR);
+            int rc = call(ncclCommInitRankConfig, out, ranks, id.toSegment(arena), rank, nonblockingConfig(arena));
+            comm = out.get(ValueLayout.ADDRESS, 0);
+            if (rc != NCCL_SUCCESS && rc != NCCL_IN_PROGRESS) {
+                if (!comm.equals(MemorySegment.NULL)) {
+                    abortQuietly(comm);
+                }
+                check(rc, what, null);
+            }
+        }
+        long deadline = System.nanoTime() + timeout.toNanos();
+        while (true) {
+            int state = asyncError(comm);
+            if (state == NCCL_SUCCESS) {
+                return new Communicator(this, comm, ranks, rank, timeout);
+            }
+            if (state != NCCL_IN_PROGRESS) {
+                String msg = failure(what, state, errorString(state), lastError(comm));
+                abortQuietly(comm);
+                throw new CudaException("rank " + rank + ": " + msg);
+            }
+            if (System.nanoTime() > deadline) {
+                abortQuietly(comm);
+                throw new CudaException("rank " + rank + ": the NCCL communicator of " + ranks + " ranks was not complete within " + timeout.toSeconds()
+                        + " s: a rank did not join (crashed, or started with another MOE_WORLD_SIZE); aborted (MOE_NCCL_TIMEOUT_S sets the limit)");
+            }
+            try {
+                Thread.sleep(10);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                abortQuietly(comm);
+                throw new CudaException("rank " + rank + ": interrupted while joining the NCCL communicator", e);
+            }
+        }
+    }
+
+    private void abortQuietly(MemorySegment comm) {
+        try {
+            call(ncclCommAbort, comm);
+        } catch (RuntimeException ignored) {
+            // already failing: the first error is the one to report
+        }
+    }
+
     public void groupStart() {
         check(call(ncclGroupStart), "ncclGroupStart", null);
     }
 
     public void groupEnd() {
-        check(call(ncclGroupEnd), "ncclGroupEnd", null);
+        int rc = call(ncclGroupEnd);
+        if (rc != NCCL_IN_PROGRESS) { // a group of a nonblocking communicator's calls completes in the background
+            check(rc, "ncclGroupEnd", null);
+        }
     }
 
     void destroy(MemorySegment comm) {
-        check(call(ncclCommDestroy, comm), "ncclCommDestroy", null);
+        checkEnqueued(call(ncclCommDestroy, comm), "ncclCommDestroy", null);
     }
 
     void abort(MemorySegment comm) {
-        check(call(ncclCommAbort, comm), "ncclCommAbort", null);
+        checkEnqueued(call(ncclCommAbort, comm), "ncclCommAbort", null);
     }
 
     /** ncclSuccess, ncclInProgress, or the error that a communicator's background work ran into. */
@@ -241,14 +340,21 @@ public final class Nccl {
     }
 
     void allReduce(long send, long recv, long count, DataType type, RedOp op, MemorySegment comm, MemorySegment stream) {
-        check(call(ncclAllReduce, send, recv, count, type.code, op.code, comm, stream), "ncclAllReduce", comm);
+        checkEnqueued(call(ncclAllReduce, send, recv, count, type.code, op.code, comm, stream), "ncclAllReduce", comm);
     }
 
     void send(long buffer, long count, DataType type, int peer, MemorySegment comm, MemorySegment stream) {
-        check(call(ncclSend, buffer, count, type.code, peer, comm, stream), "ncclSend(to rank " + peer + ")", comm);
+        checkEnqueued(call(ncclSend, buffer, count, type.code, peer, comm, stream), "ncclSend(to rank " + peer + ")", comm);
     }
 
     void recv(long buffer, long count, DataType type, int peer, MemorySegment comm, MemorySegment stream) {
-        check(call(ncclRecv, buffer, count, type.code, peer, comm, stream), "ncclRecv(from rank " + peer + ")", comm);
+        checkEnqueued(call(ncclRecv, buffer, count, type.code, peer, comm, stream), "ncclRecv(from rank " + peer + ")", comm);
+    }
+
+    /** On a nonblocking communicator a collective may return ncclInProgress: {@link Communicator#await} polls it to the end. */
+    private void checkEnqueued(int result, String function, MemorySegment comm) {
+        if (result != NCCL_IN_PROGRESS) {
+            check(result, function, comm);
+        }
     }
 }

@@ -88,6 +88,7 @@ public final class NcclCheck {
             Nccl nccl = Nccl.get();
             UniqueId id = Rendezvous.exchange(world, nccl::uniqueId);
             try (Communicator comm = nccl.initRank(world.worldSize(), id, world.rank())) {
+                Launcher.joined(world.rank());
                 int failures = 0;
                 int[] said = comm.describe();
                 boolean commOk = said[0] == world.worldSize() && said[1] == world.rank() && said[2] == ctx.device;

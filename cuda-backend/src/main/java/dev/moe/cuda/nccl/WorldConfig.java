@@ -15,6 +15,7 @@ import java.util.Optional;
  * MOE_RENDEZVOUS            host:port where rank 0 serves the NCCL id       (or MASTER_ADDR and MASTER_PORT)
  * MOE_RENDEZVOUS_TIMEOUT_S  how long to wait for every rank to arrive; default 300
  * MOE_NCCL_TIMEOUT_S        how long one collective may take before the rank aborts; default 600
+ * MOE_LOCAL_WORLD_SIZE      ranks on this machine (set by the launcher): `moe train` gives each its share of the cores
  * </pre>
  */
 public record WorldConfig(int rank, int worldSize, int localRank, String host, int port, Duration rendezvousTimeout, Duration ncclTimeout) {

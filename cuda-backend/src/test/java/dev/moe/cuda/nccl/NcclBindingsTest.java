@@ -115,4 +115,21 @@ class NcclBindingsTest {
         assertThat(assertThrows(IllegalArgumentException.class, () -> Communicator.byteOffsets(new int[] {1, -1}, DataType.INT32)))
                 .hasMessageThat().isEqualTo("negative count -1 for rank 1");
     }
+
+    /** ncclConfig_t as nccl.h (2.17) lays it out on 64-bit Linux, filled as NCCL_CONFIG_INITIALIZER with blocking = 0. */
+    @Test
+    void theNonblockingConfigHasNcclsLayoutAndInitializer() {
+        assertThat(Nccl.CONFIG.byteSize()).isEqualTo(40);
+        try (Arena arena = Arena.ofConfined()) {
+            java.lang.foreign.MemorySegment c = Nccl.nonblockingConfig(arena);
+            assertThat(c.get(java.lang.foreign.ValueLayout.JAVA_LONG, 0)).isEqualTo(40L); // size: NCCL copies this much
+            assertThat(c.get(java.lang.foreign.ValueLayout.JAVA_INT, 8)).isEqualTo(0xcafebeef); // magic
+            assertThat(c.get(java.lang.foreign.ValueLayout.JAVA_INT, 12)).isEqualTo(21700); // NCCL_VERSION(2, 17, 0)
+            assertThat(c.get(java.lang.foreign.ValueLayout.JAVA_INT, 16)).isEqualTo(0); // blocking
+            for (long at : new long[] {20, 24, 28}) { // cgaClusterSize, minCTAs, maxCTAs: NCCL_CONFIG_UNDEF_INT
+                assertThat(c.get(java.lang.foreign.ValueLayout.JAVA_INT, at)).isEqualTo(Integer.MIN_VALUE);
+            }
+            assertThat(c.get(java.lang.foreign.ValueLayout.JAVA_LONG, 32)).isEqualTo(0L); // netName: NULL
+        }
+    }
 }

@@ -303,6 +303,11 @@ public enum Code {
     UNKNOWN_DOMAIN(607, "unknown data domain", """
             A data mixture names a domain that is neither one of the built-in synthetic domains nor
             declared with `domain name = file("...")` in the train block.
+            """),
+    EXPERT_PLACEMENT(608, "experts per rank do not divide the experts", """
+            `experts_per_rank n` places each MoE layer's routed experts on GPUs n at a time, so
+            every layer's routed expert count must be a multiple of n (a group of count / n ranks
+            then holds every expert once), and the model must have routed experts.
             """);
 
     private final int number;

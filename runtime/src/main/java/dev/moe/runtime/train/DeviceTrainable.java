@@ -24,6 +24,12 @@ public interface DeviceTrainable {
     double clipAndStep(AdamW adam, List<Parameter> parameters, double lr, double maxNorm);
 
     /**
+     * Sums the gradients over the ranks of a data-parallel {@code world} where they are, on the device
+     * (with {@link Collective#allReduceDeviceFloats}); a world of one leaves them as they are.
+     */
+    void allReduceGradients(Collective world);
+
+    /**
      * Copies the device's weights into the host parameters and, when {@code adam} is the optimiser
      * that has been stepping on the device, its moments into {@code adam}.
      */

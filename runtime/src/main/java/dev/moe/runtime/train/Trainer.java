@@ -92,8 +92,9 @@ public final class Trainer {
     private final long[] begins;
     private final long total;
     private final Options o;
-    private final PrintStream log;
+    private PrintStream log;
     private final AtomicBoolean stop = new AtomicBoolean();
+    private Collective world = Collective.SINGLE;
 
     /** A plain run: one stage with the options' steps, learning rate and schedule, from fresh weights. */
     public Trainer(TrainableModel model, DataStream data, Options options, PrintStream log) {
@@ -118,6 +119,25 @@ public final class Trainer {
         this.total = Math.min(begins[stages.size()], options.steps());
         this.o = options;
         this.log = log;
+    }
+
+    /**
+     * Trains as one rank of a data-parallel world: each rank takes its {@link Collective.Shard shard}
+     * of every batch, the gradients (scaled so that their sum is the whole batch's gradient), losses
+     * and expert loads are summed over the ranks, and every rank applies the same update. Only rank 0
+     * writes metrics, checkpoints and progress, so the run directory looks the same whatever the
+     * number of ranks, and a run saved by N ranks resumes with any other number.
+     */
+    public Trainer world(Collective world) {
+        this.world = java.util.Objects.requireNonNull(world);
+        if (world.rank() != 0) {
+            log = new PrintStream(java.io.OutputStream.nullOutputStream()); // rank 0 reports for all
+        }
+        return this;
+    }
+
+    private boolean lead() {
+        return world.rank() == 0;
     }
 
     /** Asks the loop to stop after the current step (and save). */
@@ -173,8 +193,10 @@ public final class Trainer {
             Resumed r = resume(last);
             start = r.step();
             adam = r.adam();
-            truncateMetrics(metrics, start);
-        } else {
+            if (lead()) {
+                truncateMetrics(metrics, start);
+            }
+        } else if (lead()) {
             Files.deleteIfExists(metrics);
         }
         if (start >= total) {
@@ -202,7 +224,8 @@ public final class Trainer {
         long savedAt = -1;
         int k = stageAt(step);
         List<Parameter> params = parametersOf(k);
-        try (BufferedWriter out = Files.newBufferedWriter(metrics, StandardCharsets.UTF_8, StandardOpenOption.CREATE, StandardOpenOption.APPEND)) {
+        try (BufferedWriter out = lead() ? Files.newBufferedWriter(metrics, StandardCharsets.UTF_8, StandardOpenOption.CREATE, StandardOpenOption.APPEND)
+                : new BufferedWriter(java.io.Writer.nullWriter())) {
             stages:
             while (step < total) {
                 k = stageAt(step);
@@ -238,14 +261,38 @@ public final class Trainer {
                     long tokens = 0;
                     for (int j = 0; j < o.microBatches(); j++) {
                         Batch b = stage.data().batch(step * o.microBatches() + j);
-                        model.setDomains(java.util.Arrays.stream(b.domains()).mapToObj(stage.data().domains()::get).toList());
-                        mask(model, b.keep(o.seq()));
-                        loss += model.forward(inputs(b), targets(b), b.size(), o.seq()) / o.microBatches();
-                        ce += model.lastCrossEntropy() / o.microBatches();
-                        model.backward(1f / o.microBatches());
+                        // This rank's rows; the loss is a mean over kept tokens, so weighting each rank's mean by its share of
+                        // the kept tokens makes the ranks' sum the whole batch's loss (and gradient). A world of one weighs 1.
+                        Collective.Shard shard = Collective.Shard.of(b.size(), world.rank(), world.size());
+                        boolean[] keep = b.keep(o.seq());
+                        boolean[] shardKeep = keep == null ? null : java.util.Arrays.copyOfRange(keep, shard.from() * o.seq(), shard.to() * o.seq());
+                        double weight = keep == null ? (double) shard.rows() / b.size() : (double) count(shardKeep) / count(keep);
+                        model.setDomains(java.util.Arrays.stream(b.domains(), shard.from(), shard.to()).mapToObj(stage.data().domains()::get).toList());
+                        mask(model, shardKeep);
+                        loss += model.forward(inputs(b, shard), targets(b, shard), shard.rows(), o.seq()) * weight / o.microBatches();
+                        ce += model.lastCrossEntropy() * weight / o.microBatches();
+                        model.backward((float) (weight / o.microBatches()));
                         loads = add(loads, model.expertLoads());
-                        addByDomain(stage.data(), b, model.expertLoadsBySequence());
+                        addByDomain(stage.data(), b, gatherBySequence(model.expertLoadsBySequence(), shard, b.size()));
                         tokens += b.keptTokens(o.seq());
+                    }
+                    // The whole batch's gradients, loss and loads on every rank; whether to stop is agreed too, so
+                    // that no rank waits in a collective for a rank that has left the loop.
+                    if (model instanceof DeviceTrainable device) {
+                        device.allReduceGradients(world);
+                    } else {
+                        world.allReduceGradients(params);
+                    }
+                    double[] scalars = {loss, ce, stop.get() ? 1 : 0};
+                    world.allReduceSum(scalars);
+                    loss = scalars[0];
+                    ce = scalars[1];
+                    boolean stopAgreed = scalars[2] > 0;
+                    loads = sumOverRanks(loads);
+                    if (world.size() > 1) {
+                        long[] stepLoads = model.stepLoads();
+                        world.allReduceSum(stepLoads);
+                        model.setStepLoads(stepLoads);
                     }
                     model.setMask(null);
                     model.endStep();
@@ -275,11 +322,13 @@ public final class Trainer {
                         save(last, params, adam, step, stage.data());
                         savedAt = step;
                         Path kept = o.out().resolve("stage-" + stage.name() + ".safetensors");
-                        Files.copy(last, kept, java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                        if (lead()) {
+                            Files.copy(last, kept, java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                        }
                         log.printf(Locale.ROOT, "stage %s done at step %d: loss %.4f -> %.4f; checkpoint %s%n", stage.name(), step, stageFirst,
                                 stageLast, kept.getFileName());
                     }
-                    if (stop.get() || (o.stopAt() > 0 && step >= o.stopAt() && step < total)) {
+                    if (stopAgreed || (world.size() == 1 && stop.get()) || (o.stopAt() > 0 && step >= o.stopAt() && step < total)) {
                         interrupted = true;
                         progress.end();
                         break stages;
@@ -287,8 +336,10 @@ public final class Trainer {
                     if (o.saveEvery() > 0 && step % o.saveEvery() == 0 && step < total) {
                         save(last, params, adam, step, stage.data());
                         savedAt = step;
-                        Files.copy(last, o.out().resolve(String.format(Locale.ROOT, "step-%06d.safetensors", step)),
-                                java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                        if (lead()) {
+                            Files.copy(last, o.out().resolve(String.format(Locale.ROOT, "step-%06d.safetensors", step)),
+                                    java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                        }
                     }
                 }
                 progress.end();
@@ -424,7 +475,11 @@ public final class Trainer {
                 java.nio.file.StandardCopyOption.ATOMIC_MOVE);
     }
 
+    /** Rank 0 alone writes: every rank holds the same weights, optimiser state and data position. */
     private void save(Path last, List<Parameter> params, AdamW adam, long step, DataStream data) throws IOException {
+        if (!lead()) {
+            return;
+        }
         if (model instanceof DeviceTrainable device) {
             device.pullToHost(adam); // the device holds the newest weights and moments
         }
@@ -455,21 +510,88 @@ public final class Trainer {
         }
     }
 
-    private int[] inputs(Batch b) {
-        int[] in = new int[b.size() * o.seq()];
-        for (int r = 0; r < b.size(); r++) {
+    private static int count(boolean[] keep) {
+        int n = 0;
+        for (boolean k : keep) {
+            n += k ? 1 : 0;
+        }
+        return n;
+    }
+
+    /** The inputs of the shard's rows, [rows, seq]. */
+    private int[] inputs(Batch b, Collective.Shard shard) {
+        int[] in = new int[shard.rows() * o.seq()];
+        for (int r = shard.from(); r < shard.to(); r++) {
             for (int t = 0; t < o.seq(); t++) {
-                in[r * o.seq() + t] = b.input(r, t);
+                in[(r - shard.from()) * o.seq() + t] = b.input(r, t);
             }
         }
         return in;
     }
 
-    private int[] targets(Batch b) {
-        int[] out = new int[b.size() * o.seq()];
-        for (int r = 0; r < b.size(); r++) {
+    private int[] targets(Batch b, Collective.Shard shard) {
+        int[] out = new int[shard.rows() * o.seq()];
+        for (int r = shard.from(); r < shard.to(); r++) {
             for (int t = 0; t < o.seq(); t++) {
-                out[r * o.seq() + t] = b.target(r, t);
+                out[(r - shard.from()) * o.seq() + t] = b.target(r, t);
+            }
+        }
+        return out;
+    }
+
+    /**
+     * The whole batch's per-sequence loads, [layer][row][expert], from each rank's [layer][shard row][expert]:
+     * every rank places its rows and the sum over ranks fills the rest (a world of one has them all).
+     */
+    private int[][][] gatherBySequence(int[][][] mine, Collective.Shard shard, int rows) {
+        if (world.size() == 1) {
+            return mine;
+        }
+        int layers = mine.length;
+        int experts = layers == 0 || mine[0].length == 0 ? 0 : mine[0][0].length;
+        long[] flat = new long[layers * rows * experts];
+        for (int l = 0; l < layers; l++) {
+            for (int r = 0; r < shard.rows(); r++) {
+                for (int e = 0; e < experts; e++) {
+                    flat[(l * rows + shard.from() + r) * experts + e] = mine[l][r][e];
+                }
+            }
+        }
+        world.allReduceSum(flat);
+        int[][][] out = new int[layers][rows][experts];
+        for (int l = 0; l < layers; l++) {
+            for (int r = 0; r < rows; r++) {
+                for (int e = 0; e < experts; e++) {
+                    out[l][r][e] = Math.toIntExact(flat[(l * rows + r) * experts + e]);
+                }
+            }
+        }
+        return out;
+    }
+
+    /** The step's expert loads summed over the ranks, [layer][expert]. */
+    private int[][] sumOverRanks(int[][] loads) {
+        if (world.size() == 1 || loads == null) {
+            return loads;
+        }
+        int n = 0;
+        for (int[] layer : loads) {
+            n += layer.length;
+        }
+        long[] flat = new long[n];
+        int at = 0;
+        for (int[] layer : loads) {
+            for (int v : layer) {
+                flat[at++] = v;
+            }
+        }
+        world.allReduceSum(flat);
+        int[][] out = new int[loads.length][];
+        at = 0;
+        for (int i = 0; i < loads.length; i++) {
+            out[i] = new int[loads[i].length];
+            for (int e = 0; e < out[i].length; e++) {
+                out[i][e] = Math.toIntExact(flat[at++]);
             }
         }
         return out;
