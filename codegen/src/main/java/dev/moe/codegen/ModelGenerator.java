@@ -2304,9 +2304,12 @@ final class ModelGenerator {
         Code c = new Code();
         c.line("$L.balanceLoss = 0", m);
         c.line("$T.zero($L.auxGrad, rows * $L)", ELEMENTWISE, m, e);
+        int auxLosses = 0;
         for (Loss loss : moe.losses()) {
             switch (loss) {
                 case Loss.Aux a when a.coef() > 0 -> {
+                    // a second aux loss (another scope) gets its own name for the shared f array
+                    String fv = auxLosses++ == 0 ? "f" : "f" + auxLosses;
                     String eta = etaConstant(moe, a);
                     String coef = floatLiteral(a.coef()) + "f";
                     if (eta == null) {
@@ -2322,50 +2325,50 @@ final class ModelGenerator {
                         c.open("for (int b = 0; b < batch; b++)");
                         c.line("int keptSeq = keep == null ? seq : keptOf(b)");
                         c.open("if (keptSeq == 0)").line("continue").close();
-                        c.line("float[] f = $L.f", m);
-                        c.line("$T.zero(f, $L)", ELEMENTWISE, e);
+                        c.line("float[] $L = $L.f", fv, m);
+                        c.line("$T.zero($L, $L)", ELEMENTWISE, fv, e);
                         if (topP(moe.routers().getFirst())) {
                             c.comment("top-p: f over the sequence's used slots");
                             c.line("int seqSlots = 0");
                             c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
                             c.open("if (keep != null && !keep[t])").line("continue").close();
                             c.open("for (int r = 0; r < $L.kept[t]; r++)", m);
-                            c.line("f[$L.selected[t * $L + r]] += 1f", m, k);
+                            c.line("$L[$L.selected[t * $L + r]] += 1f", fv, m, k);
                             c.line("seqSlots++");
                             c.close().close();
-                            c.open("for (int ex = 0; ex < $L; ex++)", e).line("f[ex] /= seqSlots").close();
+                            c.open("for (int ex = 0; ex < $L; ex++)", e).line("$L[ex] /= seqSlots", fv).close();
                         } else {
                             c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
                             c.open("if (keep != null && !keep[t])").line("continue").close();
                             c.open("for (int r = 0; r < $L; r++)", k);
-                            c.line("f[$L.selected[t * $L + r]] += 1f / (keptSeq * $L)", m, k, k);
+                            c.line("$L[$L.selected[t * $L + r]] += 1f / (keptSeq * $L)", fv, m, k, k);
                             c.close().close();
                         }
                         c.open("for (int t = b * seq; t < (b + 1) * seq; t++)");
                         c.open("if (keep != null && !keep[t])").line("continue").close();
                         c.add(scoreRow(moe, m, e).build());
                         c.open("for (int ex = 0; ex < $L; ex++)", e);
-                        c.line("$L.balanceLoss += $L * $L * f[ex] * p[ex] / ((double) keptSeq * keptSequences)", m, coef, e);
-                        c.line("$L.auxGrad[t * $L + ex] += $L * $L * f[ex] / ((float) keptSeq * keptSequences)", m, e, coef, e);
+                        c.line("$L.balanceLoss += $L * $L * $L[ex] * p[ex] / ((double) keptSeq * keptSequences)", m, coef, e, fv);
+                        c.line("$L.auxGrad[t * $L + ex] += $L * $L * $L[ex] / ((float) keptSeq * keptSequences)", m, e, coef, e, fv);
                         c.close().close().close();
                     } else {
-                        c.line("float[] f = $L.f", m);
+                        c.line("float[] $L = $L.f", fv, m);
                         if (a.scope() == Loss.Scope.GLOBAL_BATCH) {
                             c.comment("global batch: counts so far in this optimiser step (all micro-batches up to this one)");
                             c.open("for (int ex = 0; ex < $L; ex++)", e);
-                            c.line("f[ex] = (float) ((double) $L.stepCounts[ex] / $L.stepSlots)", m, m);
+                            c.line("$L[ex] = (float) ((double) $L.stepCounts[ex] / $L.stepSlots)", fv, m, m);
                             c.close();
                         } else {
                             c.open("for (int ex = 0; ex < $L; ex++)", e);
-                            c.line("f[ex] = (float) $L.counts[ex] / slots", m);
+                            c.line("$L[ex] = (float) $L.counts[ex] / slots", fv, m);
                             c.close();
                         }
                         c.open("for (int t = 0; t < rows; t++)");
                         c.open("if (keep != null && !keep[t])").line("continue").close();
                         c.add(scoreRow(moe, m, e).build());
                         c.open("for (int ex = 0; ex < $L; ex++)", e);
-                        c.line("$L.balanceLoss += $L * $L * f[ex] * p[ex] / (double) keptRows", m, coef, e);
-                        c.line("$L.auxGrad[t * $L + ex] += $L * $L * f[ex] / keptRows", m, e, coef, e);
+                        c.line("$L.balanceLoss += $L * $L * $L[ex] * p[ex] / (double) keptRows", m, coef, e, fv);
+                        c.line("$L.auxGrad[t * $L + ex] += $L * $L * $L[ex] / keptRows", m, e, coef, e, fv);
                         c.close().close();
                     }
                 }

@@ -207,6 +207,18 @@ class Float64GradientTest {
                   layers 2 { first 1: attention, swiglu(hidden: 6)  rest: attention, m }
                 }
                 """,
+                // two aux losses of different scopes in one MoE (each with its own f in the generated code)
+                header + """
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router { top_k 2 }
+                    balance aux(coef: 0.1, scope: micro_batch)
+                    balance aux(coef: 0.05, scope: global_batch)
+                    balance aux(coef: 0.02, scope: sequence)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
                 // random drops by a seeded priority over a latent (MoLE) group
                 header + """
                   moe m {
