@@ -72,7 +72,8 @@ final class Recipes {
     /** The model named {@code modelName}, or the file's only model, with its training and an instance. */
     static Loaded select(CompiledFile compiled, SourceFile source, String modelName, BackendFactory backend) throws UserError {
         Chosen chosen = choose(compiled, source, modelName);
-        return new Loaded(chosen.model(), chosen.training(), instantiate(chosen.model(), source.name(), backend));
+        return new Loaded(chosen.model(), chosen.training(), instantiate(chosen.model(), source.name(), backend,
+                chosen.training().map(Training::padDocuments).orElse(false)));
     }
 
     /** A checked model of a file and its training recipe, if it has one. */
@@ -109,6 +110,20 @@ final class Recipes {
     }
 
     static TrainableModel instantiate(Model model, String sourceName, BackendFactory backendFactory) throws UserError {
+        return instantiate(model, sourceName, backendFactory, false);
+    }
+
+    /**
+     * Why {@code model} cannot run device-resident on the GPU (trained on padded documents when
+     * {@code masks}), or empty when it can.
+     */
+    static Optional<String> deviceRefusal(Model model, boolean masks) {
+        Optional<String> why = CudaModelGenerator.unsupported(model);
+        return why.isPresent() || !masks ? why : Optional.of("padding masks (`documents pad`)");
+    }
+
+    /** An instance of the model's generated class; {@code masks}: it will be trained on padded documents. */
+    static TrainableModel instantiate(Model model, String sourceName, BackendFactory backendFactory, boolean masks) throws UserError {
         JavaFile file;
         try {
             file = JavaGenerator.generate(model, JavaGenerator.DEFAULT_PACKAGE, sourceName);
@@ -119,7 +134,7 @@ final class Recipes {
         Map<String, byte[]> classes = new HashMap<>(ClassCache.compile(file));
         JavaFile device = null;
         if (backend instanceof CudaBackend cuda && cuda.deviceModels()) {
-            Optional<String> why = CudaModelGenerator.unsupported(model);
+            Optional<String> why = deviceRefusal(model, masks);
             if (why.isEmpty()) {
                 device = CudaModelGenerator.generate(model, JavaGenerator.DEFAULT_PACKAGE, sourceName);
                 classes.putAll(ClassCache.compile(device));

@@ -297,7 +297,8 @@ final class TrainCommand implements Callable<Integer> {
             // Instantiate every model and plan every block (reading and checking checkpoint files) before any training.
             List<Planned> ready = new ArrayList<>();
             for (Job j : jobs) {
-                TrainableModel instance = Recipes.instantiate(j.model(), source.name(), () -> backendOption.create(threads));
+                TrainableModel instance = Recipes.instantiate(j.model(), source.name(), () -> backendOption.create(threads),
+                        j.training().padDocuments());
                 ready.add(new Planned(j, instance));
             }
             List<List<Trainer.Stage>> stagesOf = new ArrayList<>();
