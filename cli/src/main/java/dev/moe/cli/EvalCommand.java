@@ -103,9 +103,19 @@ final class EvalCommand implements Callable<Integer> {
             TrainableModel m = loaded.instance();
             m.setTraining(false);
             int len = seq != null ? Math.min(seq, m.context()) : m.context();
-            DataStream stream = data != null && !data.isEmpty() ? DataStream.files(data, 8, len, 0)
-                    : DataStream.synthetic(loaded.training().map(t -> t.data().mixture()).filter(x -> x.keySet().stream().noneMatch(k -> k.startsWith("file:")))
-                            .orElse(Map.of("synthetic", 1.0)), 8, len, 0);
+            // A recipe trained on padded documents is evaluated on whole documents too, the padding out of the loss.
+            boolean padded = loaded.training().map(t -> t.padDocuments()).orElse(false);
+            DataStream stream;
+            if (data != null && !data.isEmpty()) {
+                DataStream.Builder files = DataStream.builder().padDocuments(padded).batch(8).context(len).seed(0);
+                files.domain("file", dev.moe.runtime.data.TextCorpus.load("file", data));
+                stream = files.mixture(Map.of("file", 1.0)).build();
+            } else {
+                stream = DataStream.builder().padDocuments(padded).batch(8).context(len).seed(0)
+                        .mixture(loaded.training().map(t -> t.data().mixture()).filter(x -> x.keySet().stream().noneMatch(k -> k.startsWith("file:")))
+                                .orElse(Map.of("synthetic", 1.0)))
+                        .build();
+            }
             List<String> names = stream.sources().isEmpty() ? stream.domains() : stream.sources();
             double[] sum = new double[names.size()];
             long[] count = new long[names.size()];
@@ -114,7 +124,19 @@ final class EvalCommand implements Callable<Integer> {
             long[][][] routing = new long[m.moeLayers().length][names.size()][];
             for (int i = 0; i < batches; i++) {
                 Batch b = stream.evalBatch(i);
+                boolean[] keep = b.keep(len);
                 for (int r = 0; r < b.size(); r++) {
+                    boolean[] rowKeep = keep == null ? null : java.util.Arrays.copyOfRange(keep, r * len, (r + 1) * len);
+                    int kept = len;
+                    if (rowKeep != null) {
+                        kept = 0;
+                        for (boolean k : rowKeep) {
+                            kept += k ? 1 : 0;
+                        }
+                        if (kept == 0) {
+                            continue;
+                        }
+                    }
                     int[] in = new int[len];
                     int[] tg = new int[len];
                     for (int t = 0; t < len; t++) {
@@ -123,6 +145,7 @@ final class EvalCommand implements Callable<Integer> {
                     }
                     m.beginStep();
                     m.setDomains(List.of(stream.domains().get(b.domain(r))));
+                    m.setMask(rowKeep);
                     m.forward(in, tg, 1, len);
                     double ce = m.lastCrossEntropy();
                     int d = stream.sources().isEmpty() ? b.domain(r) : b.source(r);
@@ -136,10 +159,10 @@ final class EvalCommand implements Callable<Integer> {
                             routing[layer][d][e] += counts[e];
                         }
                     }
-                    sum[d] += ce * len;
-                    count[d] += len;
-                    total += ce * len;
-                    tokens += len;
+                    sum[d] += ce * kept;
+                    count[d] += kept;
+                    total += ce * kept;
+                    tokens += kept;
                 }
             }
             out.printf(Locale.ROOT, "%-12s %10s %10s %12s%n", "domain", "loss", "ppl", "tokens");

@@ -153,6 +153,13 @@ class TrainCommandTest {
             String loads = metrics.get(step).replaceAll(".*\"expert_loads\":\\[\\[([0-9,]*)]].*", "$1");
             assertWithMessage(metrics.get(step)).that(java.util.Arrays.stream(loads.split(",")).mapToLong(Long::parseLong).sum()).isEqualTo(2 * kept);
         }
+        // eval follows the recipe: whole held-out documents, the loss over their kept tokens only
+        Cli.Run e = Cli.run("eval", out.toString(), "--batches", "1");
+        assertWithMessage("%s", e).that(e.exit()).isEqualTo(0);
+        var held = dev.moe.runtime.data.DataStream.builder().mixture(mix).batch(8).context(16).seed(0).padDocuments(true).build();
+        long evalKept = held.evalBatch(0).keptTokens(16);
+        assertThat(evalKept).isLessThan(8 * 16);
+        assertThat(e.out()).containsMatch("all +[0-9.]+ +[0-9.]+ +" + evalKept + "\\n");
     }
 
     @Test
