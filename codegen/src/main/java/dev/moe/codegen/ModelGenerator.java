@@ -1,5 +1,6 @@
 package dev.moe.codegen;
 
+import com.palantir.javapoet.ArrayTypeName;
 import com.palantir.javapoet.ClassName;
 import com.palantir.javapoet.FieldSpec;
 import com.palantir.javapoet.MethodSpec;
@@ -69,6 +70,16 @@ final class ModelGenerator {
     private final Map<String, LoraGroup> loraByPrefix = new LinkedHashMap<>();
 
     record LoraGroup(String base, Expert.Lora lora) {}
+
+    /** MoEs whose latent experts sit beside FFN experts or other latent groups: each latent group's own weights and keys. */
+    private final Map<String, List<MixedLatent>> mixedByPrefix = new LinkedHashMap<>();
+
+    /**
+     * One latent group run on its own: its down-projection, its experts' FFN over the latent,
+     * dispatch keys {@code firstKey ..} (consecutive), routed slots {@code firstSlot ..}, and its
+     * index among the MoE's mixed groups (its state, {@code latentGroups[index]}).
+     */
+    record MixedLatent(String downField, int rank, Ffn ffn, int firstKey, int count, int firstSlot, int index) {}
 
     /** The width of the GRU that recurrent routers share (RMoE), or 0 when no router is recurrent. */
     private int gruWidth = 0;
@@ -238,6 +249,7 @@ final class ModelGenerator {
                 String prefix = "layers." + l.index() + ".moe";
                 int groupIndex = -1;
                 boolean anyRoutedFfn = false;
+                boolean anyLatent = false;
                 for (ExpertGroup g : m.groups()) {
                     groupIndex++;
                     if (g.role() == ExpertGroup.Role.ROUTED && g.expert().zeroCompute()) {
@@ -245,7 +257,7 @@ final class ModelGenerator {
                     }
                     if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Lora lo) {
                         // MoLA: one LoRA group over a frozen base FFN, no other routed experts
-                        if (loraByPrefix.containsKey(prefix) || anyRoutedFfn || latentByPrefix.containsKey(prefix)) {
+                        if (loraByPrefix.containsKey(prefix) || anyRoutedFfn || anyLatent) {
                             unsupported(l, "LoRA experts beside other computing routed experts in one MoE");
                         }
                         loraByPrefix.put(prefix, new LoraGroup(prefix + ".group" + groupIndex + ".base", lo));
@@ -255,14 +267,18 @@ final class ModelGenerator {
                         continue;
                     }
                     if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Latent lat) {
-                        // MoLE: one latent group (its down-projection shared by all its experts), no FFN experts beside it
-                        if (latentByPrefix.containsKey(prefix) || anyRoutedFfn || loraByPrefix.containsKey(prefix)) {
-                            unsupported(l, "latent experts beside other computing routed experts in one MoE");
+                        // MoLE: a latent group's down-projection is shared by all its experts; beside FFN experts or
+                        // other latent groups, each latent group runs after the packed FFN experts with its own weights
+                        if (loraByPrefix.containsKey(prefix)) {
+                            unsupported(l, "latent experts beside LoRA experts in one MoE");
                         }
-                        latentByPrefix.put(prefix, new LatentGroup(Names.field(prefix + ".group" + groupIndex + ".latent_down"), lat.rank()));
+                        anyLatent = true;
+                        if (!mixedLatent(m)) {
+                            latentByPrefix.put(prefix, new LatentGroup(Names.field(prefix + ".group" + groupIndex + ".latent_down"), lat.rank()));
+                            routed = lat.ffn();
+                        }
                         maxHidden = Math.max(maxHidden, lat.ffn().hidden());
                         maxActivationPerRow = Math.max(maxActivationPerRow, lat.ffn().hidden());
-                        routed = lat.ffn();
                         continue;
                     }
                     if (!(g.expert() instanceof Expert.FeedForward f)) {
@@ -274,8 +290,8 @@ final class ModelGenerator {
                     maxHidden = Math.max(maxHidden, f.ffn().hidden());
                     maxActivationPerRow = Math.max(maxActivationPerRow, f.ffn().hidden());
                     if (g.role() == ExpertGroup.Role.ROUTED) {
-                        if (latentByPrefix.containsKey(prefix) || loraByPrefix.containsKey(prefix)) {
-                            unsupported(l, "latent or LoRA experts beside other computing routed experts in one MoE");
+                        if (loraByPrefix.containsKey(prefix)) {
+                            unsupported(l, "LoRA experts beside other computing routed experts in one MoE");
                         }
                         anyRoutedFfn = true;
                         if (routed != null && !routed.equals(f.ffn())) {
@@ -354,6 +370,23 @@ final class ModelGenerator {
                 }
                 Slots slots = Slots.of(m);
                 slotsByPrefix.put(prefix, slots);
+                if (mixedLatent(m)) {
+                    List<MixedLatent> groups = new ArrayList<>();
+                    int slot = 0;
+                    int gi = 0;
+                    for (ExpertGroup g : m.groups()) {
+                        if (g.role() == ExpertGroup.Role.ROUTED) {
+                            if (g.expert() instanceof Expert.Latent lat) {
+                                groups.add(new MixedLatent(Names.field(prefix + ".group" + gi + ".latent_down"), lat.rank(), lat.ffn(), slots.key()[slot],
+                                        g.count(), slot, groups.size()));
+                                maxActivationPerRow = Math.max(maxActivationPerRow, perToken * lat.ffn().hidden());
+                            }
+                            slot += g.count();
+                        }
+                        gi++;
+                    }
+                    mixedByPrefix.put(prefix, groups);
+                }
                 if (model.params().stream().anyMatch(q -> q.name().equals(prefix + ".router.residual"))) {
                     residualFrom.put(l.index(), moeLayers.getLast());
                 }
@@ -372,13 +405,16 @@ final class ModelGenerator {
      * The routed slots of one MoE, numbered over the routed groups in declaration order (the IR's
      * {@code experts.j}). FFN experts are packed, in slot order, for the grouped matmuls; the
      * dispatch sorts slots by key: FFN experts first (key = packed index), then the
-     * zero-computation experts (zero, copy, constant) in slot order.
+     * zero-computation experts (zero, copy, constant) in slot order. When latent experts sit
+     * beside FFN experts (or several latent groups in one MoE), only the FFN experts are packed;
+     * the latent experts follow them, group by group, each group run with its own weights.
      *
      * @param experts each slot's expert
      * @param key each slot's dispatch key
-     * @param ffn how many FFN experts (their keys are 0 .. ffn - 1)
+     * @param ffn how many computing experts (their keys are 0 .. ffn - 1)
+     * @param packed how many of those run as one grouped matmul (keys 0 .. packed - 1)
      */
-    record Slots(List<Expert> experts, int[] key, int ffn) {
+    record Slots(List<Expert> experts, int[] key, int ffn, int packed) {
         static Slots of(Moe m) {
             List<Expert> experts = new ArrayList<>();
             for (ExpertGroup g : m.groups()) {
@@ -388,23 +424,28 @@ final class ModelGenerator {
                     }
                 }
             }
+            boolean mixed = mixedLatent(m);
             int ffn = (int) experts.stream().filter(Slots::computes).count();
+            int packed = mixed ? (int) experts.stream().filter(x -> x instanceof Expert.FeedForward).count() : ffn;
             int[] key = new int[experts.size()];
-            int nextFfn = 0;
+            int nextPacked = 0;
+            int nextLatent = packed;
             int nextOther = ffn;
             for (int j = 0; j < key.length; j++) {
-                key[j] = computes(experts.get(j)) ? nextFfn++ : nextOther++;
+                Expert x = experts.get(j);
+                key[j] = !computes(x) ? nextOther++ : mixed && x instanceof Expert.Latent ? nextLatent++ : nextPacked++;
             }
-            return new Slots(experts, key, ffn);
+            return new Slots(experts, key, ffn, packed);
+        }
+
+        /** Whether slot j's weights are views of the packed arrays. */
+        boolean isPacked(int slot) {
+            return key[slot] < packed;
         }
 
         /** FFN and latent experts: those run as grouped matmuls. */
         static boolean computes(Expert x) {
             return x instanceof Expert.FeedForward || x instanceof Expert.Latent || x instanceof Expert.Lora;
-        }
-
-        boolean isFfn(int slot) {
-            return computes(experts.get(slot));
         }
 
         /** True when the keys are the slots themselves (the FFN experts come first). */
@@ -517,7 +558,7 @@ final class ModelGenerator {
     private void parameters() {
         for (Param p : model.params()) {
             var m = EXPERT_PARAM.matcher(p.name());
-            if (m.matches()) {
+            if (m.matches() && slotsByPrefix.get(m.group(1)).isPacked(Integer.parseInt(m.group(2)))) {
                 String field = Names.field(m.group(1) + ".experts." + m.group(3));
                 Packed old = packed.get(field);
                 // packed by key: the FFN experts' order among themselves
@@ -609,6 +650,15 @@ final class ModelGenerator {
         if (!latentByPrefix.isEmpty()) {
             moeState.addField(FieldSpec.builder(float[].class, "latent").addJavadoc("latent experts: the shared down-projection of each token [rows, rank], then its gradient\n").build());
             moeState.addField(float[].class, "dLatent");
+        }
+        if (!mixedByPrefix.isEmpty()) {
+            type.addType(TypeSpec.classBuilder("LatentGroupState").addModifiers(Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
+                    .addJavadoc("One latent group beside other routed experts: z per token [rows, rank], its dispatched rows' z, the FFN's\n"
+                            + "pre-activations and activations (rows counted from the group's first), and gradient scratch.\n")
+                    .addFields(Stream.of("z", "xs", "gate", "up", "act", "dxs", "dz").map(x -> FieldSpec.builder(float[].class, x).build()).toList())
+                    .build());
+            moeState.addField(FieldSpec.builder(ArrayTypeName.of(ClassName.bestGuess("LatentGroupState")), "latentGroups")
+                    .addJavadoc("latent groups beside FFN experts or each other, in dispatch order\n").build());
         }
         if (!loraByPrefix.isEmpty()) {
             moeState.addField(FieldSpec.builder(float[].class, "loraA").addJavadoc("LoRA experts: per slot x·Aᵀ of gate, up, down [3, slots, rank]; B·(x·Aᵀ) of gate, up [2, slots, hidden]; the token's hidden row; the base's output; gradients\n").build());
@@ -742,18 +792,18 @@ final class ModelGenerator {
         java.util.Set<String> runsAdded = new java.util.HashSet<>();
         for (Param p : model.params()) {
             var m = EXPERT_PARAM.matcher(p.name());
-            if (m.matches()) {
+            if (m.matches() && slotsByPrefix.get(m.group(1)).isPacked(Integer.parseInt(m.group(2)))) {
                 String prefix = m.group(1);
                 Slots slots = slotsByPrefix.get(prefix);
                 int j = Integer.parseInt(m.group(2));
                 int start = j;
-                while (start > 0 && slots.isFfn(start - 1)) {
+                while (start > 0 && slots.isPacked(start - 1)) {
                     start--;
                 }
                 if (runsAdded.add(prefix + "#" + start)) {
                     // a run of FFN experts in consecutive slots: views of the packed arrays, in the IR's order
                     int end = start;
-                    while (end < slots.experts().size() && slots.isFfn(end)) {
+                    while (end < slots.experts().size() && slots.isPacked(end)) {
                         end++;
                     }
                     int shift = start - slots.key()[start];
@@ -1064,6 +1114,20 @@ final class ModelGenerator {
                         if (lg.rank() > cfg.dim()) {
                             p.line("moe$L.xs = new float[r * $L * $L]", l.index(), k, lg.rank());
                             p.line("moe$L.dxs = new float[r * $L * $L]", l.index(), k, lg.rank());
+                        }
+                    }
+                    List<MixedLatent> mixed = mixedByPrefix.get("layers." + l.index() + ".moe");
+                    if (mixed != null) {
+                        p.line("moe$L.latentGroups = new LatentGroupState[$L]", l.index(), mixed.size());
+                        for (MixedLatent g : mixed) {
+                            String gs = "moe" + l.index() + ".latentGroups[" + g.index() + "]";
+                            p.line("$L = new LatentGroupState()", gs);
+                            p.line("$L.z = new float[r * $L]", gs, g.rank()).line("$L.dz = new float[r * $L]", gs, g.rank());
+                            p.line("$L.xs = new float[r * $L * $L]", gs, k, g.rank()).line("$L.dxs = new float[r * $L * $L]", gs, k, g.rank());
+                            if (g.ffn().activation().gated()) {
+                                p.line("$L.gate = new float[r * $L * $L]", gs, k, g.ffn().hidden());
+                            }
+                            p.line("$L.up = new float[r * $L * $L]", gs, k, g.ffn().hidden()).line("$L.act = new float[r * $L * $L]", gs, k, g.ffn().hidden());
                         }
                     }
                     if (m.routers().size() > 1) {
@@ -1674,13 +1738,13 @@ final class ModelGenerator {
         return c;
     }
 
-    /** The shape of the routed FFN experts, or null when every routed expert is a zero-computation one. */
+    /** The shape of the packed routed experts, or null when none is packed (zero-computation or mixed latent experts only). */
     private static Ffn routedFfn(Moe m) {
         for (ExpertGroup g : m.groups()) {
             if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.FeedForward f) {
                 return f.ffn();
             }
-            if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Latent lat) {
+            if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Latent lat && !mixedLatent(m)) {
                 return lat.ffn();
             }
             if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Lora lo) {
@@ -1688,6 +1752,16 @@ final class ModelGenerator {
             }
         }
         return null;
+    }
+
+    /**
+     * Latent experts beside FFN experts, or several latent groups, in one MoE's routed experts: each
+     * latent group then runs per expert with its own down-projection, after the packed FFN experts.
+     */
+    static boolean mixedLatent(Moe m) {
+        long latent = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Latent).count();
+        boolean ffn = m.groups().stream().anyMatch(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.FeedForward);
+        return latent > 1 || latent == 1 && ffn;
     }
 
     private Moe moeOfLayer(int index) {
@@ -1975,7 +2049,13 @@ final class ModelGenerator {
         }
         if (loraByPrefix.containsKey(p)) {
             c.add(loraForward(p, m, loraByPrefix.get(p), sl, nf, in, ffnRows).build());
-        } else if (nf > 0) {
+        } else if (sl.packed() > 0) {
+            int np = sl.packed();
+            String packedRows = np == nf ? ffnRows : "packedRows";
+            if (np != nf) {
+                c.comment("the packed FFN experts' rows come first, the latent groups' rows next");
+                c.line("int packedRows = $L.offsets[$L]", m, np);
+            }
             int h = f.hidden();
             LatentGroup lg = latentByPrefix.get(p);
             String width = "DIM";
@@ -1983,23 +2063,26 @@ final class ModelGenerator {
                 width = String.valueOf(lg.rank());
                 c.comment("latent experts (MoLE): z = x · latent_downᵀ once per token, then each expert's FFN reads its token's z");
                 c.line("backend.matmul($L, 0, $L.value(), 0, $L.latent, 0, rows, DIM, $L)", in, lg.downField(), m, lg.rank());
-                c.line("backend.gatherRows($L.latent, $L.tokenOfRow, $L, $L, $L.xs)", m, m, ffnRows, lg.rank(), m);
+                c.line("backend.gatherRows($L.latent, $L.tokenOfRow, $L, $L, $L.xs)", m, m, packedRows, lg.rank(), m);
             } else {
-                c.line("backend.gatherRows($L, $L.tokenOfRow, $L, DIM, $L.xs)", in, m, ffnRows, m);
+                c.line("backend.gatherRows($L, $L.tokenOfRow, $L, DIM, $L.xs)", in, m, packedRows, m);
             }
-            c.comment("experts: grouped matmuls over the sorted rows ($L x $L)", nf, f);
+            c.comment("experts: grouped matmuls over the sorted rows ($L x $L)", np, f);
             String gate = Names.field(p + ".experts.gate");
             String up = Names.field(p + ".experts.up");
             String down = Names.field(p + ".experts.down");
             if (f.activation().gated()) {
-                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.gate, $L.offsets, $L, $L, $L)", m, gate, m, m, nf, width, h);
-                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, $L, $L)", m, up, m, m, nf, width, h);
-                c.line("backend.glu($T.$L, $L.gate, $L.up, $L.act, $L * $L)", ACTIVATION, act(f), m, m, m, ffnRows, h);
+                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.gate, $L.offsets, $L, $L, $L)", m, gate, m, m, np, width, h);
+                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, $L, $L)", m, up, m, m, np, width, h);
+                c.line("backend.glu($T.$L, $L.gate, $L.up, $L.act, $L * $L)", ACTIVATION, act(f), m, m, m, packedRows, h);
             } else {
-                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, $L, $L)", m, up, m, m, nf, width, h);
-                c.line("backend.activation($T.$L, $L.up, $L.act, $L * $L)", ACTIVATION, act(f), m, m, ffnRows, h);
+                c.line("backend.groupedMatmul($L.xs, $L, 0, $L.up, $L.offsets, $L, $L, $L)", m, up, m, m, np, width, h);
+                c.line("backend.activation($T.$L, $L.up, $L.act, $L * $L)", ACTIVATION, act(f), m, m, packedRows, h);
             }
-            c.line("backend.groupedMatmul($L.act, $L, 0, $L.ys, $L.offsets, $L, $L, DIM)", m, down, m, m, nf, h);
+            c.line("backend.groupedMatmul($L.act, $L, 0, $L.ys, $L.offsets, $L, $L, DIM)", m, down, m, m, np, h);
+        }
+        for (MixedLatent g : mixedByPrefix.getOrDefault(p, List.of())) {
+            c.add(mixedLatentForward(p, m, g, sl, in).build());
         }
         zeroComputeRuns(sl, (from, to, x) -> {
             String rows = m + ".offsets[" + from + "], " + m + ".offsets[" + to + "]";
@@ -2165,6 +2248,117 @@ final class ModelGenerator {
 
     private boolean anyGates() {
         return moes.values().stream().anyMatch(m -> m.routers().size() > 1);
+    }
+
+    /** A mixed latent group's experts' parameters for one projection, by dispatch key (its experts' keys are consecutive). */
+    private String latentArray(Code c, String p, MixedLatent g, Slots sl, String proj) {
+        List<String> names = new ArrayList<>();
+        for (int j = 0; j < g.count(); j++) {
+            names.add(Names.field(p + ".experts." + slotOfKey(sl, g.firstKey() + j) + "." + proj));
+        }
+        String local = "latent" + g.index() + Names.type(proj);
+        c.line("$T[] $L = {$L}", PARAMETER, local, String.join(", ", names));
+        return local;
+    }
+
+    /**
+     * A latent group beside other routed experts (MoLE): z = x · latent_downᵀ once per token, each
+     * dispatched row of its keys reads its token's z, and each expert's FFN (rank → hidden → DIM) runs
+     * with its own weights on its rows, writing the rows' outputs into ys.
+     */
+    private Code mixedLatentForward(String p, String m, MixedLatent g, Slots sl, String in) {
+        Code c = new Code();
+        Ffn f = g.ffn();
+        int h = f.hidden();
+        int rk = g.rank();
+        int last = g.firstKey() + g.count();
+        String gs = m + ".latentGroups[" + g.index() + "]";
+        c.comment("latent group $L (MoLE, keys $L..$L, $L): z = x · latent_downᵀ per token, then each expert's FFN over its rows' z", g.index(),
+                g.firstKey(), last - 1, f);
+        c.open("");
+        c.line("LatentGroupState lg = $L", gs);
+        c.line("int base = $L.offsets[$L]", m, g.firstKey());
+        c.line("int n = $L.offsets[$L] - base", m, last);
+        c.line("backend.matmul($L, 0, $L.value(), 0, lg.z, 0, rows, DIM, $L)", in, g.downField(), rk);
+        c.open("for (int i = 0; i < n; i++)").line("System.arraycopy(lg.z, $L.tokenOfRow[base + i] * $L, lg.xs, i * $L, $L)", m, rk, rk, rk).close();
+        List<String> projs = f.activation().gated() ? List.of("gate", "up") : List.of("up");
+        List<String> arrays = new ArrayList<>();
+        for (String proj : projs) {
+            arrays.add(latentArray(c, p, g, sl, proj));
+        }
+        String down = latentArray(c, p, g, sl, "down");
+        c.open("for (int ex = 0; ex < $L; ex++)", g.count());
+        c.line("int o = $L.offsets[$L + ex] - base", m, g.firstKey());
+        c.line("int rowsOf = $L.offsets[$L + ex + 1] - base - o", m, g.firstKey());
+        for (int q = 0; q < projs.size(); q++) {
+            c.line("backend.matmul(lg.xs, o * $L, $L[ex].value(), 0, lg.$L, o * $L, rowsOf, $L, $L)", rk, arrays.get(q), projs.get(q), h, rk, h);
+        }
+        c.close();
+        if (f.activation().gated()) {
+            c.line("backend.glu($T.$L, lg.gate, lg.up, lg.act, n * $L)", ACTIVATION, act(f), h);
+        } else {
+            c.line("backend.activation($T.$L, lg.up, lg.act, n * $L)", ACTIVATION, act(f), h);
+        }
+        c.open("for (int ex = 0; ex < $L; ex++)", g.count());
+        c.line("int o = $L.offsets[$L + ex] - base", m, g.firstKey());
+        c.line("int rowsOf = $L.offsets[$L + ex + 1] - base - o", m, g.firstKey());
+        c.line("backend.matmul(lg.act, o * $L, $L[ex].value(), 0, $L.ys, (base + o) * DIM, rowsOf, $L, DIM)", h, down, m, h);
+        c.close();
+        c.close();
+        return c;
+    }
+
+    /**
+     * Backward of {@link #mixedLatentForward}: dys holds weight · dOut per row; adds the experts' and
+     * the down-projection's gradients and d(input).
+     */
+    private Code mixedLatentBackward(String p, String m, MixedLatent g, Slots sl, String in, String dIn) {
+        Code c = new Code();
+        Ffn f = g.ffn();
+        int h = f.hidden();
+        int rk = g.rank();
+        int last = g.firstKey() + g.count();
+        c.comment("latent group $L backward: each expert's FFN, then d(z) per token and the down-projection's backward", g.index());
+        c.open("");
+        c.line("LatentGroupState lg = $L.latentGroups[$L]", m, g.index());
+        c.line("int base = $L.offsets[$L]", m, g.firstKey());
+        c.line("int n = $L.offsets[$L] - base", m, last);
+        List<String> projs = f.activation().gated() ? List.of("gate", "up") : List.of("up");
+        List<String> arrays = new ArrayList<>();
+        for (String proj : projs) {
+            arrays.add(latentArray(c, p, g, sl, proj));
+        }
+        String down = latentArray(c, p, g, sl, "down");
+        c.line("$T.zero(dAct, n * $L)", ELEMENTWISE, h);
+        c.open("for (int ex = 0; ex < $L; ex++)", g.count());
+        c.line("int o = $L.offsets[$L + ex] - base", m, g.firstKey());
+        c.line("int rowsOf = $L.offsets[$L + ex + 1] - base - o", m, g.firstKey());
+        c.line("backend.matmulBackward(lg.act, o * $L, $L[ex].value(), 0, $L.dys, (base + o) * DIM, dAct, o * $L, $L[ex].grad(), 0, rowsOf, $L, DIM)", h,
+                down, m, h, down, h);
+        c.close();
+        if (f.activation().gated()) {
+            c.line("backend.gluBackward($T.$L, lg.gate, lg.up, dAct, dGate, dUp, n * $L)", ACTIVATION, act(f), h);
+        } else {
+            c.line("backend.activationBackward($T.$L, lg.up, dAct, dUp, n * $L)", ACTIVATION, act(f), h);
+        }
+        c.line("$T.zero(lg.dxs, n * $L)", ELEMENTWISE, rk);
+        c.open("for (int ex = 0; ex < $L; ex++)", g.count());
+        c.line("int o = $L.offsets[$L + ex] - base", m, g.firstKey());
+        c.line("int rowsOf = $L.offsets[$L + ex + 1] - base - o", m, g.firstKey());
+        for (int q = 0; q < projs.size(); q++) {
+            String d = projs.get(q).equals("gate") ? "dGate" : "dUp";
+            c.line("backend.matmulBackward(lg.xs, o * $L, $L[ex].value(), 0, $L, o * $L, lg.dxs, o * $L, $L[ex].grad(), 0, rowsOf, $L, $L)", rk, arrays.get(q), d,
+                    h, rk, arrays.get(q), rk, h);
+        }
+        c.close();
+        c.line("$T.zero(lg.dz, rows * $L)", ELEMENTWISE, rk);
+        c.open("for (int i = 0; i < n; i++)");
+        c.line("int t = $L.tokenOfRow[base + i] * $L", m, rk);
+        c.open("for (int j = 0; j < $L; j++)", rk).line("lg.dz[t + j] += lg.dxs[i * $L + j]", rk).close();
+        c.close();
+        c.line("backend.matmulBackward($L, 0, $L.value(), 0, lg.dz, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, g.downField(), dIn, g.downField(), rk);
+        c.close();
+        return c;
     }
 
     private String loraArray(Code c, String p, Slots sl, int experts, String proj) {
@@ -3217,24 +3411,29 @@ final class ModelGenerator {
         }
         if (loraByPrefix.containsKey(p)) {
             c.add(loraBackward(p, m, loraByPrefix.get(p), sl, nf, in, dOut, dIn, ffnRows).build());
-        } else if (nf > 0) {
+        } else if (sl.packed() > 0) {
+            int np = sl.packed();
+            String packedRows = np == nf ? ffnRows : "packedRows";
+            if (np != nf) {
+                c.line("int packedRows = $L.offsets[$L]", m, np);
+            }
             int h = f.hidden();
             c.comment("experts backward (grouped)");
             String gate = Names.field(p + ".experts.gate");
             String up = Names.field(p + ".experts.up");
             String down = Names.field(p + ".experts.down");
-            c.line("$T.zero(dAct, $L * $L)", ELEMENTWISE, ffnRows, h);
-            c.line("backend.groupedMatmulBackward($L.act, $L, 0, $L.dys, dAct, $LGrad, 0, $L.offsets, $L, $L, DIM)", m, down, m, down, m, nf, h);
+            c.line("$T.zero(dAct, $L * $L)", ELEMENTWISE, packedRows, h);
+            c.line("backend.groupedMatmulBackward($L.act, $L, 0, $L.dys, dAct, $LGrad, 0, $L.offsets, $L, $L, DIM)", m, down, m, down, m, np, h);
             LatentGroup lg = latentByPrefix.get(p);
             String width = lg == null ? "DIM" : String.valueOf(lg.rank());
-            c.line("$T.zero($L.dxs, $L * $L)", ELEMENTWISE, m, ffnRows, width);
+            c.line("$T.zero($L.dxs, $L * $L)", ELEMENTWISE, m, packedRows, width);
             if (f.activation().gated()) {
-                c.line("backend.gluBackward($T.$L, $L.gate, $L.up, dAct, dGate, dUp, $L * $L)", ACTIVATION, act(f), m, m, ffnRows, h);
-                c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dGate, $L.dxs, $LGrad, 0, $L.offsets, $L, $L, $L)", m, gate, m, gate, m, nf, width, h);
+                c.line("backend.gluBackward($T.$L, $L.gate, $L.up, dAct, dGate, dUp, $L * $L)", ACTIVATION, act(f), m, m, packedRows, h);
+                c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dGate, $L.dxs, $LGrad, 0, $L.offsets, $L, $L, $L)", m, gate, m, gate, m, np, width, h);
             } else {
-                c.line("backend.activationBackward($T.$L, $L.up, dAct, dUp, $L * $L)", ACTIVATION, act(f), m, ffnRows, h);
+                c.line("backend.activationBackward($T.$L, $L.up, dAct, dUp, $L * $L)", ACTIVATION, act(f), m, packedRows, h);
             }
-            c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dUp, $L.dxs, $LGrad, 0, $L.offsets, $L, $L, $L)", m, up, m, up, m, nf, width, h);
+            c.line("backend.groupedMatmulBackward($L.xs, $L, 0, dUp, $L.dxs, $LGrad, 0, $L.offsets, $L, $L, $L)", m, up, m, up, m, np, width, h);
             if (lg != null) {
                 c.comment("latent experts: d(z) per token, then the shared down-projection's backward");
                 c.line("$T.zero($L.dLatent, rows * $L)", ELEMENTWISE, m, lg.rank());
@@ -3242,8 +3441,11 @@ final class ModelGenerator {
                 c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L.dLatent, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, lg.downField(), m, dIn,
                         lg.downField(), lg.rank());
             } else {
-                c.line("backend.scatterAddRows($L.dxs, $L.tokenOfRow, null, $L, DIM, $L)", m, m, ffnRows, dIn);
+                c.line("backend.scatterAddRows($L.dxs, $L.tokenOfRow, null, $L, DIM, $L)", m, m, packedRows, dIn);
             }
+        }
+        for (MixedLatent g : mixedByPrefix.getOrDefault(p, List.of())) {
+            c.add(mixedLatentBackward(p, m, g, sl, in, dIn).build());
         }
         zeroComputeRuns(sl, (from, to, x) -> {
             switch (x) {

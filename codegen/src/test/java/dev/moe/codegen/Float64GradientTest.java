@@ -228,6 +228,32 @@ class Float64GradientTest {
                   }
                   layers 2 { all: attention, m }
                 }
+                """,
+                // latent (MoLE) experts declared before FFN experts of another width, beside a zero expert and a shared one:
+                // the FFN experts packed, the latent group run on its own weights after them
+                header + """
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 3 x latent(rank: 3, ffn: swiglu(hidden: 6))
+                    routed 3 x swiglu(hidden: 5)
+                    routed 1 x zero
+                    router { top_k 3  normalize true }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // two latent groups of different ranks and activations, one gated, beside ReLU experts, with a capacity factor
+                header + """
+                  moe m {
+                    routed 2 x relu(hidden: 5)
+                    routed 2 x latent(rank: 3, ffn: geglu(hidden: 4))
+                    routed 3 x latent(rank: 2, ffn: gelu(hidden: 7))
+                    router { top_k 2  capacity factor(1.0, drop: probability) }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: attention, m }
+                }
                 """);
     }
 

@@ -615,7 +615,7 @@ public final class Float64Model {
             int dim = cfg.dim();
             List<Expert> experts = new ArrayList<>();
             List<String> kvOf = new ArrayList<>(); // attention experts: where each routed expert's keys and values live
-            int latentGroup = -1;
+            List<Integer> groupOf = new ArrayList<>(); // each routed expert's group: a latent expert reads its own group's projection
             int loraGroup = -1;
             int gi = 0;
             for (ExpertGroup g : moe.groups()) {
@@ -623,9 +623,7 @@ public final class Float64Model {
                     for (int i = 0; i < g.count(); i++) {
                         kvOf.add(g.expert() instanceof Expert.Attention a && a.sharedKv() ? p + ".group" + gi : p + ".experts." + experts.size());
                         experts.add(g.expert());
-                    }
-                    if (g.expert() instanceof Expert.Latent) {
-                        latentGroup = gi;
+                        groupOf.add(gi);
                     }
                     if (g.expert() instanceof Expert.Lora) {
                         loraGroup = gi;
@@ -818,7 +816,12 @@ public final class Float64Model {
 
             // experts
             double[][] out = new double[rows][dim];
-            double[][] latent = latentGroup >= 0 ? linear(x, p + ".group" + latentGroup + ".latent_down") : null;
+            java.util.Map<Integer, double[][]> latent = new java.util.HashMap<>(); // per latent group: z = x · latent_downᵀ per token
+            for (int ex = 0; ex < e; ex++) {
+                if (experts.get(ex) instanceof Expert.Latent) {
+                    latent.computeIfAbsent(groupOf.get(ex), g -> linear(x, p + ".group" + g + ".latent_down"));
+                }
+            }
             // attention experts read the whole sequence: each one's output for every token, used where chosen
             double[][][] attended = new double[e][][];
             for (int ex = 0; ex < e; ex++) {
@@ -838,7 +841,7 @@ public final class Float64Model {
                 String ep = p + ".experts." + ex;
                 double[] y = switch (experts.get(ex)) {
                     case Expert.FeedForward f -> ffnRow(x[t], ep, f.ffn());
-                    case Expert.Latent l -> ffnRow(latent[t], ep, l.ffn());
+                    case Expert.Latent l -> ffnRow(latent.get(groupOf.get(ex))[t], ep, l.ffn());
                     case Expert.Zero z -> new double[dim];
                     case Expert.Copy c -> x[t].clone();
                     case Expert.Constant c -> {
