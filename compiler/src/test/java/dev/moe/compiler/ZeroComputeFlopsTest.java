@@ -56,4 +56,20 @@ class ZeroComputeFlopsTest {
         // with top-2 of 4 FFN and 2 zero-computation experts, uniform routing runs 2 · 4/6 FFN experts a token
         assertThat(model(mix, "top_k 2").flopsPerToken().expected()).isWithin(1e-9).of(fixed(6) + 2 * 4.0 / 6 * relu);
     }
+
+    @Test
+    void latentExpertsBesideFfnExpertsCountTheirOwnCostAndTheSharedProjectionForEveryToken() {
+        // what generated code computes: z = x · latent_downᵀ for every token, then the chosen expert's own FFN
+        long relu = 2 * (2 * D * 8); // an FFN expert: up [8, D] and down [D, 8]
+        long latent = 2 * (2 * 3 + D * 3); // a latent expert's FFN over rank 2: up [3, 2] and down [D, 3]
+        long down = 2 * (2 * D); // the group's latent_down [2, D]
+        Model none = model("routed 4 x zero", "top_k 1");
+        Model m = model("routed 2 x relu(hidden: 8)\n routed 2 x latent(rank: 2, ffn: relu(hidden: 3))", "top_k 1");
+        assertThat(m.flopsPerToken().min()).isEqualTo(none.flopsPerToken().max() + down + latent);
+        assertThat(m.flopsPerToken().max()).isEqualTo(none.flopsPerToken().max() + down + relu);
+        assertThat(m.flopsPerToken().expected()).isWithin(1e-9).of(none.flopsPerToken().max() + down + (relu + latent) / 2.0);
+        assertThat(m.activeParams().min()).isEqualTo(none.activeParams().max() + down / 2 + latent / 2);
+        assertThat(m.activeParams().max()).isEqualTo(none.activeParams().max() + down / 2 + relu / 2);
+        assertThat(m.totalParams()).isEqualTo(none.totalParams() + down / 2 + relu + latent);
+    }
 }
