@@ -306,13 +306,13 @@ final class ModelGenerator {
                         // gates may differ in their score function, order, normalisation and scale (one router method each)
                         boolean bothTopK = r.selection() instanceof Router.Selection.TopK && other.selection() instanceof Router.Selection.TopK;
                         if (!new Router(r.name(), r.score(), r.order(), bothTopK ? r.selection() : other.selection(), r.normalize(), r.scale(), other.bias(),
-                                other.groupLimit(), other.quotaGroups(), other.jitter(), other.temperature(), other.gatingResidual(),
+                                other.groupLimit(), other.quotaGroups(), other.jitter(), r.temperature(), other.gatingResidual(),
                                 other.recurrentWidth(), other.pregate(), other.capacity()).equals(r)) {
-                            unsupported(l, "named gates that differ in more than their weights, score, order, normalisation and scale (gate `"
+                            unsupported(l, "named gates that differ in more than their weights, score, order, normalisation, scale and temperature (gate `"
                                     + other.name().orElse("") + "`)");
                         }
                         if (gatesDiffer(m) && !(r.selection() instanceof Router.Selection.TopK)) {
-                            unsupported(l, "named gates that differ in their score, order, normalisation or scale with other than top-k routing");
+                            unsupported(l, "named gates that differ in their score, order, normalisation, scale or temperature with other than top-k routing");
                         }
                     }
                     int most = m.routers().stream().mapToInt(g -> g.selection() instanceof Router.Selection.TopK t ? t.k() : 0).max().orElse(0);
@@ -1878,8 +1878,20 @@ final class ModelGenerator {
         return annealed(r) ? "m.temperature" : floatLiteral(r.temperature().get().start()) + "f";
     }
 
+    /**
+     * The temperature in a router method over a range of rows (one of several named gates): an annealed
+     * one is recomputed from the step in the forward and the backward alike, as each gate has its own.
+     */
+    private static String temperature(Router r, boolean ranged) {
+        return ranged && annealed(r) ? "tau" : temperature(r);
+    }
+
+    private static String annealedTemperature(Router.Temperature tp) {
+        return String.format(Locale.ROOT, "(float) (%s + (%s - %s) * (double) Math.min(step, %dL) / %d)", tp.start(), tp.end(), tp.start(), tp.steps(), tp.steps());
+    }
+
     private boolean anyAnneal() {
-        return moes.values().stream().anyMatch(m -> annealed(m.routers().getFirst()));
+        return moes.values().stream().anyMatch(m -> m.routers().stream().anyMatch(ModelGenerator::annealed));
     }
 
     /** Whether the model keeps the optimiser step: seeded noise and annealed temperatures read it. */
@@ -1897,7 +1909,7 @@ final class ModelGenerator {
     }
 
     private boolean anyLogitTransform() {
-        return moes.values().stream().anyMatch(m -> transformsLogits(m.routers().getFirst()));
+        return moes.values().stream().anyMatch(m -> m.routers().stream().anyMatch(ModelGenerator::transformsLogits));
     }
 
     private static String routerMethod(Moe m) {
@@ -2639,11 +2651,11 @@ final class ModelGenerator {
 
     // ---- routers (one per distinct MoE) ----
 
-    /** Whether an MoE's named gates differ in more than their weights (score, order, normalisation, scale). */
+    /** Whether an MoE's named gates differ in more than their weights (score, order, normalisation, scale, top_k, temperature). */
     private static boolean gatesDiffer(Moe moe) {
         Router first = moe.routers().getFirst();
         return moe.routers().stream().anyMatch(g -> g.score() != first.score() || g.order() != first.order() || g.normalize() != first.normalize()
-                || g.scale() != first.scale() || !g.selection().equals(first.selection()));
+                || g.scale() != first.scale() || !g.selection().equals(first.selection()) || !g.temperature().equals(first.temperature()));
     }
 
     /** The router (and its backward) of an MoE: one method, or with gates that differ one per gate over a sequence's rows and one that picks them. */
@@ -2709,14 +2721,18 @@ final class ModelGenerator {
         if (annealed(r)) {
             Router.Temperature tp = r.temperature().get();
             c.comment("dense to sparse: the temperature moves linearly from $L to $L over the first $L steps, then stays", tp.start(), tp.end(), tp.steps());
-            c.line("m.temperature = (float) ($L + ($L - $L) * (double) Math.min(step, $LL) / $L)", tp.start(), tp.end(), tp.start(), tp.steps(), tp.steps());
+            if (ranged) {
+                c.line("float tau = $L", annealedTemperature(tp));
+            } else {
+                c.line("m.temperature = (float) ($L + ($L - $L) * (double) Math.min(step, $LL) / $L)", tp.start(), tp.end(), tp.start(), tp.steps(), tp.steps());
+            }
         }
         c.open(ranged ? "for (int t = from; t < to; t++)" : "for (int t = 0; t < rows; t++)");
         c.line("int o = t * $L", e);
         if (transform) {
             Router.Temperature tp = r.temperature().get();
             String act = tp.activation().orElse("none");
-            String tau = temperature(r);
+            String tau = temperature(r, ranged);
             c.comment("the router's scores read $L / $L (temperature)", act.equals("none") ? "logits" : act + "(logits)", tau);
             c.open("for (int ex = 0; ex < $L; ex++)", e);
             switch (act) {
@@ -2938,8 +2954,11 @@ final class ModelGenerator {
             Router.Temperature tp = r.temperature().get();
             String act = tp.activation().orElse("none");
             c.comment("through the temperature$L", act.equals("none") ? "" : " and the " + act);
+            if (ranged && annealed(r)) {
+                c.line("float tau = $L", annealedTemperature(tp));
+            }
             c.open("for (int ex = 0; ex < $L; ex++)", e);
-            String tau = temperature(r);
+            String tau = temperature(r, ranged);
             switch (act) {
                 case "tanh" -> {
                     c.line("float a = (float) Math.tanh(m.logits[o + ex])");

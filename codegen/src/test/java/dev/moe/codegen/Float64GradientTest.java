@@ -254,6 +254,30 @@ class Float64GradientTest {
                   }
                   layers 2 { all: attention, m }
                 }
+                """,
+                // named gates that differ in their temperature: none beside one annealed through a sigmoid (the annealed
+                // value recomputed per gate), with different top_k and the z-loss reading each gate's scaled logits
+                header + """
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router text { top_k 2  normalize true }
+                    router code { top_k 1  temperature anneal(start: 2.0, end: 0.5, steps: 300)  activation sigmoid }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // a constant temperature through tanh beside an annealed one
+                header + """
+                  moe m {
+                    routed 4 x gelu(hidden: 5)
+                    router text { top_k 2  temperature 0.5  activation tanh }
+                    router code { top_k 2  temperature anneal(start: 0.3, end: 3.0, steps: 200) }
+                    balance aux(coef: 0.1, scope: sequence)
+                  }
+                  layers 2 { all: attention, m }
+                }
                 """);
     }
 

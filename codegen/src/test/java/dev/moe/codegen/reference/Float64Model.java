@@ -689,14 +689,15 @@ public final class Float64Model {
             int[] selected = new int[rows * k];
             double[] weight = new double[rows * k];
             int[] used = new int[rows];
-            double tau = r.temperature().map(this::temperature).orElse(1.0);
             for (int t = 0; t < rows; t++) {
                 Router rt = gateOf[t];
                 boolean sigmoidScore = rt.score() == Router.Score.SIGMOID;
                 boolean topkFirst = !sigmoidScore && rt.order() == Router.Order.TOPK_THEN_SOFTMAX;
                 double[] z = logits[t].clone();
-                if (r.temperature().isPresent()) {
-                    Router.Temperature tp = r.temperature().get();
+                if (rt.temperature().isPresent()) {
+                    // each named gate its own temperature
+                    Router.Temperature tp = rt.temperature().get();
+                    double tau = temperature(tp);
                     for (int ex = 0; ex < e; ex++) {
                         double a = switch (tp.activation().orElse("none")) {
                             case "tanh" -> Math.tanh(z[ex]);
