@@ -71,15 +71,16 @@ final class ModelGenerator {
 
     record LoraGroup(String base, Expert.Lora lora) {}
 
-    /** MoEs whose latent experts sit beside FFN experts or other latent groups: each latent group's own weights and keys. */
-    private final Map<String, List<MixedLatent>> mixedByPrefix = new LinkedHashMap<>();
+    /** MoEs of routed groups of different kinds or shapes: the groups that run on their own weights, not packed. */
+    private final Map<String, List<OwnGroup>> mixedByPrefix = new LinkedHashMap<>();
 
     /**
-     * One latent group run on its own: its down-projection, its experts' FFN over the latent,
-     * dispatch keys {@code firstKey ..} (consecutive), routed slots {@code firstSlot ..}, and its
-     * index among the MoE's mixed groups (its state, {@code latentGroups[index]}).
+     * One routed group run on its own: a latent group's down-projection (null for an FFN group), the
+     * width its experts read (the rank, or DIM), its experts' FFN, dispatch keys {@code firstKey ..}
+     * (consecutive), routed slots {@code firstSlot ..}, and its index among the MoE's own groups (its
+     * state, {@code ownGroups[index]}).
      */
-    record MixedLatent(String downField, int rank, Ffn ffn, int firstKey, int count, int firstSlot, int index) {}
+    record OwnGroup(String downField, int width, Ffn ffn, int firstKey, int count, int firstSlot, int index) {}
 
     /** The width of the GRU that recurrent routers share (RMoE), or 0 when no router is recurrent. */
     private int gruWidth = 0;
@@ -273,7 +274,7 @@ final class ModelGenerator {
                             unsupported(l, "latent experts beside LoRA experts in one MoE");
                         }
                         anyLatent = true;
-                        if (!mixedLatent(m)) {
+                        if (!mixedGroups(m)) {
                             latentByPrefix.put(prefix, new LatentGroup(Names.field(prefix + ".group" + groupIndex + ".latent_down"), lat.rank()));
                             routed = lat.ffn();
                         }
@@ -294,10 +295,9 @@ final class ModelGenerator {
                             unsupported(l, "LoRA experts beside other computing routed experts in one MoE");
                         }
                         anyRoutedFfn = true;
-                        if (routed != null && !routed.equals(f.ffn())) {
-                            unsupported(l, "routed experts of different shapes in one MoE");
+                        if (routed == null) {
+                            routed = f.ffn(); // the first FFN group's shape runs packed; other shapes run on their own
                         }
-                        routed = f.ffn();
                     }
                 }
                 Router r = m.routers().getFirst();
@@ -370,16 +370,19 @@ final class ModelGenerator {
                 }
                 Slots slots = Slots.of(m);
                 slotsByPrefix.put(prefix, slots);
-                if (mixedLatent(m)) {
-                    List<MixedLatent> groups = new ArrayList<>();
+                if (mixedGroups(m)) {
+                    List<OwnGroup> groups = new ArrayList<>();
                     int slot = 0;
                     int gi = 0;
                     for (ExpertGroup g : m.groups()) {
                         if (g.role() == ExpertGroup.Role.ROUTED) {
                             if (g.expert() instanceof Expert.Latent lat) {
-                                groups.add(new MixedLatent(Names.field(prefix + ".group" + gi + ".latent_down"), lat.rank(), lat.ffn(), slots.key()[slot],
+                                groups.add(new OwnGroup(Names.field(prefix + ".group" + gi + ".latent_down"), lat.rank(), lat.ffn(), slots.key()[slot],
                                         g.count(), slot, groups.size()));
                                 maxActivationPerRow = Math.max(maxActivationPerRow, perToken * lat.ffn().hidden());
+                            } else if (g.expert() instanceof Expert.FeedForward ff && !slots.isPacked(slot)) {
+                                groups.add(new OwnGroup(null, cfg.dim(), ff.ffn(), slots.key()[slot], g.count(), slot, groups.size()));
+                                maxActivationPerRow = Math.max(maxActivationPerRow, perToken * ff.ffn().hidden());
                             }
                             slot += g.count();
                         }
@@ -406,8 +409,9 @@ final class ModelGenerator {
      * {@code experts.j}). FFN experts are packed, in slot order, for the grouped matmuls; the
      * dispatch sorts slots by key: FFN experts first (key = packed index), then the
      * zero-computation experts (zero, copy, constant) in slot order. When latent experts sit
-     * beside FFN experts (or several latent groups in one MoE), only the FFN experts are packed;
-     * the latent experts follow them, group by group, each group run with its own weights.
+     * beside FFN experts, or several latent groups or FFN groups of different shapes share one MoE,
+     * only the FFN experts of the first routed FFN group's shape are packed; the other groups'
+     * experts follow them, group by group, each group run with its own weights.
      *
      * @param experts each slot's expert
      * @param key each slot's dispatch key
@@ -424,16 +428,18 @@ final class ModelGenerator {
                     }
                 }
             }
-            boolean mixed = mixedLatent(m);
+            boolean mixed = mixedGroups(m);
+            Ffn first = firstRoutedFfn(m);
+            java.util.function.Predicate<Expert> packs = x -> computes(x) && (!mixed || x instanceof Expert.FeedForward f && f.ffn().equals(first));
             int ffn = (int) experts.stream().filter(Slots::computes).count();
-            int packed = mixed ? (int) experts.stream().filter(x -> x instanceof Expert.FeedForward).count() : ffn;
+            int packed = (int) experts.stream().filter(packs).count();
             int[] key = new int[experts.size()];
             int nextPacked = 0;
-            int nextLatent = packed;
+            int nextOwn = packed;
             int nextOther = ffn;
             for (int j = 0; j < key.length; j++) {
                 Expert x = experts.get(j);
-                key[j] = !computes(x) ? nextOther++ : mixed && x instanceof Expert.Latent ? nextLatent++ : nextPacked++;
+                key[j] = !computes(x) ? nextOther++ : packs.test(x) ? nextPacked++ : nextOwn++;
             }
             return new Slots(experts, key, ffn, packed);
         }
@@ -652,13 +658,13 @@ final class ModelGenerator {
             moeState.addField(float[].class, "dLatent");
         }
         if (!mixedByPrefix.isEmpty()) {
-            type.addType(TypeSpec.classBuilder("LatentGroupState").addModifiers(Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
-                    .addJavadoc("One latent group beside other routed experts: z per token [rows, rank], its dispatched rows' z, the FFN's\n"
-                            + "pre-activations and activations (rows counted from the group's first), and gradient scratch.\n")
+            type.addType(TypeSpec.classBuilder("GroupState").addModifiers(Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
+                    .addJavadoc("One routed group run on its own weights: a latent group's z per token [rows, rank]; its dispatched rows' input\n"
+                            + "(z or x), the FFN's pre-activations and activations (rows counted from the group's first), and gradient scratch.\n")
                     .addFields(Stream.of("z", "xs", "gate", "up", "act", "dxs", "dz").map(x -> FieldSpec.builder(float[].class, x).build()).toList())
                     .build());
-            moeState.addField(FieldSpec.builder(ArrayTypeName.of(ClassName.bestGuess("LatentGroupState")), "latentGroups")
-                    .addJavadoc("latent groups beside FFN experts or each other, in dispatch order\n").build());
+            moeState.addField(FieldSpec.builder(ArrayTypeName.of(ClassName.bestGuess("GroupState")), "ownGroups")
+                    .addJavadoc("the routed groups run on their own weights, in dispatch order\n").build());
         }
         if (!loraByPrefix.isEmpty()) {
             moeState.addField(FieldSpec.builder(float[].class, "loraA").addJavadoc("LoRA experts: per slot x·Aᵀ of gate, up, down [3, slots, rank]; B·(x·Aᵀ) of gate, up [2, slots, hidden]; the token's hidden row; the base's output; gradients\n").build());
@@ -1116,14 +1122,16 @@ final class ModelGenerator {
                             p.line("moe$L.dxs = new float[r * $L * $L]", l.index(), k, lg.rank());
                         }
                     }
-                    List<MixedLatent> mixed = mixedByPrefix.get("layers." + l.index() + ".moe");
+                    List<OwnGroup> mixed = mixedByPrefix.get("layers." + l.index() + ".moe");
                     if (mixed != null) {
-                        p.line("moe$L.latentGroups = new LatentGroupState[$L]", l.index(), mixed.size());
-                        for (MixedLatent g : mixed) {
-                            String gs = "moe" + l.index() + ".latentGroups[" + g.index() + "]";
-                            p.line("$L = new LatentGroupState()", gs);
-                            p.line("$L.z = new float[r * $L]", gs, g.rank()).line("$L.dz = new float[r * $L]", gs, g.rank());
-                            p.line("$L.xs = new float[r * $L * $L]", gs, k, g.rank()).line("$L.dxs = new float[r * $L * $L]", gs, k, g.rank());
+                        p.line("moe$L.ownGroups = new GroupState[$L]", l.index(), mixed.size());
+                        for (OwnGroup g : mixed) {
+                            String gs = "moe" + l.index() + ".ownGroups[" + g.index() + "]";
+                            p.line("$L = new GroupState()", gs);
+                            if (g.downField() != null) {
+                                p.line("$L.z = new float[r * $L]", gs, g.width()).line("$L.dz = new float[r * $L]", gs, g.width());
+                            }
+                            p.line("$L.xs = new float[r * $L * $L]", gs, k, g.width()).line("$L.dxs = new float[r * $L * $L]", gs, k, g.width());
                             if (g.ffn().activation().gated()) {
                                 p.line("$L.gate = new float[r * $L * $L]", gs, k, g.ffn().hidden());
                             }
@@ -1744,7 +1752,7 @@ final class ModelGenerator {
             if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.FeedForward f) {
                 return f.ffn();
             }
-            if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Latent lat && !mixedLatent(m)) {
+            if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Latent lat && !mixedGroups(m)) {
                 return lat.ffn();
             }
             if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Lora lo) {
@@ -1755,13 +1763,21 @@ final class ModelGenerator {
     }
 
     /**
-     * Latent experts beside FFN experts, or several latent groups, in one MoE's routed experts: each
-     * latent group then runs per expert with its own down-projection, after the packed FFN experts.
+     * Latent experts beside FFN experts, several latent groups, or FFN experts of different shapes in
+     * one MoE's routed experts: the FFN experts of the first shape run packed, and every other group
+     * per expert on its own weights after them (a latent group with its own down-projection).
      */
-    static boolean mixedLatent(Moe m) {
+    static boolean mixedGroups(Moe m) {
         long latent = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Latent).count();
-        boolean ffn = m.groups().stream().anyMatch(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.FeedForward);
-        return latent > 1 || latent == 1 && ffn;
+        long shapes = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.FeedForward)
+                .map(g -> ((Expert.FeedForward) g.expert()).ffn()).distinct().count();
+        return latent > 1 || latent == 1 && shapes > 0 || shapes > 1;
+    }
+
+    /** The first routed FFN group's shape, or null. */
+    static Ffn firstRoutedFfn(Moe m) {
+        return m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.FeedForward)
+                .map(g -> ((Expert.FeedForward) g.expert()).ffn()).findFirst().orElse(null);
     }
 
     private Moe moeOfLayer(int index) {
@@ -2093,8 +2109,8 @@ final class ModelGenerator {
             }
             c.line("backend.groupedMatmul($L.act, $L, 0, $L.ys, $L.offsets, $L, $L, DIM)", m, down, m, m, np, h);
         }
-        for (MixedLatent g : mixedByPrefix.getOrDefault(p, List.of())) {
-            c.add(mixedLatentForward(p, m, g, sl, in).build());
+        for (OwnGroup g : mixedByPrefix.getOrDefault(p, List.of())) {
+            c.add(ownGroupForward(p, m, g, sl, in).build());
         }
         zeroComputeRuns(sl, (from, to, x) -> {
             String rows = m + ".offsets[" + from + "], " + m + ".offsets[" + to + "]";
@@ -2262,113 +2278,123 @@ final class ModelGenerator {
         return moes.values().stream().anyMatch(m -> m.routers().size() > 1);
     }
 
-    /** A mixed latent group's experts' parameters for one projection, by dispatch key (its experts' keys are consecutive). */
-    private String latentArray(Code c, String p, MixedLatent g, Slots sl, String proj) {
+    /** An own group's experts' parameters for one projection, by dispatch key (its experts' keys are consecutive). */
+    private String ownGroupArray(Code c, String p, OwnGroup g, Slots sl, String proj) {
         List<String> names = new ArrayList<>();
         for (int j = 0; j < g.count(); j++) {
             names.add(Names.field(p + ".experts." + slotOfKey(sl, g.firstKey() + j) + "." + proj));
         }
-        String local = "latent" + g.index() + Names.type(proj);
+        String local = "group" + g.index() + Names.type(proj);
         c.line("$T[] $L = {$L}", PARAMETER, local, String.join(", ", names));
         return local;
     }
 
     /**
-     * A latent group beside other routed experts (MoLE): z = x · latent_downᵀ once per token, each
-     * dispatched row of its keys reads its token's z, and each expert's FFN (rank → hidden → DIM) runs
-     * with its own weights on its rows, writing the rows' outputs into ys.
+     * A routed group run on its own weights after the packed experts: a latent group (MoLE) first
+     * computes z = x · latent_downᵀ once per token and its rows read their token's z; an FFN group of
+     * another shape reads x. Each expert's FFN (width → hidden → DIM) runs on its own rows, writing
+     * their outputs into ys.
      */
-    private Code mixedLatentForward(String p, String m, MixedLatent g, Slots sl, String in) {
+    private Code ownGroupForward(String p, String m, OwnGroup g, Slots sl, String in) {
         Code c = new Code();
         Ffn f = g.ffn();
         int h = f.hidden();
-        int rk = g.rank();
+        boolean latent = g.downField() != null;
+        String w = latent ? String.valueOf(g.width()) : "DIM";
         int last = g.firstKey() + g.count();
-        String gs = m + ".latentGroups[" + g.index() + "]";
-        c.comment("latent group $L (MoLE, keys $L..$L, $L): z = x · latent_downᵀ per token, then each expert's FFN over its rows' z", g.index(),
-                g.firstKey(), last - 1, f);
+        c.comment("$L (keys $L..$L, $L): each expert's FFN over its rows", latent ? "latent group " + g.index() + " (MoLE): z = x · latent_downᵀ per token, then"
+                : "FFN group " + g.index(), g.firstKey(), last - 1, f);
         c.open("");
-        c.line("LatentGroupState lg = $L", gs);
+        c.line("GroupState gs = $L.ownGroups[$L]", m, g.index());
         c.line("int base = $L.offsets[$L]", m, g.firstKey());
         c.line("int n = $L.offsets[$L] - base", m, last);
-        c.line("backend.matmul($L, 0, $L.value(), 0, lg.z, 0, rows, DIM, $L)", in, g.downField(), rk);
-        c.open("for (int i = 0; i < n; i++)").line("System.arraycopy(lg.z, $L.tokenOfRow[base + i] * $L, lg.xs, i * $L, $L)", m, rk, rk, rk).close();
+        if (latent) {
+            c.line("backend.matmul($L, 0, $L.value(), 0, gs.z, 0, rows, DIM, $L)", in, g.downField(), w);
+        }
+        c.open("for (int i = 0; i < n; i++)").line("System.arraycopy($L, $L.tokenOfRow[base + i] * $L, gs.xs, i * $L, $L)", latent ? "gs.z" : in, m, w, w, w).close();
         List<String> projs = f.activation().gated() ? List.of("gate", "up") : List.of("up");
         List<String> arrays = new ArrayList<>();
         for (String proj : projs) {
-            arrays.add(latentArray(c, p, g, sl, proj));
+            arrays.add(ownGroupArray(c, p, g, sl, proj));
         }
-        String down = latentArray(c, p, g, sl, "down");
+        String down = ownGroupArray(c, p, g, sl, "down");
         c.open("for (int ex = 0; ex < $L; ex++)", g.count());
         c.line("int o = $L.offsets[$L + ex] - base", m, g.firstKey());
         c.line("int rowsOf = $L.offsets[$L + ex + 1] - base - o", m, g.firstKey());
         for (int q = 0; q < projs.size(); q++) {
-            c.line("backend.matmul(lg.xs, o * $L, $L[ex].value(), 0, lg.$L, o * $L, rowsOf, $L, $L)", rk, arrays.get(q), projs.get(q), h, rk, h);
+            c.line("backend.matmul(gs.xs, o * $L, $L[ex].value(), 0, gs.$L, o * $L, rowsOf, $L, $L)", w, arrays.get(q), projs.get(q), h, w, h);
         }
         c.close();
         if (f.activation().gated()) {
-            c.line("backend.glu($T.$L, lg.gate, lg.up, lg.act, n * $L)", ACTIVATION, act(f), h);
+            c.line("backend.glu($T.$L, gs.gate, gs.up, gs.act, n * $L)", ACTIVATION, act(f), h);
         } else {
-            c.line("backend.activation($T.$L, lg.up, lg.act, n * $L)", ACTIVATION, act(f), h);
+            c.line("backend.activation($T.$L, gs.up, gs.act, n * $L)", ACTIVATION, act(f), h);
         }
         c.open("for (int ex = 0; ex < $L; ex++)", g.count());
         c.line("int o = $L.offsets[$L + ex] - base", m, g.firstKey());
         c.line("int rowsOf = $L.offsets[$L + ex + 1] - base - o", m, g.firstKey());
-        c.line("backend.matmul(lg.act, o * $L, $L[ex].value(), 0, $L.ys, (base + o) * DIM, rowsOf, $L, DIM)", h, down, m, h);
+        c.line("backend.matmul(gs.act, o * $L, $L[ex].value(), 0, $L.ys, (base + o) * DIM, rowsOf, $L, DIM)", h, down, m, h);
         c.close();
         c.close();
         return c;
     }
 
     /**
-     * Backward of {@link #mixedLatentForward}: dys holds weight · dOut per row; adds the experts' and
-     * the down-projection's gradients and d(input).
+     * Backward of {@link #ownGroupForward}: dys holds weight · dOut per row; adds the experts' (and a
+     * latent group's down-projection's) gradients and d(input).
      */
-    private Code mixedLatentBackward(String p, String m, MixedLatent g, Slots sl, String in, String dIn) {
+    private Code ownGroupBackward(String p, String m, OwnGroup g, Slots sl, String in, String dIn) {
         Code c = new Code();
         Ffn f = g.ffn();
         int h = f.hidden();
-        int rk = g.rank();
+        boolean latent = g.downField() != null;
+        String w = latent ? String.valueOf(g.width()) : "DIM";
         int last = g.firstKey() + g.count();
-        c.comment("latent group $L backward: each expert's FFN, then d(z) per token and the down-projection's backward", g.index());
+        c.comment("$L group $L backward: each expert's FFN, then d(input)$L", latent ? "latent" : "FFN", g.index(),
+                latent ? " through d(z) per token and the down-projection" : " per token");
         c.open("");
-        c.line("LatentGroupState lg = $L.latentGroups[$L]", m, g.index());
+        c.line("GroupState gs = $L.ownGroups[$L]", m, g.index());
         c.line("int base = $L.offsets[$L]", m, g.firstKey());
         c.line("int n = $L.offsets[$L] - base", m, last);
         List<String> projs = f.activation().gated() ? List.of("gate", "up") : List.of("up");
         List<String> arrays = new ArrayList<>();
         for (String proj : projs) {
-            arrays.add(latentArray(c, p, g, sl, proj));
+            arrays.add(ownGroupArray(c, p, g, sl, proj));
         }
-        String down = latentArray(c, p, g, sl, "down");
+        String down = ownGroupArray(c, p, g, sl, "down");
         c.line("$T.zero(dAct, n * $L)", ELEMENTWISE, h);
         c.open("for (int ex = 0; ex < $L; ex++)", g.count());
         c.line("int o = $L.offsets[$L + ex] - base", m, g.firstKey());
         c.line("int rowsOf = $L.offsets[$L + ex + 1] - base - o", m, g.firstKey());
-        c.line("backend.matmulBackward(lg.act, o * $L, $L[ex].value(), 0, $L.dys, (base + o) * DIM, dAct, o * $L, $L[ex].grad(), 0, rowsOf, $L, DIM)", h,
+        c.line("backend.matmulBackward(gs.act, o * $L, $L[ex].value(), 0, $L.dys, (base + o) * DIM, dAct, o * $L, $L[ex].grad(), 0, rowsOf, $L, DIM)", h,
                 down, m, h, down, h);
         c.close();
         if (f.activation().gated()) {
-            c.line("backend.gluBackward($T.$L, lg.gate, lg.up, dAct, dGate, dUp, n * $L)", ACTIVATION, act(f), h);
+            c.line("backend.gluBackward($T.$L, gs.gate, gs.up, dAct, dGate, dUp, n * $L)", ACTIVATION, act(f), h);
         } else {
-            c.line("backend.activationBackward($T.$L, lg.up, dAct, dUp, n * $L)", ACTIVATION, act(f), h);
+            c.line("backend.activationBackward($T.$L, gs.up, dAct, dUp, n * $L)", ACTIVATION, act(f), h);
         }
-        c.line("$T.zero(lg.dxs, n * $L)", ELEMENTWISE, rk);
+        c.line("$T.zero(gs.dxs, n * $L)", ELEMENTWISE, w);
         c.open("for (int ex = 0; ex < $L; ex++)", g.count());
         c.line("int o = $L.offsets[$L + ex] - base", m, g.firstKey());
         c.line("int rowsOf = $L.offsets[$L + ex + 1] - base - o", m, g.firstKey());
         for (int q = 0; q < projs.size(); q++) {
             String d = projs.get(q).equals("gate") ? "dGate" : "dUp";
-            c.line("backend.matmulBackward(lg.xs, o * $L, $L[ex].value(), 0, $L, o * $L, lg.dxs, o * $L, $L[ex].grad(), 0, rowsOf, $L, $L)", rk, arrays.get(q), d,
-                    h, rk, arrays.get(q), rk, h);
+            c.line("backend.matmulBackward(gs.xs, o * $L, $L[ex].value(), 0, $L, o * $L, gs.dxs, o * $L, $L[ex].grad(), 0, rowsOf, $L, $L)", w, arrays.get(q), d,
+                    h, w, arrays.get(q), w, h);
         }
         c.close();
-        c.line("$T.zero(lg.dz, rows * $L)", ELEMENTWISE, rk);
+        String dz = latent ? "gs.dz" : dIn;
+        if (latent) {
+            c.line("$T.zero(gs.dz, rows * $L)", ELEMENTWISE, w);
+        }
         c.open("for (int i = 0; i < n; i++)");
-        c.line("int t = $L.tokenOfRow[base + i] * $L", m, rk);
-        c.open("for (int j = 0; j < $L; j++)", rk).line("lg.dz[t + j] += lg.dxs[i * $L + j]", rk).close();
+        c.line("int t = $L.tokenOfRow[base + i] * $L", m, w);
+        c.open("for (int j = 0; j < $L; j++)", w).line("$L[t + j] += gs.dxs[i * $L + j]", dz, w).close();
         c.close();
-        c.line("backend.matmulBackward($L, 0, $L.value(), 0, lg.dz, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, g.downField(), dIn, g.downField(), rk);
+        if (latent) {
+            c.line("backend.matmulBackward($L, 0, $L.value(), 0, gs.dz, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, g.downField(), dIn, g.downField(), w);
+        }
         c.close();
         return c;
     }
@@ -3463,8 +3489,8 @@ final class ModelGenerator {
                 c.line("backend.scatterAddRows($L.dxs, $L.tokenOfRow, null, $L, DIM, $L)", m, m, packedRows, dIn);
             }
         }
-        for (MixedLatent g : mixedByPrefix.getOrDefault(p, List.of())) {
-            c.add(mixedLatentBackward(p, m, g, sl, in, dIn).build());
+        for (OwnGroup g : mixedByPrefix.getOrDefault(p, List.of())) {
+            c.add(ownGroupBackward(p, m, g, sl, in, dIn).build());
         }
         zeroComputeRuns(sl, (from, to, x) -> {
             switch (x) {

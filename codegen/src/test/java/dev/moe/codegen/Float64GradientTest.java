@@ -255,6 +255,31 @@ class Float64GradientTest {
                   layers 2 { all: attention, m }
                 }
                 """,
+                // FFN experts of three shapes (the first packed, the others on their own weights) and a copy expert
+                header + """
+                  moe m {
+                    routed 2 x swiglu(hidden: 5)
+                    routed 1 x copy
+                    routed 2 x gelu(hidden: 7)
+                    routed 2 x swiglu(hidden: 3)
+                    router { top_k 3  score sigmoid  normalize true }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // two latent groups and nothing else, under top-p
+                header + """
+                  moe m {
+                    routed 3 x latent(rank: 2, ffn: swiglu(hidden: 4))
+                    routed 2 x latent(rank: 4, ffn: relu(hidden: 6))
+                    router { top_p 0.6  max_k 3 }
+                    balance aux(coef: 0.1)
+                    balance entropy(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
                 // named gates that differ in their temperature: none beside one annealed through a sigmoid (the annealed
                 // value recomputed per gate), with different top_k and the z-loss reading each gate's scaled logits
                 header + """

@@ -72,4 +72,15 @@ class ZeroComputeFlopsTest {
         assertThat(m.activeParams().max()).isEqualTo(none.activeParams().max() + down / 2 + relu / 2);
         assertThat(m.totalParams()).isEqualTo(none.totalParams() + down / 2 + relu + latent);
     }
+
+    @Test
+    void ffnExpertsOfDifferentShapesCountEachTheirOwn() {
+        long wide = 2 * (2 * D * 8);
+        long narrow = 2 * (2 * D * 2);
+        Model none = model("routed 4 x zero", "top_k 2");
+        Model m = model("routed 1 x relu(hidden: 8)\n routed 3 x relu(hidden: 2)", "top_k 2");
+        assertThat(m.flopsPerToken().min()).isEqualTo(none.flopsPerToken().max() + 2 * narrow);
+        assertThat(m.flopsPerToken().max()).isEqualTo(none.flopsPerToken().max() + wide + narrow);
+        assertThat(m.flopsPerToken().expected()).isWithin(1e-9).of(none.flopsPerToken().max() + 2 * (wide + 3 * narrow) / 4.0);
+    }
 }
