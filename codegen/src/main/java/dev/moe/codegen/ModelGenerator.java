@@ -303,23 +303,31 @@ final class ModelGenerator {
                 Router r = m.routers().getFirst();
                 if (m.routers().size() > 1) {
                     for (Router other : m.routers()) {
-                        // gates may differ in their score function, order, normalisation and scale (one router method each)
-                        boolean bothTopK = r.selection() instanceof Router.Selection.TopK && other.selection() instanceof Router.Selection.TopK;
-                        if (!new Router(r.name(), r.score(), r.order(), bothTopK ? r.selection() : other.selection(), r.normalize(), r.scale(), other.bias(),
+                        // gates may differ in their score function, order, normalisation, scale, temperature and token-choice
+                        // selection (top-k or top-p; one router method each)
+                        boolean bothTokenChoice = tokenChoice(r) && tokenChoice(other);
+                        if (!new Router(r.name(), r.score(), r.order(), bothTokenChoice ? r.selection() : other.selection(), r.normalize(), r.scale(), other.bias(),
                                 other.groupLimit(), other.quotaGroups(), other.jitter(), r.temperature(), other.gatingResidual(),
                                 other.recurrentWidth(), other.pregate(), other.capacity()).equals(r)) {
                             unsupported(l, "named gates that differ in more than their weights, score, order, normalisation, scale and temperature (gate `"
                                     + other.name().orElse("") + "`)");
                         }
-                        if (gatesDiffer(m) && !(r.selection() instanceof Router.Selection.TopK)) {
-                            unsupported(l, "named gates that differ in their score, order, normalisation, scale or temperature with other than top-k routing");
+                        if (gatesDiffer(m) && !tokenChoice(r)) {
+                            unsupported(l, "named gates that differ in their score, order, normalisation, scale or temperature with other than top-k or top-p routing");
+                        }
+                        if (other.selection() instanceof Router.Selection.TopP && (other.score() != Router.Score.SOFTMAX
+                                || other.order() != Router.Order.SOFTMAX_THEN_TOPK)) {
+                            unsupported(l, "top-p routing over other than softmax probabilities (gate `" + other.name().orElse("") + "`)");
                         }
                     }
-                    int most = m.routers().stream().mapToInt(g -> g.selection() instanceof Router.Selection.TopK t ? t.k() : 0).max().orElse(0);
-                    if (m.routers().stream().anyMatch(g -> g.selection() instanceof Router.Selection.TopK t && t.k() != most)) {
-                        // gates of different k: every token has slots for the largest; a gate with fewer leaves the rest unused, as top-p does
+                    int most = m.routers().stream().mapToInt(ModelGenerator::gateSlots).max().orElse(0);
+                    boolean anyTopP = m.routers().stream().anyMatch(g -> g.selection() instanceof Router.Selection.TopP);
+                    boolean anyTopK = m.routers().stream().anyMatch(g -> g.selection() instanceof Router.Selection.TopK);
+                    if (m.routers().stream().anyMatch(g -> tokenChoice(g) && gateSlots(g) != most) || anyTopP && anyTopK) {
+                        // gates of different k (or max_k), or top-k beside top-p: every token has slots for the largest; a gate
+                        // that takes fewer leaves the rest unused, as top-p does
                         if (!(r.capacity() instanceof Router.Capacity.Dropless) || r.groupLimit().isPresent() || r.quotaGroups().isPresent()) {
-                            unsupported(l, "named gates of different top_k with a capacity factor or expert groups");
+                            unsupported(l, "named gates of different top_k or top-p with a capacity factor or expert groups");
                         }
                         for (Router g : m.routers()) {
                             variableK.put(g, most);
@@ -1835,11 +1843,25 @@ final class ModelGenerator {
         }
     }
 
-    /** Slots per token: k, or top-p's max_k (a token's unused slots route to no expert). */
+    /** Top-k or top-p routing (token choice by a number or a mass of experts). */
+    private static boolean tokenChoice(Router r) {
+        return r.selection() instanceof Router.Selection.TopK || r.selection() instanceof Router.Selection.TopP;
+    }
+
+    /** The most experts one gate gives a token: k or top-p's max_k (0 for other routing). */
+    private static int gateSlots(Router r) {
+        return switch (r.selection()) {
+            case Router.Selection.TopK t -> t.k();
+            case Router.Selection.TopP t -> t.maxK();
+            default -> 0;
+        };
+    }
+
+    /** Slots per token: k, or top-p's max_k (a token's unused slots route to no expert); with named gates, the most any gate takes. */
     private int slotsPerToken(Router r) {
         return switch (r.selection()) {
             case Router.Selection.TopK t -> variableK.getOrDefault(r, t.k());
-            case Router.Selection.TopP t -> t.maxK();
+            case Router.Selection.TopP t -> variableK.getOrDefault(r, t.maxK());
             // expert choice: every token ranks every expert (top-E); the experts' picks drop the rest
             case Router.Selection.ExpertChoice x -> expertsOfRouter.get(r);
             // soft: every token takes every expert, weighted by its score
@@ -2677,7 +2699,7 @@ final class ModelGenerator {
 
     // ---- routers (one per distinct MoE) ----
 
-    /** Whether an MoE's named gates differ in more than their weights (score, order, normalisation, scale, top_k, temperature). */
+    /** Whether an MoE's named gates differ in more than their weights (score, order, normalisation, scale, top_k or top-p, temperature). */
     private static boolean gatesDiffer(Moe moe) {
         Router first = moe.routers().getFirst();
         return moe.routers().stream().anyMatch(g -> g.score() != first.score() || g.order() != first.order() || g.normalize() != first.normalize()
@@ -2730,8 +2752,8 @@ final class ModelGenerator {
     private void router(Moe moe, Router r, String method, boolean ranged) {
         int e = moe.routedExperts();
         int k = slotsPerToken(r);
-        // this gate's own k (less than the slots per token k when gates differ in top_k)
-        int kg = r.selection() instanceof Router.Selection.TopK tk ? tk.k() : k;
+        // this gate's own k or max_k (less than the slots per token k when gates differ in them)
+        int kg = tokenChoice(r) ? gateSlots(r) : k;
         boolean sigmoid = r.score() == Router.Score.SIGMOID;
         boolean topkFirst = !sigmoid && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
         Code c = new Code();
@@ -2816,7 +2838,7 @@ final class ModelGenerator {
         if (topPSelection(r)) {
             double pp = ((Router.Selection.TopP) r.selection()).p();
             c.comment("top-p: take experts by probability until their mass reaches $L (at least 1, at most $L); the rest of the token's slots get expert $L (none) and weight 0",
-                    pp, k, e);
+                    pp, kg, e);
             c.line("int used = 0");
         }
         c.open("for (int r = 0; r < $L; r++)", kg);
@@ -2862,6 +2884,10 @@ final class ModelGenerator {
         c.close();
         if (topPSelection(r)) {
             c.line("m.kept[t] = used");
+            if (kg < k) {
+                c.comment("this gate takes at most $L of the $L slots; the rest route to no expert ($L) with weight 0", kg, k, e);
+                c.open("for (int r = $L; r < $L; r++)", kg, k).line("m.selected[t * $L + r] = $L", k, e).line("m.weight[t * $L + r] = 0f", k).close();
+            }
         } else if (kg < k) {
             c.comment("this gate takes $L of the $L slots; the rest route to no expert ($L) with weight 0", kg, k, e);
             c.open("for (int r = $L; r < $L; r++)", kg, k).line("m.selected[t * $L + r] = $L", k, e).line("m.weight[t * $L + r] = 0f", k).close();
@@ -2894,7 +2920,7 @@ final class ModelGenerator {
                         transform ? " of " + r.temperature().get().activation().map(a -> a + "(logits)").orElse("logits") + " / "
                                 + (annealed(r) ? "a temperature annealed from " + floatLiteral(r.temperature().get().start()) + " to "
                                         + floatLiteral(r.temperature().get().end()) : floatLiteral(r.temperature().get().start())) : "",
-                        topPSelection(r) ? "top-p " + ((Router.Selection.TopP) r.selection()).p() + " (1 to " + k + " experts)" : "top-" + kg,
+                        topPSelection(r) ? "top-p " + ((Router.Selection.TopP) r.selection()).p() + " (1 to " + kg + " experts)" : "top-" + kg,
                         r.groupLimit().isPresent() ? " within the best " + r.groupLimit().get().top() + " of " + r.groupLimit().get().groups() + " groups"
                                 : r.quotaGroups().isPresent() ? ", " + k / r.quotaGroups().get() + " in each of " + r.quotaGroups().get() + " groups" : "",
                         topkFirst ? " of the logits, then softmax over them" : "", r.normalize() && !topkFirst ? ", renormalised" : "",

@@ -293,6 +293,30 @@ class Float64GradientTest {
                   layers 2 { all: attention, m }
                 }
                 """,
+                // a top-k gate beside a top-p one of larger max_k (every token has 3 slots; the top-2 gate leaves one unused)
+                header + """
+                  moe m {
+                    routed 5 x swiglu(hidden: 5)
+                    router text { top_k 2  normalize true }
+                    router code { top_p 0.5  max_k 3  temperature 0.8 }
+                    balance aux(coef: 0.1, scope: sequence)
+                    balance entropy(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // two top-p gates of different p and max_k beside a zero expert
+                header + """
+                  moe m {
+                    routed 4 x gelu(hidden: 5)
+                    routed 1 x zero
+                    router text { top_p 0.7  max_k 2 }
+                    router code { top_p 0.4  max_k 4  normalize true }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
                 // a constant temperature through tanh beside an annealed one
                 header + """
                   moe m {

@@ -675,11 +675,15 @@ public final class Float64Model {
             }
             double[] bias = r.bias().isPresent() ? w(p + ".router.expert_bias") : new double[e];
 
+            // gates of different top_k or top-p max_k: slots for the largest; a gate that takes fewer leaves the rest unused
+            int most = moe.routers().stream().mapToInt(g -> switch (g.selection()) {
+                case Router.Selection.TopK u -> u.k();
+                case Router.Selection.TopP u -> u.maxK();
+                default -> 0;
+            }).max().orElse(0);
             int k = switch (r.selection()) {
-                // gates of different top_k: slots for the largest; a gate with fewer leaves the rest unused
-                case Router.Selection.TopK t -> moe.routers().stream().mapToInt(g -> g.selection() instanceof Router.Selection.TopK u ? u.k() : 0).max()
-                        .orElse(t.k());
-                case Router.Selection.TopP t -> t.maxK();
+                case Router.Selection.TopK t -> most;
+                case Router.Selection.TopP t -> most;
                 case Router.Selection.ExpertChoice c -> e;
                 case Router.Selection.Soft s -> e; // every expert, weighted by its score: top-k with k = E
             };
