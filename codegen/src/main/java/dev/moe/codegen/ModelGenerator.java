@@ -2103,7 +2103,7 @@ final class ModelGenerator {
             int np = sl.packed();
             String packedRows = np == nf ? ffnRows : "packedRows";
             if (np != nf) {
-                c.comment("the packed FFN experts' rows come first, the latent groups' rows next");
+                c.comment("the packed FFN experts' rows come first, the other groups' rows next");
                 c.line("int packedRows = $L.offsets[$L]", m, np);
             }
             int h = f.hidden();
@@ -2324,8 +2324,8 @@ final class ModelGenerator {
         boolean latent = g.downField() != null;
         String w = latent ? String.valueOf(g.width()) : "DIM";
         int last = g.firstKey() + g.count();
-        c.comment("$L (keys $L..$L, $L): each expert's FFN over its rows", latent ? "latent group " + g.index() + " (MoLE): z = x · latent_downᵀ per token, then"
-                : "FFN group " + g.index(), g.firstKey(), last - 1, f);
+        c.comment("$L group ownGroups[$L] (keys $L..$L, $L): $L", latent ? "latent (MoLE)" : "FFN", g.index(), g.firstKey(), last - 1, f,
+                latent ? "z = x · latent_downᵀ per token, then each expert's FFN over its rows' z" : "each expert's FFN over its rows");
         c.open("");
         c.line("GroupState gs = $L.ownGroups[$L]", m, g.index());
         c.line("int base = $L.offsets[$L]", m, g.firstKey());
@@ -2372,7 +2372,7 @@ final class ModelGenerator {
         boolean latent = g.downField() != null;
         String w = latent ? String.valueOf(g.width()) : "DIM";
         int last = g.firstKey() + g.count();
-        c.comment("$L group $L backward: each expert's FFN, then d(input)$L", latent ? "latent" : "FFN", g.index(),
+        c.comment("$L group ownGroups[$L] backward: each expert's FFN, then d(input)$L", latent ? "latent" : "FFN", g.index(),
                 latent ? " through d(z) per token and the down-projection" : " per token");
         c.open("");
         c.line("GroupState gs = $L.ownGroups[$L]", m, g.index());
