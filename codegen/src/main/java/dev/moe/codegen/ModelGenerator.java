@@ -257,22 +257,21 @@ final class ModelGenerator {
                         continue; // zero, copy and constant experts: loops over their slots
                     }
                     if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Lora lo) {
-                        // MoLA: one LoRA group over a frozen base FFN, no other routed experts
-                        if (loraByPrefix.containsKey(prefix) || anyRoutedFfn || anyLatent) {
-                            unsupported(l, "LoRA experts beside other computing routed experts in one MoE");
+                        // MoLA: one LoRA group over a frozen base FFN; beside other computing experts it runs after them
+                        if (loraByPrefix.containsKey(prefix)) {
+                            unsupported(l, "several LoRA groups in one MoE");
                         }
                         loraByPrefix.put(prefix, new LoraGroup(prefix + ".group" + groupIndex + ".base", lo));
                         maxHidden = Math.max(maxHidden, lo.base().hidden());
                         maxActivationPerRow = Math.max(maxActivationPerRow, lo.base().hidden());
-                        routed = lo.base();
+                        if (!mixedGroups(m)) {
+                            routed = lo.base();
+                        }
                         continue;
                     }
                     if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Latent lat) {
                         // MoLE: a latent group's down-projection is shared by all its experts; beside FFN experts or
                         // other latent groups, each latent group runs after the packed FFN experts with its own weights
-                        if (loraByPrefix.containsKey(prefix)) {
-                            unsupported(l, "latent experts beside LoRA experts in one MoE");
-                        }
                         anyLatent = true;
                         if (!mixedGroups(m)) {
                             latentByPrefix.put(prefix, new LatentGroup(Names.field(prefix + ".group" + groupIndex + ".latent_down"), lat.rank()));
@@ -291,9 +290,6 @@ final class ModelGenerator {
                     maxHidden = Math.max(maxHidden, f.ffn().hidden());
                     maxActivationPerRow = Math.max(maxActivationPerRow, f.ffn().hidden());
                     if (g.role() == ExpertGroup.Role.ROUTED) {
-                        if (loraByPrefix.containsKey(prefix)) {
-                            unsupported(l, "LoRA experts beside other computing routed experts in one MoE");
-                        }
                         anyRoutedFfn = true;
                         if (routed == null) {
                             routed = f.ffn(); // the first FFN group's shape runs packed; other shapes run on their own
@@ -678,6 +674,10 @@ final class ModelGenerator {
             moeState.addField(FieldSpec.builder(float[].class, "loraA").addJavadoc("LoRA experts: per slot x·Aᵀ of gate, up, down [3, slots, rank]; B·(x·Aᵀ) of gate, up [2, slots, hidden]; the token's hidden row; the base's output; gradients\n").build());
             moeState.addField(float[].class, "loraB").addField(float[].class, "loraH").addField(float[].class, "loraBase").addField(float[].class, "dLoraA")
                     .addField(float[].class, "dLoraB");
+            if (loraByPrefix.keySet().stream().anyMatch(mixedByPrefix::containsKey)) {
+                moeState.addField(FieldSpec.builder(float[].class, "loraGate").addJavadoc("LoRA experts beside other computing experts: the base's own pre-activations and activations [rows, hidden]\n").build());
+                moeState.addField(float[].class, "loraUp").addField(float[].class, "loraAct");
+            }
         }
         if (anyConstantExpert()) {
             moeState.addField(FieldSpec.builder(float[].class, "constantMix").addJavadoc("constant experts' [a1, a2] per dispatched row\n").build());
@@ -1120,6 +1120,11 @@ final class ModelGenerator {
                         p.line("moe$L.loraH = new float[r * $L * $L]", l.index(), k, hd);
                         p.line("moe$L.dLoraB = new float[r * $L * $L]", l.index(), k, hd);
                         p.line("moe$L.loraBase = new float[r * DIM]", l.index());
+                        if (mixedByPrefix.containsKey("layers." + l.index() + ".moe")) {
+                            for (String b : lo.lora().base().activation().gated() ? List.of("loraGate", "loraUp", "loraAct") : List.of("loraUp", "loraAct")) {
+                                p.line("moe$L.$L = new float[r * $L]", l.index(), b, hd);
+                            }
+                        }
                     }
                     LatentGroup lg = latentByPrefix.get("layers." + l.index() + ".moe");
                     if (lg != null) {
@@ -1763,7 +1768,7 @@ final class ModelGenerator {
             if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Latent lat && !mixedGroups(m)) {
                 return lat.ffn();
             }
-            if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Lora lo) {
+            if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Lora lo && !mixedGroups(m)) {
                 return lo.base();
             }
         }
@@ -1771,15 +1776,18 @@ final class ModelGenerator {
     }
 
     /**
-     * Latent experts beside FFN experts, several latent groups, or FFN experts of different shapes in
-     * one MoE's routed experts: the FFN experts of the first shape run packed, and every other group
-     * per expert on its own weights after them (a latent group with its own down-projection).
+     * Latent experts beside FFN experts, several latent groups, FFN experts of different shapes, or a
+     * LoRA group beside any of them in one MoE's routed experts: the FFN experts of the first shape
+     * run packed, every latent or FFN group per expert on its own weights after them (a latent group
+     * with its own down-projection), and the LoRA group last, over its own copy of the base's
+     * activations.
      */
     static boolean mixedGroups(Moe m) {
         long latent = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Latent).count();
+        long lora = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Lora).count();
         long shapes = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.FeedForward)
                 .map(g -> ((Expert.FeedForward) g.expert()).ffn()).distinct().count();
-        return latent > 1 || latent == 1 && shapes > 0 || shapes > 1;
+        return latent + lora + shapes > 1;
     }
 
     /** The first routed FFN group's shape, or null. */
@@ -2097,7 +2105,8 @@ final class ModelGenerator {
             c.comment("the FFN experts' rows come first; the zero-computation experts' rows follow");
             c.line("int ffnRows = $L.offsets[$L]", m, nf);
         }
-        if (loraByPrefix.containsKey(p)) {
+        boolean loraAlone = loraByPrefix.containsKey(p) && !mixedGroups(moe);
+        if (loraAlone) {
             c.add(loraForward(p, m, loraByPrefix.get(p), sl, nf, in, ffnRows).build());
         } else if (sl.packed() > 0) {
             int np = sl.packed();
@@ -2133,6 +2142,9 @@ final class ModelGenerator {
         }
         for (OwnGroup g : mixedByPrefix.getOrDefault(p, List.of())) {
             c.add(ownGroupForward(p, m, g, sl, in).build());
+        }
+        if (loraByPrefix.containsKey(p) && !loraAlone) {
+            c.add(loraForward(p, m, loraByPrefix.get(p), sl, loraCount(sl), in, ffnRows).build());
         }
         zeroComputeRuns(sl, (from, to, x) -> {
             String rows = m + ".offsets[" + from + "], " + m + ".offsets[" + to + "]";
@@ -2421,11 +2433,35 @@ final class ModelGenerator {
         return c;
     }
 
+    private static int loraCount(Slots sl) {
+        return (int) sl.experts().stream().filter(x -> x instanceof Expert.Lora).count();
+    }
+
+    /** The LoRA experts' first dispatch key: 0, or after the other computing experts' keys when it sits beside them. */
+    private static int loraFirstKey(Slots sl) {
+        for (int j = 0; j < sl.experts().size(); j++) {
+            if (sl.experts().get(j) instanceof Expert.Lora) {
+                return sl.key()[j];
+            }
+        }
+        throw new IllegalStateException("no LoRA experts");
+    }
+
+    /** In a loop over the LoRA experts (ex): the first row {@code o} and the count {@code n} of expert ex's rows. */
+    private static void loraRows(Code c, String m, int first) {
+        if (first == 0) {
+            c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
+        } else {
+            c.line("int o = $L.offsets[$L + ex]", m, first).line("int n = $L.offsets[$L + ex + 1] - o", m, first);
+        }
+    }
+
     private String loraArray(Code c, String p, Slots sl, int experts, String proj) {
+        int first = loraFirstKey(sl);
         List<String> names = new ArrayList<>();
         for (int j = 0; j < experts; j++) {
-            // by dispatch key: the LoRA experts' slots among zero-computation ones
-            names.add(Names.field(p + ".experts." + slotOfKey(sl, j) + "." + proj));
+            // by dispatch key: the LoRA experts' slots among zero-computation ones (after the other computing experts' keys)
+            names.add(Names.field(p + ".experts." + slotOfKey(sl, first + j) + "." + proj));
         }
         String local = "lora" + Names.type(Names.field(proj.replace('_', '.')));
         c.line("$T[] $L = {$L}", PARAMETER, local, String.join(", ", names));
@@ -2438,6 +2474,18 @@ final class ModelGenerator {
      */
     private Code loraForward(String p, String m, LoraGroup lo, Slots sl, int e, String in, String ffnRows) {
         Code c = new Code();
+        int first = loraFirstKey(sl);
+        boolean own = first > 0;
+        // beside other computing experts: its own copy of the base's activations, its rows from its first key on
+        String gt = own ? m + ".loraGate" : m + ".gate";
+        String ut = own ? m + ".loraUp" : m + ".up";
+        String at = own ? m + ".loraAct" : m + ".act";
+        String from = own ? "loraFrom" : "0";
+        String until = own ? "loraTo" : ffnRows;
+        if (own) {
+            c.line("int loraFrom = $L.offsets[$L]", m, first);
+            c.line("int loraTo = $L.offsets[$L]", m, first + e);
+        }
         Ffn f = lo.lora().base();
         int h = f.hidden();
         int r = lo.lora().rank();
@@ -2448,9 +2496,9 @@ final class ModelGenerator {
         String wu = Names.field(lo.base() + ".up");
         String wd = Names.field(lo.base() + ".down");
         if (gated) {
-            c.line("backend.matmul($L, 0, $L.value(), 0, $L.gate, 0, rows, DIM, $L)", in, wg, m, h);
+            c.line("backend.matmul($L, 0, $L.value(), 0, $L, 0, rows, DIM, $L)", in, wg, gt, h);
         }
-        c.line("backend.matmul($L, 0, $L.value(), 0, $L.up, 0, rows, DIM, $L)", in, wu, m, h);
+        c.line("backend.matmul($L, 0, $L.value(), 0, $L, 0, rows, DIM, $L)", in, wu, ut, h);
         c.line("backend.gatherRows($L, $L.tokenOfRow, $L, DIM, $L.xs)", in, m, ffnRows, m);
         List<String> projs = gated ? List.of("gate", "up") : List.of("up");
         for (int q = 0; q < projs.size(); q++) {
@@ -2458,38 +2506,49 @@ final class ModelGenerator {
             String a = loraArray(c, p, sl, e, proj + "_a");
             String b = loraArray(c, p, sl, e, proj + "_b");
             c.open("for (int ex = 0; ex < $L; ex++)", e);
-            c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
+            loraRows(c, m, first);
             c.line("backend.matmul($L.xs, o * DIM, $L[ex].value(), 0, $L.loraA, $L * slots * $L + o * $L, n, DIM, $L)", m, a, m, q, r, r, r);
             c.line("backend.matmul($L.loraA, $L * slots * $L + o * $L, $L[ex].value(), 0, $L.loraB, $L * slots * $L + o * $L, n, $L, $L)", m, q, r, r, b, m, q, h,
                     h, r, h);
             c.close();
-            c.open("for (int i = 0; i < $L; i++)", ffnRows);
+            c.open("for (int i = $L; i < $L; i++)", from, until);
             c.line("float w = $L.weightOfRow[i] * $L", m, sc);
             c.line("int to = $L.tokenOfRow[i] * $L", m, h);
             c.line("int from = $L * slots * $L + i * $L", q, h, h);
-            c.open("for (int j = 0; j < $L; j++)", h).line("$L.$L[to + j] += w * $L.loraB[from + j]", m, proj, m).close();
+            c.open("for (int j = 0; j < $L; j++)", h).line("$L[to + j] += w * $L.loraB[from + j]", proj.equals("gate") ? gt : ut, m).close();
             c.close();
         }
         if (gated) {
-            c.line("backend.glu($T.$L, $L.gate, $L.up, $L.act, rows * $L)", ACTIVATION, act(f), m, m, m, h);
+            c.line("backend.glu($T.$L, $L, $L, $L, rows * $L)", ACTIVATION, act(f), gt, ut, at, h);
         } else {
-            c.line("backend.activation($T.$L, $L.up, $L.act, rows * $L)", ACTIVATION, act(f), m, m, h);
+            c.line("backend.activation($T.$L, $L, $L, rows * $L)", ACTIVATION, act(f), ut, at, h);
         }
-        c.line("backend.matmul($L.act, 0, $L.value(), 0, $L.loraBase, 0, rows, $L, DIM)", m, wd, m, h);
-        c.line("backend.gatherRows($L.act, $L.tokenOfRow, $L, $L, $L.loraH)", m, m, ffnRows, h, m);
+        c.line("backend.matmul($L, 0, $L.value(), 0, $L.loraBase, 0, rows, $L, DIM)", at, wd, m, h);
+        c.line("backend.gatherRows($L, $L.tokenOfRow, $L, $L, $L.loraH)", at, m, ffnRows, h, m);
         String a = loraArray(c, p, sl, e, "down_a");
         String b = loraArray(c, p, sl, e, "down_b");
         c.open("for (int ex = 0; ex < $L; ex++)", e);
-        c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
+        loraRows(c, m, first);
         c.line("backend.matmul($L.loraH, o * $L, $L[ex].value(), 0, $L.loraA, 2 * slots * $L + o * $L, n, $L, $L)", m, h, a, m, r, r, h, r);
         c.line("backend.matmul($L.loraA, 2 * slots * $L + o * $L, $L[ex].value(), 0, $L.ys, o * DIM, n, $L, DIM)", m, r, r, b, m, r);
         c.close();
-        c.open("for (int i = 0; i < $L * DIM; i++)", ffnRows).line("$L.ys[i] *= $L", m, sc).close();
+        c.open("for (int i = $L; i < $L * DIM; i++)", own ? "loraFrom * DIM" : "0", until).line("$L.ys[i] *= $L", m, sc).close();
         return c;
     }
 
     private Code loraBackward(String p, String m, LoraGroup lo, Slots sl, int e, String in, String dOut, String dIn, String ffnRows) {
         Code c = new Code();
+        int first = loraFirstKey(sl);
+        boolean own = first > 0;
+        String gt = own ? m + ".loraGate" : m + ".gate";
+        String ut = own ? m + ".loraUp" : m + ".up";
+        String at = own ? m + ".loraAct" : m + ".act";
+        String from = own ? "loraFrom" : "0";
+        String until = own ? "loraTo" : ffnRows;
+        if (own) {
+            c.line("int loraFrom = $L.offsets[$L]", m, first);
+            c.line("int loraTo = $L.offsets[$L]", m, first + e);
+        }
         Ffn f = lo.lora().base();
         int h = f.hidden();
         int r = lo.lora().rank();
@@ -2500,14 +2559,14 @@ final class ModelGenerator {
         String wd = Names.field(lo.base() + ".down");
         c.comment("LoRA experts backward: the down projection (dys holds weight · dOut per slot)");
         c.line("$T.zero(dAct, rows * $L)", ELEMENTWISE, h);
-        c.line("backend.matmulBackward($L.act, 0, $L.value(), 0, $L, 0, dAct, 0, $L.grad(), 0, rows, $L, DIM)", m, wd, dOut, wd, h);
-        c.open("for (int i = 0; i < $L * DIM; i++)", ffnRows).line("$L.dys[i] *= $L", m, sc).close();
+        c.line("backend.matmulBackward($L, 0, $L.value(), 0, $L, 0, dAct, 0, $L.grad(), 0, rows, $L, DIM)", at, wd, dOut, wd, h);
+        c.open("for (int i = $L; i < $L * DIM; i++)", own ? "loraFrom * DIM" : "0", until).line("$L.dys[i] *= $L", m, sc).close();
         c.line("$T.zero($L.dLoraA, slots * $L)", ELEMENTWISE, m, r);
         c.line("$T.zero($L.dLoraB, slots * $L)", ELEMENTWISE, m, h);
         String a = loraArray(c, p, sl, e, "down_a");
         String b = loraArray(c, p, sl, e, "down_b");
         c.open("for (int ex = 0; ex < $L; ex++)", e);
-        c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
+        loraRows(c, m, first);
         c.line("backend.matmulBackward($L.loraA, 2 * slots * $L + o * $L, $L[ex].value(), 0, $L.dys, o * DIM, $L.dLoraA, o * $L, $L[ex].grad(), 0, n, $L, DIM)",
                 m, r, r, b, m, m, r, b, r);
         c.line("backend.matmulBackward($L.loraH, o * $L, $L[ex].value(), 0, $L.dLoraA, o * $L, $L.dLoraB, o * $L, $L[ex].grad(), 0, n, $L, $L)", m, h, a, m,
@@ -2515,10 +2574,10 @@ final class ModelGenerator {
         c.close();
         c.line("backend.scatterAddRows($L.dLoraB, $L.tokenOfRow, null, $L, $L, dAct)", m, m, ffnRows, h);
         if (gated) {
-            c.line("backend.gluBackward($T.$L, $L.gate, $L.up, dAct, dGate, dUp, rows * $L)", ACTIVATION, act(f), m, m, h);
+            c.line("backend.gluBackward($T.$L, $L, $L, dAct, dGate, dUp, rows * $L)", ACTIVATION, act(f), gt, ut, h);
             c.line("backend.matmulBackward($L, 0, $L.value(), 0, dGate, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, wg, dIn, wg, h);
         } else {
-            c.line("backend.activationBackward($T.$L, $L.up, dAct, dUp, rows * $L)", ACTIVATION, act(f), m, h);
+            c.line("backend.activationBackward($T.$L, $L, dAct, dUp, rows * $L)", ACTIVATION, act(f), ut, h);
         }
         c.line("backend.matmulBackward($L, 0, $L.value(), 0, dUp, 0, $L, 0, $L.grad(), 0, rows, DIM, $L)", in, wu, dIn, wu, h);
         c.line("$T.zero($L.dxs, slots * DIM)", ELEMENTWISE, m);
@@ -2527,7 +2586,7 @@ final class ModelGenerator {
             String proj = projs.get(q);
             String d = proj.equals("gate") ? "dGate" : "dUp";
             c.comment("LoRA $L: d(weight) += $L · <d$L[token], B·(x·Aᵀ)>; d(B·(x·Aᵀ)) = weight · $L · d$L[token]", proj, sc, proj, sc, proj);
-            c.open("for (int i = 0; i < $L; i++)", ffnRows);
+            c.open("for (int i = $L; i < $L; i++)", from, until);
             c.line("int t = $L.tokenOfRow[i] * $L", m, h);
             c.line("int from = $L * slots * $L + i * $L", q, h, h);
             c.line("float w = $L.weightOfRow[i] * $L", m, sc);
@@ -2542,7 +2601,7 @@ final class ModelGenerator {
             String pa = loraArray(c, p, sl, e, proj + "_a");
             String pb = loraArray(c, p, sl, e, proj + "_b");
             c.open("for (int ex = 0; ex < $L; ex++)", e);
-            c.line("int o = $L.offsets[ex]", m).line("int n = $L.offsets[ex + 1] - o", m);
+            loraRows(c, m, first);
             c.line("backend.matmulBackward($L.loraA, $L * slots * $L + o * $L, $L[ex].value(), 0, $L.dLoraB, o * $L, $L.dLoraA, o * $L, $L[ex].grad(), 0, n, $L, $L)",
                     m, q, r, r, pb, m, h, m, r, pb, r, h);
             c.line("backend.matmulBackward($L.xs, o * DIM, $L[ex].value(), 0, $L.dLoraA, o * $L, $L.dxs, o * DIM, $L[ex].grad(), 0, n, DIM, $L)", m, pa, m, r, m,
@@ -3480,7 +3539,8 @@ final class ModelGenerator {
         if (sl.zeroCompute()) {
             c.line("int ffnRows = $L.offsets[$L]", m, nf);
         }
-        if (loraByPrefix.containsKey(p)) {
+        boolean loraAlone = loraByPrefix.containsKey(p) && !mixedGroups(moe);
+        if (loraAlone) {
             c.add(loraBackward(p, m, loraByPrefix.get(p), sl, nf, in, dOut, dIn, ffnRows).build());
         } else if (sl.packed() > 0) {
             int np = sl.packed();
@@ -3517,6 +3577,9 @@ final class ModelGenerator {
         }
         for (OwnGroup g : mixedByPrefix.getOrDefault(p, List.of())) {
             c.add(ownGroupBackward(p, m, g, sl, in, dIn).build());
+        }
+        if (loraByPrefix.containsKey(p) && !loraAlone) {
+            c.add(loraBackward(p, m, loraByPrefix.get(p), sl, loraCount(sl), in, dOut, dIn, ffnRows).build());
         }
         zeroComputeRuns(sl, (from, to, x) -> {
             switch (x) {

@@ -268,6 +268,32 @@ class Float64GradientTest {
                   layers 2 { all: attention, m }
                 }
                 """,
+                // LoRA experts (MoLA) declared first, beside FFN experts, a latent group and a zero expert: the LoRA group runs
+                // last over its own copy of the frozen base's activations
+                header + """
+                  moe m {
+                    routed 3 x lora(rank: 2, alpha: 4.0, base: swiglu(hidden: 6))
+                    routed 2 x gelu(hidden: 5)
+                    routed 2 x latent(rank: 3, ffn: relu(hidden: 4))
+                    routed 1 x zero
+                    router { top_k 3  normalize true }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // FFN experts then LoRA experts over an ungated base, with a capacity factor
+                header + """
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 2 x swiglu(hidden: 5)
+                    routed 3 x lora(rank: 3, alpha: 3.0, base: gelu(hidden: 7))
+                    router { top_k 2  capacity factor(1.0, drop: position) }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
                 // two latent groups and nothing else, under top-p
                 header + """
                   moe m {
