@@ -74,6 +74,17 @@ class ZeroComputeFlopsTest {
     }
 
     @Test
+    void loraExpertsBesideFfnExpertsCountTheFrozenBaseForEveryToken() {
+        long relu = 2 * (2 * D * 8);
+        long base = 2 * (2 * D * 3); // the frozen base relu(hidden: 3) runs for every token
+        long lora = 2 * (D + 3 + 3 + D); // up_a [1, D], up_b [3, 1], down_a [1, 3], down_b [D, 1]
+        Model none = model("routed 4 x zero", "top_k 1");
+        Model m = model("routed 2 x relu(hidden: 8)\n routed 2 x lora(rank: 1, alpha: 1.0, base: relu(hidden: 3))", "top_k 1");
+        assertThat(m.flopsPerToken().min()).isEqualTo(none.flopsPerToken().max() + base + lora);
+        assertThat(m.flopsPerToken().max()).isEqualTo(none.flopsPerToken().max() + base + relu);
+    }
+
+    @Test
     void ffnExpertsOfDifferentShapesCountEachTheirOwn() {
         long wide = 2 * (2 * D * 8);
         long narrow = 2 * (2 * D * 2);
