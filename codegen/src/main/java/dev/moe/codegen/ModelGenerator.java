@@ -2475,17 +2475,9 @@ final class ModelGenerator {
     private Code loraForward(String p, String m, LoraGroup lo, Slots sl, int e, String in, String ffnRows) {
         Code c = new Code();
         int first = loraFirstKey(sl);
-        boolean own = first > 0;
-        // beside other computing experts: its own copy of the base's activations, its rows from its first key on
-        String gt = own ? m + ".loraGate" : m + ".gate";
-        String ut = own ? m + ".loraUp" : m + ".up";
-        String at = own ? m + ".loraAct" : m + ".act";
-        String from = own ? "loraFrom" : "0";
-        String until = own ? "loraTo" : ffnRows;
-        if (own) {
-            c.line("int loraFrom = $L.offsets[$L]", m, first);
-            c.line("int loraTo = $L.offsets[$L]", m, first + e);
-        }
+        LoraBuffers rows = loraBuffers(c, m, first, e, ffnRows);
+        boolean own = rows.own();
+        String gt = rows.gate(), ut = rows.up(), at = rows.act(), from = rows.from(), until = rows.until();
         Ffn f = lo.lora().base();
         int h = f.hidden();
         int r = lo.lora().rank();
@@ -2536,19 +2528,28 @@ final class ModelGenerator {
         return c;
     }
 
+    /**
+     * Where a LoRA group's rows and activations live: beside other computing experts its own copy of
+     * the base's activations and its rows from its first key on (declared in {@code c}), else the
+     * MoE's shared buffers and every row.
+     */
+    private record LoraBuffers(boolean own, String gate, String up, String act, String from, String until) {}
+
+    private static LoraBuffers loraBuffers(Code c, String m, int first, int e, String ffnRows) {
+        if (first <= 0) {
+            return new LoraBuffers(false, m + ".gate", m + ".up", m + ".act", "0", ffnRows);
+        }
+        c.line("int loraFrom = $L.offsets[$L]", m, first);
+        c.line("int loraTo = $L.offsets[$L]", m, first + e);
+        return new LoraBuffers(true, m + ".loraGate", m + ".loraUp", m + ".loraAct", "loraFrom", "loraTo");
+    }
+
     private Code loraBackward(String p, String m, LoraGroup lo, Slots sl, int e, String in, String dOut, String dIn, String ffnRows) {
         Code c = new Code();
         int first = loraFirstKey(sl);
-        boolean own = first > 0;
-        String gt = own ? m + ".loraGate" : m + ".gate";
-        String ut = own ? m + ".loraUp" : m + ".up";
-        String at = own ? m + ".loraAct" : m + ".act";
-        String from = own ? "loraFrom" : "0";
-        String until = own ? "loraTo" : ffnRows;
-        if (own) {
-            c.line("int loraFrom = $L.offsets[$L]", m, first);
-            c.line("int loraTo = $L.offsets[$L]", m, first + e);
-        }
+        LoraBuffers rows = loraBuffers(c, m, first, e, ffnRows);
+        boolean own = rows.own();
+        String gt = rows.gate(), ut = rows.up(), at = rows.act(), from = rows.from(), until = rows.until();
         Ffn f = lo.lora().base();
         int h = f.hidden();
         int r = lo.lora().rank();
