@@ -2,6 +2,7 @@ package dev.moe.cli;
 
 import dev.moe.cuda.CudaBackend;
 import dev.moe.cuda.CudaException;
+import dev.moe.cuda.GemmAttention;
 import dev.moe.cuda.kernels.MoeKernelSource.Precision;
 import dev.moe.runtime.Backend;
 import dev.moe.runtime.cpu.CpuBackend;
@@ -16,8 +17,8 @@ final class BackendOption {
     String backend = "cpu";
 
     @Option(names = "--precision", paramLabel = "P", description = "With --backend cuda: fp32 (default: exact fp32, comparable with the "
-            + "CPU), tf32 (fp32 matrix products on the tensor cores in TF32) or bf16 (tf32, and the MoE layers' routers and experts in bf16 "
-            + "with fp32 master weights and gradients).")
+            + "CPU), tf32 (fp32 matrix products and attention on the tensor cores in TF32) or bf16 (tf32, and attention and the MoE "
+            + "layers' routers and experts in bf16 with fp32 master weights and gradients).")
     String precision = "fp32";
 
     /** In a data-parallel worker: the context of this rank's GPU, which every model of the run shares (with its communicator). */
@@ -46,6 +47,12 @@ final class BackendOption {
                     CudaBackend cuda = shared != null ? new CudaBackend(shared, cpu, false) : new CudaBackend(0, cpu);
                     cuda.context().blas.setTf32(!precision.equals("fp32"));
                     cuda.context().expertPrecision = precision.equals("bf16") ? Precision.BF16 : Precision.FP32;
+                    // attention on the tensor cores too, in the same precision (fp32 keeps the exact tiled kernels)
+                    cuda.context().attentionGemm = switch (precision) {
+                        case "tf32" -> GemmAttention.Storage.F32;
+                        case "bf16" -> GemmAttention.Storage.BF16;
+                        default -> null;
+                    };
                     yield backend.equals("cuda") ? cuda : cuda.hybridOnly();
                 } catch (CudaException e) {
                     throw new Recipes.UserError("--backend " + backend + ": " + e.getMessage());

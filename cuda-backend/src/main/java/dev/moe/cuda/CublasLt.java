@@ -43,10 +43,11 @@ public final class CublasLt {
     private static final int CUDA_R_32F = 0;
     private static final int DESC_TRANSA = 3, DESC_TRANSB = 4;
     private static final int PREF_MAX_WORKSPACE_BYTES = 1;
+    private static final int LAYOUT_BATCH_COUNT = 5, LAYOUT_STRIDED_BATCH_OFFSET = 6;
     private static final long HEURISTIC_RESULT_BYTES = 96; // algo (64) + workspaceSize + state + wavesCount + reserved[4]
     private static final int MAX_PLANS = 4096;
 
-    private final MethodHandle create, matmul, descCreate, descSetAttribute, descDestroy, layoutCreate, layoutDestroy, prefCreate,
+    private final MethodHandle create, matmul, descCreate, descSetAttribute, descDestroy, layoutCreate, layoutSetAttribute, layoutDestroy, prefCreate,
             prefSetAttribute, prefDestroy, heuristic, statusName;
     private final Arena arena = Arena.ofShared();
     private final MemorySegment handle;
@@ -65,7 +66,7 @@ public final class CublasLt {
     };
 
     private record PlanKey(boolean transA, boolean transB, int m, int n, int k, int lda, int ldb, int ldd, Type ta, Type tb, Type td,
-            boolean tf32) {}
+            boolean tf32, int batch, long strideA, long strideB, long strideD) {}
 
     private volatile boolean tf32;
 
@@ -83,7 +84,7 @@ public final class CublasLt {
 
     private static PlanKey bucket(PlanKey k) {
         return new PlanKey(k.transA(), k.transB(), bucket(k.m()), bucket(k.n()), bucket(k.k()), k.lda(), k.ldb(), k.ldd(), k.ta(), k.tb(), k.td(),
-                k.tf32());
+                k.tf32(), k.batch(), k.strideA(), k.strideB(), k.strideD());
     }
 
     /**
@@ -131,6 +132,7 @@ public final class CublasLt {
         descDestroy = fn(lib, "cublasLtMatmulDescDestroy", INT, PTR);
         layoutCreate = fn(lib, "cublasLtMatrixLayoutCreate", INT, PTR, INT, LONG, LONG, LONG);
         layoutDestroy = fn(lib, "cublasLtMatrixLayoutDestroy", INT, PTR);
+        layoutSetAttribute = fn(lib, "cublasLtMatrixLayoutSetAttribute", INT, PTR, INT, PTR, SIZE_T);
         prefCreate = fn(lib, "cublasLtMatmulPreferenceCreate", INT, PTR);
         prefSetAttribute = fn(lib, "cublasLtMatmulPreferenceSetAttribute", INT, PTR, INT, PTR, SIZE_T);
         prefDestroy = fn(lib, "cublasLtMatmulPreferenceDestroy", INT, PTR);
@@ -167,10 +169,21 @@ public final class CublasLt {
      */
     public void matmul(MemorySegment stream, boolean transA, boolean transB, int m, int n, int k, long a, Type ta, int lda, long b,
             Type tb, int ldb, long d, Type td, int ldd, boolean accumulate) {
-        if (m == 0 || n == 0) {
+        matmulBatched(stream, transA, transB, m, n, k, a, ta, lda, 0, b, tb, ldb, 0, d, td, ldd, 0, 1, accumulate);
+    }
+
+    /**
+     * {@link #matmul} over {@code batch} independent products whose matrices lie {@code strideA},
+     * {@code strideB} and {@code strideD} elements apart (cuBLASLt's strided batch): one launch for
+     * many small products, such as attention's per-head ones. A stride of 0 shares that matrix.
+     */
+    public void matmulBatched(MemorySegment stream, boolean transA, boolean transB, int m, int n, int k, long a, Type ta, int lda,
+            long strideA, long b, Type tb, int ldb, long strideB, long d, Type td, int ldd, long strideD, int batch, boolean accumulate) {
+        if (m == 0 || n == 0 || batch == 0) {
             return;
         }
-        PlanKey key = new PlanKey(transA, transB, m, n, k, lda, ldb, ldd, ta, tb, td, tf32 && ta == Type.F32 && tb == Type.F32);
+        PlanKey key = new PlanKey(transA, transB, m, n, k, lda, ldb, ldd, ta, tb, td, tf32 && ta == Type.F32 && tb == Type.F32, batch,
+                batch == 1 ? 0 : strideA, batch == 1 ? 0 : strideB, batch == 1 ? 0 : strideD);
         Plan plan = plans.computeIfAbsent(key, this::plan);
         int rc;
         MemorySegment beta = accumulate ? one : zero; // a local: invokeExact needs the static type exactly
@@ -200,9 +213,11 @@ public final class CublasLt {
                     "cublasLtMatmulDescSetAttribute(TRANSA)");
             check(Native.call(descSetAttribute, desc, DESC_TRANSB, tmp.allocateFrom(INT, key.transB() ? 1 : 0), 4L),
                     "cublasLtMatmulDescSetAttribute(TRANSB)");
-            MemorySegment a = layout(tmp, key.ta(), key.transA() ? key.k() : key.m(), key.transA() ? key.m() : key.k(), key.lda());
-            MemorySegment b = layout(tmp, key.tb(), key.transB() ? key.n() : key.k(), key.transB() ? key.k() : key.n(), key.ldb());
-            MemorySegment d = layout(tmp, key.td(), key.m(), key.n(), key.ldd());
+            MemorySegment a = layout(tmp, key.ta(), key.transA() ? key.k() : key.m(), key.transA() ? key.m() : key.k(), key.lda(),
+                    key.batch(), key.strideA());
+            MemorySegment b = layout(tmp, key.tb(), key.transB() ? key.n() : key.k(), key.transB() ? key.k() : key.n(), key.ldb(),
+                    key.batch(), key.strideB());
+            MemorySegment d = layout(tmp, key.td(), key.m(), key.n(), key.ldd(), key.batch(), key.strideD());
             PlanKey bucket = bucket(key);
             MemorySegment algo = algos.get(bucket);
             if (algo != null && !bucket.equals(key)) {
@@ -240,9 +255,16 @@ public final class CublasLt {
         }
     }
 
-    private MemorySegment layout(Arena tmp, Type type, long rows, long cols, long ld) {
+    private MemorySegment layout(Arena tmp, Type type, long rows, long cols, long ld, int batch, long stride) {
         MemorySegment out = tmp.allocate(PTR);
         check(Native.call(layoutCreate, out, type.code, rows, cols, ld), "cublasLtMatrixLayoutCreate");
-        return out.get(ValueLayout.ADDRESS, 0);
+        MemorySegment layout = out.get(ValueLayout.ADDRESS, 0);
+        if (batch > 1) {
+            check(Native.call(layoutSetAttribute, layout, LAYOUT_BATCH_COUNT, tmp.allocateFrom(INT, batch), 4L),
+                    "cublasLtMatrixLayoutSetAttribute(BATCH_COUNT)");
+            check(Native.call(layoutSetAttribute, layout, LAYOUT_STRIDED_BATCH_OFFSET, tmp.allocateFrom(LONG, stride), 8L),
+                    "cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET)");
+        }
+        return layout;
     }
 }

@@ -30,6 +30,12 @@ public final class CudaContext implements AutoCloseable {
      * fp32 accumulation and fp32 weight gradients).
      */
     public volatile dev.moe.cuda.kernels.MoeKernelSource.Precision expertPrecision = dev.moe.cuda.kernels.MoeKernelSource.Precision.FP32;
+    /**
+     * How device-resident models compute attention: null (default, for parity) for the exact fp32
+     * tiled kernels on the CUDA cores, or batched GEMMs on the tensor cores ({@link GemmAttention})
+     * reading fp32 (TF32 products when {@link CublasLt#setTf32} is on) or bf16.
+     */
+    public volatile GemmAttention.Storage attentionGemm;
     private final MemorySegment context;
     private final DeviceAllocator.Block workspace;
     private final KernelCache cache = KernelCache.fromEnvironment();

@@ -92,6 +92,10 @@ public final class DeviceOps {
     public void attention(long q, long k, long v, long out, long lse, int batch, int seq, int heads, int kvHeads, int headDim,
             boolean causal, int window) {
         checkHeadDim(headDim);
+        if (ctx.attentionGemm != null) {
+            gemmAttention(ctx.attentionGemm).forward(q, k, v, out, lse, batch, seq, heads, kvHeads, headDim, causal, window);
+            return;
+        }
         if (tiled && AttentionKernelSource.supports(headDim)) {
             flash(headDim, "flash_forward", batch, seq, heads, q, k, v, out, lse, seq, heads, kvHeads, causal ? 1 : 0, window);
             return;
@@ -105,6 +109,10 @@ public final class DeviceOps {
     public void attentionBackward(long q, long k, long v, long out, long lse, long dOut, long dq, long dk, long dv, int batch, int seq,
             int heads, int kvHeads, int headDim, boolean causal, int window) {
         checkHeadDim(headDim);
+        if (ctx.attentionGemm != null) {
+            gemmAttention(ctx.attentionGemm).backward(q, k, v, out, lse, dOut, dq, dk, dv, batch, seq, heads, kvHeads, headDim, causal, window);
+            return;
+        }
         try (DeviceAllocator.Block delta = ctx.allocator.allocate((long) batch * seq * heads * 4)) {
             if (tiled && AttentionKernelSource.supports(headDim)) {
                 flash(headDim, "flash_backward_dq", batch, seq, heads, q, k, v, out, lse, dOut, dq, delta.pointer, seq, heads, kvHeads,
@@ -120,6 +128,12 @@ public final class DeviceOps {
             launch("attention_backward_dkdv", (int) ((kvWarps * 32 + THREADS - 1) / THREADS), THREADS, q, k, v, lse, dOut, delta.pointer,
                     dk, dv, batch, seq, heads, kvHeads, headDim, causal ? 1 : 0, window);
         }
+    }
+
+    private final java.util.Map<GemmAttention.Storage, GemmAttention> gemmAttention = new java.util.EnumMap<>(GemmAttention.Storage.class);
+
+    private GemmAttention gemmAttention(GemmAttention.Storage storage) {
+        return gemmAttention.computeIfAbsent(storage, s -> new GemmAttention(ctx, s));
     }
 
     /** Whether attention uses the tiled kernels where they take the head dimension (true) or always the warp-per-row ones. */
@@ -185,8 +199,14 @@ public final class DeviceOps {
     /** One AdamW step on {@code n} parameters; {@code step} counts from 1; decay applies to matrices only, as on the CPU. */
     public void adamw(long w, long g, long m, long v, long n, double beta1, double beta2, double eps, double weightDecay, double lr,
             long step, boolean decay) {
+        adamw(w, g, m, v, n, beta1, beta2, eps, weightDecay, lr, step, decay, 1f);
+    }
+
+    /** {@link #adamw} on the gradients times {@code gradScale} (gradient clipping folded into the update; g is not changed). */
+    public void adamw(long w, long g, long m, long v, long n, double beta1, double beta2, double eps, double weightDecay, double lr,
+            long step, boolean decay, float gradScale) {
         double c1 = 1 - Math.pow(beta1, step), c2 = 1 - Math.pow(beta2, step);
         launch("adamw", grid(n), THREADS, w, g, m, v, n, (float) beta1, (float) beta2, (float) eps,
-                (float) (decay ? lr * weightDecay : 0), (float) lr, (float) c1, (float) c2);
+                (float) (decay ? lr * weightDecay : 0), (float) lr, (float) c1, (float) c2, gradScale);
     }
 }

@@ -18,17 +18,25 @@ import java.util.Random;
 public final class DeviceOpsParity {
     static final int SHAPES = 20;
 
-    public record Result(String op, int shapes, double worst) {
+    public record Result(String op, int shapes, double worst, double tolerance) {
+        public Result(String op, int shapes, double worst) {
+            this(op, shapes, worst, 1e-4);
+        }
+
         public boolean pass() {
-            return worst <= 1e-4;
+            return worst <= tolerance;
         }
     }
+
+    /** The GEMM attention modes checked: exact fp32 products, TF32 and bf16, with their tolerances (L2-relative). */
+    private static final String[] GEMM_MODES = {"fp32", "tf32", "bf16"};
+    private static final double[] GEMM_TOLERANCES = {1e-4, 5e-3, 2e-2};
 
     public static List<Result> run(CudaContext ctx, Backend cpu) {
         DeviceOps ops = new DeviceOps(ctx).tiledAttention(false);
         List<Result> out = new ArrayList<>();
         Random shapes = new Random(2026);
-        double[] worst = new double[13];
+        double[] worst = new double[13 + 2 * GEMM_MODES.length];
         for (int s = 0; s < SHAPES; s++) {
             int rows = s == 0 ? 1 : 1 + shapes.nextInt(300);
             int dim = s == 1 ? 1 : 1 + shapes.nextInt(s % 3 == 0 ? 1500 : 200);
@@ -148,6 +156,7 @@ public final class DeviceOpsParity {
                 ops.tiledAttention(true).attention(tqd, tkd, tvd, tod, tlsed, fb, ts, qHeads, kvHeads, thd, causal, window);
                 worst[11] = Math.max(worst[11], Math.max(Compare.rel(ctx.downloadFloats(tod, tq), to), Compare.rel(ctx.downloadFloats(tlsed, tlse.length), tlse)));
                 float[] tdq = Compare.gaussian(rnd, tq), tdk = Compare.gaussian(rnd, fkn), tdv = Compare.gaussian(rnd, fkn);
+                float[] tdq0 = tdq.clone(), tdk0 = tdk.clone(), tdv0 = tdv.clone(); // the CPU accumulates into tdq, tdk, tdv
                 long tdqd = sc.floats(tdq), tdkd = sc.floats(tdk), tdvd = sc.floats(tdv);
                 cpu.attentionBackward(tqv, tkv, tvv, to, tlse, tgo, tdq, tdk, tdv, fb, ts, qHeads, kvHeads, thd, causal, window);
                 ops.attentionBackward(tqd, tkd, tvd, sc.floats(to), sc.floats(tlse), sc.floats(tgo), tdqd, tdkd, tdvd, fb, ts, qHeads, kvHeads, thd,
@@ -155,6 +164,21 @@ public final class DeviceOpsParity {
                 ops.tiledAttention(false);
                 worst[12] = Math.max(worst[12], Math.max(Compare.rel(ctx.downloadFloats(tdqd, tq), tdq),
                         Math.max(Compare.rel(ctx.downloadFloats(tdkd, fkn), tdk), Compare.rel(ctx.downloadFloats(tdvd, fkn), tdv))));
+
+                // attention as batched GEMMs on the same shapes; every other shape one sequence per chunk (a 1-byte score budget)
+                for (int mode = 0; mode < GEMM_MODES.length; mode++) {
+                    ctx.blas.setTf32(mode == 1);
+                    GemmAttention gemm = new GemmAttention(ctx, mode == 2 ? GemmAttention.Storage.BF16 : GemmAttention.Storage.F32,
+                            s % 2 == 0 ? 1 : GemmAttention.SCORE_BUDGET_BYTES);
+                    long god = sc.zeros(tq), glsed = sc.zeros(tlse.length);
+                    gemm.forward(tqd, tkd, tvd, god, glsed, fb, ts, qHeads, kvHeads, thd, causal, window);
+                    worst[13 + 2 * mode] = Math.max(worst[13 + 2 * mode], Compare.rel(ctx.downloadFloats(god, tq), to));
+                    long gdq = sc.floats(tdq0), gdk = sc.floats(tdk0), gdv = sc.floats(tdv0);
+                    gemm.backward(tqd, tkd, tvd, god, glsed, sc.floats(tgo), gdq, gdk, gdv, fb, ts, qHeads, kvHeads, thd, causal, window);
+                    worst[14 + 2 * mode] = Math.max(worst[14 + 2 * mode], Math.max(Compare.rel(ctx.downloadFloats(gdq, tq), tdq),
+                            Math.max(Compare.rel(ctx.downloadFloats(gdk, fkn), tdk), Compare.rel(ctx.downloadFloats(gdv, fkn), tdv))));
+                }
+                ctx.blas.setTf32(false);
             }
         }
         String[] names = {"embedding", "embedding backward", "rms_norm", "rms_norm backward", "rope (both ways)", "glu",
@@ -162,6 +186,10 @@ public final class DeviceOpsParity {
             "attention (tiled)", "attention backward (tiled)"};
         for (int i = 0; i < names.length; i++) {
             out.add(new Result(names[i], SHAPES, worst[i]));
+        }
+        for (int mode = 0; mode < GEMM_MODES.length; mode++) {
+            out.add(new Result("attention (GEMM, " + GEMM_MODES[mode] + ")", SHAPES, worst[13 + 2 * mode], GEMM_TOLERANCES[mode]));
+            out.add(new Result("attention backward (GEMM, " + GEMM_MODES[mode] + ")", SHAPES, worst[14 + 2 * mode], GEMM_TOLERANCES[mode]));
         }
         return out;
     }
@@ -208,12 +236,12 @@ public final class DeviceOpsParity {
     public static void main(String[] args) {
         Backend cpu = new CpuBackend(Runtime.getRuntime().availableProcessors(), CpuBackend.VECTOR_API);
         try (CudaContext ctx = new CudaContext(0)) {
-            System.out.printf("Dense-model GPU kernels against the CPU backend on %s, %d shapes each (tolerance 1e-4)%n", ctx.deviceName,
+            System.out.printf("Dense-model GPU kernels against the CPU backend on %s, %d shapes each (tolerance 1e-4 unless shown)%n", ctx.deviceName,
                     SHAPES);
             int failures = 0;
             for (Result r : run(ctx, cpu)) {
                 failures += r.pass() ? 0 : 1;
-                System.out.printf("%-22s %9.2e  %s%n", r.op(), r.worst(), r.pass() ? "ok" : "FAIL");
+                System.out.printf("%-36s %9.2e  (tolerance %.0e)  %s%n", r.op(), r.worst(), r.tolerance(), r.pass() ? "ok" : "FAIL");
             }
             System.exit(failures == 0 ? 0 : 1);
         } catch (CudaException e) {

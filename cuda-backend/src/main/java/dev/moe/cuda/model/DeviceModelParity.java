@@ -89,13 +89,21 @@ public final class DeviceModelParity {
             for (Model m : models) {
                 failures += check(ctx, m);
             }
-            // bf16 experts (--precision bf16): bf16 routing and expert GEMMs against the fp32 CPU; loose tolerances
+            // attention as batched GEMMs with exact fp32 products: the same tolerances as the tiled kernels
+            System.out.println("-- attention as batched GEMMs (fp32 products)");
+            ctx.attentionGemm = dev.moe.cuda.GemmAttention.Storage.F32;
+            for (Model m : models) {
+                failures += check(ctx, m);
+            }
+            // --precision bf16: bf16 routing, expert GEMMs and attention against the fp32 CPU; loose tolerances
             ctx.expertPrecision = dev.moe.cuda.kernels.MoeKernelSource.Precision.BF16;
+            ctx.attentionGemm = dev.moe.cuda.GemmAttention.Storage.BF16;
             ctx.blas.setTf32(true);
             for (Model m : models) {
                 failures += checkBf16(ctx, m);
             }
             ctx.expertPrecision = dev.moe.cuda.kernels.MoeKernelSource.Precision.FP32;
+            ctx.attentionGemm = null;
             ctx.blas.setTf32(false);
         }
         System.out.println(failures == 0 ? "all device-model checks passed" : failures + " device-model checks FAILED");
@@ -213,9 +221,9 @@ public final class DeviceModelParity {
             double lossG = gpu.forward(in, tg, batch, seq);
             gpu.backward(1f);
             double normC = norm(cpu.parameters()), normG = norm(gpu.parameters());
-            return report(m.name() + " bf16 experts: loss", String.format(Locale.ROOT, "cpu %.6f gpu %.6f", lossC, lossG),
+            return report(m.name() + " bf16 (experts and attention): loss", String.format(Locale.ROOT, "cpu %.6f gpu %.6f", lossC, lossG),
                     Math.abs(lossC - lossG) / Math.abs(lossC), 2e-2)
-                    + report(m.name() + " bf16 experts: gradient norm", String.format(Locale.ROOT, "cpu %.6f gpu %.6f", normC, normG),
+                    + report(m.name() + " bf16 (experts and attention): gradient norm", String.format(Locale.ROOT, "cpu %.6f gpu %.6f", normC, normG),
                             Math.abs(normC - normG) / normC, 5e-2);
         }
     }
