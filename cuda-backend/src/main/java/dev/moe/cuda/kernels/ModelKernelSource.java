@@ -186,9 +186,11 @@ public final class ModelKernelSource {
 
                 // AdamW with bias correction; decoupled weight decay where decay != 0 (matrices).
                 extern "C" __global__ void adamw(float* __restrict__ w, const float* __restrict__ g, float* __restrict__ m,
-                    float* __restrict__ v, long n, float beta1, float beta2, float eps, float lrTimesDecay, float lr, float c1, float c2) {
+                    float* __restrict__ v, long n, float beta1, float beta2, float eps, float lrTimesDecay, float lr, float c1, float c2,
+                    float gradScale) {
+                  // gradScale: the clipping factor, applied here rather than in a pass of its own over the gradients
                   for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) {
-                    float gi = g[i];
+                    float gi = g[i] * gradScale;
                     float mi = beta1 * m[i] + (1.f - beta1) * gi;
                     float vi = beta2 * v[i] + (1.f - beta2) * gi * gi;
                     m[i] = mi; v[i] = vi;

@@ -184,17 +184,13 @@ public final class DeviceWeights implements AutoCloseable {
         }
         int[] bits = ctx.downloadInts(scalar.pointer, 2);
         double norm = Math.sqrt(Double.longBitsToDouble(((long) bits[1] << 32) | (bits[0] & 0xffffffffL)));
-        if (maxNorm > 0 && norm > maxNorm) {
-            float s = (float) (maxNorm / norm);
-            for (Run r : runs) {
-                ops.scaleInPlace(grads.pointer + r.offset() * 4, s, r.size());
-            }
-        }
+        // clipping scales the gradients inside the AdamW kernel: one pass over them fewer
+        float clip = maxNorm > 0 && norm > maxNorm ? (float) (maxNorm / norm) : 1f;
         long step = adam.advance();
         for (Run r : runs) {
             long o = r.offset() * 4;
             ops.adamw(values.pointer + o, grads.pointer + o, first.pointer + o, second.pointer + o, r.size(), adam.beta1(), adam.beta2(),
-                    adam.eps(), adam.weightDecay(), lr, step, r.decay());
+                    adam.eps(), adam.weightDecay(), lr, step, r.decay(), clip);
         }
         return norm;
     }
