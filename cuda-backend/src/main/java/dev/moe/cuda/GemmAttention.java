@@ -33,6 +33,8 @@ public final class GemmAttention {
 
     static final long SCORE_BUDGET_BYTES = 4L << 30;
     private static final int THREADS = 256;
+    /** Threads of the softmax kernels' one block per score row (each thread takes every 128th four-column group). */
+    private static final int ROW_THREADS = 128;
     private final CudaContext ctx;
     private final Storage storage;
     private final String source;
@@ -102,7 +104,7 @@ public final class GemmAttention {
                 rowMajor(false, true, (int) rowsG, seq, hd, qh.pointer, storage.type, rowsG * hd, kh.pointer, storage.type, (long) seq * hd,
                         s.pointer, rowsG * seq, groups, false);
                 long rows = (long) nb * heads * seq;
-                launch("softmax_rows", (int) rows, 128, s.pointer, p.pointer, chunkLse, seq, causal ? 1 : 0, window);
+                launch("softmax_rows", (int) rows, ROW_THREADS, s.pointer, p.pointer, chunkLse, seq, causal ? 1 : 0, window);
                 // O[g·S, hd] = P·V
                 rowMajor(false, false, (int) rowsG, hd, seq, p.pointer, storage.type, rowsG * seq, vh.pointer, storage.type, (long) seq * hd,
                         oh.pointer, rowsG * hd, groups, false);
@@ -142,14 +144,13 @@ public final class GemmAttention {
                 long sStride = rowsG * seq, qStride = rowsG * hd, kvStride = (long) seq * hd;
                 Type t = storage.type;
                 rowMajor(false, true, (int) rowsG, seq, hd, qh.pointer, t, qStride, kh.pointer, t, kvStride, s.pointer, sStride, groups, false);
-                launch("softmax_recompute", grid(rows * seq), THREADS, s.pointer, p.pointer, lse + tok * heads * 4, rows, seq, causal ? 1 : 0,
-                        window);
+                launch("softmax_recompute", (int) rows, ROW_THREADS, s.pointer, p.pointer, lse + tok * heads * 4, seq, causal ? 1 : 0, window);
                 // dV[S, hd] = Pᵀ·dO (summed over the group's query heads)
                 rowMajor(true, false, seq, hd, (int) rowsG, p.pointer, t, sStride, doh.pointer, t, qStride, gh.pointer, kvStride, groups, false);
                 unpack(gh.pointer, dv + kvOff, nb, seq, kvHeads, hd, 1f, true);
                 // dP[g·S, S] = dO·Vᵀ, then dS = P ⊙ (dP − delta) in place of P
                 rowMajor(false, true, (int) rowsG, seq, hd, doh.pointer, t, qStride, vh.pointer, t, kvStride, s.pointer, sStride, groups, false);
-                launch("softmax_backward", grid(rows * seq), THREADS, s.pointer, p.pointer, delta.pointer, rows, seq);
+                launch("softmax_backward", (int) rows, ROW_THREADS, s.pointer, p.pointer, delta.pointer, seq, causal ? 1 : 0);
                 // dQ = scale·dS·K (Q was packed scaled, so dS is the gradient of the scaled scores)
                 rowMajor(false, false, (int) rowsG, hd, seq, p.pointer, t, sStride, kh.pointer, t, kvStride, gh.pointer, qStride, groups, false);
                 unpack(gh.pointer, dq + qOff, nb, seq, heads, hd, scale, true);

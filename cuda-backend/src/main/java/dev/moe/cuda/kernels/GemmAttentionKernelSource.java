@@ -27,12 +27,25 @@ public final class GemmAttentionKernelSource {
                       u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
                       return (elem_t) (u >> 16);
                     }
+                    __device__ __forceinline__ float4 ld4(const elem_t* p, long i) {
+                      uint2 u = *(const uint2*) (p + i);
+                      return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                          __uint_as_float(u.y & 0xffff0000u));
+                    }
+                    __device__ __forceinline__ void st4(elem_t* p, long i, float4 v) {
+                      uint2 u;
+                      u.x = (unsigned) cvt(v.x) | ((unsigned) cvt(v.y) << 16);
+                      u.y = (unsigned) cvt(v.z) | ((unsigned) cvt(v.w) << 16);
+                      *(uint2*) (p + i) = u;
+                    }
                     """);
         } else {
             c.append("""
                     typedef float elem_t;
                     __device__ __forceinline__ float ld(const elem_t* p, long i) { return p[i]; }
                     __device__ __forceinline__ elem_t cvt(float f) { return f; }
+                    __device__ __forceinline__ float4 ld4(const elem_t* p, long i) { return *(const float4*) (p + i); }
+                    __device__ __forceinline__ void st4(elem_t* p, long i, float4 v) { *(float4*) (p + i) = v; }
                     """);
         }
         c.append("""
@@ -78,7 +91,13 @@ public final class GemmAttentionKernelSource {
                   }
                 }
 
-                // One block per score row r = (b*H + h)*S + i: p = softmax of the kept columns, 0 elsewhere; lse[r] = log-sum-exp.
+                // The softmax kernels take one block per score row r = (b*H + h)*S + i, read and write four columns at a time
+                // when the rows allow it (S a multiple of 4), and skip the columns past the causal limit: their probabilities
+                // are written as 0 once, and a gradient there is 0 without reading anything.
+                #define NEG_INF (-__int_as_float(0x7f800000))
+                __device__ __forceinline__ float masked(float x, int c, int lo, int hi) { return c >= lo && c <= hi ? x : NEG_INF; }
+
+                // p = softmax of the row's kept columns, 0 elsewhere; lse[r] = its log-sum-exp.
                 extern "C" __global__ void softmax_rows(const float* __restrict__ s, elem_t* __restrict__ p, float* __restrict__ lse,
                     int seq, int causal, int window) {
                   __shared__ float scratch[32];
@@ -86,24 +105,70 @@ public final class GemmAttentionKernelSource {
                   int i = (int) (r % seq), lo = lowCol(i, window), hi = highCol(i, seq, causal);
                   const float* sr = s + r * seq;
                   elem_t* pr = p + r * seq;
-                  float m = -__int_as_float(0x7f800000);
-                  for (int c = lo + threadIdx.x; c <= hi; c += blockDim.x) m = fmaxf(m, sr[c]);
+                  bool vec = (seq & 3) == 0;
+                  int n4 = vec ? (hi >> 2) + 1 : 0;  // float4 groups that hold kept columns
+                  float m = NEG_INF;
+                  if (vec) {
+                    for (int g = threadIdx.x; g < n4; g += blockDim.x) {
+                      float4 x = *(const float4*) (sr + 4 * g); int c = 4 * g;
+                      m = fmaxf(fmaxf(fmaxf(m, masked(x.x, c, lo, hi)), masked(x.y, c + 1, lo, hi)),
+                          fmaxf(masked(x.z, c + 2, lo, hi), masked(x.w, c + 3, lo, hi)));
+                    }
+                  } else {
+                    for (int c = lo + threadIdx.x; c <= hi; c += blockDim.x) m = fmaxf(m, sr[c]);
+                  }
                   m = blockReduce(m, scratch, true);
                   float l = 0.f;
-                  for (int c = lo + threadIdx.x; c <= hi; c += blockDim.x) l += expf(sr[c] - m);
+                  if (vec) {
+                    for (int g = threadIdx.x; g < n4; g += blockDim.x) {
+                      float4 x = *(const float4*) (sr + 4 * g); int c = 4 * g;
+                      l += expf(masked(x.x, c, lo, hi) - m) + expf(masked(x.y, c + 1, lo, hi) - m) + expf(masked(x.z, c + 2, lo, hi) - m)
+                          + expf(masked(x.w, c + 3, lo, hi) - m);
+                    }
+                  } else {
+                    for (int c = lo + threadIdx.x; c <= hi; c += blockDim.x) l += expf(sr[c] - m);
+                  }
                   l = blockReduce(l, scratch, false);
                   float inv = 1.f / l;
-                  for (int c = threadIdx.x; c < seq; c += blockDim.x) pr[c] = cvt(c >= lo && c <= hi ? expf(sr[c] - m) * inv : 0.f);
+                  if (vec) {
+                    for (int g = threadIdx.x; g < (seq >> 2); g += blockDim.x) {
+                      int c = 4 * g;
+                      float4 y = make_float4(0.f, 0.f, 0.f, 0.f);
+                      if (g < n4) {
+                        float4 x = *(const float4*) (sr + c);
+                        y = make_float4(expf(masked(x.x, c, lo, hi) - m) * inv, expf(masked(x.y, c + 1, lo, hi) - m) * inv,
+                            expf(masked(x.z, c + 2, lo, hi) - m) * inv, expf(masked(x.w, c + 3, lo, hi) - m) * inv);
+                      }
+                      st4(pr, c, y);
+                    }
+                  } else {
+                    for (int c = threadIdx.x; c < seq; c += blockDim.x) pr[c] = cvt(c >= lo && c <= hi ? expf(sr[c] - m) * inv : 0.f);
+                  }
                   if (threadIdx.x == 0) lse[r] = m + logf(l);
                 }
 
                 // The forward's probabilities again, from recomputed scores and the saved log-sum-exp.
                 extern "C" __global__ void softmax_recompute(const float* __restrict__ s, elem_t* __restrict__ p, const float* __restrict__ lse,
-                    long rows, int seq, int causal, int window) {
-                  long n = rows * seq;
-                  for (long o = blockIdx.x * (long) blockDim.x + threadIdx.x; o < n; o += (long) gridDim.x * blockDim.x) {
-                    long r = o / seq; int c = (int) (o % seq), i = (int) (r % seq);
-                    p[o] = cvt(c >= lowCol(i, window) && c <= highCol(i, seq, causal) ? expf(s[o] - lse[r]) : 0.f);
+                    int seq, int causal, int window) {
+                  long r = blockIdx.x;
+                  int i = (int) (r % seq), lo = lowCol(i, window), hi = highCol(i, seq, causal);
+                  const float* sr = s + r * seq;
+                  elem_t* pr = p + r * seq;
+                  float z = lse[r];
+                  if ((seq & 3) == 0) {
+                    int n4 = (hi >> 2) + 1;
+                    for (int g = threadIdx.x; g < (seq >> 2); g += blockDim.x) {
+                      int c = 4 * g;
+                      float4 y = make_float4(0.f, 0.f, 0.f, 0.f);
+                      if (g < n4) {
+                        float4 x = *(const float4*) (sr + c);
+                        y = make_float4(expf(masked(x.x, c, lo, hi) - z), expf(masked(x.y, c + 1, lo, hi) - z),
+                            expf(masked(x.z, c + 2, lo, hi) - z), expf(masked(x.w, c + 3, lo, hi) - z));
+                      }
+                      st4(pr, c, y);
+                    }
+                  } else {
+                    for (int c = threadIdx.x; c < seq; c += blockDim.x) pr[c] = cvt(c >= lo && c <= hi ? expf(sr[c] - z) : 0.f);
                   }
                 }
 
@@ -122,12 +187,22 @@ public final class GemmAttentionKernelSource {
                   if (lane == 0) delta[(b * heads + h) * seq + i] = acc;
                 }
 
-                // In place: p becomes dS = p * (dP - delta[row]) (masked entries have p = 0, so dS = 0).
+                // In place: p becomes dS = p * (dP - delta[row]); past the causal limit p = 0, so dS = 0 is already there.
                 extern "C" __global__ void softmax_backward(const float* __restrict__ dp, elem_t* __restrict__ p,
-                    const float* __restrict__ delta, long rows, int seq) {
-                  long n = rows * seq;
-                  for (long o = blockIdx.x * (long) blockDim.x + threadIdx.x; o < n; o += (long) gridDim.x * blockDim.x) {
-                    p[o] = cvt(ld(p, o) * (dp[o] - delta[o / seq]));
+                    const float* __restrict__ delta, int seq, int causal) {
+                  long r = blockIdx.x;
+                  int hi = highCol((int) (r % seq), seq, causal);
+                  const float* dr = dp + r * seq;
+                  elem_t* pr = p + r * seq;
+                  float d = delta[r];
+                  if ((seq & 3) == 0) {
+                    for (int g = threadIdx.x; g <= (hi >> 2); g += blockDim.x) {
+                      int c = 4 * g;
+                      float4 x = ld4(pr, c), y = *(const float4*) (dr + c);
+                      st4(pr, c, make_float4(x.x * (y.x - d), x.y * (y.y - d), x.z * (y.z - d), x.w * (y.w - d)));
+                    }
+                  } else {
+                    for (int c = threadIdx.x; c <= hi; c += blockDim.x) pr[c] = cvt(ld(pr, c) * (dr[c] - d));
                   }
                 }
                 """);
