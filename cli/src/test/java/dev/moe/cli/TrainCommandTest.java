@@ -130,7 +130,7 @@ class TrainCommandTest {
         assertThat(bad.err()).doesNotContain("Exception");
         Path unsupported = dir.resolve("gates.moe");
         Files.writeString(unsupported, RECIPE.replace("router { top_k 2  normalize true  jitter 0.01 }",
-                "router arithmetic { top_k 2 }\n    router copy { top_k 2  capacity factor(1.25) }"));
+                "router arithmetic { top_k 2 }\n    router copy { top_k 2  pregate true }"));
         Cli.Run u = Cli.run("train", unsupported.toString(), "--out", dir.resolve("u").toString());
         assertThat(u.exit()).isEqualTo(1);
         assertThat(u.err()).contains("code generation does not support named gates that differ in more than their weights");

@@ -302,11 +302,18 @@ final class ModelGenerator {
                         // gates may differ in their score function, order, normalisation, scale, temperature and token-choice
                         // selection (top-k or top-p; one router method each)
                         boolean bothTokenChoice = tokenChoice(r) && tokenChoice(other);
-                        if (!new Router(r.name(), r.score(), r.order(), bothTokenChoice ? r.selection() : other.selection(), r.normalize(), r.scale(), other.bias(),
-                                other.groupLimit(), other.quotaGroups(), other.jitter(), r.temperature(), other.gatingResidual(),
-                                other.recurrentWidth(), other.pregate(), other.capacity()).equals(r)) {
-                            unsupported(l, "named gates that differ in more than their weights, score, order, normalisation, scale and temperature (gate `"
-                                    + other.name().orElse("") + "`)");
+                        // ... and in their jitter (each sequence's rows get the noise of its gate) and, between top-k gates,
+                        // their capacity (each gate its own capacity over the tokens of the sequences it routes)
+                        boolean bothTopK = r.selection() instanceof Router.Selection.TopK && other.selection() instanceof Router.Selection.TopK;
+                        if (!new Router(r.name(), r.score(), r.order(), bothTokenChoice ? r.selection() : other.selection(), r.normalize(), r.scale(), r.bias(),
+                                other.groupLimit(), other.quotaGroups(), r.jitter(), r.temperature(), other.gatingResidual(),
+                                other.recurrentWidth(), other.pregate(), bothTopK ? r.capacity() : other.capacity()).equals(r)) {
+                            unsupported(l, "named gates that differ in more than their weights, score, order, normalisation, scale, temperature, "
+                                    + "expert bias, jitter and (between top-k gates) capacity (gate `" + other.name().orElse("") + "`)");
+                        }
+                        // each gate's own expert bias, balanced over the sequences it routes
+                        if (other.bias().isPresent() && !(other.selection() instanceof Router.Selection.TopK)) {
+                            unsupported(l, "an expert bias on a named gate of other than top-k routing (gate `" + other.name().orElse("") + "`)");
                         }
                         if (gatesDiffer(m) && !tokenChoice(r)) {
                             unsupported(l, "named gates that differ in their score, order, normalisation, scale or temperature with other than top-k or top-p routing");
@@ -322,15 +329,16 @@ final class ModelGenerator {
                     if (m.routers().stream().anyMatch(g -> tokenChoice(g) && gateSlots(g) != most) || anyTopP && anyTopK) {
                         // gates of different k (or max_k), or top-k beside top-p: every token has slots for the largest; a gate
                         // that takes fewer leaves the rest unused, as top-p does
-                        if (!(r.capacity() instanceof Router.Capacity.Dropless) || r.groupLimit().isPresent() || r.quotaGroups().isPresent()) {
+                        if (m.routers().stream().anyMatch(g -> !(g.capacity() instanceof Router.Capacity.Dropless)) || r.groupLimit().isPresent()
+                                || r.quotaGroups().isPresent()) {
                             unsupported(l, "named gates of different top_k or top-p with a capacity factor or expert groups");
                         }
                         for (Router g : m.routers()) {
                             variableK.put(g, most);
                         }
                     }
-                    if (r.bias().isPresent() || r.gatingResidual() || r.recurrentWidth().isPresent() || r.pregate()) {
-                        unsupported(l, "several named gates with an expert bias, a gating residual, a recurrent state or pre-gating");
+                    if (r.gatingResidual() || r.recurrentWidth().isPresent() || r.pregate()) {
+                        unsupported(l, "several named gates with a gating residual, a recurrent state or pre-gating");
                     }
                 }
                 if (r.selection() instanceof Router.Selection.TopP) {
@@ -649,6 +657,11 @@ final class ModelGenerator {
         }
         if (anyGates()) {
             moeState.addField(FieldSpec.builder(int[].class, "gateOf").addJavadoc("several named gates: the gate each sequence of the last forward used\n").build());
+            if (moes.values().stream().anyMatch(ModelGenerator::biasPerGate)) {
+                moeState.addField(FieldSpec.builder(long[].class, "gateStepCounts")
+                        .addJavadoc("named gates with an expert bias: this step's tokens per expert of each gate's sequences [gates, experts], and slots per gate\n").build());
+                moeState.addField(long[].class, "gateStepSlots");
+            }
         }
         if (anyAnneal()) {
             moeState.addField(FieldSpec.builder(TypeName.FLOAT, "temperature").addJavadoc("an annealed router's temperature in the last forward\n").build());
@@ -780,6 +793,12 @@ final class ModelGenerator {
             moeOf(l).ifPresent(m -> {
                 type.addField(FieldSpec.builder(ClassName.bestGuess("MoeState"), "moe" + l.index(), Modifier.PRIVATE, Modifier.FINAL)
                         .initializer("newMoeState($L, $L)", m.routedExperts(), sharedCount(m)).build());
+                if (biasPerGate(m)) {
+                    // each gate's step loads, kept across resizes between micro-batches
+                    type.addInitializerBlock(com.palantir.javapoet.CodeBlock.builder()
+                            .addStatement("moe$L.gateStepCounts = new long[$L]", l.index(), m.routers().size() * m.routedExperts())
+                            .addStatement("moe$L.gateStepSlots = new long[$L]", l.index(), m.routers().size()).build());
+                }
             });
         }
     }
@@ -883,7 +902,7 @@ final class ModelGenerator {
             bySeq.open("for (int slot = b * seq * $L; slot < (b + 1) * seq * $L; slot++)", perToken, perToken);
             bySeq.open("if (keep != null && !keep[slot / $L])", perToken).line("continue").close();
             bySeq.line("int ex = $L.selected[slot]", state);
-            if (capacity(moe.routers().getFirst()) != null || expertChoice(moe.routers().getFirst())) {
+            if (capacity(moe) != null || expertChoice(moe.routers().getFirst())) {
                 bySeq.open("if (ex >= 0 && ex < $L && !$L.dropped[slot])", experts, state).line("counts[ex]++").close();
             } else {
                 bySeq.open("if (ex >= 0 && ex < $L)", experts).line("counts[ex]++").close();
@@ -1153,6 +1172,7 @@ final class ModelGenerator {
                     }
                     if (m.routers().size() > 1) {
                         p.line("moe$L.gateOf = new int[r]", l.index());
+
                     }
                     if (m.routers().getFirst().recurrentWidth().isPresent()) {
                         for (String f : List.of("gruU", "gruPrev", "gruR", "gruZ", "gruN", "gruNh", "gruH")) {
@@ -1899,19 +1919,33 @@ final class ModelGenerator {
         return r.capacity() instanceof Router.Capacity.Factor cf && !expertChoice(r) ? cf : null;
     }
 
+    /** An MoE's token-choice capacity factor: its first gate's, else another named gate's (top-k gates may differ in capacity), or null when all are dropless. */
+    private static Router.Capacity.Factor capacity(Moe m) {
+        return m.routers().stream().map(ModelGenerator::capacity).filter(java.util.Objects::nonNull).findFirst().orElse(null);
+    }
+
+    /** Whether an MoE's named gates differ in capacity: each gate then keeps its own capacity over the rows of its sequences. */
+    private static boolean gatesDifferInCapacity(Moe m) {
+        return m.routers().stream().map(Router::capacity).distinct().count() > 1;
+    }
+
+    /** Whether any gate of an MoE drops over capacity by a seeded random priority. */
+    private static boolean randomDrops(Moe m) {
+        return m.routers().stream().anyMatch(g -> capacity(g) != null && capacity(g).drop() == Router.DropPolicy.RANDOM);
+    }
+
     private static boolean expertChoice(Router r) {
         return r.selection() instanceof Router.Selection.ExpertChoice;
     }
 
     /** Whether any MoE drops slots: a token-choice capacity factor or expert-choice routing. */
     private boolean anyCapacity() {
-        return moes.values().stream().anyMatch(m -> capacity(m.routers().getFirst()) != null || expertChoice(m.routers().getFirst()));
+        return moes.values().stream().anyMatch(m -> capacity(m) != null || expertChoice(m.routers().getFirst()));
     }
 
     /** Whether the step and micro-batch counters are kept: they seed jitter noise and random drop priorities. */
     private boolean anySeeded() {
-        return anyJitter() || moes.values().stream().anyMatch(m -> capacity(m.routers().getFirst()) != null
-                && capacity(m.routers().getFirst()).drop() == Router.DropPolicy.RANDOM);
+        return anyJitter() || moes.values().stream().anyMatch(m -> randomDrops(m));
     }
 
     /** A temperature that moves from its start to its end over the first steps of training (dense to sparse). */
@@ -1946,7 +1980,21 @@ final class ModelGenerator {
     }
 
     private boolean anyJitter() {
-        return moes.values().stream().anyMatch(m -> m.routers().getFirst().jitter() != 0);
+        return moes.values().stream().anyMatch(ModelGenerator::jitters);
+    }
+
+    /** Whether any gate of an MoE jitters its router's input. */
+    private static boolean jitters(Moe m) {
+        return m.routers().stream().anyMatch(g -> g.jitter() != 0);
+    }
+
+    /** Whether an MoE's named gates differ in jitter: each sequence's rows then get the noise of its gate. */
+    private static boolean gatesDifferInJitter(Moe m) {
+        return m.routers().stream().map(Router::jitter).distinct().count() > 1;
+    }
+
+    private boolean anyGatesDifferInJitter() {
+        return moes.values().stream().anyMatch(ModelGenerator::gatesDifferInJitter);
     }
 
     /** Whether the router's scores read a transform of its logits: act(logits) / temperature. */
@@ -1984,7 +2032,19 @@ final class ModelGenerator {
             c.line("$T[] gates = {$L}", PARAMETER, String.join(", ", gateFields(moe, p)));
             c.open("for (int b = 0; b < batch; b++)").line("$L.gateOf[b] = gateOf($L, b)", m, gateNamesConstant(moe)).close();
         }
-        if (r.jitter() != 0) {
+        if (gatesDifferInJitter(moe)) {
+            c.comment("jitter (training forwards only): the router reads its input times uniform noise in [1 - eps, 1 + eps], eps its sequence's gate's ($L)",
+                    String.join(", ", moe.routers().stream().map(g -> g.name().orElseThrow() + " " + g.jitter()).toList()));
+            c.open("if (counting)");
+            c.line("$L.jitterOn = true", m);
+            c.line("jitterOfGates($L, $L, rows, new float[] {$L}, $L)", routerIn, m,
+                    String.join(", ", moe.routers().stream().map(g -> floatLiteral(g.jitter()) + "f").toList()), layer);
+            routerMatmul(c, moe, p, m, m + ".jittered");
+            c.orElse("else");
+            c.line("$L.jitterOn = false", m);
+            routerMatmul(c, moe, p, m, routerIn);
+            c.close();
+        } else if (r.jitter() != 0) {
             c.comment("jitter (training forwards only): the router reads its input times uniform noise in [1 - $L, 1 + $L]", r.jitter(), r.jitter());
             c.open("if (counting)");
             c.line("$L.jitterOn = true", m);
@@ -2012,7 +2072,13 @@ final class ModelGenerator {
             c.comment("gating residual: logits += G · (the pre-softmax logits of layer $L)", prev);
             c.line("addLinear(moe$L.logits, $L.value(), $L.logits, rows, $L, $L)", prev, Names.field(p + ".router.residual"), m, ep, e);
         }
-        c.line("$L($L, $L)", routerMethod(moe), m, r.bias().isPresent() ? Names.field(p + ".router.expert_bias") + ".value()" : "null");
+        if (biasPerGate(moe)) {
+            c.comment("each gate selects with its own expert bias");
+            c.line("$L($L, new float[][] {$L})", routerMethod(moe), m, String.join(", ", moe.routers().stream()
+                    .map(g -> g.bias().isPresent() ? Names.field(p + ".router." + g.name().orElseThrow() + ".expert_bias") + ".value()" : "null").toList()));
+        } else {
+            c.line("$L($L, $L)", routerMethod(moe), m, r.bias().isPresent() ? Names.field(p + ".router.expert_bias") + ".value()" : "null");
+        }
         if (expertChoice(r)) {
             double cf = ((Router.Selection.ExpertChoice) r.selection()).factor();
             c.comment("expert choice: in each sequence, each expert keeps its best ceil($L · n / $L) tokens by probability, n the sequence's kept tokens; the other slots hold key $L and sort last, undispatched",
@@ -2024,8 +2090,57 @@ final class ModelGenerator {
             c.close();
             c.line("$T.sortByExpert($L.slotKey, allSlots, $L, $L.order, $L.offsets)", ROUTING, m, e + 1, m, m);
             c.line("int slots = $L.offsets[$L]", m, e);
-        } else if (capacity(r) != null) {
-            Router.Capacity.Factor cf = capacity(r);
+        } else if (capacity(moe) != null && gatesDifferInCapacity(moe)) {
+            c.comment("named gates of different capacities (training forwards only): each gate's experts keep at most ceil(factor · its kept rows · $L / $L) of the slots of the sequences it routes; the dropped slots hold key $L and sort last, undispatched",
+                    k, e, e);
+            c.line("int allSlots = rows * $L", k);
+            c.open("if (counting)");
+            if (randomDrops(moe)) {
+                c.line("float[] priority = randomPriority(allSlots, $L)", layer);
+            }
+            c.line("boolean[] gateDropped = new boolean[allSlots]");
+            c.line("boolean[] gateRows = new boolean[rows]");
+            for (int g = 0; g < moe.routers().size(); g++) {
+                Router gate = moe.routers().get(g);
+                Router.Capacity.Factor gf = capacity(gate);
+                c.comment("gate $L: $L", gate.name().orElseThrow(), gf == null ? "dropless, its slots kept but for padding" : "capacity factor " + gf.factor() + ", by " + switch (gf.drop()) {
+                    case PROBABILITY -> "highest weight";
+                    case POSITION -> "earliest token";
+                    case RANDOM -> "a seeded random priority";
+                });
+                if (gf == null) {
+                    c.open("for (int i = 0; i < allSlots; i++)");
+                    c.open("if ($L.gateOf[i / $L / seq] == $L)", m, k, g).line("gateDropped[i] = keep != null && !keep[i / $L]", k).close();
+                    c.close();
+                    continue;
+                }
+                c.line("int rowsOfGate$L = 0", g);
+                c.open("for (int t = 0; t < rows; t++)");
+                c.line("gateRows[t] = $L.gateOf[t / seq] == $L && (keep == null || keep[t])", m, g);
+                c.line("rowsOfGate$L += gateRows[t] ? 1 : 0", g);
+                c.close();
+                c.comment("the other gates' rows count as padding here: dropped, competing for no capacity");
+                c.line("dropOverCapacity($L, allSlots, $L, (int) Math.ceil($L * rowsOfGate$L * $L / $L), $L, gateRows, $L)", m, e, gf.factor(), g, k, e,
+                        switch (gf.drop()) {
+                            case PROBABILITY -> m + ".weight";
+                            case POSITION -> "null";
+                            case RANDOM -> "priority";
+                        }, k);
+                c.open("for (int i = 0; i < allSlots; i++)");
+                c.open("if ($L.gateOf[i / $L / seq] == $L)", m, k, g).line("gateDropped[i] = $L.dropped[i]", m).close();
+                c.close();
+            }
+            c.line("System.arraycopy(gateDropped, 0, $L.dropped, 0, allSlots)", m);
+            c.orElse("else");
+            c.open("for (int i = 0; i < allSlots; i++)").line("$L.dropped[i] = keep != null && !keep[i / $L]", m, k).close();
+            c.close();
+            c.open("for (int i = 0; i < allSlots; i++)");
+            c.line("$L.slotKey[i] = $L.dropped[i] ? $L : $L", m, m, e, sl.identity() ? m + ".selected[i]" : slotKeyConstant(moe, sl) + "[" + m + ".selected[i]]");
+            c.close();
+            c.line("$T.sortByExpert($L.slotKey, allSlots, $L, $L.order, $L.offsets)", ROUTING, m, e + 1, m, m);
+            c.line("int slots = $L.offsets[$L]", m, e);
+        } else if (capacity(moe) != null) {
+            Router.Capacity.Factor cf = capacity(moe);
             c.comment("capacity factor $L (training forwards only): each expert keeps at most ceil($L · rows · $L / $L) slots, by $L; the dropped slots hold key $L and sort last, undispatched",
                     cf.factor(), cf.factor(), k, e, switch (cf.drop()) {
                         case PROBABILITY -> "highest weight";
@@ -2099,6 +2214,14 @@ final class ModelGenerator {
         c.close();
         c.open("if (counting)");
         c.line("$L.stepSlots += slots", m);
+        if (biasPerGate(moe)) {
+            c.comment("each gate's loads over the sequences it routes, for its expert bias");
+            c.open("for (int i = 0; i < slots; i++)");
+            c.line("int g = $L.gateOf[$L.order[i] / $L / seq]", m, m, k);
+            c.line("$L.gateStepCounts[g * $L + $L.selected[$L.order[i]]]++", m, e, m, m);
+            c.line("$L.gateStepSlots[g]++", m);
+            c.close();
+        }
         c.close();
         String ffnRows = sl.zeroCompute() ? "ffnRows" : "slots";
         if (sl.zeroCompute()) {
@@ -2763,7 +2886,13 @@ final class ModelGenerator {
     private static boolean gatesDiffer(Moe moe) {
         Router first = moe.routers().getFirst();
         return moe.routers().stream().anyMatch(g -> g.score() != first.score() || g.order() != first.order() || g.normalize() != first.normalize()
-                || g.scale() != first.scale() || !g.selection().equals(first.selection()) || !g.temperature().equals(first.temperature()));
+                || g.scale() != first.scale() || !g.selection().equals(first.selection()) || !g.temperature().equals(first.temperature()))
+                || biasPerGate(moe);
+    }
+
+    /** Several named gates, some with an aux-free expert bias: each gate selects with its own bias buffer, updated from the loads of its sequences. */
+    private static boolean biasPerGate(Moe moe) {
+        return moe.routers().size() > 1 && moe.routers().stream().anyMatch(g -> g.bias().isPresent());
     }
 
     /** The router (and its backward) of an MoE: one method, or with gates that differ one per gate over a sequence's rows and one that picks them. */
@@ -2795,14 +2924,15 @@ final class ModelGenerator {
                 f.orElse(cond, g);
                 b.orElse(cond, g);
             }
-            f.line("$L(m, bias, from, to)", name);
+            f.line("$L(m, $L, from, to)", name, biasPerGate(moe) ? "bias[" + g + "]" : "bias");
             b.line("$LBackward(m, lossScale, from, to)", name);
         }
         f.close().close();
         b.close().close();
         type.addMethod(MethodSpec.methodBuilder(routerMethod(moe)).addModifiers(Modifier.PRIVATE)
                 .addJavadoc("Router of $L: each sequence by its gate's router.\n", moe.name())
-                .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(float[].class, "bias").addCode(f.build()).build());
+                .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(biasPerGate(moe) ? float[][].class : float[].class, "bias")
+                .addCode(f.build()).build());
         type.addMethod(MethodSpec.methodBuilder(routerMethod(moe) + "Backward").addModifiers(Modifier.PRIVATE)
                 .addJavadoc("Backward of {@link #$L}.\n", routerMethod(moe))
                 .addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.FLOAT, "lossScale").addCode(b.build()).build());
@@ -3155,8 +3285,7 @@ final class ModelGenerator {
                     .addParameter(TypeName.INT, "slotsPerToken").addParameter(TypeName.DOUBLE, "factor").addParameter(boolean[].class, "keep")
                     .addCode(c.build()).build());
         }
-        if (anySeeded() && moes.values().stream().anyMatch(m -> capacity(m.routers().getFirst()) != null
-                && capacity(m.routers().getFirst()).drop() == Router.DropPolicy.RANDOM)) {
+        if (anySeeded() && moes.values().stream().anyMatch(m -> randomDrops(m))) {
             Code c = new Code();
             c.line("$T rng = new $T((step * 0x9E3779B97F4A7C15L + microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L) ^ 0x5DEECE66DL)",
                     INIT.nestedClass("SplitMix"), INIT.nestedClass("SplitMix"));
@@ -3179,6 +3308,21 @@ final class ModelGenerator {
                     .addJavadoc("Router input jitter: noise uniform in [1 - eps, 1 + eps], seeded by the step, the micro-batch and the layer.\n")
                     .addParameter(float[].class, "x").addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "rows")
                     .addParameter(TypeName.FLOAT, "eps").addParameter(TypeName.INT, "layer").addCode(c.build()).build());
+        }
+        if (anyGatesDifferInJitter()) {
+            Code c = new Code();
+            c.comment("the same draws as jitter(): a gate of eps 0 gets noise exactly 1, its rows read the router's input unchanged");
+            c.line("$T rng = new $T(step * 0x9E3779B97F4A7C15L + microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L)", INIT.nestedClass("SplitMix"),
+                    INIT.nestedClass("SplitMix"));
+            c.open("for (int i = 0; i < rows * DIM; i++)");
+            c.line("float eps = epsOfGate[m.gateOf[i / DIM / seq]]");
+            c.line("m.noise[i] = (float) (1 - eps + 2 * eps * rng.nextDouble())");
+            c.line("m.jittered[i] = x[i] * m.noise[i]");
+            c.close();
+            type.addMethod(MethodSpec.methodBuilder("jitterOfGates").addModifiers(Modifier.PRIVATE)
+                    .addJavadoc("Router input jitter of named gates that differ in it: each sequence's rows get noise uniform in [1 - eps, 1 + eps] of its gate's eps.\n")
+                    .addParameter(float[].class, "x").addParameter(ClassName.bestGuess("MoeState"), "m").addParameter(TypeName.INT, "rows")
+                    .addParameter(float[].class, "epsOfGate").addParameter(TypeName.INT, "layer").addCode(c.build()).build());
         }
         if (anyGates()) {
             Code c = new Code();
@@ -3488,7 +3632,7 @@ final class ModelGenerator {
         Ffn f = routedFfn(moe);
         Slots sl = slotsByPrefix.get(p);
         int nf = sl.ffn();
-        if (capacity(r) != null || expertChoice(r)) {
+        if (capacity(moe) != null || expertChoice(r)) {
             c.comment("$L: the dispatched (kept) slots; the dropped ones get no weight gradient", expertChoice(r) ? "expert choice" : "capacity factor");
             c.line("int slots = $L.offsets[$L]", m, e);
         } else if (topP(r)) {
@@ -3526,7 +3670,7 @@ final class ModelGenerator {
             }
         }
         // after the shared experts: a sigmoid gate's backward uses dWeight as scratch
-        if (capacity(r) != null || expertChoice(r) || topP(r)) {
+        if (capacity(moe) != null || expertChoice(r) || topP(r)) {
             c.line("$T.fill($L.dWeight, 0, rows * $L, 0f)", ARRAYS, m, k);
         } else {
             c.open("if (keep != null)").line("$T.fill($L.dWeight, 0, rows * $L, 0f)", ARRAYS, m, k).close();
@@ -3610,7 +3754,7 @@ final class ModelGenerator {
         }
         String routerIn = r.pregate() ? "embedded" : in;
         String dRouterIn = r.pregate() ? "dEmbedded" : dIn;
-        if (r.jitter() != 0) {
+        if (jitters(moe)) {
             c.open("if ($L.jitterOn)", m);
             c.comment("the router read the jittered input: d(input) += (dLogits · W) ⊙ noise");
             c.line("$T.zero($L.dJittered, rows * DIM)", ELEMENTWISE, m);
@@ -3686,6 +3830,10 @@ final class ModelGenerator {
         for (RoutedState rs : routedStates()) {
             begin.line("$T.fill($L.stepCounts, 0L)", ARRAYS, rs.state());
             begin.line("$L.stepSlots = 0", rs.state());
+            if (biasPerGate(rs.moe())) {
+                begin.line("$T.fill($L.gateStepCounts, 0L)", ARRAYS, rs.state());
+                begin.line("$T.fill($L.gateStepSlots, 0L)", ARRAYS, rs.state());
+            }
         }
         if (anySeeded()) {
             begin.line("microBatch = 0");
@@ -3704,6 +3852,24 @@ final class ModelGenerator {
         for (Layer l : model.layers()) {
             moeOf(l).ifPresent(m -> {
                 Router r = m.routers().getFirst();
+                if (biasPerGate(m)) {
+                    int e = m.routedExperts();
+                    for (int g = 0; g < m.routers().size(); g++) {
+                        Router gate = m.routers().get(g);
+                        if (gate.bias().isEmpty()) {
+                            continue;
+                        }
+                        String bias = Names.field("layers." + l.index() + ".moe.router." + gate.name().orElseThrow() + ".expert_bias");
+                        end.comment("layer $L, gate $L: aux-free balancing over the sequences it routed, bias += rate * sign(mean load - load)", l.index(),
+                                gate.name().orElseThrow());
+                        end.line("double mean$LGate$L = (double) moe$L.gateStepSlots[$L] / $L", l.index(), g, l.index(), g, e);
+                        end.open("for (int ex = 0; ex < $L; ex++)", e);
+                        end.line("$L.value()[ex] += $Lf * (float) Math.signum(mean$LGate$L - moe$L.gateStepCounts[$L + ex])", bias,
+                                floatLiteral(gate.bias().get().rate()), l.index(), g, l.index(), g * e);
+                        end.close();
+                    }
+                    return;
+                }
                 if (r.bias().isEmpty()) {
                     return;
                 }
@@ -3728,6 +3894,9 @@ final class ModelGenerator {
             int n = 0;
             for (RoutedState rs : routed) {
                 n += rs.moe().routedExperts() + 1;
+                if (biasPerGate(rs.moe())) {
+                    n += rs.moe().routers().size() * (rs.moe().routedExperts() + 1L);
+                }
             }
             get.line("long[] out = new long[$L]", n);
             set.open("if (loads.length != $L)", n)
@@ -3742,6 +3911,15 @@ final class ModelGenerator {
                 set.line("$T.arraycopy(loads, $L, $L.stepCounts, 0, $L)", System.class, at, rs.state(), e);
                 set.line("$L.stepSlots = loads[$L]", rs.state(), at + e);
                 at += e + 1;
+                if (biasPerGate(rs.moe())) {
+                    int gates = rs.moe().routers().size();
+                    get.comment("layer $L: each gate's tokens per expert, then its slots", rs.layer());
+                    get.line("$T.arraycopy($L.gateStepCounts, 0, out, $L, $L)", System.class, rs.state(), at, gates * e);
+                    get.line("$T.arraycopy($L.gateStepSlots, 0, out, $L, $L)", System.class, rs.state(), at + gates * e, gates);
+                    set.line("$T.arraycopy(loads, $L, $L.gateStepCounts, 0, $L)", System.class, at, rs.state(), gates * e);
+                    set.line("$T.arraycopy(loads, $L, $L.gateStepSlots, 0, $L)", System.class, at + gates * e, rs.state(), gates);
+                    at += gates * (e + 1);
+                }
             }
             get.line("return out");
             type.addMethod(MethodSpec.methodBuilder("stepLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)

@@ -331,6 +331,54 @@ class Float64GradientTest {
                   layers 2 { all: attention, m }
                 }
                 """,
+                // named gates of different capacities: each gate's experts keep their own share of its sequences' slots
+                header + """
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 4 x swiglu(hidden: 5)
+                    router text { top_k 2  capacity factor(0.5, drop: probability) }
+                    router code { score sigmoid  top_k 2  normalize true  capacity factor(1.0, drop: position) }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // a dropless gate beside one dropping by a seeded random priority, with a zero expert
+                header + """
+                  moe m {
+                    routed 4 x gelu(hidden: 5)
+                    routed 1 x zero
+                    router text { top_k 2 }
+                    router code { top_k 2  capacity factor(0.5, drop: random) }
+                    balance aux(coef: 0.1, scope: sequence)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // named gates that differ in their expert bias: each selects with its own buffer (the sigmoid gate has none)
+                header + """
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router text { top_k 2  bias aux_free(rate: 0.01) }
+                    router code { score sigmoid  top_k 2  normalize true }
+                    router math { top_k 2  bias aux_free(rate: 0.02)  capacity factor(0.75) }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // named gates that differ in jitter (seeded by the step, the micro-batch and the layer), one of them none
+                header + """
+                  moe m {
+                    routed 4 x swiglu(hidden: 5)
+                    router text { top_k 2  normalize true }
+                    router code { top_k 2  normalize true  jitter 0.3 }
+                    balance aux(coef: 0.1)
+                    balance z_loss(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
                 // two top-p gates of different p and max_k beside a zero expert
                 header + """
                   moe m {

@@ -87,6 +87,187 @@ class NamedGatesTest {
         }
     }
 
+    /**
+     * Gates of different capacities: over the sequences each gate routes, every expert holds at most
+     * ceil(factor · the gate's rows · k / experts) slots, the dropless gate drops none, and the tight
+     * gate's drops are the slots missing from its loads (with a padding mask too).
+     */
+    @Test
+    void eachGateKeepsItsOwnCapacityOverTheSequencesItRoutes() {
+        int k = 2;
+        int experts = 6;
+        String text = """
+                model R {
+                  vocab 13  context 8  dim 8  heads 2
+                  moe m {
+                    routed 6 x swiglu(hidden: 4)
+                    router tight { top_k 2  capacity factor(0.5, drop: %s) }
+                    router roomy { top_k 2  capacity factor(1.5, drop: probability) }
+                    router free { top_k 2 }
+                    balance aux(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """;
+        List<String> gates = List.of("tight", "roomy", "free");
+        for (String policy : List.of("position", "probability", "random")) {
+            TrainableModel m = Generated.instantiate(Generated.model(text.formatted(policy)));
+            m.initialize(3);
+            dev.moe.runtime.Init.SplitMix rng = new dev.moe.runtime.Init.SplitMix(11);
+            int tightDrops = 0;
+            for (int c = 0; c < 200; c++) {
+                int batch = 1 + (int) Long.remainderUnsigned(rng.nextLong(), 4);
+                int seq = 1 + (int) Long.remainderUnsigned(rng.nextLong(), 8);
+                int rows = batch * seq;
+                List<String> domains = new java.util.ArrayList<>();
+                for (int b = 0; b < batch; b++) {
+                    domains.add(gates.get((int) Long.remainderUnsigned(rng.nextLong(), 3)));
+                }
+                boolean[] keep = new boolean[rows];
+                for (int t = 0; t < rows; t++) {
+                    keep[t] = c % 2 == 0 || Long.remainderUnsigned(rng.nextLong(), 4) != 0;
+                }
+                int[] in = new int[rows];
+                for (int t = 0; t < rows; t++) {
+                    in[t] = (int) Long.remainderUnsigned(rng.nextLong(), 13);
+                }
+                m.setDomains(domains);
+                m.setTraining(true);
+                keep[0] = true;
+                m.setMask(c % 2 == 0 ? null : keep);
+                m.beginStep();
+                m.forward(in, in, batch, seq);
+                int[][][] bySeq = m.expertLoadsBySequence();
+                for (int l = 0; l < bySeq.length; l++) {
+                    for (String gate : gates) {
+                        int[] load = new int[experts];
+                        int keptRows = 0;
+                        for (int b = 0; b < batch; b++) {
+                            if (domains.get(b).equals(gate)) {
+                                for (int e = 0; e < experts; e++) {
+                                    load[e] += bySeq[l][b][e];
+                                }
+                                for (int t = b * seq; t < (b + 1) * seq; t++) {
+                                    keptRows += keep[t] || c % 2 == 0 ? 1 : 0;
+                                }
+                            }
+                        }
+                        int total = java.util.Arrays.stream(load).sum();
+                        String what = policy + " case " + c + " layer " + l + " gate " + gate + ": loads " + java.util.Arrays.toString(load);
+                        switch (gate) {
+                            case "free" -> assertThat(total).isEqualTo(keptRows * k);
+                            default -> {
+                                int capacity = (int) Math.ceil((gate.equals("tight") ? 0.5 : 1.5) * keptRows * k / experts);
+                                for (int x : load) {
+                                    org.junit.jupiter.api.Assertions.assertTrue(x <= capacity, what + ", capacity " + capacity);
+                                }
+                                // slots are dropped only where an expert is full
+                                int dropped = keptRows * k - total;
+                                org.junit.jupiter.api.Assertions.assertTrue(dropped >= 0, what);
+                                if (dropped > 0) {
+                                    org.junit.jupiter.api.Assertions.assertTrue(java.util.Arrays.stream(load).anyMatch(x -> x == capacity), what);
+                                }
+                                if (gate.equals("tight")) {
+                                    tightDrops += dropped;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // the tight gate's experts hold half the slots: it must have dropped
+            assertThat(tightDrops).isGreaterThan(200);
+        }
+    }
+
+    /**
+     * Gates with their own expert bias: a step's update moves each biased gate's bias by rate · sign(mean
+     * load - load) over the loads of the sequences it routed, leaves a gate that routed nothing (and the
+     * one without a bias) alone, and over steps balances the gate's loads.
+     */
+    @Test
+    void eachGatesBiasBalancesTheLoadsOfItsOwnSequences() {
+        String text = """
+                model R {
+                  vocab 13  context 8  dim 8  heads 2
+                  moe m {
+                    routed 6 x swiglu(hidden: 4)
+                    router skewed { top_k 2  bias aux_free(rate: 0.001) }
+                    router plain { top_k 2 }
+                    router idle { top_k 2  bias aux_free(rate: 0.05) }
+                    balance aux(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """;
+        int experts = 6;
+        TrainableModel m = Generated.instantiate(Generated.model(text));
+        m.initialize(7);
+        // a skewed start: the skewed gate's bias sends every token to experts 0 and 1
+        for (Parameter p : m.parameters()) {
+            if (p.name().endsWith("router.skewed.expert_bias")) {
+                p.value()[p.offset()] = 0.05f;
+                p.value()[p.offset() + 1] = 0.05f;
+            }
+        }
+        int batch = 8;
+        int seq = 8;
+        int[] in = new int[batch * seq];
+        for (int t = 0; t < in.length; t++) {
+            in[t] = (t * 7 + 3) % 13;
+        }
+        List<String> domains = List.of("skewed", "plain", "skewed", "plain", "skewed", "plain", "skewed", "plain");
+        m.setDomains(domains);
+        m.setTraining(true);
+        int[] moeLayers = m.moeLayers();
+        double firstSpread = -1;
+        double lastSpread = 0;
+        for (int step = 0; step < 300; step++) {
+            float[][] before = new float[moeLayers.length * 3][];
+            for (int l = 0; l < moeLayers.length; l++) {
+                for (int g = 0; g < 3; g++) {
+                    String name = "layers." + moeLayers[l] + ".moe.router." + List.of("skewed", "plain", "idle").get(g) + ".expert_bias";
+                    before[3 * l + g] = m.parameters().stream().anyMatch(p -> p.name().equals(name)) ? find(m, name).values() : null;
+                }
+            }
+            m.beginStep();
+            m.forward(in, in, batch, seq);
+            int[][][] bySeq = m.expertLoadsBySequence();
+            m.endStep();
+            double spread = 0;
+            for (int l = 0; l < moeLayers.length; l++) {
+                long[] load = new long[experts];
+                long slots = 0;
+                for (int b = 0; b < batch; b++) {
+                    if (domains.get(b).equals("skewed")) {
+                        for (int e = 0; e < experts; e++) {
+                            load[e] += bySeq[l][b][e];
+                            slots += bySeq[l][b][e];
+                        }
+                    }
+                }
+                double mean = (double) slots / experts;
+                float[] now = find(m, "layers." + moeLayers[l] + ".moe.router.skewed.expert_bias").values();
+                for (int e = 0; e < experts; e++) {
+                    assertThat(now[e]).isEqualTo(before[3 * l][e] + 0.001f * (float) Math.signum(mean - load[e]));
+                    spread += Math.abs(load[e] - mean);
+                }
+                // the idle gate routed no sequence: its bias stays; the plain gate has none
+                assertThat(find(m, "layers." + moeLayers[l] + ".moe.router.idle.expert_bias").values()).isEqualTo(before[3 * l + 2]);
+                assertThat(before[3 * l + 1]).isNull();
+            }
+            if (step == 0) {
+                firstSpread = spread;
+            }
+            if (step >= 250) {
+                lastSpread += spread / 50;
+            }
+        }
+        // the skewed gate started unbalanced (every slot on two experts), and its own bias balanced it
+        assertThat(firstSpread).isGreaterThan(80.0);
+        assertThat(lastSpread).isLessThan(firstSpread / 3);
+    }
+
     @org.junit.jupiter.api.io.TempDir
     java.nio.file.Path dir;
 

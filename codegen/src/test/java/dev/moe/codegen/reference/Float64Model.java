@@ -81,8 +81,7 @@ public final class Float64Model {
                 moes.add(m.moe());
             }
             for (Moe m : moes) {
-                Router r = m.routers().getFirst();
-                if (r.jitter() != 0) {
+                if (m.routers().size() == 1 && m.routers().getFirst().jitter() != 0) {
                     return java.util.Optional.of("layer " + l.index() + ": jitter");
                 }
                 if (m.losses().stream().anyMatch(x -> x instanceof Loss.Device)) {
@@ -637,6 +636,18 @@ public final class Float64Model {
             if (moe.routers().size() > 1) {
                 // several named gates (equal but for their weights): each sequence's tokens read the gate of its domain
                 logits = new double[rows][];
+                // named gates with jitter: the generated models' seeded noise, uniform in [1 - eps, 1 + eps] of each sequence's gate
+                double[][] routerIn = x;
+                if (moe.routers().stream().anyMatch(g -> g.jitter() != 0)) {
+                    Init.SplitMix rng = new Init.SplitMix(step.step * 0x9E3779B97F4A7C15L + step.microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L);
+                    routerIn = new double[rows][dim];
+                    for (int t = 0; t < rows; t++) {
+                        double eps = (float) gateOf(moe, t / seq).jitter();
+                        for (int i = 0; i < dim; i++) {
+                            routerIn[t][i] = x[t][i] * (float) (1 - eps + 2 * eps * rng.nextDouble());
+                        }
+                    }
+                }
                 for (int t = 0; t < rows; t++) {
                     int b = t / seq;
                     String gate = moe.routers().getFirst().name().orElseThrow();
@@ -645,7 +656,7 @@ public final class Float64Model {
                             gate = domains.get(b);
                         }
                     }
-                    logits[t] = row(x[t], w(p + ".router." + gate + ".weight"), e, dim);
+                    logits[t] = row(routerIn[t], w(p + ".router." + gate + ".weight"), e, dim);
                 }
             } else {
                 logits = linear(r.pregate() ? embedded : x, p + ".router.weight");
@@ -673,7 +684,7 @@ public final class Float64Model {
                     }
                 }
             }
-            double[] bias = r.bias().isPresent() ? w(p + ".router.expert_bias") : new double[e];
+            double[] bias = r.bias().isPresent() && moe.routers().size() == 1 ? w(p + ".router.expert_bias") : new double[e];
 
             // gates of different top_k or top-p max_k: slots for the largest; a gate that takes fewer leaves the rest unused
             int most = moe.routers().stream().mapToInt(g -> switch (g.selection()) {
@@ -719,8 +730,11 @@ public final class Float64Model {
                 }
                 probs[t] = pr;
                 double[] sel = new double[e];
+                // several named gates: each its own expert bias, or none
+                double[] biasOfRow = moe.routers().size() == 1 ? bias
+                        : rt.bias().isPresent() ? w(p + ".router." + rt.name().orElseThrow() + ".expert_bias") : new double[e];
                 for (int ex = 0; ex < e; ex++) {
-                    sel[ex] = (topkFirst ? z[ex] : pr[ex]) + bias[ex];
+                    sel[ex] = (topkFirst ? z[ex] : pr[ex]) + biasOfRow[ex];
                 }
                 int[] chosen = select(rt, sel, pr, rt.selection() instanceof Router.Selection.TopK tk ? tk.k() : k, e);
                 used[t] = chosen.length;
@@ -766,6 +780,43 @@ public final class Float64Model {
                         }
                         idx.sort(Comparator.<Integer>comparingDouble(s -> -weight[s]).thenComparingInt(s -> s));
                         keep(idx, cap, dropped, s -> weight[s]);
+                    }
+                }
+            } else if (moe.routers().stream().map(Router::capacity).distinct().count() > 1) {
+                // named gates of different capacities: each gate's experts keep at most ceil(factor · its rows · k / e) of its sequences' slots
+                for (Router g : moe.routers()) {
+                    if (!(g.capacity() instanceof Router.Capacity.Factor cf)) {
+                        continue;
+                    }
+                    int gateRows = 0;
+                    for (int t = 0; t < rows; t++) {
+                        gateRows += gateOf[t] == g ? 1 : 0;
+                    }
+                    int cap = (int) Math.ceil(cf.factor() * gateRows * k / e);
+                    double[] priority = switch (cf.drop()) {
+                        case PROBABILITY -> weight;
+                        case POSITION -> null;
+                        case RANDOM -> randomPriority(rows * k, layer);
+                    };
+                    for (int ex = 0; ex < e; ex++) {
+                        List<Integer> idx = new ArrayList<>();
+                        for (int s = 0; s < rows * k; s++) {
+                            if (selected[s] == ex && gateOf[s / k] == g) {
+                                idx.add(s);
+                            }
+                        }
+                        if (idx.size() <= cap) {
+                            continue;
+                        }
+                        if (priority != null) {
+                            idx.sort(Comparator.<Integer>comparingDouble(s -> -priority[s]).thenComparingInt(s -> s));
+                        }
+                        for (int j = cap; j < idx.size(); j++) {
+                            dropped[idx.get(j)] = true;
+                        }
+                        if (cf.drop() == Router.DropPolicy.PROBABILITY) {
+                            gap(priority[idx.get(cap - 1)] - priority[idx.get(cap)]);
+                        }
                     }
                 }
             } else if (r.capacity() instanceof Router.Capacity.Factor cf) {
@@ -1015,6 +1066,16 @@ public final class Float64Model {
         }
 
         /** The generated models' random drop priorities: SplitMix64 seeded by the step, the micro-batch and the layer. */
+        /** The gate of sequence b: the one named after its domain, else the first. */
+        Router gateOf(Moe moe, int b) {
+            for (Router g : moe.routers()) {
+                if (b < domains.size() && g.name().orElseThrow().equals(domains.get(b))) {
+                    return g;
+                }
+            }
+            return moe.routers().getFirst();
+        }
+
         double[] randomPriority(int slots, int layer) {
             Init.SplitMix rng = new Init.SplitMix((step.step * 0x9E3779B97F4A7C15L + step.microBatch * 0xC2B2AE3D27D4EB4FL
                     + layer * 0x165667B19E3779F9L) ^ 0x5DEECE66DL);
