@@ -67,9 +67,10 @@ final class ModelGenerator {
     record LatentGroup(String downField, int rank) {}
 
     /** MoLA LoRA experts, by MoE parameter prefix: the group's frozen base FFN's parameter prefix and the expert. */
-    private final Map<String, LoraGroup> loraByPrefix = new LinkedHashMap<>();
+    private final Map<String, List<LoraGroup>> loraByPrefix = new LinkedHashMap<>();
 
-    record LoraGroup(String base, Expert.Lora lora) {}
+    /** A LoRA group: its frozen base's prefix, its first routed slot, its expert count and its place among the MoE's LoRA groups. */
+    record LoraGroup(String base, Expert.Lora lora, int firstSlot, int count, int index) {}
 
     /** MoEs of routed groups of different kinds or shapes: the groups that run on their own weights, not packed. */
     private final Map<String, List<OwnGroup>> mixedByPrefix = new LinkedHashMap<>();
@@ -249,19 +250,23 @@ final class ModelGenerator {
                 Ffn routed = null;
                 String prefix = "layers." + l.index() + ".moe";
                 int groupIndex = -1;
+                int slotsBefore = 0; // routed slots of the groups before this one
                 boolean anyRoutedFfn = false;
                 boolean anyLatent = false;
                 for (ExpertGroup g : m.groups()) {
                     groupIndex++;
+                    int firstSlot = slotsBefore;
+                    if (g.role() == ExpertGroup.Role.ROUTED) {
+                        slotsBefore += g.count();
+                    }
                     if (g.role() == ExpertGroup.Role.ROUTED && g.expert().zeroCompute()) {
                         continue; // zero, copy and constant experts: loops over their slots
                     }
                     if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Lora lo) {
-                        // MoLA: one LoRA group over a frozen base FFN; beside other computing experts it runs after them
-                        if (loraByPrefix.containsKey(prefix)) {
-                            unsupported(l, "several LoRA groups in one MoE");
-                        }
-                        loraByPrefix.put(prefix, new LoraGroup(prefix + ".group" + groupIndex + ".base", lo));
+                        // MoLA: each LoRA group over its own frozen base FFN; beside other computing experts (or another
+                        // LoRA group) each runs after them, on its own keys and its own buffers
+                        List<LoraGroup> loras = loraByPrefix.computeIfAbsent(prefix, x -> new ArrayList<>());
+                        loras.add(new LoraGroup(prefix + ".group" + groupIndex + ".base", lo, firstSlot, g.count(), loras.size()));
                         maxHidden = Math.max(maxHidden, lo.base().hidden());
                         maxActivationPerRow = Math.max(maxActivationPerRow, lo.base().hidden());
                         if (!mixedGroups(m)) {
@@ -687,9 +692,13 @@ final class ModelGenerator {
             moeState.addField(FieldSpec.builder(float[].class, "loraA").addJavadoc("LoRA experts: per slot x·Aᵀ of gate, up, down [3, slots, rank]; B·(x·Aᵀ) of gate, up [2, slots, hidden]; the token's hidden row; the base's output; gradients\n").build());
             moeState.addField(float[].class, "loraB").addField(float[].class, "loraH").addField(float[].class, "loraBase").addField(float[].class, "dLoraA")
                     .addField(float[].class, "dLoraB");
-            if (loraByPrefix.keySet().stream().anyMatch(mixedByPrefix::containsKey)) {
+            if (loraByPrefix.keySet().stream().anyMatch(mixedByPrefix::containsKey) || severalLoraGroups()) {
                 moeState.addField(FieldSpec.builder(float[].class, "loraGate").addJavadoc("LoRA experts beside other computing experts: the base's own pre-activations and activations [rows, hidden]\n").build());
                 moeState.addField(float[].class, "loraUp").addField(float[].class, "loraAct");
+            }
+            if (severalLoraGroups()) {
+                moeState.addField(FieldSpec.builder(float[][][].class, "loraOfGroup")
+                        .addJavadoc("several LoRA groups: each group's own buffers, in the order of {@link #useLora}; the fields above point at the group running\n").build());
             }
         }
         if (anyConstantExpert()) {
@@ -1129,8 +1138,11 @@ final class ModelGenerator {
                     int k = slotsPerToken(m.routers().getFirst());
                     Ffn e = routedFfn(m);
                     p.line("sizeMoe(moe$L, r, $L, $L, $L)", l.index(), m.routedExperts(), k, e == null ? 0 : e.hidden());
-                    LoraGroup lo = loraByPrefix.get("layers." + l.index() + ".moe");
-                    if (lo != null) {
+                    List<LoraGroup> loras = loraByPrefix.getOrDefault("layers." + l.index() + ".moe", List.of());
+                    if (loras.size() > 1) {
+                        p.line("moe$L.loraOfGroup = new float[$L][][]", l.index(), loras.size());
+                    }
+                    for (LoraGroup lo : loras) {
                         int rk = lo.lora().rank();
                         int hd = lo.lora().base().hidden();
                         p.line("moe$L.loraA = new float[3 * r * $L * $L]", l.index(), k, rk);
@@ -1139,10 +1151,14 @@ final class ModelGenerator {
                         p.line("moe$L.loraH = new float[r * $L * $L]", l.index(), k, hd);
                         p.line("moe$L.dLoraB = new float[r * $L * $L]", l.index(), k, hd);
                         p.line("moe$L.loraBase = new float[r * DIM]", l.index());
-                        if (mixedByPrefix.containsKey("layers." + l.index() + ".moe")) {
+                        if (mixedByPrefix.containsKey("layers." + l.index() + ".moe") || loras.size() > 1) {
                             for (String b : lo.lora().base().activation().gated() ? List.of("loraGate", "loraUp", "loraAct") : List.of("loraUp", "loraAct")) {
                                 p.line("moe$L.$L = new float[r * $L]", l.index(), b, hd);
                             }
+                        }
+                        if (loras.size() > 1) {
+                            p.line("moe$L.loraOfGroup[$L] = new float[][] {$L}", l.index(), lo.index(), String.join(", ", LORA_BUFFERS.stream()
+                                    .map(b -> "moe" + l.index() + "." + b).toList()));
                         }
                     }
                     LatentGroup lg = latentByPrefix.get("layers." + l.index() + ".moe");
@@ -2230,7 +2246,7 @@ final class ModelGenerator {
         }
         boolean loraAlone = loraByPrefix.containsKey(p) && !mixedGroups(moe);
         if (loraAlone) {
-            c.add(loraForward(p, m, loraByPrefix.get(p), sl, nf, in, ffnRows).build());
+            c.add(loraForward(p, m, loraByPrefix.get(p).getFirst(), sl, nf, in, ffnRows).build());
         } else if (sl.packed() > 0) {
             int np = sl.packed();
             String packedRows = np == nf ? ffnRows : "packedRows";
@@ -2267,7 +2283,13 @@ final class ModelGenerator {
             c.add(ownGroupForward(p, m, g, sl, in).build());
         }
         if (loraByPrefix.containsKey(p) && !loraAlone) {
-            c.add(loraForward(p, m, loraByPrefix.get(p), sl, loraCount(sl), in, ffnRows).build());
+            for (LoraGroup lo : loraByPrefix.get(p)) {
+                useLora(c, m, p, lo);
+                c.add(loraForward(p, m, lo, sl, lo.count(), in, ffnRows).build());
+                if (loraByPrefix.get(p).size() > 1) {
+                    c.close();
+                }
+            }
         }
         zeroComputeRuns(sl, (from, to, x) -> {
             String rows = m + ".offsets[" + from + "], " + m + ".offsets[" + to + "]";
@@ -2293,8 +2315,13 @@ final class ModelGenerator {
         c.comment("combine: out[token] = Σ weight · expert output");
         c.line("$T.zero($L, rows * DIM)", ELEMENTWISE, out);
         c.line("backend.scatterAddRows($L.ys, $L.tokenOfRow, $L.weightOfRow, slots, DIM, $L)", m, m, m, out);
-        if (loraByPrefix.containsKey(p)) {
-            c.line("$T.addInPlace($L, $L.loraBase, rows * DIM)", ELEMENTWISE, out, m);
+        for (LoraGroup lo : loraByPrefix.getOrDefault(p, List.of())) {
+            if (loraByPrefix.get(p).size() > 1) {
+                c.comment("LoRA group $L's frozen base output", lo.index());
+                c.line("$T.addInPlace($L, $L.loraOfGroup[$L][$L], rows * DIM)", ELEMENTWISE, out, m, lo.index(), LORA_BUFFERS.indexOf("loraBase"));
+            } else {
+                c.line("$T.addInPlace($L, $L.loraBase, rows * DIM)", ELEMENTWISE, out, m);
+            }
         }
         int s = 0;
         for (ExpertGroup g : moe.groups()) {
@@ -2556,18 +2583,27 @@ final class ModelGenerator {
         return c;
     }
 
-    private static int loraCount(Slots sl) {
-        return (int) sl.experts().stream().filter(x -> x instanceof Expert.Lora).count();
+    /** A LoRA group's buffers in {@code loraOfGroup}, in this order. */
+    private static final List<String> LORA_BUFFERS = List.of("loraA", "loraB", "loraH", "loraBase", "dLoraA", "dLoraB", "loraGate", "loraUp", "loraAct");
+
+    private boolean severalLoraGroups() {
+        return loraByPrefix.values().stream().anyMatch(g -> g.size() > 1);
     }
 
-    /** The LoRA experts' first dispatch key: 0, or after the other computing experts' keys when it sits beside them. */
-    private static int loraFirstKey(Slots sl) {
-        for (int j = 0; j < sl.experts().size(); j++) {
-            if (sl.experts().get(j) instanceof Expert.Lora) {
-                return sl.key()[j];
-            }
+    /**
+     * Several LoRA groups in one MoE: point the MoE's LoRA buffers at this group's own and open a block
+     * for its locals (closed by the caller); one group uses the buffers as they are.
+     */
+    private void useLora(Code c, String m, String p, LoraGroup lo) {
+        if (loraByPrefix.get(p).size() == 1) {
+            return;
         }
-        throw new IllegalStateException("no LoRA experts");
+        c.comment("LoRA group $L: its own base copy, keys and buffers", lo.index());
+        c.open("");
+        c.line("float[][] own = $L.loraOfGroup[$L]", m, lo.index());
+        for (int i = 0; i < LORA_BUFFERS.size(); i++) {
+            c.line("$L.$L = own[$L]", m, LORA_BUFFERS.get(i), i);
+        }
     }
 
     /** In a loop over the LoRA experts (ex): the first row {@code o} and the count {@code n} of expert ex's rows. */
@@ -2579,8 +2615,8 @@ final class ModelGenerator {
         }
     }
 
-    private String loraArray(Code c, String p, Slots sl, int experts, String proj) {
-        int first = loraFirstKey(sl);
+    private String loraArray(Code c, String p, Slots sl, LoraGroup lo, int experts, String proj) {
+        int first = sl.key()[lo.firstSlot()];
         List<String> names = new ArrayList<>();
         for (int j = 0; j < experts; j++) {
             // by dispatch key: the LoRA experts' slots among zero-computation ones (after the other computing experts' keys)
@@ -2597,8 +2633,8 @@ final class ModelGenerator {
      */
     private Code loraForward(String p, String m, LoraGroup lo, Slots sl, int e, String in, String ffnRows) {
         Code c = new Code();
-        int first = loraFirstKey(sl);
-        LoraBuffers rows = loraBuffers(c, m, first, e, ffnRows);
+        int first = sl.key()[lo.firstSlot()];
+        LoraBuffers rows = loraBuffers(c, m, first, e, ffnRows, loraByPrefix.get(p).size() > 1);
         boolean own = rows.own();
         String gt = rows.gate(), ut = rows.up(), at = rows.act(), from = rows.from(), until = rows.until();
         Ffn f = lo.lora().base();
@@ -2618,8 +2654,8 @@ final class ModelGenerator {
         List<String> projs = gated ? List.of("gate", "up") : List.of("up");
         for (int q = 0; q < projs.size(); q++) {
             String proj = projs.get(q);
-            String a = loraArray(c, p, sl, e, proj + "_a");
-            String b = loraArray(c, p, sl, e, proj + "_b");
+            String a = loraArray(c, p, sl, lo, e, proj + "_a");
+            String b = loraArray(c, p, sl, lo, e, proj + "_b");
             c.open("for (int ex = 0; ex < $L; ex++)", e);
             loraRows(c, m, first);
             c.line("backend.matmul($L.xs, o * DIM, $L[ex].value(), 0, $L.loraA, $L * slots * $L + o * $L, n, DIM, $L)", m, a, m, q, r, r, r);
@@ -2640,8 +2676,8 @@ final class ModelGenerator {
         }
         c.line("backend.matmul($L, 0, $L.value(), 0, $L.loraBase, 0, rows, $L, DIM)", at, wd, m, h);
         c.line("backend.gatherRows($L, $L.tokenOfRow, $L, $L, $L.loraH)", at, m, ffnRows, h, m);
-        String a = loraArray(c, p, sl, e, "down_a");
-        String b = loraArray(c, p, sl, e, "down_b");
+        String a = loraArray(c, p, sl, lo, e, "down_a");
+        String b = loraArray(c, p, sl, lo, e, "down_b");
         c.open("for (int ex = 0; ex < $L; ex++)", e);
         loraRows(c, m, first);
         c.line("backend.matmul($L.loraH, o * $L, $L[ex].value(), 0, $L.loraA, 2 * slots * $L + o * $L, n, $L, $L)", m, h, a, m, r, r, h, r);
@@ -2658,8 +2694,8 @@ final class ModelGenerator {
      */
     private record LoraBuffers(boolean own, String gate, String up, String act, String from, String until) {}
 
-    private static LoraBuffers loraBuffers(Code c, String m, int first, int e, String ffnRows) {
-        if (first <= 0) {
+    private static LoraBuffers loraBuffers(Code c, String m, int first, int e, String ffnRows, boolean several) {
+        if (first <= 0 && !several) {
             return new LoraBuffers(false, m + ".gate", m + ".up", m + ".act", "0", ffnRows);
         }
         c.line("int loraFrom = $L.offsets[$L]", m, first);
@@ -2669,8 +2705,8 @@ final class ModelGenerator {
 
     private Code loraBackward(String p, String m, LoraGroup lo, Slots sl, int e, String in, String dOut, String dIn, String ffnRows) {
         Code c = new Code();
-        int first = loraFirstKey(sl);
-        LoraBuffers rows = loraBuffers(c, m, first, e, ffnRows);
+        int first = sl.key()[lo.firstSlot()];
+        LoraBuffers rows = loraBuffers(c, m, first, e, ffnRows, loraByPrefix.get(p).size() > 1);
         boolean own = rows.own();
         String gt = rows.gate(), ut = rows.up(), at = rows.act(), from = rows.from(), until = rows.until();
         Ffn f = lo.lora().base();
@@ -2687,8 +2723,8 @@ final class ModelGenerator {
         c.open("for (int i = $L; i < $L * DIM; i++)", own ? "loraFrom * DIM" : "0", until).line("$L.dys[i] *= $L", m, sc).close();
         c.line("$T.zero($L.dLoraA, slots * $L)", ELEMENTWISE, m, r);
         c.line("$T.zero($L.dLoraB, slots * $L)", ELEMENTWISE, m, h);
-        String a = loraArray(c, p, sl, e, "down_a");
-        String b = loraArray(c, p, sl, e, "down_b");
+        String a = loraArray(c, p, sl, lo, e, "down_a");
+        String b = loraArray(c, p, sl, lo, e, "down_b");
         c.open("for (int ex = 0; ex < $L; ex++)", e);
         loraRows(c, m, first);
         c.line("backend.matmulBackward($L.loraA, 2 * slots * $L + o * $L, $L[ex].value(), 0, $L.dys, o * DIM, $L.dLoraA, o * $L, $L[ex].grad(), 0, n, $L, DIM)",
@@ -2722,8 +2758,8 @@ final class ModelGenerator {
             c.line("$L.dWeight[$L.order[i]] += $L * dot", m, m, sc);
             c.close();
             c.line("$T.zero($L.dLoraA, slots * $L)", ELEMENTWISE, m, r);
-            String pa = loraArray(c, p, sl, e, proj + "_a");
-            String pb = loraArray(c, p, sl, e, proj + "_b");
+            String pa = loraArray(c, p, sl, lo, e, proj + "_a");
+            String pb = loraArray(c, p, sl, lo, e, proj + "_b");
             c.open("for (int ex = 0; ex < $L; ex++)", e);
             loraRows(c, m, first);
             c.line("backend.matmulBackward($L.loraA, $L * slots * $L + o * $L, $L[ex].value(), 0, $L.dLoraB, o * $L, $L.dLoraA, o * $L, $L[ex].grad(), 0, n, $L, $L)",
@@ -3686,7 +3722,7 @@ final class ModelGenerator {
         }
         boolean loraAlone = loraByPrefix.containsKey(p) && !mixedGroups(moe);
         if (loraAlone) {
-            c.add(loraBackward(p, m, loraByPrefix.get(p), sl, nf, in, dOut, dIn, ffnRows).build());
+            c.add(loraBackward(p, m, loraByPrefix.get(p).getFirst(), sl, nf, in, dOut, dIn, ffnRows).build());
         } else if (sl.packed() > 0) {
             int np = sl.packed();
             String packedRows = np == nf ? ffnRows : "packedRows";
@@ -3724,7 +3760,13 @@ final class ModelGenerator {
             c.add(ownGroupBackward(p, m, g, sl, in, dIn).build());
         }
         if (loraByPrefix.containsKey(p) && !loraAlone) {
-            c.add(loraBackward(p, m, loraByPrefix.get(p), sl, loraCount(sl), in, dOut, dIn, ffnRows).build());
+            for (LoraGroup lo : loraByPrefix.get(p)) {
+                useLora(c, m, p, lo);
+                c.add(loraBackward(p, m, lo, sl, lo.count(), in, dOut, dIn, ffnRows).build());
+                if (loraByPrefix.get(p).size() > 1) {
+                    c.close();
+                }
+            }
         }
         zeroComputeRuns(sl, (from, to, x) -> {
             switch (x) {

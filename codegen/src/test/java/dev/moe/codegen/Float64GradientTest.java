@@ -331,6 +331,31 @@ class Float64GradientTest {
                   layers 2 { all: attention, m }
                 }
                 """,
+                // two LoRA groups (MoLA), each over its own frozen base, around a zero expert
+                header + """
+                  moe m {
+                    routed 2 x lora(rank: 2, alpha: 4.0, base: swiglu(hidden: 4))
+                    routed 1 x zero
+                    routed 2 x lora(rank: 1, alpha: 1.0, base: relu(hidden: 3))
+                    router { top_k 2  normalize true }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
+                // two LoRA groups after FFN experts, under a capacity factor
+                header + """
+                  moe m {
+                    shared 1 x swiglu(hidden: 4)
+                    routed 2 x gelu(hidden: 5)
+                    routed 2 x lora(rank: 1, alpha: 2.0, base: gelu(hidden: 3))
+                    routed 2 x lora(rank: 2, alpha: 1.0, base: swiglu(hidden: 4))
+                    router { top_k 2  capacity factor(1.0, drop: position) }
+                    balance aux(coef: 0.1)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """,
                 // named gates of different capacities: each gate's experts keep their own share of its sequences' slots
                 header + """
                   moe m {

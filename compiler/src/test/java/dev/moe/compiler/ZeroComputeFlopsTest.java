@@ -85,6 +85,22 @@ class ZeroComputeFlopsTest {
     }
 
     @Test
+    void severalLoraGroupsCountEachTheirOwnFrozenBaseForEveryToken() {
+        long baseRelu = 2 * (2 * D * 3); // relu(hidden: 3): up, down
+        long baseSwiglu = 2 * (3 * D * 3); // swiglu(hidden: 3): gate, up, down
+        long loraRelu = 2 * (D + 3 + 3 + D); // rank 1: up_a [1, D], up_b [3, 1], down_a [1, 3], down_b [D, 1]
+        long loraSwiglu = 2 * (2 * D + 6 + 2 * D + 6 + 6 + 2 * D); // rank 2: gate_a [2, D], gate_b [3, 2], up_a, up_b, down_a [2, 3], down_b [D, 2]
+        Model none = model("routed 4 x zero", "top_k 1");
+        Model m = model("routed 2 x lora(rank: 1, alpha: 1.0, base: relu(hidden: 3))\n routed 2 x lora(rank: 2, alpha: 2.0, base: swiglu(hidden: 3))",
+                "top_k 1");
+        assertThat(m.flopsPerToken().min()).isEqualTo(none.flopsPerToken().max() + baseRelu + baseSwiglu + loraRelu);
+        assertThat(m.flopsPerToken().max()).isEqualTo(none.flopsPerToken().max() + baseRelu + baseSwiglu + loraSwiglu);
+        // both bases are weights of the model (frozen) and run for every token; the updates count as selected
+        assertThat(m.totalParams() - none.totalParams()).isEqualTo((baseRelu + baseSwiglu + 2 * loraRelu + 2 * loraSwiglu) / 2);
+        assertThat(m.activeParams().min() - none.activeParams().max()).isEqualTo((baseRelu + baseSwiglu + loraRelu) / 2);
+    }
+
+    @Test
     void ffnExpertsOfDifferentShapesCountEachTheirOwn() {
         long wide = 2 * (2 * D * 8);
         long narrow = 2 * (2 * D * 2);

@@ -615,7 +615,7 @@ public final class Float64Model {
             List<Expert> experts = new ArrayList<>();
             List<String> kvOf = new ArrayList<>(); // attention experts: where each routed expert's keys and values live
             List<Integer> groupOf = new ArrayList<>(); // each routed expert's group: a latent expert reads its own group's projection
-            int loraGroup = -1;
+            List<Integer> loraGroups = new ArrayList<>(); // MoLA: each LoRA group adapts its own frozen base
             int gi = 0;
             for (ExpertGroup g : moe.groups()) {
                 if (g.role() == ExpertGroup.Role.ROUTED) {
@@ -625,7 +625,7 @@ public final class Float64Model {
                         groupOf.add(gi);
                     }
                     if (g.expert() instanceof Expert.Lora) {
-                        loraGroup = gi;
+                        loraGroups.add(gi);
                     }
                 }
                 gi++;
@@ -885,8 +885,8 @@ public final class Float64Model {
                     attended[ex] = attentionExpert(x, p + ".experts." + ex, kvOf.get(ex), a);
                 }
             }
-            if (loraGroup >= 0) {
-                loraExperts(x, out, p, loraGroup, (Expert.Lora) moe.groups().get(loraGroup).expert(), experts, selected, weight, dropped, k, e);
+            for (int loraGroup : loraGroups) {
+                loraExperts(x, out, p, loraGroup, (Expert.Lora) moe.groups().get(loraGroup).expert(), groupOf, selected, weight, dropped, k, e);
             }
             for (int s = 0; s < rows * k; s++) {
                 int ex = selected[s];
@@ -1181,7 +1181,7 @@ public final class Float64Model {
          * B A to each projection (the gate and up pre-activations of the token, and the down projection
          * of the token's mixed activation).
          */
-        void loraExperts(double[][] x, double[][] out, String p, int group, Expert.Lora lo, List<Expert> experts, int[] selected, double[] weight,
+        void loraExperts(double[][] x, double[][] out, String p, int group, Expert.Lora lo, List<Integer> groupOf, int[] selected, double[] weight,
                 boolean[] dropped, int k, int e) {
             Ffn f = lo.base();
             int h = f.hidden();
@@ -1194,8 +1194,8 @@ public final class Float64Model {
                 double[] gate = f.activation().gated() ? row(x[t], w(base + ".gate"), h, dim) : null;
                 List<Integer> slots = new ArrayList<>();
                 for (int s = t * k; s < (t + 1) * k; s++) {
-                    // only the LoRA experts adapt the base; zero, copy and constant experts beside them add their own output
-                    if (selected[s] < e && !dropped[s] && experts.get(selected[s]) instanceof Expert.Lora) {
+                    // only this group's LoRA experts adapt its base; other experts beside them add their own output
+                    if (selected[s] < e && !dropped[s] && groupOf.get(selected[s]) == group) {
                         slots.add(s);
                     }
                 }
