@@ -177,7 +177,7 @@ final class Repl implements AutoCloseable {
         return s.batch(t.batch()).microBatches(Math.max(1, t.globalBatch() / t.batch())).lr(t.optimizer().lr())
                 .adam(t.optimizer().beta1(), t.optimizer().beta2(), t.optimizer().eps()).weightDecay(t.optimizer().weightDecay())
                 .schedule(t.schedule().kind(), t.schedule().warmup(), t.schedule().minLr(), Math.max(1, t.steps())).gradClip(t.gradClip())
-                .seed(t.seed()).data(mixture);
+                .seed(t.seed()).data(mixture).padDocuments(t.padDocuments());
     }
 
     /** Called by the startup snippet: the session over a new instance of the model. */

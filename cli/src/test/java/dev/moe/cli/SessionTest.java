@@ -45,6 +45,26 @@ class SessionTest {
         assertThat(losses.getLast()).isLessThan(losses.getFirst());
     }
 
+    /** {@code documents pad}: the session trains on the padded, masked batches of {@code moe train}'s loop, bit for bit. */
+    @Test
+    void paddedDocumentsAreTheTrainersPaddedStepsBitForBit() throws Exception {
+        Session.Settings o = settings().padDocuments(true);
+        Session s = Session.of(tiny(), o);
+        List<Double> losses = s.train(4);
+
+        Trainer.Options options = new Trainer.Options(4, o.batch(), o.microBatches(), o.seq(), o.lr(), o.beta1(), o.beta2(), o.eps(),
+                o.weightDecay(), o.schedule(), o.warmup(), o.minLr(), o.gradClip(), o.seed(), dir.resolve("padded"), 0, false, 0, Map.of());
+        var data = dev.moe.runtime.data.DataStream.builder().mixture(o.data()).batch(o.batch()).context(o.seq()).seed(o.seed()).padDocuments(true).build();
+        // an arithmetic problem is shorter than 8 tokens: the batches are padded
+        assertThat(data.batch(0).keep(o.seq())).isNotNull();
+        Trainer.Result r = new Trainer(tiny(), data, options, new PrintStream(java.io.OutputStream.nullOutputStream())).run();
+        assertThat(losses).isEqualTo(r.losses());
+        // ... and not the running text of the default
+        assertThat(losses).isNotEqualTo(Session.of(tiny(), settings()).train(4));
+        assertThat(s.settings().padDocuments()).isTrue();
+        assertThat(s.settings().lr(0.02).padDocuments()).isTrue();
+    }
+
     @Test
     void savedAndLoadedTrainingContinuesAsIfUninterrupted() throws Exception {
         Session whole = Session.of(tiny(), settings());

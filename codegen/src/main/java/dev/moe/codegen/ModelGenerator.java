@@ -698,7 +698,7 @@ final class ModelGenerator {
             }
             if (severalLoraGroups()) {
                 moeState.addField(FieldSpec.builder(float[][][].class, "loraOfGroup")
-                        .addJavadoc("several LoRA groups: each group's own buffers, in the order of {@link #useLora}; the fields above point at the group running\n").build());
+                        .addJavadoc("several LoRA groups: each group's own buffers, [group][loraA, loraB, loraH, loraBase, dLoraA, dLoraB, loraGate, loraUp, loraAct]; the fields above point at the running group's\n").build());
             }
         }
         if (anyConstantExpert()) {

@@ -51,9 +51,11 @@ public final class Session {
      * @param gradClip the largest global gradient norm; 0 turns clipping off
      * @param seed seeds the initial weights and the data
      * @param data the data mixture, e.g. {@code {arithmetic: 0.5, copy: 0.5}} or {@code {synthetic: 1}}
+     * @param padDocuments {@code documents pad}: each sequence one whole document, padded to {@code seq}, the padding masked
+     *     out of the loss, the expert loads and the balancing losses (as {@code moe train} does); false: running text
      */
     public record Settings(int batch, int microBatches, int seq, double lr, double beta1, double beta2, double eps, double weightDecay,
-            String schedule, long warmup, double minLr, long totalSteps, double gradClip, long seed, Map<String, Double> data) {
+            String schedule, long warmup, double minLr, long totalSteps, double gradClip, long seed, Map<String, Double> data, boolean padDocuments) {
         public Settings {
             if (batch < 1 || microBatches < 1 || seq < 0 || totalSteps < 1) {
                 throw new IllegalArgumentException("batch, micro-batches and total steps must be positive, seq at least 0");
@@ -62,49 +64,60 @@ public final class Session {
             data = java.util.Collections.unmodifiableMap(new LinkedHashMap<>(data));
         }
 
+        /** The settings before {@code padDocuments}: running text. */
+        public Settings(int batch, int microBatches, int seq, double lr, double beta1, double beta2, double eps, double weightDecay,
+                String schedule, long warmup, double minLr, long totalSteps, double gradClip, long seed, Map<String, Double> data) {
+            this(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data, false);
+        }
+
         public static Settings defaults() {
-            return new Settings(8, 1, 0, 3e-4, 0.9, 0.95, 1e-8, 0.0, "constant", 0, 0.0, 1000, 1.0, 0, Map.of("synthetic", 1.0));
+            return new Settings(8, 1, 0, 3e-4, 0.9, 0.95, 1e-8, 0.0, "constant", 0, 0.0, 1000, 1.0, 0, Map.of("synthetic", 1.0), false);
+        }
+
+        /** {@code documents pad} (true) or {@code documents stream} (false). */
+        public Settings padDocuments(boolean padDocuments) {
+            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data, padDocuments);
         }
 
         public Settings batch(int batch) {
-            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data);
+            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data, padDocuments);
         }
 
         public Settings microBatches(int microBatches) {
-            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data);
+            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data, padDocuments);
         }
 
         public Settings seq(int seq) {
-            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data);
+            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data, padDocuments);
         }
 
         public Settings lr(double lr) {
-            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data);
+            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data, padDocuments);
         }
 
         public Settings weightDecay(double weightDecay) {
-            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data);
+            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data, padDocuments);
         }
 
         /** The AdamW moments' decay rates and epsilon. */
         public Settings adam(double beta1, double beta2, double eps) {
-            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data);
+            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data, padDocuments);
         }
 
         public Settings schedule(String schedule, long warmup, double minLr, long totalSteps) {
-            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data);
+            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data, padDocuments);
         }
 
         public Settings gradClip(double gradClip) {
-            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data);
+            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data, padDocuments);
         }
 
         public Settings seed(long seed) {
-            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data);
+            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data, padDocuments);
         }
 
         public Settings data(Map<String, Double> data) {
-            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data);
+            return new Settings(batch, microBatches, seq, lr, beta1, beta2, eps, weightDecay, schedule, warmup, minLr, totalSteps, gradClip, seed, data, padDocuments);
         }
     }
 
@@ -126,7 +139,8 @@ public final class Session {
         if (seq > model.context()) {
             throw new IllegalArgumentException("seq " + seq + " exceeds the context of " + model.name() + " (" + model.context() + ")");
         }
-        this.data = DataStream.synthetic(settings.data(), settings.batch(), seq, settings.seed());
+        this.data = DataStream.builder().mixture(settings.data()).batch(settings.batch()).context(seq).seed(settings.seed())
+                .padDocuments(settings.padDocuments()).build();
         this.adam = new AdamW(model.parameters(), settings.beta1(), settings.beta2(), settings.eps(), settings.weightDecay());
         this.schedule = new Schedule(settings.schedule(), settings.lr(), settings.warmup(), settings.minLr(), settings.totalSteps());
         model.initialize(settings.seed());
