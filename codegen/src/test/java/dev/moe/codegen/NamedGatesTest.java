@@ -268,6 +268,54 @@ class NamedGatesTest {
         assertThat(lastSpread).isLessThan(firstSpread / 3);
     }
 
+    /** Data parallelism: two ranks' summed step loads give each gate the bias update of one rank that saw both halves. */
+    @Test
+    void summedStepLoadsGiveEachGateTheWholeBatchesBiasUpdate() {
+        String text = """
+                model R {
+                  vocab 13  context 8  dim 8  heads 2
+                  moe m {
+                    routed 6 x swiglu(hidden: 4)
+                    router a { top_k 2  bias aux_free(rate: 0.01) }
+                    router b { score sigmoid  top_k 2  normalize true  bias aux_free(rate: 0.03) }
+                    balance aux(coef: 0.01)
+                  }
+                  layers 2 { all: attention, m }
+                }
+                """;
+        int[] first = {1, 5, 2, 7, 3, 9, 4, 11, 6, 0, 8, 12};
+        int[] second = {2, 2, 9, 4, 10, 1, 3, 3, 7, 5, 12, 6};
+        List<String> domains = List.of("a", "b", "b");
+        TrainableModel whole = Generated.instantiate(Generated.model(text));
+        TrainableModel rank0 = Generated.instantiate(Generated.model(text));
+        TrainableModel rank1 = Generated.instantiate(Generated.model(text));
+        for (TrainableModel m : List.of(whole, rank0, rank1)) {
+            m.initialize(5);
+            m.setDomains(domains);
+            m.setTraining(true);
+            m.beginStep();
+        }
+        whole.forward(first, first, 3, 4);
+        whole.forward(second, second, 3, 4);
+        whole.endStep();
+        rank0.forward(first, first, 3, 4);
+        rank1.forward(second, second, 3, 4);
+        long[] summed = rank0.stepLoads();
+        long[] other = rank1.stepLoads();
+        for (int i = 0; i < summed.length; i++) {
+            summed[i] += other[i];
+        }
+        rank0.setStepLoads(summed);
+        rank0.endStep();
+        TrainableModel fresh = Generated.instantiate(Generated.model(text));
+        fresh.initialize(5);
+        for (String gate : List.of("a", "b")) {
+            String name = "layers.0.moe.router." + gate + ".expert_bias";
+            assertThat(find(rank0, name).values()).isEqualTo(find(whole, name).values());
+            assertThat(find(rank0, name).values()).isNotEqualTo(find(fresh, name).values());
+        }
+    }
+
     @org.junit.jupiter.api.io.TempDir
     java.nio.file.Path dir;
 
