@@ -6,7 +6,8 @@ import dev.moe.runtime.Activation;
 
 /**
  * The dense-model ops on device memory (fp32, device pointers): the GPU twins of the CPU
- * backend's embedding, RMSNorm, RoPE, gated activations, cross-entropy and of the AdamW update,
+ * backend's embedding, RMSNorm, LayerNorm, RoPE, gated and plain activations, cross-entropy, of
+ * the bias add of {@code Elementwise} and of the AdamW update,
  * with the same contracts (backward ops accumulate where the CPU's do, overwrite where they do).
  * They are the pieces device-resident generated models will be written in; {@link DeviceOpsParity}
  * checks each against the CPU backend.
@@ -70,6 +71,65 @@ public final class DeviceOps {
         }
     }
 
+    /** {@code y = (x - mean) * rstd * w + b} per row ({@code b} may be 0: no bias); saves mean and rstd (either may be 0). */
+    public void layerNorm(long x, long w, long b, long y, long mean, long rstd, int rows, int dim, float eps) {
+        if (rows > 0) {
+            launch("layer_norm", rows, THREADS, x, w, b, y, mean, rstd, dim, eps);
+        }
+    }
+
+    /** {@code dx}, {@code dw} and {@code db} accumulate; any may be 0 (not wanted). */
+    public void layerNormBackward(long x, long w, long mean, long rstd, long dy, long dx, long dw, long db, int rows, int dim) {
+        if (dx != 0 && rows > 0) {
+            launch("layer_norm_backward_dx", rows, THREADS, x, w, mean, rstd, dy, dx, dim);
+        }
+        if ((dw == 0 && db == 0) || rows == 0) {
+            return;
+        }
+        if (rows < 128) {
+            launch("layer_norm_backward_dwdb", (dim + THREADS - 1) / THREADS, THREADS, x, mean, rstd, dy, dw, db, rows, dim);
+            return;
+        }
+        // as rmsNormBackward: partial sums over 128 row sets, dw's then db's, each added up in order
+        int parts = 128;
+        try (DeviceAllocator.Block partial = ctx.allocator.allocate(2L * parts * dim * 8)) {
+            ctx.launch(ctx.kernel(SOURCE, "layer_norm_backward_dwdb_partial"), "layer_norm_backward_dwdb_partial", (dim + THREADS - 1) / THREADS,
+                    parts, THREADS, 0, x, mean, rstd, dy, partial.pointer, rows, dim);
+            if (dw != 0) {
+                launch("rms_norm_backward_dw_sum", (dim + THREADS - 1) / THREADS, THREADS, partial.pointer, dw, parts, dim);
+            }
+            if (db != 0) {
+                launch("rms_norm_backward_dw_sum", (dim + THREADS - 1) / THREADS, THREADS, partial.pointer + (long) parts * dim * 8, db, parts,
+                        dim);
+            }
+        }
+    }
+
+    /** {@code y[r, j] += b[j]} over {@code rows} rows of {@code n}. */
+    public void addBias(long y, long b, int rows, int n) {
+        long total = (long) rows * n;
+        if (total > 0) {
+            launch("add_bias", grid(total), THREADS, y, b, (long) rows, n);
+        }
+    }
+
+    /** {@code db[j] += Σ_r dy[r, j]} (the CPU's {@code Elementwise.biasBackward}). */
+    public void biasBackward(long dy, long db, int rows, int n) {
+        if (rows == 0 || n == 0) {
+            return;
+        }
+        if (rows < 128) {
+            launch("bias_backward", (n + THREADS - 1) / THREADS, THREADS, dy, db, rows, n);
+            return;
+        }
+        int parts = 128;
+        try (DeviceAllocator.Block partial = ctx.allocator.allocate((long) parts * n * 8)) {
+            ctx.launch(ctx.kernel(SOURCE, "bias_backward_partial"), "bias_backward_partial", (n + THREADS - 1) / THREADS, parts, THREADS, 0, dy,
+                    partial.pointer, rows, n);
+            launch("rms_norm_backward_dw_sum", (n + THREADS - 1) / THREADS, THREADS, partial.pointer, db, parts, n);
+        }
+    }
+
     public void rope(long x, int rows, int seqLen, int heads, int headDim, int rotaryDims, float theta, boolean inverse) {
         if (rows > 0 && rotaryDims > 0) {
             launch("rope", grid((long) rows * heads * (rotaryDims / 2)), THREADS, x, rows, seqLen, heads, headDim, rotaryDims, theta,
@@ -83,6 +143,20 @@ public final class DeviceOps {
 
     public void gluBackward(Activation act, long gate, long up, long dh, long dGate, long dUp, long n) {
         launch("glu_backward", grid(n), THREADS, activation(act), gate, up, dh, dGate, dUp, n);
+    }
+
+    /** {@code y = act(x)}, n elements (ungated FFNs). */
+    public void activation(Activation act, long x, long y, long n) {
+        if (n > 0) {
+            launch("activation", grid(n), THREADS, activation(act), x, y, n);
+        }
+    }
+
+    /** OVERWRITES {@code dx = act'(x) * dy}. */
+    public void activationBackward(Activation act, long x, long dy, long dx, long n) {
+        if (n > 0) {
+            launch("activation_backward", grid(n), THREADS, activation(act), x, dy, dx, n);
+        }
     }
 
     /**

@@ -2,6 +2,7 @@ package dev.moe.cuda;
 
 import dev.moe.runtime.Activation;
 import dev.moe.runtime.Backend;
+import dev.moe.runtime.Elementwise;
 import dev.moe.runtime.Parameter;
 import dev.moe.runtime.cpu.CpuBackend;
 import dev.moe.runtime.train.AdamW;
@@ -32,11 +33,16 @@ public final class DeviceOpsParity {
     private static final String[] GEMM_MODES = {"fp32", "tf32", "bf16"};
     private static final double[] GEMM_TOLERANCES = {1e-4, 5e-3, 2e-2};
 
+    /** The ops of the dense-model features (LayerNorm, qk-norm's shape, q/k/v biases, ungated FFNs), after the GEMM attention's. */
+    private static final String[] DENSE_NAMES = {"layer_norm", "layer_norm backward", "rms_norm per head (qk)", "add_bias", "bias backward",
+        "activation", "activation backward"};
+    private static final int DENSE = 13 + 2 * GEMM_MODES.length;
+
     public static List<Result> run(CudaContext ctx, Backend cpu) {
         DeviceOps ops = new DeviceOps(ctx).tiledAttention(false);
         List<Result> out = new ArrayList<>();
         Random shapes = new Random(2026);
-        double[] worst = new double[13 + 2 * GEMM_MODES.length];
+        double[] worst = new double[DENSE + DENSE_NAMES.length];
         for (int s = 0; s < SHAPES; s++) {
             int rows = s == 0 ? 1 : 1 + shapes.nextInt(300);
             int dim = s == 1 ? 1 : 1 + shapes.nextInt(s % 3 == 0 ? 1500 : 200);
@@ -179,6 +185,57 @@ public final class DeviceOpsParity {
                             Math.max(Compare.rel(ctx.downloadFloats(gdk, fkn), tdk), Compare.rel(ctx.downloadFloats(gdv, fkn), tdv))));
                 }
                 ctx.blas.setTf32(false);
+
+                // LayerNorm forward and backward, with a bias on even shapes and without on odd ones; over 128 rows the
+                // weight and bias gradients take the two-pass path
+                float[] lb = s % 2 == 0 ? Compare.gaussian(rnd, dim) : null;
+                float[] ly = new float[rows * dim], lmean = new float[rows], lrstd = new float[rows];
+                cpu.layerNorm(x, w, lb, ly, lmean, lrstd, rows, dim, 1e-5f);
+                long lyd = sc.zeros(rows * dim), lmd = sc.zeros(rows), lrd = sc.zeros(rows);
+                ops.layerNorm(xd, wd, lb == null ? 0L : sc.floats(lb), lyd, lmd, lrd, rows, dim, 1e-5f);
+                worst[DENSE] = Math.max(worst[DENSE], Math.max(Compare.rel(ctx.downloadFloats(lyd, rows * dim), ly),
+                        Math.max(Compare.rel(ctx.downloadFloats(lmd, rows), lmean), Compare.rel(ctx.downloadFloats(lrd, rows), lrstd))));
+                float[] ldx = Compare.gaussian(rnd, rows * dim), ldw = Compare.gaussian(rnd, dim), ldb = Compare.gaussian(rnd, dim);
+                long ldxd = sc.floats(ldx), ldwd = sc.floats(ldw), ldbd = sc.floats(ldb);
+                cpu.layerNormBackward(x, w, lmean, lrstd, dy, ldx, ldw, ldb, rows, dim);
+                ops.layerNormBackward(xd, wd, sc.floats(lmean), sc.floats(lrstd), sc.floats(dy), ldxd, ldwd, ldbd, rows, dim);
+                worst[DENSE + 1] = Math.max(worst[DENSE + 1], Math.max(Compare.rel(ctx.downloadFloats(ldxd, rows * dim), ldx),
+                        Math.max(Compare.rel(ctx.downloadFloats(ldwd, dim), ldw), Compare.rel(ctx.downloadFloats(ldbd, dim), ldb))));
+
+                // qk-norm's shape: RMSNorm over rows * heads rows of one head's width (many short rows), forward and backward
+                int qkRows = rows * heads;
+                float[] qx = Compare.gaussian(rnd, qkRows * headDim), qw = Compare.gaussian(rnd, headDim), qdy = Compare.gaussian(rnd, qkRows * headDim);
+                float[] qy = new float[qkRows * headDim], qrstd = new float[qkRows];
+                cpu.rmsNorm(qx, qw, qy, qrstd, qkRows, headDim, 1e-6f);
+                long qxd = sc.floats(qx), qwd = sc.floats(qw), qyd = sc.zeros(qkRows * headDim), qrd = sc.zeros(qkRows);
+                ops.rmsNorm(qxd, qwd, qyd, qrd, qkRows, headDim, 1e-6f);
+                float[] qdx = new float[qkRows * headDim], qdw = Compare.gaussian(rnd, headDim);
+                long qdxd = sc.zeros(qkRows * headDim), qdwd = sc.floats(qdw);
+                cpu.rmsNormBackward(qx, qw, qrstd, qdy, qdx, qdw, qkRows, headDim);
+                ops.rmsNormBackward(qxd, qwd, sc.floats(qrstd), sc.floats(qdy), qdxd, qdwd, qkRows, headDim);
+                worst[DENSE + 2] = Math.max(worst[DENSE + 2], Math.max(Compare.rel(ctx.downloadFloats(qyd, qy.length), qy),
+                        Math.max(Compare.rel(ctx.downloadFloats(qdxd, qdx.length), qdx), Compare.rel(ctx.downloadFloats(qdwd, headDim), qdw))));
+
+                // bias add and its column-sum backward (the q/k/v biases)
+                float[] by = Compare.gaussian(rnd, rows * dim), bb = Compare.gaussian(rnd, dim), bdy = Compare.gaussian(rnd, rows * dim);
+                float[] bdb = Compare.gaussian(rnd, dim);
+                long byd = sc.floats(by), bdbd = sc.floats(bdb);
+                Elementwise.addBias(by, bb, 0, rows, dim);
+                ops.addBias(byd, sc.floats(bb), rows, dim);
+                worst[DENSE + 3] = Math.max(worst[DENSE + 3], Compare.rel(ctx.downloadFloats(byd, rows * dim), by));
+                Elementwise.biasBackward(bdy, bdb, 0, rows, dim);
+                ops.biasBackward(sc.floats(bdy), bdbd, rows, dim);
+                worst[DENSE + 4] = Math.max(worst[DENSE + 4], Compare.rel(ctx.downloadFloats(bdbd, dim), bdb));
+
+                // plain activations (ungated FFNs): y = act(x), dx = act'(x) * dy (overwritten)
+                float[] ax = Compare.gaussian(rnd, n), ady = Compare.gaussian(rnd, n), ay = new float[n], adx = new float[n];
+                cpu.activation(act, ax, ay, n);
+                cpu.activationBackward(act, ax, ady, adx, n);
+                long axd = sc.floats(ax), ayd = sc.zeros(n), adxd = sc.floats(Compare.gaussian(rnd, n));
+                ops.activation(act, axd, ayd, n);
+                ops.activationBackward(act, axd, sc.floats(ady), adxd, n);
+                worst[DENSE + 5] = Math.max(worst[DENSE + 5], Compare.rel(ctx.downloadFloats(ayd, n), ay));
+                worst[DENSE + 6] = Math.max(worst[DENSE + 6], Compare.rel(ctx.downloadFloats(adxd, n), adx));
             }
         }
         String[] names = {"embedding", "embedding backward", "rms_norm", "rms_norm backward", "rope (both ways)", "glu",
@@ -190,6 +247,9 @@ public final class DeviceOpsParity {
         for (int mode = 0; mode < GEMM_MODES.length; mode++) {
             out.add(new Result("attention (GEMM, " + GEMM_MODES[mode] + ")", SHAPES, worst[13 + 2 * mode], GEMM_TOLERANCES[mode]));
             out.add(new Result("attention backward (GEMM, " + GEMM_MODES[mode] + ")", SHAPES, worst[14 + 2 * mode], GEMM_TOLERANCES[mode]));
+        }
+        for (int i = 0; i < DENSE_NAMES.length; i++) {
+            out.add(new Result(DENSE_NAMES[i], SHAPES, worst[DENSE + i]));
         }
         return out;
     }

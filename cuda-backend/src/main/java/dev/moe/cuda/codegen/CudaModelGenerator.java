@@ -40,10 +40,11 @@ import javax.lang.model.element.Modifier;
  * layer with kernels specialised to that layer's router). Activations, gradients and, in training,
  * the weights and AdamW's moments stay on the GPU.
  *
- * <p>It covers the pre-norm transformer with RMSNorm, RoPE, grouped-query attention (causal or
- * not, sliding window), gated dense FFNs, and MoE layers of SwiGLU routed experts with top-k
- * softmax or sigmoid routing (normalisation, scaling, aux-free selection bias), ungated shared
- * experts, and the micro- or global-batch aux loss and the z-loss. {@link #unsupported} names what
+ * <p>It covers the pre-norm transformer with RMSNorm or LayerNorm, RoPE, grouped-query attention
+ * (causal or not, sliding window, q/k/v biases, per-head or full qk-norm), gated and ungated dense
+ * FFNs, and MoE layers of SwiGLU routed experts with top-k softmax or sigmoid routing
+ * (normalisation, scaling, aux-free selection bias), shared FFN experts without a sigmoid gate
+ * (gated or not), and the micro- or global-batch aux loss and the z-loss. {@link #unsupported} names what
  * else a model uses; such models run on the hybrid backend instead.
  */
 public final class CudaModelGenerator {
@@ -70,15 +71,6 @@ public final class CudaModelGenerator {
     /** Why {@code model} cannot be generated device-resident, or empty when it can. */
     public static Optional<String> unsupported(Model model) {
         ModelConfig c = model.config();
-        if (c.norm().kind() != ModelConfig.NormKind.RMS) {
-            return Optional.of("layer norm");
-        }
-        if (c.qkNorm() || c.qkNormFull()) {
-            return Optional.of("qk-norm");
-        }
-        if (c.qkvBias()) {
-            return Optional.of("q/k/v biases");
-        }
         if (c.mla().isPresent()) {
             return Optional.of("multi-head latent attention");
         }
@@ -93,8 +85,7 @@ public final class CudaModelGenerator {
                 return Optional.of("layer " + l.index() + "'s mixer (attention experts)");
             }
             Optional<String> why = switch (p.ffn()) {
-                case Block.Part.Dense d -> d.ffn().activation().gated() ? Optional.empty()
-                        : Optional.of("ungated " + d.ffn().activation().keyword() + " FFN");
+                case Block.Part.Dense d -> Optional.empty();
                 case Block.Part.MoePart m -> unsupported(m.moe());
                 case Block.Part.Attention a -> Optional.of("attention in the FFN slot");
             };
@@ -116,9 +107,8 @@ public final class CudaModelGenerator {
             return Optional.of("routed experts other than one group of swiglu experts (zero, copy, constant, latent, LoRA experts)");
         }
         for (ExpertGroup g : moe.groups()) {
-            if (g.role() == ExpertGroup.Role.SHARED
-                    && (!(g.expert() instanceof Expert.FeedForward sf) || !sf.ffn().activation().gated() || g.sigmoidGate())) {
-                return Optional.of("shared experts other than gated FFNs without a sigmoid gate");
+            if (g.role() == ExpertGroup.Role.SHARED && (!(g.expert() instanceof Expert.FeedForward) || g.sigmoidGate())) {
+                return Optional.of("shared experts other than FFNs without a sigmoid gate");
             }
         }
         if (!(r.selection() instanceof Router.Selection.TopK k) || k.k() > 32 || routed.getFirst().count() > 1024) {
@@ -292,8 +282,7 @@ public final class CudaModelGenerator {
         fwd.add("// final norm and head\n");
         fwd.addStatement("copy($L, stream, (long) rows * DIM)", buffer("finalInput", "DIM"));
         String head = cfg.tieEmbeddings() ? embed : pointer("head.weight");
-        fwd.addStatement("ops.rmsNorm(finalInput, $L, $L, $L, rows, DIM, EPS)", pointer("final_norm.weight"), buffer("finalNormed", "DIM"),
-                buffer("finalRstd", "1"));
+        norm(fwd, "final_norm", "finalInput", buffer("finalNormed", "DIM"), "final");
         fwd.addStatement("linear(finalNormed, $L, $L, rows, DIM, VOCAB, false)", head, buffer("logitsBuf", "VOCAB"));
         fwd.addStatement("lastCrossEntropy = ops.crossEntropy(logitsBuf, targets, $L, rows, VOCAB)", buffer("dLogits", "VOCAB"));
         fwd.addStatement("double loss = lastCrossEntropy");
@@ -308,8 +297,7 @@ public final class CudaModelGenerator {
         bwd.addStatement("zero($L, (long) rows * DIM)", buffer("dx", "DIM"));
         bwd.addStatement("linearBackward(finalNormed, $L, dLogits, $L, $L, rows, DIM, VOCAB, false)", head, buffer("dNormed", "DIM"),
                 cfg.tieEmbeddings() ? grad("embed.weight") : grad("head.weight"));
-        bwd.addStatement("ops.rmsNormBackward(finalInput, $L, finalRstd, dNormed, dx, $L, rows, DIM)", pointer("final_norm.weight"),
-                grad("final_norm.weight"));
+        normBackward(bwd, "final_norm", "finalInput", "final");
         bwd.addStatement("mark($S)", "backward: head and loss");
         for (int i = model.layers().size() - 1; i >= 0; i--) {
             bwd.addStatement("backwardLayer$L(scale)", model.layers().get(i).index());
@@ -410,8 +398,46 @@ public final class CudaModelGenerator {
         t.addField(FieldSpec.builder(TypeName.INT, name, Modifier.STATIC, Modifier.FINAL).initializer("$L", value).build());
     }
 
+    /** The runtime activation of an FFN: SiLU for SwiGLU, GELU (tanh form) for GEGLU and GELU, ReLU. */
     private static CodeBlock activation(Ffn.Activation a) {
-        return CodeBlock.of("$T.$L", ACTIVATION, a == Ffn.Activation.GEGLU ? "GELU" : "SILU");
+        return CodeBlock.of("$T.$L", ACTIVATION, switch (a) {
+            case SWIGLU -> "SILU";
+            case GEGLU, GELU -> "GELU";
+            case RELU -> "RELU";
+        });
+    }
+
+    private boolean layerNorm() {
+        return cfg.norm().kind() == ModelConfig.NormKind.LAYER;
+    }
+
+    /**
+     * {@code out = norm(in)} with the weights of {@code prefix} ({@code layers.0.attn_norm}, ...): RMSNorm, or LayerNorm with
+     * its bias; the statistics go to {@code <stats>Rstd} (and {@code <stats>Mean}) for the backward.
+     */
+    private void norm(CodeBlock.Builder f, String prefix, String in, String out, String stats) {
+        String w = pointer(prefix + ".weight"), rstd = buffer(stats + "Rstd", "1");
+        if (layerNorm()) {
+            f.addStatement("ops.layerNorm($L, $L, $L, $L, $L, $L, rows, DIM, EPS)", in, w, normBias(prefix).map(this::pointer).orElse("0L"), out,
+                    buffer(stats + "Mean", "1"), rstd);
+        } else {
+            f.addStatement("ops.rmsNorm($L, $L, $L, $L, rows, DIM, EPS)", in, w, out, rstd);
+        }
+    }
+
+    /** The backward of {@link #norm}: {@code dx += } the input gradient of {@code dNormed}, and the weight (and bias) gradients. */
+    private void normBackward(CodeBlock.Builder b, String prefix, String in, String stats) {
+        String w = pointer(prefix + ".weight");
+        if (layerNorm()) {
+            b.addStatement("ops.layerNormBackward($L, $L, $L, $L, dNormed, dx, $L, $L, rows, DIM)", in, w, stats + "Mean", stats + "Rstd",
+                    grad(prefix + ".weight"), normBias(prefix).map(this::grad).orElse("0L"));
+        } else {
+            b.addStatement("ops.rmsNormBackward($L, $L, $L, dNormed, dx, $L, rows, DIM)", in, w, stats + "Rstd", grad(prefix + ".weight"));
+        }
+    }
+
+    private Optional<String> normBias(String prefix) {
+        return Optional.of(prefix + ".bias").filter(paramNames::contains);
     }
 
     private List<MethodSpec> layerMethods(Layer l, Optional<MoeInfo> moe) {
@@ -422,15 +448,30 @@ public final class CudaModelGenerator {
         CodeBlock.Builder b = CodeBlock.builder();
 
         // attention: stream += o(attention(rope(q), rope(k), v)) of rms(stream)
-        String in = buffer("a" + i + "Input", "DIM"), normed = buffer("a" + i + "Normed", "DIM"), rstd = buffer("a" + i + "Rstd", "1");
+        String in = buffer("a" + i + "Input", "DIM"), normed = buffer("a" + i + "Normed", "DIM");
         String q = buffer("a" + i + "Q", "Q_DIM"), k = buffer("a" + i + "K", "KV_DIM"), v = buffer("a" + i + "V", "KV_DIM");
         String att = buffer("a" + i + "Att", "Q_DIM"), lse = buffer("a" + i + "Lse", "HEADS");
+        // with qk-norm the projections (and biases) go to the raw q and k, which the backward needs, and the norms write q and k
+        boolean qkNorm = cfg.qkNorm();
+        String qIn = qkNorm ? buffer("a" + i + "QRaw", "Q_DIM") : q, kIn = qkNorm ? buffer("a" + i + "KRaw", "KV_DIM") : k;
         f.add("// stream += attention(norm(stream))\n");
         f.addStatement("copy($L, stream, (long) rows * DIM)", in);
-        f.addStatement("ops.rmsNorm($L, $L, $L, $L, rows, DIM, EPS)", in, pointer(p + "attn_norm.weight"), normed, rstd);
-        f.addStatement("linear($L, $L, $L, rows, DIM, Q_DIM, false)", normed, pointer(p + "attn.q"), q);
-        f.addStatement("linear($L, $L, $L, rows, DIM, KV_DIM, false)", normed, pointer(p + "attn.k"), k);
+        norm(f, p + "attn_norm", in, normed, "a" + i);
+        f.addStatement("linear($L, $L, $L, rows, DIM, Q_DIM, false)", normed, pointer(p + "attn.q"), qIn);
+        f.addStatement("linear($L, $L, $L, rows, DIM, KV_DIM, false)", normed, pointer(p + "attn.k"), kIn);
         f.addStatement("linear($L, $L, $L, rows, DIM, KV_DIM, false)", normed, pointer(p + "attn.v"), v);
+        if (cfg.qkvBias()) {
+            f.addStatement("ops.addBias($L, $L, rows, Q_DIM)", qIn, pointer(p + "attn.q_bias"));
+            f.addStatement("ops.addBias($L, $L, rows, KV_DIM)", kIn, pointer(p + "attn.k_bias"));
+            f.addStatement("ops.addBias($L, $L, rows, KV_DIM)", v, pointer(p + "attn.v_bias"));
+        }
+        if (qkNorm) {
+            // per head (rows * heads rows of HEAD_DIM), or `qk_norm full`: one RMSNorm over each row's whole q (and k)
+            f.addStatement("ops.rmsNorm($L, $L, $L, $L, $L, EPS)", qIn, pointer(p + "attn.q_norm"), q, buffer("a" + i + "QRstd", qkRstdWidth(true)),
+                    qkNormRows(true));
+            f.addStatement("ops.rmsNorm($L, $L, $L, $L, $L, EPS)", kIn, pointer(p + "attn.k_norm"), k, buffer("a" + i + "KRstd", qkRstdWidth(false)),
+                    qkNormRows(false));
+        }
         f.addStatement("ops.rope($L, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false)", q);
         f.addStatement("ops.rope($L, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false)", k);
         f.addStatement("ops.attention($L, $L, $L, $L, $L, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW)", q, k, v, att, lse);
@@ -449,16 +490,31 @@ public final class CudaModelGenerator {
                 v, att, lse);
         ba.addStatement("ops.rope(dq, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true)");
         ba.addStatement("ops.rope(dk, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, true)");
-        ba.addStatement("linearBackward($L, $L, dq, dNormed, $L, rows, DIM, Q_DIM, true)", normed, pointer(p + "attn.q"), grad(p + "attn.q"));
-        ba.addStatement("linearBackward($L, $L, dk, dNormed, $L, rows, DIM, KV_DIM, true)", normed, pointer(p + "attn.k"), grad(p + "attn.k"));
+        String dq = "dq", dk = "dk";
+        if (qkNorm) {
+            dq = buffer("dqRaw", "Q_DIM");
+            dk = buffer("dkRaw", "KV_DIM");
+            ba.addStatement("zero(dqRaw, (long) rows * Q_DIM)");
+            ba.addStatement("zero(dkRaw, (long) rows * KV_DIM)");
+            ba.addStatement("ops.rmsNormBackward($L, $L, $L, dq, dqRaw, $L, $L)", qIn, pointer(p + "attn.q_norm"), "a" + i + "QRstd",
+                    grad(p + "attn.q_norm"), qkNormRows(true));
+            ba.addStatement("ops.rmsNormBackward($L, $L, $L, dk, dkRaw, $L, $L)", kIn, pointer(p + "attn.k_norm"), "a" + i + "KRstd",
+                    grad(p + "attn.k_norm"), qkNormRows(false));
+        }
+        if (cfg.qkvBias()) {
+            ba.addStatement("ops.biasBackward($L, $L, rows, Q_DIM)", dq, grad(p + "attn.q_bias"));
+            ba.addStatement("ops.biasBackward($L, $L, rows, KV_DIM)", dk, grad(p + "attn.k_bias"));
+            ba.addStatement("ops.biasBackward(dv, $L, rows, KV_DIM)", grad(p + "attn.v_bias"));
+        }
+        ba.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, Q_DIM, true)", normed, pointer(p + "attn.q"), dq, grad(p + "attn.q"));
+        ba.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, KV_DIM, true)", normed, pointer(p + "attn.k"), dk, grad(p + "attn.k"));
         ba.addStatement("linearBackward($L, $L, dv, dNormed, $L, rows, DIM, KV_DIM, true)", normed, pointer(p + "attn.v"), grad(p + "attn.v"));
-        ba.addStatement("ops.rmsNormBackward($L, $L, $L, dNormed, dx, $L, rows, DIM)", in, pointer(p + "attn_norm.weight"), rstd,
-                grad(p + "attn_norm.weight"));
+        normBackward(ba, p + "attn_norm", in, "a" + i);
 
         // the FFN slot
-        String fin = buffer("f" + i + "Input", "DIM"), fnormed = buffer("f" + i + "Normed", "DIM"), frstd = buffer("f" + i + "Rstd", "1");
+        String fin = buffer("f" + i + "Input", "DIM"), fnormed = buffer("f" + i + "Normed", "DIM");
         f.addStatement("copy($L, stream, (long) rows * DIM)", fin);
-        f.addStatement("ops.rmsNorm($L, $L, $L, $L, rows, DIM, EPS)", fin, pointer(p + "ffn_norm.weight"), fnormed, frstd);
+        norm(f, p + "ffn_norm", fin, fnormed, "f" + i);
         CodeBlock.Builder bf = CodeBlock.builder();
         bf.addStatement("zero(dNormed, (long) rows * DIM)");
         if (block.ffn() instanceof Block.Part.Dense d) {
@@ -493,8 +549,7 @@ public final class CudaModelGenerator {
                     zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f")));
             bf.addStatement("mark($S)", "backward: moe routed experts");
         }
-        bf.addStatement("ops.rmsNormBackward($L, $L, $L, dNormed, dx, $L, rows, DIM)", fin, pointer(p + "ffn_norm.weight"), frstd,
-                grad(p + "ffn_norm.weight"));
+        normBackward(bf, p + "ffn_norm", fin, "f" + i);
         bf.addStatement("mark($S)", moe.isPresent() ? "backward: moe" : "backward: dense ffn");
         ba.addStatement("mark($S)", "backward: attention");
         f.addStatement("mark($S)", moe.isPresent() ? "forward: moe" : "forward: dense ffn");
@@ -512,22 +567,47 @@ public final class CudaModelGenerator {
         return m.moe().losses().stream().filter(x -> x instanceof Loss.ZLoss).map(x -> (Loss.ZLoss) x).findFirst();
     }
 
+    /** {@code stream += down(act(gate(x)) * up(x))}, or {@code down(act(up(x)))} for an ungated FFN. */
     private void denseForward(CodeBlock.Builder f, String normed, String prefix, String param, Ffn ffn) {
         String h = Integer.toString(ffn.hidden());
-        String gate = buffer(prefix + "Gate", h), up = buffer(prefix + "Up", h), act = buffer(prefix + "Act", h);
-        f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", normed, pointer(param + ".gate"), gate, h);
-        f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", normed, pointer(param + ".up"), up, h);
-        f.addStatement("ops.glu($L, $L, $L, $L, (long) rows * $L)", activation(ffn.activation()), gate, up, act, h);
+        String up = buffer(prefix + "Up", h), act = buffer(prefix + "Act", h);
+        if (ffn.activation().gated()) {
+            String gate = buffer(prefix + "Gate", h);
+            f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", normed, pointer(param + ".gate"), gate, h);
+            f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", normed, pointer(param + ".up"), up, h);
+            f.addStatement("ops.glu($L, $L, $L, $L, (long) rows * $L)", activation(ffn.activation()), gate, up, act, h);
+        } else {
+            f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", normed, pointer(param + ".up"), up, h);
+            f.addStatement("ops.activation($L, $L, $L, (long) rows * $L)", activation(ffn.activation()), up, act, h);
+        }
         f.addStatement("linear($L, $L, stream, rows, $L, DIM, true)", act, pointer(param + ".down"), h);
     }
 
     private void denseBackward(CodeBlock.Builder b, String normed, String prefix, String param, Ffn ffn) {
         String h = Integer.toString(ffn.hidden());
         b.addStatement("linearBackward($L, $L, dx, dAct, $L, rows, $L, DIM, false)", prefix + "Act", pointer(param + ".down"), grad(param + ".down"), h);
-        b.addStatement("ops.gluBackward($L, $L, $L, dAct, dGate, dUp, (long) rows * $L)", activation(ffn.activation()), prefix + "Gate",
-                prefix + "Up", h);
-        b.addStatement("linearBackward($L, $L, dGate, dNormed, $L, rows, DIM, $L, true)", normed, pointer(param + ".gate"), grad(param + ".gate"), h);
+        if (ffn.activation().gated()) {
+            b.addStatement("ops.gluBackward($L, $L, $L, dAct, dGate, dUp, (long) rows * $L)", activation(ffn.activation()), prefix + "Gate",
+                    prefix + "Up", h);
+            b.addStatement("linearBackward($L, $L, dGate, dNormed, $L, rows, DIM, $L, true)", normed, pointer(param + ".gate"), grad(param + ".gate"),
+                    h);
+        } else {
+            b.addStatement("ops.activationBackward($L, $L, dAct, dUp, (long) rows * $L)", activation(ffn.activation()), prefix + "Up", h);
+        }
         b.addStatement("linearBackward($L, $L, dUp, dNormed, $L, rows, DIM, $L, true)", normed, pointer(param + ".up"), grad(param + ".up"), h);
+    }
+
+    /** The rows and width the qk-norm of q ({@code query}) or k runs over: one per head, or `qk_norm full` one per token. */
+    private String qkNormRows(boolean query) {
+        if (cfg.qkNormFull()) {
+            return query ? "rows, Q_DIM" : "rows, KV_DIM";
+        }
+        return query ? "rows * HEADS, HEAD_DIM" : "rows * KV_HEADS, HEAD_DIM";
+    }
+
+    /** The qk-norm's rstd values per token. */
+    private String qkRstdWidth(boolean query) {
+        return cfg.qkNormFull() ? "1" : query ? "HEADS" : "KV_HEADS";
     }
 
     /** The aux and z losses' values (from the layer's probability sums) and the aux gradient per expert, as the CPU class computes them. */

@@ -2,13 +2,13 @@ package dev.moe.cuda.kernels;
 
 /**
  * CUDA C (fp32) for the dense parts of a model, each the GPU twin of a CPU backend op with the same
- * contract ({@code dev.moe.runtime.Backend}): embedding, RMSNorm, RoPE, gated activations, the
- * cross-entropy loss, causal/windowed grouped-query attention, and the AdamW update, with the backward of
- * each where training needs one.
+ * contract ({@code dev.moe.runtime.Backend}): embedding, RMSNorm, LayerNorm, the bias add, RoPE,
+ * gated and plain activations, the cross-entropy loss, causal/windowed grouped-query attention, and
+ * the AdamW update, with the backward of each where training needs one.
  *
- * <p>Reductions that feed parameter gradients (the embedding table, the norm weight) run one thread
- * per column over the rows in order, as the CPU backend does: no atomics, so a run is bitwise
- * repeatable.
+ * <p>Reductions that feed parameter gradients (the embedding table, the norm weights and biases,
+ * the q/k/v biases) run one thread per column over the rows in order, as the CPU backend does, or
+ * for many rows in two fixed passes: no atomics, so a run is bitwise repeatable.
  */
 public final class ModelKernelSource {
     private ModelKernelSource() {}
@@ -108,7 +108,7 @@ public final class ModelKernelSource {
                 }
 
                 // The same sum in two deterministic passes for many rows: partial[p][j] over rows p, p + parts, ...,
-                // then dw[j] += the parts in order.
+                // then dw[j] += the parts in order (the second pass also finishes LayerNorm's and the biases' column sums).
                 extern "C" __global__ void rms_norm_backward_dw_partial(const float* __restrict__ x, const float* __restrict__ rstd,
                     const float* __restrict__ dy, double* __restrict__ partial, int rows, int dim) {
                   int j = blockIdx.x * blockDim.x + threadIdx.x, p = blockIdx.y, parts = gridDim.y;
@@ -124,6 +124,115 @@ public final class ModelKernelSource {
                   double acc = 0.0;
                   for (int p = 0; p < parts; p++) acc += partial[(long) p * dim + j];
                   dw[j] += (float) acc;
+                }
+
+                __device__ __forceinline__ double blockSumD(double v, double* scratch) {
+                  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+                  int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+                  __syncthreads();
+                  if (lane == 0) scratch[wid] = v;
+                  __syncthreads();
+                  double total = 0.0;
+                  for (int w = 0; w < (int) (blockDim.x >> 5); w++) total += scratch[w];
+                  return total;
+                }
+
+                // LayerNorm, one block per row, as the CPU backend: the mean (a float) and the variance about it summed in
+                // double, rstd = 1 / sqrt(var + eps) in double; y = (x - mean) * rstd * w + b (b may be null).
+                extern "C" __global__ void layer_norm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+                    float* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int dim, float eps) {
+                  __shared__ double scratch[32];
+                  long o = (long) blockIdx.x * dim;
+                  double s = 0.0;
+                  for (int c = threadIdx.x; c < dim; c += blockDim.x) s += x[o + c];
+                  float mu = (float) (blockSumD(s, scratch) / dim);
+                  double ss = 0.0;
+                  for (int c = threadIdx.x; c < dim; c += blockDim.x) { double v = x[o + c] - (double) mu; ss += v * v; }
+                  double var = blockSumD(ss, scratch) / dim;
+                  float rs = (float) (1.0 / sqrt(var + (double) eps));
+                  if (threadIdx.x == 0) {
+                    if (mean != nullptr) mean[blockIdx.x] = mu;
+                    if (rstd != nullptr) rstd[blockIdx.x] = rs;
+                  }
+                  for (int c = threadIdx.x; c < dim; c += blockDim.x)
+                    y[o + c] = (x[o + c] - mu) * rs * w[c] + (b == nullptr ? 0.f : b[c]);
+                }
+
+                // g = dy*w, xhat = (x - mean)*rstd: dx += (g - mean(g) - xhat * mean(g*xhat)) * rstd, the means summed in double.
+                extern "C" __global__ void layer_norm_backward_dx(const float* __restrict__ x, const float* __restrict__ w,
+                    const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ dy, float* __restrict__ dx,
+                    int dim) {
+                  __shared__ double scratch[32];
+                  long o = (long) blockIdx.x * dim;
+                  float mu = mean[blockIdx.x], rs = rstd[blockIdx.x];
+                  double sg = 0.0, sgx = 0.0;
+                  for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+                    float g = dy[o + j] * w[j], xh = (x[o + j] - mu) * rs;
+                    sg += g;
+                    sgx += (double) g * xh;
+                  }
+                  float mg = (float) (blockSumD(sg, scratch) / dim);
+                  float mgx = (float) (blockSumD(sgx, scratch) / dim);
+                  for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+                    float g = dy[o + j] * w[j], xh = (x[o + j] - mu) * rs;
+                    dx[o + j] += (g - mg - xh * mgx) * rs;
+                  }
+                }
+
+                // dw[j] += sum of dy * xhat, db[j] += sum of dy over rows (either may be null): one thread per column, rows in order.
+                extern "C" __global__ void layer_norm_backward_dwdb(const float* __restrict__ x, const float* __restrict__ mean,
+                    const float* __restrict__ rstd, const float* __restrict__ dy, float* __restrict__ dw, float* __restrict__ db, int rows,
+                    int dim) {
+                  int j = blockIdx.x * blockDim.x + threadIdx.x;
+                  if (j >= dim) return;
+                  double accW = 0.0, accB = 0.0;
+                  for (int r = 0; r < rows; r++) {
+                    float g = dy[(long) r * dim + j];
+                    accW += g * ((x[(long) r * dim + j] - mean[r]) * rstd[r]);
+                    accB += g;
+                  }
+                  if (dw != nullptr) dw[j] += (float) accW;
+                  if (db != nullptr) db[j] += (float) accB;
+                }
+
+                // The same sums for many rows, first pass: partial[p][j] (dw) and partial[parts + p][j] (db) over rows p, p + parts, ...;
+                // rms_norm_backward_dw_sum adds each half in order.
+                extern "C" __global__ void layer_norm_backward_dwdb_partial(const float* __restrict__ x, const float* __restrict__ mean,
+                    const float* __restrict__ rstd, const float* __restrict__ dy, double* __restrict__ partial, int rows, int dim) {
+                  int j = blockIdx.x * blockDim.x + threadIdx.x, p = blockIdx.y, parts = gridDim.y;
+                  if (j >= dim) return;
+                  double accW = 0.0, accB = 0.0;
+                  for (int r = p; r < rows; r += parts) {
+                    float g = dy[(long) r * dim + j];
+                    accW += g * ((x[(long) r * dim + j] - mean[r]) * rstd[r]);
+                    accB += g;
+                  }
+                  partial[(long) p * dim + j] = accW;
+                  partial[(long) (parts + p) * dim + j] = accB;
+                }
+
+                // y[r][j] += b[j] (the q/k/v biases).
+                extern "C" __global__ void add_bias(float* __restrict__ y, const float* __restrict__ b, long rows, int n) {
+                  long total = rows * n;
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < total; i += (long) gridDim.x * blockDim.x) y[i] += b[i % n];
+                }
+
+                // db[j] += the column sum of dy, in double, rows in order: one thread per column.
+                extern "C" __global__ void bias_backward(const float* __restrict__ dy, float* __restrict__ db, int rows, int n) {
+                  int j = blockIdx.x * blockDim.x + threadIdx.x;
+                  if (j >= n) return;
+                  double acc = 0.0;
+                  for (int r = 0; r < rows; r++) acc += dy[(long) r * n + j];
+                  db[j] += (float) acc;
+                }
+
+                // The column sums for many rows, first pass: partial[p][j] over rows p, p + parts, ... (rms_norm_backward_dw_sum adds them).
+                extern "C" __global__ void bias_backward_partial(const float* __restrict__ dy, double* __restrict__ partial, int rows, int n) {
+                  int j = blockIdx.x * blockDim.x + threadIdx.x, p = blockIdx.y, parts = gridDim.y;
+                  if (j >= n) return;
+                  double acc = 0.0;
+                  for (int r = p; r < rows; r += parts) acc += dy[(long) r * n + j];
+                  partial[(long) p * n + j] = acc;
                 }
 
                 // In place; row r is at position r % seqLen; pairs (i, i + rotary/2) of each head (GPT-NeoX layout).
@@ -161,6 +270,16 @@ public final class ModelKernelSource {
                     dGate[i] = dh[i] * up[i] * actDerivative(kind, g);
                     dUp[i] = dh[i] * act(kind, g);
                   }
+                }
+
+                // Ungated FFNs: y = act(x); the backward OVERWRITES dx = act'(x) * dy.
+                extern "C" __global__ void activation(int kind, const float* __restrict__ x, float* __restrict__ y, long n) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) y[i] = act(kind, x[i]);
+                }
+                extern "C" __global__ void activation_backward(int kind, const float* __restrict__ x, const float* __restrict__ dy,
+                    float* __restrict__ dx, long n) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x)
+                    dx[i] = actDerivative(kind, x[i]) * dy[i];
                 }
 
                 // One block per row: loss[r] = logsumexp - logit[target]; dLogits = (softmax - onehot) / rows.

@@ -22,6 +22,9 @@ import java.util.SplittableRandom;
  * the first step within 1e-3 of the largest magnitude of that gradient, the gradient norm, and
  * after the steps the weights and AdamW moments brought back to the host.
  *
+ * <p>The models: the recipes named on the command line (by default mixtral and deepseek-moe), then always
+ * {@link #SIGMOID_MODEL} and {@link #DENSE_FEATURES_MODEL}.
+ *
  * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
  */
 public final class DeviceModelParity {
@@ -69,7 +72,71 @@ public final class DeviceModelParity {
 
     /** The models of {@link #SIGMOID_MODEL}. */
     public static List<Model> sigmoidModels() {
-        SourceFile.ReadResult read = SourceFile.decode("sigmoid-tiny.moe", SIGMOID_MODEL.getBytes(StandardCharsets.UTF_8));
+        return compile("sigmoid-tiny.moe", SIGMOID_MODEL);
+    }
+
+    /**
+     * The dense-model features no starter recipe combines with device-resident routing: LayerNorm (with its bias), qk-norm over
+     * the whole q and k and per head (grouped-query, so the two norms run over different row counts), q/k/v biases, ungated
+     * ReLU and GELU dense FFNs and an ungated shared expert, partial rotary.
+     */
+    static final String DENSE_FEATURES_MODEL = """
+            ffn plain = relu(hidden: 80)
+            ffn smooth = gelu(hidden: 72)
+            moe small {
+              shared 1 x gelu(hidden: 40)
+              routed 6 x swiglu(hidden: 40)
+              router {
+                score softmax
+                top_k 2
+                normalize true
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            model LayerNormTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm layer(eps: 1e-5)
+              position rope(theta: 10000)
+              causal true
+              qk_norm full
+              qkv_bias true
+              layers 3 {
+                first 1: attention, plain
+                2: attention, smooth
+                rest: attention, small
+              }
+            }
+            model QkNormTiny {
+              vocab 97
+              context 64
+              dim 64
+              heads 4
+              kv_heads 2
+              head_dim 12
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000, fraction: 0.5)
+              causal true
+              qk_norm true
+              qkv_bias true
+              tie_embeddings true
+              layers 2 {
+                first 1: attention, smooth
+                rest: attention, small
+              }
+            }
+            """;
+
+    /** The models of {@link #DENSE_FEATURES_MODEL}. */
+    public static List<Model> denseFeatureModels() {
+        return compile("dense-features.moe", DENSE_FEATURES_MODEL);
+    }
+
+    private static List<Model> compile(String name, String text) {
+        SourceFile.ReadResult read = SourceFile.decode(name, text.getBytes(StandardCharsets.UTF_8));
         return MoeCompiler.compile(((SourceFile.ReadResult.Ok) read).source()).orThrow().models();
     }
 
@@ -83,6 +150,7 @@ public final class DeviceModelParity {
             models.addAll(MoeCompiler.compile(Path.of(f)).orThrow().models());
         }
         models.addAll(sigmoidModels());
+        models.addAll(denseFeatureModels());
         int failures = 0;
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.println("device-resident models against the CPU-generated classes on " + ctx.deviceName);

@@ -68,6 +68,65 @@ class CudaModelGeneratorTest {
         }
     }
 
+    /** The parity check's models of the dense features (LayerNorm, qk-norm both ways, q/k/v biases, ungated FFNs) compile device-resident. */
+    @Test
+    void theParityCheckDenseFeatureModelsAreDeviceResident() {
+        List<Model> models = dev.moe.cuda.model.DeviceModelParity.denseFeatureModels();
+        assertThat(models).hasSize(2);
+        for (Model m : models) {
+            assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+            DeviceModels.Classes classes = DeviceModels.compile(m, "dense-features.moe");
+            assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+        }
+    }
+
+    /** Each new feature is used by the generated code with the CPU class's parameters (names the CPU model owns). */
+    @Test
+    void theDenseFeaturesAreGeneratedOnTheCpuModelsParameters() {
+        Map<String, String> source = new TreeMap<>();
+        for (Model m : dev.moe.cuda.model.DeviceModelParity.denseFeatureModels()) {
+            source.put(m.name(), CudaModelGenerator.generate(m, "dev.moe.generated", "dense-features.moe").toString());
+        }
+        String ln = source.get("LayerNormTiny");
+        assertThat(ln).contains("ops.layerNorm(a0Input, l0AttnNormWeight, l0AttnNormBias, a0Normed, a0Mean, a0Rstd, rows, DIM, EPS)");
+        assertThat(ln).contains("ops.layerNormBackward(finalInput, finalNormWeight, finalMean, finalRstd, dNormed, dx, finalNormWeightGrad, "
+                + "finalNormBiasGrad, rows, DIM)");
+        assertThat(ln).contains("w.value(\"layers.0.ffn_norm.bias\")");
+        assertThat(ln).doesNotContain("rmsNorm(a0Input");
+        // qk_norm full: one norm over each token's q and k
+        assertThat(ln).contains("ops.rmsNorm(a0QRaw, l0AttnQNorm, a0Q, a0QRstd, rows, Q_DIM, EPS)");
+        assertThat(ln).contains("ops.rmsNormBackward(a0KRaw, l0AttnKNorm, a0KRstd, dk, dkRaw, l0AttnKNormGrad, rows, KV_DIM)");
+        assertThat(ln).contains("ops.addBias(a0QRaw, l0AttnQBias, rows, Q_DIM)");
+        assertThat(ln).contains("ops.addBias(a0V, l0AttnVBias, rows, KV_DIM)");
+        assertThat(ln).contains("ops.biasBackward(dqRaw, l0AttnQBiasGrad, rows, Q_DIM)");
+        assertThat(ln).contains("ops.biasBackward(dv, l0AttnVBiasGrad, rows, KV_DIM)");
+        assertThat(ln).contains("ops.activation(Activation.RELU, f0Up, f0Act, (long) rows * 80)");
+        assertThat(ln).contains("ops.activationBackward(Activation.GELU, f2Up, dAct, dUp, (long) rows * 72)");
+        assertThat(ln).contains("ops.activation(Activation.GELU, f1S0Up, f1S0Act, (long) rows * 40)");
+        assertThat(ln).doesNotContain("l0FfnGate");
+        String qk = source.get("QkNormTiny");
+        // per-head qk-norm: rows * heads rows of one head's width, k over the key/value heads
+        assertThat(qk).contains("ops.rmsNorm(a0QRaw, l0AttnQNorm, a0Q, a0QRstd, rows * HEADS, HEAD_DIM, EPS)");
+        assertThat(qk).contains("ops.rmsNorm(a0KRaw, l0AttnKNorm, a0K, a0KRstd, rows * KV_HEADS, HEAD_DIM, EPS)");
+        assertThat(qk).contains("a0QRstd = allocate((long) rows * HEADS)");
+        assertThat(qk).contains("a0KRstd = allocate((long) rows * KV_HEADS)");
+        assertThat(qk).contains("ops.rmsNorm(finalInput, finalNormWeight, finalNormed, finalRstd, rows, DIM, EPS)");
+        assertThat(qk).contains("linearBackward(a1Normed, l1AttnQ, dqRaw, dNormed, l1AttnQGrad, rows, DIM, Q_DIM, true)");
+    }
+
+    @Test
+    void theRefusalsNoLongerNameTheDenseFeatures() {
+        for (Model m : dev.moe.cuda.model.DeviceModelParity.denseFeatureModels()) {
+            assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        }
+        // pr-moe has layer norm and an ungated dense FFN; what keeps it on the hybrid path is its residual block
+        Model pr = models(RECIPES.resolve("pr-moe.moe")).getFirst();
+        assertThat(CudaModelGenerator.unsupported(pr).orElseThrow()).contains("residual block");
+        // switch's first layer is an ungated relu FFN; its routed relu experts are what it still lacks
+        Model sw = models(RECIPES.resolve("switch.moe")).getFirst();
+        assertThat(CudaModelGenerator.unsupported(sw).orElseThrow()).contains("layer 1: routed experts");
+    }
+
     @Test
     void fieldNamesAreCamelCase() {
         assertThat(CudaModelGenerator.field("layers.12.attn_norm.weight")).isEqualTo("l12AttnNormWeight");
