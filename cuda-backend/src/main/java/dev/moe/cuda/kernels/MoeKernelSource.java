@@ -27,13 +27,87 @@ public final class MoeKernelSource {
 
     public enum Precision { BF16, FP32 }
 
+    /** The routed experts' FFN: gated (the gate and up rows of {@code w13}) or not (up rows only). */
+    public enum ExpertActivation {
+        SWIGLU(true), GEGLU(true), RELU(false), GELU(false);
+
+        public final boolean gated;
+
+        ExpertActivation(boolean gated) {
+            this.gated = gated;
+        }
+    }
+
+    /** Which slots a capacity factor keeps when an expert is over capacity. */
+    public enum Drop { POSITION, PROBABILITY }
+
+    /** What the router applies to its logits before the score function: nothing, tanh or sigmoid (then / temperature). */
+    public enum LogitActivation { NONE, TANH, SIGMOID }
+
     /**
-     * What the kernels are specialised to: {@code experts} SwiGLU experts, plus MoE++'s
+     * The options beyond top-k over SwiGLU experts, {@link #NONE} for none.
+     *
+     * @param activation the routed experts' FFN
+     * @param capacityFactor 0 for dropless; otherwise each expert keeps at most ceil(factor · T · k / E) slots in training
+     * @param drop which slots an expert over capacity keeps
+     * @param quotaGroups MoGE: k / quotaGroups experts from each of this many equal groups (0: off)
+     * @param limitGroups group-limited top-k: the experts form this many equal groups (0: off) ...
+     * @param limitTop ... of which the best {@code limitTop} (by the sum of their top-2 selection scores) are kept
+     * @param topP top-p selection (0: off): experts by probability until their mass reaches p, 1 to k of them
+     * @param temperature whether the logits are divided by a temperature passed at each forward pass (after {@code logitActivation})
+     * @param logitActivation applied to the logits before the temperature
+     * @param entropy whether an entropy loss on the router probabilities is trained (its coefficient passed to the backward)
+     */
+    public record Options(ExpertActivation activation, float capacityFactor, Drop drop, int quotaGroups, int limitGroups, int limitTop, float topP,
+            boolean temperature, LogitActivation logitActivation, boolean entropy) {
+        public static final Options NONE = new Options(ExpertActivation.SWIGLU, 0f, Drop.POSITION, 0, 0, 0, 0f, false, LogitActivation.NONE, false);
+
+        public Options {
+            if (capacityFactor < 0 || quotaGroups < 0 || limitGroups < 0 || limitTop < 0 || topP < 0 || topP > 1) {
+                throw new IllegalArgumentException("bad MoE options: " + this);
+            }
+            if (limitGroups > 0 && (limitTop <= 0 || limitTop > limitGroups)) {
+                throw new IllegalArgumentException("group-limited routing keeps 1 to " + limitGroups + " groups, not " + limitTop);
+            }
+        }
+
+        public Options withActivation(ExpertActivation a) {
+            return new Options(a, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy);
+        }
+
+        public Options withCapacity(float factor, Drop d) {
+            return new Options(activation, factor, d, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy);
+        }
+
+        public Options withQuotaGroups(int groups) {
+            return new Options(activation, capacityFactor, drop, groups, limitGroups, limitTop, topP, temperature, logitActivation, entropy);
+        }
+
+        public Options withGroupLimit(int groups, int top) {
+            return new Options(activation, capacityFactor, drop, quotaGroups, groups, top, topP, temperature, logitActivation, entropy);
+        }
+
+        public Options withTopP(float p) {
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, p, temperature, logitActivation, entropy);
+        }
+
+        public Options withTemperature(LogitActivation a) {
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, true, a, entropy);
+        }
+
+        public Options withEntropy() {
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, true);
+        }
+    }
+
+    /**
+     * What the kernels are specialised to: {@code experts} FFN experts, plus MoE++'s
      * zero-computation experts ({@code zeroExperts} that output 0, {@code copyExperts} that output
-     * their input), which the router scores after the FFN experts and the combine folds in.
+     * their input), which the router scores after the FFN experts and the combine folds in, and the
+     * {@link Options} of the router and experts.
      */
     public record Spec(int dim, int hidden, int experts, int zeroExperts, int copyExperts, int topK, Score score, boolean normalize,
-            float scale, boolean bias, Precision precision) {
+            float scale, boolean bias, Precision precision, Options options) {
         public Spec {
             if (dim <= 0 || hidden <= 0 || experts <= 0 || topK <= 0 || zeroExperts < 0 || copyExperts < 0) {
                 throw new IllegalArgumentException("sizes must be positive: " + this);
@@ -47,12 +121,29 @@ public final class MoeKernelSource {
             if (topK > 32) {
                 throw new IllegalArgumentException("at most k = 32 on the GPU (got " + topK + ")");
             }
+            if (options.quotaGroups() > 0 && (experts % options.quotaGroups() != 0 || topK % options.quotaGroups() != 0)) {
+                throw new IllegalArgumentException("quota groups must divide E = " + experts + " and k = " + topK);
+            }
+            if (options.limitGroups() > 0 && experts % options.limitGroups() != 0) {
+                throw new IllegalArgumentException("expert groups must divide E = " + experts);
+            }
+        }
+
+        /** FFN, zero and copy experts with no options. */
+        public Spec(int dim, int hidden, int experts, int zeroExperts, int copyExperts, int topK, Score score, boolean normalize, float scale,
+                boolean bias, Precision precision) {
+            this(dim, hidden, experts, zeroExperts, copyExperts, topK, score, normalize, scale, bias, precision, Options.NONE);
         }
 
         /** A layer of SwiGLU experts only. */
         public Spec(int dim, int hidden, int experts, int topK, Score score, boolean normalize, float scale, boolean bias,
                 Precision precision) {
-            this(dim, hidden, experts, 0, 0, topK, score, normalize, scale, bias, precision);
+            this(dim, hidden, experts, 0, 0, topK, score, normalize, scale, bias, precision, Options.NONE);
+        }
+
+        /** The same layer with other options. */
+        public Spec with(Options o) {
+            return new Spec(dim, hidden, experts, zeroExperts, copyExperts, topK, score, normalize, scale, bias, precision, o);
         }
 
         /** The router's width: every expert it scores. */
