@@ -46,6 +46,8 @@ public final class CudaMoeLayer implements AutoCloseable {
     private final List<MemorySegment> phaseEvents = new ArrayList<>();
     private boolean profiling;
     private long x, logits, probs, idx, weight, pos, h, g, a, y, out;
+    /** The router's temperature for the next forward pass (a spec with a temperature only). */
+    private float temperature = 1f;
 
     public CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType) {
         this(ctx, spec, gradsInActivationType, null);
@@ -234,31 +236,47 @@ public final class CudaMoeLayer implements AutoCloseable {
      * is ADDED to the fp32 {@code dIn}; the weight gradients are added to the masters'.
      */
     public void backwardInto(long dOut, float[] aux, float zc, long dIn) {
+        backwardInto(dOut, aux, zc, 0f, dIn);
+    }
+
+    /**
+     * {@link #backwardInto(long, float[], float, long)} with an entropy loss on the router probabilities: {@code ent} is its
+     * coefficient already divided by the rows and times the loss scale (0: none).
+     */
+    public void backwardInto(long dOut, float[] aux, float zc, float ent, long dIn) {
         long g = dOut;
         long n = (long) tokens * spec.dim();
         if (act != Type.F32) {
             g = boundary(false, n);
             cast(dOut, g, n);
         }
-        long dx = backward(g, aux, zc);
+        long dx = backward(g, aux, zc, ent);
         launch("add_to_float", elementwiseGrid(n), THREADS, dIn, dx, n);
     }
 
     /**
      * The values the balancing losses need from the last forward pass (softmax scores): the sum over
-     * tokens of each expert's probability ({@code [routed]}) followed by Σ_t logsumexp(logits_t)².
-     * Waits for the GPU.
+     * tokens of each expert's probability ({@code [routed]}), then Σ_t logsumexp(logits_t)² (of the
+     * logits the softmax read, after the temperature) and Σ_t of the probabilities' entropy. Waits for the GPU.
      */
     public float[] balanceStats() {
         int er = spec.routed();
-        try (DeviceAllocator.Block stats = ctx.allocator.allocate((long) (er + 1) * 4)) {
-            ctx.driver.memsetZero(stats.pointer, (long) (er + 1) * 4, ctx.stream);
-            launch("router_balance_stats", ceilDiv(tokens * 32, THREADS), THREADS, logits, probs, tokens, stats.pointer);
-            return ctx.downloadFloats(stats.pointer, er + 1);
+        try (DeviceAllocator.Block stats = ctx.allocator.allocate((long) (er + 2) * 4)) {
+            ctx.driver.memsetZero(stats.pointer, (long) (er + 2) * 4, ctx.stream);
+            launch("router_balance_stats", ceilDiv(tokens * 32, THREADS), THREADS, logits, probs, tokens, temperature, stats.pointer);
+            return ctx.downloadFloats(stats.pointer, er + 2);
         }
     }
 
-    /** The experts each token chose in the last forward pass, {@code [tokens, k]}. Waits for the GPU. */
+    /** The router's temperature from the next forward pass on (a layer whose spec has one; the annealed value of the step). */
+    public void setTemperature(float tau) {
+        if (!spec.options().temperature()) {
+            throw new IllegalStateException("this layer's router has no temperature");
+        }
+        temperature = tau;
+    }
+
+    /** The experts each token chose in the last forward pass, {@code [tokens, k]}; an unused top-p slot holds {@code routed()}. Waits for the GPU. */
     public int[] lastSelection() {
         return ctx.downloadInts(idx, tokens * spec.topK());
     }
@@ -338,7 +356,7 @@ public final class CudaMoeLayer implements AutoCloseable {
         mark("start");
         // logits[T, E] = x · routerᵀ, fp32 out.
         ctx.blas.matmul(ctx.stream, true, false, er, tokens, d, router, act, d, x, act, d, logits, Type.F32, er, false);
-        launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, bias, tokens, idx, weight, probs);
+        launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, bias, tokens, idx, weight, probs, temperature);
         launch("expert_rank", e, 1024, idx, m, rank, counts);
         launch("expert_offsets", 1, 32, counts, offs);
         launch("permute_gather", m, 128, x, idx, rank, offs, pos, h);
@@ -387,7 +405,12 @@ public final class CudaMoeLayer implements AutoCloseable {
      * the z-loss coefficient already divided by the rows and times the loss scale (0: none).
      */
     public long backward(long dOut, float[] aux, float zc) {
-        if ((aux != null || zc != 0f) && spec.score() != MoeKernelSource.Score.SOFTMAX) {
+        return backward(dOut, aux, zc, 0f);
+    }
+
+    /** {@link #backward(long, float[], float)} with the entropy loss's coefficient {@code ent} (divided by the rows, times the loss scale; 0: none). */
+    public long backward(long dOut, float[] aux, float zc, float ent) {
+        if ((aux != null || zc != 0f || ent != 0f) && spec.score() != MoeKernelSource.Score.SOFTMAX) {
             throw new IllegalArgumentException("balancing losses on the GPU need softmax scores");
         }
         release(backwardBlocks);
@@ -438,13 +461,16 @@ public final class CudaMoeLayer implements AutoCloseable {
                     act, 2 * f, dW13 + (long) ex * 2 * f * d * gb, gradType, d, accumulateGrads);
         }
         launch("unpermute_sum", tokens, THREADS, dh, dOut, idx, pos, weight, dx);
-        if (aux == null && zc == 0f) {
-            launch("router_backward", ceilDiv(tokens * 32, THREADS), THREADS, probs, idx, dWeight, tokens, dLogits);
+        if (ent != 0f && !spec.options().entropy()) {
+            throw new IllegalArgumentException("an entropy loss needs a spec with entropy");
+        }
+        if (aux == null && zc == 0f && ent == 0f) {
+            launch("router_backward", ceilDiv(tokens * 32, THREADS), THREADS, probs, logits, idx, dWeight, tokens, temperature, dLogits);
         } else {
             long auxDevice = keep(backwardBlocks, (long) er * 4);
             ctx.upload(aux == null ? new float[er] : aux, auxDevice);
             launch("router_backward_balance", ceilDiv(tokens * 32, THREADS), THREADS, probs, logits, idx, dWeight, tokens, auxDevice, zc,
-                    dLogits);
+                    ent, temperature, dLogits);
         }
         // dx += dlogits · router;  drouter[E, D] = dlogitsᵀ · x
         ctx.blas.matmul(ctx.stream, false, false, d, tokens, er, router, act, d, dLogits, act, er, dx, act, d, true);

@@ -111,17 +111,26 @@ public final class CudaModelGenerator {
                 return Optional.of("shared experts other than FFNs without a sigmoid gate");
             }
         }
-        if (!(r.selection() instanceof Router.Selection.TopK k) || k.k() > 32 || routed.getFirst().count() > 1024) {
-            return Optional.of("routing other than top-k (k <= 32, at most 1024 experts)");
+        if (slots(r) == 0 || slots(r) > 32 || routed.getFirst().count() > 1024) {
+            return Optional.of("routing other than top-k or top-p (k or max_k <= 32, at most 1024 experts)");
         }
-        if (r.score() == Router.Score.SOFTMAX && r.order() == Router.Order.TOPK_THEN_SOFTMAX && !r.normalize()) {
-            return Optional.of("top-k then softmax without normalisation");
+        boolean topkFirst = r.score() == Router.Score.SOFTMAX && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
+        // top-k then softmax with normalisation selects and weighs as softmax then top-k renormalised; with a bias,
+        // groups or top-p the selection reads the logits themselves
+        if (topkFirst && (!r.normalize() || r.bias().isPresent() || r.groupLimit().isPresent() || r.selection() instanceof Router.Selection.TopP)) {
+            return Optional.of("top-k then softmax without normalisation, or with an expert bias, expert groups or top-p");
         }
-        if (r.groupLimit().isPresent() || r.quotaGroups().isPresent()) {
-            return Optional.of("group-limited routing");
+        if (r.groupLimit().isPresent() && r.groupLimit().get().groups() > 32) {
+            return Optional.of("group-limited routing over more than 32 groups");
         }
-        if (r.jitter() != 0 || r.temperature().isPresent() || r.gatingResidual() || r.recurrentWidth().isPresent() || r.pregate()) {
-            return Optional.of("jitter, temperature, gating residual, recurrent or pre-gating routers");
+        if (r.selection() instanceof Router.Selection.TopP && (r.bias().isPresent() || r.groupLimit().isPresent() || r.quotaGroups().isPresent())) {
+            return Optional.of("top-p with an expert bias or expert groups");
+        }
+        if (r.temperature().isPresent() && !List.of("none", "tanh", "sigmoid").contains(r.temperature().get().activation().orElse("none"))) {
+            return Optional.of("a router activation other than tanh or sigmoid");
+        }
+        if (r.jitter() != 0 || r.gatingResidual() || r.recurrentWidth().isPresent() || r.pregate()) {
+            return Optional.of("jitter, gating residual, recurrent or pre-gating routers");
         }
         if (!(r.capacity() instanceof Router.Capacity.Dropless)) {
             return Optional.of("a capacity factor");
@@ -130,12 +139,73 @@ public final class CudaModelGenerator {
             switch (loss) {
                 case Loss.Aux a when a.scope() != Loss.Scope.SEQUENCE && r.score() == Router.Score.SOFTMAX -> {}
                 case Loss.ZLoss z when r.score() == Router.Score.SOFTMAX -> {}
+                case Loss.Entropy h when r.score() == Router.Score.SOFTMAX -> {}
                 default -> {
                     return Optional.of("the balancing loss " + loss + " with " + r.score().name().toLowerCase(Locale.ROOT) + " scores");
                 }
             }
         }
         return Optional.empty();
+    }
+
+    /** The slots per token of a token-choice router: k, or top-p's max_k; 0 for other routing. */
+    private static int slots(Router r) {
+        return switch (r.selection()) {
+            case Router.Selection.TopK t -> t.k();
+            case Router.Selection.TopP t -> t.maxK();
+            default -> 0;
+        };
+    }
+
+    /** The GPU layer's options for a router and its losses (SwiGLU experts, dropless). */
+    private static MoeKernelSource.Options options(Moe moe, Router r) {
+        MoeKernelSource.Options o = MoeKernelSource.Options.NONE;
+        if (r.selection() instanceof Router.Selection.TopP tp) {
+            o = o.withTopP((float) tp.p());
+        }
+        if (r.quotaGroups().isPresent()) {
+            o = o.withQuotaGroups(r.quotaGroups().get());
+        }
+        if (r.groupLimit().isPresent()) {
+            o = o.withGroupLimit(r.groupLimit().get().groups(), r.groupLimit().get().top());
+        }
+        if (r.temperature().isPresent()) {
+            o = o.withTemperature(switch (r.temperature().get().activation().orElse("none")) {
+                case "tanh" -> MoeKernelSource.LogitActivation.TANH;
+                case "sigmoid" -> MoeKernelSource.LogitActivation.SIGMOID;
+                default -> MoeKernelSource.LogitActivation.NONE;
+            });
+        }
+        if (entropy(moe).isPresent()) {
+            o = o.withEntropy();
+        }
+        return o;
+    }
+
+    private static Optional<Loss.Entropy> entropy(Moe moe) {
+        return moe.losses().stream().filter(x -> x instanceof Loss.Entropy h && h.coef() > 0).map(x -> (Loss.Entropy) x).findFirst();
+    }
+
+    /** The options as Java source for the generated constructor. */
+    private static CodeBlock optionsCode(MoeKernelSource.Options o) {
+        ClassName opts = ClassName.get(MoeKernelSource.Options.class);
+        CodeBlock.Builder b = CodeBlock.builder().add("$T.NONE", opts);
+        if (o.topP() > 0) {
+            b.add(".withTopP($Lf)", o.topP());
+        }
+        if (o.quotaGroups() > 0) {
+            b.add(".withQuotaGroups($L)", o.quotaGroups());
+        }
+        if (o.limitGroups() > 0) {
+            b.add(".withGroupLimit($L, $L)", o.limitGroups(), o.limitTop());
+        }
+        if (o.temperature()) {
+            b.add(".withTemperature($T.$L)", ClassName.get(MoeKernelSource.LogitActivation.class), o.logitActivation().name());
+        }
+        if (o.entropy()) {
+            b.add(".withEntropy()");
+        }
+        return b.build();
     }
 
     /** The class name the device twin of {@code model} gets. */
@@ -234,7 +304,7 @@ public final class CudaModelGenerator {
                 }
             }
             Router r = m.routers().getFirst();
-            return Optional.of(new MoeInfo(l, m, r, routed.count(), ((Router.Selection.TopK) r.selection()).k(), hidden, shared));
+            return Optional.of(new MoeInfo(l, m, r, routed.count(), slots(r), hidden, shared));
         }
         return Optional.empty();
     }
@@ -325,6 +395,7 @@ public final class CudaModelGenerator {
             t.addField(FieldSpec.builder(long[].class, "stepCounts" + l, Modifier.PRIVATE, Modifier.FINAL).initializer("new long[$L]", m.experts())
                     .build());
             t.addField(TypeName.LONG, "stepSlots" + l, Modifier.PRIVATE);
+            t.addField(TypeName.LONG, "slots" + l, Modifier.PRIVATE);
             t.addField(TypeName.DOUBLE, "balance" + l, Modifier.PRIVATE);
             t.addField(float[].class, "aux" + l, Modifier.PRIVATE);
         }
@@ -353,9 +424,10 @@ public final class CudaModelGenerator {
             Router r = m.router();
             String bias = pre + "router.expert_bias";
             boolean hasBias = r.bias().isPresent();
-            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, $L, $T.$L, $L, $Lf, $L, ctx.expertPrecision), new $T(w.value($S), $L, "
+            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, 0, 0, $L, $T.$L, $L, $Lf, $L, ctx.expertPrecision, $L), new $T(w.value($S), $L, "
                     + "w.value($S), w.value($S), w.grad($S), w.grad($S), w.grad($S)))", l, MOE_LAYER, SPEC, m.hidden(), m.experts(), m.k(), SCORE,
-                    r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias, EXTERNAL,
+                    r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias,
+                    optionsCode(options(m.moe(), r)), EXTERNAL,
                     need(pre + "router.weight"), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", pre + "experts.0.gate",
                     pre + "experts.0.down", pre + "router.weight", pre + "experts.0.gate", pre + "experts.0.down");
         }
@@ -525,11 +597,24 @@ public final class CudaModelGenerator {
         } else {
             MoeInfo m = moe.orElseThrow();
             f.add("// stream += moe $L(norm(stream)): routed experts on the GPU layer, then shared experts\n", m.moe().name());
+            m.router().temperature().ifPresent(tp -> {
+                if (tp.steps() > 0 && tp.start() != tp.end()) {
+                    f.add("// dense to sparse: the temperature moves linearly from $L to $L over the first $L steps, then stays\n", tp.start(), tp.end(),
+                            tp.steps());
+                    f.addStatement("moe$L.setTemperature((float) ($L + ($L - $L) * (double) Math.min(step, $LL) / $L))", i, tp.start(), tp.end(), tp.start(),
+                            tp.steps(), tp.steps());
+                } else {
+                    f.addStatement("moe$L.setTemperature($Lf)", i, (float) tp.start());
+                }
+            });
             f.addStatement("moe$L.forwardInto($L, rows, stream)", i, fnormed);
             f.addStatement("counts$L = moe$L.lastCounts()", i, i);
+            f.add("// the slots dispatched to experts (top-p leaves some unused)\n");
+            f.addStatement("slots$L = 0", i);
+            f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("slots$L += counts$L[ex]", i, i).endControlFlow();
             f.beginControlFlow("if (counting)");
             f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("stepCounts$L[ex] += counts$L[ex]", i, i).endControlFlow();
-            f.addStatement("stepSlots$L += (long) rows * $L", i, m.k());
+            f.addStatement("stepSlots$L += slots$L", i, i);
             f.endControlFlow();
             f.addStatement("mark($S)", "forward: moe routed experts");
             for (int s = 0; s < m.shared().size(); s++) {
@@ -544,9 +629,10 @@ public final class CudaModelGenerator {
             }
             bf.addStatement("mark($S)", "backward: shared experts");
             bf.add("// routed experts and router (with the balancing losses' gradients)\n");
-            bf.addStatement("moe$L.backwardInto(dx, $L, $L, dNormed)", i,
+            bf.addStatement("moe$L.backwardInto(dx, $L, $L, $L, dNormed)", i,
                     m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : "null",
-                    zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f")));
+                    zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f")),
+                    entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f")));
             bf.addStatement("mark($S)", "backward: moe routed experts");
         }
         normBackward(bf, p + "ffn_norm", fin, "f" + i);
@@ -617,7 +703,8 @@ public final class CudaModelGenerator {
         f.addStatement("balance$L = 0", i);
         Optional<Loss.Aux> aux = m.moe().losses().stream().filter(x -> x instanceof Loss.Aux).map(x -> (Loss.Aux) x).findFirst();
         Optional<Loss.ZLoss> z = zLoss(m);
-        if (aux.isEmpty() && z.isEmpty()) {
+        Optional<Loss.Entropy> h = entropy(m.moe());
+        if (aux.isEmpty() && z.isEmpty() && h.isEmpty()) {
             return;
         }
         f.addStatement("float[] stats = moe$L.balanceStats()", i);
@@ -627,10 +714,9 @@ public final class CudaModelGenerator {
             f.addStatement("aux$L = new float[$L]", i, e);
             f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", e);
             if (global) {
-                f.addStatement("double fe = stepSlots$L > 0 ? (double) stepCounts$L[ex] / stepSlots$L : (double) counts$L[ex] / ((long) rows * $L)", i, i, i,
-                        i, m.k());
+                f.addStatement("double fe = stepSlots$L > 0 ? (double) stepCounts$L[ex] / stepSlots$L : (double) counts$L[ex] / slots$L", i, i, i, i, i);
             } else {
-                f.addStatement("double fe = (double) counts$L[ex] / ((long) rows * $L)", i, m.k());
+                f.addStatement("double fe = (double) counts$L[ex] / slots$L", i, i);
             }
             f.addStatement("balance$L += $L * $L * fe * stats[ex] / rows", i, a.coef(), e);
             f.addStatement("aux$L[ex] = (float) ($L * $L * fe / rows)", i, a.coef(), e);
@@ -639,6 +725,10 @@ public final class CudaModelGenerator {
         z.ifPresent(zl -> {
             f.add("// z-loss: coef * mean(logsumexp(logits)²)\n");
             f.addStatement("balance$L += $L * stats[$L] / rows", i, zl.coef(), e);
+        });
+        h.ifPresent(hl -> {
+            f.add("// entropy loss: coef * mean over tokens of -Σ p log p\n");
+            f.addStatement("balance$L += $L * stats[$L] / rows", i, hl.coef(), e + 1);
         });
     }
 
@@ -669,7 +759,7 @@ public final class CudaModelGenerator {
             bySeq.beginControlFlow("for (int b = 0; b < batch; b++)");
             bySeq.addStatement("int[] counts = new int[$L]", m.experts());
             bySeq.beginControlFlow("for (int slot = b * seq * $L; slot < (b + 1) * seq * $L; slot++)", m.k(), m.k());
-            bySeq.addStatement("counts[chosen$L[slot]]++", i);
+            bySeq.beginControlFlow("if (chosen$L[slot] < $L)", i, m.experts()).addStatement("counts[chosen$L[slot]]++", i).endControlFlow();
             bySeq.endControlFlow();
             bySeq.addStatement("loads[$L][b] = counts", j);
             bySeq.endControlFlow();
@@ -699,8 +789,10 @@ public final class CudaModelGenerator {
             t.addMethod(getLoads.addStatement("return out").build());
             t.addMethod(setLoads.build());
         }
+        t.addField(TypeName.LONG, "step", Modifier.PRIVATE);
         t.addMethod(MethodSpec.methodBuilder("setStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
-                .addParameter(TypeName.LONG, "step").build());
+                .addJavadoc("The optimiser step, which an annealed router temperature reads.\n")
+                .addParameter(TypeName.LONG, "step").addStatement("this.step = step").build());
         t.addMethod(MethodSpec.methodBuilder("moeLayers").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[].class)
                 .addStatement("return new int[] {$L}", layers).build());
         t.addMethod(MethodSpec.methodBuilder("scaled").addModifiers(Modifier.PRIVATE, Modifier.STATIC).returns(float[].class)

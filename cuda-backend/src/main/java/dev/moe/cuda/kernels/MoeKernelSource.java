@@ -124,8 +124,8 @@ public final class MoeKernelSource {
             if (options.quotaGroups() > 0 && (experts % options.quotaGroups() != 0 || topK % options.quotaGroups() != 0)) {
                 throw new IllegalArgumentException("quota groups must divide E = " + experts + " and k = " + topK);
             }
-            if (options.limitGroups() > 0 && experts % options.limitGroups() != 0) {
-                throw new IllegalArgumentException("expert groups must divide E = " + experts);
+            if (options.limitGroups() > 0 && (experts % options.limitGroups() != 0 || options.limitGroups() > 32)) {
+                throw new IllegalArgumentException("expert groups (at most 32 on the GPU) must divide E = " + experts);
             }
         }
 
@@ -167,7 +167,15 @@ public final class MoeKernelSource {
                 .append(s.zeroExperts()).append("\n#define K ").append(s.topK()).append("\n#define EPT ").append(ept).append("  // experts per lane\n")
                 .append("#define SCALE ").append(fmt(s.scale())).append("f\n#define NORMALIZE ").append(s.normalize() ? 1 : 0)
                 .append("\n#define HAS_BIAS ").append(s.bias() ? 1 : 0).append("\n#define SOFTMAX ")
-                .append(s.score() == Score.SOFTMAX ? 1 : 0).append("\n#define INF __int_as_float(0x7f800000)\n\n");
+                .append(s.score() == Score.SOFTMAX ? 1 : 0).append("\n#define INF __int_as_float(0x7f800000)\n");
+        Options o = s.options();
+        c.append("// router options: top-p mass (0 off), MoGE quota groups, group-limited top-k, logits transform, entropy loss\n")
+                .append("#define HAS_TOP_P ").append(o.topP() > 0 ? 1 : 0).append("\n#define TOP_P ").append(fmt(o.topP())).append("\n#define QUOTA ").append(o.quotaGroups())
+                .append("\n#define LIMIT_GROUPS ").append(o.limitGroups()).append("\n#define LIMIT_TOP ").append(o.limitTop())
+                .append("\n#define TEMPERATURE ").append(o.temperature() ? 1 : 0).append("\n#define LOGIT_ACT ").append(o.logitActivation().ordinal())
+                .append("  // 0 none, 1 tanh, 2 sigmoid\n#define ENTROPY ").append(o.entropy() ? 1 : 0)
+                .append("\n// a slot may route to no expert (top-p's unused slots): it holds expert NONE, weight 0\n#define NONE ER\n")
+                .append("#define HOLES ").append(s.routed() != s.experts() || o.topP() > 0 ? 1 : 0).append("\n\n");
         if (s.precision() == Precision.BF16) {
             c.append("""
                     typedef unsigned short act_t;
@@ -198,9 +206,36 @@ public final class MoeKernelSource {
                 }
                 __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
 
-                // One warp per token: scores in registers, k rounds of a warp-wide argmax (ties: lower expert).
+                // The router's view of a logit: act(logit) / temperature when the layer has a temperature.
+                __device__ __forceinline__ float scaledLogit(float l, float tau) {
+                #if TEMPERATURE
+                #if LOGIT_ACT == 1
+                  l = tanhf(l);
+                #elif LOGIT_ACT == 2
+                  l = 1.f / (1.f + expf(-l));
+                #endif
+                  return l / tau;
+                #else
+                  return l;
+                #endif
+                }
+                // d scaled / d logit
+                __device__ __forceinline__ float scaledSlope(float l, float tau) {
+                #if LOGIT_ACT == 1
+                  float a = tanhf(l); return (1.f - a * a) / tau;
+                #elif LOGIT_ACT == 2
+                  float a = 1.f / (1.f + expf(-l)); return a * (1.f - a) / tau;
+                #else
+                  return 1.f / tau;
+                #endif
+                }
+
+                // One warp per token: scores in registers, k rounds of a warp-wide argmax (ties: lower expert). With
+                // QUOTA, round r searches group r / (K / QUOTA) only; with LIMIT_GROUPS, the experts of the groups
+                // that are not among the best LIMIT_TOP (by the sum of their two best selection scores) are masked
+                // first; with TOP_P, rounds stop once the chosen probabilities reach TOP_P (the rest hold NONE).
                 extern "C" __global__ void router_topk(const float* __restrict__ logits, const float* __restrict__ bias, int T,
-                    int* __restrict__ idx, float* __restrict__ weight, float* __restrict__ probs) {
+                    int* __restrict__ idx, float* __restrict__ weight, float* __restrict__ probs, float tau) {
                   int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
                   if (t >= T) return;
                   const float* row = logits + (long) t * ER;
@@ -208,7 +243,7 @@ public final class MoeKernelSource {
                 #if SOFTMAX
                   float m = -INF;
                   #pragma unroll
-                  for (int j = 0; j < EPT; j++) { int e = lane + 32 * j; p[j] = e < ER ? row[e] : -INF; m = fmaxf(m, p[j]); }
+                  for (int j = 0; j < EPT; j++) { int e = lane + 32 * j; p[j] = e < ER ? scaledLogit(row[e], tau) : -INF; m = fmaxf(m, p[j]); }
                   m = warpMax(m);
                   float s = 0.f;
                   #pragma unroll
@@ -218,7 +253,7 @@ public final class MoeKernelSource {
                   for (int j = 0; j < EPT; j++) p[j] /= s;
                 #else
                   #pragma unroll
-                  for (int j = 0; j < EPT; j++) { int e = lane + 32 * j; p[j] = e < ER ? sigmoidf(row[e]) : 0.f; }
+                  for (int j = 0; j < EPT; j++) { int e = lane + 32 * j; p[j] = e < ER ? sigmoidf(scaledLogit(row[e], tau)) : 0.f; }
                 #endif
                   #pragma unroll
                   for (int j = 0; j < EPT; j++) {
@@ -226,12 +261,51 @@ public final class MoeKernelSource {
                     if (e < ER) probs[(long) t * ER + e] = p[j];
                     sel[j] = e < ER ? p[j] + (HAS_BIAS ? bias[e] : 0.f) : -INF;
                   }
-                  float chosen[K]; int which[K]; float sum = 0.f;
+                #if LIMIT_GROUPS
+                  {
+                    // lane g scores group g: the sum of its two best selection scores (read back from probs)
+                    __syncwarp();
+                    const int GS = E / LIMIT_GROUPS;
+                    float gscore = -INF;
+                    if (lane < LIMIT_GROUPS) {
+                      float first = -INF, second = -INF;
+                      for (int e = lane * GS; e < (lane + 1) * GS; e++) {
+                        float v = probs[(long) t * ER + e] + (HAS_BIAS ? bias[e] : 0.f);
+                        if (v > first) { second = first; first = v; } else if (v > second) second = v;
+                      }
+                      gscore = GS >= 2 ? first + second : first;
+                    }
+                    unsigned kept = 0u;
+                    for (int q = 0; q < LIMIT_TOP; q++) {
+                      float bv = (kept >> lane) & 1u ? -INF : gscore; int bg = lane < LIMIT_GROUPS && !((kept >> lane) & 1u) ? lane : 0x7fffffff;
+                      for (int o = 16; o > 0; o >>= 1) {
+                        float ov = __shfl_xor_sync(0xffffffffu, bv, o); int og = __shfl_xor_sync(0xffffffffu, bg, o);
+                        if (ov > bv || (ov == bv && og < bg)) { bv = ov; bg = og; }
+                      }
+                      kept |= 1u << bg;
+                    }
+                    #pragma unroll
+                    for (int j = 0; j < EPT; j++) { int e = lane + 32 * j; if (e < E && !((kept >> (e / GS)) & 1u)) sel[j] = -INF; }
+                  }
+                #endif
+                  float chosen[K]; int which[K]; double sum = 0.0;
                   #pragma unroll
                   for (int r = 0; r < K; r++) {
+                #if HAS_TOP_P
+                    if (r > 0 && sum >= (double) TOP_P) { chosen[r] = 0.f; which[r] = NONE; continue; }
+                #endif
                     float bv = -INF; int be = 0x7fffffff;
                     #pragma unroll
-                    for (int j = 0; j < EPT; j++) { int e = lane + 32 * j; if (sel[j] > bv || (sel[j] == bv && e < be)) { bv = sel[j]; be = e; } }
+                    for (int j = 0; j < EPT; j++) {
+                      int e = lane + 32 * j;
+                #if QUOTA
+                      const int GS = E / QUOTA, PER = K / QUOTA;
+                      float v = e / GS == r / PER ? sel[j] : -INF;
+                      if (e < E && (v > bv || (v == bv && e < be))) { bv = v; be = e; }
+                #else
+                      if (sel[j] > bv || (sel[j] == bv && e < be)) { bv = sel[j]; be = e; }
+                #endif
+                    }
                     for (int o = 16; o > 0; o >>= 1) {
                       float ov = __shfl_xor_sync(0xffffffffu, bv, o); int oe = __shfl_xor_sync(0xffffffffu, be, o);
                       if (ov > bv || (ov == bv && oe < be)) { bv = ov; be = oe; }
@@ -246,7 +320,7 @@ public final class MoeKernelSource {
                     #pragma unroll
                     for (int r = 0; r < K; r++) {
                       idx[(long) t * K + r] = which[r];
-                      weight[(long) t * K + r] = SCALE * (NORMALIZE ? chosen[r] / sum : chosen[r]);
+                      weight[(long) t * K + r] = SCALE * (NORMALIZE ? (float) (chosen[r] / sum) : chosen[r]);
                     }
                   }
                 }
@@ -328,16 +402,16 @@ public final class MoeKernelSource {
                     const int* __restrict__ pos, const float* __restrict__ weight, act_t* __restrict__ out) {
                   int t = blockIdx.x;
                   __shared__ int sp[K]; __shared__ float sw[K];
-                #if ER != E
+                #if HOLES
                   __shared__ int sk[K];  // 0 FFN, 1 zero, 2 copy
                 #endif
                   if (threadIdx.x < K) {
                     long i = (long) t * K + threadIdx.x;
                     sp[threadIdx.x] = pos[i];
                     sw[threadIdx.x] = weight[i];
-                #if ER != E
+                #if HOLES
                     int e = idx[i];
-                    sk[threadIdx.x] = e < E ? 0 : (e < E + ZERO ? 1 : 2);
+                    sk[threadIdx.x] = e < E ? 0 : (e < E + ZERO || e >= ER ? 1 : 2);  // NONE counts as zero
                 #endif
                   }
                   __syncthreads();
@@ -345,7 +419,7 @@ public final class MoeKernelSource {
                     float acc = 0.f;
                     #pragma unroll
                     for (int s = 0; s < K; s++) {
-                #if ER == E  // FFN experts only: unconditional loads, which the compiler can issue together
+                #if !HOLES  // FFN experts only: unconditional loads, which the compiler can issue together
                       acc += sw[s] * ld(y, (long) sp[s] * D + c);
                 #else
                       if (sk[s] == 0) acc += sw[s] * ld(y, (long) sp[s] * D + c);
@@ -362,16 +436,16 @@ public final class MoeKernelSource {
                     act_t* __restrict__ dy, float* __restrict__ dweight) {
                   int t = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5, warps = blockDim.x >> 5;
                   __shared__ int sp[K]; __shared__ float sw[K]; __shared__ float partial[32][K];
-                #if ER != E
+                #if HOLES
                   __shared__ int sk[K];
                 #endif
                   if (threadIdx.x < K) {
                     long i = (long) t * K + threadIdx.x;
                     sp[threadIdx.x] = pos[i];
                     sw[threadIdx.x] = weight[i];
-                #if ER != E
+                #if HOLES
                     int e = idx[i];
-                    sk[threadIdx.x] = e < E ? 0 : (e < E + ZERO ? 1 : 2);
+                    sk[threadIdx.x] = e < E ? 0 : (e < E + ZERO || e >= ER ? 1 : 2);  // NONE counts as zero
                 #endif
                   }
                   __syncthreads();
@@ -382,7 +456,7 @@ public final class MoeKernelSource {
                     float g = ld(dout, (long) t * D + c);
                     #pragma unroll
                     for (int s = 0; s < K; s++) {
-                #if ER == E
+                #if !HOLES
                       dot[s] += g * ld(y, (long) sp[s] * D + c);
                       st(dy, (long) sp[s] * D + c, sw[s] * g);
                 #else
@@ -410,15 +484,15 @@ public final class MoeKernelSource {
                     const int* __restrict__ idx, const int* __restrict__ pos, const float* __restrict__ weight, act_t* __restrict__ dx) {
                   int t = blockIdx.x;
                   __shared__ int sp[K];
-                #if ER != E
+                #if HOLES
                   __shared__ int sk[K]; __shared__ float sw[K];
                 #endif
                   if (threadIdx.x < K) {
                     long i = (long) t * K + threadIdx.x;
                     sp[threadIdx.x] = pos[i];
-                #if ER != E
+                #if HOLES
                     int e = idx[i];
-                    sk[threadIdx.x] = e < E ? 0 : (e < E + ZERO ? 1 : 2);
+                    sk[threadIdx.x] = e < E ? 0 : (e < E + ZERO || e >= ER ? 1 : 2);  // NONE counts as zero
                     sw[threadIdx.x] = weight[i];
                 #endif
                   }
@@ -427,7 +501,7 @@ public final class MoeKernelSource {
                     float acc = 0.f;
                     #pragma unroll
                     for (int s = 0; s < K; s++) {
-                #if ER == E
+                #if !HOLES
                       acc += ld(dh, (long) sp[s] * D + c);
                 #else
                       if (sk[s] == 0) acc += ld(dh, (long) sp[s] * D + c);
@@ -438,16 +512,21 @@ public final class MoeKernelSource {
                   }
                 }
 
-                // One warp per token: the gradient of the routing weights back through normalisation and the score function.
-                extern "C" __global__ void router_backward(const float* __restrict__ probs, const int* __restrict__ idx,
-                    const float* __restrict__ dweight, int T, act_t* __restrict__ dlogits) {
+                // One warp per token: the gradient of the routing weights back through normalisation and the score function
+                // (and the temperature). A NONE slot has probability 0 and no expert.
+                extern "C" __global__ void router_backward(const float* __restrict__ probs, const float* __restrict__ logits,
+                    const int* __restrict__ idx, const float* __restrict__ dweight, int T, float tau, act_t* __restrict__ dlogits) {
                   int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
                   if (t >= T) return;
                   const float* p = probs + (long) t * ER;
                   int which[K]; float dp[K];
                   float sum = 0.f, dot = 0.f;
                   #pragma unroll
-                  for (int r = 0; r < K; r++) { which[r] = idx[(long) t * K + r]; float pr = p[which[r]]; sum += pr; dot += dweight[(long) t * K + r] * pr; }
+                  for (int r = 0; r < K; r++) {
+                    which[r] = idx[(long) t * K + r];
+                    float pr = which[r] < ER ? p[which[r]] : 0.f;
+                    sum += pr; dot += dweight[(long) t * K + r] * pr;
+                  }
                   #pragma unroll
                   for (int r = 0; r < K; r++) {
                     float g = dweight[(long) t * K + r];
@@ -456,7 +535,7 @@ public final class MoeKernelSource {
                 #if SOFTMAX
                   float pdp = 0.f;
                   #pragma unroll
-                  for (int r = 0; r < K; r++) pdp += p[which[r]] * dp[r];
+                  for (int r = 0; r < K; r++) if (which[r] < ER) pdp += p[which[r]] * dp[r];
                 #endif
                   for (int e = lane; e < ER; e += 32) {
                     float d = 0.f;
@@ -464,10 +543,14 @@ public final class MoeKernelSource {
                     for (int r = 0; r < K; r++) if (which[r] == e) d = dp[r];
                     float pe = p[e];
                 #if SOFTMAX
-                    st(dlogits, (long) t * ER + e, pe * (d - pdp));
+                    float dl = pe * (d - pdp);
                 #else
-                    st(dlogits, (long) t * ER + e, d * pe * (1.f - pe));
+                    float dl = d * pe * (1.f - pe);
                 #endif
+                #if TEMPERATURE
+                    dl *= scaledSlope(logits[(long) t * ER + e], tau);
+                #endif
+                    st(dlogits, (long) t * ER + e, dl);
                   }
                 }
 
@@ -480,27 +563,35 @@ public final class MoeKernelSource {
                 }
 
                 #if SOFTMAX
-                // One warp per token: the column sums of the router probabilities (the aux loss's mean score
-                // times T) into colsum[ER] and Σ_t logsumexp(logits_t)² (the z-loss times T) into stats[ER].
+                // One warp per token: the column sums of the router probabilities (the aux loss's mean score times T)
+                // into stats[0, ER), Σ_t logsumexp(scaled logits_t)² (the z-loss times T) into stats[ER], and
+                // Σ_t -Σ_e p log p (the entropy loss times T) into stats[ER + 1].
                 extern "C" __global__ void router_balance_stats(const float* __restrict__ logits, const float* __restrict__ probs, int T,
-                    float* __restrict__ stats) {
+                    float tau, float* __restrict__ stats) {
                   int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
                   if (t >= T) return;
                   const float* row = logits + (long) t * ER;
-                  float m = -INF;
-                  for (int e = lane; e < ER; e += 32) { atomicAdd(stats + e, probs[(long) t * ER + e]); m = fmaxf(m, row[e]); }
+                  float m = -INF, h = 0.f;
+                  for (int e = lane; e < ER; e += 32) {
+                    float q = probs[(long) t * ER + e];
+                    atomicAdd(stats + e, q);
+                    if (q > 0.f) h -= q * logf(q);
+                    m = fmaxf(m, scaledLogit(row[e], tau));
+                  }
                   m = warpMax(m);
+                  h = warpSum(h);
                   float s = 0.f;
-                  for (int e = lane; e < ER; e += 32) s += __expf(row[e] - m);
+                  for (int e = lane; e < ER; e += 32) s += __expf(scaledLogit(row[e], tau) - m);
                   s = warpSum(s);
-                  if (lane == 0) { float lse = m + logf(s); atomicAdd(stats + ER, lse * lse); }
+                  if (lane == 0) { float lse = m + logf(s); atomicAdd(stats + ER, lse * lse); atomicAdd(stats + ER + 1, h); }
                 }
 
-                // router_backward with the balancing losses: aux[e] (d loss / d p[t,e], the same for every token)
-                // joins the score gradient before the softmax backward; the z-loss adds zc · 2 · lse · softmax.
+                // router_backward with the balancing losses: aux[e] (d loss / d p[t,e], the same for every token) and the
+                // entropy loss's -ent (log p + 1) join the score gradient before the softmax backward; the z-loss adds
+                // zc · 2 · lse · softmax; then through the temperature.
                 extern "C" __global__ void router_backward_balance(const float* __restrict__ probs, const float* __restrict__ logits,
                     const int* __restrict__ idx, const float* __restrict__ dweight, int T, const float* __restrict__ aux, float zc,
-                    act_t* __restrict__ dlogits) {
+                    float ent, float tau, act_t* __restrict__ dlogits) {
                   int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
                   if (t >= T) return;
                   const float* p = probs + (long) t * ER;
@@ -508,7 +599,11 @@ public final class MoeKernelSource {
                   int which[K]; float dp[K];
                   float sum = 0.f, dot = 0.f;
                   #pragma unroll
-                  for (int r = 0; r < K; r++) { which[r] = idx[(long) t * K + r]; float pr = p[which[r]]; sum += pr; dot += dweight[(long) t * K + r] * pr; }
+                  for (int r = 0; r < K; r++) {
+                    which[r] = idx[(long) t * K + r];
+                    float pr = which[r] < ER ? p[which[r]] : 0.f;
+                    sum += pr; dot += dweight[(long) t * K + r] * pr;
+                  }
                   #pragma unroll
                   for (int r = 0; r < K; r++) {
                     float g = dweight[(long) t * K + r];
@@ -516,21 +611,35 @@ public final class MoeKernelSource {
                   }
                   float pdp = 0.f;
                   #pragma unroll
-                  for (int r = 0; r < K; r++) pdp += p[which[r]] * dp[r];
+                  for (int r = 0; r < K; r++) if (which[r] < ER) pdp += p[which[r]] * dp[r];
                   float paux = 0.f, m = -INF;
-                  for (int e = lane; e < ER; e += 32) { paux += p[e] * aux[e]; m = fmaxf(m, row[e]); }
+                  for (int e = lane; e < ER; e += 32) {
+                    float pe = p[e], a = aux[e];
+                #if ENTROPY
+                    if (pe > 0.f) a -= ent * (logf(pe) + 1.f);
+                #endif
+                    paux += pe * a;
+                    m = fmaxf(m, scaledLogit(row[e], tau));
+                  }
                   paux = warpSum(paux);
                   m = warpMax(m);
                   float s = 0.f;
-                  for (int e = lane; e < ER; e += 32) s += __expf(row[e] - m);
+                  for (int e = lane; e < ER; e += 32) s += __expf(scaledLogit(row[e], tau) - m);
                   s = warpSum(s);
                   float lse = m + logf(s);
                   for (int e = lane; e < ER; e += 32) {
+                    float pe = p[e];
                     float d = aux[e];
+                #if ENTROPY
+                    if (pe > 0.f) d -= ent * (logf(pe) + 1.f);
+                #endif
                     #pragma unroll
                     for (int r = 0; r < K; r++) if (which[r] == e) d += dp[r];
-                    float pe = p[e];
-                    st(dlogits, (long) t * ER + e, pe * (d - pdp - paux) + zc * 2.f * lse * pe);
+                    float dl = pe * (d - pdp - paux) + zc * 2.f * lse * pe;
+                #if TEMPERATURE
+                    dl *= scaledSlope(row[e], tau);
+                #endif
+                    st(dlogits, (long) t * ER + e, dl);
                   }
                 }
                 #endif

@@ -23,7 +23,7 @@ import java.util.SplittableRandom;
  * after the steps the weights and AdamW moments brought back to the host.
  *
  * <p>The models: the recipes named on the command line (by default mixtral and deepseek-moe), then always
- * {@link #SIGMOID_MODEL} and {@link #DENSE_FEATURES_MODEL}.
+ * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL} and {@link #ROUTER_OPTIONS_MODEL}.
  *
  * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
  */
@@ -135,6 +135,81 @@ public final class DeviceModelParity {
         return compile("dense-features.moe", DENSE_FEATURES_MODEL);
     }
 
+    /**
+     * The router options of the zoo on the GPU: top-p with an entropy loss, top-p with a temperature annealed through tanh
+     * (read at the step the parity loop sets), MoGE quota groups, and DeepSeek-V3's group-limited sigmoid routing with an
+     * expert bias, a routed scale and a shared expert.
+     */
+    static final String ROUTER_OPTIONS_MODEL = """
+            moe topp {
+              routed 8 x swiglu(hidden: 40)
+              router {
+                score softmax
+                top_p 0.45
+                max_k 4
+                normalize false
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+              balance entropy(coef: 0.01)
+            }
+            moe dts {
+              routed 8 x swiglu(hidden: 40)
+              router {
+                top_p 0.8
+                max_k 6
+                temperature anneal(start: 2.0, end: 0.5, steps: 200)
+                activation tanh
+              }
+              balance aux(coef: 0.01, scope: global_batch)
+              balance z_loss(coef: 0.001)
+            }
+            moe quota {
+              shared 1 x swiglu(hidden: 32)
+              routed 8 x swiglu(hidden: 32)
+              router {
+                score softmax
+                top_k 4
+                normalize false
+                groups quota(2)
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            moe limited {
+              shared 1 x swiglu(hidden: 32)
+              routed 16 x swiglu(hidden: 24)
+              router {
+                score sigmoid
+                top_k 4
+                normalize true
+                scale 2.5
+                bias aux_free(rate: 0.01)
+                groups limited(groups: 4, top: 2)
+              }
+            }
+            model RouterOptionsTiny {
+              vocab 97
+              context 64
+              dim 64
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 4 {
+                first 1: attention, topp
+                2: attention, dts
+                3: attention, quota
+                rest: attention, limited
+              }
+            }
+            """;
+
+    /** The models of {@link #ROUTER_OPTIONS_MODEL}. */
+    public static List<Model> routerOptionModels() {
+        return compile("router-options.moe", ROUTER_OPTIONS_MODEL);
+    }
+
     private static List<Model> compile(String name, String text) {
         SourceFile.ReadResult read = SourceFile.decode(name, text.getBytes(StandardCharsets.UTF_8));
         return MoeCompiler.compile(((SourceFile.ReadResult.Ok) read).source()).orThrow().models();
@@ -151,6 +226,7 @@ public final class DeviceModelParity {
         }
         models.addAll(sigmoidModels());
         models.addAll(denseFeatureModels());
+        models.addAll(routerOptionModels());
         int failures = 0;
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.println("device-resident models against the CPU-generated classes on " + ctx.deviceName);
@@ -196,6 +272,9 @@ public final class DeviceModelParity {
                 double lossC = 0, lossG = 0;
                 pc.forEach(Parameter::zeroGrad);
                 pg.forEach(Parameter::zeroGrad);
+                // an annealed temperature reads the step: 0, 100 and 200 of its 200 steps
+                cpu.setStep(step * 100L);
+                gpu.setStep(step * 100L);
                 cpu.beginStep();
                 gpu.beginStep();
                 for (int micro = 0; micro < 2; micro++) {

@@ -56,7 +56,9 @@ class CudaModelGeneratorTest {
                 resident.add(k);
             }
         });
-        assertWithMessage("outcomes: %s", outcome).that(resident).containsAtLeast("mixtral.moe/MixtralTiny", "deepseek-moe.moe/DeepSeekMoETiny");
+        assertWithMessage("outcomes: %s", outcome).that(resident).containsAtLeast("mixtral.moe/MixtralTiny", "deepseek-moe.moe/DeepSeekMoETiny",
+                // top-p with an entropy loss; top-p with an annealed tanh temperature; MoGE quota groups
+                "dynamic-top-p.moe/DynamicTopPTiny", "evomoe-dts.moe/EvoMoETiny", "pangu-moge.moe/PanguMoGETiny");
         assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
 
@@ -78,6 +80,28 @@ class CudaModelGeneratorTest {
             DeviceModels.Classes classes = DeviceModels.compile(m, "dense-features.moe");
             assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
         }
+    }
+
+    /** The parity check's router-options model (top-p, entropy, annealed tanh temperature, quota, group-limited) is device-resident. */
+    @Test
+    void theParityCheckRouterOptionsModelIsDeviceResident() {
+        List<Model> models = dev.moe.cuda.model.DeviceModelParity.routerOptionModels();
+        assertThat(models).hasSize(1);
+        Model m = models.getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.Classes classes = DeviceModels.compile(m, "router-options.moe");
+        assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+        String source = CudaModelGenerator.generate(m, "dev.moe.generated", "router-options.moe").toString();
+        assertThat(source).contains(".withTopP(0.45f).withEntropy()");
+        assertThat(source).contains(".withTopP(0.8f).withTemperature(MoeKernelSource.LogitActivation.TANH)");
+        assertThat(source).contains(".withQuotaGroups(2)");
+        assertThat(source).contains(".withGroupLimit(4, 2)");
+        // the annealed temperature as the CPU class computes it, from the step
+        assertThat(source).contains("moe2.setTemperature((float) (2.0 + (0.5 - 2.0) * (double) Math.min(step, 200L) / 200))");
+        // the aux loss's f over the slots top-p dispatched, the entropy loss from the layer's statistics
+        assertThat(source).contains("double fe = (double) counts0[ex] / slots0");
+        assertThat(source).contains("balance0 += 0.01 * stats[9] / rows");
+        assertThat(source).contains("moe0.backwardInto(dx, scaled(aux0, scale), 0f, scale * 0.01f / rows, dNormed)");
     }
 
     /** Each new feature is used by the generated code with the CPU class's parameters (names the CPU model owns). */
