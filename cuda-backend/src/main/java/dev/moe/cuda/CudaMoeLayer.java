@@ -46,6 +46,12 @@ public final class CudaMoeLayer implements AutoCloseable {
     private final List<MemorySegment> phaseEvents = new ArrayList<>();
     private boolean profiling;
     private long x, logits, probs, idx, weight, pos, h, g, a, y, out;
+    /** What the router read in the last forward pass: x, or (pre-gating) another input. */
+    private long routerX;
+    /** The router's own input in the activation type, when it is not x (bf16 pre-gating). */
+    private DeviceAllocator.Block routerInAct;
+    /** The gradient of the router's own input after a pre-gating backward (activation type). */
+    private long dRouterX;
     /** The router's temperature for the next forward pass (a spec with a temperature only). */
     private float temperature = 1f;
 
@@ -215,6 +221,14 @@ public final class CudaMoeLayer implements AutoCloseable {
      * (a residual stream). In bf16 the weights' bf16 copies are refreshed from the masters first.
      */
     public void forwardInto(long x, int tokens, long target) {
+        forwardInto(x, x, tokens, target);
+    }
+
+    /**
+     * {@link #forwardInto(long, int, long)} with a router that reads {@code routerX [tokens, D]} (fp32) instead of x:
+     * Read-ME's pre-gating, whose routers all read the embeddings.
+     */
+    public void forwardInto(long x, long routerX, int tokens, long target) {
         long in = x;
         if (act != Type.F32) {
             if (master != null) {
@@ -226,7 +240,22 @@ public final class CudaMoeLayer implements AutoCloseable {
             in = boundary(true, (long) tokens * spec.dim());
             cast(x, in, (long) tokens * spec.dim());
         }
-        long out = forward(in, tokens);
+        long rin = in;
+        if (routerX != x) {
+            rin = routerX;
+            if (act != Type.F32) {
+                long n = (long) tokens * spec.dim();
+                if (routerInAct == null || routerInAct.bytes < n * actBytes) {
+                    if (routerInAct != null) {
+                        routerInAct.close();
+                    }
+                    routerInAct = ctx.allocator.allocate(n * actBytes);
+                }
+                rin = routerInAct.pointer;
+                cast(routerX, rin, n);
+            }
+        }
+        long out = forward(in, rin, tokens);
         long n = (long) tokens * spec.dim();
         launch("add_to_float", elementwiseGrid(n), THREADS, target, out, n);
     }
@@ -244,6 +273,14 @@ public final class CudaMoeLayer implements AutoCloseable {
      * coefficient already divided by the rows and times the loss scale (0: none).
      */
     public void backwardInto(long dOut, float[] aux, float zc, float ent, long dIn) {
+        backwardInto(dOut, aux, zc, ent, dIn, dIn);
+    }
+
+    /**
+     * Backward of {@link #forwardInto(long, long, int, long)}: the gradient of the router's input is ADDED to the fp32
+     * {@code dRouterIn} (which may be {@code dIn}).
+     */
+    public void backwardInto(long dOut, float[] aux, float zc, float ent, long dIn, long dRouterIn) {
         long g = dOut;
         long n = (long) tokens * spec.dim();
         if (act != Type.F32) {
@@ -252,6 +289,9 @@ public final class CudaMoeLayer implements AutoCloseable {
         }
         long dx = backward(g, aux, zc, ent);
         launch("add_to_float", elementwiseGrid(n), THREADS, dIn, dx, n);
+        if (routerX != x) {
+            launch("add_to_float", elementwiseGrid(n), THREADS, dRouterIn, dRouterX, n);
+        }
     }
 
     /**
@@ -333,9 +373,15 @@ public final class CudaMoeLayer implements AutoCloseable {
      * valid until the next forward. Saves what the backward pass needs.
      */
     public long forward(long x, int tokens) {
+        return forward(x, x, tokens);
+    }
+
+    /** {@link #forward(long, int)} with the router reading {@code routerX} (activation type) instead of x. */
+    public long forward(long x, long routerX, int tokens) {
         release(saved);
         release(backwardBlocks);
         this.x = x;
+        this.routerX = routerX;
         this.tokens = tokens;
         int e = spec.experts(), er = spec.routed(), k = spec.topK(), d = spec.dim(), f = spec.hidden();
         int m = tokens * k;
@@ -355,7 +401,7 @@ public final class CudaMoeLayer implements AutoCloseable {
 
         mark("start");
         // logits[T, E] = x · routerᵀ, fp32 out.
-        ctx.blas.matmul(ctx.stream, true, false, er, tokens, d, router, act, d, x, act, d, logits, Type.F32, er, false);
+        ctx.blas.matmul(ctx.stream, true, false, er, tokens, d, router, act, d, routerX, act, d, logits, Type.F32, er, false);
         launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, bias, tokens, idx, weight, probs, temperature);
         launch("expert_rank", e, 1024, idx, m, rank, counts);
         launch("expert_offsets", 1, 32, counts, offs);
@@ -472,9 +518,14 @@ public final class CudaMoeLayer implements AutoCloseable {
             launch("router_backward_balance", ceilDiv(tokens * 32, THREADS), THREADS, probs, logits, idx, dWeight, tokens, auxDevice, zc,
                     ent, temperature, dLogits);
         }
-        // dx += dlogits · router;  drouter[E, D] = dlogitsᵀ · x
-        ctx.blas.matmul(ctx.stream, false, false, d, tokens, er, router, act, d, dLogits, act, er, dx, act, d, true);
-        ctx.blas.matmul(ctx.stream, false, true, d, er, tokens, x, act, d, dLogits, act, er, dRouter, gradType, d, accumulateGrads);
+        // dx += dlogits · router (or, pre-gating, dRouterX = dlogits · router);  drouter[E, D] = dlogitsᵀ · routerX
+        if (routerX == x) {
+            ctx.blas.matmul(ctx.stream, false, false, d, tokens, er, router, act, d, dLogits, act, er, dx, act, d, true);
+        } else {
+            dRouterX = keep(backwardBlocks, (long) tokens * d * actBytes);
+            ctx.blas.matmul(ctx.stream, false, false, d, tokens, er, router, act, d, dLogits, act, er, dRouterX, act, d, false);
+        }
+        ctx.blas.matmul(ctx.stream, false, true, d, er, tokens, routerX, act, d, dLogits, act, er, dRouter, gradType, d, accumulateGrads);
         return dx;
     }
 
@@ -502,7 +553,7 @@ public final class CudaMoeLayer implements AutoCloseable {
     public void close() {
         release(saved);
         release(backwardBlocks);
-        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {inAct, dOutAct}) {
+        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {inAct, dOutAct, routerInAct}) {
             if (b != null) {
                 b.close();
             }

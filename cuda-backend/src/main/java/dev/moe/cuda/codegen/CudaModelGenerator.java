@@ -129,8 +129,8 @@ public final class CudaModelGenerator {
         if (r.temperature().isPresent() && !List.of("none", "tanh", "sigmoid").contains(r.temperature().get().activation().orElse("none"))) {
             return Optional.of("a router activation other than tanh or sigmoid");
         }
-        if (r.jitter() != 0 || r.gatingResidual() || r.recurrentWidth().isPresent() || r.pregate()) {
-            return Optional.of("jitter, gating residual, recurrent or pre-gating routers");
+        if (r.jitter() != 0 || r.gatingResidual() || r.recurrentWidth().isPresent()) {
+            return Optional.of("jitter, gating residual or recurrent routers");
         }
         if (!(r.capacity() instanceof Router.Capacity.Dropless)) {
             return Optional.of("a capacity factor");
@@ -345,6 +345,11 @@ public final class CudaModelGenerator {
         CodeBlock.Builder fwd = CodeBlock.builder();
         String embed = pointer("embed.weight");
         fwd.addStatement("ops.embedding(tokens, $L, $L, rows, DIM)", embed, buffer("stream", "DIM"));
+        boolean pregate = moes.stream().anyMatch(m -> m.router().pregate());
+        if (pregate) {
+            fwd.add("// Read-ME: pre-gating routers read the embeddings\n");
+            fwd.addStatement("copy($L, stream, (long) rows * DIM)", buffer("embedded", "DIM"));
+        }
         for (Layer l : model.layers()) {
             fwd.addStatement("forwardLayer$L()", l.index());
         }
@@ -365,12 +370,19 @@ public final class CudaModelGenerator {
         bwd.add("// dLogits holds the gradient of the mean cross-entropy; scale it for gradient accumulation\n");
         bwd.beginControlFlow("if (scale != 1f)").addStatement("ops.scaleInPlace(dLogits, scale, (long) rows * VOCAB)").endControlFlow();
         bwd.addStatement("zero($L, (long) rows * DIM)", buffer("dx", "DIM"));
+        if (pregate) {
+            bwd.addStatement("zero($L, (long) rows * DIM)", buffer("dEmbedded", "DIM"));
+        }
         bwd.addStatement("linearBackward(finalNormed, $L, dLogits, $L, $L, rows, DIM, VOCAB, false)", head, buffer("dNormed", "DIM"),
                 cfg.tieEmbeddings() ? grad("embed.weight") : grad("head.weight"));
         normBackward(bwd, "final_norm", "finalInput", "final");
         bwd.addStatement("mark($S)", "backward: head and loss");
         for (int i = model.layers().size() - 1; i >= 0; i--) {
             bwd.addStatement("backwardLayer$L(scale)", model.layers().get(i).index());
+        }
+        if (pregate) {
+            bwd.add("// the pre-gating routers' gradient joins the embeddings'\n");
+            bwd.addStatement("ops.addInPlace(dx, dEmbedded, (long) rows * DIM)");
         }
         bwd.addStatement("ops.embeddingBackward(tokens, dx, $L, rows, DIM)", grad("embed.weight"));
 
@@ -607,7 +619,11 @@ public final class CudaModelGenerator {
                     f.addStatement("moe$L.setTemperature($Lf)", i, (float) tp.start());
                 }
             });
-            f.addStatement("moe$L.forwardInto($L, rows, stream)", i, fnormed);
+            if (m.router().pregate()) {
+                f.addStatement("moe$L.forwardInto($L, embedded, rows, stream)", i, fnormed);
+            } else {
+                f.addStatement("moe$L.forwardInto($L, rows, stream)", i, fnormed);
+            }
             f.addStatement("counts$L = moe$L.lastCounts()", i, i);
             f.add("// the slots dispatched to experts (top-p leaves some unused)\n");
             f.addStatement("slots$L = 0", i);
@@ -629,10 +645,11 @@ public final class CudaModelGenerator {
             }
             bf.addStatement("mark($S)", "backward: shared experts");
             bf.add("// routed experts and router (with the balancing losses' gradients)\n");
-            bf.addStatement("moe$L.backwardInto(dx, $L, $L, $L, dNormed)", i,
+            bf.addStatement("moe$L.backwardInto(dx, $L, $L, $L, dNormed$L)", i,
                     m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : "null",
                     zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f")),
-                    entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f")));
+                    entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f")),
+                    m.router().pregate() ? ", dEmbedded" : "");
             bf.addStatement("mark($S)", "backward: moe routed experts");
         }
         normBackward(bf, p + "ffn_norm", fin, "f" + i);

@@ -137,8 +137,8 @@ public final class DeviceModelParity {
 
     /**
      * The router options of the zoo on the GPU: top-p with an entropy loss, top-p with a temperature annealed through tanh
-     * (read at the step the parity loop sets), MoGE quota groups, and DeepSeek-V3's group-limited sigmoid routing with an
-     * expert bias, a routed scale and a shared expert.
+     * (read at the step the parity loop sets), MoGE quota groups, DeepSeek-V3's group-limited sigmoid routing with an
+     * expert bias, a routed scale and a shared expert, and Read-ME's pre-gating router (it reads the embeddings).
      */
     static final String ROUTER_OPTIONS_MODEL = """
             moe topp {
@@ -186,6 +186,15 @@ public final class DeviceModelParity {
                 groups limited(groups: 4, top: 2)
               }
             }
+            moe pre {
+              routed 6 x swiglu(hidden: 32)
+              router {
+                top_k 2
+                normalize true
+                pregate true
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
             model RouterOptionsTiny {
               vocab 97
               context 64
@@ -196,10 +205,11 @@ public final class DeviceModelParity {
               position rope(theta: 10000)
               causal true
               tie_embeddings true
-              layers 4 {
+              layers 5 {
                 first 1: attention, topp
                 2: attention, dts
                 3: attention, quota
+                4: attention, pre
                 rest: attention, limited
               }
             }

@@ -58,7 +58,9 @@ class CudaModelGeneratorTest {
         });
         assertWithMessage("outcomes: %s", outcome).that(resident).containsAtLeast("mixtral.moe/MixtralTiny", "deepseek-moe.moe/DeepSeekMoETiny",
                 // top-p with an entropy loss; top-p with an annealed tanh temperature; MoGE quota groups
-                "dynamic-top-p.moe/DynamicTopPTiny", "evomoe-dts.moe/EvoMoETiny", "pangu-moge.moe/PanguMoGETiny");
+                "dynamic-top-p.moe/DynamicTopPTiny", "evomoe-dts.moe/EvoMoETiny", "pangu-moge.moe/PanguMoGETiny",
+                // pre-gating (every router reads the embeddings)
+                "read-me.moe/ReadMETiny");
         assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
 
@@ -102,6 +104,11 @@ class CudaModelGeneratorTest {
         assertThat(source).contains("double fe = (double) counts0[ex] / slots0");
         assertThat(source).contains("balance0 += 0.01 * stats[9] / rows");
         assertThat(source).contains("moe0.backwardInto(dx, scaled(aux0, scale), 0f, scale * 0.01f / rows, dNormed)");
+        // pre-gating: the router reads the embeddings and sends its input gradient to them
+        assertThat(source).contains("copy(embedded, stream, (long) rows * DIM)");
+        assertThat(source).contains("moe4.forwardInto(f4Normed, embedded, rows, stream)");
+        assertThat(source).contains("moe4.backwardInto(dx, scaled(aux4, scale), 0f, 0f, dNormed, dEmbedded)");
+        assertThat(source).contains("ops.addInPlace(dx, dEmbedded, (long) rows * DIM)");
     }
 
     /** Each new feature is used by the generated code with the CPU class's parameters (names the CPU model owns). */
