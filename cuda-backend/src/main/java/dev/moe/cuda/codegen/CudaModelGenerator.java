@@ -78,6 +78,14 @@ public final class CudaModelGenerator {
             return Optional.of("head_dim above 256");
         }
         for (Layer l : model.layers()) {
+            if (l.block() instanceof Block.Shortcut sc) {
+                Optional<String> why = sc.mixer() instanceof Block.Part.Attention ? unsupported(sc.moe())
+                        : Optional.of("attention experts in a shortcut block");
+                if (why.isPresent()) {
+                    return why.map(w -> "layer " + l.index() + ": " + w);
+                }
+                continue;
+            }
             if (!(l.block() instanceof Block.PreNorm p)) {
                 return Optional.of("layer " + l.index() + "'s " + l.block().getClass().getSimpleName().toLowerCase(Locale.ROOT) + " block");
             }
@@ -291,8 +299,10 @@ public final class CudaModelGenerator {
     }
 
     private Optional<MoeInfo> moeOf(Layer l) {
-        if (l.block() instanceof Block.PreNorm p && p.ffn() instanceof Block.Part.MoePart mp) {
-            Moe m = mp.moe();
+        Moe moe = l.block() instanceof Block.PreNorm p && p.ffn() instanceof Block.Part.MoePart mp ? mp.moe()
+                : l.block() instanceof Block.Shortcut sc ? sc.moe() : null;
+        if (moe != null) {
+            Moe m = moe;
             ExpertGroup routed = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow();
             int hidden = ((Expert.FeedForward) routed.expert()).ffn().hidden();
             List<Ffn> shared = new ArrayList<>();
@@ -331,6 +341,9 @@ public final class CudaModelGenerator {
         List<MoeInfo> moes = model.layers().stream().map(this::moeOf).flatMap(Optional::stream).toList();
         int maxHidden = 1;
         for (Layer l : model.layers()) {
+            if (l.block() instanceof Block.Shortcut sc) {
+                maxHidden = Math.max(maxHidden, sc.dense().hidden());
+            }
             if (l.block() instanceof Block.PreNorm p && p.ffn() instanceof Block.Part.Dense d) {
                 maxHidden = Math.max(maxHidden, d.ffn().hidden());
             }
@@ -527,46 +540,125 @@ public final class CudaModelGenerator {
     private List<MethodSpec> layerMethods(Layer l, Optional<MoeInfo> moe) {
         int i = l.index();
         String p = "layers." + i + ".";
-        Block.PreNorm block = (Block.PreNorm) l.block();
         CodeBlock.Builder f = CodeBlock.builder();
         CodeBlock.Builder b = CodeBlock.builder();
+        if (l.block() instanceof Block.Shortcut sc) {
+            shortcut(f, b, i, sc, moe.orElseThrow());
+        } else {
+            Block.PreNorm block = (Block.PreNorm) l.block();
+            CodeBlock.Builder ba = CodeBlock.builder();
+            attention(f, ba, "a" + i, p + "attn", p + "attn_norm");
+            // the FFN slot
+            String fin = buffer("f" + i + "Input", "DIM"), fnormed = buffer("f" + i + "Normed", "DIM");
+            f.addStatement("copy($L, stream, (long) rows * DIM)", fin);
+            norm(f, p + "ffn_norm", fin, fnormed, "f" + i);
+            CodeBlock.Builder bf = CodeBlock.builder();
+            bf.addStatement("zero(dNormed, (long) rows * DIM)");
+            if (block.ffn() instanceof Block.Part.Dense d) {
+                f.add("// stream += dense(norm(stream))\n");
+                bf.add("// stream += dense(norm(stream))\n");
+                denseForward(f, fnormed, "f" + i, p + "ffn", d.ffn(), "stream");
+                denseBackward(bf, fnormed, "f" + i, p + "ffn", d.ffn(), "dx");
+            } else {
+                moe(f, bf, moe.orElseThrow(), fnormed, "stream", "dx");
+            }
+            normBackward(bf, p + "ffn_norm", fin, "f" + i);
+            bf.addStatement("mark($S)", moe.isPresent() ? "backward: moe" : "backward: dense ffn");
+            f.addStatement("mark($S)", moe.isPresent() ? "forward: moe" : "forward: dense ffn");
+            b.add(bf.build());
+            b.add(ba.build());
+        }
+        return List.of(
+                MethodSpec.methodBuilder("forwardLayer" + i).addModifiers(Modifier.PRIVATE)
+                        .addJavadoc("Layer $L: $L.\n", i, l.block().describe()).addCode(f.build()).build(),
+                MethodSpec.methodBuilder("backwardLayer" + i).addModifiers(Modifier.PRIVATE).addParameter(TypeName.FLOAT, "scale").addCode(b.build())
+                        .build());
+    }
 
-        // attention: stream += o(attention(rope(q), rope(k), v)) of rms(stream)
-        String in = buffer("a" + i + "Input", "DIM"), normed = buffer("a" + i + "Normed", "DIM");
-        String q = buffer("a" + i + "Q", "Q_DIM"), k = buffer("a" + i + "K", "KV_DIM"), v = buffer("a" + i + "V", "KV_DIM");
-        String att = buffer("a" + i + "Att", "Q_DIM"), lse = buffer("a" + i + "Lse", "HEADS");
+    /**
+     * LongCat-Flash's shortcut-connected block: attention, dense FFN, attention, dense FFN in sequence, and an MoE that reads
+     * the input of the first FFN (norm of the stream after the first attention) and whose output joins the stream at the end.
+     */
+    private void shortcut(CodeBlock.Builder f, CodeBlock.Builder b, int i, Block.Shortcut sc, MoeInfo m) {
+        String p = "layers." + i + ".";
+        String moeOut = buffer("s" + i + "MoeOut", "DIM"), dMoeOut = buffer("s" + i + "DMoeOut", "DIM");
+        CodeBlock.Builder ba0 = CodeBlock.builder(), ba1 = CodeBlock.builder();
+        f.add("// attn0\n");
+        attention(f, ba0, "a" + i, p + "attn0", p + "attn0_norm");
+        f.add("// m = norm(stream): the input of ffn0 and of the MoE, whose output is added at the end of the block\n");
+        String fin0 = buffer("f" + i + "Input", "DIM"), m0 = buffer("f" + i + "Normed", "DIM");
+        f.addStatement("copy($L, stream, (long) rows * DIM)", fin0);
+        norm(f, p + "ffn0_norm", fin0, m0, "f" + i);
+        f.addStatement("zero($L, (long) rows * DIM)", moeOut);
+        CodeBlock.Builder bm = CodeBlock.builder();
+        moe(f, bm, m, m0, moeOut, dMoeOut);
+        f.add("// stream += ffn0(m)\n");
+        denseForward(f, m0, "f" + i, p + "ffn0", sc.dense(), "stream");
+        f.add("// attn1\n");
+        attention(f, ba1, "a" + i + "b", p + "attn1", p + "attn1_norm");
+        f.add("// stream += ffn1(norm(stream)) + moe(m)\n");
+        String fin1 = buffer("f" + i + "bInput", "DIM"), n1 = buffer("f" + i + "bNormed", "DIM");
+        f.addStatement("copy($L, stream, (long) rows * DIM)", fin1);
+        norm(f, p + "ffn1_norm", fin1, n1, "f" + i + "b");
+        denseForward(f, n1, "f" + i + "b", p + "ffn1", sc.dense(), "stream");
+        f.addStatement("ops.addInPlace(stream, $L, (long) rows * DIM)", moeOut);
+        f.addStatement("mark($S)", "forward: shortcut block");
+
+        b.add("// the MoE's output gradient is the block output's\n");
+        b.addStatement("copy($L, dx, (long) rows * DIM)", dMoeOut);
+        b.add("// stream += ffn1(norm(stream))\n");
+        b.addStatement("zero(dNormed, (long) rows * DIM)");
+        denseBackward(b, n1, "f" + i + "b", p + "ffn1", sc.dense(), "dx");
+        normBackward(b, p + "ffn1_norm", fin1, "f" + i + "b");
+        b.add(ba1.build());
+        b.add("// stream += ffn0(m), and the MoE of m\n");
+        b.addStatement("zero(dNormed, (long) rows * DIM)");
+        denseBackward(b, m0, "f" + i, p + "ffn0", sc.dense(), "dx");
+        b.add(bm.build());
+        normBackward(b, p + "ffn0_norm", fin0, "f" + i);
+        b.addStatement("mark($S)", "backward: shortcut ffn and moe");
+        b.add(ba0.build());
+    }
+
+    /**
+     * {@code stream += o(attention(rope(q), rope(k), v))} of {@code norm(stream)}: the forward into {@code f}, its backward
+     * (from {@code dx}, adding the input gradient to {@code dx}) into {@code ba}. {@code tag} names the sub-block's buffers.
+     */
+    private void attention(CodeBlock.Builder f, CodeBlock.Builder ba, String tag, String attnPrefix, String normPrefix) {
+        String in = buffer(tag + "Input", "DIM"), normed = buffer(tag + "Normed", "DIM");
+        String q = buffer(tag + "Q", "Q_DIM"), k = buffer(tag + "K", "KV_DIM"), v = buffer(tag + "V", "KV_DIM");
+        String att = buffer(tag + "Att", "Q_DIM"), lse = buffer(tag + "Lse", "HEADS");
         // with qk-norm the projections (and biases) go to the raw q and k, which the backward needs, and the norms write q and k
         boolean qkNorm = cfg.qkNorm();
-        String qIn = qkNorm ? buffer("a" + i + "QRaw", "Q_DIM") : q, kIn = qkNorm ? buffer("a" + i + "KRaw", "KV_DIM") : k;
+        String qIn = qkNorm ? buffer(tag + "QRaw", "Q_DIM") : q, kIn = qkNorm ? buffer(tag + "KRaw", "KV_DIM") : k;
         f.add("// stream += attention(norm(stream))\n");
         f.addStatement("copy($L, stream, (long) rows * DIM)", in);
-        norm(f, p + "attn_norm", in, normed, "a" + i);
-        f.addStatement("linear($L, $L, $L, rows, DIM, Q_DIM, false)", normed, pointer(p + "attn.q"), qIn);
-        f.addStatement("linear($L, $L, $L, rows, DIM, KV_DIM, false)", normed, pointer(p + "attn.k"), kIn);
-        f.addStatement("linear($L, $L, $L, rows, DIM, KV_DIM, false)", normed, pointer(p + "attn.v"), v);
+        norm(f, normPrefix, in, normed, tag);
+        f.addStatement("linear($L, $L, $L, rows, DIM, Q_DIM, false)", normed, pointer(attnPrefix + ".q"), qIn);
+        f.addStatement("linear($L, $L, $L, rows, DIM, KV_DIM, false)", normed, pointer(attnPrefix + ".k"), kIn);
+        f.addStatement("linear($L, $L, $L, rows, DIM, KV_DIM, false)", normed, pointer(attnPrefix + ".v"), v);
         if (cfg.qkvBias()) {
-            f.addStatement("ops.addBias($L, $L, rows, Q_DIM)", qIn, pointer(p + "attn.q_bias"));
-            f.addStatement("ops.addBias($L, $L, rows, KV_DIM)", kIn, pointer(p + "attn.k_bias"));
-            f.addStatement("ops.addBias($L, $L, rows, KV_DIM)", v, pointer(p + "attn.v_bias"));
+            f.addStatement("ops.addBias($L, $L, rows, Q_DIM)", qIn, pointer(attnPrefix + ".q_bias"));
+            f.addStatement("ops.addBias($L, $L, rows, KV_DIM)", kIn, pointer(attnPrefix + ".k_bias"));
+            f.addStatement("ops.addBias($L, $L, rows, KV_DIM)", v, pointer(attnPrefix + ".v_bias"));
         }
         if (qkNorm) {
             // per head (rows * heads rows of HEAD_DIM), or `qk_norm full`: one RMSNorm over each row's whole q (and k)
-            f.addStatement("ops.rmsNorm($L, $L, $L, $L, $L, EPS)", qIn, pointer(p + "attn.q_norm"), q, buffer("a" + i + "QRstd", qkRstdWidth(true)),
+            f.addStatement("ops.rmsNorm($L, $L, $L, $L, $L, EPS)", qIn, pointer(attnPrefix + ".q_norm"), q, buffer(tag + "QRstd", qkRstdWidth(true)),
                     qkNormRows(true));
-            f.addStatement("ops.rmsNorm($L, $L, $L, $L, $L, EPS)", kIn, pointer(p + "attn.k_norm"), k, buffer("a" + i + "KRstd", qkRstdWidth(false)),
+            f.addStatement("ops.rmsNorm($L, $L, $L, $L, $L, EPS)", kIn, pointer(attnPrefix + ".k_norm"), k, buffer(tag + "KRstd", qkRstdWidth(false)),
                     qkNormRows(false));
         }
         f.addStatement("ops.rope($L, rows, seq, HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false)", q);
         f.addStatement("ops.rope($L, rows, seq, KV_HEADS, HEAD_DIM, ROTARY_DIMS, THETA, false)", k);
         f.addStatement("ops.attention($L, $L, $L, $L, $L, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW)", q, k, v, att, lse);
-        f.addStatement("linear($L, $L, stream, rows, Q_DIM, DIM, true)", att, pointer(p + "attn.o"));
+        f.addStatement("linear($L, $L, stream, rows, Q_DIM, DIM, true)", att, pointer(attnPrefix + ".o"));
         f.addStatement("mark($S)", "forward: attention");
 
-        CodeBlock.Builder ba = CodeBlock.builder();
         ba.add("// stream += attention(norm(stream))\n");
         ba.addStatement("zero(dNormed, (long) rows * DIM)");
-        ba.addStatement("linearBackward($L, $L, dx, $L, $L, rows, Q_DIM, DIM, false)", att, pointer(p + "attn.o"), buffer("dAtt", "Q_DIM"),
-                grad(p + "attn.o"));
+        ba.addStatement("linearBackward($L, $L, dx, $L, $L, rows, Q_DIM, DIM, false)", att, pointer(attnPrefix + ".o"), buffer("dAtt", "Q_DIM"),
+                grad(attnPrefix + ".o"));
         ba.addStatement("zero($L, (long) rows * Q_DIM)", buffer("dq", "Q_DIM"));
         ba.addStatement("zero($L, (long) rows * KV_DIM)", buffer("dk", "KV_DIM"));
         ba.addStatement("zero($L, (long) rows * KV_DIM)", buffer("dv", "KV_DIM"));
@@ -580,90 +672,75 @@ public final class CudaModelGenerator {
             dk = buffer("dkRaw", "KV_DIM");
             ba.addStatement("zero(dqRaw, (long) rows * Q_DIM)");
             ba.addStatement("zero(dkRaw, (long) rows * KV_DIM)");
-            ba.addStatement("ops.rmsNormBackward($L, $L, $L, dq, dqRaw, $L, $L)", qIn, pointer(p + "attn.q_norm"), "a" + i + "QRstd",
-                    grad(p + "attn.q_norm"), qkNormRows(true));
-            ba.addStatement("ops.rmsNormBackward($L, $L, $L, dk, dkRaw, $L, $L)", kIn, pointer(p + "attn.k_norm"), "a" + i + "KRstd",
-                    grad(p + "attn.k_norm"), qkNormRows(false));
+            ba.addStatement("ops.rmsNormBackward($L, $L, $L, dq, dqRaw, $L, $L)", qIn, pointer(attnPrefix + ".q_norm"), tag + "QRstd",
+                    grad(attnPrefix + ".q_norm"), qkNormRows(true));
+            ba.addStatement("ops.rmsNormBackward($L, $L, $L, dk, dkRaw, $L, $L)", kIn, pointer(attnPrefix + ".k_norm"), tag + "KRstd",
+                    grad(attnPrefix + ".k_norm"), qkNormRows(false));
         }
         if (cfg.qkvBias()) {
-            ba.addStatement("ops.biasBackward($L, $L, rows, Q_DIM)", dq, grad(p + "attn.q_bias"));
-            ba.addStatement("ops.biasBackward($L, $L, rows, KV_DIM)", dk, grad(p + "attn.k_bias"));
-            ba.addStatement("ops.biasBackward(dv, $L, rows, KV_DIM)", grad(p + "attn.v_bias"));
+            ba.addStatement("ops.biasBackward($L, $L, rows, Q_DIM)", dq, grad(attnPrefix + ".q_bias"));
+            ba.addStatement("ops.biasBackward($L, $L, rows, KV_DIM)", dk, grad(attnPrefix + ".k_bias"));
+            ba.addStatement("ops.biasBackward(dv, $L, rows, KV_DIM)", grad(attnPrefix + ".v_bias"));
         }
-        ba.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, Q_DIM, true)", normed, pointer(p + "attn.q"), dq, grad(p + "attn.q"));
-        ba.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, KV_DIM, true)", normed, pointer(p + "attn.k"), dk, grad(p + "attn.k"));
-        ba.addStatement("linearBackward($L, $L, dv, dNormed, $L, rows, DIM, KV_DIM, true)", normed, pointer(p + "attn.v"), grad(p + "attn.v"));
-        normBackward(ba, p + "attn_norm", in, "a" + i);
+        ba.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, Q_DIM, true)", normed, pointer(attnPrefix + ".q"), dq, grad(attnPrefix + ".q"));
+        ba.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, KV_DIM, true)", normed, pointer(attnPrefix + ".k"), dk, grad(attnPrefix + ".k"));
+        ba.addStatement("linearBackward($L, $L, dv, dNormed, $L, rows, DIM, KV_DIM, true)", normed, pointer(attnPrefix + ".v"), grad(attnPrefix + ".v"));
+        normBackward(ba, normPrefix, in, tag);
 
-        // the FFN slot
-        String fin = buffer("f" + i + "Input", "DIM"), fnormed = buffer("f" + i + "Normed", "DIM");
-        f.addStatement("copy($L, stream, (long) rows * DIM)", fin);
-        norm(f, p + "ffn_norm", fin, fnormed, "f" + i);
-        CodeBlock.Builder bf = CodeBlock.builder();
-        bf.addStatement("zero(dNormed, (long) rows * DIM)");
-        if (block.ffn() instanceof Block.Part.Dense d) {
-            f.add("// stream += dense(norm(stream))\n");
-            bf.add("// stream += dense(norm(stream))\n");
-            denseForward(f, fnormed, "f" + i, p + "ffn", d.ffn());
-            denseBackward(bf, fnormed, "f" + i, p + "ffn", d.ffn());
-        } else {
-            MoeInfo m = moe.orElseThrow();
-            f.add("// stream += moe $L(norm(stream)): routed experts on the GPU layer, then shared experts\n", m.moe().name());
-            m.router().temperature().ifPresent(tp -> {
-                if (tp.steps() > 0 && tp.start() != tp.end()) {
-                    f.add("// dense to sparse: the temperature moves linearly from $L to $L over the first $L steps, then stays\n", tp.start(), tp.end(),
-                            tp.steps());
-                    f.addStatement("moe$L.setTemperature((float) ($L + ($L - $L) * (double) Math.min(step, $LL) / $L))", i, tp.start(), tp.end(), tp.start(),
-                            tp.steps(), tp.steps());
-                } else {
-                    f.addStatement("moe$L.setTemperature($Lf)", i, (float) tp.start());
-                }
-            });
-            if (m.router().pregate()) {
-                f.addStatement("moe$L.forwardInto($L, embedded, rows, stream)", i, fnormed);
-            } else {
-                f.addStatement("moe$L.forwardInto($L, rows, stream)", i, fnormed);
-            }
-            f.addStatement("counts$L = moe$L.lastCounts()", i, i);
-            f.add("// the slots dispatched to experts (top-p leaves some unused)\n");
-            f.addStatement("slots$L = 0", i);
-            f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("slots$L += counts$L[ex]", i, i).endControlFlow();
-            f.beginControlFlow("if (counting)");
-            f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("stepCounts$L[ex] += counts$L[ex]", i, i).endControlFlow();
-            f.addStatement("stepSlots$L += slots$L", i, i);
-            f.endControlFlow();
-            f.addStatement("mark($S)", "forward: moe routed experts");
-            for (int s = 0; s < m.shared().size(); s++) {
-                f.add("// shared expert $L: $L\n", s, m.shared().get(s));
-                denseForward(f, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s));
-            }
-            f.addStatement("mark($S)", "forward: shared experts");
-            balanceForward(f, m);
-            for (int s = 0; s < m.shared().size(); s++) {
-                bf.add("// shared expert $L\n", s);
-                denseBackward(bf, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s));
-            }
-            bf.addStatement("mark($S)", "backward: shared experts");
-            bf.add("// routed experts and router (with the balancing losses' gradients)\n");
-            bf.addStatement("moe$L.backwardInto(dx, $L, $L, $L, dNormed$L)", i,
-                    m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : "null",
-                    zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f")),
-                    entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f")),
-                    m.router().pregate() ? ", dEmbedded" : "");
-            bf.addStatement("mark($S)", "backward: moe routed experts");
-        }
-        normBackward(bf, p + "ffn_norm", fin, "f" + i);
-        bf.addStatement("mark($S)", moe.isPresent() ? "backward: moe" : "backward: dense ffn");
         ba.addStatement("mark($S)", "backward: attention");
-        f.addStatement("mark($S)", moe.isPresent() ? "forward: moe" : "forward: dense ffn");
-        b.add(bf.build());
-        b.add(ba.build());
+    }
 
-        return List.of(
-                MethodSpec.methodBuilder("forwardLayer" + i).addModifiers(Modifier.PRIVATE)
-                        .addJavadoc("Layer $L: attention, $L.\n", i, moe.map(m -> "moe " + m.moe().name()).orElse("dense")).addCode(f.build()).build(),
-                MethodSpec.methodBuilder("backwardLayer" + i).addModifiers(Modifier.PRIVATE).addParameter(TypeName.FLOAT, "scale").addCode(b.build())
-                        .build());
+    /**
+     * The MoE of layer {@code m}: its routed experts (the GPU layer) and shared experts on {@code fnormed}, their output ADDED to
+     * {@code target}, and the balancing losses; the backward (from the output gradient {@code dOut}, adding the input gradient to
+     * {@code dNormed}) into {@code bf}.
+     */
+    private void moe(CodeBlock.Builder f, CodeBlock.Builder bf, MoeInfo m, String fnormed, String target, String dOut) {
+        int i = m.index();
+        String p = "layers." + i + ".";
+        f.add("// $L += moe $L($L): routed experts on the GPU layer, then shared experts\n", target, m.moe().name(), fnormed);
+        m.router().temperature().ifPresent(tp -> {
+            if (tp.steps() > 0 && tp.start() != tp.end()) {
+                f.add("// dense to sparse: the temperature moves linearly from $L to $L over the first $L steps, then stays\n", tp.start(), tp.end(),
+                        tp.steps());
+                f.addStatement("moe$L.setTemperature((float) ($L + ($L - $L) * (double) Math.min(step, $LL) / $L))", i, tp.start(), tp.end(), tp.start(),
+                        tp.steps(), tp.steps());
+            } else {
+                f.addStatement("moe$L.setTemperature($Lf)", i, (float) tp.start());
+            }
+        });
+        if (m.router().pregate()) {
+            f.addStatement("moe$L.forwardInto($L, embedded, rows, $L)", i, fnormed, target);
+        } else {
+            f.addStatement("moe$L.forwardInto($L, rows, $L)", i, fnormed, target);
+        }
+        f.addStatement("counts$L = moe$L.lastCounts()", i, i);
+        f.add("// the slots dispatched to experts (top-p leaves some unused)\n");
+        f.addStatement("slots$L = 0", i);
+        f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("slots$L += counts$L[ex]", i, i).endControlFlow();
+        f.beginControlFlow("if (counting)");
+        f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("stepCounts$L[ex] += counts$L[ex]", i, i).endControlFlow();
+        f.addStatement("stepSlots$L += slots$L", i, i);
+        f.endControlFlow();
+        f.addStatement("mark($S)", "forward: moe routed experts");
+        for (int s = 0; s < m.shared().size(); s++) {
+            f.add("// shared expert $L: $L\n", s, m.shared().get(s));
+            denseForward(f, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s), target);
+        }
+        f.addStatement("mark($S)", "forward: shared experts");
+        balanceForward(f, m);
+        for (int s = 0; s < m.shared().size(); s++) {
+            bf.add("// shared expert $L\n", s);
+            denseBackward(bf, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s), dOut);
+        }
+        bf.addStatement("mark($S)", "backward: shared experts");
+        bf.add("// routed experts and router (with the balancing losses' gradients)\n");
+        bf.addStatement("moe$L.backwardInto($L, $L, $L, $L, dNormed$L)", i, dOut,
+                m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : "null",
+                zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f")),
+                entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f")),
+                m.router().pregate() ? ", dEmbedded" : "");
+        bf.addStatement("mark($S)", "backward: moe routed experts");
     }
 
     private static Optional<Loss.ZLoss> zLoss(MoeInfo m) {
@@ -671,7 +748,7 @@ public final class CudaModelGenerator {
     }
 
     /** {@code stream += down(act(gate(x)) * up(x))}, or {@code down(act(up(x)))} for an ungated FFN. */
-    private void denseForward(CodeBlock.Builder f, String normed, String prefix, String param, Ffn ffn) {
+    private void denseForward(CodeBlock.Builder f, String normed, String prefix, String param, Ffn ffn, String target) {
         String h = Integer.toString(ffn.hidden());
         String up = buffer(prefix + "Up", h), act = buffer(prefix + "Act", h);
         if (ffn.activation().gated()) {
@@ -683,12 +760,13 @@ public final class CudaModelGenerator {
             f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", normed, pointer(param + ".up"), up, h);
             f.addStatement("ops.activation($L, $L, $L, (long) rows * $L)", activation(ffn.activation()), up, act, h);
         }
-        f.addStatement("linear($L, $L, stream, rows, $L, DIM, true)", act, pointer(param + ".down"), h);
+        f.addStatement("linear($L, $L, $L, rows, $L, DIM, true)", act, pointer(param + ".down"), target, h);
     }
 
-    private void denseBackward(CodeBlock.Builder b, String normed, String prefix, String param, Ffn ffn) {
+    private void denseBackward(CodeBlock.Builder b, String normed, String prefix, String param, Ffn ffn, String dOut) {
         String h = Integer.toString(ffn.hidden());
-        b.addStatement("linearBackward($L, $L, dx, dAct, $L, rows, $L, DIM, false)", prefix + "Act", pointer(param + ".down"), grad(param + ".down"), h);
+        b.addStatement("linearBackward($L, $L, $L, dAct, $L, rows, $L, DIM, false)", prefix + "Act", pointer(param + ".down"), dOut, grad(param + ".down"),
+                h);
         if (ffn.activation().gated()) {
             b.addStatement("ops.gluBackward($L, $L, $L, dAct, dGate, dUp, (long) rows * $L)", activation(ffn.activation()), prefix + "Gate",
                     prefix + "Up", h);

@@ -23,7 +23,7 @@ import java.util.SplittableRandom;
  * after the steps the weights and AdamW moments brought back to the host.
  *
  * <p>The models: the recipes named on the command line (by default mixtral and deepseek-moe), then always
- * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL} and {@link #ROUTER_OPTIONS_MODEL}.
+ * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #ROUTER_OPTIONS_MODEL} and {@link #BLOCKS_MODEL}.
  *
  * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
  */
@@ -220,6 +220,41 @@ public final class DeviceModelParity {
         return compile("router-options.moe", ROUTER_OPTIONS_MODEL);
     }
 
+    /** LongCat-Flash's shortcut-connected block (its MoE reads the first FFN's input and joins the stream at the block's end). */
+    static final String BLOCKS_MODEL = """
+            moe flash {
+              shared 1 x swiglu(hidden: 24)
+              routed 8 x swiglu(hidden: 32)
+              router {
+                score softmax
+                top_k 2
+                normalize false
+                scale 2.0
+                bias aux_free(rate: 0.01)
+              }
+              balance z_loss(coef: 0.001)
+            }
+            model ShortcutTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 2 {
+                all: shortcut(attention, swiglu(hidden: 64), flash)
+              }
+            }
+            """;
+
+    /** The models of {@link #BLOCKS_MODEL}. */
+    public static List<Model> blockModels() {
+        return compile("blocks.moe", BLOCKS_MODEL);
+    }
+
     private static List<Model> compile(String name, String text) {
         SourceFile.ReadResult read = SourceFile.decode(name, text.getBytes(StandardCharsets.UTF_8));
         return MoeCompiler.compile(((SourceFile.ReadResult.Ok) read).source()).orThrow().models();
@@ -237,6 +272,7 @@ public final class DeviceModelParity {
         models.addAll(sigmoidModels());
         models.addAll(denseFeatureModels());
         models.addAll(routerOptionModels());
+        models.addAll(blockModels());
         int failures = 0;
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.println("device-resident models against the CPU-generated classes on " + ctx.deviceName);

@@ -111,6 +111,27 @@ class CudaModelGeneratorTest {
         assertThat(source).contains("ops.addInPlace(dx, dEmbedded, (long) rows * DIM)");
     }
 
+    /** The shortcut block's parity model is device-resident: the MoE reads ffn0's input, adds into its own buffer, joins at the end. */
+    @Test
+    void theShortcutBlockIsDeviceResident() {
+        Model m = dev.moe.cuda.model.DeviceModelParity.blockModels().getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.Classes classes = DeviceModels.compile(m, "blocks.moe");
+        assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+        String source = CudaModelGenerator.generate(m, "dev.moe.generated", "blocks.moe").toString();
+        assertThat(source).contains("moe0.forwardInto(f0Normed, rows, s0MoeOut)");
+        assertThat(source).contains("ops.addInPlace(stream, s0MoeOut, (long) rows * DIM)");
+        assertThat(source).contains("copy(s0DMoeOut, dx, (long) rows * DIM)");
+        assertThat(source).contains("moe0.backwardInto(s0DMoeOut, null, scale * 0.001f / rows, 0f, dNormed)");
+        // the shared expert's output joins the MoE's, and its backward reads the same output gradient
+        assertThat(source).contains("linear(f0S0Act, l0MoeShared0Down, s0MoeOut, rows, 24, DIM, true)");
+        assertThat(source).contains("linearBackward(f0S0Act, l0MoeShared0Down, s0DMoeOut, dAct, l0MoeShared0DownGrad, rows, 24, DIM, false)");
+        for (String prefix : List.of("attn0", "attn1")) {
+            assertThat(source).contains("w.value(\"layers.1." + prefix + ".q\")");
+        }
+        assertThat(source).contains("w.value(\"layers.1.ffn1.down\")");
+    }
+
     /** Each new feature is used by the generated code with the CPU class's parameters (names the CPU model owns). */
     @Test
     void theDenseFeaturesAreGeneratedOnTheCpuModelsParameters() {
