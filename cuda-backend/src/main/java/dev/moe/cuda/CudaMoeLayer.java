@@ -41,6 +41,8 @@ public final class CudaMoeLayer implements AutoCloseable {
     private final List<DeviceAllocator.Block> backwardBlocks = new ArrayList<>();
     private int tokens;
     private int[] offsets;
+    /** Slots per routed expert in the last forward pass. */
+    private int[] routedCounts;
     /** When profiling, an event recorded after each phase of the forward pass. */
     private final List<String> phaseNames = new ArrayList<>();
     private final List<MemorySegment> phaseEvents = new ArrayList<>();
@@ -321,13 +323,9 @@ public final class CudaMoeLayer implements AutoCloseable {
         return ctx.downloadInts(idx, tokens * spec.topK());
     }
 
-    /** Tokens per expert in the last forward pass. */
+    /** Slots per routed expert in the last forward pass ({@code routed()} of them: FFN, then zero, then copy experts). */
     public int[] lastCounts() {
-        int[] counts = new int[spec.experts()];
-        for (int e = 0; e < counts.length; e++) {
-            counts[e] = offsets[e + 1] - offsets[e];
-        }
-        return counts;
+        return routedCounts.clone();
     }
 
     /** Records an event after each forward phase, for {@link #phaseMillis()}; costs a little time. */
@@ -390,7 +388,7 @@ public final class CudaMoeLayer implements AutoCloseable {
         idx = keep(saved, (long) m * 4);
         weight = keep(saved, (long) m * 4);
         long rank = keep(saved, (long) m * 4);
-        long counts = keep(saved, (long) e * 4);
+        long counts = keep(saved, (long) er * 4);
         long offs = keep(saved, (long) (e + 1) * 4);
         pos = keep(saved, (long) m * 4);
         h = keep(saved, (long) m * d * actBytes);
@@ -403,11 +401,16 @@ public final class CudaMoeLayer implements AutoCloseable {
         // logits[T, E] = x · routerᵀ, fp32 out.
         ctx.blas.matmul(ctx.stream, true, false, er, tokens, d, router, act, d, routerX, act, d, logits, Type.F32, er, false);
         launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, bias, tokens, idx, weight, probs, temperature);
-        launch("expert_rank", e, 1024, idx, m, rank, counts);
+        // every routed expert is counted (zero and copy experts too, for the balancing); only FFN experts get rows
+        launch("expert_rank", er, 1024, idx, m, rank, counts);
         launch("expert_offsets", 1, 32, counts, offs);
         launch("permute_gather", m, 128, x, idx, rank, offs, pos, h);
         // The GEMMs need each expert's row range on the host: the one device-to-host sync per layer.
-        offsets = ctx.downloadInts(offs, e + 1);
+        routedCounts = ctx.downloadInts(counts, er);
+        offsets = new int[e + 1];
+        for (int ex = 0; ex < e; ex++) {
+            offsets[ex + 1] = offsets[ex] + routedCounts[ex];
+        }
         mark("route+permute");
         for (int ex = 0; ex < e; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;

@@ -80,7 +80,7 @@ public final class GpuChecks {
                     Compare.rel(layer.gateUpGrad(), ref.dGateUp()), Compare.rel(layer.downGrad(), ref.dDown()), false);
             double tol = bf16 ? 2e-2 : 1e-4;
             boolean pass = o.outErr() <= tol && o.dxErr() <= tol && o.dRouterErr() <= tol && o.dGateUpErr() <= tol && o.dDownErr() <= tol
-                    && java.util.Arrays.equals(layer.lastCounts(), java.util.Arrays.copyOf(ref.counts(), e));
+                    && java.util.Arrays.equals(layer.lastCounts(), ref.counts());
             return new Outcome(c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(), o.dDownErr(), pass);
         }
     }
