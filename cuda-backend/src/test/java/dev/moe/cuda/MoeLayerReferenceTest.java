@@ -132,6 +132,30 @@ class MoeLayerReferenceTest {
         assertThat(roomy.dRouter()).usingTolerance(0).containsExactly(dropless.dRouter()).inOrder();
     }
 
+    /**
+     * The GPU checks' capacity cases (with the seeds GpuChecks.main and GpuParityTest give them) really drop slots, but for
+     * the roomy factor and the inference case, which must drop none.
+     */
+    @Test
+    void theGpuCapacityCasesDropSlots() {
+        long seed = 1;
+        int capacityCases = 0;
+        for (GpuChecks.Case c : GpuChecks.cases()) {
+            GpuChecks.Inputs in = GpuChecks.inputs(c, seed++);
+            if (c.spec().options().capacityFactor() == 0) {
+                continue;
+            }
+            capacityCases++;
+            int dropped = 0;
+            for (boolean b : in.ref().dropped()) {
+                dropped += b ? 1 : 0;
+            }
+            boolean roomy = !c.training() || c.spec().options().capacityFactor() >= 8;
+            assertWithMessage("%s: %s slots dropped", c, dropped).that(roomy ? dropped == 0 : dropped > 0).isTrue();
+        }
+        assertThat(capacityCases).isEqualTo(2 * 10);
+    }
+
     /** Slot i's routing weight under a normalised softmax top-k (the order of the weights is all that matters here). */
     private static double weight(Spec s, double[] x, double[] router, int slot) {
         int d = s.dim(), e = s.routed(), k = s.topK(), t = slot / k;

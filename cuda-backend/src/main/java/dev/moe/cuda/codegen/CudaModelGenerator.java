@@ -42,8 +42,9 @@ import javax.lang.model.element.Modifier;
  *
  * <p>It covers the pre-norm transformer with RMSNorm or LayerNorm, RoPE, grouped-query attention
  * (causal or not, sliding window, q/k/v biases, per-head or full qk-norm), gated and ungated dense
- * FFNs, and MoE layers of SwiGLU routed experts with top-k softmax or sigmoid routing
- * (normalisation, scaling, aux-free selection bias), shared FFN experts without a sigmoid gate
+ * FFNs, and MoE layers of SwiGLU, GEGLU, ReLU or GELU routed experts with top-k softmax or sigmoid
+ * routing (normalisation, scaling, aux-free selection bias, a capacity factor dropping by position or
+ * by probability in training forwards), shared FFN experts without a sigmoid gate
  * (gated or not), and the micro- or global-batch aux loss and the z-loss. {@link #unsupported} names what
  * else a model uses; such models run on the hybrid backend instead.
  */
@@ -56,6 +57,9 @@ public final class CudaModelGenerator {
     private static final ClassName EXTERNAL = ClassName.get(CudaMoeLayer.ExternalWeights.class);
     private static final ClassName SPEC = ClassName.get(MoeKernelSource.Spec.class);
     private static final ClassName SCORE = ClassName.get(MoeKernelSource.Score.class);
+    private static final ClassName OPTIONS = ClassName.get(MoeKernelSource.Options.class);
+    private static final ClassName EXPERT_ACTIVATION = ClassName.get(MoeKernelSource.ExpertActivation.class);
+    private static final ClassName DROP = ClassName.get(MoeKernelSource.Drop.class);
     private static final ClassName ACTIVATION = ClassName.get(Activation.class);
 
     private final Model model;
@@ -102,9 +106,8 @@ public final class CudaModelGenerator {
         }
         Router r = moe.routers().getFirst();
         List<ExpertGroup> routed = moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).toList();
-        if (routed.size() != 1 || !(routed.getFirst().expert() instanceof Expert.FeedForward ff)
-                || ff.ffn().activation() != Ffn.Activation.SWIGLU || routed.getFirst().sigmoidGate()) {
-            return Optional.of("routed experts other than one group of swiglu experts (zero, copy, constant, latent, LoRA experts)");
+        if (routed.size() != 1 || !(routed.getFirst().expert() instanceof Expert.FeedForward) || routed.getFirst().sigmoidGate()) {
+            return Optional.of("routed experts other than one group of FFN experts (zero, copy, constant, latent, LoRA experts)");
         }
         for (ExpertGroup g : moe.groups()) {
             if (g.role() == ExpertGroup.Role.SHARED && (!(g.expert() instanceof Expert.FeedForward) || g.sigmoidGate())) {
@@ -123,8 +126,13 @@ public final class CudaModelGenerator {
         if (r.jitter() != 0 || r.temperature().isPresent() || r.gatingResidual() || r.recurrentWidth().isPresent() || r.pregate()) {
             return Optional.of("jitter, temperature, gating residual, recurrent or pre-gating routers");
         }
-        if (!(r.capacity() instanceof Router.Capacity.Dropless)) {
-            return Optional.of("a capacity factor");
+        if (r.capacity() instanceof Router.Capacity.Factor cf) {
+            if (cf.drop() == Router.DropPolicy.RANDOM) {
+                return Optional.of("a capacity factor that drops at random");
+            }
+            if (cf.factor() <= 0 || Double.parseDouble(Float.toString((float) cf.factor())) != cf.factor()) {
+                return Optional.of("a capacity factor of more digits than a float holds (" + cf.factor() + ")");
+            }
         }
         for (Loss loss : moe.losses()) {
             switch (loss) {
@@ -189,10 +197,28 @@ public final class CudaModelGenerator {
 
     // ---- the class ----
 
-    private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int k, int hidden, List<Ffn> shared) {
+    private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int k, int hidden, List<Ffn> shared, Ffn.Activation activation) {
         int index() {
             return layer.index();
         }
+
+        /** The capacity factor of a training forward, or null when dropless. */
+        Router.Capacity.Factor capacity() {
+            return router.capacity() instanceof Router.Capacity.Factor cf ? cf : null;
+        }
+    }
+
+    /** The layer's {@code MoeKernelSource.Options}: the routed experts' activation and the capacity factor. */
+    private static CodeBlock options(MoeInfo m) {
+        CodeBlock.Builder b = CodeBlock.builder().add("$T.NONE", OPTIONS);
+        if (m.activation() != Ffn.Activation.SWIGLU) {
+            b.add(".withActivation($T.$L)", EXPERT_ACTIVATION, m.activation().name());
+        }
+        Router.Capacity.Factor cf = m.capacity();
+        if (cf != null) {
+            b.add(".withCapacity($Lf, $T.$L)", Float.toString((float) cf.factor()), DROP, cf.drop().name());
+        }
+        return b.build();
     }
 
     private final List<String> pointerParams = new ArrayList<>();
@@ -224,7 +250,8 @@ public final class CudaModelGenerator {
         if (l.block() instanceof Block.PreNorm p && p.ffn() instanceof Block.Part.MoePart mp) {
             Moe m = mp.moe();
             ExpertGroup routed = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow();
-            int hidden = ((Expert.FeedForward) routed.expert()).ffn().hidden();
+            Ffn routedFfn = ((Expert.FeedForward) routed.expert()).ffn();
+            int hidden = routedFfn.hidden();
             List<Ffn> shared = new ArrayList<>();
             for (ExpertGroup g : m.groups()) {
                 if (g.role() == ExpertGroup.Role.SHARED) {
@@ -234,7 +261,8 @@ public final class CudaModelGenerator {
                 }
             }
             Router r = m.routers().getFirst();
-            return Optional.of(new MoeInfo(l, m, r, routed.count(), ((Router.Selection.TopK) r.selection()).k(), hidden, shared));
+            return Optional.of(new MoeInfo(l, m, r, routed.count(), ((Router.Selection.TopK) r.selection()).k(), hidden, shared,
+                    routedFfn.activation()));
         }
         return Optional.empty();
     }
@@ -325,6 +353,8 @@ public final class CudaModelGenerator {
             t.addField(FieldSpec.builder(long[].class, "stepCounts" + l, Modifier.PRIVATE, Modifier.FINAL).initializer("new long[$L]", m.experts())
                     .build());
             t.addField(TypeName.LONG, "stepSlots" + l, Modifier.PRIVATE);
+            t.addField(FieldSpec.builder(TypeName.LONG, "slots" + l, Modifier.PRIVATE)
+                    .addJavadoc("The last forward's dispatched slots: rows · k, less the slots dropped over capacity.\n").build());
             t.addField(TypeName.DOUBLE, "balance" + l, Modifier.PRIVATE);
             t.addField(float[].class, "aux" + l, Modifier.PRIVATE);
         }
@@ -343,8 +373,12 @@ public final class CudaModelGenerator {
         for (MoeInfo m : moes) {
             int l = m.index();
             String pre = "layers." + l + ".moe.";
+            // the layer's w13: per expert its gate then up rows ([E, 2F, D]), or its up rows only when ungated ([E, F, D])
+            boolean gated = m.activation().gated();
             for (int e = 0; e < m.experts(); e++) {
-                placed.add(need(pre + "experts." + e + ".gate"));
+                if (gated) {
+                    placed.add(need(pre + "experts." + e + ".gate"));
+                }
                 placed.add(need(pre + "experts." + e + ".up"));
             }
             for (int e = 0; e < m.experts(); e++) {
@@ -353,11 +387,12 @@ public final class CudaModelGenerator {
             Router r = m.router();
             String bias = pre + "router.expert_bias";
             boolean hasBias = r.bias().isPresent();
-            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, $L, $T.$L, $L, $Lf, $L, ctx.expertPrecision), new $T(w.value($S), $L, "
+            String w13 = pre + "experts.0." + (gated ? "gate" : "up");
+            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, 0, 0, $L, $T.$L, $L, $Lf, $L, ctx.expertPrecision, $L), new $T(w.value($S), $L, "
                     + "w.value($S), w.value($S), w.grad($S), w.grad($S), w.grad($S)))", l, MOE_LAYER, SPEC, m.hidden(), m.experts(), m.k(), SCORE,
-                    r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias, EXTERNAL,
-                    need(pre + "router.weight"), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", pre + "experts.0.gate",
-                    pre + "experts.0.down", pre + "router.weight", pre + "experts.0.gate", pre + "experts.0.down");
+                    r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias, options(m), EXTERNAL,
+                    need(pre + "router.weight"), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", w13,
+                    pre + "experts.0.down", pre + "router.weight", w13, pre + "experts.0.down");
         }
         t.addField(FieldSpec.builder(ParameterizedTypeName.get(List.class, String.class), "PLACED_FIRST", Modifier.PRIVATE, Modifier.STATIC,
                 Modifier.FINAL).initializer("$L", placedList(placed)).build());
@@ -525,11 +560,24 @@ public final class CudaModelGenerator {
         } else {
             MoeInfo m = moe.orElseThrow();
             f.add("// stream += moe $L(norm(stream)): routed experts on the GPU layer, then shared experts\n", m.moe().name());
+            if (m.capacity() != null) {
+                Router.Capacity.Factor cf = m.capacity();
+                f.add("// capacity factor $L (training forwards only): each expert keeps at most ceil($L · rows · $L / $L) slots, by $L\n", cf.factor(),
+                        cf.factor(), m.k(), m.experts(), cf.drop() == Router.DropPolicy.PROBABILITY ? "highest weight" : "earliest token");
+                f.addStatement("moe$L.setTraining(counting)", i);
+            }
             f.addStatement("moe$L.forwardInto($L, rows, stream)", i, fnormed);
             f.addStatement("counts$L = moe$L.lastCounts()", i, i);
+            if (m.capacity() != null) {
+                f.add("// the kept (dispatched) slots: the aux loss's f and the loads count these, as the CPU class does\n");
+                f.addStatement("slots$L = 0", i);
+                f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("slots$L += counts$L[ex]", i, i).endControlFlow();
+            } else {
+                f.addStatement("slots$L = (long) rows * $L", i, m.k());
+            }
             f.beginControlFlow("if (counting)");
             f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("stepCounts$L[ex] += counts$L[ex]", i, i).endControlFlow();
-            f.addStatement("stepSlots$L += (long) rows * $L", i, m.k());
+            f.addStatement("stepSlots$L += slots$L", i, i);
             f.endControlFlow();
             f.addStatement("mark($S)", "forward: moe routed experts");
             for (int s = 0; s < m.shared().size(); s++) {
@@ -627,10 +675,9 @@ public final class CudaModelGenerator {
             f.addStatement("aux$L = new float[$L]", i, e);
             f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", e);
             if (global) {
-                f.addStatement("double fe = stepSlots$L > 0 ? (double) stepCounts$L[ex] / stepSlots$L : (double) counts$L[ex] / ((long) rows * $L)", i, i, i,
-                        i, m.k());
+                f.addStatement("double fe = stepSlots$L > 0 ? (double) stepCounts$L[ex] / stepSlots$L : (double) counts$L[ex] / slots$L", i, i, i, i, i);
             } else {
-                f.addStatement("double fe = (double) counts$L[ex] / ((long) rows * $L)", i, m.k());
+                f.addStatement("double fe = (double) counts$L[ex] / slots$L", i, i);
             }
             f.addStatement("balance$L += $L * $L * fe * stats[ex] / rows", i, a.coef(), e);
             f.addStatement("aux$L[ex] = (float) ($L * $L * fe / rows)", i, a.coef(), e);
@@ -666,10 +713,18 @@ public final class CudaModelGenerator {
             layers.append(j == 0 ? "" : ", ").append(i);
             loads.addStatement("loads[$L] = counts$L.clone()", j, i);
             bySeq.addStatement("int[] chosen$L = moe$L.lastSelection()", i, i);
+            if (m.capacity() != null) {
+                bySeq.addCode("// the kept slots only: a slot dropped over capacity has no row\n");
+                bySeq.addStatement("int[] rowOf$L = moe$L.lastPositions()", i, i);
+            }
             bySeq.beginControlFlow("for (int b = 0; b < batch; b++)");
             bySeq.addStatement("int[] counts = new int[$L]", m.experts());
             bySeq.beginControlFlow("for (int slot = b * seq * $L; slot < (b + 1) * seq * $L; slot++)", m.k(), m.k());
-            bySeq.addStatement("counts[chosen$L[slot]]++", i);
+            if (m.capacity() != null) {
+                bySeq.beginControlFlow("if (rowOf$L[slot] >= 0)", i).addStatement("counts[chosen$L[slot]]++", i).endControlFlow();
+            } else {
+                bySeq.addStatement("counts[chosen$L[slot]]++", i);
+            }
             bySeq.endControlFlow();
             bySeq.addStatement("loads[$L][b] = counts", j);
             bySeq.endControlFlow();
