@@ -25,8 +25,15 @@ class DeviceRefusalTest {
 
     @Test
     void anUncoveredModelNamesItsFeature() {
-        // switch's dense relu FFN runs on the device; its routed relu experts do not (the GPU MoE layer is SwiGLU only)
-        assertThat(Recipes.deviceRefusal(model("switch.moe"), false).orElseThrow()).contains("routed experts other than one group of swiglu experts");
-        assertThat(Recipes.deviceRefusal(model("switch.moe"), true).orElseThrow()).contains("routed experts other than one group of swiglu experts");
+        // MoE++'s zero, copy and constant experts beside its FFN experts are not covered on the device yet
+        assertThat(Recipes.deviceRefusal(model("moe-plus-plus.moe"), false).orElseThrow()).contains("routed experts other than one group of FFN experts");
+        assertThat(Recipes.deviceRefusal(model("moe-plus-plus.moe"), true).orElseThrow()).contains("routed experts other than one group of FFN experts");
+    }
+
+    @Test
+    void switchRunsDeviceResident() {
+        // routed relu experts under top-1 with a capacity factor: covered; padded documents still are not
+        assertThat(Recipes.deviceRefusal(model("switch.moe"), false)).isEmpty();
+        assertThat(Recipes.deviceRefusal(model("switch.moe"), true)).hasValue("padding masks (`documents pad`)");
     }
 }

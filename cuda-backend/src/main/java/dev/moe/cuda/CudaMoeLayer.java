@@ -9,12 +9,16 @@ import java.util.ArrayList;
 import java.util.List;
 
 /**
- * One dropless MoE layer with SwiGLU experts on the GPU, forward and backward: the router and the
- * permutation run as kernels generated for the layer's declaration ({@link MoeKernelSource}), the
- * expert FFNs as cuBLASLt GEMMs over each expert's contiguous rows (tokens sorted by expert).
+ * One MoE layer on the GPU, forward and backward: the router and the permutation run as kernels
+ * generated for the layer's declaration ({@link MoeKernelSource}), the expert FFNs as cuBLASLt GEMMs
+ * over each expert's contiguous rows (tokens sorted by expert). The experts are SwiGLU or GEGLU
+ * (gated) or ReLU or GELU (ungated), as the spec's options say; with a capacity factor, training
+ * forwards ({@link #setTraining}) drop the slots over each expert's capacity, by position or by
+ * routing weight, as the CPU class does; otherwise the layer is dropless.
  *
  * <p>Weights use the CPU backend's layout: router {@code [E, D]}, gate and up projections packed
- * as {@code w13 [E, 2F, D]} (gate rows first), down projection {@code w2 [E, D, F]}. Weights and
+ * as {@code w13 [E, 2F, D]} (gate rows first; {@code [E, F, D]} of up rows for ungated experts),
+ * down projection {@code w2 [E, D, F]}. Weights and
  * activations are stored in the spec's precision (bf16, or fp32 for parity runs); gradients of
  * the weights are fp32 (the master copy's type) or, with {@code gradsInActivationType}, the
  * activation type, as PyTorch does for bf16 parameters.
@@ -28,6 +32,10 @@ public final class CudaMoeLayer implements AutoCloseable {
     private final Type act;
     private final Type gradType;
     private final int actBytes;
+    /** The rows of w13 per expert: 2F for gated experts (gate, then up), F for ungated ones (up only). */
+    private final int gw;
+    /** Whether forwards drop slots over capacity (training); inference forwards are dropless. */
+    private boolean training = true;
     /** The weight blocks this layer allocated itself (null when it works on external weights). */
     private final DeviceAllocator.Block routerBlock, biasBlock, w13Block, w2Block, dRouterBlock, dW13Block, dW2Block;
     private final long router, bias, w13, w2, dRouter, dW13, dW2;
@@ -56,6 +64,7 @@ public final class CudaMoeLayer implements AutoCloseable {
     private long dRouterX;
     /** The router's temperature for the next forward pass (a spec with a temperature only). */
     private float temperature = 1f;
+    private boolean dropping;
 
     public CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType) {
         this(ctx, spec, gradsInActivationType, null);
@@ -64,7 +73,7 @@ public final class CudaMoeLayer implements AutoCloseable {
     /**
      * Device pointers of weights and gradients that a caller owns (a device-resident model's
      * parameter arena), fp32, in this layer's layout: router {@code [routed, D]}, selection bias
-     * {@code [routed]} (0 without one), {@code w13 [E, 2F, D]}, {@code w2 [E, D, F]}.
+     * {@code [routed]} (0 without one), {@code w13 [E, 2F, D]} ({@code [E, F, D]} ungated), {@code w2 [E, D, F]}.
      */
     public record ExternalWeights(long router, long bias, long w13, long w2, long dRouter, long dW13, long dW2) {}
 
@@ -87,14 +96,18 @@ public final class CudaMoeLayer implements AutoCloseable {
         this.act = spec.precision() == Precision.BF16 ? Type.BF16 : Type.F32;
         this.gradType = gradsInActivationType ? act : Type.F32;
         this.actBytes = act.bytes;
-        long e = spec.experts(), er = spec.routed(), d = spec.dim(), f = spec.hidden();
+        this.gw = spec.options().activation().gated ? 2 * spec.hidden() : spec.hidden();
+        if (spec.options().capacityFactor() > 0 && spec.routed() != spec.experts()) {
+            throw new IllegalArgumentException("a capacity factor with zero or copy experts is not supported on the GPU");
+        }
+        long e = spec.experts(), er = spec.routed(), d = spec.dim(), f = spec.hidden(), gw = this.gw;
         if (external == null) {
             routerBlock = ctx.allocator.allocate(er * d * actBytes);
             biasBlock = spec.bias() ? ctx.allocator.allocate(er * 4) : null;
-            w13Block = ctx.allocator.allocate(e * 2 * f * d * actBytes);
+            w13Block = ctx.allocator.allocate(e * gw * d * actBytes);
             w2Block = ctx.allocator.allocate(e * d * f * actBytes);
             dRouterBlock = ctx.allocator.allocate(er * d * gradType.bytes);
-            dW13Block = ctx.allocator.allocate(e * 2 * f * d * gradType.bytes);
+            dW13Block = ctx.allocator.allocate(e * gw * d * gradType.bytes);
             dW2Block = ctx.allocator.allocate(e * d * f * gradType.bytes);
             router = routerBlock.pointer;
             bias = biasBlock == null ? 0 : biasBlock.pointer;
@@ -117,7 +130,7 @@ public final class CudaMoeLayer implements AutoCloseable {
         } else {
             // bf16 copies of the fp32 masters for the GEMMs; gradients go straight to the fp32 masters' arena
             routerBlock = ctx.allocator.allocate(er * d * actBytes);
-            w13Block = ctx.allocator.allocate(e * 2 * f * d * actBytes);
+            w13Block = ctx.allocator.allocate(e * gw * d * actBytes);
             w2Block = ctx.allocator.allocate(e * d * f * actBytes);
             biasBlock = dRouterBlock = dW13Block = dW2Block = null;
             router = routerBlock.pointer;
@@ -131,9 +144,14 @@ public final class CudaMoeLayer implements AutoCloseable {
         }
         this.master = external != null && act != Type.F32 ? external : null;
         // Compile (or load from the disk cache) before any timing starts.
-        for (String k : List.of("router_topk", "expert_rank", "expert_offsets", "permute_gather", "swiglu", "combine",
-                "combine_backward", "swiglu_backward", "unpermute_sum", "router_backward")) {
+        for (String k : List.of("router_topk", "expert_rank", "expert_offsets", "permute_gather", "expert_act", "combine",
+                "combine_backward", "expert_act_backward", "unpermute_sum", "router_backward")) {
             ctx.kernel(source, k);
+        }
+        if (spec.options().capacityFactor() > 0) {
+            for (String k : List.of("capacity_order", "capacity_keep", "expert_rank_kept")) {
+                ctx.kernel(source, k);
+            }
         }
         ctx.kernel(source, "cast_from_float");
         ctx.kernel(source, "add_to_float");
@@ -146,12 +164,13 @@ public final class CudaMoeLayer implements AutoCloseable {
     /**
      * Uploads weights given in fp32 (rounded to bf16 in bf16 mode): the router {@code [routed, D]}
      * (FFN experts' rows first, then zero, then copy experts'), the selection bias {@code [routed]}
-     * or null, and the FFN experts' {@code gateUp} and {@code down}.
+     * or null, and the FFN experts' {@code gateUp} ({@code [E, 2F, D]}, or {@code [E, F, D]} of up rows
+     * only for ungated experts) and {@code down}.
      */
     public void setWeights(float[] routerWeights, float[] expertBias, float[] gateUp, float[] down) {
         int e = spec.experts(), er = spec.routed(), d = spec.dim(), f = spec.hidden();
         check(routerWeights.length == er * d, "router weights");
-        check(gateUp.length == (long) e * 2 * f * d, "gate/up weights");
+        check(gateUp.length == (long) e * gw * d, "gate/up weights");
         check(down.length == (long) e * d * f, "down weights");
         upload(routerWeights, router);
         upload(gateUp, w13);
@@ -191,7 +210,7 @@ public final class CudaMoeLayer implements AutoCloseable {
     }
 
     public float[] gateUpGrad() {
-        return downloadGrad(dW13, spec.experts() * 2 * spec.hidden() * spec.dim());
+        return downloadGrad(dW13, spec.experts() * gw * spec.dim());
     }
 
     public float[] downGrad() {
@@ -236,7 +255,7 @@ public final class CudaMoeLayer implements AutoCloseable {
             if (master != null) {
                 long e = spec.experts(), er = spec.routed(), d = spec.dim(), f = spec.hidden();
                 cast(master.router(), router, er * d);
-                cast(master.w13(), w13, e * 2 * f * d);
+                cast(master.w13(), w13, e * gw * d);
                 cast(master.w2(), w2, e * d * f);
             }
             in = boundary(true, (long) tokens * spec.dim());
@@ -323,7 +342,38 @@ public final class CudaMoeLayer implements AutoCloseable {
         return ctx.downloadInts(idx, tokens * spec.topK());
     }
 
-    /** Slots per routed expert in the last forward pass ({@code routed()} of them: FFN, then zero, then copy experts). */
+    /**
+     * Training forwards (the default) drop the slots over an expert's capacity when the spec has a
+     * capacity factor; inference forwards are dropless, as the CPU class's forwards when not counting.
+     */
+    public void setTraining(boolean training) {
+        this.training = training;
+    }
+
+    /**
+     * The capacity of each expert for {@code tokens} tokens, as the CPU class computes it:
+     * ceil(factor · tokens · k / E) in double, the factor read back from its shortest decimal form
+     * (the recipe's literal) so that a float factor such as 1.1f gives the CPU's double 1.1.
+     */
+    public static int capacity(Spec spec, int tokens) {
+        double factor = Double.parseDouble(Float.toString(spec.options().capacityFactor()));
+        return (int) Math.ceil(factor * tokens * spec.topK() / spec.experts());
+    }
+
+    /** Whether the last forward dropped slots over capacity (a training forward with a capacity factor). */
+    public boolean lastDropped() {
+        return dropping;
+    }
+
+    /**
+     * Each slot's row in the sorted expert rows of the last forward, {@code [tokens, k]}: -1 for a
+     * zero or copy expert's slot and for a slot dropped over capacity. Waits for the GPU.
+     */
+    public int[] lastPositions() {
+        return ctx.downloadInts(pos, tokens * spec.topK());
+    }
+
+    /** Slots per routed expert in the last forward pass ({@code routed()} of them: FFN, then zero, then copy experts; kept slots after any capacity drops). */
     public int[] lastCounts() {
         return routedCounts.clone();
     }
@@ -392,7 +442,7 @@ public final class CudaMoeLayer implements AutoCloseable {
         long offs = keep(saved, (long) (e + 1) * 4);
         pos = keep(saved, (long) m * 4);
         h = keep(saved, (long) m * d * actBytes);
-        g = keep(saved, (long) m * 2 * f * actBytes);
+        g = keep(saved, (long) m * gw * actBytes);
         a = keep(saved, (long) m * f * actBytes);
         y = keep(saved, (long) m * d * actBytes);
         out = keep(saved, (long) tokens * d * actBytes);
@@ -403,6 +453,17 @@ public final class CudaMoeLayer implements AutoCloseable {
         launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, bias, tokens, idx, weight, probs, temperature);
         // every routed expert is counted (zero and copy experts too, for the balancing); only FFN experts get rows
         launch("expert_rank", er, 1024, idx, m, rank, counts);
+        dropping = training && spec.options().capacityFactor() > 0;
+        if (dropping) {
+            // the routed rows' offsets, each expert's rows in token order, which to keep; then rank and count the kept rows only
+            long routedOffs = keep(saved, (long) (e + 1) * 4);
+            long order = keep(saved, (long) m * 4);
+            long kept = keep(saved, (long) m * 4);
+            launch("expert_offsets", 1, 32, counts, routedOffs);
+            launch("capacity_order", ceilDiv(m, THREADS), THREADS, idx, rank, routedOffs, m, order);
+            launch("capacity_keep", ceilDiv(m, THREADS), THREADS, idx, rank, weight, routedOffs, order, m, capacity(spec, tokens), kept);
+            launch("expert_rank_kept", e, 1024, idx, kept, m, rank, counts);
+        }
         launch("expert_offsets", 1, 32, counts, offs);
         launch("permute_gather", m, 128, x, idx, rank, offs, pos, h);
         // The GEMMs need each expert's row range on the host: the one device-to-host sync per layer.
@@ -417,14 +478,14 @@ public final class CudaMoeLayer implements AutoCloseable {
             if (rows == 0) {
                 continue;
             }
-            // g_e[rows, 2F] = h_e · w13_eᵀ
-            ctx.blas.matmul(ctx.stream, true, false, 2 * f, rows, d, w13 + (long) ex * 2 * f * d * actBytes, act, d,
-                    h + (long) r0 * d * actBytes, act, d, g + (long) r0 * 2 * f * actBytes, act, 2 * f, false);
+            // g_e[rows, GW] = h_e · w13_eᵀ
+            ctx.blas.matmul(ctx.stream, true, false, gw, rows, d, w13 + (long) ex * gw * d * actBytes, act, d,
+                    h + (long) r0 * d * actBytes, act, d, g + (long) r0 * gw * actBytes, act, gw, false);
         }
         mark("gemm gate/up");
-        long n = (long) offsets[e] * f; // rows of FFN experts only: zero and copy slots have none
-        launch("swiglu", elementwiseGrid(n), THREADS, g, a, n);
-        mark("swiglu");
+        long n = (long) offsets[e] * f; // rows of FFN experts only: zero, copy and dropped slots have none
+        launch("expert_act", elementwiseGrid(n), THREADS, g, a, n);
+        mark("activation");
         for (int ex = 0; ex < e; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
             if (rows == 0) {
@@ -468,7 +529,7 @@ public final class CudaMoeLayer implements AutoCloseable {
         long dy = keep(backwardBlocks, (long) m * d * actBytes);
         long dWeight = keep(backwardBlocks, (long) m * 4);
         long da = keep(backwardBlocks, (long) m * f * actBytes);
-        long dg = keep(backwardBlocks, (long) m * 2 * f * actBytes);
+        long dg = keep(backwardBlocks, (long) m * gw * actBytes);
         long dh = keep(backwardBlocks, (long) m * d * actBytes);
         long dx = keep(backwardBlocks, (long) tokens * d * actBytes);
         long dLogits = keep(backwardBlocks, (long) tokens * er * actBytes);
@@ -492,22 +553,22 @@ public final class CudaMoeLayer implements AutoCloseable {
                     d, dW2 + (long) ex * d * f * gb, gradType, f, accumulateGrads);
         }
         long n = (long) offsets[e] * f;
-        launch("swiglu_backward", elementwiseGrid(n), THREADS, g, da, dg, n);
+        launch("expert_act_backward", elementwiseGrid(n), THREADS, g, da, dg, n);
         for (int ex = 0; ex < e; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
-            long w13e = w13 + (long) ex * 2 * f * d * actBytes;
+            long w13e = w13 + (long) ex * gw * d * actBytes;
             if (rows == 0) {
                 if (!accumulateGrads) {
-                    ctx.driver.memsetZero(dW13 + (long) ex * 2 * f * d * gb, (long) 2 * f * d * gb, ctx.stream);
+                    ctx.driver.memsetZero(dW13 + (long) ex * gw * d * gb, (long) gw * d * gb, ctx.stream);
                 }
                 continue;
             }
             // dh_e[rows, D] = dg_e · w13_e
-            ctx.blas.matmul(ctx.stream, false, false, d, rows, 2 * f, w13e, act, d, dg + (long) r0 * 2 * f * actBytes, act, 2 * f,
+            ctx.blas.matmul(ctx.stream, false, false, d, rows, gw, w13e, act, d, dg + (long) r0 * gw * actBytes, act, gw,
                     dh + (long) r0 * d * actBytes, act, d, false);
-            // dw13_e[2F, D] = dg_eᵀ · h_e
-            ctx.blas.matmul(ctx.stream, false, true, d, 2 * f, rows, h + (long) r0 * d * actBytes, act, d, dg + (long) r0 * 2 * f * actBytes,
-                    act, 2 * f, dW13 + (long) ex * 2 * f * d * gb, gradType, d, accumulateGrads);
+            // dw13_e[GW, D] = dg_eᵀ · h_e
+            ctx.blas.matmul(ctx.stream, false, true, d, gw, rows, h + (long) r0 * d * actBytes, act, d, dg + (long) r0 * gw * actBytes,
+                    act, gw, dW13 + (long) ex * gw * d * gb, gradType, d, accumulateGrads);
         }
         launch("unpermute_sum", tokens, THREADS, dh, dOut, idx, pos, weight, dx);
         if (ent != 0f && !spec.options().entropy()) {

@@ -1,5 +1,8 @@
 package dev.moe.cuda;
 
+import dev.moe.cuda.kernels.MoeKernelSource.Drop;
+import dev.moe.cuda.kernels.MoeKernelSource.ExpertActivation;
+import dev.moe.cuda.kernels.MoeKernelSource.Options;
 import dev.moe.cuda.kernels.MoeKernelSource.Precision;
 import dev.moe.cuda.kernels.MoeKernelSource.Score;
 import dev.moe.cuda.kernels.MoeKernelSource.Spec;
@@ -10,21 +13,31 @@ import java.util.Random;
 /**
  * The GPU parity checks: the MoE layer's forward output and every gradient, computed on the GPU,
  * against {@link MoeLayerReference} (float64, one token at a time) on shapes that include experts
- * that receive no tokens, odd sizes and k = 1. Relative error (norm of the difference over norm of
+ * that receive no tokens, odd sizes and k = 1, the expert activations (SwiGLU, GEGLU, ReLU, GELU) and
+ * capacity factors (by position, by probability; the expert counts and which slots were dropped must
+ * equal the reference's exactly). Relative error (norm of the difference over norm of
  * the reference) at most 1e-4 in fp32 mode and 2e-2 in bf16. Prints a table; exits 1 on any failure.
  * {@code bench/gpu/run-gpu-tests.sh} runs it on a machine with a GPU.
  */
 public final class GpuChecks {
 
-    /** One case: a layer declaration and a number of tokens. */
-    public record Case(Spec spec, int tokens) {
+    /** One case: a layer declaration, a number of tokens, and whether the forward is a training one (capacity drops apply). */
+    public record Case(Spec spec, int tokens, boolean training) {
+        public Case(Spec spec, int tokens) {
+            this(spec, tokens, true);
+        }
+
         @Override
         public String toString() {
-            return String.format("D=%d F=%d E=%d%s k=%d %s%s%s%s T=%d %s", spec.dim(), spec.hidden(), spec.experts(),
+            Options o = spec.options();
+            return String.format("D=%d F=%d E=%d%s k=%d %s%s%s%s%s%s T=%d %s", spec.dim(), spec.hidden(), spec.experts(),
                     spec.zeroExperts() + spec.copyExperts() > 0 ? "+" + spec.zeroExperts() + "z+" + spec.copyExperts() + "c" : "", spec.topK(),
                     spec.score() == Score.SOFTMAX ? "softmax" : "sigmoid", spec.normalize() ? " norm" : "",
-                    spec.scale() != 1f ? " scale=" + spec.scale() : "", spec.bias() ? " bias" : "", tokens,
-                    spec.precision().name().toLowerCase(java.util.Locale.ROOT));
+                    spec.scale() != 1f ? " scale=" + spec.scale() : "", spec.bias() ? " bias" : "",
+                    o.activation() == ExpertActivation.SWIGLU ? "" : " " + o.activation().name().toLowerCase(java.util.Locale.ROOT),
+                    o.capacityFactor() > 0 ? " cap=" + o.capacityFactor() + "/" + o.drop().name().toLowerCase(java.util.Locale.ROOT).substring(0, 4)
+                            + (training ? "" : " infer") : "",
+                    tokens, spec.precision().name().toLowerCase(java.util.Locale.ROOT));
         }
     }
 
@@ -47,13 +60,36 @@ public final class GpuChecks {
             out.add(new Case(new Spec(64, 96, 8, 2, 2, 2, Score.SOFTMAX, true, 1f, false, p), 80));
             out.add(new Case(new Spec(32, 48, 16, 4, 0, 6, Score.SIGMOID, false, 1f, true, p), 40));
             out.add(new Case(new Spec(48, 64, 4, 8, 0, 3, Score.SOFTMAX, false, 1f, false, p), 30)); // mostly zero experts
+            // other expert activations: GEGLU gated, ReLU and GELU ungated (w13 of up rows only)
+            for (ExpertActivation a : new ExpertActivation[] {ExpertActivation.GEGLU, ExpertActivation.RELU, ExpertActivation.GELU}) {
+                out.add(new Case(new Spec(64, 96, 8, 2, Score.SOFTMAX, true, 1f, false, p).with(Options.NONE.withActivation(a)), 64));
+                out.add(new Case(new Spec(40, 24, 16, 4, Score.SIGMOID, true, 2.5f, true, p).with(Options.NONE.withActivation(a)), 33));
+            }
+            out.add(new Case(new Spec(64, 48, 8, 2, 2, 2, Score.SOFTMAX, true, 1f, false, p).with(Options.NONE.withActivation(ExpertActivation.RELU)), 50));
+            // capacity factors (training forwards): Switch-like top-1 relu by position, top-2 by position and by probability,
+            // a factor that drops most slots, one that drops none, and an inference forward (dropless)
+            Spec switchLike = new Spec(64, 128, 8, 1, Score.SOFTMAX, false, 1f, false, p);
+            out.add(new Case(switchLike.with(Options.NONE.withActivation(ExpertActivation.RELU).withCapacity(1.25f, Drop.POSITION)), 96));
+            out.add(new Case(switchLike.with(Options.NONE.withActivation(ExpertActivation.RELU).withCapacity(1.25f, Drop.PROBABILITY)), 96));
+            Spec top2 = new Spec(48, 64, 8, 2, Score.SOFTMAX, true, 1f, false, p);
+            for (Drop drop : Drop.values()) {
+                out.add(new Case(top2.with(Options.NONE.withCapacity(1f, drop)), 80));
+                out.add(new Case(top2.with(Options.NONE.withActivation(ExpertActivation.GELU).withCapacity(0.5f, drop)), 70));
+                out.add(new Case(new Spec(32, 48, 16, 4, Score.SIGMOID, true, 2.5f, true, p)
+                        .with(Options.NONE.withActivation(ExpertActivation.GEGLU).withCapacity(1f, drop)), 40));
+            }
+            out.add(new Case(top2.with(Options.NONE.withCapacity(8f, Drop.PROBABILITY)), 64)); // capacity above every load
+            out.add(new Case(top2.with(Options.NONE.withCapacity(0.5f, Drop.POSITION)), 64, false)); // inference: dropless
         }
         return out;
     }
 
     public record Outcome(Case c, double outErr, double dxErr, double dRouterErr, double dGateUpErr, double dDownErr, boolean pass) {}
 
-    public static Outcome check(CudaContext ctx, Case c, long seed) {
+    /** A case's random inputs (the same for a seed), and the float64 reference's results on them. */
+    record Inputs(float[] x, float[] router, float[] bias, float[] gateUp, float[] down, float[] dOut, MoeLayerReference.Result ref) {}
+
+    static Inputs inputs(Case c, long seed) {
         Spec s = c.spec();
         int t = c.tokens(), d = s.dim(), f = s.hidden(), e = s.experts(), er = s.routed();
         boolean bf16 = s.precision() == Precision.BF16;
@@ -61,15 +97,27 @@ public final class GpuChecks {
         float[] x = Compare.gaussian(rnd, t * d, 1f, bf16);
         float[] router = Compare.gaussian(rnd, er * d, (float) (1 / Math.sqrt(d)), bf16);
         float[] bias = s.bias() ? Compare.gaussian(rnd, er, 0.05f, false) : null;
-        float[] gateUp = Compare.gaussian(rnd, e * 2 * f * d, (float) (1 / Math.sqrt(d)), bf16);
+        int gw = s.options().activation().gated ? 2 * f : f;
+        float[] gateUp = Compare.gaussian(rnd, e * gw * d, (float) (1 / Math.sqrt(d)), bf16);
         float[] down = Compare.gaussian(rnd, e * d * f, (float) (1 / Math.sqrt(f)), bf16);
         float[] dOut = Compare.gaussian(rnd, t * d, 1f, bf16);
-        MoeLayerReference.Result ref = MoeLayerReference.run(s, t, Compare.doubles(x), Compare.doubles(router), bias == null ? null : Compare.doubles(bias),
-                Compare.doubles(gateUp), Compare.doubles(down), Compare.doubles(dOut));
+        MoeLayerReference.Result ref = MoeLayerReference.run(s, t, c.training(), Compare.doubles(x), Compare.doubles(router),
+                bias == null ? null : Compare.doubles(bias), Compare.doubles(gateUp), Compare.doubles(down), Compare.doubles(dOut));
+        return new Inputs(x, router, bias, gateUp, down, dOut, ref);
+    }
+
+    public static Outcome check(CudaContext ctx, Case c, long seed) {
+        Spec s = c.spec();
+        int t = c.tokens(), d = s.dim(), e = s.experts();
+        boolean bf16 = s.precision() == Precision.BF16;
+        Inputs in = inputs(c, seed);
+        float[] x = in.x(), router = in.router(), bias = in.bias(), gateUp = in.gateUp(), down = in.down(), dOut = in.dOut();
+        MoeLayerReference.Result ref = in.ref();
         try (CudaMoeLayer layer = new CudaMoeLayer(ctx, s, false);
                 DeviceAllocator.Block xd = layer.allocateActivations((long) t * d);
                 DeviceAllocator.Block gd = layer.allocateActivations((long) t * d)) {
             layer.setWeights(router, bias, gateUp, down);
+            layer.setTraining(c.training());
             layer.upload(x, xd.pointer);
             layer.upload(dOut, gd.pointer);
             long out = layer.forward(xd.pointer, t);
@@ -80,20 +128,34 @@ public final class GpuChecks {
                     Compare.rel(layer.gateUpGrad(), ref.dGateUp()), Compare.rel(layer.downGrad(), ref.dDown()), false);
             double tol = bf16 ? 2e-2 : 1e-4;
             boolean pass = o.outErr() <= tol && o.dxErr() <= tol && o.dRouterErr() <= tol && o.dGateUpErr() <= tol && o.dDownErr() <= tol
-                    && java.util.Arrays.equals(layer.lastCounts(), ref.counts());
+                    && java.util.Arrays.equals(layer.lastCounts(), ref.counts())
+                    && sameDrops(layer.lastPositions(), layer.lastSelection(), ref, e);
             return new Outcome(c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(), o.dDownErr(), pass);
         }
     }
+    /** Whether the GPU dropped exactly the FFN slots the reference dropped (a slot of an FFN expert without a row). */
+    private static boolean sameDrops(int[] positions, int[] selection, MoeLayerReference.Result ref, int experts) {
+        for (int i = 0; i < positions.length; i++) {
+            if (selection[i] != ref.selected()[i]) {
+                return false;
+            }
+            if (selection[i] < experts && (positions[i] < 0) != ref.dropped()[i]) {
+                return false;
+            }
+        }
+        return true;
+    }
+
     public static void main(String[] args) {
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.printf("GPU parity checks on %s (%s), against a float64 reference%n", ctx.deviceName, ctx.arch);
-            System.out.printf("%-62s %9s %9s %9s %9s %9s  %s%n", "case", "out", "dx", "dRouter", "dGateUp", "dDown", "");
+            System.out.printf("%-80s %9s %9s %9s %9s %9s  %s%n", "case", "out", "dx", "dRouter", "dGateUp", "dDown", "");
             int failures = 0;
             long seed = 1;
             for (Case c : cases()) {
                 Outcome o = check(ctx, c, seed++);
                 failures += o.pass() ? 0 : 1;
-                System.out.printf("%-62s %9.2e %9.2e %9.2e %9.2e %9.2e  %s%n", c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(),
+                System.out.printf("%-80s %9.2e %9.2e %9.2e %9.2e %9.2e  %s%n", c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(),
                         o.dDownErr(), o.pass() ? "ok" : "FAIL");
             }
             System.out.printf("%d of %d cases passed (tolerance 1e-4 fp32, 2e-2 bf16)%n", cases().size() - failures, cases().size());

@@ -1,29 +1,84 @@
 package dev.moe.cuda;
 
+import dev.moe.cuda.kernels.MoeKernelSource.Drop;
+import dev.moe.cuda.kernels.MoeKernelSource.ExpertActivation;
 import dev.moe.cuda.kernels.MoeKernelSource.Score;
 import dev.moe.cuda.kernels.MoeKernelSource.Spec;
+import java.util.ArrayList;
+import java.util.List;
 
 /**
  * The MoE layer of {@link CudaMoeLayer} written the plain way, in float64, one token at a time
  * (no sorting, no grouping): the independent reference that the GPU results are checked against.
  * Its own backward pass is checked against central differences in the CPU test suite.
+ *
+ * <p>The experts' activation follows the spec's options (SwiGLU, GEGLU: {@code gateUp [E, 2F, D]},
+ * gate rows first; ReLU, GELU: {@code gateUp [E, F, D]}, up rows only; GELU in its tanh form). With a
+ * capacity factor, a training run keeps at most ceil(factor · tokens · k / E) slots per expert, by
+ * position (the earliest tokens) or by probability (the highest routing weights, ties to the earlier
+ * slot), as the CPU class's {@code dropOverCapacity}; a dropped slot adds nothing to the output and its
+ * routing weight gets no gradient, and {@code counts} counts the kept slots.
  */
 public final class MoeLayerReference {
 
-    /** Outputs and the gradients of {@code sum(out · dOut)}; {@code counts} has one entry per routed expert. */
-    public record Result(double[] out, double[] dx, double[] dRouter, double[] dGateUp, double[] dDown, int[] counts) {}
+    /**
+     * Outputs and the gradients of {@code sum(out · dOut)}; {@code counts} has one entry per routed expert (kept slots);
+     * {@code selected} and {@code dropped} are each slot's expert and whether it was dropped over capacity ({@code [tokens, k]}).
+     */
+    public record Result(double[] out, double[] dx, double[] dRouter, double[] dGateUp, double[] dDown, int[] counts, int[] selected,
+            boolean[] dropped) {}
 
     private MoeLayerReference() {}
 
+    private static final double SQRT_2_OVER_PI = Math.sqrt(2.0 / Math.PI);
+    private static final double GELU_K = 0.044715;
+
+    /** A training run: capacity drops apply. */
     public static Result run(Spec s, int tokens, double[] x, double[] router, double[] bias, double[] gateUp, double[] down,
             double[] dOut) {
+        return run(s, tokens, true, x, router, bias, gateUp, down, dOut);
+    }
+
+    static double act(ExpertActivation a, double v) {
+        return switch (a) {
+            case SWIGLU -> v / (1 + Math.exp(-v));
+            case GEGLU, GELU -> 0.5 * v * (1 + Math.tanh(SQRT_2_OVER_PI * (v + GELU_K * v * v * v)));
+            case RELU -> Math.max(v, 0);
+        };
+    }
+
+    static double actDerivative(ExpertActivation a, double v) {
+        return switch (a) {
+            case SWIGLU -> {
+                double sg = 1 / (1 + Math.exp(-v));
+                yield sg * (1 + v * (1 - sg));
+            }
+            case GEGLU, GELU -> {
+                double t = Math.tanh(SQRT_2_OVER_PI * (v + GELU_K * v * v * v));
+                yield 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * GELU_K * v * v);
+            }
+            case RELU -> v > 0 ? 1 : 0;
+        };
+    }
+
+    /** {@code training}: whether capacity drops apply (inference forwards are dropless). */
+    public static Result run(Spec s, int tokens, boolean training, double[] x, double[] router, double[] bias, double[] gateUp,
+            double[] down, double[] dOut) {
         int d = s.dim(), f = s.hidden(), e = s.routed(), ffn = s.experts(), k = s.topK();
+        ExpertActivation activation = s.options().activation();
+        boolean gated = activation.gated;
+        int gw = gated ? 2 * f : f;
         double[] out = new double[tokens * d];
         double[] dx = new double[tokens * d];
         double[] dRouter = new double[e * d];
-        double[] dGateUp = new double[ffn * 2 * f * d];
+        double[] dGateUp = new double[ffn * gw * d];
         double[] dDown = new double[ffn * d * f];
         int[] counts = new int[e];
+        // routing of every token first: capacity compares slots across tokens
+        double[][] probs = new double[tokens][];
+        int[][] chosenOf = new int[tokens][];
+        double[] psumOf = new double[tokens];
+        double[][] weightOf = new double[tokens][];
         for (int t = 0; t < tokens; t++) {
             int xo = t * d;
             double[] p = new double[e];
@@ -65,15 +120,57 @@ public final class MoeLayerReference {
                 taken[best] = true;
                 chosen[r] = best;
                 psum += p[best];
-                counts[best]++;
             }
             double[] w = new double[k];
             for (int r = 0; r < k; r++) {
                 w[r] = s.scale() * (s.normalize() ? p[chosen[r]] / psum : p[chosen[r]]);
             }
+            probs[t] = p;
+            chosenOf[t] = chosen;
+            psumOf[t] = psum;
+            weightOf[t] = w;
+        }
+        boolean[] dropped = new boolean[tokens * k];
+        if (training && s.options().capacityFactor() > 0) {
+            if (e != ffn) {
+                throw new IllegalArgumentException("a capacity factor with zero or copy experts is not supported");
+            }
+            int capacity = CudaMoeLayer.capacity(s, tokens);
+            for (int ex = 0; ex < ffn; ex++) {
+                List<Integer> slots = new ArrayList<>();
+                for (int i = 0; i < tokens * k; i++) {
+                    if (chosenOf[i / k][i % k] == ex) {
+                        slots.add(i);
+                    }
+                }
+                if (s.options().drop() == Drop.PROBABILITY) {
+                    slots.sort((a, b) -> {
+                        double wa = weightOf[a / k][a % k], wb = weightOf[b / k][b % k];
+                        return wa != wb ? Double.compare(wb, wa) : Integer.compare(a, b);
+                    });
+                }
+                for (int j = capacity; j < slots.size(); j++) {
+                    dropped[slots.get(j)] = true;
+                }
+            }
+        }
+        for (int t = 0; t < tokens; t++) {
+            int xo = t * d;
+            double[] p = probs[t];
+            int[] chosen = chosenOf[t];
+            double psum = psumOf[t];
+            double[] w = weightOf[t];
+            for (int r = 0; r < k; r++) {
+                if (!dropped[t * k + r]) {
+                    counts[chosen[r]]++;
+                }
+            }
             double[] dw = new double[k];
             for (int r = 0; r < k; r++) {
                 int ex = chosen[r];
+                if (dropped[t * k + r]) {
+                    continue; // over capacity: no output, no gradient through its weight
+                }
                 if (ex >= ffn) {
                     // zero expert: outputs 0 (no gradient but through its routing weight, which is 0 here);
                     // copy expert: outputs x
@@ -91,14 +188,16 @@ public final class MoeLayerReference {
                 double[] gate = new double[f], up = new double[f], act = new double[f];
                 for (int j = 0; j < f; j++) {
                     double gz = 0, uz = 0;
-                    int go = (ex * 2 * f + j) * d, uo = (ex * 2 * f + f + j) * d;
+                    int go = (ex * gw + j) * d, uo = (ex * gw + (gated ? f : 0) + j) * d;
                     for (int c = 0; c < d; c++) {
-                        gz += gateUp[go + c] * x[xo + c];
+                        if (gated) {
+                            gz += gateUp[go + c] * x[xo + c];
+                        }
                         uz += gateUp[uo + c] * x[xo + c];
                     }
                     gate[j] = gz;
                     up[j] = uz;
-                    act[j] = gz / (1 + Math.exp(-gz)) * uz;
+                    act[j] = gated ? act(activation, gz) * uz : act(activation, uz);
                 }
                 double[] y = new double[d];
                 for (int c = 0; c < d; c++) {
@@ -125,13 +224,15 @@ public final class MoeLayerReference {
                     }
                 }
                 for (int j = 0; j < f; j++) {
-                    double sg = 1 / (1 + Math.exp(-gate[j]));
-                    double dGate = dAct[j] * up[j] * sg * (1 + gate[j] * (1 - sg));
-                    double dUp = dAct[j] * gate[j] * sg;
-                    int go = (ex * 2 * f + j) * d, uo = (ex * 2 * f + f + j) * d;
+                    double dGate = gated ? dAct[j] * up[j] * actDerivative(activation, gate[j]) : 0;
+                    double dUp = gated ? dAct[j] * act(activation, gate[j]) : dAct[j] * actDerivative(activation, up[j]);
+                    int go = (ex * gw + j) * d, uo = (ex * gw + (gated ? f : 0) + j) * d;
                     for (int c = 0; c < d; c++) {
-                        dx[xo + c] += dGate * gateUp[go + c] + dUp * gateUp[uo + c];
-                        dGateUp[go + c] += dGate * x[xo + c];
+                        if (gated) {
+                            dx[xo + c] += dGate * gateUp[go + c];
+                            dGateUp[go + c] += dGate * x[xo + c];
+                        }
+                        dx[xo + c] += dUp * gateUp[uo + c];
                         dGateUp[uo + c] += dUp * x[xo + c];
                     }
                 }
@@ -157,6 +258,10 @@ public final class MoeLayerReference {
                 }
             }
         }
-        return new Result(out, dx, dRouter, dGateUp, dDown, counts);
+        int[] selected = new int[tokens * k];
+        for (int i = 0; i < selected.length; i++) {
+            selected[i] = chosenOf[i / k][i % k];
+        }
+        return new Result(out, dx, dRouter, dGateUp, dDown, counts, selected, dropped);
     }
 }

@@ -4,6 +4,8 @@ import static com.google.common.truth.Truth.assertThat;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
 import dev.moe.cuda.kernels.MoeKernelSource;
+import dev.moe.cuda.kernels.MoeKernelSource.Drop;
+import dev.moe.cuda.kernels.MoeKernelSource.ExpertActivation;
 import dev.moe.cuda.kernels.MoeKernelSource.LogitActivation;
 import dev.moe.cuda.kernels.MoeKernelSource.Options;
 import dev.moe.cuda.kernels.MoeKernelSource.Precision;
@@ -36,11 +38,11 @@ class MoeKernelSourceTest {
         assertThat(topP).contains("#define LOGIT_ACT 1 ");
         assertThat(topP).contains("#define ENTROPY 1\n");
         // an unused top-p slot holds no expert, so the combine must check each slot's kind
-        assertThat(topP).contains("#define HOLES 1\n");
+        assertThat(topP).contains("#define SLOT_KINDS (ER != E || CAPACITY || HAS_TOP_P)");
         String quota = MoeKernelSource.generate(QUOTA);
         assertThat(quota).contains("#define QUOTA 4\n");
         assertThat(quota).contains("#define HAS_TOP_P 0\n");
-        assertThat(quota).contains("#define HOLES 0\n");
+        assertThat(quota).contains("#define CAPACITY 0 ");
         String limited = MoeKernelSource.generate(LIMITED);
         assertThat(limited).contains("#define LIMIT_GROUPS 8\n");
         assertThat(limited).contains("#define LIMIT_TOP 4\n");
@@ -76,6 +78,44 @@ class MoeKernelSourceTest {
     }
 
     @Test
+    void theExpertActivationAndCapacityAreBakedIn() {
+        String none = MoeKernelSource.generate(DEEPSEEK);
+        assertThat(none).contains("#define ACT 0 ");
+        assertThat(none).contains("#define GATED 1 ");
+        assertThat(none).contains("#define GW 2816\n");
+        assertThat(none).contains("#define CAPACITY 0 ");
+        assertThat(none).contains("#define DROP_BY_PROBABILITY 0\n");
+        assertThat(none).contains("extern \"C\" __global__ void expert_act(");
+        assertThat(none).contains("extern \"C\" __global__ void expert_act_backward(");
+        // the capacity kernels exist only where a capacity factor is declared
+        assertThat(none).contains("#if CAPACITY\n");
+        String geglu = MoeKernelSource.generate(DEEPSEEK.with(Options.NONE.withActivation(ExpertActivation.GEGLU)));
+        assertThat(geglu).contains("#define ACT 1 ");
+        assertThat(geglu).contains("#define GATED 1 ");
+        String relu = MoeKernelSource.generate(DEEPSEEK.with(Options.NONE.withActivation(ExpertActivation.RELU)));
+        assertThat(relu).contains("#define ACT 2 ");
+        assertThat(relu).contains("#define GATED 0 ");
+        assertThat(relu).contains("#define GW 1408\n");
+        String gelu = MoeKernelSource.generate(DEEPSEEK.with(Options.NONE.withActivation(ExpertActivation.GELU).withCapacity(1.25f, Drop.PROBABILITY)));
+        assertThat(gelu).contains("#define ACT 1 ");
+        assertThat(gelu).contains("#define GATED 0 ");
+        assertThat(gelu).contains("#define CAPACITY 1 ");
+        assertThat(gelu).contains("#define DROP_BY_PROBABILITY 1\n");
+        String position = MoeKernelSource.generate(DEEPSEEK.with(Options.NONE.withCapacity(1.25f, Drop.POSITION)));
+        assertThat(position).contains("#define CAPACITY 1 ");
+        assertThat(position).contains("#define DROP_BY_PROBABILITY 0\n");
+        // a dropped slot has no row (rank -1, pos -1) and the combine treats it as a zero expert's
+        assertThat(position).contains("if (idx[i] >= E || rank[i] < 0)");
+        assertThat(position).contains("sk[threadIdx.x] = e < E ? (pos[i] >= 0 ? 0 : 1) : (e < E + ZERO || e >= ER ? 1 : 2);");
+        assertThat(position).contains("#define SLOT_KINDS (ER != E || CAPACITY || HAS_TOP_P)");
+        for (String k : new String[] {"capacity_order", "capacity_keep", "expert_rank_kept"}) {
+            assertThat(position).contains("extern \"C\" __global__ void " + k + "(");
+        }
+        // the other options leave the source of a plain layer as it was
+        assertThat(MoeKernelSource.generate(DEEPSEEK.with(Options.NONE))).isEqualTo(none);
+    }
+
+    @Test
     void generationIsDeterministicSoTheDiskCacheHits() {
         assertThat(MoeKernelSource.generate(DEEPSEEK)).isEqualTo(MoeKernelSource.generate(DEEPSEEK));
     }
@@ -99,6 +139,20 @@ class MoeKernelSourceTest {
         for (Spec spec : new Spec[] {DEEPSEEK, V3, new Spec(23, 17, 3, 1, Score.SOFTMAX, false, 1f, false, Precision.BF16),
             new Spec(64, 32, 8, 2, 3, 2, Score.SOFTMAX, true, 1f, false, Precision.BF16), TOP_P, QUOTA, LIMITED}) {
             sources.add(MoeKernelSource.generate(spec));
+        }
+        // every expert activation, with and without a capacity factor (by position and by probability), both precisions
+        for (Precision p : Precision.values()) {
+            for (ExpertActivation a : ExpertActivation.values()) {
+                Spec base = new Spec(48, 40, 8, 2, Score.SOFTMAX, true, 1f, false, p).with(Options.NONE.withActivation(a));
+                sources.add(MoeKernelSource.generate(base));
+                for (Drop drop : Drop.values()) {
+                    sources.add(MoeKernelSource.generate(base.with(base.options().withCapacity(1.25f, drop))));
+                }
+            }
+            sources.add(MoeKernelSource.generate(new Spec(23, 17, 3, 1, Score.SIGMOID, false, 1f, true, p)
+                    .with(Options.NONE.withActivation(ExpertActivation.RELU).withCapacity(1f, Drop.PROBABILITY))));
+            sources.add(MoeKernelSource.generate(new Spec(64, 32, 8, 2, 3, 2, Score.SOFTMAX, true, 1f, false, p)
+                    .with(Options.NONE.withActivation(ExpertActivation.GEGLU))));
         }
         sources.add(dev.moe.cuda.kernels.ModelKernelSource.generate());
         for (int hd : new int[] {8, 32, 64, 128, 256}) {

@@ -1,10 +1,16 @@
 package dev.moe.cuda;
 
+import static com.google.common.truth.Truth.assertThat;
 import static com.google.common.truth.Truth.assertWithMessage;
 
+import dev.moe.cuda.kernels.MoeKernelSource.Drop;
+import dev.moe.cuda.kernels.MoeKernelSource.ExpertActivation;
+import dev.moe.cuda.kernels.MoeKernelSource.Options;
 import dev.moe.cuda.kernels.MoeKernelSource.Precision;
 import dev.moe.cuda.kernels.MoeKernelSource.Score;
 import dev.moe.cuda.kernels.MoeKernelSource.Spec;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 
@@ -32,10 +38,167 @@ class MoeLayerReferenceTest {
         check(new Spec(4, 3, 3, 1, Score.SOFTMAX, false, 1f, false, Precision.FP32), 4);
     }
 
+    @Test
+    void gatedAndUngatedActivationsGradientsMatchCentralDifferences() {
+        Spec base = new Spec(5, 4, 4, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32);
+        for (ExpertActivation a : ExpertActivation.values()) {
+            check(base.with(Options.NONE.withActivation(a)), 4);
+        }
+        check(new Spec(4, 3, 3, 1, 2, 2, Score.SIGMOID, false, 1f, true, Precision.FP32).with(Options.NONE.withActivation(ExpertActivation.GEGLU)), 4);
+    }
+
+    @Test
+    void capacityDropsGradientsMatchCentralDifferences() {
+        // 12 tokens, k = 2 over 4 experts at factor 0.75: each expert keeps 5 of its slots; some are over
+        Spec base = new Spec(5, 3, 4, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32);
+        for (Drop drop : Drop.values()) {
+            for (ExpertActivation a : new ExpertActivation[] {ExpertActivation.SWIGLU, ExpertActivation.RELU}) {
+                Spec s = base.with(Options.NONE.withActivation(a).withCapacity(0.75f, drop));
+                assertThat(anyDropped(s, 12)).isTrue();
+                check(s, 12);
+            }
+        }
+        // switch-like: top-1 unnormalised softmax, ungated relu, by position (factor 1.25 over 16 tokens: 5 each)
+        Spec sw = new Spec(6, 4, 4, 1, Score.SOFTMAX, false, 1f, false, Precision.FP32)
+                .with(Options.NONE.withActivation(ExpertActivation.RELU).withCapacity(1.25f, Drop.POSITION));
+        assertThat(anyDropped(sw, 16)).isTrue();
+        check(sw, 16);
+    }
+
+    /** The capacity is the CPU class's ceil(factor · tokens · k / E) with the recipe's decimal factor (1.1, not 1.1f widened). */
+    @Test
+    void capacityIsTheCpuFormula() {
+        Spec s = new Spec(4, 4, 11, 1, Score.SOFTMAX, false, 1f, false, Precision.FP32);
+        assertThat(CudaMoeLayer.capacity(s.with(Options.NONE.withCapacity(1.25f, Drop.POSITION)), 64)).isEqualTo((int) Math.ceil(1.25 * 64 * 1 / 11));
+        assertThat(CudaMoeLayer.capacity(s.with(Options.NONE.withCapacity(1.1f, Drop.POSITION)), 10)).isEqualTo((int) Math.ceil(1.1 * 10 * 1 / 11));
+        Spec k2 = new Spec(4, 4, 8, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32).with(Options.NONE.withCapacity(1.25f, Drop.PROBABILITY));
+        assertThat(CudaMoeLayer.capacity(k2, 256)).isEqualTo(80);
+    }
+
+    /** Which slots are dropped, the counts, and what dropping does to the output: as the CPU class's dropOverCapacity. */
+    @Test
+    void capacityKeepsTheEarliestOrTheHeaviestSlots() {
+        int tokens = 24;
+        Spec base = new Spec(6, 4, 4, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32);
+        Random r = new Random(3);
+        double[] x = gaussian(r, tokens * 6), router = gaussian(r, 4 * 6), gateUp = gaussian(r, 4 * 8 * 6), down = gaussian(r, 4 * 6 * 4),
+                dOut = gaussian(r, tokens * 6);
+        MoeLayerReference.Result dropless = MoeLayerReference.run(base, tokens, x, router, null, gateUp, down, dOut);
+        for (Drop drop : Drop.values()) {
+            Spec s = base.with(Options.NONE.withCapacity(0.75f, drop));
+            int cap = CudaMoeLayer.capacity(s, tokens);
+            assertThat(cap).isEqualTo(9);
+            MoeLayerReference.Result res = MoeLayerReference.run(s, tokens, x, router, null, gateUp, down, dOut);
+            assertThat(res.selected()).isEqualTo(dropless.selected());
+            int[] kept = new int[4];
+            boolean anyDrop = false;
+            for (int ex = 0; ex < 4; ex++) {
+                List<Integer> slots = new ArrayList<>();
+                for (int i = 0; i < tokens * 2; i++) {
+                    if (res.selected()[i] == ex) {
+                        slots.add(i);
+                    }
+                }
+                List<Integer> keptSlots = new ArrayList<>(slots);
+                if (drop == Drop.PROBABILITY) {
+                    // the weights of a normalised top-2 are p_i / (p_1 + p_2): recompute them from the dropless output's routing
+                    keptSlots.sort((a, b) -> Double.compare(weight(base, x, router, b), weight(base, x, router, a)));
+                }
+                keptSlots = keptSlots.subList(0, Math.min(cap, keptSlots.size()));
+                for (int i : slots) {
+                    assertWithMessage("%s slot %s", drop, i).that(res.dropped()[i]).isEqualTo(!keptSlots.contains(i));
+                    anyDrop |= res.dropped()[i];
+                }
+                kept[ex] = keptSlots.size();
+            }
+            assertThat(anyDrop).isTrue();
+            assertThat(res.counts()).isEqualTo(kept);
+            // a token whose both slots are kept is as dropless; an inference run is dropless
+            for (int t = 0; t < tokens; t++) {
+                if (!res.dropped()[2 * t] && !res.dropped()[2 * t + 1]) {
+                    for (int c = 0; c < 6; c++) {
+                        assertThat(res.out()[t * 6 + c]).isWithin(1e-12).of(dropless.out()[t * 6 + c]);
+                    }
+                }
+            }
+            MoeLayerReference.Result inference = MoeLayerReference.run(s, tokens, false, x, router, null, gateUp, down, dOut);
+            assertThat(inference.out()).usingTolerance(0).containsExactly(dropless.out()).inOrder();
+            assertThat(inference.counts()).isEqualTo(dropless.counts());
+        }
+        // a factor large enough drops nothing
+        MoeLayerReference.Result roomy = MoeLayerReference.run(base.with(Options.NONE.withCapacity(4f, Drop.POSITION)), tokens, x, router, null,
+                gateUp, down, dOut);
+        assertThat(roomy.out()).usingTolerance(0).containsExactly(dropless.out()).inOrder();
+        assertThat(roomy.dRouter()).usingTolerance(0).containsExactly(dropless.dRouter()).inOrder();
+    }
+
+    /**
+     * The GPU checks' capacity cases (with the seeds GpuChecks.main and GpuParityTest give them) really drop slots, but for
+     * the roomy factor and the inference case, which must drop none.
+     */
+    @Test
+    void theGpuCapacityCasesDropSlots() {
+        long seed = 1;
+        int capacityCases = 0;
+        for (GpuChecks.Case c : GpuChecks.cases()) {
+            GpuChecks.Inputs in = GpuChecks.inputs(c, seed++);
+            if (c.spec().options().capacityFactor() == 0) {
+                continue;
+            }
+            capacityCases++;
+            int dropped = 0;
+            for (boolean b : in.ref().dropped()) {
+                dropped += b ? 1 : 0;
+            }
+            boolean roomy = !c.training() || c.spec().options().capacityFactor() >= 8;
+            assertWithMessage("%s: %s slots dropped", c, dropped).that(roomy ? dropped == 0 : dropped > 0).isTrue();
+        }
+        assertThat(capacityCases).isEqualTo(2 * 10);
+    }
+
+    /** Slot i's routing weight under a normalised softmax top-k (the order of the weights is all that matters here). */
+    private static double weight(Spec s, double[] x, double[] router, int slot) {
+        int d = s.dim(), e = s.routed(), k = s.topK(), t = slot / k;
+        double[] z = new double[e];
+        for (int ex = 0; ex < e; ex++) {
+            for (int c = 0; c < d; c++) {
+                z[ex] += x[t * d + c] * router[ex * d + c];
+            }
+        }
+        Integer[] order = new Integer[e];
+        for (int ex = 0; ex < e; ex++) {
+            order[ex] = ex;
+        }
+        java.util.Arrays.sort(order, (a, b) -> z[a] != z[b] ? Double.compare(z[b], z[a]) : Integer.compare(a, b));
+        double sum = 0;
+        for (int r = 0; r < k; r++) {
+            sum += Math.exp(z[order[r]]);
+        }
+        return Math.exp(z[order[slot % k]]) / sum;
+    }
+
+    private static boolean anyDropped(Spec s, int tokens) {
+        Random r = new Random(7);
+        double[] x = gaussian(r, tokens * s.dim()), router = gaussian(r, s.routed() * s.dim()),
+                gateUp = gaussian(r, s.experts() * gateUpRows(s) * s.dim()), down = gaussian(r, s.experts() * s.dim() * s.hidden()),
+                dOut = gaussian(r, tokens * s.dim());
+        double[] bias = s.bias() ? gaussian(r, s.routed()) : null;
+        for (boolean b : MoeLayerReference.run(s, tokens, x, router, bias, gateUp, down, dOut).dropped()) {
+            if (b) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private static int gateUpRows(Spec s) {
+        return s.options().activation().gated ? 2 * s.hidden() : s.hidden();
+    }
+
     private static void check(Spec s, int tokens) {
         Random r = new Random(7);
         double[] x = gaussian(r, tokens * s.dim()), router = gaussian(r, s.routed() * s.dim()),
-                gateUp = gaussian(r, s.experts() * 2 * s.hidden() * s.dim()), down = gaussian(r, s.experts() * s.dim() * s.hidden()),
+                gateUp = gaussian(r, s.experts() * gateUpRows(s) * s.dim()), down = gaussian(r, s.experts() * s.dim() * s.hidden()),
                 dOut = gaussian(r, tokens * s.dim());
         double[] bias = s.bias() ? gaussian(r, s.routed()) : null;
         MoeLayerReference.Result res = MoeLayerReference.run(s, tokens, x, router, bias, gateUp, down, dOut);

@@ -42,8 +42,9 @@ import javax.lang.model.element.Modifier;
  *
  * <p>It covers the pre-norm transformer with RMSNorm or LayerNorm, RoPE, grouped-query attention
  * (causal or not, sliding window, q/k/v biases, per-head or full qk-norm), gated and ungated dense
- * FFNs, and MoE layers of SwiGLU routed experts with top-k softmax or sigmoid routing
- * (normalisation, scaling, aux-free selection bias), shared FFN experts without a sigmoid gate
+ * FFNs, and MoE layers of SwiGLU, GEGLU, ReLU or GELU routed experts with top-k softmax or sigmoid
+ * routing (normalisation, scaling, aux-free selection bias, a capacity factor dropping by position or
+ * by probability in training forwards), shared FFN experts without a sigmoid gate
  * (gated or not), and the micro- or global-batch aux loss and the z-loss. {@link #unsupported} names what
  * else a model uses; such models run on the hybrid backend instead.
  */
@@ -56,6 +57,9 @@ public final class CudaModelGenerator {
     private static final ClassName EXTERNAL = ClassName.get(CudaMoeLayer.ExternalWeights.class);
     private static final ClassName SPEC = ClassName.get(MoeKernelSource.Spec.class);
     private static final ClassName SCORE = ClassName.get(MoeKernelSource.Score.class);
+    private static final ClassName OPTIONS = ClassName.get(MoeKernelSource.Options.class);
+    private static final ClassName EXPERT_ACTIVATION = ClassName.get(MoeKernelSource.ExpertActivation.class);
+    private static final ClassName DROP = ClassName.get(MoeKernelSource.Drop.class);
     private static final ClassName ACTIVATION = ClassName.get(Activation.class);
 
     private final Model model;
@@ -110,9 +114,8 @@ public final class CudaModelGenerator {
         }
         Router r = moe.routers().getFirst();
         List<ExpertGroup> routed = moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).toList();
-        if (routed.size() != 1 || !(routed.getFirst().expert() instanceof Expert.FeedForward ff)
-                || ff.ffn().activation() != Ffn.Activation.SWIGLU || routed.getFirst().sigmoidGate()) {
-            return Optional.of("routed experts other than one group of swiglu experts (zero, copy, constant, latent, LoRA experts)");
+        if (routed.size() != 1 || !(routed.getFirst().expert() instanceof Expert.FeedForward) || routed.getFirst().sigmoidGate()) {
+            return Optional.of("routed experts other than one group of FFN experts (zero, copy, constant, latent, LoRA experts)");
         }
         for (ExpertGroup g : moe.groups()) {
             if (g.role() == ExpertGroup.Role.SHARED && (!(g.expert() instanceof Expert.FeedForward) || g.sigmoidGate())) {
@@ -140,8 +143,13 @@ public final class CudaModelGenerator {
         if (r.jitter() != 0 || r.gatingResidual() || r.recurrentWidth().isPresent()) {
             return Optional.of("jitter, gating residual or recurrent routers");
         }
-        if (!(r.capacity() instanceof Router.Capacity.Dropless)) {
-            return Optional.of("a capacity factor");
+        if (r.capacity() instanceof Router.Capacity.Factor cf) {
+            if (cf.drop() == Router.DropPolicy.RANDOM) {
+                return Optional.of("a capacity factor that drops at random");
+            }
+            if (cf.factor() <= 0 || Double.parseDouble(Float.toString((float) cf.factor())) != cf.factor()) {
+                return Optional.of("a capacity factor of more digits than a float holds (" + cf.factor() + ")");
+            }
         }
         for (Loss loss : moe.losses()) {
             switch (loss) {
@@ -168,6 +176,16 @@ public final class CudaModelGenerator {
     /** The GPU layer's options for a router and its losses (SwiGLU experts, dropless). */
     private static MoeKernelSource.Options options(Moe moe, Router r) {
         MoeKernelSource.Options o = MoeKernelSource.Options.NONE;
+        Ffn ffn = ((Expert.FeedForward) moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow().expert()).ffn();
+        o = o.withActivation(switch (ffn.activation()) {
+            case SWIGLU -> MoeKernelSource.ExpertActivation.SWIGLU;
+            case GEGLU -> MoeKernelSource.ExpertActivation.GEGLU;
+            case RELU -> MoeKernelSource.ExpertActivation.RELU;
+            case GELU -> MoeKernelSource.ExpertActivation.GELU;
+        });
+        if (r.capacity() instanceof Router.Capacity.Factor cf) {
+            o = o.withCapacity((float) cf.factor(), cf.drop() == Router.DropPolicy.PROBABILITY ? MoeKernelSource.Drop.PROBABILITY : MoeKernelSource.Drop.POSITION);
+        }
         if (r.selection() instanceof Router.Selection.TopP tp) {
             o = o.withTopP((float) tp.p());
         }
@@ -198,6 +216,12 @@ public final class CudaModelGenerator {
     private static CodeBlock optionsCode(MoeKernelSource.Options o) {
         ClassName opts = ClassName.get(MoeKernelSource.Options.class);
         CodeBlock.Builder b = CodeBlock.builder().add("$T.NONE", opts);
+        if (o.activation() != MoeKernelSource.ExpertActivation.SWIGLU) {
+            b.add(".withActivation($T.$L)", EXPERT_ACTIVATION, o.activation().name());
+        }
+        if (o.capacityFactor() > 0) {
+            b.add(".withCapacity($Lf, $T.$L)", Float.toString(o.capacityFactor()), DROP, o.drop().name());
+        }
         if (o.topP() > 0) {
             b.add(".withTopP($Lf)", o.topP());
         }
@@ -267,9 +291,14 @@ public final class CudaModelGenerator {
 
     // ---- the class ----
 
-    private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int k, int hidden, List<Ffn> shared) {
+    private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int k, int hidden, List<Ffn> shared, Ffn.Activation activation) {
         int index() {
             return layer.index();
+        }
+
+        /** The capacity factor of a training forward, or null when dropless. */
+        Router.Capacity.Factor capacity() {
+            return router.capacity() instanceof Router.Capacity.Factor cf ? cf : null;
         }
     }
 
@@ -304,7 +333,8 @@ public final class CudaModelGenerator {
         if (moe != null) {
             Moe m = moe;
             ExpertGroup routed = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow();
-            int hidden = ((Expert.FeedForward) routed.expert()).ffn().hidden();
+            Ffn routedFfn = ((Expert.FeedForward) routed.expert()).ffn();
+            int hidden = routedFfn.hidden();
             List<Ffn> shared = new ArrayList<>();
             for (ExpertGroup g : m.groups()) {
                 if (g.role() == ExpertGroup.Role.SHARED) {
@@ -314,7 +344,7 @@ public final class CudaModelGenerator {
                 }
             }
             Router r = m.routers().getFirst();
-            return Optional.of(new MoeInfo(l, m, r, routed.count(), slots(r), hidden, shared));
+            return Optional.of(new MoeInfo(l, m, r, routed.count(), slots(r), hidden, shared, routedFfn.activation()));
         }
         return Optional.empty();
     }
@@ -420,7 +450,8 @@ public final class CudaModelGenerator {
             t.addField(FieldSpec.builder(long[].class, "stepCounts" + l, Modifier.PRIVATE, Modifier.FINAL).initializer("new long[$L]", m.experts())
                     .build());
             t.addField(TypeName.LONG, "stepSlots" + l, Modifier.PRIVATE);
-            t.addField(TypeName.LONG, "slots" + l, Modifier.PRIVATE);
+            t.addField(FieldSpec.builder(TypeName.LONG, "slots" + l, Modifier.PRIVATE)
+                    .addJavadoc("The last forward's dispatched slots: rows · k, less top-p's unused slots and the slots dropped over capacity.\n").build());
             t.addField(TypeName.DOUBLE, "balance" + l, Modifier.PRIVATE);
             t.addField(float[].class, "aux" + l, Modifier.PRIVATE);
         }
@@ -439,8 +470,12 @@ public final class CudaModelGenerator {
         for (MoeInfo m : moes) {
             int l = m.index();
             String pre = "layers." + l + ".moe.";
+            // the layer's w13: per expert its gate then up rows ([E, 2F, D]), or its up rows only when ungated ([E, F, D])
+            boolean gated = m.activation().gated();
             for (int e = 0; e < m.experts(); e++) {
-                placed.add(need(pre + "experts." + e + ".gate"));
+                if (gated) {
+                    placed.add(need(pre + "experts." + e + ".gate"));
+                }
                 placed.add(need(pre + "experts." + e + ".up"));
             }
             for (int e = 0; e < m.experts(); e++) {
@@ -449,12 +484,12 @@ public final class CudaModelGenerator {
             Router r = m.router();
             String bias = pre + "router.expert_bias";
             boolean hasBias = r.bias().isPresent();
+            String w13 = pre + "experts.0." + (gated ? "gate" : "up");
             ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, 0, 0, $L, $T.$L, $L, $Lf, $L, ctx.expertPrecision, $L), new $T(w.value($S), $L, "
                     + "w.value($S), w.value($S), w.grad($S), w.grad($S), w.grad($S)))", l, MOE_LAYER, SPEC, m.hidden(), m.experts(), m.k(), SCORE,
-                    r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias,
-                    optionsCode(options(m.moe(), r)), EXTERNAL,
-                    need(pre + "router.weight"), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", pre + "experts.0.gate",
-                    pre + "experts.0.down", pre + "router.weight", pre + "experts.0.gate", pre + "experts.0.down");
+                    r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias, optionsCode(options(m.moe(), r)), EXTERNAL,
+                    need(pre + "router.weight"), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", w13,
+                    pre + "experts.0.down", pre + "router.weight", w13, pre + "experts.0.down");
         }
         t.addField(FieldSpec.builder(ParameterizedTypeName.get(List.class, String.class), "PLACED_FIRST", Modifier.PRIVATE, Modifier.STATIC,
                 Modifier.FINAL).initializer("$L", placedList(placed)).build());
@@ -709,13 +744,19 @@ public final class CudaModelGenerator {
                 f.addStatement("moe$L.setTemperature($Lf)", i, (float) tp.start());
             }
         });
+        if (m.capacity() != null) {
+            Router.Capacity.Factor cf = m.capacity();
+            f.add("// capacity factor $L (training forwards only): each expert keeps at most ceil($L · rows · $L / $L) slots, by $L\n", cf.factor(),
+                    cf.factor(), m.k(), m.experts(), cf.drop() == Router.DropPolicy.PROBABILITY ? "highest weight" : "earliest token");
+            f.addStatement("moe$L.setTraining(counting)", i);
+        }
         if (m.router().pregate()) {
             f.addStatement("moe$L.forwardInto($L, embedded, rows, $L)", i, fnormed, target);
         } else {
             f.addStatement("moe$L.forwardInto($L, rows, $L)", i, fnormed, target);
         }
         f.addStatement("counts$L = moe$L.lastCounts()", i, i);
-        f.add("// the slots dispatched to experts (top-p leaves some unused)\n");
+        f.add("// the slots dispatched to experts (top-p leaves some unused, a capacity factor drops some): the aux loss's f and the loads count these, as the CPU class does\n");
         f.addStatement("slots$L = 0", i);
         f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("slots$L += counts$L[ex]", i, i).endControlFlow();
         f.beginControlFlow("if (counting)");
@@ -851,10 +892,18 @@ public final class CudaModelGenerator {
             layers.append(j == 0 ? "" : ", ").append(i);
             loads.addStatement("loads[$L] = counts$L.clone()", j, i);
             bySeq.addStatement("int[] chosen$L = moe$L.lastSelection()", i, i);
+            if (m.capacity() != null) {
+                bySeq.addCode("// the kept slots only: a slot dropped over capacity has no row\n");
+                bySeq.addStatement("int[] rowOf$L = moe$L.lastPositions()", i, i);
+            }
             bySeq.beginControlFlow("for (int b = 0; b < batch; b++)");
             bySeq.addStatement("int[] counts = new int[$L]", m.experts());
             bySeq.beginControlFlow("for (int slot = b * seq * $L; slot < (b + 1) * seq * $L; slot++)", m.k(), m.k());
-            bySeq.beginControlFlow("if (chosen$L[slot] < $L)", i, m.experts()).addStatement("counts[chosen$L[slot]]++", i).endControlFlow();
+            if (m.capacity() != null) {
+                bySeq.beginControlFlow("if (rowOf$L[slot] >= 0)", i).addStatement("counts[chosen$L[slot]]++", i).endControlFlow();
+            } else {
+                bySeq.beginControlFlow("if (chosen$L[slot] < $L)", i, m.experts()).addStatement("counts[chosen$L[slot]]++", i).endControlFlow();
+            }
             bySeq.endControlFlow();
             bySeq.addStatement("loads[$L][b] = counts", j);
             bySeq.endControlFlow();

@@ -12,9 +12,13 @@ import java.util.Locale;
  *  logits[T,E] (cuBLASLt) ─router_topk─▶ idx[T,k], weight[T,k], probs[T,E]
  *  idx ─expert_rank─▶ rank[M], counts[E] ─expert_offsets─▶ offsets[E+1]
  *  x[T,D], idx, rank, offsets ─permute_gather─▶ pos[M], h[M,D] (rows sorted by expert)
- *  h ─grouped GEMM (cuBLASLt per expert)─▶ g[M,2F] ─swiglu─▶ a[M,F] ─grouped GEMM─▶ y[M,D]
+ *  h ─grouped GEMM (cuBLASLt per expert)─▶ g[M,GW] ─expert_act─▶ a[M,F] ─grouped GEMM─▶ y[M,D]
  *  y, pos, weight ─combine─▶ out[T,D]
  * </pre>
+ * GW is 2F for gated experts (SwiGLU, GEGLU: gate then up columns) and F for ungated ones (ReLU,
+ * GELU). With a capacity factor, a training forward runs capacity_order, capacity_keep and
+ * expert_rank_kept between expert_rank and expert_offsets: a dropped slot gets rank -1, hence
+ * pos -1 and no row, and the combine kernels treat it as a zero expert's slot.
  * The sort is a counting sort that is stable and deterministic (each expert's rows keep token
  * order), so the same input gives bitwise the same output; no host loop touches tokens.
  *
@@ -174,8 +178,17 @@ public final class MoeKernelSource {
                 .append("\n#define LIMIT_GROUPS ").append(o.limitGroups()).append("\n#define LIMIT_TOP ").append(o.limitTop())
                 .append("\n#define TEMPERATURE ").append(o.temperature() ? 1 : 0).append("\n#define LOGIT_ACT ").append(o.logitActivation().ordinal())
                 .append("  // 0 none, 1 tanh, 2 sigmoid\n#define ENTROPY ").append(o.entropy() ? 1 : 0)
-                .append("\n// a slot may route to no expert (top-p's unused slots): it holds expert NONE, weight 0\n#define NONE ER\n")
-                .append("#define HOLES ").append(s.routed() != s.experts() || o.topP() > 0 ? 1 : 0).append("\n\n");
+                .append("\n// a slot may route to no expert (top-p's unused slots): it holds expert NONE, weight 0\n#define NONE ER\n");
+        c.append("#define ACT ").append(switch (o.activation()) {
+            case SWIGLU -> 0;
+            case GEGLU, GELU -> 1;
+            case RELU -> 2;
+        }).append("  // the experts' activation: 0 SiLU, 1 GELU (tanh form), 2 ReLU\n#define GATED ").append(o.activation().gated ? 1 : 0)
+                .append("  // w13 holds gate then up rows (2F), or up rows only (F)\n#define GW ").append(o.activation().gated ? 2 * s.hidden() : s.hidden())
+                .append("\n#define CAPACITY ").append(o.capacityFactor() > 0 ? 1 : 0)
+                .append("  // training forwards may drop slots over an expert's capacity\n#define DROP_BY_PROBABILITY ")
+                .append(o.capacityFactor() > 0 && o.drop() == Drop.PROBABILITY ? 1 : 0)
+                .append("\n#define SLOT_KINDS (ER != E || CAPACITY || HAS_TOP_P)  // whether a slot may have no FFN row (zero, copy, dropped or NONE)\n\n");
         if (s.precision() == Precision.BF16) {
             c.append("""
                     typedef unsigned short act_t;
@@ -325,8 +338,10 @@ public final class MoeKernelSource {
                   }
                 }
 
-                // Block e ranks the routed rows that chose expert e, in token order (a block-wide scan).
-                extern "C" __global__ void expert_rank(const int* __restrict__ idx, int n, int* __restrict__ rank, int* __restrict__ counts) {
+                // Block e ranks the routed rows that chose expert e, in token order (a block-wide scan); with keep, only
+                // the kept ones, a dropped row's rank set to -1.
+                __device__ __forceinline__ void rank_rows(const int* __restrict__ idx, const int* __restrict__ keep, int n, int* __restrict__ rank,
+                    int* __restrict__ counts) {
                   __shared__ int warpTotals[32];
                   __shared__ int base;
                   int e = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -334,7 +349,9 @@ public final class MoeKernelSource {
                   __syncthreads();
                   for (int start = 0; start < n; start += blockDim.x) {
                     int i = start + threadIdx.x;
-                    bool hit = i < n && idx[i] == e;
+                    bool mine = i < n && idx[i] == e;
+                    bool hit = mine && (keep == nullptr || keep[i]);
+                    if (mine && !hit) rank[i] = -1;
                     unsigned mask = __ballot_sync(0xffffffffu, hit);
                     if (lane == 0) warpTotals[wid] = __popc(mask);
                     __syncthreads();
@@ -348,6 +365,52 @@ public final class MoeKernelSource {
                   if (threadIdx.x == 0) counts[e] = base;
                 }
 
+                extern "C" __global__ void expert_rank(const int* __restrict__ idx, int n, int* __restrict__ rank, int* __restrict__ counts) {
+                  rank_rows(idx, nullptr, n, rank, counts);
+                }
+
+                #if CAPACITY
+                // Capacity (training forwards): each expert keeps at most cap of its routed rows, the rest are dropped (no row,
+                // no output, no weight gradient). After expert_rank and expert_offsets over the routed rows (roffsets):
+                // capacity_order lists each expert's rows in token order, capacity_keep marks the kept ones, expert_rank_kept
+                // ranks and counts the kept rows only. Every step is a pure function of the routing, so the drops are deterministic.
+                extern "C" __global__ void capacity_order(const int* __restrict__ idx, const int* __restrict__ rank, const int* __restrict__ roffsets,
+                    int n, int* __restrict__ order) {
+                  int i = blockIdx.x * blockDim.x + threadIdx.x;
+                  if (i >= n) return;
+                  int e = idx[i];
+                  if (e < E) order[roffsets[e] + rank[i]] = i;
+                }
+
+                // By position: an expert keeps its earliest cap rows. By probability: the cap rows of highest routing weight
+                // (ties: the earlier row), each row counting the rows of its expert that go before it.
+                extern "C" __global__ void capacity_keep(const int* __restrict__ idx, const int* __restrict__ rank, const float* __restrict__ weight,
+                    const int* __restrict__ roffsets, const int* __restrict__ order, int n, int cap, int* __restrict__ keep) {
+                  int i = blockIdx.x * blockDim.x + threadIdx.x;
+                  if (i >= n) return;
+                  int e = idx[i];
+                  if (e >= E) { keep[i] = 1; return; }
+                #if DROP_BY_PROBABILITY
+                  int from = roffsets[e], count = roffsets[e + 1] - from;
+                  if (count <= cap) { keep[i] = 1; return; }
+                  float w = weight[i];
+                  int before = 0;
+                  for (int l = 0; l < count; l++) {
+                    int j = order[from + l]; float wj = weight[j];
+                    before += (wj > w || (wj == w && j < i)) ? 1 : 0;
+                  }
+                  keep[i] = before < cap ? 1 : 0;
+                #else
+                  keep[i] = rank[i] < cap ? 1 : 0;
+                #endif
+                }
+
+                extern "C" __global__ void expert_rank_kept(const int* __restrict__ idx, const int* __restrict__ keep, int n, int* __restrict__ rank,
+                    int* __restrict__ counts) {
+                  rank_rows(idx, keep, n, rank, counts);
+                }
+                #endif
+
                 extern "C" __global__ void expert_offsets(const int* __restrict__ counts, int* __restrict__ offsets) {
                   if (threadIdx.x == 0 && blockIdx.x == 0) {
                     int s = 0;
@@ -360,7 +423,7 @@ public final class MoeKernelSource {
                 extern "C" __global__ void permute_gather(const act_t* __restrict__ x, const int* __restrict__ idx, const int* __restrict__ rank,
                     const int* __restrict__ offsets, int* __restrict__ pos, act_t* __restrict__ h) {
                   int i = blockIdx.x;
-                  if (idx[i] >= E) {  // a zero or copy expert: no row, nothing to compute
+                  if (idx[i] >= E || rank[i] < 0) {  // a zero or copy expert, or a dropped slot: no row, nothing to compute
                     if (threadIdx.x == 0) pos[i] = -1;
                     return;
                   }
@@ -377,22 +440,52 @@ public final class MoeKernelSource {
                   }
                 }
 
-                // a[r, c] = silu(g[r, c]) * g[r, F + c]
-                extern "C" __global__ void swiglu(const act_t* __restrict__ g, act_t* __restrict__ a, long n) {
+                #define SQRT_2_OVER_PI 0.7978845608028654f
+                #define GELU_K 0.044715f
+                __device__ __forceinline__ float act_fn(float x) {
+                #if ACT == 0
+                  return x * sigmoidf(x);
+                #elif ACT == 1  // 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), u = √(2/π) (x + 0.044715 x³), as the CPU computes it
+                  return x / (1.f + expf(-2.f * SQRT_2_OVER_PI * (x + GELU_K * x * x * x)));
+                #else
+                  return fmaxf(x, 0.f);
+                #endif
+                }
+                __device__ __forceinline__ float act_grad(float x) {
+                #if ACT == 0
+                  float s = sigmoidf(x);
+                  return s * (1.f + x * (1.f - s));
+                #elif ACT == 1
+                  float s = 1.f / (1.f + expf(-2.f * SQRT_2_OVER_PI * (x + GELU_K * x * x * x)));
+                  return s + 2.f * x * s * (1.f - s) * SQRT_2_OVER_PI * (1.f + 3.f * GELU_K * x * x);
+                #else
+                  return x > 0.f ? 1.f : 0.f;
+                #endif
+                }
+
+                // Gated: a[r, c] = act(g[r, c]) * g[r, F + c] (g holds [gate | up], GW = 2F wide); ungated: a = act(g) (GW = F).
+                extern "C" __global__ void expert_act(const act_t* __restrict__ g, act_t* __restrict__ a, long n) {
                   for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) {
+                #if GATED
                     long r = i / F; int c = (int) (i - r * F);
-                    float gate = ld(g, r * 2 * F + c), up = ld(g, r * 2 * F + F + c);
-                    st(a, i, gate * sigmoidf(gate) * up);
+                    float gate = ld(g, r * GW + c), up = ld(g, r * GW + F + c);
+                    st(a, i, act_fn(gate) * up);
+                #else
+                    st(a, i, act_fn(ld(g, i)));
+                #endif
                   }
                 }
 
-                extern "C" __global__ void swiglu_backward(const act_t* __restrict__ g, const act_t* __restrict__ da, act_t* __restrict__ dg, long n) {
+                extern "C" __global__ void expert_act_backward(const act_t* __restrict__ g, const act_t* __restrict__ da, act_t* __restrict__ dg, long n) {
                   for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) {
+                #if GATED
                     long r = i / F; int c = (int) (i - r * F);
-                    float gate = ld(g, r * 2 * F + c), up = ld(g, r * 2 * F + F + c), d = ld(da, i);
-                    float sg = sigmoidf(gate);
-                    st(dg, r * 2 * F + c, d * up * sg * (1.f + gate * (1.f - sg)));
-                    st(dg, r * 2 * F + F + c, d * gate * sg);
+                    float gate = ld(g, r * GW + c), up = ld(g, r * GW + F + c), d = ld(da, i);
+                    st(dg, r * GW + c, d * up * act_grad(gate));
+                    st(dg, r * GW + F + c, d * act_fn(gate));
+                #else
+                    st(dg, i, ld(da, i) * act_grad(ld(g, i)));
+                #endif
                   }
                 }
 
@@ -402,16 +495,16 @@ public final class MoeKernelSource {
                     const int* __restrict__ pos, const float* __restrict__ weight, act_t* __restrict__ out) {
                   int t = blockIdx.x;
                   __shared__ int sp[K]; __shared__ float sw[K];
-                #if HOLES
-                  __shared__ int sk[K];  // 0 FFN, 1 zero, 2 copy
+                #if SLOT_KINDS
+                  __shared__ int sk[K];  // 0 FFN, 1 zero or dropped, 2 copy
                 #endif
                   if (threadIdx.x < K) {
                     long i = (long) t * K + threadIdx.x;
                     sp[threadIdx.x] = pos[i];
                     sw[threadIdx.x] = weight[i];
-                #if HOLES
+                #if SLOT_KINDS
                     int e = idx[i];
-                    sk[threadIdx.x] = e < E ? 0 : (e < E + ZERO || e >= ER ? 1 : 2);  // NONE counts as zero
+                    sk[threadIdx.x] = e < E ? (pos[i] >= 0 ? 0 : 1) : (e < E + ZERO || e >= ER ? 1 : 2);  // dropped and NONE count as zero
                 #endif
                   }
                   __syncthreads();
@@ -419,7 +512,7 @@ public final class MoeKernelSource {
                     float acc = 0.f;
                     #pragma unroll
                     for (int s = 0; s < K; s++) {
-                #if !HOLES  // FFN experts only: unconditional loads, which the compiler can issue together
+                #if !SLOT_KINDS  // FFN experts only: unconditional loads, which the compiler can issue together
                       acc += sw[s] * ld(y, (long) sp[s] * D + c);
                 #else
                       if (sk[s] == 0) acc += sw[s] * ld(y, (long) sp[s] * D + c);
@@ -436,16 +529,16 @@ public final class MoeKernelSource {
                     act_t* __restrict__ dy, float* __restrict__ dweight) {
                   int t = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5, warps = blockDim.x >> 5;
                   __shared__ int sp[K]; __shared__ float sw[K]; __shared__ float partial[32][K];
-                #if HOLES
+                #if SLOT_KINDS
                   __shared__ int sk[K];
                 #endif
                   if (threadIdx.x < K) {
                     long i = (long) t * K + threadIdx.x;
                     sp[threadIdx.x] = pos[i];
                     sw[threadIdx.x] = weight[i];
-                #if HOLES
+                #if SLOT_KINDS
                     int e = idx[i];
-                    sk[threadIdx.x] = e < E ? 0 : (e < E + ZERO || e >= ER ? 1 : 2);  // NONE counts as zero
+                    sk[threadIdx.x] = e < E ? (pos[i] >= 0 ? 0 : 1) : (e < E + ZERO || e >= ER ? 1 : 2);  // dropped and NONE count as zero
                 #endif
                   }
                   __syncthreads();
@@ -456,7 +549,7 @@ public final class MoeKernelSource {
                     float g = ld(dout, (long) t * D + c);
                     #pragma unroll
                     for (int s = 0; s < K; s++) {
-                #if !HOLES
+                #if !SLOT_KINDS
                       dot[s] += g * ld(y, (long) sp[s] * D + c);
                       st(dy, (long) sp[s] * D + c, sw[s] * g);
                 #else
@@ -484,15 +577,15 @@ public final class MoeKernelSource {
                     const int* __restrict__ idx, const int* __restrict__ pos, const float* __restrict__ weight, act_t* __restrict__ dx) {
                   int t = blockIdx.x;
                   __shared__ int sp[K];
-                #if HOLES
+                #if SLOT_KINDS
                   __shared__ int sk[K]; __shared__ float sw[K];
                 #endif
                   if (threadIdx.x < K) {
                     long i = (long) t * K + threadIdx.x;
                     sp[threadIdx.x] = pos[i];
-                #if HOLES
+                #if SLOT_KINDS
                     int e = idx[i];
-                    sk[threadIdx.x] = e < E ? 0 : (e < E + ZERO || e >= ER ? 1 : 2);  // NONE counts as zero
+                    sk[threadIdx.x] = e < E ? (pos[i] >= 0 ? 0 : 1) : (e < E + ZERO || e >= ER ? 1 : 2);  // dropped and NONE count as zero
                     sw[threadIdx.x] = weight[i];
                 #endif
                   }
@@ -501,7 +594,7 @@ public final class MoeKernelSource {
                     float acc = 0.f;
                     #pragma unroll
                     for (int s = 0; s < K; s++) {
-                #if !HOLES
+                #if !SLOT_KINDS
                       acc += ld(dh, (long) sp[s] * D + c);
                 #else
                       if (sk[s] == 0) acc += ld(dh, (long) sp[s] * D + c);

@@ -22,8 +22,10 @@ import java.util.SplittableRandom;
  * the first step within 1e-3 of the largest magnitude of that gradient, the gradient norm, and
  * after the steps the weights and AdamW moments brought back to the host.
  *
- * <p>The models: the recipes named on the command line (by default mixtral and deepseek-moe), then always
- * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #ROUTER_OPTIONS_MODEL} and {@link #BLOCKS_MODEL}.
+ * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe and switch), then always
+ * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL} and
+ * {@link #BLOCKS_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
+ * equal the CPU's exactly.
  *
  * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
  */
@@ -129,6 +131,80 @@ public final class DeviceModelParity {
               }
             }
             """;
+
+    /**
+     * Routed experts other than SwiGLU and capacity factors: a Switch-like model (top-1 softmax over ungated ReLU experts,
+     * capacity factor 1.25 dropping by position, micro-batch aux loss) and one of ungated GELU experts under top-2 with a
+     * capacity factor 1.0 dropping by probability, a global-batch aux loss and the aux-free bias, and gated GEGLU experts,
+     * dropless. At 64 tokens a step, the capacities (10 of 64 for the switch layer, 16 of 128 for the others) drop slots.
+     */
+    public static final String EXPERTS_MODEL = """
+            ffn dense = relu(hidden: 96)
+            moe switch {
+              routed 8 x relu(hidden: 64)
+              router {
+                score softmax
+                top_k 1
+                capacity factor(1.25, drop: position)
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            moe heavy {
+              shared 1 x swiglu(hidden: 32)
+              routed 8 x gelu(hidden: 48)
+              router {
+                score softmax
+                top_k 2
+                normalize true
+                bias aux_free(rate: 0.01)
+                capacity factor(1.0, drop: probability)
+              }
+              balance aux(coef: 0.01, scope: global_batch)
+            }
+            moe glu {
+              routed 6 x geglu(hidden: 40)
+              router {
+                score sigmoid
+                top_k 2
+                normalize true
+                scale 2.0
+              }
+            }
+            model SwitchLikeTiny {
+              vocab 97
+              context 64
+              dim 64
+              heads 4
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 4 {
+                every 2: attention, switch
+                rest: attention, dense
+              }
+            }
+            model ExpertActivationsTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              layers 3 {
+                first 1: attention, heavy
+                2: attention, glu
+                rest: attention, heavy
+              }
+            }
+            """;
+
+    /** The models of {@link #EXPERTS_MODEL}. */
+    public static List<Model> expertModels() {
+        return compile("experts-tiny.moe", EXPERTS_MODEL);
+    }
 
     /** The models of {@link #DENSE_FEATURES_MODEL}. */
     public static List<Model> denseFeatureModels() {
@@ -265,12 +341,13 @@ public final class DeviceModelParity {
 
     public static void main(String[] args) throws Exception {
         List<Model> models = new ArrayList<>();
-        List<String> files = args.length > 0 ? List.of(args) : List.of("recipes/mixtral.moe", "recipes/deepseek-moe.moe");
+        List<String> files = args.length > 0 ? List.of(args) : List.of("recipes/mixtral.moe", "recipes/deepseek-moe.moe", "recipes/switch.moe");
         for (String f : files) {
             models.addAll(MoeCompiler.compile(Path.of(f)).orThrow().models());
         }
         models.addAll(sigmoidModels());
         models.addAll(denseFeatureModels());
+        models.addAll(expertModels());
         models.addAll(routerOptionModels());
         models.addAll(blockModels());
         int failures = 0;
@@ -333,6 +410,12 @@ public final class DeviceModelParity {
                     cpu.backward(0.5f);
                     lossG += gpu.forward(in, tg, batch, seq) / 2;
                     gpu.backward(0.5f);
+                    if (step == 0 && micro == 0) {
+                        failures += report(m.name() + " expert loads (kept slots)", "slots placed differently", loadDifference(cpu.expertLoads(),
+                                gpu.expertLoads()), 0);
+                        failures += report(m.name() + " expert loads by sequence", "slots placed differently",
+                                loadDifference(flatten(cpu.expertLoadsBySequence()), flatten(gpu.expertLoadsBySequence())), 0);
+                    }
                 }
                 cpu.endStep();
                 gpu.endStep();
@@ -419,6 +502,31 @@ public final class DeviceModelParity {
                     + report(m.name() + " bf16 (experts and attention): gradient norm", String.format(Locale.ROOT, "cpu %.6f gpu %.6f", normC, normG),
                             Math.abs(normC - normG) / normC, 5e-2);
         }
+    }
+
+    /** Half the sum of |cpu - gpu| over every layer's expert loads: the slots the two placed differently (NaN, a failure, if the shapes differ). */
+    private static double loadDifference(int[][] cpu, int[][] gpu) {
+        if (cpu.length != gpu.length) {
+            return Double.NaN;
+        }
+        double diff = 0;
+        for (int l = 0; l < cpu.length; l++) {
+            if (cpu[l].length != gpu[l].length) {
+                return Double.NaN;
+            }
+            for (int e = 0; e < cpu[l].length; e++) {
+                diff += Math.abs(cpu[l][e] - gpu[l][e]);
+            }
+        }
+        return diff / 2;
+    }
+
+    private static int[][] flatten(int[][][] bySequence) {
+        List<int[]> out = new ArrayList<>();
+        for (int[][] layer : bySequence) {
+            out.addAll(List.of(layer));
+        }
+        return out.toArray(int[][]::new);
     }
 
     private static double norm(List<Parameter> params) {

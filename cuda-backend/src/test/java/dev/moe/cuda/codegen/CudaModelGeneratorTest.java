@@ -60,7 +60,9 @@ class CudaModelGeneratorTest {
                 // top-p with an entropy loss; top-p with an annealed tanh temperature; MoGE quota groups
                 "dynamic-top-p.moe/DynamicTopPTiny", "evomoe-dts.moe/EvoMoETiny", "pangu-moge.moe/PanguMoGETiny",
                 // pre-gating (every router reads the embeddings)
-                "read-me.moe/ReadMETiny");
+                "read-me.moe/ReadMETiny",
+                // relu experts, top-1 with a capacity factor
+                "switch.moe/SwitchTiny");
         assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
 
@@ -174,9 +176,61 @@ class CudaModelGeneratorTest {
         // pr-moe has layer norm and an ungated dense FFN; what keeps it on the hybrid path is its residual block
         Model pr = models(RECIPES.resolve("pr-moe.moe")).getFirst();
         assertThat(CudaModelGenerator.unsupported(pr).orElseThrow()).contains("residual block");
-        // switch's first layer is an ungated relu FFN; its routed relu experts are what it still lacks
+    }
+
+    /** switch.moe (routed relu experts, top-1, capacity factor 1.25 by position) runs device-resident, its options in the layer's spec. */
+    @Test
+    void switchIsDeviceResident() {
         Model sw = models(RECIPES.resolve("switch.moe")).getFirst();
-        assertThat(CudaModelGenerator.unsupported(sw).orElseThrow()).contains("layer 1: routed experts");
+        assertThat(CudaModelGenerator.unsupported(sw)).isEmpty();
+        DeviceModels.Classes classes = DeviceModels.compile(sw, "switch.moe");
+        assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+        String src = CudaModelGenerator.generate(sw, "dev.moe.generated", "switch.moe").toString();
+        assertThat(src).contains("new MoeKernelSource.Spec(DIM, 512, 8, 0, 0, 1, MoeKernelSource.Score.SOFTMAX, false, 1.0f, false, ctx.expertPrecision, "
+                + "MoeKernelSource.Options.NONE.withActivation(MoeKernelSource.ExpertActivation.RELU).withCapacity(1.25f, MoeKernelSource.Drop.POSITION))");
+        // ungated experts: w13 is the up rows, one block per expert, then the down projections
+        assertThat(src).contains("\"layers.1.moe.experts.0.up\", \"layers.1.moe.experts.1.up\"");
+        assertThat(src).contains("\"layers.1.moe.experts.7.up\", \"layers.1.moe.experts.0.down\"");
+        assertThat(src).doesNotContain("experts.0.gate");
+        assertThat(src).contains("w.value(\"layers.1.moe.experts.0.up\"), w.value(\"layers.1.moe.experts.0.down\")");
+        // drops in training forwards only, the aux loss's f over the kept slots, loads by sequence without the dropped slots
+        assertThat(src).contains("moe1.setTraining(counting)");
+        assertThat(src).contains("slots1 += counts1[ex]");
+        assertThat(src).contains("stepSlots1 += slots1");
+        assertThat(src).contains("double fe = (double) counts1[ex] / slots1");
+        assertThat(src).contains("int[] rowOf1 = moe1.lastPositions()");
+        assertThat(src).contains("if (rowOf1[slot] >= 0)");
+    }
+
+    @Test
+    void theParityCheckExpertModelsAreDeviceResident() {
+        List<Model> models = dev.moe.cuda.model.DeviceModelParity.expertModels();
+        assertThat(models).hasSize(2);
+        Map<String, String> source = new TreeMap<>();
+        for (Model m : models) {
+            assertWithMessage("%s", m.name()).that(CudaModelGenerator.unsupported(m)).isEmpty();
+            DeviceModels.Classes classes = DeviceModels.compile(m, "experts-tiny.moe");
+            assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+            source.put(m.name(), CudaModelGenerator.generate(m, "dev.moe.generated", "experts-tiny.moe").toString());
+        }
+        String act = source.get("ExpertActivationsTiny");
+        assertThat(act).contains("Options.NONE.withActivation(MoeKernelSource.ExpertActivation.GELU).withCapacity(1.0f, MoeKernelSource.Drop.PROBABILITY))");
+        assertThat(act).contains("Options.NONE.withActivation(MoeKernelSource.ExpertActivation.GEGLU))");
+        assertThat(act).contains("\"layers.2.moe.experts.0.gate\", \"layers.2.moe.experts.0.up\", \"layers.2.moe.experts.1.gate\"");
+        // global batch aux over the kept slots; every layer's slots are the sum of its counts (rows · k when dropless)
+        assertThat(act).contains("double fe = stepSlots0 > 0 ? (double) stepCounts0[ex] / stepSlots0 : (double) counts0[ex] / slots0");
+        assertThat(act).contains("moe1.setTraining(counting)");
+        assertThat(act).contains("slots2 += counts2[ex]");
+        assertThat(act).doesNotContain("moe2.setTraining");
+    }
+
+    /** What the device path still refuses of the expert options: random drops. */
+    @Test
+    void randomDropsAreRefused() {
+        String text = dev.moe.cuda.model.DeviceModelParity.EXPERTS_MODEL.replace("drop: position", "drop: random");
+        Model m = dev.moe.dsl.SourceFile.decode("random.moe", text.getBytes(java.nio.charset.StandardCharsets.UTF_8)) instanceof
+                dev.moe.dsl.SourceFile.ReadResult.Ok ok ? dev.moe.compiler.MoeCompiler.compile(ok.source()).orThrow().models().getFirst() : null;
+        assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).contains("capacity factor that drops at random");
     }
 
     @Test
