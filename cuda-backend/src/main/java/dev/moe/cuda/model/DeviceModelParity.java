@@ -382,6 +382,7 @@ public final class DeviceModelParity {
         CpuBackend backend = new CpuBackend(4, CpuBackend.VECTOR_API);
         TrainableModel cpu = classes.createHost(backend);
         int failures = 0;
+        List<float[]> firstGradC = new ArrayList<>(), firstGradG = new ArrayList<>();
         try (DeviceModel gpu = classes.create(ctx, backend)) {
             cpu.initialize(11);
             gpu.initialize(11);
@@ -423,6 +424,11 @@ public final class DeviceModelParity {
                 failures += report(m.name() + " step " + (step + 1) + " loss", String.format(Locale.ROOT, "cpu %.6f gpu %.6f", lossC, lossG), rel,
                         LOSS_TOLERANCE);
                 if (step == 0) {
+                    for (int i = 0; i < pc.size(); i++) {
+                        Parameter a = pc.get(i), b = pg.get(i);
+                        firstGradC.add(java.util.Arrays.copyOfRange(a.grad(), a.offset(), a.offset() + a.size()));
+                        firstGradG.add(java.util.Arrays.copyOfRange(b.grad(), b.offset(), b.offset() + b.size()));
+                    }
                     double worst = 0;
                     String where = "";
                     for (int i = 0; i < pc.size(); i++) {
@@ -451,10 +457,18 @@ public final class DeviceModelParity {
             }
             gpu.pullToHost(adamG);
             double worstW = 0, worstM = 0;
+            String whereW = "";
             for (int i = 0; i < pc.size(); i++) {
                 Parameter a = pc.get(i), b = pg.get(i);
                 for (int j = 0; j < a.size(); j++) {
-                    worstW = Math.max(worstW, Math.abs(a.value()[a.offset() + j] - b.value()[b.offset() + j]));
+                    double diff = Math.abs(a.value()[a.offset() + j] - b.value()[b.offset() + j]);
+                    if (diff > worstW) {
+                        worstW = diff;
+                        // AdamW's first steps move a weight by about lr whatever its gradient's size, so a gradient that is
+                        // rounding noise on both sides (opposite signs) shows here: name it with its step-1 gradients
+                        whereW = String.format(Locale.ROOT, "%s[%d] (step-1 grad cpu %.2e gpu %.2e)", a.name(), j, firstGradC.get(i)[j],
+                                firstGradG.get(i)[j]);
+                    }
                 }
                 float[] ma = adamC.firstMoments().get(a.name()), mb = adamG.firstMoments().get(b.name());
                 if (ma != null) {
@@ -468,6 +482,9 @@ public final class DeviceModelParity {
             }
             // three AdamW steps at lr 1e-3 move a weight by at most ~3e-3; the two runs must agree far below that
             failures += report(m.name() + " weights after 3 steps", "max |difference|", worstW, 1e-4);
+            if (worstW > 1e-4) {
+                System.out.println("    worst weight: " + whereW);
+            }
             failures += report(m.name() + " first moments after 3 steps", "worst relative", worstM, GRAD_TOLERANCE * 10);
         }
         return failures;
