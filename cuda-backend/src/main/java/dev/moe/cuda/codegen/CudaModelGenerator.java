@@ -114,8 +114,20 @@ public final class CudaModelGenerator {
         }
         Router r = moe.routers().getFirst();
         List<ExpertGroup> routed = moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).toList();
-        if (routed.size() != 1 || !(routed.getFirst().expert() instanceof Expert.FeedForward) || routed.getFirst().sigmoidGate()) {
-            return Optional.of("routed experts other than one group of FFN experts (zero, copy, constant, latent, LoRA experts)");
+        if (routed.isEmpty() || !(routed.getFirst().expert() instanceof Expert.FeedForward) || routed.getFirst().sigmoidGate()) {
+            return Optional.of("routed experts other than one group of FFN experts, then zero and copy experts (constant, latent, LoRA experts)");
+        }
+        // the GPU layer scores FFN, then zero, then copy experts: the router's rows must come in that order
+        int rank = 0;
+        for (ExpertGroup g : routed.subList(1, routed.size())) {
+            int kind = g.expert() instanceof Expert.Zero ? 1 : g.expert() instanceof Expert.Copy ? 2 : -1;
+            if (kind < 0 || kind < rank || g.sigmoidGate()) {
+                return Optional.of("routed experts other than one group of FFN experts, then zero and copy experts (constant, latent, LoRA experts)");
+            }
+            rank = kind;
+        }
+        if (routed.size() > 1 && !(r.capacity() instanceof Router.Capacity.Dropless)) {
+            return Optional.of("a capacity factor with zero or copy experts");
         }
         for (ExpertGroup g : moe.groups()) {
             if (g.role() == ExpertGroup.Role.SHARED && (!(g.expert() instanceof Expert.FeedForward) || g.sigmoidGate())) {
@@ -291,9 +303,15 @@ public final class CudaModelGenerator {
 
     // ---- the class ----
 
-    private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int k, int hidden, List<Ffn> shared, Ffn.Activation activation) {
+    private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int zero, int copy, int k, int hidden, List<Ffn> shared,
+            Ffn.Activation activation) {
         int index() {
             return layer.index();
+        }
+
+        /** Every expert the router scores: FFN, then zero, then copy experts. */
+        int routed() {
+            return experts + zero + copy;
         }
 
         /** The capacity factor of a training forward, or null when dropless. */
@@ -344,7 +362,15 @@ public final class CudaModelGenerator {
                 }
             }
             Router r = m.routers().getFirst();
-            return Optional.of(new MoeInfo(l, m, r, routed.count(), slots(r), hidden, shared, routedFfn.activation()));
+            int zero = 0, copy = 0;
+            for (ExpertGroup g : m.groups()) {
+                if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Zero) {
+                    zero += g.count();
+                } else if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Copy) {
+                    copy += g.count();
+                }
+            }
+            return Optional.of(new MoeInfo(l, m, r, routed.count(), zero, copy, slots(r), hidden, shared, routedFfn.activation()));
         }
         return Optional.empty();
     }
@@ -446,8 +472,8 @@ public final class CudaModelGenerator {
         for (MoeInfo m : moes) {
             int l = m.index();
             t.addField(MOE_LAYER, "moe" + l, Modifier.PRIVATE, Modifier.FINAL);
-            t.addField(FieldSpec.builder(int[].class, "counts" + l, Modifier.PRIVATE).initializer("new int[$L]", m.experts()).build());
-            t.addField(FieldSpec.builder(long[].class, "stepCounts" + l, Modifier.PRIVATE, Modifier.FINAL).initializer("new long[$L]", m.experts())
+            t.addField(FieldSpec.builder(int[].class, "counts" + l, Modifier.PRIVATE).initializer("new int[$L]", m.routed()).build());
+            t.addField(FieldSpec.builder(long[].class, "stepCounts" + l, Modifier.PRIVATE, Modifier.FINAL).initializer("new long[$L]", m.routed())
                     .build());
             t.addField(TypeName.LONG, "stepSlots" + l, Modifier.PRIVATE);
             t.addField(FieldSpec.builder(TypeName.LONG, "slots" + l, Modifier.PRIVATE)
@@ -485,8 +511,8 @@ public final class CudaModelGenerator {
             String bias = pre + "router.expert_bias";
             boolean hasBias = r.bias().isPresent();
             String w13 = pre + "experts.0." + (gated ? "gate" : "up");
-            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, 0, 0, $L, $T.$L, $L, $Lf, $L, ctx.expertPrecision, $L), new $T(w.value($S), $L, "
-                    + "w.value($S), w.value($S), w.grad($S), w.grad($S), w.grad($S)))", l, MOE_LAYER, SPEC, m.hidden(), m.experts(), m.k(), SCORE,
+            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, $L, $L, $L, $T.$L, $L, $Lf, $L, ctx.expertPrecision, $L), new $T(w.value($S), $L, "
+                    + "w.value($S), w.value($S), w.grad($S), w.grad($S), w.grad($S)))", l, MOE_LAYER, SPEC, m.hidden(), m.experts(), m.zero(), m.copy(), m.k(), SCORE,
                     r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias, optionsCode(options(m.moe(), r)), EXTERNAL,
                     need(pre + "router.weight"), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", w13,
                     pre + "experts.0.down", pre + "router.weight", w13, pre + "experts.0.down");
@@ -758,9 +784,9 @@ public final class CudaModelGenerator {
         f.addStatement("counts$L = moe$L.lastCounts()", i, i);
         f.add("// the slots dispatched to experts (top-p leaves some unused, a capacity factor drops some): the aux loss's f and the loads count these, as the CPU class does\n");
         f.addStatement("slots$L = 0", i);
-        f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("slots$L += counts$L[ex]", i, i).endControlFlow();
+        f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.routed()).addStatement("slots$L += counts$L[ex]", i, i).endControlFlow();
         f.beginControlFlow("if (counting)");
-        f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts()).addStatement("stepCounts$L[ex] += counts$L[ex]", i, i).endControlFlow();
+        f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.routed()).addStatement("stepCounts$L[ex] += counts$L[ex]", i, i).endControlFlow();
         f.addStatement("stepSlots$L += slots$L", i, i);
         f.endControlFlow();
         f.addStatement("mark($S)", "forward: moe routed experts");
@@ -835,7 +861,7 @@ public final class CudaModelGenerator {
     /** The aux and z losses' values (from the layer's probability sums) and the aux gradient per expert, as the CPU class computes them. */
     private void balanceForward(CodeBlock.Builder f, MoeInfo m) {
         int i = m.index();
-        int e = m.experts();
+        int e = m.routed();
         f.addStatement("balance$L = 0", i);
         Optional<Loss.Aux> aux = m.moe().losses().stream().filter(x -> x instanceof Loss.Aux).map(x -> (Loss.Aux) x).findFirst();
         Optional<Loss.ZLoss> z = zLoss(m);
@@ -854,8 +880,15 @@ public final class CudaModelGenerator {
             } else {
                 f.addStatement("double fe = (double) counts$L[ex] / slots$L", i, i);
             }
-            f.addStatement("balance$L += $L * $L * fe * stats[ex] / rows", i, a.coef(), e);
-            f.addStatement("aux$L[ex] = (float) ($L * $L * fe / rows)", i, a.coef(), e);
+            if (a.tau() != 1.0 && m.zero() + m.copy() > 0) {
+                f.add("// MoE++: the zero-computation experts' terms weigh tau = $L\n", a.tau());
+                f.addStatement("double eta = ex < $L ? 1.0 : $L", m.experts(), a.tau());
+                f.addStatement("balance$L += $L * eta * $L * fe * stats[ex] / rows", i, a.coef(), e);
+                f.addStatement("aux$L[ex] = (float) ($L * eta * $L * fe / rows)", i, a.coef(), e);
+            } else {
+                f.addStatement("balance$L += $L * $L * fe * stats[ex] / rows", i, a.coef(), e);
+                f.addStatement("aux$L[ex] = (float) ($L * $L * fe / rows)", i, a.coef(), e);
+            }
             f.endControlFlow();
         });
         z.ifPresent(zl -> {
@@ -876,7 +909,7 @@ public final class CudaModelGenerator {
         MethodSpec.Builder reset = MethodSpec.methodBuilder("resetStepCounts").addAnnotation(Override.class).addModifiers(Modifier.PROTECTED);
         MethodSpec.Builder end = MethodSpec.methodBuilder("endStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC);
         // Data parallelism sums the step's counts over the ranks before endStep (TrainableModel.stepLoads).
-        int loadCount = moes.stream().mapToInt(m -> m.experts() + 1).sum();
+        int loadCount = moes.stream().mapToInt(m -> m.routed() + 1).sum();
         MethodSpec.Builder getLoads = MethodSpec.methodBuilder("stepLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
                 .returns(long[].class).addStatement("long[] out = new long[$L]", loadCount);
         MethodSpec.Builder setLoads = MethodSpec.methodBuilder("setStepLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
@@ -897,29 +930,29 @@ public final class CudaModelGenerator {
                 bySeq.addStatement("int[] rowOf$L = moe$L.lastPositions()", i, i);
             }
             bySeq.beginControlFlow("for (int b = 0; b < batch; b++)");
-            bySeq.addStatement("int[] counts = new int[$L]", m.experts());
+            bySeq.addStatement("int[] counts = new int[$L]", m.routed());
             bySeq.beginControlFlow("for (int slot = b * seq * $L; slot < (b + 1) * seq * $L; slot++)", m.k(), m.k());
             if (m.capacity() != null) {
                 bySeq.beginControlFlow("if (rowOf$L[slot] >= 0)", i).addStatement("counts[chosen$L[slot]]++", i).endControlFlow();
             } else {
-                bySeq.beginControlFlow("if (chosen$L[slot] < $L)", i, m.experts()).addStatement("counts[chosen$L[slot]]++", i).endControlFlow();
+                bySeq.beginControlFlow("if (chosen$L[slot] < $L)", i, m.routed()).addStatement("counts[chosen$L[slot]]++", i).endControlFlow();
             }
             bySeq.endControlFlow();
             bySeq.addStatement("loads[$L][b] = counts", j);
             bySeq.endControlFlow();
             reset.addStatement("$T.fill(stepCounts$L, 0L)", java.util.Arrays.class, i);
             reset.addStatement("stepSlots$L = 0", i);
-            getLoads.addStatement("$T.arraycopy(stepCounts$L, 0, out, $L, $L)", System.class, i, loadAt, m.experts());
-            getLoads.addStatement("out[$L] = stepSlots$L", loadAt + m.experts(), i);
-            setLoads.addStatement("$T.arraycopy(loads, $L, stepCounts$L, 0, $L)", System.class, loadAt, i, m.experts());
-            setLoads.addStatement("stepSlots$L = loads[$L]", i, loadAt + m.experts());
-            loadAt += m.experts() + 1;
+            getLoads.addStatement("$T.arraycopy(stepCounts$L, 0, out, $L, $L)", System.class, i, loadAt, m.routed());
+            getLoads.addStatement("out[$L] = stepSlots$L", loadAt + m.routed(), i);
+            setLoads.addStatement("$T.arraycopy(loads, $L, stepCounts$L, 0, $L)", System.class, loadAt, i, m.routed());
+            setLoads.addStatement("stepSlots$L = loads[$L]", i, loadAt + m.routed());
+            loadAt += m.routed() + 1;
             m.router().bias().ifPresent(bias -> {
                 String name = "layers." + i + ".moe.router.expert_bias";
                 end.addComment("layer $L: aux-free balancing, bias += rate * sign(mean load - load), on the host copy, then to the GPU", i);
                 end.addStatement("float[] bias$L = hostValues($S)", i, name);
-                end.addStatement("double mean$L = (double) stepSlots$L / $L", i, i, m.experts());
-                end.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.experts());
+                end.addStatement("double mean$L = (double) stepSlots$L / $L", i, i, m.routed());
+                end.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.routed());
                 end.addStatement("bias$L[ex] += $Lf * (float) Math.signum(mean$L - stepCounts$L[ex])", i, (float) bias.rate(), i, i);
                 end.endControlFlow();
                 end.addStatement("uploadParameter($S)", name);

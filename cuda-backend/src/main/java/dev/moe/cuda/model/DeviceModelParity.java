@@ -296,7 +296,11 @@ public final class DeviceModelParity {
         return compile("router-options.moe", ROUTER_OPTIONS_MODEL);
     }
 
-    /** LongCat-Flash's shortcut-connected block (its MoE reads the first FFN's input and joins the stream at the block's end). */
+    /**
+     * LongCat-Flash's shortcut-connected block (its MoE reads the first FFN's input and joins the stream at the block's end), and
+     * MoE++'s zero and copy experts (with the aux loss's tau), null experts under top-p (UniMoE-Audio) and LongCat's copy
+     * experts with an expert bias in a shortcut block.
+     */
     static final String BLOCKS_MODEL = """
             moe flash {
               shared 1 x swiglu(hidden: 24)
@@ -322,6 +326,56 @@ public final class DeviceModelParity {
               tie_embeddings true
               layers 2 {
                 all: shortcut(attention, swiglu(hidden: 64), flash)
+              }
+            }
+            moe zc {
+              routed 6 x swiglu(hidden: 32)
+              routed 1 x zero
+              routed 2 x copy
+              router {
+                score softmax
+                top_k 2
+                normalize false
+              }
+              balance aux(coef: 0.01, scope: micro_batch, tau: 0.75)
+            }
+            moe nulls {
+              shared 1 x swiglu(hidden: 24)
+              routed 6 x swiglu(hidden: 32)
+              routed 2 x zero
+              router {
+                score softmax
+                top_p 0.5
+                max_k 3
+                normalize true
+              }
+              balance aux(coef: 0.01, scope: global_batch)
+            }
+            moe flashcopy {
+              routed 8 x swiglu(hidden: 32)
+              routed 4 x copy
+              router {
+                score softmax
+                top_k 3
+                normalize false
+                scale 3.0
+                bias aux_free(rate: 0.01)
+              }
+            }
+            model ZeroCopyTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 3 {
+                first 1: attention, zc
+                1: attention, nulls
+                rest: shortcut(attention, swiglu(hidden: 64), flashcopy)
               }
             }
             """;

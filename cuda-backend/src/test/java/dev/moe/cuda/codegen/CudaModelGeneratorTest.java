@@ -62,7 +62,9 @@ class CudaModelGeneratorTest {
                 // pre-gating (every router reads the embeddings)
                 "read-me.moe/ReadMETiny",
                 // relu experts, top-1 with a capacity factor
-                "switch.moe/SwitchTiny");
+                "switch.moe/SwitchTiny",
+                // shortcut blocks, copy experts with an expert bias
+                "longcat-flash.moe/LongCatFlashTiny");
         assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
 
@@ -132,6 +134,24 @@ class CudaModelGeneratorTest {
             assertThat(source).contains("w.value(\"layers.1." + prefix + ".q\")");
         }
         assertThat(source).contains("w.value(\"layers.1.ffn1.down\")");
+    }
+
+    /** Zero and copy experts go to the GPU layer after the FFN experts, counted and balanced with them. */
+    @Test
+    void zeroAndCopyExpertsAreDeviceResident() {
+        Model m = dev.moe.cuda.model.DeviceModelParity.blockModels().get(1);
+        assertThat(m.name()).isEqualTo("ZeroCopyTiny");
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "blocks.moe");
+        String source = CudaModelGenerator.generate(m, "dev.moe.generated", "blocks.moe").toString();
+        // FFN, zero and copy experts in the layer's spec
+        assertThat(source).contains("new MoeKernelSource.Spec(DIM, 32, 6, 1, 2, 2, MoeKernelSource.Score.SOFTMAX");
+        assertThat(source).contains("new MoeKernelSource.Spec(DIM, 32, 8, 0, 4, 3, MoeKernelSource.Score.SOFTMAX");
+        // counts, aux (with MoE++'s tau for the zero-computation experts) and the bias over every routed expert
+        assertThat(source).contains("private int[] counts0 = new int[9]");
+        assertThat(source).contains("double eta = ex < 6 ? 1.0 : 0.75");
+        assertThat(source).contains("for (int ex = 0; ex < 12; ex++)");
+        assertThat(source).contains("double mean2 = (double) stepSlots2 / 12");
     }
 
     /** Each new feature is used by the generated code with the CPU class's parameters (names the CPU model owns). */
