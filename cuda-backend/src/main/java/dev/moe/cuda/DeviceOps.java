@@ -249,6 +249,23 @@ public final class DeviceOps {
         }
     }
 
+    /**
+     * PR-MoE's residual block: {@code [c1, c2] = softmax(mix[t])} per row ({@code mix [rows, 2]} holds the logits and gets c1,
+     * c2), {@code stream += c1 · moe + c2 · dense}.
+     */
+    public void residualMix(long mix, long moe, long dense, long stream, int rows, int dim) {
+        if (rows > 0) {
+            launch("residual_mix", rows, THREADS, mix, moe, dense, stream, dim);
+        }
+    }
+
+    /** Backward of {@link #residualMix}: each branch's output gradient (overwritten) and the mixing logits' gradient {@code dMix [rows, 2]}. */
+    public void residualMixBackward(long mix, long moe, long dense, long dy, long dMoe, long dDense, long dMix, int rows, int dim) {
+        if (rows > 0) {
+            launch("residual_mix_backward", rows, THREADS, mix, moe, dense, dy, dMoe, dDense, dMix, dim);
+        }
+    }
+
     /** {@code y += x} over {@code n} floats. */
     public void addInPlace(long y, long x, long n) {
         if (n > 0) {

@@ -82,9 +82,11 @@ public final class CudaModelGenerator {
             return Optional.of("head_dim above 256");
         }
         for (Layer l : model.layers()) {
-            if (l.block() instanceof Block.Shortcut sc) {
-                Optional<String> why = sc.mixer() instanceof Block.Part.Attention ? unsupported(sc.moe())
-                        : Optional.of("attention experts in a shortcut block");
+            if (l.block() instanceof Block.Shortcut || l.block() instanceof Block.Residual) {
+                Block.Part mixer = l.block() instanceof Block.Shortcut sc ? sc.mixer() : ((Block.Residual) l.block()).mixer();
+                Moe blockMoe = l.block() instanceof Block.Shortcut sc ? sc.moe() : ((Block.Residual) l.block()).moe();
+                Optional<String> why = mixer instanceof Block.Part.Attention ? unsupported(blockMoe)
+                        : Optional.of("attention experts in a shortcut or residual block");
                 if (why.isPresent()) {
                     return why.map(w -> "layer " + l.index() + ": " + w);
                 }
@@ -347,7 +349,7 @@ public final class CudaModelGenerator {
 
     private Optional<MoeInfo> moeOf(Layer l) {
         Moe moe = l.block() instanceof Block.PreNorm p && p.ffn() instanceof Block.Part.MoePart mp ? mp.moe()
-                : l.block() instanceof Block.Shortcut sc ? sc.moe() : null;
+                : l.block() instanceof Block.Shortcut sc ? sc.moe() : l.block() instanceof Block.Residual res ? res.moe() : null;
         if (moe != null) {
             Moe m = moe;
             ExpertGroup routed = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow();
@@ -399,6 +401,9 @@ public final class CudaModelGenerator {
         for (Layer l : model.layers()) {
             if (l.block() instanceof Block.Shortcut sc) {
                 maxHidden = Math.max(maxHidden, sc.dense().hidden());
+            }
+            if (l.block() instanceof Block.Residual res) {
+                maxHidden = Math.max(maxHidden, res.dense().hidden());
             }
             if (l.block() instanceof Block.PreNorm p && p.ffn() instanceof Block.Part.Dense d) {
                 maxHidden = Math.max(maxHidden, d.ffn().hidden());
@@ -605,6 +610,8 @@ public final class CudaModelGenerator {
         CodeBlock.Builder b = CodeBlock.builder();
         if (l.block() instanceof Block.Shortcut sc) {
             shortcut(f, b, i, sc, moe.orElseThrow());
+        } else if (l.block() instanceof Block.Residual res) {
+            residual(f, b, i, res, moe.orElseThrow());
         } else {
             Block.PreNorm block = (Block.PreNorm) l.block();
             CodeBlock.Builder ba = CodeBlock.builder();
@@ -679,6 +686,40 @@ public final class CudaModelGenerator {
         normBackward(b, p + "ffn0_norm", fin0, "f" + i);
         b.addStatement("mark($S)", "backward: shortcut ffn and moe");
         b.add(ba0.build());
+    }
+
+    /**
+     * PR-MoE's residual block: attention, then {@code h = norm(stream)}, {@code [c1, c2] = softmax(residual_mix · h)} and
+     * {@code stream += c1 · moe(h) + c2 · dense(h)}.
+     */
+    private void residual(CodeBlock.Builder f, CodeBlock.Builder b, int i, Block.Residual res, MoeInfo m) {
+        String p = "layers." + i + ".";
+        CodeBlock.Builder ba = CodeBlock.builder();
+        attention(f, ba, "a" + i, p + "attn", p + "attn_norm");
+        String fin = buffer("f" + i + "Input", "DIM"), h = buffer("f" + i + "Normed", "DIM");
+        String moeOut = buffer("r" + i + "Moe", "DIM"), denseOut = buffer("r" + i + "Dense", "DIM"), mix = buffer("r" + i + "Mix", "2");
+        String dMoe = buffer("r" + i + "DMoe", "DIM"), dDense = buffer("r" + i + "DDense", "DIM"), dMix = buffer("r" + i + "DMix", "2");
+        f.add("// h = norm(stream); [c1, c2] = softmax(residual_mix · h); stream += c1 · $L(h) + c2 · $L(h)\n", m.moe().name(), res.dense());
+        f.addStatement("copy($L, stream, (long) rows * DIM)", fin);
+        norm(f, p + "ffn_norm", fin, h, "f" + i);
+        f.addStatement("zero($L, (long) rows * DIM)", denseOut);
+        denseForward(f, h, "f" + i, p + "ffn", res.dense(), denseOut);
+        f.addStatement("zero($L, (long) rows * DIM)", moeOut);
+        CodeBlock.Builder bm = CodeBlock.builder();
+        moe(f, bm, m, h, moeOut, dMoe);
+        f.addStatement("linear($L, $L, $L, rows, DIM, 2, false)", h, pointer(p + "residual_mix"), mix);
+        f.addStatement("ops.residualMix($L, $L, $L, stream, rows, DIM)", mix, moeOut, denseOut);
+        f.addStatement("mark($S)", "forward: residual moe");
+
+        b.add("// the mix's logits' gradient, and each branch's output gradient\n");
+        b.addStatement("ops.residualMixBackward($L, $L, $L, dx, $L, $L, $L, rows, DIM)", mix, moeOut, denseOut, dMoe, dDense, dMix);
+        b.addStatement("zero(dNormed, (long) rows * DIM)");
+        b.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, 2, true)", h, pointer(p + "residual_mix"), dMix, grad(p + "residual_mix"));
+        denseBackward(b, h, "f" + i, p + "ffn", res.dense(), dDense);
+        b.add(bm.build());
+        normBackward(b, p + "ffn_norm", fin, "f" + i);
+        b.addStatement("mark($S)", "backward: residual moe");
+        b.add(ba.build());
     }
 
     /**

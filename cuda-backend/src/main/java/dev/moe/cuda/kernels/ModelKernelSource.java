@@ -319,6 +319,43 @@ public final class ModelKernelSource {
                   }
                 }
 
+                // PR-MoE's residual block, one block per row: [c1, c2] = softmax(mix[t]) (mix: the two logits, overwritten
+                // with c1, c2), stream[t] += c1 · moe[t] + c2 · dense[t].
+                extern "C" __global__ void residual_mix(float* __restrict__ mix, const float* __restrict__ moe, const float* __restrict__ dense,
+                    float* __restrict__ stream, int dim) {
+                  long t = blockIdx.x;
+                  float a = mix[2 * t], b = mix[2 * t + 1];
+                  float c1 = 1.f / (1.f + expf(b - a)), c2 = 1.f - c1;
+                  __syncthreads();
+                  if (threadIdx.x == 0) { mix[2 * t] = c1; mix[2 * t + 1] = c2; }
+                  for (int d = threadIdx.x; d < dim; d += blockDim.x) stream[t * dim + d] += c1 * moe[t * dim + d] + c2 * dense[t * dim + d];
+                }
+
+                // Its backward, one block per row: from the stream's gradient dy, each branch's output gradient (c · dy) and
+                // the gradient of the two mixing logits (softmax backward of dc = <dy, branch>), summed in double.
+                extern "C" __global__ void residual_mix_backward(const float* __restrict__ mix, const float* __restrict__ moe,
+                    const float* __restrict__ dense, const float* __restrict__ dy, float* __restrict__ dMoe, float* __restrict__ dDense,
+                    float* __restrict__ dMix, int dim) {
+                  __shared__ double scratch[32];
+                  long t = blockIdx.x;
+                  float c1 = mix[2 * t], c2 = mix[2 * t + 1];
+                  double s1 = 0.0, s2 = 0.0;
+                  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+                    float g = dy[t * dim + d];
+                    s1 += (double) g * moe[t * dim + d];
+                    s2 += (double) g * dense[t * dim + d];
+                    dMoe[t * dim + d] = c1 * g;
+                    dDense[t * dim + d] = c2 * g;
+                  }
+                  double dc1 = blockSumD(s1, scratch);
+                  double dc2 = blockSumD(s2, scratch);
+                  if (threadIdx.x == 0) {
+                    double mean = c1 * dc1 + c2 * dc2;
+                    dMix[2 * t] = (float) (c1 * (dc1 - mean));
+                    dMix[2 * t + 1] = (float) (c2 * (dc2 - mean));
+                  }
+                }
+
                 // Elementwise helpers of device-resident models: y += x, x *= s, and Σ x² added into *out (fp64).
                 extern "C" __global__ void add_inplace(float* __restrict__ y, const float* __restrict__ x, long n) {
                   for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) y[i] += x[i];

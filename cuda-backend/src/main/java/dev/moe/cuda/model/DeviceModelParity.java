@@ -299,7 +299,8 @@ public final class DeviceModelParity {
     /**
      * LongCat-Flash's shortcut-connected block (its MoE reads the first FFN's input and joins the stream at the block's end), and
      * MoE++'s zero and copy experts (with the aux loss's tau), null experts under top-p (UniMoE-Audio) and LongCat's copy
-     * experts with an expert bias in a shortcut block.
+     * experts with an expert bias in a shortcut block; PR-MoE's residual blocks (a dense FFN and a top-1 MoE mixed per token)
+     * with a different expert count per layer.
      */
     static final String BLOCKS_MODEL = """
             moe flash {
@@ -376,6 +377,28 @@ public final class DeviceModelParity {
                 first 1: attention, zc
                 1: attention, nulls
                 rest: shortcut(attention, swiglu(hidden: 64), flashcopy)
+              }
+            }
+            moe pyramid(n = 4) {
+              routed n x gelu(hidden: 40)
+              router {
+                score softmax
+                top_k 1
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            model ResidualTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              norm layer(eps: 1e-5)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 3 {
+                first 1: residual(attention, gelu(hidden: 56), pyramid)
+                rest: residual(attention, gelu(hidden: 56), pyramid(n: 6))
               }
             }
             """;

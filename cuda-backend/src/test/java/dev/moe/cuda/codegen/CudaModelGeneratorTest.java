@@ -64,7 +64,9 @@ class CudaModelGeneratorTest {
                 // relu experts, top-1 with a capacity factor
                 "switch.moe/SwitchTiny",
                 // shortcut blocks, copy experts with an expert bias
-                "longcat-flash.moe/LongCatFlashTiny");
+                "longcat-flash.moe/LongCatFlashTiny",
+                // residual blocks, a pyramid of expert counts
+                "pr-moe.moe/PRMoETiny");
         assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
 
@@ -136,6 +138,22 @@ class CudaModelGeneratorTest {
         assertThat(source).contains("w.value(\"layers.1.ffn1.down\")");
     }
 
+    /** PR-MoE's residual block mixes the dense FFN's and the MoE's outputs per token; both read the same normed input. */
+    @Test
+    void theResidualBlockIsDeviceResident() {
+        Model m = dev.moe.cuda.model.DeviceModelParity.blockModels().get(2);
+        assertThat(m.name()).isEqualTo("ResidualTiny");
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "blocks.moe");
+        String source = CudaModelGenerator.generate(m, "dev.moe.generated", "blocks.moe").toString();
+        assertThat(source).contains("moe1.forwardInto(f1Normed, rows, r1Moe)");
+        assertThat(source).contains("linear(f1Normed, l1ResidualMix, r1Mix, rows, DIM, 2, false)");
+        assertThat(source).contains("ops.residualMix(r1Mix, r1Moe, r1Dense, stream, rows, DIM)");
+        assertThat(source).contains("ops.residualMixBackward(r1Mix, r1Moe, r1Dense, dx, r1DMoe, r1DDense, r1DMix, rows, DIM)");
+        assertThat(source).contains("moe1.backwardInto(r1DMoe, scaled(aux1, scale), 0f, 0f, dNormed)");
+        assertThat(source).contains("private int[] counts2 = new int[6]");
+    }
+
     /** Zero and copy experts go to the GPU layer after the FFN experts, counted and balanced with them. */
     @Test
     void zeroAndCopyExpertsAreDeviceResident() {
@@ -193,9 +211,11 @@ class CudaModelGeneratorTest {
         for (Model m : dev.moe.cuda.model.DeviceModelParity.denseFeatureModels()) {
             assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
         }
-        // pr-moe has layer norm and an ungated dense FFN; what keeps it on the hybrid path is its residual block
-        Model pr = models(RECIPES.resolve("pr-moe.moe")).getFirst();
-        assertThat(CudaModelGenerator.unsupported(pr).orElseThrow()).contains("residual block");
+        // what keeps a recipe on the hybrid path is named: jetmoe's attention experts, deepseek-v3's latent attention
+        Model jet = models(RECIPES.resolve("jetmoe.moe")).getFirst();
+        assertThat(CudaModelGenerator.unsupported(jet).orElseThrow()).contains("attention experts");
+        Model v3 = models(RECIPES.resolve("deepseek-v3.moe")).getFirst();
+        assertThat(CudaModelGenerator.unsupported(v3).orElseThrow()).contains("multi-head latent attention");
     }
 
     /** switch.moe (routed relu experts, top-1, capacity factor 1.25 by position) runs device-resident, its options in the layer's spec. */
