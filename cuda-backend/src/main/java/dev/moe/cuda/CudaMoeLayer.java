@@ -65,6 +65,8 @@ public final class CudaMoeLayer implements AutoCloseable {
     /** The router's temperature for the next forward pass (a spec with a temperature only). */
     private float temperature = 1f;
     private boolean dropping;
+    /** Tokens per sequence (expert choice). */
+    private int sequenceLength;
 
     public CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType) {
         this(ctx, spec, gradsInActivationType, null);
@@ -360,6 +362,17 @@ public final class CudaMoeLayer implements AutoCloseable {
         return (int) Math.ceil(factor * tokens * spec.topK() / spec.experts());
     }
 
+    /** The tokens per sequence of the next forward passes (expert choice picks tokens per sequence). */
+    public void setSequenceLength(int seq) {
+        sequenceLength = seq;
+    }
+
+    /** Expert choice's tokens per expert and sequence, as the CPU class computes it: ceil(factor · seq / E) in double. */
+    public static int expertChoiceCapacity(Spec spec, int seq) {
+        double factor = Double.parseDouble(Float.toString(spec.options().expertChoice()));
+        return (int) Math.ceil(factor * seq / spec.experts());
+    }
+
     /** Whether the last forward dropped slots over capacity (a training forward with a capacity factor). */
     public boolean lastDropped() {
         return dropping;
@@ -462,6 +475,17 @@ public final class CudaMoeLayer implements AutoCloseable {
             launch("expert_offsets", 1, 32, counts, routedOffs);
             launch("capacity_order", ceilDiv(m, THREADS), THREADS, idx, rank, routedOffs, m, order);
             launch("capacity_keep", ceilDiv(m, THREADS), THREADS, idx, rank, weight, routedOffs, order, m, capacity(spec, tokens), kept);
+            launch("expert_rank_kept", e, 1024, idx, kept, m, rank, counts);
+        } else if (spec.options().expertChoice() > 0) {
+            // expert choice (training and inference alike): in each sequence each expert keeps its best tokens
+            if (sequenceLength <= 0 || sequenceLength > 8192 || tokens % sequenceLength != 0) {
+                throw new IllegalStateException("expert choice needs the sequence length (1 to 8192, dividing the " + tokens + " tokens): got "
+                        + sequenceLength);
+            }
+            dropping = true;
+            long kept = keep(saved, (long) m * 4);
+            launch("expert_choice_keep", tokens / sequenceLength * e, THREADS, idx, weight, sequenceLength, expertChoiceCapacity(spec, sequenceLength),
+                    kept);
             launch("expert_rank_kept", e, 1024, idx, kept, m, rank, counts);
         }
         launch("expert_offsets", 1, 32, counts, offs);

@@ -29,6 +29,8 @@ class MoeKernelSourceTest {
     static final Spec QUOTA = new Spec(128, 64, 16, 4, Score.SOFTMAX, false, 1f, false, Precision.BF16).with(Options.NONE.withQuotaGroups(4));
     /** DeepSeek-V3: the best 4 of 8 groups, then top-8 among their experts. */
     static final Spec LIMITED = V3.with(Options.NONE.withGroupLimit(8, 4));
+    /** Expert choice over 8 experts (k = E). */
+    static final Spec EXPERT_CHOICE = new Spec(64, 32, 8, 8, Score.SOFTMAX, false, 1f, false, Precision.BF16).with(Options.NONE.withExpertChoice(2f));
 
     @Test
     void theRouterOptionsAreBakedInAsConstants() {
@@ -38,7 +40,7 @@ class MoeKernelSourceTest {
         assertThat(topP).contains("#define LOGIT_ACT 1 ");
         assertThat(topP).contains("#define ENTROPY 1\n");
         // an unused top-p slot holds no expert, so the combine must check each slot's kind
-        assertThat(topP).contains("#define SLOT_KINDS (ER != E || CAPACITY || HAS_TOP_P)");
+        assertThat(topP).contains("#define SLOT_KINDS (ER != E || CAPACITY || HAS_TOP_P || EXPERT_CHOICE)");
         String quota = MoeKernelSource.generate(QUOTA);
         assertThat(quota).contains("#define QUOTA 4\n");
         assertThat(quota).contains("#define HAS_TOP_P 0\n");
@@ -47,6 +49,13 @@ class MoeKernelSourceTest {
         assertThat(limited).contains("#define LIMIT_GROUPS 8\n");
         assertThat(limited).contains("#define LIMIT_TOP 4\n");
         assertThat(MoeKernelSource.generate(DEEPSEEK)).contains("#define TEMPERATURE 0\n");
+        String ec = MoeKernelSource.generate(EXPERT_CHOICE);
+        assertThat(ec).contains("#define EXPERT_CHOICE 1 ");
+        assertThat(ec).contains("expert_choice_keep");
+        assertThat(MoeKernelSource.generate(DEEPSEEK)).contains("#define EXPERT_CHOICE 0 ");
+        // expert choice ranks every expert: k must be E
+        assertThrows(IllegalArgumentException.class, () -> new Spec(64, 32, 8, 2, Score.SOFTMAX, false, 1f, false, Precision.BF16)
+                .with(Options.NONE.withExpertChoice(2f)));
     }
 
     @Test
@@ -107,7 +116,7 @@ class MoeKernelSourceTest {
         // a dropped slot has no row (rank -1, pos -1) and the combine treats it as a zero expert's
         assertThat(position).contains("if (idx[i] >= E || rank[i] < 0)");
         assertThat(position).contains("sk[threadIdx.x] = e < E ? (pos[i] >= 0 ? 0 : 1) : (e < E + ZERO || e >= ER ? 1 : 2);");
-        assertThat(position).contains("#define SLOT_KINDS (ER != E || CAPACITY || HAS_TOP_P)");
+        assertThat(position).contains("#define SLOT_KINDS (ER != E || CAPACITY || HAS_TOP_P || EXPERT_CHOICE)");
         for (String k : new String[] {"capacity_order", "capacity_keep", "expert_rank_kept"}) {
             assertThat(position).contains("extern \"C\" __global__ void " + k + "(");
         }
@@ -137,7 +146,7 @@ class MoeKernelSourceTest {
         Assumptions.assumeTrue(Files.isExecutable(nvcc), "nvcc is not installed: the CUDA C is compiled only on the GPU machine");
         java.util.List<String> sources = new java.util.ArrayList<>();
         for (Spec spec : new Spec[] {DEEPSEEK, V3, new Spec(23, 17, 3, 1, Score.SOFTMAX, false, 1f, false, Precision.BF16),
-            new Spec(64, 32, 8, 2, 3, 2, Score.SOFTMAX, true, 1f, false, Precision.BF16), TOP_P, QUOTA, LIMITED}) {
+            new Spec(64, 32, 8, 2, 3, 2, Score.SOFTMAX, true, 1f, false, Precision.BF16), TOP_P, QUOTA, LIMITED, EXPERT_CHOICE}) {
             sources.add(MoeKernelSource.generate(spec));
         }
         // every expert activation, with and without a capacity factor (by position and by probability), both precisions

@@ -136,7 +136,7 @@ public final class CudaModelGenerator {
                 return Optional.of("shared experts other than FFNs without a sigmoid gate");
             }
         }
-        if (slots(r) == 0 || slots(r) > 32 || routed.getFirst().count() > 1024) {
+        if (slots(moe, r) == 0 || slots(moe, r) > 32 || routed.getFirst().count() > 1024) {
             return Optional.of("routing other than top-k or top-p (k or max_k <= 32, at most 1024 experts)");
         }
         boolean topkFirst = r.score() == Router.Score.SOFTMAX && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
@@ -157,7 +157,14 @@ public final class CudaModelGenerator {
         if (r.jitter() != 0 || r.gatingResidual() || r.recurrentWidth().isPresent()) {
             return Optional.of("jitter, gating residual or recurrent routers");
         }
-        if (r.capacity() instanceof Router.Capacity.Factor cf) {
+        if (r.selection() instanceof Router.Selection.ExpertChoice x) {
+            if (routed.size() > 1) {
+                return Optional.of("expert choice with zero or copy experts");
+            }
+            if (Double.parseDouble(Float.toString((float) x.factor())) != x.factor()) {
+                return Optional.of("an expert-choice factor of more digits than a float holds (" + x.factor() + ")");
+            }
+        } else if (r.capacity() instanceof Router.Capacity.Factor cf) {
             if (cf.drop() == Router.DropPolicy.RANDOM) {
                 return Optional.of("a capacity factor that drops at random");
             }
@@ -178,11 +185,13 @@ public final class CudaModelGenerator {
         return Optional.empty();
     }
 
-    /** The slots per token of a token-choice router: k, or top-p's max_k; 0 for other routing. */
-    private static int slots(Router r) {
+    /** The slots per token: k, top-p's max_k, or (expert choice) every routed expert; 0 for other routing. */
+    private static int slots(Moe moe, Router r) {
         return switch (r.selection()) {
             case Router.Selection.TopK t -> t.k();
             case Router.Selection.TopP t -> t.maxK();
+            // expert choice: every token ranks every expert
+            case Router.Selection.ExpertChoice x -> moe.routedExperts();
             default -> 0;
         };
     }
@@ -197,7 +206,9 @@ public final class CudaModelGenerator {
             case RELU -> MoeKernelSource.ExpertActivation.RELU;
             case GELU -> MoeKernelSource.ExpertActivation.GELU;
         });
-        if (r.capacity() instanceof Router.Capacity.Factor cf) {
+        if (r.selection() instanceof Router.Selection.ExpertChoice x) {
+            o = o.withExpertChoice((float) x.factor());
+        } else if (r.capacity() instanceof Router.Capacity.Factor cf) {
             o = o.withCapacity((float) cf.factor(), cf.drop() == Router.DropPolicy.PROBABILITY ? MoeKernelSource.Drop.PROBABILITY : MoeKernelSource.Drop.POSITION);
         }
         if (r.selection() instanceof Router.Selection.TopP tp) {
@@ -250,6 +261,9 @@ public final class CudaModelGenerator {
         }
         if (o.entropy()) {
             b.add(".withEntropy()");
+        }
+        if (o.expertChoice() > 0) {
+            b.add(".withExpertChoice($Lf)", Float.toString(o.expertChoice()));
         }
         return b.build();
     }
@@ -318,7 +332,7 @@ public final class CudaModelGenerator {
 
         /** The capacity factor of a training forward, or null when dropless. */
         Router.Capacity.Factor capacity() {
-            return router.capacity() instanceof Router.Capacity.Factor cf ? cf : null;
+            return router.capacity() instanceof Router.Capacity.Factor cf && !(router.selection() instanceof Router.Selection.ExpertChoice) ? cf : null;
         }
     }
 
@@ -372,7 +386,7 @@ public final class CudaModelGenerator {
                     copy += g.count();
                 }
             }
-            return Optional.of(new MoeInfo(l, m, r, routed.count(), zero, copy, slots(r), hidden, shared, routedFfn.activation()));
+            return Optional.of(new MoeInfo(l, m, r, routed.count(), zero, copy, slots(moe, r), hidden, shared, routedFfn.activation()));
         }
         return Optional.empty();
     }
@@ -817,6 +831,10 @@ public final class CudaModelGenerator {
                     cf.factor(), m.k(), m.experts(), cf.drop() == Router.DropPolicy.PROBABILITY ? "highest weight" : "earliest token");
             f.addStatement("moe$L.setTraining(counting)", i);
         }
+        if (m.router().selection() instanceof Router.Selection.ExpertChoice x) {
+            f.add("// expert choice: in each sequence each expert keeps its best ceil($L · seq / $L) tokens by probability\n", x.factor(), m.experts());
+            f.addStatement("moe$L.setSequenceLength(seq)", i);
+        }
         if (m.router().pregate()) {
             f.addStatement("moe$L.forwardInto($L, embedded, rows, $L)", i, fnormed, target);
         } else {
@@ -966,14 +984,14 @@ public final class CudaModelGenerator {
             layers.append(j == 0 ? "" : ", ").append(i);
             loads.addStatement("loads[$L] = counts$L.clone()", j, i);
             bySeq.addStatement("int[] chosen$L = moe$L.lastSelection()", i, i);
-            if (m.capacity() != null) {
+            if (m.capacity() != null || m.router().selection() instanceof Router.Selection.ExpertChoice) {
                 bySeq.addCode("// the kept slots only: a slot dropped over capacity has no row\n");
                 bySeq.addStatement("int[] rowOf$L = moe$L.lastPositions()", i, i);
             }
             bySeq.beginControlFlow("for (int b = 0; b < batch; b++)");
             bySeq.addStatement("int[] counts = new int[$L]", m.routed());
             bySeq.beginControlFlow("for (int slot = b * seq * $L; slot < (b + 1) * seq * $L; slot++)", m.k(), m.k());
-            if (m.capacity() != null) {
+            if (m.capacity() != null || m.router().selection() instanceof Router.Selection.ExpertChoice) {
                 bySeq.beginControlFlow("if (rowOf$L[slot] >= 0)", i).addStatement("counts[chosen$L[slot]]++", i).endControlFlow();
             } else {
                 bySeq.beginControlFlow("if (chosen$L[slot] < $L)", i, m.routed()).addStatement("counts[chosen$L[slot]]++", i).endControlFlow();

@@ -61,10 +61,11 @@ public final class MoeKernelSource {
      * @param temperature whether the logits are divided by a temperature passed at each forward pass (after {@code logitActivation})
      * @param logitActivation applied to the logits before the temperature
      * @param entropy whether an entropy loss on the router probabilities is trained (its coefficient passed to the backward)
+     * @param expertChoice expert-choice routing's factor (0: token choice); k must then be E
      */
     public record Options(ExpertActivation activation, float capacityFactor, Drop drop, int quotaGroups, int limitGroups, int limitTop, float topP,
-            boolean temperature, LogitActivation logitActivation, boolean entropy) {
-        public static final Options NONE = new Options(ExpertActivation.SWIGLU, 0f, Drop.POSITION, 0, 0, 0, 0f, false, LogitActivation.NONE, false);
+            boolean temperature, LogitActivation logitActivation, boolean entropy, float expertChoice) {
+        public static final Options NONE = new Options(ExpertActivation.SWIGLU, 0f, Drop.POSITION, 0, 0, 0, 0f, false, LogitActivation.NONE, false, 0f);
 
         public Options {
             if (capacityFactor < 0 || quotaGroups < 0 || limitGroups < 0 || limitTop < 0 || topP < 0 || topP > 1) {
@@ -76,31 +77,36 @@ public final class MoeKernelSource {
         }
 
         public Options withActivation(ExpertActivation a) {
-            return new Options(a, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy);
+            return new Options(a, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice);
         }
 
         public Options withCapacity(float factor, Drop d) {
-            return new Options(activation, factor, d, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy);
+            return new Options(activation, factor, d, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice);
         }
 
         public Options withQuotaGroups(int groups) {
-            return new Options(activation, capacityFactor, drop, groups, limitGroups, limitTop, topP, temperature, logitActivation, entropy);
+            return new Options(activation, capacityFactor, drop, groups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice);
         }
 
         public Options withGroupLimit(int groups, int top) {
-            return new Options(activation, capacityFactor, drop, quotaGroups, groups, top, topP, temperature, logitActivation, entropy);
+            return new Options(activation, capacityFactor, drop, quotaGroups, groups, top, topP, temperature, logitActivation, entropy, expertChoice);
         }
 
         public Options withTopP(float p) {
-            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, p, temperature, logitActivation, entropy);
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, p, temperature, logitActivation, entropy, expertChoice);
         }
 
         public Options withTemperature(LogitActivation a) {
-            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, true, a, entropy);
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, true, a, entropy, expertChoice);
         }
 
         public Options withEntropy() {
-            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, true);
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, true, expertChoice);
+        }
+    
+        /** Expert-choice routing: every token ranks every expert (k = E) and in each sequence each expert keeps its best ceil(factor · seq / E) tokens. */
+        public Options withExpertChoice(float factor) {
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, factor);
         }
     }
 
@@ -127,6 +133,9 @@ public final class MoeKernelSource {
             }
             if (options.quotaGroups() > 0 && (experts % options.quotaGroups() != 0 || topK % options.quotaGroups() != 0)) {
                 throw new IllegalArgumentException("quota groups must divide E = " + experts + " and k = " + topK);
+            }
+            if (options.expertChoice() > 0 && (topK != experts || zeroExperts + copyExperts > 0 || options.capacityFactor() > 0 || options.topP() > 0)) {
+                throw new IllegalArgumentException("expert choice ranks every FFN expert (k = E = " + experts + "), without zero or copy experts, capacity or top-p");
             }
             if (options.limitGroups() > 0 && (experts % options.limitGroups() != 0 || options.limitGroups() > 32)) {
                 throw new IllegalArgumentException("expert groups (at most 32 on the GPU) must divide E = " + experts);
@@ -188,7 +197,8 @@ public final class MoeKernelSource {
                 .append("\n#define CAPACITY ").append(o.capacityFactor() > 0 ? 1 : 0)
                 .append("  // training forwards may drop slots over an expert's capacity\n#define DROP_BY_PROBABILITY ")
                 .append(o.capacityFactor() > 0 && o.drop() == Drop.PROBABILITY ? 1 : 0)
-                .append("\n#define SLOT_KINDS (ER != E || CAPACITY || HAS_TOP_P)  // whether a slot may have no FFN row (zero, copy, dropped or NONE)\n\n");
+                .append("\n#define EXPERT_CHOICE ").append(o.expertChoice() > 0 ? 1 : 0).append("  // each expert picks its tokens in each sequence")
+                .append("\n#define SLOT_KINDS (ER != E || CAPACITY || HAS_TOP_P || EXPERT_CHOICE)  // whether a slot may have no FFN row (zero, copy, dropped or NONE)\n\n");
         if (s.precision() == Precision.BF16) {
             c.append("""
                     typedef unsigned short act_t;
@@ -369,6 +379,37 @@ public final class MoeKernelSource {
                   rank_rows(idx, nullptr, n, rank, counts);
                 }
 
+                #if EXPERT_CHOICE
+                // Expert choice: block (b, e) ranks the slots of sequence b that hold expert e (one per token, as every token ranks
+                // every expert) by routing weight (ties: the earlier token) and keeps the best cap; expert_rank_kept then ranks them.
+                #define EC_MAX_SEQ 8192
+                extern "C" __global__ void expert_choice_keep(const int* __restrict__ idx, const float* __restrict__ weight, int seq, int cap,
+                    int* __restrict__ keep) {
+                  __shared__ float w[EC_MAX_SEQ];
+                  int b = blockIdx.x / E, e = blockIdx.x % E;
+                  long t0 = (long) b * seq;
+                  for (int u = threadIdx.x; u < seq; u += blockDim.x) {
+                    float wu = -INF;
+                    for (int r = 0; r < K; r++) if (idx[(t0 + u) * K + r] == e) wu = weight[(t0 + u) * K + r];
+                    w[u] = wu;
+                  }
+                  __syncthreads();
+                  for (int u = threadIdx.x; u < seq; u += blockDim.x) {
+                    float wu = w[u];
+                    int before = 0;
+                    for (int v = 0; v < seq; v++) { float wv = w[v]; before += (wv > wu || (wv == wu && v < u)) ? 1 : 0; }
+                    for (int r = 0; r < K; r++) if (idx[(t0 + u) * K + r] == e) keep[(t0 + u) * K + r] = before < cap ? 1 : 0;
+                  }
+                }
+                #endif
+
+                #if CAPACITY || EXPERT_CHOICE
+                extern "C" __global__ void expert_rank_kept(const int* __restrict__ idx, const int* __restrict__ keep, int n, int* __restrict__ rank,
+                    int* __restrict__ counts) {
+                  rank_rows(idx, keep, n, rank, counts);
+                }
+                #endif
+
                 #if CAPACITY
                 // Capacity (training forwards): each expert keeps at most cap of its routed rows, the rest are dropped (no row,
                 // no output, no weight gradient). After expert_rank and expert_offsets over the routed rows (roffsets):
@@ -403,11 +444,6 @@ public final class MoeKernelSource {
                 #else
                   keep[i] = rank[i] < cap ? 1 : 0;
                 #endif
-                }
-
-                extern "C" __global__ void expert_rank_kept(const int* __restrict__ idx, const int* __restrict__ keep, int n, int* __restrict__ rank,
-                    int* __restrict__ counts) {
-                  rank_rows(idx, keep, n, rank, counts);
                 }
                 #endif
 

@@ -214,7 +214,8 @@ public final class DeviceModelParity {
     /**
      * The router options of the zoo on the GPU: top-p with an entropy loss, top-p with a temperature annealed through tanh
      * (read at the step the parity loop sets), MoGE quota groups, DeepSeek-V3's group-limited sigmoid routing with an
-     * expert bias, a routed scale and a shared expert, and Read-ME's pre-gating router (it reads the embeddings).
+     * expert bias, a routed scale and a shared expert, Read-ME's pre-gating router (it reads the embeddings); and expert-choice
+     * routing (each expert picks its tokens in each sequence).
      */
     static final String ROUTER_OPTIONS_MODEL = """
             moe topp {
@@ -287,6 +288,29 @@ public final class DeviceModelParity {
                 3: attention, quota
                 4: attention, pre
                 rest: attention, limited
+              }
+            }
+            moe ec {
+              shared 1 x swiglu(hidden: 24)
+              routed 8 x swiglu(hidden: 32)
+              router {
+                mode expert_choice
+                capacity factor(1.5)
+              }
+              balance z_loss(coef: 0.001)
+            }
+            model ExpertChoiceParityTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 2 {
+                all: attention, ec
               }
             }
             """;

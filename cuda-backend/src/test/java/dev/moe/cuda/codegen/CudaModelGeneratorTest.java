@@ -66,7 +66,9 @@ class CudaModelGeneratorTest {
                 // shortcut blocks, copy experts with an expert bias
                 "longcat-flash.moe/LongCatFlashTiny",
                 // residual blocks, a pyramid of expert counts
-                "pr-moe.moe/PRMoETiny");
+                "pr-moe.moe/PRMoETiny",
+                // expert-choice routing
+                "expert-choice.moe/ExpertChoiceTiny");
         assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
 
@@ -94,7 +96,7 @@ class CudaModelGeneratorTest {
     @Test
     void theParityCheckRouterOptionsModelIsDeviceResident() {
         List<Model> models = dev.moe.cuda.model.DeviceModelParity.routerOptionModels();
-        assertThat(models).hasSize(1);
+        assertThat(models).hasSize(2);
         Model m = models.getFirst();
         assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
         DeviceModels.Classes classes = DeviceModels.compile(m, "router-options.moe");
@@ -136,6 +138,20 @@ class CudaModelGeneratorTest {
             assertThat(source).contains("w.value(\"layers.1." + prefix + ".q\")");
         }
         assertThat(source).contains("w.value(\"layers.1.ffn1.down\")");
+    }
+
+    /** Expert choice: every token ranks every expert (k = E) and the layer keeps each expert's best tokens per sequence. */
+    @Test
+    void expertChoiceIsDeviceResident() {
+        Model m = dev.moe.cuda.model.DeviceModelParity.routerOptionModels().get(1);
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "router-options.moe");
+        String source = CudaModelGenerator.generate(m, "dev.moe.generated", "router-options.moe").toString();
+        assertThat(source).contains("new MoeKernelSource.Spec(DIM, 32, 8, 0, 0, 8, MoeKernelSource.Score.SOFTMAX");
+        assertThat(source).contains(".withExpertChoice(1.5f)");
+        assertThat(source).contains("moe0.setSequenceLength(seq)");
+        assertThat(source).doesNotContain("setTraining");
+        assertThat(source).contains("int[] rowOf1 = moe1.lastPositions()");
     }
 
     /** PR-MoE's residual block mixes the dense FFN's and the MoE's outputs per token; both read the same normed input. */
