@@ -40,13 +40,15 @@ import javax.lang.model.element.Modifier;
  * layer with kernels specialised to that layer's router). Activations, gradients and, in training,
  * the weights and AdamW's moments stay on the GPU.
  *
- * <p>It covers the pre-norm transformer with RMSNorm or LayerNorm, RoPE, grouped-query attention
- * (causal or not, sliding window, q/k/v biases, per-head or full qk-norm), gated and ungated dense
- * FFNs, and MoE layers of SwiGLU, GEGLU, ReLU or GELU routed experts with top-k softmax or sigmoid
- * routing (normalisation, scaling, aux-free selection bias, a capacity factor dropping by position or
- * by probability in training forwards), shared FFN experts without a sigmoid gate
- * (gated or not), and the micro- or global-batch aux loss and the z-loss. {@link #unsupported} names what
- * else a model uses; such models run on the hybrid backend instead.
+ * <p>It covers pre-norm, shortcut (LongCat-Flash) and residual (PR-MoE) blocks with RMSNorm or
+ * LayerNorm, RoPE, grouped-query attention (causal or not, sliding window, q/k/v biases, per-head or
+ * full qk-norm), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
+ * followed by zero and copy experts, with shared FFN experts without a sigmoid gate. Routers: softmax
+ * or sigmoid scores, top-k or top-p, normalisation, scaling, aux-free selection bias, group-limited
+ * top-k, quota groups, a constant or annealed temperature (through tanh or sigmoid), pre-gating,
+ * expert choice, and capacity factors dropping by position or by probability in training forwards;
+ * the micro- or global-batch aux loss (with tau), the z-loss and the entropy loss. {@link #unsupported}
+ * names what else a model uses; such models run on the hybrid backend instead.
  */
 public final class CudaModelGenerator {
     /** The generated class is the CPU class's name plus this suffix. */
