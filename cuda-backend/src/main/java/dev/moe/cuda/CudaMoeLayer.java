@@ -65,8 +65,12 @@ public final class CudaMoeLayer implements AutoCloseable {
     /** The router's temperature for the next forward pass (a spec with a temperature only). */
     private float temperature = 1f;
     private boolean dropping;
-    /** Tokens per sequence (expert choice). */
+    /** Tokens per sequence (expert choice, named gates). */
     private int sequenceLength;
+    /** Several named gates: each gate's fp32 router weights and gradients, their copies in the activation type, and each sequence's gate. */
+    private long[] gateRouters, gateGrads, gateActs;
+    private final List<DeviceAllocator.Block> gateBlocks = new ArrayList<>();
+    private int[] gateOfSequence;
 
     public CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType) {
         this(ctx, spec, gradsInActivationType, null);
@@ -257,6 +261,11 @@ public final class CudaMoeLayer implements AutoCloseable {
             if (master != null) {
                 long e = spec.experts(), er = spec.routed(), d = spec.dim(), f = spec.hidden();
                 cast(master.router(), router, er * d);
+                if (gateRouters != null) {
+                    for (int gi = 0; gi < gateRouters.length; gi++) {
+                        cast(gateRouters[gi], gateActs[gi], er * d);
+                    }
+                }
                 cast(master.w13(), w13, e * gw * d);
                 cast(master.w2(), w2, e * d * f);
             }
@@ -362,6 +371,38 @@ public final class CudaMoeLayer implements AutoCloseable {
         return (int) Math.ceil(factor * tokens * spec.topK() / spec.experts());
     }
 
+    /**
+     * Several named gates (chosen per sequence by data domain or task): the fp32 router weights {@code [routed, D]} and gradients
+     * of each gate, on a layer of external weights; the next forwards route sequence b with gate {@link #setSequenceGates}[b].
+     */
+    public void setGates(long[] routers, long[] grads) {
+        if (!accumulateGrads || routers.length != grads.length || routers.length == 0) {
+            throw new IllegalArgumentException("named gates need a layer on external weights and one gradient per gate");
+        }
+        gateRouters = routers.clone();
+        gateGrads = grads.clone();
+        gateActs = routers.clone();
+        if (act != Type.F32) {
+            for (int g = 0; g < routers.length; g++) {
+                DeviceAllocator.Block b = ctx.allocator.allocate((long) spec.routed() * spec.dim() * actBytes);
+                gateBlocks.add(b);
+                gateActs[g] = b.pointer;
+            }
+        }
+    }
+
+    /** The gate of each sequence of the next forwards ({@code seq} tokens each). */
+    public void setSequenceGates(int[] gateOf, int seq) {
+        gateOfSequence = gateOf.clone();
+        sequenceLength = seq;
+    }
+
+    private void checkGates(int tokens) {
+        if (gateOfSequence == null || sequenceLength <= 0 || tokens % sequenceLength != 0 || gateOfSequence.length < tokens / sequenceLength) {
+            throw new IllegalStateException("named gates need each sequence's gate (setSequenceGates) for " + tokens + " tokens");
+        }
+    }
+
     /** The tokens per sequence of the next forward passes (expert choice picks tokens per sequence). */
     public void setSequenceLength(int seq) {
         sequenceLength = seq;
@@ -462,7 +503,17 @@ public final class CudaMoeLayer implements AutoCloseable {
 
         mark("start");
         // logits[T, E] = x · routerᵀ, fp32 out.
-        ctx.blas.matmul(ctx.stream, true, false, er, tokens, d, router, act, d, routerX, act, d, logits, Type.F32, er, false);
+        if (gateRouters == null) {
+            ctx.blas.matmul(ctx.stream, true, false, er, tokens, d, router, act, d, routerX, act, d, logits, Type.F32, er, false);
+        } else {
+            // named gates: each sequence's logits from its gate's router
+            checkGates(tokens);
+            for (int sq = 0; sq < tokens / sequenceLength; sq++) {
+                long r0 = (long) sq * sequenceLength;
+                ctx.blas.matmul(ctx.stream, true, false, er, sequenceLength, d, gateActs[gateOfSequence[sq]], act, d, routerX + r0 * d * actBytes, act,
+                        d, logits + r0 * er * 4, Type.F32, er, false);
+            }
+        }
         launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, bias, tokens, idx, weight, probs, temperature);
         // every routed expert is counted (zero and copy experts too, for the balancing); only FFN experts get rows
         launch("expert_rank", er, 1024, idx, m, rank, counts);
@@ -606,6 +657,18 @@ public final class CudaMoeLayer implements AutoCloseable {
             launch("router_backward_balance", ceilDiv(tokens * 32, THREADS), THREADS, probs, logits, idx, dWeight, tokens, auxDevice, zc,
                     ent, temperature, dLogits);
         }
+        if (gateRouters != null) {
+            // named gates: per sequence, dx += dlogits · its gate's router and that gate's gradient += dlogitsᵀ · x
+            for (int sq = 0; sq < tokens / sequenceLength; sq++) {
+                long r0 = (long) sq * sequenceLength;
+                int gate = gateOfSequence[sq];
+                ctx.blas.matmul(ctx.stream, false, false, d, sequenceLength, er, gateActs[gate], act, d, dLogits + r0 * er * actBytes, act, er,
+                        dx + r0 * d * actBytes, act, d, true);
+                ctx.blas.matmul(ctx.stream, false, true, d, er, sequenceLength, x + r0 * d * actBytes, act, d, dLogits + r0 * er * actBytes, act, er,
+                        gateGrads[gate], gradType, d, true);
+            }
+            return dx;
+        }
         // dx += dlogits · router (or, pre-gating, dRouterX = dlogits · router);  drouter[E, D] = dlogitsᵀ · routerX
         if (routerX == x) {
             ctx.blas.matmul(ctx.stream, false, false, d, tokens, er, router, act, d, dLogits, act, er, dx, act, d, true);
@@ -641,6 +704,7 @@ public final class CudaMoeLayer implements AutoCloseable {
     public void close() {
         release(saved);
         release(backwardBlocks);
+        release(gateBlocks);
         for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {inAct, dOutAct, routerInAct}) {
             if (b != null) {
                 b.close();

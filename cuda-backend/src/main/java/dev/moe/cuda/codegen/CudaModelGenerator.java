@@ -113,10 +113,18 @@ public final class CudaModelGenerator {
     }
 
     private static Optional<String> unsupported(Moe moe) {
-        if (moe.routers().size() != 1 || moe.routers().getFirst().name().isPresent()) {
-            return Optional.of("several named gates");
-        }
         Router r = moe.routers().getFirst();
+        if (moe.routers().size() > 1) {
+            // named gates that differ in their weights only: each sequence's logits come from its gate's router
+            for (Router g : moe.routers()) {
+                if (!unnamed(g).equals(unnamed(r))) {
+                    return Optional.of("several named gates that differ beyond their weights");
+                }
+            }
+            if (r.bias().isPresent() || r.pregate() || r.selection() instanceof Router.Selection.ExpertChoice || !(r.capacity() instanceof Router.Capacity.Dropless)) {
+                return Optional.of("several named gates with an expert bias, pre-gating, expert choice or a capacity factor");
+            }
+        }
         List<ExpertGroup> routed = moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).toList();
         if (routed.isEmpty() || !(routed.getFirst().expert() instanceof Expert.FeedForward) || routed.getFirst().sigmoidGate()) {
             return Optional.of("routed experts other than one group of FFN experts, then zero and copy experts (constant, latent, LoRA experts)");
@@ -185,6 +193,11 @@ public final class CudaModelGenerator {
             }
         }
         return Optional.empty();
+    }
+
+    private static Router unnamed(Router r) {
+        return new Router(Optional.empty(), r.score(), r.order(), r.selection(), r.normalize(), r.scale(), r.bias(), r.groupLimit(), r.quotaGroups(),
+                r.jitter(), r.temperature(), r.gatingResidual(), r.recurrentWidth(), r.pregate(), r.capacity());
     }
 
     /** The slots per token: k, top-p's max_k, or (expert choice) every routed expert; 0 for other routing. */
@@ -535,8 +548,14 @@ public final class CudaModelGenerator {
             ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, $L, $L, $L, $T.$L, $L, $Lf, $L, ctx.expertPrecision, $L), new $T(w.value($S), $L, "
                     + "w.value($S), w.value($S), w.grad($S), w.grad($S), w.grad($S)))", l, MOE_LAYER, SPEC, m.hidden(), m.experts(), m.zero(), m.copy(), m.k(), SCORE,
                     r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias, optionsCode(options(m.moe(), r)), EXTERNAL,
-                    need(pre + "router.weight"), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", w13,
-                    pre + "experts.0.down", pre + "router.weight", w13, pre + "experts.0.down");
+                    routerParam(m), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", w13,
+                    pre + "experts.0.down", routerParam(m), w13, pre + "experts.0.down");
+            if (m.moe().routers().size() > 1) {
+                List<String> gates = m.moe().routers().stream().map(g -> need(pre + "router." + g.name().orElseThrow() + ".weight")).toList();
+                ctor.addStatement("moe$L.setGates(new long[] {$L}, new long[] {$L})", l,
+                        String.join(", ", gates.stream().map(g -> "w.value(\"" + g + "\")").toList()),
+                        String.join(", ", gates.stream().map(g -> "w.grad(\"" + g + "\")").toList()));
+            }
         }
         t.addField(FieldSpec.builder(ParameterizedTypeName.get(List.class, String.class), "PLACED_FIRST", Modifier.PRIVATE, Modifier.STATIC,
                 Modifier.FINAL).initializer("$L", placedList(placed)).build());
@@ -833,6 +852,12 @@ public final class CudaModelGenerator {
                     cf.factor(), m.k(), m.experts(), cf.drop() == Router.DropPolicy.PROBABILITY ? "highest weight" : "earliest token");
             f.addStatement("moe$L.setTraining(counting)", i);
         }
+        if (m.moe().routers().size() > 1) {
+            f.add("// several named gates: each sequence is routed by the gate named after its domain (the first, $L, when none is)\n",
+                    m.router().name().orElseThrow());
+            f.addStatement("moe$L.setSequenceGates(gatesOfSequences(new String[] {$L}, batch), seq)", i,
+                    String.join(", ", m.moe().routers().stream().map(g -> "\"" + g.name().orElseThrow() + "\"").toList()));
+        }
         if (m.router().selection() instanceof Router.Selection.ExpertChoice x) {
             f.add("// expert choice: in each sequence each expert keeps its best ceil($L · seq / $L) tokens by probability\n", x.factor(), m.experts());
             f.addStatement("moe$L.setSequenceLength(seq)", i);
@@ -869,6 +894,12 @@ public final class CudaModelGenerator {
                 entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f")),
                 m.router().pregate() ? ", dEmbedded" : "");
         bf.addStatement("mark($S)", "backward: moe routed experts");
+    }
+
+    /** The router's weight parameter: the router's own, or with named gates the first gate's (each gate is set on the layer). */
+    private String routerParam(MoeInfo m) {
+        String pre = "layers." + m.index() + ".moe.";
+        return m.moe().routers().size() > 1 ? need(pre + "router." + m.router().name().orElseThrow() + ".weight") : need(pre + "router.weight");
     }
 
     private static Optional<Loss.ZLoss> zLoss(MoeInfo m) {

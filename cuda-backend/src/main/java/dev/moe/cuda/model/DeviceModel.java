@@ -91,6 +91,28 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
         hostMayDiffer = true;
     }
 
+    /** Each sequence's data domain (or task), which an MoE of several named gates routes by. */
+    protected List<String> domains = List.of();
+
+    @Override
+    public void setDomains(List<String> domains) {
+        this.domains = domains == null ? List.of() : List.copyOf(domains);
+    }
+
+    /** The gate of each of {@code batch} sequences: the one named after its domain, else the first (as the CPU classes choose). */
+    protected final int[] gatesOfSequences(String[] gates, int batch) {
+        int[] out = new int[batch];
+        for (int b = 0; b < batch && b < domains.size(); b++) {
+            for (int g = 0; g < gates.length; g++) {
+                if (gates[g].equals(domains.get(b))) {
+                    out[b] = g;
+                    break;
+                }
+            }
+        }
+        return out;
+    }
+
     @Override
     public void setTraining(boolean training) {
         counting = training;

@@ -215,9 +215,9 @@ public final class DeviceModelParity {
      * The router options of the zoo on the GPU: top-p with an entropy loss, top-p with a temperature annealed through tanh
      * (read at the step the parity loop sets), MoGE quota groups, DeepSeek-V3's group-limited sigmoid routing with an
      * expert bias, a routed scale and a shared expert, Read-ME's pre-gating router (it reads the embeddings); and expert-choice
-     * routing (each expert picks its tokens in each sequence).
+     * routing (each expert picks its tokens in each sequence); several named gates chosen per sequence by its domain (UniMoE-Audio).
      */
-    static final String ROUTER_OPTIONS_MODEL = """
+    public static final String ROUTER_OPTIONS_MODEL = """
             moe topp {
               routed 8 x swiglu(hidden: 40)
               router {
@@ -311,6 +311,35 @@ public final class DeviceModelParity {
               tie_embeddings true
               layers 2 {
                 all: attention, ec
+              }
+            }
+            moe gated {
+              shared 1 x swiglu(hidden: 24)
+              routed 6 x swiglu(hidden: 32)
+              routed 1 x zero
+              router speech {
+                top_p 0.6
+                max_k 3
+              }
+              router music {
+                top_p 0.6
+                max_k 3
+              }
+              balance aux(coef: 0.01, tau: 0.5)
+            }
+            model NamedGatesTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 2 {
+                first 1: attention, swiglu(hidden: 64)
+                rest: attention, gated
               }
             }
             """;
@@ -495,6 +524,13 @@ public final class DeviceModelParity {
             AdamW adamG = new AdamW(pg, 0.9, 0.95, 1e-8, 0.1);
             SplittableRandom rng = new SplittableRandom(5);
             int batch = 2, seq = Math.min(32, m.config().context());
+            // named gates: the first sequence takes the second gate, the second the first
+            List<String> gates = gateNames(m);
+            if (!gates.isEmpty()) {
+                List<String> domains = List.of(gates.get(1 % gates.size()), gates.get(0));
+                cpu.setDomains(domains);
+                gpu.setDomains(domains);
+            }
             for (int step = 0; step < 3; step++) {
                 double lossC = 0, lossG = 0;
                 pc.forEach(Parameter::zeroGrad);
@@ -634,6 +670,19 @@ public final class DeviceModelParity {
                     + report(m.name() + " bf16 (experts and attention): gradient norm", String.format(Locale.ROOT, "cpu %.6f gpu %.6f", normC, normG),
                             Math.abs(normC - normG) / normC, 5e-2);
         }
+    }
+
+    /** The names of a model's named gates, in order of their first parameter. */
+    private static List<String> gateNames(Model m) {
+        java.util.regex.Pattern gate = java.util.regex.Pattern.compile("^layers\\.\\d+\\.moe\\.router\\.([A-Za-z_][A-Za-z0-9_]*)\\.weight$");
+        List<String> out = new ArrayList<>();
+        for (var p : m.params()) {
+            java.util.regex.Matcher x = gate.matcher(p.name());
+            if (x.matches() && !out.contains(x.group(1))) {
+                out.add(x.group(1));
+            }
+        }
+        return out;
     }
 
     /** Half the sum of |cpu - gpu| over every layer's expert loads: the slots the two placed differently (NaN, a failure, if the shapes differ). */

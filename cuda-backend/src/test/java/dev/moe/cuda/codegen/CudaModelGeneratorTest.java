@@ -68,7 +68,9 @@ class CudaModelGeneratorTest {
                 // residual blocks, a pyramid of expert counts
                 "pr-moe.moe/PRMoETiny",
                 // expert-choice routing
-                "expert-choice.moe/ExpertChoiceTiny");
+                "expert-choice.moe/ExpertChoiceTiny",
+                // several named gates, chosen per sequence by its domain
+                "unimoe-audio-gates.moe/UniMoEAudioTiny");
         assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
 
@@ -96,7 +98,7 @@ class CudaModelGeneratorTest {
     @Test
     void theParityCheckRouterOptionsModelIsDeviceResident() {
         List<Model> models = dev.moe.cuda.model.DeviceModelParity.routerOptionModels();
-        assertThat(models).hasSize(2);
+        assertThat(models).hasSize(3);
         Model m = models.getFirst();
         assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
         DeviceModels.Classes classes = DeviceModels.compile(m, "router-options.moe");
@@ -152,6 +154,29 @@ class CudaModelGeneratorTest {
         assertThat(source).contains("moe0.setSequenceLength(seq)");
         assertThat(source).doesNotContain("setTraining");
         assertThat(source).contains("int[] rowOf1 = moe1.lastPositions()");
+    }
+
+    /** Named gates: each gate's router weights are set on the layer, and each forward gives the gate of every sequence. */
+    @Test
+    void namedGatesAreDeviceResident() {
+        Model m = dev.moe.cuda.model.DeviceModelParity.routerOptionModels().get(2);
+        assertThat(m.name()).isEqualTo("NamedGatesTiny");
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "router-options.moe");
+        String source = CudaModelGenerator.generate(m, "dev.moe.generated", "router-options.moe").toString();
+        assertThat(source).contains("moe1.setGates(new long[] {w.value(\"layers.1.moe.router.speech.weight\"), w.value(\"layers.1.moe.router.music.weight\")}, "
+                + "new long[] {w.grad(\"layers.1.moe.router.speech.weight\"), w.grad(\"layers.1.moe.router.music.weight\")})");
+        assertThat(source).contains("moe1.setSequenceGates(gatesOfSequences(new String[] {\"speech\", \"music\"}, batch), seq)");
+    }
+
+    /** Gates that differ beyond their weights stay on the hybrid path, with the reason. */
+    @Test
+    void gatesThatDifferInTheirOptionsAreRefused() {
+        String text = dev.moe.cuda.model.DeviceModelParity.ROUTER_OPTIONS_MODEL.replace("router music {\n    top_p 0.6", "router music {\n    top_p 0.8");
+        assertThat(text).contains("top_p 0.8");
+        Model m = dev.moe.compiler.MoeCompiler.compile(((dev.moe.dsl.SourceFile.ReadResult.Ok) dev.moe.dsl.SourceFile.decode("g.moe",
+                text.getBytes(java.nio.charset.StandardCharsets.UTF_8))).source()).orThrow().models().get(2);
+        assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).contains("named gates that differ beyond their weights");
     }
 
     /** PR-MoE's residual block mixes the dense FFN's and the MoE's outputs per token; both read the same normed input. */
