@@ -33,6 +33,22 @@ class MoeLayerReferenceTest {
         check(new Spec(4, 3, 2, 1, 3, 2, Score.SIGMOID, false, 1f, true, Precision.FP32), 4);
     }
 
+    /** MoE++: constant experts after zero and copy experts (a1 x + a2 v, [a1, a2] = softmax(W_c x)); enough tokens that every kind is chosen. */
+    @Test
+    void constantExpertsGradientsMatchCentralDifferences() {
+        Spec s = new Spec(5, 4, 3, 1, 1, 2, 2, Score.SOFTMAX, false, 1f, false, Precision.FP32, Options.NONE);
+        check(s, 8);
+        check(new Spec(4, 3, 2, 0, 1, 3, 3, Score.SIGMOID, true, 1f, true, Precision.FP32, Options.NONE.withActivation(ExpertActivation.RELU)), 6);
+        // every constant expert gets a slot, so each one's vector and mix gradients are checked for real
+        Random r = new Random(7);
+        double[] x = gaussian(r, 8 * 5), router = gaussian(r, 7 * 5), gateUp = gaussian(r, 3 * 8 * 5), down = gaussian(r, 3 * 5 * 4),
+                dOut = gaussian(r, 8 * 5), vectors = gaussian(r, 2 * 5), mix = gaussian(r, 2 * 2 * 5);
+        MoeLayerReference.Result res = MoeLayerReference.run(s, 8, true, x, router, null, gateUp, down, vectors, mix, dOut);
+        assertThat(res.counts()[5]).isGreaterThan(0);
+        assertThat(res.counts()[6]).isGreaterThan(0);
+        assertThat(java.util.Arrays.stream(res.dMix()).allMatch(v -> v != 0)).isTrue();
+    }
+
     @Test
     void unnormalizedTopOneGradientsMatchCentralDifferences() {
         check(new Spec(4, 3, 3, 1, Score.SOFTMAX, false, 1f, false, Precision.FP32), 4);
@@ -201,16 +217,20 @@ class MoeLayerReferenceTest {
                 gateUp = gaussian(r, s.experts() * gateUpRows(s) * s.dim()), down = gaussian(r, s.experts() * s.dim() * s.hidden()),
                 dOut = gaussian(r, tokens * s.dim());
         double[] bias = s.bias() ? gaussian(r, s.routed()) : null;
-        MoeLayerReference.Result res = MoeLayerReference.run(s, tokens, x, router, bias, gateUp, down, dOut);
-        compare("dx", res.dx(), x, () -> loss(s, tokens, x, router, bias, gateUp, down, dOut));
-        compare("dRouter", res.dRouter(), router, () -> loss(s, tokens, x, router, bias, gateUp, down, dOut));
-        compare("dGateUp", res.dGateUp(), gateUp, () -> loss(s, tokens, x, router, bias, gateUp, down, dOut));
-        compare("dDown", res.dDown(), down, () -> loss(s, tokens, x, router, bias, gateUp, down, dOut));
+        double[] vectors = gaussian(r, s.constantExperts() * s.dim()), mix = gaussian(r, s.constantExperts() * 2 * s.dim());
+        MoeLayerReference.Result res = MoeLayerReference.run(s, tokens, true, x, router, bias, gateUp, down, vectors, mix, dOut);
+        java.util.function.DoubleSupplier loss = () -> loss(s, tokens, x, router, bias, gateUp, down, vectors, mix, dOut);
+        compare("dx", res.dx(), x, loss);
+        compare("dRouter", res.dRouter(), router, loss);
+        compare("dGateUp", res.dGateUp(), gateUp, loss);
+        compare("dDown", res.dDown(), down, loss);
+        compare("dVectors", res.dVectors(), vectors, loss);
+        compare("dMix", res.dMix(), mix, loss);
     }
 
     private static double loss(Spec s, int tokens, double[] x, double[] router, double[] bias, double[] gateUp, double[] down,
-            double[] dOut) {
-        double[] out = MoeLayerReference.run(s, tokens, x, router, bias, gateUp, down, dOut).out();
+            double[] vectors, double[] mix, double[] dOut) {
+        double[] out = MoeLayerReference.run(s, tokens, true, x, router, bias, gateUp, down, vectors, mix, dOut).out();
         double l = 0;
         for (int i = 0; i < out.length; i++) {
             l += out[i] * dOut[i];
