@@ -15,7 +15,7 @@ import java.util.Random;
  * against {@link MoeLayerReference} (float64, one token at a time) on shapes that include experts
  * that receive no tokens, odd sizes and k = 1, the expert activations (SwiGLU, GEGLU, ReLU, GELU) and
  * capacity factors (by position, by probability; the expert counts and which slots were dropped must
- * equal the reference's exactly). Relative error (norm of the difference over norm of
+ * equal the reference's exactly) and MoE++ constant experts (their vector and mix gradients too). Relative error (norm of the difference over norm of
  * the reference) at most 1e-4 in fp32 mode and 2e-2 in bf16. Prints a table; exits 1 on any failure.
  * {@code bench/gpu/run-gpu-tests.sh} runs it on a machine with a GPU.
  */
@@ -31,7 +31,8 @@ public final class GpuChecks {
         public String toString() {
             Options o = spec.options();
             return String.format("D=%d F=%d E=%d%s k=%d %s%s%s%s%s%s T=%d %s", spec.dim(), spec.hidden(), spec.experts(),
-                    spec.zeroExperts() + spec.copyExperts() > 0 ? "+" + spec.zeroExperts() + "z+" + spec.copyExperts() + "c" : "", spec.topK(),
+                    spec.zeroExperts() + spec.copyExperts() + spec.constantExperts() > 0 ? "+" + spec.zeroExperts() + "z+" + spec.copyExperts() + "c"
+                            + (spec.constantExperts() > 0 ? "+" + spec.constantExperts() + "v" : "") : "", spec.topK(),
                     spec.score() == Score.SOFTMAX ? "softmax" : "sigmoid", spec.normalize() ? " norm" : "",
                     spec.scale() != 1f ? " scale=" + spec.scale() : "", spec.bias() ? " bias" : "",
                     o.activation() == ExpertActivation.SWIGLU ? "" : " " + o.activation().name().toLowerCase(java.util.Locale.ROOT),
@@ -81,13 +82,22 @@ public final class GpuChecks {
             out.add(new Case(top2.with(Options.NONE.withCapacity(8f, Drop.PROBABILITY)), 64)); // capacity above every load
             out.add(new Case(top2.with(Options.NONE.withCapacity(0.5f, Drop.POSITION)), 64, false)); // inference: dropless
         }
+        // MoE++ constant experts (after zero and copy experts; last in the list, so the cases above keep their seeds)
+        for (Precision p : Precision.values()) {
+            out.add(new Case(new Spec(64, 96, 8, 1, 1, 2, 2, Score.SOFTMAX, false, 1f, false, p, Options.NONE), 80));
+            out.add(new Case(new Spec(48, 64, 4, 0, 0, 4, 3, Score.SOFTMAX, true, 1f, false, p, Options.NONE), 40)); // mostly constant experts
+            out.add(new Case(new Spec(40, 24, 16, 2, 1, 3, 4, Score.SIGMOID, true, 2.5f, true, p, Options.NONE.withActivation(ExpertActivation.RELU)), 33));
+            out.add(new Case(new Spec(130, 64, 8, 1, 1, 2, 2, Score.SOFTMAX, false, 1f, false, p, Options.NONE), 7)); // D > 128, few tokens
+        }
         return out;
     }
 
-    public record Outcome(Case c, double outErr, double dxErr, double dRouterErr, double dGateUpErr, double dDownErr, boolean pass) {}
+    /** {@code constErr}: the larger error of the constant experts' vector and mix gradients (0 without constant experts). */
+    public record Outcome(Case c, double outErr, double dxErr, double dRouterErr, double dGateUpErr, double dDownErr, double constErr, boolean pass) {}
 
     /** A case's random inputs (the same for a seed), and the float64 reference's results on them. */
-    record Inputs(float[] x, float[] router, float[] bias, float[] gateUp, float[] down, float[] dOut, MoeLayerReference.Result ref) {}
+    record Inputs(float[] x, float[] router, float[] bias, float[] gateUp, float[] down, float[] dOut, float[] vectors, float[] mix,
+            MoeLayerReference.Result ref) {}
 
     static Inputs inputs(Case c, long seed) {
         Spec s = c.spec();
@@ -101,9 +111,14 @@ public final class GpuChecks {
         float[] gateUp = Compare.gaussian(rnd, e * gw * d, (float) (1 / Math.sqrt(d)), bf16);
         float[] down = Compare.gaussian(rnd, e * d * f, (float) (1 / Math.sqrt(f)), bf16);
         float[] dOut = Compare.gaussian(rnd, t * d, 1f, bf16);
+        // constant experts' weights stay fp32 on the GPU in both precisions (drawn last: the other cases keep their inputs)
+        int ce = s.constantExperts();
+        float[] vectors = ce > 0 ? Compare.gaussian(rnd, ce * d, 1f, false) : new float[0];
+        float[] mix = ce > 0 ? Compare.gaussian(rnd, ce * 2 * d, (float) (1 / Math.sqrt(d)), false) : new float[0];
         MoeLayerReference.Result ref = MoeLayerReference.run(s, t, c.training(), Compare.doubles(x), Compare.doubles(router),
-                bias == null ? null : Compare.doubles(bias), Compare.doubles(gateUp), Compare.doubles(down), Compare.doubles(dOut));
-        return new Inputs(x, router, bias, gateUp, down, dOut, ref);
+                bias == null ? null : Compare.doubles(bias), Compare.doubles(gateUp), Compare.doubles(down), Compare.doubles(vectors),
+                Compare.doubles(mix), Compare.doubles(dOut));
+        return new Inputs(x, router, bias, gateUp, down, dOut, vectors, mix, ref);
     }
 
     public static Outcome check(CudaContext ctx, Case c, long seed) {
@@ -117,6 +132,9 @@ public final class GpuChecks {
                 DeviceAllocator.Block xd = layer.allocateActivations((long) t * d);
                 DeviceAllocator.Block gd = layer.allocateActivations((long) t * d)) {
             layer.setWeights(router, bias, gateUp, down);
+            if (s.constantExperts() > 0) {
+                layer.setConstantWeights(in.vectors(), in.mix());
+            }
             layer.setTraining(c.training());
             layer.upload(x, xd.pointer);
             layer.upload(dOut, gd.pointer);
@@ -124,13 +142,16 @@ public final class GpuChecks {
             float[] got = layer.download(out, t * d);
             long dx = layer.backward(gd.pointer);
             float[] gotDx = layer.download(dx, t * d);
+            double constErr = s.constantExperts() == 0 ? 0
+                    : Math.max(Compare.rel(layer.constantVectorGrad(), ref.dVectors()), Compare.rel(layer.constantMixGrad(), ref.dMix()));
             Outcome o = new Outcome(c, Compare.rel(got, ref.out()), Compare.rel(gotDx, ref.dx()), Compare.rel(layer.routerGrad(), ref.dRouter()),
-                    Compare.rel(layer.gateUpGrad(), ref.dGateUp()), Compare.rel(layer.downGrad(), ref.dDown()), false);
+                    Compare.rel(layer.gateUpGrad(), ref.dGateUp()), Compare.rel(layer.downGrad(), ref.dDown()), constErr, false);
             double tol = bf16 ? 2e-2 : 1e-4;
             boolean pass = o.outErr() <= tol && o.dxErr() <= tol && o.dRouterErr() <= tol && o.dGateUpErr() <= tol && o.dDownErr() <= tol
+                    && o.constErr() <= tol
                     && java.util.Arrays.equals(layer.lastCounts(), ref.counts())
                     && sameDrops(layer.lastPositions(), layer.lastSelection(), ref, e);
-            return new Outcome(c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(), o.dDownErr(), pass);
+            return new Outcome(c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(), o.dDownErr(), o.constErr(), pass);
         }
     }
     /** Whether the GPU dropped exactly the FFN slots the reference dropped (a slot of an FFN expert without a row). */
@@ -149,14 +170,14 @@ public final class GpuChecks {
     public static void main(String[] args) {
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.printf("GPU parity checks on %s (%s), against a float64 reference%n", ctx.deviceName, ctx.arch);
-            System.out.printf("%-80s %9s %9s %9s %9s %9s  %s%n", "case", "out", "dx", "dRouter", "dGateUp", "dDown", "");
+            System.out.printf("%-80s %9s %9s %9s %9s %9s %9s  %s%n", "case", "out", "dx", "dRouter", "dGateUp", "dDown", "dConst", "");
             int failures = 0;
             long seed = 1;
             for (Case c : cases()) {
                 Outcome o = check(ctx, c, seed++);
                 failures += o.pass() ? 0 : 1;
-                System.out.printf("%-80s %9.2e %9.2e %9.2e %9.2e %9.2e  %s%n", c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(),
-                        o.dDownErr(), o.pass() ? "ok" : "FAIL");
+                System.out.printf("%-80s %9.2e %9.2e %9.2e %9.2e %9.2e %9.2e  %s%n", c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(),
+                        o.dDownErr(), o.constErr(), o.pass() ? "ok" : "FAIL");
             }
             System.out.printf("%d of %d cases passed (tolerance 1e-4 fp32, 2e-2 bf16)%n", cases().size() - failures, cases().size());
             System.exit(failures == 0 ? 0 : 1);

@@ -172,6 +172,29 @@ class MoeLayerReferenceTest {
         assertThat(capacityCases).isEqualTo(2 * 10);
     }
 
+    /** The GPU checks' constant-expert cases route slots to constant experts, so their gradients are compared for real. */
+    @Test
+    void theGpuConstantCasesRouteToConstantExperts() {
+        long seed = 1;
+        int constantCases = 0;
+        for (GpuChecks.Case c : GpuChecks.cases()) {
+            GpuChecks.Inputs in = GpuChecks.inputs(c, seed++);
+            Spec s = c.spec();
+            if (s.constantExperts() == 0) {
+                continue;
+            }
+            constantCases++;
+            int routedToConstants = 0;
+            for (int j = s.firstConstant(); j < s.routed(); j++) {
+                routedToConstants += in.ref().counts()[j];
+            }
+            assertWithMessage("%s", c).that(routedToConstants).isGreaterThan(0);
+            assertWithMessage("%s", c).that(java.util.Arrays.stream(in.ref().dMix()).anyMatch(v -> v != 0)).isTrue();
+            assertWithMessage("%s", c).that(java.util.Arrays.stream(in.ref().dVectors()).anyMatch(v -> v != 0)).isTrue();
+        }
+        assertThat(constantCases).isEqualTo(2 * 4);
+    }
+
     /** Slot i's routing weight under a normalised softmax top-k (the order of the weights is all that matters here). */
     private static double weight(Spec s, double[] x, double[] router, int slot) {
         int d = s.dim(), e = s.routed(), k = s.topK(), t = slot / k;
