@@ -30,7 +30,7 @@ public final class MoeLayerReference {
      * {@code selected} and {@code dropped} are each slot's expert and whether it was dropped over capacity ({@code [tokens, k]}).
      */
     public record Result(double[] out, double[] dx, double[] dRouter, double[] dGateUp, double[] dDown, int[] counts, int[] selected,
-            boolean[] dropped, double[] dVectors, double[] dMix) {}
+            boolean[] dropped, double[] dVectors, double[] dMix, double[] logits, double[] dLogits) {}
 
     private MoeLayerReference() {}
 
@@ -75,6 +75,16 @@ public final class MoeLayerReference {
     /** A run with constant experts' {@code vectors [C, D]} and {@code mix [C, 2, D]}. */
     public static Result run(Spec s, int tokens, boolean training, double[] x, double[] router, double[] bias, double[] gateUp,
             double[] down, double[] vectors, double[] mix, double[] dOut) {
+        return run(s, tokens, training, x, router, bias, gateUp, down, vectors, mix, null, null, dOut);
+    }
+
+    /**
+     * A run whose router logits add {@code logitOffset [tokens, routed]} (MoE++'s gating residual: the previous layer's logits
+     * through its map; null: none) and whose logit gradient adds {@code dLogitsIn [tokens, routed]} (what the next layer's gating
+     * residual sends back; null: none). {@link Result#logits} are the logits the router scored, {@link Result#dLogits} their gradient.
+     */
+    public static Result run(Spec s, int tokens, boolean training, double[] x, double[] router, double[] bias, double[] gateUp,
+            double[] down, double[] vectors, double[] mix, double[] logitOffset, double[] dLogitsIn, double[] dOut) {
         int d = s.dim(), f = s.hidden(), e = s.routed(), ffn = s.experts(), k = s.topK();
         ExpertActivation activation = s.options().activation();
         boolean gated = activation.gated;
@@ -88,6 +98,8 @@ public final class MoeLayerReference {
         int c0 = s.firstConstant();
         double[] dVectors = new double[s.constantExperts() * d];
         double[] dMix = new double[s.constantExperts() * 2 * d];
+        double[] logits = new double[tokens * e];
+        double[] dLogits = new double[tokens * e];
         // routing of every token first: capacity compares slots across tokens
         double[][] probs = new double[tokens][];
         int[][] chosenOf = new int[tokens][];
@@ -102,6 +114,10 @@ public final class MoeLayerReference {
                 for (int c = 0; c < d; c++) {
                     z += x[xo + c] * router[ex * d + c];
                 }
+                if (logitOffset != null) {
+                    z += logitOffset[t * e + ex];
+                }
+                logits[t * e + ex] = z;
                 p[ex] = z;
                 max = Math.max(max, z);
             }
@@ -295,6 +311,10 @@ public final class MoeLayerReference {
             }
             for (int ex = 0; ex < e; ex++) {
                 double dz = s.score() == Score.SOFTMAX ? p[ex] * (dp[ex] - pdp) : dp[ex] * p[ex] * (1 - p[ex]);
+                if (dLogitsIn != null) {
+                    dz += dLogitsIn[t * e + ex];
+                }
+                dLogits[t * e + ex] = dz;
                 for (int c = 0; c < d; c++) {
                     dx[xo + c] += dz * router[ex * d + c];
                     dRouter[ex * d + c] += dz * x[xo + c];
@@ -305,6 +325,6 @@ public final class MoeLayerReference {
         for (int i = 0; i < selected.length; i++) {
             selected[i] = chosenOf[i / k][i % k];
         }
-        return new Result(out, dx, dRouter, dGateUp, dDown, counts, selected, dropped, dVectors, dMix);
+        return new Result(out, dx, dRouter, dGateUp, dDown, counts, selected, dropped, dVectors, dMix, logits, dLogits);
     }
 }

@@ -172,6 +172,53 @@ class MoeLayerReferenceTest {
         assertThat(capacityCases).isEqualTo(2 * 10);
     }
 
+    /**
+     * The gating-residual pair reference (B's logits add A's through a map g) against central differences of
+     * Σ outA · dOutA + Σ outB · dOutB: A's input and router (whose gradient includes what B sends back), the map, B's input and router.
+     */
+    @Test
+    void gatingResidualPairGradientsMatchCentralDifferences() {
+        Options o = Options.NONE.withGatingResidual();
+        Spec a = new Spec(5, 4, 3, 1, 1, 2, 2, Score.SOFTMAX, false, 1f, false, Precision.FP32, o);
+        Spec b = new Spec(5, 3, 4, 0, 1, 1, 3, Score.SIGMOID, true, 1.5f, true, Precision.FP32, o);
+        int t = 6, d = 5, ea = a.routed(), eb = b.routed();
+        Random r = new Random(11);
+        double[] xa = gaussian(r, t * d), ra = gaussian(r, ea * d), gua = gaussian(r, 3 * 8 * d), dna = gaussian(r, 3 * d * 4),
+                va = gaussian(r, 2 * d), ma = gaussian(r, 2 * 2 * d), doa = gaussian(r, t * d);
+        double[] xb = gaussian(r, t * d), rb = gaussian(r, eb * d), bb = gaussian(r, eb), gub = gaussian(r, 4 * 6 * d), dnb = gaussian(r, 4 * d * 3),
+                vb = gaussian(r, d), mb = gaussian(r, 2 * d), dob = gaussian(r, t * d);
+        double[] g = gaussian(r, eb * ea);
+        GpuChecks.ResidualReference ref = GpuChecks.residualReference(a, b, t, xa, ra, null, gua, dna, va, ma, doa, xb, rb, bb, gub, dnb, vb, mb, dob, g);
+        java.util.function.DoubleSupplier loss = () -> {
+            GpuChecks.ResidualReference x = GpuChecks.residualReference(a, b, t, xa, ra, null, gua, dna, va, ma, doa, xb, rb, bb, gub, dnb, vb, mb, dob, g);
+            double l = 0;
+            for (int i = 0; i < t * d; i++) {
+                l += x.a().out()[i] * doa[i] + x.b().out()[i] * dob[i];
+            }
+            return l;
+        };
+        compare("dG", ref.dG(), g, loss);
+        compare("dxA", ref.a().dx(), xa, loss);
+        compare("dRouterA", ref.a().dRouter(), ra, loss);
+        compare("dMixA", ref.a().dMix(), ma, loss);
+        compare("dxB", ref.b().dx(), xb, loss);
+        compare("dRouterB", ref.b().dRouter(), rb, loss);
+        // the map matters: B's gradient sent back changes A's router gradient
+        double[] alone = MoeLayerReference.run(a, t, true, xa, ra, null, gua, dna, va, ma, doa).dRouter();
+        assertThat(java.util.Arrays.equals(alone, ref.a().dRouter())).isFalse();
+    }
+
+    /** The GPU checks' gating-residual pairs route B differently than without the map (so the residual is exercised). */
+    @Test
+    void theGpuResidualPairsAreWellFormed() {
+        assertThat(GpuChecks.residualPairs()).hasSize(4);
+        for (Spec[] pair : GpuChecks.residualPairs()) {
+            assertThat(pair[0].options().gatingResidual()).isTrue();
+            assertThat(pair[1].options().gatingResidual()).isTrue();
+            assertThat(pair[0].dim()).isEqualTo(pair[1].dim());
+        }
+    }
+
     /** The GPU checks' constant-expert cases route slots to constant experts, so their gradients are compared for real. */
     @Test
     void theGpuConstantCasesRouteToConstantExperts() {
