@@ -22,6 +22,12 @@ import java.util.List;
  * activations are stored in the spec's precision (bf16, or fp32 for parity runs); gradients of
  * the weights are fp32 (the master copy's type) or, with {@code gradsInActivationType}, the
  * activation type, as PyTorch does for bf16 parameters.
+ *
+ * <p>MoE++: zero, copy and constant experts follow the FFN experts in the router's rows and are folded
+ * into the combine; constant experts' weights ({@link #setConstantExperts}, {@link #setConstantWeights})
+ * and their gradients are fp32 in both precisions, summed over tokens in a fixed order. A gating residual
+ * ({@link #setResidualFrom}) adds the previous layer's fp32 logits through a map to this router's and
+ * sends the logit gradient back to that layer.
  */
 public final class CudaMoeLayer implements AutoCloseable {
     private static final int THREADS = 256;

@@ -45,7 +45,9 @@ import javax.lang.model.element.Modifier;
  * FFNs, and MoE layers of SwiGLU, GEGLU, ReLU or GELU routed experts with top-k softmax or sigmoid
  * routing (normalisation, scaling, aux-free selection bias, a capacity factor dropping by position or
  * by probability in training forwards), shared FFN experts without a sigmoid gate
- * (gated or not), and the micro- or global-batch aux loss and the z-loss. {@link #unsupported} names what
+ * (gated or not), MoE++'s zero, copy and constant experts after the FFN experts and its gating residuals
+ * (a router adds a map of the previous MoE layer's logits; {@link CudaMoeLayer#setResidualFrom}), and the
+ * micro- or global-batch aux loss and the z-loss. {@link #unsupported} names what
  * else a model uses; such models run on the hybrid backend instead.
  */
 public final class CudaModelGenerator {

@@ -22,6 +22,13 @@ import java.util.Locale;
  * The sort is a counting sort that is stable and deterministic (each expert's rows keep token
  * order), so the same input gives bitwise the same output; no host loop touches tokens.
  *
+ * <p>MoE++ (compiled in only when the spec has them): constant experts get their [a1, a2] =
+ * softmax(W_c x) per slot from constant_mix, the combine adds weight · (a1 x + a2 v), combine_backward
+ * also gives the mix logits' gradient dz, unpermute_sum the input's through a1 and W_c, and
+ * constant_grads sums dv and dW_c over each expert's slots in slot order (no atomics). With
+ * GATING_RESIDUAL the router backward kernels add an incoming fp32 logit gradient (the next layer's
+ * gating residual) and keep an fp32 copy of theirs for this layer's own residual.
+ *
  * <p>Storage: {@code act_t} is bf16 (kept as raw 16-bit patterns, converted with round-to-nearest-
  * even, so no header is needed) or fp32 for parity runs; arithmetic is always fp32.
  */
