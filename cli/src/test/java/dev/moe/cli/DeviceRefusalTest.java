@@ -25,9 +25,10 @@ class DeviceRefusalTest {
 
     @Test
     void anUncoveredModelNamesItsFeature() {
-        // MoE++'s zero, copy and constant experts beside its FFN experts are not covered on the device yet
-        assertThat(Recipes.deviceRefusal(model("moe-plus-plus.moe"), false).orElseThrow()).contains("routed experts other than one group of FFN experts");
-        assertThat(Recipes.deviceRefusal(model("moe-plus-plus.moe"), true).orElseThrow()).contains("routed experts other than one group of FFN experts");
+        // MoLA's LoRA experts and JetMoE's attention experts are not covered on the device yet
+        assertThat(Recipes.deviceRefusal(model("mola.moe"), false).orElseThrow()).contains("routed experts other than one group of FFN experts");
+        assertThat(Recipes.deviceRefusal(model("mola.moe"), true).orElseThrow()).contains("routed experts other than one group of FFN experts");
+        assertThat(Recipes.deviceRefusal(model("jetmoe.moe"), false).orElseThrow()).contains("attention experts");
     }
 
     @Test

@@ -22,6 +22,12 @@ import java.util.List;
  * activations are stored in the spec's precision (bf16, or fp32 for parity runs); gradients of
  * the weights are fp32 (the master copy's type) or, with {@code gradsInActivationType}, the
  * activation type, as PyTorch does for bf16 parameters.
+ *
+ * <p>MoE++: zero, copy and constant experts follow the FFN experts in the router's rows and are folded
+ * into the combine; constant experts' weights ({@link #setConstantExperts}, {@link #setConstantWeights})
+ * and their gradients are fp32 in both precisions, summed over tokens in a fixed order. A gating residual
+ * ({@link #setResidualFrom}) adds the previous layer's fp32 logits through a map to this router's and
+ * sends the logit gradient back to that layer.
  */
 public final class CudaMoeLayer implements AutoCloseable {
     private static final int THREADS = 256;
@@ -71,6 +77,23 @@ public final class CudaMoeLayer implements AutoCloseable {
     private long[] gateRouters, gateGrads, gateActs;
     private final List<DeviceAllocator.Block> gateBlocks = new ArrayList<>();
     private int[] gateOfSequence;
+    /**
+     * MoE++ constant experts (fp32 whatever the precision): vectors {@code v [C, D]}, mix weights {@code W_c [C, 2, D]} and their
+     * gradients; the blocks when this layer allocated them itself.
+     */
+    private long cv, wc, dCv, dWc;
+    private DeviceAllocator.Block cvBlock, wcBlock, dCvBlock, dWcBlock;
+    /** The last forward's [a1, a2] per slot (constant experts' slots only), fp32 {@code [tokens · k, 2]}. */
+    private long mix;
+    /** MoE++ gating residual: the previous MoE layer whose logits this router adds through {@code residualG [routed, previous.routed]}. */
+    private CudaMoeLayer residualFrom;
+    private long residualG, residualDG;
+    /** Whether the next MoE layer's gating residual reads this layer's logits (and sends their gradient back into {@link #dLogitsIn}). */
+    private boolean feedsResidual;
+    /** fp32 {@code [tokens, routed]}: the logit gradient the next layer's gating residual sent back, zeroed at each forward. */
+    private long dLogitsIn;
+    /** fp32 copy of this layer's logit gradient in the last backward (a layer with a gating residual). */
+    private long dLogits32;
 
     public CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType) {
         this(ctx, spec, gradsInActivationType, null);
@@ -159,6 +182,21 @@ public final class CudaMoeLayer implements AutoCloseable {
                 ctx.kernel(source, k);
             }
         }
+        if (spec.constantExperts() > 0) {
+            ctx.kernel(source, "constant_mix");
+            ctx.kernel(source, "constant_grads");
+            if (external == null) {
+                long c = spec.constantExperts();
+                cvBlock = ctx.allocator.allocate(c * d * 4);
+                wcBlock = ctx.allocator.allocate(c * 2 * d * 4);
+                dCvBlock = ctx.allocator.allocate(c * d * 4);
+                dWcBlock = ctx.allocator.allocate(c * 2 * d * 4);
+                cv = cvBlock.pointer;
+                wc = wcBlock.pointer;
+                dCv = dCvBlock.pointer;
+                dWc = dWcBlock.pointer;
+            }
+        }
         ctx.kernel(source, "cast_from_float");
         ctx.kernel(source, "add_to_float");
         if (spec.score() == MoeKernelSource.Score.SOFTMAX) {
@@ -185,6 +223,64 @@ public final class CudaMoeLayer implements AutoCloseable {
             check(expertBias != null && expertBias.length == er, "expert bias");
             ctx.upload(expertBias, bias);
         }
+    }
+
+    /**
+     * Points a layer on external weights at its MoE++ constant experts' fp32 weights in the caller's arena: the vectors
+     * {@code v [C, D]} (contiguous, in router order) and the mix weights {@code W_c [C, 2, D]}, and their fp32 gradients, which
+     * backward ADDS to. The constant experts read these fp32 values in bf16 mode too (no bf16 copies).
+     */
+    public void setConstantExperts(long vectors, long mixWeights, long dVectors, long dMixWeights) {
+        if (spec.constantExperts() == 0) {
+            throw new IllegalStateException("this layer has no constant experts");
+        }
+        if (cvBlock != null) {
+            throw new IllegalStateException("this layer owns its constant experts' weights: upload them with setConstantWeights");
+        }
+        cv = vectors;
+        wc = mixWeights;
+        dCv = dVectors;
+        dWc = dMixWeights;
+    }
+
+    /** Uploads the constant experts' fp32 weights of a layer that owns them: vectors {@code [C, D]}, mix weights {@code [C, 2, D]}. */
+    public void setConstantWeights(float[] vectors, float[] mixWeights) {
+        int c = spec.constantExperts(), d = spec.dim();
+        check(cvBlock != null, "constant experts' own weights (none on external weights)");
+        check(vectors.length == c * d, "constant vectors");
+        check(mixWeights.length == c * 2 * d, "constant mix weights");
+        ctx.upload(vectors, cv);
+        ctx.upload(mixWeights, wc);
+    }
+
+    /** The constant experts' vector gradients {@code [C, D]} (fp32). */
+    public float[] constantVectorGrad() {
+        return ctx.downloadFloats(dCv, spec.constantExperts() * spec.dim());
+    }
+
+    /** The constant experts' mix-weight gradients {@code [C, 2, D]} (fp32). */
+    public float[] constantMixGrad() {
+        return ctx.downloadFloats(dWc, spec.constantExperts() * 2 * spec.dim());
+    }
+
+    /**
+     * MoE++'s gating residual: from the next forward on, this router's fp32 logits add {@code previous}'s logits (the raw
+     * logits its router scored, residual included) times {@code g [routed, previous.routed]}ᵀ (fp32), and the backward adds
+     * {@code dLogitsᵀ · previous logits} to {@code dG} and sends {@code dLogits · g} back into {@code previous}'s logit gradient,
+     * which its own backward (run after this one's) adds to its router's. Both specs need {@link MoeKernelSource.Options#gatingResidual}.
+     * {@code previous} must run its forward, on the same tokens, before this layer's, and its backward after.
+     */
+    public void setResidualFrom(CudaMoeLayer previous, long g, long dG) {
+        if (previous == this || previous.ctx != ctx) {
+            throw new IllegalArgumentException("a gating residual reads another layer on the same context");
+        }
+        if (!spec.options().gatingResidual() || !previous.spec.options().gatingResidual()) {
+            throw new IllegalArgumentException("a gating residual needs both layers' specs with gatingResidual");
+        }
+        residualFrom = previous;
+        residualG = g;
+        residualDG = dG;
+        previous.feedsResidual = true;
     }
 
     private static void check(boolean ok, String what) {
@@ -514,6 +610,19 @@ public final class CudaMoeLayer implements AutoCloseable {
                         d, logits + r0 * er * 4, Type.F32, er, false);
             }
         }
+        if (residualFrom != null) {
+            if (residualFrom.tokens != tokens || residualFrom.logits == 0) {
+                throw new IllegalStateException("the gating residual's previous layer has not run its forward on these " + tokens + " tokens");
+            }
+            // gating residual: logits[T, E] += previous logits[T, Ep] · Gᵀ (fp32)
+            int ep = residualFrom.spec.routed();
+            ctx.blas.matmul(ctx.stream, true, false, er, tokens, ep, residualG, Type.F32, ep, residualFrom.logits, Type.F32, ep, logits, Type.F32, er,
+                    true);
+        }
+        if (feedsResidual) {
+            dLogitsIn = keep(saved, (long) tokens * er * 4);
+            ctx.driver.memsetZero(dLogitsIn, (long) tokens * er * 4, ctx.stream);
+        }
         launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, bias, tokens, idx, weight, probs, temperature);
         // every routed expert is counted (zero and copy experts too, for the balancing); only FFN experts get rows
         launch("expert_rank", er, 1024, idx, m, rank, counts);
@@ -541,6 +650,14 @@ public final class CudaMoeLayer implements AutoCloseable {
         }
         launch("expert_offsets", 1, 32, counts, offs);
         launch("permute_gather", m, 128, x, idx, rank, offs, pos, h);
+        if (spec.constantExperts() > 0) {
+            if (cv == 0 || wc == 0) {
+                throw new IllegalStateException("the constant experts' weights are not set");
+            }
+            // [a1, a2] = softmax(W_c x) for each constant expert's slot
+            mix = keep(saved, (long) m * 2 * 4);
+            launch("constant_mix", ceilDiv((long) m * 32, THREADS), THREADS, x, idx, wc, m, mix);
+        }
         // The GEMMs need each expert's row range on the host: the one device-to-host sync per layer.
         routedCounts = ctx.downloadInts(counts, er);
         offsets = new int[e + 1];
@@ -571,7 +688,11 @@ public final class CudaMoeLayer implements AutoCloseable {
                     a + (long) r0 * f * actBytes, act, f, y + (long) r0 * d * actBytes, act, d, false);
         }
         mark("gemm down");
-        launch("combine", tokens, THREADS, y, x, idx, pos, weight, out);
+        if (spec.constantExperts() > 0) {
+            launch("combine", tokens, THREADS, y, x, idx, pos, weight, out, mix, cv);
+        } else {
+            launch("combine", tokens, THREADS, y, x, idx, pos, weight, out);
+        }
         mark("combine");
         return out;
     }
@@ -610,7 +731,17 @@ public final class CudaMoeLayer implements AutoCloseable {
         long dLogits = keep(backwardBlocks, (long) tokens * er * actBytes);
         int gb = gradType.bytes;
 
-        launch("combine_backward", tokens, THREADS, dOut, y, x, idx, pos, weight, dy, dWeight);
+        long dz = 0;
+        if (spec.constantExperts() > 0) {
+            // the constant experts' slots also get dz, the gradient of their mix logits
+            dz = keep(backwardBlocks, (long) m * 2 * 4);
+            launch("combine_backward", tokens, THREADS, dOut, y, x, idx, pos, weight, dy, dWeight, mix, cv, dz);
+            int c = spec.constantExperts();
+            MemorySegment fn = ctx.kernel(source, "constant_grads");
+            ctx.launch(fn, "constant_grads", c, ceilDiv(d, THREADS), THREADS, 0, x, dOut, idx, weight, mix, dz, m, accumulateGrads ? 1 : 0, dCv, dWc);
+        } else {
+            launch("combine_backward", tokens, THREADS, dOut, y, x, idx, pos, weight, dy, dWeight);
+        }
         for (int ex = 0; ex < e; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
             long w2e = w2 + (long) ex * d * f * actBytes;
@@ -645,17 +776,28 @@ public final class CudaMoeLayer implements AutoCloseable {
             ctx.blas.matmul(ctx.stream, false, true, d, gw, rows, h + (long) r0 * d * actBytes, act, d, dg + (long) r0 * gw * actBytes,
                     act, gw, dW13 + (long) ex * gw * d * gb, gradType, d, accumulateGrads);
         }
-        launch("unpermute_sum", tokens, THREADS, dh, dOut, idx, pos, weight, dx);
+        if (spec.constantExperts() > 0) {
+            launch("unpermute_sum", tokens, THREADS, dh, dOut, idx, pos, weight, dx, mix, dz, wc);
+        } else {
+            launch("unpermute_sum", tokens, THREADS, dh, dOut, idx, pos, weight, dx);
+        }
         if (ent != 0f && !spec.options().entropy()) {
             throw new IllegalArgumentException("an entropy loss needs a spec with entropy");
         }
+        // gating residual: the router backward adds what the next layer sent back (dLogitsIn) and keeps an fp32 copy (dLogits32)
+        Object[] residualArgs = {};
+        if (spec.options().gatingResidual()) {
+            dLogits32 = residualFrom == null ? 0 : keep(backwardBlocks, (long) tokens * er * 4);
+            residualArgs = new Object[] {feedsResidual ? dLogitsIn : 0L, dLogits32};
+        }
         if (aux == null && zc == 0f && ent == 0f) {
-            launch("router_backward", ceilDiv(tokens * 32, THREADS), THREADS, probs, logits, idx, dWeight, tokens, temperature, dLogits);
+            launch("router_backward", ceilDiv(tokens * 32, THREADS), THREADS, concat(new Object[] {probs, logits, idx, dWeight, tokens, temperature,
+                dLogits}, residualArgs));
         } else {
             long auxDevice = keep(backwardBlocks, (long) er * 4);
             ctx.upload(aux == null ? new float[er] : aux, auxDevice);
-            launch("router_backward_balance", ceilDiv(tokens * 32, THREADS), THREADS, probs, logits, idx, dWeight, tokens, auxDevice, zc,
-                    ent, temperature, dLogits);
+            launch("router_backward_balance", ceilDiv(tokens * 32, THREADS), THREADS, concat(new Object[] {probs, logits, idx, dWeight, tokens,
+                auxDevice, zc, ent, temperature, dLogits}, residualArgs));
         }
         if (gateRouters != null) {
             // named gates: per sequence, dx += dlogits · its gate's router and that gate's gradient += dlogitsᵀ · x
@@ -677,7 +819,24 @@ public final class CudaMoeLayer implements AutoCloseable {
             ctx.blas.matmul(ctx.stream, false, false, d, tokens, er, router, act, d, dLogits, act, er, dRouterX, act, d, false);
         }
         ctx.blas.matmul(ctx.stream, false, true, d, er, tokens, routerX, act, d, dLogits, act, er, dRouter, gradType, d, accumulateGrads);
+        if (residualFrom != null) {
+            int ep = residualFrom.spec.routed();
+            if (residualFrom.dLogitsIn == 0 || residualFrom.tokens != tokens) {
+                throw new IllegalStateException("the gating residual's previous layer has not run its forward since setResidualFrom");
+            }
+            // the previous layer's incoming logit gradient += dLogits · G;  dG += dLogitsᵀ · previous logits (fp32)
+            ctx.blas.matmul(ctx.stream, false, false, ep, tokens, er, residualG, Type.F32, ep, dLogits32, Type.F32, er, residualFrom.dLogitsIn,
+                    Type.F32, ep, true);
+            ctx.blas.matmul(ctx.stream, false, true, ep, er, tokens, residualFrom.logits, Type.F32, ep, dLogits32, Type.F32, er, residualDG,
+                    Type.F32, ep, true);
+        }
         return dx;
+    }
+
+    private static Object[] concat(Object[] a, Object[] b) {
+        Object[] out = java.util.Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, out, a.length, b.length);
+        return out;
     }
 
     private void launch(String kernel, int grid, int block, Object... args) {
@@ -710,7 +869,8 @@ public final class CudaMoeLayer implements AutoCloseable {
                 b.close();
             }
         }
-        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {routerBlock, biasBlock, w13Block, w2Block, dRouterBlock, dW13Block, dW2Block}) {
+        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {routerBlock, biasBlock, w13Block, w2Block, dRouterBlock, dW13Block, dW2Block,
+            cvBlock, wcBlock, dCvBlock, dWcBlock}) {
             if (b != null) {
                 b.close();
             }

@@ -15,7 +15,7 @@ import java.util.Random;
  * against {@link MoeLayerReference} (float64, one token at a time) on shapes that include experts
  * that receive no tokens, odd sizes and k = 1, the expert activations (SwiGLU, GEGLU, ReLU, GELU) and
  * capacity factors (by position, by probability; the expert counts and which slots were dropped must
- * equal the reference's exactly). Relative error (norm of the difference over norm of
+ * equal the reference's exactly) and MoE++ constant experts (their vector and mix gradients too). Relative error (norm of the difference over norm of
  * the reference) at most 1e-4 in fp32 mode and 2e-2 in bf16. Prints a table; exits 1 on any failure.
  * {@code bench/gpu/run-gpu-tests.sh} runs it on a machine with a GPU.
  */
@@ -31,7 +31,8 @@ public final class GpuChecks {
         public String toString() {
             Options o = spec.options();
             return String.format("D=%d F=%d E=%d%s k=%d %s%s%s%s%s%s T=%d %s", spec.dim(), spec.hidden(), spec.experts(),
-                    spec.zeroExperts() + spec.copyExperts() > 0 ? "+" + spec.zeroExperts() + "z+" + spec.copyExperts() + "c" : "", spec.topK(),
+                    spec.zeroExperts() + spec.copyExperts() + spec.constantExperts() > 0 ? "+" + spec.zeroExperts() + "z+" + spec.copyExperts() + "c"
+                            + (spec.constantExperts() > 0 ? "+" + spec.constantExperts() + "v" : "") : "", spec.topK(),
                     spec.score() == Score.SOFTMAX ? "softmax" : "sigmoid", spec.normalize() ? " norm" : "",
                     spec.scale() != 1f ? " scale=" + spec.scale() : "", spec.bias() ? " bias" : "",
                     o.activation() == ExpertActivation.SWIGLU ? "" : " " + o.activation().name().toLowerCase(java.util.Locale.ROOT),
@@ -81,13 +82,22 @@ public final class GpuChecks {
             out.add(new Case(top2.with(Options.NONE.withCapacity(8f, Drop.PROBABILITY)), 64)); // capacity above every load
             out.add(new Case(top2.with(Options.NONE.withCapacity(0.5f, Drop.POSITION)), 64, false)); // inference: dropless
         }
+        // MoE++ constant experts (after zero and copy experts; last in the list, so the cases above keep their seeds)
+        for (Precision p : Precision.values()) {
+            out.add(new Case(new Spec(64, 96, 8, 1, 1, 2, 2, Score.SOFTMAX, false, 1f, false, p, Options.NONE), 80));
+            out.add(new Case(new Spec(48, 64, 4, 0, 0, 4, 3, Score.SOFTMAX, true, 1f, false, p, Options.NONE), 40)); // mostly constant experts
+            out.add(new Case(new Spec(40, 24, 16, 2, 1, 3, 4, Score.SIGMOID, true, 2.5f, true, p, Options.NONE.withActivation(ExpertActivation.RELU)), 33));
+            out.add(new Case(new Spec(130, 64, 8, 1, 1, 2, 2, Score.SOFTMAX, false, 1f, false, p, Options.NONE), 7)); // D > 128, few tokens
+        }
         return out;
     }
 
-    public record Outcome(Case c, double outErr, double dxErr, double dRouterErr, double dGateUpErr, double dDownErr, boolean pass) {}
+    /** {@code constErr}: the larger error of the constant experts' vector and mix gradients (0 without constant experts). */
+    public record Outcome(Case c, double outErr, double dxErr, double dRouterErr, double dGateUpErr, double dDownErr, double constErr, boolean pass) {}
 
     /** A case's random inputs (the same for a seed), and the float64 reference's results on them. */
-    record Inputs(float[] x, float[] router, float[] bias, float[] gateUp, float[] down, float[] dOut, MoeLayerReference.Result ref) {}
+    record Inputs(float[] x, float[] router, float[] bias, float[] gateUp, float[] down, float[] dOut, float[] vectors, float[] mix,
+            MoeLayerReference.Result ref) {}
 
     static Inputs inputs(Case c, long seed) {
         Spec s = c.spec();
@@ -101,9 +111,14 @@ public final class GpuChecks {
         float[] gateUp = Compare.gaussian(rnd, e * gw * d, (float) (1 / Math.sqrt(d)), bf16);
         float[] down = Compare.gaussian(rnd, e * d * f, (float) (1 / Math.sqrt(f)), bf16);
         float[] dOut = Compare.gaussian(rnd, t * d, 1f, bf16);
+        // constant experts' weights stay fp32 on the GPU in both precisions (drawn last: the other cases keep their inputs)
+        int ce = s.constantExperts();
+        float[] vectors = ce > 0 ? Compare.gaussian(rnd, ce * d, 1f, false) : new float[0];
+        float[] mix = ce > 0 ? Compare.gaussian(rnd, ce * 2 * d, (float) (1 / Math.sqrt(d)), false) : new float[0];
         MoeLayerReference.Result ref = MoeLayerReference.run(s, t, c.training(), Compare.doubles(x), Compare.doubles(router),
-                bias == null ? null : Compare.doubles(bias), Compare.doubles(gateUp), Compare.doubles(down), Compare.doubles(dOut));
-        return new Inputs(x, router, bias, gateUp, down, dOut, ref);
+                bias == null ? null : Compare.doubles(bias), Compare.doubles(gateUp), Compare.doubles(down), Compare.doubles(vectors),
+                Compare.doubles(mix), Compare.doubles(dOut));
+        return new Inputs(x, router, bias, gateUp, down, dOut, vectors, mix, ref);
     }
 
     public static Outcome check(CudaContext ctx, Case c, long seed) {
@@ -117,6 +132,9 @@ public final class GpuChecks {
                 DeviceAllocator.Block xd = layer.allocateActivations((long) t * d);
                 DeviceAllocator.Block gd = layer.allocateActivations((long) t * d)) {
             layer.setWeights(router, bias, gateUp, down);
+            if (s.constantExperts() > 0) {
+                layer.setConstantWeights(in.vectors(), in.mix());
+            }
             layer.setTraining(c.training());
             layer.upload(x, xd.pointer);
             layer.upload(dOut, gd.pointer);
@@ -124,13 +142,16 @@ public final class GpuChecks {
             float[] got = layer.download(out, t * d);
             long dx = layer.backward(gd.pointer);
             float[] gotDx = layer.download(dx, t * d);
+            double constErr = s.constantExperts() == 0 ? 0
+                    : Math.max(Compare.rel(layer.constantVectorGrad(), ref.dVectors()), Compare.rel(layer.constantMixGrad(), ref.dMix()));
             Outcome o = new Outcome(c, Compare.rel(got, ref.out()), Compare.rel(gotDx, ref.dx()), Compare.rel(layer.routerGrad(), ref.dRouter()),
-                    Compare.rel(layer.gateUpGrad(), ref.dGateUp()), Compare.rel(layer.downGrad(), ref.dDown()), false);
+                    Compare.rel(layer.gateUpGrad(), ref.dGateUp()), Compare.rel(layer.downGrad(), ref.dDown()), constErr, false);
             double tol = bf16 ? 2e-2 : 1e-4;
             boolean pass = o.outErr() <= tol && o.dxErr() <= tol && o.dRouterErr() <= tol && o.dGateUpErr() <= tol && o.dDownErr() <= tol
+                    && o.constErr() <= tol
                     && java.util.Arrays.equals(layer.lastCounts(), ref.counts())
                     && sameDrops(layer.lastPositions(), layer.lastSelection(), ref, e);
-            return new Outcome(c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(), o.dDownErr(), pass);
+            return new Outcome(c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(), o.dDownErr(), o.constErr(), pass);
         }
     }
     /** Whether the GPU dropped exactly the FFN slots the reference dropped (a slot of an FFN expert without a row). */
@@ -146,19 +167,140 @@ public final class GpuChecks {
         return true;
     }
 
+    /**
+     * MoE++'s gating residual over two layers: A's logits feed B's router through {@code g [B.routed, A.routed]}. The pairs of
+     * layer specs (both with {@link Options#gatingResidual}) checked in each precision.
+     */
+    public static List<Spec[]> residualPairs() {
+        List<Spec[]> out = new ArrayList<>();
+        for (Precision p : Precision.values()) {
+            Options o = Options.NONE.withGatingResidual();
+            // constant experts on both sides, a non-square map (10 → 8 experts), top-2 then a normalised top-3
+            out.add(new Spec[] {new Spec(64, 96, 6, 1, 1, 2, 2, Score.SOFTMAX, false, 1f, false, p, o),
+                new Spec(64, 64, 4, 0, 1, 3, 3, Score.SOFTMAX, true, 1f, false, p, o)});
+            // plain FFN experts, sigmoid scores with a bias on the second layer
+            out.add(new Spec[] {new Spec(48, 64, 8, 0, 0, 0, 2, Score.SOFTMAX, true, 1f, false, p, o),
+                new Spec(48, 32, 16, 0, 0, 0, 4, Score.SIGMOID, true, 2.5f, true, p, o)});
+        }
+        return out;
+    }
+
+    /** The float64 results of a gating-residual pair: A's (with the logit gradient B sent back), B's, and the map's gradient. */
+    public record ResidualReference(MoeLayerReference.Result a, MoeLayerReference.Result b, double[] dG) {}
+
+    /**
+     * The reference of two layers joined by a gating residual: B's logits add A's logits · gᵀ ({@code g [eb, ea]}); the loss is
+     * Σ outA · dOutA + Σ outB · dOutB, so A's logit gradient also gets B's logit gradient · g.
+     */
+    public static ResidualReference residualReference(Spec a, Spec b, int tokens, double[] xa, double[] routerA, double[] biasA, double[] gateUpA,
+            double[] downA, double[] vectorsA, double[] mixA, double[] dOutA, double[] xb, double[] routerB, double[] biasB, double[] gateUpB,
+            double[] downB, double[] vectorsB, double[] mixB, double[] dOutB, double[] g) {
+        int ea = a.routed(), eb = b.routed();
+        double[] logitsA = MoeLayerReference.run(a, tokens, true, xa, routerA, biasA, gateUpA, downA, vectorsA, mixA, null, null, dOutA).logits();
+        double[] offset = new double[tokens * eb];
+        for (int t = 0; t < tokens; t++) {
+            for (int i = 0; i < eb; i++) {
+                double v = 0;
+                for (int j = 0; j < ea; j++) {
+                    v += g[i * ea + j] * logitsA[t * ea + j];
+                }
+                offset[t * eb + i] = v;
+            }
+        }
+        MoeLayerReference.Result rb = MoeLayerReference.run(b, tokens, true, xb, routerB, biasB, gateUpB, downB, vectorsB, mixB, offset, null, dOutB);
+        double[] back = new double[tokens * ea];
+        double[] dG = new double[eb * ea];
+        for (int t = 0; t < tokens; t++) {
+            for (int i = 0; i < eb; i++) {
+                double dl = rb.dLogits()[t * eb + i];
+                for (int j = 0; j < ea; j++) {
+                    back[t * ea + j] += dl * g[i * ea + j];
+                    dG[i * ea + j] += dl * logitsA[t * ea + j];
+                }
+            }
+        }
+        MoeLayerReference.Result ra = MoeLayerReference.run(a, tokens, true, xa, routerA, biasA, gateUpA, downA, vectorsA, mixA, null, back, dOutA);
+        return new ResidualReference(ra, rb, dG);
+    }
+
+    /** The worst relative error of a gating-residual pair on the GPU (outputs, input, router, expert, constant and map gradients). */
+    public static double checkResidual(CudaContext ctx, Spec a, Spec b, int tokens, long seed) {
+        Inputs ia = inputs(new Case(a, tokens), seed), ib = inputs(new Case(b, tokens), seed + 1000);
+        int ea = a.routed(), eb = b.routed(), d = a.dim();
+        float[] g = Compare.gaussian(new Random(seed + 2000), eb * ea, (float) (0.5 / Math.sqrt(ea)), false);
+        ResidualReference ref = residualReference(a, b, tokens, Compare.doubles(ia.x()), Compare.doubles(ia.router()),
+                ia.bias() == null ? null : Compare.doubles(ia.bias()), Compare.doubles(ia.gateUp()), Compare.doubles(ia.down()),
+                Compare.doubles(ia.vectors()), Compare.doubles(ia.mix()), Compare.doubles(ia.dOut()), Compare.doubles(ib.x()),
+                Compare.doubles(ib.router()), ib.bias() == null ? null : Compare.doubles(ib.bias()), Compare.doubles(ib.gateUp()),
+                Compare.doubles(ib.down()), Compare.doubles(ib.vectors()), Compare.doubles(ib.mix()), Compare.doubles(ib.dOut()), Compare.doubles(g));
+        try (CudaMoeLayer la = new CudaMoeLayer(ctx, a, false);
+                CudaMoeLayer lb = new CudaMoeLayer(ctx, b, false);
+                DeviceAllocator.Block xa = la.allocateActivations((long) tokens * d);
+                DeviceAllocator.Block ga = la.allocateActivations((long) tokens * d);
+                DeviceAllocator.Block xb = lb.allocateActivations((long) tokens * d);
+                DeviceAllocator.Block gb = lb.allocateActivations((long) tokens * d);
+                DeviceAllocator.Block gd = ctx.allocator.allocate((long) eb * ea * 4);
+                DeviceAllocator.Block dgd = ctx.allocator.allocate((long) eb * ea * 4)) {
+            for (var pair : List.of(java.util.Map.entry(la, ia), java.util.Map.entry(lb, ib))) {
+                Inputs in = pair.getValue();
+                pair.getKey().setWeights(in.router(), in.bias(), in.gateUp(), in.down());
+                if (pair.getKey().spec.constantExperts() > 0) {
+                    pair.getKey().setConstantWeights(in.vectors(), in.mix());
+                }
+            }
+            la.upload(ia.x(), xa.pointer);
+            la.upload(ia.dOut(), ga.pointer);
+            lb.upload(ib.x(), xb.pointer);
+            lb.upload(ib.dOut(), gb.pointer);
+            ctx.upload(g, gd.pointer);
+            ctx.driver.memsetZero(dgd.pointer, (long) eb * ea * 4, ctx.stream);
+            lb.setResidualFrom(la, gd.pointer, dgd.pointer);
+            float[] outA = la.download(la.forward(xa.pointer, tokens), tokens * d);
+            float[] outB = lb.download(lb.forward(xb.pointer, tokens), tokens * d);
+            float[] dxB = lb.download(lb.backward(gb.pointer), tokens * d);
+            float[] dxA = la.download(la.backward(ga.pointer), tokens * d);
+            double worst = 0;
+            for (double err : new double[] {Compare.rel(outA, ref.a().out()), Compare.rel(outB, ref.b().out()), Compare.rel(dxA, ref.a().dx()),
+                Compare.rel(dxB, ref.b().dx()), Compare.rel(la.routerGrad(), ref.a().dRouter()), Compare.rel(lb.routerGrad(), ref.b().dRouter()),
+                Compare.rel(la.gateUpGrad(), ref.a().dGateUp()), Compare.rel(la.downGrad(), ref.a().dDown()),
+                Compare.rel(lb.gateUpGrad(), ref.b().dGateUp()), Compare.rel(lb.downGrad(), ref.b().dDown()),
+                Compare.rel(ctx.downloadFloats(dgd.pointer, eb * ea), ref.dG())}) {
+                worst = Math.max(worst, err);
+            }
+            if (a.constantExperts() > 0) {
+                worst = Math.max(worst, Math.max(Compare.rel(la.constantVectorGrad(), ref.a().dVectors()), Compare.rel(la.constantMixGrad(), ref.a().dMix())));
+            }
+            if (b.constantExperts() > 0) {
+                worst = Math.max(worst, Math.max(Compare.rel(lb.constantVectorGrad(), ref.b().dVectors()), Compare.rel(lb.constantMixGrad(), ref.b().dMix())));
+            }
+            if (!java.util.Arrays.equals(la.lastSelection(), ref.a().selected()) || !java.util.Arrays.equals(lb.lastSelection(), ref.b().selected())) {
+                worst = Double.POSITIVE_INFINITY; // B's routing must see A's logits through the map
+            }
+            return worst;
+        }
+    }
+
     public static void main(String[] args) {
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.printf("GPU parity checks on %s (%s), against a float64 reference%n", ctx.deviceName, ctx.arch);
-            System.out.printf("%-80s %9s %9s %9s %9s %9s  %s%n", "case", "out", "dx", "dRouter", "dGateUp", "dDown", "");
+            System.out.printf("%-80s %9s %9s %9s %9s %9s %9s  %s%n", "case", "out", "dx", "dRouter", "dGateUp", "dDown", "dConst", "");
             int failures = 0;
             long seed = 1;
             for (Case c : cases()) {
                 Outcome o = check(ctx, c, seed++);
                 failures += o.pass() ? 0 : 1;
-                System.out.printf("%-80s %9.2e %9.2e %9.2e %9.2e %9.2e  %s%n", c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(),
-                        o.dDownErr(), o.pass() ? "ok" : "FAIL");
+                System.out.printf("%-80s %9.2e %9.2e %9.2e %9.2e %9.2e %9.2e  %s%n", c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(),
+                        o.dDownErr(), o.constErr(), o.pass() ? "ok" : "FAIL");
             }
             System.out.printf("%d of %d cases passed (tolerance 1e-4 fp32, 2e-2 bf16)%n", cases().size() - failures, cases().size());
+            System.out.println("MoE++ gating residual (A's logits into B's router): worst relative error over outputs and gradients, the map's too");
+            for (Spec[] pair : residualPairs()) {
+                double worst = checkResidual(ctx, pair[0], pair[1], 40, seed++);
+                boolean ok = worst <= (pair[0].precision() == Precision.BF16 ? 2e-2 : 1e-4);
+                failures += ok ? 0 : 1;
+                System.out.printf("%-80s %9.2e  %s%n", new Case(pair[0], 40) + " -> " + new Case(pair[1], 40).toString().replaceAll(" T=.*", ""), worst,
+                        ok ? "ok" : "FAIL");
+            }
             System.exit(failures == 0 ? 0 : 1);
         } catch (CudaException e) {
             System.err.println("moe: " + e.getMessage());

@@ -18,6 +18,10 @@ import java.util.List;
  * position (the earliest tokens) or by probability (the highest routing weights, ties to the earlier
  * slot), as the CPU class's {@code dropOverCapacity}; a dropped slot adds nothing to the output and its
  * routing weight gets no gradient, and {@code counts} counts the kept slots.
+ *
+ * <p>MoE++ constant experts (the last routed ones, after the copy experts) output {@code a1 x + a2 v}
+ * with {@code [a1, a2] = softmax(W_c x)}, as the CPU class's {@code constantExpert}: vectors {@code [C, D]},
+ * mix weights {@code W_c [C, 2, D]}.
  */
 public final class MoeLayerReference {
 
@@ -26,7 +30,7 @@ public final class MoeLayerReference {
      * {@code selected} and {@code dropped} are each slot's expert and whether it was dropped over capacity ({@code [tokens, k]}).
      */
     public record Result(double[] out, double[] dx, double[] dRouter, double[] dGateUp, double[] dDown, int[] counts, int[] selected,
-            boolean[] dropped) {}
+            boolean[] dropped, double[] dVectors, double[] dMix, double[] logits, double[] dLogits) {}
 
     private MoeLayerReference() {}
 
@@ -64,6 +68,23 @@ public final class MoeLayerReference {
     /** {@code training}: whether capacity drops apply (inference forwards are dropless). */
     public static Result run(Spec s, int tokens, boolean training, double[] x, double[] router, double[] bias, double[] gateUp,
             double[] down, double[] dOut) {
+        return run(s, tokens, training, x, router, bias, gateUp, down, new double[s.constantExperts() * s.dim()],
+                new double[s.constantExperts() * 2 * s.dim()], dOut);
+    }
+
+    /** A run with constant experts' {@code vectors [C, D]} and {@code mix [C, 2, D]}. */
+    public static Result run(Spec s, int tokens, boolean training, double[] x, double[] router, double[] bias, double[] gateUp,
+            double[] down, double[] vectors, double[] mix, double[] dOut) {
+        return run(s, tokens, training, x, router, bias, gateUp, down, vectors, mix, null, null, dOut);
+    }
+
+    /**
+     * A run whose router logits add {@code logitOffset [tokens, routed]} (MoE++'s gating residual: the previous layer's logits
+     * through its map; null: none) and whose logit gradient adds {@code dLogitsIn [tokens, routed]} (what the next layer's gating
+     * residual sends back; null: none). {@link Result#logits} are the logits the router scored, {@link Result#dLogits} their gradient.
+     */
+    public static Result run(Spec s, int tokens, boolean training, double[] x, double[] router, double[] bias, double[] gateUp,
+            double[] down, double[] vectors, double[] mix, double[] logitOffset, double[] dLogitsIn, double[] dOut) {
         int d = s.dim(), f = s.hidden(), e = s.routed(), ffn = s.experts(), k = s.topK();
         ExpertActivation activation = s.options().activation();
         boolean gated = activation.gated;
@@ -74,6 +95,11 @@ public final class MoeLayerReference {
         double[] dGateUp = new double[ffn * gw * d];
         double[] dDown = new double[ffn * d * f];
         int[] counts = new int[e];
+        int c0 = s.firstConstant();
+        double[] dVectors = new double[s.constantExperts() * d];
+        double[] dMix = new double[s.constantExperts() * 2 * d];
+        double[] logits = new double[tokens * e];
+        double[] dLogits = new double[tokens * e];
         // routing of every token first: capacity compares slots across tokens
         double[][] probs = new double[tokens][];
         int[][] chosenOf = new int[tokens][];
@@ -88,6 +114,10 @@ public final class MoeLayerReference {
                 for (int c = 0; c < d; c++) {
                     z += x[xo + c] * router[ex * d + c];
                 }
+                if (logitOffset != null) {
+                    z += logitOffset[t * e + ex];
+                }
+                logits[t * e + ex] = z;
                 p[ex] = z;
                 max = Math.max(max, z);
             }
@@ -171,6 +201,35 @@ public final class MoeLayerReference {
                 if (dropped[t * k + r]) {
                     continue; // over capacity: no output, no gradient through its weight
                 }
+                if (ex >= c0) {
+                    // constant expert j: [a1, a2] = softmax(W_c x), y = a1 x + a2 v
+                    int j = ex - c0, wo = j * 2 * d, vo = j * d;
+                    double z1 = 0, z2 = 0;
+                    for (int c = 0; c < d; c++) {
+                        z1 += mix[wo + c] * x[xo + c];
+                        z2 += mix[wo + d + c] * x[xo + c];
+                    }
+                    double top = Math.max(z1, z2), e1 = Math.exp(z1 - top), e2 = Math.exp(z2 - top);
+                    double a1 = e1 / (e1 + e2), a2 = e2 / (e1 + e2);
+                    double dot = 0, da1 = 0, da2 = 0;
+                    for (int c = 0; c < d; c++) {
+                        double y = a1 * x[xo + c] + a2 * vectors[vo + c];
+                        out[xo + c] += w[r] * y;
+                        dot += dOut[xo + c] * y;
+                        da1 += w[r] * dOut[xo + c] * x[xo + c];
+                        da2 += w[r] * dOut[xo + c] * vectors[vo + c];
+                    }
+                    dw[r] = dot;
+                    double mean = a1 * da1 + a2 * da2, dz1 = a1 * (da1 - mean), dz2 = a2 * (da2 - mean);
+                    for (int c = 0; c < d; c++) {
+                        double dy = w[r] * dOut[xo + c];
+                        dx[xo + c] += a1 * dy + dz1 * mix[wo + c] + dz2 * mix[wo + d + c];
+                        dVectors[vo + c] += a2 * dy;
+                        dMix[wo + c] += dz1 * x[xo + c];
+                        dMix[wo + d + c] += dz2 * x[xo + c];
+                    }
+                    continue;
+                }
                 if (ex >= ffn) {
                     // zero expert: outputs 0 (no gradient but through its routing weight, which is 0 here);
                     // copy expert: outputs x
@@ -252,6 +311,10 @@ public final class MoeLayerReference {
             }
             for (int ex = 0; ex < e; ex++) {
                 double dz = s.score() == Score.SOFTMAX ? p[ex] * (dp[ex] - pdp) : dp[ex] * p[ex] * (1 - p[ex]);
+                if (dLogitsIn != null) {
+                    dz += dLogitsIn[t * e + ex];
+                }
+                dLogits[t * e + ex] = dz;
                 for (int c = 0; c < d; c++) {
                     dx[xo + c] += dz * router[ex * d + c];
                     dRouter[ex * d + c] += dz * x[xo + c];
@@ -262,6 +325,6 @@ public final class MoeLayerReference {
         for (int i = 0; i < selected.length; i++) {
             selected[i] = chosenOf[i / k][i % k];
         }
-        return new Result(out, dx, dRouter, dGateUp, dDown, counts, selected, dropped);
+        return new Result(out, dx, dRouter, dGateUp, dDown, counts, selected, dropped, dVectors, dMix, logits, dLogits);
     }
 }

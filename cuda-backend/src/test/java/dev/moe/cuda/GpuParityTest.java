@@ -31,6 +31,11 @@ class GpuParityTest {
                 GpuChecks.Outcome o = GpuChecks.check(ctx, c, seed++);
                 assertWithMessage("%s", o).that(o.pass()).isTrue();
             }
+            for (dev.moe.cuda.kernels.MoeKernelSource.Spec[] pair : GpuChecks.residualPairs()) {
+                double worst = GpuChecks.checkResidual(ctx, pair[0], pair[1], 40, seed++);
+                double tol = pair[0].precision() == dev.moe.cuda.kernels.MoeKernelSource.Precision.BF16 ? 2e-2 : 1e-4;
+                assertWithMessage("gating residual %s -> %s", pair[0], pair[1]).that(worst).isAtMost(tol);
+            }
         }
     }
 

@@ -31,6 +31,31 @@ class MoeKernelSourceTest {
     static final Spec LIMITED = V3.with(Options.NONE.withGroupLimit(8, 4));
     /** Expert choice over 8 experts (k = E). */
     static final Spec EXPERT_CHOICE = new Spec(64, 32, 8, 8, Score.SOFTMAX, false, 1f, false, Precision.BF16).with(Options.NONE.withExpertChoice(2f));
+    /** MoE++: 8 FFN experts, 1 zero, 1 copy and 2 constant experts, top-2, a gating residual. */
+    static final Spec MOEPP = new Spec(128, 256, 8, 1, 1, 2, 2, Score.SOFTMAX, false, 1f, false, Precision.BF16,
+            Options.NONE.withGatingResidual());
+
+    @Test
+    void constantExpertsAndTheGatingResidualAreBakedIn() {
+        String src = MoeKernelSource.generate(MOEPP);
+        assertThat(MOEPP.routed()).isEqualTo(12);
+        assertThat(MOEPP.firstConstant()).isEqualTo(10);
+        assertThat(src).contains("#define ER 12 ");
+        assertThat(src).contains("#define CONST 2 ");
+        assertThat(src).contains("#define CONST0 10\n");
+        assertThat(src).contains("#define GATING_RESIDUAL 1 ");
+        assertThat(src).contains("extern \"C\" __global__ void constant_mix(");
+        assertThat(src).contains("extern \"C\" __global__ void constant_grads(");
+        // a layer without them compiles the new code out
+        String plain = MoeKernelSource.generate(DEEPSEEK);
+        assertThat(plain).contains("#define CONST 0\n");
+        assertThat(plain).contains("#define GATING_RESIDUAL 0 ");
+        assertThat(plain).doesNotContain("#define CONST0");
+        assertThat(MoeKernelSource.generate(new Spec(8, 8, 4, 1, 1, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32, Options.NONE)))
+                .isEqualTo(MoeKernelSource.generate(new Spec(8, 8, 4, 1, 1, 0, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32, Options.NONE)));
+        assertThrows(IllegalArgumentException.class, () -> new Spec(8, 8, 1, 0, 0, 1, 3, Score.SOFTMAX, true, 1f, false, Precision.FP32, Options.NONE));
+        assertThrows(IllegalArgumentException.class, () -> MOEPP.withConstantExperts(-1));
+    }
 
     @Test
     void theRouterOptionsAreBakedInAsConstants() {
@@ -115,7 +140,8 @@ class MoeKernelSourceTest {
         assertThat(position).contains("#define DROP_BY_PROBABILITY 0\n");
         // a dropped slot has no row (rank -1, pos -1) and the combine treats it as a zero expert's
         assertThat(position).contains("if (idx[i] >= E || rank[i] < 0)");
-        assertThat(position).contains("sk[threadIdx.x] = e < E ? (pos[i] >= 0 ? 0 : 1) : (e < E + ZERO || e >= ER ? 1 : 2);");
+        assertThat(position).contains("#define SLOT_KIND(e, p) ((e) < E ? ((p) >= 0 ? 0 : 1) : ((e) < E + ZERO || (e) >= ER ? 1 : 2))");
+        assertThat(position).contains("sk[threadIdx.x] = SLOT_KIND(e, pos[i]);");
         assertThat(position).contains("#define SLOT_KINDS (ER != E || CAPACITY || HAS_TOP_P || EXPERT_CHOICE)");
         for (String k : new String[] {"capacity_order", "capacity_keep", "expert_rank_kept"}) {
             assertThat(position).contains("extern \"C\" __global__ void " + k + "(");
@@ -146,7 +172,8 @@ class MoeKernelSourceTest {
         Assumptions.assumeTrue(Files.isExecutable(nvcc), "nvcc is not installed: the CUDA C is compiled only on the GPU machine");
         java.util.List<String> sources = new java.util.ArrayList<>();
         for (Spec spec : new Spec[] {DEEPSEEK, V3, new Spec(23, 17, 3, 1, Score.SOFTMAX, false, 1f, false, Precision.BF16),
-            new Spec(64, 32, 8, 2, 3, 2, Score.SOFTMAX, true, 1f, false, Precision.BF16), TOP_P, QUOTA, LIMITED, EXPERT_CHOICE}) {
+            new Spec(64, 32, 8, 2, 3, 2, Score.SOFTMAX, true, 1f, false, Precision.BF16), TOP_P, QUOTA, LIMITED, MOEPP, EXPERT_CHOICE,
+            MOEPP.with(Options.NONE), MOEPP.withConstantExperts(0), TOP_P.withConstantExperts(3)}) {
             sources.add(MoeKernelSource.generate(spec));
         }
         // every expert activation, with and without a capacity factor (by position and by probability), both precisions
@@ -162,6 +189,10 @@ class MoeKernelSourceTest {
                     .with(Options.NONE.withActivation(ExpertActivation.RELU).withCapacity(1f, Drop.PROBABILITY))));
             sources.add(MoeKernelSource.generate(new Spec(64, 32, 8, 2, 3, 2, Score.SOFTMAX, true, 1f, false, p)
                     .with(Options.NONE.withActivation(ExpertActivation.GEGLU))));
+            // MoE++: constant experts (an odd width, ungated experts), a gating residual, with a temperature and an entropy loss
+            sources.add(MoeKernelSource.generate(new Spec(23, 17, 3, 1, 0, 3, 2, Score.SOFTMAX, true, 1f, false, p,
+                    Options.NONE.withActivation(ExpertActivation.RELU).withGatingResidual().withTemperature(LogitActivation.SIGMOID).withEntropy())));
+            sources.add(MoeKernelSource.generate(new Spec(23, 17, 3, 0, 0, 1, 2, Score.SIGMOID, false, 1f, true, p, Options.NONE.withGatingResidual())));
         }
         sources.add(dev.moe.cuda.kernels.ModelKernelSource.generate());
         for (int hd : new int[] {8, 32, 64, 128, 256}) {

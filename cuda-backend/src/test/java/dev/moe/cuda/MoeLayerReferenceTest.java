@@ -33,6 +33,22 @@ class MoeLayerReferenceTest {
         check(new Spec(4, 3, 2, 1, 3, 2, Score.SIGMOID, false, 1f, true, Precision.FP32), 4);
     }
 
+    /** MoE++: constant experts after zero and copy experts (a1 x + a2 v, [a1, a2] = softmax(W_c x)); enough tokens that every kind is chosen. */
+    @Test
+    void constantExpertsGradientsMatchCentralDifferences() {
+        Spec s = new Spec(5, 4, 3, 1, 1, 2, 2, Score.SOFTMAX, false, 1f, false, Precision.FP32, Options.NONE);
+        check(s, 8);
+        check(new Spec(4, 3, 2, 0, 1, 3, 3, Score.SIGMOID, true, 1f, true, Precision.FP32, Options.NONE.withActivation(ExpertActivation.RELU)), 6);
+        // every constant expert gets a slot, so each one's vector and mix gradients are checked for real
+        Random r = new Random(7);
+        double[] x = gaussian(r, 8 * 5), router = gaussian(r, 7 * 5), gateUp = gaussian(r, 3 * 8 * 5), down = gaussian(r, 3 * 5 * 4),
+                dOut = gaussian(r, 8 * 5), vectors = gaussian(r, 2 * 5), mix = gaussian(r, 2 * 2 * 5);
+        MoeLayerReference.Result res = MoeLayerReference.run(s, 8, true, x, router, null, gateUp, down, vectors, mix, dOut);
+        assertThat(res.counts()[5]).isGreaterThan(0);
+        assertThat(res.counts()[6]).isGreaterThan(0);
+        assertThat(java.util.Arrays.stream(res.dMix()).allMatch(v -> v != 0)).isTrue();
+    }
+
     @Test
     void unnormalizedTopOneGradientsMatchCentralDifferences() {
         check(new Spec(4, 3, 3, 1, Score.SOFTMAX, false, 1f, false, Precision.FP32), 4);
@@ -156,6 +172,76 @@ class MoeLayerReferenceTest {
         assertThat(capacityCases).isEqualTo(2 * 10);
     }
 
+    /**
+     * The gating-residual pair reference (B's logits add A's through a map g) against central differences of
+     * Σ outA · dOutA + Σ outB · dOutB: A's input and router (whose gradient includes what B sends back), the map, B's input and router.
+     */
+    @Test
+    void gatingResidualPairGradientsMatchCentralDifferences() {
+        Options o = Options.NONE.withGatingResidual();
+        Spec a = new Spec(5, 4, 3, 1, 1, 2, 2, Score.SOFTMAX, false, 1f, false, Precision.FP32, o);
+        Spec b = new Spec(5, 3, 4, 0, 1, 1, 3, Score.SIGMOID, true, 1.5f, true, Precision.FP32, o);
+        int t = 6, d = 5, ea = a.routed(), eb = b.routed();
+        Random r = new Random(11);
+        double[] xa = gaussian(r, t * d), ra = gaussian(r, ea * d), gua = gaussian(r, 3 * 8 * d), dna = gaussian(r, 3 * d * 4),
+                va = gaussian(r, 2 * d), ma = gaussian(r, 2 * 2 * d), doa = gaussian(r, t * d);
+        double[] xb = gaussian(r, t * d), rb = gaussian(r, eb * d), bb = gaussian(r, eb), gub = gaussian(r, 4 * 6 * d), dnb = gaussian(r, 4 * d * 3),
+                vb = gaussian(r, d), mb = gaussian(r, 2 * d), dob = gaussian(r, t * d);
+        double[] g = gaussian(r, eb * ea);
+        GpuChecks.ResidualReference ref = GpuChecks.residualReference(a, b, t, xa, ra, null, gua, dna, va, ma, doa, xb, rb, bb, gub, dnb, vb, mb, dob, g);
+        java.util.function.DoubleSupplier loss = () -> {
+            GpuChecks.ResidualReference x = GpuChecks.residualReference(a, b, t, xa, ra, null, gua, dna, va, ma, doa, xb, rb, bb, gub, dnb, vb, mb, dob, g);
+            double l = 0;
+            for (int i = 0; i < t * d; i++) {
+                l += x.a().out()[i] * doa[i] + x.b().out()[i] * dob[i];
+            }
+            return l;
+        };
+        compare("dG", ref.dG(), g, loss);
+        compare("dxA", ref.a().dx(), xa, loss);
+        compare("dRouterA", ref.a().dRouter(), ra, loss);
+        compare("dMixA", ref.a().dMix(), ma, loss);
+        compare("dxB", ref.b().dx(), xb, loss);
+        compare("dRouterB", ref.b().dRouter(), rb, loss);
+        // the map matters: B's gradient sent back changes A's router gradient
+        double[] alone = MoeLayerReference.run(a, t, true, xa, ra, null, gua, dna, va, ma, doa).dRouter();
+        assertThat(java.util.Arrays.equals(alone, ref.a().dRouter())).isFalse();
+    }
+
+    /** The GPU checks' gating-residual pairs route B differently than without the map (so the residual is exercised). */
+    @Test
+    void theGpuResidualPairsAreWellFormed() {
+        assertThat(GpuChecks.residualPairs()).hasSize(4);
+        for (Spec[] pair : GpuChecks.residualPairs()) {
+            assertThat(pair[0].options().gatingResidual()).isTrue();
+            assertThat(pair[1].options().gatingResidual()).isTrue();
+            assertThat(pair[0].dim()).isEqualTo(pair[1].dim());
+        }
+    }
+
+    /** The GPU checks' constant-expert cases route slots to constant experts, so their gradients are compared for real. */
+    @Test
+    void theGpuConstantCasesRouteToConstantExperts() {
+        long seed = 1;
+        int constantCases = 0;
+        for (GpuChecks.Case c : GpuChecks.cases()) {
+            GpuChecks.Inputs in = GpuChecks.inputs(c, seed++);
+            Spec s = c.spec();
+            if (s.constantExperts() == 0) {
+                continue;
+            }
+            constantCases++;
+            int routedToConstants = 0;
+            for (int j = s.firstConstant(); j < s.routed(); j++) {
+                routedToConstants += in.ref().counts()[j];
+            }
+            assertWithMessage("%s", c).that(routedToConstants).isGreaterThan(0);
+            assertWithMessage("%s", c).that(java.util.Arrays.stream(in.ref().dMix()).anyMatch(v -> v != 0)).isTrue();
+            assertWithMessage("%s", c).that(java.util.Arrays.stream(in.ref().dVectors()).anyMatch(v -> v != 0)).isTrue();
+        }
+        assertThat(constantCases).isEqualTo(2 * 4);
+    }
+
     /** Slot i's routing weight under a normalised softmax top-k (the order of the weights is all that matters here). */
     private static double weight(Spec s, double[] x, double[] router, int slot) {
         int d = s.dim(), e = s.routed(), k = s.topK(), t = slot / k;
@@ -201,16 +287,20 @@ class MoeLayerReferenceTest {
                 gateUp = gaussian(r, s.experts() * gateUpRows(s) * s.dim()), down = gaussian(r, s.experts() * s.dim() * s.hidden()),
                 dOut = gaussian(r, tokens * s.dim());
         double[] bias = s.bias() ? gaussian(r, s.routed()) : null;
-        MoeLayerReference.Result res = MoeLayerReference.run(s, tokens, x, router, bias, gateUp, down, dOut);
-        compare("dx", res.dx(), x, () -> loss(s, tokens, x, router, bias, gateUp, down, dOut));
-        compare("dRouter", res.dRouter(), router, () -> loss(s, tokens, x, router, bias, gateUp, down, dOut));
-        compare("dGateUp", res.dGateUp(), gateUp, () -> loss(s, tokens, x, router, bias, gateUp, down, dOut));
-        compare("dDown", res.dDown(), down, () -> loss(s, tokens, x, router, bias, gateUp, down, dOut));
+        double[] vectors = gaussian(r, s.constantExperts() * s.dim()), mix = gaussian(r, s.constantExperts() * 2 * s.dim());
+        MoeLayerReference.Result res = MoeLayerReference.run(s, tokens, true, x, router, bias, gateUp, down, vectors, mix, dOut);
+        java.util.function.DoubleSupplier loss = () -> loss(s, tokens, x, router, bias, gateUp, down, vectors, mix, dOut);
+        compare("dx", res.dx(), x, loss);
+        compare("dRouter", res.dRouter(), router, loss);
+        compare("dGateUp", res.dGateUp(), gateUp, loss);
+        compare("dDown", res.dDown(), down, loss);
+        compare("dVectors", res.dVectors(), vectors, loss);
+        compare("dMix", res.dMix(), mix, loss);
     }
 
     private static double loss(Spec s, int tokens, double[] x, double[] router, double[] bias, double[] gateUp, double[] down,
-            double[] dOut) {
-        double[] out = MoeLayerReference.run(s, tokens, x, router, bias, gateUp, down, dOut).out();
+            double[] vectors, double[] mix, double[] dOut) {
+        double[] out = MoeLayerReference.run(s, tokens, true, x, router, bias, gateUp, down, vectors, mix, dOut).out();
         double l = 0;
         for (int i = 0; i < out.length; i++) {
             l += out[i] * dOut[i];

@@ -43,10 +43,12 @@ import javax.lang.model.element.Modifier;
  * <p>It covers pre-norm, shortcut (LongCat-Flash) and residual (PR-MoE) blocks with RMSNorm or
  * LayerNorm, RoPE, grouped-query attention (causal or not, sliding window, q/k/v biases, per-head or
  * full qk-norm), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
- * followed by zero and copy experts, with shared FFN experts without a sigmoid gate. Routers: softmax
+ * followed by zero, copy and constant experts (MoE++), with shared FFN experts without a sigmoid gate. Routers: softmax
  * or sigmoid scores, top-k or top-p, normalisation, scaling, aux-free selection bias, group-limited
  * top-k, quota groups, a constant or annealed temperature (through tanh or sigmoid), pre-gating,
- * expert choice, and capacity factors dropping by position or by probability in training forwards;
+ * expert choice, several named gates that differ in their weights, MoE++'s gating residual (a router adds a map of the
+ * previous MoE layer's logits; {@link CudaMoeLayer#setResidualFrom}), and capacity factors dropping by position or by
+ * probability in training forwards;
  * the micro- or global-batch aux loss (with tau), the z-loss and the entropy loss. {@link #unsupported}
  * names what else a model uses; such models run on the hybrid backend instead.
  */
@@ -121,25 +123,26 @@ public final class CudaModelGenerator {
                     return Optional.of("several named gates that differ beyond their weights");
                 }
             }
-            if (r.bias().isPresent() || r.pregate() || r.selection() instanceof Router.Selection.ExpertChoice || !(r.capacity() instanceof Router.Capacity.Dropless)) {
-                return Optional.of("several named gates with an expert bias, pre-gating, expert choice or a capacity factor");
+            if (r.bias().isPresent() || r.pregate() || r.gatingResidual() || r.selection() instanceof Router.Selection.ExpertChoice
+                    || !(r.capacity() instanceof Router.Capacity.Dropless)) {
+                return Optional.of("several named gates with an expert bias, pre-gating, a gating residual, expert choice or a capacity factor");
             }
         }
         List<ExpertGroup> routed = moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).toList();
         if (routed.isEmpty() || !(routed.getFirst().expert() instanceof Expert.FeedForward) || routed.getFirst().sigmoidGate()) {
-            return Optional.of("routed experts other than one group of FFN experts, then zero and copy experts (constant, latent, LoRA experts)");
+            return Optional.of("routed experts other than one group of FFN experts, then zero, copy and constant experts (latent, LoRA experts)");
         }
-        // the GPU layer scores FFN, then zero, then copy experts: the router's rows must come in that order
+        // the GPU layer scores FFN, then zero, then copy, then constant experts: the router's rows must come in that order
         int rank = 0;
         for (ExpertGroup g : routed.subList(1, routed.size())) {
-            int kind = g.expert() instanceof Expert.Zero ? 1 : g.expert() instanceof Expert.Copy ? 2 : -1;
+            int kind = g.expert() instanceof Expert.Zero ? 1 : g.expert() instanceof Expert.Copy ? 2 : g.expert() instanceof Expert.Constant ? 3 : -1;
             if (kind < 0 || kind < rank || g.sigmoidGate()) {
-                return Optional.of("routed experts other than one group of FFN experts, then zero and copy experts (constant, latent, LoRA experts)");
+                return Optional.of("routed experts other than one group of FFN experts, then zero, copy and constant experts (latent, LoRA experts)");
             }
             rank = kind;
         }
         if (routed.size() > 1 && !(r.capacity() instanceof Router.Capacity.Dropless)) {
-            return Optional.of("a capacity factor with zero or copy experts");
+            return Optional.of("a capacity factor with zero, copy or constant experts");
         }
         for (ExpertGroup g : moe.groups()) {
             if (g.role() == ExpertGroup.Role.SHARED && (!(g.expert() instanceof Expert.FeedForward) || g.sigmoidGate())) {
@@ -164,8 +167,8 @@ public final class CudaModelGenerator {
         if (r.temperature().isPresent() && !List.of("none", "tanh", "sigmoid").contains(r.temperature().get().activation().orElse("none"))) {
             return Optional.of("a router activation other than tanh or sigmoid");
         }
-        if (r.jitter() != 0 || r.gatingResidual() || r.recurrentWidth().isPresent()) {
-            return Optional.of("jitter, gating residual or recurrent routers");
+        if (r.jitter() != 0 || r.recurrentWidth().isPresent()) {
+            return Optional.of("jitter or recurrent routers");
         }
         if (r.selection() instanceof Router.Selection.ExpertChoice x) {
             if (routed.size() > 1) {
@@ -280,6 +283,9 @@ public final class CudaModelGenerator {
         if (o.expertChoice() > 0) {
             b.add(".withExpertChoice($Lf)", Float.toString(o.expertChoice()));
         }
+        if (o.gatingResidual()) {
+            b.add(".withGatingResidual()");
+        }
         return b.build();
     }
 
@@ -334,15 +340,20 @@ public final class CudaModelGenerator {
 
     // ---- the class ----
 
-    private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int zero, int copy, int k, int hidden, List<Ffn> shared,
+    private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int zero, int copy, int constant, int k, int hidden, List<Ffn> shared,
             Ffn.Activation activation) {
         int index() {
             return layer.index();
         }
 
-        /** Every expert the router scores: FFN, then zero, then copy experts. */
+        /** Every expert the router scores: FFN, then zero, then copy, then constant experts. */
         int routed() {
-            return experts + zero + copy;
+            return experts + zero + copy + constant;
+        }
+
+        /** The parameter prefix of its router: {@code layers.i.moe.router}. */
+        String routerPrefix() {
+            return "layers." + index() + ".moe.router";
         }
 
         /** The capacity factor of a training forward, or null when dropless. */
@@ -352,6 +363,8 @@ public final class CudaModelGenerator {
     }
 
     private final List<String> pointerParams = new ArrayList<>();
+    /** MoE++ gating residuals: MoE layer → the previous MoE layer whose logits its router adds. */
+    private final java.util.Map<Integer, Integer> residualFrom = new java.util.LinkedHashMap<>();
     private final List<String> buffers = new ArrayList<>();
     private final List<String> bufferSizes = new ArrayList<>();
 
@@ -393,15 +406,17 @@ public final class CudaModelGenerator {
                 }
             }
             Router r = m.routers().getFirst();
-            int zero = 0, copy = 0;
+            int zero = 0, copy = 0, constant = 0;
             for (ExpertGroup g : m.groups()) {
                 if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Zero) {
                     zero += g.count();
                 } else if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Copy) {
                     copy += g.count();
+                } else if (g.role() == ExpertGroup.Role.ROUTED && g.expert() instanceof Expert.Constant) {
+                    constant += g.count();
                 }
             }
-            return Optional.of(new MoeInfo(l, m, r, routed.count(), zero, copy, slots(moe, r), hidden, shared, routedFfn.activation()));
+            return Optional.of(new MoeInfo(l, m, r, routed.count(), zero, copy, constant, slots(moe, r), hidden, shared, routedFfn.activation()));
         }
         return Optional.empty();
     }
@@ -426,6 +441,12 @@ public final class CudaModelGenerator {
         t.addField(FieldSpec.builder(TypeName.BOOLEAN, "CAUSAL", Modifier.STATIC, Modifier.FINAL).initializer("$L", cfg.causal()).build());
 
         List<MoeInfo> moes = model.layers().stream().map(this::moeOf).flatMap(Optional::stream).toList();
+        // MoE++ gating residuals, as the CPU class: a layer with a router.residual parameter adds the previous MoE layer's logits
+        for (int j = 1; j < moes.size(); j++) {
+            if (paramNames.contains(moes.get(j).routerPrefix() + ".residual")) {
+                residualFrom.put(moes.get(j).index(), moes.get(j - 1).index());
+            }
+        }
         int maxHidden = 1;
         for (Layer l : model.layers()) {
             if (l.block() instanceof Block.Shortcut sc) {
@@ -545,10 +566,15 @@ public final class CudaModelGenerator {
             String bias = pre + "router.expert_bias";
             boolean hasBias = r.bias().isPresent();
             String w13 = pre + "experts.0." + (gated ? "gate" : "up");
-            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, $L, $L, $L, $T.$L, $L, $Lf, $L, ctx.expertPrecision, $L), new $T(w.value($S), $L, "
-                    + "w.value($S), w.value($S), w.grad($S), w.grad($S), w.grad($S)))", l, MOE_LAYER, SPEC, m.hidden(), m.experts(), m.zero(), m.copy(), m.k(), SCORE,
-                    r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias, optionsCode(options(m.moe(), r)), EXTERNAL,
-                    routerParam(m), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", w13,
+            MoeKernelSource.Options options = options(m.moe(), r);
+            if (residualFrom.containsKey(l) || residualFrom.containsValue(l)) {
+                options = options.withGatingResidual();
+            }
+            CodeBlock constants = m.constant() > 0 ? CodeBlock.of("$L, ", m.constant()) : CodeBlock.of("");
+            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, $L, $L, $L$L, $T.$L, $L, $Lf, $L, ctx.expertPrecision, $L), new $T(w.value($S), $L, "
+                    + "w.value($S), w.value($S), w.grad($S), w.grad($S), w.grad($S)))", l, MOE_LAYER, SPEC, m.hidden(), m.experts(), m.zero(), m.copy(), constants,
+                    m.k(), SCORE, r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias,
+                    optionsCode(options), EXTERNAL, routerParam(m), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", w13,
                     pre + "experts.0.down", routerParam(m), w13, pre + "experts.0.down");
             if (m.moe().routers().size() > 1) {
                 List<String> gates = m.moe().routers().stream().map(g -> need(pre + "router." + g.name().orElseThrow() + ".weight")).toList();
@@ -556,6 +582,23 @@ public final class CudaModelGenerator {
                         String.join(", ", gates.stream().map(g -> "w.value(\"" + g + "\")").toList()),
                         String.join(", ", gates.stream().map(g -> "w.grad(\"" + g + "\")").toList()));
             }
+            if (m.constant() > 0) {
+                // MoE++ constant experts (router rows after the copy experts'): vectors [C, D] and mix weights [C, 2, D], each contiguous
+                int first = m.experts() + m.zero() + m.copy();
+                for (int c = 0; c < m.constant(); c++) {
+                    placed.add(need(pre + "experts." + (first + c) + ".vector"));
+                }
+                for (int c = 0; c < m.constant(); c++) {
+                    placed.add(need(pre + "experts." + (first + c) + ".mix"));
+                }
+                String v = pre + "experts." + first + ".vector", mx = pre + "experts." + first + ".mix";
+                ctor.addStatement("moe$L.setConstantExperts(w.value($S), w.value($S), w.grad($S), w.grad($S))", l, v, mx, v, mx);
+            }
+        }
+        for (var res : residualFrom.entrySet()) {
+            String g = need("layers." + res.getKey() + ".moe.router.residual");
+            ctor.add("// MoE++ gating residual: layer $L's router logits add layer $L's through $L\n", res.getKey(), res.getValue(), g);
+            ctor.addStatement("moe$L.setResidualFrom(moe$L, w.value($S), w.grad($S))", res.getKey(), res.getValue(), g, g);
         }
         t.addField(FieldSpec.builder(ParameterizedTypeName.get(List.class, String.class), "PLACED_FIRST", Modifier.PRIVATE, Modifier.STATIC,
                 Modifier.FINAL).initializer("$L", placedList(placed)).build());
@@ -972,7 +1015,7 @@ public final class CudaModelGenerator {
             } else {
                 f.addStatement("double fe = (double) counts$L[ex] / slots$L", i, i);
             }
-            if (a.tau() != 1.0 && m.zero() + m.copy() > 0) {
+            if (a.tau() != 1.0 && m.zero() + m.copy() + m.constant() > 0) {
                 f.add("// MoE++: the zero-computation experts' terms weigh tau = $L\n", a.tau());
                 f.addStatement("double eta = ex < $L ? 1.0 : $L", m.experts(), a.tau());
                 f.addStatement("balance$L += $L * eta * $L * fe * stats[ex] / rows", i, a.coef(), e);

@@ -22,6 +22,13 @@ import java.util.Locale;
  * The sort is a counting sort that is stable and deterministic (each expert's rows keep token
  * order), so the same input gives bitwise the same output; no host loop touches tokens.
  *
+ * <p>MoE++ (compiled in only when the spec has them): constant experts get their [a1, a2] =
+ * softmax(W_c x) per slot from constant_mix, the combine adds weight · (a1 x + a2 v), combine_backward
+ * also gives the mix logits' gradient dz, unpermute_sum the input's through a1 and W_c, and
+ * constant_grads sums dv and dW_c over each expert's slots in slot order (no atomics). With
+ * GATING_RESIDUAL the router backward kernels add an incoming fp32 logit gradient (the next layer's
+ * gating residual) and keep an fp32 copy of theirs for this layer's own residual.
+ *
  * <p>Storage: {@code act_t} is bf16 (kept as raw 16-bit patterns, converted with round-to-nearest-
  * even, so no header is needed) or fp32 for parity runs; arithmetic is always fp32.
  */
@@ -62,10 +69,13 @@ public final class MoeKernelSource {
      * @param logitActivation applied to the logits before the temperature
      * @param entropy whether an entropy loss on the router probabilities is trained (its coefficient passed to the backward)
      * @param expertChoice expert-choice routing's factor (0: token choice); k must then be E
+     * @param gatingResidual MoE++'s gating residual touches this layer's logits (its router adds a map of the previous layer's, or
+     *     the next layer's adds a map of its own): the router backward kernels take an fp32 incoming logit gradient and write an fp32 copy of theirs
      */
     public record Options(ExpertActivation activation, float capacityFactor, Drop drop, int quotaGroups, int limitGroups, int limitTop, float topP,
-            boolean temperature, LogitActivation logitActivation, boolean entropy, float expertChoice) {
-        public static final Options NONE = new Options(ExpertActivation.SWIGLU, 0f, Drop.POSITION, 0, 0, 0, 0f, false, LogitActivation.NONE, false, 0f);
+            boolean temperature, LogitActivation logitActivation, boolean entropy, float expertChoice, boolean gatingResidual) {
+        public static final Options NONE = new Options(ExpertActivation.SWIGLU, 0f, Drop.POSITION, 0, 0, 0, 0f, false, LogitActivation.NONE, false, 0f,
+                false);
 
         public Options {
             if (capacityFactor < 0 || quotaGroups < 0 || limitGroups < 0 || limitTop < 0 || topP < 0 || topP > 1) {
@@ -77,56 +87,62 @@ public final class MoeKernelSource {
         }
 
         public Options withActivation(ExpertActivation a) {
-            return new Options(a, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice);
+            return new Options(a, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual);
         }
 
         public Options withCapacity(float factor, Drop d) {
-            return new Options(activation, factor, d, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice);
+            return new Options(activation, factor, d, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual);
         }
 
         public Options withQuotaGroups(int groups) {
-            return new Options(activation, capacityFactor, drop, groups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice);
+            return new Options(activation, capacityFactor, drop, groups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual);
         }
 
         public Options withGroupLimit(int groups, int top) {
-            return new Options(activation, capacityFactor, drop, quotaGroups, groups, top, topP, temperature, logitActivation, entropy, expertChoice);
+            return new Options(activation, capacityFactor, drop, quotaGroups, groups, top, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual);
         }
 
         public Options withTopP(float p) {
-            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, p, temperature, logitActivation, entropy, expertChoice);
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, p, temperature, logitActivation, entropy, expertChoice, gatingResidual);
         }
 
         public Options withTemperature(LogitActivation a) {
-            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, true, a, entropy, expertChoice);
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, true, a, entropy, expertChoice, gatingResidual);
         }
 
         public Options withEntropy() {
-            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, true, expertChoice);
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, true, expertChoice, gatingResidual);
         }
-    
+
         /** Expert-choice routing: every token ranks every expert (k = E) and in each sequence each expert keeps its best ceil(factor · seq / E) tokens. */
         public Options withExpertChoice(float factor) {
-            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, factor);
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, factor, gatingResidual);
+        }
+
+        public Options withGatingResidual() {
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, true);
         }
     }
 
     /**
      * What the kernels are specialised to: {@code experts} FFN experts, plus MoE++'s
      * zero-computation experts ({@code zeroExperts} that output 0, {@code copyExperts} that output
-     * their input), which the router scores after the FFN experts and the combine folds in, and the
+     * their input, {@code constantExperts} that output a1·x + a2·v with [a1, a2] = softmax(W_c x)),
+     * which the router scores after the FFN experts in that order and the combine folds in, and the
      * {@link Options} of the router and experts.
      */
-    public record Spec(int dim, int hidden, int experts, int zeroExperts, int copyExperts, int topK, Score score, boolean normalize,
-            float scale, boolean bias, Precision precision, Options options) {
+    public record Spec(int dim, int hidden, int experts, int zeroExperts, int copyExperts, int constantExperts, int topK, Score score,
+            boolean normalize, float scale, boolean bias, Precision precision, Options options) {
         public Spec {
-            if (dim <= 0 || hidden <= 0 || experts <= 0 || topK <= 0 || zeroExperts < 0 || copyExperts < 0) {
+            if (dim <= 0 || hidden <= 0 || experts <= 0 || topK <= 0 || zeroExperts < 0 || copyExperts < 0 || constantExperts < 0) {
                 throw new IllegalArgumentException("sizes must be positive: " + this);
             }
-            if (topK > experts + zeroExperts + copyExperts) {
-                throw new IllegalArgumentException("k = " + topK + " exceeds the " + (experts + zeroExperts + copyExperts) + " experts");
+            int routed = experts + zeroExperts + copyExperts + constantExperts;
+            if (topK > routed) {
+                throw new IllegalArgumentException("k = " + topK + " exceeds the " + routed + " experts");
             }
-            if (experts + zeroExperts + copyExperts > 1024) {
-                throw new IllegalArgumentException("at most 1024 experts per layer on the GPU (got " + (experts + zeroExperts + copyExperts) + ")");
+            if (routed > 1024) {
+                throw new IllegalArgumentException("at most 1024 experts per layer on the GPU (got " + routed + ")");
             }
             if (topK > 32) {
                 throw new IllegalArgumentException("at most k = 32 on the GPU (got " + topK + ")");
@@ -142,25 +158,41 @@ public final class MoeKernelSource {
             }
         }
 
+        /** FFN, zero and copy experts (no constant experts). */
+        public Spec(int dim, int hidden, int experts, int zeroExperts, int copyExperts, int topK, Score score, boolean normalize, float scale,
+                boolean bias, Precision precision, Options options) {
+            this(dim, hidden, experts, zeroExperts, copyExperts, 0, topK, score, normalize, scale, bias, precision, options);
+        }
+
         /** FFN, zero and copy experts with no options. */
         public Spec(int dim, int hidden, int experts, int zeroExperts, int copyExperts, int topK, Score score, boolean normalize, float scale,
                 boolean bias, Precision precision) {
-            this(dim, hidden, experts, zeroExperts, copyExperts, topK, score, normalize, scale, bias, precision, Options.NONE);
+            this(dim, hidden, experts, zeroExperts, copyExperts, 0, topK, score, normalize, scale, bias, precision, Options.NONE);
         }
 
         /** A layer of SwiGLU experts only. */
         public Spec(int dim, int hidden, int experts, int topK, Score score, boolean normalize, float scale, boolean bias,
                 Precision precision) {
-            this(dim, hidden, experts, 0, 0, topK, score, normalize, scale, bias, precision, Options.NONE);
+            this(dim, hidden, experts, 0, 0, 0, topK, score, normalize, scale, bias, precision, Options.NONE);
         }
 
         /** The same layer with other options. */
         public Spec with(Options o) {
-            return new Spec(dim, hidden, experts, zeroExperts, copyExperts, topK, score, normalize, scale, bias, precision, o);
+            return new Spec(dim, hidden, experts, zeroExperts, copyExperts, constantExperts, topK, score, normalize, scale, bias, precision, o);
         }
 
-        /** The router's width: every expert it scores. */
+        /** The same layer with {@code n} constant experts after the copy experts. */
+        public Spec withConstantExperts(int n) {
+            return new Spec(dim, hidden, experts, zeroExperts, copyExperts, n, topK, score, normalize, scale, bias, precision, options);
+        }
+
+        /** The router's width: every expert it scores (FFN, zero, copy, then constant experts). */
         public int routed() {
+            return experts + zeroExperts + copyExperts + constantExperts;
+        }
+
+        /** The first constant expert's index among the routed experts. */
+        public int firstConstant() {
             return experts + zeroExperts + copyExperts;
         }
     }
@@ -172,13 +204,16 @@ public final class MoeKernelSource {
         StringBuilder c = new StringBuilder();
         c.append("// Generated by moe for an MoE layer: D=").append(s.dim()).append(" F=").append(s.hidden()).append(" E=")
                 .append(s.experts()).append(s.zeroExperts() > 0 ? " zero=" + s.zeroExperts() : "")
-                .append(s.copyExperts() > 0 ? " copy=" + s.copyExperts() : "").append(" k=").append(s.topK()).append(' ').append(s.score().name().toLowerCase(Locale.ROOT))
+                .append(s.copyExperts() > 0 ? " copy=" + s.copyExperts() : "").append(s.constantExperts() > 0 ? " constant=" + s.constantExperts() : "").append(" k=").append(s.topK()).append(' ').append(s.score().name().toLowerCase(Locale.ROOT))
                 .append(s.normalize() ? " normalized" : "").append(" scale=").append(fmt(s.scale())).append(s.bias() ? " bias" : "")
                 .append(' ').append(s.precision().name().toLowerCase(Locale.ROOT)).append(". Do not edit.\n");
         c.append("#define D ").append(s.dim()).append("\n#define F ").append(s.hidden()).append("\n#define E ").append(s.experts())
-                .append("  // FFN experts\n#define ER ").append(s.routed()).append("  // experts the router scores: FFN, then zero, then copy\n#define ZERO ")
+                .append("  // FFN experts\n#define ER ").append(s.routed()).append("  // experts the router scores: FFN, then zero, copy and constant\n#define ZERO ")
                 .append(s.zeroExperts()).append("\n#define K ").append(s.topK()).append("\n#define EPT ").append(ept).append("  // experts per lane\n")
                 .append("#define SCALE ").append(fmt(s.scale())).append("f\n#define NORMALIZE ").append(s.normalize() ? 1 : 0)
+                .append(s.constantExperts() > 0 ? "\n#define CONST " + s.constantExperts() + "  // MoE++ constant experts, the last routed ones: a1 x + a2 v, [a1, a2] = softmax(W_c x)\n#define CONST0 "
+                        + s.firstConstant() : "\n#define CONST 0").append("\n#define GATING_RESIDUAL ").append(s.options().gatingResidual() ? 1 : 0)
+                .append("  // the router backward adds an incoming fp32 logit gradient and keeps an fp32 copy of its own")
                 .append("\n#define HAS_BIAS ").append(s.bias() ? 1 : 0).append("\n#define SOFTMAX ")
                 .append(s.score() == Score.SOFTMAX ? 1 : 0).append("\n#define INF __int_as_float(0x7f800000)\n");
         Options o = s.options();
@@ -525,14 +560,70 @@ public final class MoeKernelSource {
                   }
                 }
 
+                // A slot's kind from its expert e and row p: 0 FFN, 1 zero (or dropped, or NONE), 2 copy, 3 constant.
+                #if CONST
+                #define SLOT_KIND(e, p) ((e) < E ? ((p) >= 0 ? 0 : 1) : ((e) < E + ZERO || (e) >= ER ? 1 : (e) < CONST0 ? 2 : 3))
+                #else
+                #define SLOT_KIND(e, p) ((e) < E ? ((p) >= 0 ? 0 : 1) : ((e) < E + ZERO || (e) >= ER ? 1 : 2))
+                #endif
+
+                #if CONST
+                // One warp per slot: a constant expert's slot gets [a1, a2] = softmax(W_c x_t) in mix (fp32; W_c is [CONST, 2, D] fp32);
+                // other slots are left alone. Warp sums in a fixed order, so the result is deterministic.
+                extern "C" __global__ void constant_mix(const act_t* __restrict__ x, const int* __restrict__ idx, const float* __restrict__ wc, int n,
+                    float* __restrict__ mix) {
+                  int i = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+                  if (i >= n) return;
+                  int e = idx[i];
+                  if (e < CONST0 || e >= ER) return;  // the whole warp leaves together
+                  const float* w = wc + (long) (e - CONST0) * 2 * D;
+                  long xo = (long) (i / K) * D;
+                  float z1 = 0.f, z2 = 0.f;
+                  for (int c = lane; c < D; c += 32) { float v = ld(x, xo + c); z1 += w[c] * v; z2 += w[D + c] * v; }
+                  z1 = warpSum(z1); z2 = warpSum(z2);
+                  if (lane == 0) {
+                    float m = fmaxf(z1, z2), e1 = expf(z1 - m), e2 = expf(z2 - m);
+                    mix[2L * i] = e1 / (e1 + e2); mix[2L * i + 1] = e2 / (e1 + e2);
+                  }
+                }
+
+                // Block (j, a tile of columns): constant expert j's gradients, summed over its slots in slot order (no atomics):
+                // dv[j] (+)= Σ weight · a2 · dout_t, dW_c[j] (+)= Σ [dz1, dz2] ⊗ x_t (dz from combine_backward); accumulate 0 overwrites.
+                extern "C" __global__ void constant_grads(const act_t* __restrict__ x, const act_t* __restrict__ dout, const int* __restrict__ idx,
+                    const float* __restrict__ weight, const float* __restrict__ mix, const float* __restrict__ dz, int n, int accumulate,
+                    float* __restrict__ dcv, float* __restrict__ dwc) {
+                  int j = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+                  if (c >= D) return;
+                  float gv = 0.f, g1 = 0.f, g2 = 0.f;
+                  for (int i = 0; i < n; i++) {
+                    if (idx[i] != CONST0 + j) continue;
+                    long to = (long) (i / K) * D + c;
+                    float xv = ld(x, to);
+                    gv += weight[i] * mix[2L * i + 1] * ld(dout, to);
+                    g1 += dz[2L * i] * xv;
+                    g2 += dz[2L * i + 1] * xv;
+                  }
+                  long v = (long) j * D + c, w = (long) j * 2 * D + c;
+                  if (accumulate) { dcv[v] += gv; dwc[w] += g1; dwc[w + D] += g2; }
+                  else { dcv[v] = gv; dwc[w] = g1; dwc[w + D] = g2; }
+                }
+                #endif
+
                 // Block t: out[t] = sum over its k slots of weight * (y[pos], or x[t] for a copy expert, or 0 for a zero
-                // expert); a gather, so no atomics and a fixed order.
+                // expert, or a1 x[t] + a2 v for a constant expert); a gather, so no atomics and a fixed order.
                 extern "C" __global__ void combine(const act_t* __restrict__ y, const act_t* __restrict__ x, const int* __restrict__ idx,
-                    const int* __restrict__ pos, const float* __restrict__ weight, act_t* __restrict__ out) {
+                    const int* __restrict__ pos, const float* __restrict__ weight, act_t* __restrict__ out
+                #if CONST
+                    , const float* __restrict__ mix, const float* __restrict__ cv
+                #endif
+                    ) {
                   int t = blockIdx.x;
                   __shared__ int sp[K]; __shared__ float sw[K];
                 #if SLOT_KINDS
-                  __shared__ int sk[K];  // 0 FFN, 1 zero or dropped, 2 copy
+                  __shared__ int sk[K];  // 0 FFN, 1 zero or dropped, 2 copy, 3 constant
+                #endif
+                #if CONST
+                  __shared__ int sj[K]; __shared__ float sa1[K], sa2[K];
                 #endif
                   if (threadIdx.x < K) {
                     long i = (long) t * K + threadIdx.x;
@@ -540,7 +631,10 @@ public final class MoeKernelSource {
                     sw[threadIdx.x] = weight[i];
                 #if SLOT_KINDS
                     int e = idx[i];
-                    sk[threadIdx.x] = e < E ? (pos[i] >= 0 ? 0 : 1) : (e < E + ZERO || e >= ER ? 1 : 2);  // dropped and NONE count as zero
+                    sk[threadIdx.x] = SLOT_KIND(e, pos[i]);  // dropped and NONE count as zero
+                #endif
+                #if CONST
+                    if (sk[threadIdx.x] == 3) { sj[threadIdx.x] = e - CONST0; sa1[threadIdx.x] = mix[2 * i]; sa2[threadIdx.x] = mix[2 * i + 1]; }
                 #endif
                   }
                   __syncthreads();
@@ -553,20 +647,31 @@ public final class MoeKernelSource {
                 #else
                       if (sk[s] == 0) acc += sw[s] * ld(y, (long) sp[s] * D + c);
                       else if (sk[s] == 2) acc += sw[s] * ld(x, (long) t * D + c);
+                #if CONST
+                      else if (sk[s] == 3) acc += sw[s] * (sa1[s] * ld(x, (long) t * D + c) + sa2[s] * cv[(long) sj[s] * D + c]);
+                #endif
                 #endif
                     }
                     st(out, (long) t * D + c, acc);
                   }
                 }
 
-                // Block t: dy[pos] = weight * dout[t] for FFN slots; dweight[t, s] = dout[t] . (y[pos], x[t] or 0).
+                // Block t: dy[pos] = weight * dout[t] for FFN slots; dweight[t, s] = dout[t] . (y[pos], x[t], a1 x[t] + a2 v or 0); for a
+                // constant expert's slot also dz = the gradient of its two mix logits (softmax backward of weight · [dout.x, dout.v]).
                 extern "C" __global__ void combine_backward(const act_t* __restrict__ dout, const act_t* __restrict__ y,
                     const act_t* __restrict__ x, const int* __restrict__ idx, const int* __restrict__ pos, const float* __restrict__ weight,
-                    act_t* __restrict__ dy, float* __restrict__ dweight) {
+                    act_t* __restrict__ dy, float* __restrict__ dweight
+                #if CONST
+                    , const float* __restrict__ mix, const float* __restrict__ cv, float* __restrict__ dz
+                #endif
+                    ) {
                   int t = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5, warps = blockDim.x >> 5;
                   __shared__ int sp[K]; __shared__ float sw[K]; __shared__ float partial[32][K];
                 #if SLOT_KINDS
                   __shared__ int sk[K];
+                #endif
+                #if CONST
+                  __shared__ int sj[K]; __shared__ float partialv[32][K];
                 #endif
                   if (threadIdx.x < K) {
                     long i = (long) t * K + threadIdx.x;
@@ -574,13 +679,21 @@ public final class MoeKernelSource {
                     sw[threadIdx.x] = weight[i];
                 #if SLOT_KINDS
                     int e = idx[i];
-                    sk[threadIdx.x] = e < E ? (pos[i] >= 0 ? 0 : 1) : (e < E + ZERO || e >= ER ? 1 : 2);  // dropped and NONE count as zero
+                    sk[threadIdx.x] = SLOT_KIND(e, pos[i]);  // dropped and NONE count as zero
+                #endif
+                #if CONST
+                    sj[threadIdx.x] = sk[threadIdx.x] == 3 ? e - CONST0 : 0;
                 #endif
                   }
                   __syncthreads();
                   float dot[K];
                   #pragma unroll
                   for (int s = 0; s < K; s++) dot[s] = 0.f;
+                #if CONST
+                  float dotv[K];  // dout . v of constant slots (dot holds dout . x for them)
+                  #pragma unroll
+                  for (int s = 0; s < K; s++) dotv[s] = 0.f;
+                #endif
                   for (int c = threadIdx.x; c < D; c += blockDim.x) {
                     float g = ld(dout, (long) t * D + c);
                     #pragma unroll
@@ -595,34 +708,69 @@ public final class MoeKernelSource {
                       } else if (sk[s] == 2) {
                         dot[s] += g * ld(x, (long) t * D + c);
                       }
+                #if CONST
+                      else if (sk[s] == 3) {
+                        dot[s] += g * ld(x, (long) t * D + c);
+                        dotv[s] += g * cv[(long) sj[s] * D + c];
+                      }
+                #endif
                 #endif
                     }
                   }
                   #pragma unroll
                   for (int s = 0; s < K; s++) { float v = warpSum(dot[s]); if (lane == 0) partial[wid][s] = v; }
+                #if CONST
+                  #pragma unroll
+                  for (int s = 0; s < K; s++) { float v = warpSum(dotv[s]); if (lane == 0) partialv[wid][s] = v; }
+                #endif
                   __syncthreads();
                   if (threadIdx.x < K) {
                     float v = 0.f;
                     for (int w = 0; w < warps; w++) v += partial[w][threadIdx.x];
+                #if CONST
+                    if (sk[threadIdx.x] == 3) {
+                      long i = (long) t * K + threadIdx.x;
+                      float vv = 0.f;
+                      for (int w = 0; w < warps; w++) vv += partialv[w][threadIdx.x];
+                      float a1 = mix[2 * i], a2 = mix[2 * i + 1], wt = sw[threadIdx.x];
+                      float da1 = wt * v, da2 = wt * vv, mean = a1 * da1 + a2 * da2;
+                      dz[2 * i] = a1 * (da1 - mean);
+                      dz[2 * i + 1] = a2 * (da2 - mean);
+                      v = a1 * v + a2 * vv;
+                    }
+                #endif
                     dweight[(long) t * K + threadIdx.x] = v;
                   }
                 }
 
-                // Block t: dx[t] = sum over its FFN slots of dh[pos], plus weight * dout[t] for copy slots (overwrites dx).
+                // Block t: dx[t] = sum over its FFN slots of dh[pos], plus weight * dout[t] for copy slots, plus, for constant
+                // slots, weight * a1 * dout[t] + dz1 W_c[j, 0] + dz2 W_c[j, 1] (overwrites dx).
                 extern "C" __global__ void unpermute_sum(const act_t* __restrict__ dh, const act_t* __restrict__ dout,
-                    const int* __restrict__ idx, const int* __restrict__ pos, const float* __restrict__ weight, act_t* __restrict__ dx) {
+                    const int* __restrict__ idx, const int* __restrict__ pos, const float* __restrict__ weight, act_t* __restrict__ dx
+                #if CONST
+                    , const float* __restrict__ mix, const float* __restrict__ dz, const float* __restrict__ wc
+                #endif
+                    ) {
                   int t = blockIdx.x;
                   __shared__ int sp[K];
                 #if SLOT_KINDS
                   __shared__ int sk[K]; __shared__ float sw[K];
+                #endif
+                #if CONST
+                  __shared__ int sj[K]; __shared__ float sa1[K], sz1[K], sz2[K];
                 #endif
                   if (threadIdx.x < K) {
                     long i = (long) t * K + threadIdx.x;
                     sp[threadIdx.x] = pos[i];
                 #if SLOT_KINDS
                     int e = idx[i];
-                    sk[threadIdx.x] = e < E ? (pos[i] >= 0 ? 0 : 1) : (e < E + ZERO || e >= ER ? 1 : 2);  // dropped and NONE count as zero
+                    sk[threadIdx.x] = SLOT_KIND(e, pos[i]);  // dropped and NONE count as zero
                     sw[threadIdx.x] = weight[i];
+                #endif
+                #if CONST
+                    if (sk[threadIdx.x] == 3) {
+                      sj[threadIdx.x] = e - CONST0; sa1[threadIdx.x] = mix[2 * i]; sz1[threadIdx.x] = dz[2 * i]; sz2[threadIdx.x] = dz[2 * i + 1];
+                    }
                 #endif
                   }
                   __syncthreads();
@@ -635,6 +783,12 @@ public final class MoeKernelSource {
                 #else
                       if (sk[s] == 0) acc += ld(dh, (long) sp[s] * D + c);
                       else if (sk[s] == 2) acc += sw[s] * ld(dout, (long) t * D + c);
+                #if CONST
+                      else if (sk[s] == 3) {
+                        const float* w = wc + (long) sj[s] * 2 * D;
+                        acc += sw[s] * sa1[s] * ld(dout, (long) t * D + c) + sz1[s] * w[c] + sz2[s] * w[D + c];
+                      }
+                #endif
                 #endif
                     }
                     st(dx, (long) t * D + c, acc);
@@ -644,7 +798,11 @@ public final class MoeKernelSource {
                 // One warp per token: the gradient of the routing weights back through normalisation and the score function
                 // (and the temperature). A NONE slot has probability 0 and no expert.
                 extern "C" __global__ void router_backward(const float* __restrict__ probs, const float* __restrict__ logits,
-                    const int* __restrict__ idx, const float* __restrict__ dweight, int T, float tau, act_t* __restrict__ dlogits) {
+                    const int* __restrict__ idx, const float* __restrict__ dweight, int T, float tau, act_t* __restrict__ dlogits
+                #if GATING_RESIDUAL
+                    , const float* __restrict__ dlogits_in, float* __restrict__ dlogits32
+                #endif
+                    ) {
                   int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
                   if (t >= T) return;
                   const float* p = probs + (long) t * ER;
@@ -678,6 +836,11 @@ public final class MoeKernelSource {
                 #endif
                 #if TEMPERATURE
                     dl *= scaledSlope(logits[(long) t * ER + e], tau);
+                #endif
+                #if GATING_RESIDUAL
+                    // the gradient the next MoE layer's gating residual sent back (w.r.t. these raw logits), then an fp32 copy
+                    if (dlogits_in != nullptr) dl += dlogits_in[(long) t * ER + e];
+                    if (dlogits32 != nullptr) dlogits32[(long) t * ER + e] = dl;
                 #endif
                     st(dlogits, (long) t * ER + e, dl);
                   }
@@ -720,7 +883,11 @@ public final class MoeKernelSource {
                 // zc · 2 · lse · softmax; then through the temperature.
                 extern "C" __global__ void router_backward_balance(const float* __restrict__ probs, const float* __restrict__ logits,
                     const int* __restrict__ idx, const float* __restrict__ dweight, int T, const float* __restrict__ aux, float zc,
-                    float ent, float tau, act_t* __restrict__ dlogits) {
+                    float ent, float tau, act_t* __restrict__ dlogits
+                #if GATING_RESIDUAL
+                    , const float* __restrict__ dlogits_in, float* __restrict__ dlogits32
+                #endif
+                    ) {
                   int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
                   if (t >= T) return;
                   const float* p = probs + (long) t * ER;
@@ -767,6 +934,11 @@ public final class MoeKernelSource {
                     float dl = pe * (d - pdp - paux) + zc * 2.f * lse * pe;
                 #if TEMPERATURE
                     dl *= scaledSlope(row[e], tau);
+                #endif
+                #if GATING_RESIDUAL
+                    // the gradient the next MoE layer's gating residual sent back (w.r.t. these raw logits), then an fp32 copy
+                    if (dlogits_in != nullptr) dl += dlogits_in[(long) t * ER + e];
+                    if (dlogits32 != nullptr) dlogits32[(long) t * ER + e] = dl;
                 #endif
                     st(dlogits, (long) t * ER + e, dl);
                   }

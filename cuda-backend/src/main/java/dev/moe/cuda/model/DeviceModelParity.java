@@ -24,7 +24,7 @@ import java.util.SplittableRandom;
  *
  * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe and switch), then always
  * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL} and
- * {@link #BLOCKS_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
+ * {@link #BLOCKS_MODEL} and {@link #MOEPP_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
  * equal the CPU's exactly.
  *
  * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
@@ -456,6 +456,60 @@ public final class DeviceModelParity {
             }
             """;
 
+    /**
+     * MoE++ (moe-plus-plus.moe, smaller): constant experts after zero and copy experts, and gating residuals (each router adds
+     * a map of the previous MoE layer's logits; the first has none), across MoEs of different widths (a non-square map), with
+     * and without a balancing loss (the router backward's two kernels).
+     */
+    public static final String MOEPP_MODEL = """
+            moe mpp(residual = true) {
+              routed 6 x swiglu(hidden: 32)
+              routed 1 x zero
+              routed 1 x copy
+              routed 2 x constant
+              router {
+                score softmax
+                top_k 2
+                normalize false
+                gating_residual residual
+              }
+              balance aux(coef: 0.01, scope: micro_batch, tau: 0.75)
+            }
+            moe mpz {
+              shared 1 x swiglu(hidden: 24)
+              routed 4 x swiglu(hidden: 32)
+              routed 1 x copy
+              routed 3 x constant
+              router {
+                score softmax
+                top_k 3
+                normalize true
+                gating_residual true
+              }
+            }
+            model ConstantResidualTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 3 {
+                first 1: attention, mpp(residual: false)
+                1: attention, mpz
+                rest: attention, mpp
+              }
+            }
+            """;
+
+    /** The models of {@link #MOEPP_MODEL}. */
+    public static List<Model> moeppModels() {
+        return compile("moepp.moe", MOEPP_MODEL);
+    }
+
     /** The models of {@link #BLOCKS_MODEL}. */
     public static List<Model> blockModels() {
         return compile("blocks.moe", BLOCKS_MODEL);
@@ -480,6 +534,7 @@ public final class DeviceModelParity {
         models.addAll(expertModels());
         models.addAll(routerOptionModels());
         models.addAll(blockModels());
+        models.addAll(moeppModels());
         int failures = 0;
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.println("device-resident models against the CPU-generated classes on " + ctx.deviceName);

@@ -70,7 +70,10 @@ class CudaModelGeneratorTest {
                 // expert-choice routing
                 "expert-choice.moe/ExpertChoiceTiny",
                 // several named gates, chosen per sequence by its domain
-                "unimoe-audio-gates.moe/UniMoEAudioTiny");
+                "unimoe-audio-gates.moe/UniMoEAudioTiny",
+                // MoE++: zero, copy and constant experts, gating residuals
+                "moe-plus-plus.moe/MoEPlusPlusTiny");
+
         assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
 
@@ -211,6 +214,70 @@ class CudaModelGeneratorTest {
         assertThat(source).contains("double eta = ex < 6 ? 1.0 : 0.75");
         assertThat(source).contains("for (int ex = 0; ex < 12; ex++)");
         assertThat(source).contains("double mean2 = (double) stepSlots2 / 12");
+    }
+
+    /** moe-plus-plus.moe (FFN, zero, copy and constant experts; gating residuals from the second MoE layer on) is device-resident. */
+    @Test
+    void moePlusPlusIsDeviceResident() {
+        Model m = models(RECIPES.resolve("moe-plus-plus.moe")).getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.Classes classes = DeviceModels.compile(m, "moe-plus-plus.moe");
+        assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "moe-plus-plus.moe").toString();
+        // 8 FFN, 1 zero, 1 copy, 2 constant experts; every layer's logits touch a gating residual (the first feeds the second)
+        for (int l = 0; l < 4; l++) {
+            assertThat(src).contains("moe" + l + " = CudaMoeLayer.onExternalWeights(ctx, new MoeKernelSource.Spec(DIM, 256, 8, 1, 1, 2, 2, "
+                    + "MoeKernelSource.Score.SOFTMAX, false, 1.0f, false, ctx.expertPrecision, MoeKernelSource.Options.NONE.withGatingResidual())");
+            // the constant experts' vectors and mix weights, contiguous in the arena after the experts
+            assertThat(src).contains("\"layers." + l + ".moe.experts.10.vector\", \"layers." + l + ".moe.experts.11.vector\", \"layers." + l
+                    + ".moe.experts.10.mix\", \"layers." + l + ".moe.experts.11.mix\"");
+            assertThat(src).contains("moe" + l + ".setConstantExperts(w.value(\"layers." + l + ".moe.experts.10.vector\"), w.value(\"layers." + l
+                    + ".moe.experts.10.mix\"), w.grad(\"layers." + l + ".moe.experts.10.vector\"), w.grad(\"layers." + l + ".moe.experts.10.mix\"))");
+            assertThat(src).contains("private int[] counts" + l + " = new int[12]");
+        }
+        // each layer after the first adds the previous one's logits; the first has no residual
+        for (int l = 1; l < 4; l++) {
+            assertThat(src).contains("moe" + l + ".setResidualFrom(moe" + (l - 1) + ", w.value(\"layers." + l + ".moe.router.residual\"), w.grad(\"layers."
+                    + l + ".moe.router.residual\"))");
+        }
+        assertThat(src).doesNotContain("moe0.setResidualFrom");
+        assertThat(src).doesNotContain("layers.0.moe.router.residual");
+        // the aux loss weighs the zero-computation experts (zero, copy and constant) by tau
+        assertThat(src).contains("double eta = ex < 8 ? 1.0 : 0.75");
+        assertThat(src).contains("for (int ex = 0; ex < 12; ex++)");
+    }
+
+    /** The parity model of constant experts and gating residuals (MoEs of different widths) compiles device-resident. */
+    @Test
+    void theParityCheckMoePlusPlusModelIsDeviceResident() {
+        List<Model> models = dev.moe.cuda.model.DeviceModelParity.moeppModels();
+        assertThat(models).hasSize(1);
+        Model m = models.getFirst();
+        assertThat(m.name()).isEqualTo("ConstantResidualTiny");
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "moepp.moe");
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "moepp.moe").toString();
+        assertThat(src).contains("new MoeKernelSource.Spec(DIM, 32, 6, 1, 1, 2, 2, MoeKernelSource.Score.SOFTMAX");
+        assertThat(src).contains("new MoeKernelSource.Spec(DIM, 32, 4, 0, 1, 3, 3, MoeKernelSource.Score.SOFTMAX");
+        assertThat(src).contains("moe1.setResidualFrom(moe0, w.value(\"layers.1.moe.router.residual\")");
+        assertThat(src).contains("moe2.setResidualFrom(moe1, w.value(\"layers.2.moe.router.residual\")");
+        assertThat(src).contains("moe1.setConstantExperts(w.value(\"layers.1.moe.experts.5.vector\")");
+    }
+
+    /** MoE++ experts in another order than FFN, zero, copy, constant (the GPU router's row order) stay on the hybrid path. */
+    @Test
+    void constantExpertsBeforeCopyExpertsAreRefused() {
+        String text = dev.moe.cuda.model.DeviceModelParity.MOEPP_MODEL.replace("""
+                  routed 1 x copy
+                  routed 3 x constant
+                """, """
+                  routed 3 x constant
+                  routed 1 x copy
+                """);
+        assertThat(text).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.MOEPP_MODEL);
+        Model m = dev.moe.dsl.SourceFile.decode("order.moe", text.getBytes(java.nio.charset.StandardCharsets.UTF_8)) instanceof
+                dev.moe.dsl.SourceFile.ReadResult.Ok ok ? dev.moe.compiler.MoeCompiler.compile(ok.source()).orThrow().models().getFirst() : null;
+        assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).contains("then zero, copy and constant experts");
     }
 
     /** Each new feature is used by the generated code with the CPU class's parameters (names the CPU model owns). */
