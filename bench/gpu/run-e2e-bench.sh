@@ -5,7 +5,9 @@ OUT=${OUT:-bench/results/e2e-$(date +%F)}; mkdir -p "$OUT"
 mkdir -p /tmp/j && tar xJf .device/jdk.tar.xz -C /tmp/j && J=/tmp/j/jdk/bin/java
 JO="--enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -Xmx48g"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > $OUT/gpu.txt
-for t in "" "--precision tf32" "--precision bf16"; do
+# PRECISIONS (default "fp32 tf32 bf16") picks the runs of ours
+for prec in ${PRECISIONS:-fp32 tf32 bf16}; do
+  t=$([ "$prec" = fp32 ] && echo "" || echo "--precision $prec")
   n=ours${t:+-${t#--precision }}
   timeout 280 $J $JO -cp '.device/lib/*' dev.moe.cli.MoeCli train bench/gpu/deepseek-v3-like.moe --backend cuda $t --steps 20 --seq 1024 --out /tmp/$n > $OUT/$n.log 2>&1
   echo "$n rc=$?"; tail -2 $OUT/$n.log; cp /tmp/$n/metrics.jsonl $OUT/$n-metrics.jsonl
