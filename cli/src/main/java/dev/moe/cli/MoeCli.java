@@ -36,6 +36,7 @@ import picocli.CommandLine.Spec;
             GenerateCommand.class,
             EvalCommand.class,
             PruneCommand.class,
+            PlacementCommand.class,
             BenchCommand.class,
             ImportCommand.class,
             ExportCommand.class,
