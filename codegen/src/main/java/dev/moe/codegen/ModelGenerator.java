@@ -923,6 +923,25 @@ final class ModelGenerator {
         bySeq.line("return loads");
         type.addMethod(MethodSpec.methodBuilder("expertLoadsBySequence").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
                 .returns(int[][][].class).addCode(bySeq.build()).build());
+        Code dispatch = new Code();
+        dispatch.line("int[][] out = new int[$L][]", routed.size());
+        for (int i = 0; i < routed.size(); i++) {
+            String state = routed.get(i).state();
+            Moe moe = routed.get(i).moe();
+            int experts = moe.routedExperts();
+            int perToken = slotsPerToken(moe.routers().getFirst());
+            boolean drops = capacity(moe) != null || expertChoice(moe.routers().getFirst());
+            dispatch.line("out[$L] = new int[batch * seq * $L]", i, perToken);
+            dispatch.open("for (int slot = 0; slot < batch * seq * $L; slot++)", perToken);
+            dispatch.line("int ex = $L.selected[slot]", state);
+            dispatch.line("boolean nowhere = ex < 0 || ex >= $L || keep != null && !keep[slot / $L]$L", experts, perToken,
+                    drops ? " || " + state + ".dropped[slot]" : "");
+            dispatch.line("out[$L][slot] = nowhere ? -1 : ex", i);
+            dispatch.close();
+        }
+        dispatch.line("return out");
+        type.addMethod(MethodSpec.methodBuilder("lastDispatch").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[][].class)
+                .addJavadoc("Each slot's routed expert in the last forward, per MoE layer; -1 where it went nowhere.\n").addCode(dispatch.build()).build());
         type.addMethod(MethodSpec.methodBuilder("moeLayers").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[].class)
                 .addStatement("return new int[] {$L}", String.join(", ", routed.stream().map(rs -> String.valueOf(rs.layer())).toList())).build());
         type.addMethod(MethodSpec.methodBuilder("lastCrossEntropy").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)

@@ -105,6 +105,16 @@ public interface TrainableModel {
      */
     int[][][] expertLoadsBySequence();
 
+    /**
+     * Where the last forward sent each slot, per MoE layer: {@code [layer][token * slotsPerToken + slot]} is the routed
+     * expert (FFN, zero, copy or constant), or -1 for a slot that went nowhere (dropped over capacity or by expert choice,
+     * an unused top-p slot, a masked token). For comparing two implementations slot by slot; null when a model does not
+     * record it.
+     */
+    default int[][] lastDispatch() {
+        return null;
+    }
+
     /** The layer index of each MoE layer of {@link #expertLoads()}. */
     int[] moeLayers();
 }

@@ -1093,6 +1093,22 @@ public final class CudaModelGenerator {
                 end.addStatement("uploadParameter($S)", name);
             });
         }
+        MethodSpec.Builder dispatch = MethodSpec.methodBuilder("lastDispatch").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
+                .returns(int[][].class).addJavadoc("Each slot's routed expert in the last forward, per MoE layer; -1 where it went nowhere.\n")
+                .addStatement("int[][] out = new int[$L][]", moes.size());
+        for (int j = 0; j < moes.size(); j++) {
+            MoeInfo m = moes.get(j);
+            int i = m.index();
+            dispatch.addStatement("int[] chosen$L = moe$L.lastSelection()", i, i);
+            dispatch.addStatement("int[] row$L = moe$L.lastPositions()", i, i);
+            dispatch.addStatement("out[$L] = new int[chosen$L.length]", j, i);
+            dispatch.beginControlFlow("for (int slot = 0; slot < chosen$L.length; slot++)", i);
+            dispatch.addComment("an FFN expert's slot without a row was dropped; NONE (top-p) is past the routed experts");
+            dispatch.addStatement("int ex = chosen$L[slot]", i);
+            dispatch.addStatement("out[$L][slot] = ex >= $L || ex < $L && row$L[slot] < 0 ? -1 : ex", j, m.routed(), m.experts(), i);
+            dispatch.endControlFlow();
+        }
+        t.addMethod(dispatch.addStatement("return out").build());
         t.addMethod(loads.addStatement("return loads").build());
         t.addMethod(bySeq.addStatement("return loads").build());
         t.addMethod(reset.build());

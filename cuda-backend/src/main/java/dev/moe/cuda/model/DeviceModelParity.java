@@ -605,15 +605,17 @@ public final class DeviceModelParity {
                     cpu.backward(0.5f);
                     lossG += gpu.forward(in, tg, batch, seq) / 2;
                     gpu.backward(0.5f);
+                    int moved = dispatchDifference(cpu.lastDispatch(), gpu.lastDispatch());
                     if (step == 0 && micro == 0) {
+                        failures += report(m.name() + " dispatch (each slot's expert)", "slots sent elsewhere", moved, 0);
                         failures += report(m.name() + " expert loads (kept slots)", "slots placed differently", loadDifference(cpu.expertLoads(),
                                 gpu.expertLoads()), 0);
                         failures += report(m.name() + " expert loads by sequence", "slots placed differently",
                                 loadDifference(flatten(cpu.expertLoadsBySequence()), flatten(gpu.expertLoadsBySequence())), 0);
-                    } else if (divergedAt == 0 && loadDifference(cpu.expertLoads(), gpu.expertLoads()) != 0) {
+                    } else if (divergedAt == 0 && moved != 0) {
                         // weights that differ by rounding can flip a near-tie between experts (or a capacity drop) later on
                         divergedAt = step + 1;
-                        divergedSlots = loadDifference(cpu.expertLoads(), gpu.expertLoads());
+                        divergedSlots = moved;
                     }
                 }
                 cpu.endStep();
@@ -683,7 +685,7 @@ public final class DeviceModelParity {
                 // a discrete choice went the other way: AdamW then moves the weights it touches by about lr on one side only.
                 // The losses above still bound the difference; the weights are not comparable element by element.
                 System.out.printf(Locale.ROOT, "%-58s %s%n", m.name() + " weights after 3 steps", String.format(Locale.ROOT,
-                        "not compared: routing diverged at step %d (%.0f slots placed differently), max |difference| %.2e at %s", divergedAt,
+                        "not compared: routing diverged at step %d (%.0f slots sent elsewhere), max |difference| %.2e at %s", divergedAt,
                         divergedSlots, worstW, whereW));
             } else {
                 failures += report(m.name() + " weights after 3 steps", "max |difference|", worstW, 1e-4);
@@ -725,6 +727,23 @@ public final class DeviceModelParity {
                     + report(m.name() + " bf16 (experts and attention): gradient norm", String.format(Locale.ROOT, "cpu %.6f gpu %.6f", normC, normG),
                             Math.abs(normC - normG) / normC, 5e-2);
         }
+    }
+
+    /** Slots the two models sent to different experts (or one of them nowhere); every slot when the shapes differ. */
+    private static int dispatchDifference(int[][] cpu, int[][] gpu) {
+        if (cpu == null || gpu == null || cpu.length != gpu.length) {
+            return Integer.MAX_VALUE;
+        }
+        int moved = 0;
+        for (int l = 0; l < cpu.length; l++) {
+            if (cpu[l].length != gpu[l].length) {
+                return Integer.MAX_VALUE;
+            }
+            for (int i = 0; i < cpu[l].length; i++) {
+                moved += cpu[l][i] != gpu[l][i] ? 1 : 0;
+            }
+        }
+        return moved;
     }
 
     /** The names of a model's named gates, in order of their first parameter. */

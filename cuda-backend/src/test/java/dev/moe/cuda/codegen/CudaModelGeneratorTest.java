@@ -159,6 +159,46 @@ class CudaModelGeneratorTest {
         assertThat(source).contains("int[] rowOf1 = moe1.lastPositions()");
     }
 
+    /**
+     * The CPU classes' dispatch record (which the GPU parity check compares slot by slot) agrees with their expert loads: a
+     * capacity factor's dropped slots, top-p's unused slots and expert choice's unpicked slots go nowhere.
+     */
+    @Test
+    void theCpuDispatchAgreesWithTheLoads() {
+        for (String recipe : List.of("switch.moe", "dynamic-top-p.moe", "expert-choice.moe", "moe-plus-plus.moe")) {
+            Model m = models(RECIPES.resolve(recipe)).getFirst();
+            dev.moe.runtime.TrainableModel cpu = DeviceModels.compile(m, recipe).createHost(new dev.moe.runtime.cpu.CpuBackend(2,
+                    dev.moe.runtime.cpu.CpuBackend.VECTOR_API));
+            cpu.initialize(3);
+            cpu.beginStep();
+            int batch = 2, seq = 32;
+            int[] in = new int[batch * seq];
+            java.util.SplittableRandom rng = new java.util.SplittableRandom(7);
+            for (int i = 0; i < in.length; i++) {
+                in[i] = rng.nextInt(m.config().vocab());
+            }
+            cpu.forward(in, in, batch, seq);
+            int[][] dispatch = cpu.lastDispatch();
+            int[][] loads = cpu.expertLoads();
+            assertWithMessage(recipe).that(dispatch).hasLength(loads.length);
+            int nowhere = 0;
+            for (int l = 0; l < loads.length; l++) {
+                int[] counted = new int[loads[l].length];
+                for (int ex : dispatch[l]) {
+                    if (ex < 0) {
+                        nowhere++;
+                    } else {
+                        counted[ex]++;
+                    }
+                }
+                assertWithMessage("%s layer %s", recipe, l).that(counted).isEqualTo(loads[l]);
+            }
+            if (!recipe.equals("moe-plus-plus.moe")) {
+                assertWithMessage("%s sends some slots nowhere", recipe).that(nowhere).isGreaterThan(0);
+            }
+        }
+    }
+
     /** Named gates: each gate's router weights are set on the layer, and each forward gives the gate of every sequence. */
     @Test
     void namedGatesAreDeviceResident() {
