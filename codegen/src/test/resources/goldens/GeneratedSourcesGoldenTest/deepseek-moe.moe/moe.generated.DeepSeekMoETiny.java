@@ -932,6 +932,45 @@ public final class DeepSeekMoETiny implements TrainableModel {
         return loads;
     }
 
+    /**
+     * Each slot's routed expert in the last forward, per MoE layer; -1 where it went nowhere.
+     */
+    @Override
+    public int[][] lastDispatch() {
+        int[][] out = new int[5][];
+        out[0] = new int[batch * seq * 4];
+        for (int slot = 0; slot < batch * seq * 4; slot++) {
+            int ex = moe1.selected[slot];
+            boolean nowhere = ex < 0 || ex >= 16 || keep != null && !keep[slot / 4];
+            out[0][slot] = nowhere ? -1 : ex;
+        }
+        out[1] = new int[batch * seq * 4];
+        for (int slot = 0; slot < batch * seq * 4; slot++) {
+            int ex = moe2.selected[slot];
+            boolean nowhere = ex < 0 || ex >= 16 || keep != null && !keep[slot / 4];
+            out[1][slot] = nowhere ? -1 : ex;
+        }
+        out[2] = new int[batch * seq * 4];
+        for (int slot = 0; slot < batch * seq * 4; slot++) {
+            int ex = moe3.selected[slot];
+            boolean nowhere = ex < 0 || ex >= 16 || keep != null && !keep[slot / 4];
+            out[2][slot] = nowhere ? -1 : ex;
+        }
+        out[3] = new int[batch * seq * 4];
+        for (int slot = 0; slot < batch * seq * 4; slot++) {
+            int ex = moe4.selected[slot];
+            boolean nowhere = ex < 0 || ex >= 16 || keep != null && !keep[slot / 4];
+            out[3][slot] = nowhere ? -1 : ex;
+        }
+        out[4] = new int[batch * seq * 4];
+        for (int slot = 0; slot < batch * seq * 4; slot++) {
+            int ex = moe5.selected[slot];
+            boolean nowhere = ex < 0 || ex >= 16 || keep != null && !keep[slot / 4];
+            out[4][slot] = nowhere ? -1 : ex;
+        }
+        return out;
+    }
+
     @Override
     public int[] moeLayers() {
         return new int[] {1, 2, 3, 4, 5};

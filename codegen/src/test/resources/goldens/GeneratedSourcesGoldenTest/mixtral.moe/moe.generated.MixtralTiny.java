@@ -604,6 +604,39 @@ public final class MixtralTiny implements TrainableModel {
         return loads;
     }
 
+    /**
+     * Each slot's routed expert in the last forward, per MoE layer; -1 where it went nowhere.
+     */
+    @Override
+    public int[][] lastDispatch() {
+        int[][] out = new int[4][];
+        out[0] = new int[batch * seq * 2];
+        for (int slot = 0; slot < batch * seq * 2; slot++) {
+            int ex = moe0.selected[slot];
+            boolean nowhere = ex < 0 || ex >= 8 || keep != null && !keep[slot / 2];
+            out[0][slot] = nowhere ? -1 : ex;
+        }
+        out[1] = new int[batch * seq * 2];
+        for (int slot = 0; slot < batch * seq * 2; slot++) {
+            int ex = moe1.selected[slot];
+            boolean nowhere = ex < 0 || ex >= 8 || keep != null && !keep[slot / 2];
+            out[1][slot] = nowhere ? -1 : ex;
+        }
+        out[2] = new int[batch * seq * 2];
+        for (int slot = 0; slot < batch * seq * 2; slot++) {
+            int ex = moe2.selected[slot];
+            boolean nowhere = ex < 0 || ex >= 8 || keep != null && !keep[slot / 2];
+            out[2][slot] = nowhere ? -1 : ex;
+        }
+        out[3] = new int[batch * seq * 2];
+        for (int slot = 0; slot < batch * seq * 2; slot++) {
+            int ex = moe3.selected[slot];
+            boolean nowhere = ex < 0 || ex >= 8 || keep != null && !keep[slot / 2];
+            out[3][slot] = nowhere ? -1 : ex;
+        }
+        return out;
+    }
+
     @Override
     public int[] moeLayers() {
         return new int[] {0, 1, 2, 3};
