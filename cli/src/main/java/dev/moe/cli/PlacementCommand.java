@@ -73,10 +73,12 @@ final class PlacementCommand implements Callable<Integer> {
             ArrayNode layers = out.putArray("layers");
             stdout.printf(Locale.ROOT, "expert placement on %d ranks from %s (%s)%n", ranks, metrics, steps == null ? "every step" : "steps " + steps);
             stdout.printf(Locale.ROOT, "%-6s %8s %14s %14s %12s%n", "layer", "experts", "contiguous", "balanced", "tokens");
+            List<ExpertPlacement> plans = new ArrayList<>();
             for (int l = 0; l < loads.size(); l++) {
                 long[] load = loads.get(l);
                 ExpertPlacement contiguous = ExpertPlacement.contiguous(load.length, ranks);
                 ExpertPlacement balanced = ExpertPlacement.balanced(load, ranks);
+                plans.add(balanced);
                 stdout.printf(Locale.ROOT, "%-6d %8d %13.3fx %13.3fx %12d%n", l, load.length, contiguous.imbalance(load), balanced.imbalance(load),
                         Arrays.stream(load).sum());
                 ObjectNode layer = layers.addObject();
@@ -92,9 +94,8 @@ final class PlacementCommand implements Callable<Integer> {
                 }
             }
             stdout.println("imbalance: the busiest rank's tokens over the mean (1.000x is even); layers count the MoE layers in order");
-            for (int l = 0; l < loads.size(); l++) {
-                ExpertPlacement balanced = ExpertPlacement.balanced(loads.get(l), ranks);
-                stdout.printf(Locale.ROOT, "layer %d: %s%n", l, balanced);
+            for (int l = 0; l < plans.size(); l++) {
+                stdout.printf(Locale.ROOT, "layer %d: %s%n", l, plans.get(l));
             }
             if (json != null) {
                 Path parent = json.toAbsolutePath().getParent();
