@@ -31,6 +31,8 @@ import java.util.List;
  */
 public final class CudaMoeLayer implements AutoCloseable {
     private static final int THREADS = 256;
+    /** Rows per block of the rank kernels (RANK_TILE in the kernel source). */
+    private static final int RANK_TILE = 1024;
 
     public final Spec spec;
     private final CudaContext ctx;
@@ -57,6 +59,9 @@ public final class CudaMoeLayer implements AutoCloseable {
     private int[] offsets;
     /** Slots per routed expert in the last forward pass. */
     private int[] routedCounts;
+    /** Page-locked host copy of the counts, and the event that says the copy has landed. */
+    private MemorySegment countsHost;
+    private MemorySegment countsCopied;
     /** When profiling, an event recorded after each phase of the forward pass. */
     private final List<String> phaseNames = new ArrayList<>();
     private final List<MemorySegment> phaseEvents = new ArrayList<>();
@@ -173,12 +178,12 @@ public final class CudaMoeLayer implements AutoCloseable {
         }
         this.master = external != null && act != Type.F32 ? external : null;
         // Compile (or load from the disk cache) before any timing starts.
-        for (String k : List.of("router_topk", "expert_rank", "expert_offsets", "permute_gather", "expert_act", "combine",
+        for (String k : List.of("router_topk", "rank_tile_counts", "rank_tile_scan", "rank_tile_ranks", "expert_offsets", "permute_gather", "expert_act", "combine",
                 "combine_backward", "expert_act_backward", "unpermute_sum", "router_backward")) {
             ctx.kernel(source, k);
         }
         if (spec.options().capacityFactor() > 0) {
-            for (String k : List.of("capacity_order", "capacity_keep", "expert_rank_kept")) {
+            for (String k : List.of("capacity_order", "capacity_keep")) {
                 ctx.kernel(source, k);
             }
         }
@@ -623,9 +628,11 @@ public final class CudaMoeLayer implements AutoCloseable {
             dLogitsIn = keep(saved, (long) tokens * er * 4);
             ctx.driver.memsetZero(dLogitsIn, (long) tokens * er * 4, ctx.stream);
         }
+        mark("router gemm");
         launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, bias, tokens, idx, weight, probs, temperature);
+        mark("top-k");
         // every routed expert is counted (zero and copy experts too, for the balancing); only FFN experts get rows
-        launch("expert_rank", er, 1024, idx, m, rank, counts);
+        rankRows(idx, 0L, m, er, rank, counts);
         dropping = training && spec.options().capacityFactor() > 0;
         if (dropping) {
             // the routed rows' offsets, each expert's rows in token order, which to keep; then rank and count the kept rows only
@@ -635,7 +642,7 @@ public final class CudaMoeLayer implements AutoCloseable {
             launch("expert_offsets", 1, 32, counts, routedOffs);
             launch("capacity_order", ceilDiv(m, THREADS), THREADS, idx, rank, routedOffs, m, order);
             launch("capacity_keep", ceilDiv(m, THREADS), THREADS, idx, rank, weight, routedOffs, order, m, capacity(spec, tokens), kept);
-            launch("expert_rank_kept", e, 1024, idx, kept, m, rank, counts);
+            rankRows(idx, kept, m, e, rank, counts);
         } else if (spec.options().expertChoice() > 0) {
             // expert choice (training and inference alike): in each sequence each expert keeps its best tokens
             if (sequenceLength <= 0 || sequenceLength > 8192 || tokens % sequenceLength != 0) {
@@ -646,10 +653,21 @@ public final class CudaMoeLayer implements AutoCloseable {
             long kept = keep(saved, (long) m * 4);
             launch("expert_choice_keep", tokens / sequenceLength * e, THREADS, idx, weight, sequenceLength, expertChoiceCapacity(spec, sequenceLength),
                     kept);
-            launch("expert_rank_kept", e, 1024, idx, kept, m, rank, counts);
+            rankRows(idx, kept, m, e, rank, counts);
         }
         launch("expert_offsets", 1, 32, counts, offs);
+        mark("rank+offsets");
+        // The GEMMs need each expert's row range on the host: the one device-to-host copy per layer. It is queued before
+        // the gather, so the host reads the counts and queues the GEMMs while the gather runs.
+        if (countsHost == null || countsHost.byteSize() < (long) er * 4) {
+            freeCountsHost();
+            countsHost = ctx.driver.hostAlloc((long) er * 4);
+            countsCopied = ctx.driver.createEvent();
+        }
+        ctx.driver.copyToHost(countsHost, counts, (long) er * 4, ctx.stream);
+        ctx.driver.record(countsCopied, ctx.stream);
         launch("permute_gather", m, 128, x, idx, rank, offs, pos, h);
+        mark("gather");
         if (spec.constantExperts() > 0) {
             if (cv == 0 || wc == 0) {
                 throw new IllegalStateException("the constant experts' weights are not set");
@@ -658,13 +676,13 @@ public final class CudaMoeLayer implements AutoCloseable {
             mix = keep(saved, (long) m * 2 * 4);
             launch("constant_mix", ceilDiv((long) m * 32, THREADS), THREADS, x, idx, wc, m, mix);
         }
-        // The GEMMs need each expert's row range on the host: the one device-to-host sync per layer.
-        routedCounts = ctx.downloadInts(counts, er);
+        ctx.driver.waitFor(countsCopied);
+        routedCounts = countsHost.asSlice(0, (long) er * 4).toArray(java.lang.foreign.ValueLayout.JAVA_INT);
         offsets = new int[e + 1];
         for (int ex = 0; ex < e; ex++) {
             offsets[ex + 1] = offsets[ex] + routedCounts[ex];
         }
-        mark("route+permute");
+        mark("host offsets");
         for (int ex = 0; ex < e; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
             if (rows == 0) {
@@ -839,6 +857,25 @@ public final class CudaMoeLayer implements AutoCloseable {
         return out;
     }
 
+    /**
+     * Ranks the routed rows {@code idx[0, n)} by expert in token order and counts them per expert, for experts below
+     * {@code experts}; with {@code keep} (non-zero) only the kept rows, a dropped row's rank set to -1.
+     */
+    private void rankRows(long idx, long keep, int n, int experts, long rank, long counts) {
+        int tiles = ceilDiv(n, RANK_TILE);
+        long tileCounts = keep(saved, (long) experts * tiles * 4);
+        launch("rank_tile_counts", tiles, RANK_TILE, idx, keep, n, experts, tiles, tileCounts);
+        launch("rank_tile_scan", experts, THREADS, tileCounts, tiles, counts);
+        launch("rank_tile_ranks", tiles, RANK_TILE, idx, keep, n, experts, tiles, tileCounts, rank);
+    }
+
+    private void freeCountsHost() {
+        if (countsHost != null) {
+            ctx.driver.freeHost(countsHost);
+            countsHost = null;
+        }
+    }
+
     private void launch(String kernel, int grid, int block, Object... args) {
         MemorySegment fn = ctx.kernel(source, kernel);
         ctx.launch(fn, kernel, grid, 1, block, 0, args);
@@ -861,6 +898,7 @@ public final class CudaMoeLayer implements AutoCloseable {
 
     @Override
     public void close() {
+        freeCountsHost();
         release(saved);
         release(backwardBlocks);
         release(gateBlocks);

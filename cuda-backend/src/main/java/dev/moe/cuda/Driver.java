@@ -238,6 +238,10 @@ public final class Driver {
     /** Launches with {@code params} an array of pointers to the argument values (as cuLaunchKernel wants). */
     public void launch(MemorySegment function, String name, int gridX, int gridY, int blockX, int sharedBytes, MemorySegment stream,
             MemorySegment params) {
+        if (gridX == 0 || gridY == 0) {
+            // nothing to do (e.g. no token reached an FFN expert); the driver would refuse an empty grid as an invalid value
+            return;
+        }
         int rc;
         try {
             // invokeExact: launches are on the hot path, and the generic call boxes every argument.
@@ -270,6 +274,11 @@ public final class Driver {
 
     public void record(MemorySegment event, MemorySegment stream) {
         check(Native.call(cuEventRecord, event, stream), "cuEventRecord");
+    }
+
+    /** Blocks the calling thread until the work recorded before {@code event} has finished. */
+    public void waitFor(MemorySegment event) {
+        check(Native.call(cuEventSynchronize, event), "cuEventSynchronize");
     }
 
     /** Milliseconds between two recorded events (waits for the second). */

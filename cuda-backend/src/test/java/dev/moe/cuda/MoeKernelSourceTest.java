@@ -143,7 +143,7 @@ class MoeKernelSourceTest {
         assertThat(position).contains("#define SLOT_KIND(e, p) ((e) < E ? ((p) >= 0 ? 0 : 1) : ((e) < E + ZERO || (e) >= ER ? 1 : 2))");
         assertThat(position).contains("sk[threadIdx.x] = SLOT_KIND(e, pos[i]);");
         assertThat(position).contains("#define SLOT_KINDS (ER != E || CAPACITY || HAS_TOP_P || EXPERT_CHOICE)");
-        for (String k : new String[] {"capacity_order", "capacity_keep", "expert_rank_kept"}) {
+        for (String k : new String[] {"capacity_order", "capacity_keep"}) {
             assertThat(position).contains("extern \"C\" __global__ void " + k + "(");
         }
         // the other options leave the source of a plain layer as it was

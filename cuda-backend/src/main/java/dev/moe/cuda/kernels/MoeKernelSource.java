@@ -10,14 +10,14 @@ import java.util.Locale;
  * <p>Data flow of the forward pass (T tokens, k slots each, M = T·k routed rows):
  * <pre>
  *  logits[T,E] (cuBLASLt) ─router_topk─▶ idx[T,k], weight[T,k], probs[T,E]
- *  idx ─expert_rank─▶ rank[M], counts[E] ─expert_offsets─▶ offsets[E+1]
+ *  idx ─rank_tile_counts, rank_tile_scan, rank_tile_ranks─▶ rank[M], counts[E] ─expert_offsets─▶ offsets[E+1]
  *  x[T,D], idx, rank, offsets ─permute_gather─▶ pos[M], h[M,D] (rows sorted by expert)
  *  h ─grouped GEMM (cuBLASLt per expert)─▶ g[M,GW] ─expert_act─▶ a[M,F] ─grouped GEMM─▶ y[M,D]
  *  y, pos, weight ─combine─▶ out[T,D]
  * </pre>
  * GW is 2F for gated experts (SwiGLU, GEGLU: gate then up columns) and F for ungated ones (ReLU,
- * GELU). With a capacity factor, a training forward runs capacity_order, capacity_keep and
- * expert_rank_kept between expert_rank and expert_offsets: a dropped slot gets rank -1, hence
+ * GELU). With a capacity factor, a training forward runs capacity_order and capacity_keep, then ranks
+ * again counting the kept rows only, before expert_offsets: a dropped slot gets rank -1, hence
  * pos -1 and no row, and the combine kernels treat it as a zero expert's slot.
  * The sort is a counting sort that is stable and deterministic (each expert's rows keep token
  * order), so the same input gives bitwise the same output; no host loop touches tokens.
@@ -383,40 +383,79 @@ public final class MoeKernelSource {
                   }
                 }
 
-                // Block e ranks the routed rows that chose expert e, in token order (a block-wide scan); with keep, only
-                // the kept ones, a dropped row's rank set to -1.
-                __device__ __forceinline__ void rank_rows(const int* __restrict__ idx, const int* __restrict__ keep, int n, int* __restrict__ rank,
-                    int* __restrict__ counts) {
+                // Each routed row's rank among the rows that chose the same expert, in token order, and each expert's count,
+                // as a stable counting sort in three passes over tiles of RANK_TILE rows (one block each): rank_tile_counts
+                // counts each tile's rows per expert; rank_tile_scan (one block per expert) turns the tile counts into each
+                // tile's first rank and writes the total; rank_tile_ranks ranks the rows of a tile warp by warp. With keep,
+                // only the kept rows are ranked and counted, a dropped row's rank set to -1. Experts numbered NE or above
+                // (no expert, for top-p's empty slots) are neither ranked nor counted. Counts are laid out [expert][tile].
+                #define RANK_TILE 1024
+                extern "C" __global__ void rank_tile_counts(const int* __restrict__ idx, const int* __restrict__ keep, int n, int ne, int tiles,
+                    int* __restrict__ tileCounts) {
+                  __shared__ int hist[ER + 1];
+                  for (int e = threadIdx.x; e < ne; e += blockDim.x) hist[e] = 0;
+                  __syncthreads();
+                  int i = blockIdx.x * RANK_TILE + threadIdx.x;
+                  if (i < n) {
+                    int e = idx[i];
+                    if (e >= 0 && e < ne && (keep == nullptr || keep[i])) atomicAdd(&hist[e], 1);
+                  }
+                  __syncthreads();
+                  for (int e = threadIdx.x; e < ne; e += blockDim.x) tileCounts[(long) e * tiles + blockIdx.x] = hist[e];
+                }
+
+                extern "C" __global__ void rank_tile_scan(int* __restrict__ tileCounts, int tiles, int* __restrict__ counts) {
                   __shared__ int warpTotals[32];
                   __shared__ int base;
-                  int e = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5, warps = blockDim.x >> 5;
+                  int* row = tileCounts + (long) blockIdx.x * tiles;
+                  int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, warps = blockDim.x >> 5;
                   if (threadIdx.x == 0) base = 0;
                   __syncthreads();
-                  for (int start = 0; start < n; start += blockDim.x) {
-                    int i = start + threadIdx.x;
-                    bool mine = i < n && idx[i] == e;
-                    bool hit = mine && (keep == nullptr || keep[i]);
-                    if (mine && !hit) rank[i] = -1;
-                    unsigned mask = __ballot_sync(0xffffffffu, hit);
-                    if (lane == 0) warpTotals[wid] = __popc(mask);
+                  for (int start = 0; start < tiles; start += blockDim.x) {
+                    int t = start + threadIdx.x;
+                    int v = t < tiles ? row[t] : 0, incl = v;
+                    #pragma unroll
+                    for (int o = 1; o < 32; o <<= 1) { int u = __shfl_up_sync(0xffffffffu, incl, o); if (lane >= o) incl += u; }
+                    if (lane == 31) warpTotals[wid] = incl;
                     __syncthreads();
                     int before = base;
                     for (int w = 0; w < wid; w++) before += warpTotals[w];
-                    if (hit) rank[i] = before + __popc(mask & ((1u << lane) - 1u));
+                    if (t < tiles) row[t] = before + incl - v;  // exclusive: the tile's first rank
                     __syncthreads();
                     if (threadIdx.x == 0) { int total = 0; for (int w = 0; w < warps; w++) total += warpTotals[w]; base += total; }
                     __syncthreads();
                   }
-                  if (threadIdx.x == 0) counts[e] = base;
+                  if (threadIdx.x == 0) counts[blockIdx.x] = base;
                 }
 
-                extern "C" __global__ void expert_rank(const int* __restrict__ idx, int n, int* __restrict__ rank, int* __restrict__ counts) {
-                  rank_rows(idx, nullptr, n, rank, counts);
+                extern "C" __global__ void rank_tile_ranks(const int* __restrict__ idx, const int* __restrict__ keep, int n, int ne, int tiles,
+                    const int* __restrict__ tileCounts, int* __restrict__ rank) {
+                  __shared__ int next[ER + 1];
+                  for (int e = threadIdx.x; e < ne; e += blockDim.x) next[e] = tileCounts[(long) e * tiles + blockIdx.x];
+                  int i = blockIdx.x * RANK_TILE + threadIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+                  int e = i < n ? idx[i] : -1;
+                  bool mine = e >= 0 && e < ne;
+                  bool hit = mine && (keep == nullptr || keep[i]);
+                  // lanes of this warp whose row chose the same expert: the row's rank within the warp, and the warp's count
+                  unsigned same = __match_any_sync(0xffffffffu, hit ? e : -1);
+                  int within = __popc(same & ((1u << lane) - 1u));
+                  bool leader = within == 0;
+                  __syncthreads();
+                  // warps in order, so the ranks follow the rows' order
+                  for (int w = 0; w < (int) (blockDim.x >> 5); w++) {
+                    if (wid == w && hit) {
+                      rank[i] = next[e] + within;
+                      __syncwarp(same);
+                      if (leader) next[e] += __popc(same);
+                    }
+                    __syncthreads();
+                  }
+                  if (mine && !hit) rank[i] = -1;
                 }
 
                 #if EXPERT_CHOICE
                 // Expert choice: block (b, e) ranks the slots of sequence b that hold expert e (one per token, as every token ranks
-                // every expert) by routing weight (ties: the earlier token) and keeps the best cap; expert_rank_kept then ranks them.
+                // every expert) by routing weight (ties: the earlier token) and keeps the best cap; the kept ones are then ranked.
                 #define EC_MAX_SEQ 8192
                 extern "C" __global__ void expert_choice_keep(const int* __restrict__ idx, const float* __restrict__ weight, int seq, int cap,
                     int* __restrict__ keep) {
@@ -438,18 +477,11 @@ public final class MoeKernelSource {
                 }
                 #endif
 
-                #if CAPACITY || EXPERT_CHOICE
-                extern "C" __global__ void expert_rank_kept(const int* __restrict__ idx, const int* __restrict__ keep, int n, int* __restrict__ rank,
-                    int* __restrict__ counts) {
-                  rank_rows(idx, keep, n, rank, counts);
-                }
-                #endif
-
                 #if CAPACITY
                 // Capacity (training forwards): each expert keeps at most cap of its routed rows, the rest are dropped (no row,
                 // no output, no weight gradient). After expert_rank and expert_offsets over the routed rows (roffsets):
-                // capacity_order lists each expert's rows in token order, capacity_keep marks the kept ones, expert_rank_kept
-                // ranks and counts the kept rows only. Every step is a pure function of the routing, so the drops are deterministic.
+                // capacity_order lists each expert's rows in token order, capacity_keep marks the kept ones, and the rank
+                // kernels rank and count the kept rows only. Every step is a pure function of the routing, so the drops are deterministic.
                 extern "C" __global__ void capacity_order(const int* __restrict__ idx, const int* __restrict__ rank, const int* __restrict__ roffsets,
                     int n, int* __restrict__ order) {
                   int i = blockIdx.x * blockDim.x + threadIdx.x;
