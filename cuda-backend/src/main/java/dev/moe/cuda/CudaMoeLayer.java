@@ -714,7 +714,9 @@ public final class CudaMoeLayer implements AutoCloseable {
 
     /**
      * The gradient with respect to the last forward's input for the output gradient {@code dOut};
-     * OVERWRITES the weight gradients (an expert that got no tokens gets zeros).
+     * OVERWRITES the weight gradients (an expert that got no tokens gets zeros). With a router input
+     * of its own (pre-gating, latent experts) this is x's gradient only ({@code [tokens, expertIn]});
+     * {@link #backwardInto(long, float[], float, float, long, long)} gives the router input's too.
      */
     public long backward(long dOut) {
         return backward(dOut, null, 0f);
