@@ -32,6 +32,12 @@ class DeviceRefusalTest {
     }
 
     @Test
+    void moleRunsDeviceResident() {
+        // latent experts: the shared down-projection as a dense GEMM, the experts on the latent vector
+        assertThat(Recipes.deviceRefusal(model("mole.moe"), false)).isEmpty();
+    }
+
+    @Test
     void switchRunsDeviceResident() {
         // routed relu experts under top-1 with a capacity factor: covered; padded documents still are not
         assertThat(Recipes.deviceRefusal(model("switch.moe"), false)).isEmpty();

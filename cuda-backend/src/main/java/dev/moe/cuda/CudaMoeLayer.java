@@ -18,7 +18,10 @@ import java.util.List;
  *
  * <p>Weights use the CPU backend's layout: router {@code [E, D]}, gate and up projections packed
  * as {@code w13 [E, 2F, D]} (gate rows first; {@code [E, F, D]} of up rows for ungated experts),
- * down projection {@code w2 [E, D, F]}. Weights and
+ * down projection {@code w2 [E, D, F]}. MoLE's latent experts read another input than the router's,
+ * {@code spec.expertIn()} wide (the latent rank; {@code w13 [E, 2F, expertIn]}): the layer then takes
+ * the router's input apart ({@link #forward(long, long, int)}) and its backward gives the two input
+ * gradients apart too. Weights and
  * activations are stored in the spec's precision (bf16, or fp32 for parity runs); gradients of
  * the weights are fp32 (the master copy's type) or, with {@code gradsInActivationType}, the
  * activation type, as PyTorch does for bf16 parameters.
@@ -134,14 +137,14 @@ public final class CudaMoeLayer implements AutoCloseable {
         if (spec.options().capacityFactor() > 0 && spec.routed() != spec.experts()) {
             throw new IllegalArgumentException("a capacity factor with zero or copy experts is not supported on the GPU");
         }
-        long e = spec.experts(), er = spec.routed(), d = spec.dim(), f = spec.hidden(), gw = this.gw;
+        long e = spec.experts(), er = spec.routed(), d = spec.dim(), in = spec.expertIn(), f = spec.hidden(), gw = this.gw;
         if (external == null) {
             routerBlock = ctx.allocator.allocate(er * d * actBytes);
             biasBlock = spec.bias() ? ctx.allocator.allocate(er * 4) : null;
-            w13Block = ctx.allocator.allocate(e * gw * d * actBytes);
+            w13Block = ctx.allocator.allocate(e * gw * in * actBytes);
             w2Block = ctx.allocator.allocate(e * d * f * actBytes);
             dRouterBlock = ctx.allocator.allocate(er * d * gradType.bytes);
-            dW13Block = ctx.allocator.allocate(e * gw * d * gradType.bytes);
+            dW13Block = ctx.allocator.allocate(e * gw * in * gradType.bytes);
             dW2Block = ctx.allocator.allocate(e * d * f * gradType.bytes);
             router = routerBlock.pointer;
             bias = biasBlock == null ? 0 : biasBlock.pointer;
@@ -164,7 +167,7 @@ public final class CudaMoeLayer implements AutoCloseable {
         } else {
             // bf16 copies of the fp32 masters for the GEMMs; gradients go straight to the fp32 masters' arena
             routerBlock = ctx.allocator.allocate(er * d * actBytes);
-            w13Block = ctx.allocator.allocate(e * gw * d * actBytes);
+            w13Block = ctx.allocator.allocate(e * gw * in * actBytes);
             w2Block = ctx.allocator.allocate(e * d * f * actBytes);
             biasBlock = dRouterBlock = dW13Block = dW2Block = null;
             router = routerBlock.pointer;
@@ -213,13 +216,13 @@ public final class CudaMoeLayer implements AutoCloseable {
     /**
      * Uploads weights given in fp32 (rounded to bf16 in bf16 mode): the router {@code [routed, D]}
      * (FFN experts' rows first, then zero, then copy experts'), the selection bias {@code [routed]}
-     * or null, and the FFN experts' {@code gateUp} ({@code [E, 2F, D]}, or {@code [E, F, D]} of up rows
+     * or null, and the FFN experts' {@code gateUp} ({@code [E, 2F, expertIn]}, or {@code [E, F, expertIn]} of up rows
      * only for ungated experts) and {@code down}.
      */
     public void setWeights(float[] routerWeights, float[] expertBias, float[] gateUp, float[] down) {
         int e = spec.experts(), er = spec.routed(), d = spec.dim(), f = spec.hidden();
         check(routerWeights.length == er * d, "router weights");
-        check(gateUp.length == (long) e * gw * d, "gate/up weights");
+        check(gateUp.length == (long) e * gw * spec.expertIn(), "gate/up weights");
         check(down.length == (long) e * d * f, "down weights");
         upload(routerWeights, router);
         upload(gateUp, w13);
@@ -317,7 +320,7 @@ public final class CudaMoeLayer implements AutoCloseable {
     }
 
     public float[] gateUpGrad() {
-        return downloadGrad(dW13, spec.experts() * gw * spec.dim());
+        return downloadGrad(dW13, spec.experts() * gw * spec.expertIn());
     }
 
     public float[] downGrad() {
@@ -354,7 +357,8 @@ public final class CudaMoeLayer implements AutoCloseable {
 
     /**
      * {@link #forwardInto(long, int, long)} with a router that reads {@code routerX [tokens, D]} (fp32) instead of x:
-     * Read-ME's pre-gating, whose routers all read the embeddings.
+     * Read-ME's pre-gating, whose routers all read the embeddings; or MoLE's latent experts, which read
+     * {@code x [tokens, expertIn]} while the router reads the layer's input.
      */
     public void forwardInto(long x, long routerX, int tokens, long target) {
         long in = x;
@@ -367,11 +371,11 @@ public final class CudaMoeLayer implements AutoCloseable {
                         cast(gateRouters[gi], gateActs[gi], er * d);
                     }
                 }
-                cast(master.w13(), w13, e * gw * d);
+                cast(master.w13(), w13, e * gw * spec.expertIn());
                 cast(master.w2(), w2, e * d * f);
             }
-            in = boundary(true, (long) tokens * spec.dim());
-            cast(x, in, (long) tokens * spec.dim());
+            in = boundary(true, (long) tokens * spec.expertIn());
+            cast(x, in, (long) tokens * spec.expertIn());
         }
         long rin = in;
         if (routerX != x) {
@@ -411,7 +415,7 @@ public final class CudaMoeLayer implements AutoCloseable {
 
     /**
      * Backward of {@link #forwardInto(long, long, int, long)}: the gradient of the router's input is ADDED to the fp32
-     * {@code dRouterIn} (which may be {@code dIn}).
+     * {@code dRouterIn} (which may be {@code dIn}), that of x ({@code [tokens, expertIn]}) to {@code dIn}.
      */
     public void backwardInto(long dOut, float[] aux, float zc, float ent, long dIn, long dRouterIn) {
         long g = dOut;
@@ -421,7 +425,8 @@ public final class CudaMoeLayer implements AutoCloseable {
             cast(dOut, g, n);
         }
         long dx = backward(g, aux, zc, ent);
-        launch("add_to_float", elementwiseGrid(n), THREADS, dIn, dx, n);
+        long nx = (long) tokens * spec.expertIn();
+        launch("add_to_float", elementwiseGrid(nx), THREADS, dIn, dx, nx);
         if (routerX != x) {
             launch("add_to_float", elementwiseGrid(n), THREADS, dRouterIn, dRouterX, n);
         }
@@ -475,10 +480,14 @@ public final class CudaMoeLayer implements AutoCloseable {
     /**
      * Several named gates (chosen per sequence by data domain or task): the fp32 router weights {@code [routed, D]} and gradients
      * of each gate, on a layer of external weights; the next forwards route sequence b with gate {@link #setSequenceGates}[b].
+     * The gates' backward sends their input gradient into x's: their router reads the experts' input.
      */
     public void setGates(long[] routers, long[] grads) {
         if (!accumulateGrads || routers.length != grads.length || routers.length == 0) {
             throw new IllegalArgumentException("named gates need a layer on external weights and one gradient per gate");
+        }
+        if (spec.expertIn() != spec.dim()) {
+            throw new IllegalArgumentException("named gates read the experts' input: not with latent experts");
         }
         gateRouters = routers.clone();
         gateGrads = grads.clone();
@@ -579,14 +588,20 @@ public final class CudaMoeLayer implements AutoCloseable {
         return forward(x, x, tokens);
     }
 
-    /** {@link #forward(long, int)} with the router reading {@code routerX} (activation type) instead of x. */
+    /**
+     * {@link #forward(long, int)} with the router reading {@code routerX [tokens, D]} (activation type) instead of x, which is
+     * {@code [tokens, expertIn]}: pre-gating, or latent experts (whose router always reads another input than they do).
+     */
     public long forward(long x, long routerX, int tokens) {
+        if (spec.expertIn() != spec.dim() && routerX == x) {
+            throw new IllegalArgumentException("latent experts (input " + spec.expertIn() + " wide) need the router's own input, " + spec.dim() + " wide");
+        }
         release(saved);
         release(backwardBlocks);
         this.x = x;
         this.routerX = routerX;
         this.tokens = tokens;
-        int e = spec.experts(), er = spec.routed(), k = spec.topK(), d = spec.dim(), f = spec.hidden();
+        int e = spec.experts(), er = spec.routed(), k = spec.topK(), d = spec.dim(), in = spec.expertIn(), f = spec.hidden();
         int m = tokens * k;
         logits = keep(saved, (long) tokens * er * 4);
         probs = keep(saved, (long) tokens * er * 4);
@@ -596,7 +611,7 @@ public final class CudaMoeLayer implements AutoCloseable {
         long counts = keep(saved, (long) er * 4);
         long offs = keep(saved, (long) (e + 1) * 4);
         pos = keep(saved, (long) m * 4);
-        h = keep(saved, (long) m * d * actBytes);
+        h = keep(saved, (long) m * in * actBytes);
         g = keep(saved, (long) m * gw * actBytes);
         a = keep(saved, (long) m * f * actBytes);
         y = keep(saved, (long) m * d * actBytes);
@@ -689,8 +704,8 @@ public final class CudaMoeLayer implements AutoCloseable {
                 continue;
             }
             // g_e[rows, GW] = h_e · w13_eᵀ
-            ctx.blas.matmul(ctx.stream, true, false, gw, rows, d, w13 + (long) ex * gw * d * actBytes, act, d,
-                    h + (long) r0 * d * actBytes, act, d, g + (long) r0 * gw * actBytes, act, gw, false);
+            ctx.blas.matmul(ctx.stream, true, false, gw, rows, in, w13 + (long) ex * gw * in * actBytes, act, in,
+                    h + (long) r0 * in * actBytes, act, in, g + (long) r0 * gw * actBytes, act, gw, false);
         }
         mark("gemm gate/up");
         long n = (long) offsets[e] * f; // rows of FFN experts only: zero, copy and dropped slots have none
@@ -717,7 +732,9 @@ public final class CudaMoeLayer implements AutoCloseable {
 
     /**
      * The gradient with respect to the last forward's input for the output gradient {@code dOut};
-     * OVERWRITES the weight gradients (an expert that got no tokens gets zeros).
+     * OVERWRITES the weight gradients (an expert that got no tokens gets zeros). With a router input
+     * of its own (pre-gating, latent experts) this is x's gradient only ({@code [tokens, expertIn]});
+     * {@link #backwardInto(long, float[], float, float, long, long)} gives the router input's too.
      */
     public long backward(long dOut) {
         return backward(dOut, null, 0f);
@@ -738,14 +755,14 @@ public final class CudaMoeLayer implements AutoCloseable {
             throw new IllegalArgumentException("balancing losses on the GPU need softmax scores");
         }
         release(backwardBlocks);
-        int e = spec.experts(), er = spec.routed(), k = spec.topK(), d = spec.dim(), f = spec.hidden();
+        int e = spec.experts(), er = spec.routed(), k = spec.topK(), d = spec.dim(), in = spec.expertIn(), f = spec.hidden();
         int m = tokens * k;
         long dy = keep(backwardBlocks, (long) m * d * actBytes);
         long dWeight = keep(backwardBlocks, (long) m * 4);
         long da = keep(backwardBlocks, (long) m * f * actBytes);
         long dg = keep(backwardBlocks, (long) m * gw * actBytes);
-        long dh = keep(backwardBlocks, (long) m * d * actBytes);
-        long dx = keep(backwardBlocks, (long) tokens * d * actBytes);
+        long dh = keep(backwardBlocks, (long) m * in * actBytes);
+        long dx = keep(backwardBlocks, (long) tokens * in * actBytes);
         long dLogits = keep(backwardBlocks, (long) tokens * er * actBytes);
         int gb = gradType.bytes;
 
@@ -780,19 +797,19 @@ public final class CudaMoeLayer implements AutoCloseable {
         launch("expert_act_backward", elementwiseGrid(n), THREADS, g, da, dg, n);
         for (int ex = 0; ex < e; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
-            long w13e = w13 + (long) ex * gw * d * actBytes;
+            long w13e = w13 + (long) ex * gw * in * actBytes;
             if (rows == 0) {
                 if (!accumulateGrads) {
-                    ctx.driver.memsetZero(dW13 + (long) ex * gw * d * gb, (long) gw * d * gb, ctx.stream);
+                    ctx.driver.memsetZero(dW13 + (long) ex * gw * in * gb, (long) gw * in * gb, ctx.stream);
                 }
                 continue;
             }
-            // dh_e[rows, D] = dg_e · w13_e
-            ctx.blas.matmul(ctx.stream, false, false, d, rows, gw, w13e, act, d, dg + (long) r0 * gw * actBytes, act, gw,
-                    dh + (long) r0 * d * actBytes, act, d, false);
-            // dw13_e[GW, D] = dg_eᵀ · h_e
-            ctx.blas.matmul(ctx.stream, false, true, d, gw, rows, h + (long) r0 * d * actBytes, act, d, dg + (long) r0 * gw * actBytes,
-                    act, gw, dW13 + (long) ex * gw * d * gb, gradType, d, accumulateGrads);
+            // dh_e[rows, DIN] = dg_e · w13_e
+            ctx.blas.matmul(ctx.stream, false, false, in, rows, gw, w13e, act, in, dg + (long) r0 * gw * actBytes, act, gw,
+                    dh + (long) r0 * in * actBytes, act, in, false);
+            // dw13_e[GW, DIN] = dg_eᵀ · h_e
+            ctx.blas.matmul(ctx.stream, false, true, in, gw, rows, h + (long) r0 * in * actBytes, act, in, dg + (long) r0 * gw * actBytes,
+                    act, gw, dW13 + (long) ex * gw * in * gb, gradType, in, accumulateGrads);
         }
         if (spec.constantExperts() > 0) {
             launch("unpermute_sum", tokens, THREADS, dh, dOut, idx, pos, weight, dx, mix, dz, wc);

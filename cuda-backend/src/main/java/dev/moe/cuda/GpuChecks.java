@@ -15,7 +15,9 @@ import java.util.Random;
  * against {@link MoeLayerReference} (float64, one token at a time) on shapes that include experts
  * that receive no tokens, odd sizes and k = 1, the expert activations (SwiGLU, GEGLU, ReLU, GELU) and
  * capacity factors (by position, by probability; the expert counts and which slots were dropped must
- * equal the reference's exactly) and MoE++ constant experts (their vector and mix gradients too). Relative error (norm of the difference over norm of
+ * equal the reference's exactly), MoE++ constant experts (their vector and mix gradients too) and MoLE's latent experts (experts
+ * that read another input, of another width, than the router: the layer's fp32 entry points with both input gradients,
+ * the router's counted in dx). Relative error (norm of the difference over norm of
  * the reference) at most 1e-4 in fp32 mode and 2e-2 in bf16. Prints a table; exits 1 on any failure.
  * {@code bench/gpu/run-gpu-tests.sh} runs it on a machine with a GPU.
  */
@@ -30,7 +32,8 @@ public final class GpuChecks {
         @Override
         public String toString() {
             Options o = spec.options();
-            return String.format("D=%d F=%d E=%d%s k=%d %s%s%s%s%s%s T=%d %s", spec.dim(), spec.hidden(), spec.experts(),
+            return String.format("D=%d%s F=%d E=%d%s k=%d %s%s%s%s%s%s T=%d %s", spec.dim(),
+                    spec.expertIn() != spec.dim() ? " DIN=" + spec.expertIn() : "", spec.hidden(), spec.experts(),
                     spec.zeroExperts() + spec.copyExperts() + spec.constantExperts() > 0 ? "+" + spec.zeroExperts() + "z+" + spec.copyExperts() + "c"
                             + (spec.constantExperts() > 0 ? "+" + spec.constantExperts() + "v" : "") : "", spec.topK(),
                     spec.score() == Score.SOFTMAX ? "softmax" : "sigmoid", spec.normalize() ? " norm" : "",
@@ -89,36 +92,58 @@ public final class GpuChecks {
             out.add(new Case(new Spec(40, 24, 16, 2, 1, 3, 4, Score.SIGMOID, true, 2.5f, true, p, Options.NONE.withActivation(ExpertActivation.RELU)), 33));
             out.add(new Case(new Spec(130, 64, 8, 1, 1, 2, 2, Score.SOFTMAX, false, 1f, false, p, Options.NONE), 7)); // D > 128, few tokens
         }
+        // MoLE's latent experts: the experts read DIN values (the rank), the router D; after the others, so they keep their seeds
+        for (Precision p : Precision.values()) {
+            out.add(new Case(new Spec(128, 128, 8, 2, Score.SOFTMAX, true, 1f, false, p).withExpertIn(32), 64)); // mole.moe's shape
+            // ungated, sigmoid with a bias; rows of 20 (not 16-byte multiples in bf16)
+            out.add(new Case(new Spec(40, 24, 16, 4, Score.SIGMOID, true, 2.5f, true, p).with(Options.NONE.withActivation(ExpertActivation.RELU))
+                    .withExpertIn(20), 33));
+            // wider than D, with zero experts; a capacity factor dropping by position
+            out.add(new Case(new Spec(32, 48, 8, 2, 0, 2, Score.SOFTMAX, false, 1f, false, p).with(Options.NONE.withActivation(ExpertActivation.GEGLU))
+                    .withExpertIn(48), 40));
+            out.add(new Case(new Spec(48, 64, 8, 2, Score.SOFTMAX, true, 1f, false, p).with(Options.NONE.withCapacity(1f, Drop.POSITION))
+                    .withExpertIn(24), 80));
+        }
         return out;
     }
 
     /** {@code constErr}: the larger error of the constant experts' vector and mix gradients (0 without constant experts). */
     public record Outcome(Case c, double outErr, double dxErr, double dRouterErr, double dGateUpErr, double dDownErr, double constErr, boolean pass) {}
 
-    /** A case's random inputs (the same for a seed), and the float64 reference's results on them. */
+    /**
+     * A case's random inputs (the same for a seed), and the float64 reference's results on them; {@code routerX} is the router's
+     * own input {@code [tokens, D]} of a layer whose experts read another (latent experts), else null.
+     */
     record Inputs(float[] x, float[] router, float[] bias, float[] gateUp, float[] down, float[] dOut, float[] vectors, float[] mix,
-            MoeLayerReference.Result ref) {}
+            float[] routerX, MoeLayerReference.Result ref) {}
 
     static Inputs inputs(Case c, long seed) {
         Spec s = c.spec();
-        int t = c.tokens(), d = s.dim(), f = s.hidden(), e = s.experts(), er = s.routed();
+        int t = c.tokens(), d = s.dim(), in = s.expertIn(), f = s.hidden(), e = s.experts(), er = s.routed();
         boolean bf16 = s.precision() == Precision.BF16;
         Random rnd = new Random(seed);
-        float[] x = Compare.gaussian(rnd, t * d, 1f, bf16);
+        float[] x = Compare.gaussian(rnd, t * in, 1f, bf16);
         float[] router = Compare.gaussian(rnd, er * d, (float) (1 / Math.sqrt(d)), bf16);
         float[] bias = s.bias() ? Compare.gaussian(rnd, er, 0.05f, false) : null;
         int gw = s.options().activation().gated ? 2 * f : f;
-        float[] gateUp = Compare.gaussian(rnd, e * gw * d, (float) (1 / Math.sqrt(d)), bf16);
+        float[] gateUp = Compare.gaussian(rnd, e * gw * in, (float) (1 / Math.sqrt(in)), bf16);
         float[] down = Compare.gaussian(rnd, e * d * f, (float) (1 / Math.sqrt(f)), bf16);
         float[] dOut = Compare.gaussian(rnd, t * d, 1f, bf16);
         // constant experts' weights stay fp32 on the GPU in both precisions (drawn last: the other cases keep their inputs)
         int ce = s.constantExperts();
         float[] vectors = ce > 0 ? Compare.gaussian(rnd, ce * d, 1f, false) : new float[0];
         float[] mix = ce > 0 ? Compare.gaussian(rnd, ce * 2 * d, (float) (1 / Math.sqrt(d)), false) : new float[0];
+        if (in != d) {
+            float[] routerX = Compare.gaussian(rnd, t * d, 1f, bf16);
+            MoeLayerReference.Result ref = MoeLayerReference.runWithRouterInput(s, t, c.training(), Compare.doubles(x), Compare.doubles(routerX),
+                    Compare.doubles(router), bias == null ? null : Compare.doubles(bias), Compare.doubles(gateUp), Compare.doubles(down),
+                    Compare.doubles(dOut));
+            return new Inputs(x, router, bias, gateUp, down, dOut, vectors, mix, routerX, ref);
+        }
         MoeLayerReference.Result ref = MoeLayerReference.run(s, t, c.training(), Compare.doubles(x), Compare.doubles(router),
                 bias == null ? null : Compare.doubles(bias), Compare.doubles(gateUp), Compare.doubles(down), Compare.doubles(vectors),
                 Compare.doubles(mix), Compare.doubles(dOut));
-        return new Inputs(x, router, bias, gateUp, down, dOut, vectors, mix, ref);
+        return new Inputs(x, router, bias, gateUp, down, dOut, vectors, mix, null, ref);
     }
 
     public static Outcome check(CudaContext ctx, Case c, long seed) {
@@ -126,6 +151,9 @@ public final class GpuChecks {
         int t = c.tokens(), d = s.dim(), e = s.experts();
         boolean bf16 = s.precision() == Precision.BF16;
         Inputs in = inputs(c, seed);
+        if (in.routerX() != null) {
+            return checkLatent(ctx, c, in);
+        }
         float[] x = in.x(), router = in.router(), bias = in.bias(), gateUp = in.gateUp(), down = in.down(), dOut = in.dOut();
         MoeLayerReference.Result ref = in.ref();
         try (CudaMoeLayer layer = new CudaMoeLayer(ctx, s, false);
@@ -154,6 +182,46 @@ public final class GpuChecks {
             return new Outcome(c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(), o.dDownErr(), o.constErr(), pass);
         }
     }
+    /**
+     * A layer whose experts read another input than its router (latent experts), through the fp32 entry points a model uses
+     * ({@link CudaMoeLayer#forwardInto(long, long, int, long)}, {@link CudaMoeLayer#backwardInto(long, float[], float, float, long, long)}):
+     * the output and both input gradients (dxErr is the larger of the experts' input's and the router input's), the weight gradients.
+     */
+    private static Outcome checkLatent(CudaContext ctx, Case c, Inputs in) {
+        Spec s = c.spec();
+        int t = c.tokens(), d = s.dim(), din = s.expertIn();
+        MoeLayerReference.Result ref = in.ref();
+        try (CudaMoeLayer layer = new CudaMoeLayer(ctx, s, false);
+                DeviceAllocator.Block xd = ctx.allocator.allocate((long) t * din * 4);
+                DeviceAllocator.Block rxd = ctx.allocator.allocate((long) t * d * 4);
+                DeviceAllocator.Block gd = ctx.allocator.allocate((long) t * d * 4);
+                DeviceAllocator.Block outd = ctx.allocator.allocate((long) t * d * 4);
+                DeviceAllocator.Block dxd = ctx.allocator.allocate((long) t * din * 4);
+                DeviceAllocator.Block drxd = ctx.allocator.allocate((long) t * d * 4)) {
+            layer.setWeights(in.router(), in.bias(), in.gateUp(), in.down());
+            layer.setTraining(c.training());
+            ctx.upload(in.x(), xd.pointer);
+            ctx.upload(in.routerX(), rxd.pointer);
+            ctx.upload(in.dOut(), gd.pointer);
+            // the entry points ADD to their outputs
+            for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {outd, dxd, drxd}) {
+                ctx.driver.memsetZero(b.pointer, b.bytes, ctx.stream);
+            }
+            layer.forwardInto(xd.pointer, rxd.pointer, t, outd.pointer);
+            float[] got = ctx.downloadFloats(outd.pointer, t * d);
+            layer.backwardInto(gd.pointer, null, 0f, 0f, dxd.pointer, drxd.pointer);
+            double dxErr = Math.max(Compare.rel(ctx.downloadFloats(dxd.pointer, t * din), ref.dx()),
+                    Compare.rel(ctx.downloadFloats(drxd.pointer, t * d), ref.dRouterX()));
+            Outcome o = new Outcome(c, Compare.rel(got, ref.out()), dxErr, Compare.rel(layer.routerGrad(), ref.dRouter()),
+                    Compare.rel(layer.gateUpGrad(), ref.dGateUp()), Compare.rel(layer.downGrad(), ref.dDown()), 0, false);
+            double tol = s.precision() == Precision.BF16 ? 2e-2 : 1e-4;
+            boolean pass = o.outErr() <= tol && o.dxErr() <= tol && o.dRouterErr() <= tol && o.dGateUpErr() <= tol && o.dDownErr() <= tol
+                    && java.util.Arrays.equals(layer.lastCounts(), ref.counts())
+                    && sameDrops(layer.lastPositions(), layer.lastSelection(), ref, s.experts());
+            return new Outcome(c, o.outErr(), o.dxErr(), o.dRouterErr(), o.dGateUpErr(), o.dDownErr(), 0, pass);
+        }
+    }
+
     /** Whether the GPU dropped exactly the FFN slots the reference dropped (a slot of an FFN expert without a row). */
     private static boolean sameDrops(int[] positions, int[] selection, MoeLayerReference.Result ref, int experts) {
         for (int i = 0; i < positions.length; i++) {

@@ -22,15 +22,20 @@ import java.util.List;
  * <p>MoE++ constant experts (the last routed ones, after the copy experts) output {@code a1 x + a2 v}
  * with {@code [a1, a2] = softmax(W_c x)}, as the CPU class's {@code constantExpert}: vectors {@code [C, D]},
  * mix weights {@code W_c [C, 2, D]}.
+ *
+ * <p>MoLE's latent experts ({@code spec.expertIn() != spec.dim()}, {@link #runWithRouterInput}) read
+ * {@code x [tokens, expertIn]} while the router reads its own input {@code [tokens, D]}.
  */
 public final class MoeLayerReference {
 
     /**
      * Outputs and the gradients of {@code sum(out · dOut)}; {@code counts} has one entry per routed expert (kept slots);
      * {@code selected} and {@code dropped} are each slot's expert and whether it was dropped over capacity ({@code [tokens, k]}).
+     * {@code dRouterX} is the gradient of the router's own input when it has one ({@link #runWithRouterInput}), else null (it
+     * is part of dx).
      */
     public record Result(double[] out, double[] dx, double[] dRouter, double[] dGateUp, double[] dDown, int[] counts, int[] selected,
-            boolean[] dropped, double[] dVectors, double[] dMix, double[] logits, double[] dLogits) {}
+            boolean[] dropped, double[] dVectors, double[] dMix, double[] logits, double[] dLogits, double[] dRouterX) {}
 
     private MoeLayerReference() {}
 
@@ -85,14 +90,38 @@ public final class MoeLayerReference {
      */
     public static Result run(Spec s, int tokens, boolean training, double[] x, double[] router, double[] bias, double[] gateUp,
             double[] down, double[] vectors, double[] mix, double[] logitOffset, double[] dLogitsIn, double[] dOut) {
-        int d = s.dim(), f = s.hidden(), e = s.routed(), ffn = s.experts(), k = s.topK();
+        return compute(s, tokens, training, x, null, router, bias, gateUp, down, vectors, mix, logitOffset, dLogitsIn, dOut);
+    }
+
+    /**
+     * A run whose experts read {@code x [tokens, expertIn]} and whose router reads {@code routerX [tokens, D]} (MoLE's latent
+     * experts read the layer's shared down-projection; copy and constant experts read x, as wide as the output then):
+     * {@link Result#dx} is x's gradient,
+     * {@link Result#dRouterX} the router input's.
+     */
+    public static Result runWithRouterInput(Spec s, int tokens, boolean training, double[] x, double[] routerX, double[] router, double[] bias,
+            double[] gateUp, double[] down, double[] dOut) {
+        return compute(s, tokens, training, x, routerX, router, bias, gateUp, down, new double[s.constantExperts() * s.dim()],
+                new double[s.constantExperts() * 2 * s.dim()], null, null, dOut);
+    }
+
+    private static Result compute(Spec s, int tokens, boolean training, double[] x, double[] routerX, double[] router, double[] bias,
+            double[] gateUp, double[] down, double[] vectors, double[] mix, double[] logitOffset, double[] dLogitsIn, double[] dOut) {
+        int d = s.dim(), in = s.expertIn(), f = s.hidden(), e = s.routed(), ffn = s.experts(), k = s.topK();
+        if (routerX == null && in != d) {
+            throw new IllegalArgumentException("experts " + in + " wide read another input than the router's: runWithRouterInput");
+        }
         ExpertActivation activation = s.options().activation();
         boolean gated = activation.gated;
         int gw = gated ? 2 * f : f;
         double[] out = new double[tokens * d];
-        double[] dx = new double[tokens * d];
+        double[] dx = new double[tokens * in];
+        // the router's input and its gradient: x's own unless the router has its own input
+        double[] rx = routerX == null ? x : routerX;
+        double[] dRouterX = routerX == null ? null : new double[tokens * d];
+        double[] drx = routerX == null ? dx : dRouterX;
         double[] dRouter = new double[e * d];
-        double[] dGateUp = new double[ffn * gw * d];
+        double[] dGateUp = new double[ffn * gw * in];
         double[] dDown = new double[ffn * d * f];
         int[] counts = new int[e];
         int c0 = s.firstConstant();
@@ -112,7 +141,7 @@ public final class MoeLayerReference {
             for (int ex = 0; ex < e; ex++) {
                 double z = 0;
                 for (int c = 0; c < d; c++) {
-                    z += x[xo + c] * router[ex * d + c];
+                    z += rx[xo + c] * router[ex * d + c];
                 }
                 if (logitOffset != null) {
                     z += logitOffset[t * e + ex];
@@ -245,14 +274,15 @@ public final class MoeLayerReference {
                     continue;
                 }
                 double[] gate = new double[f], up = new double[f], act = new double[f];
+                int xi = t * in; // the experts' input row
                 for (int j = 0; j < f; j++) {
                     double gz = 0, uz = 0;
-                    int go = (ex * gw + j) * d, uo = (ex * gw + (gated ? f : 0) + j) * d;
-                    for (int c = 0; c < d; c++) {
+                    int go = (ex * gw + j) * in, uo = (ex * gw + (gated ? f : 0) + j) * in;
+                    for (int c = 0; c < in; c++) {
                         if (gated) {
-                            gz += gateUp[go + c] * x[xo + c];
+                            gz += gateUp[go + c] * x[xi + c];
                         }
-                        uz += gateUp[uo + c] * x[xo + c];
+                        uz += gateUp[uo + c] * x[xi + c];
                     }
                     gate[j] = gz;
                     up[j] = uz;
@@ -285,14 +315,14 @@ public final class MoeLayerReference {
                 for (int j = 0; j < f; j++) {
                     double dGate = gated ? dAct[j] * up[j] * actDerivative(activation, gate[j]) : 0;
                     double dUp = gated ? dAct[j] * act(activation, gate[j]) : dAct[j] * actDerivative(activation, up[j]);
-                    int go = (ex * gw + j) * d, uo = (ex * gw + (gated ? f : 0) + j) * d;
-                    for (int c = 0; c < d; c++) {
+                    int go = (ex * gw + j) * in, uo = (ex * gw + (gated ? f : 0) + j) * in;
+                    for (int c = 0; c < in; c++) {
                         if (gated) {
-                            dx[xo + c] += dGate * gateUp[go + c];
-                            dGateUp[go + c] += dGate * x[xo + c];
+                            dx[xi + c] += dGate * gateUp[go + c];
+                            dGateUp[go + c] += dGate * x[xi + c];
                         }
-                        dx[xo + c] += dUp * gateUp[uo + c];
-                        dGateUp[uo + c] += dUp * x[xo + c];
+                        dx[xi + c] += dUp * gateUp[uo + c];
+                        dGateUp[uo + c] += dUp * x[xi + c];
                     }
                 }
             }
@@ -316,8 +346,8 @@ public final class MoeLayerReference {
                 }
                 dLogits[t * e + ex] = dz;
                 for (int c = 0; c < d; c++) {
-                    dx[xo + c] += dz * router[ex * d + c];
-                    dRouter[ex * d + c] += dz * x[xo + c];
+                    drx[xo + c] += dz * router[ex * d + c];
+                    dRouter[ex * d + c] += dz * rx[xo + c];
                 }
             }
         }
@@ -325,6 +355,6 @@ public final class MoeLayerReference {
         for (int i = 0; i < selected.length; i++) {
             selected[i] = chosenOf[i / k][i % k];
         }
-        return new Result(out, dx, dRouter, dGateUp, dDown, counts, selected, dropped, dVectors, dMix, logits, dLogits);
+        return new Result(out, dx, dRouter, dGateUp, dDown, counts, selected, dropped, dVectors, dMix, logits, dLogits, dRouterX);
     }
 }

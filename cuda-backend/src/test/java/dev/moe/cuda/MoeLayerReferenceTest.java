@@ -49,6 +49,67 @@ class MoeLayerReferenceTest {
         assertThat(java.util.Arrays.stream(res.dMix()).allMatch(v -> v != 0)).isTrue();
     }
 
+    /**
+     * MoLE's latent experts: the experts read x ({@code expertIn} wide, narrower or wider than D) and the router its own
+     * input; both input gradients, the router's and the experts', against central differences.
+     */
+    @Test
+    void latentExpertsGradientsMatchCentralDifferences() {
+        checkLatent(new Spec(6, 5, 4, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32).withExpertIn(3), 4);
+        checkLatent(new Spec(4, 3, 3, 1, 0, 2, Score.SIGMOID, false, 2f, true, Precision.FP32).with(Options.NONE.withActivation(ExpertActivation.RELU))
+                .withExpertIn(7), 6);
+        checkLatent(new Spec(5, 3, 4, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32).with(Options.NONE.withCapacity(0.75f, Drop.PROBABILITY))
+                .withExpertIn(2), 12);
+    }
+
+    /** A router input apart from x, equal to it, splits the input gradient in two: the experts' part and the router's. */
+    @Test
+    void aRouterInputOfItsOwnSplitsTheInputGradient() {
+        Spec s = new Spec(5, 4, 4, 1, 0, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32);
+        Random r = new Random(5);
+        int t = 6;
+        double[] x = gaussian(r, t * 5), router = gaussian(r, s.routed() * 5), gateUp = gaussian(r, 4 * 8 * 5), down = gaussian(r, 4 * 5 * 4),
+                dOut = gaussian(r, t * 5);
+        MoeLayerReference.Result whole = MoeLayerReference.run(s, t, x, router, null, gateUp, down, dOut);
+        MoeLayerReference.Result split = MoeLayerReference.runWithRouterInput(s, t, true, x, x.clone(), router, null, gateUp, down, dOut);
+        assertThat(whole.dRouterX()).isNull();
+        assertThat(split.out()).usingTolerance(0).containsExactly(whole.out()).inOrder();
+        assertThat(split.dRouter()).usingTolerance(1e-12).containsExactly(whole.dRouter()).inOrder();
+        double[] sum = new double[t * 5];
+        for (int i = 0; i < sum.length; i++) {
+            sum[i] = split.dx()[i] + split.dRouterX()[i];
+        }
+        assertThat(sum).usingTolerance(1e-12).containsExactly(whole.dx()).inOrder();
+        assertThat(java.util.Arrays.stream(split.dRouterX()).anyMatch(v -> v != 0)).isTrue();
+        // copy experts output x: they need the experts' input as wide as the output
+        org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                () -> new Spec(5, 4, 4, 0, 1, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32).withExpertIn(3));
+    }
+
+    /** The GPU checks' latent cases route to every kind of slot their spec has, and their capacity case drops some. */
+    @Test
+    void theGpuLatentCasesAreWellFormed() {
+        long seed = 1;
+        int latentCases = 0;
+        for (GpuChecks.Case c : GpuChecks.cases()) {
+            GpuChecks.Inputs in = GpuChecks.inputs(c, seed++);
+            Spec s = c.spec();
+            if (s.expertIn() == s.dim()) {
+                assertThat(in.routerX()).isNull();
+                continue;
+            }
+            latentCases++;
+            assertThat(in.x()).hasLength(c.tokens() * s.expertIn());
+            assertThat(in.routerX()).hasLength(c.tokens() * s.dim());
+            assertThat(in.ref().dx()).hasLength(c.tokens() * s.expertIn());
+            assertWithMessage("%s", c).that(java.util.Arrays.stream(in.ref().dRouterX()).anyMatch(v -> v != 0)).isTrue();
+            for (int ex = 0; ex < s.routed(); ex++) {
+                assertWithMessage("%s expert %s", c, ex).that(in.ref().counts()[ex]).isGreaterThan(0);
+            }
+        }
+        assertThat(latentCases).isEqualTo(2 * 4);
+    }
+
     @Test
     void unnormalizedTopOneGradientsMatchCentralDifferences() {
         check(new Spec(4, 3, 3, 1, Score.SOFTMAX, false, 1f, false, Precision.FP32), 4);
@@ -169,7 +230,7 @@ class MoeLayerReferenceTest {
             boolean roomy = !c.training() || c.spec().options().capacityFactor() >= 8;
             assertWithMessage("%s: %s slots dropped", c, dropped).that(roomy ? dropped == 0 : dropped > 0).isTrue();
         }
-        assertThat(capacityCases).isEqualTo(2 * 10);
+        assertThat(capacityCases).isEqualTo(2 * 11);
     }
 
     /**
@@ -296,6 +357,29 @@ class MoeLayerReferenceTest {
         compare("dDown", res.dDown(), down, loss);
         compare("dVectors", res.dVectors(), vectors, loss);
         compare("dMix", res.dMix(), mix, loss);
+    }
+
+    private static void checkLatent(Spec s, int tokens) {
+        Random r = new Random(9);
+        double[] x = gaussian(r, tokens * s.expertIn()), routerX = gaussian(r, tokens * s.dim()), router = gaussian(r, s.routed() * s.dim()),
+                gateUp = gaussian(r, s.experts() * gateUpRows(s) * s.expertIn()), down = gaussian(r, s.experts() * s.dim() * s.hidden()),
+                dOut = gaussian(r, tokens * s.dim());
+        double[] bias = s.bias() ? gaussian(r, s.routed()) : null;
+        MoeLayerReference.Result res = MoeLayerReference.runWithRouterInput(s, tokens, true, x, routerX, router, bias, gateUp, down, dOut);
+        java.util.function.DoubleSupplier loss = () -> {
+            double[] out = MoeLayerReference.runWithRouterInput(s, tokens, true, x, routerX, router, bias, gateUp, down, dOut).out();
+            double l = 0;
+            for (int i = 0; i < out.length; i++) {
+                l += out[i] * dOut[i];
+            }
+            return l;
+        };
+        assertThat(res.dx()).hasLength(tokens * s.expertIn());
+        compare("dx", res.dx(), x, loss);
+        compare("dRouterX", res.dRouterX(), routerX, loss);
+        compare("dRouter", res.dRouter(), router, loss);
+        compare("dGateUp", res.dGateUp(), gateUp, loss);
+        compare("dDown", res.dDown(), down, loss);
     }
 
     private static double loss(Spec s, int tokens, double[] x, double[] router, double[] bias, double[] gateUp, double[] down,

@@ -43,7 +43,8 @@ import javax.lang.model.element.Modifier;
  * <p>It covers pre-norm, shortcut (LongCat-Flash) and residual (PR-MoE) blocks with RMSNorm or
  * LayerNorm, RoPE, grouped-query attention (causal or not, sliding window, q/k/v biases, per-head or
  * full qk-norm), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
- * followed by zero, copy and constant experts (MoE++), with shared FFN experts without a sigmoid gate. Routers: softmax
+ * followed by zero, copy and constant experts (MoE++), or of MoLE's latent experts (a shared down-projection to the rank,
+ * then FFN experts on it) followed by zero experts, with shared FFN experts without a sigmoid gate. Routers: softmax
  * or sigmoid scores, top-k or top-p, normalisation, scaling, aux-free selection bias, group-limited
  * top-k, quota groups, a constant or annealed temperature (through tanh or sigmoid), pre-gating,
  * expert choice, several named gates that differ in their weights, MoE++'s gating residual (a router adds a map of the
@@ -116,6 +117,8 @@ public final class CudaModelGenerator {
 
     private static Optional<String> unsupported(Moe moe) {
         Router r = moe.routers().getFirst();
+        List<ExpertGroup> routed = moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).toList();
+        boolean latent = !routed.isEmpty() && routed.getFirst().expert() instanceof Expert.Latent;
         if (moe.routers().size() > 1) {
             // named gates that differ in their weights only: each sequence's logits come from its gate's router
             for (Router g : moe.routers()) {
@@ -128,18 +131,26 @@ public final class CudaModelGenerator {
                 return Optional.of("several named gates with an expert bias, pre-gating, a gating residual, expert choice or a capacity factor");
             }
         }
-        List<ExpertGroup> routed = moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).toList();
-        if (routed.isEmpty() || !(routed.getFirst().expert() instanceof Expert.FeedForward) || routed.getFirst().sigmoidGate()) {
-            return Optional.of("routed experts other than one group of FFN experts, then zero, copy and constant experts (latent, LoRA experts)");
+        if (routed.isEmpty() || !(routed.getFirst().expert() instanceof Expert.FeedForward || latent) || routed.getFirst().sigmoidGate()) {
+            return Optional.of("routed experts other than one group of FFN experts or of latent experts, then zero, copy and constant experts "
+                    + "(LoRA experts)");
         }
         // the GPU layer scores FFN, then zero, then copy, then constant experts: the router's rows must come in that order
         int rank = 0;
         for (ExpertGroup g : routed.subList(1, routed.size())) {
             int kind = g.expert() instanceof Expert.Zero ? 1 : g.expert() instanceof Expert.Copy ? 2 : g.expert() instanceof Expert.Constant ? 3 : -1;
             if (kind < 0 || kind < rank || g.sigmoidGate()) {
-                return Optional.of("routed experts other than one group of FFN experts, then zero, copy and constant experts (latent, LoRA experts)");
+                return Optional.of("routed experts other than one group of FFN experts or of latent experts, then zero, copy and constant "
+                        + "experts (LoRA experts, latent experts beside FFN or other latent experts)");
+            }
+            if (latent && kind > 1) {
+                // the layer's copy and constant experts read the experts' input, which for latent experts is the rank wide
+                return Optional.of("latent experts with copy or constant experts");
             }
             rank = kind;
+        }
+        if (latent && moe.routers().size() > 1) {
+            return Optional.of("latent experts with several named gates");
         }
         if (routed.size() > 1 && !(r.capacity() instanceof Router.Capacity.Dropless)) {
             return Optional.of("a capacity factor with zero, copy or constant experts");
@@ -217,7 +228,7 @@ public final class CudaModelGenerator {
     /** The GPU layer's options for a router and its losses (SwiGLU experts, dropless). */
     private static MoeKernelSource.Options options(Moe moe, Router r) {
         MoeKernelSource.Options o = MoeKernelSource.Options.NONE;
-        Ffn ffn = ((Expert.FeedForward) moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow().expert()).ffn();
+        Ffn ffn = routedFfn(moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow());
         o = o.withActivation(switch (ffn.activation()) {
             case SWIGLU -> MoeKernelSource.ExpertActivation.SWIGLU;
             case GEGLU -> MoeKernelSource.ExpertActivation.GEGLU;
@@ -249,6 +260,11 @@ public final class CudaModelGenerator {
             o = o.withEntropy();
         }
         return o;
+    }
+
+    /** The FFN of a group of routed FFN experts, or of latent experts (which read the latent vector). */
+    private static Ffn routedFfn(ExpertGroup g) {
+        return g.expert() instanceof Expert.Latent lat ? lat.ffn() : ((Expert.FeedForward) g.expert()).ffn();
     }
 
     private static Optional<Loss.Entropy> entropy(Moe moe) {
@@ -340,10 +356,15 @@ public final class CudaModelGenerator {
 
     // ---- the class ----
 
+    /** {@code latentRank} and {@code latentDown}: MoLE's rank and shared down-projection's parameter (0 and null for FFN experts). */
     private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int zero, int copy, int constant, int k, int hidden, List<Ffn> shared,
-            Ffn.Activation activation) {
+            Ffn.Activation activation, int latentRank, String latentDown) {
         int index() {
             return layer.index();
+        }
+
+        boolean latent() {
+            return latentRank > 0;
         }
 
         /** Every expert the router scores: FFN, then zero, then copy, then constant experts. */
@@ -395,8 +416,11 @@ public final class CudaModelGenerator {
         if (moe != null) {
             Moe m = moe;
             ExpertGroup routed = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow();
-            Ffn routedFfn = ((Expert.FeedForward) routed.expert()).ffn();
+            Ffn routedFfn = routedFfn(routed);
             int hidden = routedFfn.hidden();
+            // latent experts: the group's down-projection is named after the group's place among all the MoE's groups
+            int latentRank = routed.expert() instanceof Expert.Latent lat ? lat.rank() : 0;
+            String latentDown = latentRank > 0 ? need("layers." + l.index() + ".moe.group" + m.groups().indexOf(routed) + ".latent_down") : null;
             List<Ffn> shared = new ArrayList<>();
             for (ExpertGroup g : m.groups()) {
                 if (g.role() == ExpertGroup.Role.SHARED) {
@@ -416,7 +440,8 @@ public final class CudaModelGenerator {
                     constant += g.count();
                 }
             }
-            return Optional.of(new MoeInfo(l, m, r, routed.count(), zero, copy, constant, slots(moe, r), hidden, shared, routedFfn.activation()));
+            return Optional.of(new MoeInfo(l, m, r, routed.count(), zero, copy, constant, slots(moe, r), hidden, shared, routedFfn.activation(),
+                    latentRank, latentDown));
         }
         return Optional.empty();
     }
@@ -571,10 +596,12 @@ public final class CudaModelGenerator {
                 options = options.withGatingResidual();
             }
             CodeBlock constants = m.constant() > 0 ? CodeBlock.of("$L, ", m.constant()) : CodeBlock.of("");
-            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, $L, $L, $L$L, $T.$L, $L, $Lf, $L, ctx.expertPrecision, $L), new $T(w.value($S), $L, "
+            // latent experts read the rank-wide latent vector (w13 [E, GW, rank]); the router reads the layer's input
+            CodeBlock expertIn = m.latent() ? CodeBlock.of(".withExpertIn($L)", m.latentRank()) : CodeBlock.of("");
+            ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, $L, $L, $L$L, $T.$L, $L, $Lf, $L, ctx.expertPrecision, $L)$L, new $T(w.value($S), $L, "
                     + "w.value($S), w.value($S), w.grad($S), w.grad($S), w.grad($S)))", l, MOE_LAYER, SPEC, m.hidden(), m.experts(), m.zero(), m.copy(), constants,
                     m.k(), SCORE, r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias,
-                    optionsCode(options), EXTERNAL, routerParam(m), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", w13,
+                    optionsCode(options), expertIn, EXTERNAL, routerParam(m), hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", w13,
                     pre + "experts.0.down", routerParam(m), w13, pre + "experts.0.down");
             if (m.moe().routers().size() > 1) {
                 List<String> gates = m.moe().routers().stream().map(g -> need(pre + "router." + g.name().orElseThrow() + ".weight")).toList();
@@ -905,7 +932,15 @@ public final class CudaModelGenerator {
             f.add("// expert choice: in each sequence each expert keeps its best ceil($L · seq / $L) tokens by probability\n", x.factor(), m.experts());
             f.addStatement("moe$L.setSequenceLength(seq)", i);
         }
-        if (m.router().pregate()) {
+        String latentIn = null, dLatent = null;
+        if (m.latent()) {
+            latentIn = buffer("m" + i + "Latent", Integer.toString(m.latentRank()));
+            dLatent = buffer("m" + i + "DLatent", Integer.toString(m.latentRank()));
+            f.add("// latent experts (MoLE): z = x · latent_downᵀ once per token; the experts read z, the router $L\n",
+                    m.router().pregate() ? "the embeddings" : "x");
+            f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", fnormed, pointer(m.latentDown()), latentIn, m.latentRank());
+            f.addStatement("moe$L.forwardInto($L, $L, rows, $L)", i, latentIn, m.router().pregate() ? "embedded" : fnormed, target);
+        } else if (m.router().pregate()) {
             f.addStatement("moe$L.forwardInto($L, embedded, rows, $L)", i, fnormed, target);
         } else {
             f.addStatement("moe$L.forwardInto($L, rows, $L)", i, fnormed, target);
@@ -931,11 +966,19 @@ public final class CudaModelGenerator {
         }
         bf.addStatement("mark($S)", "backward: shared experts");
         bf.add("// routed experts and router (with the balancing losses' gradients)\n");
-        bf.addStatement("moe$L.backwardInto($L, $L, $L, $L, dNormed$L)", i, dOut,
-                m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : "null",
-                zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f")),
-                entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f")),
-                m.router().pregate() ? ", dEmbedded" : "");
+        CodeBlock aux = m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : CodeBlock.of("null");
+        CodeBlock zc = zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f"));
+        CodeBlock ent = entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f"));
+        if (m.latent()) {
+            bf.add("// latent experts: d(z) from the experts, the router's input gradient to $L; then the shared down-projection's backward\n",
+                    m.router().pregate() ? "the embeddings" : "x");
+            bf.addStatement("zero($L, (long) rows * $L)", dLatent, m.latentRank());
+            bf.addStatement("moe$L.backwardInto($L, $L, $L, $L, $L, $L)", i, dOut, aux, zc, ent, dLatent, m.router().pregate() ? "dEmbedded" : "dNormed");
+            bf.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, $L, true)", fnormed, pointer(m.latentDown()), dLatent,
+                    grad(m.latentDown()), m.latentRank());
+        } else {
+            bf.addStatement("moe$L.backwardInto($L, $L, $L, $L, dNormed$L)", i, dOut, aux, zc, ent, m.router().pregate() ? ", dEmbedded" : "");
+        }
         bf.addStatement("mark($S)", "backward: moe routed experts");
     }
 

@@ -48,6 +48,9 @@ public final class ExpertParallelMoe {
             throw new IllegalArgumentException("placement of " + placement.experts() + " experts on " + placement.ranks()
                     + " ranks for a layer of " + spec.experts() + " experts on " + exchange.size() + " ranks");
         }
+        if (spec.expertIn() != spec.dim()) {
+            throw new IllegalArgumentException("expert parallelism sends the router's input to the experts: not latent experts");
+        }
         this.spec = spec;
         this.placement = placement;
         this.exchange = exchange;

@@ -11,11 +11,12 @@ import java.util.Locale;
  * <pre>
  *  logits[T,E] (cuBLASLt) ─router_topk─▶ idx[T,k], weight[T,k], probs[T,E]
  *  idx ─rank_tile_counts, rank_tile_scan, rank_tile_ranks─▶ rank[M], counts[E] ─expert_offsets─▶ offsets[E+1]
- *  x[T,D], idx, rank, offsets ─permute_gather─▶ pos[M], h[M,D] (rows sorted by expert)
+ *  x[T,DIN], idx, rank, offsets ─permute_gather─▶ pos[M], h[M,DIN] (rows sorted by expert)
  *  h ─grouped GEMM (cuBLASLt per expert)─▶ g[M,GW] ─expert_act─▶ a[M,F] ─grouped GEMM─▶ y[M,D]
  *  y, pos, weight ─combine─▶ out[T,D]
  * </pre>
- * GW is 2F for gated experts (SwiGLU, GEGLU: gate then up columns) and F for ungated ones (ReLU,
+ * DIN is D but for MoLE's latent experts, which read the layer's shared projection to the rank
+ * (the router's logits come from its own input, D wide, then). GW is 2F for gated experts (SwiGLU, GEGLU: gate then up columns) and F for ungated ones (ReLU,
  * GELU). With a capacity factor, a training forward runs capacity_order and capacity_keep, then ranks
  * again counting the kept rows only, before expert_offsets: a dropped slot gets rank -1, hence
  * pos -1 and no row, and the combine kernels treat it as a zero expert's slot.
@@ -129,13 +130,19 @@ public final class MoeKernelSource {
      * zero-computation experts ({@code zeroExperts} that output 0, {@code copyExperts} that output
      * their input, {@code constantExperts} that output a1·x + a2·v with [a1, a2] = softmax(W_c x)),
      * which the router scores after the FFN experts in that order and the combine folds in, and the
-     * {@link Options} of the router and experts.
+     * {@link Options} of the router and experts. The experts read rows of {@code expertIn} values
+     * and write rows of {@code dim}: {@code expertIn} is {@code dim} but for MoLE's latent experts,
+     * which read the layer's shared down-projection to the rank while the router reads the input.
      */
     public record Spec(int dim, int hidden, int experts, int zeroExperts, int copyExperts, int constantExperts, int topK, Score score,
-            boolean normalize, float scale, boolean bias, Precision precision, Options options) {
+            boolean normalize, float scale, boolean bias, Precision precision, Options options, int expertIn) {
         public Spec {
-            if (dim <= 0 || hidden <= 0 || experts <= 0 || topK <= 0 || zeroExperts < 0 || copyExperts < 0 || constantExperts < 0) {
+            if (dim <= 0 || hidden <= 0 || experts <= 0 || topK <= 0 || zeroExperts < 0 || copyExperts < 0 || constantExperts < 0 || expertIn <= 0) {
                 throw new IllegalArgumentException("sizes must be positive: " + this);
+            }
+            if (expertIn != dim && copyExperts + constantExperts > 0) {
+                // copy and constant experts output (a mix of) the experts' input, which must then be the model width
+                throw new IllegalArgumentException("copy or constant experts need the experts' input as wide as the output: " + this);
             }
             int routed = experts + zeroExperts + copyExperts + constantExperts;
             if (topK > routed) {
@@ -158,6 +165,12 @@ public final class MoeKernelSource {
             }
         }
 
+        /** Experts that read the layer's input ({@code expertIn = dim}). */
+        public Spec(int dim, int hidden, int experts, int zeroExperts, int copyExperts, int constantExperts, int topK, Score score,
+                boolean normalize, float scale, boolean bias, Precision precision, Options options) {
+            this(dim, hidden, experts, zeroExperts, copyExperts, constantExperts, topK, score, normalize, scale, bias, precision, options, dim);
+        }
+
         /** FFN, zero and copy experts (no constant experts). */
         public Spec(int dim, int hidden, int experts, int zeroExperts, int copyExperts, int topK, Score score, boolean normalize, float scale,
                 boolean bias, Precision precision, Options options) {
@@ -178,12 +191,17 @@ public final class MoeKernelSource {
 
         /** The same layer with other options. */
         public Spec with(Options o) {
-            return new Spec(dim, hidden, experts, zeroExperts, copyExperts, constantExperts, topK, score, normalize, scale, bias, precision, o);
+            return new Spec(dim, hidden, experts, zeroExperts, copyExperts, constantExperts, topK, score, normalize, scale, bias, precision, o, expertIn);
         }
 
         /** The same layer with {@code n} constant experts after the copy experts. */
         public Spec withConstantExperts(int n) {
-            return new Spec(dim, hidden, experts, zeroExperts, copyExperts, n, topK, score, normalize, scale, bias, precision, options);
+            return new Spec(dim, hidden, experts, zeroExperts, copyExperts, n, topK, score, normalize, scale, bias, precision, options, expertIn);
+        }
+
+        /** The same layer with experts that read rows of {@code width} (MoLE: the latent rank) instead of the router's input. */
+        public Spec withExpertIn(int width) {
+            return new Spec(dim, hidden, experts, zeroExperts, copyExperts, constantExperts, topK, score, normalize, scale, bias, precision, options, width);
         }
 
         /** The router's width: every expert it scores (FFN, zero, copy, then constant experts). */
@@ -202,12 +220,13 @@ public final class MoeKernelSource {
     public static String generate(Spec s) {
         int ept = (s.routed() + 31) / 32;
         StringBuilder c = new StringBuilder();
-        c.append("// Generated by moe for an MoE layer: D=").append(s.dim()).append(" F=").append(s.hidden()).append(" E=")
+        c.append("// Generated by moe for an MoE layer: D=").append(s.dim()).append(s.expertIn() != s.dim() ? " DIN=" + s.expertIn() : "").append(" F=").append(s.hidden()).append(" E=")
                 .append(s.experts()).append(s.zeroExperts() > 0 ? " zero=" + s.zeroExperts() : "")
                 .append(s.copyExperts() > 0 ? " copy=" + s.copyExperts() : "").append(s.constantExperts() > 0 ? " constant=" + s.constantExperts() : "").append(" k=").append(s.topK()).append(' ').append(s.score().name().toLowerCase(Locale.ROOT))
                 .append(s.normalize() ? " normalized" : "").append(" scale=").append(fmt(s.scale())).append(s.bias() ? " bias" : "")
                 .append(' ').append(s.precision().name().toLowerCase(Locale.ROOT)).append(". Do not edit.\n");
-        c.append("#define D ").append(s.dim()).append("\n#define F ").append(s.hidden()).append("\n#define E ").append(s.experts())
+        c.append("#define D ").append(s.dim()).append("\n#define DIN ").append(s.expertIn())
+                .append("  // the experts' input width: D, or MoLE's latent rank (the router reads D)\n#define F ").append(s.hidden()).append("\n#define E ").append(s.experts())
                 .append("  // FFN experts\n#define ER ").append(s.routed()).append("  // experts the router scores: FFN, then zero, copy and constant\n#define ZERO ")
                 .append(s.zeroExperts()).append("\n#define K ").append(s.topK()).append("\n#define EPT ").append(ept).append("  // experts per lane\n")
                 .append("#define SCALE ").append(fmt(s.scale())).append("f\n#define NORMALIZE ").append(s.normalize() ? 1 : 0)
@@ -532,14 +551,14 @@ public final class MoeKernelSource {
                   }
                   int p = offsets[idx[i]] + rank[i];
                   if (threadIdx.x == 0) pos[i] = p;
-                  const act_t* src = x + (long) (i / K) * D;
-                  act_t* dst = h + (long) p * D;
-                  constexpr int ROW_BYTES = D * (int) sizeof(act_t);
+                  const act_t* src = x + (long) (i / K) * DIN;
+                  act_t* dst = h + (long) p * DIN;
+                  constexpr int ROW_BYTES = DIN * (int) sizeof(act_t);
                   if constexpr (ROW_BYTES % 16 == 0) {  // 16-byte copies: rows start 16-byte aligned
                     const uint4* s4 = (const uint4*) src; uint4* d4 = (uint4*) dst;
                     for (int c = threadIdx.x; c < ROW_BYTES / 16; c += blockDim.x) d4[c] = s4[c];
                   } else {
-                    for (int c = threadIdx.x; c < D; c += blockDim.x) dst[c] = src[c];
+                    for (int c = threadIdx.x; c < DIN; c += blockDim.x) dst[c] = src[c];
                   }
                 }
 
@@ -806,14 +825,14 @@ public final class MoeKernelSource {
                 #endif
                   }
                   __syncthreads();
-                  for (int c = threadIdx.x; c < D; c += blockDim.x) {
+                  for (int c = threadIdx.x; c < DIN; c += blockDim.x) {  // copy and constant experts only when DIN == D
                     float acc = 0.f;
                     #pragma unroll
                     for (int s = 0; s < K; s++) {
                 #if !SLOT_KINDS
-                      acc += ld(dh, (long) sp[s] * D + c);
+                      acc += ld(dh, (long) sp[s] * DIN + c);
                 #else
-                      if (sk[s] == 0) acc += ld(dh, (long) sp[s] * D + c);
+                      if (sk[s] == 0) acc += ld(dh, (long) sp[s] * DIN + c);
                       else if (sk[s] == 2) acc += sw[s] * ld(dout, (long) t * D + c);
                 #if CONST
                       else if (sk[s] == 3) {
@@ -823,7 +842,7 @@ public final class MoeKernelSource {
                 #endif
                 #endif
                     }
-                    st(dx, (long) t * D + c, acc);
+                    st(dx, (long) t * DIN + c, acc);
                   }
                 }
 

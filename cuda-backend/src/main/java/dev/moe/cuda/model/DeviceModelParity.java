@@ -26,8 +26,8 @@ import java.util.SplittableRandom;
  * but 0.1% of the weights within 1e-4 and the weights' movement and the moments within 5% in norm.
  *
  * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe and switch), then always
- * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL} and
- * {@link #BLOCKS_MODEL} and {@link #MOEPP_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
+ * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL},
+ * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL} and {@link #LATENT_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
  * equal the CPU's exactly.
  *
  * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
@@ -508,6 +508,68 @@ public final class DeviceModelParity {
             }
             """;
 
+    /**
+     * MoLE's latent experts (mole.moe, smaller): each layer's experts share a down-projection to the rank and read the latent
+     * vector, while the router reads the layer's input. Softmax top-2 with a shared expert and the aux and z losses; pre-gating
+     * (the router reads the embeddings) over GELU experts with a capacity factor dropping by probability; sigmoid scores with an
+     * expert bias over ungated ReLU experts and zero experts, in a shortcut block.
+     */
+    public static final String LATENT_MODEL = """
+            moe mole {
+              shared 1 x swiglu(hidden: 24)
+              routed 8 x latent(rank: 16, ffn: swiglu(hidden: 32))
+              router {
+                score softmax
+                top_k 2
+                normalize true
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+              balance z_loss(coef: 0.001)
+            }
+            moe molepre {
+              routed 6 x latent(rank: 20, ffn: gelu(hidden: 32))
+              router {
+                top_k 2
+                normalize true
+                pregate true
+                capacity factor(1.0, drop: probability)
+              }
+              balance aux(coef: 0.01, scope: global_batch)
+            }
+            moe molez {
+              routed 6 x latent(rank: 12, ffn: relu(hidden: 40))
+              routed 2 x zero
+              router {
+                score sigmoid
+                top_k 2
+                normalize true
+                scale 2.0
+                bias aux_free(rate: 0.01)
+              }
+            }
+            model LatentTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 3 {
+                first 1: attention, mole
+                1: attention, molepre
+                rest: shortcut(attention, swiglu(hidden: 64), molez)
+              }
+            }
+            """;
+
+    /** The models of {@link #LATENT_MODEL}. */
+    public static List<Model> latentModels() {
+        return compile("latent.moe", LATENT_MODEL);
+    }
+
     /** The models of {@link #MOEPP_MODEL}. */
     public static List<Model> moeppModels() {
         return compile("moepp.moe", MOEPP_MODEL);
@@ -538,6 +600,7 @@ public final class DeviceModelParity {
         models.addAll(routerOptionModels());
         models.addAll(blockModels());
         models.addAll(moeppModels());
+        models.addAll(latentModels());
         int failures = 0;
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.println("device-resident models against the CPU-generated classes on " + ctx.deviceName);

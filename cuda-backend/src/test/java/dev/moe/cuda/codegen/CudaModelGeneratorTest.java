@@ -72,7 +72,9 @@ class CudaModelGeneratorTest {
                 // several named gates, chosen per sequence by its domain
                 "unimoe-audio-gates.moe/UniMoEAudioTiny",
                 // MoE++: zero, copy and constant experts, gating residuals
-                "moe-plus-plus.moe/MoEPlusPlusTiny");
+                "moe-plus-plus.moe/MoEPlusPlusTiny",
+                // MoLE's latent experts
+                "mole.moe/MoLETiny");
 
         assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
@@ -318,6 +320,89 @@ class CudaModelGeneratorTest {
         Model m = dev.moe.dsl.SourceFile.decode("order.moe", text.getBytes(java.nio.charset.StandardCharsets.UTF_8)) instanceof
                 dev.moe.dsl.SourceFile.ReadResult.Ok ok ? dev.moe.compiler.MoeCompiler.compile(ok.source()).orThrow().models().getFirst() : null;
         assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).contains("then zero, copy and constant experts");
+    }
+
+    /**
+     * mole.moe: the shared down-projection runs as a dense GEMM, the layer's experts read its output (rank wide) while the router
+     * reads the normed input, and the backward sends the experts' input gradient through the projection.
+     */
+    @Test
+    void moleIsDeviceResident() {
+        Model m = models(RECIPES.resolve("mole.moe")).getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.Classes classes = DeviceModels.compile(m, "mole.moe");
+        assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "mole.moe").toString();
+        for (int l = 0; l < 4; l++) {
+            assertThat(src).contains("moe" + l + " = CudaMoeLayer.onExternalWeights(ctx, new MoeKernelSource.Spec(DIM, 128, 8, 0, 0, 2, "
+                    + "MoeKernelSource.Score.SOFTMAX, true, 1.0f, false, ctx.expertPrecision, MoeKernelSource.Options.NONE).withExpertIn(32), ");
+            assertThat(src).contains("linear(f" + l + "Normed, l" + l + "MoeGroup0LatentDown, m" + l + "Latent, rows, DIM, 32, false)");
+            assertThat(src).contains("moe" + l + ".forwardInto(m" + l + "Latent, f" + l + "Normed, rows, stream)");
+            assertThat(src).contains("zero(m" + l + "DLatent, (long) rows * 32)");
+            assertThat(src).contains("moe" + l + ".backwardInto(dx, scaled(aux" + l + ", scale), 0f, 0f, m" + l + "DLatent, dNormed)");
+            assertThat(src).contains("linearBackward(f" + l + "Normed, l" + l + "MoeGroup0LatentDown, m" + l + "DLatent, dNormed, l" + l
+                    + "MoeGroup0LatentDownGrad, rows, DIM, 32, true)");
+            assertThat(src).contains("m" + l + "Latent = allocate((long) rows * 32)");
+            assertThat(src).contains("w.value(\"layers." + l + ".moe.group0.latent_down\")");
+            // the experts' gate and up rows [E, 2F, rank], then their down projections, contiguous in the arena
+            assertThat(src).contains("\"layers." + l + ".moe.experts.7.gate\", \"layers." + l + ".moe.experts.7.up\", \"layers." + l
+                    + ".moe.experts.0.down\"");
+        }
+        // the down-projection's backward follows the layer's (which fills d(z)) in each layer's backward
+        int layer = src.indexOf("moe0.backwardInto(");
+        assertThat(layer).isGreaterThan(0);
+        assertThat(src.indexOf("linearBackward(f0Normed, l0MoeGroup0LatentDown", layer)).isGreaterThan(layer);
+    }
+
+    /** The parity model of latent experts (with a shared expert, pre-gating and a capacity factor, zero experts in a shortcut block). */
+    @Test
+    void theParityCheckLatentModelIsDeviceResident() {
+        List<Model> models = dev.moe.cuda.model.DeviceModelParity.latentModels();
+        assertThat(models).hasSize(1);
+        Model m = models.getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "latent.moe");
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "latent.moe").toString();
+        assertThat(src).contains(".withExpertIn(16)");
+        // pre-gating: the router reads the embeddings and sends its gradient there; the experts read z
+        assertThat(src).contains("moe1.forwardInto(m1Latent, embedded, rows, stream)");
+        assertThat(src).contains("moe1.backwardInto(dx, scaled(aux1, scale), 0f, 0f, m1DLatent, dEmbedded)");
+        assertThat(src).contains("MoeKernelSource.Options.NONE.withActivation(MoeKernelSource.ExpertActivation.GELU).withCapacity(1.0f, "
+                + "MoeKernelSource.Drop.PROBABILITY)).withExpertIn(20)");
+        // zero experts after the latent experts, in a shortcut block
+        assertThat(src).contains("new MoeKernelSource.Spec(DIM, 40, 6, 2, 0, 2, MoeKernelSource.Score.SIGMOID");
+        assertThat(src).contains("moe2.forwardInto(m2Latent, f2Normed, rows, s2MoeOut)");
+        assertThat(src).contains("moe2.backwardInto(s2DMoeOut, null, 0f, 0f, m2DLatent, dNormed)");
+    }
+
+    /** Latent experts the GPU layer cannot run stay on the hybrid path, with the reason. */
+    @Test
+    void latentExpertsTheLayerCannotRunAreRefused() {
+        String copy = dev.moe.cuda.model.DeviceModelParity.LATENT_MODEL.replace("routed 2 x zero", "routed 2 x copy");
+        assertThat(CudaModelGenerator.unsupported(compileText(copy).getFirst()).orElseThrow()).contains("latent experts with copy or constant experts");
+        String beside = dev.moe.cuda.model.DeviceModelParity.LATENT_MODEL.replace("routed 2 x zero", "routed 2 x swiglu(hidden: 32)");
+        assertThat(CudaModelGenerator.unsupported(compileText(beside).getFirst()).orElseThrow()).contains("latent experts beside FFN");
+        String gates = dev.moe.cuda.model.DeviceModelParity.LATENT_MODEL.replace("""
+                  router {
+                    score softmax
+                    top_k 2
+                    normalize true
+                  }
+                """, """
+                  router speech {
+                    top_k 2
+                  }
+                  router music {
+                    top_k 2
+                  }
+                """);
+        assertThat(gates).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.LATENT_MODEL);
+        assertThat(CudaModelGenerator.unsupported(compileText(gates).getFirst()).orElseThrow()).contains("latent experts with several named gates");
+    }
+
+    private static List<Model> compileText(String text) {
+        return dev.moe.compiler.MoeCompiler.compile(((dev.moe.dsl.SourceFile.ReadResult.Ok) dev.moe.dsl.SourceFile.decode("t.moe",
+                text.getBytes(java.nio.charset.StandardCharsets.UTF_8))).source()).orThrow().models();
     }
 
     /** Each new feature is used by the generated code with the CPU class's parameters (names the CPU model owns). */
