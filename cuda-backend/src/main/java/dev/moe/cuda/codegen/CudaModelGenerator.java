@@ -20,6 +20,7 @@ import dev.moe.compiler.ir.Moe;
 import dev.moe.compiler.ir.Param;
 import dev.moe.compiler.ir.Router;
 import dev.moe.cuda.CudaContext;
+import dev.moe.cuda.CudaLoraMoeLayer;
 import dev.moe.cuda.CudaMoeLayer;
 import dev.moe.cuda.kernels.MoeKernelSource;
 import dev.moe.cuda.model.DeviceModel;
@@ -43,7 +44,8 @@ import javax.lang.model.element.Modifier;
  * <p>It covers pre-norm, shortcut (LongCat-Flash) and residual (PR-MoE) blocks with RMSNorm or
  * LayerNorm, RoPE, grouped-query attention (causal or not, sliding window, q/k/v biases, per-head or
  * full qk-norm), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
- * followed by zero, copy and constant experts (MoE++), with shared FFN experts without a sigmoid gate. Routers: softmax
+ * followed by zero, copy and constant experts (MoE++), or one group of MoLA's LoRA experts over a frozen FFN base
+ * ({@link CudaLoraMoeLayer}, fp32, dropless token choice by one router), with shared FFN experts without a sigmoid gate. Routers: softmax
  * or sigmoid scores, top-k or top-p, normalisation, scaling, aux-free selection bias, group-limited
  * top-k, quota groups, a constant or annealed temperature (through tanh or sigmoid), pre-gating,
  * expert choice, several named gates that differ in their weights, MoE++'s gating residual (a router adds a map of the
@@ -58,6 +60,7 @@ public final class CudaModelGenerator {
 
     private static final ClassName DEVICE_MODEL = ClassName.get(DeviceModel.class);
     private static final ClassName MOE_LAYER = ClassName.get(CudaMoeLayer.class);
+    private static final ClassName LORA_LAYER = ClassName.get(CudaLoraMoeLayer.class);
     private static final ClassName EXTERNAL = ClassName.get(CudaMoeLayer.ExternalWeights.class);
     private static final ClassName SPEC = ClassName.get(MoeKernelSource.Spec.class);
     private static final ClassName SCORE = ClassName.get(MoeKernelSource.Score.class);
@@ -129,15 +132,26 @@ public final class CudaModelGenerator {
             }
         }
         List<ExpertGroup> routed = moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).toList();
-        if (routed.isEmpty() || !(routed.getFirst().expert() instanceof Expert.FeedForward) || routed.getFirst().sigmoidGate()) {
-            return Optional.of("routed experts other than one group of FFN experts, then zero, copy and constant experts (latent, LoRA experts)");
+        boolean lora = !routed.isEmpty() && routed.getFirst().expert() instanceof Expert.Lora;
+        if (lora && (routed.size() > 1 || routed.getFirst().sigmoidGate())) {
+            return Optional.of("LoRA experts beside other routed experts");
+        }
+        if (lora && (r.selection() instanceof Router.Selection.TopP || r.selection() instanceof Router.Selection.ExpertChoice
+                || !(r.capacity() instanceof Router.Capacity.Dropless) || moe.routers().size() > 1 || r.pregate() || r.gatingResidual())) {
+            // the GPU's LoRA layer gives every slot a row: dropless token choice, one router reading the layer's input
+            return Optional.of("LoRA experts with top-p, expert choice, a capacity factor, named gates, pre-gating or a gating residual");
+        }
+        if (routed.isEmpty() || !(routed.getFirst().expert() instanceof Expert.FeedForward || lora) || routed.getFirst().sigmoidGate()) {
+            return Optional.of("routed experts other than one group of FFN experts, then zero, copy and constant experts, or one group of LoRA "
+                    + "experts (latent experts)");
         }
         // the GPU layer scores FFN, then zero, then copy, then constant experts: the router's rows must come in that order
         int rank = 0;
         for (ExpertGroup g : routed.subList(1, routed.size())) {
             int kind = g.expert() instanceof Expert.Zero ? 1 : g.expert() instanceof Expert.Copy ? 2 : g.expert() instanceof Expert.Constant ? 3 : -1;
             if (kind < 0 || kind < rank || g.sigmoidGate()) {
-                return Optional.of("routed experts other than one group of FFN experts, then zero, copy and constant experts (latent, LoRA experts)");
+                return Optional.of("routed experts other than one group of FFN experts, then zero, copy and constant experts, or one group of LoRA "
+                        + "experts (latent experts)");
             }
             rank = kind;
         }
@@ -217,7 +231,7 @@ public final class CudaModelGenerator {
     /** The GPU layer's options for a router and its losses (SwiGLU experts, dropless). */
     private static MoeKernelSource.Options options(Moe moe, Router r) {
         MoeKernelSource.Options o = MoeKernelSource.Options.NONE;
-        Ffn ffn = ((Expert.FeedForward) moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow().expert()).ffn();
+        Ffn ffn = routedFfn(moe);
         o = o.withActivation(switch (ffn.activation()) {
             case SWIGLU -> MoeKernelSource.ExpertActivation.SWIGLU;
             case GEGLU -> MoeKernelSource.ExpertActivation.GEGLU;
@@ -249,6 +263,15 @@ public final class CudaModelGenerator {
             o = o.withEntropy();
         }
         return o;
+    }
+
+    /** The routed experts' FFN: the first routed group's, or for LoRA experts their base's. */
+    private static Ffn routedFfn(Moe moe) {
+        return switch (moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow().expert()) {
+            case Expert.FeedForward f -> f.ffn();
+            case Expert.Lora lo -> lo.base();
+            default -> throw new IllegalStateException("routed experts of no FFN");
+        };
     }
 
     private static Optional<Loss.Entropy> entropy(Moe moe) {
@@ -340,10 +363,20 @@ public final class CudaModelGenerator {
 
     // ---- the class ----
 
+    /**
+     * An MoE layer: FFN experts (then zero, copy and constant experts), or MoLA's LoRA experts ({@code lora}, with
+     * {@code loraGroup} the index of their group among the MoE's, which names the frozen base; hidden and activation are the
+     * base's).
+     */
     private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int zero, int copy, int constant, int k, int hidden, List<Ffn> shared,
-            Ffn.Activation activation) {
+            Ffn.Activation activation, Expert.Lora lora, int loraGroup) {
         int index() {
             return layer.index();
+        }
+
+        /** The frozen base FFN's parameter prefix of a LoRA layer: {@code layers.i.moe.group<g>.base}. */
+        String loraBase() {
+            return "layers." + index() + ".moe.group" + loraGroup + ".base";
         }
 
         /** Every expert the router scores: FFN, then zero, then copy, then constant experts. */
@@ -395,8 +428,11 @@ public final class CudaModelGenerator {
         if (moe != null) {
             Moe m = moe;
             ExpertGroup routed = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow();
-            Ffn routedFfn = ((Expert.FeedForward) routed.expert()).ffn();
+            Ffn routedFfn = routedFfn(m);
             int hidden = routedFfn.hidden();
+            Expert.Lora lora = routed.expert() instanceof Expert.Lora lo ? lo : null;
+            // the CPU class names a LoRA group's base after the group's index among all of the MoE's groups
+            int loraGroup = m.groups().indexOf(routed);
             List<Ffn> shared = new ArrayList<>();
             for (ExpertGroup g : m.groups()) {
                 if (g.role() == ExpertGroup.Role.SHARED) {
@@ -416,7 +452,8 @@ public final class CudaModelGenerator {
                     constant += g.count();
                 }
             }
-            return Optional.of(new MoeInfo(l, m, r, routed.count(), zero, copy, constant, slots(moe, r), hidden, shared, routedFfn.activation()));
+            return Optional.of(new MoeInfo(l, m, r, routed.count(), zero, copy, constant, slots(moe, r), hidden, shared, routedFfn.activation(), lora,
+                    loraGroup));
         }
         return Optional.empty();
     }
@@ -526,7 +563,7 @@ public final class CudaModelGenerator {
         }
         for (MoeInfo m : moes) {
             int l = m.index();
-            t.addField(MOE_LAYER, "moe" + l, Modifier.PRIVATE, Modifier.FINAL);
+            t.addField(m.lora() != null ? LORA_LAYER : MOE_LAYER, "moe" + l, Modifier.PRIVATE, Modifier.FINAL);
             t.addField(FieldSpec.builder(int[].class, "counts" + l, Modifier.PRIVATE).initializer("new int[$L]", m.routed()).build());
             t.addField(FieldSpec.builder(long[].class, "stepCounts" + l, Modifier.PRIVATE, Modifier.FINAL).initializer("new long[$L]", m.routed())
                     .build());
@@ -551,6 +588,10 @@ public final class CudaModelGenerator {
         for (MoeInfo m : moes) {
             int l = m.index();
             String pre = "layers." + l + ".moe.";
+            if (m.lora() != null) {
+                loraLayer(ctor, m);
+                continue;
+            }
             // the layer's w13: per expert its gate then up rows ([E, 2F, D]), or its up rows only when ungated ([E, F, D])
             boolean gated = m.activation().gated();
             for (int e = 0; e < m.experts(); e++) {
@@ -622,6 +663,40 @@ public final class CudaModelGenerator {
         t.addMethods(layerMethods);
         routingMethods(t, moes);
         return t.build();
+    }
+
+    /**
+     * The constructor's statement for MoLA's LoRA experts: a {@link CudaLoraMoeLayer} on the arena's router, frozen base and
+     * low-rank factors, routed by the layer's own router kernels (fp32, whatever the expert precision).
+     */
+    private void loraLayer(CodeBlock.Builder ctor, MoeInfo m) {
+        int l = m.index();
+        String pre = "layers." + l + ".moe.";
+        Router r = m.router();
+        String bias = pre + "router.expert_bias";
+        boolean hasBias = r.bias().isPresent();
+        String router = routerParam(m);
+        List<String> projections = m.activation().gated() ? List.of("gate", "up", "down") : List.of("up", "down");
+        List<CodeBlock> args = new ArrayList<>();
+        for (String proj : List.of("gate", "up", "down")) {
+            if (!projections.contains(proj)) {
+                args.add(CodeBlock.of("null"));
+                continue;
+            }
+            need(m.loraBase() + "." + proj);
+            for (int e = 0; e < m.experts(); e++) {
+                need(pre + "experts." + e + "." + proj + "_a");
+                need(pre + "experts." + e + "." + proj + "_b");
+            }
+            args.add(CodeBlock.of("loraProjection($S, $S, $L, $S)", m.loraBase() + "." + proj, pre + "experts.", m.experts(), proj));
+        }
+        Expert.Lora lo = m.lora();
+        ctor.add("// MoLA: $L x $L, fp32\n", m.experts(), lo.describe());
+        ctor.addStatement("moe$L = new $T(ctx, new $T(DIM, $L, $L, 0, 0, $L, $T.$L, $L, $Lf, $L, $T.FP32, $L), $L, $Lf, new $T(w.value($S), "
+                + "w.grad($S), $L, $L, $L, $L))", l, LORA_LAYER, SPEC, m.hidden(), m.experts(), m.k(), SCORE, r.score().name(),
+                r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias,
+                ClassName.get(MoeKernelSource.Precision.class), optionsCode(options(m.moe(), r)), lo.rank(), (float) (lo.alpha() / lo.rank()), ClassName.get(CudaLoraMoeLayer.Weights.class), router,
+                router, hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", args.get(0), args.get(1), args.get(2));
     }
 
     private static CodeBlock placedList(List<String> names) {
