@@ -178,6 +178,17 @@ class MoeKernelSourceTest {
         assertThrows(IllegalArgumentException.class, () -> new Spec(0, 8, 4, 2, Score.SOFTMAX, true, 1f, false, Precision.BF16));
     }
 
+    @Test
+    void theLoraKernelsBakeInK() {
+        String src = dev.moe.cuda.kernels.LoraKernelSource.generate(3);
+        assertThat(src).contains("#define K 3\n");
+        for (String k : new String[] {"lora_add_updates", "lora_gather", "lora_scatter_add", "lora_updates_backward", "lora_scale"}) {
+            assertThat(src).contains("extern \"C\" __global__ void " + k + "(");
+        }
+        assertThrows(IllegalArgumentException.class, () -> dev.moe.cuda.kernels.LoraKernelSource.generate(33));
+        assertThrows(IllegalArgumentException.class, () -> dev.moe.cuda.kernels.LoraKernelSource.generate(0));
+    }
+
     /** Where the CUDA toolkit's nvcc is installed (as on these machines), the generated C must compile for sm_90. */
     @Test
     void theGeneratedSourceCompilesWithNvcc(@TempDir Path dir) throws Exception {
@@ -217,6 +228,9 @@ class MoeKernelSourceTest {
                     .with(Options.NONE.withCapacity(1f, Drop.POSITION)).withExpertIn(21)));
         }
         sources.add(dev.moe.cuda.kernels.ModelKernelSource.generate());
+        for (int k : new int[] {1, 2, 3, 32}) {
+            sources.add(dev.moe.cuda.kernels.LoraKernelSource.generate(k));
+        }
         for (int hd : new int[] {8, 32, 64, 128, 256}) {
             sources.add(dev.moe.cuda.kernels.AttentionKernelSource.generate(hd));
         }

@@ -20,6 +20,7 @@ import dev.moe.compiler.ir.Moe;
 import dev.moe.compiler.ir.Param;
 import dev.moe.compiler.ir.Router;
 import dev.moe.cuda.CudaContext;
+import dev.moe.cuda.CudaLoraMoeLayer;
 import dev.moe.cuda.CudaMoeLayer;
 import dev.moe.cuda.kernels.MoeKernelSource;
 import dev.moe.cuda.model.DeviceModel;
@@ -44,7 +45,8 @@ import javax.lang.model.element.Modifier;
  * LayerNorm, RoPE, grouped-query attention (causal or not, sliding window, q/k/v biases, per-head or
  * full qk-norm), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
  * followed by zero, copy and constant experts (MoE++), or of MoLE's latent experts (a shared down-projection to the rank,
- * then FFN experts on it) followed by zero experts, with shared FFN experts without a sigmoid gate. Routers: softmax
+ * then FFN experts on it) followed by zero experts, or one group of MoLA's LoRA experts over a frozen FFN base
+ * ({@link CudaLoraMoeLayer}, fp32, dropless token choice by one router), with shared FFN experts without a sigmoid gate. Routers: softmax
  * or sigmoid scores, top-k or top-p, normalisation, scaling, aux-free selection bias, group-limited
  * top-k, quota groups, a constant or annealed temperature (through tanh or sigmoid), pre-gating,
  * expert choice, several named gates that differ in their weights, MoE++'s gating residual (a router adds a map of the
@@ -59,6 +61,7 @@ public final class CudaModelGenerator {
 
     private static final ClassName DEVICE_MODEL = ClassName.get(DeviceModel.class);
     private static final ClassName MOE_LAYER = ClassName.get(CudaMoeLayer.class);
+    private static final ClassName LORA_LAYER = ClassName.get(CudaLoraMoeLayer.class);
     private static final ClassName EXTERNAL = ClassName.get(CudaMoeLayer.ExternalWeights.class);
     private static final ClassName SPEC = ClassName.get(MoeKernelSource.Spec.class);
     private static final ClassName SCORE = ClassName.get(MoeKernelSource.Score.class);
@@ -131,9 +134,18 @@ public final class CudaModelGenerator {
                 return Optional.of("several named gates with an expert bias, pre-gating, a gating residual, expert choice or a capacity factor");
             }
         }
-        if (routed.isEmpty() || !(routed.getFirst().expert() instanceof Expert.FeedForward || latent) || routed.getFirst().sigmoidGate()) {
-            return Optional.of("routed experts other than one group of FFN experts or of latent experts, then zero, copy and constant experts "
-                    + "(LoRA experts)");
+        boolean lora = !routed.isEmpty() && routed.getFirst().expert() instanceof Expert.Lora;
+        if (lora && (routed.size() > 1 || routed.getFirst().sigmoidGate())) {
+            return Optional.of("LoRA experts beside other routed experts");
+        }
+        if (lora && (r.selection() instanceof Router.Selection.TopP || r.selection() instanceof Router.Selection.ExpertChoice
+                || !(r.capacity() instanceof Router.Capacity.Dropless) || moe.routers().size() > 1 || r.pregate() || r.gatingResidual())) {
+            // the GPU's LoRA layer gives every slot a row: dropless token choice, one router reading the layer's input
+            return Optional.of("LoRA experts with top-p, expert choice, a capacity factor, named gates, pre-gating or a gating residual");
+        }
+        if (routed.isEmpty() || !(routed.getFirst().expert() instanceof Expert.FeedForward || latent || lora) || routed.getFirst().sigmoidGate()) {
+            return Optional.of("routed experts other than one group of FFN experts or of latent experts, then zero, copy and constant experts, "
+                    + "or one group of LoRA experts");
         }
         // the GPU layer scores FFN, then zero, then copy, then constant experts: the router's rows must come in that order
         int rank = 0;
@@ -141,7 +153,7 @@ public final class CudaModelGenerator {
             int kind = g.expert() instanceof Expert.Zero ? 1 : g.expert() instanceof Expert.Copy ? 2 : g.expert() instanceof Expert.Constant ? 3 : -1;
             if (kind < 0 || kind < rank || g.sigmoidGate()) {
                 return Optional.of("routed experts other than one group of FFN experts or of latent experts, then zero, copy and constant "
-                        + "experts (LoRA experts, latent experts beside FFN or other latent experts)");
+                        + "experts, or one group of LoRA experts (latent experts beside FFN or other latent experts)");
             }
             if (latent && kind > 1) {
                 // the layer's copy and constant experts read the experts' input, which for latent experts is the rank wide
@@ -228,7 +240,7 @@ public final class CudaModelGenerator {
     /** The GPU layer's options for a router and its losses (SwiGLU experts, dropless). */
     private static MoeKernelSource.Options options(Moe moe, Router r) {
         MoeKernelSource.Options o = MoeKernelSource.Options.NONE;
-        Ffn ffn = routedFfn(moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow());
+        Ffn ffn = routedFfn(moe);
         o = o.withActivation(switch (ffn.activation()) {
             case SWIGLU -> MoeKernelSource.ExpertActivation.SWIGLU;
             case GEGLU -> MoeKernelSource.ExpertActivation.GEGLU;
@@ -262,9 +274,14 @@ public final class CudaModelGenerator {
         return o;
     }
 
-    /** The FFN of a group of routed FFN experts, or of latent experts (which read the latent vector). */
-    private static Ffn routedFfn(ExpertGroup g) {
-        return g.expert() instanceof Expert.Latent lat ? lat.ffn() : ((Expert.FeedForward) g.expert()).ffn();
+    /** The routed experts' FFN: the first routed group's, a latent group's (which reads the latent vector), or a LoRA group's base. */
+    private static Ffn routedFfn(Moe moe) {
+        return switch (moe.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow().expert()) {
+            case Expert.FeedForward f -> f.ffn();
+            case Expert.Latent lat -> lat.ffn();
+            case Expert.Lora lo -> lo.base();
+            default -> throw new IllegalStateException("routed experts of no FFN");
+        };
     }
 
     private static Optional<Loss.Entropy> entropy(Moe moe) {
@@ -356,15 +373,25 @@ public final class CudaModelGenerator {
 
     // ---- the class ----
 
-    /** {@code latentRank} and {@code latentDown}: MoLE's rank and shared down-projection's parameter (0 and null for FFN experts). */
+    /**
+     * An MoE layer: FFN experts (then zero, copy and constant experts), MoLE's latent experts ({@code latentRank} and
+     * {@code latentDown}, the rank and the shared down-projection's parameter; 0 and null otherwise), or MoLA's LoRA experts
+     * ({@code lora}, with {@code loraGroup} the index of their group among the MoE's, which names the frozen base; hidden and
+     * activation are the base's).
+     */
     private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int zero, int copy, int constant, int k, int hidden, List<Ffn> shared,
-            Ffn.Activation activation, int latentRank, String latentDown) {
+            Ffn.Activation activation, int latentRank, String latentDown, Expert.Lora lora, int loraGroup) {
         int index() {
             return layer.index();
         }
 
         boolean latent() {
             return latentRank > 0;
+        }
+
+        /** The frozen base FFN's parameter prefix of a LoRA layer: {@code layers.i.moe.group<g>.base}. */
+        String loraBase() {
+            return "layers." + index() + ".moe.group" + loraGroup + ".base";
         }
 
         /** Every expert the router scores: FFN, then zero, then copy, then constant experts. */
@@ -416,11 +443,14 @@ public final class CudaModelGenerator {
         if (moe != null) {
             Moe m = moe;
             ExpertGroup routed = m.groups().stream().filter(g -> g.role() == ExpertGroup.Role.ROUTED).findFirst().orElseThrow();
-            Ffn routedFfn = routedFfn(routed);
+            Ffn routedFfn = routedFfn(m);
             int hidden = routedFfn.hidden();
             // latent experts: the group's down-projection is named after the group's place among all the MoE's groups
             int latentRank = routed.expert() instanceof Expert.Latent lat ? lat.rank() : 0;
             String latentDown = latentRank > 0 ? need("layers." + l.index() + ".moe.group" + m.groups().indexOf(routed) + ".latent_down") : null;
+            Expert.Lora lora = routed.expert() instanceof Expert.Lora lo ? lo : null;
+            // the CPU class names a LoRA group's base after the group's index among all of the MoE's groups
+            int loraGroup = m.groups().indexOf(routed);
             List<Ffn> shared = new ArrayList<>();
             for (ExpertGroup g : m.groups()) {
                 if (g.role() == ExpertGroup.Role.SHARED) {
@@ -441,7 +471,7 @@ public final class CudaModelGenerator {
                 }
             }
             return Optional.of(new MoeInfo(l, m, r, routed.count(), zero, copy, constant, slots(moe, r), hidden, shared, routedFfn.activation(),
-                    latentRank, latentDown));
+                    latentRank, latentDown, lora, loraGroup));
         }
         return Optional.empty();
     }
@@ -551,7 +581,7 @@ public final class CudaModelGenerator {
         }
         for (MoeInfo m : moes) {
             int l = m.index();
-            t.addField(MOE_LAYER, "moe" + l, Modifier.PRIVATE, Modifier.FINAL);
+            t.addField(m.lora() != null ? LORA_LAYER : MOE_LAYER, "moe" + l, Modifier.PRIVATE, Modifier.FINAL);
             t.addField(FieldSpec.builder(int[].class, "counts" + l, Modifier.PRIVATE).initializer("new int[$L]", m.routed()).build());
             t.addField(FieldSpec.builder(long[].class, "stepCounts" + l, Modifier.PRIVATE, Modifier.FINAL).initializer("new long[$L]", m.routed())
                     .build());
@@ -576,6 +606,10 @@ public final class CudaModelGenerator {
         for (MoeInfo m : moes) {
             int l = m.index();
             String pre = "layers." + l + ".moe.";
+            if (m.lora() != null) {
+                loraLayer(ctor, m);
+                continue;
+            }
             // the layer's w13: per expert its gate then up rows ([E, 2F, D]), or its up rows only when ungated ([E, F, D])
             boolean gated = m.activation().gated();
             for (int e = 0; e < m.experts(); e++) {
@@ -649,6 +683,40 @@ public final class CudaModelGenerator {
         t.addMethods(layerMethods);
         routingMethods(t, moes);
         return t.build();
+    }
+
+    /**
+     * The constructor's statement for MoLA's LoRA experts: a {@link CudaLoraMoeLayer} on the arena's router, frozen base and
+     * low-rank factors, routed by the layer's own router kernels (fp32, whatever the expert precision).
+     */
+    private void loraLayer(CodeBlock.Builder ctor, MoeInfo m) {
+        int l = m.index();
+        String pre = "layers." + l + ".moe.";
+        Router r = m.router();
+        String bias = pre + "router.expert_bias";
+        boolean hasBias = r.bias().isPresent();
+        String router = routerParam(m);
+        List<String> projections = m.activation().gated() ? List.of("gate", "up", "down") : List.of("up", "down");
+        List<CodeBlock> args = new ArrayList<>();
+        for (String proj : List.of("gate", "up", "down")) {
+            if (!projections.contains(proj)) {
+                args.add(CodeBlock.of("null"));
+                continue;
+            }
+            need(m.loraBase() + "." + proj);
+            for (int e = 0; e < m.experts(); e++) {
+                need(pre + "experts." + e + "." + proj + "_a");
+                need(pre + "experts." + e + "." + proj + "_b");
+            }
+            args.add(CodeBlock.of("loraProjection($S, $S, $L, $S)", m.loraBase() + "." + proj, pre + "experts.", m.experts(), proj));
+        }
+        Expert.Lora lo = m.lora();
+        ctor.add("// MoLA: $L x $L, fp32\n", m.experts(), lo.describe());
+        ctor.addStatement("moe$L = new $T(ctx, new $T(DIM, $L, $L, 0, 0, $L, $T.$L, $L, $Lf, $L, $T.FP32, $L), $L, $Lf, new $T(w.value($S), "
+                + "w.grad($S), $L, $L, $L, $L))", l, LORA_LAYER, SPEC, m.hidden(), m.experts(), m.k(), SCORE, r.score().name(),
+                r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX, (float) r.scale(), hasBias,
+                ClassName.get(MoeKernelSource.Precision.class), optionsCode(options(m.moe(), r)), lo.rank(), (float) (lo.alpha() / lo.rank()), ClassName.get(CudaLoraMoeLayer.Weights.class), router,
+                router, hasBias ? CodeBlock.of("w.value($S)", need(bias)) : "0L", args.get(0), args.get(1), args.get(2));
     }
 
     private static CodeBlock placedList(List<String> names) {

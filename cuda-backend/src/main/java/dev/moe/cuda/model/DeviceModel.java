@@ -2,6 +2,7 @@ package dev.moe.cuda.model;
 
 import dev.moe.cuda.CublasLt.Type;
 import dev.moe.cuda.CudaContext;
+import dev.moe.cuda.CudaLoraMoeLayer;
 import dev.moe.cuda.DeviceAllocator;
 import dev.moe.cuda.DeviceOps;
 import dev.moe.runtime.Parameter;
@@ -275,6 +276,22 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
             }
         }
         throw new IllegalArgumentException("no parameter " + name);
+    }
+
+    /**
+     * One projection of a MoLA layer in the arena: the frozen base's {@code base} (gate, up or down) and, for each of
+     * {@code experts} LoRA experts, {@code <expertPrefix><e>.<projection>_a} and {@code _b}, with their gradients.
+     */
+    protected final CudaLoraMoeLayer.Projection loraProjection(String base, String expertPrefix, int experts, String projection) {
+        long[] a = new long[experts], dA = new long[experts], b = new long[experts], dB = new long[experts];
+        for (int e = 0; e < experts; e++) {
+            String p = expertPrefix + e + "." + projection;
+            a[e] = w.value(p + "_a");
+            dA[e] = w.grad(p + "_a");
+            b[e] = w.value(p + "_b");
+            dB[e] = w.grad(p + "_b");
+        }
+        return new CudaLoraMoeLayer.Projection(w.value(base), w.grad(base), a, dA, b, dB);
     }
 
     /** A device buffer of {@code floats} floats (or ints), freed when the batch shape grows. */

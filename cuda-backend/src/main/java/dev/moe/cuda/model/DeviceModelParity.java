@@ -27,7 +27,7 @@ import java.util.SplittableRandom;
  *
  * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe and switch), then always
  * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL},
- * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL} and {@link #LATENT_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
+ * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL} and {@link #LORA_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
  * equal the CPU's exactly.
  *
  * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
@@ -570,6 +570,64 @@ public final class DeviceModelParity {
         return compile("latent.moe", LATENT_MODEL);
     }
 
+    /**
+     * MoLA's LoRA experts over a frozen base (mola.moe, smaller): a different expert count per layer, a gated base with a
+     * non-integer alpha / rank (1.5), and an ungated GELU base beside a shared expert, routed by sigmoid scores with a scale and
+     * the aux-free bias, with the z-loss (the router backward's two kernels), ranks 2 and 3 (low-rank rows padded for alignment).
+     */
+    public static final String LORA_MODEL = """
+            moe mola(n = 4) {
+              routed n x lora(rank: 4, alpha: 6, base: swiglu(hidden: 40))
+              router {
+                score softmax
+                top_k 2
+                normalize true
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            moe plain {
+              shared 1 x swiglu(hidden: 24)
+              routed 8 x lora(rank: 3, alpha: 3, base: gelu(hidden: 36))
+              router {
+                score sigmoid
+                top_k 3
+                normalize true
+                scale 2.0
+                bias aux_free(rate: 0.01)
+              }
+            }
+            moe zl {
+              routed 5 x lora(rank: 2, alpha: 4, base: swiglu(hidden: 32))
+              router {
+                score softmax
+                top_k 1
+              }
+              balance z_loss(coef: 0.001)
+            }
+            model LoraTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 4 {
+                0: attention, mola(n: 2)
+                1: attention, plain
+                2: attention, zl
+                3: attention, mola(n: 5)
+              }
+            }
+            """;
+
+    /** The models of {@link #LORA_MODEL}. */
+    public static List<Model> loraModels() {
+        return compile("lora.moe", LORA_MODEL);
+    }
+
     /** The models of {@link #MOEPP_MODEL}. */
     public static List<Model> moeppModels() {
         return compile("moepp.moe", MOEPP_MODEL);
@@ -601,6 +659,7 @@ public final class DeviceModelParity {
         models.addAll(blockModels());
         models.addAll(moeppModels());
         models.addAll(latentModels());
+        models.addAll(loraModels());
         int failures = 0;
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.println("device-resident models against the CPU-generated classes on " + ctx.deviceName);

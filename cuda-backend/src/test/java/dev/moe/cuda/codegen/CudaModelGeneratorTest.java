@@ -74,7 +74,9 @@ class CudaModelGeneratorTest {
                 // MoE++: zero, copy and constant experts, gating residuals
                 "moe-plus-plus.moe/MoEPlusPlusTiny",
                 // MoLE's latent experts
-                "mole.moe/MoLETiny");
+                "mole.moe/MoLETiny",
+                // MoLA: LoRA experts over a frozen base, a different count per layer
+                "mola.moe/MoLATiny");
 
         assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
@@ -304,6 +306,79 @@ class CudaModelGeneratorTest {
         assertThat(src).contains("moe1.setResidualFrom(moe0, w.value(\"layers.1.moe.router.residual\")");
         assertThat(src).contains("moe2.setResidualFrom(moe1, w.value(\"layers.2.moe.router.residual\")");
         assertThat(src).contains("moe1.setConstantExperts(w.value(\"layers.1.moe.experts.5.vector\")");
+    }
+
+    /** mola.moe (2, 4, 6 and 8 LoRA experts of rank 8, alpha 16, over a frozen swiglu base per layer) runs on the LoRA layer. */
+    @Test
+    void molaIsDeviceResident() {
+        Model m = models(RECIPES.resolve("mola.moe")).getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.Classes classes = DeviceModels.compile(m, "mola.moe");
+        assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "mola.moe").toString();
+        int[] experts = {2, 4, 6, 8};
+        for (int l = 0; l < 4; l++) {
+            String pre = "layers." + l + ".moe.";
+            assertThat(src).contains("private final CudaLoraMoeLayer moe" + l + ";");
+            // fp32 whatever the expert precision; scale alpha / rank = 2
+            assertThat(src).contains("moe" + l + " = new CudaLoraMoeLayer(ctx, new MoeKernelSource.Spec(DIM, 256, " + experts[l] + ", 0, 0, 2, "
+                    + "MoeKernelSource.Score.SOFTMAX, true, 1.0f, false, MoeKernelSource.Precision.FP32, MoeKernelSource.Options.NONE), 8, 2.0f, "
+                    + "new CudaLoraMoeLayer.Weights(w.value(\"" + pre + "router.weight\"), w.grad(\"" + pre + "router.weight\"), 0L, ");
+            for (String proj : List.of("gate", "up", "down")) {
+                assertThat(src).contains("loraProjection(\"" + pre + "group0.base." + proj + "\", \"" + pre + "experts.\", " + experts[l] + ", \""
+                        + proj + "\")");
+            }
+            assertThat(src).contains("moe" + l + ".forwardInto(f" + l + "Normed, rows, stream)");
+            assertThat(src).contains("moe" + l + ".backwardInto(dx, scaled(aux" + l + ", scale), 0f, 0f, dNormed)");
+        }
+        // no expert weights are packed for the FFN layer
+        assertThat(src).contains("PLACED_FIRST = List.of()");
+    }
+
+    /** The LoRA parity model: gated and ungated bases, a shared expert, sigmoid scores with a bias and a scale, the z-loss. */
+    @Test
+    void theParityCheckLoraModelIsDeviceResident() {
+        List<Model> models = dev.moe.cuda.model.DeviceModelParity.loraModels();
+        assertThat(models).hasSize(1);
+        Model m = models.getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "lora.moe");
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "lora.moe").toString();
+        // alpha 6 / rank 4
+        assertThat(src).contains("new MoeKernelSource.Spec(DIM, 40, 2, 0, 0, 2, MoeKernelSource.Score.SOFTMAX, true, 1.0f, false, "
+                + "MoeKernelSource.Precision.FP32, MoeKernelSource.Options.NONE), 4, 1.5f");
+        // the ungated base has no gate projection; the shared expert is group 0, so the LoRA group (and its base) is group 1
+        assertThat(src).contains("new MoeKernelSource.Spec(DIM, 36, 8, 0, 0, 3, MoeKernelSource.Score.SIGMOID, true, 2.0f, true, "
+                + "MoeKernelSource.Precision.FP32, MoeKernelSource.Options.NONE.withActivation(MoeKernelSource.ExpertActivation.GELU)), 3, 1.0f");
+        assertThat(src).contains("w.value(\"layers.1.moe.router.expert_bias\"), null, loraProjection(\"layers.1.moe.group1.base.up\"");
+        assertThat(src).contains("linear(f1Normed, l1MoeShared0Gate, f1S0Gate, rows, DIM, 24, false)");
+        assertThat(src).contains("moe2.backwardInto(dx, null, scale * 0.001f / rows, 0f, dNormed)");
+        assertThat(src).contains("uploadParameter(\"layers.1.moe.router.expert_bias\")");
+    }
+
+    /** What the LoRA layer does not take stays on the hybrid path: LoRA beside FFN experts, and routing that leaves slots without a row. */
+    @Test
+    void loraExpertsOutsideTheLayersRoutingAreRefused() {
+        String beside = dev.moe.cuda.model.DeviceModelParity.LORA_MODEL.replace("""
+                  routed 5 x lora(rank: 2, alpha: 4, base: swiglu(hidden: 32))
+                """, """
+                  routed 5 x lora(rank: 2, alpha: 4, base: swiglu(hidden: 32))
+                  routed 2 x swiglu(hidden: 16)
+                """);
+        assertThat(CudaModelGenerator.unsupported(compileLoraText(beside)).orElseThrow()).contains("LoRA experts beside other routed experts");
+        String topP = dev.moe.cuda.model.DeviceModelParity.LORA_MODEL.replace("""
+                    top_k 1
+                """, """
+                    top_p 0.5
+                    max_k 3
+                """);
+        assertThat(CudaModelGenerator.unsupported(compileLoraText(topP)).orElseThrow()).contains("LoRA experts with top-p");
+    }
+
+    private static Model compileLoraText(String text) {
+        assertThat(text).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.LORA_MODEL);
+        return dev.moe.dsl.SourceFile.decode("lora.moe", text.getBytes(java.nio.charset.StandardCharsets.UTF_8)) instanceof
+                dev.moe.dsl.SourceFile.ReadResult.Ok ok ? dev.moe.compiler.MoeCompiler.compile(ok.source()).orThrow().models().getFirst() : null;
     }
 
     /** MoE++ experts in another order than FFN, zero, copy, constant (the GPU router's row order) stay on the hybrid path. */
