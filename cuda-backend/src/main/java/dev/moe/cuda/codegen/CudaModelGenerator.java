@@ -47,7 +47,9 @@ import javax.lang.model.element.Modifier;
  * or sigmoid scores, top-k or top-p, normalisation, scaling, aux-free selection bias, group-limited
  * top-k, quota groups, a constant or annealed temperature (through tanh or sigmoid), pre-gating,
  * expert choice, several named gates that differ in their weights, MoE++'s gating residual (a router adds a map of the
- * previous MoE layer's logits; {@link CudaMoeLayer#setResidualFrom}), and capacity factors dropping by position or by
+ * previous MoE layer's logits; {@link CudaMoeLayer#setResidualFrom}), RMoE's recurrent routers (one GRU cell shared by the
+ * layers, run here with cuBLASLt and {@code DeviceOps.gruCell}, its state carried from layer to layer and its output map
+ * added to the layer's logits through {@link CudaMoeLayer#setExtraLogits}), and capacity factors dropping by position or by
  * probability in training forwards;
  * the micro- or global-batch aux loss (with tau), the z-loss and the entropy loss. {@link #unsupported}
  * names what else a model uses; such models run on the hybrid backend instead.
@@ -167,8 +169,8 @@ public final class CudaModelGenerator {
         if (r.temperature().isPresent() && !List.of("none", "tanh", "sigmoid").contains(r.temperature().get().activation().orElse("none"))) {
             return Optional.of("a router activation other than tanh or sigmoid");
         }
-        if (r.jitter() != 0 || r.recurrentWidth().isPresent()) {
-            return Optional.of("jitter or recurrent routers");
+        if (r.jitter() != 0) {
+            return Optional.of("router jitter");
         }
         if (r.selection() instanceof Router.Selection.ExpertChoice x) {
             if (routed.size() > 1) {
@@ -286,6 +288,9 @@ public final class CudaModelGenerator {
         if (o.gatingResidual()) {
             b.add(".withGatingResidual()");
         }
+        if (o.extraLogits()) {
+            b.add(".withExtraLogits()");
+        }
         return b.build();
     }
 
@@ -365,6 +370,8 @@ public final class CudaModelGenerator {
     private final List<String> pointerParams = new ArrayList<>();
     /** MoE++ gating residuals: MoE layer → the previous MoE layer whose logits its router adds. */
     private final java.util.Map<Integer, Integer> residualFrom = new java.util.LinkedHashMap<>();
+    /** The width of the GRU that recurrent routers share (RMoE), or 0 when no router is recurrent. */
+    private int gruWidth;
     private final List<String> buffers = new ArrayList<>();
     private final List<String> bufferSizes = new ArrayList<>();
 
@@ -441,6 +448,11 @@ public final class CudaModelGenerator {
         t.addField(FieldSpec.builder(TypeName.BOOLEAN, "CAUSAL", Modifier.STATIC, Modifier.FINAL).initializer("$L", cfg.causal()).build());
 
         List<MoeInfo> moes = model.layers().stream().map(this::moeOf).flatMap(Optional::stream).toList();
+        // RMoE: one GRU shared by every recurrent router (the CPU generator refuses recurrent routers of different widths)
+        gruWidth = moes.stream().flatMap(m -> m.router().recurrentWidth().stream()).findFirst().orElse(0);
+        if (gruWidth > 0) {
+            constant(t, "GRU_WIDTH", gruWidth);
+        }
         // MoE++ gating residuals, as the CPU class: a layer with a router.residual parameter adds the previous MoE layer's logits
         for (int j = 1; j < moes.size(); j++) {
             if (paramNames.contains(moes.get(j).routerPrefix() + ".residual")) {
@@ -474,6 +486,10 @@ public final class CudaModelGenerator {
             fwd.add("// Read-ME: pre-gating routers read the embeddings\n");
             fwd.addStatement("copy($L, stream, (long) rows * DIM)", buffer("embedded", "DIM"));
         }
+        if (gruWidth > 0) {
+            fwd.add("// RMoE: the routers' GRU state starts at 0\n");
+            fwd.addStatement("zero($L, (long) rows * GRU_WIDTH)", buffer("gruState", "GRU_WIDTH"));
+        }
         for (Layer l : model.layers()) {
             fwd.addStatement("forwardLayer$L()", l.index());
         }
@@ -496,6 +512,10 @@ public final class CudaModelGenerator {
         bwd.addStatement("zero($L, (long) rows * DIM)", buffer("dx", "DIM"));
         if (pregate) {
             bwd.addStatement("zero($L, (long) rows * DIM)", buffer("dEmbedded", "DIM"));
+        }
+        if (gruWidth > 0) {
+            bwd.add("// RMoE: the gradient of the GRU state, carried back from each recurrent layer to the one before\n");
+            bwd.addStatement("zero($L, (long) rows * GRU_WIDTH)", buffer("dGruState", "GRU_WIDTH"));
         }
         bwd.addStatement("linearBackward(finalNormed, $L, dLogits, $L, $L, rows, DIM, VOCAB, false)", head, buffer("dNormed", "DIM"),
                 cfg.tieEmbeddings() ? grad("embed.weight") : grad("head.weight"));
@@ -569,6 +589,10 @@ public final class CudaModelGenerator {
             MoeKernelSource.Options options = options(m.moe(), r);
             if (residualFrom.containsKey(l) || residualFrom.containsValue(l)) {
                 options = options.withGatingResidual();
+            }
+            if (r.recurrentWidth().isPresent()) {
+                // RMoE: the generated code runs the GRU and hands the layer h · gru_outᵀ as extra logits
+                options = options.withExtraLogits();
             }
             CodeBlock constants = m.constant() > 0 ? CodeBlock.of("$L, ", m.constant()) : CodeBlock.of("");
             ctor.addStatement("moe$L = $T.onExternalWeights(ctx, new $T(DIM, $L, $L, $L, $L, $L$L, $T.$L, $L, $Lf, $L, ctx.expertPrecision, $L), new $T(w.value($S), $L, "
@@ -905,6 +929,9 @@ public final class CudaModelGenerator {
             f.add("// expert choice: in each sequence each expert keeps its best ceil($L · seq / $L) tokens by probability\n", x.factor(), m.experts());
             f.addStatement("moe$L.setSequenceLength(seq)", i);
         }
+        if (m.router().recurrentWidth().isPresent()) {
+            recurrentRouterForward(f, m, fnormed);
+        }
         if (m.router().pregate()) {
             f.addStatement("moe$L.forwardInto($L, embedded, rows, $L)", i, fnormed, target);
         } else {
@@ -936,7 +963,55 @@ public final class CudaModelGenerator {
                 zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f")),
                 entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f")),
                 m.router().pregate() ? ", dEmbedded" : "");
+        if (m.router().recurrentWidth().isPresent()) {
+            recurrentRouterBackward(bf, m, fnormed);
+        }
         bf.addStatement("mark($S)", "backward: moe routed experts");
+    }
+
+    /**
+     * RMoE's recurrent router, as the CPU class: {@code u = x · gru_inᵀ}, {@code h = GRU(u, h of the previous recurrent layer)}
+     * (the shared cell's two products, then {@code DeviceOps.gruCell}), and {@code h · gru_outᵀ} set as the layer's extra logits.
+     */
+    private void recurrentRouterForward(CodeBlock.Builder f, MoeInfo m, String fnormed) {
+        int i = m.index();
+        String rp = m.routerPrefix() + ".";
+        String tag = "gru" + i;
+        String u = buffer(tag + "U", "GRU_WIDTH"), prev = buffer(tag + "Prev", "GRU_WIDTH"), gates = buffer(tag + "Gates", "4 * GRU_WIDTH");
+        String h = buffer(tag + "H", "GRU_WIDTH"), logits = buffer(tag + "Logits", Integer.toString(m.routed()));
+        f.add("// recurrent router (RMoE): u = x · gru_inᵀ; h = GRU(u, h of the previous recurrent layer); the router's logits add h · gru_outᵀ\n");
+        f.addStatement("linear($L, $L, $L, rows, DIM, GRU_WIDTH, false)", fnormed, pointer(rp + "gru_in"), u);
+        f.addStatement("copy($L, gruState, (long) rows * GRU_WIDTH)", prev);
+        f.addStatement("linear($L, $L, $L, rows, GRU_WIDTH, 3 * GRU_WIDTH, false)", u, pointer("router_gru.w_ih"), buffer("gruGi", "3 * GRU_WIDTH"));
+        f.addStatement("linear($L, $L, $L, rows, GRU_WIDTH, 3 * GRU_WIDTH, false)", prev, pointer("router_gru.w_hh"), buffer("gruGh", "3 * GRU_WIDTH"));
+        f.addStatement("ops.gruCell(gruGi, gruGh, $L, $L, $L, $L, $L, rows, GRU_WIDTH)", pointer("router_gru.b_ih"), pointer("router_gru.b_hh"), prev,
+                gates, h);
+        f.addStatement("copy(gruState, $L, (long) rows * GRU_WIDTH)", h);
+        f.addStatement("linear($L, $L, $L, rows, GRU_WIDTH, $L, false)", h, pointer(rp + "gru_out"), logits, m.routed());
+        f.addStatement("moe$L.setExtraLogits($L)", i, logits);
+    }
+
+    /**
+     * The backward of {@link #recurrentRouterForward}, after the layer's: {@code dh = dLogits · gru_out + } what later recurrent
+     * layers sent back (in dGruState); through the GRU to u and the previous state (which dGruState then holds, for the recurrent
+     * layer before); then {@code gru_in}, whose input gradient joins dNormed.
+     */
+    private void recurrentRouterBackward(CodeBlock.Builder b, MoeInfo m, String fnormed) {
+        int i = m.index();
+        String rp = m.routerPrefix() + ".";
+        String tag = "gru" + i;
+        String wih = pointer("router_gru.w_ih"), whh = pointer("router_gru.w_hh");
+        b.add("// recurrent router backward: dh = dLogits · gru_out + what later recurrent layers sent back (in dGruState); through the GRU to u and the previous state; then gru_in\n");
+        b.addStatement("linearBackward($LH, $L, moe$L.lastLogitGradient(), dGruState, $L, rows, GRU_WIDTH, $L, true)", tag, pointer(rp + "gru_out"), i,
+                grad(rp + "gru_out"), m.routed());
+        b.addStatement("ops.gruCellBackward(dGruState, $LPrev, $LGates, gruGi, gruGh, $L, rows, GRU_WIDTH)", tag, tag, buffer("gruDPrev", "GRU_WIDTH"));
+        b.addStatement("ops.biasBackward(gruGi, $L, rows, 3 * GRU_WIDTH)", grad("router_gru.b_ih"));
+        b.addStatement("ops.biasBackward(gruGh, $L, rows, 3 * GRU_WIDTH)", grad("router_gru.b_hh"));
+        b.addStatement("linearBackward($LU, $L, gruGi, $L, $L, rows, GRU_WIDTH, 3 * GRU_WIDTH, false)", tag, wih, buffer("gruDu", "GRU_WIDTH"),
+                grad("router_gru.w_ih"));
+        b.addStatement("linearBackward($LPrev, $L, gruGh, gruDPrev, $L, rows, GRU_WIDTH, 3 * GRU_WIDTH, true)", tag, whh, grad("router_gru.w_hh"));
+        b.addStatement("copy(dGruState, gruDPrev, (long) rows * GRU_WIDTH)");
+        b.addStatement("linearBackward($L, $L, gruDu, dNormed, $L, rows, DIM, GRU_WIDTH, true)", fnormed, pointer(rp + "gru_in"), grad(rp + "gru_in"));
     }
 
     /** The router's weight parameter: the router's own, or with named gates the first gate's (each gate is set on the layer). */

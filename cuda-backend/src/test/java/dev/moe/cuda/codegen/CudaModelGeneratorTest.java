@@ -72,7 +72,9 @@ class CudaModelGeneratorTest {
                 // several named gates, chosen per sequence by its domain
                 "unimoe-audio-gates.moe/UniMoEAudioTiny",
                 // MoE++: zero, copy and constant experts, gating residuals
-                "moe-plus-plus.moe/MoEPlusPlusTiny");
+                "moe-plus-plus.moe/MoEPlusPlusTiny",
+                // RMoE: recurrent routers sharing one GRU
+                "rmoe.moe/RMoETiny");
 
         assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
@@ -302,6 +304,85 @@ class CudaModelGeneratorTest {
         assertThat(src).contains("moe1.setResidualFrom(moe0, w.value(\"layers.1.moe.router.residual\")");
         assertThat(src).contains("moe2.setResidualFrom(moe1, w.value(\"layers.2.moe.router.residual\")");
         assertThat(src).contains("moe1.setConstantExperts(w.value(\"layers.1.moe.experts.5.vector\")");
+    }
+
+    /**
+     * rmoe.moe: the recurrent routers' GRU runs in the generated code, as the CPU class's: the state starts at 0, each recurrent
+     * layer steps the shared cell and hands h · gru_outᵀ to its layer as extra logits; the backward takes the layer's fp32 logit
+     * gradient and carries dGruState back to the recurrent layer before. The first layer's router is plain.
+     */
+    @Test
+    void recurrentRoutersAreDeviceResident() {
+        Model m = models(RECIPES.resolve("rmoe.moe")).getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.Classes classes = DeviceModels.compile(m, "rmoe.moe");
+        assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "rmoe.moe").toString();
+        assertThat(src).contains("static final int GRU_WIDTH = 32;");
+        assertThat(src).contains("zero(gruState, (long) rows * GRU_WIDTH);\n        forwardLayer0();");
+        assertThat(src).contains("zero(dGruState, (long) rows * GRU_WIDTH);");
+        assertThat(src).contains("MoeKernelSource.Options.NONE.withExtraLogits())");
+        assertThat(src).doesNotContain("moe0.setExtraLogits");
+        assertThat(src).doesNotContain("l0MoeRouterGru");
+        // forward: u, the previous state, the cell's two products, the cell, the new state, the extra logits
+        assertThat(src).contains("""
+                        linear(f1Normed, l1MoeRouterGruIn, gru1U, rows, DIM, GRU_WIDTH, false);
+                        copy(gru1Prev, gruState, (long) rows * GRU_WIDTH);
+                        linear(gru1U, routerGruWIh, gruGi, rows, GRU_WIDTH, 3 * GRU_WIDTH, false);
+                        linear(gru1Prev, routerGruWHh, gruGh, rows, GRU_WIDTH, 3 * GRU_WIDTH, false);
+                        ops.gruCell(gruGi, gruGh, routerGruBIh, routerGruBHh, gru1Prev, gru1Gates, gru1H, rows, GRU_WIDTH);
+                        copy(gruState, gru1H, (long) rows * GRU_WIDTH);
+                        linear(gru1H, l1MoeRouterGruOut, gru1Logits, rows, GRU_WIDTH, 8, false);
+                        moe1.setExtraLogits(gru1Logits);
+                        moe1.forwardInto(f1Normed, rows, stream);
+                """);
+        // backward, after the layer's: gru_out, the cell, its biases and products, the state's gradient for the layer before, gru_in
+        assertThat(src).contains("""
+                        moe5.backwardInto(dx, scaled(aux5, scale), 0f, 0f, dNormed);
+                        // recurrent router backward: dh = dLogits · gru_out + what later recurrent layers sent back (in dGruState); through the GRU to u and the previous state; then gru_in
+                        linearBackward(gru5H, l5MoeRouterGruOut, moe5.lastLogitGradient(), dGruState, l5MoeRouterGruOutGrad, rows, GRU_WIDTH, 8, true);
+                        ops.gruCellBackward(dGruState, gru5Prev, gru5Gates, gruGi, gruGh, gruDPrev, rows, GRU_WIDTH);
+                        ops.biasBackward(gruGi, routerGruBIhGrad, rows, 3 * GRU_WIDTH);
+                        ops.biasBackward(gruGh, routerGruBHhGrad, rows, 3 * GRU_WIDTH);
+                        linearBackward(gru5U, routerGruWIh, gruGi, gruDu, routerGruWIhGrad, rows, GRU_WIDTH, 3 * GRU_WIDTH, false);
+                        linearBackward(gru5Prev, routerGruWHh, gruGh, gruDPrev, routerGruWHhGrad, rows, GRU_WIDTH, 3 * GRU_WIDTH, true);
+                        copy(dGruState, gruDPrev, (long) rows * GRU_WIDTH);
+                        linearBackward(f5Normed, l5MoeRouterGruIn, gruDu, dNormed, l5MoeRouterGruInGrad, rows, DIM, GRU_WIDTH, true);
+                """);
+        // the layers' backwards run last to first, so the state's gradient flows back across the MoE layers
+        assertThat(src.indexOf("backwardLayer5(scale);")).isLessThan(src.indexOf("backwardLayer1(scale);"));
+    }
+
+    /** The parity model of recurrent routers: the state crosses a dense and a plain layer; a recurrent layer feeds a gating residual. */
+    @Test
+    void theParityCheckRecurrentModelIsDeviceResident() {
+        List<Model> models = dev.moe.cuda.model.DeviceModelParity.recurrentModels();
+        assertThat(models).hasSize(1);
+        Model m = models.getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "recurrent.moe");
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "recurrent.moe").toString();
+        assertThat(src).contains("static final int GRU_WIDTH = 12;");
+        // layer 4 is recurrent and feeds layer 5's gating residual: both fp32 logit-gradient users on one layer
+        assertThat(src).contains("new MoeKernelSource.Spec(DIM, 40, 4, 1, 0, 2, MoeKernelSource.Score.SOFTMAX, false, 1.0f, false, ctx.expertPrecision, "
+                + "MoeKernelSource.Options.NONE.withActivation(MoeKernelSource.ExpertActivation.GELU).withGatingResidual().withExtraLogits())");
+        assertThat(src).contains("moe5.setResidualFrom(moe4, w.value(\"layers.5.moe.router.residual\")");
+        assertThat(src).contains("linear(gru4H, l4MoeRouterGruOut, gru4Logits, rows, GRU_WIDTH, 5, false);");
+        for (int plain : new int[] {0, 3}) {
+            assertThat(src).doesNotContain("moe" + plain + ".setExtraLogits");
+        }
+        assertThat(src).contains("moe1.setExtraLogits(gru1Logits);");
+        assertThat(src).contains("moe5.setExtraLogits(gru5Logits);");
+    }
+
+    /** Router jitter stays on the hybrid path, named. */
+    @Test
+    void jitterIsRefused() {
+        String text = dev.moe.cuda.model.DeviceModelParity.RECURRENT_MODEL.replace("recurrent gru(width: 12)\n", "recurrent gru(width: 12)\n    jitter 0.01\n");
+        assertThat(text).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.RECURRENT_MODEL);
+        Model m = dev.moe.dsl.SourceFile.decode("jitter.moe", text.getBytes(java.nio.charset.StandardCharsets.UTF_8)) instanceof
+                dev.moe.dsl.SourceFile.ReadResult.Ok ok ? dev.moe.compiler.MoeCompiler.compile(ok.source()).orThrow().models().getFirst() : null;
+        assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).contains("jitter");
     }
 
     /** MoE++ experts in another order than FFN, zero, copy, constant (the GPU router's row order) stay on the hybrid path. */
