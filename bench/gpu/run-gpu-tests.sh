@@ -12,8 +12,8 @@
 #    activations, cross-entropy, AdamW, attention, RMoE's GRU cell) against the CPU backend, 20 shapes each.
 # 3. DeviceModelParity: the device-resident generated models (CudaModelGenerator) against the
 #    CPU-generated classes: losses, every gradient, gradient norms, weights and moments after 3 steps
-#    (mixtral, deepseek-moe, and its built-in models: sigmoid routing; LayerNorm, qk-norm, q/k/v biases, ungated FFNs;
-#    ...; recurrent (GRU) routers).
+#    (mixtral, deepseek-moe, switch, and its built-in models: sigmoid routing; LayerNorm, qk-norm, q/k/v biases, ungated
+#    FFNs; expert activations and capacity; router options; blocks; MoE++; recurrent (GRU) routers).
 #    Training parity: 100 steps of two recipes with --backend cuda (device-resident) and
 #    --backend cuda-hybrid against --backend cpu; the losses must agree within 1e-3 relative at every step.
 #    Greedy generation with --backend cuda and cuda-hybrid gives the CPU's text.
