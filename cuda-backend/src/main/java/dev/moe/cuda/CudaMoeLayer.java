@@ -842,14 +842,21 @@ public final class CudaMoeLayer implements AutoCloseable {
                 auxDevice, zc, ent, temperature, dLogits}, residualArgs));
         }
         if (gateRouters != null) {
-            // named gates: per sequence, dx += dlogits · its gate's router and that gate's gradient += dlogitsᵀ · x
+            // named gates: per sequence, dx (or dRouterX, when the router read another input) += dlogits · its gate's router and
+            // that gate's gradient += dlogitsᵀ · routerX
+            long dTarget = dx;
+            if (routerX != x) {
+                dRouterX = keep(backwardBlocks, (long) tokens * d * actBytes);
+                ctx.driver.memsetZero(dRouterX, (long) tokens * d * actBytes, ctx.stream);
+                dTarget = dRouterX;
+            }
             for (int sq = 0; sq < tokens / sequenceLength; sq++) {
                 long r0 = (long) sq * sequenceLength;
                 int gate = gateOfSequence[sq];
                 ctx.blas.matmul(ctx.stream, false, false, d, sequenceLength, er, gateActs[gate], act, d, dLogits + r0 * er * actBytes, act, er,
-                        dx + r0 * d * actBytes, act, d, true);
-                ctx.blas.matmul(ctx.stream, false, true, d, er, sequenceLength, x + r0 * d * actBytes, act, d, dLogits + r0 * er * actBytes, act, er,
-                        gateGrads[gate], gradType, d, true);
+                        dTarget + r0 * d * actBytes, act, d, true);
+                ctx.blas.matmul(ctx.stream, false, true, d, er, sequenceLength, routerX + r0 * d * actBytes, act, d, dLogits + r0 * er * actBytes, act,
+                        er, gateGrads[gate], gradType, d, true);
             }
             return dx;
         }

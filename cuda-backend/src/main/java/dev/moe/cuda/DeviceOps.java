@@ -297,6 +297,20 @@ public final class DeviceOps {
         }
     }
 
+    /** {@code y = x · noise} elementwise over {@code n} floats (router jitter's input). */
+    public void multiply(long x, long noise, long y, long n) {
+        if (n > 0) {
+            launch("multiply", grid(n), THREADS, x, noise, y, n);
+        }
+    }
+
+    /** {@code dx += dy · noise} elementwise over {@code n} floats (router jitter's backward), rounded as the CPU: no fused multiply-add. */
+    public void addProduct(long dx, long dy, long noise, long n) {
+        if (n > 0) {
+            launch("add_product", grid(n), THREADS, dx, dy, noise, n);
+        }
+    }
+
     /** {@code x *= s} over {@code n} floats. */
     public void scaleInPlace(long x, float s, long n) {
         if (n > 0) {

@@ -49,8 +49,9 @@ import javax.lang.model.element.Modifier;
  * expert choice, several named gates that differ in their weights, MoE++'s gating residual (a router adds a map of the
  * previous MoE layer's logits; {@link CudaMoeLayer#setResidualFrom}), RMoE's recurrent routers (one GRU cell shared by the
  * layers, run here with cuBLASLt and {@code DeviceOps.gruCell}, its state carried from layer to layer and its output map
- * added to the layer's logits through {@link CudaMoeLayer#setExtraLogits}), and capacity factors dropping by position or by
- * probability in training forwards;
+ * added to the layer's logits through {@link CudaMoeLayer#setExtraLogits}), router jitter (training forwards multiply the
+ * router's input by noise drawn on the host exactly as the CPU class draws it, {@code DeviceModel.jitterNoise}), and capacity
+ * factors dropping by position or by probability in training forwards;
  * the micro- or global-batch aux loss (with tau), the z-loss and the entropy loss. {@link #unsupported}
  * names what else a model uses; such models run on the hybrid backend instead.
  */
@@ -168,9 +169,6 @@ public final class CudaModelGenerator {
         }
         if (r.temperature().isPresent() && !List.of("none", "tanh", "sigmoid").contains(r.temperature().get().activation().orElse("none"))) {
             return Optional.of("a router activation other than tanh or sigmoid");
-        }
-        if (r.jitter() != 0) {
-            return Optional.of("router jitter");
         }
         if (r.selection() instanceof Router.Selection.ExpertChoice x) {
             if (routed.size() > 1) {
@@ -504,6 +502,9 @@ public final class CudaModelGenerator {
         for (MoeInfo m : moes) {
             fwd.addStatement("loss += balance$L", m.index());
         }
+        if (jitters(moes)) {
+            fwd.beginControlFlow("if (counting)").addStatement("microBatch++").endControlFlow();
+        }
         fwd.addStatement("return loss");
 
         CodeBlock.Builder bwd = CodeBlock.builder();
@@ -555,6 +556,10 @@ public final class CudaModelGenerator {
                     .addJavadoc("The last forward's dispatched slots: rows · k, less top-p's unused slots and the slots dropped over capacity.\n").build());
             t.addField(TypeName.DOUBLE, "balance" + l, Modifier.PRIVATE);
             t.addField(float[].class, "aux" + l, Modifier.PRIVATE);
+            if (m.router().jitter() != 0) {
+                t.addField(FieldSpec.builder(TypeName.BOOLEAN, "jitterOn" + l, Modifier.PRIVATE)
+                        .addJavadoc("Whether the last forward jittered this router's input (a training forward).\n").build());
+            }
         }
         for (String b : buffers) {
             t.addField(TypeName.LONG, b, Modifier.PRIVATE);
@@ -932,10 +937,25 @@ public final class CudaModelGenerator {
         if (m.router().recurrentWidth().isPresent()) {
             recurrentRouterForward(f, m, fnormed);
         }
+        float eps = (float) m.router().jitter();
+        if (eps != 0) {
+            String routerIn = m.router().pregate() ? "embedded" : fnormed;
+            f.add("// jitter (training forwards only): the router reads its input times uniform noise in [1 - $L, 1 + $L], drawn on the host as the CPU class draws it\n",
+                    eps, eps);
+            f.addStatement("jitterOn$L = counting", i);
+            f.beginControlFlow("if (counting)");
+            f.addStatement("ctx.upload(jitterNoise(rows * DIM, $Lf, step, microBatch, $L), $L)", Float.toString(eps), i, buffer("j" + i + "Noise", "DIM"));
+            f.addStatement("ops.multiply($L, j$LNoise, $L, (long) rows * DIM)", routerIn, i, buffer("j" + i + "Input", "DIM"));
+            f.addStatement("moe$L.forwardInto($L, j$LInput, rows, $L)", i, fnormed, i, target);
+            f.nextControlFlow("else");
+        }
         if (m.router().pregate()) {
             f.addStatement("moe$L.forwardInto($L, embedded, rows, $L)", i, fnormed, target);
         } else {
             f.addStatement("moe$L.forwardInto($L, rows, $L)", i, fnormed, target);
+        }
+        if (eps != 0) {
+            f.endControlFlow();
         }
         f.addStatement("counts$L = moe$L.lastCounts()", i, i);
         f.add("// the slots dispatched to experts (top-p leaves some unused, a capacity factor drops some): the aux loss's f and the loads count these, as the CPU class does\n");
@@ -958,11 +978,21 @@ public final class CudaModelGenerator {
         }
         bf.addStatement("mark($S)", "backward: shared experts");
         bf.add("// routed experts and router (with the balancing losses' gradients)\n");
-        bf.addStatement("moe$L.backwardInto($L, $L, $L, $L, dNormed$L)", i, dOut,
-                m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : "null",
+        CodeBlock losses = CodeBlock.of("$L, $L, $L", m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : "null",
                 zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f")),
-                entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f")),
-                m.router().pregate() ? ", dEmbedded" : "");
+                entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f")));
+        if (eps != 0) {
+            bf.beginControlFlow("if (jitterOn$L)", i);
+            bf.addStatement("zero($L, (long) rows * DIM)", buffer("dJittered", "DIM"));
+            bf.addStatement("moe$L.backwardInto($L, $L, dNormed, dJittered)", i, dOut, losses);
+            bf.add("// the router read the jittered input: d(input) += d(jittered) · noise\n");
+            bf.addStatement("ops.addProduct($L, dJittered, j$LNoise, (long) rows * DIM)", m.router().pregate() ? "dEmbedded" : "dNormed", i);
+            bf.nextControlFlow("else");
+        }
+        bf.addStatement("moe$L.backwardInto($L, $L, dNormed$L)", i, dOut, losses, m.router().pregate() ? ", dEmbedded" : "");
+        if (eps != 0) {
+            bf.endControlFlow();
+        }
         if (m.router().recurrentWidth().isPresent()) {
             recurrentRouterBackward(bf, m, fnormed);
         }
@@ -1111,6 +1141,10 @@ public final class CudaModelGenerator {
         });
     }
 
+    private static boolean jitters(List<MoeInfo> moes) {
+        return moes.stream().anyMatch(m -> m.router().jitter() != 0);
+    }
+
     private void routingMethods(TypeSpec.Builder t, List<MoeInfo> moes) {
         MethodSpec.Builder loads = MethodSpec.methodBuilder("expertLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
                 .returns(int[][].class).addStatement("int[][] loads = new int[$L][]", moes.size());
@@ -1186,6 +1220,13 @@ public final class CudaModelGenerator {
         t.addMethod(dispatch.addStatement("return out").build());
         t.addMethod(loads.addStatement("return loads").build());
         t.addMethod(bySeq.addStatement("return loads").build());
+        if (jitters(moes)) {
+            t.addField(FieldSpec.builder(TypeName.INT, "microBatch", Modifier.PRIVATE)
+                    .addJavadoc("Training forwards since beginStep: with the step and the layer, the jitter noise's seed (as the CPU class).\n").build());
+            reset.addStatement("microBatch = 0");
+        }
+        end.addComment("the step counts on, as the CPU class's (the trainer sets it at each step too)");
+        end.addStatement("step++");
         t.addMethod(reset.build());
         t.addMethod(end.build());
         if (!moes.isEmpty()) {
@@ -1194,7 +1235,7 @@ public final class CudaModelGenerator {
         }
         t.addField(TypeName.LONG, "step", Modifier.PRIVATE);
         t.addMethod(MethodSpec.methodBuilder("setStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
-                .addJavadoc("The optimiser step, which an annealed router temperature reads.\n")
+                .addJavadoc("The optimiser step, which an annealed router temperature and the jitter noise's seed read.\n")
                 .addParameter(TypeName.LONG, "step").addStatement("this.step = step").build());
         t.addMethod(MethodSpec.methodBuilder("moeLayers").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[].class)
                 .addStatement("return new int[] {$L}", layers).build());

@@ -402,6 +402,14 @@ public final class ModelKernelSource {
                 extern "C" __global__ void add_inplace(float* __restrict__ y, const float* __restrict__ x, long n) {
                   for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) y[i] += x[i];
                 }
+                // Router jitter: y = x · noise, and its backward dx += dy · noise (rounded as the CPU does: no fused multiply-add).
+                extern "C" __global__ void multiply(const float* __restrict__ x, const float* __restrict__ noise, float* __restrict__ y, long n) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) y[i] = __fmul_rn(x[i], noise[i]);
+                }
+                extern "C" __global__ void add_product(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ noise, long n) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x)
+                    dx[i] = __fadd_rn(dx[i], __fmul_rn(dy[i], noise[i]));
+                }
                 extern "C" __global__ void scale_inplace(float* __restrict__ x, float s, long n) {
                   for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) x[i] *= s;
                 }

@@ -375,14 +375,110 @@ class CudaModelGeneratorTest {
         assertThat(src).contains("moe5.setExtraLogits(gru5Logits);");
     }
 
-    /** Router jitter stays on the hybrid path, named. */
+    /**
+     * Router jitter: a training forward uploads the host-drawn noise (the CPU class's seed: step, micro-batch, layer), multiplies
+     * the router's input (the embeddings for pre-gating) by it and routes on that; the backward sends the router's input gradient
+     * through the same noise. Inference forwards route on the plain input. The micro-batch counts training forwards since
+     * beginStep and the step counts on at endStep, as on the CPU.
+     */
     @Test
-    void jitterIsRefused() {
-        String text = dev.moe.cuda.model.DeviceModelParity.RECURRENT_MODEL.replace("recurrent gru(width: 12)\n", "recurrent gru(width: 12)\n    jitter 0.01\n");
-        assertThat(text).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.RECURRENT_MODEL);
+    void jitterIsDeviceResident() {
+        List<Model> models = dev.moe.cuda.model.DeviceModelParity.jitterModels();
+        assertThat(models).hasSize(1);
+        Model m = models.getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "jitter.moe");
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "jitter.moe").toString();
+        assertThat(src).contains("""
+                        jitterOn0 = counting;
+                        if (counting) {
+                            ctx.upload(jitterNoise(rows * DIM, 0.2f, step, microBatch, 0), j0Noise);
+                            ops.multiply(f0Normed, j0Noise, j0Input, (long) rows * DIM);
+                            moe0.forwardInto(f0Normed, j0Input, rows, stream);
+                        } else {
+                            moe0.forwardInto(f0Normed, rows, stream);
+                        }
+                """);
+        assertThat(src).contains("""
+                        if (jitterOn0) {
+                            zero(dJittered, (long) rows * DIM);
+                            moe0.backwardInto(dx, scaled(aux0, scale), 0f, 0f, dNormed, dJittered);
+                            // the router read the jittered input: d(input) += d(jittered) · noise
+                            ops.addProduct(dNormed, dJittered, j0Noise, (long) rows * DIM);
+                        } else {
+                            moe0.backwardInto(dx, scaled(aux0, scale), 0f, 0f, dNormed);
+                        }
+                """);
+        // pre-gating: the noise multiplies the embeddings, and the gradient goes back to them
+        assertThat(src).contains("ops.multiply(embedded, j1Noise, j1Input, (long) rows * DIM);");
+        assertThat(src).contains("moe1.forwardInto(f1Normed, embedded, rows, stream);");
+        assertThat(src).contains("ops.addProduct(dEmbedded, dJittered, j1Noise, (long) rows * DIM);");
+        // the recurrent router's GRU reads the input without noise
+        assertThat(src).contains("linear(f2Normed, l2MoeRouterGruIn, gru2U, rows, DIM, GRU_WIDTH, false);");
+        assertThat(src).contains("moe3.setSequenceGates(");
+        assertThat(src).contains("ctx.upload(jitterNoise(rows * DIM, 0.2f, step, microBatch, 3), j3Noise);");
+        assertThat(src).contains("if (counting) {\n            microBatch++;\n        }\n        return loss;");
+        assertThat(src).contains("microBatch = 0;");
+        assertThat(src).contains("step++;");
+    }
+
+    /**
+     * The device model's host-drawn jitter noise is the CPU class's, float for float: at two steps, over a step's two training
+     * forwards (the micro-batch counter) and for two layers; an evaluation forward neither draws noise nor counts a micro-batch.
+     */
+    @Test
+    void theJitterNoiseIsTheCpuClasss() throws ReflectiveOperationException {
+        Model m = dev.moe.cuda.model.DeviceModelParity.jitterModels().getFirst();
+        dev.moe.runtime.TrainableModel cpu = DeviceModels.compile(m, "jitter.moe").createHost(new dev.moe.runtime.cpu.CpuBackend(2,
+                dev.moe.runtime.cpu.CpuBackend.VECTOR_API));
+        cpu.initialize(3);
+        int batch = 2, seq = 16, dim = m.config().dim();
+        int[] in = new int[batch * seq];
+        for (int i = 0; i < in.length; i++) {
+            in[i] = (7 * i + 3) % m.config().vocab();
+        }
+        int checked = 0;
+        for (long step : new long[] {0, 41}) {
+            cpu.setStep(step);
+            cpu.beginStep();
+            for (int micro = 0; micro < 2; micro++) {
+                cpu.setTraining(false);
+                cpu.forward(in, in, batch, seq);
+                cpu.setTraining(true);
+                cpu.forward(in, in, batch, seq);
+                for (int layer : new int[] {0, 3}) {
+                    java.lang.reflect.Field state = cpu.getClass().getDeclaredField("moe" + layer);
+                    state.setAccessible(true);
+                    Object moe = state.get(cpu);
+                    java.lang.reflect.Field noise = moe.getClass().getDeclaredField("noise");
+                    noise.setAccessible(true);
+                    float[] cpuNoise = java.util.Arrays.copyOf((float[]) noise.get(moe), batch * seq * dim);
+                    float[] hostNoise = DeviceModel.jitterNoise(batch * seq * dim, 0.2f, step, micro, layer);
+                    assertWithMessage("step %s micro-batch %s layer %s", step, micro, layer).that(hostNoise).isEqualTo(cpuNoise);
+                    checked++;
+                }
+            }
+            cpu.endStep();
+        }
+        assertThat(checked).isEqualTo(8);
+    }
+
+    /** Named gates that differ in their jitter stay on the hybrid path, named. */
+    @Test
+    void gatesThatDifferInJitterAreRefused() {
+        String text = dev.moe.cuda.model.DeviceModelParity.JITTER_MODEL.replace("""
+                  router music {
+                    top_k 2
+                    jitter 0.2
+                """, """
+                  router music {
+                    top_k 2
+                    jitter 0.1
+                """);
+        assertThat(text).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.JITTER_MODEL);
         Model m = dev.moe.dsl.SourceFile.decode("jitter.moe", text.getBytes(java.nio.charset.StandardCharsets.UTF_8)) instanceof
                 dev.moe.dsl.SourceFile.ReadResult.Ok ok ? dev.moe.compiler.MoeCompiler.compile(ok.source()).orThrow().models().getFirst() : null;
-        assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).contains("jitter");
+        assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).contains("several named gates that differ beyond their weights");
     }
 
     /** MoE++ experts in another order than FFN, zero, copy, constant (the GPU router's row order) stay on the hybrid path. */
