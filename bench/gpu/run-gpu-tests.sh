@@ -6,7 +6,8 @@
 #   SKIP_BENCH=1 ...                             # only the correctness checks
 #   BACKENDS=cuda ...                            # training and generation parity without cuda-hybrid
 #
-# 1. GpuChecks: the MoE layer's output and every gradient against a float64 reference (28 cases).
+# 1. GpuChecks: the MoE layer's output and every gradient against a float64 reference (28 cases), gating-residual
+#    pairs, and layers with extra logits (RMoE's recurrent router) whose fp32 logit gradient is checked too.
 # 2. BackendParity: the primitives CudaBackend runs on the GPU against the CPU backend (24 shapes);
 #    DeviceOpsParity: the dense-model kernels (embedding, RMSNorm, LayerNorm, bias add, RoPE, GLU and plain
 #    activations, cross-entropy, AdamW, attention, RMoE's GRU cell) against the CPU backend, 20 shapes each.
