@@ -30,7 +30,9 @@ import java.util.List;
  * into the combine; constant experts' weights ({@link #setConstantExperts}, {@link #setConstantWeights})
  * and their gradients are fp32 in both precisions, summed over tokens in a fixed order. A gating residual
  * ({@link #setResidualFrom}) adds the previous layer's fp32 logits through a map to this router's and
- * sends the logit gradient back to that layer.
+ * sends the logit gradient back to that layer. Extra logits ({@link #setExtraLogits}: RMoE's recurrent
+ * router, whose GRU the caller runs) join the router's, and the backward hands their fp32 gradient back
+ * ({@link #lastLogitGradient}).
  */
 public final class CudaMoeLayer implements AutoCloseable {
     private static final int THREADS = 256;
@@ -100,8 +102,10 @@ public final class CudaMoeLayer implements AutoCloseable {
     private boolean feedsResidual;
     /** fp32 {@code [tokens, routed]}: the logit gradient the next layer's gating residual sent back, zeroed at each forward. */
     private long dLogitsIn;
-    /** fp32 copy of this layer's logit gradient in the last backward (a layer with a gating residual). */
+    /** fp32 copy of this layer's logit gradient in the last backward (a layer with a gating residual or extra logits). */
     private long dLogits32;
+    /** fp32 {@code [tokens, routed]} the caller adds to the router's logits (a spec with extra logits), 0 until set. */
+    private long extraLogits;
 
     public CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType) {
         this(ctx, spec, gradsInActivationType, null);
@@ -207,6 +211,9 @@ public final class CudaMoeLayer implements AutoCloseable {
         }
         ctx.kernel(source, "cast_from_float");
         ctx.kernel(source, "add_to_float");
+        if (spec.options().extraLogits()) {
+            ctx.kernel(source, "add_floats");
+        }
         if (spec.score() == MoeKernelSource.Score.SOFTMAX) {
             ctx.kernel(source, "router_balance_stats");
             ctx.kernel(source, "router_backward_balance");
@@ -289,6 +296,30 @@ public final class CudaMoeLayer implements AutoCloseable {
         residualG = g;
         residualDG = dG;
         previous.feedsResidual = true;
+    }
+
+    /**
+     * Extra logits (RMoE's recurrent router: its GRU state through an output map, computed by the caller): from the next forward
+     * on, the router's fp32 logits add {@code logits [tokens, routed]} (fp32, read during each forward, before a gating
+     * residual's term), and each backward keeps the fp32 gradient of the logits for {@link #lastLogitGradient}. The spec needs
+     * {@link MoeKernelSource.Options#extraLogits}.
+     */
+    public void setExtraLogits(long logits) {
+        if (!spec.options().extraLogits()) {
+            throw new IllegalArgumentException("extra logits need a spec with extraLogits");
+        }
+        extraLogits = logits;
+    }
+
+    /**
+     * The fp32 gradient of the router's logits {@code [tokens, routed]} in the last backward (what a gating residual of the next
+     * layer sent back included): the gradient of {@link #setExtraLogits}'s term. Valid until the next forward or backward.
+     */
+    public long lastLogitGradient() {
+        if (dLogits32 == 0) {
+            throw new IllegalStateException("no fp32 logit gradient: the spec has no extra logits or gating residual, or no backward ran");
+        }
+        return dLogits32;
     }
 
     private static void check(boolean ok, String what) {
@@ -598,6 +629,7 @@ public final class CudaMoeLayer implements AutoCloseable {
         }
         release(saved);
         release(backwardBlocks);
+        dLogits32 = 0;
         this.x = x;
         this.routerX = routerX;
         this.tokens = tokens;
@@ -629,6 +661,14 @@ public final class CudaMoeLayer implements AutoCloseable {
                 ctx.blas.matmul(ctx.stream, true, false, er, sequenceLength, d, gateActs[gateOfSequence[sq]], act, d, routerX + r0 * d * actBytes, act,
                         d, logits + r0 * er * 4, Type.F32, er, false);
             }
+        }
+        if (spec.options().extraLogits()) {
+            if (extraLogits == 0) {
+                throw new IllegalStateException("a layer with extra logits needs them set (setExtraLogits) before its forward");
+            }
+            // extra logits (a recurrent router's): logits[T, E] += the caller's fp32 term
+            long n = (long) tokens * er;
+            launch("add_floats", elementwiseGrid(n), THREADS, logits, extraLogits, n);
         }
         if (residualFrom != null) {
             if (residualFrom.tokens != tokens || residualFrom.logits == 0) {
@@ -820,9 +860,11 @@ public final class CudaMoeLayer implements AutoCloseable {
             throw new IllegalArgumentException("an entropy loss needs a spec with entropy");
         }
         // gating residual: the router backward adds what the next layer sent back (dLogitsIn) and keeps an fp32 copy (dLogits32)
+        // for its own residual or the caller's extra logits
         Object[] residualArgs = {};
-        if (spec.options().gatingResidual()) {
-            dLogits32 = residualFrom == null ? 0 : keep(backwardBlocks, (long) tokens * er * 4);
+        dLogits32 = 0;
+        if (spec.options().fp32LogitGradient()) {
+            dLogits32 = residualFrom == null && !spec.options().extraLogits() ? 0 : keep(backwardBlocks, (long) tokens * er * 4);
             residualArgs = new Object[] {feedsResidual ? dLogitsIn : 0L, dLogits32};
         }
         if (aux == null && zc == 0f && ent == 0f) {
@@ -835,14 +877,21 @@ public final class CudaMoeLayer implements AutoCloseable {
                 auxDevice, zc, ent, temperature, dLogits}, residualArgs));
         }
         if (gateRouters != null) {
-            // named gates: per sequence, dx += dlogits · its gate's router and that gate's gradient += dlogitsᵀ · x
+            // named gates: per sequence, dx (or dRouterX, when the router read another input) += dlogits · its gate's router and
+            // that gate's gradient += dlogitsᵀ · routerX
+            long dTarget = dx;
+            if (routerX != x) {
+                dRouterX = keep(backwardBlocks, (long) tokens * d * actBytes);
+                ctx.driver.memsetZero(dRouterX, (long) tokens * d * actBytes, ctx.stream);
+                dTarget = dRouterX;
+            }
             for (int sq = 0; sq < tokens / sequenceLength; sq++) {
                 long r0 = (long) sq * sequenceLength;
                 int gate = gateOfSequence[sq];
                 ctx.blas.matmul(ctx.stream, false, false, d, sequenceLength, er, gateActs[gate], act, d, dLogits + r0 * er * actBytes, act, er,
-                        dx + r0 * d * actBytes, act, d, true);
-                ctx.blas.matmul(ctx.stream, false, true, d, er, sequenceLength, x + r0 * d * actBytes, act, d, dLogits + r0 * er * actBytes, act, er,
-                        gateGrads[gate], gradType, d, true);
+                        dTarget + r0 * d * actBytes, act, d, true);
+                ctx.blas.matmul(ctx.stream, false, true, d, er, sequenceLength, routerX + r0 * d * actBytes, act, d, dLogits + r0 * er * actBytes, act,
+                        er, gateGrads[gate], gradType, d, true);
             }
             return dx;
         }

@@ -266,10 +266,48 @@ public final class DeviceOps {
         }
     }
 
+    /**
+     * RMoE's GRU cell (PyTorch's gate order r, z, n) on {@code gi = u · W_ihᵀ} and {@code gh = prev · W_hhᵀ} ({@code [rows, 3 · width]})
+     * and the biases {@code [3 · width]}: the new state {@code h [rows, width]}, and r, z, n and W_hn prev + b_hn saved in
+     * {@code gates [rows, 4 · width]} for {@link #gruCellBackward}. The twin of the CPU class's {@code gru} after its two products.
+     */
+    public void gruCell(long gi, long gh, long bi, long bh, long prev, long gates, long h, int rows, int width) {
+        long n = (long) rows * width;
+        if (n > 0) {
+            launch("gru_cell", grid(n), THREADS, gi, gh, bi, bh, prev, gates, h, (long) rows, width);
+        }
+    }
+
+    /**
+     * Backward of {@link #gruCell} for {@code dh = dL/dh}: the gradients of the gates' pre-activations, {@code dGi} (of gi and
+     * b_ih) and {@code dGh} (of gh and b_hh), and {@code dPrev = dh · z}, the direct part of the previous state's gradient; all
+     * overwritten.
+     */
+    public void gruCellBackward(long dh, long prev, long gates, long dGi, long dGh, long dPrev, int rows, int width) {
+        long n = (long) rows * width;
+        if (n > 0) {
+            launch("gru_cell_backward", grid(n), THREADS, dh, prev, gates, dGi, dGh, dPrev, (long) rows, width);
+        }
+    }
+
     /** {@code y += x} over {@code n} floats. */
     public void addInPlace(long y, long x, long n) {
         if (n > 0) {
             launch("add_inplace", grid(n), THREADS, y, x, n);
+        }
+    }
+
+    /** {@code y = x · noise} elementwise over {@code n} floats (router jitter's input). */
+    public void multiply(long x, long noise, long y, long n) {
+        if (n > 0) {
+            launch("multiply", grid(n), THREADS, x, noise, y, n);
+        }
+    }
+
+    /** {@code dx += dy · noise} elementwise over {@code n} floats (router jitter's backward), rounded as the CPU: no fused multiply-add. */
+    public void addProduct(long dx, long dy, long noise, long n) {
+        if (n > 0) {
+            launch("add_product", grid(n), THREADS, dx, dy, noise, n);
         }
     }
 

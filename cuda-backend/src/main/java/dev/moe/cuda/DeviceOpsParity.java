@@ -35,7 +35,8 @@ public final class DeviceOpsParity {
 
     /** The ops of the dense-model features (LayerNorm, qk-norm's shape, q/k/v biases, ungated FFNs), after the GEMM attention's. */
     private static final String[] DENSE_NAMES = {"layer_norm", "layer_norm backward", "rms_norm per head (qk)", "add_bias", "bias backward",
-        "activation", "activation backward"};
+        "activation", "activation backward", "gru cell", "gru cell backward",
+        "jitter multiply and its backward (bitwise)"};
     private static final int DENSE = 13 + 2 * GEMM_MODES.length;
 
     public static List<Result> run(CudaContext ctx, Backend cpu) {
@@ -236,6 +237,38 @@ public final class DeviceOpsParity {
                 ops.activationBackward(act, axd, sc.floats(ady), adxd, n);
                 worst[DENSE + 5] = Math.max(worst[DENSE + 5], Compare.rel(ctx.downloadFloats(ayd, n), ay));
                 worst[DENSE + 6] = Math.max(worst[DENSE + 6], Compare.rel(ctx.downloadFloats(adxd, n), adx));
+
+                // RMoE's GRU cell and its backward (the backward from the CPU's saved gates, so each is checked alone)
+                int gw = 1 + rnd.nextInt(80);
+                float[] gruGi = Compare.gaussian(rnd, rows * 3 * gw), gruGh = Compare.gaussian(rnd, rows * 3 * gw);
+                float[] gruBi = Compare.gaussian(rnd, 3 * gw), gruBh = Compare.gaussian(rnd, 3 * gw);
+                float[] gruPrev = Compare.gaussian(rnd, rows * gw), gruDh = Compare.gaussian(rnd, rows * gw);
+                float[] gruGates = new float[rows * 4 * gw], gruH = new float[rows * gw];
+                gruCell(gruGi, gruGh, gruBi, gruBh, gruPrev, gruGates, gruH, rows, gw);
+                long gruPrevd = sc.floats(gruPrev), gruGatesd = sc.zeros(rows * 4 * gw), gruHd = sc.zeros(rows * gw);
+                ops.gruCell(sc.floats(gruGi), sc.floats(gruGh), sc.floats(gruBi), sc.floats(gruBh), gruPrevd, gruGatesd, gruHd, rows, gw);
+                worst[DENSE + 7] = Math.max(worst[DENSE + 7], Math.max(Compare.rel(ctx.downloadFloats(gruGatesd, gruGates.length), gruGates),
+                        Compare.rel(ctx.downloadFloats(gruHd, gruH.length), gruH)));
+                float[] gruDGi = new float[rows * 3 * gw], gruDGh = new float[rows * 3 * gw], gruDPrev = new float[rows * gw];
+                gruCellBackward(gruDh, gruPrev, gruGates, gruDGi, gruDGh, gruDPrev, rows, gw);
+                long gruDGid = sc.floats(Compare.gaussian(rnd, rows * 3 * gw)), gruDGhd = sc.floats(Compare.gaussian(rnd, rows * 3 * gw));
+                long gruDPrevd = sc.floats(Compare.gaussian(rnd, rows * gw));
+                ops.gruCellBackward(sc.floats(gruDh), gruPrevd, sc.floats(gruGates), gruDGid, gruDGhd, gruDPrevd, rows, gw);
+                worst[DENSE + 8] = Math.max(worst[DENSE + 8], Math.max(Compare.rel(ctx.downloadFloats(gruDGid, gruDGi.length), gruDGi),
+                        Math.max(Compare.rel(ctx.downloadFloats(gruDGhd, gruDGh.length), gruDGh), Compare.rel(ctx.downloadFloats(gruDPrevd, gruDPrev.length), gruDPrev))));
+
+                // router jitter: the router's input times the host-drawn noise, and d(input) += d(jittered) · noise, bitwise as the CPU
+                float[] jx = Compare.gaussian(rnd, n), jdy = Compare.gaussian(rnd, n), jdx = Compare.gaussian(rnd, n);
+                float[] jNoise = dev.moe.cuda.model.DeviceModel.jitterNoise(n, 0.1f, s, 1, 3);
+                long jyd = sc.zeros(n), jdxd = sc.floats(jdx);
+                long jNoised = sc.floats(jNoise);
+                ops.multiply(sc.floats(jx), jNoised, jyd, n);
+                ops.addProduct(jdxd, sc.floats(jdy), jNoised, n);
+                float[] jy = ctx.downloadFloats(jyd, n), jdxGot = ctx.downloadFloats(jdxd, n);
+                for (int i = 0; i < n; i++) {
+                    float want = jx[i] * jNoise[i], wantDx = jdx[i] + jdy[i] * jNoise[i];
+                    worst[DENSE + 9] = Math.max(worst[DENSE + 9], Math.max(Math.abs(jy[i] - want), Math.abs(jdxGot[i] - wantDx)));
+                }
             }
         }
         String[] names = {"embedding", "embedding backward", "rms_norm", "rms_norm backward", "rope (both ways)", "glu",
@@ -249,9 +282,50 @@ public final class DeviceOpsParity {
             out.add(new Result("attention backward (GEMM, " + GEMM_MODES[mode] + ")", SHAPES, worst[14 + 2 * mode], GEMM_TOLERANCES[mode]));
         }
         for (int i = 0; i < DENSE_NAMES.length; i++) {
-            out.add(new Result(DENSE_NAMES[i], SHAPES, worst[DENSE + i]));
+            out.add(new Result(DENSE_NAMES[i], SHAPES, worst[DENSE + i], DENSE_NAMES[i].endsWith("(bitwise)") ? 0 : 1e-4));
         }
         return out;
+    }
+
+    /**
+     * The CPU reference of {@link DeviceOps#gruCell}: the loop of the CPU class's {@code gru} (ModelGenerator's gruHelpers) after
+     * its two products, with r, z, n, nh packed per row as the kernel saves them.
+     */
+    static void gruCell(float[] gi, float[] gh, float[] bi, float[] bh, float[] prev, float[] gates, float[] h, int rows, int w) {
+        for (int t = 0; t < rows; t++) {
+            for (int j = 0; j < w; j++) {
+                int g = t * 3 * w + j, o = t * w + j, s = t * 4 * w + j;
+                float r = Elementwise.sigmoid(gi[g] + bi[j] + gh[g] + bh[j]);
+                float z = Elementwise.sigmoid(gi[g + w] + bi[j + w] + gh[g + w] + bh[j + w]);
+                float nh = gh[g + 2 * w] + bh[j + 2 * w];
+                float n = (float) Math.tanh(gi[g + 2 * w] + bi[j + 2 * w] + r * nh);
+                gates[s] = r;
+                gates[s + w] = z;
+                gates[s + 2 * w] = n;
+                gates[s + 3 * w] = nh;
+                h[o] = (1 - z) * n + z * prev[o];
+            }
+        }
+    }
+
+    /** The CPU reference of {@link DeviceOps#gruCellBackward}: the loop of the CPU class's {@code gruBackward}. */
+    static void gruCellBackward(float[] dh, float[] prev, float[] gates, float[] dGi, float[] dGh, float[] dPrev, int rows, int w) {
+        for (int t = 0; t < rows; t++) {
+            for (int j = 0; j < w; j++) {
+                int g = t * 3 * w + j, o = t * w + j, s = t * 4 * w + j;
+                float d = dh[o], r = gates[s], z = gates[s + w], n = gates[s + 2 * w], nh = gates[s + 3 * w];
+                float dn = d * (1 - z) * (1 - n * n);
+                float dz = d * (prev[o] - n) * z * (1 - z);
+                float dr = dn * nh * r * (1 - r);
+                dGi[g] = dr;
+                dGi[g + w] = dz;
+                dGi[g + 2 * w] = dn;
+                dGh[g] = dr;
+                dGh[g + w] = dz;
+                dGh[g + 2 * w] = dn * r;
+                dPrev[o] = d * z;
+            }
+        }
     }
 
     /** Device buffers for one shape, freed together. */

@@ -348,6 +348,61 @@ public final class GpuChecks {
         }
     }
 
+    /** Layer specs with extra logits (RMoE's recurrent router adds its GRU state's map), checked in each precision. */
+    public static List<Spec> extraLogitSpecs() {
+        List<Spec> out = new ArrayList<>();
+        for (Precision p : Precision.values()) {
+            // normalised top-2 over FFN experts; top-3 over FFN, a zero and a constant expert; sigmoid scores with a bias
+            out.add(new Spec(64, 96, 8, 0, 0, 0, 2, Score.SOFTMAX, true, 1f, false, p, Options.NONE.withExtraLogits()));
+            out.add(new Spec(48, 64, 6, 1, 0, 1, 3, Score.SOFTMAX, false, 1f, false, p, Options.NONE.withExtraLogits()));
+            out.add(new Spec(48, 32, 16, 0, 0, 0, 4, Score.SIGMOID, true, 2.5f, true, p, Options.NONE.withExtraLogits()));
+        }
+        return out;
+    }
+
+    /**
+     * The worst relative error of a layer whose logits add an fp32 term ({@link CudaMoeLayer#setExtraLogits}) against the float64
+     * reference with that logit offset: outputs, input, router and expert gradients, and the fp32 logit gradient the layer hands
+     * back ({@link CudaMoeLayer#lastLogitGradient}); infinite when the routing differs.
+     */
+    public static double checkExtraLogits(CudaContext ctx, Spec s, int tokens, long seed) {
+        Inputs in = inputs(new Case(s, tokens), seed);
+        int e = s.routed(), d = s.dim();
+        // large enough to move the routing away from the router's own choice
+        float[] extra = Compare.gaussian(new Random(seed + 3000), tokens * e, 1f, false);
+        MoeLayerReference.Result ref = MoeLayerReference.run(s, tokens, true, Compare.doubles(in.x()), Compare.doubles(in.router()),
+                in.bias() == null ? null : Compare.doubles(in.bias()), Compare.doubles(in.gateUp()), Compare.doubles(in.down()),
+                Compare.doubles(in.vectors()), Compare.doubles(in.mix()), Compare.doubles(extra), null, Compare.doubles(in.dOut()));
+        try (CudaMoeLayer layer = new CudaMoeLayer(ctx, s, false);
+                DeviceAllocator.Block xd = layer.allocateActivations((long) tokens * d);
+                DeviceAllocator.Block gd = layer.allocateActivations((long) tokens * d);
+                DeviceAllocator.Block ed = ctx.allocator.allocate((long) tokens * e * 4)) {
+            layer.setWeights(in.router(), in.bias(), in.gateUp(), in.down());
+            if (s.constantExperts() > 0) {
+                layer.setConstantWeights(in.vectors(), in.mix());
+            }
+            layer.upload(in.x(), xd.pointer);
+            layer.upload(in.dOut(), gd.pointer);
+            ctx.upload(extra, ed.pointer);
+            layer.setExtraLogits(ed.pointer);
+            float[] out = layer.download(layer.forward(xd.pointer, tokens), tokens * d);
+            float[] dx = layer.download(layer.backward(gd.pointer), tokens * d);
+            float[] dLogits = ctx.downloadFloats(layer.lastLogitGradient(), tokens * e);
+            double worst = 0;
+            for (double err : new double[] {Compare.rel(out, ref.out()), Compare.rel(dx, ref.dx()), Compare.rel(layer.routerGrad(), ref.dRouter()),
+                Compare.rel(layer.gateUpGrad(), ref.dGateUp()), Compare.rel(layer.downGrad(), ref.dDown()), Compare.rel(dLogits, ref.dLogits())}) {
+                worst = Math.max(worst, err);
+            }
+            if (s.constantExperts() > 0) {
+                worst = Math.max(worst, Math.max(Compare.rel(layer.constantVectorGrad(), ref.dVectors()), Compare.rel(layer.constantMixGrad(), ref.dMix())));
+            }
+            if (!java.util.Arrays.equals(layer.lastSelection(), ref.selected())) {
+                worst = Double.POSITIVE_INFINITY; // the routing must see the extra logits
+            }
+            return worst;
+        }
+    }
+
     public static void main(String[] args) {
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.printf("GPU parity checks on %s (%s), against a float64 reference%n", ctx.deviceName, ctx.arch);
@@ -368,6 +423,13 @@ public final class GpuChecks {
                 failures += ok ? 0 : 1;
                 System.out.printf("%-80s %9.2e  %s%n", new Case(pair[0], 40) + " -> " + new Case(pair[1], 40).toString().replaceAll(" T=.*", ""), worst,
                         ok ? "ok" : "FAIL");
+            }
+            System.out.println("Extra logits (RMoE's recurrent router): worst relative error over outputs and gradients, the fp32 logit gradient too");
+            for (Spec s : extraLogitSpecs()) {
+                double worst = checkExtraLogits(ctx, s, 40, seed++);
+                boolean ok = worst <= (s.precision() == Precision.BF16 ? 2e-2 : 1e-4);
+                failures += ok ? 0 : 1;
+                System.out.printf("%-80s %9.2e  %s%n", new Case(s, 40), worst, ok ? "ok" : "FAIL");
             }
             System.exit(failures == 0 ? 0 : 1);
         } catch (CudaException e) {

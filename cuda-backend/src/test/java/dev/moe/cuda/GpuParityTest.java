@@ -36,6 +36,11 @@ class GpuParityTest {
                 double tol = pair[0].precision() == dev.moe.cuda.kernels.MoeKernelSource.Precision.BF16 ? 2e-2 : 1e-4;
                 assertWithMessage("gating residual %s -> %s", pair[0], pair[1]).that(worst).isAtMost(tol);
             }
+            for (dev.moe.cuda.kernels.MoeKernelSource.Spec spec : GpuChecks.extraLogitSpecs()) {
+                double worst = GpuChecks.checkExtraLogits(ctx, spec, 40, seed++);
+                double tol = spec.precision() == dev.moe.cuda.kernels.MoeKernelSource.Precision.BF16 ? 2e-2 : 1e-4;
+                assertWithMessage("extra logits %s", spec).that(worst).isAtMost(tol);
+            }
         }
     }
 

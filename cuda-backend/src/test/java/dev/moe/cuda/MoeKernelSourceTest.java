@@ -43,13 +43,15 @@ class MoeKernelSourceTest {
         assertThat(src).contains("#define ER 12 ");
         assertThat(src).contains("#define CONST 2 ");
         assertThat(src).contains("#define CONST0 10\n");
-        assertThat(src).contains("#define GATING_RESIDUAL 1 ");
+        assertThat(src).contains("#define FP32_DLOGITS 1 ");
         assertThat(src).contains("extern \"C\" __global__ void constant_mix(");
         assertThat(src).contains("extern \"C\" __global__ void constant_grads(");
         // a layer without them compiles the new code out
         String plain = MoeKernelSource.generate(DEEPSEEK);
         assertThat(plain).contains("#define CONST 0\n");
-        assertThat(plain).contains("#define GATING_RESIDUAL 0 ");
+        assertThat(plain).contains("#define FP32_DLOGITS 0 ");
+        // a recurrent router's extra logits need the same fp32 logit gradient
+        assertThat(MoeKernelSource.generate(DEEPSEEK.with(Options.NONE.withExtraLogits()))).contains("#define FP32_DLOGITS 1 ");
         assertThat(plain).doesNotContain("#define CONST0");
         assertThat(MoeKernelSource.generate(new Spec(8, 8, 4, 1, 1, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32, Options.NONE)))
                 .isEqualTo(MoeKernelSource.generate(new Spec(8, 8, 4, 1, 1, 0, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32, Options.NONE)));
@@ -226,6 +228,10 @@ class MoeKernelSourceTest {
                     Options.NONE.withActivation(ExpertActivation.RELU)).withExpertIn(21)));
             sources.add(MoeKernelSource.generate(new Spec(48, 40, 8, 2, Score.SOFTMAX, true, 1f, false, p)
                     .with(Options.NONE.withCapacity(1f, Drop.POSITION)).withExpertIn(21)));
+            // RMoE: extra logits (a recurrent router's), with a gating residual and an entropy loss, and alone
+            sources.add(MoeKernelSource.generate(new Spec(23, 17, 3, 1, 0, 1, 2, Score.SOFTMAX, true, 1f, false, p,
+                    Options.NONE.withExtraLogits().withGatingResidual().withEntropy())));
+            sources.add(MoeKernelSource.generate(new Spec(48, 40, 8, 2, Score.SOFTMAX, true, 1f, false, p).with(Options.NONE.withExtraLogits())));
         }
         sources.add(dev.moe.cuda.kernels.ModelKernelSource.generate());
         for (int k : new int[] {1, 2, 3, 32}) {

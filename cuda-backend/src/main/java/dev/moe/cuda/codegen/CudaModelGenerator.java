@@ -50,8 +50,11 @@ import javax.lang.model.element.Modifier;
  * or sigmoid scores, top-k or top-p, normalisation, scaling, aux-free selection bias, group-limited
  * top-k, quota groups, a constant or annealed temperature (through tanh or sigmoid), pre-gating,
  * expert choice, several named gates that differ in their weights, MoE++'s gating residual (a router adds a map of the
- * previous MoE layer's logits; {@link CudaMoeLayer#setResidualFrom}), and capacity factors dropping by position or by
- * probability in training forwards;
+ * previous MoE layer's logits; {@link CudaMoeLayer#setResidualFrom}), RMoE's recurrent routers (one GRU cell shared by the
+ * layers, run here with cuBLASLt and {@code DeviceOps.gruCell}, its state carried from layer to layer and its output map
+ * added to the layer's logits through {@link CudaMoeLayer#setExtraLogits}), router jitter (training forwards multiply the
+ * router's input by noise drawn on the host exactly as the CPU class draws it, {@code DeviceModel.jitterNoise}), and capacity
+ * factors dropping by position or by probability in training forwards;
  * the micro- or global-batch aux loss (with tau), the z-loss and the entropy loss. {@link #unsupported}
  * names what else a model uses; such models run on the hybrid backend instead.
  */
@@ -139,9 +142,11 @@ public final class CudaModelGenerator {
             return Optional.of("LoRA experts beside other routed experts");
         }
         if (lora && (r.selection() instanceof Router.Selection.TopP || r.selection() instanceof Router.Selection.ExpertChoice
-                || !(r.capacity() instanceof Router.Capacity.Dropless) || moe.routers().size() > 1 || r.pregate() || r.gatingResidual())) {
+                || !(r.capacity() instanceof Router.Capacity.Dropless) || moe.routers().size() > 1 || r.pregate() || r.gatingResidual()
+                || r.jitter() != 0 || r.recurrentWidth().isPresent())) {
             // the GPU's LoRA layer gives every slot a row: dropless token choice, one router reading the layer's input
-            return Optional.of("LoRA experts with top-p, expert choice, a capacity factor, named gates, pre-gating or a gating residual");
+            return Optional.of("LoRA experts with top-p, expert choice, a capacity factor, named gates, pre-gating, a gating residual, "
+                    + "jitter or a recurrent router");
         }
         if (routed.isEmpty() || !(routed.getFirst().expert() instanceof Expert.FeedForward || latent || lora) || routed.getFirst().sigmoidGate()) {
             return Optional.of("routed experts other than one group of FFN experts or of latent experts, then zero, copy and constant experts, "
@@ -163,6 +168,9 @@ public final class CudaModelGenerator {
         }
         if (latent && moe.routers().size() > 1) {
             return Optional.of("latent experts with several named gates");
+        }
+        if (latent && r.jitter() != 0) {
+            return Optional.of("latent experts with router jitter");
         }
         if (routed.size() > 1 && !(r.capacity() instanceof Router.Capacity.Dropless)) {
             return Optional.of("a capacity factor with zero, copy or constant experts");
@@ -189,9 +197,6 @@ public final class CudaModelGenerator {
         }
         if (r.temperature().isPresent() && !List.of("none", "tanh", "sigmoid").contains(r.temperature().get().activation().orElse("none"))) {
             return Optional.of("a router activation other than tanh or sigmoid");
-        }
-        if (r.jitter() != 0 || r.recurrentWidth().isPresent()) {
-            return Optional.of("jitter or recurrent routers");
         }
         if (r.selection() instanceof Router.Selection.ExpertChoice x) {
             if (routed.size() > 1) {
@@ -319,6 +324,9 @@ public final class CudaModelGenerator {
         if (o.gatingResidual()) {
             b.add(".withGatingResidual()");
         }
+        if (o.extraLogits()) {
+            b.add(".withExtraLogits()");
+        }
         return b.build();
     }
 
@@ -413,6 +421,8 @@ public final class CudaModelGenerator {
     private final List<String> pointerParams = new ArrayList<>();
     /** MoE++ gating residuals: MoE layer → the previous MoE layer whose logits its router adds. */
     private final java.util.Map<Integer, Integer> residualFrom = new java.util.LinkedHashMap<>();
+    /** The width of the GRU that recurrent routers share (RMoE), or 0 when no router is recurrent. */
+    private int gruWidth;
     private final List<String> buffers = new ArrayList<>();
     private final List<String> bufferSizes = new ArrayList<>();
 
@@ -496,6 +506,11 @@ public final class CudaModelGenerator {
         t.addField(FieldSpec.builder(TypeName.BOOLEAN, "CAUSAL", Modifier.STATIC, Modifier.FINAL).initializer("$L", cfg.causal()).build());
 
         List<MoeInfo> moes = model.layers().stream().map(this::moeOf).flatMap(Optional::stream).toList();
+        // RMoE: one GRU shared by every recurrent router (the CPU generator refuses recurrent routers of different widths)
+        gruWidth = moes.stream().flatMap(m -> m.router().recurrentWidth().stream()).findFirst().orElse(0);
+        if (gruWidth > 0) {
+            constant(t, "GRU_WIDTH", gruWidth);
+        }
         // MoE++ gating residuals, as the CPU class: a layer with a router.residual parameter adds the previous MoE layer's logits
         for (int j = 1; j < moes.size(); j++) {
             if (paramNames.contains(moes.get(j).routerPrefix() + ".residual")) {
@@ -529,6 +544,10 @@ public final class CudaModelGenerator {
             fwd.add("// Read-ME: pre-gating routers read the embeddings\n");
             fwd.addStatement("copy($L, stream, (long) rows * DIM)", buffer("embedded", "DIM"));
         }
+        if (gruWidth > 0) {
+            fwd.add("// RMoE: the routers' GRU state starts at 0\n");
+            fwd.addStatement("zero($L, (long) rows * GRU_WIDTH)", buffer("gruState", "GRU_WIDTH"));
+        }
         for (Layer l : model.layers()) {
             fwd.addStatement("forwardLayer$L()", l.index());
         }
@@ -543,6 +562,9 @@ public final class CudaModelGenerator {
         for (MoeInfo m : moes) {
             fwd.addStatement("loss += balance$L", m.index());
         }
+        if (jitters(moes)) {
+            fwd.beginControlFlow("if (counting)").addStatement("microBatch++").endControlFlow();
+        }
         fwd.addStatement("return loss");
 
         CodeBlock.Builder bwd = CodeBlock.builder();
@@ -551,6 +573,10 @@ public final class CudaModelGenerator {
         bwd.addStatement("zero($L, (long) rows * DIM)", buffer("dx", "DIM"));
         if (pregate) {
             bwd.addStatement("zero($L, (long) rows * DIM)", buffer("dEmbedded", "DIM"));
+        }
+        if (gruWidth > 0) {
+            bwd.add("// RMoE: the gradient of the GRU state, carried back from each recurrent layer to the one before\n");
+            bwd.addStatement("zero($L, (long) rows * GRU_WIDTH)", buffer("dGruState", "GRU_WIDTH"));
         }
         bwd.addStatement("linearBackward(finalNormed, $L, dLogits, $L, $L, rows, DIM, VOCAB, false)", head, buffer("dNormed", "DIM"),
                 cfg.tieEmbeddings() ? grad("embed.weight") : grad("head.weight"));
@@ -590,6 +616,10 @@ public final class CudaModelGenerator {
                     .addJavadoc("The last forward's dispatched slots: rows · k, less top-p's unused slots and the slots dropped over capacity.\n").build());
             t.addField(TypeName.DOUBLE, "balance" + l, Modifier.PRIVATE);
             t.addField(float[].class, "aux" + l, Modifier.PRIVATE);
+            if (m.router().jitter() != 0) {
+                t.addField(FieldSpec.builder(TypeName.BOOLEAN, "jitterOn" + l, Modifier.PRIVATE)
+                        .addJavadoc("Whether the last forward jittered this router's input (a training forward).\n").build());
+            }
         }
         for (String b : buffers) {
             t.addField(TypeName.LONG, b, Modifier.PRIVATE);
@@ -628,6 +658,10 @@ public final class CudaModelGenerator {
             MoeKernelSource.Options options = options(m.moe(), r);
             if (residualFrom.containsKey(l) || residualFrom.containsValue(l)) {
                 options = options.withGatingResidual();
+            }
+            if (r.recurrentWidth().isPresent()) {
+                // RMoE: the generated code runs the GRU and hands the layer h · gru_outᵀ as extra logits
+                options = options.withExtraLogits();
             }
             CodeBlock constants = m.constant() > 0 ? CodeBlock.of("$L, ", m.constant()) : CodeBlock.of("");
             // latent experts read the rank-wide latent vector (w13 [E, GW, rank]); the router reads the layer's input
@@ -1000,6 +1034,22 @@ public final class CudaModelGenerator {
             f.add("// expert choice: in each sequence each expert keeps its best ceil($L · seq / $L) tokens by probability\n", x.factor(), m.experts());
             f.addStatement("moe$L.setSequenceLength(seq)", i);
         }
+        if (m.router().recurrentWidth().isPresent()) {
+            recurrentRouterForward(f, m, fnormed);
+        }
+        float eps = (float) m.router().jitter();
+        if (eps != 0) {
+            // (latent experts with jitter stay on the hybrid path)
+            String routerIn = m.router().pregate() ? "embedded" : fnormed;
+            f.add("// jitter (training forwards only): the router reads its input times uniform noise in [1 - $L, 1 + $L], drawn on the host as the CPU class draws it\n",
+                    eps, eps);
+            f.addStatement("jitterOn$L = counting", i);
+            f.beginControlFlow("if (counting)");
+            f.addStatement("ctx.upload(jitterNoise(rows * DIM, $Lf, step, microBatch, $L), $L)", Float.toString(eps), i, buffer("j" + i + "Noise", "DIM"));
+            f.addStatement("ops.multiply($L, j$LNoise, $L, (long) rows * DIM)", routerIn, i, buffer("j" + i + "Input", "DIM"));
+            f.addStatement("moe$L.forwardInto($L, j$LInput, rows, $L)", i, fnormed, i, target);
+            f.nextControlFlow("else");
+        }
         String latentIn = null, dLatent = null;
         if (m.latent()) {
             latentIn = buffer("m" + i + "Latent", Integer.toString(m.latentRank()));
@@ -1012,6 +1062,9 @@ public final class CudaModelGenerator {
             f.addStatement("moe$L.forwardInto($L, embedded, rows, $L)", i, fnormed, target);
         } else {
             f.addStatement("moe$L.forwardInto($L, rows, $L)", i, fnormed, target);
+        }
+        if (eps != 0) {
+            f.endControlFlow();
         }
         f.addStatement("counts$L = moe$L.lastCounts()", i, i);
         f.add("// the slots dispatched to experts (top-p leaves some unused, a capacity factor drops some): the aux loss's f and the loads count these, as the CPU class does\n");
@@ -1037,17 +1090,77 @@ public final class CudaModelGenerator {
         CodeBlock aux = m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : CodeBlock.of("null");
         CodeBlock zc = zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f"));
         CodeBlock ent = entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f"));
+        CodeBlock losses = CodeBlock.of("$L, $L, $L", aux, zc, ent);
         if (m.latent()) {
             bf.add("// latent experts: d(z) from the experts, the router's input gradient to $L; then the shared down-projection's backward\n",
                     m.router().pregate() ? "the embeddings" : "x");
             bf.addStatement("zero($L, (long) rows * $L)", dLatent, m.latentRank());
-            bf.addStatement("moe$L.backwardInto($L, $L, $L, $L, $L, $L)", i, dOut, aux, zc, ent, dLatent, m.router().pregate() ? "dEmbedded" : "dNormed");
+            bf.addStatement("moe$L.backwardInto($L, $L, $L, $L)", i, dOut, losses, dLatent, m.router().pregate() ? "dEmbedded" : "dNormed");
             bf.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, $L, true)", fnormed, pointer(m.latentDown()), dLatent,
                     grad(m.latentDown()), m.latentRank());
         } else {
-            bf.addStatement("moe$L.backwardInto($L, $L, $L, $L, dNormed$L)", i, dOut, aux, zc, ent, m.router().pregate() ? ", dEmbedded" : "");
+            if (eps != 0) {
+                bf.beginControlFlow("if (jitterOn$L)", i);
+                bf.addStatement("zero($L, (long) rows * DIM)", buffer("dJittered", "DIM"));
+                bf.addStatement("moe$L.backwardInto($L, $L, dNormed, dJittered)", i, dOut, losses);
+                bf.add("// the router read the jittered input: d(input) += d(jittered) · noise\n");
+                bf.addStatement("ops.addProduct($L, dJittered, j$LNoise, (long) rows * DIM)", m.router().pregate() ? "dEmbedded" : "dNormed", i);
+                bf.nextControlFlow("else");
+            }
+            bf.addStatement("moe$L.backwardInto($L, $L, dNormed$L)", i, dOut, losses, m.router().pregate() ? ", dEmbedded" : "");
+            if (eps != 0) {
+                bf.endControlFlow();
+            }
+        }
+        if (m.router().recurrentWidth().isPresent()) {
+            recurrentRouterBackward(bf, m, fnormed);
         }
         bf.addStatement("mark($S)", "backward: moe routed experts");
+    }
+
+    /**
+     * RMoE's recurrent router, as the CPU class: {@code u = x · gru_inᵀ}, {@code h = GRU(u, h of the previous recurrent layer)}
+     * (the shared cell's two products, then {@code DeviceOps.gruCell}), and {@code h · gru_outᵀ} set as the layer's extra logits.
+     */
+    private void recurrentRouterForward(CodeBlock.Builder f, MoeInfo m, String fnormed) {
+        int i = m.index();
+        String rp = m.routerPrefix() + ".";
+        String tag = "gru" + i;
+        String u = buffer(tag + "U", "GRU_WIDTH"), prev = buffer(tag + "Prev", "GRU_WIDTH"), gates = buffer(tag + "Gates", "4 * GRU_WIDTH");
+        String h = buffer(tag + "H", "GRU_WIDTH"), logits = buffer(tag + "Logits", Integer.toString(m.routed()));
+        f.add("// recurrent router (RMoE): u = x · gru_inᵀ; h = GRU(u, h of the previous recurrent layer); the router's logits add h · gru_outᵀ\n");
+        f.addStatement("linear($L, $L, $L, rows, DIM, GRU_WIDTH, false)", fnormed, pointer(rp + "gru_in"), u);
+        f.addStatement("copy($L, gruState, (long) rows * GRU_WIDTH)", prev);
+        f.addStatement("linear($L, $L, $L, rows, GRU_WIDTH, 3 * GRU_WIDTH, false)", u, pointer("router_gru.w_ih"), buffer("gruGi", "3 * GRU_WIDTH"));
+        f.addStatement("linear($L, $L, $L, rows, GRU_WIDTH, 3 * GRU_WIDTH, false)", prev, pointer("router_gru.w_hh"), buffer("gruGh", "3 * GRU_WIDTH"));
+        f.addStatement("ops.gruCell(gruGi, gruGh, $L, $L, $L, $L, $L, rows, GRU_WIDTH)", pointer("router_gru.b_ih"), pointer("router_gru.b_hh"), prev,
+                gates, h);
+        f.addStatement("copy(gruState, $L, (long) rows * GRU_WIDTH)", h);
+        f.addStatement("linear($L, $L, $L, rows, GRU_WIDTH, $L, false)", h, pointer(rp + "gru_out"), logits, m.routed());
+        f.addStatement("moe$L.setExtraLogits($L)", i, logits);
+    }
+
+    /**
+     * The backward of {@link #recurrentRouterForward}, after the layer's: {@code dh = dLogits · gru_out + } what later recurrent
+     * layers sent back (in dGruState); through the GRU to u and the previous state (which dGruState then holds, for the recurrent
+     * layer before); then {@code gru_in}, whose input gradient joins dNormed.
+     */
+    private void recurrentRouterBackward(CodeBlock.Builder b, MoeInfo m, String fnormed) {
+        int i = m.index();
+        String rp = m.routerPrefix() + ".";
+        String tag = "gru" + i;
+        String wih = pointer("router_gru.w_ih"), whh = pointer("router_gru.w_hh");
+        b.add("// recurrent router backward: dh = dLogits · gru_out + what later recurrent layers sent back (in dGruState); through the GRU to u and the previous state; then gru_in\n");
+        b.addStatement("linearBackward($LH, $L, moe$L.lastLogitGradient(), dGruState, $L, rows, GRU_WIDTH, $L, true)", tag, pointer(rp + "gru_out"), i,
+                grad(rp + "gru_out"), m.routed());
+        b.addStatement("ops.gruCellBackward(dGruState, $LPrev, $LGates, gruGi, gruGh, $L, rows, GRU_WIDTH)", tag, tag, buffer("gruDPrev", "GRU_WIDTH"));
+        b.addStatement("ops.biasBackward(gruGi, $L, rows, 3 * GRU_WIDTH)", grad("router_gru.b_ih"));
+        b.addStatement("ops.biasBackward(gruGh, $L, rows, 3 * GRU_WIDTH)", grad("router_gru.b_hh"));
+        b.addStatement("linearBackward($LU, $L, gruGi, $L, $L, rows, GRU_WIDTH, 3 * GRU_WIDTH, false)", tag, wih, buffer("gruDu", "GRU_WIDTH"),
+                grad("router_gru.w_ih"));
+        b.addStatement("linearBackward($LPrev, $L, gruGh, gruDPrev, $L, rows, GRU_WIDTH, 3 * GRU_WIDTH, true)", tag, whh, grad("router_gru.w_hh"));
+        b.addStatement("copy(dGruState, gruDPrev, (long) rows * GRU_WIDTH)");
+        b.addStatement("linearBackward($L, $L, gruDu, dNormed, $L, rows, DIM, GRU_WIDTH, true)", fnormed, pointer(rp + "gru_in"), grad(rp + "gru_in"));
     }
 
     /** The router's weight parameter: the router's own, or with named gates the first gate's (each gate is set on the layer). */
@@ -1147,6 +1260,10 @@ public final class CudaModelGenerator {
         });
     }
 
+    private static boolean jitters(List<MoeInfo> moes) {
+        return moes.stream().anyMatch(m -> m.router().jitter() != 0);
+    }
+
     private void routingMethods(TypeSpec.Builder t, List<MoeInfo> moes) {
         MethodSpec.Builder loads = MethodSpec.methodBuilder("expertLoads").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
                 .returns(int[][].class).addStatement("int[][] loads = new int[$L][]", moes.size());
@@ -1222,6 +1339,13 @@ public final class CudaModelGenerator {
         t.addMethod(dispatch.addStatement("return out").build());
         t.addMethod(loads.addStatement("return loads").build());
         t.addMethod(bySeq.addStatement("return loads").build());
+        if (jitters(moes)) {
+            t.addField(FieldSpec.builder(TypeName.INT, "microBatch", Modifier.PRIVATE)
+                    .addJavadoc("Training forwards since beginStep: with the step and the layer, the jitter noise's seed (as the CPU class).\n").build());
+            reset.addStatement("microBatch = 0");
+        }
+        end.addComment("the step counts on, as the CPU class's (the trainer sets it at each step too)");
+        end.addStatement("step++");
         t.addMethod(reset.build());
         t.addMethod(end.build());
         if (!moes.isEmpty()) {
@@ -1230,7 +1354,7 @@ public final class CudaModelGenerator {
         }
         t.addField(TypeName.LONG, "step", Modifier.PRIVATE);
         t.addMethod(MethodSpec.methodBuilder("setStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
-                .addJavadoc("The optimiser step, which an annealed router temperature reads.\n")
+                .addJavadoc("The optimiser step, which an annealed router temperature and the jitter noise's seed read.\n")
                 .addParameter(TypeName.LONG, "step").addStatement("this.step = step").build());
         t.addMethod(MethodSpec.methodBuilder("moeLayers").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC).returns(int[].class)
                 .addStatement("return new int[] {$L}", layers).build());

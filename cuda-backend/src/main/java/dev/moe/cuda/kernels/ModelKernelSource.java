@@ -3,8 +3,9 @@ package dev.moe.cuda.kernels;
 /**
  * CUDA C (fp32) for the dense parts of a model, each the GPU twin of a CPU backend op with the same
  * contract ({@code dev.moe.runtime.Backend}): embedding, RMSNorm, LayerNorm, the bias add, RoPE,
- * gated and plain activations, the cross-entropy loss, causal/windowed grouped-query attention, and
- * the AdamW update, with the backward of each where training needs one.
+ * gated and plain activations, the cross-entropy loss, causal/windowed grouped-query attention, RMoE's
+ * GRU cell (the twin of the CPU class's {@code gru}), and the AdamW update, with the backward of each
+ * where training needs one.
  *
  * <p>Reductions that feed parameter gradients (the embedding table, the norm weights and biases,
  * the q/k/v biases) run one thread per column over the rows in order, as the CPU backend does, or
@@ -356,9 +357,58 @@ public final class ModelKernelSource {
                   }
                 }
 
+                // RMoE's GRU cell (PyTorch's gate order r, z, n), one thread per (row, unit), from gi = u · W_ihᵀ and
+                // gh = h · W_hhᵀ [rows, 3W]: r = σ(gi_r + b_ir + gh_r + b_hr), z likewise, nh = gh_n + b_hn,
+                // n = tanh(gi_n + b_in + r · nh), h' = (1 - z) · n + z · h. As the CPU class: float sums in its order
+                // (no fused multiply-adds), σ and tanh in double; saves r, z, n, nh as gates [rows, 4W] for the backward.
+                __device__ __forceinline__ float sigmoidD(float x) { return (float) (1.0 / (1.0 + exp(-(double) x))); }
+                extern "C" __global__ void gru_cell(const float* __restrict__ gi, const float* __restrict__ gh, const float* __restrict__ bi,
+                    const float* __restrict__ bh, const float* __restrict__ prev, float* __restrict__ gates, float* __restrict__ h, long rows,
+                    int width) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < rows * width; i += (long) gridDim.x * blockDim.x) {
+                    long t = i / width;
+                    int j = (int) (i - t * width);
+                    long g = t * 3 * width + j, s = t * 4 * width + j;
+                    float r = sigmoidD(__fadd_rn(__fadd_rn(__fadd_rn(gi[g], bi[j]), gh[g]), bh[j]));
+                    float z = sigmoidD(__fadd_rn(__fadd_rn(__fadd_rn(gi[g + width], bi[j + width]), gh[g + width]), bh[j + width]));
+                    float nh = __fadd_rn(gh[g + 2 * width], bh[j + 2 * width]);
+                    float n = (float) tanh((double) __fadd_rn(__fadd_rn(gi[g + 2 * width], bi[j + 2 * width]), __fmul_rn(r, nh)));
+                    gates[s] = r; gates[s + width] = z; gates[s + 2 * width] = n; gates[s + 3 * width] = nh;
+                    h[i] = __fadd_rn(__fmul_rn(__fsub_rn(1.f, z), n), __fmul_rn(z, prev[i]));
+                  }
+                }
+
+                // Its backward for dh = dL/dh' [rows, W]: dGi = [dr, dz, dn] and dGh = [dr, dz, dn · r] [rows, 3W] (overwritten;
+                // their column sums are the biases' gradients, their products with W_ih and W_hh the gradients of u and h), and
+                // dPrev = dh · z, the direct part of dL/dh (overwritten).
+                extern "C" __global__ void gru_cell_backward(const float* __restrict__ dh, const float* __restrict__ prev,
+                    const float* __restrict__ gates, float* __restrict__ dGi, float* __restrict__ dGh, float* __restrict__ dPrev, long rows,
+                    int width) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < rows * width; i += (long) gridDim.x * blockDim.x) {
+                    long t = i / width;
+                    int j = (int) (i - t * width);
+                    long g = t * 3 * width + j, s = t * 4 * width + j;
+                    float d = dh[i], r = gates[s], z = gates[s + width], n = gates[s + 2 * width], nh = gates[s + 3 * width];
+                    float dn = __fmul_rn(__fmul_rn(d, __fsub_rn(1.f, z)), __fsub_rn(1.f, __fmul_rn(n, n)));
+                    float dz = __fmul_rn(__fmul_rn(__fmul_rn(d, __fsub_rn(prev[i], n)), z), __fsub_rn(1.f, z));
+                    float dr = __fmul_rn(__fmul_rn(__fmul_rn(dn, nh), r), __fsub_rn(1.f, r));
+                    dGi[g] = dr; dGi[g + width] = dz; dGi[g + 2 * width] = dn;
+                    dGh[g] = dr; dGh[g + width] = dz; dGh[g + 2 * width] = __fmul_rn(dn, r);
+                    dPrev[i] = __fmul_rn(d, z);
+                  }
+                }
+
                 // Elementwise helpers of device-resident models: y += x, x *= s, and Σ x² added into *out (fp64).
                 extern "C" __global__ void add_inplace(float* __restrict__ y, const float* __restrict__ x, long n) {
                   for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) y[i] += x[i];
+                }
+                // Router jitter: y = x · noise, and its backward dx += dy · noise (rounded as the CPU does: no fused multiply-add).
+                extern "C" __global__ void multiply(const float* __restrict__ x, const float* __restrict__ noise, float* __restrict__ y, long n) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) y[i] = __fmul_rn(x[i], noise[i]);
+                }
+                extern "C" __global__ void add_product(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ noise, long n) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x)
+                    dx[i] = __fadd_rn(dx[i], __fmul_rn(dy[i], noise[i]));
                 }
                 extern "C" __global__ void scale_inplace(float* __restrict__ x, float s, long n) {
                   for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) x[i] *= s;

@@ -27,8 +27,9 @@ import java.util.Locale;
  * softmax(W_c x) per slot from constant_mix, the combine adds weight · (a1 x + a2 v), combine_backward
  * also gives the mix logits' gradient dz, unpermute_sum the input's through a1 and W_c, and
  * constant_grads sums dv and dW_c over each expert's slots in slot order (no atomics). With
- * GATING_RESIDUAL the router backward kernels add an incoming fp32 logit gradient (the next layer's
- * gating residual) and keep an fp32 copy of theirs for this layer's own residual.
+ * FP32_DLOGITS (a gating residual, or extra logits such as a recurrent router's) the router backward
+ * kernels add an incoming fp32 logit gradient (the next layer's gating residual) and keep an fp32 copy
+ * of theirs for this layer's own residual or the caller's extra logits.
  *
  * <p>Storage: {@code act_t} is bf16 (kept as raw 16-bit patterns, converted with round-to-nearest-
  * even, so no header is needed) or fp32 for parity runs; arithmetic is always fp32.
@@ -72,11 +73,13 @@ public final class MoeKernelSource {
      * @param expertChoice expert-choice routing's factor (0: token choice); k must then be E
      * @param gatingResidual MoE++'s gating residual touches this layer's logits (its router adds a map of the previous layer's, or
      *     the next layer's adds a map of its own): the router backward kernels take an fp32 incoming logit gradient and write an fp32 copy of theirs
+     * @param extraLogits the router's logits add an fp32 term the caller computes at each forward (RMoE's recurrent router: its GRU
+     *     state through an output map): the router backward kernels write an fp32 copy of the logit gradient, which the caller backpropagates
      */
     public record Options(ExpertActivation activation, float capacityFactor, Drop drop, int quotaGroups, int limitGroups, int limitTop, float topP,
-            boolean temperature, LogitActivation logitActivation, boolean entropy, float expertChoice, boolean gatingResidual) {
+            boolean temperature, LogitActivation logitActivation, boolean entropy, float expertChoice, boolean gatingResidual, boolean extraLogits) {
         public static final Options NONE = new Options(ExpertActivation.SWIGLU, 0f, Drop.POSITION, 0, 0, 0, 0f, false, LogitActivation.NONE, false, 0f,
-                false);
+                false, false);
 
         public Options {
             if (capacityFactor < 0 || quotaGroups < 0 || limitGroups < 0 || limitTop < 0 || topP < 0 || topP > 1) {
@@ -88,40 +91,50 @@ public final class MoeKernelSource {
         }
 
         public Options withActivation(ExpertActivation a) {
-            return new Options(a, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual);
+            return new Options(a, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual, extraLogits);
         }
 
         public Options withCapacity(float factor, Drop d) {
-            return new Options(activation, factor, d, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual);
+            return new Options(activation, factor, d, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual, extraLogits);
         }
 
         public Options withQuotaGroups(int groups) {
-            return new Options(activation, capacityFactor, drop, groups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual);
+            return new Options(activation, capacityFactor, drop, groups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual, extraLogits);
         }
 
         public Options withGroupLimit(int groups, int top) {
-            return new Options(activation, capacityFactor, drop, quotaGroups, groups, top, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual);
+            return new Options(activation, capacityFactor, drop, quotaGroups, groups, top, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual, extraLogits);
         }
 
         public Options withTopP(float p) {
-            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, p, temperature, logitActivation, entropy, expertChoice, gatingResidual);
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, p, temperature, logitActivation, entropy, expertChoice, gatingResidual, extraLogits);
         }
 
         public Options withTemperature(LogitActivation a) {
-            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, true, a, entropy, expertChoice, gatingResidual);
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, true, a, entropy, expertChoice, gatingResidual, extraLogits);
         }
 
         public Options withEntropy() {
-            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, true, expertChoice, gatingResidual);
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, true, expertChoice, gatingResidual, extraLogits);
         }
 
         /** Expert-choice routing: every token ranks every expert (k = E) and in each sequence each expert keeps its best ceil(factor · seq / E) tokens. */
         public Options withExpertChoice(float factor) {
-            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, factor, gatingResidual);
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, factor, gatingResidual, extraLogits);
         }
 
         public Options withGatingResidual() {
-            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, true);
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, true, extraLogits);
+        }
+
+        /** RMoE's recurrent router: the logits add an fp32 term set with each forward, and the backward keeps an fp32 logit gradient for the caller. */
+        public Options withExtraLogits() {
+            return new Options(activation, capacityFactor, drop, quotaGroups, limitGroups, limitTop, topP, temperature, logitActivation, entropy, expertChoice, gatingResidual, true);
+        }
+
+        /** Whether the router backward kernels take an fp32 incoming logit gradient and write an fp32 copy of theirs. */
+        public boolean fp32LogitGradient() {
+            return gatingResidual || extraLogits;
         }
     }
 
@@ -231,8 +244,8 @@ public final class MoeKernelSource {
                 .append(s.zeroExperts()).append("\n#define K ").append(s.topK()).append("\n#define EPT ").append(ept).append("  // experts per lane\n")
                 .append("#define SCALE ").append(fmt(s.scale())).append("f\n#define NORMALIZE ").append(s.normalize() ? 1 : 0)
                 .append(s.constantExperts() > 0 ? "\n#define CONST " + s.constantExperts() + "  // MoE++ constant experts, the last routed ones: a1 x + a2 v, [a1, a2] = softmax(W_c x)\n#define CONST0 "
-                        + s.firstConstant() : "\n#define CONST 0").append("\n#define GATING_RESIDUAL ").append(s.options().gatingResidual() ? 1 : 0)
-                .append("  // the router backward adds an incoming fp32 logit gradient and keeps an fp32 copy of its own")
+                        + s.firstConstant() : "\n#define CONST 0").append("\n#define FP32_DLOGITS ").append(s.options().fp32LogitGradient() ? 1 : 0)
+                .append("  // a gating residual or extra logits: the router backward adds an incoming fp32 logit gradient and keeps an fp32 copy of its own")
                 .append("\n#define HAS_BIAS ").append(s.bias() ? 1 : 0).append("\n#define SOFTMAX ")
                 .append(s.score() == Score.SOFTMAX ? 1 : 0).append("\n#define INF __int_as_float(0x7f800000)\n");
         Options o = s.options();
@@ -850,7 +863,7 @@ public final class MoeKernelSource {
                 // (and the temperature). A NONE slot has probability 0 and no expert.
                 extern "C" __global__ void router_backward(const float* __restrict__ probs, const float* __restrict__ logits,
                     const int* __restrict__ idx, const float* __restrict__ dweight, int T, float tau, act_t* __restrict__ dlogits
-                #if GATING_RESIDUAL
+                #if FP32_DLOGITS
                     , const float* __restrict__ dlogits_in, float* __restrict__ dlogits32
                 #endif
                     ) {
@@ -888,7 +901,7 @@ public final class MoeKernelSource {
                 #if TEMPERATURE
                     dl *= scaledSlope(logits[(long) t * ER + e], tau);
                 #endif
-                #if GATING_RESIDUAL
+                #if FP32_DLOGITS
                     // the gradient the next MoE layer's gating residual sent back (w.r.t. these raw logits), then an fp32 copy
                     if (dlogits_in != nullptr) dl += dlogits_in[(long) t * ER + e];
                     if (dlogits32 != nullptr) dlogits32[(long) t * ER + e] = dl;
@@ -903,6 +916,10 @@ public final class MoeKernelSource {
                 }
                 extern "C" __global__ void add_to_float(float* __restrict__ dst, const act_t* __restrict__ src, long n) {
                   for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) dst[i] += ld(src, i);
+                }
+                // fp32 dst += src whatever the precision (extra logits joining the router's)
+                extern "C" __global__ void add_floats(float* __restrict__ dst, const float* __restrict__ src, long n) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) dst[i] += src[i];
                 }
 
                 #if SOFTMAX
@@ -935,7 +952,7 @@ public final class MoeKernelSource {
                 extern "C" __global__ void router_backward_balance(const float* __restrict__ probs, const float* __restrict__ logits,
                     const int* __restrict__ idx, const float* __restrict__ dweight, int T, const float* __restrict__ aux, float zc,
                     float ent, float tau, act_t* __restrict__ dlogits
-                #if GATING_RESIDUAL
+                #if FP32_DLOGITS
                     , const float* __restrict__ dlogits_in, float* __restrict__ dlogits32
                 #endif
                     ) {
@@ -986,7 +1003,7 @@ public final class MoeKernelSource {
                 #if TEMPERATURE
                     dl *= scaledSlope(row[e], tau);
                 #endif
-                #if GATING_RESIDUAL
+                #if FP32_DLOGITS
                     // the gradient the next MoE layer's gating residual sent back (w.r.t. these raw logits), then an fp32 copy
                     if (dlogits_in != nullptr) dl += dlogits_in[(long) t * ER + e];
                     if (dlogits32 != nullptr) dlogits32[(long) t * ER + e] = dl;

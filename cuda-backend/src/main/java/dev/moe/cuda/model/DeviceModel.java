@@ -5,6 +5,7 @@ import dev.moe.cuda.CudaContext;
 import dev.moe.cuda.CudaLoraMoeLayer;
 import dev.moe.cuda.DeviceAllocator;
 import dev.moe.cuda.DeviceOps;
+import dev.moe.runtime.Init;
 import dev.moe.runtime.Parameter;
 import dev.moe.runtime.TrainableModel;
 import dev.moe.runtime.train.AdamW;
@@ -292,6 +293,20 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
             dB[e] = w.grad(p + "_b");
         }
         return new CudaLoraMoeLayer.Projection(w.value(base), w.grad(base), a, dA, b, dB);
+    }
+
+    /**
+     * Router jitter's noise, drawn as the CPU classes draw it ({@code jitter} in the generated class): {@code n} factors uniform in
+     * [1 - eps, 1 + eps] from a SplitMix seeded by the optimiser step, the micro-batch (training forwards since beginStep) and the
+     * layer. Drawn on the host so that the device model multiplies its router input by the very same floats.
+     */
+    public static float[] jitterNoise(int n, float eps, long step, int microBatch, int layer) {
+        Init.SplitMix rng = new Init.SplitMix(step * 0x9E3779B97F4A7C15L + microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L);
+        float[] noise = new float[n];
+        for (int i = 0; i < n; i++) {
+            noise[i] = (float) (1 - eps + 2 * eps * rng.nextDouble());
+        }
+        return noise;
     }
 
     /** A device buffer of {@code floats} floats (or ints), freed when the batch shape grows. */

@@ -27,7 +27,7 @@ import java.util.SplittableRandom;
  *
  * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe and switch), then always
  * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL},
- * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL} and {@link #LORA_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
+ * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL}, {@link #LORA_MODEL}, {@link #RECURRENT_MODEL} and {@link #JITTER_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
  * equal the CPU's exactly.
  *
  * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
@@ -628,6 +628,144 @@ public final class DeviceModelParity {
         return compile("lora.moe", LORA_MODEL);
     }
 
+    /**
+     * RMoE (rmoe.moe, smaller): recurrent routers sharing one GRU (width 12) whose state is carried past a dense layer and a
+     * plain MoE layer (the first layer's router is plain, so the first recurrent layer starts from the zero state), with and
+     * without a balancing loss (the router backward's two kernels), one over ungated experts and a zero expert; the last adds a
+     * gating residual of that one's logits, so its logit gradient is both what the residual sends back and what its GRU reads.
+     */
+    public static final String RECURRENT_MODEL = """
+            ffn dense = swiglu(hidden: 64)
+            moe plain {
+              routed 6 x swiglu(hidden: 32)
+              router {
+                score softmax
+                top_k 2
+                normalize true
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            moe rec(residual = false) {
+              routed 6 x swiglu(hidden: 32)
+              router {
+                score softmax
+                top_k 2
+                normalize true
+                recurrent gru(width: 12)
+                gating_residual residual
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+              balance z_loss(coef: 0.001)
+            }
+            moe recz {
+              routed 4 x gelu(hidden: 40)
+              routed 1 x zero
+              router {
+                score softmax
+                top_k 2
+                normalize false
+                recurrent gru(width: 12)
+              }
+            }
+            model RecurrentTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 6 {
+                first 1: attention, plain
+                1: attention, rec
+                2: attention, dense
+                3: attention, plain
+                4: attention, recz
+                rest: attention, rec(residual: true)
+              }
+            }
+            """;
+
+    /** The models of {@link #RECURRENT_MODEL}. */
+    public static List<Model> recurrentModels() {
+        return compile("recurrent.moe", RECURRENT_MODEL);
+    }
+
+    /**
+     * Router jitter (Mixtral's router_jitter_noise, Switch's input jitter): in training forwards each router reads its input times
+     * uniform noise the device model draws on the host as the CPU class draws it (seeded by the step, the micro-batch and the
+     * layer), so both sides route alike; with a balancing loss, with pre-gating (the noise multiplies the embeddings, and their
+     * gradient), with a recurrent router (whose GRU reads the input without noise), and with several named gates (each
+     * sequence's gate reads its jittered rows).
+     */
+    public static final String JITTER_MODEL = """
+            moe jit {
+              routed 6 x swiglu(hidden: 32)
+              router {
+                score softmax
+                top_k 2
+                normalize true
+                jitter 0.2
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            moe jitpre {
+              routed 6 x swiglu(hidden: 32)
+              router {
+                top_k 2
+                normalize true
+                pregate true
+                jitter 0.1
+              }
+            }
+            moe jitrec {
+              routed 6 x swiglu(hidden: 32)
+              router {
+                top_k 2
+                normalize true
+                recurrent gru(width: 8)
+                jitter 0.2
+              }
+              balance z_loss(coef: 0.001)
+            }
+            moe jitgates {
+              routed 6 x swiglu(hidden: 32)
+              router speech {
+                top_k 2
+                jitter 0.2
+              }
+              router music {
+                top_k 2
+                jitter 0.2
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            model JitterTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 4 {
+                first 1: attention, jit
+                1: attention, jitpre
+                2: attention, jitrec
+                rest: attention, jitgates
+              }
+            }
+            """;
+
+    /** The models of {@link #JITTER_MODEL}. */
+    public static List<Model> jitterModels() {
+        return compile("jitter.moe", JITTER_MODEL);
+    }
+
     /** The models of {@link #MOEPP_MODEL}. */
     public static List<Model> moeppModels() {
         return compile("moepp.moe", MOEPP_MODEL);
@@ -660,6 +798,8 @@ public final class DeviceModelParity {
         models.addAll(moeppModels());
         models.addAll(latentModels());
         models.addAll(loraModels());
+        models.addAll(recurrentModels());
+        models.addAll(jitterModels());
         int failures = 0;
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.println("device-resident models against the CPU-generated classes on " + ctx.deviceName);

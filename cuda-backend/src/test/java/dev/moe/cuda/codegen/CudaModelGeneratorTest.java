@@ -76,7 +76,9 @@ class CudaModelGeneratorTest {
                 // MoLE's latent experts
                 "mole.moe/MoLETiny",
                 // MoLA: LoRA experts over a frozen base, a different count per layer
-                "mola.moe/MoLATiny");
+                "mola.moe/MoLATiny",
+                // RMoE: recurrent routers sharing one GRU
+                "rmoe.moe/RMoETiny");
 
         assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
     }
@@ -379,6 +381,181 @@ class CudaModelGeneratorTest {
         assertThat(text).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.LORA_MODEL);
         return dev.moe.dsl.SourceFile.decode("lora.moe", text.getBytes(java.nio.charset.StandardCharsets.UTF_8)) instanceof
                 dev.moe.dsl.SourceFile.ReadResult.Ok ok ? dev.moe.compiler.MoeCompiler.compile(ok.source()).orThrow().models().getFirst() : null;
+    }
+
+    /**
+     * rmoe.moe: the recurrent routers' GRU runs in the generated code, as the CPU class's: the state starts at 0, each recurrent
+     * layer steps the shared cell and hands h · gru_outᵀ to its layer as extra logits; the backward takes the layer's fp32 logit
+     * gradient and carries dGruState back to the recurrent layer before. The first layer's router is plain.
+     */
+    @Test
+    void recurrentRoutersAreDeviceResident() {
+        Model m = models(RECIPES.resolve("rmoe.moe")).getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.Classes classes = DeviceModels.compile(m, "rmoe.moe");
+        assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "rmoe.moe").toString();
+        assertThat(src).contains("static final int GRU_WIDTH = 32;");
+        assertThat(src).contains("zero(gruState, (long) rows * GRU_WIDTH);\n        forwardLayer0();");
+        assertThat(src).contains("zero(dGruState, (long) rows * GRU_WIDTH);");
+        assertThat(src).contains("MoeKernelSource.Options.NONE.withExtraLogits())");
+        assertThat(src).doesNotContain("moe0.setExtraLogits");
+        assertThat(src).doesNotContain("l0MoeRouterGru");
+        // forward: u, the previous state, the cell's two products, the cell, the new state, the extra logits
+        assertThat(src).contains("""
+                        linear(f1Normed, l1MoeRouterGruIn, gru1U, rows, DIM, GRU_WIDTH, false);
+                        copy(gru1Prev, gruState, (long) rows * GRU_WIDTH);
+                        linear(gru1U, routerGruWIh, gruGi, rows, GRU_WIDTH, 3 * GRU_WIDTH, false);
+                        linear(gru1Prev, routerGruWHh, gruGh, rows, GRU_WIDTH, 3 * GRU_WIDTH, false);
+                        ops.gruCell(gruGi, gruGh, routerGruBIh, routerGruBHh, gru1Prev, gru1Gates, gru1H, rows, GRU_WIDTH);
+                        copy(gruState, gru1H, (long) rows * GRU_WIDTH);
+                        linear(gru1H, l1MoeRouterGruOut, gru1Logits, rows, GRU_WIDTH, 8, false);
+                        moe1.setExtraLogits(gru1Logits);
+                        moe1.forwardInto(f1Normed, rows, stream);
+                """);
+        // backward, after the layer's: gru_out, the cell, its biases and products, the state's gradient for the layer before, gru_in
+        assertThat(src).contains("""
+                        moe5.backwardInto(dx, scaled(aux5, scale), 0f, 0f, dNormed);
+                        // recurrent router backward: dh = dLogits · gru_out + what later recurrent layers sent back (in dGruState); through the GRU to u and the previous state; then gru_in
+                        linearBackward(gru5H, l5MoeRouterGruOut, moe5.lastLogitGradient(), dGruState, l5MoeRouterGruOutGrad, rows, GRU_WIDTH, 8, true);
+                        ops.gruCellBackward(dGruState, gru5Prev, gru5Gates, gruGi, gruGh, gruDPrev, rows, GRU_WIDTH);
+                        ops.biasBackward(gruGi, routerGruBIhGrad, rows, 3 * GRU_WIDTH);
+                        ops.biasBackward(gruGh, routerGruBHhGrad, rows, 3 * GRU_WIDTH);
+                        linearBackward(gru5U, routerGruWIh, gruGi, gruDu, routerGruWIhGrad, rows, GRU_WIDTH, 3 * GRU_WIDTH, false);
+                        linearBackward(gru5Prev, routerGruWHh, gruGh, gruDPrev, routerGruWHhGrad, rows, GRU_WIDTH, 3 * GRU_WIDTH, true);
+                        copy(dGruState, gruDPrev, (long) rows * GRU_WIDTH);
+                        linearBackward(f5Normed, l5MoeRouterGruIn, gruDu, dNormed, l5MoeRouterGruInGrad, rows, DIM, GRU_WIDTH, true);
+                """);
+        // the layers' backwards run last to first, so the state's gradient flows back across the MoE layers
+        assertThat(src.indexOf("backwardLayer5(scale);")).isLessThan(src.indexOf("backwardLayer1(scale);"));
+    }
+
+    /** The parity model of recurrent routers: the state crosses a dense and a plain layer; a recurrent layer feeds a gating residual. */
+    @Test
+    void theParityCheckRecurrentModelIsDeviceResident() {
+        List<Model> models = dev.moe.cuda.model.DeviceModelParity.recurrentModels();
+        assertThat(models).hasSize(1);
+        Model m = models.getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "recurrent.moe");
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "recurrent.moe").toString();
+        assertThat(src).contains("static final int GRU_WIDTH = 12;");
+        // layer 4 is recurrent and feeds layer 5's gating residual: both fp32 logit-gradient users on one layer
+        assertThat(src).contains("new MoeKernelSource.Spec(DIM, 40, 4, 1, 0, 2, MoeKernelSource.Score.SOFTMAX, false, 1.0f, false, ctx.expertPrecision, "
+                + "MoeKernelSource.Options.NONE.withActivation(MoeKernelSource.ExpertActivation.GELU).withGatingResidual().withExtraLogits())");
+        assertThat(src).contains("moe5.setResidualFrom(moe4, w.value(\"layers.5.moe.router.residual\")");
+        assertThat(src).contains("linear(gru4H, l4MoeRouterGruOut, gru4Logits, rows, GRU_WIDTH, 5, false);");
+        for (int plain : new int[] {0, 3}) {
+            assertThat(src).doesNotContain("moe" + plain + ".setExtraLogits");
+        }
+        assertThat(src).contains("moe1.setExtraLogits(gru1Logits);");
+        assertThat(src).contains("moe5.setExtraLogits(gru5Logits);");
+    }
+
+    /**
+     * Router jitter: a training forward uploads the host-drawn noise (the CPU class's seed: step, micro-batch, layer), multiplies
+     * the router's input (the embeddings for pre-gating) by it and routes on that; the backward sends the router's input gradient
+     * through the same noise. Inference forwards route on the plain input. The micro-batch counts training forwards since
+     * beginStep and the step counts on at endStep, as on the CPU.
+     */
+    @Test
+    void jitterIsDeviceResident() {
+        List<Model> models = dev.moe.cuda.model.DeviceModelParity.jitterModels();
+        assertThat(models).hasSize(1);
+        Model m = models.getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "jitter.moe");
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "jitter.moe").toString();
+        assertThat(src).contains("""
+                        jitterOn0 = counting;
+                        if (counting) {
+                            ctx.upload(jitterNoise(rows * DIM, 0.2f, step, microBatch, 0), j0Noise);
+                            ops.multiply(f0Normed, j0Noise, j0Input, (long) rows * DIM);
+                            moe0.forwardInto(f0Normed, j0Input, rows, stream);
+                        } else {
+                            moe0.forwardInto(f0Normed, rows, stream);
+                        }
+                """);
+        assertThat(src).contains("""
+                        if (jitterOn0) {
+                            zero(dJittered, (long) rows * DIM);
+                            moe0.backwardInto(dx, scaled(aux0, scale), 0f, 0f, dNormed, dJittered);
+                            // the router read the jittered input: d(input) += d(jittered) · noise
+                            ops.addProduct(dNormed, dJittered, j0Noise, (long) rows * DIM);
+                        } else {
+                            moe0.backwardInto(dx, scaled(aux0, scale), 0f, 0f, dNormed);
+                        }
+                """);
+        // pre-gating: the noise multiplies the embeddings, and the gradient goes back to them
+        assertThat(src).contains("ops.multiply(embedded, j1Noise, j1Input, (long) rows * DIM);");
+        assertThat(src).contains("moe1.forwardInto(f1Normed, embedded, rows, stream);");
+        assertThat(src).contains("ops.addProduct(dEmbedded, dJittered, j1Noise, (long) rows * DIM);");
+        // the recurrent router's GRU reads the input without noise
+        assertThat(src).contains("linear(f2Normed, l2MoeRouterGruIn, gru2U, rows, DIM, GRU_WIDTH, false);");
+        assertThat(src).contains("moe3.setSequenceGates(");
+        assertThat(src).contains("ctx.upload(jitterNoise(rows * DIM, 0.2f, step, microBatch, 3), j3Noise);");
+        assertThat(src).contains("if (counting) {\n            microBatch++;\n        }\n        return loss;");
+        assertThat(src).contains("microBatch = 0;");
+        assertThat(src).contains("step++;");
+    }
+
+    /**
+     * The device model's host-drawn jitter noise is the CPU class's, float for float: at two steps, over a step's two training
+     * forwards (the micro-batch counter) and for two layers; an evaluation forward neither draws noise nor counts a micro-batch.
+     */
+    @Test
+    void theJitterNoiseIsTheCpuClasss() throws ReflectiveOperationException {
+        Model m = dev.moe.cuda.model.DeviceModelParity.jitterModels().getFirst();
+        dev.moe.runtime.TrainableModel cpu = DeviceModels.compile(m, "jitter.moe").createHost(new dev.moe.runtime.cpu.CpuBackend(2,
+                dev.moe.runtime.cpu.CpuBackend.VECTOR_API));
+        cpu.initialize(3);
+        int batch = 2, seq = 16, dim = m.config().dim();
+        int[] in = new int[batch * seq];
+        for (int i = 0; i < in.length; i++) {
+            in[i] = (7 * i + 3) % m.config().vocab();
+        }
+        int checked = 0;
+        for (long step : new long[] {0, 41}) {
+            cpu.setStep(step);
+            cpu.beginStep();
+            for (int micro = 0; micro < 2; micro++) {
+                cpu.setTraining(false);
+                cpu.forward(in, in, batch, seq);
+                cpu.setTraining(true);
+                cpu.forward(in, in, batch, seq);
+                for (int layer : new int[] {0, 3}) {
+                    java.lang.reflect.Field state = cpu.getClass().getDeclaredField("moe" + layer);
+                    state.setAccessible(true);
+                    Object moe = state.get(cpu);
+                    java.lang.reflect.Field noise = moe.getClass().getDeclaredField("noise");
+                    noise.setAccessible(true);
+                    float[] cpuNoise = java.util.Arrays.copyOf((float[]) noise.get(moe), batch * seq * dim);
+                    float[] hostNoise = DeviceModel.jitterNoise(batch * seq * dim, 0.2f, step, micro, layer);
+                    assertWithMessage("step %s micro-batch %s layer %s", step, micro, layer).that(hostNoise).isEqualTo(cpuNoise);
+                    checked++;
+                }
+            }
+            cpu.endStep();
+        }
+        assertThat(checked).isEqualTo(8);
+    }
+
+    /** Named gates that differ in their jitter stay on the hybrid path, named. */
+    @Test
+    void gatesThatDifferInJitterAreRefused() {
+        String text = dev.moe.cuda.model.DeviceModelParity.JITTER_MODEL.replace("""
+                  router music {
+                    top_k 2
+                    jitter 0.2
+                """, """
+                  router music {
+                    top_k 2
+                    jitter 0.1
+                """);
+        assertThat(text).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.JITTER_MODEL);
+        Model m = dev.moe.dsl.SourceFile.decode("jitter.moe", text.getBytes(java.nio.charset.StandardCharsets.UTF_8)) instanceof
+                dev.moe.dsl.SourceFile.ReadResult.Ok ok ? dev.moe.compiler.MoeCompiler.compile(ok.source()).orThrow().models().getFirst() : null;
+        assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).contains("several named gates that differ beyond their weights");
     }
 
     /** MoE++ experts in another order than FFN, zero, copy, constant (the GPU router's row order) stay on the hybrid path. */
