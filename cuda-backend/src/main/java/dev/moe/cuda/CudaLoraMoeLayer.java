@@ -102,7 +102,7 @@ public final class CudaLoraMoeLayer implements AutoCloseable {
         this.source = MoeKernelSource.generate(spec);
         this.loraSource = LoraKernelSource.generate(spec.topK());
         // Compile (or load from the disk cache) before any timing starts.
-        for (String k : List.of("router_topk", "expert_rank", "expert_offsets", "permute_gather", "expert_act", "combine", "combine_backward",
+        for (String k : List.of("router_topk", "rank_tile_counts", "rank_tile_scan", "rank_tile_ranks", "expert_offsets", "permute_gather", "expert_act", "combine", "combine_backward",
                 "expert_act_backward", "router_backward")) {
             ctx.kernel(source, k);
         }
@@ -169,7 +169,7 @@ public final class CudaLoraMoeLayer implements AutoCloseable {
         // routing, as the MoE layer's: logits[T, E] = x · routerᵀ, top-k, each expert's rows in token order
         ctx.blas.matmul(ctx.stream, true, false, e, tokens, d, weights.router(), Type.F32, d, x, Type.F32, d, logits, Type.F32, e, false);
         launch(source, "router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, weights.bias(), tokens, idx, weight, probs, temperature);
-        launch(source, "expert_rank", e, 1024, idx, m, rankOf, counts);
+        CudaMoeLayer.rankRows(ctx, source, idx, 0L, m, e, keep(saved, CudaMoeLayer.rankScratchBytes(m, e)), rankOf, counts);
         launch(source, "expert_offsets", 1, 32, counts, offs);
         launch(source, "permute_gather", m, 128, x, idx, rankOf, offs, pos, xs);
         // The per-expert GEMMs need each expert's row range on the host: the one device-to-host sync per layer.

@@ -928,11 +928,20 @@ public final class CudaMoeLayer implements AutoCloseable {
      * {@code experts}; with {@code keep} (non-zero) only the kept rows, a dropped row's rank set to -1.
      */
     private void rankRows(long idx, long keep, int n, int experts, long rank, long counts) {
+        rankRows(ctx, source, idx, keep, n, experts, keep(saved, rankScratchBytes(n, experts)), rank, counts);
+    }
+
+    /** The bytes of scratch {@link #rankRows(CudaContext, String, long, long, int, int, long, long, long)} needs. */
+    static long rankScratchBytes(int n, int experts) {
+        return (long) experts * ceilDiv(n, RANK_TILE) * 4;
+    }
+
+    /** The rank kernels of a layer's {@code source} (any MoE layer's), with {@code scratch} of {@link #rankScratchBytes} bytes. */
+    static void rankRows(CudaContext ctx, String source, long idx, long keep, int n, int experts, long scratch, long rank, long counts) {
         int tiles = ceilDiv(n, RANK_TILE);
-        long tileCounts = keep(saved, (long) experts * tiles * 4);
-        launch("rank_tile_counts", tiles, RANK_TILE, idx, keep, n, experts, tiles, tileCounts);
-        launch("rank_tile_scan", experts, THREADS, tileCounts, tiles, counts);
-        launch("rank_tile_ranks", tiles, RANK_TILE, idx, keep, n, experts, tiles, tileCounts, rank);
+        ctx.launch(ctx.kernel(source, "rank_tile_counts"), "rank_tile_counts", tiles, 1, RANK_TILE, 0, idx, keep, n, experts, tiles, scratch);
+        ctx.launch(ctx.kernel(source, "rank_tile_scan"), "rank_tile_scan", experts, 1, THREADS, 0, scratch, tiles, counts);
+        ctx.launch(ctx.kernel(source, "rank_tile_ranks"), "rank_tile_ranks", tiles, 1, RANK_TILE, 0, idx, keep, n, experts, tiles, scratch, rank);
     }
 
     private void freeCountsHost() {

@@ -286,6 +286,8 @@ public final class MoeKernelSource {
         }
         c.append("""
                 __device__ __forceinline__ void st(act_t* p, long i, float v) { p[i] = cvt(v); }
+                // activations per 16-byte load: rows of D (or DIN) that are a multiple of it are read and written in such loads
+                #define VEC ((int) (16 / sizeof(act_t)))
                 __device__ __forceinline__ float warpMax(float v) {
                   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
                   return v;
@@ -702,6 +704,26 @@ public final class MoeKernelSource {
                 #endif
                   }
                   __syncthreads();
+                #if !SLOT_KINDS
+                  if constexpr (D % VEC == 0) {  // FFN experts only: 16-byte loads and stores, the same sums in the same order
+                    for (int c = threadIdx.x * VEC; c < D; c += blockDim.x * VEC) {
+                      float acc[VEC];
+                      #pragma unroll
+                      for (int j = 0; j < VEC; j++) acc[j] = 0.f;
+                      #pragma unroll
+                      for (int s = 0; s < K; s++) {
+                        __align__(16) act_t v[VEC];
+                        *(uint4*) v = *(const uint4*) (y + (long) sp[s] * D + c);
+                        #pragma unroll
+                        for (int j = 0; j < VEC; j++) acc[j] += sw[s] * ld(v, j);
+                      }
+                      __align__(16) act_t o[VEC];
+                      #pragma unroll
+                      for (int j = 0; j < VEC; j++) st(o, j, acc[j]);
+                      *(uint4*) (out + (long) t * D + c) = *(const uint4*) o;
+                    }
+                  } else
+                #endif
                   for (int c = threadIdx.x; c < D; c += blockDim.x) {
                     float acc = 0.f;
                     #pragma unroll
@@ -838,6 +860,26 @@ public final class MoeKernelSource {
                 #endif
                   }
                   __syncthreads();
+                #if !SLOT_KINDS
+                  if constexpr (DIN % VEC == 0) {  // FFN experts only: 16-byte loads and stores, the same sums in the same order
+                    for (int c = threadIdx.x * VEC; c < DIN; c += blockDim.x * VEC) {
+                      float acc[VEC];
+                      #pragma unroll
+                      for (int j = 0; j < VEC; j++) acc[j] = 0.f;
+                      #pragma unroll
+                      for (int s = 0; s < K; s++) {
+                        __align__(16) act_t v[VEC];
+                        *(uint4*) v = *(const uint4*) (dh + (long) sp[s] * DIN + c);
+                        #pragma unroll
+                        for (int j = 0; j < VEC; j++) acc[j] += ld(v, j);
+                      }
+                      __align__(16) act_t o[VEC];
+                      #pragma unroll
+                      for (int j = 0; j < VEC; j++) st(o, j, acc[j]);
+                      *(uint4*) (dx + (long) t * DIN + c) = *(const uint4*) o;
+                    }
+                  } else
+                #endif
                   for (int c = threadIdx.x; c < DIN; c += blockDim.x) {  // copy and constant experts only when DIN == D
                     float acc = 0.f;
                     #pragma unroll
