@@ -71,10 +71,16 @@ public final class DeviceWeights implements AutoCloseable {
     }
 
     private long place(Parameter p, long at) {
+        // every parameter starts 16 bytes aligned: cuBLASLt's TF32 and bf16 algorithms refuse operands that do not (a
+        // parameter of 30 floats would misalign every one after it); the gaps stay zero in all four arenas
+        long start = (at + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
         order.add(p);
-        offsets.put(p.name(), at);
-        return at + p.size();
+        offsets.put(p.name(), start);
+        return start + p.size();
     }
+
+    /** Parameters start at multiples of this many floats (16 bytes). */
+    private static final long ALIGN_FLOATS = 4;
 
     private long offset(String name) {
         Long o = offsets.get(name);
@@ -99,7 +105,7 @@ public final class DeviceWeights implements AutoCloseable {
         return grads.pointer;
     }
 
-    /** Floats in the arena: the model's parameter count. */
+    /** Floats in the arena: the model's parameters and the alignment gaps between them. */
     public long size() {
         return floats;
     }
@@ -157,8 +163,10 @@ public final class DeviceWeights implements AutoCloseable {
             long o = offsets.get(p.name());
             if (!runs.isEmpty()) {
                 Run last = runs.getLast();
-                if (last.decay() == d && last.offset() + last.size() == o) {
-                    runs.set(runs.size() - 1, new Run(last.offset(), last.size() + p.size(), d));
+                long end = last.offset() + last.size();
+                // a run may span the alignment gap before a parameter: its zeros have zero gradients and AdamW leaves them zero
+                if (last.decay() == d && end <= o && o - end < ALIGN_FLOATS) {
+                    runs.set(runs.size() - 1, new Run(last.offset(), o + p.size() - last.offset(), d));
                     continue;
                 }
             }
