@@ -171,7 +171,7 @@ public final class CudaLoraMoeLayer implements AutoCloseable {
         launch(source, "router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, weights.bias(), tokens, idx, weight, probs, temperature);
         CudaMoeLayer.rankRows(ctx, source, idx, 0L, m, e, keep(saved, CudaMoeLayer.rankScratchBytes(m, e)), rankOf, counts);
         launch(source, "expert_offsets", 1, 32, counts, offs);
-        launch(source, "permute_gather", m, 128, x, idx, rankOf, offs, pos, xs);
+        launch(source, "permute_gather", tokens, THREADS, x, idx, rankOf, offs, pos, xs);
         // The per-expert GEMMs need each expert's row range on the host: the one device-to-host sync per layer.
         routedCounts = ctx.downloadInts(counts, e);
         offsets = new int[e + 1];

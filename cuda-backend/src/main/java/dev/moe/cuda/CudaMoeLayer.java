@@ -721,7 +721,7 @@ public final class CudaMoeLayer implements AutoCloseable {
         }
         ctx.driver.copyToHost(countsHost, counts, (long) er * 4, ctx.stream);
         ctx.driver.record(countsCopied, ctx.stream);
-        launch("permute_gather", m, 128, x, idx, rank, offs, pos, h);
+        launch("permute_gather", tokens, THREADS, x, idx, rank, offs, pos, h);
         mark("gather");
         if (spec.constantExperts() > 0) {
             if (cv == 0 || wc == 0) {

@@ -556,24 +556,35 @@ public final class MoeKernelSource {
                   }
                 }
 
-                // Block i: routed row i (token i / K) goes to position offsets[idx[i]] + rank[i]; its hidden state is copied there.
+                // Block t: token t's routed rows t·K + s go to positions offsets[idx] + rank; its hidden state is read once and
+                // written to each of them (a zero or copy expert's or a dropped slot has no row: pos -1).
                 extern "C" __global__ void permute_gather(const act_t* __restrict__ x, const int* __restrict__ idx, const int* __restrict__ rank,
                     const int* __restrict__ offsets, int* __restrict__ pos, act_t* __restrict__ h) {
-                  int i = blockIdx.x;
-                  if (idx[i] >= E || rank[i] < 0) {  // a zero or copy expert, or a dropped slot: no row, nothing to compute
-                    if (threadIdx.x == 0) pos[i] = -1;
-                    return;
+                  int t = blockIdx.x;
+                  __shared__ int sp[K];
+                  if (threadIdx.x < K) {
+                    long i = (long) t * K + threadIdx.x;
+                    int e = idx[i], r = rank[i];
+                    int p = e < E && r >= 0 ? offsets[e] + r : -1;
+                    pos[i] = p;
+                    sp[threadIdx.x] = p;
                   }
-                  int p = offsets[idx[i]] + rank[i];
-                  if (threadIdx.x == 0) pos[i] = p;
-                  const act_t* src = x + (long) (i / K) * DIN;
-                  act_t* dst = h + (long) p * DIN;
+                  __syncthreads();
+                  const act_t* src = x + (long) t * DIN;
                   constexpr int ROW_BYTES = DIN * (int) sizeof(act_t);
                   if constexpr (ROW_BYTES % 16 == 0) {  // 16-byte copies: rows start 16-byte aligned
-                    const uint4* s4 = (const uint4*) src; uint4* d4 = (uint4*) dst;
-                    for (int c = threadIdx.x; c < ROW_BYTES / 16; c += blockDim.x) d4[c] = s4[c];
+                    const uint4* s4 = (const uint4*) src;
+                    for (int c = threadIdx.x; c < ROW_BYTES / 16; c += blockDim.x) {
+                      uint4 v = s4[c];
+                      #pragma unroll
+                      for (int s = 0; s < K; s++) if (sp[s] >= 0) ((uint4*) (h + (long) sp[s] * DIN))[c] = v;
+                    }
                   } else {
-                    for (int c = threadIdx.x; c < DIN; c += blockDim.x) dst[c] = src[c];
+                    for (int c = threadIdx.x; c < DIN; c += blockDim.x) {
+                      act_t v = src[c];
+                      #pragma unroll
+                      for (int s = 0; s < K; s++) if (sp[s] >= 0) h[(long) sp[s] * DIN + c] = v;
+                    }
                   }
                 }
 
