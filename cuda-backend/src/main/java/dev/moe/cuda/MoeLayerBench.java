@@ -5,6 +5,7 @@ import dev.moe.cuda.kernels.MoeKernelSource.Score;
 import dev.moe.cuda.kernels.MoeKernelSource.Spec;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
+import java.util.List;
 import java.util.Map;
 import java.util.Random;
 
@@ -112,10 +113,23 @@ public final class MoeLayerBench {
                 fb[i] = ctx.driver.elapsedMillis(start, end);
             }
             long peak = ctx.allocator.highWater();
+            // phases: the median over several profiled forwards (one forward's small phases vary with the host's launch timing)
             layer.setProfiling(true);
-            layer.forward(x.pointer, tokens);
-            ctx.synchronize();
-            Map<String, Float> phases = layer.phaseMillis();
+            List<Map<String, Float>> profiles = new java.util.ArrayList<>();
+            for (int i = 0; i < 9; i++) {
+                layer.forward(x.pointer, tokens);
+                ctx.synchronize();
+                profiles.add(layer.phaseMillis());
+            }
+            layer.setProfiling(false);
+            Map<String, Float> phases = new java.util.LinkedHashMap<>();
+            for (String phase : profiles.getFirst().keySet()) {
+                float[] v = new float[profiles.size()];
+                for (int i = 0; i < v.length; i++) {
+                    v[i] = profiles.get(i).get(phase);
+                }
+                phases.put(phase, (float) median(v));
+            }
             float total = 0, gemm = 0;
             for (var p : phases.entrySet()) {
                 total += p.getValue();
