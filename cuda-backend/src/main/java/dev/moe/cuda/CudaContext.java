@@ -40,7 +40,8 @@ public final class CudaContext implements AutoCloseable {
     private final DeviceAllocator.Block workspace;
     private final KernelCache cache = KernelCache.fromEnvironment();
     private final Map<String, MemorySegment> modules = new HashMap<>();
-    private final Map<String, MemorySegment> functions = new HashMap<>();
+    /** Kernels by source, then name: keyed by the source itself (not its hash), so two sources never share an entry. */
+    private final Map<String, Map<String, MemorySegment>> functions = new HashMap<>();
     private boolean reportedCompile;
 
     public CudaContext(int ordinal) {
@@ -86,8 +87,9 @@ public final class CudaContext implements AutoCloseable {
      * cached on disk; the first compile in a process prints its time once.
      */
     public MemorySegment kernel(String source, String name) {
-        String fkey = name + "\u0000" + source.hashCode() + "\u0000" + source.length();
-        MemorySegment f = functions.get(fkey);
+        // callers pass the same String each time, so the lookup is an identity check after the first
+        Map<String, MemorySegment> ofSource = functions.computeIfAbsent(source, s -> new HashMap<>());
+        MemorySegment f = ofSource.get(name);
         if (f != null) {
             return f;
         }
@@ -111,7 +113,7 @@ public final class CudaContext implements AutoCloseable {
             modules.put(source, module);
         }
         f = driver.function(module, name);
-        functions.put(fkey, f);
+        ofSource.put(name, f);
         return f;
     }
 
