@@ -41,7 +41,8 @@ import javax.lang.model.element.Modifier;
  * layer with kernels specialised to that layer's router). Activations, gradients and, in training,
  * the weights and AdamW's moments stay on the GPU.
  *
- * <p>It covers pre-norm, shortcut (LongCat-Flash) and residual (PR-MoE) blocks with RMSNorm or
+ * <p>It covers pre-norm, shortcut (LongCat-Flash) and residual (PR-MoE) blocks, and parallel blocks of attention beside a dense
+ * FFN or an MoE while {@link #parallelBlocks} (their GPU parity check pending), with RMSNorm or
  * LayerNorm, RoPE, grouped-query attention (causal or not, sliding window, q/k/v biases, per-head or
  * full qk-norm), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
  * followed by zero, copy and constant experts (MoE++), or of MoLE's latent experts (a shared down-projection to the rank,
@@ -83,6 +84,18 @@ public final class CudaModelGenerator {
         this.paramNames = model.params().stream().map(Param::name).collect(Collectors.toSet());
     }
 
+    /** The system property that turns device-resident parallel blocks on (or the environment variable {@code MOE_CUDA_PARALLEL=1}). */
+    public static final String PARALLEL_PROPERTY = "moe.cuda.parallel";
+
+    /**
+     * Whether parallel blocks run device-resident. Their generated code awaits its GPU parity check ({@code DeviceModelParity}'s
+     * {@code PARALLEL_MODEL}, which sets the property itself): until that has passed on a GPU they stay on the hybrid path unless
+     * asked for.
+     */
+    static boolean parallelBlocks() {
+        return Boolean.getBoolean(PARALLEL_PROPERTY) || "1".equals(System.getenv("MOE_CUDA_PARALLEL"));
+    }
+
     /** Why {@code model} cannot be generated device-resident, or empty when it can. */
     public static Optional<String> unsupported(Model model) {
         ModelConfig c = model.config();
@@ -100,6 +113,18 @@ public final class CudaModelGenerator {
                         : Optional.of("attention experts in a shortcut or residual block");
                 if (why.isPresent()) {
                     return why.map(w -> "layer " + l.index() + ": " + w);
+                }
+                continue;
+            }
+            if (l.block() instanceof Block.Parallel par) {
+                // off by default until DeviceModelParity has checked it on a GPU
+                Optional<String> why = !parallelBlocks() ? Optional.of("parallel block (device-resident only with -D" + PARALLEL_PROPERTY
+                        + "=true until its GPU parity check)")
+                        : !(par.mixer() instanceof Block.Part.Attention) ? Optional.of("mixer (attention experts)")
+                        : par.ffn() instanceof Block.Part.MoePart m ? unsupported(m.moe())
+                        : par.ffn() instanceof Block.Part.Dense ? Optional.empty() : Optional.of("attention in the FFN slot");
+                if (why.isPresent()) {
+                    return why.map(w -> "layer " + l.index() + "'s " + w);
                 }
                 continue;
             }
@@ -449,6 +474,7 @@ public final class CudaModelGenerator {
 
     private Optional<MoeInfo> moeOf(Layer l) {
         Moe moe = l.block() instanceof Block.PreNorm p && p.ffn() instanceof Block.Part.MoePart mp ? mp.moe()
+                : l.block() instanceof Block.Parallel par && par.ffn() instanceof Block.Part.MoePart mp ? mp.moe()
                 : l.block() instanceof Block.Shortcut sc ? sc.moe() : l.block() instanceof Block.Residual res ? res.moe() : null;
         if (moe != null) {
             Moe m = moe;
@@ -526,6 +552,9 @@ public final class CudaModelGenerator {
                 maxHidden = Math.max(maxHidden, res.dense().hidden());
             }
             if (l.block() instanceof Block.PreNorm p && p.ffn() instanceof Block.Part.Dense d) {
+                maxHidden = Math.max(maxHidden, d.ffn().hidden());
+            }
+            if (l.block() instanceof Block.Parallel par && par.ffn() instanceof Block.Part.Dense d) {
                 maxHidden = Math.max(maxHidden, d.ffn().hidden());
             }
         }
@@ -819,6 +848,8 @@ public final class CudaModelGenerator {
             shortcut(f, b, i, sc, moe.orElseThrow());
         } else if (l.block() instanceof Block.Residual res) {
             residual(f, b, i, res, moe.orElseThrow());
+        } else if (l.block() instanceof Block.Parallel par) {
+            parallel(f, b, i, par, moe);
         } else {
             Block.PreNorm block = (Block.PreNorm) l.block();
             CodeBlock.Builder ba = CodeBlock.builder();
@@ -893,6 +924,40 @@ public final class CudaModelGenerator {
         normBackward(b, p + "ffn0_norm", fin0, "f" + i);
         b.addStatement("mark($S)", "backward: shortcut ffn and moe");
         b.add(ba0.build());
+    }
+
+    /**
+     * A parallel block (GPT-J, BAM), as the CPU class: {@code h = norm(stream)} with the block's one norm ({@code layers.i.norm}),
+     * then {@code stream += attention(h) + ffn(h)}, the FFN a dense one ({@code layers.i.ffn}) or the layer's MoE. The attention
+     * sub-block's own norm is that shared norm, so the FFN reads its normed input; both branches' output gradient is the block
+     * output's, kept before the attention's backward adds its input gradient to {@code dx}. The norm's backward is linear in
+     * its output gradient and accumulates, so each branch runs it for its own part instead of once for their sum.
+     */
+    private void parallel(CodeBlock.Builder f, CodeBlock.Builder b, int i, Block.Parallel par, Optional<MoeInfo> moe) {
+        String p = "layers." + i + ".";
+        String tag = "a" + i, h = tag + "Normed";
+        String dOut = buffer("p" + i + "DOut", "DIM");
+        CodeBlock.Builder ba = CodeBlock.builder(), bf = CodeBlock.builder();
+        f.add("// h = norm(stream); stream += attention(h) + $L(h)\n", moe.isPresent() ? moe.get().moe().name() : "dense");
+        attention(f, ba, tag, p + "attn", p + "norm");
+        bf.addStatement("zero(dNormed, (long) rows * DIM)");
+        if (par.ffn() instanceof Block.Part.Dense d) {
+            f.add("// stream += dense(h), h the attention's normed input\n");
+            denseForward(f, h, "f" + i, p + "ffn", d.ffn(), "stream");
+            denseBackward(bf, h, "f" + i, p + "ffn", d.ffn(), dOut);
+        } else {
+            f.add("// stream += moe(h), h the attention's normed input\n");
+            moe(f, bf, moe.orElseThrow(), h, "stream", dOut);
+        }
+        normBackward(bf, p + "norm", tag + "Input", tag);
+        f.addStatement("mark($S)", moe.isPresent() ? "forward: moe" : "forward: dense ffn");
+
+        b.add("// both branches' output gradient is the block output's: keep it before the attention's backward adds to dx\n");
+        b.addStatement("copy($L, dx, (long) rows * DIM)", dOut);
+        b.add(ba.build());
+        b.add("// the FFN branch, then its part of the shared norm's backward\n");
+        b.add(bf.build());
+        b.addStatement("mark($S)", moe.isPresent() ? "backward: moe" : "backward: dense ffn");
     }
 
     /**

@@ -3,6 +3,7 @@ package dev.moe.cuda.model;
 import dev.moe.compiler.MoeCompiler;
 import dev.moe.compiler.ir.Model;
 import dev.moe.cuda.CudaContext;
+import dev.moe.cuda.codegen.CudaModelGenerator;
 import dev.moe.dsl.SourceFile;
 import dev.moe.runtime.Parameter;
 import dev.moe.runtime.TrainableModel;
@@ -27,7 +28,8 @@ import java.util.SplittableRandom;
  *
  * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe and switch), then always
  * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL},
- * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL}, {@link #LORA_MODEL}, {@link #RECURRENT_MODEL} and {@link #JITTER_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
+ * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL}, {@link #LORA_MODEL}, {@link #RECURRENT_MODEL}, {@link #JITTER_MODEL} and {@link #PARALLEL_MODEL} (whose parallel blocks this run turns on through
+ * {@code moe.cuda.parallel}). After each training forward the expert loads (kept slots per expert, after any capacity drops) must
  * equal the CPU's exactly.
  *
  * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
@@ -761,6 +763,72 @@ public final class DeviceModelParity {
             }
             """;
 
+    /**
+     * Parallel blocks (GPT-J, BAM without its attention experts): attention and a dense FFN or an MoE side by side on the block's
+     * one norm, beside a pre-norm layer; with RMSNorm, a shared expert and the aux and z losses, and with LayerNorm (the shared
+     * norm's bias), q/k/v biases, an ungated ReLU FFN and a sigmoid router over GELU experts. Device-resident only with
+     * {@code moe.cuda.parallel=true}, which {@link #main} sets.
+     */
+    public static final String PARALLEL_MODEL = """
+            moe side {
+              shared 1 x swiglu(hidden: 24)
+              routed 6 x swiglu(hidden: 32)
+              router {
+                score softmax
+                top_k 2
+                normalize true
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+              balance z_loss(coef: 0.001)
+            }
+            moe sig {
+              routed 6 x gelu(hidden: 40)
+              router {
+                score sigmoid
+                top_k 2
+                normalize true
+                scale 2.0
+              }
+            }
+            model ParallelTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              ffn dense = swiglu(hidden: 64)
+              layers 3 {
+                first 1: parallel(attention, dense)
+                1: attention, side
+                rest: parallel(attention, side)
+              }
+            }
+            model ParallelLayerNormTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              norm layer(eps: 1e-5)
+              position rope(theta: 10000)
+              causal true
+              qkv_bias true
+              ffn plain = relu(hidden: 80)
+              layers 2 {
+                first 1: parallel(attention, plain)
+                rest: parallel(attention, sig)
+              }
+            }
+            """;
+
+    /** The models of {@link #PARALLEL_MODEL}. */
+    public static List<Model> parallelModels() {
+        return compile("parallel.moe", PARALLEL_MODEL);
+    }
+
     /** The models of {@link #JITTER_MODEL}. */
     public static List<Model> jitterModels() {
         return compile("jitter.moe", JITTER_MODEL);
@@ -800,6 +868,9 @@ public final class DeviceModelParity {
         models.addAll(loraModels());
         models.addAll(recurrentModels());
         models.addAll(jitterModels());
+        // device-resident parallel blocks are off by default until this check has passed on a GPU: on for this run
+        System.setProperty(CudaModelGenerator.PARALLEL_PROPERTY, "true");
+        models.addAll(parallelModels());
         int failures = 0;
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.println("device-resident models against the CPU-generated classes on " + ctx.deviceName);

@@ -130,6 +130,62 @@ class CudaModelGeneratorTest {
         assertThat(source).contains("ops.addInPlace(dx, dEmbedded, (long) rows * DIM)");
     }
 
+    /**
+     * Parallel blocks await their GPU parity check: refused unless {@code moe.cuda.parallel} is set; with it, the parity check's
+     * models compile device-resident, the FFN branch reads the attention's normed input (the block's one norm), both branches
+     * read the block output's gradient, and each runs the shared norm's backward for its part.
+     */
+    @Test
+    void parallelBlocksAreDeviceResidentOnlyWhenTurnedOn() {
+        List<Model> models = dev.moe.cuda.model.DeviceModelParity.parallelModels();
+        assertThat(models).hasSize(2);
+        String before = System.getProperty(CudaModelGenerator.PARALLEL_PROPERTY);
+        try {
+            System.clearProperty(CudaModelGenerator.PARALLEL_PROPERTY);
+            if (!"1".equals(System.getenv("MOE_CUDA_PARALLEL"))) {
+                assertThat(CudaModelGenerator.unsupported(models.getFirst()).orElseThrow()).startsWith("layer 0's parallel block");
+            }
+            System.setProperty(CudaModelGenerator.PARALLEL_PROPERTY, "true");
+            for (Model m : models) {
+                assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+                DeviceModels.Classes classes = DeviceModels.compile(m, "parallel.moe");
+                assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+            }
+            String source = CudaModelGenerator.generate(models.getFirst(), "dev.moe.generated", "parallel.moe").toString();
+            // layer 0: one norm, the dense FFN on the attention's normed input, no FFN norm
+            assertThat(source).contains("ops.rmsNorm(a0Input, l0NormWeight, a0Normed, a0Rstd, rows, DIM, EPS)");
+            assertThat(source).contains("linear(a0Normed, l0FfnGate, f0Gate, rows, DIM, 64, false)");
+            assertThat(source).contains("linear(f0Act, l0FfnDown, stream, rows, 64, DIM, true)");
+            assertThat(source).doesNotContain("l0FfnNorm");
+            assertThat(source).contains("copy(p0DOut, dx, (long) rows * DIM)");
+            assertThat(source).contains("linearBackward(f0Act, l0FfnDown, p0DOut, dAct, l0FfnDownGrad, rows, 64, DIM, false)");
+            String normBackward = "ops.rmsNormBackward(a0Input, l0NormWeight, a0Rstd, dNormed, dx, l0NormWeightGrad, rows, DIM)";
+            assertThat(source.split(java.util.regex.Pattern.quote(normBackward), -1).length - 1).isEqualTo(2);
+            // layer 2: the MoE (and its shared expert) on the same normed input, from the kept output gradient
+            assertThat(source).contains("moe2.forwardInto(a2Normed, rows, stream)");
+            assertThat(source).contains("linear(a2Normed, l2MoeShared0Gate, f2S0Gate, rows, DIM, 24, false)");
+            assertThat(source).contains("moe2.backwardInto(p2DOut, scaled(aux2, scale), scale * 0.001f / rows, 0f, dNormed)");
+            // the pre-norm layer between them keeps its two norms
+            assertThat(source).contains("moe1.forwardInto(f1Normed, rows, stream)");
+            // the backward: the output gradient kept before the attention's backward adds its input gradient to dx
+            String backward2 = source.substring(source.indexOf("private void backwardLayer2("));
+            assertThat(backward2.indexOf("copy(p2DOut, dx")).isLessThan(backward2.indexOf("linearBackward(a2Att, l2AttnO, dx"));
+            // LayerNorm: the shared norm's bias, in both branches' backward
+            String ln = CudaModelGenerator.generate(models.get(1), "dev.moe.generated", "parallel.moe").toString();
+            assertThat(ln).contains("ops.layerNorm(a0Input, l0NormWeight, l0NormBias, a0Normed, a0Mean, a0Rstd, rows, DIM, EPS)");
+            assertThat(ln).contains("moe1.forwardInto(a1Normed, rows, stream)");
+            // BAM's mixer is a mixture of attention experts, which stays on the hybrid path
+            Model bam = models(RECIPES.resolve("bam.moe")).getFirst();
+            assertThat(CudaModelGenerator.unsupported(bam).orElseThrow()).isEqualTo("layer 0's mixer (attention experts)");
+        } finally {
+            if (before == null) {
+                System.clearProperty(CudaModelGenerator.PARALLEL_PROPERTY);
+            } else {
+                System.setProperty(CudaModelGenerator.PARALLEL_PROPERTY, before);
+            }
+        }
+    }
+
     /** The shortcut block's parity model is device-resident: the MoE reads ffn0's input, adds into its own buffer, joins at the end. */
     @Test
     void theShortcutBlockIsDeviceResident() {
