@@ -118,9 +118,9 @@ public final class CudaModelGenerator {
             }
             if (l.block() instanceof Block.Parallel par) {
                 // off by default until DeviceModelParity has checked it on a GPU
-                Optional<String> why = !parallelBlocks() ? Optional.of("parallel block (device-resident only with -D" + PARALLEL_PROPERTY
-                        + "=true until its GPU parity check)")
-                        : !(par.mixer() instanceof Block.Part.Attention) ? Optional.of("mixer (attention experts)")
+                Optional<String> why = !(par.mixer() instanceof Block.Part.Attention) ? Optional.of("mixer (attention experts)")
+                        : !parallelBlocks() ? Optional.of("parallel block (device-resident only with -D" + PARALLEL_PROPERTY
+                                + "=true until its GPU parity check)")
                         : par.ffn() instanceof Block.Part.MoePart m ? unsupported(m.moe())
                         : par.ffn() instanceof Block.Part.Dense ? Optional.empty() : Optional.of("attention in the FFN slot");
                 if (why.isPresent()) {
