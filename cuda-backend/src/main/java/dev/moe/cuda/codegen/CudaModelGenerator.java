@@ -940,6 +940,10 @@ public final class CudaModelGenerator {
         CodeBlock.Builder ba = CodeBlock.builder(), bf = CodeBlock.builder();
         f.add("// h = norm(stream); stream += attention(h) + $L(h)\n", moe.isPresent() ? moe.get().moe().name() : "dense");
         attention(f, ba, tag, p + "attn", p + "norm");
+        if (!buffers.contains(tag + "Input") || !buffers.contains(h)) {
+            // the FFN branch reads the attention sub-block's norm input and output by their buffer names
+            throw new IllegalStateException("attention(...) no longer keeps its norm's input and output in " + tag + "Input and " + h);
+        }
         bf.addStatement("zero(dNormed, (long) rows * DIM)");
         if (par.ffn() instanceof Block.Part.Dense d) {
             f.add("// stream += dense(h), h the attention's normed input\n");
