@@ -7,7 +7,7 @@ import dev.moe.runtime.Activation;
 /**
  * The dense-model ops on device memory (fp32, device pointers): the GPU twins of the CPU
  * backend's embedding, RMSNorm, LayerNorm, RoPE, gated and plain activations, cross-entropy, of
- * the bias add of {@code Elementwise} and of the AdamW update,
+ * the bias add of {@code Elementwise}, of the generated CPU class's latent-attention layout helpers and of the AdamW update,
  * with the same contracts (backward ops accumulate where the CPU's do, overwrite where they do).
  * They are the pieces device-resident generated models will be written in; {@link DeviceOpsParity}
  * checks each against the CPU backend.
@@ -134,6 +134,43 @@ public final class DeviceOps {
         if (rows > 0 && rotaryDims > 0) {
             launch("rope", grid((long) rows * heads * (rotaryDims / 2)), THREADS, x, rows, seqLen, heads, headDim, rotaryDims, theta,
                     inverse ? 1 : 0);
+        }
+    }
+
+    /**
+     * Multi-head latent attention's keys and values in the attention kernels' layout ({@code k} and {@code v [rows, heads,
+     * nope + rope]}): per head the key is the shared rotary key {@code kpe [rows, rope]} then the head's nope keys of
+     * {@code kvb [rows, heads, nope + vDim]}, the value the head's vDim values then zeros (the generated CPU class's
+     * {@code latentKeysAndValues}).
+     */
+    public void mlaKeysAndValues(long kpe, long kvb, long k, long v, int rows, int heads, int nope, int ropeDim, int vDim) {
+        long n = (long) rows * heads * (nope + ropeDim);
+        if (n > 0) {
+            launch("mla_keys_values", grid(n), THREADS, kpe, kvb, k, v, (long) rows, heads, nope, ropeDim, vDim);
+        }
+    }
+
+    /** The backward of {@link #mlaKeysAndValues}: OVERWRITES {@code dKpe} (every head's rotary-key gradient summed) and {@code dKvb}. */
+    public void mlaKeysAndValuesBackward(long dk, long dv, long dKpe, long dKvb, int rows, int heads, int nope, int ropeDim, int vDim) {
+        long n = (long) rows * heads * (nope + vDim) + (long) rows * ropeDim;
+        if (rows > 0) {
+            launch("mla_keys_values_backward", grid(n), THREADS, dk, dv, dKpe, dKvb, (long) rows, heads, nope, ropeDim, vDim);
+        }
+    }
+
+    /** MLA: each head's first {@code vDim} of the attention output {@code att [rows, heads, headDim]}, packed: {@code attV [rows, heads, vDim]}. */
+    public void mlaValuesOut(long att, long attV, int rows, int heads, int headDim, int vDim) {
+        long n = (long) rows * heads * vDim;
+        if (n > 0) {
+            launch("mla_values_out", grid(n), THREADS, att, attV, (long) rows, heads, headDim, vDim);
+        }
+    }
+
+    /** The backward of {@link #mlaValuesOut}: OVERWRITES {@code dAtt [rows, heads, headDim]} with each head's dAttV, then zeros. */
+    public void mlaValuesIn(long dAttV, long dAtt, int rows, int heads, int headDim, int vDim) {
+        long n = (long) rows * heads * headDim;
+        if (n > 0) {
+            launch("mla_values_in", grid(n), THREADS, dAttV, dAtt, (long) rows, heads, headDim, vDim);
         }
     }
 

@@ -36,7 +36,7 @@ public final class DeviceOpsParity {
     /** The ops of the dense-model features (LayerNorm, qk-norm's shape, q/k/v biases, ungated FFNs), after the GEMM attention's. */
     private static final String[] DENSE_NAMES = {"layer_norm", "layer_norm backward", "rms_norm per head (qk)", "add_bias", "bias backward",
         "activation", "activation backward", "gru cell", "gru cell backward",
-        "jitter multiply and its backward (bitwise)"};
+        "jitter multiply and its backward (bitwise)", "mla keys and values, backward (bitwise)", "mla values out and in (bitwise)"};
     private static final int DENSE = 13 + 2 * GEMM_MODES.length;
 
     public static List<Result> run(CudaContext ctx, Backend cpu) {
@@ -269,6 +269,35 @@ public final class DeviceOpsParity {
                     float want = jx[i] * jNoise[i], wantDx = jdx[i] + jdy[i] * jNoise[i];
                     worst[DENSE + 9] = Math.max(worst[DENSE + 9], Math.max(Math.abs(jy[i] - want), Math.abs(jdxGot[i] - wantDx)));
                 }
+
+                // multi-head latent attention's layout moves against the CPU class's helpers; values narrower than the heads, or as wide
+                // (drawn from this shape's own generator, last: the other ops keep the shapes they were checked on)
+                int mHeads = 1 + s % 5, rope = 2 * (1 + rnd.nextInt(8)), nope = s % 4 == 0 ? 0 : 1 + rnd.nextInt(40);
+                int hdm = nope + rope, vDim = s % 3 == 0 ? hdm : 1 + rnd.nextInt(hdm);
+                float[] kpe = Compare.gaussian(rnd, rows * rope), kvb = Compare.gaussian(rnd, rows * mHeads * (nope + vDim));
+                float[] mk = new float[rows * mHeads * hdm], mv = new float[rows * mHeads * hdm];
+                mlaKeysAndValues(kpe, kvb, mk, mv, rows, mHeads, nope, rope, vDim);
+                long mkd = sc.floats(Compare.gaussian(rnd, mk.length)), mvd = sc.floats(Compare.gaussian(rnd, mv.length));
+                ops.mlaKeysAndValues(sc.floats(kpe), sc.floats(kvb), mkd, mvd, rows, mHeads, nope, rope, vDim);
+                float[] mdk = Compare.gaussian(rnd, mk.length), mdv = Compare.gaussian(rnd, mv.length);
+                float[] dKpe = new float[kpe.length], dKvb = new float[kvb.length];
+                mlaKeysAndValuesBackward(mdk, mdv, dKpe, dKvb, rows, mHeads, nope, rope, vDim);
+                long dKped = sc.floats(Compare.gaussian(rnd, dKpe.length)), dKvbd = sc.floats(Compare.gaussian(rnd, dKvb.length));
+                ops.mlaKeysAndValuesBackward(sc.floats(mdk), sc.floats(mdv), dKped, dKvbd, rows, mHeads, nope, rope, vDim);
+                worst[DENSE + 10] = Math.max(worst[DENSE + 10], Math.max(Math.max(maxDiff(ctx.downloadFloats(mkd, mk.length), mk),
+                        maxDiff(ctx.downloadFloats(mvd, mv.length), mv)), Math.max(maxDiff(ctx.downloadFloats(dKped, dKpe.length), dKpe),
+                        maxDiff(ctx.downloadFloats(dKvbd, dKvb.length), dKvb))));
+                float[] matt = Compare.gaussian(rnd, rows * mHeads * hdm), mdAttV = Compare.gaussian(rnd, rows * mHeads * vDim);
+                float[] attV = new float[mdAttV.length], mdAtt = new float[matt.length];
+                for (int t = 0; t < rows * mHeads; t++) {
+                    System.arraycopy(matt, t * hdm, attV, t * vDim, vDim);
+                    System.arraycopy(mdAttV, t * vDim, mdAtt, t * hdm, vDim);
+                }
+                long attVd = sc.floats(Compare.gaussian(rnd, attV.length)), mdAttd = sc.floats(Compare.gaussian(rnd, mdAtt.length));
+                ops.mlaValuesOut(sc.floats(matt), attVd, rows, mHeads, hdm, vDim);
+                ops.mlaValuesIn(sc.floats(mdAttV), mdAttd, rows, mHeads, hdm, vDim);
+                worst[DENSE + 11] = Math.max(worst[DENSE + 11], Math.max(maxDiff(ctx.downloadFloats(attVd, attV.length), attV),
+                        maxDiff(ctx.downloadFloats(mdAttd, mdAtt.length), mdAtt)));
             }
         }
         String[] names = {"embedding", "embedding backward", "rms_norm", "rms_norm backward", "rope (both ways)", "glu",
@@ -324,6 +353,49 @@ public final class DeviceOpsParity {
                 dGh[g + w] = dz;
                 dGh[g + 2 * w] = dn * r;
                 dPrev[o] = d * z;
+            }
+        }
+    }
+
+    private static double maxDiff(float[] got, float[] want) {
+        double worst = 0;
+        for (int i = 0; i < want.length; i++) {
+            worst = Math.max(worst, Math.abs(got[i] - want[i]));
+        }
+        return worst;
+    }
+
+    /**
+     * The CPU reference of {@link DeviceOps#mlaKeysAndValues}: the generated CPU class's {@code latentKeysAndValues} (ModelGenerator's
+     * latentHelpers), with the model's constants as arguments.
+     */
+    static void mlaKeysAndValues(float[] kpe, float[] kvb, float[] k, float[] v, int rows, int heads, int nope, int rope, int vDim) {
+        int hd = nope + rope;
+        for (int t = 0; t < rows; t++) {
+            for (int h = 0; h < heads; h++) {
+                int at = t * heads * hd + h * hd;
+                int from = t * heads * (nope + vDim) + h * (nope + vDim);
+                System.arraycopy(kpe, t * rope, k, at, rope);
+                System.arraycopy(kvb, from, k, at + rope, nope);
+                System.arraycopy(kvb, from + nope, v, at, vDim);
+                java.util.Arrays.fill(v, at + vDim, at + hd, 0f);
+            }
+        }
+    }
+
+    /** The CPU reference of {@link DeviceOps#mlaKeysAndValuesBackward}: the CPU class's {@code latentKeysAndValuesBackward}. */
+    static void mlaKeysAndValuesBackward(float[] dk, float[] dv, float[] dKpe, float[] dKvb, int rows, int heads, int nope, int rope, int vDim) {
+        int hd = nope + rope;
+        for (int t = 0; t < rows; t++) {
+            java.util.Arrays.fill(dKpe, t * rope, (t + 1) * rope, 0f);
+            for (int h = 0; h < heads; h++) {
+                int at = t * heads * hd + h * hd;
+                int to = t * heads * (nope + vDim) + h * (nope + vDim);
+                for (int i = 0; i < rope; i++) {
+                    dKpe[t * rope + i] += dk[at + i];
+                }
+                System.arraycopy(dk, at + rope, dKvb, to, nope);
+                System.arraycopy(dv, at, dKvb, to + nope, vDim);
             }
         }
     }

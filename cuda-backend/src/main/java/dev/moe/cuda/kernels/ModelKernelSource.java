@@ -2,7 +2,8 @@ package dev.moe.cuda.kernels;
 
 /**
  * CUDA C (fp32) for the dense parts of a model, each the GPU twin of a CPU backend op with the same
- * contract ({@code dev.moe.runtime.Backend}): embedding, RMSNorm, LayerNorm, the bias add, RoPE,
+ * contract ({@code dev.moe.runtime.Backend}): embedding, RMSNorm, LayerNorm, the bias add, RoPE, the layout moves of
+ * multi-head latent attention (the twins of the CPU class's latent helpers),
  * gated and plain activations, the cross-entropy loss, causal/windowed grouped-query attention, RMoE's
  * GRU cell (the twin of the CPU class's {@code gru}), and the AdamW update, with the backward of each
  * where training needs one.
@@ -254,6 +255,64 @@ public final class ModelKernelSource {
                     float x1 = p[i], x2 = p[i + half];
                     p[i] = x1 * c - x2 * s;
                     p[i + half] = x2 * c + x1 * s;
+                  }
+                }
+
+                // Multi-head latent attention (MLA) into the attention kernels' layout, as the CPU class's latentKeysAndValues: per row t
+                // and head h (each [t, h] of width nope + rope), key = [kpe[t] (shared by the heads), kvb's nope keys of h], value =
+                // [kvb's vDim values of h, zeros]; kvb is [rows, heads, nope + vDim] (vDim <= nope + rope).
+                extern "C" __global__ void mla_keys_values(const float* __restrict__ kpe, const float* __restrict__ kvb, float* __restrict__ k,
+                    float* __restrict__ v, long rows, int heads, int nope, int ropeDim, int vDim) {
+                  int hd = nope + ropeDim, kvbWidth = nope + vDim;
+                  long n = rows * heads * hd;
+                  for (long idx = blockIdx.x * (long) blockDim.x + threadIdx.x; idx < n; idx += (long) gridDim.x * blockDim.x) {
+                    int d = (int) (idx % hd);
+                    long th = idx / hd;
+                    long t = th / heads;
+                    const float* src = kvb + th * kvbWidth;
+                    k[idx] = d < ropeDim ? kpe[t * ropeDim + d] : src[d - ropeDim];
+                    v[idx] = d < vDim ? src[nope + d] : 0.f;
+                  }
+                }
+
+                // The backward of mla_keys_values (written, not accumulated): dKvb [rows, heads, nope + vDim] from dk's nope part and dv's
+                // first vDim; dKpe [rows, rope], the shared rotary key's gradient, sums every head's in head order from 0, as the CPU.
+                extern "C" __global__ void mla_keys_values_backward(const float* __restrict__ dk, const float* __restrict__ dv,
+                    float* __restrict__ dKpe, float* __restrict__ dKvb, long rows, int heads, int nope, int ropeDim, int vDim) {
+                  int hd = nope + ropeDim, kvbWidth = nope + vDim;
+                  long perHead = rows * heads * kvbWidth, n = perHead + rows * ropeDim;
+                  for (long idx = blockIdx.x * (long) blockDim.x + threadIdx.x; idx < n; idx += (long) gridDim.x * blockDim.x) {
+                    if (idx < perHead) {
+                      int j = (int) (idx % kvbWidth);
+                      long at = idx / kvbWidth * hd;
+                      dKvb[idx] = j < nope ? dk[at + ropeDim + j] : dv[at + j - nope];
+                    } else {
+                      long r = idx - perHead;
+                      int i = (int) (r % ropeDim);
+                      long t = r / ropeDim;
+                      float acc = 0.f;
+                      for (int h = 0; h < heads; h++) acc += dk[(t * heads + h) * hd + i];
+                      dKpe[r] = acc;
+                    }
+                  }
+                }
+
+                // MLA: each head's first vDim attention outputs (the rest are the zero values') packed for o: attV [rows, heads, vDim].
+                extern "C" __global__ void mla_values_out(const float* __restrict__ att, float* __restrict__ attV, long rows, int heads, int hd,
+                    int vDim) {
+                  long n = rows * heads * vDim;
+                  for (long idx = blockIdx.x * (long) blockDim.x + threadIdx.x; idx < n; idx += (long) gridDim.x * blockDim.x) {
+                    attV[idx] = att[idx / vDim * hd + idx % vDim];
+                  }
+                }
+
+                // The backward of mla_values_out (written): dAtt [rows, heads, hd] = [dAttV of the head, zeros].
+                extern "C" __global__ void mla_values_in(const float* __restrict__ dAttV, float* __restrict__ dAtt, long rows, int heads, int hd,
+                    int vDim) {
+                  long n = rows * heads * hd;
+                  for (long idx = blockIdx.x * (long) blockDim.x + threadIdx.x; idx < n; idx += (long) gridDim.x * blockDim.x) {
+                    int d = (int) (idx % hd);
+                    dAtt[idx] = d < vDim ? dAttV[idx / hd * vDim + d] : 0.f;
                   }
                 }
 
