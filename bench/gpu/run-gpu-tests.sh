@@ -10,12 +10,14 @@
 #    pairs, and layers with extra logits (RMoE's recurrent router) whose fp32 logit gradient is checked too.
 # 2. BackendParity: the primitives CudaBackend runs on the GPU against the CPU backend (24 shapes);
 #    DeviceOpsParity: the dense-model kernels (embedding, RMSNorm, LayerNorm, bias add, RoPE, GLU and plain
-#    activations, cross-entropy, AdamW, attention, RMoE's GRU cell) against the CPU backend, 20 shapes each.
+#    activations, cross-entropy, AdamW, attention, RMoE's GRU cell, latent attention's layout moves) against the CPU
+#    backend, 20 shapes each.
 # 3. DeviceModelParity: the device-resident generated models (CudaModelGenerator) against the
 #    CPU-generated classes: losses, every gradient, gradient norms, weights and moments after 3 steps
 #    (mixtral, deepseek-moe, switch, and its built-in models: sigmoid routing; LayerNorm, qk-norm, q/k/v biases, ungated
 #    FFNs; expert activations and capacity; router options; blocks; MoE++; MoLE's latent experts; MoLA's LoRA experts;
-#    recurrent (GRU) routers; router jitter; parallel blocks, which it turns on with -Dmoe.cuda.parallel=true).
+#    recurrent (GRU) routers; router jitter; parallel blocks, which it turns on with -Dmoe.cuda.parallel=true;
+#    multi-head latent attention, which it turns on with -Dmoe.cuda.mla=true).
 #    Training parity: 100 steps of two recipes with --backend cuda (device-resident) and
 #    --backend cuda-hybrid against --backend cpu; the losses must agree within 1e-3 relative at every step.
 #    Greedy generation with --backend cuda and cuda-hybrid gives the CPU's text.

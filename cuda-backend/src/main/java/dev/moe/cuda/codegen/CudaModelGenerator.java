@@ -44,7 +44,8 @@ import javax.lang.model.element.Modifier;
  * <p>It covers pre-norm, shortcut (LongCat-Flash) and residual (PR-MoE) blocks, and parallel blocks of attention beside a dense
  * FFN or an MoE while {@link #parallelBlocks} (their GPU parity check pending), with RMSNorm or
  * LayerNorm, RoPE, grouped-query attention (causal or not, sliding window, q/k/v biases, per-head or
- * full qk-norm), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
+ * full qk-norm), multi-head latent attention (DeepSeek-V2/V3; only with {@value #MLA_PROPERTY}{@code =true} until its GPU
+ * parity check, {@link #latentAttentionEnabled}), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
  * followed by zero, copy and constant experts (MoE++), or of MoLE's latent experts (a shared down-projection to the rank,
  * then FFN experts on it) followed by zero experts, or one group of MoLA's LoRA experts over a frozen FFN base
  * ({@link CudaLoraMoeLayer}, fp32, dropless token choice by one router), with shared FFN experts without a sigmoid gate. Routers: softmax
@@ -96,11 +97,29 @@ public final class CudaModelGenerator {
         return Boolean.getBoolean(PARALLEL_PROPERTY) || "1".equals(System.getenv("MOE_CUDA_PARALLEL"));
     }
 
+    /** The system property that lets multi-head latent attention run device-resident (see {@link #latentAttentionEnabled}). */
+    public static final String MLA_PROPERTY = "moe.cuda.mla";
+
+    /**
+     * Whether models with multi-head latent attention are generated device-resident: only when the system property
+     * {@value #MLA_PROPERTY} is {@code true} or the environment variable {@code MOE_CUDA_MLA} is {@code 1}. The latent
+     * attention path ({@link #latentAttention}) was written without a GPU; it stays off by default until
+     * {@code DeviceModelParity} (which turns it on for its latent attention models) has checked it against the CPU class
+     * on a GPU. Until then such models run on the hybrid backend.
+     */
+    public static boolean latentAttentionEnabled() {
+        return Boolean.getBoolean(MLA_PROPERTY) || "1".equals(System.getenv("MOE_CUDA_MLA"));
+    }
+
     /** Why {@code model} cannot be generated device-resident, or empty when it can. */
     public static Optional<String> unsupported(Model model) {
         ModelConfig c = model.config();
-        if (c.mla().isPresent()) {
-            return Optional.of("multi-head latent attention");
+        if (c.mla().isPresent() && !latentAttentionEnabled()) {
+            return Optional.of("multi-head latent attention (device path off until its GPU parity check: -D" + MLA_PROPERTY + "=true)");
+        }
+        if (c.mla().isPresent() && c.mla().get().vDim() > c.headDim()) {
+            // the CPU generator refuses it too: values are padded to the query/key head width
+            return Optional.of("multi-head latent attention with v_dim above nope_dim + rope_dim");
         }
         if (c.headDim() > 256) {
             return Optional.of("head_dim above 256");
@@ -530,6 +549,16 @@ public final class CudaModelGenerator {
         t.addField(FieldSpec.builder(TypeName.FLOAT, "THETA", Modifier.STATIC, Modifier.FINAL).initializer("$Lf", (float) cfg.position().theta())
                 .build());
         t.addField(FieldSpec.builder(TypeName.BOOLEAN, "CAUSAL", Modifier.STATIC, Modifier.FINAL).initializer("$L", cfg.causal()).build());
+        cfg.mla().ifPresent(m -> {
+            constant(t, "Q_RANK", m.qRank());
+            constant(t, "KV_RANK", m.kvRank());
+            constant(t, "NOPE_DIM", m.nopeDim());
+            constant(t, "ROPE_DIM", m.ropeDim());
+            constant(t, "V_DIM", m.vDim());
+            constant(t, "KVB_DIM", cfg.heads() * (m.nopeDim() + m.vDim()));
+            constant(t, "VO_DIM", cfg.heads() * m.vDim());
+            t.addField(FieldSpec.builder(TypeName.FLOAT, "MLA_EPS", Modifier.STATIC, Modifier.FINAL).initializer("$Lf", (float) m.eps()).build());
+        });
 
         List<MoeInfo> moes = model.layers().stream().map(this::moeOf).flatMap(Optional::stream).toList();
         // RMoE: one GRU shared by every recurrent router (the CPU generator refuses recurrent routers of different widths)
@@ -1003,6 +1032,10 @@ public final class CudaModelGenerator {
      * (from {@code dx}, adding the input gradient to {@code dx}) into {@code ba}. {@code tag} names the sub-block's buffers.
      */
     private void attention(CodeBlock.Builder f, CodeBlock.Builder ba, String tag, String attnPrefix, String normPrefix) {
+        if (cfg.mla().isPresent()) {
+            latentAttention(f, ba, tag, attnPrefix, normPrefix);
+            return;
+        }
         String in = buffer(tag + "Input", "DIM"), normed = buffer(tag + "Normed", "DIM");
         String q = buffer(tag + "Q", "Q_DIM"), k = buffer(tag + "K", "KV_DIM"), v = buffer(tag + "V", "KV_DIM");
         String att = buffer(tag + "Att", "Q_DIM"), lse = buffer(tag + "Lse", "HEADS");
@@ -1065,6 +1098,93 @@ public final class CudaModelGenerator {
         ba.addStatement("linearBackward($L, $L, dv, dNormed, $L, rows, DIM, KV_DIM, true)", normed, pointer(attnPrefix + ".v"), grad(attnPrefix + ".v"));
         normBackward(ba, normPrefix, in, tag);
 
+        ba.addStatement("mark($S)", "backward: attention");
+    }
+
+    /**
+     * {@link #attention} for multi-head latent attention (DeepSeek-V2/V3), as the CPU class's {@code latentAttentionForward}: the
+     * query {@code q_b · rms(q_a · x)} (or {@code q · x}), the latent {@code c = rms(kv_a · x)} whose {@code kv_b} product gives
+     * each head's nope keys and values, and one rotary key {@code k_rope · x} shared by the heads. RoPE turns the first
+     * ROPE_DIM of each query head and the shared key; keys and values then go into the attention kernels' HEAD_DIM-wide layout
+     * (key = [rotary key, nope keys], value = [V_DIM values, zeros]), so the kernels' 1/sqrt(HEAD_DIM) is MLA's
+     * 1/sqrt(nope + rope) and the zero value columns give zero outputs, dropped before {@code o}. Exact, as on the CPU.
+     */
+    private void latentAttention(CodeBlock.Builder f, CodeBlock.Builder ba, String tag, String attnPrefix, String normPrefix) {
+        ModelConfig.Mla m = cfg.mla().orElseThrow();
+        boolean rope = cfg.position().kind() == ModelConfig.PositionKind.ROPE;
+        String in = buffer(tag + "Input", "DIM"), normed = buffer(tag + "Normed", "DIM");
+        // every head has its own keys and values: KV_HEADS is HEADS, and k and v are as wide as q
+        String q = buffer(tag + "Q", "Q_DIM"), k = buffer(tag + "K", "Q_DIM"), v = buffer(tag + "V", "Q_DIM");
+        String att = buffer(tag + "Att", "Q_DIM"), lse = buffer(tag + "Lse", "HEADS"), attV = buffer(tag + "AttV", "VO_DIM");
+        String ckv = buffer(tag + "Ckv", "KV_RANK"), ckvNormed = buffer(tag + "CkvNormed", "KV_RANK"), ckvRstd = buffer(tag + "CkvRstd", "1");
+        String kvb = buffer(tag + "Kvb", "KVB_DIM"), kpe = buffer(tag + "Kpe", "ROPE_DIM");
+        String kva = pointer(attnPrefix + ".kv_a"), kvaNorm = pointer(attnPrefix + ".kv_a_norm"), kvbW = pointer(attnPrefix + ".kv_b");
+        String kRope = pointer(attnPrefix + ".k_rope"), o = pointer(attnPrefix + ".o");
+        f.add("// stream += latent attention(norm(stream))\n");
+        f.addStatement("copy($L, stream, (long) rows * DIM)", in);
+        norm(f, normPrefix, in, normed, tag);
+        String qa = null, qaNormed = null, qaRstd = null;
+        if (m.qRank() > 0) {
+            qa = buffer(tag + "Qa", "Q_RANK");
+            qaNormed = buffer(tag + "QaNormed", "Q_RANK");
+            qaRstd = buffer(tag + "QaRstd", "1");
+            f.add("// q = q_b · rms(q_a · x)\n");
+            f.addStatement("linear($L, $L, $L, rows, DIM, Q_RANK, false)", normed, pointer(attnPrefix + ".q_a"), qa);
+            f.addStatement("ops.rmsNorm($L, $L, $L, $L, rows, Q_RANK, MLA_EPS)", qa, pointer(attnPrefix + ".q_a_norm"), qaNormed, qaRstd);
+            f.addStatement("linear($L, $L, $L, rows, Q_RANK, Q_DIM, false)", qaNormed, pointer(attnPrefix + ".q_b"), q);
+        } else {
+            f.addStatement("linear($L, $L, $L, rows, DIM, Q_DIM, false)", normed, pointer(attnPrefix + ".q"), q);
+        }
+        f.add("// the latent c = rms(kv_a · x); kv_b · c gives each head's keys (without RoPE) and values\n");
+        f.addStatement("linear($L, $L, $L, rows, DIM, KV_RANK, false)", normed, kva, ckv);
+        f.addStatement("ops.rmsNorm($L, $L, $L, $L, rows, KV_RANK, MLA_EPS)", ckv, kvaNorm, ckvNormed, ckvRstd);
+        f.addStatement("linear($L, $L, $L, rows, KV_RANK, KVB_DIM, false)", ckvNormed, kvbW, kvb);
+        f.add("// one rotary key for all heads\n");
+        f.addStatement("linear($L, $L, $L, rows, DIM, ROPE_DIM, false)", normed, kRope, kpe);
+        if (rope) {
+            f.addStatement("ops.rope($L, rows, seq, HEADS, HEAD_DIM, ROPE_DIM, THETA, false)", q);
+            f.addStatement("ops.rope($L, rows, seq, 1, ROPE_DIM, ROPE_DIM, THETA, false)", kpe);
+        }
+        f.addStatement("ops.mlaKeysAndValues($L, $L, $L, $L, rows, HEADS, NOPE_DIM, ROPE_DIM, V_DIM)", kpe, kvb, k, v);
+        f.addStatement("ops.attention($L, $L, $L, $L, $L, batch, seq, HEADS, HEADS, HEAD_DIM, CAUSAL, WINDOW)", q, k, v, att, lse);
+        f.addStatement("ops.mlaValuesOut($L, $L, rows, HEADS, HEAD_DIM, V_DIM)", att, attV);
+        f.addStatement("linear($L, $L, stream, rows, VO_DIM, DIM, true)", attV, o);
+        f.addStatement("mark($S)", "forward: attention");
+
+        ba.add("// stream += latent attention(norm(stream))\n");
+        ba.addStatement("zero(dNormed, (long) rows * DIM)");
+        ba.addStatement("linearBackward($L, $L, dx, $L, $L, rows, VO_DIM, DIM, false)", attV, o, buffer("dAttV", "VO_DIM"), grad(attnPrefix + ".o"));
+        ba.addStatement("ops.mlaValuesIn(dAttV, $L, rows, HEADS, HEAD_DIM, V_DIM)", buffer("dAtt", "Q_DIM"));
+        ba.addStatement("zero($L, (long) rows * Q_DIM)", buffer("dq", "Q_DIM"));
+        ba.addStatement("zero($L, (long) rows * Q_DIM)", buffer("dk", "Q_DIM"));
+        ba.addStatement("zero($L, (long) rows * Q_DIM)", buffer("dv", "Q_DIM"));
+        ba.addStatement("ops.attentionBackward($L, $L, $L, $L, $L, dAtt, dq, dk, dv, batch, seq, HEADS, HEADS, HEAD_DIM, CAUSAL, WINDOW)", q, k, v,
+                att, lse);
+        ba.add("// the shared rotary key gathers every head's gradient\n");
+        ba.addStatement("ops.mlaKeysAndValuesBackward(dk, dv, $L, $L, rows, HEADS, NOPE_DIM, ROPE_DIM, V_DIM)", buffer("dKpe", "ROPE_DIM"),
+                buffer("dKvb", "KVB_DIM"));
+        if (rope) {
+            ba.addStatement("ops.rope(dq, rows, seq, HEADS, HEAD_DIM, ROPE_DIM, THETA, true)");
+            ba.addStatement("ops.rope(dKpe, rows, seq, 1, ROPE_DIM, ROPE_DIM, THETA, true)");
+        }
+        ba.addStatement("linearBackward($L, $L, dKvb, $L, $L, rows, KV_RANK, KVB_DIM, false)", ckvNormed, kvbW, buffer("dCkvNormed", "KV_RANK"),
+                grad(attnPrefix + ".kv_b"));
+        ba.addStatement("zero($L, (long) rows * KV_RANK)", buffer("dCkv", "KV_RANK"));
+        ba.addStatement("ops.rmsNormBackward($L, $L, $L, dCkvNormed, dCkv, $L, rows, KV_RANK)", ckv, kvaNorm, ckvRstd, grad(attnPrefix + ".kv_a_norm"));
+        ba.addStatement("linearBackward($L, $L, dCkv, dNormed, $L, rows, DIM, KV_RANK, true)", normed, kva, grad(attnPrefix + ".kv_a"));
+        ba.addStatement("linearBackward($L, $L, dKpe, dNormed, $L, rows, DIM, ROPE_DIM, true)", normed, kRope, grad(attnPrefix + ".k_rope"));
+        if (m.qRank() > 0) {
+            String qaNorm = pointer(attnPrefix + ".q_a_norm");
+            ba.addStatement("linearBackward($L, $L, dq, $L, $L, rows, Q_RANK, Q_DIM, false)", qaNormed, pointer(attnPrefix + ".q_b"),
+                    buffer("dQaNormed", "Q_RANK"), grad(attnPrefix + ".q_b"));
+            ba.addStatement("zero($L, (long) rows * Q_RANK)", buffer("dQa", "Q_RANK"));
+            ba.addStatement("ops.rmsNormBackward($L, $L, $L, dQaNormed, dQa, $L, rows, Q_RANK)", qa, qaNorm, qaRstd, grad(attnPrefix + ".q_a_norm"));
+            ba.addStatement("linearBackward($L, $L, dQa, dNormed, $L, rows, DIM, Q_RANK, true)", normed, pointer(attnPrefix + ".q_a"),
+                    grad(attnPrefix + ".q_a"));
+        } else {
+            ba.addStatement("linearBackward($L, $L, dq, dNormed, $L, rows, DIM, Q_DIM, true)", normed, pointer(attnPrefix + ".q"), grad(attnPrefix + ".q"));
+        }
+        normBackward(ba, normPrefix, in, tag);
         ba.addStatement("mark($S)", "backward: attention");
     }
 

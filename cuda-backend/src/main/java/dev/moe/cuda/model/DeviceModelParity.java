@@ -28,8 +28,8 @@ import java.util.SplittableRandom;
  *
  * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe and switch), then always
  * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL},
- * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL}, {@link #LORA_MODEL}, {@link #RECURRENT_MODEL}, {@link #JITTER_MODEL} and {@link #PARALLEL_MODEL} (whose parallel blocks this run turns on through
- * {@code moe.cuda.parallel}). After each training forward the expert loads (kept slots per expert, after any capacity drops) must
+ * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL}, {@link #LORA_MODEL}, {@link #RECURRENT_MODEL}, {@link #JITTER_MODEL}, {@link #PARALLEL_MODEL} (whose parallel blocks this run turns on through
+ * {@code moe.cuda.parallel}) and {@link #MLA_MODEL} (whose latent attention it turns on through {@code moe.cuda.mla}). After each training forward the expert loads (kept slots per expert, after any capacity drops) must
  * equal the CPU's exactly.
  *
  * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
@@ -573,6 +573,73 @@ public final class DeviceModelParity {
     }
 
     /**
+     * Multi-head latent attention (deepseek-v3.moe's attention, smaller): a low-rank query with its RMSNorm, the latent and its
+     * RMSNorm, one rotary key shared by the heads, values narrower than the query/key heads (padded to them on the GPU) under
+     * DeepSeek-V3's group-limited sigmoid routing with an expert bias, a scale and a shared expert; and a direct query
+     * projection with values as wide as the heads, a non-default latent eps and a sliding window, in a shortcut block (two
+     * latent attentions per layer). Generated device-resident only with {@code -Dmoe.cuda.mla=true}, which {@link #main} sets.
+     */
+    public static final String MLA_MODEL = """
+            moe v3 {
+              shared 1 x swiglu(hidden: 32)
+              routed 8 x swiglu(hidden: 32)
+              router {
+                score sigmoid
+                top_k 2
+                normalize true
+                scale 2.5
+                bias aux_free(rate: 0.01)
+                groups limited(groups: 4, top: 2)
+              }
+            }
+            moe soft {
+              routed 6 x swiglu(hidden: 40)
+              router {
+                score softmax
+                top_k 2
+                normalize true
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            model MlaTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              attention mla(q_rank: 24, kv_rank: 16, nope_dim: 8, rope_dim: 8, v_dim: 12)
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings false
+              layers 3 {
+                first 1: attention, swiglu(hidden: 96)
+                rest: attention, v3
+              }
+            }
+            model MlaDirectQTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 3
+              attention mla(kv_rank: 20, nope_dim: 12, rope_dim: 4, v_dim: 16, eps: 1e-5)
+              norm rms(eps: 1e-6)
+              position rope(theta: 500)
+              causal true
+              sliding_window 12
+              tie_embeddings true
+              layers 2 {
+                first 1: attention, soft
+                rest: shortcut(attention, swiglu(hidden: 64), soft)
+              }
+            }
+            """;
+
+    /** The models of {@link #MLA_MODEL}. */
+    public static List<Model> mlaModels() {
+        return compile("mla.moe", MLA_MODEL);
+    }
+
+    /**
      * MoLA's LoRA experts over a frozen base (mola.moe, smaller): a different expert count per layer, a gated base with a
      * non-integer alpha / rank (1.5), and an ungated GELU base beside a shared expert, routed by sigmoid scores with a scale and
      * the aux-free bias, with the z-loss (the router backward's two kernels), ranks 2 and 3 (low-rank rows padded for alignment).
@@ -871,6 +938,9 @@ public final class DeviceModelParity {
         // device-resident parallel blocks are off by default until this check has passed on a GPU: on for this run
         System.setProperty(CudaModelGenerator.PARALLEL_PROPERTY, "true");
         models.addAll(parallelModels());
+        // latent attention's device path is off by default until this check has passed on a GPU: turn it on here
+        System.setProperty(CudaModelGenerator.MLA_PROPERTY, "true");
+        models.addAll(mlaModels());
         int failures = 0;
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.println("device-resident models against the CPU-generated classes on " + ctx.deviceName);

@@ -820,4 +820,104 @@ class CudaModelGeneratorTest {
         assertThat(CudaModelGenerator.field("embed.weight")).isEqualTo("embedWeight");
         assertThat(CudaModelGenerator.field("layers.3.moe.router.expert_bias")).isEqualTo("l3MoeRouterExpertBias");
     }
+
+    /** Runs {@code body} with latent attention's device path switched on ({@code -Dmoe.cuda.mla=true}), restoring the property after. */
+    private static void withLatentAttention(Runnable body) {
+        String before = System.getProperty(CudaModelGenerator.MLA_PROPERTY);
+        System.setProperty(CudaModelGenerator.MLA_PROPERTY, "true");
+        try {
+            body.run();
+        } finally {
+            if (before == null) {
+                System.clearProperty(CudaModelGenerator.MLA_PROPERTY);
+            } else {
+                System.setProperty(CudaModelGenerator.MLA_PROPERTY, before);
+            }
+        }
+    }
+
+    /** Without the property latent attention stays on the hybrid path: its device path awaits DeviceModelParity on a GPU. */
+    @Test
+    void latentAttentionIsOffByDefault() {
+        org.junit.jupiter.api.Assumptions.assumeFalse("1".equals(System.getenv("MOE_CUDA_MLA")), "MOE_CUDA_MLA=1 turns it on");
+        assertThat(System.getProperty(CudaModelGenerator.MLA_PROPERTY)).isNull();
+        assertThat(CudaModelGenerator.latentAttentionEnabled()).isFalse();
+        for (Model m : dev.moe.cuda.model.DeviceModelParity.mlaModels()) {
+            assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).contains("multi-head latent attention");
+        }
+    }
+
+    /**
+     * With the property, the parity check's latent attention models compile device-resident, and their attention is the CPU
+     * class's: low-rank query and latent with their RMSNorms at the latent eps, the shared rotary key turned by RoPE on
+     * ROPE_DIM, keys and values in the kernels' HEAD_DIM layout with every head its own (HEADS key/value heads), values
+     * packed back to V_DIM per head for o; the backward through the same steps.
+     */
+    @Test
+    void theParityCheckLatentAttentionModelsAreDeviceResidentWithTheProperty() {
+        withLatentAttention(() -> {
+            List<Model> models = dev.moe.cuda.model.DeviceModelParity.mlaModels();
+            assertThat(models).hasSize(2);
+            Map<String, String> source = new TreeMap<>();
+            for (Model m : models) {
+                assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+                DeviceModels.Classes classes = DeviceModels.compile(m, "mla.moe");
+                assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+                source.put(m.name(), CudaModelGenerator.generate(m, "dev.moe.generated", "mla.moe").toString());
+            }
+            String low = source.get("MlaTiny");
+            assertThat(low).contains("static final int HEAD_DIM = 16;");
+            assertThat(low).contains("static final int KVB_DIM = 80;");
+            assertThat(low).contains("static final int VO_DIM = 48;");
+            assertThat(low).contains("linear(a0Normed, l0AttnQA, a0Qa, rows, DIM, Q_RANK, false)");
+            assertThat(low).contains("ops.rmsNorm(a0Qa, l0AttnQANorm, a0QaNormed, a0QaRstd, rows, Q_RANK, MLA_EPS)");
+            assertThat(low).contains("linear(a0QaNormed, l0AttnQB, a0Q, rows, Q_RANK, Q_DIM, false)");
+            assertThat(low).contains("ops.rmsNorm(a0Ckv, l0AttnKvANorm, a0CkvNormed, a0CkvRstd, rows, KV_RANK, MLA_EPS)");
+            assertThat(low).contains("ops.rope(a0Q, rows, seq, HEADS, HEAD_DIM, ROPE_DIM, THETA, false)");
+            assertThat(low).contains("ops.rope(a0Kpe, rows, seq, 1, ROPE_DIM, ROPE_DIM, THETA, false)");
+            assertThat(low).contains("ops.mlaKeysAndValues(a0Kpe, a0Kvb, a0K, a0V, rows, HEADS, NOPE_DIM, ROPE_DIM, V_DIM)");
+            assertThat(low).contains("ops.attention(a0Q, a0K, a0V, a0Att, a0Lse, batch, seq, HEADS, HEADS, HEAD_DIM, CAUSAL, WINDOW)");
+            assertThat(low).contains("ops.mlaValuesOut(a0Att, a0AttV, rows, HEADS, HEAD_DIM, V_DIM)");
+            assertThat(low).contains("linear(a0AttV, l0AttnO, stream, rows, VO_DIM, DIM, true)");
+            assertThat(low).contains("a0K = allocate((long) rows * Q_DIM)");
+            // backward: values in, the rotary key's gradient summed over heads and turned back, then the latent and query paths
+            assertThat(low).contains("linearBackward(a0AttV, l0AttnO, dx, dAttV, l0AttnOGrad, rows, VO_DIM, DIM, false)");
+            assertThat(low).contains("ops.mlaValuesIn(dAttV, dAtt, rows, HEADS, HEAD_DIM, V_DIM)");
+            assertThat(low).contains("ops.mlaKeysAndValuesBackward(dk, dv, dKpe, dKvb, rows, HEADS, NOPE_DIM, ROPE_DIM, V_DIM)");
+            assertThat(low).contains("ops.rope(dKpe, rows, seq, 1, ROPE_DIM, ROPE_DIM, THETA, true)");
+            assertThat(low).contains("ops.rmsNormBackward(a0Ckv, l0AttnKvANorm, a0CkvRstd, dCkvNormed, dCkv, l0AttnKvANormGrad, rows, KV_RANK)");
+            assertThat(low).contains("linearBackward(a0Normed, l0AttnKRope, dKpe, dNormed, l0AttnKRopeGrad, rows, DIM, ROPE_DIM, true)");
+            assertThat(low).contains("ops.rmsNormBackward(a0Qa, l0AttnQANorm, a0QaRstd, dQaNormed, dQa, l0AttnQANormGrad, rows, Q_RANK)");
+            assertThat(low).contains("linearBackward(a0Normed, l0AttnQA, dQa, dNormed, l0AttnQAGrad, rows, DIM, Q_RANK, true)");
+            assertThat(low).doesNotContain("ROTARY_DIMS, THETA");
+            String direct = source.get("MlaDirectQTiny");
+            assertThat(direct).contains("static final float MLA_EPS = 1.0E-5f;");
+            assertThat(direct).contains("linear(a0Normed, l0AttnQ, a0Q, rows, DIM, Q_DIM, false)");
+            assertThat(direct).contains("linearBackward(a0Normed, l0AttnQ, dq, dNormed, l0AttnQGrad, rows, DIM, Q_DIM, true)");
+            assertThat(direct).doesNotContain("rows, Q_RANK");
+            // the shortcut block's two latent attentions
+            assertThat(direct).contains("ops.mlaKeysAndValues(a1Kpe, a1Kvb, a1K, a1V, rows, HEADS, NOPE_DIM, ROPE_DIM, V_DIM)");
+            assertThat(direct).contains("ops.mlaKeysAndValues(a1bKpe, a1bKvb, a1bK, a1bV, rows, HEADS, NOPE_DIM, ROPE_DIM, V_DIM)");
+        });
+    }
+
+    /**
+     * deepseek-v3.moe with the property: latent attention no longer refuses it; what remains is named. Its latent attention
+     * compiles device-resident (the recipe without its balance loss, when that loss is what keeps it on the hybrid path).
+     */
+    @Test
+    void deepSeekV3sLatentAttentionCompilesWithTheProperty() throws IOException {
+        String text = Files.readString(RECIPES.resolve("deepseek-v3.moe"));
+        withLatentAttention(() -> {
+            Model v3 = models(RECIPES.resolve("deepseek-v3.moe")).getFirst();
+            var why = CudaModelGenerator.unsupported(v3);
+            why.ifPresent(w -> assertThat(w).doesNotContain("latent attention"));
+            Model attentionOnly = why.isEmpty() ? v3 : compileText(text.replaceAll("(?m)^\\s*balance aux\\(.*$", "")).getFirst();
+            assertThat(CudaModelGenerator.unsupported(attentionOnly)).isEmpty();
+            DeviceModels.Classes classes = DeviceModels.compile(attentionOnly, "deepseek-v3.moe");
+            assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+            assertThat(CudaModelGenerator.generate(attentionOnly, "dev.moe.generated", "deepseek-v3.moe").toString())
+                    .contains("ops.mlaKeysAndValues(a3Kpe, a3Kvb, a3K, a3V, rows, HEADS, NOPE_DIM, ROPE_DIM, V_DIM)");
+        });
+    }
 }
