@@ -576,7 +576,7 @@ public final class DeviceModelParity {
      * Multi-head latent attention (deepseek-v3.moe's attention, smaller): a low-rank query with its RMSNorm, the latent and its
      * RMSNorm, one rotary key shared by the heads, values narrower than the query/key heads (padded to them on the GPU) under
      * DeepSeek-V3's group-limited sigmoid routing with an expert bias, a scale and a shared expert; and a direct query
-     * projection with values as wide as the heads, a non-default latent eps and a sliding window, in a shortcut block (two
+     * projection with values as wide as the heads (20, not a power of two), a non-default latent eps and a sliding window, in a shortcut block (two
      * latent attentions per layer). Generated device-resident only with {@code -Dmoe.cuda.mla=true}, which {@link #main} sets.
      */
     public static final String MLA_MODEL = """
@@ -621,7 +621,7 @@ public final class DeviceModelParity {
               context 64
               dim 48
               heads 3
-              attention mla(kv_rank: 20, nope_dim: 12, rope_dim: 4, v_dim: 16, eps: 1e-5)
+              attention mla(kv_rank: 20, nope_dim: 14, rope_dim: 6, v_dim: 20, eps: 1e-5)
               norm rms(eps: 1e-6)
               position rope(theta: 500)
               causal true

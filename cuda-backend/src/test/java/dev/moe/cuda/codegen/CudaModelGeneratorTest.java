@@ -892,6 +892,7 @@ class CudaModelGeneratorTest {
             assertThat(low).doesNotContain("ROTARY_DIMS, THETA");
             String direct = source.get("MlaDirectQTiny");
             assertThat(direct).contains("static final float MLA_EPS = 1.0E-5f;");
+            assertThat(direct).contains("static final int HEAD_DIM = 20;");
             assertThat(direct).contains("linear(a0Normed, l0AttnQ, a0Q, rows, DIM, Q_DIM, false)");
             assertThat(direct).contains("linearBackward(a0Normed, l0AttnQ, dq, dNormed, l0AttnQGrad, rows, DIM, Q_DIM, true)");
             assertThat(direct).doesNotContain("rows, Q_RANK");
