@@ -341,6 +341,16 @@ public final class DeviceOps {
         }
     }
 
+    /**
+     * Router jitter's noise on the device: {@code n} factors equal, bit for bit, to {@code DeviceModel.jitterNoise} for the
+     * seed {@code DeviceModel.jitterSeed} gives (the CPU class's draw), without drawing them on the host and uploading them.
+     */
+    public void jitterNoise(long out, long n, long seed, float eps) {
+        if (n > 0) {
+            launch("jitter_noise", grid(n), THREADS, out, n, seed, eps);
+        }
+    }
+
     /** {@code dx += dy · noise} elementwise over {@code n} floats (router jitter's backward), rounded as the CPU: no fused multiply-add. */
     public void addProduct(long dx, long dy, long noise, long n) {
         if (n > 0) {

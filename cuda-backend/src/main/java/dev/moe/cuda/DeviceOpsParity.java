@@ -36,7 +36,7 @@ public final class DeviceOpsParity {
     /** The ops of the dense-model features (LayerNorm, qk-norm's shape, q/k/v biases, ungated FFNs), after the GEMM attention's. */
     private static final String[] DENSE_NAMES = {"layer_norm", "layer_norm backward", "rms_norm per head (qk)", "add_bias", "bias backward",
         "activation", "activation backward", "gru cell", "gru cell backward",
-        "jitter multiply and its backward (bitwise)", "mla keys and values, backward (bitwise)", "mla values out and in (bitwise)"};
+        "jitter noise, multiply and backward (bitwise)", "mla keys and values, backward (bitwise)", "mla values out and in (bitwise)"};
     private static final int DENSE = 13 + 2 * GEMM_MODES.length;
 
     public static List<Result> run(CudaContext ctx, Backend cpu) {
@@ -257,11 +257,18 @@ public final class DeviceOpsParity {
                 worst[DENSE + 8] = Math.max(worst[DENSE + 8], Math.max(Compare.rel(ctx.downloadFloats(gruDGid, gruDGi.length), gruDGi),
                         Math.max(Compare.rel(ctx.downloadFloats(gruDGhd, gruDGh.length), gruDGh), Compare.rel(ctx.downloadFloats(gruDPrevd, gruDPrev.length), gruDPrev))));
 
-                // router jitter: the router's input times the host-drawn noise, and d(input) += d(jittered) · noise, bitwise as the CPU
+                // router jitter: the noise, the router's input times it, and d(input) += d(jittered) · noise, bitwise as the CPU
                 float[] jx = Compare.gaussian(rnd, n), jdy = Compare.gaussian(rnd, n), jdx = Compare.gaussian(rnd, n);
                 float[] jNoise = dev.moe.cuda.model.DeviceModel.jitterNoise(n, 0.1f, s, 1, 3);
                 long jyd = sc.zeros(n), jdxd = sc.floats(jdx);
-                long jNoised = sc.floats(jNoise);
+                // the noise as the device models draw it, on the GPU: the host's floats bit for bit
+                long jNoised = sc.zeros(n);
+                ops.jitterNoise(jNoised, n, dev.moe.cuda.model.DeviceModel.jitterSeed(s, 1, 3), 0.1f);
+                float[] jNoiseGot = ctx.downloadFloats(jNoised, n);
+                for (int i = 0; i < n; i++) {
+                    worst[DENSE + 9] = Math.max(worst[DENSE + 9], Float.floatToRawIntBits(jNoiseGot[i]) == Float.floatToRawIntBits(jNoise[i]) ? 0
+                            : Math.max(Math.abs(jNoiseGot[i] - jNoise[i]), Float.MIN_VALUE));
+                }
                 ops.multiply(sc.floats(jx), jNoised, jyd, n);
                 ops.addProduct(jdxd, sc.floats(jdy), jNoised, n);
                 float[] jy = ctx.downloadFloats(jyd, n), jdxGot = ctx.downloadFloats(jdxd, n);

@@ -55,7 +55,7 @@ import javax.lang.model.element.Modifier;
  * previous MoE layer's logits; {@link CudaMoeLayer#setResidualFrom}), RMoE's recurrent routers (one GRU cell shared by the
  * layers, run here with cuBLASLt and {@code DeviceOps.gruCell}, its state carried from layer to layer and its output map
  * added to the layer's logits through {@link CudaMoeLayer#setExtraLogits}), router jitter (training forwards multiply the
- * router's input by noise drawn on the host exactly as the CPU class draws it, {@code DeviceModel.jitterNoise}), and capacity
+ * router's input by noise the GPU draws exactly as the CPU class draws it, {@code DeviceOps.jitterNoise}), and capacity
  * factors dropping by position or by probability in training forwards;
  * the micro- or global-batch aux loss (with tau), the z-loss and the entropy loss. {@link #unsupported}
  * names what else a model uses; such models run on the hybrid backend instead.
@@ -1230,11 +1230,12 @@ public final class CudaModelGenerator {
         if (eps != 0) {
             // (latent experts with jitter stay on the hybrid path)
             String routerIn = m.router().pregate() ? "embedded" : fnormed;
-            f.add("// jitter (training forwards only): the router reads its input times uniform noise in [1 - $L, 1 + $L], drawn on the host as the CPU class draws it\n",
+            f.add("// jitter (training forwards only): the router reads its input times uniform noise in [1 - $L, 1 + $L], drawn on the GPU as the CPU class draws it\n",
                     eps, eps);
             f.addStatement("jitterOn$L = counting", i);
             f.beginControlFlow("if (counting)");
-            f.addStatement("ctx.upload(jitterNoise(rows * DIM, $Lf, step, microBatch, $L), $L)", Float.toString(eps), i, buffer("j" + i + "Noise", "DIM"));
+            f.addStatement("ops.jitterNoise($L, (long) rows * DIM, jitterSeed(step, microBatch, $L), $Lf)", buffer("j" + i + "Noise", "DIM"), i,
+                    Float.toString(eps));
             f.addStatement("ops.multiply($L, j$LNoise, $L, (long) rows * DIM)", routerIn, i, buffer("j" + i + "Input", "DIM"));
             f.addStatement("moe$L.forwardInto($L, j$LInput, rows, $L)", i, fnormed, i, target);
             f.nextControlFlow("else");

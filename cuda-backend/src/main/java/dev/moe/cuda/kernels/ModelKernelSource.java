@@ -461,6 +461,27 @@ public final class ModelKernelSource {
                 extern "C" __global__ void add_inplace(float* __restrict__ y, const float* __restrict__ x, long n) {
                   for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) y[i] += x[i];
                 }
+                // Router jitter's noise, as the CPU class draws it: element i of a SplitMix64 stream seeded with seed is the mix of
+                // seed + (i + 1)·γ, so every element is computed on its own; then (float) ((1 - eps) + (2·eps)·u) with u the top 53
+                // bits over 2^53, the two float products first and the sum in double, rounded once (no fused multiply-add).
+                __host__ __device__ inline float jitter_factor(unsigned long long seed, long long i, float eps) {
+                  unsigned long long z = seed + (unsigned long long) (i + 1) * 0x9E3779B97F4A7C15ULL;
+                  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+                  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+                  z = z ^ (z >> 31);
+                  double u = (double) (z >> 11) * 0x1.0p-53;
+                  float a = 1.0f - eps, b = 2.0f * eps;
+                #ifdef __CUDA_ARCH__
+                  return __double2float_rn(__dadd_rn((double) a, __dmul_rn((double) b, u)));
+                #else
+                  volatile double bu = (double) b * u;  // the host twin (tests): kept from being contracted into an fma
+                  return (float) ((double) a + bu);
+                #endif
+                }
+                extern "C" __global__ void jitter_noise(float* __restrict__ out, long n, unsigned long long seed, float eps) {
+                  for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x)
+                    out[i] = jitter_factor(seed, i, eps);
+                }
                 // Router jitter: y = x · noise, and its backward dx += dy · noise (rounded as the CPU does: no fused multiply-add).
                 extern "C" __global__ void multiply(const float* __restrict__ x, const float* __restrict__ noise, float* __restrict__ y, long n) {
                   for (long i = blockIdx.x * (long) blockDim.x + threadIdx.x; i < n; i += (long) gridDim.x * blockDim.x) y[i] = __fmul_rn(x[i], noise[i]);

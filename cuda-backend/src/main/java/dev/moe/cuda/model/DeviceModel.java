@@ -301,12 +301,17 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
      * layer. Drawn on the host so that the device model multiplies its router input by the very same floats.
      */
     public static float[] jitterNoise(int n, float eps, long step, int microBatch, int layer) {
-        Init.SplitMix rng = new Init.SplitMix(step * 0x9E3779B97F4A7C15L + microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L);
+        Init.SplitMix rng = new Init.SplitMix(jitterSeed(step, microBatch, layer));
         float[] noise = new float[n];
         for (int i = 0; i < n; i++) {
             noise[i] = (float) (1 - eps + 2 * eps * rng.nextDouble());
         }
         return noise;
+    }
+
+    /** The seed of the CPU class's jitter noise for an optimiser step, a micro-batch and a layer ({@code DeviceOps.jitterNoise} draws it). */
+    public static long jitterSeed(long step, int microBatch, int layer) {
+        return step * 0x9E3779B97F4A7C15L + microBatch * 0xC2B2AE3D27D4EB4FL + layer * 0x165667B19E3779F9L;
     }
 
     /** A device buffer of {@code floats} floats (or ints), freed when the batch shape grows. */

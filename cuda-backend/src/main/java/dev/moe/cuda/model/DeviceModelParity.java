@@ -764,7 +764,7 @@ public final class DeviceModelParity {
 
     /**
      * Router jitter (Mixtral's router_jitter_noise, Switch's input jitter): in training forwards each router reads its input times
-     * uniform noise the device model draws on the host as the CPU class draws it (seeded by the step, the micro-batch and the
+     * uniform noise the device model draws on the GPU as the CPU class draws it (seeded by the step, the micro-batch and the
      * layer), so both sides route alike; with a balancing loss, with pre-gating (the noise multiplies the embeddings, and their
      * gradient), with a recurrent router (whose GRU reads the input without noise), and with several named gates (each
      * sequence's gate reads its jittered rows).

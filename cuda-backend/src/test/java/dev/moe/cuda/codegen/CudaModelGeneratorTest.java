@@ -525,7 +525,7 @@ class CudaModelGeneratorTest {
         assertThat(src).contains("""
                         jitterOn0 = counting;
                         if (counting) {
-                            ctx.upload(jitterNoise(rows * DIM, 0.2f, step, microBatch, 0), j0Noise);
+                            ops.jitterNoise(j0Noise, (long) rows * DIM, jitterSeed(step, microBatch, 0), 0.2f);
                             ops.multiply(f0Normed, j0Noise, j0Input, (long) rows * DIM);
                             moe0.forwardInto(f0Normed, j0Input, rows, stream);
                         } else {
@@ -549,7 +549,7 @@ class CudaModelGeneratorTest {
         // the recurrent router's GRU reads the input without noise
         assertThat(src).contains("linear(f2Normed, l2MoeRouterGruIn, gru2U, rows, DIM, GRU_WIDTH, false);");
         assertThat(src).contains("moe3.setSequenceGates(");
-        assertThat(src).contains("ctx.upload(jitterNoise(rows * DIM, 0.2f, step, microBatch, 3), j3Noise);");
+        assertThat(src).contains("ops.jitterNoise(j3Noise, (long) rows * DIM, jitterSeed(step, microBatch, 3), 0.2f);");
         assertThat(src).contains("if (counting) {\n            microBatch++;\n        }\n        return loss;");
         assertThat(src).contains("microBatch = 0;");
         assertThat(src).contains("step++;");
