@@ -365,14 +365,11 @@ public final class CudaLoraMoeLayer implements AutoCloseable {
     }
 
     private static int ceilDiv(long a, long b) {
-        return (int) ((a + b - 1) / b);
+        return CudaMoeLayer.ceilDiv(a, b);
     }
 
     private static void release(List<DeviceAllocator.Block> blocks) {
-        for (DeviceAllocator.Block b : blocks) {
-            b.close();
-        }
-        blocks.clear();
+        CudaMoeLayer.release(blocks);
     }
 
     @Override

@@ -960,11 +960,11 @@ public final class CudaMoeLayer implements AutoCloseable {
         return (int) Math.min(ceilDiv(n, THREADS), (long) ctx.multiprocessors * 16);
     }
 
-    private static int ceilDiv(long a, long b) {
+    static int ceilDiv(long a, long b) {
         return (int) ((a + b - 1) / b);
     }
 
-    private static void release(List<DeviceAllocator.Block> blocks) {
+    static void release(List<DeviceAllocator.Block> blocks) {
         for (DeviceAllocator.Block b : blocks) {
             b.close();
         }
