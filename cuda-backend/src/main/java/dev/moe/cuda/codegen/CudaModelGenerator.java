@@ -1542,6 +1542,14 @@ public final class CudaModelGenerator {
             t.addMethod(getLoads.addStatement("return out").build());
             t.addMethod(setLoads.build());
         }
+        if (!moes.isEmpty()) {
+            // the MoE layers hold their saved activations and a pinned host buffer: give them back with the model
+            MethodSpec.Builder close = MethodSpec.methodBuilder("close").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC);
+            for (MoeInfo m : moes) {
+                close.addStatement("moe$L.close()", m.index());
+            }
+            t.addMethod(close.addStatement("super.close()").build());
+        }
         t.addField(TypeName.LONG, "step", Modifier.PRIVATE);
         t.addMethod(MethodSpec.methodBuilder("setStep").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC)
                 .addJavadoc("The optimiser step, which an annealed router temperature and the jitter noise's seed read.\n")

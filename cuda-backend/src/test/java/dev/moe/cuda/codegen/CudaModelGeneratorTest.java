@@ -91,6 +91,22 @@ class CudaModelGeneratorTest {
         }
     }
 
+    /** Closing a device model closes its MoE layers (their saved activations and pinned host buffers), then the model itself. */
+    @Test
+    void closingTheModelClosesItsMoeLayers() {
+        Model m = dev.moe.cuda.model.DeviceModelParity.sigmoidModels().getFirst();
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "sigmoid-tiny.moe").toString();
+        assertThat(src).contains("""
+                    @Override
+                    public void close() {
+                        moe1.close();
+                        moe2.close();
+                        moe3.close();
+                        super.close();
+                    }
+                """);
+    }
+
     /** The parity check's models of the dense features (LayerNorm, qk-norm both ways, q/k/v biases, ungated FFNs) compile device-resident. */
     @Test
     void theParityCheckDenseFeatureModelsAreDeviceResident() {
