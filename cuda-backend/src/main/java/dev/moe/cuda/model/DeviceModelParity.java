@@ -26,7 +26,7 @@ import java.util.SplittableRandom;
  * input within rounding of zero, a gradient that is rounding noise under AdamW's normalisation), all
  * but 0.1% of the weights within 1e-4 and the weights' movement and the moments within 5% in norm.
  *
- * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe and switch), then always
+ * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe, switch, mole, mola and rmoe), then always
  * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL},
  * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL}, {@link #LORA_MODEL}, {@link #RECURRENT_MODEL}, {@link #JITTER_MODEL}, {@link #PARALLEL_MODEL} (whose parallel blocks this run turns on through
  * {@code moe.cuda.parallel}) and {@link #MLA_MODEL} (whose latent attention it turns on through {@code moe.cuda.mla}). After each training forward the expert loads (kept slots per expert, after any capacity drops) must
@@ -921,7 +921,8 @@ public final class DeviceModelParity {
 
     public static void main(String[] args) throws Exception {
         List<Model> models = new ArrayList<>();
-        List<String> files = args.length > 0 ? List.of(args) : List.of("recipes/mixtral.moe", "recipes/deepseek-moe.moe", "recipes/switch.moe");
+        List<String> files = args.length > 0 ? List.of(args) : List.of("recipes/mixtral.moe", "recipes/deepseek-moe.moe", "recipes/switch.moe",
+                "recipes/mole.moe", "recipes/mola.moe", "recipes/rmoe.moe");
         for (String f : files) {
             models.addAll(MoeCompiler.compile(Path.of(f)).orThrow().models());
         }
