@@ -47,6 +47,8 @@ public final class CudaMoeLayer implements AutoCloseable {
     private final int actBytes;
     /** The rows of w13 per expert: 2F for gated experts (gate, then up), F for ungated ones (up only). */
     private final int gw;
+    /** The seed of the next training forward's random drop priorities (a capacity factor dropping at random). */
+    private long dropSeed;
     /** Whether forwards drop slots over capacity (training); inference forwards are dropless. */
     private boolean training = true;
     /** The weight blocks this layer allocated itself (null when it works on external weights). */
@@ -192,6 +194,9 @@ public final class CudaMoeLayer implements AutoCloseable {
         if (spec.options().capacityFactor() > 0) {
             for (String k : List.of("capacity_order", "capacity_keep")) {
                 ctx.kernel(source, k);
+            }
+            if (spec.options().drop() == MoeKernelSource.Drop.RANDOM) {
+                ctx.kernel(source, "random_priority");
             }
         }
         if (spec.constantExperts() > 0) {
@@ -573,6 +578,24 @@ public final class CudaMoeLayer implements AutoCloseable {
         return routedCounts.clone();
     }
 
+    /**
+     * The random drop priorities of {@code n} slots for {@code seed}, drawn on the host as the CPU classes draw them (the
+     * {@code random_priority} kernel computes the same floats on the GPU): the float of each SplitMix double in turn.
+     */
+    public static float[] dropPriorities(long seed, int n) {
+        dev.moe.runtime.Init.SplitMix rng = new dev.moe.runtime.Init.SplitMix(seed);
+        float[] out = new float[n];
+        for (int i = 0; i < n; i++) {
+            out[i] = (float) rng.nextDouble();
+        }
+        return out;
+    }
+
+    /** The seed of the next training forward's random drop priorities: the CPU class's for its step, micro-batch and layer. */
+    public void setDropSeed(long seed) {
+        dropSeed = seed;
+    }
+
     /** Records an event after each forward phase, for {@link #phaseMillis()}; costs a little time. */
     public void setProfiling(boolean on) {
         profiling = on;
@@ -696,7 +719,13 @@ public final class CudaMoeLayer implements AutoCloseable {
             long kept = keep(saved, (long) m * 4);
             launch("expert_offsets", 1, 32, counts, routedOffs);
             launch("capacity_order", ceilDiv(m, THREADS), THREADS, idx, rank, routedOffs, m, order);
-            launch("capacity_keep", ceilDiv(m, THREADS), THREADS, idx, rank, weight, routedOffs, order, m, capacity(spec, tokens), kept);
+            long key = weight;
+            if (spec.options().drop() == MoeKernelSource.Drop.RANDOM) {
+                // the CPU class's seeded priorities (setDropSeed), drawn here slot by slot
+                key = keep(saved, (long) m * 4);
+                launch("random_priority", ceilDiv(m, THREADS), THREADS, key, m, dropSeed);
+            }
+            launch("capacity_keep", ceilDiv(m, THREADS), THREADS, idx, rank, key, routedOffs, order, m, capacity(spec, tokens), kept);
             rankRows(idx, kept, m, e, rank, counts);
         } else if (spec.options().expertChoice() > 0) {
             // expert choice (training and inference alike): in each sequence each expert keeps its best tokens

@@ -76,7 +76,7 @@ public final class GpuChecks {
             out.add(new Case(switchLike.with(Options.NONE.withActivation(ExpertActivation.RELU).withCapacity(1.25f, Drop.POSITION)), 96));
             out.add(new Case(switchLike.with(Options.NONE.withActivation(ExpertActivation.RELU).withCapacity(1.25f, Drop.PROBABILITY)), 96));
             Spec top2 = new Spec(48, 64, 8, 2, Score.SOFTMAX, true, 1f, false, p);
-            for (Drop drop : Drop.values()) {
+            for (Drop drop : List.of(Drop.POSITION, Drop.PROBABILITY)) {
                 out.add(new Case(top2.with(Options.NONE.withCapacity(1f, drop)), 80));
                 out.add(new Case(top2.with(Options.NONE.withActivation(ExpertActivation.GELU).withCapacity(0.5f, drop)), 70));
                 out.add(new Case(new Spec(32, 48, 16, 4, Score.SIGMOID, true, 2.5f, true, p)
@@ -103,6 +103,12 @@ public final class GpuChecks {
                     .withExpertIn(48), 40));
             out.add(new Case(new Spec(48, 64, 8, 2, Score.SOFTMAX, true, 1f, false, p).with(Options.NONE.withCapacity(1f, Drop.POSITION))
                     .withExpertIn(24), 80));
+        }
+        // random drops (last, so the cases before keep their seeds): the layer's default seed, 0, for the priorities
+        for (Precision p : Precision.values()) {
+            out.add(new Case(new Spec(48, 64, 8, 2, Score.SOFTMAX, true, 1f, false, p).with(Options.NONE.withCapacity(1f, Drop.RANDOM)), 80));
+            out.add(new Case(new Spec(64, 128, 8, 1, Score.SOFTMAX, false, 1f, false, p)
+                    .with(Options.NONE.withActivation(ExpertActivation.RELU).withCapacity(1.25f, Drop.RANDOM)), 96));
         }
         return out;
     }

@@ -207,6 +207,10 @@ public final class MoeLayerReference {
                         double wa = weightOf[a / k][a % k], wb = weightOf[b / k][b % k];
                         return wa != wb ? Double.compare(wb, wa) : Integer.compare(a, b);
                     });
+                } else if (s.options().drop() == Drop.RANDOM) {
+                    // the layer's default seed, 0 (GpuChecks does not set one)
+                    float[] priority = CudaMoeLayer.dropPriorities(0L, tokens * k);
+                    slots.sort((a, b) -> priority[a] != priority[b] ? Float.compare(priority[b], priority[a]) : Integer.compare(a, b));
                 }
                 for (int j = capacity; j < slots.size(); j++) {
                     dropped[slots.get(j)] = true;

@@ -2,7 +2,21 @@ package dev.moe.cuda;
 
 import static com.google.common.truth.Truth.assertWithMessage;
 
+import dev.moe.compiler.MoeCompiler;
+import dev.moe.compiler.ir.Model;
 import dev.moe.cuda.kernels.ModelKernelSource;
+import dev.moe.cuda.kernels.MoeKernelSource;
+import dev.moe.cuda.kernels.MoeKernelSource.Drop;
+import dev.moe.cuda.kernels.MoeKernelSource.Options;
+import dev.moe.cuda.kernels.MoeKernelSource.Precision;
+import dev.moe.cuda.kernels.MoeKernelSource.Score;
+import dev.moe.cuda.kernels.MoeKernelSource.Spec;
+import dev.moe.cuda.model.DeviceModels;
+import dev.moe.dsl.SourceFile;
+import dev.moe.runtime.TrainableModel;
+import dev.moe.runtime.cpu.CpuBackend;
+import java.lang.reflect.Field;
+import java.lang.reflect.Method;
 import dev.moe.cuda.model.DeviceModel;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
@@ -15,7 +29,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
- * The device models draw router jitter's noise on the GPU ({@code jitter_noise}) and must get the CPU class's floats bit for
+ * The device models draw router jitter's noise and random drop priorities on the GPU ({@code jitter_noise}) and must get the CPU class's floats bit for
  * bit. The kernel's arithmetic lives in a {@code __host__ __device__} function; here nvcc compiles that very text for the host
  * and its output is compared with {@link DeviceModel#jitterNoise}, the CPU class's draw (checked against the CPU class itself
  * in CudaModelGeneratorTest). On a GPU, DeviceOpsParity compares the kernel's output too.
@@ -78,6 +92,97 @@ class JitterNoiseKernelTest {
             }
         }
         assertWithMessage("cases").that(cases).isEqualTo(48);
+    }
+
+    /** A model whose MoE drops over capacity at random: the CPU class draws the priorities the GPU must reproduce. */
+    private static final String RANDOM_DROPS = """
+            moe rd {
+              routed 4 x swiglu(hidden: 16)
+              router {
+                top_k 2
+                normalize true
+                capacity factor(1.0, drop: random)
+              }
+            }
+            model RandomDropTiny {
+              vocab 32
+              context 16
+              dim 16
+              heads 2
+              layers 3 {
+                all: attention, rd
+              }
+            }
+            """;
+
+    /**
+     * Random capacity drops: the kernel's {@code drop_priority} (nvcc-compiled for the host) gives, slot by slot, the very floats
+     * the CPU class's own {@code randomPriority} draws, for the seed the device model passes ({@code setDropSeed}).
+     */
+    @Test
+    void theDropPrioritiesAreTheCpuClasss(@TempDir Path dir) throws Exception {
+        Path nvcc = Path.of("/usr/local/cuda/bin/nvcc");
+        if (!Files.isExecutable(nvcc)) {
+            nvcc = Path.of("/usr/local/bin/nvcc");
+        }
+        Assumptions.assumeTrue(Files.isExecutable(nvcc), "nvcc is not installed: the priorities are compared on the GPU machine");
+        String source = MoeKernelSource.generate(new Spec(16, 16, 4, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32)
+                .with(Options.NONE.withCapacity(1f, Drop.RANDOM)));
+        int from = source.indexOf("__host__ __device__ inline float drop_priority(");
+        int to = source.indexOf("extern \"C\" __global__ void random_priority(");
+        assertWithMessage("the kernel source's drop_priority").that(from >= 0 && to > from).isTrue();
+        String program = """
+                #include <cstdio>
+                #include <cstdlib>
+                #include <cstring>
+                %s
+                int main(int argc, char** argv) {
+                  unsigned long long seed = strtoull(argv[1], nullptr, 10);
+                  long long n = atoll(argv[2]);
+                  for (long long i = 0; i < n; i++) {
+                    float f = drop_priority(seed, i);
+                    unsigned u;
+                    memcpy(&u, &f, 4);
+                    printf("%%08x\\n", u);
+                  }
+                  return 0;
+                }
+                """.formatted(source.substring(from, to));
+        Path cu = dir.resolve("priority.cu");
+        Files.writeString(cu, program);
+        Path exe = dir.resolve("priority");
+        run(List.of(nvcc.toString(), "-std=c++17", "-o", exe.toString(), cu.toString()));
+
+        Model m = MoeCompiler.compile(new SourceFile("random-drops.moe", RANDOM_DROPS)).orThrow().models().getFirst();
+        TrainableModel cpu = DeviceModels.compile(m, "random-drops.moe").createHost(new CpuBackend(1, CpuBackend.VECTOR_API));
+        Method draw = cpu.getClass().getDeclaredMethod("randomPriority", int.class, int.class);
+        draw.setAccessible(true);
+        Field microBatch = cpu.getClass().getDeclaredField("microBatch");
+        microBatch.setAccessible(true);
+        int slots = 2048, cases = 0;
+        for (long step : new long[] {0, 7, 90_001}) {
+            for (int micro : new int[] {0, 2}) {
+                for (int layer : new int[] {0, 2}) {
+                    cpu.setStep(step);
+                    microBatch.setInt(cpu, micro);
+                    float[] want = (float[]) draw.invoke(cpu, slots, layer);
+                    long seed = DeviceModel.jitterSeed(step, micro, layer) ^ 0x5DEECE66DL;
+                    // the host twin GpuChecks' reference uses
+                    assertWithMessage("CudaMoeLayer.dropPriorities").that(CudaMoeLayer.dropPriorities(seed, slots)).isEqualTo(want);
+                    List<String> lines = run(List.of(exe.toString(), Long.toUnsignedString(seed), Integer.toString(slots)));
+                    assertWithMessage("outputs").that(lines).hasSize(slots);
+                    for (int i = 0; i < slots; i++) {
+                        int got = Integer.parseUnsignedInt(lines.get(i), 16);
+                        if (got != Float.floatToRawIntBits(want[i])) {
+                            assertWithMessage("step %s micro-batch %s layer %s slot %s", step, micro, layer, i).that(Float.intBitsToFloat(got))
+                                    .isEqualTo(want[i]);
+                        }
+                    }
+                    cases++;
+                }
+            }
+        }
+        assertWithMessage("cases").that(cases).isEqualTo(12);
     }
 
     private static List<String> run(List<String> command) throws IOException, InterruptedException {

@@ -136,7 +136,8 @@ class MoeKernelSourceTest {
         assertThat(none).contains("#define GATED 1 ");
         assertThat(none).contains("#define GW 2816\n");
         assertThat(none).contains("#define CAPACITY 0 ");
-        assertThat(none).contains("#define DROP_BY_PROBABILITY 0\n");
+        assertThat(none).contains("#define DROP_BY_PROBABILITY 0 ");
+        assertThat(none).contains("#define RANDOM_DROP 0\n");
         assertThat(none).contains("extern \"C\" __global__ void expert_act(");
         assertThat(none).contains("extern \"C\" __global__ void expert_act_backward(");
         // the capacity kernels exist only where a capacity factor is declared
@@ -152,10 +153,15 @@ class MoeKernelSourceTest {
         assertThat(gelu).contains("#define ACT 1 ");
         assertThat(gelu).contains("#define GATED 0 ");
         assertThat(gelu).contains("#define CAPACITY 1 ");
-        assertThat(gelu).contains("#define DROP_BY_PROBABILITY 1\n");
+        assertThat(gelu).contains("#define DROP_BY_PROBABILITY 1 ");
         String position = MoeKernelSource.generate(DEEPSEEK.with(Options.NONE.withCapacity(1.25f, Drop.POSITION)));
         assertThat(position).contains("#define CAPACITY 1 ");
-        assertThat(position).contains("#define DROP_BY_PROBABILITY 0\n");
+        assertThat(position).contains("#define DROP_BY_PROBABILITY 0 ");
+        // random drops: the probability path's kernel with seeded priorities as keys
+        String random = MoeKernelSource.generate(DEEPSEEK.with(Options.NONE.withCapacity(1.25f, Drop.RANDOM)));
+        assertThat(random).contains("#define DROP_BY_PROBABILITY 1 ");
+        assertThat(random).contains("#define RANDOM_DROP 1\n");
+        assertThat(random).contains("extern \"C\" __global__ void random_priority(");
         // a dropped slot has no row (rank -1, pos -1) and the combine treats it as a zero expert's
         assertThat(position).contains("int p = e < E && r >= 0 ? offsets[e] + r : -1;");
         assertThat(position).contains("#define SLOT_KIND(e, p) ((e) < E ? ((p) >= 0 ? 0 : 1) : ((e) < E + ZERO || (e) >= ER ? 1 : 2))");

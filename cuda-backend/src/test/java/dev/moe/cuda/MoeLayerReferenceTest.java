@@ -154,7 +154,7 @@ class MoeLayerReferenceTest {
 
     /** Which slots are dropped, the counts, and what dropping does to the output: as the CPU class's dropOverCapacity. */
     @Test
-    void capacityKeepsTheEarliestOrTheHeaviestSlots() {
+    void capacityKeepsTheEarliestTheHeaviestOrTheHighestPrioritySlots() {
         int tokens = 24;
         Spec base = new Spec(6, 4, 4, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32);
         Random r = new Random(3);
@@ -180,6 +180,10 @@ class MoeLayerReferenceTest {
                 if (drop == Drop.PROBABILITY) {
                     // the weights of a normalised top-2 are p_i / (p_1 + p_2): recompute them from the dropless output's routing
                     keptSlots.sort((a, b) -> Double.compare(weight(base, x, router, b), weight(base, x, router, a)));
+                } else if (drop == Drop.RANDOM) {
+                    // the priorities of the layer's default seed, highest first (a stable sort: ties keep the earlier slot)
+                    float[] priority = CudaMoeLayer.dropPriorities(0L, tokens * 2);
+                    keptSlots.sort((a, b) -> Float.compare(priority[b], priority[a]));
                 }
                 keptSlots = keptSlots.subList(0, Math.min(cap, keptSlots.size()));
                 for (int i : slots) {
@@ -230,7 +234,7 @@ class MoeLayerReferenceTest {
             boolean roomy = !c.training() || c.spec().options().capacityFactor() >= 8;
             assertWithMessage("%s: %s slots dropped", c, dropped).that(roomy ? dropped == 0 : dropped > 0).isTrue();
         }
-        assertThat(capacityCases).isEqualTo(2 * 11);
+        assertThat(capacityCases).isEqualTo(2 * 13);
     }
 
     /**

@@ -56,7 +56,7 @@ import javax.lang.model.element.Modifier;
  * layers, run here with cuBLASLt and {@code DeviceOps.gruCell}, its state carried from layer to layer and its output map
  * added to the layer's logits through {@link CudaMoeLayer#setExtraLogits}), router jitter (training forwards multiply the
  * router's input by noise the GPU draws exactly as the CPU class draws it, {@code DeviceOps.jitterNoise}), and capacity
- * factors dropping by position or by probability in training forwards;
+ * factors dropping by position, by probability or at random (the CPU class's seeded priorities) in training forwards;
  * the micro- or global-batch aux loss (with tau), the z-loss and the entropy loss. {@link #unsupported}
  * names what else a model uses; such models run on the hybrid backend instead.
  */
@@ -250,9 +250,6 @@ public final class CudaModelGenerator {
                 return Optional.of("an expert-choice factor of more digits than a float holds (" + x.factor() + ")");
             }
         } else if (r.capacity() instanceof Router.Capacity.Factor cf) {
-            if (cf.drop() == Router.DropPolicy.RANDOM) {
-                return Optional.of("a capacity factor that drops at random");
-            }
             if (cf.factor() <= 0 || Double.parseDouble(Float.toString((float) cf.factor())) != cf.factor()) {
                 return Optional.of("a capacity factor of more digits than a float holds (" + cf.factor() + ")");
             }
@@ -299,7 +296,11 @@ public final class CudaModelGenerator {
         if (r.selection() instanceof Router.Selection.ExpertChoice x) {
             o = o.withExpertChoice((float) x.factor());
         } else if (r.capacity() instanceof Router.Capacity.Factor cf) {
-            o = o.withCapacity((float) cf.factor(), cf.drop() == Router.DropPolicy.PROBABILITY ? MoeKernelSource.Drop.PROBABILITY : MoeKernelSource.Drop.POSITION);
+            o = o.withCapacity((float) cf.factor(), switch (cf.drop()) {
+                case PROBABILITY -> MoeKernelSource.Drop.PROBABILITY;
+                case POSITION -> MoeKernelSource.Drop.POSITION;
+                case RANDOM -> MoeKernelSource.Drop.RANDOM;
+            });
         }
         if (r.selection() instanceof Router.Selection.TopP tp) {
             o = o.withTopP((float) tp.p());
@@ -1223,6 +1224,10 @@ public final class CudaModelGenerator {
             f.add("// expert choice: in each sequence each expert keeps its best ceil($L · seq / $L) tokens by probability\n", x.factor(), m.experts());
             f.addStatement("moe$L.setSequenceLength(seq)", i);
         }
+        if (randomDrops(m)) {
+            f.add("// random drops (training forwards): the priorities the CPU class draws for this step, micro-batch and layer\n");
+            f.addStatement("moe$L.setDropSeed(jitterSeed(step, microBatch, $L) ^ 0x5DEECE66DL)", i, i);
+        }
         if (m.router().recurrentWidth().isPresent()) {
             recurrentRouterForward(f, m, fnormed);
         }
@@ -1450,8 +1455,14 @@ public final class CudaModelGenerator {
         });
     }
 
+    /** Whether a router draws seeded random numbers (jitter noise, random drop priorities): the class then counts micro-batches. */
     private static boolean jitters(List<MoeInfo> moes) {
-        return moes.stream().anyMatch(m -> m.router().jitter() != 0);
+        return moes.stream().anyMatch(m -> m.router().jitter() != 0 || randomDrops(m));
+    }
+
+    private static boolean randomDrops(MoeInfo m) {
+        return m.router().capacity() instanceof Router.Capacity.Factor cf && cf.drop() == Router.DropPolicy.RANDOM
+                && !(m.router().selection() instanceof Router.Selection.ExpertChoice);
     }
 
     private void routingMethods(TypeSpec.Builder t, List<MoeInfo> moes) {

@@ -52,7 +52,8 @@ public final class MoeKernelSource {
     }
 
     /** Which slots a capacity factor keeps when an expert is over capacity. */
-    public enum Drop { POSITION, PROBABILITY }
+    /** Which slots a capacity factor drops: the latest, those of lowest routing weight, or those of lowest seeded random priority. */
+    public enum Drop { POSITION, PROBABILITY, RANDOM }
 
     /** What the router applies to its logits before the score function: nothing, tanh or sigmoid (then / temperature). */
     public enum LogitActivation { NONE, TANH, SIGMOID }
@@ -263,7 +264,9 @@ public final class MoeKernelSource {
                 .append("  // w13 holds gate then up rows (2F), or up rows only (F)\n#define GW ").append(o.activation().gated ? 2 * s.hidden() : s.hidden())
                 .append("\n#define CAPACITY ").append(o.capacityFactor() > 0 ? 1 : 0)
                 .append("  // training forwards may drop slots over an expert's capacity\n#define DROP_BY_PROBABILITY ")
-                .append(o.capacityFactor() > 0 && o.drop() == Drop.PROBABILITY ? 1 : 0)
+                .append(o.capacityFactor() > 0 && o.drop() != Drop.POSITION ? 1 : 0)
+                .append("  // by a key per slot: the routing weight, or a seeded random priority\n#define RANDOM_DROP ")
+                .append(o.capacityFactor() > 0 && o.drop() == Drop.RANDOM ? 1 : 0)
                 .append("\n#define EXPERT_CHOICE ").append(o.expertChoice() > 0 ? 1 : 0).append("  // each expert picks its tokens in each sequence")
                 .append("\n#define SLOT_KINDS (ER != E || CAPACITY || HAS_TOP_P || EXPERT_CHOICE)  // whether a slot may have no FFN row (zero, copy, dropped or NONE)\n\n");
         if (s.precision() == Precision.BF16) {
@@ -524,8 +527,29 @@ public final class MoeKernelSource {
                   if (e < E) order[roffsets[e] + rank[i]] = i;
                 }
 
-                // By position: an expert keeps its earliest cap rows. By probability: the cap rows of highest routing weight
-                // (ties: the earlier row), each row counting the rows of its expert that go before it.
+                #if RANDOM_DROP
+                // Random drops: slot i's priority is the CPU class's i-th draw, (float) of a SplitMix64 double, whose state after
+                // i + 1 draws is seed + (i + 1)·γ, so every slot's is computed on its own.
+                __host__ __device__ inline float drop_priority(unsigned long long seed, long long i) {
+                  unsigned long long z = seed + (unsigned long long) (i + 1) * 0x9E3779B97F4A7C15ULL;
+                  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+                  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+                  z = z ^ (z >> 31);
+                  double u = (double) (z >> 11) * 0x1.0p-53;
+                #ifdef __CUDA_ARCH__
+                  return __double2float_rn(u);
+                #else
+                  return (float) u;
+                #endif
+                }
+                extern "C" __global__ void random_priority(float* __restrict__ out, int n, unsigned long long seed) {
+                  int i = blockIdx.x * blockDim.x + threadIdx.x;
+                  if (i < n) out[i] = drop_priority(seed, i);
+                }
+                #endif
+
+                // By position: an expert keeps its earliest cap rows. By probability (or random priority): the cap rows of highest
+                // routing weight (or priority; ties: the earlier row), each row counting the rows of its expert that go before it.
                 extern "C" __global__ void capacity_keep(const int* __restrict__ idx, const int* __restrict__ rank, const float* __restrict__ weight,
                     const int* __restrict__ roffsets, const int* __restrict__ order, int n, int cap, int* __restrict__ keep) {
                   int i = blockIdx.x * blockDim.x + threadIdx.x;

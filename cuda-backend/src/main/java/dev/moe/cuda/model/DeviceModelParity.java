@@ -901,6 +901,50 @@ public final class DeviceModelParity {
         return compile("jitter.moe", JITTER_MODEL);
     }
 
+    /**
+     * Capacity factors that drop at random: each training forward's slot priorities are the CPU class's seeded draws (step,
+     * micro-batch, layer), which the GPU computes slot by slot; top-1 with the aux loss, and top-2 over ReLU experts.
+     */
+    public static final String RANDOM_DROP_MODEL = """
+            moe rd1 {
+              routed 6 x swiglu(hidden: 32)
+              router {
+                top_k 1
+                capacity factor(1.0, drop: random)
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            moe rd2 {
+              routed 4 x relu(hidden: 40)
+              router {
+                top_k 2
+                normalize true
+                capacity factor(1.25, drop: random)
+              }
+            }
+            model RandomDropTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              layers 3 {
+                0: attention, rd1
+                1: attention, rd2
+                2: attention, rd1
+              }
+            }
+            """;
+
+    /** The models of {@link #RANDOM_DROP_MODEL}. */
+    public static List<Model> randomDropModels() {
+        return compile("random-drops.moe", RANDOM_DROP_MODEL);
+    }
+
     /** The models of {@link #MOEPP_MODEL}. */
     public static List<Model> moeppModels() {
         return compile("moepp.moe", MOEPP_MODEL);
@@ -936,6 +980,7 @@ public final class DeviceModelParity {
         models.addAll(loraModels());
         models.addAll(recurrentModels());
         models.addAll(jitterModels());
+        models.addAll(randomDropModels());
         // device-resident parallel blocks are off by default until this check has passed on a GPU: on for this run
         System.setProperty(CudaModelGenerator.PARALLEL_PROPERTY, "true");
         models.addAll(parallelModels());

@@ -91,6 +91,21 @@ class CudaModelGeneratorTest {
         }
     }
 
+    /**
+     * Random capacity drops are device-resident: a training forward hands the layer the seed of the CPU class's priorities
+     * (JitterNoiseKernelTest checks the kernel draws the same floats), and the class counts micro-batches for it.
+     */
+    @Test
+    void randomDropsAreDeviceResident() {
+        Model m = dev.moe.cuda.model.DeviceModelParity.randomDropModels().getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "random-drops.moe");
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "random-drops.moe").toString();
+        assertThat(src).contains("moe1.setDropSeed(jitterSeed(step, microBatch, 1) ^ 0x5DEECE66DL);");
+        assertThat(src).contains(".withCapacity(1.25f, MoeKernelSource.Drop.RANDOM))");
+        assertThat(src).contains("microBatch++;");
+    }
+
     /** Closing a device model closes its MoE layers (their saved activations and pinned host buffers), then the model itself. */
     @Test
     void closingTheModelClosesItsMoeLayers() {
@@ -821,13 +836,14 @@ class CudaModelGeneratorTest {
         assertThat(act).doesNotContain("moe2.setTraining");
     }
 
-    /** What the device path still refuses of the expert options: random drops. */
+    /** The expert options' parity model with random drops instead of drops by position is device-resident too. */
     @Test
-    void randomDropsAreRefused() {
+    void theExpertsModelWithRandomDropsIsDeviceResident() {
         String text = dev.moe.cuda.model.DeviceModelParity.EXPERTS_MODEL.replace("drop: position", "drop: random");
+        assertThat(text).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.EXPERTS_MODEL);
         Model m = dev.moe.dsl.SourceFile.decode("random.moe", text.getBytes(java.nio.charset.StandardCharsets.UTF_8)) instanceof
                 dev.moe.dsl.SourceFile.ReadResult.Ok ok ? dev.moe.compiler.MoeCompiler.compile(ok.source()).orThrow().models().getFirst() : null;
-        assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).contains("capacity factor that drops at random");
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
     }
 
     @Test
