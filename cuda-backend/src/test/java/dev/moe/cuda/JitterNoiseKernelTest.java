@@ -2,7 +2,6 @@ package dev.moe.cuda;
 
 import static com.google.common.truth.Truth.assertWithMessage;
 
-import dev.moe.compiler.MoeCompiler;
 import dev.moe.compiler.ir.Model;
 import dev.moe.cuda.kernels.ModelKernelSource;
 import dev.moe.cuda.kernels.MoeKernelSource;
@@ -12,7 +11,6 @@ import dev.moe.cuda.kernels.MoeKernelSource.Precision;
 import dev.moe.cuda.kernels.MoeKernelSource.Score;
 import dev.moe.cuda.kernels.MoeKernelSource.Spec;
 import dev.moe.cuda.model.DeviceModels;
-import dev.moe.dsl.SourceFile;
 import dev.moe.runtime.TrainableModel;
 import dev.moe.runtime.cpu.CpuBackend;
 import java.lang.reflect.Field;
@@ -38,37 +36,8 @@ class JitterNoiseKernelTest {
 
     @Test
     void theKernelsNoiseIsTheCpuClasssBitForBit(@TempDir Path dir) throws IOException, InterruptedException {
-        Path nvcc = Path.of("/usr/local/cuda/bin/nvcc");
-        if (!Files.isExecutable(nvcc)) {
-            nvcc = Path.of("/usr/local/bin/nvcc");
-        }
-        Assumptions.assumeTrue(Files.isExecutable(nvcc), "nvcc is not installed: the noise is compared on the GPU machine (DeviceOpsParity)");
-        String source = ModelKernelSource.generate();
-        int from = source.indexOf("__host__ __device__ inline float jitter_factor(");
-        int to = source.indexOf("extern \"C\" __global__ void jitter_noise(");
-        assertWithMessage("the kernel source's jitter_factor").that(from >= 0 && to > from).isTrue();
-        String program = """
-                #include <cstdio>
-                #include <cstdlib>
-                #include <cstring>
-                %s
-                int main(int argc, char** argv) {
-                  unsigned long long seed = strtoull(argv[1], nullptr, 10);
-                  long long n = atoll(argv[2]);
-                  float eps = strtof(argv[3], nullptr);
-                  for (long long i = 0; i < n; i++) {
-                    float f = jitter_factor(seed, i, eps);
-                    unsigned u;
-                    memcpy(&u, &f, 4);
-                    printf("%%08x\\n", u);
-                  }
-                  return 0;
-                }
-                """.formatted(source.substring(from, to));
-        Path cu = dir.resolve("jitter.cu");
-        Files.writeString(cu, program);
-        Path exe = dir.resolve("jitter");
-        run(List.of(nvcc.toString(), "-std=c++17", "-o", exe.toString(), cu.toString()));
+        Path exe = hostProgram(dir, ModelKernelSource.generate(), "__host__ __device__ inline float jitter_factor(",
+                "extern \"C\" __global__ void jitter_noise(", "jitter_factor(seed, i, strtof(argv[3], nullptr))");
         int n = 4096;
         int cases = 0;
         for (long step : new long[] {0, 1, 41, 123_456_789_012L}) {
@@ -94,66 +63,16 @@ class JitterNoiseKernelTest {
         assertWithMessage("cases").that(cases).isEqualTo(48);
     }
 
-    /** A model whose MoE drops over capacity at random: the CPU class draws the priorities the GPU must reproduce. */
-    private static final String RANDOM_DROPS = """
-            moe rd {
-              routed 4 x swiglu(hidden: 16)
-              router {
-                top_k 2
-                normalize true
-                capacity factor(1.0, drop: random)
-              }
-            }
-            model RandomDropTiny {
-              vocab 32
-              context 16
-              dim 16
-              heads 2
-              layers 3 {
-                all: attention, rd
-              }
-            }
-            """;
-
     /**
      * Random capacity drops: the kernel's {@code drop_priority} (nvcc-compiled for the host) gives, slot by slot, the very floats
      * the CPU class's own {@code randomPriority} draws, for the seed the device model passes ({@code setDropSeed}).
      */
     @Test
     void theDropPrioritiesAreTheCpuClasss(@TempDir Path dir) throws Exception {
-        Path nvcc = Path.of("/usr/local/cuda/bin/nvcc");
-        if (!Files.isExecutable(nvcc)) {
-            nvcc = Path.of("/usr/local/bin/nvcc");
-        }
-        Assumptions.assumeTrue(Files.isExecutable(nvcc), "nvcc is not installed: the priorities are compared on the GPU machine");
-        String source = MoeKernelSource.generate(new Spec(16, 16, 4, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32)
-                .with(Options.NONE.withCapacity(1f, Drop.RANDOM)));
-        int from = source.indexOf("__host__ __device__ inline float drop_priority(");
-        int to = source.indexOf("extern \"C\" __global__ void random_priority(");
-        assertWithMessage("the kernel source's drop_priority").that(from >= 0 && to > from).isTrue();
-        String program = """
-                #include <cstdio>
-                #include <cstdlib>
-                #include <cstring>
-                %s
-                int main(int argc, char** argv) {
-                  unsigned long long seed = strtoull(argv[1], nullptr, 10);
-                  long long n = atoll(argv[2]);
-                  for (long long i = 0; i < n; i++) {
-                    float f = drop_priority(seed, i);
-                    unsigned u;
-                    memcpy(&u, &f, 4);
-                    printf("%%08x\\n", u);
-                  }
-                  return 0;
-                }
-                """.formatted(source.substring(from, to));
-        Path cu = dir.resolve("priority.cu");
-        Files.writeString(cu, program);
-        Path exe = dir.resolve("priority");
-        run(List.of(nvcc.toString(), "-std=c++17", "-o", exe.toString(), cu.toString()));
-
-        Model m = MoeCompiler.compile(new SourceFile("random-drops.moe", RANDOM_DROPS)).orThrow().models().getFirst();
+        Path exe = hostProgram(dir, MoeKernelSource.generate(new Spec(16, 16, 4, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32)
+                .with(Options.NONE.withCapacity(1f, Drop.RANDOM))), "__host__ __device__ inline float drop_priority(",
+                "extern \"C\" __global__ void random_priority(", "drop_priority(seed, i)");
+        Model m = dev.moe.cuda.model.DeviceModelParity.randomDropModels().getFirst();
         TrainableModel cpu = DeviceModels.compile(m, "random-drops.moe").createHost(new CpuBackend(1, CpuBackend.VECTOR_API));
         Method draw = cpu.getClass().getDeclaredMethod("randomPriority", int.class, int.class);
         draw.setAccessible(true);
@@ -183,6 +102,43 @@ class JitterNoiseKernelTest {
             }
         }
         assertWithMessage("cases").that(cases).isEqualTo(12);
+    }
+
+    /**
+     * Compiles for the host, with nvcc, the {@code __host__ __device__} function of {@code source} that starts at {@code from}
+     * (up to {@code to}), in a program that prints {@code call} for i = 0 .. n - 1 as hex bits: {@code prog seed n [eps]}.
+     * Skips the test where nvcc is not installed.
+     */
+    private static Path hostProgram(Path dir, String source, String from, String to, String call) throws IOException, InterruptedException {
+        Path nvcc = Path.of("/usr/local/cuda/bin/nvcc");
+        if (!Files.isExecutable(nvcc)) {
+            nvcc = Path.of("/usr/local/bin/nvcc");
+        }
+        Assumptions.assumeTrue(Files.isExecutable(nvcc), "nvcc is not installed: the kernels are compared on the GPU machine");
+        int start = source.indexOf(from), end = source.indexOf(to);
+        assertWithMessage("the kernel source's %s", from).that(start >= 0 && end > start).isTrue();
+        String program = """
+                #include <cstdio>
+                #include <cstdlib>
+                #include <cstring>
+                %s
+                int main(int argc, char** argv) {
+                  unsigned long long seed = strtoull(argv[1], nullptr, 10);
+                  long long n = atoll(argv[2]);
+                  for (long long i = 0; i < n; i++) {
+                    float f = %s;
+                    unsigned u;
+                    memcpy(&u, &f, 4);
+                    printf("%%08x\\n", u);
+                  }
+                  return 0;
+                }
+                """.formatted(source.substring(start, end), call);
+        Path cu = dir.resolve("host.cu");
+        Files.writeString(cu, program);
+        Path exe = dir.resolve("host");
+        run(List.of(nvcc.toString(), "-std=c++17", "-o", exe.toString(), cu.toString()));
+        return exe;
     }
 
     private static List<String> run(List<String> command) throws IOException, InterruptedException {
