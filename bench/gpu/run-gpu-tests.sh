@@ -16,8 +16,7 @@
 #    CPU-generated classes: losses, every gradient, gradient norms, weights and moments after 3 steps
 #    (mixtral, deepseek-moe, switch, and its built-in models: sigmoid routing; LayerNorm, qk-norm, q/k/v biases, ungated
 #    FFNs; expert activations and capacity; router options; blocks; MoE++; MoLE's latent experts; MoLA's LoRA experts;
-#    recurrent (GRU) routers; router jitter; parallel blocks, which it turns on with -Dmoe.cuda.parallel=true;
-#    multi-head latent attention, which it turns on with -Dmoe.cuda.mla=true).
+#    recurrent (GRU) routers; router jitter; random capacity drops; parallel blocks; multi-head latent attention).
 #    Training parity: 100 steps of two recipes with --backend cuda (device-resident) and
 #    --backend cuda-hybrid against --backend cpu; the losses must agree within 1e-3 relative at every step.
 #    Greedy generation with --backend cuda and cuda-hybrid gives the CPU's text.

@@ -42,10 +42,9 @@ import javax.lang.model.element.Modifier;
  * the weights and AdamW's moments stay on the GPU.
  *
  * <p>It covers pre-norm, shortcut (LongCat-Flash) and residual (PR-MoE) blocks, and parallel blocks of attention beside a dense
- * FFN or an MoE while {@link #parallelBlocks} (their GPU parity check pending), with RMSNorm or
+ * FFN or an MoE, with RMSNorm or
  * LayerNorm, RoPE, grouped-query attention (causal or not, sliding window, q/k/v biases, per-head or
- * full qk-norm), multi-head latent attention (DeepSeek-V2/V3; only with {@value #MLA_PROPERTY}{@code =true} until its GPU
- * parity check, {@link #latentAttentionEnabled}), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
+ * full qk-norm), multi-head latent attention (DeepSeek-V2/V3), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
  * followed by zero, copy and constant experts (MoE++), or of MoLE's latent experts (a shared down-projection to the rank,
  * then FFN experts on it) followed by zero experts, or one group of MoLA's LoRA experts over a frozen FFN base
  * ({@link CudaLoraMoeLayer}, fp32, dropless token choice by one router), with shared FFN experts without a sigmoid gate. Routers: softmax
@@ -85,38 +84,9 @@ public final class CudaModelGenerator {
         this.paramNames = model.params().stream().map(Param::name).collect(Collectors.toSet());
     }
 
-    /** The system property that turns device-resident parallel blocks on (or the environment variable {@code MOE_CUDA_PARALLEL=1}). */
-    public static final String PARALLEL_PROPERTY = "moe.cuda.parallel";
-
-    /**
-     * Whether parallel blocks run device-resident. Their generated code awaits its GPU parity check ({@code DeviceModelParity}'s
-     * {@code PARALLEL_MODEL}, which sets the property itself): until that has passed on a GPU they stay on the hybrid path unless
-     * asked for.
-     */
-    static boolean parallelBlocks() {
-        return Boolean.getBoolean(PARALLEL_PROPERTY) || "1".equals(System.getenv("MOE_CUDA_PARALLEL"));
-    }
-
-    /** The system property that lets multi-head latent attention run device-resident (see {@link #latentAttentionEnabled}). */
-    public static final String MLA_PROPERTY = "moe.cuda.mla";
-
-    /**
-     * Whether models with multi-head latent attention are generated device-resident: only when the system property
-     * {@value #MLA_PROPERTY} is {@code true} or the environment variable {@code MOE_CUDA_MLA} is {@code 1}. The latent
-     * attention path ({@link #latentAttention}) was written without a GPU; it stays off by default until
-     * {@code DeviceModelParity} (which turns it on for its latent attention models) has checked it against the CPU class
-     * on a GPU. Until then such models run on the hybrid backend.
-     */
-    public static boolean latentAttentionEnabled() {
-        return Boolean.getBoolean(MLA_PROPERTY) || "1".equals(System.getenv("MOE_CUDA_MLA"));
-    }
-
     /** Why {@code model} cannot be generated device-resident, or empty when it can. */
     public static Optional<String> unsupported(Model model) {
         ModelConfig c = model.config();
-        if (c.mla().isPresent() && !latentAttentionEnabled()) {
-            return Optional.of("multi-head latent attention (device path off until its GPU parity check: -D" + MLA_PROPERTY + "=true)");
-        }
         if (c.mla().isPresent() && c.mla().get().vDim() > c.headDim()) {
             // the CPU generator refuses it too: values are padded to the query/key head width
             return Optional.of("multi-head latent attention with v_dim above nope_dim + rope_dim");
@@ -136,10 +106,7 @@ public final class CudaModelGenerator {
                 continue;
             }
             if (l.block() instanceof Block.Parallel par) {
-                // off by default until DeviceModelParity has checked it on a GPU
                 Optional<String> why = !(par.mixer() instanceof Block.Part.Attention) ? Optional.of("mixer (attention experts)")
-                        : !parallelBlocks() ? Optional.of("parallel block (device-resident only with -D" + PARALLEL_PROPERTY
-                                + "=true until its GPU parity check)")
                         : par.ffn() instanceof Block.Part.MoePart m ? unsupported(m.moe())
                         : par.ffn() instanceof Block.Part.Dense ? Optional.empty() : Optional.of("attention in the FFN slot");
                 if (why.isPresent()) {

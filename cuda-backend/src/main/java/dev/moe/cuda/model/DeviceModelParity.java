@@ -28,8 +28,7 @@ import java.util.SplittableRandom;
  *
  * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe, switch, mole, mola and rmoe), then always
  * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL},
- * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL}, {@link #LORA_MODEL}, {@link #RECURRENT_MODEL}, {@link #JITTER_MODEL}, {@link #PARALLEL_MODEL} (whose parallel blocks this run turns on through
- * {@code moe.cuda.parallel}) and {@link #MLA_MODEL} (whose latent attention it turns on through {@code moe.cuda.mla}). After each training forward the expert loads (kept slots per expert, after any capacity drops) must
+ * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL}, {@link #LORA_MODEL}, {@link #RECURRENT_MODEL}, {@link #JITTER_MODEL}, {@link #PARALLEL_MODEL} and {@link #MLA_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
  * equal the CPU's exactly.
  *
  * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
@@ -577,7 +576,7 @@ public final class DeviceModelParity {
      * RMSNorm, one rotary key shared by the heads, values narrower than the query/key heads (padded to them on the GPU) under
      * DeepSeek-V3's group-limited sigmoid routing with an expert bias, a scale and a shared expert; and a direct query
      * projection with values as wide as the heads (20, not a power of two), a non-default latent eps and a sliding window, in a shortcut block (two
-     * latent attentions per layer). Generated device-resident only with {@code -Dmoe.cuda.mla=true}, which {@link #main} sets.
+     * latent attentions per layer).
      */
     public static final String MLA_MODEL = """
             moe v3 {
@@ -833,8 +832,7 @@ public final class DeviceModelParity {
     /**
      * Parallel blocks (GPT-J, BAM without its attention experts): attention and a dense FFN or an MoE side by side on the block's
      * one norm, beside a pre-norm layer; with RMSNorm, a shared expert and the aux and z losses, and with LayerNorm (the shared
-     * norm's bias), q/k/v biases, an ungated ReLU FFN and a sigmoid router over GELU experts. Device-resident only with
-     * {@code moe.cuda.parallel=true}, which {@link #main} sets.
+     * norm's bias), q/k/v biases, an ungated ReLU FFN and a sigmoid router over GELU experts.
      */
     public static final String PARALLEL_MODEL = """
             moe side {
@@ -981,11 +979,7 @@ public final class DeviceModelParity {
         models.addAll(recurrentModels());
         models.addAll(jitterModels());
         models.addAll(randomDropModels());
-        // device-resident parallel blocks are off by default until this check has passed on a GPU: on for this run
-        System.setProperty(CudaModelGenerator.PARALLEL_PROPERTY, "true");
         models.addAll(parallelModels());
-        // latent attention's device path is off by default until this check has passed on a GPU: turn it on here
-        System.setProperty(CudaModelGenerator.MLA_PROPERTY, "true");
         models.addAll(mlaModels());
         int failures = 0;
         try (CudaContext ctx = new CudaContext(0)) {

@@ -80,7 +80,7 @@ class CudaModelGeneratorTest {
                 // RMoE: recurrent routers sharing one GRU
                 "rmoe.moe/RMoETiny");
 
-        assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("multi-head latent attention");
+        assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("the balancing loss");
     }
 
     @Test
@@ -162,24 +162,17 @@ class CudaModelGeneratorTest {
     }
 
     /**
-     * Parallel blocks await their GPU parity check: refused unless {@code moe.cuda.parallel} is set; with it, the parity check's
-     * models compile device-resident, the FFN branch reads the attention's normed input (the block's one norm), both branches
+     * Parallel blocks (their GPU parity check passed on 2026-12-02): the parity check's models compile device-resident, the FFN branch reads the attention's normed input (the block's one norm), both branches
      * read the block output's gradient, and each runs the shared norm's backward for its part.
      */
     @Test
-    void parallelBlocksAreDeviceResidentOnlyWhenTurnedOn() {
+    void parallelBlocksAreDeviceResident() {
         List<Model> models = dev.moe.cuda.model.DeviceModelParity.parallelModels();
         assertThat(models).hasSize(2);
-        String before = System.getProperty(CudaModelGenerator.PARALLEL_PROPERTY);
-        try {
-            System.clearProperty(CudaModelGenerator.PARALLEL_PROPERTY);
-            if (!"1".equals(System.getenv("MOE_CUDA_PARALLEL"))) {
-                assertThat(CudaModelGenerator.unsupported(models.getFirst()).orElseThrow()).startsWith("layer 0's parallel block");
-            }
+        {
             // BAM's mixer is a mixture of attention experts, which stays on the hybrid path whether or not parallel blocks are on
             Model bam = models(RECIPES.resolve("bam.moe")).getFirst();
             assertThat(CudaModelGenerator.unsupported(bam).orElseThrow()).isEqualTo("layer 0's mixer (attention experts)");
-            System.setProperty(CudaModelGenerator.PARALLEL_PROPERTY, "true");
             for (Model m : models) {
                 assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
                 DeviceModels.Classes classes = DeviceModels.compile(m, "parallel.moe");
@@ -208,12 +201,6 @@ class CudaModelGeneratorTest {
             String ln = CudaModelGenerator.generate(models.get(1), "dev.moe.generated", "parallel.moe").toString();
             assertThat(ln).contains("ops.layerNorm(a0Input, l0NormWeight, l0NormBias, a0Normed, a0Mean, a0Rstd, rows, DIM, EPS)");
             assertThat(ln).contains("moe1.forwardInto(a1Normed, rows, stream)");
-        } finally {
-            if (before == null) {
-                System.clearProperty(CudaModelGenerator.PARALLEL_PROPERTY);
-            } else {
-                System.setProperty(CudaModelGenerator.PARALLEL_PROPERTY, before);
-            }
         }
     }
 
@@ -783,11 +770,11 @@ class CudaModelGeneratorTest {
         for (Model m : dev.moe.cuda.model.DeviceModelParity.denseFeatureModels()) {
             assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
         }
-        // what keeps a recipe on the hybrid path is named: jetmoe's attention experts, deepseek-v3's latent attention
+        // what keeps a recipe on the hybrid path is named: jetmoe's attention experts, deepseek-v3's sequence-wise balance loss
         Model jet = models(RECIPES.resolve("jetmoe.moe")).getFirst();
         assertThat(CudaModelGenerator.unsupported(jet).orElseThrow()).contains("attention experts");
         Model v3 = models(RECIPES.resolve("deepseek-v3.moe")).getFirst();
-        assertThat(CudaModelGenerator.unsupported(v3).orElseThrow()).contains("multi-head latent attention");
+        assertThat(CudaModelGenerator.unsupported(v3).orElseThrow()).contains("the balancing loss");
     }
 
     /** switch.moe (routed relu experts, top-1, capacity factor 1.25 by position) runs device-resident, its options in the layer's spec. */
@@ -853,41 +840,15 @@ class CudaModelGeneratorTest {
         assertThat(CudaModelGenerator.field("layers.3.moe.router.expert_bias")).isEqualTo("l3MoeRouterExpertBias");
     }
 
-    /** Runs {@code body} with latent attention's device path switched on ({@code -Dmoe.cuda.mla=true}), restoring the property after. */
-    private static void withLatentAttention(Runnable body) {
-        String before = System.getProperty(CudaModelGenerator.MLA_PROPERTY);
-        System.setProperty(CudaModelGenerator.MLA_PROPERTY, "true");
-        try {
-            body.run();
-        } finally {
-            if (before == null) {
-                System.clearProperty(CudaModelGenerator.MLA_PROPERTY);
-            } else {
-                System.setProperty(CudaModelGenerator.MLA_PROPERTY, before);
-            }
-        }
-    }
-
-    /** Without the property latent attention stays on the hybrid path: its device path awaits DeviceModelParity on a GPU. */
-    @Test
-    void latentAttentionIsOffByDefault() {
-        org.junit.jupiter.api.Assumptions.assumeFalse("1".equals(System.getenv("MOE_CUDA_MLA")), "MOE_CUDA_MLA=1 turns it on");
-        assertThat(System.getProperty(CudaModelGenerator.MLA_PROPERTY)).isNull();
-        assertThat(CudaModelGenerator.latentAttentionEnabled()).isFalse();
-        for (Model m : dev.moe.cuda.model.DeviceModelParity.mlaModels()) {
-            assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).contains("multi-head latent attention");
-        }
-    }
-
     /**
-     * With the property, the parity check's latent attention models compile device-resident, and their attention is the CPU
+     * The parity check's latent attention models compile device-resident, and their attention is the CPU
      * class's: low-rank query and latent with their RMSNorms at the latent eps, the shared rotary key turned by RoPE on
      * ROPE_DIM, keys and values in the kernels' HEAD_DIM layout with every head its own (HEADS key/value heads), values
      * packed back to V_DIM per head for o; the backward through the same steps.
      */
     @Test
-    void theParityCheckLatentAttentionModelsAreDeviceResidentWithTheProperty() {
-        withLatentAttention(() -> {
+    void theParityCheckLatentAttentionModelsAreDeviceResident() {
+        {
             List<Model> models = dev.moe.cuda.model.DeviceModelParity.mlaModels();
             assertThat(models).hasSize(2);
             Map<String, String> source = new TreeMap<>();
@@ -931,17 +892,17 @@ class CudaModelGeneratorTest {
             // the shortcut block's two latent attentions
             assertThat(direct).contains("ops.mlaKeysAndValues(a1Kpe, a1Kvb, a1K, a1V, rows, HEADS, NOPE_DIM, ROPE_DIM, V_DIM)");
             assertThat(direct).contains("ops.mlaKeysAndValues(a1bKpe, a1bKvb, a1bK, a1bV, rows, HEADS, NOPE_DIM, ROPE_DIM, V_DIM)");
-        });
+        }
     }
 
     /**
-     * deepseek-v3.moe with the property: latent attention no longer refuses it; what remains is named. Its latent attention
+     * deepseek-v3.moe: latent attention does not refuse it; what remains is named. Its latent attention
      * compiles device-resident (the recipe without its balance loss, when that loss is what keeps it on the hybrid path).
      */
     @Test
-    void deepSeekV3sLatentAttentionCompilesWithTheProperty() throws IOException {
+    void deepSeekV3sLatentAttentionCompiles() throws IOException {
         String text = Files.readString(RECIPES.resolve("deepseek-v3.moe"));
-        withLatentAttention(() -> {
+        {
             Model v3 = models(RECIPES.resolve("deepseek-v3.moe")).getFirst();
             var why = CudaModelGenerator.unsupported(v3);
             why.ifPresent(w -> assertThat(w).doesNotContain("latent attention"));
@@ -951,6 +912,6 @@ class CudaModelGeneratorTest {
             assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
             assertThat(CudaModelGenerator.generate(attentionOnly, "dev.moe.generated", "deepseek-v3.moe").toString())
                     .contains("ops.mlaKeysAndValues(a3Kpe, a3Kvb, a3K, a3V, rows, HEADS, NOPE_DIM, ROPE_DIM, V_DIM)");
-        });
+        }
     }
 }
