@@ -37,7 +37,7 @@ import java.util.List;
 public final class CudaMoeLayer implements AutoCloseable {
     private static final int THREADS = 256;
     /** Rows per block of the rank kernels (RANK_TILE in the kernel source). */
-    private static final int RANK_TILE = 1024;
+    private static final int RANK_TILE = 256;
 
     public final Spec spec;
     private final CudaContext ctx;
@@ -72,6 +72,7 @@ public final class CudaMoeLayer implements AutoCloseable {
     /** When profiling, an event recorded after each phase of the forward pass. */
     private final List<String> phaseNames = new ArrayList<>();
     private final List<MemorySegment> phaseEvents = new ArrayList<>();
+    private final List<Long> phaseHostNanos = new ArrayList<>();
     private boolean profiling;
     private long x, logits, probs, idx, weight, pos, h, g, a, y, out;
     /** What the router read in the last forward pass: x, or (pre-gating) another input. */
@@ -609,9 +610,23 @@ public final class CudaMoeLayer implements AutoCloseable {
         if (i < 0) {
             phaseNames.add(phase);
             phaseEvents.add(ctx.driver.createEvent());
+            phaseHostNanos.add(0L);
             i = phaseNames.size() - 1;
         }
         ctx.driver.record(phaseEvents.get(i), ctx.stream);
+        phaseHostNanos.set(i, System.nanoTime());
+    }
+
+    /**
+     * Milliseconds the host spent queueing each phase of the last profiled forward pass (between the marks, waits included).
+     * A phase whose GPU time ({@link #phaseMillis()}) is about its host time ran as fast as the host launched it.
+     */
+    public java.util.LinkedHashMap<String, Float> phaseHostMillis() {
+        var out = new java.util.LinkedHashMap<String, Float>();
+        for (int i = 1; i < phaseNames.size(); i++) {
+            out.put(phaseNames.get(i), (phaseHostNanos.get(i) - phaseHostNanos.get(i - 1)) / 1e6f);
+        }
+        return out;
     }
 
     /** Milliseconds of each phase of the last profiled forward pass, in order (after the "start" mark). */

@@ -115,21 +115,15 @@ public final class MoeLayerBench {
             long peak = ctx.allocator.highWater();
             // phases: the median over several profiled forwards (one forward's small phases vary with the host's launch timing)
             layer.setProfiling(true);
-            List<Map<String, Float>> profiles = new java.util.ArrayList<>();
+            List<Map<String, Float>> profiles = new java.util.ArrayList<>(), hostProfiles = new java.util.ArrayList<>();
             for (int i = 0; i < 9; i++) {
                 layer.forward(x.pointer, tokens);
                 ctx.synchronize();
                 profiles.add(layer.phaseMillis());
+                hostProfiles.add(layer.phaseHostMillis());
             }
             layer.setProfiling(false);
-            Map<String, Float> phases = new java.util.LinkedHashMap<>();
-            for (String phase : profiles.getFirst().keySet()) {
-                float[] v = new float[profiles.size()];
-                for (int i = 0; i < v.length; i++) {
-                    v[i] = profiles.get(i).get(phase);
-                }
-                phases.put(phase, (float) median(v));
-            }
+            Map<String, Float> phases = medians(profiles), hostPhases = medians(hostProfiles);
             float total = 0, gemm = 0;
             for (var p : phases.entrySet()) {
                 total += p.getValue();
@@ -144,8 +138,22 @@ public final class MoeLayerBench {
                     fbMs, flops / (fwdMs * 1e-3) / 1e12, 3 * flops / (fbMs * 1e-3) / 1e12, 100 * (total - gemm) / total,
                     DeviceAllocator.human(peak), max / mean);
             out.printf("          phases (ms): %s%n", phases);
+            out.printf("          host time queueing each phase (ms): %s%n", hostPhases);
             out.flush();
         }
+    }
+
+    /** Each phase's median over the profiled forwards. */
+    private static Map<String, Float> medians(List<Map<String, Float>> profiles) {
+        Map<String, Float> phases = new java.util.LinkedHashMap<>();
+        for (String phase : profiles.getFirst().keySet()) {
+            float[] v = new float[profiles.size()];
+            for (int i = 0; i < v.length; i++) {
+                v[i] = profiles.get(i).get(phase);
+            }
+            phases.put(phase, (float) median(v));
+        }
+        return phases;
     }
 
     /** Expert weights for timing: a block of Gaussians repeated (GEMM speed does not depend on the values; this is fast). */
