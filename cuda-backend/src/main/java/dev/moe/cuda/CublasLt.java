@@ -50,6 +50,8 @@ public final class CublasLt {
     private final MethodHandle create, matmul, descCreate, descSetAttribute, descDestroy, layoutCreate, layoutSetAttribute, layoutDestroy, prefCreate,
             prefSetAttribute, prefDestroy, heuristic, statusName;
     private final Arena arena = Arena.ofShared();
+    /** The graph products are recorded into (set by {@link CudaContext#beginGraph}), or null when they run at once. */
+    LaunchGraph recording;
     private final MemorySegment handle;
     private final MemorySegment one, zero;
     private final long workspace;
@@ -182,6 +184,18 @@ public final class CublasLt {
         if (m == 0 || n == 0 || batch == 0) {
             return;
         }
+        LaunchGraph g = recording;
+        if (g != null) {
+            g.step(() -> matmulNow(stream, transA, transB, m, n, k, a, ta, lda, strideA, b, tb, ldb, strideB, d, td, ldd, strideD, batch,
+                    accumulate), "cublasLtMatmul", stream.address(), transA, transB, m, n, k, a, ta, lda, strideA, b, tb, ldb, strideB, d, td,
+                    ldd, strideD, batch, accumulate, tf32);
+            return;
+        }
+        matmulNow(stream, transA, transB, m, n, k, a, ta, lda, strideA, b, tb, ldb, strideB, d, td, ldd, strideD, batch, accumulate);
+    }
+
+    private void matmulNow(MemorySegment stream, boolean transA, boolean transB, int m, int n, int k, long a, Type ta, int lda,
+            long strideA, long b, Type tb, int ldb, long strideB, long d, Type td, int ldd, long strideD, int batch, boolean accumulate) {
         PlanKey key = new PlanKey(transA, transB, m, n, k, lda, ldb, ldd, ta, tb, td, tf32 && ta == Type.F32 && tb == Type.F32, batch,
                 batch == 1 ? 0 : strideA, batch == 1 ? 0 : strideB, batch == 1 ? 0 : strideD);
         Plan plan = plans.computeIfAbsent(key, this::plan);

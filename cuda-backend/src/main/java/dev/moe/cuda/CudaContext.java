@@ -42,6 +42,8 @@ public final class CudaContext implements AutoCloseable {
     private final Map<String, MemorySegment> modules = new HashMap<>();
     /** Kernels by source, then name: keyed by the source itself (not its hash), so two sources never share an entry. */
     private final Map<String, Map<String, MemorySegment>> functions = new HashMap<>();
+    /** The graph launches are recorded into, or null when they run at once. */
+    private LaunchGraph recording;
     private boolean reportedCompile;
 
     public CudaContext(int ordinal) {
@@ -119,6 +121,40 @@ public final class CudaContext implements AutoCloseable {
 
     /** Launches a kernel; {@code args} are device pointers (long), ints and floats in the kernel's parameter order. */
     public void launch(MemorySegment function, String name, int gridX, int gridY, int block, int sharedBytes, Object... args) {
+        LaunchGraph g = recording;
+        if (g != null) {
+            g.step(() -> launchNow(function, name, gridX, gridY, block, sharedBytes, args), name, gridX, gridY, block, sharedBytes,
+                    java.util.Arrays.asList(args));
+            return;
+        }
+        launchNow(function, name, gridX, gridY, block, sharedBytes, args);
+    }
+
+    /**
+     * Records this context's launches and products into {@code graph} (see {@link LaunchGraph}) until {@link #runGraph};
+     * other work queued meanwhile (copies, memsets) must be added with {@link LaunchGraph#step}.
+     */
+    public void beginGraph(LaunchGraph graph) {
+        graph.begin();
+        recording = graph;
+        blas.recording = graph;
+    }
+
+    /** Stops recording into {@code graph} and drops what it recorded (the work that recorded it failed). */
+    public void abandonGraph(LaunchGraph graph) {
+        recording = null;
+        blas.recording = null;
+        graph.abandon();
+    }
+
+    /** Stops recording into {@code graph} and issues what it recorded. */
+    public void runGraph(LaunchGraph graph) {
+        recording = null;
+        blas.recording = null;
+        graph.run();
+    }
+
+    private void launchNow(MemorySegment function, String name, int gridX, int gridY, int block, int sharedBytes, Object... args) {
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment params = arena.allocate(ValueLayout.ADDRESS, args.length);
             for (int i = 0; i < args.length; i++) {

@@ -73,6 +73,8 @@ public final class CudaMoeLayer implements AutoCloseable {
     private final List<String> phaseNames = new ArrayList<>();
     private final List<MemorySegment> phaseEvents = new ArrayList<>();
     private final List<Long> phaseHostNanos = new ArrayList<>();
+    /** The routing's graph ({@link #route}), or null with graphs off (the default, {@link LaunchGraph#enabled}). */
+    private final LaunchGraph graph;
     private boolean profiling;
     private long x, logits, probs, idx, weight, pos, h, g, a, y, out;
     /** What the router read in the last forward pass: x, or (pre-gating) another input. */
@@ -187,6 +189,8 @@ public final class CudaMoeLayer implements AutoCloseable {
             accumulateGrads = true;
         }
         this.master = external != null && act != Type.F32 ? external : null;
+        // random drops draw with a new seed every step: a graph keyed by it would never be replayed
+        this.graph = LaunchGraph.enabled() && spec.options().drop() != MoeKernelSource.Drop.RANDOM ? LaunchGraph.on(ctx) : null;
         // Compile (or load from the disk cache) before any timing starts.
         for (String k : List.of("router_topk", "rank_tile_counts", "rank_tile_scan", "rank_tile_ranks", "expert_offsets", "permute_gather", "expert_act", "combine",
                 "combine_backward", "expert_act_backward", "unpermute_sum", "router_backward")) {
@@ -597,13 +601,96 @@ public final class CudaMoeLayer implements AutoCloseable {
         dropSeed = seed;
     }
 
+    /**
+     * The routing: logits, top-k, the ranks of the rows by expert, the experts' offsets and the counts' copy to the host (into
+     * {@code countsHost}); recorded into {@link #graph} when there is one, so it may only queue work (no waits).
+     */
+    private void route(int tokens, int e, int er, int k, int d, int m, long rank, long counts, long offs) {
+        // logits[T, E] = x · routerᵀ, fp32 out.
+        if (gateRouters == null) {
+            ctx.blas.matmul(ctx.stream, true, false, er, tokens, d, router, act, d, routerX, act, d, logits, Type.F32, er, false);
+        } else {
+            // named gates: each sequence's logits from its gate's router
+            checkGates(tokens);
+            for (int sq = 0; sq < tokens / sequenceLength; sq++) {
+                long r0 = (long) sq * sequenceLength;
+                ctx.blas.matmul(ctx.stream, true, false, er, sequenceLength, d, gateActs[gateOfSequence[sq]], act, d, routerX + r0 * d * actBytes, act,
+                        d, logits + r0 * er * 4, Type.F32, er, false);
+            }
+        }
+        if (spec.options().extraLogits()) {
+            if (extraLogits == 0) {
+                throw new IllegalStateException("a layer with extra logits needs them set (setExtraLogits) before its forward");
+            }
+            // extra logits (a recurrent router's): logits[T, E] += the caller's fp32 term
+            long n = (long) tokens * er;
+            launch("add_floats", elementwiseGrid(n), THREADS, logits, extraLogits, n);
+        }
+        if (residualFrom != null) {
+            if (residualFrom.tokens != tokens || residualFrom.logits == 0) {
+                throw new IllegalStateException("the gating residual's previous layer has not run its forward on these " + tokens + " tokens");
+            }
+            // gating residual: logits[T, E] += previous logits[T, Ep] · Gᵀ (fp32)
+            int ep = residualFrom.spec.routed();
+            ctx.blas.matmul(ctx.stream, true, false, er, tokens, ep, residualG, Type.F32, ep, residualFrom.logits, Type.F32, ep, logits, Type.F32, er,
+                    true);
+        }
+        if (feedsResidual) {
+            dLogitsIn = keep(saved, (long) tokens * er * 4);
+            long zeroed = dLogitsIn;
+            queue(() -> ctx.driver.memsetZero(zeroed, (long) tokens * er * 4, ctx.stream), "memsetZero", zeroed, (long) tokens * er * 4);
+        }
+        mark("router gemm");
+        launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, bias, tokens, idx, weight, probs, temperature);
+        mark("top-k");
+        // every routed expert is counted (zero and copy experts too, for the balancing); only FFN experts get rows
+        rankRows(idx, 0L, m, er, rank, counts);
+        dropping = training && spec.options().capacityFactor() > 0;
+        if (dropping) {
+            // the routed rows' offsets, each expert's rows in token order, which to keep; then rank and count the kept rows only
+            long routedOffs = keep(saved, (long) (e + 1) * 4);
+            long order = keep(saved, (long) m * 4);
+            long kept = keep(saved, (long) m * 4);
+            launch("expert_offsets", 1, 32, counts, routedOffs);
+            launch("capacity_order", ceilDiv(m, THREADS), THREADS, idx, rank, routedOffs, m, order);
+            long key = weight;
+            if (spec.options().drop() == MoeKernelSource.Drop.RANDOM) {
+                // the CPU class's seeded priorities (setDropSeed), drawn here slot by slot
+                key = keep(saved, (long) m * 4);
+                launch("random_priority", ceilDiv(m, THREADS), THREADS, key, m, dropSeed);
+            }
+            launch("capacity_keep", ceilDiv(m, THREADS), THREADS, idx, rank, key, routedOffs, order, m, capacity(spec, tokens), kept);
+            rankRows(idx, kept, m, e, rank, counts);
+        } else if (spec.options().expertChoice() > 0) {
+            // expert choice (training and inference alike): in each sequence each expert keeps its best tokens
+            if (sequenceLength <= 0 || sequenceLength > 8192 || tokens % sequenceLength != 0) {
+                throw new IllegalStateException("expert choice needs the sequence length (1 to 8192, dividing the " + tokens + " tokens): got "
+                        + sequenceLength);
+            }
+            dropping = true;
+            long kept = keep(saved, (long) m * 4);
+            launch("expert_choice_keep", tokens / sequenceLength * e, THREADS, idx, weight, sequenceLength, expertChoiceCapacity(spec, sequenceLength),
+                    kept);
+            rankRows(idx, kept, m, e, rank, counts);
+        }
+        launch("expert_offsets", 1, 32, counts, offs);
+        mark("rank+offsets");
+        if (countsHost == null || countsHost.byteSize() < (long) er * 4) {
+            freeCountsHost();
+            countsHost = ctx.driver.hostAlloc((long) er * 4);
+            countsCopied = ctx.driver.createEvent();
+        }
+        MemorySegment countsTo = countsHost;
+        queue(() -> ctx.driver.copyToHost(countsTo, counts, (long) er * 4, ctx.stream), "copyToHost", countsTo.address(), counts, (long) er * 4);
+    }
+
     /** Records an event after each forward phase, for {@link #phaseMillis()}; costs a little time. */
     public void setProfiling(boolean on) {
         profiling = on;
     }
 
     private void mark(String phase) {
-        if (!profiling) {
+        if (!profiling || (graph != null && graph.recording())) {
             return;
         }
         int i = phaseNames.indexOf(phase);
@@ -688,82 +775,22 @@ public final class CudaMoeLayer implements AutoCloseable {
         out = keep(saved, (long) tokens * d * actBytes);
 
         mark("start");
-        // logits[T, E] = x · routerᵀ, fp32 out.
-        if (gateRouters == null) {
-            ctx.blas.matmul(ctx.stream, true, false, er, tokens, d, router, act, d, routerX, act, d, logits, Type.F32, er, false);
+        // The routing up to the counts' copy is a fixed chain of short kernels: with graphs on, recorded and replayed as one graph
+        if (graph != null) {
+            ctx.beginGraph(graph);
+            try {
+                route(tokens, e, er, k, d, m, rank, counts, offs);
+            } catch (RuntimeException ex) {
+                ctx.abandonGraph(graph);
+                throw ex;
+            }
+            ctx.runGraph(graph);
+            mark("routing (graph)");
         } else {
-            // named gates: each sequence's logits from its gate's router
-            checkGates(tokens);
-            for (int sq = 0; sq < tokens / sequenceLength; sq++) {
-                long r0 = (long) sq * sequenceLength;
-                ctx.blas.matmul(ctx.stream, true, false, er, sequenceLength, d, gateActs[gateOfSequence[sq]], act, d, routerX + r0 * d * actBytes, act,
-                        d, logits + r0 * er * 4, Type.F32, er, false);
-            }
+            route(tokens, e, er, k, d, m, rank, counts, offs);
         }
-        if (spec.options().extraLogits()) {
-            if (extraLogits == 0) {
-                throw new IllegalStateException("a layer with extra logits needs them set (setExtraLogits) before its forward");
-            }
-            // extra logits (a recurrent router's): logits[T, E] += the caller's fp32 term
-            long n = (long) tokens * er;
-            launch("add_floats", elementwiseGrid(n), THREADS, logits, extraLogits, n);
-        }
-        if (residualFrom != null) {
-            if (residualFrom.tokens != tokens || residualFrom.logits == 0) {
-                throw new IllegalStateException("the gating residual's previous layer has not run its forward on these " + tokens + " tokens");
-            }
-            // gating residual: logits[T, E] += previous logits[T, Ep] · Gᵀ (fp32)
-            int ep = residualFrom.spec.routed();
-            ctx.blas.matmul(ctx.stream, true, false, er, tokens, ep, residualG, Type.F32, ep, residualFrom.logits, Type.F32, ep, logits, Type.F32, er,
-                    true);
-        }
-        if (feedsResidual) {
-            dLogitsIn = keep(saved, (long) tokens * er * 4);
-            ctx.driver.memsetZero(dLogitsIn, (long) tokens * er * 4, ctx.stream);
-        }
-        mark("router gemm");
-        launch("router_topk", ceilDiv(tokens * 32, THREADS), THREADS, logits, bias, tokens, idx, weight, probs, temperature);
-        mark("top-k");
-        // every routed expert is counted (zero and copy experts too, for the balancing); only FFN experts get rows
-        rankRows(idx, 0L, m, er, rank, counts);
-        dropping = training && spec.options().capacityFactor() > 0;
-        if (dropping) {
-            // the routed rows' offsets, each expert's rows in token order, which to keep; then rank and count the kept rows only
-            long routedOffs = keep(saved, (long) (e + 1) * 4);
-            long order = keep(saved, (long) m * 4);
-            long kept = keep(saved, (long) m * 4);
-            launch("expert_offsets", 1, 32, counts, routedOffs);
-            launch("capacity_order", ceilDiv(m, THREADS), THREADS, idx, rank, routedOffs, m, order);
-            long key = weight;
-            if (spec.options().drop() == MoeKernelSource.Drop.RANDOM) {
-                // the CPU class's seeded priorities (setDropSeed), drawn here slot by slot
-                key = keep(saved, (long) m * 4);
-                launch("random_priority", ceilDiv(m, THREADS), THREADS, key, m, dropSeed);
-            }
-            launch("capacity_keep", ceilDiv(m, THREADS), THREADS, idx, rank, key, routedOffs, order, m, capacity(spec, tokens), kept);
-            rankRows(idx, kept, m, e, rank, counts);
-        } else if (spec.options().expertChoice() > 0) {
-            // expert choice (training and inference alike): in each sequence each expert keeps its best tokens
-            if (sequenceLength <= 0 || sequenceLength > 8192 || tokens % sequenceLength != 0) {
-                throw new IllegalStateException("expert choice needs the sequence length (1 to 8192, dividing the " + tokens + " tokens): got "
-                        + sequenceLength);
-            }
-            dropping = true;
-            long kept = keep(saved, (long) m * 4);
-            launch("expert_choice_keep", tokens / sequenceLength * e, THREADS, idx, weight, sequenceLength, expertChoiceCapacity(spec, sequenceLength),
-                    kept);
-            rankRows(idx, kept, m, e, rank, counts);
-        }
-        launch("expert_offsets", 1, 32, counts, offs);
-        mark("rank+offsets");
-        // The GEMMs need each expert's row range on the host: the one device-to-host copy per layer. It is queued before
-        // the gather, so the host reads the counts and queues the GEMMs while the gather runs.
-        if (countsHost == null || countsHost.byteSize() < (long) er * 4) {
-            freeCountsHost();
-            countsHost = ctx.driver.hostAlloc((long) er * 4);
-            countsCopied = ctx.driver.createEvent();
-        }
-        ctx.driver.copyToHost(countsHost, counts, (long) er * 4, ctx.stream);
+        // The GEMMs need each expert's row range on the host: the one device-to-host copy per layer (in the graph when there is
+        // one). It is queued before the gather, so the host reads the counts and queues the GEMMs while the gather runs.
         ctx.driver.record(countsCopied, ctx.stream);
         launch("permute_gather", tokens, THREADS, x, idx, rank, offs, pos, h);
         mark("gather");
@@ -995,6 +1022,20 @@ public final class CudaMoeLayer implements AutoCloseable {
         }
     }
 
+    /** Queues driver work other than a launch or a product: a step of the graph while recording, else at once. */
+    private void queue(Runnable work, Object... args) {
+        if (graph != null && graph.recording()) {
+            graph.step(work, args);
+        } else {
+            work.run();
+        }
+    }
+
+    /** The routing graph, for tests and benchmarks (null with graphs off). */
+    public LaunchGraph routingGraph() {
+        return graph;
+    }
+
     private void launch(String kernel, int grid, int block, Object... args) {
         MemorySegment fn = ctx.kernel(source, kernel);
         ctx.launch(fn, kernel, grid, 1, block, 0, args);
@@ -1017,6 +1058,9 @@ public final class CudaMoeLayer implements AutoCloseable {
 
     @Override
     public void close() {
+        if (graph != null) {
+            graph.close();
+        }
         freeCountsHost();
         release(saved);
         release(backwardBlocks);

@@ -31,7 +31,8 @@ public final class Driver {
             cuDevicePrimaryCtxRetain, cuCtxSetCurrent, cuCtxSynchronize, cuMemAlloc, cuMemFree, cuMemGetInfo, cuMemHostAlloc,
             cuMemFreeHost, cuMemcpyHtoDAsync, cuMemcpyDtoHAsync, cuMemcpyDtoDAsync, cuMemsetD8Async, cuModuleLoadData,
             cuModuleGetFunction, cuLaunchKernel, cuStreamCreate, cuStreamSynchronize, cuEventCreate, cuEventRecord,
-            cuEventSynchronize, cuEventElapsedTime, cuGetErrorName, cuGetErrorString;
+            cuEventSynchronize, cuEventElapsedTime, cuGetErrorName, cuGetErrorString, cuStreamBeginCapture, cuStreamEndCapture,
+            cuGraphInstantiate, cuGraphLaunch, cuGraphExecDestroy, cuGraphDestroy;
 
     private static Driver instance;
 
@@ -75,6 +76,12 @@ public final class Driver {
         cuEventElapsedTime = lib.find("cuEventElapsedTime_v2").isPresent()
                 ? fn(lib, "cuEventElapsedTime_v2", INT, PTR, PTR, PTR)
                 : fn(lib, "cuEventElapsedTime", INT, PTR, PTR, PTR);
+        cuStreamBeginCapture = fn(lib, "cuStreamBeginCapture_v2", INT, PTR, INT);
+        cuStreamEndCapture = fn(lib, "cuStreamEndCapture", INT, PTR, PTR);
+        cuGraphInstantiate = fn(lib, "cuGraphInstantiateWithFlags", INT, PTR, PTR, LONG);
+        cuGraphLaunch = fn(lib, "cuGraphLaunch", INT, PTR, PTR);
+        cuGraphExecDestroy = fn(lib, "cuGraphExecDestroy", INT, PTR);
+        cuGraphDestroy = fn(lib, "cuGraphDestroy", INT, PTR);
         check(Native.call(cuInit, 0), "cuInit");
     }
 
@@ -214,6 +221,44 @@ public final class Driver {
 
     public void memsetZero(long dst, long bytes, MemorySegment stream) {
         check(Native.call(cuMemsetD8Async, dst, (byte) 0, bytes, stream), "cuMemsetD8Async");
+    }
+
+    /**
+     * Starts capturing {@code stream}'s work into a graph instead of running it. Relaxed mode: cuBLASLt's host-side calls during
+     * the capture are allowed.
+     */
+    public void beginCapture(MemorySegment stream) {
+        check(Native.call(cuStreamBeginCapture, stream, 2 /* CU_STREAM_CAPTURE_MODE_RELAXED */), "cuStreamBeginCapture");
+    }
+
+    /** Ends the capture begun by {@link #beginCapture} and returns the graph (to instantiate, then destroy). */
+    public MemorySegment endCapture(MemorySegment stream) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(PTR);
+            check(Native.call(cuStreamEndCapture, stream, v), "cuStreamEndCapture");
+            return v.get(ValueLayout.ADDRESS, 0);
+        }
+    }
+
+    /** An executable graph of {@code graph}; it keeps its own copy, so the graph may be destroyed after. */
+    public MemorySegment instantiate(MemorySegment graph) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment v = arena.allocate(PTR);
+            check(Native.call(cuGraphInstantiate, v, graph, 0L), "cuGraphInstantiateWithFlags");
+            return v.get(ValueLayout.ADDRESS, 0);
+        }
+    }
+
+    public void launchGraph(MemorySegment exec, MemorySegment stream) {
+        check(Native.call(cuGraphLaunch, exec, stream), "cuGraphLaunch");
+    }
+
+    public void destroyGraphExec(MemorySegment exec) {
+        check(Native.call(cuGraphExecDestroy, exec), "cuGraphExecDestroy");
+    }
+
+    public void destroyGraph(MemorySegment graph) {
+        check(Native.call(cuGraphDestroy, graph), "cuGraphDestroy");
     }
 
     /** Loads a cubin (or PTX) image; the module lives as long as the context. */

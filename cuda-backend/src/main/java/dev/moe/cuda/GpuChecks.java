@@ -409,6 +409,58 @@ public final class GpuChecks {
         }
     }
 
+    /**
+     * Two layers with the same weights, one replaying its routing as a graph and one launching it kernel by kernel, run six
+     * forwards over two alternating inputs (so the graph is captured for each and then replayed): their outputs must be
+     * bitwise equal every time, and the graph must have been replayed.
+     */
+    static String checkGraphReplay(CudaContext ctx, Spec s, int tokens, long seed) {
+        java.util.Random rnd = new java.util.Random(seed);
+        float[] router = Compare.gaussian(rnd, s.experts() * s.dim(), 0.3f, false);
+        float[] bias = s.bias() ? Compare.gaussian(rnd, s.experts(), 0.1f, false) : null;
+        float[] w13 = Compare.gaussian(rnd, s.experts() * 2 * s.hidden() * s.dim(), 0.2f, false);
+        float[] w2 = Compare.gaussian(rnd, s.experts() * s.dim() * s.hidden(), 0.2f, false);
+        String before = System.getProperty("moe.cuda.graphs");
+        CudaMoeLayer graphed, plain;
+        try {
+            System.setProperty("moe.cuda.graphs", "true");
+            graphed = new CudaMoeLayer(ctx, s, true);
+            System.setProperty("moe.cuda.graphs", "false");
+            plain = new CudaMoeLayer(ctx, s, true);
+        } finally {
+            if (before == null) {
+                System.clearProperty("moe.cuda.graphs");
+            } else {
+                System.setProperty("moe.cuda.graphs", before);
+            }
+        }
+        try (graphed; plain;
+                DeviceAllocator.Block x1 = graphed.allocateActivations((long) tokens * s.dim());
+                DeviceAllocator.Block x2 = graphed.allocateActivations((long) tokens * s.dim())) {
+            if (graphed.routingGraph() == null) {
+                return "FAIL (the layer made no graph)";
+            }
+            for (CudaMoeLayer l : new CudaMoeLayer[] {graphed, plain}) {
+                l.setWeights(router, bias, w13, w2);
+            }
+            graphed.upload(Compare.gaussian(rnd, tokens * s.dim(), 1f, false), x1.pointer);
+            graphed.upload(Compare.gaussian(rnd, tokens * s.dim(), 1f, false), x2.pointer);
+            for (int i = 0; i < 6; i++) {
+                long x = i % 2 == 0 ? x1.pointer : x2.pointer;
+                float[] a = graphed.download(graphed.forward(x, tokens), tokens * s.dim());
+                float[] b = plain.download(plain.forward(x, tokens), tokens * s.dim());
+                if (!java.util.Arrays.equals(a, b)) {
+                    return "FAIL (forward " + (i + 1) + " differs)";
+                }
+            }
+            LaunchGraph g = graphed.routingGraph();
+            if (g.hits() == 0 || g.broken()) {
+                return "FAIL (" + g.captures() + " captures, " + g.hits() + " replays" + (g.broken() ? ", broken" : "") + ")";
+            }
+            return "ok (" + g.captures() + " captures, " + g.hits() + " replays)";
+        }
+    }
+
     public static void main(String[] args) {
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.printf("GPU parity checks on %s (%s), against a float64 reference%n", ctx.deviceName, ctx.arch);
@@ -436,6 +488,13 @@ public final class GpuChecks {
                 boolean ok = worst <= (s.precision() == Precision.BF16 ? 2e-2 : 1e-4);
                 failures += ok ? 0 : 1;
                 System.out.printf("%-80s %9.2e  %s%n", new Case(s, 40), worst, ok ? "ok" : "FAIL");
+            }
+            System.out.println("Routing replayed as a CUDA graph: outputs bitwise those of the same layer without graphs, inputs alternating");
+            for (Spec s : new Spec[] {new Spec(64, 128, 8, 2, Score.SOFTMAX, true, 1f, false, Precision.BF16),
+                new Spec(48, 32, 16, 4, Score.SIGMOID, true, 2.5f, true, Precision.FP32)}) {
+                String result = checkGraphReplay(ctx, s, 64, seed++);
+                failures += result.startsWith("ok") ? 0 : 1;
+                System.out.printf("%-80s %s%n", new Case(s, 64), result);
             }
             System.exit(failures == 0 ? 0 : 1);
         } catch (CudaException e) {
