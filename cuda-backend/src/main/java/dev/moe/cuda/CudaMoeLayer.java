@@ -73,6 +73,8 @@ public final class CudaMoeLayer implements AutoCloseable {
     private final List<String> phaseNames = new ArrayList<>();
     private final List<MemorySegment> phaseEvents = new ArrayList<>();
     private final List<Long> phaseHostNanos = new ArrayList<>();
+    /** The phases marked since the last forward's "start", in order (a forward without a backward leaves the backward's events stale). */
+    private final List<Integer> markedThisPass = new ArrayList<>();
     /** The routing's graph ({@link #route}), or null with graphs off (the default, {@link LaunchGraph#enabled}). */
     private final LaunchGraph graph;
     private boolean profiling;
@@ -700,6 +702,10 @@ public final class CudaMoeLayer implements AutoCloseable {
             phaseHostNanos.add(0L);
             i = phaseNames.size() - 1;
         }
+        if (phase.equals("start")) {
+            markedThisPass.clear();
+        }
+        markedThisPass.add(i);
         ctx.driver.record(phaseEvents.get(i), ctx.stream);
         phaseHostNanos.set(i, System.nanoTime());
     }
@@ -710,17 +716,26 @@ public final class CudaMoeLayer implements AutoCloseable {
      */
     public java.util.LinkedHashMap<String, Float> phaseHostMillis() {
         var out = new java.util.LinkedHashMap<String, Float>();
-        for (int i = 1; i < phaseNames.size(); i++) {
-            out.put(phaseNames.get(i), (phaseHostNanos.get(i) - phaseHostNanos.get(i - 1)) / 1e6f);
+        for (int j = 1; j < markedThisPass.size(); j++) {
+            int i = markedThisPass.get(j), before = markedThisPass.get(j - 1);
+            if (!phaseNames.get(i).endsWith("start")) { // the gap between the forward and the backward is not a phase
+                out.put(phaseNames.get(i), (phaseHostNanos.get(i) - phaseHostNanos.get(before)) / 1e6f);
+            }
         }
         return out;
     }
 
-    /** Milliseconds of each phase of the last profiled forward pass, in order (after the "start" mark). */
+    /**
+     * Milliseconds of each phase of the last profiled forward pass, in order (after the "start" mark), then of the backward's
+     * ("backward: ...") when one followed it.
+     */
     public java.util.LinkedHashMap<String, Float> phaseMillis() {
         var out = new java.util.LinkedHashMap<String, Float>();
-        for (int i = 1; i < phaseNames.size(); i++) {
-            out.put(phaseNames.get(i), ctx.driver.elapsedMillis(phaseEvents.get(i - 1), phaseEvents.get(i)));
+        for (int j = 1; j < markedThisPass.size(); j++) {
+            int i = markedThisPass.get(j), before = markedThisPass.get(j - 1);
+            if (!phaseNames.get(i).endsWith("start")) {
+                out.put(phaseNames.get(i), ctx.driver.elapsedMillis(phaseEvents.get(before), phaseEvents.get(i)));
+            }
         }
         return out;
     }
@@ -876,6 +891,7 @@ public final class CudaMoeLayer implements AutoCloseable {
         long dx = keep(backwardBlocks, (long) tokens * in * actBytes);
         long dLogits = keep(backwardBlocks, (long) tokens * er * actBytes);
         int gb = gradType.bytes;
+        mark("backward start");
 
         long dz = 0;
         if (spec.constantExperts() > 0) {
@@ -888,6 +904,7 @@ public final class CudaMoeLayer implements AutoCloseable {
         } else {
             launch("combine_backward", tokens, THREADS, dOut, y, x, idx, pos, weight, dy, dWeight);
         }
+        mark("backward: combine");
         for (int ex = 0; ex < e; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
             long w2e = w2 + (long) ex * d * f * actBytes;
@@ -904,8 +921,10 @@ public final class CudaMoeLayer implements AutoCloseable {
             ctx.blas.matmul(ctx.stream, false, true, f, d, rows, a + (long) r0 * f * actBytes, act, f, dy + (long) r0 * d * actBytes, act,
                     d, dW2 + (long) ex * d * f * gb, gradType, f, accumulateGrads);
         }
+        mark("backward: gemm down");
         long n = (long) offsets[e] * f;
         launch("expert_act_backward", elementwiseGrid(n), THREADS, g, da, dg, n);
+        mark("backward: activation");
         for (int ex = 0; ex < e; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
             long w13e = w13 + (long) ex * gw * in * actBytes;
@@ -922,11 +941,13 @@ public final class CudaMoeLayer implements AutoCloseable {
             ctx.blas.matmul(ctx.stream, false, true, in, gw, rows, h + (long) r0 * in * actBytes, act, in, dg + (long) r0 * gw * actBytes,
                     act, gw, dW13 + (long) ex * gw * in * gb, gradType, in, accumulateGrads);
         }
+        mark("backward: gemm gate/up");
         if (spec.constantExperts() > 0) {
             launch("unpermute_sum", tokens, THREADS, dh, dOut, idx, pos, weight, dx, mix, dz, wc);
         } else {
             launch("unpermute_sum", tokens, THREADS, dh, dOut, idx, pos, weight, dx);
         }
+        mark("backward: unpermute");
         if (ent != 0f && !spec.options().entropy()) {
             throw new IllegalArgumentException("an entropy loss needs a spec with entropy");
         }
@@ -964,6 +985,7 @@ public final class CudaMoeLayer implements AutoCloseable {
                 ctx.blas.matmul(ctx.stream, false, true, d, er, sequenceLength, routerX + r0 * d * actBytes, act, d, dLogits + r0 * er * actBytes, act,
                         er, gateGrads[gate], gradType, d, true);
             }
+            mark("backward: router");
             return dx;
         }
         // dx += dlogits · router (or, pre-gating, dRouterX = dlogits · router);  drouter[E, D] = dlogitsᵀ · routerX
@@ -985,6 +1007,7 @@ public final class CudaMoeLayer implements AutoCloseable {
             ctx.blas.matmul(ctx.stream, false, true, ep, er, tokens, residualFrom.logits, Type.F32, ep, dLogits32, Type.F32, er, residualDG,
                     Type.F32, ep, true);
         }
+        mark("backward: router");
         return dx;
     }
 
