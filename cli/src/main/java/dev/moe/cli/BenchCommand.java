@@ -26,8 +26,8 @@ import picocli.CommandLine.Spec;
     "Shapes: T=2048, d=256, E=16, f=512, k=2 and the fine-grained T=2048, d=256, E=64, f=128, k=6.",
     "Then the first shape with 16 zero experts added: time as routed, with every slot on a zero expert, and on an FFN expert.",
     "With --backend cuda: the GPU layer (bf16) in TFLOP/s on the Mixtral (4096, 14336, 8, 2), DeepSeek (2048, 1408, 64, 6)",
-    "and OLMoE (2048, 1024, 64, 8) shapes (d, f, E, k), uniform and skewed routing, with the share of time outside the GEMMs",
-    "and the peak device memory."})
+    "and OLMoE (2048, 1024, 64, 8) shapes (d, f, E, k), uniform and skewed routing, with the share of routing, permutation and",
+    "combine in the forward and in forward+backward, the peak device memory, and each phase's GPU and host time."})
 final class BenchCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
