@@ -32,7 +32,7 @@ public final class Driver {
             cuMemFreeHost, cuMemcpyHtoDAsync, cuMemcpyDtoHAsync, cuMemcpyDtoDAsync, cuMemsetD8Async, cuModuleLoadData,
             cuModuleGetFunction, cuLaunchKernel, cuStreamCreate, cuStreamSynchronize, cuEventCreate, cuEventRecord,
             cuEventSynchronize, cuEventElapsedTime, cuGetErrorName, cuGetErrorString, cuStreamBeginCapture, cuStreamEndCapture,
-            cuGraphInstantiate, cuGraphLaunch, cuGraphExecDestroy, cuGraphDestroy;
+            cuGraphInstantiate, cuGraphLaunch, cuGraphExecDestroy, cuGraphDestroy, cuStreamWaitEvent;
 
     private static Driver instance;
 
@@ -76,6 +76,7 @@ public final class Driver {
         cuEventElapsedTime = lib.find("cuEventElapsedTime_v2").isPresent()
                 ? fn(lib, "cuEventElapsedTime_v2", INT, PTR, PTR, PTR)
                 : fn(lib, "cuEventElapsedTime", INT, PTR, PTR, PTR);
+        cuStreamWaitEvent = fn(lib, "cuStreamWaitEvent", INT, PTR, PTR, INT);
         cuStreamBeginCapture = fn(lib, "cuStreamBeginCapture_v2", INT, PTR, INT);
         cuStreamEndCapture = fn(lib, "cuStreamEndCapture", INT, PTR, PTR);
         cuGraphInstantiate = fn(lib, "cuGraphInstantiateWithFlags", INT, PTR, PTR, LONG);
@@ -319,6 +320,11 @@ public final class Driver {
 
     public void record(MemorySegment event, MemorySegment stream) {
         check(Native.call(cuEventRecord, event, stream), "cuEventRecord");
+    }
+
+    /** Makes {@code stream}'s later work wait (on the GPU) for the work recorded before {@code event} on another stream. */
+    public void streamWaitEvent(MemorySegment stream, MemorySegment event) {
+        check(Native.call(cuStreamWaitEvent, stream, event, 0), "cuStreamWaitEvent");
     }
 
     /** Blocks the calling thread until the work recorded before {@code event} has finished. */

@@ -610,6 +610,7 @@ public final class CudaModelGenerator {
         bwd.addStatement("mark($S)", "backward: head and loss");
         for (int i = model.layers().size() - 1; i >= 0; i--) {
             bwd.addStatement("backwardLayer$L(scale)", model.layers().get(i).index());
+            bwd.addStatement("layerGradientsDone($L)", model.layers().get(i).index());
         }
         if (pregate) {
             bwd.add("// the pre-gating routers' gradient joins the embeddings'\n");

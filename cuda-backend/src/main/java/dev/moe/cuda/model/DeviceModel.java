@@ -47,6 +47,10 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
     /** The host weights may differ from the device's (at first, and after {@link #parameters()} or {@link #initialize}). */
     private boolean hostMayDiffer = true;
     private boolean gradsStay;
+    /** The world whose gradient sum the next backward starts layer by layer ({@link #overlapGradientSum}), or null. */
+    private Collective overlapWorld;
+    private boolean layersSummed;
+    private java.util.SortedMap<Integer, List<long[]>> gradientRuns;
     /** With MOE_PROFILE=1: milliseconds per phase (the GPU synchronised at each mark), printed every 10 steps. */
     private final java.util.Map<String, Double> profile = "1".equals(System.getenv("MOE_PROFILE")) ? new java.util.LinkedHashMap<>() : null;
     private long markedAt;
@@ -239,10 +243,50 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
 
     @Override
     public void allReduceGradients(Collective world) {
-        if (world != Collective.SINGLE) { // NCCL's world of one sums too: the one-GPU check runs the real path
-            ctx.makeCurrent();
+        if (world == Collective.SINGLE) {
+            return;
+        }
+        // NCCL's world of one sums too: the one-GPU check runs the real path
+        ctx.makeCurrent();
+        if (overlapWorld == world && layersSummed) {
+            // the layers' gradients are being summed already (layerGradientsDone): the rest, then wait for all
+            for (long[] r : gradientRuns().get(-1)) {
+                world.startAllReduceDeviceFloats(w.gradients() + 4 * r[0], r[1] - r[0]);
+            }
+            world.awaitDeviceFloats();
+        } else {
             world.allReduceDeviceFloats(w.gradients(), w.size());
         }
+        overlapWorld = null;
+        layersSummed = false;
+    }
+
+    @Override
+    public void overlapGradientSum(Collective world) {
+        overlapWorld = world == Collective.SINGLE ? null : world;
+        layersSummed = false;
+    }
+
+    /**
+     * Called by the generated backward pass after layer {@code layer}'s backward has been queued: no later work writes that
+     * layer's parameters' gradients (parameters shared by layers are not named after one), so when {@link #overlapGradientSum}
+     * asked for it their sum over the ranks starts now, beside the rest of the backward.
+     */
+    protected final void layerGradientsDone(int layer) {
+        if (overlapWorld == null) {
+            return;
+        }
+        for (long[] r : gradientRuns().getOrDefault(layer, List.of())) {
+            overlapWorld.startAllReduceDeviceFloats(w.gradients() + 4 * r[0], r[1] - r[0]);
+        }
+        layersSummed = true;
+    }
+
+    private java.util.SortedMap<Integer, List<long[]>> gradientRuns() {
+        if (gradientRuns == null) {
+            gradientRuns = w.runsByLayer();
+        }
+        return gradientRuns;
     }
 
     @Override

@@ -105,6 +105,74 @@ public final class DeviceWeights implements AutoCloseable {
         return grads.pointer;
     }
 
+    /**
+     * The arena cut by owner, as runs of floats {@code [start, end)}: under each layer index the parameters named
+     * {@code layers.<index>.} (a layer's consecutive parameters, and the alignment gaps between them, as one run); under -1
+     * everything else (other parameters and the gaps between owners). The runs cover the arena exactly once.
+     */
+    public java.util.SortedMap<Integer, List<long[]>> runsByLayer() {
+        List<String> names = new ArrayList<>();
+        long[] starts = new long[order.size()], sizes = new long[order.size()];
+        for (int i = 0; i < order.size(); i++) {
+            names.add(order.get(i).name());
+            starts[i] = offsets.get(order.get(i).name());
+            sizes[i] = order.get(i).size();
+        }
+        return runsByLayer(names, starts, sizes, floats);
+    }
+
+    /** {@link #runsByLayer()} of parameters {@code names} at {@code starts} (increasing) of {@code sizes}, in an arena of {@code floats}. */
+    static java.util.SortedMap<Integer, List<long[]>> runsByLayer(List<String> names, long[] starts, long[] sizes, long floats) {
+        java.util.SortedMap<Integer, List<long[]>> runs = new java.util.TreeMap<>();
+        List<long[]> owned = new ArrayList<>();
+        int current = Integer.MIN_VALUE;
+        long[] run = null;
+        for (int i = 0; i < names.size(); i++) {
+            if (sizes[i] == 0) {
+                continue;
+            }
+            int layer = layerOf(names.get(i));
+            long start = starts[i], end = start + sizes[i];
+            if (run != null && layer == current) {
+                run[1] = end;
+                continue;
+            }
+            run = new long[] {start, end};
+            current = layer;
+            if (layer >= 0) {
+                runs.computeIfAbsent(layer, k -> new ArrayList<>()).add(run);
+                owned.add(run);
+            }
+        }
+        // -1: the complement of the layers' runs
+        List<long[]> rest = new ArrayList<>();
+        long at = 0;
+        for (long[] r : owned) {
+            if (r[0] > at) {
+                rest.add(new long[] {at, r[0]});
+            }
+            at = r[1];
+        }
+        if (floats > at) {
+            rest.add(new long[] {at, floats});
+        }
+        runs.put(-1, rest);
+        return runs;
+    }
+
+    /** The layer index in a parameter name {@code layers.<index>....}, or -1. */
+    static int layerOf(String name) {
+        if (!name.startsWith("layers.")) {
+            return -1;
+        }
+        int dot = name.indexOf('.', 7);
+        try {
+            return dot < 0 ? -1 : Integer.parseInt(name.substring(7, dot));
+        } catch (NumberFormatException e) {
+            return -1;
+        }
+    }
+
     /** Floats in the arena: the model's parameters and the alignment gaps between them. */
     public long size() {
         return floats;

@@ -20,10 +20,11 @@ import java.util.List;
  * watchdog, so that a dead or hung peer ends this rank with a message (and an aborted communicator)
  * instead of a hang.
  *
- * <p>Gradients go as DDP's buckets ({@link GradientBuckets}, last layer first, a small first bucket):
+ * <p>Host gradients go as DDP's buckets ({@link GradientBuckets}, last layer first, a small first bucket):
  * the flat gradient is uploaded once and one all-reduce is enqueued per bucket, all waited for
- * together. The backward pass is one call of the generated model, so the buckets do not yet overlap
- * it: they overlap one another's transfers.
+ * together. A device-resident model's gradients are summed where they are: layer by layer during its
+ * backward pass ({@link #startAllReduceDeviceFloats} on a stream of its own, joined by
+ * {@link #awaitDeviceFloats}), or the whole arena at once ({@link #allReduceDeviceFloats}).
  */
 public final class NcclCollective implements Collective, AutoCloseable {
     /** DDP's defaults: a 1 MiB first bucket, 25 MiB after it (in floats). */
@@ -35,6 +36,9 @@ public final class NcclCollective implements Collective, AutoCloseable {
     private List<Parameter> planned;
     private GradientBuckets buckets;
     private List<Parameter> order;
+    /** The stream gradient sums overlapped with the backward run on, and its events (created at the first overlapped sum). */
+    private MemorySegment sumStream, ready, summed;
+    private int started;
 
     public NcclCollective(CudaContext ctx, Communicator comm, Duration timeout) {
         this.ctx = ctx;
@@ -160,6 +164,40 @@ public final class NcclCollective implements Collective, AutoCloseable {
             buckets++;
         }
         comm.await(ctx.stream, timeout, "the gradient all-reduce (" + buckets + " buckets)");
+    }
+
+    /**
+     * Sums {@code count} floats at {@code pointer} on a stream of its own once the compute stream's work queued so far (the
+     * layer backward that finished them) has run, so the backward pass goes on meanwhile; {@link #awaitDeviceFloats} joins.
+     */
+    @Override
+    public void startAllReduceDeviceFloats(long pointer, long count) {
+        if (count == 0) {
+            return;
+        }
+        ctx.makeCurrent();
+        if (sumStream == null) {
+            sumStream = ctx.driver.createStream();
+            ready = ctx.driver.createEvent();
+            summed = ctx.driver.createEvent();
+        }
+        ctx.driver.record(ready, ctx.stream);
+        ctx.driver.streamWaitEvent(sumStream, ready);
+        comm.allReduce(pointer, pointer, count, DataType.FLOAT32, RedOp.SUM, sumStream);
+        started++;
+    }
+
+    /** Waits (with the watchdog) for the sums started since the last call; the compute stream's later work sees them. */
+    @Override
+    public void awaitDeviceFloats() {
+        if (started == 0) {
+            return;
+        }
+        ctx.makeCurrent();
+        ctx.driver.record(summed, sumStream);
+        ctx.driver.streamWaitEvent(ctx.stream, summed);
+        comm.await(sumStream, timeout, "the gradient all-reduce overlapped with the backward (" + started + " parts)");
+        started = 0;
     }
 
     /** Trainable parameters in the order the backward pass finishes them (last first), cut into buckets. */

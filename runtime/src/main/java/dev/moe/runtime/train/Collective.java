@@ -37,6 +37,9 @@ public interface Collective {
 
         @Override
         public void allReduceDeviceFloats(long pointer, long count) {}
+
+        @Override
+        public void startAllReduceDeviceFloats(long pointer, long count) {}
     };
 
     int rank();
@@ -60,6 +63,18 @@ public interface Collective {
     default void allReduceDeviceFloats(long pointer, long count) {
         throw new UnsupportedOperationException("this collective sums host arrays; a model that keeps its gradients on a GPU needs NCCL");
     }
+
+    /**
+     * Starts {@link #allReduceDeviceFloats} on accelerator memory whose values are final once the work queued so far has run,
+     * without waiting for it: the backward pass goes on while finished layers' gradients are summed. The sums are complete
+     * after {@link #awaitDeviceFloats}, which every rank calls after its last start. By default the sum is done at once.
+     */
+    default void startAllReduceDeviceFloats(long pointer, long count) {
+        allReduceDeviceFloats(pointer, count);
+    }
+
+    /** Waits for every {@link #startAllReduceDeviceFloats} issued so far (work queued after this sees the sums). */
+    default void awaitDeviceFloats() {}
 
     /**
      * Sums the gradients of the trainable parameters over the ranks, in place. Implementations may

@@ -30,6 +30,13 @@ public interface DeviceTrainable {
     void allReduceGradients(Collective world);
 
     /**
+     * Asks the next backward pass (the step's last micro-batch's) to start summing each layer's gradients over {@code world}
+     * as soon as that layer's backward has finished, overlapping the transfers with the rest of the backward;
+     * {@link #allReduceGradients} then sums what remains and waits. Models that cannot leave it to {@link #allReduceGradients}.
+     */
+    default void overlapGradientSum(Collective world) {}
+
+    /**
      * Copies the device's weights into the host parameters and, when {@code adam} is the optimiser
      * that has been stepping on the device, its moments into {@code adam}.
      */

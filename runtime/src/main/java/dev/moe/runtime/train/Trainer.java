@@ -271,6 +271,9 @@ public final class Trainer {
                         mask(model, shardKeep);
                         loss += model.forward(inputs(b, shard), targets(b, shard), shard.rows(), o.seq()) * weight / o.microBatches();
                         ce += model.lastCrossEntropy() * weight / o.microBatches();
+                        if (model instanceof DeviceTrainable device && j == o.microBatches() - 1 && world != Collective.SINGLE) {
+                            device.overlapGradientSum(world); // the last micro-batch's backward sums finished layers as it goes
+                        }
                         model.backward((float) (weight / o.microBatches()));
                         loads = add(loads, model.expertLoads());
                         addByDomain(stage.data(), b, gatherBySequence(model.expertLoadsBySequence(), shard, b.size()));
