@@ -1077,14 +1077,18 @@ public final class MoeKernelSource {
                     for (int r = lane; r < K; r += LANES) if (idx[r] < ER) addTo(count + idx[r], 1);
                 }
 
+                // The row of a [T / seq, ER] array that token t's sequence of seq tokens owns.
+                __host__ __device__ inline float* seqRow(float* a, int t, int seq) { return a + (long) (t / seq) * ER; }
+                __host__ __device__ inline int* seqRow(int* a, int t, int seq) { return a == nullptr ? nullptr : a + (long) (t / seq) * ER; }
+                __host__ __device__ inline const float* seqRow(const float* a, int t, int seq) { return a + (long) (t / seq) * ER; }
+
                 // One warp per token: the sequence-wise aux loss's statistics of each sequence of seq tokens (seq = T: the whole
                 // batch, a micro-batch aux loss's scores), score [T / seq, ER] and count [T / seq, ER], both zeroed by the caller.
                 extern "C" __global__ void router_sequence_stats(const float* __restrict__ probs, const int* __restrict__ idx, int T, int seq,
                     float* __restrict__ score, int* __restrict__ count) {
                   int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
                   if (t >= T) return;
-                  long b = t / seq;
-                  balance_stats_row(probs + (long) t * ER, idx + (long) t * K, lane, score + b * ER, count == nullptr ? nullptr : count + b * ER);
+                  balance_stats_row(probs + (long) t * ER, idx + (long) t * K, lane, seqRow(score, t, seq), seqRow(count, t, seq));
                 }
 
                 // What a token's balancing-loss backward needs besides its probabilities p and logits row: its slots, the
@@ -1111,7 +1115,8 @@ public final class MoeKernelSource {
                   float pdp = 0.f;
                   #pragma unroll
                   for (int r = 0; r < K; r++) if (b->which[r] < ER) pdp += p[b->which[r]] * b->dp[r];
-                  float paux = 0.f, m = -INF;
+                  // the lowest float rather than -INF (a device intrinsic): a lane without experts leaves it to the others
+                  float paux = 0.f, m = -3.40282347e+38f;
                   for (int e = lane; e < ER; e += LANES) {
                     float pe = p[e], a = aux[e];
                 #if ENTROPY
@@ -1177,7 +1182,7 @@ public final class MoeKernelSource {
                   if (t >= T) return;
                   const float* p = probs + (long) t * ER;
                   const float* row = logits + (long) t * ER;
-                  const float* a = aux + (long) (t / auxSeq) * ER;
+                  const float* a = seqRow(aux, t, auxSeq);
                   BalanceRow b;
                   balance_row(p, row, idx + (long) t * K, dweight + (long) t * K, a, ent, tau, lane, &b);
                   for (int e = lane; e < ER; e += 32) {
