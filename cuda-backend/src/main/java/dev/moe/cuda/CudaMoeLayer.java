@@ -503,9 +503,12 @@ public final class CudaMoeLayer implements AutoCloseable {
     private SequenceStats sequenceStats(int seq, boolean counted) {
         int er = spec.routed(), sequences = tokens / seq;
         long n = (long) sequences * er;
-        try (DeviceAllocator.Block score = ctx.allocator.allocate(n * 4); DeviceAllocator.Block count = ctx.allocator.allocate(n * 4)) {
+        // (a null resource is skipped at the close)
+        try (DeviceAllocator.Block score = ctx.allocator.allocate(n * 4); DeviceAllocator.Block count = counted ? ctx.allocator.allocate(n * 4) : null) {
             ctx.driver.memsetZero(score.pointer, n * 4, ctx.stream);
-            ctx.driver.memsetZero(count.pointer, n * 4, ctx.stream);
+            if (counted) {
+                ctx.driver.memsetZero(count.pointer, n * 4, ctx.stream);
+            }
             launch("router_sequence_stats", ceilDiv(tokens * 32, THREADS), THREADS, probs, idx, tokens, seq, score.pointer,
                     counted ? count.pointer : 0L);
             return new SequenceStats(sequences, er, counted ? ctx.downloadInts(count.pointer, (int) n) : new int[(int) n],
