@@ -7,14 +7,15 @@
 #   BACKENDS=cuda ...                            # training and generation parity without cuda-hybrid
 #
 # 1. GpuChecks: the MoE layer's output and every gradient against a float64 reference (28 cases), gating-residual
-#    pairs, and layers with extra logits (RMoE's recurrent router) whose fp32 logit gradient is checked too.
+#    pairs, layers with extra logits (RMoE's recurrent router) whose fp32 logit gradient is checked too, and the
+#    balancing losses' per-sequence statistics and aux gradients (softmax and sigmoid scores).
 # 2. BackendParity: the primitives CudaBackend runs on the GPU against the CPU backend (24 shapes);
 #    DeviceOpsParity: the dense-model kernels (embedding, RMSNorm, LayerNorm, bias add, RoPE, GLU and plain
 #    activations, cross-entropy, AdamW, attention, RMoE's GRU cell, latent attention's layout moves) against the CPU
 #    backend, 20 shapes each.
 # 3. DeviceModelParity: the device-resident generated models (CudaModelGenerator) against the
 #    CPU-generated classes: losses, every gradient, gradient norms, weights and moments after 3 steps
-#    (mixtral, deepseek-moe, switch, and its built-in models: sigmoid routing; LayerNorm, qk-norm, q/k/v biases, ungated
+#    (mixtral, deepseek-moe, switch, and its built-in models: sigmoid routing; the sequence-wise and sigmoid aux losses; LayerNorm, qk-norm, q/k/v biases, ungated
 #    FFNs; expert activations and capacity; router options; blocks; MoE++; MoLE's latent experts; MoLA's LoRA experts;
 #    recurrent (GRU) routers; router jitter; random capacity drops; parallel blocks; multi-head latent attention).
 #    Training parity: 100 steps of two recipes with --backend cuda (device-resident) and

@@ -313,8 +313,8 @@ public final class CudaLoraMoeLayer implements AutoCloseable {
         } else {
             long auxDevice = keep(backwardBlocks, (long) e * 4);
             ctx.upload(aux == null ? new float[e] : aux, auxDevice);
-            launch(source, "router_backward_balance", ceilDiv(tokens * 32, THREADS), THREADS, probs, logits, idx, dWeight, tokens, auxDevice, zc, ent,
-                    temperature, dLogits);
+            launch(source, "router_backward_balance", ceilDiv(tokens * 32, THREADS), THREADS, probs, logits, idx, dWeight, tokens, auxDevice, tokens, zc,
+                    ent, temperature, dLogits);
         }
         ctx.blas.matmul(ctx.stream, false, false, d, tokens, e, weights.router(), Type.F32, d, dLogits, Type.F32, e, dx, Type.F32, d, true);
         ctx.blas.matmul(ctx.stream, false, true, d, e, tokens, x, Type.F32, d, dLogits, Type.F32, e, weights.dRouter(), Type.F32, d, true);

@@ -228,8 +228,9 @@ public final class CudaMoeLayer implements AutoCloseable {
         }
         if (spec.score() == MoeKernelSource.Score.SOFTMAX) {
             ctx.kernel(source, "router_balance_stats");
-            ctx.kernel(source, "router_backward_balance");
         }
+        ctx.kernel(source, "router_sequence_stats");
+        ctx.kernel(source, "router_backward_balance");
     }
 
     /**
@@ -476,16 +477,93 @@ public final class CudaMoeLayer implements AutoCloseable {
     }
 
     /**
-     * The values the balancing losses need from the last forward pass (softmax scores): the sum over
-     * tokens of each expert's probability ({@code [routed]}), then Σ_t logsumexp(logits_t)² (of the
-     * logits the softmax read, after the temperature) and Σ_t of the probabilities' entropy. Waits for the GPU.
+     * The values the balancing losses need from the last forward pass: the sum over tokens of each expert's score as the aux
+     * loss sees it ({@code [routed]}: softmax probabilities, or sigmoid scores over each token's sum), then, for softmax scores,
+     * Σ_t logsumexp(logits_t)² (of the logits the softmax read, after the temperature) and Σ_t of the probabilities' entropy
+     * (0 for sigmoid scores, which have neither loss on the GPU). Waits for the GPU.
      */
     public float[] balanceStats() {
         int er = spec.routed();
+        if (spec.score() != MoeKernelSource.Score.SOFTMAX) {
+            // the whole batch as one sequence; the counts are not needed
+            return java.util.Arrays.copyOf(sequenceStats(tokens, false).scores(), er + 2);
+        }
         try (DeviceAllocator.Block stats = ctx.allocator.allocate((long) (er + 2) * 4)) {
             ctx.driver.memsetZero(stats.pointer, (long) (er + 2) * 4, ctx.stream);
             launch("router_balance_stats", ceilDiv(tokens * 32, THREADS), THREADS, logits, probs, tokens, temperature, stats.pointer);
             return ctx.downloadFloats(stats.pointer, er + 2);
+        }
+    }
+
+    /**
+     * The sequence-wise aux loss's statistics of the last forward pass, sequence by sequence ({@code seq} tokens each): the
+     * slots that chose each expert (top-p's unused slots count for none; a slot dropped over capacity still counts, as in the
+     * CPU class) and the sum of each expert's scores as the aux loss sees them. Waits for the GPU.
+     */
+    public SequenceStats sequenceBalanceStats(int seq) {
+        if (seq <= 0 || tokens % seq != 0) {
+            throw new IllegalArgumentException("sequences of " + seq + " tokens do not divide the " + tokens + " tokens");
+        }
+        return sequenceStats(seq, true);
+    }
+
+    private SequenceStats sequenceStats(int seq, boolean counted) {
+        int er = spec.routed(), sequences = tokens / seq;
+        long n = (long) sequences * er;
+        // (a null resource is skipped at the close)
+        try (DeviceAllocator.Block score = ctx.allocator.allocate(n * 4); DeviceAllocator.Block count = counted ? ctx.allocator.allocate(n * 4) : null) {
+            ctx.driver.memsetZero(score.pointer, n * 4, ctx.stream);
+            if (counted) {
+                ctx.driver.memsetZero(count.pointer, n * 4, ctx.stream);
+            }
+            launch("router_sequence_stats", ceilDiv(tokens * 32, THREADS), THREADS, probs, idx, tokens, seq, score.pointer,
+                    counted ? count.pointer : 0L);
+            return new SequenceStats(sequences, er, counted ? ctx.downloadInts(count.pointer, (int) n) : new int[(int) n],
+                    ctx.downloadFloats(score.pointer, (int) n));
+        }
+    }
+
+    /**
+     * Per sequence, the routed experts' slots ({@code counts [sequences, routed]}) and the sums of their scores as the aux loss
+     * sees them ({@code scores [sequences, routed]}: softmax probabilities, or sigmoid scores over each token's sum).
+     */
+    public record SequenceStats(int sequences, int routed, int[] counts, float[] scores) {
+        /**
+         * The sequence-wise aux loss, as the CPU class computes it without a padding mask: {@code coef · E · mean over the
+         * sequences of Σ_e f_e P_e}, f_e the share of the sequence's used slots that chose expert e and P_e the mean of its
+         * scores over the sequence's tokens. Fills {@code grad [sequences, routed]} with its gradient with respect to each
+         * token's score of each expert ({@code coef · E · f_e / rows}, the same for the tokens of a sequence) and returns the
+         * loss. {@code k} is the slots per token of top-k routing, whose f the CPU class sums 1 / (seq · k) at a time in float
+         * (done so here, so that the gradient is the CPU's to the bit), or 0 for top-p, whose f is count / used slots.
+         */
+        public double auxLoss(float coef, int k, int rows, float[] grad) {
+            if (grad.length != sequences * routed || rows % sequences != 0) {
+                throw new IllegalArgumentException("an aux gradient of " + grad.length + " values for " + sequences + " sequences of "
+                        + routed + " experts over " + rows + " rows");
+            }
+            int seq = rows / sequences;
+            float[] f = new float[routed];
+            double loss = 0;
+            for (int b = 0; b < sequences; b++) {
+                int slots = 0;
+                for (int e = 0; e < routed; e++) {
+                    slots += counts[b * routed + e];
+                }
+                for (int e = 0; e < routed; e++) {
+                    int n = counts[b * routed + e];
+                    if (k > 0) {
+                        f[e] = 0f;
+                        for (int i = 0; i < n; i++) {
+                            f[e] += 1f / (seq * k);
+                        }
+                    } else {
+                        f[e] = (float) n / slots;
+                    }
+                    loss += coef * routed * f[e] * (double) scores[b * routed + e] / rows;
+                    grad[b * routed + e] = coef * routed * f[e] / ((float) seq * sequences);
+                }
+            }
+            return loss;
         }
     }
 
@@ -867,9 +945,10 @@ public final class CudaMoeLayer implements AutoCloseable {
     }
 
     /**
-     * Backward with the balancing losses (softmax scores only): {@code aux[e]} is the gradient of
-     * the aux loss with respect to every token's probability of expert e (null: none), {@code zc}
-     * the z-loss coefficient already divided by the rows and times the loss scale (0: none).
+     * Backward with the balancing losses: {@code aux} is the gradient of the aux loss with respect to the scores it saw (softmax
+     * probabilities, or sigmoid scores over each token's sum), {@code [routed]} the same for every token, or {@code [sequences,
+     * routed]} the same for the tokens of each sequence (a sequence-wise aux loss; null: none); {@code zc} the z-loss coefficient
+     * already divided by the rows and times the loss scale (0: none; softmax scores only).
      */
     public long backward(long dOut, float[] aux, float zc) {
         return backward(dOut, aux, zc, 0f);
@@ -877,8 +956,13 @@ public final class CudaMoeLayer implements AutoCloseable {
 
     /** {@link #backward(long, float[], float)} with the entropy loss's coefficient {@code ent} (divided by the rows, times the loss scale; 0: none). */
     public long backward(long dOut, float[] aux, float zc, float ent) {
-        if ((aux != null || zc != 0f || ent != 0f) && spec.score() != MoeKernelSource.Score.SOFTMAX) {
-            throw new IllegalArgumentException("balancing losses on the GPU need softmax scores");
+        if ((zc != 0f || ent != 0f) && spec.score() != MoeKernelSource.Score.SOFTMAX) {
+            throw new IllegalArgumentException("the z-loss and the entropy loss on the GPU need softmax scores");
+        }
+        int auxRows = aux == null ? 1 : aux.length / spec.routed();
+        if (aux != null && (aux.length % spec.routed() != 0 || auxRows == 0 || tokens % auxRows != 0)) {
+            throw new IllegalArgumentException("an aux gradient of " + aux.length + " values is not [sequences, " + spec.routed() + "] for "
+                    + tokens + " tokens");
         }
         release(backwardBlocks);
         int e = spec.experts(), er = spec.routed(), k = spec.topK(), d = spec.dim(), in = spec.expertIn(), f = spec.hidden();
@@ -963,10 +1047,10 @@ public final class CudaMoeLayer implements AutoCloseable {
             launch("router_backward", ceilDiv(tokens * 32, THREADS), THREADS, concat(new Object[] {probs, logits, idx, dWeight, tokens, temperature,
                 dLogits}, residualArgs));
         } else {
-            long auxDevice = keep(backwardBlocks, (long) er * 4);
+            long auxDevice = keep(backwardBlocks, (long) auxRows * er * 4);
             ctx.upload(aux == null ? new float[er] : aux, auxDevice);
             launch("router_backward_balance", ceilDiv(tokens * 32, THREADS), THREADS, concat(new Object[] {probs, logits, idx, dWeight, tokens,
-                auxDevice, zc, ent, temperature, dLogits}, residualArgs));
+                auxDevice, tokens / auxRows, zc, ent, temperature, dLogits}, residualArgs));
         }
         if (gateRouters != null) {
             // named gates: per sequence, dx (or dRouterX, when the router read another input) += dlogits · its gate's router and

@@ -17,7 +17,7 @@ import java.util.Random;
  * capacity factors (by position, by probability; the expert counts and which slots were dropped must
  * equal the reference's exactly), MoE++ constant experts (their vector and mix gradients too) and MoLE's latent experts (experts
  * that read another input, of another width, than the router: the layer's fp32 entry points with both input gradients,
- * the router's counted in dx). Relative error (norm of the difference over norm of
+ * the router's counted in dx), and the balancing losses' statistics and aux gradients per sequence ({@link #checkBalance}). Relative error (norm of the difference over norm of
  * the reference) at most 1e-4 in fp32 mode and 2e-2 in bf16. Prints a table; exits 1 on any failure.
  * {@code bench/gpu/run-gpu-tests.sh} runs it on a machine with a GPU.
  */
@@ -461,6 +461,111 @@ public final class GpuChecks {
         }
     }
 
+    /**
+     * Layer specs the balancing losses' path is checked on: DeepSeek-V3's sigmoid router (normalised, scaled, with a bias; without
+     * its group limit, which the reference does not route by), a plain sigmoid one, softmax.
+     */
+    public static List<Spec> balanceSpecs() {
+        List<Spec> out = new ArrayList<>();
+        for (Precision p : Precision.values()) {
+            out.add(new Spec(48, 32, 16, 4, Score.SIGMOID, true, 2.5f, true, p));
+            out.add(new Spec(40, 24, 8, 2, Score.SIGMOID, false, 1f, false, p));
+            out.add(new Spec(48, 64, 8, 2, Score.SOFTMAX, true, 1f, false, p));
+        }
+        return out;
+    }
+
+    /**
+     * The balancing losses' float64 reference: per sequence the slots per expert ({@code counts}) and the sums of the scores as
+     * the aux loss sees them ({@code scores}: softmax, or sigmoid over each token's sum), and the gradient with respect to the
+     * logits of {@code Σ_t Σ_e aux[t / seq, e] · score[t, e]} ({@code dLogits}), the part an aux gradient per sequence adds to the
+     * layer's logit gradient.
+     */
+    public record BalanceReference(int[] counts, double[] scores, double[] dLogits) {}
+
+    /** {@link BalanceReference} for the layer's raw logits {@code [tokens, routed]} and chosen experts {@code [tokens, k]}. */
+    public static BalanceReference balanceReference(Spec s, int tokens, int seq, double[] logits, int[] selected, float[] aux) {
+        int er = s.routed(), k = s.topK(), sequences = tokens / seq;
+        double[] scores = new double[sequences * er], dAux = new double[tokens * er];
+        int[] counts = new int[sequences * er];
+        for (int t = 0; t < tokens; t++) {
+            int b = t / seq;
+            double[] q = new double[er];
+            double max = Double.NEGATIVE_INFINITY, sum = 0;
+            for (int e = 0; e < er; e++) {
+                max = Math.max(max, logits[t * er + e]);
+            }
+            for (int e = 0; e < er; e++) {
+                double l = logits[t * er + e];
+                q[e] = s.score() == Score.SOFTMAX ? Math.exp(l - max) : 1 / (1 + Math.exp(-l));
+                sum += q[e];
+            }
+            if (s.score() == Score.SOFTMAX) {
+                double pa = 0;
+                for (int e = 0; e < er; e++) {
+                    q[e] /= sum;
+                    pa += q[e] * aux[b * er + e];
+                }
+                for (int e = 0; e < er; e++) {
+                    scores[b * er + e] += q[e];
+                    dAux[t * er + e] = q[e] * (aux[b * er + e] - pa);
+                }
+            } else {
+                // the aux loss saw q / Σ q
+                double cz = 0;
+                for (int e = 0; e < er; e++) {
+                    cz += aux[b * er + e] * q[e] / sum;
+                }
+                for (int e = 0; e < er; e++) {
+                    scores[b * er + e] += q[e] / sum;
+                    dAux[t * er + e] = (aux[b * er + e] - cz) / sum * q[e] * (1 - q[e]);
+                }
+            }
+            for (int r = 0; r < k; r++) {
+                counts[b * er + selected[t * k + r]]++;
+            }
+        }
+        return new BalanceReference(counts, scores, dAux);
+    }
+
+    /**
+     * The worst relative error of the balancing losses' path against float64, for sequences of {@code seq} tokens: the layer's
+     * {@link CudaMoeLayer#sequenceBalanceStats} (each sequence's slots per expert, which must be exact, and its scores as the aux
+     * loss sees them: softmax, or sigmoid over each token's sum), then a backward with a random aux gradient per sequence, whose
+     * part of the logit gradient (back through that normalisation and the score function) the reference takes as an incoming
+     * logit gradient: input, router and expert gradients. Infinite when the routing or the counts differ.
+     */
+    public static double checkBalance(CudaContext ctx, Spec s, int tokens, int seq, long seed) {
+        Inputs in = inputs(new Case(s, tokens), seed);
+        int er = s.routed(), d = s.dim(), sequences = tokens / seq;
+        float[] aux = Compare.gaussian(new Random(seed + 4000), sequences * er, 0.05f, false);
+        double[] x = Compare.doubles(in.x()), router = Compare.doubles(in.router()), bias = in.bias() == null ? null : Compare.doubles(in.bias());
+        double[] gateUp = Compare.doubles(in.gateUp()), down = Compare.doubles(in.down()), dOut = Compare.doubles(in.dOut());
+        double[] vectors = Compare.doubles(in.vectors()), mix = Compare.doubles(in.mix());
+        MoeLayerReference.Result plain = MoeLayerReference.run(s, tokens, true, x, router, bias, gateUp, down, vectors, mix, dOut);
+        BalanceReference bal = balanceReference(s, tokens, seq, plain.logits(), plain.selected(), aux);
+        MoeLayerReference.Result ref = MoeLayerReference.run(s, tokens, true, x, router, bias, gateUp, down, vectors, mix, null, bal.dLogits(), dOut);
+        try (CudaMoeLayer layer = new CudaMoeLayer(ctx, s, false);
+                DeviceAllocator.Block xd = layer.allocateActivations((long) tokens * d);
+                DeviceAllocator.Block gd = layer.allocateActivations((long) tokens * d)) {
+            layer.setWeights(in.router(), in.bias(), in.gateUp(), in.down());
+            layer.upload(in.x(), xd.pointer);
+            layer.upload(in.dOut(), gd.pointer);
+            layer.forward(xd.pointer, tokens);
+            CudaMoeLayer.SequenceStats stats = layer.sequenceBalanceStats(seq);
+            float[] dx = layer.download(layer.backward(gd.pointer, aux, 0f), tokens * d);
+            double worst = 0;
+            for (double err : new double[] {Compare.rel(stats.scores(), bal.scores()), Compare.rel(dx, ref.dx()), Compare.rel(layer.routerGrad(), ref.dRouter()),
+                Compare.rel(layer.gateUpGrad(), ref.dGateUp()), Compare.rel(layer.downGrad(), ref.dDown())}) {
+                worst = Math.max(worst, err);
+            }
+            if (!java.util.Arrays.equals(layer.lastSelection(), ref.selected()) || !java.util.Arrays.equals(stats.counts(), bal.counts())) {
+                worst = Double.POSITIVE_INFINITY;
+            }
+            return worst;
+        }
+    }
+
     public static void main(String[] args) {
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.printf("GPU parity checks on %s (%s), against a float64 reference%n", ctx.deviceName, ctx.arch);
@@ -488,6 +593,13 @@ public final class GpuChecks {
                 boolean ok = worst <= (s.precision() == Precision.BF16 ? 2e-2 : 1e-4);
                 failures += ok ? 0 : 1;
                 System.out.printf("%-80s %9.2e  %s%n", new Case(s, 40), worst, ok ? "ok" : "FAIL");
+            }
+            System.out.println("Balancing losses (the sequence-wise aux loss's statistics and an aux gradient per sequence): worst relative error");
+            for (Spec s : balanceSpecs()) {
+                double worst = checkBalance(ctx, s, 64, 16, seed++);
+                boolean ok = worst <= (s.precision() == Precision.BF16 ? 2e-2 : 1e-4);
+                failures += ok ? 0 : 1;
+                System.out.printf("%-80s %9.2e  %s%n", new Case(s, 64) + " seq=16", worst, ok ? "ok" : "FAIL");
             }
             System.out.println("Routing replayed as a CUDA graph: outputs bitwise those of the same layer without graphs, inputs alternating");
             for (Spec s : new Spec[] {new Spec(64, 128, 8, 2, Score.SOFTMAX, true, 1f, false, Precision.BF16),

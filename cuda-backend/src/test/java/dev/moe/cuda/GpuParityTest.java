@@ -41,6 +41,11 @@ class GpuParityTest {
                 double tol = spec.precision() == dev.moe.cuda.kernels.MoeKernelSource.Precision.BF16 ? 2e-2 : 1e-4;
                 assertWithMessage("extra logits %s", spec).that(worst).isAtMost(tol);
             }
+            for (dev.moe.cuda.kernels.MoeKernelSource.Spec spec : GpuChecks.balanceSpecs()) {
+                double worst = GpuChecks.checkBalance(ctx, spec, 64, 16, seed++);
+                double tol = spec.precision() == dev.moe.cuda.kernels.MoeKernelSource.Precision.BF16 ? 2e-2 : 1e-4;
+                assertWithMessage("balancing losses %s", spec).that(worst).isAtMost(tol);
+            }
         }
     }
 

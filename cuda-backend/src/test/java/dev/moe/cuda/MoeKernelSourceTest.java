@@ -174,6 +174,24 @@ class MoeKernelSourceTest {
         assertThat(MoeKernelSource.generate(DEEPSEEK.with(Options.NONE))).isEqualTo(none);
     }
 
+    /** The aux loss's kernels serve both score functions (the z-loss's and entropy's statistics softmax only). */
+    @Test
+    void theBalanceKernelsServeSigmoidScores() {
+        for (Spec spec : new Spec[] {V3, DEEPSEEK}) {
+            String src = MoeKernelSource.generate(spec);
+            int softmaxOnly = src.indexOf("#if SOFTMAX\n// One warp per token: the column sums");
+            assertThat(softmaxOnly).isGreaterThan(0);
+            int end = src.indexOf("#endif\n", softmaxOnly);
+            int stats = src.indexOf("extern \"C\" __global__ void router_balance_stats(");
+            assertThat(stats).isGreaterThan(softmaxOnly);
+            assertThat(stats).isLessThan(end);
+            for (String k : new String[] {"router_sequence_stats", "router_backward_balance"}) {
+                assertThat(src.indexOf("extern \"C\" __global__ void " + k + "(")).isGreaterThan(end);
+            }
+            assertThat(src).contains("__host__ __device__ inline void balance_row(");
+        }
+    }
+
     @Test
     void generationIsDeterministicSoTheDiskCacheHits() {
         assertThat(MoeKernelSource.generate(DEEPSEEK)).isEqualTo(MoeKernelSource.generate(DEEPSEEK));
@@ -234,6 +252,9 @@ class MoeKernelSourceTest {
                     Options.NONE.withActivation(ExpertActivation.RELU)).withExpertIn(21)));
             sources.add(MoeKernelSource.generate(new Spec(48, 40, 8, 2, Score.SOFTMAX, true, 1f, false, p)
                     .with(Options.NONE.withCapacity(1f, Drop.POSITION)).withExpertIn(21)));
+            // sigmoid scores' balancing kernels (the aux loss over scores normalised per token) through a temperature, with an fp32 logit gradient
+            sources.add(MoeKernelSource.generate(new Spec(40, 24, 12, 3, Score.SIGMOID, true, 2.5f, true, p)
+                    .with(Options.NONE.withTemperature(LogitActivation.TANH).withGatingResidual().withGroupLimit(4, 2))));
             // RMoE: extra logits (a recurrent router's), with a gating residual and an entropy loss, and alone
             sources.add(MoeKernelSource.generate(new Spec(23, 17, 3, 1, 0, 1, 2, Score.SOFTMAX, true, 1f, false, p,
                     Options.NONE.withExtraLogits().withGatingResidual().withEntropy())));

@@ -22,6 +22,59 @@ class MoeLayerReferenceTest {
         check(new Spec(6, 5, 4, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32), 3);
     }
 
+    /**
+     * GpuChecks' balancing-loss reference: its logit gradient is that of Σ_t Σ_e aux[t / seq, e] · score[t, e] (the scores as the
+     * aux loss sees them: softmax, or sigmoid over each token's sum), by central differences, and its scores sum to 1 per token.
+     */
+    @Test
+    void theBalanceReferenceGradientMatchesCentralDifferences() {
+        for (Spec s : GpuChecks.balanceSpecs()) {
+            int tokens = 6, seq = 3, er = s.routed(), k = s.topK();
+            Random r = new Random(er);
+            double[] logits = gaussian(r, tokens * er);
+            float[] aux = new float[tokens / seq * er];
+            for (int i = 0; i < aux.length; i++) {
+                aux[i] = (float) r.nextGaussian();
+            }
+            int[] selected = new int[tokens * k];
+            for (int i = 0; i < selected.length; i++) {
+                selected[i] = (i * 7 + i / k) % er;
+            }
+            GpuChecks.BalanceReference ref = GpuChecks.balanceReference(s, tokens, seq, logits, selected, aux);
+            double total = 0;
+            for (double v : ref.scores()) {
+                total += v;
+            }
+            assertWithMessage("%s: scores", s).that(total).isWithin(1e-9).of(tokens);
+            assertThat(java.util.Arrays.stream(ref.counts()).sum()).isEqualTo(tokens * k);
+            double h = 1e-6;
+            for (int i = 0; i < logits.length; i++) {
+                double keep = logits[i];
+                logits[i] = keep + h;
+                double up = weighted(s, tokens, seq, logits, aux);
+                logits[i] = keep - h;
+                double down = weighted(s, tokens, seq, logits, aux);
+                logits[i] = keep;
+                assertWithMessage("%s: d/dlogit %s", s, i).that(ref.dLogits()[i]).isWithin(1e-6).of((up - down) / (2 * h));
+            }
+        }
+    }
+
+    /** Σ_t Σ_e aux[t / seq, e] · score[t, e], each token's scores recomputed from its logits as the reference sees them. */
+    private static double weighted(Spec s, int tokens, int seq, double[] logits, float[] aux) {
+        int er = s.routed();
+        double sum = 0;
+        for (int t = 0; t < tokens; t++) {
+            double[] one = java.util.Arrays.copyOfRange(logits, t * er, (t + 1) * er);
+            float[] row = java.util.Arrays.copyOfRange(aux, t / seq * er, (t / seq + 1) * er);
+            double[] q = GpuChecks.balanceReference(s, 1, 1, one, new int[s.topK()], row).scores();
+            for (int e = 0; e < er; e++) {
+                sum += row[e] * q[e];
+            }
+        }
+        return sum;
+    }
+
     @Test
     void sigmoidScaledWithBiasGradientsMatchCentralDifferences() {
         check(new Spec(5, 4, 6, 3, Score.SIGMOID, true, 2.5f, true, Precision.FP32), 3);

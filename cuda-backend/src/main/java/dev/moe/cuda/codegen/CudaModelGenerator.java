@@ -56,7 +56,8 @@ import javax.lang.model.element.Modifier;
  * added to the layer's logits through {@link CudaMoeLayer#setExtraLogits}), router jitter (training forwards multiply the
  * router's input by noise the GPU draws exactly as the CPU class draws it, {@code DeviceOps.jitterNoise}), and capacity
  * factors dropping by position, by probability or at random (the CPU class's seeded priorities) in training forwards;
- * the micro- or global-batch aux loss (with tau), the z-loss and the entropy loss. {@link #unsupported}
+ * the micro- or global-batch aux loss (with tau) and the sequence-wise one (DeepSeek-V3's; sigmoid scores normalised per token
+ * as the CPU class's aux loss sees them), the z-loss and the entropy loss (softmax scores). {@link #unsupported}
  * names what else a model uses; such models run on the hybrid backend instead.
  */
 public final class CudaModelGenerator {
@@ -221,13 +222,23 @@ public final class CudaModelGenerator {
                 return Optional.of("a capacity factor of more digits than a float holds (" + cf.factor() + ")");
             }
         }
+        if (moe.losses().stream().filter(x -> x instanceof Loss.Aux).count() > 1) {
+            // the layer takes one aux gradient: the CPU class's second aux loss (another scope) would be left out
+            return Optional.of("more than one aux loss");
+        }
         for (Loss loss : moe.losses()) {
             switch (loss) {
-                case Loss.Aux a when a.scope() != Loss.Scope.SEQUENCE && r.score() == Router.Score.SOFTMAX -> {}
+                // sigmoid scores: the aux loss sees them normalised per token, as the CPU class does (router_backward_balance
+                // takes its gradient back through that normalisation); LoRA's layer has the softmax micro- or global-batch path only
+                case Loss.Aux a when a.scope() == Loss.Scope.SEQUENCE && a.tau() != 1.0 && routed.size() > 1 -> {
+                    return Optional.of("a sequence-wise aux loss with tau");
+                }
+                case Loss.Aux a when !lora || (a.scope() != Loss.Scope.SEQUENCE && r.score() == Router.Score.SOFTMAX) -> {}
                 case Loss.ZLoss z when r.score() == Router.Score.SOFTMAX -> {}
                 case Loss.Entropy h when r.score() == Router.Score.SOFTMAX -> {}
                 default -> {
-                    return Optional.of("the balancing loss " + loss + " with " + r.score().name().toLowerCase(Locale.ROOT) + " scores");
+                    return Optional.of("the balancing loss " + loss + " with " + r.score().name().toLowerCase(Locale.ROOT) + " scores"
+                            + (lora ? " on LoRA experts" : ""));
                 }
             }
         }
@@ -1390,6 +1401,18 @@ public final class CudaModelGenerator {
         Optional<Loss.Entropy> h = entropy(m.moe());
         if (aux.isEmpty() && z.isEmpty() && h.isEmpty()) {
             return;
+        }
+        if (aux.isPresent() && aux.get().scope() == Loss.Scope.SEQUENCE) {
+            Loss.Aux a = aux.get();
+            f.add("// aux loss (sequence scope): coef * E * mean over the sequences of Σ f_e P_e, each sequence's own f (its slots) and P "
+                    + "(its mean score$L), as the CPU class\n", m.router().score() == Router.Score.SIGMOID ? ", sigmoid scores over each token's sum" : "");
+            f.addStatement("aux$L = new float[batch * $L]", i, e);
+            f.addStatement("balance$L += moe$L.sequenceBalanceStats(seq).auxLoss($Lf, $L, rows, aux$L)", i, i, (float) a.coef(),
+                    m.router().selection() instanceof Router.Selection.TopP ? 0 : m.k(), i);
+            aux = Optional.empty();
+            if (z.isEmpty() && h.isEmpty()) {
+                return;
+            }
         }
         f.addStatement("float[] stats = moe$L.balanceStats()", i);
         aux.ifPresent(a -> {

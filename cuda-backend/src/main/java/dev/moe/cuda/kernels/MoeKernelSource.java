@@ -300,9 +300,45 @@ public final class MoeKernelSource {
                   return v;
                 }
                 __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
+                // The balancing losses' per-token functions are __host__ __device__, so that the tests compile the very text for
+                // the host: on the GPU a warp's 32 lanes share a token's experts (e = lane, lane + 32, ...); on the host one
+                // lane takes them all, its sums and maxima its own.
+                #ifdef __CUDA_ARCH__
+                #define LANES 32
+                #else
+                #define LANES 1
+                #endif
+                __host__ __device__ inline float tokenSum(float v) {
+                #ifdef __CUDA_ARCH__
+                  return warpSum(v);
+                #else
+                  return v;
+                #endif
+                }
+                __host__ __device__ inline float tokenMax(float v) {
+                #ifdef __CUDA_ARCH__
+                  return warpMax(v);
+                #else
+                  return v;
+                #endif
+                }
+                __host__ __device__ inline void addTo(float* p, float v) {
+                #ifdef __CUDA_ARCH__
+                  atomicAdd(p, v);
+                #else
+                  *p += v;
+                #endif
+                }
+                __host__ __device__ inline void addTo(int* p, int v) {
+                #ifdef __CUDA_ARCH__
+                  atomicAdd(p, v);
+                #else
+                  *p += v;
+                #endif
+                }
 
                 // The router's view of a logit: act(logit) / temperature when the layer has a temperature.
-                __device__ __forceinline__ float scaledLogit(float l, float tau) {
+                __host__ __device__ __forceinline__ float scaledLogit(float l, float tau) {
                 #if TEMPERATURE
                 #if LOGIT_ACT == 1
                   l = tanhf(l);
@@ -315,7 +351,7 @@ public final class MoeKernelSource {
                 #endif
                 }
                 // d scaled / d logit
-                __device__ __forceinline__ float scaledSlope(float l, float tau) {
+                __host__ __device__ __forceinline__ float scaledSlope(float l, float tau) {
                 #if LOGIT_ACT == 1
                   float a = tanhf(l); return (1.f - a * a) / tau;
                 #elif LOGIT_ACT == 2
@@ -1073,12 +1109,121 @@ public final class MoeKernelSource {
                   s = warpSum(s);
                   if (lane == 0) { float lse = m + logf(s); atomicAdd(stats + ER, lse * lse); atomicAdd(stats + ER + 1, h); }
                 }
+                #endif
 
-                // router_backward with the balancing losses: aux[e] (d loss / d p[t,e], the same for every token) and the
-                // entropy loss's -ent (log p + 1) join the score gradient before the softmax backward; the z-loss adds
-                // zc · 2 · lse · softmax; then through the temperature.
+                // A token's part of the aux loss's statistics: its scores as the aux loss sees them (softmax ones as they are,
+                // sigmoid ones over the token's sum, as the CPU class's aux loss normalises them) added to score[0, ER), and one
+                // per slot to count[expert] (count may be null; a NONE slot counts nothing). p is the token's probabilities, idx
+                // its K slots.
+                __host__ __device__ inline void balance_stats_row(const float* p, const int* idx, int lane, float* score, int* count) {
+                #if SOFTMAX
+                  float z = 1.f;
+                #else
+                  float z = 0.f;
+                  for (int e = lane; e < ER; e += LANES) z += p[e];
+                  z = tokenSum(z);
+                #endif
+                  for (int e = lane; e < ER; e += LANES) addTo(score + e, p[e] / z);
+                  if (count != nullptr)
+                    for (int r = lane; r < K; r += LANES) if (idx[r] < ER) addTo(count + idx[r], 1);
+                }
+
+                // The row of a [T / seq, ER] array that token t's sequence of seq tokens owns.
+                __host__ __device__ inline float* seqRow(float* a, int t, int seq) { return a + (long) (t / seq) * ER; }
+                __host__ __device__ inline int* seqRow(int* a, int t, int seq) { return a == nullptr ? nullptr : a + (long) (t / seq) * ER; }
+                __host__ __device__ inline const float* seqRow(const float* a, int t, int seq) { return a + (long) (t / seq) * ER; }
+
+                // One warp per token: the sequence-wise aux loss's statistics of each sequence of seq tokens (seq = T: the whole
+                // batch, a micro-batch aux loss's scores), score [T / seq, ER] and count [T / seq, ER], both zeroed by the caller.
+                extern "C" __global__ void router_sequence_stats(const float* __restrict__ probs, const int* __restrict__ idx, int T, int seq,
+                    float* __restrict__ score, int* __restrict__ count) {
+                  int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+                  if (t >= T) return;
+                  balance_stats_row(probs + (long) t * ER, idx + (long) t * K, lane, seqRow(score, t, seq), seqRow(count, t, seq));
+                }
+
+                // What a token's balancing-loss backward needs besides its probabilities p and logits row: its slots, the
+                // routing weights' gradient through normalisation and scaling per slot (dp), and the sums over its experts.
+                struct BalanceRow { int which[K]; float dp[K]; float pdp, paux, lse, z, cz; };
+
+                // The sums of a token's balancing-loss backward: aux[e] is d loss / d score[t,e] (the score the aux loss sees:
+                // softmax, or sigmoid over the token's sum), dweight the token's K weight gradients, ent the entropy coefficient.
+                __host__ __device__ inline void balance_row(const float* p, const float* row, const int* idx, const float* dweight,
+                    const float* aux, float ent, float tau, int lane, BalanceRow* b) {
+                  float sum = 0.f, dot = 0.f;
+                  #pragma unroll
+                  for (int r = 0; r < K; r++) {
+                    b->which[r] = idx[r];
+                    float pr = b->which[r] < ER ? p[b->which[r]] : 0.f;
+                    sum += pr; dot += dweight[r] * pr;
+                  }
+                  #pragma unroll
+                  for (int r = 0; r < K; r++) {
+                    float g = dweight[r];
+                    b->dp[r] = SCALE * (NORMALIZE ? (g - dot / sum) / sum : g);
+                  }
+                #if SOFTMAX
+                  float pdp = 0.f;
+                  #pragma unroll
+                  for (int r = 0; r < K; r++) if (b->which[r] < ER) pdp += p[b->which[r]] * b->dp[r];
+                  // the lowest float rather than -INF (a device intrinsic): a lane without experts leaves it to the others
+                  float paux = 0.f, m = -3.40282347e+38f;
+                  for (int e = lane; e < ER; e += LANES) {
+                    float pe = p[e], a = aux[e];
+                #if ENTROPY
+                    if (pe > 0.f) a -= ent * (logf(pe) + 1.f);
+                #endif
+                    paux += pe * a;
+                    m = fmaxf(m, scaledLogit(row[e], tau));
+                  }
+                  paux = tokenSum(paux);
+                  m = tokenMax(m);
+                  float s = 0.f;
+                  for (int e = lane; e < ER; e += LANES) s += expf(scaledLogit(row[e], tau) - m);
+                  s = tokenSum(s);
+                  b->pdp = pdp; b->paux = paux; b->lse = m + logf(s); b->z = 1.f; b->cz = 0.f;
+                #else
+                  // the aux loss saw q = p / z: its gradient reaches p as (aux - Σ_j aux_j q_j) / z
+                  float z = 0.f, cz = 0.f;
+                  for (int e = lane; e < ER; e += LANES) { z += p[e]; cz += aux[e] * p[e]; }
+                  z = tokenSum(z);
+                  cz = tokenSum(cz);
+                  b->pdp = 0.f; b->paux = 0.f; b->lse = 0.f; b->z = z; b->cz = cz / z;
+                #endif
+                }
+
+                // The gradient of expert e's logit: the weights' part and the balancing losses' (the z-loss's coefficient zc,
+                // softmax scores only), through the score function and the temperature.
+                __host__ __device__ inline float balance_dlogit(int e, const float* p, const float* row, const float* aux, float zc, float ent,
+                    float tau, const BalanceRow* b) {
+                  float pe = p[e];
+                #if SOFTMAX
+                  float d = aux[e];
+                #if ENTROPY
+                  if (pe > 0.f) d -= ent * (logf(pe) + 1.f);
+                #endif
+                  #pragma unroll
+                  for (int r = 0; r < K; r++) if (b->which[r] == e) d += b->dp[r];
+                  float dl = pe * (d - b->pdp - b->paux) + zc * 2.f * b->lse * pe;
+                #else
+                  float d = 0.f;
+                  #pragma unroll
+                  for (int r = 0; r < K; r++) if (b->which[r] == e) d = b->dp[r];
+                  float dl = (d + (aux[e] - b->cz) / b->z) * pe * (1.f - pe);
+                #endif
+                #if TEMPERATURE
+                  dl *= scaledSlope(row[e], tau);
+                #endif
+                  return dl;
+                }
+
+                // router_backward with the balancing losses: aux [T / auxSeq, ER] (d loss / d score[t,e], the same for the
+                // auxSeq tokens of a row: auxSeq = T for a micro- or global-batch aux loss, the sequence length for a
+                // sequence-wise one) and the entropy loss's -ent (log p + 1) join the score gradient before the softmax
+                // backward, or (sigmoid scores) reach the scores through their per-token normalisation; the z-loss (softmax)
+                // adds zc · 2 · lse · softmax; then through the temperature.
                 extern "C" __global__ void router_backward_balance(const float* __restrict__ probs, const float* __restrict__ logits,
-                    const int* __restrict__ idx, const float* __restrict__ dweight, int T, const float* __restrict__ aux, float zc,
+                    const int* __restrict__ idx, const float* __restrict__ dweight, int T, const float* __restrict__ aux, int auxSeq, float zc,
                     float ent, float tau, act_t* __restrict__ dlogits
                 #if FP32_DLOGITS
                     , const float* __restrict__ dlogits_in, float* __restrict__ dlogits32
@@ -1088,49 +1233,11 @@ public final class MoeKernelSource {
                   if (t >= T) return;
                   const float* p = probs + (long) t * ER;
                   const float* row = logits + (long) t * ER;
-                  int which[K]; float dp[K];
-                  float sum = 0.f, dot = 0.f;
-                  #pragma unroll
-                  for (int r = 0; r < K; r++) {
-                    which[r] = idx[(long) t * K + r];
-                    float pr = which[r] < ER ? p[which[r]] : 0.f;
-                    sum += pr; dot += dweight[(long) t * K + r] * pr;
-                  }
-                  #pragma unroll
-                  for (int r = 0; r < K; r++) {
-                    float g = dweight[(long) t * K + r];
-                    dp[r] = SCALE * (NORMALIZE ? (g - dot / sum) / sum : g);
-                  }
-                  float pdp = 0.f;
-                  #pragma unroll
-                  for (int r = 0; r < K; r++) if (which[r] < ER) pdp += p[which[r]] * dp[r];
-                  float paux = 0.f, m = -INF;
+                  const float* a = seqRow(aux, t, auxSeq);
+                  BalanceRow b;
+                  balance_row(p, row, idx + (long) t * K, dweight + (long) t * K, a, ent, tau, lane, &b);
                   for (int e = lane; e < ER; e += 32) {
-                    float pe = p[e], a = aux[e];
-                #if ENTROPY
-                    if (pe > 0.f) a -= ent * (logf(pe) + 1.f);
-                #endif
-                    paux += pe * a;
-                    m = fmaxf(m, scaledLogit(row[e], tau));
-                  }
-                  paux = warpSum(paux);
-                  m = warpMax(m);
-                  float s = 0.f;
-                  for (int e = lane; e < ER; e += 32) s += __expf(scaledLogit(row[e], tau) - m);
-                  s = warpSum(s);
-                  float lse = m + logf(s);
-                  for (int e = lane; e < ER; e += 32) {
-                    float pe = p[e];
-                    float d = aux[e];
-                #if ENTROPY
-                    if (pe > 0.f) d -= ent * (logf(pe) + 1.f);
-                #endif
-                    #pragma unroll
-                    for (int r = 0; r < K; r++) if (which[r] == e) d += dp[r];
-                    float dl = pe * (d - pdp - paux) + zc * 2.f * lse * pe;
-                #if TEMPERATURE
-                    dl *= scaledSlope(row[e], tau);
-                #endif
+                    float dl = balance_dlogit(e, p, row, a, zc, ent, tau, &b);
                 #if FP32_DLOGITS
                     // the gradient the next MoE layer's gating residual sent back (w.r.t. these raw logits), then an fp32 copy
                     if (dlogits_in != nullptr) dl += dlogits_in[(long) t * ER + e];
@@ -1139,7 +1246,6 @@ public final class MoeKernelSource {
                     st(dlogits, (long) t * ER + e, dl);
                   }
                 }
-                #endif
                 """);
         return c.toString();
     }

@@ -27,7 +27,7 @@ import java.util.SplittableRandom;
  * but 0.1% of the weights within 1e-4 and the weights' movement and the moments within 5% in norm.
  *
  * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe, switch, mole, mola and rmoe), then always
- * {@link #SIGMOID_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL},
+ * {@link #SIGMOID_MODEL}, {@link #SEQUENCE_AUX_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL},
  * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL}, {@link #LORA_MODEL}, {@link #RECURRENT_MODEL}, {@link #JITTER_MODEL}, {@link #PARALLEL_MODEL} and {@link #MLA_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
  * equal the CPU's exactly.
  *
@@ -79,6 +79,73 @@ public final class DeviceModelParity {
     /** The models of {@link #SIGMOID_MODEL}. */
     public static List<Model> sigmoidModels() {
         return compile("sigmoid-tiny.moe", SIGMOID_MODEL);
+    }
+
+    /**
+     * DeepSeek-V3's MoE without its latent attention: sigmoid scores, selection bias, group-limited top-k, normalisation,
+     * scaling, a shared expert and the sequence-wise aux loss (its coefficient raised so that the loss shows in the gradients);
+     * then a micro-batch aux loss on sigmoid scores through a sigmoid-activated temperature, and a sequence-wise one on
+     * top-p (f over each sequence's used slots) beside a z-loss.
+     */
+    public static final String SEQUENCE_AUX_MODEL = """
+            moe v3 {
+              shared 1 x swiglu(hidden: 48)
+              routed 16 x swiglu(hidden: 48)
+              router {
+                score sigmoid
+                top_k 4
+                normalize true
+                scale 2.5
+                bias aux_free(rate: 0.01)
+                groups limited(groups: 4, top: 2)
+              }
+              balance aux(coef: 0.01, scope: sequence)
+            }
+            moe sig {
+              routed 8 x swiglu(hidden: 40)
+              router {
+                score sigmoid
+                top_k 2
+                normalize false
+                temperature 1.5
+                activation sigmoid
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            moe topp {
+              routed 8 x swiglu(hidden: 40)
+              router {
+                score softmax
+                top_p 0.45
+                max_k 4
+                normalize false
+              }
+              balance aux(coef: 0.01, scope: sequence)
+              balance z_loss(coef: 0.001)
+            }
+            model SequenceAuxTiny {
+              vocab 97
+              context 64
+              dim 64
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              tie_embeddings true
+              ffn dense = swiglu(hidden: 96)
+              layers 4 {
+                first 1: attention, dense
+                1: attention, topp
+                2: attention, sig
+                rest: attention, v3
+              }
+            }
+            """;
+
+    /** The models of {@link #SEQUENCE_AUX_MODEL}. */
+    public static List<Model> sequenceAuxModels() {
+        return compile("sequence-aux.moe", SEQUENCE_AUX_MODEL);
     }
 
     /**
@@ -969,6 +1036,7 @@ public final class DeviceModelParity {
             models.addAll(MoeCompiler.compile(Path.of(f)).orThrow().models());
         }
         models.addAll(sigmoidModels());
+        models.addAll(sequenceAuxModels());
         models.addAll(denseFeatureModels());
         models.addAll(expertModels());
         models.addAll(routerOptionModels());

@@ -80,7 +80,7 @@ class CudaModelGeneratorTest {
                 // RMoE: recurrent routers sharing one GRU
                 "rmoe.moe/RMoETiny");
 
-        assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).contains("the balancing loss");
+        assertThat(outcome.get("deepseek-v3.moe/DeepSeekV3Tiny")).isEqualTo("device-resident");
     }
 
     @Test
@@ -770,11 +770,9 @@ class CudaModelGeneratorTest {
         for (Model m : dev.moe.cuda.model.DeviceModelParity.denseFeatureModels()) {
             assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
         }
-        // what keeps a recipe on the hybrid path is named: jetmoe's attention experts, deepseek-v3's sequence-wise balance loss
+        // what keeps a recipe on the hybrid path is named: jetmoe's attention experts
         Model jet = models(RECIPES.resolve("jetmoe.moe")).getFirst();
         assertThat(CudaModelGenerator.unsupported(jet).orElseThrow()).contains("attention experts");
-        Model v3 = models(RECIPES.resolve("deepseek-v3.moe")).getFirst();
-        assertThat(CudaModelGenerator.unsupported(v3).orElseThrow()).contains("the balancing loss");
     }
 
     /** switch.moe (routed relu experts, top-1, capacity factor 1.25 by position) runs device-resident, its options in the layer's spec. */
@@ -896,22 +894,86 @@ class CudaModelGeneratorTest {
     }
 
     /**
-     * deepseek-v3.moe: latent attention does not refuse it; what remains is named. Its latent attention
-     * compiles device-resident (the recipe without its balance loss, when that loss is what keeps it on the hybrid path).
+     * deepseek-v3.moe: nothing keeps it on the hybrid path any more. Its latent attention and its MoE with the sequence-wise aux
+     * loss compile device-resident.
      */
     @Test
-    void deepSeekV3sLatentAttentionCompiles() throws IOException {
-        String text = Files.readString(RECIPES.resolve("deepseek-v3.moe"));
+    void deepSeekV3IsDeviceResident() {
         {
             Model v3 = models(RECIPES.resolve("deepseek-v3.moe")).getFirst();
-            var why = CudaModelGenerator.unsupported(v3);
-            why.ifPresent(w -> assertThat(w).doesNotContain("latent attention"));
-            Model attentionOnly = why.isEmpty() ? v3 : compileText(text.replaceAll("(?m)^\\s*balance aux\\(.*$", "")).getFirst();
-            assertThat(CudaModelGenerator.unsupported(attentionOnly)).isEmpty();
-            DeviceModels.Classes classes = DeviceModels.compile(attentionOnly, "deepseek-v3.moe");
+            assertThat(CudaModelGenerator.unsupported(v3)).isEmpty();
+            DeviceModels.Classes classes = DeviceModels.compile(v3, "deepseek-v3.moe");
             assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
-            assertThat(CudaModelGenerator.generate(attentionOnly, "dev.moe.generated", "deepseek-v3.moe").toString())
-                    .contains("ops.mlaKeysAndValues(a3Kpe, a3Kvb, a3K, a3V, rows, HEADS, NOPE_DIM, ROPE_DIM, V_DIM)");
+            String src = CudaModelGenerator.generate(v3, "dev.moe.generated", "deepseek-v3.moe").toString();
+            assertThat(src).contains("ops.mlaKeysAndValues(a3Kpe, a3Kvb, a3K, a3V, rows, HEADS, NOPE_DIM, ROPE_DIM, V_DIM)");
+            assertThat(src).contains("balance3 += moe3.sequenceBalanceStats(seq).auxLoss(1.0E-4f, 4, rows, aux3);");
         }
+    }
+
+    /**
+     * deepseek-v3.moe's MoE (sigmoid scores, expert bias, group-limited top-4, normalised and scaled by 2.5, the sequence-wise aux
+     * loss) runs device-resident without the latent attention property once its attention is grouped-query: the loss no
+     * longer keeps it on the hybrid path. Each sequence's aux gradient rows go to the layer's backward.
+     */
+    @Test
+    void deepSeekV3sMoeIsDeviceResident() throws IOException {
+        String text = Files.readString(RECIPES.resolve("deepseek-v3.moe"));
+        String gqa = text.replaceAll("(?m)^\\s*attention mla\\(.*$", "");
+        assertThat(gqa).isNotEqualTo(text);
+        Model v3 = compileText(gqa).getFirst();
+        assertThat(v3.config().mla()).isEmpty();
+        assertThat(CudaModelGenerator.unsupported(v3)).isEmpty();
+        DeviceModels.Classes classes = DeviceModels.compile(v3, "deepseek-v3.moe");
+        assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+        String src = CudaModelGenerator.generate(v3, "dev.moe.generated", "deepseek-v3.moe").toString();
+        for (int l = 1; l < 4; l++) {
+            assertThat(src).contains("aux" + l + " = new float[batch * 16];");
+            assertThat(src).contains("balance" + l + " += moe" + l + ".sequenceBalanceStats(seq).auxLoss(1.0E-4f, 4, rows, aux" + l + ");");
+            assertThat(src).contains("moe" + l + ".backwardInto(dx, scaled(aux" + l + ", scale), 0f, 0f, dNormed);");
+        }
+        // the sequence-wise loss needs no batch-wide statistics
+        assertThat(src).doesNotContain("balanceStats()");
+        assertThat(src).contains(".withGroupLimit(4, 2)");
+    }
+
+    /**
+     * The parity model of the balancing losses on sigmoid scores and per sequence is device-resident: the micro-batch aux loss
+     * on sigmoid scores reads the layer's batch-wide statistics (scores over each token's sum), top-p's sequence-wise loss
+     * counts each sequence's used slots (k 0), beside the z-loss.
+     */
+    @Test
+    void theParityCheckSequenceAuxModelIsDeviceResident() {
+        Model m = dev.moe.cuda.model.DeviceModelParity.sequenceAuxModels().getFirst();
+        assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
+        DeviceModels.compile(m, "sequence-aux.moe");
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "sequence-aux.moe").toString();
+        assertThat(src).contains("balance1 += moe1.sequenceBalanceStats(seq).auxLoss(0.01f, 0, rows, aux1);");
+        assertThat(src).contains("moe1.backwardInto(dx, scaled(aux1, scale), scale * 0.001f / rows, 0f, dNormed);");
+        assertThat(src).contains("float[] stats = moe2.balanceStats();");
+        assertThat(src).contains("aux2 = new float[8];");
+        assertThat(src).contains("balance3 += moe3.sequenceBalanceStats(seq).auxLoss(0.01f, 4, rows, aux3);");
+    }
+
+    /** The balancing losses the GPU layers do not take stay on the hybrid path, named. */
+    @Test
+    void balancingLossesTheLayersCannotRunAreRefused() {
+        String seqAux = dev.moe.cuda.model.DeviceModelParity.SEQUENCE_AUX_MODEL;
+        // the layer takes one aux gradient
+        String two = seqAux.replace("balance aux(coef: 0.01, scope: sequence)\n  balance z_loss", "balance aux(coef: 0.01, scope: sequence)\n"
+                + "  balance aux(coef: 0.01, scope: micro_batch)\n  balance z_loss");
+        assertThat(two).isNotEqualTo(seqAux);
+        assertThat(CudaModelGenerator.unsupported(compileText(two).getFirst()).orElseThrow()).contains("more than one aux loss");
+        // the z-loss on sigmoid scores
+        String zSigmoid = seqAux.replace("balance aux(coef: 0.01, scope: micro_batch)", "balance z_loss(coef: 0.001)");
+        assertThat(zSigmoid).isNotEqualTo(seqAux);
+        assertThat(CudaModelGenerator.unsupported(compileText(zSigmoid).getFirst()).orElseThrow()).contains("with sigmoid scores");
+        // MoE++'s tau on a sequence-wise loss
+        String moepp = dev.moe.cuda.model.DeviceModelParity.MOEPP_MODEL.replace("scope: micro_batch, tau: 0.75", "scope: sequence, tau: 0.75");
+        assertThat(moepp).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.MOEPP_MODEL);
+        assertThat(CudaModelGenerator.unsupported(compileText(moepp).getFirst()).orElseThrow()).contains("a sequence-wise aux loss with tau");
+        // LoRA's layer: the softmax micro- or global-batch aux loss only
+        String lora = dev.moe.cuda.model.DeviceModelParity.LORA_MODEL.replaceFirst("scope: micro_batch", "scope: sequence");
+        assertThat(lora).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.LORA_MODEL);
+        assertThat(CudaModelGenerator.unsupported(compileText(lora).getFirst()).orElseThrow()).contains("on LoRA experts");
     }
 }
