@@ -909,6 +909,16 @@ class CudaModelGeneratorTest {
                 assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
                 String src = CudaModelGenerator.generate(m, "dev.moe.generated", m.name() + ".moe").toString();
                 source.put(m.name(), src);
+                // every parameter of the attention experts and their routers is read (and gets its gradient) on the device
+                int expertParams = 0;
+                for (dev.moe.compiler.ir.Param p : m.params()) {
+                    if (p.name().contains(".attn_moe.")) {
+                        assertWithMessage("%s reads %s", m.name(), p.name()).that(src).contains("w.value(\"" + p.name() + "\")");
+                        assertWithMessage("%s's gradient of %s", m.name(), p.name()).that(src).contains("w.grad(\"" + p.name() + "\")");
+                        expertParams++;
+                    }
+                }
+                assertWithMessage(m.name()).that(expertParams).isGreaterThan(0);
                 // the routed states in the CPU class's order: the loads, dispatch and step loads line up layer by layer
                 dev.moe.runtime.TrainableModel cpu = classes.createHost(new dev.moe.runtime.cpu.CpuBackend(1, dev.moe.runtime.cpu.CpuBackend.VECTOR_API));
                 String layers = java.util.Arrays.toString(cpu.moeLayers());
