@@ -304,6 +304,41 @@ public final class DeviceOps {
     }
 
     /**
+     * Attention experts (MoA): each token's routing weights as a dense row over the experts, {@code gates [tokens, experts]}
+     * (overwritten), from the router's slots {@code idx} and {@code weight [tokens, k]}; 0 where the token did not choose the expert.
+     */
+    public void moaGates(long idx, long weight, int tokens, int k, int experts, long gates) {
+        if (tokens > 0) {
+            launch("moa_gates", (tokens + THREADS - 1) / THREADS, THREADS, idx, weight, tokens, k, experts, gates);
+        }
+    }
+
+    /** Backward of {@link #moaGates}: each slot's weight gradient {@code dWeight [tokens, k]} (overwritten) from {@code dGates}. */
+    public void moaSlotGrads(long dGates, long idx, int tokens, int k, int experts, long dWeight) {
+        long n = (long) tokens * k;
+        if (n > 0) {
+            launch("moa_slot_grads", (int) ((n + THREADS - 1) / THREADS), THREADS, dGates, idx, tokens, k, experts, dWeight);
+        }
+    }
+
+    /** {@code out[t] += gates[t, expert] · y[t]} over {@code rows} rows of {@code dim}: one attention expert's weighted output. */
+    public void moaCombine(long y, long gates, int expert, int experts, int rows, int dim, long out) {
+        if (rows > 0) {
+            launch("moa_combine", rows, THREADS, y, gates, expert, experts, dim, out);
+        }
+    }
+
+    /**
+     * Backward of {@link #moaCombine} for the output gradient {@code dOut}: {@code dy[t] = gates[t, expert] · dOut[t]} (overwritten)
+     * and {@code dGates[t, expert] = <dOut[t], y[t]>} (overwritten).
+     */
+    public void moaCombineBackward(long dOut, long y, long gates, int expert, int experts, int rows, int dim, long dy, long dGates) {
+        if (rows > 0) {
+            launch("moa_combine_backward", rows, THREADS, dOut, y, gates, expert, experts, dim, dy, dGates);
+        }
+    }
+
+    /**
      * RMoE's GRU cell (PyTorch's gate order r, z, n) on {@code gi = u · W_ihᵀ} and {@code gh = prev · W_hhᵀ} ({@code [rows, 3 · width]})
      * and the biases {@code [3 · width]}: the new state {@code h [rows, width]}, and r, z, n and W_hn prev + b_hn saved in
      * {@code gates [rows, 4 · width]} for {@link #gruCellBackward}. The twin of the CPU class's {@code gru} after its two products.

@@ -36,7 +36,8 @@ public final class DeviceOpsParity {
     /** The ops of the dense-model features (LayerNorm, qk-norm's shape, q/k/v biases, ungated FFNs), after the GEMM attention's. */
     private static final String[] DENSE_NAMES = {"layer_norm", "layer_norm backward", "rms_norm per head (qk)", "add_bias", "bias backward",
         "activation", "activation backward", "gru cell", "gru cell backward",
-        "jitter noise, multiply and backward (bitwise)", "mla keys and values, backward (bitwise)", "mla values out and in (bitwise)"};
+        "jitter noise, multiply and backward (bitwise)", "mla keys and values, backward (bitwise)", "mla values out and in (bitwise)",
+        "moa gates, slot gradients, combine and its dy (bitwise)", "moa combine's gate gradient"};
     private static final int DENSE = 13 + 2 * GEMM_MODES.length;
 
     public static List<Result> run(CudaContext ctx, Backend cpu) {
@@ -305,6 +306,58 @@ public final class DeviceOpsParity {
                 ops.mlaValuesIn(sc.floats(mdAttV), mdAttd, rows, mHeads, hdm, vDim);
                 worst[DENSE + 11] = Math.max(worst[DENSE + 11], Math.max(maxDiff(ctx.downloadFloats(attVd, attV.length), attV),
                         maxDiff(ctx.downloadFloats(mdAttd, mdAtt.length), mdAtt)));
+
+                // attention experts (MoA): each token's k distinct experts' weights as a dense gate row and the slots' gradients
+                // back from it, as the CPU class's gateW and dWeight; one expert's output added by its gate as the CPU's
+                // scatterAddRows adds it; its backward's dy and (summed in double) gate gradient
+                int experts = 1 + rnd.nextInt(6), k = 1 + rnd.nextInt(experts);
+                int[] sel = new int[rows * k];
+                float[] slotW = Compare.gaussian(rnd, rows * k), gatesRef = new float[rows * experts];
+                for (int t = 0; t < rows; t++) {
+                    List<Integer> order = new ArrayList<>();
+                    for (int e = 0; e < experts; e++) {
+                        order.add(e);
+                    }
+                    java.util.Collections.shuffle(order, rnd);
+                    for (int slot = 0; slot < k; slot++) {
+                        sel[t * k + slot] = order.get(slot);
+                        gatesRef[t * experts + order.get(slot)] += slotW[t * k + slot];
+                    }
+                }
+                long seld = sc.ints(sel), gatesd = sc.zeros(rows * experts);
+                ops.moaGates(seld, sc.floats(slotW), rows, k, experts, gatesd);
+                float[] dGatesIn = Compare.gaussian(rnd, rows * experts), dSlotRef = new float[rows * k];
+                for (int i = 0; i < rows * k; i++) {
+                    dSlotRef[i] = dGatesIn[(i / k) * experts + sel[i]];
+                }
+                long dSlotd = sc.zeros(rows * k);
+                ops.moaSlotGrads(sc.floats(dGatesIn), seld, rows, k, experts, dSlotd);
+                int ex = rnd.nextInt(experts);
+                float[] my = Compare.gaussian(rnd, rows * dim), mOut = Compare.gaussian(rnd, rows * dim), mdOut = Compare.gaussian(rnd, rows * dim);
+                float[] gateOf = new float[rows];
+                int[] self = new int[rows];
+                for (int t = 0; t < rows; t++) {
+                    gateOf[t] = gatesRef[t * experts + ex];
+                    self[t] = t;
+                }
+                long myd = sc.floats(my), mOutd = sc.floats(mOut);
+                cpu.scatterAddRows(my, self, gateOf, rows, dim, mOut);
+                ops.moaCombine(myd, gatesd, ex, experts, rows, dim, mOutd);
+                float[] mdy = new float[rows * dim], mdGates = new float[rows * experts];
+                for (int t = 0; t < rows; t++) {
+                    double dot = 0;
+                    for (int d = 0; d < dim; d++) {
+                        dot += (double) mdOut[t * dim + d] * my[t * dim + d];
+                        mdy[t * dim + d] = gateOf[t] * mdOut[t * dim + d];
+                    }
+                    mdGates[t * experts + ex] = (float) dot;
+                }
+                long mdyd = sc.zeros(rows * dim), mdGatesd = sc.zeros(rows * experts);
+                ops.moaCombineBackward(sc.floats(mdOut), myd, gatesd, ex, experts, rows, dim, mdyd, mdGatesd);
+                worst[DENSE + 12] = Math.max(worst[DENSE + 12], Math.max(Math.max(maxDiff(ctx.downloadFloats(gatesd, gatesRef.length), gatesRef),
+                        maxDiff(ctx.downloadFloats(dSlotd, dSlotRef.length), dSlotRef)), Math.max(maxDiff(ctx.downloadFloats(mOutd, mOut.length), mOut),
+                        maxDiff(ctx.downloadFloats(mdyd, mdy.length), mdy))));
+                worst[DENSE + 13] = Math.max(worst[DENSE + 13], Compare.rel(ctx.downloadFloats(mdGatesd, mdGates.length), mdGates));
             }
         }
         String[] names = {"embedding", "embedding backward", "rms_norm", "rms_norm backward", "rope (both ways)", "glu",

@@ -260,6 +260,9 @@ class MoeKernelSourceTest {
                     Options.NONE.withExtraLogits().withGatingResidual().withEntropy())));
             sources.add(MoeKernelSource.generate(new Spec(48, 40, 8, 2, Score.SOFTMAX, true, 1f, false, p).with(Options.NONE.withExtraLogits())));
         }
+        // attention experts' routers (CudaAttentionRouter): hidden 1 (no FFN runs), top-2 and soft (k = E) with an entropy loss
+        sources.add(MoeKernelSource.generate(new Spec(128, 1, 4, 0, 0, 0, 2, Score.SOFTMAX, true, 1f, false, Precision.FP32, Options.NONE)));
+        sources.add(MoeKernelSource.generate(new Spec(48, 1, 5, 0, 0, 0, 5, Score.SOFTMAX, false, 1f, false, Precision.FP32, Options.NONE.withEntropy())));
         sources.add(dev.moe.cuda.kernels.ModelKernelSource.generate());
         for (int k : new int[] {1, 2, 3, 32}) {
             sources.add(dev.moe.cuda.kernels.LoraKernelSource.generate(k));

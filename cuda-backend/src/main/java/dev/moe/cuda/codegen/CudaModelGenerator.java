@@ -19,6 +19,7 @@ import dev.moe.compiler.ir.ModelConfig;
 import dev.moe.compiler.ir.Moe;
 import dev.moe.compiler.ir.Param;
 import dev.moe.compiler.ir.Router;
+import dev.moe.cuda.CudaAttentionRouter;
 import dev.moe.cuda.CudaContext;
 import dev.moe.cuda.CudaLoraMoeLayer;
 import dev.moe.cuda.CudaMoeLayer;
@@ -44,7 +45,9 @@ import javax.lang.model.element.Modifier;
  * <p>It covers pre-norm, shortcut (LongCat-Flash) and residual (PR-MoE) blocks, and parallel blocks of attention beside a dense
  * FFN or an MoE, with RMSNorm or
  * LayerNorm, RoPE, grouped-query attention (causal or not, sliding window, q/k/v biases, per-head or
- * full qk-norm), multi-head latent attention (DeepSeek-V2/V3), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
+ * full qk-norm), multi-head latent attention (DeepSeek-V2/V3), mixtures of attention experts in the mixer slot of pre-norm and
+ * parallel blocks (JetMoE's MoA, BAM; only with {@value #MOA_PROPERTY}{@code =true} until their GPU parity check,
+ * {@link #attentionExpertsEnabled}; {@link #attentionExperts}), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
  * followed by zero, copy and constant experts (MoE++), or of MoLE's latent experts (a shared down-projection to the rank,
  * then FFN experts on it) followed by zero experts, or one group of MoLA's LoRA experts over a frozen FFN base
  * ({@link CudaLoraMoeLayer}, fp32, dropless token choice by one router), with shared FFN experts without a sigmoid gate. Routers: softmax
@@ -67,6 +70,7 @@ public final class CudaModelGenerator {
     private static final ClassName DEVICE_MODEL = ClassName.get(DeviceModel.class);
     private static final ClassName MOE_LAYER = ClassName.get(CudaMoeLayer.class);
     private static final ClassName LORA_LAYER = ClassName.get(CudaLoraMoeLayer.class);
+    private static final ClassName MOA_ROUTER = ClassName.get(CudaAttentionRouter.class);
     private static final ClassName EXTERNAL = ClassName.get(CudaMoeLayer.ExternalWeights.class);
     private static final ClassName SPEC = ClassName.get(MoeKernelSource.Spec.class);
     private static final ClassName SCORE = ClassName.get(MoeKernelSource.Score.class);
@@ -83,6 +87,20 @@ public final class CudaModelGenerator {
         this.model = model;
         this.cfg = model.config();
         this.paramNames = model.params().stream().map(Param::name).collect(Collectors.toSet());
+    }
+
+    /** The system property that lets mixtures of attention experts run device-resident (see {@link #attentionExpertsEnabled}). */
+    public static final String MOA_PROPERTY = "moe.cuda.moa";
+
+    /**
+     * Whether models whose mixer is an MoE of attention experts (JetMoE's MoA, BAM) are generated device-resident: only when the
+     * system property {@value #MOA_PROPERTY} is {@code true} or the environment variable {@code MOE_CUDA_MOA} is {@code 1}. That path
+     * ({@link #attentionExperts}) was written without a GPU; it stays off by default until {@code DeviceModelParity} (which turns it
+     * on for its models of attention experts) has checked it against the CPU class on a GPU. Until then such models run on the
+     * hybrid backend.
+     */
+    public static boolean attentionExpertsEnabled() {
+        return Boolean.getBoolean(MOA_PROPERTY) || "1".equals(System.getenv("MOE_CUDA_MOA"));
     }
 
     /** Why {@code model} cannot be generated device-resident, or empty when it can. */
@@ -107,7 +125,9 @@ public final class CudaModelGenerator {
                 continue;
             }
             if (l.block() instanceof Block.Parallel par) {
-                Optional<String> why = !(par.mixer() instanceof Block.Part.Attention) ? Optional.of("mixer (attention experts)")
+                Optional<String> why = par.mixer() instanceof Block.Part.MoePart mix && unsupportedMixer(c, mix.moe()).isPresent()
+                        ? unsupportedMixer(c, mix.moe()).map(w -> "mixer (" + w + ")")
+                        : !(par.mixer() instanceof Block.Part.Attention || par.mixer() instanceof Block.Part.MoePart) ? Optional.of("mixer")
                         : par.ffn() instanceof Block.Part.MoePart m ? unsupported(m.moe())
                         : par.ffn() instanceof Block.Part.Dense ? Optional.empty() : Optional.of("attention in the FFN slot");
                 if (why.isPresent()) {
@@ -118,8 +138,11 @@ public final class CudaModelGenerator {
             if (!(l.block() instanceof Block.PreNorm p)) {
                 return Optional.of("layer " + l.index() + "'s " + l.block().getClass().getSimpleName().toLowerCase(Locale.ROOT) + " block");
             }
-            if (!(p.mixer() instanceof Block.Part.Attention)) {
-                return Optional.of("layer " + l.index() + "'s mixer (attention experts)");
+            if (p.mixer() instanceof Block.Part.MoePart mix && unsupportedMixer(c, mix.moe()).isPresent()) {
+                return unsupportedMixer(c, mix.moe()).map(w -> "layer " + l.index() + "'s mixer (" + w + ")");
+            }
+            if (!(p.mixer() instanceof Block.Part.Attention || p.mixer() instanceof Block.Part.MoePart)) {
+                return Optional.of("layer " + l.index() + "'s mixer");
             }
             Optional<String> why = switch (p.ffn()) {
                 case Block.Part.Dense d -> Optional.empty();
@@ -131,6 +154,55 @@ public final class CudaModelGenerator {
             }
         }
         return Optional.empty();
+    }
+
+    /**
+     * Why the mixer MoE {@code moe} (attention experts, which the CPU generator takes in pre-norm and parallel blocks only) cannot
+     * run device-resident, or empty when it can: routed attention experts (own or group-shared keys and values) under one dropless
+     * top-k or soft router without a temperature, whose balancing losses the GPU router computes.
+     */
+    private static Optional<String> unsupportedMixer(ModelConfig c, Moe moe) {
+        if (!attentionExpertsEnabled()) {
+            return Optional.of("attention experts: device path off until its GPU parity check, -D" + MOA_PROPERTY + "=true");
+        }
+        if (c.mla().isPresent()) {
+            return Optional.of("attention experts beside multi-head latent attention");
+        }
+        for (ExpertGroup g : moe.groups()) {
+            if (g.role() != ExpertGroup.Role.ROUTED || !(g.expert() instanceof Expert.Attention a) || g.sigmoidGate()) {
+                return Optional.of("attention experts other than routed ones without a sigmoid gate");
+            }
+            if (a.headDim() > 256) {
+                return Optional.of("attention experts of head_dim above 256");
+            }
+        }
+        Router r = moe.routers().getFirst();
+        int k = moaSlots(moe, r);
+        if (moe.routers().size() > 1 || k == 0 || k > 32 || moe.routedExperts() > 1024) {
+            return Optional.of("attention experts routed other than by one top-k or soft router (k <= 32, at most 1024 experts)");
+        }
+        if (r.bias().isPresent() || r.groupLimit().isPresent() || r.quotaGroups().isPresent() || r.jitter() != 0 || r.gatingResidual()
+                || r.recurrentWidth().isPresent() || r.pregate() || r.temperature().isPresent() || !(r.capacity() instanceof Router.Capacity.Dropless)) {
+            return Optional.of("attention experts with an expert bias, groups, jitter, a gating residual, a recurrent router, pre-gating, "
+                    + "a temperature or a capacity factor");
+        }
+        for (Loss loss : moe.losses()) {
+            switch (loss) {
+                case Loss.Aux a when a.scope() != Loss.Scope.SEQUENCE && r.score() == Router.Score.SOFTMAX -> {}
+                case Loss.ZLoss z when r.score() == Router.Score.SOFTMAX -> {}
+                case Loss.Entropy h when r.score() == Router.Score.SOFTMAX -> {}
+                default -> {
+                    return Optional.of("attention experts with the balancing loss " + loss + " and " + r.score().name().toLowerCase(Locale.ROOT)
+                            + " scores");
+                }
+            }
+        }
+        return Optional.empty();
+    }
+
+    /** The slots per token of attention experts' router: k, or (soft) every expert; 0 for other routing. */
+    private static int moaSlots(Moe moe, Router r) {
+        return r.selection() instanceof Router.Selection.Soft ? moe.routedExperts() : r.selection() instanceof Router.Selection.TopK t ? t.k() : 0;
     }
 
     private static Optional<String> unsupported(Moe moe) {
@@ -196,10 +268,11 @@ public final class CudaModelGenerator {
             return Optional.of("routing other than top-k or top-p (k or max_k <= 32, at most 1024 experts)");
         }
         boolean topkFirst = r.score() == Router.Score.SOFTMAX && r.order() == Router.Order.TOPK_THEN_SOFTMAX;
-        // top-k then softmax with normalisation selects and weighs as softmax then top-k renormalised; with a bias,
-        // groups or top-p the selection reads the logits themselves
-        if (topkFirst && (!r.normalize() || r.bias().isPresent() || r.groupLimit().isPresent() || r.selection() instanceof Router.Selection.TopP)) {
-            return Optional.of("top-k then softmax without normalisation, or with an expert bias, expert groups or top-p");
+        // top-k then softmax selects and weighs as softmax then top-k renormalised (the CPU class weighs the chosen logits'
+        // softmax whatever `normalize` says, and the layer's spec normalises); with a bias, groups or top-p the selection reads
+        // the logits themselves
+        if (topkFirst && (r.bias().isPresent() || r.groupLimit().isPresent() || r.selection() instanceof Router.Selection.TopP)) {
+            return Optional.of("top-k then softmax with an expert bias, expert groups or top-p");
         }
         if (r.groupLimit().isPresent() && r.groupLimit().get().groups() > 32) {
             return Optional.of("group-limited routing over more than 32 groups");
@@ -408,12 +481,18 @@ public final class CudaModelGenerator {
      * An MoE layer: FFN experts (then zero, copy and constant experts), MoLE's latent experts ({@code latentRank} and
      * {@code latentDown}, the rank and the shared down-projection's parameter; 0 and null otherwise), or MoLA's LoRA experts
      * ({@code lora}, with {@code loraGroup} the index of their group among the MoE's, which names the frozen base; hidden and
-     * activation are the base's).
+     * activation are the base's), or ({@code mixer}) the layer's mixer of attention experts, whose routing state the class keeps
+     * as an MoE layer's (a {@link CudaAttentionRouter}; no FFN, hidden 0).
      */
     private record MoeInfo(Layer layer, Moe moe, Router router, int experts, int zero, int copy, int constant, int k, int hidden, List<Ffn> shared,
-            Ffn.Activation activation, int latentRank, String latentDown, Expert.Lora lora, int loraGroup) {
+            Ffn.Activation activation, int latentRank, String latentDown, Expert.Lora lora, int loraGroup, boolean mixer) {
         int index() {
             return layer.index();
+        }
+
+        /** What names the layer's routing state ({@code moe<id>}, {@code counts<id>}, ...): the index, or Attn and the index for a mixer. */
+        String id() {
+            return mixer ? "Attn" + index() : Integer.toString(index());
         }
 
         boolean latent() {
@@ -430,9 +509,9 @@ public final class CudaModelGenerator {
             return experts + zero + copy + constant;
         }
 
-        /** The parameter prefix of its router: {@code layers.i.moe.router}. */
+        /** The parameter prefix of its router: {@code layers.i.moe.router}, or a mixer's {@code layers.i.attn_moe.router}. */
         String routerPrefix() {
-            return "layers." + index() + ".moe.router";
+            return "layers." + index() + (mixer ? ".attn_moe" : ".moe") + ".router";
         }
 
         /** The capacity factor of a training forward, or null when dropless. */
@@ -505,9 +584,20 @@ public final class CudaModelGenerator {
                 }
             }
             return Optional.of(new MoeInfo(l, m, r, routed.count(), zero, copy, constant, slots(moe, r), hidden, shared, routedFfn.activation(),
-                    latentRank, latentDown, lora, loraGroup));
+                    latentRank, latentDown, lora, loraGroup, false));
         }
         return Optional.empty();
+    }
+
+    /** The layer's mixer MoE of attention experts, if its mixer is one (pre-norm and parallel blocks). */
+    private static Optional<MoeInfo> mixerOf(Layer l) {
+        Block.Part mixer = l.block() instanceof Block.PreNorm p ? p.mixer() : l.block() instanceof Block.Parallel par ? par.mixer() : null;
+        if (!(mixer instanceof Block.Part.MoePart mp)) {
+            return Optional.empty();
+        }
+        Router r = mp.moe().routers().getFirst();
+        return Optional.of(new MoeInfo(l, mp.moe(), r, mp.moe().routedExperts(), 0, 0, 0, moaSlots(mp.moe(), r), 0, List.of(), Ffn.Activation.SWIGLU, 0,
+                null, null, 0, true));
     }
 
     private TypeSpec type(String sourceName) {
@@ -539,16 +629,18 @@ public final class CudaModelGenerator {
             t.addField(FieldSpec.builder(TypeName.FLOAT, "MLA_EPS", Modifier.STATIC, Modifier.FINAL).initializer("$Lf", (float) m.eps()).build());
         });
 
-        List<MoeInfo> moes = model.layers().stream().map(this::moeOf).flatMap(Optional::stream).toList();
+        // in layer order, a layer's mixer of attention experts before its FFN's MoE (the CPU class's routed states)
+        List<MoeInfo> moes = model.layers().stream().flatMap(l -> java.util.stream.Stream.concat(mixerOf(l).stream(), moeOf(l).stream())).toList();
+        List<MoeInfo> ffnMoes = moes.stream().filter(m -> !m.mixer()).toList();
         // RMoE: one GRU shared by every recurrent router (the CPU generator refuses recurrent routers of different widths)
         gruWidth = moes.stream().flatMap(m -> m.router().recurrentWidth().stream()).findFirst().orElse(0);
         if (gruWidth > 0) {
             constant(t, "GRU_WIDTH", gruWidth);
         }
         // MoE++ gating residuals, as the CPU class: a layer with a router.residual parameter adds the previous MoE layer's logits
-        for (int j = 1; j < moes.size(); j++) {
-            if (paramNames.contains(moes.get(j).routerPrefix() + ".residual")) {
-                residualFrom.put(moes.get(j).index(), moes.get(j - 1).index());
+        for (int j = 1; j < ffnMoes.size(); j++) {
+            if (paramNames.contains(ffnMoes.get(j).routerPrefix() + ".residual")) {
+                residualFrom.put(ffnMoes.get(j).index(), ffnMoes.get(j - 1).index());
             }
         }
         int maxHidden = 1;
@@ -597,7 +689,7 @@ public final class CudaModelGenerator {
         fwd.addStatement("lastCrossEntropy = ops.crossEntropy(logitsBuf, targets, $L, rows, VOCAB)", buffer("dLogits", "VOCAB"));
         fwd.addStatement("double loss = lastCrossEntropy");
         for (MoeInfo m : moes) {
-            fwd.addStatement("loss += balance$L", m.index());
+            fwd.addStatement("loss += balance$L", m.id());
         }
         if (jitters(moes)) {
             fwd.beginControlFlow("if (counting)").addStatement("microBatch++").endControlFlow();
@@ -644,8 +736,8 @@ public final class CudaModelGenerator {
             t.addField(TypeName.LONG, field(p) + "Grad", Modifier.PRIVATE, Modifier.FINAL);
         }
         for (MoeInfo m : moes) {
-            int l = m.index();
-            t.addField(m.lora() != null ? LORA_LAYER : MOE_LAYER, "moe" + l, Modifier.PRIVATE, Modifier.FINAL);
+            String l = m.id();
+            t.addField(m.mixer() ? MOA_ROUTER : m.lora() != null ? LORA_LAYER : MOE_LAYER, "moe" + l, Modifier.PRIVATE, Modifier.FINAL);
             t.addField(FieldSpec.builder(int[].class, "counts" + l, Modifier.PRIVATE).initializer("new int[$L]", m.routed()).build());
             t.addField(FieldSpec.builder(long[].class, "stepCounts" + l, Modifier.PRIVATE, Modifier.FINAL).initializer("new long[$L]", m.routed())
                     .build());
@@ -672,6 +764,10 @@ public final class CudaModelGenerator {
         }
         List<String> placed = new ArrayList<>();
         for (MoeInfo m : moes) {
+            if (m.mixer()) {
+                attentionRouter(ctor, m);
+                continue;
+            }
             int l = m.index();
             String pre = "layers." + l + ".moe.";
             if (m.lora() != null) {
@@ -862,7 +958,7 @@ public final class CudaModelGenerator {
         } else {
             Block.PreNorm block = (Block.PreNorm) l.block();
             CodeBlock.Builder ba = CodeBlock.builder();
-            attention(f, ba, "a" + i, p + "attn", p + "attn_norm");
+            mixer(f, ba, l, "a" + i, p + "attn", p + "attn_norm");
             // the FFN slot
             String fin = buffer("f" + i + "Input", "DIM"), fnormed = buffer("f" + i + "Normed", "DIM");
             f.addStatement("copy($L, stream, (long) rows * DIM)", fin);
@@ -947,8 +1043,9 @@ public final class CudaModelGenerator {
         String tag = "a" + i, h = tag + "Normed";
         String dOut = buffer("p" + i + "DOut", "DIM");
         CodeBlock.Builder ba = CodeBlock.builder(), bf = CodeBlock.builder();
-        f.add("// h = norm(stream); stream += attention(h) + $L(h)\n", moe.isPresent() ? moe.get().moe().name() : "dense");
-        attention(f, ba, tag, p + "attn", p + "norm");
+        f.add("// h = norm(stream); stream += $L(h) + $L(h)\n", mixerOf(layerAt(i)).map(m -> m.moe().name()).orElse("attention"),
+                moe.isPresent() ? moe.get().moe().name() : "dense");
+        mixer(f, ba, layerAt(i), tag, p + "attn", p + "norm");
         if (!buffers.contains(tag + "Input") || !buffers.contains(h)) {
             // the FFN branch reads the attention sub-block's norm input and output by their buffer names
             throw new IllegalStateException("attention(...) no longer keeps its norm's input and output in " + tag + "Input and " + h);
@@ -1005,6 +1102,172 @@ public final class CudaModelGenerator {
         normBackward(b, p + "ffn_norm", fin, "f" + i);
         b.addStatement("mark($S)", "backward: residual moe");
         b.add(ba.build());
+    }
+
+    private Layer layerAt(int index) {
+        return model.layers().stream().filter(x -> x.index() == index).findFirst().orElseThrow();
+    }
+
+    /** The layer's mixer: {@link #attention}, or its MoE of attention experts ({@link #attentionExperts}). */
+    private void mixer(CodeBlock.Builder f, CodeBlock.Builder ba, Layer l, String tag, String attnPrefix, String normPrefix) {
+        Optional<MoeInfo> moa = mixerOf(l);
+        if (moa.isPresent()) {
+            attentionExperts(f, ba, moa.get(), tag, normPrefix);
+        } else {
+            attention(f, ba, tag, attnPrefix, normPrefix);
+        }
+    }
+
+    /**
+     * One attention expert, as the CPU class's {@code AttnUnit}: its parameter prefix ({@code q} and {@code o}), the prefix of the
+     * keys and values it reads (its own, or its group's when the group shares them) and the expert that computes those, and
+     * its heads and head size.
+     */
+    private record AttnUnit(int index, String prefix, String kvPrefix, int kvOwner, int heads, int headDim) {
+        int width() {
+            return heads * headDim;
+        }
+    }
+
+    /** The routed attention experts of a mixer MoE in the router's order, named as the CPU class names them. */
+    private static List<AttnUnit> attnUnits(MoeInfo m) {
+        String p = "layers." + m.index() + ".attn_moe";
+        List<AttnUnit> units = new ArrayList<>();
+        int group = 0;
+        for (ExpertGroup g : m.moe().groups()) {
+            Expert.Attention a = (Expert.Attention) g.expert();
+            String gp = p + ".group" + group++;
+            int first = units.size();
+            for (int e = 0; e < g.count(); e++) {
+                int index = first + e;
+                String prefix = p + ".experts." + index;
+                units.add(new AttnUnit(index, prefix, a.sharedKv() ? gp : prefix, a.sharedKv() ? first : index, a.heads(), a.headDim()));
+            }
+        }
+        return units;
+    }
+
+    /** The constructor's statement for a mixer's router: a {@link CudaAttentionRouter} on the arena's router weights, fp32. */
+    private void attentionRouter(CodeBlock.Builder ctor, MoeInfo m) {
+        Router r = m.router();
+        String router = routerParam(m);
+        CodeBlock options = entropy(m.moe()).isPresent() ? CodeBlock.of("$T.NONE.withEntropy()", OPTIONS) : CodeBlock.of("$T.NONE", OPTIONS);
+        ctor.add("// attention experts ($L): the router's $L on the MoE kernels, fp32; the spec's hidden width is unused\n", m.moe().name(),
+                r.selection() instanceof Router.Selection.Soft ? "softmax over every expert (soft)" : "top-" + m.k());
+        ctor.addStatement("moe$L = new $T(ctx, new $T(DIM, 1, $L, 0, 0, 0, $L, $T.$L, $L, $Lf, false, $T.FP32, $L), w.value($S), w.grad($S))", m.id(),
+                MOA_ROUTER, SPEC, m.experts(), m.k(), SCORE, r.score().name(), r.normalize() || r.order() == Router.Order.TOPK_THEN_SOFTMAX,
+                (float) r.scale(), ClassName.get(MoeKernelSource.Precision.class), options, router, router);
+    }
+
+    /**
+     * {@code stream += Σ_e gate_e · o_e(attention(rope(q_e x), rope(k x), v x))} of {@code x = norm(stream)}: an MoE of attention
+     * experts in the mixer slot (JetMoE's MoA, top-k; BAM's soft mixture, every expert), as the CPU class's
+     * {@code attentionExperts}: own query and output projections per expert, keys and values per expert or shared by its group,
+     * RoPE and the model's causal mask and window, each token's output the sum of its chosen experts' outputs by routing weight.
+     * The router is the MoE layer's ({@link CudaAttentionRouter}), with the balancing losses.
+     *
+     * <p>Each expert runs densely, for every token, and its output is weighed by the dense gate row (0 where a token did not
+     * choose it): exact (an unchosen token's row contributes exactly 0 forward and backward, as in the CPU class, which runs an
+     * expert's queries for its tokens only), and simple, at E / k times the CPU class's query, attention and output work for
+     * top-k routing (the same for soft routing, where every expert runs anyway).
+     */
+    private void attentionExperts(CodeBlock.Builder f, CodeBlock.Builder ba, MoeInfo m, String tag, String normPrefix) {
+        String id = m.id();
+        int e = m.experts();
+        boolean rope = cfg.position().kind() == ModelConfig.PositionKind.ROPE;
+        List<AttnUnit> units = attnUnits(m);
+        int maxWidth = units.stream().mapToInt(AttnUnit::width).max().orElseThrow();
+        String in = buffer(tag + "Input", "DIM"), normed = buffer(tag + "Normed", "DIM");
+        String gates = buffer(tag + "Gates", Integer.toString(e)), out = buffer(tag + "Out", "DIM");
+        f.add("// stream += $L(norm(stream)): $L attention experts, each for every token, weighed by the router's gates (0 where not chosen)\n",
+                m.moe().name(), e);
+        f.addStatement("copy($L, stream, (long) rows * DIM)", in);
+        norm(f, normPrefix, in, normed, tag);
+        f.addStatement("moe$L.route($L, rows, $L)", id, normed, gates);
+        f.addStatement("counts$L = moe$L.lastCounts()", id, id);
+        f.addStatement("slots$L = 0", id);
+        f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", e).addStatement("slots$L += counts$L[ex]", id, id).endControlFlow();
+        f.beginControlFlow("if (counting)");
+        f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", e).addStatement("stepCounts$L[ex] += counts$L[ex]", id, id).endControlFlow();
+        f.addStatement("stepSlots$L += slots$L", id, id);
+        f.endControlFlow();
+        f.addStatement("zero($L, (long) rows * DIM)", out);
+        for (AttnUnit u : units) {
+            int w = u.width();
+            int rotary = rope ? cfg.position().rotaryDims(u.headDim()) : 0;
+            f.add("// attention expert $L ($L heads of $L)$L\n", u.index(), u.heads(), u.headDim(), u.kvOwner() != u.index()
+                    ? ", keys and values of expert " + u.kvOwner() : u.kvPrefix().equals(u.prefix()) ? "" : ", keys and values shared with its group");
+            String q = buffer(tag + "Q" + u.index(), Integer.toString(w)), att = buffer(tag + "Att" + u.index(), Integer.toString(w));
+            String lse = buffer(tag + "Lse" + u.index(), Integer.toString(u.heads())), y = buffer(tag + "Y" + u.index(), "DIM");
+            String k = tag + "K" + u.kvOwner(), v = tag + "V" + u.kvOwner();
+            if (u.kvOwner() == u.index()) {
+                f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", normed, pointer(u.kvPrefix() + ".k"), buffer(k, Integer.toString(w)), w);
+                f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", normed, pointer(u.kvPrefix() + ".v"), buffer(v, Integer.toString(w)), w);
+                if (rotary > 0) {
+                    f.addStatement("ops.rope($L, rows, seq, $L, $L, $L, THETA, false)", k, u.heads(), u.headDim(), rotary);
+                }
+            }
+            f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", normed, pointer(u.prefix() + ".q"), q, w);
+            if (rotary > 0) {
+                f.addStatement("ops.rope($L, rows, seq, $L, $L, $L, THETA, false)", q, u.heads(), u.headDim(), rotary);
+            }
+            f.addStatement("ops.attention($L, $L, $L, $L, $L, batch, seq, $L, $L, $L, CAUSAL, WINDOW)", q, k, v, att, lse, u.heads(), u.heads(),
+                    u.headDim());
+            f.addStatement("linear($L, $L, $L, rows, $L, DIM, false)", att, pointer(u.prefix() + ".o"), y, w);
+            f.addStatement("ops.moaCombine($L, $L, $L, $L, rows, DIM, $L)", y, gates, u.index(), e, out);
+        }
+        f.addStatement("ops.addInPlace(stream, $L, (long) rows * DIM)", out);
+        f.addStatement("mark($S)", "forward: attention experts");
+        f.add("{\n").indent();
+        balanceForward(f, m);
+        f.unindent().add("}\n");
+
+        String dGates = buffer(tag + "DGates", Integer.toString(e)), dy = buffer(tag + "DY", "DIM");
+        String dAtt = buffer(tag + "DAtt", Integer.toString(maxWidth)), dq = buffer(tag + "Dq", Integer.toString(maxWidth));
+        ba.add("// stream += $L(norm(stream)): each expert's gate gradient <dOut, its output>, its output's gradient gate · dOut\n", m.moe().name());
+        ba.addStatement("zero(dNormed, (long) rows * DIM)");
+        for (AttnUnit u : units) {
+            if (u.kvOwner() == u.index()) {
+                ba.addStatement("zero($L, (long) rows * $L)", buffer(tag + "Dk" + u.index(), Integer.toString(u.width())), u.width());
+                ba.addStatement("zero($L, (long) rows * $L)", buffer(tag + "Dv" + u.index(), Integer.toString(u.width())), u.width());
+            }
+        }
+        for (AttnUnit u : units) {
+            int w = u.width(), i = u.index();
+            int rotary = rope ? cfg.position().rotaryDims(u.headDim()) : 0;
+            String k = tag + "K" + u.kvOwner(), v = tag + "V" + u.kvOwner(), dk = tag + "Dk" + u.kvOwner(), dv = tag + "Dv" + u.kvOwner();
+            ba.add("// attention expert $L\n", i);
+            ba.addStatement("ops.moaCombineBackward(dx, $LY$L, $L, $L, $L, rows, DIM, $L, $L)", tag, i, gates, i, e, dy, dGates);
+            ba.addStatement("linearBackward($LAtt$L, $L, $L, $L, $L, rows, $L, DIM, false)", tag, i, pointer(u.prefix() + ".o"), dy, dAtt,
+                    grad(u.prefix() + ".o"), w);
+            ba.addStatement("zero($L, (long) rows * $L)", dq, w);
+            ba.addStatement("ops.attentionBackward($LQ$L, $L, $L, $LAtt$L, $LLse$L, $L, $L, $L, $L, batch, seq, $L, $L, $L, CAUSAL, WINDOW)", tag, i, k, v,
+                    tag, i, tag, i, dAtt, dq, dk, dv, u.heads(), u.heads(), u.headDim());
+            if (rotary > 0) {
+                ba.addStatement("ops.rope($L, rows, seq, $L, $L, $L, THETA, true)", dq, u.heads(), u.headDim(), rotary);
+            }
+            ba.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, $L, true)", normed, pointer(u.prefix() + ".q"), dq,
+                    grad(u.prefix() + ".q"), w);
+            boolean lastOfKv = units.stream().noneMatch(x -> x.kvOwner() == u.kvOwner() && x.index() > i);
+            if (lastOfKv) {
+                AttnUnit owner = units.get(u.kvOwner());
+                ba.add("// keys and values of expert $L, after every expert that reads them\n", owner.index());
+                if (rotary > 0) {
+                    ba.addStatement("ops.rope($L, rows, seq, $L, $L, $L, THETA, true)", dk, owner.heads(), owner.headDim(), rotary);
+                }
+                ba.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, $L, true)", normed, pointer(owner.kvPrefix() + ".k"), dk,
+                        grad(owner.kvPrefix() + ".k"), owner.width());
+                ba.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, $L, true)", normed, pointer(owner.kvPrefix() + ".v"), dv,
+                        grad(owner.kvPrefix() + ".v"), owner.width());
+            }
+        }
+        ba.add("// the router, with the balancing losses' gradients\n");
+        CodeBlock aux = m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", id) : CodeBlock.of("null");
+        CodeBlock zc = zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f"));
+        CodeBlock ent = entropy(m.moe()).map(h -> CodeBlock.of("scale * $Lf / rows", (float) h.coef())).orElse(CodeBlock.of("0f"));
+        ba.addStatement("moe$L.backwardInto($L, $L, $L, $L, dNormed)", id, dGates, aux, zc, ent);
+        normBackward(ba, normPrefix, in, tag);
+        ba.addStatement("mark($S)", "backward: attention experts");
     }
 
     /**
@@ -1339,6 +1602,9 @@ public final class CudaModelGenerator {
 
     /** The router's weight parameter: the router's own, or with named gates the first gate's (each gate is set on the layer). */
     private String routerParam(MoeInfo m) {
+        if (m.mixer()) {
+            return need(m.routerPrefix() + ".weight");
+        }
         String pre = "layers." + m.index() + ".moe.";
         return m.moe().routers().size() > 1 ? need(pre + "router." + m.router().name().orElseThrow() + ".weight") : need(pre + "router.weight");
     }
@@ -1393,7 +1659,7 @@ public final class CudaModelGenerator {
 
     /** The aux and z losses' values (from the layer's probability sums) and the aux gradient per expert, as the CPU class computes them. */
     private void balanceForward(CodeBlock.Builder f, MoeInfo m) {
-        int i = m.index();
+        String i = m.id();
         int e = m.routed();
         f.addStatement("balance$L = 0", i);
         Optional<Loss.Aux> aux = m.moe().losses().stream().filter(x -> x instanceof Loss.Aux).map(x -> (Loss.Aux) x).findFirst();
@@ -1476,8 +1742,8 @@ public final class CudaModelGenerator {
         StringBuilder layers = new StringBuilder();
         for (int j = 0; j < moes.size(); j++) {
             MoeInfo m = moes.get(j);
-            int i = m.index();
-            layers.append(j == 0 ? "" : ", ").append(i);
+            String i = m.id();
+            layers.append(j == 0 ? "" : ", ").append(m.index());
             loads.addStatement("loads[$L] = counts$L.clone()", j, i);
             bySeq.addStatement("int[] chosen$L = moe$L.lastSelection()", i, i);
             if (m.capacity() != null || m.router().selection() instanceof Router.Selection.ExpertChoice) {
@@ -1518,10 +1784,15 @@ public final class CudaModelGenerator {
                 .addStatement("int[][] out = new int[$L][]", moes.size());
         for (int j = 0; j < moes.size(); j++) {
             MoeInfo m = moes.get(j);
-            int i = m.index();
+            String i = m.id();
             dispatch.addStatement("int[] chosen$L = moe$L.lastSelection()", i, i);
-            dispatch.addStatement("int[] row$L = moe$L.lastPositions()", i, i);
             dispatch.addStatement("out[$L] = new int[chosen$L.length]", j, i);
+            if (m.mixer()) {
+                dispatch.addComment("attention experts: dropless, every slot has its expert");
+                dispatch.addStatement("System.arraycopy(chosen$L, 0, out[$L], 0, chosen$L.length)", i, j, i);
+                continue;
+            }
+            dispatch.addStatement("int[] row$L = moe$L.lastPositions()", i, i);
             dispatch.beginControlFlow("for (int slot = 0; slot < chosen$L.length; slot++)", i);
             dispatch.addComment("an FFN expert's slot without a row was dropped; NONE (top-p) is past the routed experts");
             dispatch.addStatement("int ex = chosen$L[slot]", i);
@@ -1548,7 +1819,7 @@ public final class CudaModelGenerator {
             // the MoE layers hold their saved activations and a pinned host buffer: give them back with the model
             MethodSpec.Builder close = MethodSpec.methodBuilder("close").addAnnotation(Override.class).addModifiers(Modifier.PUBLIC);
             for (MoeInfo m : moes) {
-                close.addStatement("moe$L.close()", m.index());
+                close.addStatement("moe$L.close()", m.id());
             }
             t.addMethod(close.addStatement("super.close()").build());
         }

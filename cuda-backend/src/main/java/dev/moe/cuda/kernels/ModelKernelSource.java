@@ -416,6 +416,54 @@ public final class ModelKernelSource {
                   }
                 }
 
+                // Attention experts (MoA): each token's routing weights as a dense row over the E experts, gates [tokens, E],
+                // one thread per token: 0, then each slot's weight added in slot order (the CPU class's gateW); a slot of no
+                // expert (ex >= E) adds nothing.
+                extern "C" __global__ void moa_gates(const int* __restrict__ idx, const float* __restrict__ weight, int tokens, int k,
+                    int experts, float* __restrict__ gates) {
+                  long t = blockIdx.x * (long) blockDim.x + threadIdx.x;
+                  if (t >= tokens) return;
+                  for (int e = 0; e < experts; e++) gates[t * experts + e] = 0.f;
+                  for (int s = 0; s < k; s++) {
+                    int ex = idx[t * k + s];
+                    if (ex >= 0 && ex < experts) gates[t * experts + ex] += weight[t * k + s];
+                  }
+                }
+
+                // Its backward: each slot's weight gradient is its expert's gate gradient (0 for a slot of no expert).
+                extern "C" __global__ void moa_slot_grads(const float* __restrict__ dGates, const int* __restrict__ idx, int tokens, int k,
+                    int experts, float* __restrict__ dWeight) {
+                  long i = blockIdx.x * (long) blockDim.x + threadIdx.x;
+                  if (i >= (long) tokens * k) return;
+                  int ex = idx[i];
+                  dWeight[i] = ex >= 0 && ex < experts ? dGates[(i / k) * experts + ex] : 0.f;
+                }
+
+                // out[t] += gates[t, expert] · y[t], one block per row, rounded as the CPU's scatterAddRows (no fused multiply-add).
+                extern "C" __global__ void moa_combine(const float* __restrict__ y, const float* __restrict__ gates, int expert, int experts,
+                    int dim, float* __restrict__ out) {
+                  long t = blockIdx.x;
+                  float g = gates[t * experts + expert];
+                  for (int d = threadIdx.x; d < dim; d += blockDim.x) out[t * dim + d] = __fadd_rn(out[t * dim + d], __fmul_rn(g, y[t * dim + d]));
+                }
+
+                // Its backward, one block per row: dy[t] = gates[t, expert] · dOut[t] (overwritten) and the gate's gradient
+                // dGates[t, expert] = <dOut[t], y[t]>, summed in double as the CPU class does.
+                extern "C" __global__ void moa_combine_backward(const float* __restrict__ dOut, const float* __restrict__ y,
+                    const float* __restrict__ gates, int expert, int experts, int dim, float* __restrict__ dy, float* __restrict__ dGates) {
+                  __shared__ double scratch[32];
+                  long t = blockIdx.x;
+                  float g = gates[t * experts + expert];
+                  double s = 0.0;
+                  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+                    float go = dOut[t * dim + d];
+                    s += (double) go * y[t * dim + d];
+                    dy[t * dim + d] = __fmul_rn(g, go);
+                  }
+                  double dot = blockSumD(s, scratch);
+                  if (threadIdx.x == 0) dGates[t * experts + expert] = (float) dot;
+                }
+
                 // RMoE's GRU cell (PyTorch's gate order r, z, n), one thread per (row, unit), from gi = u · W_ihᵀ and
                 // gh = h · W_hhᵀ [rows, 3W]: r = σ(gi_r + b_ir + gh_r + b_hr), z likewise, nh = gh_n + b_hn,
                 // n = tanh(gi_n + b_in + r · nh), h' = (1 - z) · n + z · h. As the CPU class: float sums in its order

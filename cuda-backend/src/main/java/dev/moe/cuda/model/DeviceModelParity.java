@@ -28,7 +28,8 @@ import java.util.SplittableRandom;
  *
  * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe, switch, mole, mola and rmoe), then always
  * {@link #SIGMOID_MODEL}, {@link #SEQUENCE_AUX_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL},
- * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL}, {@link #LORA_MODEL}, {@link #RECURRENT_MODEL}, {@link #JITTER_MODEL}, {@link #PARALLEL_MODEL} and {@link #MLA_MODEL}. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
+ * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL}, {@link #LORA_MODEL}, {@link #RECURRENT_MODEL}, {@link #JITTER_MODEL}, {@link #PARALLEL_MODEL}, {@link #MLA_MODEL} and {@link #MOA_MODEL}
+ * with the jetmoe and bam recipes (whose attention experts it turns on through {@code moe.cuda.moa}). After each training forward the expert loads (kept slots per expert, after any capacity drops) must
  * equal the CPU's exactly.
  *
  * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
@@ -961,6 +962,76 @@ public final class DeviceModelParity {
         return compile("parallel.moe", PARALLEL_MODEL);
     }
 
+    /**
+     * Mixtures of attention experts in the mixer slot: JetMoE-like (top-2 then softmax over four experts of two heads that share
+     * their group's keys and values, aux and z losses) in pre-norm layers beside a plain attention layer, with partial RoPE; and
+     * BAM-like (soft routing: every expert by its softmax weight; three experts with their own keys and values, a global-batch aux loss and the z-loss)
+     * in parallel blocks beside an MoE, with LayerNorm, a sliding window and a group of experts that shares keys and values after
+     * one that does not. Device-resident only with {@code moe.cuda.moa=true},
+     * which {@link #main} sets.
+     */
+    public static final String MOA_MODEL = """
+            moe heads {
+              routed 4 x attention(heads: 2, head_dim: 12, shared_kv: true)
+              router {
+                order topk_then_softmax
+                top_k 2
+              }
+              balance aux(coef: 0.01)
+              balance z_loss(coef: 0.001)
+            }
+            moe side {
+              routed 4 x swiglu(hidden: 32)
+              router {
+                top_k 2
+                normalize true
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            moe blend {
+              routed 3 x attention(heads: 3, head_dim: 8)
+              routed 2 x attention(heads: 2, head_dim: 16, shared_kv: true)
+              router {
+                mode soft
+              }
+              balance aux(coef: 0.02, scope: global_batch)
+              balance z_loss(coef: 0.001)
+            }
+            model MoaTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000, fraction: 0.5)
+              causal true
+              tie_embeddings true
+              layers 3 {
+                0: heads, side
+                1: attention, side
+                2: heads, swiglu(hidden: 64)
+              }
+            }
+            model SoftMoaTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              norm layer(eps: 1e-5)
+              position rope(theta: 10000)
+              causal true
+              sliding_window 12
+              layers 2 {
+                all: parallel(blend, side)
+              }
+            }
+            """;
+
+    /** The models of {@link #MOA_MODEL}. */
+    public static List<Model> moaModels() {
+        return compile("moa.moe", MOA_MODEL);
+    }
+
     /** The models of {@link #JITTER_MODEL}. */
     public static List<Model> jitterModels() {
         return compile("jitter.moe", JITTER_MODEL);
@@ -1049,6 +1120,14 @@ public final class DeviceModelParity {
         models.addAll(randomDropModels());
         models.addAll(parallelModels());
         models.addAll(mlaModels());
+        // the mixtures of attention experts' device path (MoA, BAM) is off by default until this check has passed on a GPU: on here
+        System.setProperty(CudaModelGenerator.MOA_PROPERTY, "true");
+        models.addAll(moaModels());
+        for (String recipe : List.of("recipes/jetmoe.moe", "recipes/bam.moe")) {
+            if (!files.contains(recipe)) {
+                models.addAll(MoeCompiler.compile(Path.of(recipe)).orThrow().models());
+            }
+        }
         int failures = 0;
         try (CudaContext ctx = new CudaContext(0)) {
             System.out.println("device-resident models against the CPU-generated classes on " + ctx.deviceName);

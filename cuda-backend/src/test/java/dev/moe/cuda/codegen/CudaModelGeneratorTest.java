@@ -170,9 +170,12 @@ class CudaModelGeneratorTest {
         List<Model> models = dev.moe.cuda.model.DeviceModelParity.parallelModels();
         assertThat(models).hasSize(2);
         {
-            // BAM's mixer is a mixture of attention experts, which stays on the hybrid path whether or not parallel blocks are on
+            // BAM's mixer is a mixture of attention experts, which stays on the hybrid path without moe.cuda.moa
             Model bam = models(RECIPES.resolve("bam.moe")).getFirst();
-            assertThat(CudaModelGenerator.unsupported(bam).orElseThrow()).isEqualTo("layer 0's mixer (attention experts)");
+            if (!CudaModelGenerator.attentionExpertsEnabled()) {
+                assertThat(CudaModelGenerator.unsupported(bam).orElseThrow()).isEqualTo(
+                        "layer 0's mixer (attention experts: device path off until its GPU parity check, -Dmoe.cuda.moa=true)");
+            }
             for (Model m : models) {
                 assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
                 DeviceModels.Classes classes = DeviceModels.compile(m, "parallel.moe");
@@ -772,7 +775,9 @@ class CudaModelGeneratorTest {
         }
         // what keeps a recipe on the hybrid path is named: jetmoe's attention experts
         Model jet = models(RECIPES.resolve("jetmoe.moe")).getFirst();
-        assertThat(CudaModelGenerator.unsupported(jet).orElseThrow()).contains("attention experts");
+        if (!CudaModelGenerator.attentionExpertsEnabled()) {
+            assertThat(CudaModelGenerator.unsupported(jet).orElseThrow()).contains("attention experts");
+        }
     }
 
     /** switch.moe (routed relu experts, top-1, capacity factor 1.25 by position) runs device-resident, its options in the layer's spec. */
@@ -836,6 +841,137 @@ class CudaModelGeneratorTest {
         assertThat(CudaModelGenerator.field("layers.12.attn_norm.weight")).isEqualTo("l12AttnNormWeight");
         assertThat(CudaModelGenerator.field("embed.weight")).isEqualTo("embedWeight");
         assertThat(CudaModelGenerator.field("layers.3.moe.router.expert_bias")).isEqualTo("l3MoeRouterExpertBias");
+    }
+
+    /** Runs {@code body} with the mixtures of attention experts' device path on, restoring the property after. */
+    private static void withAttentionExperts(Runnable body) {
+        String moa = System.getProperty(CudaModelGenerator.MOA_PROPERTY);
+        System.setProperty(CudaModelGenerator.MOA_PROPERTY, "true");
+        try {
+            body.run();
+        } finally {
+            for (String[] kv : new String[][] {{CudaModelGenerator.MOA_PROPERTY, moa}}) {
+                if (kv[1] == null) {
+                    System.clearProperty(kv[0]);
+                } else {
+                    System.setProperty(kv[0], kv[1]);
+                }
+            }
+        }
+    }
+
+    /** Without the property mixtures of attention experts stay on the hybrid path: their device path awaits DeviceModelParity on a GPU. */
+    @Test
+    void attentionExpertsAreOffByDefault() {
+        org.junit.jupiter.api.Assumptions.assumeFalse("1".equals(System.getenv("MOE_CUDA_MOA")), "MOE_CUDA_MOA=1 turns them on");
+        assertThat(System.getProperty(CudaModelGenerator.MOA_PROPERTY)).isNull();
+        assertThat(CudaModelGenerator.attentionExpertsEnabled()).isFalse();
+        for (Model m : dev.moe.cuda.model.DeviceModelParity.moaModels()) {
+            assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).isEqualTo(
+                    "layer 0's mixer (attention experts: device path off until its GPU parity check, -Dmoe.cuda.moa=true)");
+        }
+        assertThat(CudaModelGenerator.unsupported(models(RECIPES.resolve("jetmoe.moe")).getFirst()).orElseThrow()).contains("attention experts");
+    }
+
+    /**
+     * With {@code moe.cuda.moa} the parity check's models of attention experts and the jetmoe and bam recipes compile
+     * device-resident with their CPU classes; the routing state lists each layer's mixer before its FFN's MoE, as the CPU class's
+     * does; every expert runs densely and joins the output by its gate; shared keys and values come from the group's projections,
+     * once, and their gradient goes back after the last expert that reads them.
+     */
+    @Test
+    void attentionExpertsAreDeviceResidentWhenTurnedOn() {
+        withAttentionExperts(() -> {
+            Map<String, String> source = new TreeMap<>();
+            List<Model> models = new ArrayList<>(dev.moe.cuda.model.DeviceModelParity.moaModels());
+            models.addAll(models(RECIPES.resolve("jetmoe.moe")));
+            models.addAll(models(RECIPES.resolve("bam.moe")));
+            for (Model m : models) {
+                assertWithMessage(m.name()).that(CudaModelGenerator.unsupported(m)).isEmpty();
+                DeviceModels.Classes classes = DeviceModels.compile(m, m.name() + ".moe");
+                assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
+                String src = CudaModelGenerator.generate(m, "dev.moe.generated", m.name() + ".moe").toString();
+                source.put(m.name(), src);
+                // every parameter of the attention experts and their routers is read (and gets its gradient) on the device
+                int expertParams = 0;
+                for (dev.moe.compiler.ir.Param p : m.params()) {
+                    if (p.name().contains(".attn_moe.")) {
+                        assertWithMessage("%s reads %s", m.name(), p.name()).that(src).contains("w.value(\"" + p.name() + "\")");
+                        assertWithMessage("%s's gradient of %s", m.name(), p.name()).that(src).contains("w.grad(\"" + p.name() + "\")");
+                        expertParams++;
+                    }
+                }
+                assertWithMessage(m.name()).that(expertParams).isGreaterThan(0);
+                // the routed states in the CPU class's order: the loads, dispatch and step loads line up layer by layer
+                dev.moe.runtime.TrainableModel cpu = classes.createHost(new dev.moe.runtime.cpu.CpuBackend(1, dev.moe.runtime.cpu.CpuBackend.VECTOR_API));
+                String layers = java.util.Arrays.toString(cpu.moeLayers());
+                assertWithMessage(m.name()).that(src).contains("return new int[] {" + layers.substring(1, layers.length() - 1) + "}");
+            }
+            String jet = source.get("JetMoETiny");
+            assertThat(jet).contains("return new int[] {0, 0, 1, 1, 2, 2, 3, 3}");
+            assertThat(jet).contains("moeAttn0 = new CudaAttentionRouter(ctx, new MoeKernelSource.Spec(DIM, 1, 4, 0, 0, 0, 2, MoeKernelSource.Score.SOFTMAX, "
+                    + "true, 1.0f, false, MoeKernelSource.Precision.FP32, MoeKernelSource.Options.NONE), w.value(\"layers.0.attn_moe.router.weight\"), "
+                    + "w.grad(\"layers.0.attn_moe.router.weight\"))");
+            assertThat(jet).contains("moeAttn0.route(a0Normed, rows, a0Gates)");
+            // one key and value projection for the group, read by every expert of it
+            assertThat(jet).contains("linear(a0Normed, l0AttnMoeGroup0K, a0K0, rows, DIM, 64, false)");
+            assertThat(jet).doesNotContain("l0AttnMoeExperts1K");
+            assertThat(jet).contains("ops.attention(a0Q3, a0K0, a0V0, a0Att3, a0Lse3, batch, seq, 2, 2, 32, CAUSAL, WINDOW)");
+            assertThat(jet).contains("linear(a0Att3, l0AttnMoeExperts3O, a0Y3, rows, 64, DIM, false)");
+            assertThat(jet).contains("ops.moaCombine(a0Y3, a0Gates, 3, 4, rows, DIM, a0Out)");
+            assertThat(jet).contains("ops.addInPlace(stream, a0Out, (long) rows * DIM)");
+            assertThat(jet).contains("loss += balanceAttn0");
+            assertThat(jet).contains("balanceAttn0 += 0.001 * stats[4] / rows");
+            String backward0 = jet.substring(jet.indexOf("private void backwardLayer0("));
+            backward0 = backward0.substring(0, backward0.indexOf("private void", 10));
+            assertThat(backward0).contains("ops.moaCombineBackward(dx, a0Y2, a0Gates, 2, 4, rows, DIM, a0DY, a0DGates)");
+            assertThat(backward0).contains("ops.attentionBackward(a0Q2, a0K0, a0V0, a0Att2, a0Lse2, a0DAtt, a0Dq, a0Dk0, a0Dv0, batch, seq, 2, 2, 32, "
+                    + "CAUSAL, WINDOW)");
+            assertThat(backward0).contains("moeAttn0.backwardInto(a0DGates, scaled(auxAttn0, scale), scale * 0.001f / rows, 0f, dNormed)");
+            String keysBack = "linearBackward(a0Normed, l0AttnMoeGroup0K, a0Dk0, dNormed, l0AttnMoeGroup0KGrad, rows, DIM, 64, true)";
+            assertThat(backward0.split(java.util.regex.Pattern.quote(keysBack), -1).length - 1).isEqualTo(1);
+            assertThat(backward0.indexOf(keysBack)).isGreaterThan(backward0.indexOf("ops.attentionBackward(a0Q3"));
+            // the FFN's MoE after the mixer, from the pre-norm block's second norm
+            assertThat(backward0.indexOf("moe0.backwardInto(")).isLessThan(backward0.indexOf("moeAttn0.backwardInto("));
+
+            // BAM: soft routing (k = E = 3), own keys and values per expert, the FFN's MoE on the parallel block's one norm
+            String bam = source.get("BAMTiny");
+            assertThat(bam).contains("new MoeKernelSource.Spec(DIM, 1, 3, 0, 0, 0, 3, MoeKernelSource.Score.SOFTMAX, false, 1.0f, false");
+            assertThat(bam).contains("linear(a0Normed, l0AttnMoeExperts2K, a0K2, rows, DIM, 128, false)");
+            assertThat(bam).contains("ops.attention(a0Q2, a0K2, a0V2, a0Att2, a0Lse2, batch, seq, 4, 4, 32, CAUSAL, WINDOW)");
+            assertThat(bam).contains("moe0.forwardInto(a0Normed, rows, stream)");
+            assertThat(bam).contains("moeAttn0.backwardInto(a0DGates, null, scale * 0.001f / rows, 0f, dNormed)");
+
+            // partial RoPE on each expert's head width; a group sharing keys and values after one that does not
+            String moa = source.get("MoaTiny");
+            assertThat(moa).contains("ops.rope(a0Q1, rows, seq, 2, 12, 6, THETA, false)");
+            assertThat(moa).contains("ops.rope(a0K0, rows, seq, 2, 12, 6, THETA, false)");
+            assertThat(moa).contains("ops.attention(a1Q, a1K, a1V, a1Att, a1Lse, batch, seq, HEADS, KV_HEADS, HEAD_DIM, CAUSAL, WINDOW)");
+            String soft = source.get("SoftMoaTiny");
+            assertThat(soft).contains("linear(a0Normed, l0AttnMoeGroup1K, a0K3, rows, DIM, 32, false)");
+            assertThat(soft).contains("ops.attention(a0Q4, a0K3, a0V3, a0Att4, a0Lse4, batch, seq, 2, 2, 16, CAUSAL, WINDOW)");
+            assertThat(soft).contains("ops.attention(a0Q1, a0K1, a0V1, a0Att1, a0Lse1, batch, seq, 3, 3, 8, CAUSAL, WINDOW)");
+            assertThat(soft).contains("moeAttn0.backwardInto(a0DGates, scaled(auxAttn0, scale), scale * 0.001f / rows, 0f, dNormed)");
+            // the global-batch aux loss reads the step's counts of the mixer's own routing state
+            assertThat(soft).contains("double fe = stepSlotsAttn0 > 0 ? (double) stepCountsAttn0[ex] / stepSlotsAttn0 : (double) countsAttn0[ex] / slotsAttn0");
+        });
+    }
+
+    /** Attention experts the GPU router does not take stay on the hybrid path, named. */
+    @Test
+    void attentionExpertsOutsideTheRoutersReachAreRefused() {
+        withAttentionExperts(() -> {
+            String temperature = dev.moe.cuda.model.DeviceModelParity.MOA_MODEL.replace("""
+                        order topk_then_softmax
+                    """, """
+                        order topk_then_softmax
+                        temperature 2.0
+                    """);
+            assertThat(temperature).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.MOA_MODEL);
+            Model m = dev.moe.dsl.SourceFile.decode("moa.moe", temperature.getBytes(java.nio.charset.StandardCharsets.UTF_8)) instanceof
+                    dev.moe.dsl.SourceFile.ReadResult.Ok ok ? dev.moe.compiler.MoeCompiler.compile(ok.source()).orThrow().models().getFirst() : null;
+            assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).startsWith("layer 0's mixer (attention experts with an expert bias");
+        });
     }
 
     /**
