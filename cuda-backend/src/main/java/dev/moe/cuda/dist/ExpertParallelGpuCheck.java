@@ -38,7 +38,7 @@ import java.util.concurrent.TimeUnit;
  * </pre>
  */
 public final class ExpertParallelGpuCheck {
-    private static final long TIMEOUT_MS = 120_000;
+    private static final long TIMEOUT_MS = 30_000;
 
     private ExpertParallelGpuCheck() {}
 
