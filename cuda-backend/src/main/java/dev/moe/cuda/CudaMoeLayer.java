@@ -113,9 +113,27 @@ public final class CudaMoeLayer implements AutoCloseable {
     private long dLogits32;
     /** fp32 {@code [tokens, routed]} the caller adds to the router's logits (a spec with extra logits), 0 until set. */
     private long extraLogits;
+    /** The FFN experts' GEMMs over all this layer's experts (null with an expert stage). */
+    private final ExpertGemms gemms;
+    /** Where the FFN experts run when not here (expert parallelism), else null. */
+    private final ExpertStage stage;
 
     public CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType) {
-        this(ctx, spec, gradsInActivationType, null);
+        this(ctx, spec, gradsInActivationType, null, null);
+    }
+
+    /**
+     * A layer that routes, sorts and combines its tokens but runs its FFN experts through {@code stage} (expert parallelism): it
+     * holds the router (and selection bias) only; {@link #setRouterWeights} uploads them. The stage is the caller's to close.
+     */
+    public static CudaMoeLayer withExpertStage(CudaContext ctx, Spec spec, boolean gradsInActivationType, ExpertStage stage) {
+        if (stage == null) {
+            throw new IllegalArgumentException("no expert stage given");
+        }
+        if (spec.constantExperts() > 0) {
+            throw new IllegalArgumentException("an expert stage with MoE++ constant experts is not supported");
+        }
+        return new CudaMoeLayer(ctx, spec, gradsInActivationType, null, stage);
     }
 
     /**
@@ -134,10 +152,10 @@ public final class CudaMoeLayer implements AutoCloseable {
         if (spec.bias() != (weights.bias() != 0)) {
             throw new IllegalArgumentException("the spec " + (spec.bias() ? "has" : "has no") + " selection bias; the weights do not agree");
         }
-        return new CudaMoeLayer(ctx, spec, false, weights);
+        return new CudaMoeLayer(ctx, spec, false, weights, null);
     }
 
-    private CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType, ExternalWeights external) {
+    private CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType, ExternalWeights external, ExpertStage stage) {
         this.ctx = ctx;
         this.spec = spec;
         this.source = MoeKernelSource.generate(spec);
@@ -149,7 +167,20 @@ public final class CudaMoeLayer implements AutoCloseable {
             throw new IllegalArgumentException("a capacity factor with zero or copy experts is not supported on the GPU");
         }
         long e = spec.experts(), er = spec.routed(), d = spec.dim(), in = spec.expertIn(), f = spec.hidden(), gw = this.gw;
-        if (external == null) {
+        this.stage = stage;
+        this.gemms = stage == null ? new ExpertGemms(ctx, spec, source, gradType) : null;
+        if (stage != null) {
+            // the stage holds the experts' weights: only the router's here
+            routerBlock = ctx.allocator.allocate(er * d * actBytes);
+            biasBlock = spec.bias() ? ctx.allocator.allocate(er * 4) : null;
+            dRouterBlock = ctx.allocator.allocate(er * d * gradType.bytes);
+            w13Block = w2Block = dW13Block = dW2Block = null;
+            router = routerBlock.pointer;
+            bias = biasBlock == null ? 0 : biasBlock.pointer;
+            dRouter = dRouterBlock.pointer;
+            w13 = w2 = dW13 = dW2 = 0;
+            accumulateGrads = false;
+        } else if (external == null) {
             routerBlock = ctx.allocator.allocate(er * d * actBytes);
             biasBlock = spec.bias() ? ctx.allocator.allocate(er * 4) : null;
             w13Block = ctx.allocator.allocate(e * gw * in * actBytes);
@@ -194,8 +225,8 @@ public final class CudaMoeLayer implements AutoCloseable {
         // random drops draw with a new seed every step: a graph keyed by it would never be replayed
         this.graph = LaunchGraph.enabled() && spec.options().drop() != MoeKernelSource.Drop.RANDOM ? LaunchGraph.on(ctx) : null;
         // Compile (or load from the disk cache) before any timing starts.
-        for (String k : List.of("router_topk", "rank_tile_counts", "rank_tile_scan", "rank_tile_ranks", "expert_offsets", "permute_gather", "expert_act", "combine",
-                "combine_backward", "expert_act_backward", "unpermute_sum", "router_backward")) {
+        for (String k : List.of("router_topk", "rank_tile_counts", "rank_tile_scan", "rank_tile_ranks", "expert_offsets", "permute_gather", "combine",
+                "combine_backward", "unpermute_sum", "router_backward")) {
             ctx.kernel(source, k);
         }
         if (spec.options().capacityFactor() > 0) {
@@ -240,6 +271,9 @@ public final class CudaMoeLayer implements AutoCloseable {
      * only for ungated experts) and {@code down}.
      */
     public void setWeights(float[] routerWeights, float[] expertBias, float[] gateUp, float[] down) {
+        if (stage != null) {
+            throw new IllegalStateException("this layer's experts are its expert stage's: setRouterWeights uploads the router");
+        }
         int e = spec.experts(), er = spec.routed(), d = spec.dim(), f = spec.hidden();
         check(routerWeights.length == er * d, "router weights");
         check(gateUp.length == (long) e * gw * spec.expertIn(), "gate/up weights");
@@ -249,6 +283,19 @@ public final class CudaMoeLayer implements AutoCloseable {
         upload(down, w2);
         if (spec.bias()) {
             check(expertBias != null && expertBias.length == er, "expert bias");
+            ctx.upload(expertBias, bias);
+        }
+    }
+
+    /** Uploads the router {@code [routed, D]} and the selection bias {@code [routed]} (or null) of a layer with an expert stage. */
+    public void setRouterWeights(float[] routerWeights, float[] expertBias) {
+        if (stage == null) {
+            throw new IllegalStateException("setRouterWeights is for a layer with an expert stage: setWeights uploads every weight");
+        }
+        check(routerWeights.length == spec.routed() * spec.dim(), "router weights");
+        upload(routerWeights, router);
+        if (spec.bias()) {
+            check(expertBias != null && expertBias.length == spec.routed(), "expert bias");
             ctx.upload(expertBias, bias);
         }
     }
@@ -364,11 +411,19 @@ public final class CudaMoeLayer implements AutoCloseable {
     }
 
     public float[] gateUpGrad() {
+        requireOwnExperts();
         return downloadGrad(dW13, spec.experts() * gw * spec.expertIn());
     }
 
     public float[] downGrad() {
+        requireOwnExperts();
         return downloadGrad(dW2, spec.experts() * spec.dim() * spec.hidden());
+    }
+
+    private void requireOwnExperts() {
+        if (stage != null) {
+            throw new IllegalStateException("this layer's experts are its expert stage's: ask the stage for their gradients");
+        }
     }
 
     private long boundary(boolean input, long floats) {
@@ -862,8 +917,9 @@ public final class CudaMoeLayer implements AutoCloseable {
         long offs = keep(saved, (long) (e + 1) * 4);
         pos = keep(saved, (long) m * 4);
         h = keep(saved, (long) m * in * actBytes);
-        g = keep(saved, (long) m * gw * actBytes);
-        a = keep(saved, (long) m * f * actBytes);
+        // an expert stage keeps its own intermediates
+        g = stage == null ? keep(saved, (long) m * gw * actBytes) : 0;
+        a = stage == null ? keep(saved, (long) m * f * actBytes) : 0;
         y = keep(saved, (long) m * d * actBytes);
         out = keep(saved, (long) tokens * d * actBytes);
 
@@ -902,29 +958,12 @@ public final class CudaMoeLayer implements AutoCloseable {
             offsets[ex + 1] = offsets[ex] + routedCounts[ex];
         }
         mark("host offsets");
-        for (int ex = 0; ex < e; ex++) {
-            int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
-            if (rows == 0) {
-                continue;
-            }
-            // g_e[rows, GW] = h_e · w13_eᵀ
-            ctx.blas.matmul(ctx.stream, true, false, gw, rows, in, w13 + (long) ex * gw * in * actBytes, act, in,
-                    h + (long) r0 * in * actBytes, act, in, g + (long) r0 * gw * actBytes, act, gw, false);
+        if (stage == null) {
+            gemms.forward(offsets, w13, w2, h, g, a, y, this::mark);
+        } else {
+            stage.forward(h, java.util.Arrays.copyOf(routedCounts, e), y);
+            mark("expert stage");
         }
-        mark("gemm gate/up");
-        long n = (long) offsets[e] * f; // rows of FFN experts only: zero, copy and dropped slots have none
-        launch("expert_act", elementwiseGrid(n), THREADS, g, a, n);
-        mark("activation");
-        for (int ex = 0; ex < e; ex++) {
-            int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
-            if (rows == 0) {
-                continue;
-            }
-            // y_e[rows, D] = a_e · w2_eᵀ
-            ctx.blas.matmul(ctx.stream, true, false, d, rows, f, w2 + (long) ex * d * f * actBytes, act, f,
-                    a + (long) r0 * f * actBytes, act, f, y + (long) r0 * d * actBytes, act, d, false);
-        }
-        mark("gemm down");
         if (spec.constantExperts() > 0) {
             launch("combine", tokens, THREADS, y, x, idx, pos, weight, out, mix, cv);
         } else {
@@ -969,12 +1008,11 @@ public final class CudaMoeLayer implements AutoCloseable {
         int m = tokens * k;
         long dy = keep(backwardBlocks, (long) m * d * actBytes);
         long dWeight = keep(backwardBlocks, (long) m * 4);
-        long da = keep(backwardBlocks, (long) m * f * actBytes);
-        long dg = keep(backwardBlocks, (long) m * gw * actBytes);
+        long da = stage == null ? keep(backwardBlocks, (long) m * f * actBytes) : 0;
+        long dg = stage == null ? keep(backwardBlocks, (long) m * gw * actBytes) : 0;
         long dh = keep(backwardBlocks, (long) m * in * actBytes);
         long dx = keep(backwardBlocks, (long) tokens * in * actBytes);
         long dLogits = keep(backwardBlocks, (long) tokens * er * actBytes);
-        int gb = gradType.bytes;
         mark("backward start");
 
         long dz = 0;
@@ -989,43 +1027,12 @@ public final class CudaMoeLayer implements AutoCloseable {
             launch("combine_backward", tokens, THREADS, dOut, y, x, idx, pos, weight, dy, dWeight);
         }
         mark("backward: combine");
-        for (int ex = 0; ex < e; ex++) {
-            int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
-            long w2e = w2 + (long) ex * d * f * actBytes;
-            if (rows == 0) {
-                if (!accumulateGrads) {
-                    ctx.driver.memsetZero(dW2 + (long) ex * d * f * gb, (long) d * f * gb, ctx.stream);
-                }
-                continue;
-            }
-            // da_e[rows, F] = dy_e · w2_e
-            ctx.blas.matmul(ctx.stream, false, false, f, rows, d, w2e, act, f, dy + (long) r0 * d * actBytes, act, d,
-                    da + (long) r0 * f * actBytes, act, f, false);
-            // dw2_e[D, F] = dy_eᵀ · a_e
-            ctx.blas.matmul(ctx.stream, false, true, f, d, rows, a + (long) r0 * f * actBytes, act, f, dy + (long) r0 * d * actBytes, act,
-                    d, dW2 + (long) ex * d * f * gb, gradType, f, accumulateGrads);
+        if (stage == null) {
+            gemms.backward(offsets, w13, w2, dW13, dW2, accumulateGrads, h, g, a, dy, da, dg, dh);
+        } else {
+            stage.backward(dy, dh);
         }
-        mark("backward: gemm down");
-        long n = (long) offsets[e] * f;
-        launch("expert_act_backward", elementwiseGrid(n), THREADS, g, da, dg, n);
-        mark("backward: activation");
-        for (int ex = 0; ex < e; ex++) {
-            int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
-            long w13e = w13 + (long) ex * gw * in * actBytes;
-            if (rows == 0) {
-                if (!accumulateGrads) {
-                    ctx.driver.memsetZero(dW13 + (long) ex * gw * in * gb, (long) gw * in * gb, ctx.stream);
-                }
-                continue;
-            }
-            // dh_e[rows, DIN] = dg_e · w13_e
-            ctx.blas.matmul(ctx.stream, false, false, in, rows, gw, w13e, act, in, dg + (long) r0 * gw * actBytes, act, gw,
-                    dh + (long) r0 * in * actBytes, act, in, false);
-            // dw13_e[GW, DIN] = dg_eᵀ · h_e
-            ctx.blas.matmul(ctx.stream, false, true, in, gw, rows, h + (long) r0 * in * actBytes, act, in, dg + (long) r0 * gw * actBytes,
-                    act, gw, dW13 + (long) ex * gw * in * gb, gradType, in, accumulateGrads);
-        }
-        mark("backward: gemm gate/up");
+        mark("backward: experts");
         if (spec.constantExperts() > 0) {
             launch("unpermute_sum", tokens, THREADS, dh, dOut, idx, pos, weight, dx, mix, dz, wc);
         } else {

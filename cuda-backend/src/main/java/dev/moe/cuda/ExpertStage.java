@@ -1,0 +1,22 @@
+package dev.moe.cuda;
+
+/**
+ * Where a {@link CudaMoeLayer}'s FFN experts run. The layer routes and sorts its tokens' rows by expert ({@code h}) and combines
+ * the experts' outputs ({@code y}, laid out as h); a stage turns h into y and, backward, the output gradient {@code dy} into the
+ * input gradient {@code dh}. A layer without a stage runs every expert itself ({@link ExpertGemms}); an expert-parallel stage
+ * ({@code dev.moe.cuda.dist.ExpertParallelStage}) sends the rows to the ranks that hold their experts. Work is queued on the
+ * layer's context's stream, in stream order with the layer's own.
+ */
+public interface ExpertStage extends AutoCloseable {
+    /**
+     * {@code y [rows, D]} for {@code h [rows, DIN]}, whose first {@code counts[0]} rows are expert 0's, then expert 1's, and so on
+     * ({@code counts.length} is the layer's FFN experts; rows = their sum). Both pointers stay valid until the layer's next forward.
+     */
+    void forward(long h, int[] counts, long y);
+
+    /** The backward of the last {@link #forward}: {@code dh} (laid out as h) for {@code dy} (laid out as y), and the weight gradients. */
+    void backward(long dy, long dh);
+
+    @Override
+    void close();
+}

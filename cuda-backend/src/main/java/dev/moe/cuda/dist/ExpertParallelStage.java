@@ -1,0 +1,193 @@
+package dev.moe.cuda.dist;
+
+import dev.moe.cuda.Bf16;
+import dev.moe.cuda.CublasLt.Type;
+import dev.moe.cuda.CudaContext;
+import dev.moe.cuda.DeviceAllocator;
+import dev.moe.cuda.ExpertGemms;
+import dev.moe.cuda.ExpertStage;
+import dev.moe.cuda.kernels.MoeKernelSource.Precision;
+import dev.moe.cuda.kernels.MoeKernelSource.Spec;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * One rank's experts of an expert-parallel MoE layer on the GPU: the {@link ExpertStage} of a
+ * {@link dev.moe.cuda.CudaMoeLayer#withExpertStage layer} that routes this rank's tokens. The layer's rows, sorted by global
+ * expert, go to the ranks that hold their experts ({@link SortedDispatch}: counts first, then the rows by an all-to-all); this
+ * rank runs its experts on the rows it received, reordered expert-major, and the outputs go back into the layer's y. The backward
+ * sends the output gradients the same way and brings the input gradients back; the experts' weight gradients stay on their rank
+ * (they are the sum over every rank's tokens). The router is replicated: its gradient on each rank is that rank's tokens' share,
+ * and summing it over the ranks (as data parallelism does for every replicated weight) is the caller's job
+ * ({@link DeviceExchange#allReduceSum} does it).
+ *
+ * <p>Weights are this rank's experts' slices, in local order, in the layer's layout: {@code w13 [L, GW, DIN]},
+ * {@code w2 [L, D, F]}; gradients fp32 or, with {@code gradsInActivationType}, the activation type. Backward overwrites them.
+ */
+public final class ExpertParallelStage implements ExpertStage {
+    private final CudaContext ctx;
+    private final Spec spec;
+    private final DeviceExchange exchange;
+    private final SortedDispatch dispatch;
+    private final ExpertGemms gemms;
+    private final Type act, gradType;
+    private final int actBytes, local, gw;
+    private final DeviceAllocator.Block w13, w2, dW13, dW2;
+    private final List<DeviceAllocator.Block> saved = new ArrayList<>();
+    private final List<DeviceAllocator.Block> backwardBlocks = new ArrayList<>();
+    // the last forward's dispatch, for the backward
+    private int[] sendRows, recvRows, offsets;
+    private List<SortedDispatch.Chunk> chunks;
+    private long hE, gE, aE;
+    private int rows;
+
+    public ExpertParallelStage(CudaContext ctx, Spec spec, ExpertPlacement placement, DeviceExchange exchange, boolean gradsInActivationType) {
+        if (placement.ranks() != exchange.size() || placement.experts() != spec.experts()) {
+            throw new IllegalArgumentException("a placement of " + placement.experts() + " experts on " + placement.ranks() + " ranks for a layer of "
+                    + spec.experts() + " FFN experts on " + exchange.size() + " ranks");
+        }
+        this.ctx = ctx;
+        this.spec = spec;
+        this.exchange = exchange;
+        this.dispatch = new SortedDispatch(placement);
+        this.act = spec.precision() == Precision.BF16 ? Type.BF16 : Type.F32;
+        this.gradType = gradsInActivationType ? act : Type.F32;
+        this.actBytes = act.bytes;
+        this.gemms = new ExpertGemms(ctx, spec, gradType);
+        this.gw = gemms.gateUpRows();
+        this.local = placement.localExperts(exchange.rank());
+        long l = local, in = spec.expertIn(), d = spec.dim(), f = spec.hidden();
+        w13 = ctx.allocator.allocate(l * gw * in * actBytes);
+        w2 = ctx.allocator.allocate(l * d * f * actBytes);
+        dW13 = ctx.allocator.allocate(l * gw * in * gradType.bytes);
+        dW2 = ctx.allocator.allocate(l * d * f * gradType.bytes);
+    }
+
+    /** The experts this rank holds. */
+    public int localExperts() {
+        return local;
+    }
+
+    /** Uploads this rank's slices of every expert's weights ({@code [E, GW, DIN]}, {@code [E, D, F]}, fp32; rounded to bf16 in bf16). */
+    public void setWeights(float[] gateUpAll, float[] downAll) {
+        ExpertPlacement p = dispatch.placement();
+        int me = exchange.rank();
+        upload(ExpertShards.local(gateUpAll, gw * spec.expertIn(), p, me), w13.pointer);
+        upload(ExpertShards.local(downAll, spec.dim() * spec.hidden(), p, me), w2.pointer);
+    }
+
+    private void upload(float[] values, long device) {
+        if (values.length == 0) {
+            return;
+        }
+        if (act == Type.F32) {
+            ctx.upload(values, device);
+        } else {
+            ctx.upload(Bf16.fromFloats(values), device);
+        }
+    }
+
+    private float[] downloadGrad(long device, int n) {
+        if (n == 0) {
+            return new float[0];
+        }
+        return gradType == Type.F32 ? ctx.downloadFloats(device, n) : Bf16.toFloats(ctx.downloadShorts(device, n));
+    }
+
+    /** This rank's experts' gate/up gradients {@code [L, GW, DIN]} after the last backward. */
+    public float[] gateUpGrad() {
+        return downloadGrad(dW13.pointer, local * gw * spec.expertIn());
+    }
+
+    /** This rank's experts' down gradients {@code [L, D, F]} after the last backward. */
+    public float[] downGrad() {
+        return downloadGrad(dW2.pointer, local * spec.dim() * spec.hidden());
+    }
+
+    /** Rows this rank's experts got in the last forward, from all ranks. */
+    public int lastReceivedRows() {
+        return rows;
+    }
+
+    @Override
+    public void forward(long h, int[] counts, long y) {
+        release(saved);
+        release(backwardBlocks);
+        int me = exchange.rank();
+        int in = spec.expertIn(), d = spec.dim(), f = spec.hidden();
+        sendRows = dispatch.sendCounts(counts);
+        ReceiveLayout layout = dispatch.receiveLayout(exchange.allToAll(dispatch.countsMessage(counts), dispatch.countsBlock()), me);
+        recvRows = layout.recvCounts();
+        chunks = SortedDispatch.chunks(layout);
+        offsets = SortedDispatch.expertOffsets(layout);
+        rows = layout.rows();
+        long n = rows;
+        long hRecv = keep(saved, n * in * actBytes);
+        hE = keep(saved, n * in * actBytes);
+        gE = keep(saved, n * gw * actBytes);
+        aE = keep(saved, n * f * actBytes);
+        long yE = keep(saved, n * d * actBytes);
+        long yRecv = keep(saved, n * d * actBytes);
+        // h's rows for each rank are one slice of it, in rank order: h is the send buffer as it is
+        exchange.allToAllV(h, sendRows, hRecv, recvRows, in * actBytes);
+        reorder(hRecv, hE, in * actBytes, true);
+        gemms.forward(offsets, w13.pointer, w2.pointer, hE, gE, aE, yE, phase -> {});
+        reorder(yRecv, yE, d * actBytes, false);
+        exchange.allToAllV(yRecv, recvRows, y, sendRows, d * actBytes);
+    }
+
+    @Override
+    public void backward(long dy, long dh) {
+        if (offsets == null) {
+            throw new IllegalStateException("backward before any forward");
+        }
+        release(backwardBlocks);
+        int in = spec.expertIn(), d = spec.dim(), f = spec.hidden();
+        long n = rows;
+        long dyRecv = keep(backwardBlocks, n * d * actBytes);
+        long dyE = keep(backwardBlocks, n * d * actBytes);
+        long da = keep(backwardBlocks, n * f * actBytes);
+        long dg = keep(backwardBlocks, n * gw * actBytes);
+        long dhE = keep(backwardBlocks, n * in * actBytes);
+        long dhRecv = keep(backwardBlocks, n * in * actBytes);
+        exchange.allToAllV(dy, sendRows, dyRecv, recvRows, d * actBytes);
+        reorder(dyRecv, dyE, d * actBytes, true);
+        gemms.backward(offsets, w13.pointer, w2.pointer, dW13.pointer, dW2.pointer, false, hE, gE, aE, dyE, da, dg, dhE);
+        reorder(dhRecv, dhE, in * actBytes, false);
+        exchange.allToAllV(dhRecv, recvRows, dh, sendRows, in * actBytes);
+    }
+
+    /** Copies each chunk between the rank-major and the expert-major buffer, in the direction {@code toExpertMajor} says. */
+    private void reorder(long rankMajor, long expertMajor, long rowBytes, boolean toExpertMajor) {
+        for (SortedDispatch.Chunk c : chunks) {
+            long from = rankMajor + c.from() * rowBytes, to = expertMajor + c.to() * rowBytes;
+            if (toExpertMajor) {
+                ctx.driver.copyOnDevice(to, from, c.rows() * rowBytes, ctx.stream);
+            } else {
+                ctx.driver.copyOnDevice(from, to, c.rows() * rowBytes, ctx.stream);
+            }
+        }
+    }
+
+    private long keep(List<DeviceAllocator.Block> list, long bytes) {
+        DeviceAllocator.Block b = ctx.allocator.allocate(bytes);
+        list.add(b);
+        return b.pointer;
+    }
+
+    private static void release(List<DeviceAllocator.Block> blocks) {
+        for (DeviceAllocator.Block b : blocks) {
+            b.close();
+        }
+        blocks.clear();
+    }
+
+    @Override
+    public void close() {
+        release(saved);
+        release(backwardBlocks);
+        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {w13, w2, dW13, dW2}) {
+            b.close();
+        }
+    }
+}
