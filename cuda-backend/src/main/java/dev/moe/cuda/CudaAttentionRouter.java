@@ -107,8 +107,9 @@ public final class CudaAttentionRouter implements AutoCloseable {
         } else {
             long auxDevice = keep(backwardBlocks, (long) e * 4);
             ctx.upload(aux == null ? new float[e] : aux, auxDevice);
-            launch("router_backward_balance", ceilDiv((long) tokens * 32, THREADS), THREADS, probs, logits, idx, dWeight, tokens, auxDevice, zc,
-                    ent, 1f, dLogits);
+            // one aux row for the whole batch (auxSeq = tokens): the mixer's aux loss is micro- or global-batch
+            launch("router_backward_balance", ceilDiv((long) tokens * 32, THREADS), THREADS, probs, logits, idx, dWeight, tokens, auxDevice,
+                    tokens, zc, ent, 1f, dLogits);
         }
         // dIn += dLogits · router;  dRouter += dLogitsᵀ · x
         ctx.blas.matmul(ctx.stream, false, false, d, tokens, e, router, Type.F32, d, dLogits, Type.F32, e, dIn, Type.F32, d, true);

@@ -42,6 +42,8 @@ public final class CudaContext implements AutoCloseable {
     private final Map<String, MemorySegment> modules = new HashMap<>();
     /** Kernels by source, then name: keyed by the source itself (not its hash), so two sources never share an entry. */
     private final Map<String, Map<String, MemorySegment>> functions = new HashMap<>();
+    /** Each launched kernel's parameter sizes (by function address), for {@link #checkArguments}. */
+    private final Map<Long, int[]> parameterSizes = new HashMap<>();
     /** The graph launches are recorded into, or null when they run at once. */
     private LaunchGraph recording;
     private boolean reportedCompile;
@@ -155,6 +157,8 @@ public final class CudaContext implements AutoCloseable {
     }
 
     private void launchNow(MemorySegment function, String name, int gridX, int gridY, int block, int sharedBytes, Object... args) {
+        int[] sizes = parameterSizes.computeIfAbsent(function.address(), a -> driver.parameterSizes(function));
+        checkArguments(name, sizes, args);
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment params = arena.allocate(ValueLayout.ADDRESS, args.length);
             for (int i = 0; i < args.length; i++) {
@@ -167,6 +171,32 @@ public final class CudaContext implements AutoCloseable {
                 params.setAtIndex(ValueLayout.ADDRESS, i, slot);
             }
             driver.launch(function, name, gridX, gridY, block, sharedBytes, stream, params);
+        }
+    }
+
+    /**
+     * Throws when {@code args} do not fit kernel {@code name}'s parameters of {@code sizes} bytes (null: unknown, no check): a
+     * launch with an argument too few or of the wrong width makes the driver read past the arguments, which ends in an illegal
+     * address on the GPU or a crash inside libcuda instead of an error naming the kernel.
+     */
+    static void checkArguments(String name, int[] sizes, Object[] args) {
+        if (sizes == null) {
+            return;
+        }
+        if (sizes.length != args.length) {
+            throw new CudaException("kernel " + name + " takes " + sizes.length + " arguments, launched with " + args.length);
+        }
+        for (int i = 0; i < args.length; i++) {
+            int bytes = switch (args[i]) {
+                case Long l -> 8;
+                case Integer n -> 4;
+                case Float x -> 4;
+                default -> throw new IllegalArgumentException("kernel argument of type " + args[i].getClass());
+            };
+            if (bytes != sizes[i]) {
+                throw new CudaException("kernel " + name + "'s argument " + (i + 1) + " is " + sizes[i] + " bytes wide, launched with a "
+                        + args[i].getClass().getSimpleName() + " of " + bytes);
+            }
         }
     }
 

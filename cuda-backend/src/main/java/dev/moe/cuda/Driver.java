@@ -32,7 +32,7 @@ public final class Driver {
             cuMemFreeHost, cuMemcpyHtoDAsync, cuMemcpyDtoHAsync, cuMemcpyDtoDAsync, cuMemsetD8Async, cuModuleLoadData,
             cuModuleGetFunction, cuLaunchKernel, cuStreamCreate, cuStreamSynchronize, cuEventCreate, cuEventRecord,
             cuEventSynchronize, cuEventElapsedTime, cuGetErrorName, cuGetErrorString, cuStreamBeginCapture, cuStreamEndCapture,
-            cuGraphInstantiate, cuGraphLaunch, cuGraphExecDestroy, cuGraphDestroy, cuStreamWaitEvent;
+            cuGraphInstantiate, cuGraphLaunch, cuGraphExecDestroy, cuGraphDestroy, cuStreamWaitEvent, cuFuncGetParamInfo;
 
     private static Driver instance;
 
@@ -77,6 +77,8 @@ public final class Driver {
                 ? fn(lib, "cuEventElapsedTime_v2", INT, PTR, PTR, PTR)
                 : fn(lib, "cuEventElapsedTime", INT, PTR, PTR, PTR);
         cuStreamWaitEvent = fn(lib, "cuStreamWaitEvent", INT, PTR, PTR, INT);
+        // CUDA 12.4 and later: the kernel's parameter sizes, to check a launch's arguments against them
+        cuFuncGetParamInfo = lib.find("cuFuncGetParamInfo").isPresent() ? fn(lib, "cuFuncGetParamInfo", INT, PTR, SIZE_T, PTR, PTR) : null;
         cuStreamBeginCapture = fn(lib, "cuStreamBeginCapture_v2", INT, PTR, INT);
         cuStreamEndCapture = fn(lib, "cuStreamEndCapture", INT, PTR, PTR);
         cuGraphInstantiate = fn(lib, "cuGraphInstantiateWithFlags", INT, PTR, PTR, LONG);
@@ -279,6 +281,24 @@ public final class Driver {
             check(Native.call(cuModuleGetFunction, v, module, arena.allocateFrom(name)), "cuModuleGetFunction(" + name + ")");
             return v.get(ValueLayout.ADDRESS, 0);
         }
+    }
+
+    /**
+     * The byte size of each of {@code function}'s parameters, in order, or null when the driver cannot say (before CUDA 12.4).
+     */
+    public int[] parameterSizes(MemorySegment function) {
+        if (cuFuncGetParamInfo == null) {
+            return null;
+        }
+        java.util.List<Integer> sizes = new java.util.ArrayList<>();
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment offset = arena.allocate(SIZE_T), size = arena.allocate(SIZE_T);
+            // the driver answers CUDA_ERROR_INVALID_VALUE past the last parameter
+            while (Native.call(cuFuncGetParamInfo, function, (long) sizes.size(), offset, size) == 0) {
+                sizes.add((int) size.get(ValueLayout.JAVA_LONG, 0));
+            }
+        }
+        return sizes.stream().mapToInt(Integer::intValue).toArray();
     }
 
     /** Launches with {@code params} an array of pointers to the argument values (as cuLaunchKernel wants). */

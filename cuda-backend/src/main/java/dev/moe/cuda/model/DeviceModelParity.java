@@ -32,7 +32,7 @@ import java.util.SplittableRandom;
  * with the jetmoe and bam recipes (whose attention experts it turns on through {@code moe.cuda.moa}). After each training forward the expert loads (kept slots per expert, after any capacity drops) must
  * equal the CPU's exactly.
  *
- * <pre>java ... dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
+ * <pre>java ... [-Dmoe.parity.only=Moa,JetMoE] dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
  */
 public final class DeviceModelParity {
     /** A DeepSeek-V3-style layer the recipes do not cover on the GPU: sigmoid scores, selection bias, normalisation, scaling, a shared expert, z-loss-free. */
@@ -1127,6 +1127,12 @@ public final class DeviceModelParity {
             if (!files.contains(recipe)) {
                 models.addAll(MoeCompiler.compile(Path.of(recipe)).orThrow().models());
             }
+        }
+        // -Dmoe.parity.only=Moa,JetMoE: only the models whose names contain one of these (a quick re-check of one feature)
+        String only = System.getProperty("moe.parity.only");
+        if (only != null && !only.isBlank()) {
+            List<String> wanted = List.of(only.split(","));
+            models.removeIf(m -> wanted.stream().noneMatch(w -> m.name().contains(w.strip())));
         }
         int failures = 0;
         try (CudaContext ctx = new CudaContext(0)) {
