@@ -902,6 +902,26 @@ public final class MoeKernelSource {
                   #pragma unroll
                   for (int s = 0; s < K; s++) dotv[s] = 0.f;
                 #endif
+                #if !SLOT_KINDS
+                  if constexpr (D % VEC == 0) {  // FFN experts only: 16-byte loads and stores, each thread's VEC columns in turn
+                    for (int c = threadIdx.x * VEC; c < D; c += blockDim.x * VEC) {
+                      __align__(16) act_t gv[VEC];
+                      *(uint4*) gv = *(const uint4*) (dout + (long) t * D + c);
+                      #pragma unroll
+                      for (int s = 0; s < K; s++) {
+                        __align__(16) act_t yv[VEC], o[VEC];
+                        *(uint4*) yv = *(const uint4*) (y + (long) sp[s] * D + c);
+                        #pragma unroll
+                        for (int j = 0; j < VEC; j++) {
+                          float g = ld(gv, j);
+                          dot[s] += g * ld(yv, j);
+                          st(o, j, sw[s] * g);
+                        }
+                        *(uint4*) (dy + (long) sp[s] * D + c) = *(const uint4*) o;
+                      }
+                    }
+                  } else
+                #endif
                   for (int c = threadIdx.x; c < D; c += blockDim.x) {
                     float g = ld(dout, (long) t * D + c);
                     #pragma unroll
