@@ -284,7 +284,8 @@ public final class Driver {
     }
 
     /**
-     * The byte size of each of {@code function}'s parameters, in order, or null when the driver cannot say (before CUDA 12.4).
+     * The byte size of each of {@code function}'s parameters, in order, or null when the driver cannot say (before CUDA 12.4, or
+     * an answer of no parameters).
      */
     public int[] parameterSizes(MemorySegment function) {
         if (cuFuncGetParamInfo == null) {
@@ -298,7 +299,8 @@ public final class Driver {
                 sizes.add((int) size.get(ValueLayout.JAVA_LONG, 0));
             }
         }
-        return sizes.stream().mapToInt(Integer::intValue).toArray();
+        // no parameter at all: every kernel here has some, so the driver could not say (not one without parameters)
+        return sizes.isEmpty() ? null : sizes.stream().mapToInt(Integer::intValue).toArray();
     }
 
     /** Launches with {@code params} an array of pointers to the argument values (as cuLaunchKernel wants). */
