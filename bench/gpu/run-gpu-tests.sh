@@ -12,12 +12,14 @@
 # 2. BackendParity: the primitives CudaBackend runs on the GPU against the CPU backend (24 shapes);
 #    DeviceOpsParity: the dense-model kernels (embedding, RMSNorm, LayerNorm, bias add, RoPE, GLU and plain
 #    activations, cross-entropy, AdamW, attention, RMoE's GRU cell, latent attention's layout moves) against the CPU
-#    backend, 20 shapes each.
+#    backend, 20 shapes each. ExpertParallelGpuCheck: the expert-parallel MoE layer, 2-4 simulated ranks sharing the
+#    GPU and NCCL worlds of one, against one layer holding every expert.
 # 3. DeviceModelParity: the device-resident generated models (CudaModelGenerator) against the
 #    CPU-generated classes: losses, every gradient, gradient norms, weights and moments after 3 steps
 #    (mixtral, deepseek-moe, switch, and its built-in models: sigmoid routing; the sequence-wise and sigmoid aux losses; LayerNorm, qk-norm, q/k/v biases, ungated
 #    FFNs; expert activations and capacity; router options; blocks; MoE++; MoLE's latent experts; MoLA's LoRA experts;
-#    recurrent (GRU) routers; router jitter; random capacity drops; parallel blocks; multi-head latent attention).
+#    recurrent (GRU) routers; router jitter; random capacity drops; parallel blocks; multi-head latent attention;
+#    attention experts with jetmoe and bam, which it turns on with -Dmoe.cuda.moa=true).
 #    Training parity: 100 steps of two recipes with --backend cuda (device-resident) and
 #    --backend cuda-hybrid against --backend cpu; the losses must agree within 1e-3 relative at every step.
 #    Greedy generation with --backend cuda and cuda-hybrid gives the CPU's text.
@@ -39,6 +41,7 @@ status=0
 $J $JOPTS -cp "$CP" dev.moe.cuda.GpuChecks 2>&1 | tee "$OUT/parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 $J $JOPTS -cp "$CP" dev.moe.cuda.BackendParity 2>&1 | tee "$OUT/backend-parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 $J $JOPTS -cp "$CP" dev.moe.cuda.DeviceOpsParity 2>&1 | tee "$OUT/device-ops-parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+$J $JOPTS -cp "$CP" dev.moe.cuda.dist.ExpertParallelGpuCheck 2>&1 | tee "$OUT/expert-parallel-check.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 $J $JOPTS -cp "$CP" dev.moe.cuda.model.DeviceModelParity 2>&1 | tee "$OUT/device-model-parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 for recipe in mixtral deepseek-moe; do
