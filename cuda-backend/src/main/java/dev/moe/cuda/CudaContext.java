@@ -42,7 +42,7 @@ public final class CudaContext implements AutoCloseable {
     private final Map<String, MemorySegment> modules = new HashMap<>();
     /** Kernels by source, then name: keyed by the source itself (not its hash), so two sources never share an entry. */
     private final Map<String, Map<String, MemorySegment>> functions = new HashMap<>();
-    /** Each launched kernel's parameter sizes (by function address), for {@link #checkArguments}. */
+    /** Each launched kernel's parameter sizes (by function address), for {@link #fitArguments}. */
     private final Map<Long, int[]> parameterSizes = new HashMap<>();
     /** The graph launches are recorded into, or null when they run at once. */
     private LaunchGraph recording;
@@ -158,15 +158,15 @@ public final class CudaContext implements AutoCloseable {
 
     private void launchNow(MemorySegment function, String name, int gridX, int gridY, int block, int sharedBytes, Object... args) {
         int[] sizes = parameterSizes.computeIfAbsent(function.address(), a -> driver.parameterSizes(function));
-        checkArguments(name, sizes, args);
+        Object[] fitted = fitArguments(name, sizes, args);
         try (Arena arena = Arena.ofConfined()) {
-            MemorySegment params = arena.allocate(ValueLayout.ADDRESS, args.length);
-            for (int i = 0; i < args.length; i++) {
-                MemorySegment slot = switch (args[i]) {
+            MemorySegment params = arena.allocate(ValueLayout.ADDRESS, fitted.length);
+            for (int i = 0; i < fitted.length; i++) {
+                MemorySegment slot = switch (fitted[i]) {
                     case Long l -> arena.allocateFrom(ValueLayout.JAVA_LONG, l);
                     case Integer n -> arena.allocateFrom(ValueLayout.JAVA_INT, n);
                     case Float x -> arena.allocateFrom(ValueLayout.JAVA_FLOAT, x);
-                    default -> throw new IllegalArgumentException("kernel argument of type " + args[i].getClass());
+                    default -> throw new IllegalArgumentException("kernel argument of type " + fitted[i].getClass());
                 };
                 params.setAtIndex(ValueLayout.ADDRESS, i, slot);
             }
@@ -175,17 +175,19 @@ public final class CudaContext implements AutoCloseable {
     }
 
     /**
-     * Throws when {@code args} do not fit kernel {@code name}'s parameters of {@code sizes} bytes (null: unknown, no check): a
-     * launch with an argument too few or of the wrong width makes the driver read past the arguments, which ends in an illegal
+     * {@code args} fitted to kernel {@code name}'s parameters of {@code sizes} bytes (null: unknown, no check): an int where the
+     * kernel takes 8 bytes is widened, as C converts an int argument for a long parameter; a different count, or 8 bytes where
+     * it takes 4, throws. Without this a launch one argument short makes the driver read past the argument list: an illegal
      * address on the GPU or a crash inside libcuda instead of an error naming the kernel.
      */
-    static void checkArguments(String name, int[] sizes, Object[] args) {
+    static Object[] fitArguments(String name, int[] sizes, Object[] args) {
         if (sizes == null) {
-            return;
+            return args;
         }
         if (sizes.length != args.length) {
             throw new CudaException("kernel " + name + " takes " + sizes.length + " arguments, launched with " + args.length);
         }
+        Object[] out = args;
         for (int i = 0; i < args.length; i++) {
             int bytes = switch (args[i]) {
                 case Long l -> 8;
@@ -193,11 +195,15 @@ public final class CudaContext implements AutoCloseable {
                 case Float x -> 4;
                 default -> throw new IllegalArgumentException("kernel argument of type " + args[i].getClass());
             };
-            if (bytes != sizes[i]) {
+            if (bytes == 4 && sizes[i] == 8 && args[i] instanceof Integer n) {
+                out = out == args ? args.clone() : out;
+                out[i] = (long) n;
+            } else if (bytes != sizes[i]) {
                 throw new CudaException("kernel " + name + "'s argument " + (i + 1) + " is " + sizes[i] + " bytes wide, launched with a "
                         + args[i].getClass().getSimpleName() + " of " + bytes);
             }
         }
+        return out;
     }
 
     /** Copies floats to the device (through a temporary host buffer). */

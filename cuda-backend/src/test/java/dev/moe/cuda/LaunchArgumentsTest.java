@@ -14,8 +14,18 @@ class LaunchArgumentsTest {
 
     @Test
     void matchingArgumentsPass() {
-        CudaContext.checkArguments("k", new int[] {8, 4, 4}, new Object[] {1L, 2, 3f});
-        CudaContext.checkArguments("k", null, new Object[] {1L}); // a driver that cannot tell: no check
+        Object[] args = {1L, 2, 3f};
+        assertThat(CudaContext.fitArguments("k", new int[] {8, 4, 4}, args)).isSameInstanceAs(args);
+        Object[] unknown = {1L};
+        assertThat(CudaContext.fitArguments("k", null, unknown)).isSameInstanceAs(unknown); // a driver that cannot tell: no check
+    }
+
+    @Test
+    void anIntForALongParameterIsWidenedAsCWould() {
+        Object[] args = {1L, -3, 2f};
+        Object[] fitted = CudaContext.fitArguments("expert_act", new int[] {8, 8, 4}, args);
+        assertThat(fitted).asList().containsExactly(1L, -3L, 2f).inOrder();
+        assertThat(args[1]).isEqualTo(-3); // the caller's array is left alone
     }
 
     @Test
@@ -23,13 +33,13 @@ class LaunchArgumentsTest {
         // router_backward_balance gained `int auxSeq` after `aux`: the old call passes 10 of its 11 arguments
         int[] sizes = {8, 8, 8, 8, 4, 8, 4, 4, 4, 4, 8};
         Object[] old = {1L, 2L, 3L, 4L, 64, 5L, 0.1f, 0f, 1f, 6L};
-        CudaException e = assertThrows(CudaException.class, () -> CudaContext.checkArguments("router_backward_balance", sizes, old));
+        CudaException e = assertThrows(CudaException.class, () -> CudaContext.fitArguments("router_backward_balance", sizes, old));
         assertThat(e).hasMessageThat().isEqualTo("kernel router_backward_balance takes 11 arguments, launched with 10");
     }
 
     @Test
     void aWrongWidthNamesTheArgument() {
-        CudaException e = assertThrows(CudaException.class, () -> CudaContext.checkArguments("combine", new int[] {8, 8}, new Object[] {1L, 2}));
-        assertThat(e).hasMessageThat().isEqualTo("kernel combine's argument 2 is 8 bytes wide, launched with a Integer of 4");
+        CudaException e = assertThrows(CudaException.class, () -> CudaContext.fitArguments("combine", new int[] {8, 4}, new Object[] {1L, 2L}));
+        assertThat(e).hasMessageThat().isEqualTo("kernel combine's argument 2 is 4 bytes wide, launched with a Long of 8");
     }
 }
