@@ -176,8 +176,8 @@ public final class CudaContext implements AutoCloseable {
 
     /**
      * {@code args} fitted to kernel {@code name}'s parameters of {@code sizes} bytes (null: unknown, no check): an int where the
-     * kernel takes 8 bytes is widened, as C converts an int argument for a long parameter; a different count, or 8 bytes where
-     * it takes 4, throws. Without this a launch one argument short makes the driver read past the argument list: an illegal
+     * kernel takes 8 bytes is widened, as C converts an int argument for a long parameter, and a long that fits an int where it
+     * takes 4 is narrowed; a different count, or a long beyond an int (a pointer, say) where it takes 4, throws. Without this a launch one argument short makes the driver read past the argument list: an illegal
      * address on the GPU or a crash inside libcuda instead of an error naming the kernel.
      */
     static Object[] fitArguments(String name, int[] sizes, Object[] args) {
@@ -198,6 +198,10 @@ public final class CudaContext implements AutoCloseable {
             if (bytes == 4 && sizes[i] == 8 && args[i] instanceof Integer n) {
                 out = out == args ? args.clone() : out;
                 out[i] = (long) n;
+            } else if (bytes == 8 && sizes[i] == 4 && args[i] instanceof Long l && l == (int) (long) l) {
+                // what the kernel read before this check: the low four bytes of the long
+                out = out == args ? args.clone() : out;
+                out[i] = (int) (long) l;
             } else if (bytes != sizes[i]) {
                 throw new CudaException("kernel " + name + "'s argument " + (i + 1) + " is " + sizes[i] + " bytes wide, launched with a "
                         + args[i].getClass().getSimpleName() + " of " + bytes);

@@ -38,8 +38,10 @@ class LaunchArgumentsTest {
     }
 
     @Test
-    void aWrongWidthNamesTheArgument() {
-        CudaException e = assertThrows(CudaException.class, () -> CudaContext.fitArguments("combine", new int[] {8, 4}, new Object[] {1L, 2L}));
+    void aLongThatFitsAnIntIsNarrowedAndOneThatDoesNotNamesTheArgument() {
+        assertThat(CudaContext.fitArguments("combine", new int[] {8, 4}, new Object[] {1L, 2L})).asList().containsExactly(1L, 2).inOrder();
+        long pointer = 0x7f00_1234_0000L;
+        CudaException e = assertThrows(CudaException.class, () -> CudaContext.fitArguments("combine", new int[] {8, 4}, new Object[] {1L, pointer}));
         assertThat(e).hasMessageThat().isEqualTo("kernel combine's argument 2 is 4 bytes wide, launched with a Long of 8");
     }
 }
