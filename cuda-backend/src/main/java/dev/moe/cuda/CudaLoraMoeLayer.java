@@ -350,9 +350,7 @@ public final class CudaLoraMoeLayer implements AutoCloseable {
     }
 
     private long keep(List<DeviceAllocator.Block> list, long bytes) {
-        DeviceAllocator.Block b = ctx.allocator.allocate(Math.max(bytes, 4));
-        list.add(b);
-        return b.pointer;
+        return ctx.allocator.allocateInto(list, bytes);
     }
 
     private void launch(String src, String kernel, int grid, int block, Object... args) {

@@ -879,9 +879,7 @@ public final class CudaMoeLayer implements AutoCloseable {
     }
 
     private long keep(List<DeviceAllocator.Block> list, long bytes) {
-        DeviceAllocator.Block b = ctx.allocator.allocate(bytes);
-        list.add(b);
-        return b.pointer;
+        return ctx.allocator.allocateInto(list, bytes);
     }
 
     /**

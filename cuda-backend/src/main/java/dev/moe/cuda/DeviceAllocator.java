@@ -59,6 +59,16 @@ public final class DeviceAllocator implements AutoCloseable {
         this.raw = raw;
     }
 
+    /**
+     * A block of at least {@code bytes} (4 at the least, so that an empty buffer still has an address) added to {@code owner}, a
+     * pass's list of blocks that are released together; returns its device address.
+     */
+    public long allocateInto(java.util.List<Block> owner, long bytes) {
+        Block b = allocate(Math.max(bytes, 4));
+        owner.add(b);
+        return b.pointer;
+    }
+
     /** The size class of a request: 512-byte steps up to 1 MiB, 2 MiB steps above. */
     static long roundUp(long bytes) {
         long unit = bytes <= SMALL ? SMALL_ROUND : LARGE_ROUND;

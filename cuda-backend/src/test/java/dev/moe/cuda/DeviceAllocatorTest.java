@@ -70,6 +70,23 @@ class DeviceAllocatorTest {
         assertThat(alloc.driverAllocations()).isEqualTo(1);
     }
 
+    /** A pass's blocks, kept in one list and released together; an empty buffer still gets an address. */
+    @Test
+    void blocksAllocatedIntoAListAreReleasedWithIt() {
+        FakeDevice dev = new FakeDevice(1L << 30);
+        DeviceAllocator alloc = new DeviceAllocator(dev);
+        java.util.List<DeviceAllocator.Block> pass = new java.util.ArrayList<>();
+        long a = alloc.allocateInto(pass, 3000), empty = alloc.allocateInto(pass, 0);
+        assertThat(pass).hasSize(2);
+        assertThat(pass.get(0).pointer).isEqualTo(a);
+        assertThat(empty).isNotEqualTo(0L);
+        assertThat(empty).isNotEqualTo(a);
+        for (DeviceAllocator.Block b : pass) {
+            b.close();
+        }
+        assertThat(alloc.inUse()).isEqualTo(0);
+    }
+
     @Test
     void aMuchLargerCachedBlockIsNotWastedOnASmallRequest() {
         FakeDevice dev = new FakeDevice(1L << 30);
