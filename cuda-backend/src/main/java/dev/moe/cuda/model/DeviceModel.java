@@ -263,7 +263,8 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
 
     @Override
     public void overlapGradientSum(Collective world) {
-        overlapWorld = world == Collective.SINGLE ? null : world;
+        // gradients copied to the host right after the backward must not race the sums: then the sum waits for allReduceGradients
+        overlapWorld = world == Collective.SINGLE || !gradsStay ? null : world;
         layersSummed = false;
     }
 
