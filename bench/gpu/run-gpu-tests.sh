@@ -19,7 +19,7 @@
 #    (mixtral, deepseek-moe, switch, and its built-in models: sigmoid routing; the sequence-wise and sigmoid aux losses; LayerNorm, qk-norm, q/k/v biases, ungated
 #    FFNs; expert activations and capacity; router options; blocks; MoE++; MoLE's latent experts; MoLA's LoRA experts;
 #    recurrent (GRU) routers; router jitter; random capacity drops; parallel blocks; multi-head latent attention;
-#    attention experts with jetmoe and bam, which it turns on with -Dmoe.cuda.moa=true).
+#    attention experts with jetmoe and bam).
 #    Training parity: 100 steps of two recipes with --backend cuda (device-resident) and
 #    --backend cuda-hybrid against --backend cpu; the losses must agree within 1e-3 relative at every step.
 #    Greedy generation with --backend cuda and cuda-hybrid gives the CPU's text.

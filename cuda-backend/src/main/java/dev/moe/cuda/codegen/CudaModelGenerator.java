@@ -46,8 +46,7 @@ import javax.lang.model.element.Modifier;
  * FFN or an MoE, with RMSNorm or
  * LayerNorm, RoPE, grouped-query attention (causal or not, sliding window, q/k/v biases, per-head or
  * full qk-norm), multi-head latent attention (DeepSeek-V2/V3), mixtures of attention experts in the mixer slot of pre-norm and
- * parallel blocks (JetMoE's MoA, BAM; only with {@value #MOA_PROPERTY}{@code =true} until their GPU parity check,
- * {@link #attentionExpertsEnabled}; {@link #attentionExperts}), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
+ * parallel blocks (JetMoE's MoA, BAM; {@link #attentionExperts}; their GPU parity check passed on 2026-12-02), gated and ungated dense FFNs, and MoE layers of routed FFN experts of any activation
  * followed by zero, copy and constant experts (MoE++), or of MoLE's latent experts (a shared down-projection to the rank,
  * then FFN experts on it) followed by zero experts, or one group of MoLA's LoRA experts over a frozen FFN base
  * ({@link CudaLoraMoeLayer}, fp32, dropless token choice by one router), with shared FFN experts without a sigmoid gate. Routers: softmax
@@ -87,20 +86,6 @@ public final class CudaModelGenerator {
         this.model = model;
         this.cfg = model.config();
         this.paramNames = model.params().stream().map(Param::name).collect(Collectors.toSet());
-    }
-
-    /** The system property that lets mixtures of attention experts run device-resident (see {@link #attentionExpertsEnabled}). */
-    public static final String MOA_PROPERTY = "moe.cuda.moa";
-
-    /**
-     * Whether models whose mixer is an MoE of attention experts (JetMoE's MoA, BAM) are generated device-resident: only when the
-     * system property {@value #MOA_PROPERTY} is {@code true} or the environment variable {@code MOE_CUDA_MOA} is {@code 1}. That path
-     * ({@link #attentionExperts}) was written without a GPU; it stays off by default until {@code DeviceModelParity} (which turns it
-     * on for its models of attention experts) has checked it against the CPU class on a GPU. Until then such models run on the
-     * hybrid backend.
-     */
-    public static boolean attentionExpertsEnabled() {
-        return Boolean.getBoolean(MOA_PROPERTY) || "1".equals(System.getenv("MOE_CUDA_MOA"));
     }
 
     /** Why {@code model} cannot be generated device-resident, or empty when it can. */
@@ -162,9 +147,6 @@ public final class CudaModelGenerator {
      * top-k or soft router without a temperature, whose balancing losses the GPU router computes.
      */
     private static Optional<String> unsupportedMixer(ModelConfig c, Moe moe) {
-        if (!attentionExpertsEnabled()) {
-            return Optional.of("attention experts: device path off until its GPU parity check, -D" + MOA_PROPERTY + "=true");
-        }
         if (c.mla().isPresent()) {
             return Optional.of("attention experts beside multi-head latent attention");
         }

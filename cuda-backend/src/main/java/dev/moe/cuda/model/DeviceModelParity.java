@@ -29,7 +29,7 @@ import java.util.SplittableRandom;
  * <p>The models: the recipes named on the command line (by default mixtral, deepseek-moe, switch, mole, mola and rmoe), then always
  * {@link #SIGMOID_MODEL}, {@link #SEQUENCE_AUX_MODEL}, {@link #DENSE_FEATURES_MODEL}, {@link #EXPERTS_MODEL}, {@link #ROUTER_OPTIONS_MODEL},
  * {@link #BLOCKS_MODEL}, {@link #MOEPP_MODEL}, {@link #LATENT_MODEL}, {@link #LORA_MODEL}, {@link #RECURRENT_MODEL}, {@link #JITTER_MODEL}, {@link #PARALLEL_MODEL}, {@link #MLA_MODEL} and {@link #MOA_MODEL}
- * with the jetmoe and bam recipes (whose attention experts it turns on through {@code moe.cuda.moa}). After each training forward the expert loads (kept slots per expert, after any capacity drops) must
+ * with the jetmoe and bam recipes. After each training forward the expert loads (kept slots per expert, after any capacity drops) must
  * equal the CPU's exactly.
  *
  * <pre>java ... [-Dmoe.parity.only=Moa,JetMoE] dev.moe.cuda.model.DeviceModelParity [recipes/x.moe ...]</pre>
@@ -967,8 +967,7 @@ public final class DeviceModelParity {
      * their group's keys and values, aux and z losses) in pre-norm layers beside a plain attention layer, with partial RoPE; and
      * BAM-like (soft routing: every expert by its softmax weight; three experts with their own keys and values, a global-batch aux loss and the z-loss)
      * in parallel blocks beside an MoE, with LayerNorm, a sliding window and a group of experts that shares keys and values after
-     * one that does not. Device-resident only with {@code moe.cuda.moa=true},
-     * which {@link #main} sets.
+     * one that does not.
      */
     public static final String MOA_MODEL = """
             moe heads {
@@ -1030,6 +1029,20 @@ public final class DeviceModelParity {
     /** The models of {@link #MOA_MODEL}. */
     public static List<Model> moaModels() {
         return compile("moa.moe", MOA_MODEL);
+    }
+
+    /** {@link #MOA_MODEL}'s first model with a router temperature of 2, which the GPU router of attention experts does not take. */
+    public static Model moaModelWithTemperature() {
+        String text = MOA_MODEL.replace("""
+                    order topk_then_softmax
+                """, """
+                    order topk_then_softmax
+                    temperature 2.0
+                """);
+        if (text.equals(MOA_MODEL)) {
+            throw new IllegalStateException("MOA_MODEL no longer has the router line the temperature goes after");
+        }
+        return compile("moa.moe", text).getFirst();
     }
 
     /** The models of {@link #JITTER_MODEL}. */
@@ -1120,8 +1133,6 @@ public final class DeviceModelParity {
         models.addAll(randomDropModels());
         models.addAll(parallelModels());
         models.addAll(mlaModels());
-        // the mixtures of attention experts' device path (MoA, BAM) is off by default until this check has passed on a GPU: on here
-        System.setProperty(CudaModelGenerator.MOA_PROPERTY, "true");
         models.addAll(moaModels());
         for (String recipe : List.of("recipes/jetmoe.moe", "recipes/bam.moe")) {
             if (!files.contains(recipe)) {

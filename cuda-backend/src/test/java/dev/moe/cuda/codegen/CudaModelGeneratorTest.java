@@ -170,12 +170,6 @@ class CudaModelGeneratorTest {
         List<Model> models = dev.moe.cuda.model.DeviceModelParity.parallelModels();
         assertThat(models).hasSize(2);
         {
-            // BAM's mixer is a mixture of attention experts, which stays on the hybrid path without moe.cuda.moa
-            Model bam = models(RECIPES.resolve("bam.moe")).getFirst();
-            if (!CudaModelGenerator.attentionExpertsEnabled()) {
-                assertThat(CudaModelGenerator.unsupported(bam).orElseThrow()).isEqualTo(
-                        "layer 0's mixer (attention experts: device path off until its GPU parity check, -Dmoe.cuda.moa=true)");
-            }
             for (Model m : models) {
                 assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
                 DeviceModels.Classes classes = DeviceModels.compile(m, "parallel.moe");
@@ -773,11 +767,6 @@ class CudaModelGeneratorTest {
         for (Model m : dev.moe.cuda.model.DeviceModelParity.denseFeatureModels()) {
             assertThat(CudaModelGenerator.unsupported(m)).isEmpty();
         }
-        // what keeps a recipe on the hybrid path is named: jetmoe's attention experts
-        Model jet = models(RECIPES.resolve("jetmoe.moe")).getFirst();
-        if (!CudaModelGenerator.attentionExpertsEnabled()) {
-            assertThat(CudaModelGenerator.unsupported(jet).orElseThrow()).contains("attention experts");
-        }
     }
 
     /** switch.moe (routed relu experts, top-1, capacity factor 1.25 by position) runs device-resident, its options in the layer's spec. */
@@ -843,45 +832,15 @@ class CudaModelGeneratorTest {
         assertThat(CudaModelGenerator.field("layers.3.moe.router.expert_bias")).isEqualTo("l3MoeRouterExpertBias");
     }
 
-    /** Runs {@code body} with the mixtures of attention experts' device path on, restoring the property after. */
-    private static void withAttentionExperts(Runnable body) {
-        String moa = System.getProperty(CudaModelGenerator.MOA_PROPERTY);
-        System.setProperty(CudaModelGenerator.MOA_PROPERTY, "true");
-        try {
-            body.run();
-        } finally {
-            for (String[] kv : new String[][] {{CudaModelGenerator.MOA_PROPERTY, moa}}) {
-                if (kv[1] == null) {
-                    System.clearProperty(kv[0]);
-                } else {
-                    System.setProperty(kv[0], kv[1]);
-                }
-            }
-        }
-    }
-
-    /** Without the property mixtures of attention experts stay on the hybrid path: their device path awaits DeviceModelParity on a GPU. */
-    @Test
-    void attentionExpertsAreOffByDefault() {
-        org.junit.jupiter.api.Assumptions.assumeFalse("1".equals(System.getenv("MOE_CUDA_MOA")), "MOE_CUDA_MOA=1 turns them on");
-        assertThat(System.getProperty(CudaModelGenerator.MOA_PROPERTY)).isNull();
-        assertThat(CudaModelGenerator.attentionExpertsEnabled()).isFalse();
-        for (Model m : dev.moe.cuda.model.DeviceModelParity.moaModels()) {
-            assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).isEqualTo(
-                    "layer 0's mixer (attention experts: device path off until its GPU parity check, -Dmoe.cuda.moa=true)");
-        }
-        assertThat(CudaModelGenerator.unsupported(models(RECIPES.resolve("jetmoe.moe")).getFirst()).orElseThrow()).contains("attention experts");
-    }
-
     /**
-     * With {@code moe.cuda.moa} the parity check's models of attention experts and the jetmoe and bam recipes compile
+     * The parity check's models of attention experts and the jetmoe and bam recipes compile
      * device-resident with their CPU classes; the routing state lists each layer's mixer before its FFN's MoE, as the CPU class's
      * does; every expert runs densely and joins the output by its gate; shared keys and values come from the group's projections,
      * once, and their gradient goes back after the last expert that reads them.
      */
     @Test
-    void attentionExpertsAreDeviceResidentWhenTurnedOn() {
-        withAttentionExperts(() -> {
+    void attentionExpertsAreDeviceResident() {
+        {
             Map<String, String> source = new TreeMap<>();
             List<Model> models = new ArrayList<>(dev.moe.cuda.model.DeviceModelParity.moaModels());
             models.addAll(models(RECIPES.resolve("jetmoe.moe")));
@@ -954,24 +913,14 @@ class CudaModelGeneratorTest {
             assertThat(soft).contains("moeAttn0.backwardInto(a0DGates, scaled(auxAttn0, scale), scale * 0.001f / rows, 0f, dNormed)");
             // the global-batch aux loss reads the step's counts of the mixer's own routing state
             assertThat(soft).contains("double fe = stepSlotsAttn0 > 0 ? (double) stepCountsAttn0[ex] / stepSlotsAttn0 : (double) countsAttn0[ex] / slotsAttn0");
-        });
+        }
     }
 
     /** Attention experts the GPU router does not take stay on the hybrid path, named. */
     @Test
     void attentionExpertsOutsideTheRoutersReachAreRefused() {
-        withAttentionExperts(() -> {
-            String temperature = dev.moe.cuda.model.DeviceModelParity.MOA_MODEL.replace("""
-                        order topk_then_softmax
-                    """, """
-                        order topk_then_softmax
-                        temperature 2.0
-                    """);
-            assertThat(temperature).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.MOA_MODEL);
-            Model m = dev.moe.dsl.SourceFile.decode("moa.moe", temperature.getBytes(java.nio.charset.StandardCharsets.UTF_8)) instanceof
-                    dev.moe.dsl.SourceFile.ReadResult.Ok ok ? dev.moe.compiler.MoeCompiler.compile(ok.source()).orThrow().models().getFirst() : null;
-            assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).startsWith("layer 0's mixer (attention experts with an expert bias");
-        });
+        Model m = dev.moe.cuda.model.DeviceModelParity.moaModelWithTemperature();
+        assertThat(CudaModelGenerator.unsupported(m).orElseThrow()).startsWith("layer 0's mixer (attention experts with an expert bias");
     }
 
     /**
