@@ -5,6 +5,7 @@ import dev.moe.compiler.ir.Model;
 import dev.moe.compiler.ir.Training;
 import dev.moe.cuda.CudaContext;
 import dev.moe.cuda.CudaException;
+import dev.moe.cuda.PeakFlops;
 import dev.moe.cuda.nccl.Launcher;
 import dev.moe.cuda.nccl.NcclCollective;
 import dev.moe.cuda.nccl.RendezvousException;
@@ -13,6 +14,7 @@ import dev.moe.dsl.SourceFile;
 import dev.moe.runtime.TrainableModel;
 import dev.moe.runtime.data.DataStream;
 import dev.moe.runtime.train.Collective;
+import dev.moe.runtime.train.Throughput;
 import dev.moe.runtime.train.Trainer;
 import java.io.IOException;
 import java.io.PrintStream;
@@ -388,11 +390,17 @@ final class TrainCommand implements Callable<Integer> {
             trainer = new Trainer(m, stages, options, log);
             what = stages.size() + (stages.size() == 1 ? " stage (" : " stages (") + String.join(", ", stages.stream().map(Trainer.Stage::name).toList()) + ")";
         }
+        Throughput throughput = throughput(declared, m);
+        trainer.throughput(throughput);
         boolean lead = world.rank() == 0;
         if (lead) {
             stdout.printf(Locale.ROOT, "training %s (%s params) on %s: %d steps of %d x %d x %d tokens, %d threads%s -> %s%n", m.name(),
                     Units.count(declared.totalParams()), what, totalSteps, micro, batch, seqLen, threads,
                     world.size() > 1 ? ", " + world.size() + " ranks" : "", runDir);
+            stdout.printf(Locale.ROOT, "model FLOPs: %s per token trained (3 x the forward's %s that moe info counts at context %d)%s%n",
+                    Units.flops(throughput.trainFlopsPerToken()), Units.flops(throughput.trainFlopsPerToken() / 3), m.context(),
+                    throughput.peakFlops() > 0 ? String.format(Locale.ROOT, "; MFU against %.0f TFLOP/s (%s)", throughput.peakFlops() / 1e12,
+                            throughput.peakSource()) : "");
             stdout.flush();
         }
         if (lead && worker && t != null && t.expertsPerRank() > 0) {
@@ -416,6 +424,35 @@ final class TrainCommand implements Callable<Integer> {
         if (r.interrupted()) {
             throw new Interrupted();
         }
+    }
+
+    /**
+     * Model FLOPs per trained token ({@code moe info}'s forward count, 3x for the backward) and the peak the MFU is taken
+     * against: {@code MOE_PEAK_TFLOPS} (one device's, or one worker's), else a device-resident model's GPU's dense bf16 peak
+     * when {@link PeakFlops} knows it; without either only model FLOP/s are shown.
+     */
+    private static Throughput throughput(Model declared, TrainableModel m) throws Recipes.UserError {
+        double forward = declared.flopsPerToken().expected();
+        String env = System.getenv("MOE_PEAK_TFLOPS");
+        if (env != null && !env.isBlank()) {
+            double tf;
+            try {
+                tf = Double.parseDouble(env.trim());
+            } catch (NumberFormatException e) {
+                tf = Double.NaN;
+            }
+            if (!(tf > 0) || Double.isInfinite(tf)) {
+                throw new Recipes.UserError("MOE_PEAK_TFLOPS must be a positive number of TFLOP/s (e.g. 989), not `" + env + "`");
+            }
+            return Throughput.ofForward(forward, tf * 1e12, "MOE_PEAK_TFLOPS");
+        }
+        if (m instanceof dev.moe.cuda.model.DeviceModel device) {
+            java.util.OptionalDouble peak = PeakFlops.denseBf16(device.deviceName());
+            if (peak.isPresent()) {
+                return Throughput.ofForward(forward, peak.getAsDouble(), device.deviceName() + ", dense bf16");
+            }
+        }
+        return Throughput.ofForward(forward, Double.NaN, "");
     }
 
     /** The scope of a balance loss whose statistics span the batch (not one sequence): data parallelism takes them per rank. */

@@ -68,6 +68,11 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
         return host.name();
     }
 
+    /** The GPU the model lives on, as the driver names it (e.g. "NVIDIA H200"). */
+    public String deviceName() {
+        return ctx.deviceName;
+    }
+
     @Override
     public int vocab() {
         return host.vocab();

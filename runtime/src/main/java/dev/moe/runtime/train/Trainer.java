@@ -94,6 +94,7 @@ public final class Trainer {
     private final Options o;
     private PrintStream log;
     private final AtomicBoolean stop = new AtomicBoolean();
+    private Throughput throughput = Throughput.NONE;
     private Collective world = Collective.SINGLE;
 
     /** A plain run: one stage with the options' steps, learning rate and schedule, from fresh weights. */
@@ -128,6 +129,12 @@ public final class Trainer {
      * writes metrics, checkpoints and progress, so the run directory looks the same whatever the
      * number of ranks, and a run saved by N ranks resumes with any other number.
      */
+    /** The FLOP count and peak behind the model FLOP/s and MFU that the progress line and metrics.jsonl show (none by default). */
+    public Trainer throughput(Throughput throughput) {
+        this.throughput = java.util.Objects.requireNonNull(throughput);
+        return this;
+    }
+
     public Trainer world(Collective world) {
         this.world = java.util.Objects.requireNonNull(world);
         if (world.rank() != 0) {
@@ -312,10 +319,10 @@ public final class Trainer {
                     stageFirst = Double.isNaN(stageFirst) ? loss : stageFirst;
                     stageLast = loss;
                     double tokensPerSecond = tokens / seconds;
-                    out.write(json(step, named() ? stage.name() : null, step - begins[k], loss, ce, lr, norm, tokensPerSecond, loads));
+                    out.write(json(step, named() ? stage.name() : null, step - begins[k], loss, ce, lr, norm, tokensPerSecond, throughput, loads));
                     out.newLine();
                     out.flush();
-                    progress.update(step, loss, lr, tokensPerSecond, imbalance(loads));
+                    progress.update(step, loss, lr, tokensPerSecond, throughput.progress(tokensPerSecond), imbalance(loads));
                     if (!Double.isFinite(loss)) {
                         progress.end();
                         throw new ArithmeticException("loss is " + loss + " at step " + step + ": training diverged (lower the learning rate)");
@@ -653,7 +660,7 @@ public final class Trainer {
     }
 
     private static String json(long step, String stage, long stageStep, double loss, double ce, double lr, double norm, double tokensPerSecond,
-            int[][] loads) {
+            Throughput throughput, int[][] loads) {
         StringBuilder b = new StringBuilder();
         b.append(String.format(Locale.ROOT, "{\"step\":%d,", step));
         if (stage != null) {
@@ -661,6 +668,7 @@ public final class Trainer {
         }
         b.append(String.format(Locale.ROOT, "\"loss\":%.6f,\"cross_entropy\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f",
                 loss, ce, lr, norm, tokensPerSecond));
+        b.append(throughput.json(tokensPerSecond));
         b.append(",\"expert_loads\":[");
         if (loads != null) {
             for (int i = 0; i < loads.length; i++) {
@@ -699,12 +707,12 @@ public final class Trainer {
             this.prefix = prefix;
         }
 
-        void update(long step, double loss, double lr, double tokensPerSecond, double imbalance) {
+        void update(long step, double loss, double lr, double tokensPerSecond, String flops, double imbalance) {
             long now = System.nanoTime();
             double elapsed = (now - began) / 1e9;
             double eta = (step - start) == 0 ? 0 : elapsed / (step - start) * (total - step);
-            String line = prefix + String.format(Locale.ROOT, "step %d/%d  loss %.4f  lr %.2e  %s tok/s  ETA %s%s", step, total, loss, lr,
-                    human(tokensPerSecond), duration(eta), Double.isNaN(imbalance) ? "" : String.format(Locale.ROOT, "  imbalance %.2f", imbalance));
+            String line = prefix + String.format(Locale.ROOT, "step %d/%d  loss %.4f  lr %.2e  %s tok/s%s  ETA %s%s", step, total, loss, lr,
+                    human(tokensPerSecond), flops, duration(eta), Double.isNaN(imbalance) ? "" : String.format(Locale.ROOT, "  imbalance %.2f", imbalance));
             if (terminal) {
                 out.print("\r" + line + "   ");
                 out.flush();
