@@ -116,7 +116,7 @@ public final class CudaMoeLayer implements AutoCloseable {
     /** The FFN experts' GEMMs over all this layer's experts (null with an expert stage). */
     private final ExpertGemms gemms;
     /** Where the FFN experts run when not here (expert parallelism), else null. */
-    private final ExpertStage stage;
+    private ExpertStage stage;
 
     public CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType) {
         this(ctx, spec, gradsInActivationType, null, null);
@@ -134,6 +134,36 @@ public final class CudaMoeLayer implements AutoCloseable {
             throw new IllegalArgumentException("an expert stage with MoE++ constant experts is not supported");
         }
         return new CudaMoeLayer(ctx, spec, gradsInActivationType, null, stage);
+    }
+
+    /**
+     * Where a layer on external weights keeps all its FFN experts for the GEMMs: {@code w13 [E, GW, DIN]} and {@code w2 [E, D, F]} in
+     * the activation type (the fp32 arena's, or in bf16 the layer's copies refreshed from it at each forward), and their fp32
+     * gradients in the arena, which a backward adds to.
+     */
+    public record ExpertWeights(long w13, long w2, long dW13, long dW2) {}
+
+    /** The experts' weights and gradients of a layer on external weights, for an expert stage that reads them there. */
+    public ExpertWeights expertWeights() {
+        if (!accumulateGrads || w13 == 0) {
+            throw new IllegalStateException("only a layer on external weights lends its experts' weights to a stage");
+        }
+        return new ExpertWeights(w13, w2, dW13, dW2);
+    }
+
+    /**
+     * Runs this layer's FFN experts through {@code stage} from now on (expert parallelism over a model's arena: the stage reads and
+     * accumulates into the slices of {@link #expertWeights} its rank holds). A layer on external weights only, without MoE++
+     * constant experts; set between passes. The stage is the caller's to close.
+     */
+    public void useExpertStage(ExpertStage stage) {
+        if (!accumulateGrads || w13 == 0) {
+            throw new IllegalStateException("an expert stage is set on a layer on external weights (withExpertStage builds one of its own)");
+        }
+        if (spec.constantExperts() > 0) {
+            throw new IllegalArgumentException("an expert stage with MoE++ constant experts is not supported");
+        }
+        this.stage = stage;
     }
 
     /**

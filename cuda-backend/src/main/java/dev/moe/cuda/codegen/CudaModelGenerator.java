@@ -142,6 +142,48 @@ public final class CudaModelGenerator {
     }
 
     /**
+     * Why {@code model} cannot train with its MoE layers' routed FFN experts spread over ranks ({@code moe train --expert-parallel},
+     * {@code DeviceModel.useExpertParallel}), naming the layer, or empty when it can: it must run device-resident, have at least one
+     * MoE layer of routed FFN experts, and none of LoRA experts (MoLA), latent experts (MoLE) or MoE++ constant experts, which the
+     * expert-parallel stage does not run. Attention experts (mixers) stay replicated, as data parallelism keeps them.
+     */
+    public static Optional<String> expertParallelRefusal(Model model) {
+        Optional<String> why = unsupported(model);
+        if (why.isPresent()) {
+            return Optional.of(model.name() + " does not run device-resident on the GPU (" + why.get() + ")");
+        }
+        int layers = 0;
+        for (Layer l : model.layers()) {
+            Moe moe = l.block() instanceof Block.PreNorm p && p.ffn() instanceof Block.Part.MoePart mp ? mp.moe()
+                    : l.block() instanceof Block.Parallel par && par.ffn() instanceof Block.Part.MoePart mp ? mp.moe()
+                    : l.block() instanceof Block.Shortcut sc ? sc.moe() : l.block() instanceof Block.Residual res ? res.moe() : null;
+            if (moe == null) {
+                continue;
+            }
+            for (ExpertGroup g : moe.groups()) {
+                if (g.role() != ExpertGroup.Role.ROUTED) {
+                    continue;
+                }
+                if (g.expert() instanceof Expert.Lora) {
+                    return Optional.of("layer " + l.index() + "'s MoE has LoRA experts (MoLA), whose shared base and low-rank factors the expert-parallel"
+                            + " stage does not run");
+                }
+                if (g.expert() instanceof Expert.Latent) {
+                    return Optional.of("layer " + l.index() + "'s MoE has latent experts (MoLE), which the expert-parallel stage does not run yet");
+                }
+                if (g.expert() instanceof Expert.Constant) {
+                    return Optional.of("layer " + l.index() + "'s MoE has MoE++ constant experts, which the expert-parallel stage does not run");
+                }
+            }
+            layers++;
+        }
+        if (layers == 0) {
+            return Optional.of(model.name() + " has no MoE layer of routed FFN experts (attention experts stay replicated)");
+        }
+        return Optional.empty();
+    }
+
+    /**
      * Why the mixer MoE {@code moe} (attention experts, which the CPU generator takes in pre-norm and parallel blocks only) cannot
      * run device-resident, or empty when it can: routed attention experts (own or group-shared keys and values) under one dropless
      * top-k or soft router without a temperature, whose balancing losses the GPU router computes.
@@ -831,6 +873,17 @@ public final class CudaModelGenerator {
         t.addMethod(MethodSpec.methodBuilder("logits").addAnnotation(Override.class).addModifiers(Modifier.PROTECTED).returns(TypeName.LONG)
                 .addStatement("return logitsBuf").build());
         t.addMethods(layerMethods);
+        // the MoE layers expert parallelism may spread (DeviceModel.useExpertParallel): routed FFN experts, not LoRA or attention ones
+        CodeBlock.Builder el = CodeBlock.builder().addStatement("$T<Integer, $T> layers = new $T<>()", java.util.SortedMap.class, MOE_LAYER,
+                java.util.TreeMap.class);
+        for (MoeInfo m : moes) {
+            if (!m.mixer() && m.lora() == null) {
+                el.addStatement("layers.put($L, moe$L)", m.index(), m.index());
+            }
+        }
+        t.addMethod(MethodSpec.methodBuilder("expertLayers").addAnnotation(Override.class).addModifiers(Modifier.PROTECTED)
+                .returns(ParameterizedTypeName.get(ClassName.get(java.util.SortedMap.class), ClassName.get(Integer.class), MOE_LAYER))
+                .addCode(el.addStatement("return layers").build()).build());
         routingMethods(t, moes);
         return t.build();
     }

@@ -23,6 +23,8 @@ import java.util.List;
  *
  * <p>Weights are this rank's experts' slices, in local order, in the layer's layout: {@code w13 [L, GW, DIN]},
  * {@code w2 [L, D, F]}; gradients fp32 or, with {@code gradsInActivationType}, the activation type. Backward overwrites them.
+ * A stage {@link #onArena on a model's arena} owns no weights: it reads its experts' slices of buffers that hold every expert and
+ * ADDS to the fp32 gradients' slices (a model accumulating micro-batches), leaving the other experts' gradients alone.
  */
 public final class ExpertParallelStage implements ExpertStage {
     private final CudaContext ctx;
@@ -32,7 +34,11 @@ public final class ExpertParallelStage implements ExpertStage {
     private final ExpertGemms gemms;
     private final Type act, gradType;
     private final int actBytes, local, gw;
-    private final DeviceAllocator.Block w13, w2, dW13, dW2;
+    /** The weight blocks this stage allocated itself (null on an arena). */
+    private final DeviceAllocator.Block w13Block, w2Block, dW13Block, dW2Block;
+    private final long w13, w2, dW13, dW2;
+    /** Whether backward adds to the weight gradients (on an arena) or overwrites them. */
+    private final boolean accumulate;
     private final List<DeviceAllocator.Block> saved = new ArrayList<>();
     private final List<DeviceAllocator.Block> backwardBlocks = new ArrayList<>();
     // the last forward's dispatch, for the backward
@@ -42,6 +48,22 @@ public final class ExpertParallelStage implements ExpertStage {
     private int rows;
 
     public ExpertParallelStage(CudaContext ctx, Spec spec, ExpertPlacement placement, DeviceExchange exchange, boolean gradsInActivationType) {
+        this(ctx, spec, placement, exchange, gradsInActivationType, null);
+    }
+
+    /**
+     * A stage whose experts are this rank's slices ({@link ArenaSlices}) of {@code every}'s buffers, which hold all the layer's
+     * experts: weights in the activation type (a layer's {@link dev.moe.cuda.CudaMoeLayer#expertWeights}), gradients fp32 and
+     * added to. Every rank may hold every expert there (each rank's arena, as in data parallelism): this rank reads and writes
+     * its own experts' slices only, so the others' gradients stay as they were (zero after the step's start).
+     */
+    public static ExpertParallelStage onArena(CudaContext ctx, Spec spec, ExpertPlacement placement, DeviceExchange exchange,
+            dev.moe.cuda.CudaMoeLayer.ExpertWeights every) {
+        return new ExpertParallelStage(ctx, spec, placement, exchange, false, every);
+    }
+
+    private ExpertParallelStage(CudaContext ctx, Spec spec, ExpertPlacement placement, DeviceExchange exchange, boolean gradsInActivationType,
+            dev.moe.cuda.CudaMoeLayer.ExpertWeights every) {
         if (placement.ranks() != exchange.size() || placement.experts() != spec.experts()) {
             throw new IllegalArgumentException("a placement of " + placement.experts() + " experts on " + placement.ranks() + " ranks for a layer of "
                     + spec.experts() + " FFN experts on " + exchange.size() + " ranks");
@@ -57,10 +79,25 @@ public final class ExpertParallelStage implements ExpertStage {
         this.gw = gemms.gateUpRows();
         this.local = placement.localExperts(exchange.rank());
         long l = local, in = spec.expertIn(), d = spec.dim(), f = spec.hidden();
-        w13 = ctx.allocator.allocate(l * gw * in * actBytes);
-        w2 = ctx.allocator.allocate(l * d * f * actBytes);
-        dW13 = ctx.allocator.allocate(l * gw * in * gradType.bytes);
-        dW2 = ctx.allocator.allocate(l * d * f * gradType.bytes);
+        if (every == null) {
+            w13Block = ctx.allocator.allocate(l * gw * in * actBytes);
+            w2Block = ctx.allocator.allocate(l * d * f * actBytes);
+            dW13Block = ctx.allocator.allocate(l * gw * in * gradType.bytes);
+            dW2Block = ctx.allocator.allocate(l * d * f * gradType.bytes);
+            w13 = w13Block.pointer;
+            w2 = w2Block.pointer;
+            dW13 = dW13Block.pointer;
+            dW2 = dW2Block.pointer;
+            accumulate = false;
+        } else {
+            ArenaSlices s = ArenaSlices.of(placement, exchange.rank(), gw, spec.expertIn(), spec.dim(), spec.hidden(), actBytes, gradType.bytes);
+            w13Block = w2Block = dW13Block = dW2Block = null;
+            w13 = every.w13() + s.w13();
+            w2 = every.w2() + s.w2();
+            dW13 = every.dW13() + s.dW13();
+            dW2 = every.dW2() + s.dW2();
+            accumulate = true;
+        }
     }
 
     /** The experts this rank holds. */
@@ -70,10 +107,13 @@ public final class ExpertParallelStage implements ExpertStage {
 
     /** Uploads this rank's slices of every expert's weights ({@code [E, GW, DIN]}, {@code [E, D, F]}, fp32; rounded to bf16 in bf16). */
     public void setWeights(float[] gateUpAll, float[] downAll) {
+        if (w13Block == null) {
+            throw new IllegalStateException("a stage on an arena reads its weights there");
+        }
         ExpertPlacement p = dispatch.placement();
         int me = exchange.rank();
-        upload(ExpertShards.local(gateUpAll, gw * spec.expertIn(), p, me), w13.pointer);
-        upload(ExpertShards.local(downAll, spec.dim() * spec.hidden(), p, me), w2.pointer);
+        upload(ExpertShards.local(gateUpAll, gw * spec.expertIn(), p, me), w13);
+        upload(ExpertShards.local(downAll, spec.dim() * spec.hidden(), p, me), w2);
     }
 
     private void upload(float[] values, long device) {
@@ -96,12 +136,12 @@ public final class ExpertParallelStage implements ExpertStage {
 
     /** This rank's experts' gate/up gradients {@code [L, GW, DIN]} after the last backward. */
     public float[] gateUpGrad() {
-        return downloadGrad(dW13.pointer, local * gw * spec.expertIn());
+        return downloadGrad(dW13, local * gw * spec.expertIn());
     }
 
     /** This rank's experts' down gradients {@code [L, D, F]} after the last backward. */
     public float[] downGrad() {
-        return downloadGrad(dW2.pointer, local * spec.dim() * spec.hidden());
+        return downloadGrad(dW2, local * spec.dim() * spec.hidden());
     }
 
     /** Rows this rank's experts got in the last forward, from all ranks. */
@@ -131,7 +171,7 @@ public final class ExpertParallelStage implements ExpertStage {
         // h's rows for each rank are one slice of it, in rank order: h is the send buffer as it is
         exchange.allToAllV(h, sendRows, hRecv, recvRows, in * actBytes);
         reorder(hRecv, hE, in * actBytes, true);
-        gemms.forward(offsets, w13.pointer, w2.pointer, hE, gE, aE, yE, phase -> {});
+        gemms.forward(offsets, w13, w2, hE, gE, aE, yE, phase -> {});
         reorder(yRecv, yE, d * actBytes, false);
         exchange.allToAllV(yRecv, recvRows, y, sendRows, d * actBytes);
     }
@@ -152,7 +192,7 @@ public final class ExpertParallelStage implements ExpertStage {
         long dhRecv = keep(backwardBlocks, n * in * actBytes);
         exchange.allToAllV(dy, sendRows, dyRecv, recvRows, d * actBytes);
         reorder(dyRecv, dyE, d * actBytes, true);
-        gemms.backward(offsets, w13.pointer, w2.pointer, dW13.pointer, dW2.pointer, false, hE, gE, aE, dyE, da, dg, dhE);
+        gemms.backward(offsets, w13, w2, dW13, dW2, accumulate, hE, gE, aE, dyE, da, dg, dhE);
         reorder(dhRecv, dhE, in * actBytes, false);
         exchange.allToAllV(dhRecv, recvRows, dh, sendRows, in * actBytes);
     }
@@ -186,8 +226,10 @@ public final class ExpertParallelStage implements ExpertStage {
     public void close() {
         release(saved);
         release(backwardBlocks);
-        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {w13, w2, dW13, dW2}) {
-            b.close();
+        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {w13Block, w2Block, dW13Block, dW2Block}) {
+            if (b != null) {
+                b.close();
+            }
         }
     }
 }

@@ -3,8 +3,12 @@ package dev.moe.cuda.model;
 import dev.moe.cuda.CublasLt.Type;
 import dev.moe.cuda.CudaContext;
 import dev.moe.cuda.CudaLoraMoeLayer;
+import dev.moe.cuda.CudaMoeLayer;
 import dev.moe.cuda.DeviceAllocator;
 import dev.moe.cuda.DeviceOps;
+import dev.moe.cuda.dist.DeviceExchange;
+import dev.moe.cuda.dist.ExpertParallelStage;
+import dev.moe.cuda.dist.ExpertPlacement;
 import dev.moe.runtime.Init;
 import dev.moe.runtime.Parameter;
 import dev.moe.runtime.TrainableModel;
@@ -55,6 +59,9 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
     private final java.util.Map<String, Double> profile = "1".equals(System.getenv("MOE_PROFILE")) ? new java.util.LinkedHashMap<>() : null;
     private long markedAt;
     private int profiledSteps;
+    /** The expert-parallel stages of the MoE layers ({@link #useExpertParallel}), empty without. */
+    private final List<ExpertParallelStage> stages = new ArrayList<>();
+    private boolean forwarded;
 
     protected DeviceModel(CudaContext ctx, TrainableModel host, List<String> placedFirst) {
         this.host = host;
@@ -158,6 +165,7 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
             }
         }
         ctx.makeCurrent();
+        forwarded = true;
         if (!deviceAhead && hostMayDiffer) {
             w.uploadValues();
             hostMayDiffer = false;
@@ -268,8 +276,10 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
 
     @Override
     public void overlapGradientSum(Collective world) {
-        // gradients copied to the host right after the backward must not race the sums: then the sum waits for allReduceGradients
-        overlapWorld = world == Collective.SINGLE || !gradsStay ? null : world;
+        // gradients copied to the host right after the backward must not race the sums: then the sum waits for allReduceGradients.
+        // Expert parallelism's all-to-alls run on the compute stream during the backward, over the same NCCL ranks: a sum on the
+        // side stream beside them could interleave two collectives of the ranks differently, so the sum waits for the end then too.
+        overlapWorld = world == Collective.SINGLE || !gradsStay || !stages.isEmpty() ? null : world;
         layersSummed = false;
     }
 
@@ -303,6 +313,84 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
             deviceAhead = false;
             hostMayDiffer = false;
         }
+    }
+
+    /**
+     * The MoE layers of routed FFN experts, by the model's layer index: those whose experts {@link #useExpertParallel} may spread
+     * over ranks (the generated class lists them; attention experts and LoRA experts are not among them).
+     */
+    protected java.util.SortedMap<Integer, CudaMoeLayer> expertLayers() {
+        return new java.util.TreeMap<>();
+    }
+
+    /** The routed FFN experts of each MoE layer that expert parallelism takes, by the model's layer index. */
+    public final java.util.SortedMap<Integer, Integer> expertsByLayer() {
+        java.util.SortedMap<Integer, Integer> out = new java.util.TreeMap<>();
+        expertLayers().forEach((l, layer) -> out.put(l, layer.spec.experts()));
+        return out;
+    }
+
+    /** Each MoE layer's experts in equal contiguous ranges over {@code ranks} ranks ({@link ExpertPlacement#contiguous}). */
+    public final java.util.SortedMap<Integer, ExpertPlacement> contiguousPlacements(int ranks) {
+        java.util.SortedMap<Integer, ExpertPlacement> out = new java.util.TreeMap<>();
+        expertsByLayer().forEach((l, e) -> out.put(l, ExpertPlacement.contiguous(e, ranks)));
+        return out;
+    }
+
+    /**
+     * Runs every MoE layer's routed FFN experts expert-parallel over {@code exchange}'s ranks, {@code placements} saying which
+     * contiguous range of each layer's experts (by the model's layer index, every layer of {@link #expertsByLayer}) this rank
+     * runs. Every rank still holds every expert in its arena (checkpoints do not change): a layer's stage reads its rank's
+     * experts' slices there, and the tokens routed to them come from every rank by all-to-all. So an expert's gradient is
+     * complete on its owner (the sum over every rank's tokens, each rank's loss weight inside its output gradients) and zero on
+     * the other ranks, and the data-parallel sum of the gradient arena ({@link #allReduceGradients}) gives every rank the whole
+     * batch's gradient, as without. Every rank calls it, before the first forward pass, and then runs the same passes (the
+     * all-to-alls are collective); the gradient sum no longer overlaps the backward.
+     */
+    public void useExpertParallel(DeviceExchange exchange, java.util.Map<Integer, ExpertPlacement> placements) {
+        if (forwarded || !stages.isEmpty()) {
+            throw new IllegalStateException("expert parallelism is set once, before the first forward pass");
+        }
+        java.util.SortedMap<Integer, CudaMoeLayer> layers = expertLayers();
+        if (layers.isEmpty()) {
+            throw new IllegalArgumentException(name() + " has no MoE layer of routed FFN experts to run expert-parallel");
+        }
+        if (!placements.keySet().equals(layers.keySet())) {
+            throw new IllegalArgumentException("placements for layers " + new java.util.TreeSet<>(placements.keySet()) + ", but the MoE layers of "
+                    + name() + " are " + layers.keySet());
+        }
+        for (var e : layers.entrySet()) {
+            CudaMoeLayer layer = e.getValue();
+            if (layer.spec.constantExperts() > 0) {
+                throw new IllegalArgumentException("layer " + e.getKey() + "'s MoE++ constant experts do not run expert-parallel");
+            }
+            if (layer.spec.expertIn() != layer.spec.dim()) {
+                throw new IllegalArgumentException("layer " + e.getKey() + "'s latent experts do not run expert-parallel");
+            }
+            ExpertPlacement p = placements.get(e.getKey());
+            if (p.experts() != layer.spec.experts() || p.ranks() != exchange.size()) {
+                throw new IllegalArgumentException("layer " + e.getKey() + ": a placement of " + p.experts() + " experts on " + p.ranks()
+                        + " ranks, but the layer has " + layer.spec.experts() + " FFN experts and the exchange " + exchange.size() + " ranks");
+            }
+        }
+        ctx.makeCurrent();
+        try {
+            for (var e : layers.entrySet()) {
+                CudaMoeLayer layer = e.getValue();
+                ExpertParallelStage stage = ExpertParallelStage.onArena(ctx, layer.spec, placements.get(e.getKey()), exchange, layer.expertWeights());
+                stages.add(stage);
+                layer.useExpertStage(stage);
+            }
+        } catch (RuntimeException ex) {
+            stages.forEach(ExpertParallelStage::close);
+            stages.clear();
+            throw ex;
+        }
+    }
+
+    /** Whether {@link #useExpertParallel} was called. */
+    public final boolean expertParallel() {
+        return !stages.isEmpty();
     }
 
     /**
@@ -410,6 +498,8 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
 
     @Override
     public void close() {
+        stages.forEach(ExpertParallelStage::close);
+        stages.clear();
         for (DeviceAllocator.Block b : activations) {
             b.close();
         }
