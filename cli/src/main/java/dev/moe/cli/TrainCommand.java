@@ -6,6 +6,11 @@ import dev.moe.compiler.ir.Training;
 import dev.moe.cuda.CudaContext;
 import dev.moe.cuda.CudaException;
 import dev.moe.cuda.PeakFlops;
+import dev.moe.cuda.codegen.CudaModelGenerator;
+import dev.moe.cuda.dist.DeviceExchange;
+import dev.moe.cuda.dist.ExpertPlacement;
+import dev.moe.cuda.dist.SharedDeviceGroup;
+import dev.moe.cuda.model.DeviceModel;
 import dev.moe.cuda.nccl.Launcher;
 import dev.moe.cuda.nccl.NcclCollective;
 import dev.moe.cuda.nccl.RendezvousException;
@@ -103,6 +108,13 @@ final class TrainCommand implements Callable<Integer> {
             + " Several hosts: set MOE_RANK, MOE_WORLD_SIZE and MOE_RENDEZVOUS instead (see the README).")
     Integer gpus;
 
+    @Option(names = "--expert-parallel", description = "With --backend cuda: run each MoE layer's routed FFN experts expert-parallel over"
+            + " the --gpus ranks (a world of one without --gpus): rank i runs the i-th contiguous range of every layer's experts (when N"
+            + " does not divide them, the first ranks one more; a rank may have none), and the tokens routed to them travel there and back"
+            + " by all-to-all. Every rank still holds every expert, so checkpoints are those of data parallelism. Device-resident models"
+            + " whose MoE layers have FFN, zero and copy experts (not LoRA, latent or MoE++ constant experts).")
+    boolean expertParallel;
+
     @Option(names = "--stage-steps", paramLabel = "N", description = "Run every stage (and every train block without stages) for N steps: a quick trial of a curriculum.")
     Long stageSteps;
 
@@ -120,6 +132,11 @@ final class TrainCommand implements Callable<Integer> {
             worker = WorldConfig.fromEnvironment(System.getenv());
         } catch (RendezvousException e) {
             err.println("moe: error: " + e.getMessage());
+            err.flush();
+            return 2;
+        }
+        if (expertParallel && !backendOption.backend.equals("cuda")) {
+            err.println("moe: error: --expert-parallel needs --backend cuda: the experts' stage runs on device-resident models");
             err.flush();
             return 2;
         }
@@ -170,6 +187,27 @@ final class TrainCommand implements Callable<Integer> {
             err.println("moe: error: MOE_JOIN_TIMEOUT_S must be a whole number of seconds, at least 1");
             err.flush();
             return 2;
+        }
+        if (expertParallel) {
+            // refuse a model the ranks cannot run expert-parallel here, once, rather than in every rank
+            try {
+                SourceFile source = switch (SourceFile.read(file)) {
+                    case SourceFile.ReadResult.Failed f -> {
+                        err.print(f.diagnostic());
+                        err.flush();
+                        yield null;
+                    }
+                    case SourceFile.ReadResult.Ok ok -> ok.source();
+                };
+                if (source == null) {
+                    return 1;
+                }
+                checkExpertParallel(Recipes.compile(source, err), source);
+            } catch (Recipes.UserError e) {
+                err.println("moe: error: " + e.getMessage());
+                err.flush();
+                return 1;
+            }
         }
         List<String> args = spec.commandLine().getParseResult().originalArgs();
         int status = Launcher.run(Launcher.javaCommand(MoeCli.class.getName(), args), gpus, line -> {
@@ -264,6 +302,7 @@ final class TrainCommand implements Callable<Integer> {
                 throw new Recipes.UserError("--stage-steps must be at least 1");
             }
             CompiledFile compiled = Recipes.compile(source, err);
+            checkExpertParallel(compiled, source);
             Path base = out != null ? out : Path.of("runs", file.getFileName().toString().replaceAll("\\.moe$", ""));
             List<Training> all = compiled.trainings();
             if (all.isEmpty()) {
@@ -403,7 +442,7 @@ final class TrainCommand implements Callable<Integer> {
                             throughput.peakSource()) : "");
             stdout.flush();
         }
-        if (lead && worker && t != null && t.expertsPerRank() > 0) {
+        if (lead && worker && t != null && t.expertsPerRank() > 0 && !expertParallel) {
             stdout.printf(Locale.ROOT, "note: experts_per_rank %d is declared, but this version trains data-parallel: every rank holds every"
                     + " expert%n", t.expertsPerRank());
         }
@@ -411,6 +450,9 @@ final class TrainCommand implements Callable<Integer> {
             batchLevelBalancing(declared).ifPresent(scope -> stdout.printf(Locale.ROOT,
                     "warning: `balance aux` of scope %s is computed on each rank's share of the batch (%d ranks), so its loss differs"
                             + " slightly from a one-GPU run's; scope: sequence is exact%n", scope, world.size()));
+        }
+        if (expertParallel) {
+            useExpertParallel(m, lead, stdout);
         }
         Trainer.Result r = trainer.world(world).run();
         if (lead) {
@@ -453,6 +495,71 @@ final class TrainCommand implements Callable<Integer> {
             }
         }
         return Throughput.ofForward(forward, Double.NaN, "");
+    }
+
+    /**
+     * With --expert-parallel: refuses, before any GPU work, a model this run would train whose MoE layers cannot run
+     * expert-parallel (not device-resident, no MoE layer of FFN experts, or one the stage does not take).
+     */
+    private void checkExpertParallel(CompiledFile compiled, SourceFile source) throws Recipes.UserError {
+        if (!expertParallel) {
+            return;
+        }
+        List<Training> chosen = compiled.trainings().stream().filter(t -> model == null || t.model().equals(model)).toList();
+        if (chosen.isEmpty()) {
+            requireExpertParallel(Recipes.choose(compiled, source, model).model(), false);
+        }
+        for (Training t : chosen) {
+            Optional<Model> m = Curricula.find(compiled.models(), t.model());
+            if (m.isPresent()) {
+                requireExpertParallel(m.get(), t.padDocuments());
+            }
+        }
+    }
+
+    private static void requireExpertParallel(Model m, boolean masks) throws Recipes.UserError {
+        Optional<String> why = CudaModelGenerator.expertParallelRefusal(m);
+        if (why.isEmpty() && masks) {
+            why = Optional.of(m.name() + " trains on padded documents (`documents pad`), which device-resident models do not take yet");
+        }
+        if (why.isPresent()) {
+            throw new Recipes.UserError("--expert-parallel: " + why.get());
+        }
+    }
+
+    /**
+     * Where each MoE layer's experts run under --expert-parallel, by the model's layer index: the one place a placement is chosen
+     * (each layer's experts in contiguous ranges over the ranks, {@link ExpertPlacement#contiguous}).
+     */
+    static java.util.SortedMap<Integer, ExpertPlacement> placements(java.util.SortedMap<Integer, Integer> expertsByLayer, int ranks) {
+        java.util.SortedMap<Integer, ExpertPlacement> out = new java.util.TreeMap<>();
+        expertsByLayer.forEach((layer, experts) -> out.put(layer, ExpertPlacement.contiguous(experts, ranks)));
+        return out;
+    }
+
+    /** Turns the model's MoE layers expert-parallel over this run's ranks (NCCL, or a world of one on this GPU). */
+    private void useExpertParallel(TrainableModel m, boolean lead, PrintWriter stdout) throws Recipes.UserError {
+        if (!(m instanceof DeviceModel device)) {
+            throw new Recipes.UserError("--expert-parallel: " + m.name() + " does not run device-resident on the GPU");
+        }
+        DeviceExchange exchange = world instanceof NcclCollective nccl ? nccl.deviceExchange()
+                : new SharedDeviceGroup(1, 60_000).rank(0, device.cudaContext());
+        java.util.SortedMap<Integer, ExpertPlacement> byLayer = placements(device.expertsByLayer(), exchange.size());
+        device.useExpertParallel(exchange, byLayer);
+        if (lead) {
+            stdout.printf(Locale.ROOT, "expert-parallel over %d rank(s): %s%n", exchange.size(), describePlacements(byLayer));
+            stdout.flush();
+        }
+    }
+
+    /** One line: each distinct placement and the layers that have it. */
+    static String describePlacements(java.util.SortedMap<Integer, ExpertPlacement> byLayer) {
+        Map<String, List<Integer>> layersOf = new LinkedHashMap<>();
+        byLayer.forEach((layer, p) -> layersOf.computeIfAbsent(p.toString(), k -> new ArrayList<>()).add(layer));
+        List<String> parts = new ArrayList<>();
+        layersOf.forEach((p, layers) -> parts.add((layers.size() == 1 ? "layer " : "layers ") + String.join(",", layers.stream().map(String::valueOf).toList())
+                + " (" + p + ")"));
+        return String.join("; ", parts);
     }
 
     /** The scope of a balance loss whose statistics span the batch (not one sequence): data parallelism takes them per rank. */

@@ -70,6 +70,11 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
         this.w = new DeviceWeights(ctx, ops, host.parameters(), placedFirst);
     }
 
+    /** The context of the GPU this model lives on. */
+    public final CudaContext cudaContext() {
+        return ctx;
+    }
+
     @Override
     public String name() {
         return host.name();
@@ -327,13 +332,6 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
     public final java.util.SortedMap<Integer, Integer> expertsByLayer() {
         java.util.SortedMap<Integer, Integer> out = new java.util.TreeMap<>();
         expertLayers().forEach((l, layer) -> out.put(l, layer.spec.experts()));
-        return out;
-    }
-
-    /** Each MoE layer's experts in equal contiguous ranges over {@code ranks} ranks ({@link ExpertPlacement#contiguous}). */
-    public final java.util.SortedMap<Integer, ExpertPlacement> contiguousPlacements(int ranks) {
-        java.util.SortedMap<Integer, ExpertPlacement> out = new java.util.TreeMap<>();
-        expertsByLayer().forEach((l, e) -> out.put(l, ExpertPlacement.contiguous(e, ranks)));
         return out;
     }
 

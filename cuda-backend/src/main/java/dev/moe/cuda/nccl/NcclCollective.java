@@ -213,6 +213,14 @@ public final class NcclCollective implements Collective, AutoCloseable {
         planned = params;
     }
 
+    /**
+     * The device-buffer collectives of expert parallelism over this world's communicator, on the context's stream, with the same
+     * watchdog ({@code moe train --expert-parallel}).
+     */
+    public dev.moe.cuda.dist.DeviceExchange deviceExchange() {
+        return new NcclDeviceExchange(ctx, comm, timeout);
+    }
+
     /** Tears the communicator down without waiting for the peers: after this rank failed. */
     public void abort() {
         comm.abort();

@@ -1061,4 +1061,64 @@ class CudaModelGeneratorTest {
         assertThat(lora).isNotEqualTo(dev.moe.cuda.model.DeviceModelParity.LORA_MODEL);
         assertThat(CudaModelGenerator.unsupported(compileText(lora).getFirst()).orElseThrow()).contains("on LoRA experts");
     }
+
+    /**
+     * The MoE layers a generated model hands to expert parallelism ({@code DeviceModel.useExpertParallel}): every MoE layer of routed
+     * FFN experts, by its layer index, and neither LoRA experts nor attention experts.
+     */
+    @Test
+    void theGeneratedModelListsItsFfnMoeLayersForExpertParallelism() {
+        String mixtral = CudaModelGenerator.generate(models(RECIPES.resolve("mixtral.moe")).getFirst(), "dev.moe.generated", "mixtral.moe").toString();
+        assertThat(mixtral).contains("""
+                    @Override
+                    protected SortedMap<Integer, CudaMoeLayer> expertLayers() {
+                        SortedMap<Integer, CudaMoeLayer> layers = new TreeMap<>();
+                        layers.put(0, moe0);
+                        layers.put(1, moe1);
+                        layers.put(2, moe2);
+                        layers.put(3, moe3);
+                        return layers;
+                    }
+                """);
+        String mola = CudaModelGenerator.generate(models(RECIPES.resolve("mola.moe")).getFirst(), "dev.moe.generated", "mola.moe").toString();
+        assertThat(mola).contains("protected SortedMap<Integer, CudaMoeLayer> expertLayers()");
+        assertThat(mola).doesNotContain("layers.put(");
+        Model jetmoe = models(RECIPES.resolve("jetmoe.moe")).getFirst();
+        String jet = CudaModelGenerator.generate(jetmoe, "dev.moe.generated", "jetmoe.moe").toString();
+        // its attention experts (moeAttn<i>) stay replicated; its FFN MoE layers are listed
+        assertThat(jet).doesNotContain("moeAttn0);");
+        assertThat(jet).contains("layers.put(0, moe0);");
+    }
+
+    @Test
+    void expertParallelismNamesTheLayerItCannotTake() {
+        assertThat(CudaModelGenerator.expertParallelRefusal(models(RECIPES.resolve("mixtral.moe")).getFirst())).isEmpty();
+        assertThat(CudaModelGenerator.expertParallelRefusal(models(RECIPES.resolve("longcat-flash.moe")).getFirst())).isEmpty();
+        assertThat(CudaModelGenerator.expertParallelRefusal(models(RECIPES.resolve("mola.moe")).getFirst()).orElseThrow())
+                .startsWith("layer 0's MoE has LoRA experts (MoLA)");
+        assertThat(CudaModelGenerator.expertParallelRefusal(models(RECIPES.resolve("mole.moe")).getFirst()).orElseThrow())
+                .contains("'s MoE has latent experts (MoLE)");
+        assertThat(CudaModelGenerator.expertParallelRefusal(models(RECIPES.resolve("moe-plus-plus.moe")).getFirst()).orElseThrow())
+                .isEqualTo("layer 0's MoE has MoE++ constant experts, which the expert-parallel stage does not run");
+        Model notResident = dev.moe.cuda.model.DeviceModelParity.moaModelWithTemperature();
+        assertThat(CudaModelGenerator.expertParallelRefusal(notResident).orElseThrow()).startsWith(notResident.name()
+                + " does not run device-resident on the GPU (");
+        Model dense = compileText("""
+                ffn mlp = swiglu(hidden: 64)
+                model DenseTiny {
+                  vocab 97
+                  context 32
+                  dim 32
+                  heads 2
+                  norm rms(eps: 1e-6)
+                  position rope(theta: 10000)
+                  causal true
+                  layers 2 {
+                    all: attention, mlp
+                  }
+                }
+                """).getFirst();
+        assertThat(CudaModelGenerator.expertParallelRefusal(dense)).hasValue("DenseTiny has no MoE layer of routed FFN experts (attention experts stay"
+                + " replicated)");
+    }
 }

@@ -1,0 +1,486 @@
+package dev.moe.cuda.model;
+
+import dev.moe.compiler.MoeCompiler;
+import dev.moe.compiler.ir.Model;
+import dev.moe.cuda.CudaContext;
+import dev.moe.cuda.codegen.CudaModelGenerator;
+import dev.moe.cuda.dist.DeviceExchange;
+import dev.moe.cuda.dist.ExpertPlacement;
+import dev.moe.cuda.dist.SharedDeviceGroup;
+import dev.moe.dsl.SourceFile;
+import dev.moe.runtime.Parameter;
+import dev.moe.runtime.cpu.CpuBackend;
+import dev.moe.runtime.train.AdamW;
+import dev.moe.runtime.train.Collective;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Locale;
+import java.util.SortedMap;
+import java.util.SplittableRandom;
+import java.util.TreeMap;
+import java.util.concurrent.CyclicBarrier;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The GPU check of {@code moe train --expert-parallel}'s path ({@link DeviceModel#useExpertParallel}): N simulated ranks on one GPU
+ * ({@link SharedDeviceGroup}: a context and a thread each), each a generated device model whose MoE layers run their rank's
+ * contiguous range of experts from its arena, train three AdamW steps of two micro-batches as the Trainer does (each rank its
+ * shard of every batch, its loss weighted by its share, the gradient arena summed over the ranks, the step's expert loads summed),
+ * against one device model without expert parallelism that runs every rank's shard in turn into the same gradient arena (so a
+ * balance loss or capacity computed per rank's batch is the same on both sides). Checked: every step's loss (1e-4 relative),
+ * the expert loads of every step (exactly), before the sum each rank's gradients of the experts it does not hold (exactly
+ * zero), after it every parameter's gradient on every rank (per tensor ‖got − want‖ / ‖want‖ within 1e-4) and the same bits
+ * on every rank, and the weights after the three steps (within 1e-4, and the same bits on every rank). A world of one must give
+ * the losses of the model without expert parallelism bit for bit ({@code --gpus 1}). fp32 throughout. Prints a table; exits 1
+ * on any failure.
+ *
+ * <pre>
+ * java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp '.device/lib/*' dev.moe.cuda.model.ExpertParallelTrainCheck
+ * </pre>
+ */
+public final class ExpertParallelTrainCheck {
+    private static final long TIMEOUT_MS = 60_000;
+    private static final int BATCH = 5, MICRO = 2, STEPS = 3;
+    private static final double TOLERANCE = 1e-4;
+    private static final double LR = 1e-3;
+
+    private ExpertParallelTrainCheck() {}
+
+    /**
+     * Zero and copy experts beside FFN experts with a shared expert, then a layer of 3 experts under top-1 with an aux-free bias
+     * (more ranks than experts at 4 ranks: a rank without experts), and a dense first layer.
+     */
+    public static final String ZERO_COPY_MODEL = """
+            ffn dense = swiglu(hidden: 64)
+            moe zc {
+              shared 1 x swiglu(hidden: 32)
+              routed 6 x swiglu(hidden: 48)
+              routed 1 x zero
+              routed 1 x copy
+              router {
+                score softmax
+                top_k 2
+                normalize true
+              }
+              balance aux(coef: 0.01, scope: micro_batch)
+            }
+            moe few {
+              routed 3 x gelu(hidden: 40)
+              router {
+                score softmax
+                top_k 1
+                bias aux_free(rate: 0.01)
+              }
+            }
+            model EpZeroCopyTiny {
+              vocab 97
+              context 64
+              dim 48
+              heads 4
+              kv_heads 2
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              layers 4 {
+                first 1: attention, dense
+                2: attention, few
+                rest: attention, zc
+              }
+            }
+            """;
+
+    /** The models the check trains: the mixtral recipe (4 layers of 8 experts) and {@link #ZERO_COPY_MODEL}. */
+    public static List<Model> models(Path recipes) {
+        List<Model> out = new ArrayList<>(MoeCompiler.compile(recipes.resolve("mixtral.moe")).orThrow().models());
+        SourceFile.ReadResult read = SourceFile.decode("ep-zero-copy.moe", ZERO_COPY_MODEL.getBytes(StandardCharsets.UTF_8));
+        out.addAll(MoeCompiler.compile(((SourceFile.ReadResult.Ok) read).source()).orThrow().models());
+        return out;
+    }
+
+    /** The worlds each model is checked in. */
+    public static final int[] RANKS = {1, 2, 4};
+
+    /** Each rank's placement of each MoE layer's experts: contiguous, as {@code moe train --expert-parallel}. */
+    static SortedMap<Integer, ExpertPlacement> placements(SortedMap<Integer, Integer> expertsByLayer, int ranks) {
+        SortedMap<Integer, ExpertPlacement> out = new TreeMap<>();
+        expertsByLayer.forEach((l, e) -> out.put(l, ExpertPlacement.contiguous(e, ranks)));
+        return out;
+    }
+
+    /** The names of the expert parameters (gate, up, down) of experts that {@code rank} does not hold under {@code placements}. */
+    static List<String> foreignExperts(SortedMap<Integer, ExpertPlacement> placements, int rank, List<String> names) {
+        List<String> out = new ArrayList<>();
+        for (String n : names) {
+            String[] p = n.split("\\.");
+            // layers.L.moe.experts.E.(gate|up|down)
+            if (p.length == 6 && p[0].equals("layers") && p[2].equals("moe") && p[3].equals("experts") && List.of("gate", "up", "down").contains(p[5])) {
+                ExpertPlacement pl = placements.get(Integer.parseInt(p[1]));
+                int e = Integer.parseInt(p[4]);
+                if (pl != null && e < pl.experts() && pl.rankOf(e) != rank) {
+                    out.add(n);
+                }
+            }
+        }
+        return out;
+    }
+
+    /** Every micro-batch's tokens and targets: [step * MICRO + micro][2][BATCH * seq]. */
+    private static int[][][] batches(Model m, int seq) {
+        SplittableRandom rng = new SplittableRandom(5);
+        int[][][] out = new int[STEPS * MICRO][2][BATCH * seq];
+        for (int[][] b : out) {
+            for (int i = 0; i < BATCH * seq; i++) {
+                b[0][i] = rng.nextInt(m.config().vocab());
+                b[1][i] = rng.nextInt(m.config().vocab());
+            }
+        }
+        return out;
+    }
+
+    /** What one run (a rank, or the reference) saw: the loss and expert loads of each step, the first step's gradients, the final weights. */
+    private record Run(double[] losses, long[][] loads, List<float[]> grads, List<float[]> weights, String foreignNonZero) {}
+
+    private static List<float[]> copies(List<Parameter> ps, boolean grads) {
+        List<float[]> out = new ArrayList<>();
+        for (Parameter p : ps) {
+            float[] src = grads ? p.grad() : p.value();
+            out.add(src == null ? new float[p.size()] : Arrays.copyOfRange(src, p.offset(), p.offset() + p.size()));
+        }
+        return out;
+    }
+
+    /** The reference: one model, every rank's shard of each micro-batch in turn, into one gradient arena. */
+    private static Run reference(DeviceModels.Classes classes, CudaContext ctx, CpuBackend backend, int[][][] data, int seq, int ranks) {
+        try (DeviceModel m = classes.create(ctx, backend)) {
+            m.initialize(11);
+            List<Parameter> ps = m.parameters();
+            AdamW adam = new AdamW(ps, 0.9, 0.95, 1e-8, 0.1);
+            m.gradientsStayOnDevice(true);
+            double[] losses = new double[STEPS];
+            long[][] loads = new long[STEPS][];
+            List<float[]> grads = null;
+            for (int step = 0; step < STEPS; step++) {
+                m.setStep(step);
+                m.beginStep();
+                for (int j = 0; j < MICRO; j++) {
+                    int[][] b = data[step * MICRO + j];
+                    for (int r = 0; r < ranks; r++) {
+                        Collective.Shard s = Collective.Shard.of(BATCH, r, ranks);
+                        double weight = (double) s.rows() / BATCH / MICRO;
+                        losses[step] += weight * m.forward(Arrays.copyOfRange(b[0], s.from() * seq, s.to() * seq),
+                                Arrays.copyOfRange(b[1], s.from() * seq, s.to() * seq), s.rows(), seq);
+                        m.backward((float) weight);
+                    }
+                }
+                loads[step] = m.stepLoads();
+                m.endStep();
+                if (step == 0) {
+                    m.w.downloadGrads();
+                    grads = copies(ps, true);
+                }
+                m.clipAndStep(adam, ps, LR, 1.0);
+            }
+            m.pullToHost(adam);
+            return new Run(losses, loads, grads, copies(ps, false), "");
+        }
+    }
+
+    /** Sums over the simulated ranks on the host (the loss and the loads, which the Trainer sums through its collective). */
+    private static final class HostSums {
+        private final CyclicBarrier barrier;
+        private final long[][] posted;
+        private final double[] postedLoss;
+
+        HostSums(int ranks) {
+            barrier = new CyclicBarrier(ranks);
+            posted = new long[ranks][];
+            postedLoss = new double[ranks];
+        }
+
+        private void await() throws Exception {
+            barrier.await(TIMEOUT_MS, TimeUnit.MILLISECONDS);
+        }
+
+        double sum(int rank, double loss) throws Exception {
+            postedLoss[rank] = loss;
+            await();
+            double s = 0;
+            for (double v : postedLoss) {
+                s += v;
+            }
+            await();
+            return s;
+        }
+
+        long[] sum(int rank, long[] loads) throws Exception {
+            posted[rank] = loads;
+            await();
+            long[] s = new long[loads.length];
+            for (long[] p : posted) {
+                for (int i = 0; i < s.length; i++) {
+                    s[i] += p[i];
+                }
+            }
+            await();
+            return s;
+        }
+    }
+
+    /** The gradient arena's sum through the exchange, as the Trainer's NCCL collective sums it. */
+    private record ExchangeCollective(DeviceExchange exchange) implements Collective {
+        @Override
+        public int rank() {
+            return exchange.rank();
+        }
+
+        @Override
+        public int size() {
+            return exchange.size();
+        }
+
+        @Override
+        public void allReduceSum(float[] values, int offset, int length) {
+            throw new UnsupportedOperationException();
+        }
+
+        @Override
+        public void allReduceSum(double[] values) {
+            throw new UnsupportedOperationException();
+        }
+
+        @Override
+        public void allReduceSum(long[] values) {
+            throw new UnsupportedOperationException();
+        }
+
+        @Override
+        public void allReduceDeviceFloats(long pointer, long count) {
+            exchange.allReduceSum(pointer, count);
+        }
+    }
+
+    /** One rank's three steps, as the Trainer runs them with --expert-parallel. */
+    private static Run rank(DeviceModel m, int rank, int ranks, DeviceExchange exchange, SortedMap<Integer, ExpertPlacement> placements, HostSums sums,
+            int[][][] data, int seq) throws Exception {
+        List<Parameter> ps = m.parameters();
+        AdamW adam = new AdamW(ps, 0.9, 0.95, 1e-8, 0.1);
+        m.gradientsStayOnDevice(true);
+        Collective world = new ExchangeCollective(exchange);
+        List<String> foreign = foreignExperts(placements, rank, ps.stream().map(Parameter::name).toList());
+        double[] losses = new double[STEPS];
+        long[][] loads = new long[STEPS][];
+        List<float[]> grads = null;
+        String foreignNonZero = "";
+        Collective.Shard s = Collective.Shard.of(BATCH, rank, ranks);
+        double weight = (double) s.rows() / BATCH / MICRO;
+        for (int step = 0; step < STEPS; step++) {
+            m.setStep(step);
+            m.beginStep();
+            double loss = 0;
+            for (int j = 0; j < MICRO; j++) {
+                int[][] b = data[step * MICRO + j];
+                loss += weight * m.forward(Arrays.copyOfRange(b[0], s.from() * seq, s.to() * seq), Arrays.copyOfRange(b[1], s.from() * seq, s.to() * seq),
+                        s.rows(), seq);
+                m.backward((float) weight);
+            }
+            if (step == 0) {
+                // before the sum: the experts this rank does not hold have exactly zero gradients here
+                m.w.downloadGrads();
+                for (Parameter p : ps) {
+                    if (foreign.contains(p.name())) {
+                        for (int i = 0; i < p.size(); i++) {
+                            if (p.grad()[p.offset() + i] != 0f) {
+                                foreignNonZero = p.name();
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            m.allReduceGradients(world);
+            losses[step] = sums.sum(rank, loss);
+            loads[step] = sums.sum(rank, m.stepLoads());
+            m.setStepLoads(loads[step]);
+            m.endStep();
+            if (step == 0) {
+                m.w.downloadGrads();
+                grads = copies(ps, true);
+            }
+            m.clipAndStep(adam, ps, LR, 1.0);
+        }
+        m.pullToHost(adam);
+        return new Run(losses, loads, grads, copies(ps, false), foreignNonZero);
+    }
+
+    private static double rel(float[] got, float[] want) {
+        double num = 0, den = 0;
+        for (int i = 0; i < want.length; i++) {
+            double d = (double) got[i] - want[i];
+            num += d * d;
+            den += (double) want[i] * want[i];
+        }
+        return den == 0 ? Math.sqrt(num) : Math.sqrt(num / den);
+    }
+
+    private static double maxAbs(List<float[]> a, List<float[]> b) {
+        double worst = 0;
+        for (int i = 0; i < a.size(); i++) {
+            for (int j = 0; j < a.get(i).length; j++) {
+                worst = Math.max(worst, Math.abs((double) a.get(i)[j] - b.get(i)[j]));
+            }
+        }
+        return worst;
+    }
+
+    private static boolean sameBits(List<float[]> a, List<float[]> b) {
+        for (int i = 0; i < a.size(); i++) {
+            if (!Arrays.equals(a.get(i), b.get(i))) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /** One model in a world of {@code ranks}: prints its line, returns 1 on a failure. */
+    private static int check(Model model, DeviceModels.Classes classes, CudaContext refCtx, CudaContext[] contexts, int ranks) throws Exception {
+        int seq = Math.min(32, model.config().context());
+        int[][][] data = batches(model, seq);
+        CpuBackend backend = new CpuBackend(2, CpuBackend.VECTOR_API);
+        refCtx.makeCurrent();
+        Run ref = reference(classes, refCtx, backend, data, seq, ranks);
+        List<String> names;
+        SortedMap<Integer, ExpertPlacement> placements;
+        DeviceModel[] models = new DeviceModel[ranks];
+        Run[] got = new Run[ranks];
+        SharedDeviceGroup group = new SharedDeviceGroup(ranks, TIMEOUT_MS);
+        HostSums sums = new HostSums(ranks);
+        ExecutorService pool = Executors.newFixedThreadPool(ranks);
+        try {
+            DeviceExchange[] exchanges = new DeviceExchange[ranks];
+            SortedMap<Integer, ExpertPlacement> pl = null;
+            for (int r = 0; r < ranks; r++) {
+                contexts[r].makeCurrent();
+                models[r] = classes.create(contexts[r], backend);
+                models[r].initialize(11);
+                exchanges[r] = group.rank(r, contexts[r]);
+                pl = placements(models[r].expertsByLayer(), ranks);
+                models[r].useExpertParallel(exchanges[r], pl);
+            }
+            placements = pl;
+            names = models[0].parameters().stream().map(Parameter::name).toList();
+            List<Future<Run>> futures = new ArrayList<>();
+            for (int r = 0; r < ranks; r++) {
+                int rank = r;
+                SortedMap<Integer, ExpertPlacement> p = pl;
+                futures.add(pool.submit(() -> {
+                    contexts[rank].makeCurrent();
+                    return rank(models[rank], rank, ranks, exchanges[rank], p, sums, data, seq);
+                }));
+            }
+            for (int r = 0; r < ranks; r++) {
+                got[r] = futures.get(r).get(10 * TIMEOUT_MS, TimeUnit.MILLISECONDS);
+            }
+        } finally {
+            pool.shutdownNow();
+            for (DeviceModel m : models) {
+                if (m != null) {
+                    m.close();
+                }
+            }
+        }
+        double loss = 0;
+        for (int step = 0; step < STEPS; step++) {
+            loss = Math.max(loss, Math.abs(got[0].losses()[step] - ref.losses()[step]) / Math.abs(ref.losses()[step]));
+        }
+        boolean sameLoads = true;
+        for (int step = 0; step < STEPS; step++) {
+            sameLoads &= Arrays.equals(got[0].loads()[step], ref.loads()[step]);
+        }
+        String foreign = "";
+        boolean ranksAgree = true;
+        for (int r = 0; r < ranks; r++) {
+            if (!got[r].foreignNonZero().isEmpty() && foreign.isEmpty()) {
+                foreign = "rank " + r + " " + got[r].foreignNonZero();
+            }
+            ranksAgree &= sameBits(got[r].grads(), got[0].grads()) && sameBits(got[r].weights(), got[0].weights())
+                    && Arrays.equals(got[r].losses(), got[0].losses());
+        }
+        double grad = 0;
+        String worst = "";
+        for (int i = 0; i < names.size(); i++) {
+            double e = rel(got[0].grads().get(i), ref.grads().get(i));
+            if (e > grad) {
+                grad = e;
+                worst = names.get(i);
+            }
+        }
+        double weights = maxAbs(got[0].weights(), ref.weights());
+        // a world of one runs every expert on its one rank: the losses of the model without expert parallelism, bit for bit
+        boolean exactOne = ranks > 1 || Arrays.equals(got[0].losses(), ref.losses());
+        boolean pass = loss <= TOLERANCE && sameLoads && foreign.isEmpty() && ranksAgree && grad <= TOLERANCE && weights <= TOLERANCE && exactOne;
+        System.out.printf(Locale.ROOT, "%-16s R=%d %-22s %9.2e %5s %9.2e %-34s %9.2e %6s %6s %s%n", model.name(), ranks,
+                "E/rank " + layout(placements.values().iterator().next()), loss, sameLoads ? "same" : "DIFF", grad, abbreviate(worst), weights,
+                foreign.isEmpty() ? "zero" : "NONZERO", ranksAgree ? "same" : "DIFF", pass ? "ok" : "FAIL" + (foreign.isEmpty() ? "" : " (" + foreign + ")")
+                        + (exactOne ? "" : " (world of one: losses not bitwise those without expert parallelism)"));
+        return pass ? 0 : 1;
+    }
+
+    /** How many experts each rank holds, e.g. {@code 3,3,2}. */
+    static String layout(ExpertPlacement p) {
+        StringBuilder b = new StringBuilder();
+        for (int r = 0; r < p.ranks(); r++) {
+            b.append(r == 0 ? "" : ",").append(p.localExperts(r));
+        }
+        return b.toString();
+    }
+
+    private static String abbreviate(String s) {
+        return s.length() <= 34 ? s : "…" + s.substring(s.length() - 33);
+    }
+
+    public static void main(String[] args) throws Exception {
+        Path recipes = Path.of(args.length > 0 ? args[0] : "recipes");
+        int failures = 0, total = 0;
+        int maxRanks = Arrays.stream(RANKS).max().orElse(1);
+        CudaContext refCtx = new CudaContext(0);
+        CudaContext[] contexts = new CudaContext[maxRanks];
+        for (int r = 0; r < maxRanks; r++) {
+            contexts[r] = new CudaContext(0);
+        }
+        System.out.printf("moe train --expert-parallel's path on %s (%s): simulated ranks on one GPU, %d steps of %d micro-batches of %d"
+                + " sequences, against one model without expert parallelism on every rank's shard; fp32, tolerance %.0e%n", refCtx.deviceName,
+                refCtx.arch, STEPS, MICRO, BATCH, TOLERANCE);
+        System.out.printf(Locale.ROOT, "%-16s %-3s %-22s %9s %5s %9s %-34s %9s %6s %6s%n", "model", "", "placement (1st layer)", "loss", "loads",
+                "grads", "worst tensor", "weights", "others", "ranks");
+        for (Model m : models(recipes)) {
+            DeviceModels.Classes classes = DeviceModels.compile(m, m.name());
+            for (int ranks : RANKS) {
+                total++;
+                try {
+                    failures += check(m, classes, refCtx, Arrays.copyOf(contexts, ranks), ranks);
+                } catch (Exception | Error ex) {
+                    System.out.printf("%-16s R=%d FAIL: %s%n", m.name(), ranks, ex);
+                    ex.printStackTrace(System.out);
+                    failures++;
+                }
+            }
+        }
+        System.out.printf("%d of %d checks passed%n", total - failures, total);
+        for (CudaContext ctx : contexts) {
+            ctx.close();
+        }
+        refCtx.close();
+        System.exit(failures == 0 ? 0 : 1);
+    }
+
+    /** Why a model of the check could not run expert-parallel (a CPU test asks): empty for each of {@link #models}. */
+    static java.util.Optional<String> refusal(Model m) {
+        return CudaModelGenerator.expertParallelRefusal(m);
+    }
+}

@@ -1,0 +1,46 @@
+package dev.moe.cuda.model;
+
+import static com.google.common.truth.Truth.assertThat;
+
+import dev.moe.compiler.ir.Model;
+import dev.moe.cuda.codegen.CudaModelGenerator;
+import dev.moe.cuda.dist.ExpertPlacement;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.SortedMap;
+import java.util.TreeMap;
+import org.junit.jupiter.api.Test;
+
+/** What the GPU check of expert-parallel training covers, checked without a GPU. */
+class ExpertParallelTrainCheckTest {
+
+    @Test
+    void itsModelsRunExpertParallelAndCompileDeviceResident() {
+        List<Model> models = ExpertParallelTrainCheck.models(Path.of("..", "recipes"));
+        assertThat(models.stream().map(Model::name).toList()).containsExactly("MixtralTiny", "EpZeroCopyTiny").inOrder();
+        for (Model m : models) {
+            assertThat(CudaModelGenerator.expertParallelRefusal(m)).isEmpty();
+            assertThat(DeviceModel.class.isAssignableFrom(DeviceModels.compile(m, m.name()).device())).isTrue();
+        }
+        // the zero/copy model's layer of 3 experts leaves a rank without experts at 4 ranks, and its 6 experts split unevenly
+        assertThat(ExpertParallelTrainCheck.layout(ExpertPlacement.contiguous(3, 4))).isEqualTo("1,1,1,0");
+        assertThat(ExpertParallelTrainCheck.layout(ExpertPlacement.contiguous(6, 4))).isEqualTo("2,2,1,1");
+        assertThat(ExpertParallelTrainCheck.RANKS).asList().containsAtLeast(1, 2, 4);
+    }
+
+    @Test
+    void theExpertsARankDoesNotHoldAreNamedByTheirParameters() {
+        SortedMap<Integer, Integer> experts = new TreeMap<>();
+        experts.put(1, 3);
+        experts.put(2, 6);
+        SortedMap<Integer, ExpertPlacement> p = ExpertParallelTrainCheck.placements(experts, 2);
+        List<String> names = List.of("layers.1.moe.experts.0.gate", "layers.1.moe.experts.1.up", "layers.1.moe.experts.2.down",
+                "layers.1.moe.router.weight", "layers.2.moe.experts.3.gate", "layers.2.moe.experts.5.down", "layers.2.moe.shared.0.gate",
+                "layers.0.ffn.gate");
+        // rank 0 holds layer 1's experts 0-1 and layer 2's 0-2
+        assertThat(ExpertParallelTrainCheck.foreignExperts(p, 0, names)).containsExactly("layers.1.moe.experts.2.down",
+                "layers.2.moe.experts.3.gate", "layers.2.moe.experts.5.down").inOrder();
+        assertThat(ExpertParallelTrainCheck.foreignExperts(p, 1, names)).containsExactly("layers.1.moe.experts.0.gate",
+                "layers.1.moe.experts.1.up").inOrder();
+    }
+}
