@@ -13,7 +13,9 @@
 #    DeviceOpsParity: the dense-model kernels (embedding, RMSNorm, LayerNorm, bias add, RoPE, GLU and plain
 #    activations, cross-entropy, AdamW, attention, RMoE's GRU cell, latent attention's layout moves) against the CPU
 #    backend, 20 shapes each. ExpertParallelGpuCheck: the expert-parallel MoE layer, 2-4 simulated ranks sharing the
-#    GPU and NCCL worlds of one, against one layer holding every expert.
+#    GPU and NCCL worlds of one, against one layer holding every expert. ExpertParallelTrainCheck: moe train
+#    --expert-parallel's path, generated device models (mixtral, zero/copy experts) with 1, 2 and 4 simulated ranks
+#    training 3 steps against one model on every rank's shard.
 # 3. DeviceModelParity: the device-resident generated models (CudaModelGenerator) against the
 #    CPU-generated classes: losses, every gradient, gradient norms, weights and moments after 3 steps
 #    (mixtral, deepseek-moe, switch, and its built-in models: sigmoid routing; the sequence-wise and sigmoid aux losses; LayerNorm, qk-norm, q/k/v biases, ungated
@@ -42,6 +44,7 @@ $J $JOPTS -cp "$CP" dev.moe.cuda.GpuChecks 2>&1 | tee "$OUT/parity.txt"; [ "${PI
 $J $JOPTS -cp "$CP" dev.moe.cuda.BackendParity 2>&1 | tee "$OUT/backend-parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 $J $JOPTS -cp "$CP" dev.moe.cuda.DeviceOpsParity 2>&1 | tee "$OUT/device-ops-parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 $J $JOPTS -cp "$CP" dev.moe.cuda.dist.ExpertParallelGpuCheck 2>&1 | tee "$OUT/expert-parallel-check.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+$J $JOPTS -cp "$CP" dev.moe.cuda.model.ExpertParallelTrainCheck 2>&1 | tee "$OUT/expert-parallel-train-check.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 $J $JOPTS -cp "$CP" dev.moe.cuda.model.DeviceModelParity 2>&1 | tee "$OUT/device-model-parity.txt"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 for recipe in mixtral deepseek-moe; do

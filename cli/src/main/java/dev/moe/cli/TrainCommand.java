@@ -162,6 +162,20 @@ final class TrainCommand implements Callable<Integer> {
             err.flush();
             return 2;
         }
+        if (expertParallel && SourceFile.read(file) instanceof SourceFile.ReadResult.Ok ok) {
+            // refuse a model the ranks cannot run expert-parallel here, once, rather than in every rank; a file with errors is
+            // left to the ranks, which print its diagnostics
+            Optional<CompiledFile> compiled = dev.moe.compiler.MoeCompiler.compile(ok.source()).output();
+            try {
+                if (compiled.isPresent()) {
+                    checkExpertParallel(compiled.get(), ok.source());
+                }
+            } catch (Recipes.UserError e) {
+                err.println("moe: error: " + e.getMessage());
+                err.flush();
+                return 1;
+            }
+        }
         if (backendOption.onGpu()) {
             try {
                 int devices = dev.moe.cuda.Driver.get().deviceCount();
@@ -187,27 +201,6 @@ final class TrainCommand implements Callable<Integer> {
             err.println("moe: error: MOE_JOIN_TIMEOUT_S must be a whole number of seconds, at least 1");
             err.flush();
             return 2;
-        }
-        if (expertParallel) {
-            // refuse a model the ranks cannot run expert-parallel here, once, rather than in every rank
-            try {
-                SourceFile source = switch (SourceFile.read(file)) {
-                    case SourceFile.ReadResult.Failed f -> {
-                        err.print(f.diagnostic());
-                        err.flush();
-                        yield null;
-                    }
-                    case SourceFile.ReadResult.Ok ok -> ok.source();
-                };
-                if (source == null) {
-                    return 1;
-                }
-                checkExpertParallel(Recipes.compile(source, err), source);
-            } catch (Recipes.UserError e) {
-                err.println("moe: error: " + e.getMessage());
-                err.flush();
-                return 1;
-            }
         }
         List<String> args = spec.commandLine().getParseResult().originalArgs();
         int status = Launcher.run(Launcher.javaCommand(MoeCli.class.getName(), args), gpus, line -> {

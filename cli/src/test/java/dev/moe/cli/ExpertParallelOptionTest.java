@@ -45,6 +45,10 @@ class ExpertParallelOptionTest {
         oneLineError(mole, 1, "--expert-parallel: layer 0's MoE has latent experts (MoLE)");
         Cli.Run moepp = Cli.run("train", "../recipes/moe-plus-plus.moe", "--out", dir.toString(), "--backend", "cuda", "--expert-parallel");
         oneLineError(moepp, 1, "--expert-parallel: layer 0's MoE has MoE++ constant experts, which the expert-parallel stage does not run");
+        // with --gpus the launcher refuses it once, before it looks for GPUs or starts a rank
+        Cli.Run launched = Cli.run("train", "../recipes/mola.moe", "--out", dir.toString(), "--backend", "cuda", "--expert-parallel", "--gpus", "2");
+        oneLineError(launched, 1, "--expert-parallel: layer 0's MoE has LoRA experts (MoLA)");
+        assertThat(launched.err().strip().lines().count()).isEqualTo(1);
     }
 
     @Test

@@ -398,9 +398,12 @@ public final class ExpertParallelTrainCheck {
         for (int step = 0; step < STEPS; step++) {
             loss = Math.max(loss, Math.abs(got[0].losses()[step] - ref.losses()[step]) / Math.abs(ref.losses()[step]));
         }
-        boolean sameLoads = true;
-        for (int step = 0; step < STEPS; step++) {
-            sameLoads &= Arrays.equals(got[0].loads()[step], ref.loads()[step]);
+        // the first step's routing must be the reference's exactly; a later step's may flip a near-tie (an expert's GEMM over
+        // every rank's rows rounds differently from one over a shard's), after which the weights are not comparable
+        boolean sameLoads = Arrays.equals(got[0].loads()[0], ref.loads()[0]);
+        int divergedAt = 0;
+        for (int step = 1; step < STEPS && divergedAt == 0; step++) {
+            divergedAt = Arrays.equals(got[0].loads()[step], ref.loads()[step]) ? 0 : step + 1;
         }
         String foreign = "";
         boolean ranksAgree = true;
@@ -423,11 +426,13 @@ public final class ExpertParallelTrainCheck {
         double weights = maxAbs(got[0].weights(), ref.weights());
         // a world of one runs every expert on its one rank: the losses of the model without expert parallelism, bit for bit
         boolean exactOne = ranks > 1 || Arrays.equals(got[0].losses(), ref.losses());
-        boolean pass = loss <= TOLERANCE && sameLoads && foreign.isEmpty() && ranksAgree && grad <= TOLERANCE && weights <= TOLERANCE && exactOne;
+        boolean pass = loss <= TOLERANCE && sameLoads && foreign.isEmpty() && ranksAgree && grad <= TOLERANCE && (divergedAt > 0 || weights <= TOLERANCE)
+                && exactOne;
         System.out.printf(Locale.ROOT, "%-16s R=%d %-22s %9.2e %5s %9.2e %-34s %9.2e %6s %6s %s%n", model.name(), ranks,
                 "E/rank " + layout(placements.values().iterator().next()), loss, sameLoads ? "same" : "DIFF", grad, abbreviate(worst), weights,
-                foreign.isEmpty() ? "zero" : "NONZERO", ranksAgree ? "same" : "DIFF", pass ? "ok" : "FAIL" + (foreign.isEmpty() ? "" : " (" + foreign + ")")
-                        + (exactOne ? "" : " (world of one: losses not bitwise those without expert parallelism)"));
+                foreign.isEmpty() ? "zero" : "NONZERO", ranksAgree ? "same" : "DIFF", (pass ? "ok" : "FAIL") + (foreign.isEmpty() ? "" : " (" + foreign + ")")
+                        + (exactOne ? "" : " (world of one: losses not bitwise those without expert parallelism)")
+                        + (divergedAt > 0 ? " (routing diverged at step " + divergedAt + ": weights not compared)" : ""));
         return pass ? 0 : 1;
     }
 
