@@ -7,6 +7,7 @@ import dev.moe.cuda.codegen.CudaModelGenerator;
 import dev.moe.cuda.dist.DeviceExchange;
 import dev.moe.cuda.dist.ExpertPlacement;
 import dev.moe.cuda.dist.SharedDeviceGroup;
+import dev.moe.cuda.kernels.MoeKernelSource.Precision;
 import dev.moe.dsl.SourceFile;
 import dev.moe.runtime.Parameter;
 import dev.moe.runtime.cpu.CpuBackend;
@@ -34,11 +35,11 @@ import java.util.concurrent.TimeUnit;
  * shard of every batch, its loss weighted by its share, the gradient arena summed over the ranks, the step's expert loads summed),
  * against one device model without expert parallelism that runs every rank's shard in turn into the same gradient arena (so a
  * balance loss or capacity computed per rank's batch is the same on both sides). Checked: every step's loss (1e-4 relative),
- * the expert loads of every step (exactly), before the sum each rank's gradients of the experts it does not hold (exactly
- * zero), after it every parameter's gradient on every rank (per tensor ‖got − want‖ / ‖want‖ within 1e-4) and the same bits
- * on every rank, and the weights after the three steps (within 1e-4, and the same bits on every rank). A world of one must give
- * the losses of the model without expert parallelism bit for bit ({@code --gpus 1}). fp32 throughout. Prints a table; exits 1
- * on any failure.
+ * the first step's expert loads (exactly; a later step's may flip a near-tie, reported), before the sum each rank's gradients of
+ * the experts it does not hold (exactly zero), after it every parameter's gradient (per tensor ‖got − want‖ / ‖want‖ within
+ * 1e-4) and the same bits on every rank, and the weights after the three steps (within 1e-4, and the same bits on every rank).
+ * A world of one must give the losses of the model without expert parallelism bit for bit ({@code --gpus 1}). Then the same
+ * with bf16 experts in worlds of one and two (2e-2; the weights not compared). Prints a table; exits 1 on any failure.
  *
  * <pre>
  * java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp '.device/lib/*' dev.moe.cuda.model.ExpertParallelTrainCheck
@@ -103,8 +104,9 @@ public final class ExpertParallelTrainCheck {
         return out;
     }
 
-    /** The worlds each model is checked in. */
-    public static final int[] RANKS = {1, 2, 4};
+    /** The worlds each model is checked in: fp32, and with bf16 experts. */
+    public static final int[] RANKS = {1, 2, 4}, BF16_RANKS = {1, 2};
+    private static final double BF16_TOLERANCE = 2e-2;
 
     /** Each rank's placement of each MoE layer's experts: contiguous, as {@code moe train --expert-parallel}. */
     static SortedMap<Integer, ExpertPlacement> placements(SortedMap<Integer, Integer> expertsByLayer, int ranks) {
@@ -348,7 +350,9 @@ public final class ExpertParallelTrainCheck {
     }
 
     /** One model in a world of {@code ranks}: prints its line, returns 1 on a failure. */
-    private static int check(Model model, DeviceModels.Classes classes, CudaContext refCtx, CudaContext[] contexts, int ranks) throws Exception {
+    private static int check(Model model, DeviceModels.Classes classes, CudaContext refCtx, CudaContext[] contexts, int ranks, double tolerance)
+            throws Exception {
+        boolean bf16 = refCtx.expertPrecision == Precision.BF16;
         int seq = Math.min(32, model.config().context());
         int[][][] data = batches(model, seq);
         CpuBackend backend = new CpuBackend(2, CpuBackend.VECTOR_API);
@@ -426,9 +430,10 @@ public final class ExpertParallelTrainCheck {
         double weights = maxAbs(got[0].weights(), ref.weights());
         // a world of one runs every expert on its one rank: the losses of the model without expert parallelism, bit for bit
         boolean exactOne = ranks > 1 || Arrays.equals(got[0].losses(), ref.losses());
-        boolean pass = loss <= TOLERANCE && sameLoads && foreign.isEmpty() && ranksAgree && grad <= TOLERANCE && (divergedAt > 0 || weights <= TOLERANCE)
-                && exactOne;
-        System.out.printf(Locale.ROOT, "%-16s R=%d %-22s %9.2e %5s %9.2e %-34s %9.2e %6s %6s %s%n", model.name(), ranks,
+        // in bf16 AdamW's normalised steps turn the rounding of small gradients into differences of about lr: weights not compared
+        boolean pass = loss <= tolerance && sameLoads && foreign.isEmpty() && ranksAgree && grad <= tolerance
+                && (divergedAt > 0 || bf16 || weights <= tolerance) && exactOne;
+        System.out.printf(Locale.ROOT, "%-16s %-4s R=%d %-22s %9.2e %5s %9.2e %-34s %9.2e %6s %6s %s%n", model.name(), bf16 ? "bf16" : "fp32", ranks,
                 "E/rank " + layout(placements.values().iterator().next()), loss, sameLoads ? "same" : "DIFF", grad, abbreviate(worst), weights,
                 foreign.isEmpty() ? "zero" : "NONZERO", ranksAgree ? "same" : "DIFF", (pass ? "ok" : "FAIL") + (foreign.isEmpty() ? "" : " (" + foreign + ")")
                         + (exactOne ? "" : " (world of one: losses not bitwise those without expert parallelism)")
@@ -459,20 +464,27 @@ public final class ExpertParallelTrainCheck {
             contexts[r] = new CudaContext(0);
         }
         System.out.printf("moe train --expert-parallel's path on %s (%s): simulated ranks on one GPU, %d steps of %d micro-batches of %d"
-                + " sequences, against one model without expert parallelism on every rank's shard; fp32, tolerance %.0e%n", refCtx.deviceName,
-                refCtx.arch, STEPS, MICRO, BATCH, TOLERANCE);
-        System.out.printf(Locale.ROOT, "%-16s %-3s %-22s %9s %5s %9s %-34s %9s %6s %6s%n", "model", "", "placement (1st layer)", "loss", "loads",
+                + " sequences, against one model without expert parallelism on every rank's shard; fp32 within %.0e, bf16 experts within %.0e%n",
+                refCtx.deviceName, refCtx.arch, STEPS, MICRO, BATCH, TOLERANCE, BF16_TOLERANCE);
+        System.out.printf(Locale.ROOT, "%-16s %-4s %-3s %-22s %9s %5s %9s %-34s %9s %6s %6s%n", "model", "", "", "placement (1st layer)", "loss", "loads",
                 "grads", "worst tensor", "weights", "others", "ranks");
         for (Model m : models(recipes)) {
             DeviceModels.Classes classes = DeviceModels.compile(m, m.name());
-            for (int ranks : RANKS) {
-                total++;
-                try {
-                    failures += check(m, classes, refCtx, Arrays.copyOf(contexts, ranks), ranks);
-                } catch (Exception | Error ex) {
-                    System.out.printf("%-16s R=%d FAIL: %s%n", m.name(), ranks, ex);
-                    ex.printStackTrace(System.out);
-                    failures++;
+            // fp32 (1e-4), then bf16 experts (2e-2; weights not compared): a model reads its context's precision when built
+            for (Precision precision : List.of(Precision.FP32, Precision.BF16)) {
+                refCtx.expertPrecision = precision;
+                for (CudaContext c : contexts) {
+                    c.expertPrecision = precision;
+                }
+                for (int ranks : precision == Precision.FP32 ? RANKS : BF16_RANKS) {
+                    total++;
+                    try {
+                        failures += check(m, classes, refCtx, Arrays.copyOf(contexts, ranks), ranks, precision == Precision.FP32 ? TOLERANCE : BF16_TOLERANCE);
+                    } catch (Exception | Error ex) {
+                        System.out.printf("%-16s %-4s R=%d FAIL: %s%n", m.name(), precision.name().toLowerCase(Locale.ROOT), ranks, ex);
+                        ex.printStackTrace(System.out);
+                        failures++;
+                    }
                 }
             }
         }
