@@ -37,6 +37,8 @@ import java.util.TreeSet;
 final class ParallelChecker {
     static final Set<String> KEYS = Set.of("ranks", "experts");
     private static final List<String> FORMS = List.of("contiguous", "per_rank", "file");
+    /** Every layer gets a list per rank: a bound keeps a typo from allocating billions of them. */
+    static final int MAX_RANKS = 1 << 16;
     /** A placement of a few hundred layers of a few hundred experts is well under this. */
     private static final long MAX_FILE_BYTES = 16 << 20;
 
@@ -65,7 +67,7 @@ final class ParallelChecker {
         SettingMap map = read.settings(block.settings(), "`parallel`", KEYS, Set.of("experts"), s -> evaluator.eval(s.value(), src));
         OptionalInt ranks = OptionalInt.empty();
         if (map.get("ranks").isPresent()) {
-            ranks = read.positive(map.get("ranks").get(), "ranks");
+            ranks = read.integer(map.get("ranks").get(), "ranks", 1, MAX_RANKS);
         } else if (!map.hadUnknown()) {
             var d = reporter.error(Code.MISSING_SETTING, src, keyword, "`parallel` lacks `ranks`");
             reporter.help(d, "add `ranks n`: the GPUs that share each MoE layer's experts");

@@ -153,6 +153,7 @@ class ParallelPlacementTest {
         at(only("    ranks 2\n    experts file(\"a.json\", \"b.json\")"), Code.BAD_ARGUMENTS, 24, 28);
         at(only("    ranks 2\n    experts file(3)"), Code.WRONG_TYPE, 24, 18);
         at(only("    ranks 2.5"), Code.WRONG_TYPE, 23, 11);
+        assertThat(only("    ranks 100000").message()).isEqualTo("`ranks` must be between 1 and 65536, found 100000");
         at(only("    ranks 2\n    rank 2"), Code.UNKNOWN_SETTING, 24, 5);
         at(only("    experts contiguous"), Code.MISSING_SETTING, 22, 3);
     }
