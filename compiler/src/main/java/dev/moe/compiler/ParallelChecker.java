@@ -304,11 +304,20 @@ final class ParallelChecker {
                 reporter.error(Code.PLACEMENT_FILE, at, "cannot read placement file `%s`: it is a directory", path);
                 return Optional.empty();
             }
-            if (Files.size(file) > MAX_FILE_BYTES) {
+            if (Files.exists(file) && !Files.isRegularFile(file)) {
+                // A device such as /dev/zero would never end.
+                reporter.error(Code.PLACEMENT_FILE, at, "cannot read placement file `%s`: not a regular file", path);
+                return Optional.empty();
+            }
+            byte[] bytes;
+            try (var in = Files.newInputStream(file)) {
+                bytes = in.readNBytes((int) MAX_FILE_BYTES + 1);
+            }
+            if (bytes.length > MAX_FILE_BYTES) {
                 reporter.error(Code.PLACEMENT_FILE, at, "cannot read placement file `%s`: larger than %d MiB", path, MAX_FILE_BYTES >> 20);
                 return Optional.empty();
             }
-            root = new ObjectMapper().enable(DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readTree(Files.readAllBytes(file));
+            root = new ObjectMapper().enable(DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readTree(bytes);
         } catch (NoSuchFileException e) {
             var d = reporter.error(Code.PLACEMENT_FILE, at, "placement file `%s` does not exist", path);
             reporter.help(d, "paths are relative to this file's directory; `moe placement RUN --ranks " + ranks + " --json FILE` writes one");

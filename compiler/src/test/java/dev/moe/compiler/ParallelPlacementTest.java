@@ -205,6 +205,11 @@ class ParallelPlacementTest {
         Files.delete(dir.resolve("p.json"));
         Files.createDirectory(dir.resolve("p.json"));
         assertThat(only("    ranks 2\n    experts file(\"p.json\")").message()).isEqualTo("cannot read placement file `p.json`: it is a directory");
+        if (Files.exists(Path.of("/dev/zero"))) {
+            assertThat(only("    ranks 2\n    experts file(\"/dev/zero\")").message()).isEqualTo("cannot read placement file `/dev/zero`: not a regular file");
+        }
+        Files.write(dir.resolve("big.json"), new byte[(16 << 20) + 1]);
+        assertThat(only("    ranks 2\n    experts file(\"big.json\")").message()).isEqualTo("cannot read placement file `big.json`: larger than 16 MiB");
     }
 
     @Test
