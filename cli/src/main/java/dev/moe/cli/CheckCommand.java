@@ -5,6 +5,7 @@ import dev.moe.compiler.MoeCompiler;
 import dev.moe.compiler.ir.CompiledFile;
 import dev.moe.compiler.ir.Count;
 import dev.moe.compiler.ir.Model;
+import dev.moe.compiler.ir.Training;
 import dev.moe.dsl.diag.Diagnostic;
 import dev.moe.dsl.diag.DiagnosticRenderer;
 import dev.moe.dsl.diag.Severity;
@@ -104,6 +105,9 @@ final class CheckCommand implements Callable<Integer> {
         }
         if (!file.trainings().isEmpty()) {
             parts.add(plural(file.trainings().size(), "training recipe"));
+            for (Training t : file.trainings()) {
+                t.parallel().ifPresent(p -> parts.add("train " + t.model() + ": experts on " + plural(p.ranks(), "rank")));
+            }
         }
         long warnings = result.diagnostics().stream().filter(d -> d.severity() == Severity.WARNING).count();
         if (warnings > 0) {

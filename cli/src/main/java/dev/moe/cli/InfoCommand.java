@@ -4,10 +4,12 @@ import dev.moe.compiler.CompileResult;
 import dev.moe.compiler.MoeCompiler;
 import dev.moe.compiler.ir.CompiledFile;
 import dev.moe.compiler.ir.Model;
+import dev.moe.compiler.ir.Training;
 import dev.moe.dsl.diag.Diagnostic;
 import dev.moe.dsl.diag.DiagnosticRenderer;
 import java.io.PrintWriter;
 import java.nio.file.Path;
+import java.util.Locale;
 import java.util.Objects;
 import java.util.concurrent.Callable;
 import java.util.function.Function;
@@ -80,6 +82,12 @@ final class InfoCommand implements Callable<Integer> {
             }
             first = false;
             out.print(InfoTable.render(m, params));
+            for (Training t : compiled.trainings()) {
+                if (t.model().equals(m.name()) && t.parallel().isPresent()) {
+                    out.printf(Locale.ROOT, "%n  expert placement on %d ranks (train %s)%n", t.parallel().get().ranks(), t.model());
+                    ExpertPlacements.describe(t.parallel().get()).forEach(line -> out.println("    " + line));
+                }
+            }
         }
         out.flush();
         return 0;

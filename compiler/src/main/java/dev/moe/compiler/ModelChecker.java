@@ -1017,12 +1017,7 @@ final class ModelChecker {
     }
 
     static Optional<Moe> ffnMoe(Block b) {
-        return switch (b) {
-            case Block.PreNorm p -> p.ffn() instanceof Block.Part.MoePart m ? Optional.of(m.moe()) : Optional.empty();
-            case Block.Parallel p -> p.ffn() instanceof Block.Part.MoePart m ? Optional.of(m.moe()) : Optional.empty();
-            case Block.Shortcut s -> Optional.of(s.moe());
-            case Block.Residual r -> Optional.of(r.moe());
-        };
+        return b.ffnMoe();
     }
 
     static Optional<Moe> mixerMoe(Block b) {

@@ -4,6 +4,7 @@ import dev.moe.compiler.Program.Declared;
 import dev.moe.compiler.Read.Args;
 import dev.moe.compiler.Read.SettingMap;
 import dev.moe.compiler.ir.Block;
+import dev.moe.compiler.ir.ExpertParallel;
 import dev.moe.compiler.ir.Expert;
 import dev.moe.compiler.ir.ExpertGroup;
 import dev.moe.compiler.ir.Ffn;
@@ -16,6 +17,7 @@ import dev.moe.compiler.ir.Training;
 import dev.moe.dsl.SourceFile;
 import dev.moe.dsl.Span;
 import dev.moe.dsl.ast.DomainDef;
+import dev.moe.dsl.ast.ParallelBlock;
 import dev.moe.dsl.ast.Setting;
 import dev.moe.dsl.ast.StageBlock;
 import dev.moe.dsl.ast.TrainDecl;
@@ -78,12 +80,14 @@ final class TrainChecker {
         }
         List<Setting> settings = new ArrayList<>();
         List<StageBlock> stages = new ArrayList<>();
+        List<ParallelBlock> parallels = new ArrayList<>();
         Map<String, String> domains = new LinkedHashMap<>();
         Map<String, Span> domainSpans = new LinkedHashMap<>();
         for (TrainMember m : train.members()) {
             switch (m) {
                 case Setting s -> settings.add(s);
                 case StageBlock s -> stages.add(s);
+                case ParallelBlock p -> parallels.add(p);
                 case DomainDef d -> {
                     String name = d.name().text();
                     if (domains.containsKey(name) || SYNTHETIC_DOMAINS.contains(name)) {
@@ -143,6 +147,20 @@ final class TrainChecker {
             }
         }
 
+        Optional<ExpertParallel> parallel = Optional.empty();
+        if (!parallels.isEmpty()) {
+            ParallelBlock first = parallels.getFirst();
+            for (ParallelBlock again : parallels.subList(1, parallels.size())) {
+                var d = reporter.error(Code.PLACEMENT_TWICE, src, keyword(again.span(), "parallel"), "a second `parallel` block in train `%s`", modelName);
+                reporter.note(d, "the first is at line " + first.span().line());
+            }
+            if (map.get("experts_per_rank").isPresent()) {
+                var d = reporter.error(Code.PLACEMENT_TWICE, map.get("experts_per_rank").get(), "`experts_per_rank` beside a `parallel` block");
+                reporter.help(d, "remove `experts_per_rank`: `parallel { ranks n }` places the experts in blocks of E/n by default");
+            }
+            parallel = new ParallelChecker(evaluator, read).check(first, src, model);
+        }
+
         List<Training.Stage> checkedStages = new ArrayList<>();
         Map<String, Span> stageNames = new LinkedHashMap<>();
         for (int i = 0; i < stages.size(); i++) {
@@ -173,7 +191,12 @@ final class TrainChecker {
             return Optional.empty();
         }
         return Optional.of(new Training(modelName, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, checkedStages,
-                padDocuments, expertsPerRank));
+                padDocuments, expertsPerRank, parallel));
+    }
+
+    /** The span of the word that opens a block. */
+    static Span keyword(Span block, String word) {
+        return new Span(block.line(), block.column(), block.line(), block.column() + word.length());
     }
 
     /**

@@ -18,6 +18,7 @@ import dev.moe.dsl.ast.Parameter;
 import dev.moe.dsl.ast.RouterBlock;
 import dev.moe.dsl.ast.Selector;
 import dev.moe.dsl.ast.Setting;
+import dev.moe.dsl.ast.ParallelBlock;
 import dev.moe.dsl.ast.StageBlock;
 import dev.moe.dsl.ast.TopLevel;
 import dev.moe.dsl.ast.TrainDecl;
@@ -179,6 +180,11 @@ final class AstBuilder {
                 Trivia trivia = trivia(c, c.LBRACE().getSymbol());
                 List<Setting> settings = c.setting().stream().map(this::setting).toList();
                 yield new StageBlock(span(c), trivia, name(c.name), settings, closing(c.RBRACE()));
+            }
+            case MoeParser.ParallelBlockContext c -> {
+                Trivia trivia = trivia(c, c.LBRACE().getSymbol());
+                List<Setting> settings = c.setting().stream().map(this::setting).toList();
+                yield new ParallelBlock(span(c), trivia, settings, closing(c.RBRACE()));
             }
             case MoeParser.DomainDefinitionContext c -> {
                 Trivia trivia = trivia(c, c.stop);

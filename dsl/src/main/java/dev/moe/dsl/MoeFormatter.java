@@ -15,6 +15,7 @@ import dev.moe.dsl.ast.Parameter;
 import dev.moe.dsl.ast.RouterBlock;
 import dev.moe.dsl.ast.Selector;
 import dev.moe.dsl.ast.Setting;
+import dev.moe.dsl.ast.ParallelBlock;
 import dev.moe.dsl.ast.StageBlock;
 import dev.moe.dsl.ast.Statement;
 import dev.moe.dsl.ast.TopLevel;
@@ -141,6 +142,11 @@ public final class MoeFormatter {
                 open(depth, st, "stage " + st.name().text());
                 members(depth + 1, st.settings());
                 close(depth, st, st.closingComments(), st.settings().isEmpty());
+            }
+            case ParallelBlock p -> {
+                open(depth, p, "parallel");
+                members(depth + 1, p.settings());
+                close(depth, p, p.closingComments(), p.settings().isEmpty());
             }
             case DomainDef d -> line(depth, d, "domain " + d.name().text() + " = " + expr(d.value()));
             default -> throw new IllegalStateException("not a member: " + s.getClass().getSimpleName());

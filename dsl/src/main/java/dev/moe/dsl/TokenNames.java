@@ -13,7 +13,7 @@ final class TokenNames {
     private TokenNames() {}
 
     private static final Set<Integer> IDENTIFIER_START = Set.of(
-            MoeLexer.IDENTIFIER, MoeLexer.FIRST, MoeLexer.EVERY, MoeLexer.FROM, MoeLexer.REST, MoeLexer.ALL);
+            MoeLexer.IDENTIFIER, MoeLexer.FIRST, MoeLexer.EVERY, MoeLexer.FROM, MoeLexer.REST, MoeLexer.ALL, MoeLexer.PARALLEL);
 
     private static final Set<Integer> EXPRESSION_START = union(IDENTIFIER_START, Set.of(
             MoeLexer.LPAREN, MoeLexer.LBRACKET, MoeLexer.MINUS, MoeLexer.PLUS, MoeLexer.NUMBER, MoeLexer.STRING));

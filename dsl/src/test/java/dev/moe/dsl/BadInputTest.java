@@ -116,7 +116,7 @@ class BadInputTest {
     @Test
     void randomTokenSoupEndsInDiagnostics() {
         String[] tokens = {"import", "const", "ffn", "moe", "model", "train", "router", "layers", "stage", "domain", "x",
-                "first", "every", "from", "rest", "all", "{", "}", "(", ")", "[", "]", ",", ":", "=", "..", "+", "-", "*", "/",
+                "first", "every", "from", "rest", "all", "parallel", "{", "}", "(", ")", "[", "]", ",", ":", "=", "..", "+", "-", "*", "/",
                 "1", "2.5e-3", "\"s\"", "name", "// c\n", "/* c */", "\n"};
         Random random = new Random(7);
         for (int i = 0; i < 200; i++) {

@@ -231,6 +231,22 @@ class FormatterRoundTripTest {
                           stage empty { }
                         }
                         """),
+                Arguments.of("train with a parallel block, and parallel still a name", """
+                        train M {
+                          parallel {
+                            ranks 2
+                            experts per_rank([[0, 1, 2, 3], [4, 5, 6, 7]])
+                            experts contiguous(layers: [1, 3])
+                            experts file("placement.json")
+                          }
+                          parallel 3
+                        }
+                        model parallel {
+                          layers 1 {
+                            all: parallel(attention, dense)
+                          }
+                        }
+                        """),
                 Arguments.of("leading, trailing and end-of-file comments", """
                         // file header
                         // second line
@@ -405,7 +421,7 @@ class FormatterRoundTripTest {
         String all = Stream.generate(() -> RandomMoeSource.generate(random::nextInt)).limit(300)
                 .reduce("", String::concat);
         for (String construct : List.of("import ", "const ", "ffn ", "moe ", "model ", "train ", "router", "layers",
-                "first", "every", "from", "rest", "all", "..", "stage", "domain", " x", "/*", "//", "\\\"", "[", "(")) {
+                "first", "every", "from", "rest", "all", "..", "stage", "parallel {", "domain", " x", "/*", "//", "\\\"", "[", "(")) {
             assertWithMessage("never generated: %s", construct).that(all).contains(construct);
         }
     }

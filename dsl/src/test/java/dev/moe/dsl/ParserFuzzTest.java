@@ -20,7 +20,7 @@ import java.util.List;
 class ParserFuzzTest {
     @FuzzTest(maxDuration = "60s")
     @DictionaryEntries({"import", "const", "ffn", "moe", "model", "train", "router", "layers", "stage", "domain", " x ",
-            "first", "every", "from", "rest", "all", "{", "}", "(", ")", "[", "]", ",", ":", "=", "..", "+", "-", "*", "/",
+            "first", "every", "from", "rest", "all", "parallel", "{", "}", "(", ")", "[", "]", ",", ":", "=", "..", "+", "-", "*", "/",
             "//", "/*", "*/", "\"", "\\", "\\\"", "1e-6", "1_000", "2.5E+3", "9007199254740993", "1e999", "swiglu(hidden: 64)",
             "8 x ", "router {", "layers 4 {", "rest: ", "every 2 from 1: "})
     void fuzz(byte[] input) {

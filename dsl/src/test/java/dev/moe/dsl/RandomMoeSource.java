@@ -16,7 +16,7 @@ final class RandomMoeSource {
 
     private static final List<String> NAMES = List.of(
             "a", "b", "dim", "top_k", "routed", "shared", "balance", "swiglu", "attention", "fine", "dense",
-            "softmax", "true", "_", "x1", "xx", "_x", "M", "Tiny2", "first", "every", "from", "rest", "all");
+            "softmax", "true", "_", "x1", "xx", "_x", "M", "Tiny2", "first", "every", "from", "rest", "all", "parallel");
     private static final List<String> ARGUMENT_KEYWORDS = List.of(
             "import", "const", "ffn", "moe", "model", "train", "router", "layers", "stage", "domain");
     private static final String NAME_START = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_";
@@ -410,7 +410,7 @@ final class RandomMoeSource {
         tok("{");
         int n = pick(6);
         for (int i = 0; i < n; i++) {
-            switch (pick(4)) {
+            switch (pick(5)) {
                 case 0 -> {
                     tok("stage");
                     tok(name());
@@ -424,6 +424,10 @@ final class RandomMoeSource {
                     tok("(");
                     tok(string());
                     tok(")");
+                }
+                case 2 -> {
+                    tok("parallel");
+                    block(this::setting, 4);
                 }
                 default -> setting();
             }

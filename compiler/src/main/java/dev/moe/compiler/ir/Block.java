@@ -27,6 +27,19 @@ public sealed interface Block {
         record MoePart(Moe moe) implements Part {}
     }
 
+    /**
+     * The MoE in the ffn slot, if any: the layers that count as MoE layers for a run's expert loads
+     * and for expert parallelism (an MoE of attention experts in the mixer slot does not).
+     */
+    default java.util.Optional<Moe> ffnMoe() {
+        return switch (this) {
+            case PreNorm p -> p.ffn() instanceof Part.MoePart m ? java.util.Optional.of(m.moe()) : java.util.Optional.empty();
+            case Parallel p -> p.ffn() instanceof Part.MoePart m ? java.util.Optional.of(m.moe()) : java.util.Optional.empty();
+            case Shortcut s -> java.util.Optional.of(s.moe());
+            case Residual r -> java.util.Optional.of(r.moe());
+        };
+    }
+
     default String describe() {
         return switch (this) {
             case PreNorm p -> part(p.mixer()) + ", " + part(p.ffn());

@@ -10,6 +10,7 @@ import java.util.Optional;
  * @param padDocuments {@code documents pad}: each sequence one document from its start, padding masked out
  * @param expertsPerRank routed experts per GPU of an expert-parallel group ({@code experts_per_rank});
  *     0 when not declared (every rank holds every expert)
+ * @param parallel the {@code parallel} block: the ranks of expert parallelism and each MoE layer's placement
  */
 public record Training(
         String model,
@@ -24,7 +25,8 @@ public record Training(
         Map<String, String> domains,
         List<Stage> stages,
         boolean padDocuments,
-        int expertsPerRank) {
+        int expertsPerRank,
+        Optional<ExpertParallel> parallel) {
     /** An unmodifiable copy that iterates in {@code m}'s order. */
     static <K, V> Map<K, V> ordered(Map<K, V> m) {
         return java.util.Collections.unmodifiableMap(new java.util.LinkedHashMap<>(m));
@@ -33,19 +35,26 @@ public record Training(
     /** A block of streamed documents without an expert placement: every rank holds every expert. */
     public Training(String model, Optimizer optimizer, Schedule schedule, int batch, int globalBatch, long steps, long seed, double gradClip,
             Data data, Map<String, String> domains, List<Stage> stages) {
-        this(model, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, stages, false, 0);
+        this(model, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, stages, false, 0, Optional.empty());
     }
 
     /** A block without an expert placement. */
     public Training(String model, Optimizer optimizer, Schedule schedule, int batch, int globalBatch, long steps, long seed, double gradClip,
             Data data, Map<String, String> domains, List<Stage> stages, boolean padDocuments) {
-        this(model, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, stages, padDocuments, 0);
+        this(model, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, stages, padDocuments, 0, Optional.empty());
     }
 
     /** A block of streamed documents. */
     public Training(String model, Optimizer optimizer, Schedule schedule, int batch, int globalBatch, long steps, long seed, double gradClip,
             Data data, Map<String, String> domains, List<Stage> stages, int expertsPerRank) {
-        this(model, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, stages, false, expertsPerRank);
+        this(model, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, stages, false, expertsPerRank, Optional.empty());
+    }
+
+    /** A block without a {@code parallel} block. */
+    public Training(String model, Optimizer optimizer, Schedule schedule, int batch, int globalBatch, long steps, long seed, double gradClip,
+            Data data, Map<String, String> domains, List<Stage> stages, boolean padDocuments, int expertsPerRank) {
+        this(model, optimizer, schedule, batch, globalBatch, steps, seed, gradClip, data, domains, stages, padDocuments, expertsPerRank,
+                Optional.empty());
     }
 
     public Training {

@@ -6,7 +6,7 @@
  * suggests the nearest valid key. That keeps the grammar small and the diagnostics specific.
  *
  * Reserved words: import const ffn moe model train router layers stage domain x.
- * Soft words (usable as names): first every from rest all.
+ * Soft words (usable as names): first every from rest all parallel.
  */
 grammar Moe;
 
@@ -68,6 +68,7 @@ moeMember
 
 trainMember
     : STAGE name=identifier '{' setting* '}'                           #stageBlock
+    | PARALLEL '{' setting* '}'                                        #parallelBlock
     | DOMAIN name=identifier '=' value=expression                      #domainDefinition
     | setting                                                          #trainSetting
     ;
@@ -101,7 +102,7 @@ argumentName
 
 identifier
     : IDENTIFIER
-    | FIRST | EVERY | FROM | REST | ALL
+    | FIRST | EVERY | FROM | REST | ALL | PARALLEL
     ;
 
 IMPORT : 'import' ;
@@ -120,6 +121,8 @@ EVERY  : 'every' ;
 FROM   : 'from' ;
 REST   : 'rest' ;
 ALL    : 'all' ;
+// A soft word: the train block's `parallel { ... }`, and still the layer form `parallel(mixer, ffn)`.
+PARALLEL : 'parallel' ;
 
 LBRACE   : '{' ;
 RBRACE   : '}' ;

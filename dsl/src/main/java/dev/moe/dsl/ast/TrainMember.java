@@ -1,4 +1,4 @@
 package dev.moe.dsl.ast;
 
-public sealed interface TrainMember extends Statement permits StageBlock, DomainDef, Setting {
+public sealed interface TrainMember extends Statement permits StageBlock, ParallelBlock, DomainDef, Setting {
 }

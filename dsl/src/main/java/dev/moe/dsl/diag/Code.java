@@ -308,6 +308,41 @@ public enum Code {
             `experts_per_rank n` places each MoE layer's routed experts on GPUs n at a time, so
             every layer's routed expert count must be a multiple of n (a group of count / n ranks
             then holds every expert once), and the model must have routed experts.
+            """),
+    EXPERT_NOT_PLACED_ONCE(609, "expert not placed exactly once", """
+            `experts per_rank([[...], ...])` in a `parallel` block lists each rank's experts; every
+            routed expert of each MoE layer it applies to must appear exactly once, as an integer
+            0..E-1 (E the layer's routed experts). The message names an expert listed twice, one
+            past the layer's experts, or the experts no rank holds.
+
+                parallel {
+                  ranks 2
+                  experts per_rank([[0, 1, 2], [2, 3]])    // error: expert 2 on both ranks
+                }
+            """),
+    PLACEMENT_RANKS(610, "placement does not match the ranks", """
+            A `parallel` block declares `ranks n`, and `experts per_rank([...])` lists one list of
+            experts per rank, ranks 0..n-1 in order: exactly n lists (`[]` for a rank that holds
+            no experts).
+            """),
+    PLACEMENT_LAYER(611, "placement names a layer without routed experts", """
+            `experts ...(layers: [i, ...])` places the experts of the named layers; each index must
+            be a layer of the model (0..L-1) whose ffn is an MoE. A `parallel` block needs a model
+            with MoE layers: a dense model is replicated on every GPU. Attention experts (an MoE in
+            the mixer slot) are not placed: every rank holds them.
+            """),
+    PLACEMENT_FILE(612, "placement file missing, malformed or not for this model", """
+            `experts file("placement.json")` reads the placement that `moe placement RUN --ranks N
+            --json placement.json` writes, relative to the .moe file: `ranks` and, per MoE layer in
+            layer order, `experts_of_rank`. The file must exist and be that JSON, its ranks must equal
+            the block's `ranks`, it must have one entry per MoE layer of the model, and each entry
+            must place that layer's routed experts, each exactly once. Recompute it with
+            `moe placement` after changing the model's MoE layers or expert counts.
+            """),
+    PLACEMENT_TWICE(613, "placement declared twice", """
+            A train block has at most one `parallel` block, and not beside `experts_per_rank`. Within
+            it, at most one `experts` line without `layers:` (the default for every MoE layer), and
+            no layer named by two `experts` lines.
             """);
 
     private final int number;
