@@ -435,9 +435,9 @@ final class TrainCommand implements Callable<Integer> {
                             throughput.peakSource()) : "");
             stdout.flush();
         }
-        if (lead && worker && t != null && t.expertsPerRank() > 0 && !expertParallel) {
-            stdout.printf(Locale.ROOT, "note: experts_per_rank %d is declared, but this version trains data-parallel: every rank holds every"
-                    + " expert%n", t.expertsPerRank());
+        if (lead && worker && t != null && (t.expertsPerRank() > 0 || t.parallel().isPresent()) && !expertParallel) {
+            stdout.printf(Locale.ROOT, "note: %s declares where its experts run, but this run is data-parallel (every rank runs every expert);"
+                    + " --expert-parallel uses the placement%n", t.model());
         }
         if (lead && world.size() > 1) {
             batchLevelBalancing(declared).ifPresent(scope -> stdout.printf(Locale.ROOT,
@@ -445,7 +445,7 @@ final class TrainCommand implements Callable<Integer> {
                             + " slightly from a one-GPU run's; scope: sequence is exact%n", scope, world.size()));
         }
         if (expertParallel) {
-            useExpertParallel(m, lead, stdout);
+            useExpertParallel(declared, t, m, lead, stdout);
         }
         Trainer.Result r = trainer.world(world).run();
         if (lead) {
@@ -506,8 +506,21 @@ final class TrainCommand implements Callable<Integer> {
             Optional<Model> m = Curricula.find(compiled.models(), t.model());
             if (m.isPresent()) {
                 requireExpertParallel(m.get(), t.padDocuments());
+                // the recipe's placement against this run's ranks, before any GPU work
+                placements(m.get(), t, ffnExpertsByLayer(m.get()), gpus != null ? gpus : 1);
             }
         }
+    }
+
+    /** The routed FFN experts of each MoE layer (what the GPU layer runs and places), by the model's layer index. */
+    static java.util.SortedMap<Integer, Integer> ffnExpertsByLayer(Model m) {
+        java.util.SortedMap<Integer, Integer> out = new java.util.TreeMap<>();
+        for (dev.moe.compiler.ir.Layer l : m.layers()) {
+            l.block().ffnMoe().ifPresent(moe -> out.put(l.index(), moe.groups().stream()
+                    .filter(g -> g.role() == dev.moe.compiler.ir.ExpertGroup.Role.ROUTED && g.expert() instanceof dev.moe.compiler.ir.Expert.FeedForward)
+                    .mapToInt(dev.moe.compiler.ir.ExpertGroup::count).sum()));
+        }
+        return out;
     }
 
     private static void requireExpertParallel(Model m, boolean masks) throws Recipes.UserError {
@@ -521,8 +534,8 @@ final class TrainCommand implements Callable<Integer> {
     }
 
     /**
-     * Where each MoE layer's experts run under --expert-parallel, by the model's layer index: the one place a placement is chosen
-     * (each layer's experts in contiguous ranges over the ranks, {@link ExpertPlacement#contiguous}).
+     * Where each MoE layer's experts run under --expert-parallel, by the model's layer index: each layer's experts in contiguous
+     * ranges over the ranks ({@link ExpertPlacement#contiguous}).
      */
     static java.util.SortedMap<Integer, ExpertPlacement> placements(java.util.SortedMap<Integer, Integer> expertsByLayer, int ranks) {
         java.util.SortedMap<Integer, ExpertPlacement> out = new java.util.TreeMap<>();
@@ -530,14 +543,48 @@ final class TrainCommand implements Callable<Integer> {
         return out;
     }
 
+    /**
+     * The one place a placement is chosen under --expert-parallel: the recipe's ({@code parallel { ... }} or
+     * {@code experts_per_rank}, checked against the run's ranks by {@link ExpertPlacements#forWorld}), else contiguous ranges.
+     * The device path sends each rank's expert-sorted rows as one slice, so a declared placement must give each rank a
+     * contiguous range in rank order, and it places the FFN experts the GPU layer runs (zero and copy experts need no place).
+     */
+    static java.util.SortedMap<Integer, ExpertPlacement> placements(Model declared, Training t, java.util.SortedMap<Integer, Integer> expertsByLayer,
+            int ranks) throws Recipes.UserError {
+        java.util.Map<Integer, ExpertPlacement> recipe = ExpertPlacements.forWorld(declared, t, ranks);
+        if (t == null || t.parallel().isEmpty()) {
+            return placements(expertsByLayer, ranks);
+        }
+        java.util.SortedMap<Integer, ExpertPlacement> out = new java.util.TreeMap<>();
+        for (var e : expertsByLayer.entrySet()) {
+            ExpertPlacement p = recipe.get(e.getKey());
+            if (p == null) {
+                throw new Recipes.UserError("--expert-parallel: the recipe's `parallel` block does not place layer " + e.getKey() + "'s experts");
+            }
+            if (p.experts() != e.getValue()) {
+                throw new Recipes.UserError("--expert-parallel: layer " + e.getKey() + "'s placement covers " + p.experts() + " routed experts, but"
+                        + " its GPU layer runs " + e.getValue() + " FFN experts (zero and copy experts are not placed on the device yet)");
+            }
+            try {
+                dev.moe.cuda.dist.SortedDispatch.requireContiguous(p);
+            } catch (IllegalArgumentException ex) {
+                throw new Recipes.UserError("--expert-parallel: layer " + e.getKey() + "'s placement (" + p + ") does not give each rank a"
+                        + " contiguous range of experts in rank order (rank 0 the first ones), which the GPU path needs: renumbering experts"
+                        + " is not implemented yet; declare `experts contiguous` or contiguous `per_rank` lists");
+            }
+            out.put(e.getKey(), p);
+        }
+        return out;
+    }
+
     /** Turns the model's MoE layers expert-parallel over this run's ranks (NCCL, or a world of one on this GPU). */
-    private void useExpertParallel(TrainableModel m, boolean lead, PrintWriter stdout) throws Recipes.UserError {
+    private void useExpertParallel(Model declared, Training t, TrainableModel m, boolean lead, PrintWriter stdout) throws Recipes.UserError {
         if (!(m instanceof DeviceModel device)) {
             throw new Recipes.UserError("--expert-parallel: " + m.name() + " does not run device-resident on the GPU");
         }
         DeviceExchange exchange = world instanceof NcclCollective nccl ? nccl.deviceExchange()
                 : new SharedDeviceGroup(1, 60_000).rank(0, device.cudaContext());
-        java.util.SortedMap<Integer, ExpertPlacement> byLayer = placements(device.expertsByLayer(), exchange.size());
+        java.util.SortedMap<Integer, ExpertPlacement> byLayer = placements(declared, t, device.expertsByLayer(), exchange.size());
         device.useExpertParallel(exchange, byLayer);
         if (lead) {
             stdout.printf(Locale.ROOT, "expert-parallel over %d rank(s): %s%n", exchange.size(), describePlacements(byLayer));

@@ -2,6 +2,8 @@ package dev.moe.cli;
 
 import static com.google.common.truth.Truth.assertThat;
 
+import dev.moe.compiler.ir.Model;
+import dev.moe.compiler.ir.Training;
 import dev.moe.cuda.dist.ExpertPlacement;
 import java.nio.file.Path;
 import java.util.SortedMap;
@@ -49,6 +51,44 @@ class ExpertParallelOptionTest {
         Cli.Run launched = Cli.run("train", "../recipes/mola.moe", "--out", dir.toString(), "--backend", "cuda", "--expert-parallel", "--gpus", "2");
         oneLineError(launched, 1, "--expert-parallel: layer 0's MoE has LoRA experts (MoLA)");
         assertThat(launched.err().strip().lines().count()).isEqualTo(1);
+    }
+
+    /** mixtral.moe with a `parallel` block in its train block. */
+    private Path mixtralPlaced(String name, String parallel) throws java.io.IOException {
+        String recipe = java.nio.file.Files.readString(Path.of("../recipes/mixtral.moe"));
+        String placed = recipe.replace("  data synthetic\n}", "  data synthetic\n  " + parallel + "\n}");
+        assertThat(placed).isNotEqualTo(recipe);
+        Path f = dir.resolve(name);
+        java.nio.file.Files.writeString(f, placed);
+        return f;
+    }
+
+    @Test
+    void theRecipesPlacementIsCheckedAgainstTheRunBeforeAnyGpuWork() throws Exception {
+        // declared for two ranks, run on one
+        Path two = mixtralPlaced("two.moe", "parallel { ranks 2  experts contiguous }");
+        Cli.Run r = Cli.run("train", two.toString(), "--out", dir.resolve("t").toString(), "--backend", "cuda", "--expert-parallel");
+        oneLineError(r, 1, "train `MixtralTiny` places its experts on 2 ranks (`parallel { ranks 2 }`), but this run has 1");
+        // interleaved experts: each rank's rows would not be one slice of the sorted rows
+        Path interleaved = mixtralPlaced("interleaved.moe", "parallel { ranks 2  experts per_rank([[0, 2, 4, 6], [1, 3, 5, 7]]) }");
+        Cli.Run i = Cli.run("train", interleaved.toString(), "--out", dir.resolve("i").toString(), "--backend", "cuda", "--expert-parallel",
+                "--gpus", "2");
+        oneLineError(i, 1, "--expert-parallel: layer 0's placement");
+        assertThat(i.err()).contains("does not give each rank a contiguous range of experts in rank order");
+    }
+
+    @Test
+    void aContiguousDeclaredPlacementIsTaken() throws Exception {
+        Model m = dev.moe.compiler.MoeCompiler.compile(mixtralPlaced("uneven.moe",
+                "parallel { ranks 2  experts per_rank([[0, 1, 2], [3, 4, 5, 6, 7]]) }")).orThrow().models().getFirst();
+        Training t = dev.moe.compiler.MoeCompiler.compile(dir.resolve("uneven.moe")).orThrow().trainings().getFirst();
+        SortedMap<Integer, ExpertPlacement> p = TrainCommand.placements(m, t, TrainCommand.ffnExpertsByLayer(m), 2);
+        assertThat(p.keySet()).containsExactly(0, 1, 2, 3);
+        assertThat(p.get(1).localExperts(0)).isEqualTo(3);
+        assertThat(p.get(1).localExperts(1)).isEqualTo(5);
+        // without a declaration: contiguous halves
+        SortedMap<Integer, ExpertPlacement> plain = TrainCommand.placements(m, null, TrainCommand.ffnExpertsByLayer(m), 2);
+        assertThat(plain.get(1).localExperts(0)).isEqualTo(4);
     }
 
     @Test
