@@ -37,8 +37,9 @@ import java.util.concurrent.TimeUnit;
  * balance loss or capacity computed per rank's batch is the same on both sides). Checked: every step's loss (1e-4 relative),
  * the first step's expert loads (exactly; a later step's may flip a near-tie, reported), before the sum each rank's gradients of
  * the experts it does not hold (exactly zero), after it every parameter's gradient (per tensor ‖got − want‖ / ‖want‖ within
- * 1e-4) and the same bits on every rank, and the weights after the three steps (within 1e-4, and the same bits on every rank).
- * A world of one must give the losses of the model without expert parallelism bit for bit ({@code --gpus 1}). Then the same
+ * 1e-4) and the same bits on every rank, and the weights after the three steps (within 1e-4, or all but 0.1% of them: AdamW
+ * moves a weight whose gradient is rounding noise by about lr either way; the same bits on every rank). A world of one must give
+ * the gradients and weights of the model without expert parallelism bit for bit, the losses within 1e-8 ({@code --gpus 1}). Then the same
  * with bf16 experts in worlds of one and two (2e-2; the weights not compared). Prints a table; exits 1 on any failure.
  *
  * <pre>
@@ -340,6 +341,18 @@ public final class ExpertParallelTrainCheck {
         return worst;
     }
 
+    /** The share of elements whose absolute difference is above {@code tolerance}. */
+    static double fractionBeyond(List<float[]> a, List<float[]> b, double tolerance) {
+        long beyond = 0, total = 0;
+        for (int i = 0; i < a.size(); i++) {
+            for (int j = 0; j < a.get(i).length; j++) {
+                beyond += Math.abs((double) a.get(i)[j] - b.get(i)[j]) > tolerance ? 1 : 0;
+            }
+            total += a.get(i).length;
+        }
+        return total == 0 ? 0 : (double) beyond / total;
+    }
+
     private static boolean sameBits(List<float[]> a, List<float[]> b) {
         for (int i = 0; i < a.size(); i++) {
             if (!Arrays.equals(a.get(i), b.get(i))) {
@@ -428,15 +441,19 @@ public final class ExpertParallelTrainCheck {
             }
         }
         double weights = maxAbs(got[0].weights(), ref.weights());
-        // a world of one runs every expert on its one rank: the losses of the model without expert parallelism, bit for bit
-        boolean exactOne = ranks > 1 || Arrays.equals(got[0].losses(), ref.losses());
-        // in bf16 AdamW's normalised steps turn the rounding of small gradients into differences of about lr: weights not compared
+        double beyond = fractionBeyond(got[0].weights(), ref.weights(), tolerance);
+        // A world of one runs every expert on its one rank: the gradients and weights of the model without expert parallelism, bit
+        // for bit (the step's loss is summed in another order on the host, so it may differ in the last bits: 1e-8).
+        boolean exactOne = ranks > 1 || (grad == 0 && weights == 0 && loss <= 1e-8);
+        // In fp32, AdamW moves a weight whose gradient is rounding noise by about lr either way (its normalised step is the sign of
+        // the noise), so as DeviceModelParity does, all but 0.1% of the weights within the tolerance; in bf16 the rounding of the
+        // experts' small gradients does that to many weights: not compared.
         boolean pass = loss <= tolerance && sameLoads && foreign.isEmpty() && ranksAgree && grad <= tolerance
-                && (divergedAt > 0 || bf16 || weights <= tolerance) && exactOne;
-        System.out.printf(Locale.ROOT, "%-16s %-4s R=%d %-22s %9.2e %5s %9.2e %-34s %9.2e %6s %6s %s%n", model.name(), bf16 ? "bf16" : "fp32", ranks,
-                "E/rank " + layout(placements.values().iterator().next()), loss, sameLoads ? "same" : "DIFF", grad, abbreviate(worst), weights,
+                && (divergedAt > 0 || bf16 || weights <= tolerance || beyond <= 1e-3) && exactOne;
+        System.out.printf(Locale.ROOT, "%-16s %-4s R=%d %-22s %9.2e %5s %9.2e %-34s %9.2e %8.1e %6s %6s %s%n", model.name(), bf16 ? "bf16" : "fp32", ranks,
+                "E/rank " + layout(placements.values().iterator().next()), loss, sameLoads ? "same" : "DIFF", grad, abbreviate(worst), weights, beyond,
                 foreign.isEmpty() ? "zero" : "NONZERO", ranksAgree ? "same" : "DIFF", (pass ? "ok" : "FAIL") + (foreign.isEmpty() ? "" : " (" + foreign + ")")
-                        + (exactOne ? "" : " (world of one: losses not bitwise those without expert parallelism)")
+                        + (exactOne ? "" : " (world of one: gradients or weights not bitwise those without expert parallelism)")
                         + (divergedAt > 0 ? " (routing diverged at step " + divergedAt + ": weights not compared)" : ""));
         return pass ? 0 : 1;
     }
@@ -466,8 +483,8 @@ public final class ExpertParallelTrainCheck {
         System.out.printf("moe train --expert-parallel's path on %s (%s): simulated ranks on one GPU, %d steps of %d micro-batches of %d"
                 + " sequences, against one model without expert parallelism on every rank's shard; fp32 within %.0e, bf16 experts within %.0e%n",
                 refCtx.deviceName, refCtx.arch, STEPS, MICRO, BATCH, TOLERANCE, BF16_TOLERANCE);
-        System.out.printf(Locale.ROOT, "%-16s %-4s %-3s %-22s %9s %5s %9s %-34s %9s %6s %6s%n", "model", "", "", "placement (1st layer)", "loss", "loads",
-                "grads", "worst tensor", "weights", "others", "ranks");
+        System.out.printf(Locale.ROOT, "%-16s %-4s %-3s %-22s %9s %5s %9s %-34s %9s %8s %6s %6s%n", "model", "", "", "placement (1st layer)", "loss", "loads",
+                "grads", "worst tensor", "weights", ">1e-4", "others", "ranks");
         for (Model m : models(recipes)) {
             DeviceModels.Classes classes = DeviceModels.compile(m, m.name());
             // fp32 (1e-4), then bf16 experts (2e-2; weights not compared): a model reads its context's precision when built

@@ -38,7 +38,10 @@ public record Throughput(double trainFlopsPerToken, double peakFlops, String pea
         }
         String flops = f >= 1e12 ? String.format(Locale.ROOT, "%.1f TFLOP/s", f / 1e12) : String.format(Locale.ROOT, "%.1f GFLOP/s", f / 1e9);
         double mfu = mfu(tokensPerSecond);
-        return "  " + flops + (Double.isFinite(mfu) ? String.format(Locale.ROOT, "  MFU %.1f%%", 100 * mfu) : "");
+        // a tiny model on a large GPU is far below 1%: two significant digits rather than "0.0%"
+        String percent = !Double.isFinite(mfu) ? "" : 100 * mfu >= 1 ? String.format(Locale.ROOT, "  MFU %.1f%%", 100 * mfu)
+                : String.format(Locale.ROOT, "  MFU %.2g%%", 100 * mfu);
+        return "  " + flops + percent;
     }
 
     /** The metrics line's fields, e.g. {@code ",\"model_tflops\":118.2,\"mfu\":0.1195"}; empty without a FLOP count. */

@@ -18,6 +18,13 @@ class ThroughputTest {
     }
 
     @Test
+    void aSmallMfuKeepsTwoSignificantDigits() {
+        // mixtral.moe's tiny model on an H200: 259.7 GFLOP/s
+        Throughput t = Throughput.ofForward(2.5e6, 989e12, "NVIDIA H200, dense bf16");
+        assertThat(t.progress(34_600)).isEqualTo("  259.5 GFLOP/s  MFU 0.026%");
+    }
+
+    @Test
     void withoutAPeakOnlyModelFlopsAreShown() {
         Throughput t = Throughput.ofForward(4.6e6, Double.NaN, "");
         assertThat(t.mfu(10_000)).isNaN();
