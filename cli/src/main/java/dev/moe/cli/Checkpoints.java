@@ -34,7 +34,8 @@ final class Checkpoints {
         if (source == null) {
             throw new Recipes.UserError(checkpoint + " carries no recipe in its metadata");
         }
-        Recipes.Loaded loaded = Recipes.load(new SourceFile(name, source), meta.get("model"), backend, err);
+        // the weights need the models only: a placement file the recipe named at training time need not be there any more
+        Recipes.Loaded loaded = Recipes.loadForWeights(new SourceFile(name, source), meta.get("model"), backend, err);
         try {
             Checkpoint.load(checkpoint, loaded.instance().parameters(), null);
             // the step the weights were trained to: annealed router temperatures depend on it

@@ -56,7 +56,15 @@ final class Recipes {
 
     /** Checks the file, printing its diagnostics; its checked models and train blocks, or an error. */
     static CompiledFile compile(SourceFile source, PrintWriter err) throws UserError {
-        CompileResult result = MoeCompiler.compile(source);
+        return printed(MoeCompiler.compile(source), source, err);
+    }
+
+    /** A checkpoint's recipe for its weights ({@link MoeCompiler#compileForWeights}: placements not read), the model named or the only one. */
+    static Loaded loadForWeights(SourceFile source, String modelName, BackendFactory backend, PrintWriter err) throws UserError {
+        return select(printed(MoeCompiler.compileForWeights(source), source, err), source, modelName, backend);
+    }
+
+    private static CompiledFile printed(CompileResult result, SourceFile source, PrintWriter err) throws UserError {
         result.diagnostics().forEach(d -> err.print(DiagnosticRenderer.render(d)));
         err.flush();
         if (result.output().isEmpty()) {

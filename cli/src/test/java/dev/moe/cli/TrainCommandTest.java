@@ -121,6 +121,28 @@ class TrainCommandTest {
     }
 
     @Test
+    void aCheckpointLoadsWithoutThePlacementFileItsRecipeNamed() throws IOException {
+        // a data-parallel run ignores the placement; the file may be gone (or recomputed) by the time the weights are used
+        Path placement = dir.resolve("p.json");
+        Files.writeString(placement, """
+                {"ranks": 1, "layers": [{"moe_layer": 0, "imbalance_contiguous": 1.0, "imbalance_balanced": 1.0, "experts_of_rank": [[0, 1, 2, 3]]}]}
+                """);
+        String placed = RECIPE.replace("  steps 12\n", "  steps 12\n  parallel { ranks 1  experts file(\"p.json\") }\n");
+        assertThat(placed).isNotEqualTo(RECIPE);
+        Files.writeString(recipe, placed);
+        Path out = dir.resolve("placed");
+        Cli.Run t = train(out, "--steps", "2");
+        assertWithMessage("%s", t).that(t.exit()).isEqualTo(0);
+        Files.delete(placement);
+        assertThat(Cli.run("check", recipe.toString()).err()).contains("MOE0612");
+        Cli.Run g = Cli.run("generate", out.toString(), "--prompt", "12+3=", "--max-tokens", "4", "--seed", "1");
+        assertWithMessage("%s", g).that(g.exit()).isEqualTo(0);
+        assertThat(g.out()).startsWith("12+3=");
+        Cli.Run e = Cli.run("eval", out.toString(), "--batches", "1");
+        assertWithMessage("%s", e).that(e.exit()).isEqualTo(0);
+    }
+
+    @Test
     void badInputsAreCleanErrors() throws IOException {
         Cli.Run missing = Cli.run("generate", dir.resolve("nope.safetensors").toString(), "--prompt", "x");
         assertThat(missing.exit()).isEqualTo(1);

@@ -32,15 +32,28 @@ public final class MoeCompiler {
 
     /** Imports resolve relative to the directory of {@code source.name()}. */
     public static CompileResult compile(SourceFile source) {
+        return compile(source, true);
+    }
+
+    /**
+     * The recipe a checkpoint carries, compiled to rebuild its models for inference or evaluation: the train blocks' `parallel`
+     * placements are not checked (their {@link dev.moe.compiler.ir.Training#parallel} is empty), so a placement file that has
+     * since moved, or was recomputed for other ranks, does not stop {@code moe generate} from loading the weights.
+     */
+    public static CompileResult compileForWeights(SourceFile source) {
+        return compile(source, false);
+    }
+
+    private static CompileResult compile(SourceFile source, boolean placements) {
         try {
-            return dev.moe.dsl.BigStack.call("moe-check", () -> check(source));
+            return dev.moe.dsl.BigStack.call("moe-check", () -> check(source, placements));
         } catch (dev.moe.dsl.BigStack.Overflow e) {
             return new CompileResult(source.name(), Optional.empty(), List.of(dev.moe.dsl.diag.Diagnostic.error(dev.moe.dsl.diag.Code.NESTING_TOO_DEEP,
                     source, dev.moe.dsl.Span.START, "file is nested too deeply to check (stack overflow)")));
         }
     }
 
-    private static CompileResult check(SourceFile source) {
+    private static CompileResult check(SourceFile source, boolean placements) {
         ParseResult parsed = DslParser.parse(source);
         if (parsed.file().isEmpty()) {
             return new CompileResult(source.name(), Optional.empty(), parsed.diagnostics());
@@ -70,7 +83,7 @@ public final class MoeCompiler {
                 modelOf.apply(m.node().name().text()).ifPresent(ownModels::add);
             }
         }
-        TrainChecker trains = new TrainChecker(program, evaluator, read, modelOf);
+        TrainChecker trains = new TrainChecker(program, evaluator, read, modelOf, placements);
         List<Training> trainings = new ArrayList<>();
         for (Declared<TrainDecl> t : program.trainings) {
             trains.check(t).ifPresent(trainings::add);

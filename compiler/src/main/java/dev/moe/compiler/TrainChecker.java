@@ -50,7 +50,11 @@ final class TrainChecker {
     /** Models whose train blocks come before the one being checked: what {@code from: Name} may read. */
     private Set<String> trainedBefore = Set.of();
 
-    TrainChecker(Program program, Evaluator evaluator, Read read, Function<String, Optional<Model>> models) {
+    /** Whether `parallel` blocks are checked (and their placement files read): not when rebuilding a checkpoint's models. */
+    private final boolean placements;
+
+    TrainChecker(Program program, Evaluator evaluator, Read read, Function<String, Optional<Model>> models, boolean placements) {
+        this.placements = placements;
         this.program = program;
         this.evaluator = evaluator;
         this.read = read;
@@ -158,7 +162,9 @@ final class TrainChecker {
                 var d = reporter.error(Code.PLACEMENT_TWICE, map.get("experts_per_rank").get(), "`experts_per_rank` beside a `parallel` block");
                 reporter.help(d, "remove `experts_per_rank`: `parallel { ranks n }` places the experts in blocks of E/n by default");
             }
-            parallel = new ParallelChecker(evaluator, read).check(first, src, model);
+            if (placements) {
+                parallel = new ParallelChecker(evaluator, read).check(first, src, model);
+            }
         }
 
         List<Training.Stage> checkedStages = new ArrayList<>();
