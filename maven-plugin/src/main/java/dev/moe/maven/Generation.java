@@ -248,7 +248,11 @@ final class Generation {
         return HexFormat.of().formatHex(sha.digest());
     }
 
-    /** The file and everything it imports, transitively; parse failures just end the walk there. */
+    /**
+     * The file, everything it imports, transitively, and the placement files its train blocks read ({@code parallel { experts
+     * file("...") }}: the compiler checks them against the model, so a changed one may turn a clean file into one with errors);
+     * parse failures just end the walk there.
+     */
     private static Set<Path> closure(Path source) {
         Set<Path> seen = new TreeSet<>();
         List<Path> todo = new ArrayList<>(List.of(source.toAbsolutePath().normalize()));
@@ -271,10 +275,35 @@ final class Generation {
                     } catch (InvalidPathException e) {
                         // reported by the compiler when the file is checked
                     }
+                } else if (t instanceof dev.moe.dsl.ast.TrainDecl train) {
+                    for (String file : placementFiles(train)) {
+                        try {
+                            seen.add(p.getParent().resolve(file).normalize()); // read, not parsed: not walked further
+                        } catch (InvalidPathException e) {
+                            // reported by the compiler when the file is checked
+                        }
+                    }
                 }
             }
         }
         return seen;
+    }
+
+    /** The paths of a train block's {@code parallel { experts file("path") }} lines, as written. */
+    static List<String> placementFiles(dev.moe.dsl.ast.TrainDecl train) {
+        List<String> out = new ArrayList<>();
+        for (dev.moe.dsl.ast.TrainMember m : train.members()) {
+            if (m instanceof dev.moe.dsl.ast.ParallelBlock block) {
+                for (dev.moe.dsl.ast.Setting s : block.settings()) {
+                    if (s.key().text().equals("experts") && s.value() instanceof dev.moe.dsl.ast.Expr.Call call
+                            && call.callee().text().equals("file") && !call.arguments().isEmpty()
+                            && call.arguments().getFirst().value() instanceof dev.moe.dsl.ast.Expr.StringLit path) {
+                        out.add(path.value());
+                    }
+                }
+            }
+        }
+        return out;
     }
 
     /** Writes only when the content differs, so that an unchanged output keeps its timestamp. */

@@ -168,6 +168,33 @@ class GenerationTest {
     }
 
     @Test
+    void changingAPlacementFileRechecksTheFileThatReadsIt() throws IOException {
+        Files.writeString(src.resolve("com/example/placement.json"), placement(0, 1, 2, 3));
+        Files.writeString(src.resolve("com/example/a.moe"), model("Alpha") + """
+
+                train Alpha {
+                  steps 10
+                  parallel { ranks 1  experts file("placement.json") }
+                }
+                """);
+        Generation.Result r = run(true);
+        assertWithMessage("%s", log).that(r.errors()).isEqualTo(0);
+        log.clear();
+        // a placement that no longer fits the model (expert 9 of 4): the file is checked again, and the error reported
+        Files.writeString(src.resolve("com/example/placement.json"), placement(0, 1, 2, 9));
+        r = run(true);
+        assertThat(log).contains("checking com/example/a.moe");
+        assertThat(log).doesNotContain("checking com/example/b.moe");
+        assertThat(r.errors()).isEqualTo(1);
+        assertThat(String.join("\n", log)).contains("MOE0612");
+    }
+
+    private static String placement(int... experts) {
+        return "{\"ranks\": 1, \"layers\": [{\"moe_layer\": 0, \"imbalance_contiguous\": 1.0, \"imbalance_balanced\": 1.0, \"experts_of_rank\": [["
+                + java.util.Arrays.stream(experts).mapToObj(String::valueOf).collect(java.util.stream.Collectors.joining(", ")) + "]]}]}";
+    }
+
+    @Test
     void anErrorInASharedImportIsReportedOnceWithTheCliText() throws IOException {
         Files.writeString(src.resolve("com/example/layers.moe"), LAYERS.replace("top_k 2", "top_k 9"));
         Generation.Result r = run(true);
