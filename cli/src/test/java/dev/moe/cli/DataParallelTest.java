@@ -75,7 +75,7 @@ class DataParallelTest {
                 "--gpus", "1");
         assertWithMessage("%s", launched).that(launched.exit()).isEqualTo(0);
         assertThat(launched.out()).contains("[rank 0] training Tiny");
-        assertThat(launched.out()).contains("[rank 0] note: experts_per_rank 2 is declared, but this version trains data-parallel");
+        assertThat(launched.out()).contains("[rank 0] note: Tiny declares where its experts run, but this run is data-parallel (every rank runs every expert); --expert-parallel uses the placement");
         assertThat(plain.out()).doesNotContain("experts_per_rank");
         assertThat(TrainCommandTest.tensors(dir.resolve("launched/last.safetensors")))
                 .isEqualTo(TrainCommandTest.tensors(dir.resolve("plain/last.safetensors")));

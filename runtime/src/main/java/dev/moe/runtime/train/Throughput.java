@@ -36,7 +36,8 @@ public record Throughput(double trainFlopsPerToken, double peakFlops, String pea
         if (!Double.isFinite(f)) {
             return "";
         }
-        String flops = f >= 1e12 ? String.format(Locale.ROOT, "%.1f TFLOP/s", f / 1e12) : String.format(Locale.ROOT, "%.1f GFLOP/s", f / 1e9);
+        String flops = f >= 1e12 ? String.format(Locale.ROOT, "%.1f TFLOP/s", f / 1e12) : f >= 1e9 ? String.format(Locale.ROOT, "%.1f GFLOP/s", f / 1e9)
+                : String.format(Locale.ROOT, "%.1f MFLOP/s", f / 1e6);
         double mfu = mfu(tokensPerSecond);
         // a tiny model on a large GPU is far below 1%: two significant digits rather than "0.0%"
         String percent = !Double.isFinite(mfu) ? "" : 100 * mfu >= 1 ? String.format(Locale.ROOT, "  MFU %.1f%%", 100 * mfu)

@@ -30,6 +30,8 @@ class ThroughputTest {
         assertThat(t.mfu(10_000)).isNaN();
         assertThat(t.progress(10_000)).isEqualTo("  138.0 GFLOP/s");
         assertThat(t.json(10_000)).isEqualTo(",\"model_tflops\":0.1380");
+        // a test-sized model on one CPU thread
+        assertThat(Throughput.ofForward(22.3e3, Double.NaN, "").progress(162)).isEqualTo("  10.8 MFLOP/s");
     }
 
     @Test
