@@ -546,8 +546,8 @@ final class TrainCommand implements Callable<Integer> {
     /**
      * The one place a placement is chosen under --expert-parallel: the recipe's ({@code parallel { ... }} or
      * {@code experts_per_rank}, checked against the run's ranks by {@link ExpertPlacements#forWorld}), else contiguous ranges.
-     * The device path sends each rank's expert-sorted rows as one slice, so a declared placement must give each rank a
-     * contiguous range in rank order, and it places the FFN experts the GPU layer runs (zero and copy experts need no place).
+     * Any placement of the FFN experts the GPU layer runs (zero and copy experts need no place): one whose ranks do not hold
+     * contiguous ranges in rank order has its experts renumbered on the device ({@link dev.moe.cuda.dist.ExpertOrder}).
      */
     static java.util.SortedMap<Integer, ExpertPlacement> placements(Model declared, Training t, java.util.SortedMap<Integer, Integer> expertsByLayer,
             int ranks) throws Recipes.UserError {
@@ -564,13 +564,6 @@ final class TrainCommand implements Callable<Integer> {
             if (p.experts() != e.getValue()) {
                 throw new Recipes.UserError("--expert-parallel: layer " + e.getKey() + "'s placement covers " + p.experts() + " routed experts, but"
                         + " its GPU layer runs " + e.getValue() + " FFN experts (zero and copy experts are not placed on the device yet)");
-            }
-            try {
-                dev.moe.cuda.dist.SortedDispatch.requireContiguous(p);
-            } catch (IllegalArgumentException ex) {
-                throw new Recipes.UserError("--expert-parallel: layer " + e.getKey() + "'s placement (" + p + ") does not give each rank a"
-                        + " contiguous range of experts in rank order (rank 0 the first ones), which the GPU path needs: renumbering experts"
-                        + " is not implemented yet; declare `experts contiguous` or contiguous `per_rank` lists");
             }
             out.put(e.getKey(), p);
         }

@@ -69,12 +69,21 @@ class ExpertParallelOptionTest {
         Path two = mixtralPlaced("two.moe", "parallel { ranks 2  experts contiguous }");
         Cli.Run r = Cli.run("train", two.toString(), "--out", dir.resolve("t").toString(), "--backend", "cuda", "--expert-parallel");
         oneLineError(r, 1, "train `MixtralTiny` places its experts on 2 ranks (`parallel { ranks 2 }`), but this run has 1");
-        // interleaved experts: each rank's rows would not be one slice of the sorted rows
+    }
+
+    @Test
+    void anInterleavedPlacementIsTakenAsDeclared() throws Exception {
+        // not contiguous in rank order: the device layer renumbers the experts into slots (ExpertOrder), so it is no longer refused
         Path interleaved = mixtralPlaced("interleaved.moe", "parallel { ranks 2  experts per_rank([[0, 2, 4, 6], [1, 3, 5, 7]]) }");
-        Cli.Run i = Cli.run("train", interleaved.toString(), "--out", dir.resolve("i").toString(), "--backend", "cuda", "--expert-parallel",
-                "--gpus", "2");
-        oneLineError(i, 1, "--expert-parallel: layer 0's placement");
-        assertThat(i.err()).contains("does not give each rank a contiguous range of experts in rank order");
+        Model m = dev.moe.compiler.MoeCompiler.compile(interleaved).orThrow().models().getFirst();
+        Training t = dev.moe.compiler.MoeCompiler.compile(interleaved).orThrow().trainings().getFirst();
+        SortedMap<Integer, ExpertPlacement> p = TrainCommand.placements(m, t, TrainCommand.ffnExpertsByLayer(m), 2);
+        assertThat(p.keySet()).containsExactly(0, 1, 2, 3);
+        for (ExpertPlacement layer : p.values()) {
+            assertThat(layer.expertsOf(0)).asList().containsExactly(0, 2, 4, 6).inOrder();
+            assertThat(layer.expertsOf(1)).asList().containsExactly(1, 3, 5, 7).inOrder();
+            assertThat(dev.moe.cuda.dist.ExpertOrder.of(layer).order()).asList().containsExactly(0, 2, 4, 6, 1, 3, 5, 7).inOrder();
+        }
     }
 
     @Test

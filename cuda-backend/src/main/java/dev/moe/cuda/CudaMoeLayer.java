@@ -117,6 +117,12 @@ public final class CudaMoeLayer implements AutoCloseable {
     private final ExpertGemms gemms;
     /** Where the FFN experts run when not here (expert parallelism), else null. */
     private ExpertStage stage;
+    /**
+     * The stage's {@link ExpertStage#rowOrder} when it is not the experts' own order: h's rows sorted by slot, the expert in each
+     * slot on the host and on the device (for expert_offsets_ordered); else null and 0, and the rows sorted by expert id.
+     */
+    private int[] rowOrder;
+    private DeviceAllocator.Block rowOrderBlock;
 
     public CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType) {
         this(ctx, spec, gradsInActivationType, null, null);
@@ -164,6 +170,7 @@ public final class CudaMoeLayer implements AutoCloseable {
             throw new IllegalArgumentException("an expert stage with MoE++ constant experts is not supported");
         }
         this.stage = stage;
+        setRowOrder(stage.rowOrder());
     }
 
     /**
@@ -292,6 +299,43 @@ public final class CudaMoeLayer implements AutoCloseable {
         }
         ctx.kernel(source, "router_sequence_stats");
         ctx.kernel(source, "router_backward_balance");
+        if (stage != null) {
+            setRowOrder(stage.rowOrder());
+        }
+    }
+
+    /**
+     * Sorts h's rows by {@code order} (the expert in each slot; null or the identity: by expert id, as without a stage). Only
+     * the experts' offsets change: the routing, the counts and each row's rank within its expert keep the expert ids.
+     */
+    private void setRowOrder(int[] order) {
+        int e = spec.experts();
+        boolean identity = true;
+        if (order != null) {
+            if (order.length != e) {
+                throw new IllegalArgumentException("a row order of " + order.length + " slots for " + e + " FFN experts");
+            }
+            boolean[] seen = new boolean[e];
+            for (int sl = 0; sl < e; sl++) {
+                int ex = order[sl];
+                if (ex < 0 || ex >= e || seen[ex]) {
+                    throw new IllegalArgumentException("a row order is not a permutation of the " + e + " FFN experts: " + java.util.Arrays.toString(order));
+                }
+                seen[ex] = true;
+                identity &= ex == sl;
+            }
+        }
+        if (rowOrderBlock != null) {
+            rowOrderBlock.close();
+            rowOrderBlock = null;
+        }
+        rowOrder = null;
+        if (!identity) {
+            ctx.kernel(source, "expert_offsets_ordered");
+            rowOrderBlock = ctx.allocator.allocate((long) e * 4);
+            ctx.upload(order, rowOrderBlock.pointer);
+            rowOrder = order.clone();
+        }
     }
 
     /**
@@ -838,7 +882,12 @@ public final class CudaMoeLayer implements AutoCloseable {
                     kept);
             rankRows(idx, kept, m, e, rank, counts);
         }
-        launch("expert_offsets", 1, 32, counts, offs);
+        if (rowOrder == null) {
+            launch("expert_offsets", 1, 32, counts, offs);
+        } else {
+            // the stage's slots: each rank's experts' rows one slice of h (the capacity drops above are per expert id, unaffected)
+            launch("expert_offsets_ordered", 1, 32, counts, rowOrderBlock.pointer, offs);
+        }
         mark("rank+offsets");
         if (countsHost == null || countsHost.byteSize() < (long) er * 4) {
             freeCountsHost();
@@ -989,7 +1038,11 @@ public final class CudaMoeLayer implements AutoCloseable {
         if (stage == null) {
             gemms.forward(offsets, w13, w2, h, g, a, y, this::mark);
         } else {
-            stage.forward(h, java.util.Arrays.copyOf(routedCounts, e), y);
+            int[] stageCounts = new int[e];
+            for (int sl = 0; sl < e; sl++) {
+                stageCounts[sl] = routedCounts[rowOrder == null ? sl : rowOrder[sl]];
+            }
+            stage.forward(h, stageCounts, y);
             mark("expert stage");
         }
         if (spec.constantExperts() > 0) {
@@ -1207,7 +1260,7 @@ public final class CudaMoeLayer implements AutoCloseable {
         release(saved);
         release(backwardBlocks);
         release(gateBlocks);
-        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {inAct, dOutAct, routerInAct}) {
+        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {inAct, dOutAct, routerInAct, rowOrderBlock}) {
             if (b != null) {
                 b.close();
             }

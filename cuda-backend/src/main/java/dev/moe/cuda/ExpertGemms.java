@@ -51,13 +51,23 @@ public final class ExpertGemms {
      */
     public void forward(int[] offsets, long w13, long w2, long h, long g, long a, long y, Consumer<String> mark) {
         int experts = offsets.length - 1;
+        forward(offsets, strided(w13, experts, (long) gw * in * actBytes), strided(w2, experts, (long) d * f * actBytes), h, g, a, y, mark);
+    }
+
+    /**
+     * {@link #forward(int[], long, long, long, long, long, long, Consumer)} with each expert's weights where they lie: expert i's
+     * at {@code w13[i]} and {@code w2[i]} (an expert-parallel stage's experts in a buffer that holds every expert, in any order).
+     */
+    public void forward(int[] offsets, long[] w13, long[] w2, long h, long g, long a, long y, Consumer<String> mark) {
+        int experts = offsets.length - 1;
+        checkExperts(experts, w13, w2);
         for (int ex = 0; ex < experts; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
             if (rows == 0) {
                 continue;
             }
             // g_e[rows, GW] = h_e · w13_eᵀ
-            ctx.blas.matmul(ctx.stream, true, false, gw, rows, in, w13 + (long) ex * gw * in * actBytes, act, in,
+            ctx.blas.matmul(ctx.stream, true, false, gw, rows, in, w13[ex], act, in,
                     h + (long) r0 * in * actBytes, act, in, g + (long) r0 * gw * actBytes, act, gw, false);
         }
         mark.accept("gemm gate/up");
@@ -70,7 +80,7 @@ public final class ExpertGemms {
                 continue;
             }
             // y_e[rows, D] = a_e · w2_eᵀ
-            ctx.blas.matmul(ctx.stream, true, false, d, rows, f, w2 + (long) ex * d * f * actBytes, act, f,
+            ctx.blas.matmul(ctx.stream, true, false, d, rows, f, w2[ex], act, f,
                     a + (long) r0 * f * actBytes, act, f, y + (long) r0 * d * actBytes, act, d, false);
         }
         mark.accept("gemm down");
@@ -84,13 +94,24 @@ public final class ExpertGemms {
     public void backward(int[] offsets, long w13, long w2, long dW13, long dW2, boolean accumulate, long h, long g, long a, long dy, long da,
             long dg, long dh) {
         int experts = offsets.length - 1;
+        long w13Bytes = (long) gw * in, w2Bytes = (long) d * f;
+        backward(offsets, strided(w13, experts, w13Bytes * actBytes), strided(w2, experts, w2Bytes * actBytes), strided(dW13, experts,
+                w13Bytes * gradType.bytes), strided(dW2, experts, w2Bytes * gradType.bytes), accumulate, h, g, a, dy, da, dg, dh);
+    }
+
+    /** {@link #backward(int[], long, long, long, long, boolean, long, long, long, long, long, long, long)} with each expert's weights and gradients where they lie. */
+    public void backward(int[] offsets, long[] w13, long[] w2, long[] dW13, long[] dW2, boolean accumulate, long h, long g, long a, long dy,
+            long da, long dg, long dh) {
+        int experts = offsets.length - 1;
+        checkExperts(experts, w13, w2);
+        checkExperts(experts, dW13, dW2);
         int gb = gradType.bytes;
         for (int ex = 0; ex < experts; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
-            long w2e = w2 + (long) ex * d * f * actBytes;
+            long w2e = w2[ex];
             if (rows == 0) {
                 if (!accumulate) {
-                    ctx.driver.memsetZero(dW2 + (long) ex * d * f * gb, (long) d * f * gb, ctx.stream);
+                    ctx.driver.memsetZero(dW2[ex], (long) d * f * gb, ctx.stream);
                 }
                 continue;
             }
@@ -99,16 +120,16 @@ public final class ExpertGemms {
                     da + (long) r0 * f * actBytes, act, f, false);
             // dw2_e[D, F] = dy_eᵀ · a_e
             ctx.blas.matmul(ctx.stream, false, true, f, d, rows, a + (long) r0 * f * actBytes, act, f, dy + (long) r0 * d * actBytes, act,
-                    d, dW2 + (long) ex * d * f * gb, gradType, f, accumulate);
+                    d, dW2[ex], gradType, f, accumulate);
         }
         long n = (long) offsets[experts] * f;
         launch("expert_act_backward", elementwiseGrid(n), g, da, dg, n);
         for (int ex = 0; ex < experts; ex++) {
             int r0 = offsets[ex], rows = offsets[ex + 1] - r0;
-            long w13e = w13 + (long) ex * gw * in * actBytes;
+            long w13e = w13[ex];
             if (rows == 0) {
                 if (!accumulate) {
-                    ctx.driver.memsetZero(dW13 + (long) ex * gw * in * gb, (long) gw * in * gb, ctx.stream);
+                    ctx.driver.memsetZero(dW13[ex], (long) gw * in * gb, ctx.stream);
                 }
                 continue;
             }
@@ -117,7 +138,22 @@ public final class ExpertGemms {
                     dh + (long) r0 * in * actBytes, act, in, false);
             // dw13_e[GW, DIN] = dg_eᵀ · h_e
             ctx.blas.matmul(ctx.stream, false, true, in, gw, rows, h + (long) r0 * in * actBytes, act, in, dg + (long) r0 * gw * actBytes,
-                    act, gw, dW13 + (long) ex * gw * in * gb, gradType, in, accumulate);
+                    act, gw, dW13[ex], gradType, in, accumulate);
+        }
+    }
+
+    /** Expert i's pointer {@code base + i · bytes}: the experts one after another, as a layer holds them. */
+    public static long[] strided(long base, int experts, long bytes) {
+        long[] out = new long[experts];
+        for (int ex = 0; ex < experts; ex++) {
+            out[ex] = base + ex * bytes;
+        }
+        return out;
+    }
+
+    private static void checkExperts(int experts, long[] a, long[] b) {
+        if (a.length != experts || b.length != experts) {
+            throw new IllegalArgumentException("pointers for " + a.length + " and " + b.length + " experts, offsets for " + experts);
         }
     }
 

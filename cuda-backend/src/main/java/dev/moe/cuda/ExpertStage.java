@@ -10,9 +10,19 @@ package dev.moe.cuda;
 public interface ExpertStage extends AutoCloseable {
     /**
      * {@code y [rows, D]} for {@code h [rows, DIN]}, whose first {@code counts[0]} rows are expert 0's, then expert 1's, and so on
-     * ({@code counts.length} is the layer's FFN experts; rows = their sum). Both pointers stay valid until the layer's next forward.
+     * ({@code counts.length} is the layer's FFN experts; rows = their sum); with a {@link #rowOrder}, slot 0's, then slot 1's, and
+     * the counts are per slot. Both pointers stay valid until the layer's next forward.
      */
     void forward(long h, int[] counts, long y);
+
+    /**
+     * The order of the experts' rows in h this stage wants: slot s holds expert {@code rowOrder()[s]} (an expert-parallel
+     * placement whose ranks do not hold contiguous ranges in rank order, renumbered so that they do); null for the experts' own
+     * order, as without a stage. The layer reads it when the stage is set.
+     */
+    default int[] rowOrder() {
+        return null;
+    }
 
     /** The backward of the last {@link #forward}: {@code dh} (laid out as h) for {@code dy} (laid out as y), and the weight gradients. */
     void backward(long dy, long dh);

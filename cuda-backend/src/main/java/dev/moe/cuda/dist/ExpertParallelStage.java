@@ -25,18 +25,27 @@ import java.util.List;
  * {@code w2 [L, D, F]}; gradients fp32 or, with {@code gradsInActivationType}, the activation type. Backward overwrites them.
  * A stage {@link #onArena on a model's arena} owns no weights: it reads its experts' slices of buffers that hold every expert and
  * ADDS to the fp32 gradients' slices (a model accumulating micro-batches), leaving the other experts' gradients alone.
+ *
+ * <p>Any placement: when its ranks do not hold contiguous ranges in rank order, the layer sorts its rows by slot
+ * ({@link ExpertOrder}, this stage's {@link #rowOrder}) so that each rank's rows are still one slice of h, and the dispatch runs
+ * on the renumbered placement; this rank's local experts are its experts ascending (in slot order too), each read and written at
+ * its own expert's place.
  */
 public final class ExpertParallelStage implements ExpertStage {
     private final CudaContext ctx;
     private final Spec spec;
     private final DeviceExchange exchange;
+    private final ExpertPlacement placement;
+    /** The slots (the identity for a placement contiguous in rank order); the dispatch runs on the renumbered placement. */
+    private final ExpertOrder order;
     private final SortedDispatch dispatch;
     private final ExpertGemms gemms;
     private final Type act, gradType;
     private final int actBytes, local, gw;
     /** The weight blocks this stage allocated itself (null on an arena). */
     private final DeviceAllocator.Block w13Block, w2Block, dW13Block, dW2Block;
-    private final long w13, w2, dW13, dW2;
+    /** Each local expert's weights and gradients. */
+    private final long[] w13, w2, dW13, dW2;
     /** Whether backward adds to the weight gradients (on an arena) or overwrites them. */
     private final boolean accumulate;
     private final List<DeviceAllocator.Block> saved = new ArrayList<>();
@@ -71,7 +80,9 @@ public final class ExpertParallelStage implements ExpertStage {
         this.ctx = ctx;
         this.spec = spec;
         this.exchange = exchange;
-        this.dispatch = new SortedDispatch(placement);
+        this.placement = placement;
+        this.order = ExpertOrder.of(placement);
+        this.dispatch = new SortedDispatch(order.renumbered());
         this.act = spec.precision() == Precision.BF16 ? Type.BF16 : Type.F32;
         this.gradType = gradsInActivationType ? act : Type.F32;
         this.actBytes = act.bytes;
@@ -84,20 +95,40 @@ public final class ExpertParallelStage implements ExpertStage {
             w2Block = ctx.allocator.allocate(l * d * f * actBytes);
             dW13Block = ctx.allocator.allocate(l * gw * in * gradType.bytes);
             dW2Block = ctx.allocator.allocate(l * d * f * gradType.bytes);
-            w13 = w13Block.pointer;
-            w2 = w2Block.pointer;
-            dW13 = dW13Block.pointer;
-            dW2 = dW2Block.pointer;
+            w13 = ExpertGemms.strided(w13Block.pointer, local, gw * in * actBytes);
+            w2 = ExpertGemms.strided(w2Block.pointer, local, d * f * actBytes);
+            dW13 = ExpertGemms.strided(dW13Block.pointer, local, gw * in * gradType.bytes);
+            dW2 = ExpertGemms.strided(dW2Block.pointer, local, d * f * gradType.bytes);
             accumulate = false;
         } else {
-            ArenaSlices s = ArenaSlices.of(placement, exchange.rank(), gw, spec.expertIn(), spec.dim(), spec.hidden(), actBytes, gradType.bytes);
+            // each local expert at its own expert's place: one slice per rank for a contiguous placement, scattered otherwise
+            ArenaSlices.Experts s = ArenaSlices.ofExperts(placement, exchange.rank(), gw, spec.expertIn(), spec.dim(), spec.hidden(), actBytes,
+                    gradType.bytes);
             w13Block = w2Block = dW13Block = dW2Block = null;
-            w13 = every.w13() + s.w13();
-            w2 = every.w2() + s.w2();
-            dW13 = every.dW13() + s.dW13();
-            dW2 = every.dW2() + s.dW2();
+            w13 = shifted(every.w13(), s.w13());
+            w2 = shifted(every.w2(), s.w2());
+            dW13 = shifted(every.dW13(), s.dW13());
+            dW2 = shifted(every.dW2(), s.dW2());
             accumulate = true;
         }
+    }
+
+    private static long[] shifted(long base, long[] offsets) {
+        long[] out = new long[offsets.length];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = base + offsets[i];
+        }
+        return out;
+    }
+
+    @Override
+    public int[] rowOrder() {
+        return order.identity() ? null : order.order();
+    }
+
+    /** The slots this stage's layer sorts its rows by (the identity for a placement contiguous in rank order). */
+    public ExpertOrder expertOrder() {
+        return order;
     }
 
     /** The experts this rank holds. */
@@ -110,10 +141,9 @@ public final class ExpertParallelStage implements ExpertStage {
         if (w13Block == null) {
             throw new IllegalStateException("a stage on an arena reads its weights there");
         }
-        ExpertPlacement p = dispatch.placement();
         int me = exchange.rank();
-        upload(ExpertShards.local(gateUpAll, gw * spec.expertIn(), p, me), w13);
-        upload(ExpertShards.local(downAll, spec.dim() * spec.hidden(), p, me), w2);
+        upload(ExpertShards.local(gateUpAll, gw * spec.expertIn(), placement, me), w13Block.pointer);
+        upload(ExpertShards.local(downAll, spec.dim() * spec.hidden(), placement, me), w2Block.pointer);
     }
 
     private void upload(float[] values, long device) {
@@ -127,6 +157,14 @@ public final class ExpertParallelStage implements ExpertStage {
         }
     }
 
+    private float[] downloadGrad(long[] experts, int perExpert) {
+        float[] out = new float[experts.length * perExpert];
+        for (int l = 0; l < experts.length; l++) {
+            System.arraycopy(downloadGrad(experts[l], perExpert), 0, out, l * perExpert, perExpert);
+        }
+        return out;
+    }
+
     private float[] downloadGrad(long device, int n) {
         if (n == 0) {
             return new float[0];
@@ -136,12 +174,12 @@ public final class ExpertParallelStage implements ExpertStage {
 
     /** This rank's experts' gate/up gradients {@code [L, GW, DIN]} after the last backward. */
     public float[] gateUpGrad() {
-        return downloadGrad(dW13, local * gw * spec.expertIn());
+        return downloadGrad(dW13, gw * spec.expertIn());
     }
 
     /** This rank's experts' down gradients {@code [L, D, F]} after the last backward. */
     public float[] downGrad() {
-        return downloadGrad(dW2, local * spec.dim() * spec.hidden());
+        return downloadGrad(dW2, spec.dim() * spec.hidden());
     }
 
     /** Rows this rank's experts got in the last forward, from all ranks. */

@@ -11,6 +11,7 @@ import java.util.Locale;
  * <pre>
  *  logits[T,E] (cuBLASLt) ─router_topk─▶ idx[T,k], weight[T,k], probs[T,E]
  *  idx ─rank_tile_counts, rank_tile_scan, rank_tile_ranks─▶ rank[M], counts[E] ─expert_offsets─▶ offsets[E+1]
+ *    (expert_offsets_ordered instead: the experts' ranges in another order, an expert-parallel placement's slots)
  *  x[T,DIN], idx, rank, offsets ─permute_gather─▶ pos[M], h[M,DIN] (rows sorted by expert)
  *  h ─grouped GEMM (cuBLASLt per expert)─▶ g[M,GW] ─expert_act─▶ a[M,F] ─grouped GEMM─▶ y[M,D]
  *  y, pos, weight ─combine─▶ out[T,D]
@@ -614,6 +615,20 @@ public final class MoeKernelSource {
                     for (int e = 0; e < E; e++) { offsets[e] = s; s += counts[e]; }
                     offsets[E] = s;
                   }
+                }
+
+                // Expert parallelism with a placement that is not contiguous in rank order: the rows are laid out by slot (order[s]
+                // is the expert in slot s, the rank-major concatenation of the placement's lists), so that each rank's rows are one
+                // slice. offsets stays indexed by expert id (permute_gather reads offsets[idx] + rank as before); only the order in
+                // which the experts' ranges follow each other changes.
+                __host__ __device__ inline void ordered_offsets(const int* counts, const int* order, int* offsets) {
+                  int s = 0;
+                  for (int j = 0; j < E; j++) { int e = order[j]; offsets[e] = s; s += counts[e]; }
+                  offsets[E] = s;
+                }
+                extern "C" __global__ void expert_offsets_ordered(const int* __restrict__ counts, const int* __restrict__ order,
+                    int* __restrict__ offsets) {
+                  if (threadIdx.x == 0 && blockIdx.x == 0) ordered_offsets(counts, order, offsets);
                 }
 
                 // Block t: token t's routed rows t·K + s go to positions offsets[idx] + rank; its hidden state is read once and
