@@ -58,4 +58,35 @@ class ArenaSlicesTest {
         assertThat(assertThrows(IllegalArgumentException.class, () -> ArenaSlices.of(p, 1, 4, 4, 4, 4, 4, 4))).hasMessageThat()
                 .contains("contiguous");
     }
+
+    @Test
+    void eachExpertOfAnyPlacementLiesAtItsOwnExpertsPlace() {
+        // interleaved, bf16 weights and fp32 gradients, gated experts
+        ExpertPlacement p = ExpertPlacement.explicit(8, new int[][] {{0, 2, 4, 6}, {1, 3, 5, 7}});
+        int gw = 2 * 24, in = 16, d = 16, f = 24;
+        long per13 = (long) gw * in, per2 = (long) d * f;
+        ArenaSlices.Experts s = ArenaSlices.ofExperts(p, 1, gw, in, d, f, 2, 4);
+        assertThat(s.w13()).asList().containsExactly(1 * per13 * 2, 3 * per13 * 2, 5 * per13 * 2, 7 * per13 * 2).inOrder();
+        assertThat(s.dW13()).asList().containsExactly(1 * per13 * 4, 3 * per13 * 4, 5 * per13 * 4, 7 * per13 * 4).inOrder();
+        assertThat(s.w2()).asList().containsExactly(1 * per2 * 2, 3 * per2 * 2, 5 * per2 * 2, 7 * per2 * 2).inOrder();
+        assertThat(s.dW2()).asList().containsExactly(1 * per2 * 4, 3 * per2 * 4, 5 * per2 * 4, 7 * per2 * 4).inOrder();
+        // a rank without experts has none
+        assertThat(ArenaSlices.ofExperts(ExpertPlacement.contiguous(3, 4), 3, gw, in, d, f, 4, 4).w13()).isEmpty();
+    }
+
+    @Test
+    void forAContiguousPlacementTheExpertsAreTheSliceOneAfterAnother() {
+        ExpertPlacement p = ExpertPlacement.contiguous(10, 4);
+        int gw = 24, in = 16, d = 16, f = 24;
+        for (int r = 0; r < 4; r++) {
+            ArenaSlices slice = ArenaSlices.of(p, r, gw, in, d, f, 2, 4);
+            ArenaSlices.Experts s = ArenaSlices.ofExperts(p, r, gw, in, d, f, 2, 4);
+            for (int l = 0; l < p.localExperts(r); l++) {
+                assertThat(s.w13()[l]).isEqualTo(slice.w13() + l * slice.w13Bytes() / p.localExperts(r));
+                assertThat(s.w2()[l]).isEqualTo(slice.w2() + l * slice.w2Bytes() / p.localExperts(r));
+                assertThat(s.dW13()[l]).isEqualTo(slice.dW13() + (long) l * gw * in * 4);
+                assertThat(s.dW2()[l]).isEqualTo(slice.dW2() + (long) l * d * f * 4);
+            }
+        }
+    }
 }
