@@ -60,12 +60,16 @@ public final class ExpertParallelGpuCheck {
                     spec.score() == Score.SOFTMAX ? "softmax" : "sigmoid", spec.bias() ? " bias" : "",
                     o.activation() == ExpertActivation.SWIGLU ? "" : " " + o.activation().name().toLowerCase(java.util.Locale.ROOT),
                     o.capacityFactor() > 0 ? " cap=" + o.capacityFactor() : "", ranks(), Arrays.toString(tokens).replace(" ", ""),
-                    experts == null ? "" : " E/rank=" + Arrays.stream(experts).map(e -> String.valueOf(e.length)).reduce((a, b) -> a + "," + b).orElse(""),
+                    experts == null ? "" : (ExpertOrder.of(placement()).identity() ? " E/rank=" : " permuted E/rank=") + Arrays.stream(experts)
+                            .map(e -> String.valueOf(e.length)).reduce((a, b) -> a + "," + b).orElse(""),
                     spec.precision().name().toLowerCase(java.util.Locale.ROOT));
         }
     }
 
-    /** Every case in each precision: 2 and 4 ranks, uneven placements (a rank without experts), k = 1, odd sizes, few tokens. */
+    /**
+     * Every case in each precision: 2 and 4 ranks, uneven placements (a rank without experts), k = 1, odd sizes, few tokens; and
+     * placements that are not contiguous in rank order (interleaved, balanced-like, with capacity drops, with zero and copy experts).
+     */
     public static List<Case> cases() {
         List<Case> out = new ArrayList<>();
         for (Precision p : Precision.values()) {
@@ -88,6 +92,18 @@ public final class ExpertParallelGpuCheck {
             // a capacity factor: each rank drops over its own batch's capacity, as the reference on that batch
             out.add(new Case(new Spec(48, 64, 8, 2, Score.SOFTMAX, true, 1f, false, p).with(Options.NONE.withCapacity(1f, Drop.POSITION)),
                     new int[] {80, 45, 60}, null));
+            // placements not contiguous in rank order: the layer sorts its rows by slot (ExpertOrder), the stage's experts are
+            // scattered. Interleaved:
+            out.add(new Case(new Spec(64, 128, 8, 2, Score.SOFTMAX, true, 1f, false, p), new int[] {64, 48}, new int[][] {{0, 2, 4, 6}, {1, 3, 5, 7}}));
+            // as a balanced placement might be: a rank of one expert (7), one of three (0, 5, 6); k = 1, sigmoid with a bias
+            out.add(new Case(new Spec(40, 24, 8, 1, Score.SIGMOID, true, 2.5f, true, p), new int[] {33, 7, 1, 20},
+                    new int[][] {{2, 4}, {7}, {0, 5, 6}, {1, 3}}));
+            // a rank without experts, and capacity drops (per expert id, by routing weight) before the sort by slot
+            out.add(new Case(new Spec(48, 64, 8, 2, Score.SOFTMAX, true, 1f, false, p).with(Options.NONE.withCapacity(1f, Drop.PROBABILITY)),
+                    new int[] {80, 45, 60}, new int[][] {{5, 1}, {}, {0, 2, 3, 4, 6, 7}}));
+            // MoE++ zero and copy experts with the FFN experts' ranges in reverse rank order
+            out.add(new Case(new Spec(64, 96, 8, 2, 2, 2, Score.SOFTMAX, true, 1f, false, p), new int[] {40, 21},
+                    new int[][] {{4, 5, 6, 7}, {0, 1, 2, 3}}));
         }
         return out;
     }

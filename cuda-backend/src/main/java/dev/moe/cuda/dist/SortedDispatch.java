@@ -27,7 +27,7 @@ public final class SortedDispatch {
     /**
      * Checks that rank 0 holds experts {@code [0, n0)}, rank 1 {@code [n0, n0 + n1)} and so on (ranks may hold none): what lets the
      * sorted rows travel without a permutation. {@link ExpertPlacement#contiguous} is; a {@link ExpertPlacement#balanced} one
-     * usually is not (its experts would need renumbering first).
+     * usually is not, and runs renumbered ({@link ExpertOrder#renumbered}: the layer sorts its rows by slot).
      */
     public static void requireContiguous(ExpertPlacement placement) {
         int next = 0;

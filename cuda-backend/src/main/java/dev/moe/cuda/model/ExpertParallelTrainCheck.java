@@ -40,7 +40,10 @@ import java.util.concurrent.TimeUnit;
  * 1e-4) and the same bits on every rank, and the weights after the three steps (within 1e-4, or all but 0.1% of them: AdamW
  * moves a weight whose gradient is rounding noise by about lr either way; the same bits on every rank). A world of one must give
  * the gradients and weights of the model without expert parallelism bit for bit, the losses within 1e-8 ({@code --gpus 1}). Then the same
- * with bf16 experts in worlds of one and two (2e-2; the weights not compared). Prints a table; exits 1 on any failure.
+ * with bf16 experts in worlds of one and two (2e-2; the weights not compared). Then, with the same criteria, placements that are
+ * not contiguous in rank order ({@link #permuted}: interleaved, uneven with a rank of one expert and a rank of none), whose
+ * layers sort their rows by slot and whose stages read and write each expert at its own place in the arena: fp32 in worlds of
+ * two and four, bf16 in a world of two. Prints a table; exits 1 on any failure.
  *
  * <pre>
  * java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp '.device/lib/*' dev.moe.cuda.model.ExpertParallelTrainCheck
@@ -109,11 +112,48 @@ public final class ExpertParallelTrainCheck {
     public static final int[] RANKS = {1, 2, 4}, BF16_RANKS = {1, 2};
     private static final double BF16_TOLERANCE = 2e-2;
 
-    /** Each rank's placement of each MoE layer's experts: contiguous, as {@code moe train --expert-parallel}. */
+    /**
+     * The worlds checked again with placements that are not contiguous in rank order (the layers sort their rows by slot,
+     * {@link dev.moe.cuda.dist.ExpertOrder}); a world of one has only the identity.
+     */
+    public static final int[] PERMUTED_RANKS = {2, 4}, PERMUTED_BF16_RANKS = {2};
+
+    /** Each rank's placement of each MoE layer's experts: contiguous, as {@code moe train --expert-parallel} without a declaration. */
     static SortedMap<Integer, ExpertPlacement> placements(SortedMap<Integer, Integer> expertsByLayer, int ranks) {
+        return placements(expertsByLayer, ranks, false);
+    }
+
+    /** {@link #placements(SortedMap, int)}, or with {@code permuted} each layer's {@link #permuted} placement. */
+    static SortedMap<Integer, ExpertPlacement> placements(SortedMap<Integer, Integer> expertsByLayer, int ranks, boolean permuted) {
         SortedMap<Integer, ExpertPlacement> out = new TreeMap<>();
-        expertsByLayer.forEach((l, e) -> out.put(l, ExpertPlacement.contiguous(e, ranks)));
+        expertsByLayer.forEach((l, e) -> out.put(l, permuted ? permuted(e, ranks) : ExpertPlacement.contiguous(e, ranks)));
         return out;
+    }
+
+    /**
+     * A placement of {@code experts} on {@code ranks} (2 or more) that is not contiguous in rank order, as a recipe's
+     * {@code per_rank} lists or a balanced placement ({@code moe placement}) gives: the mixtral layers' 8 experts interleaved on
+     * 2 ranks, and on 4 unevenly as a balanced placement might (a rank holding {7}, another {0, 5, 6}); the zero/copy model's 6
+     * and 3 experts permuted, with a rank without experts at 4 ranks; otherwise the contiguous ranges in reverse rank order.
+     */
+    static ExpertPlacement permuted(int experts, int ranks) {
+        int[][] lists = switch (experts * 10 + ranks) {
+            case 82 -> new int[][] {{0, 2, 4, 6}, {1, 3, 5, 7}};
+            case 84 -> new int[][] {{2, 4}, {7}, {0, 5, 6}, {1, 3}};
+            case 62 -> new int[][] {{1, 3, 5}, {0, 2, 4}};
+            case 64 -> new int[][] {{5}, {0, 3}, {}, {1, 2, 4}};
+            case 32 -> new int[][] {{2}, {0, 1}};
+            case 34 -> new int[][] {{}, {2}, {0}, {1}};
+            default -> {
+                ExpertPlacement c = ExpertPlacement.contiguous(experts, ranks);
+                int[][] reversed = new int[ranks][];
+                for (int r = 0; r < ranks; r++) {
+                    reversed[r] = c.expertsOf(ranks - 1 - r);
+                }
+                yield reversed;
+            }
+        };
+        return ExpertPlacement.explicit(experts, lists);
     }
 
     /** The names of the expert parameters (gate, up, down) of experts that {@code rank} does not hold under {@code placements}. */
@@ -363,8 +403,8 @@ public final class ExpertParallelTrainCheck {
     }
 
     /** One model in a world of {@code ranks}: prints its line, returns 1 on a failure. */
-    private static int check(Model model, DeviceModels.Classes classes, CudaContext refCtx, CudaContext[] contexts, int ranks, double tolerance)
-            throws Exception {
+    private static int check(Model model, DeviceModels.Classes classes, CudaContext refCtx, CudaContext[] contexts, int ranks, double tolerance,
+            boolean permuted) throws Exception {
         boolean bf16 = refCtx.expertPrecision == Precision.BF16;
         int seq = Math.min(32, model.config().context());
         int[][][] data = batches(model, seq);
@@ -386,7 +426,7 @@ public final class ExpertParallelTrainCheck {
                 models[r] = classes.create(contexts[r], backend);
                 models[r].initialize(11);
                 exchanges[r] = group.rank(r, contexts[r]);
-                pl = placements(models[r].expertsByLayer(), ranks);
+                pl = placements(models[r].expertsByLayer(), ranks, permuted);
                 models[r].useExpertParallel(exchanges[r], pl);
             }
             placements = pl;
@@ -451,7 +491,7 @@ public final class ExpertParallelTrainCheck {
         boolean pass = loss <= tolerance && sameLoads && foreign.isEmpty() && ranksAgree && grad <= tolerance
                 && (divergedAt > 0 || bf16 || weights <= tolerance || beyond <= 1e-3) && exactOne;
         System.out.printf(Locale.ROOT, "%-16s %-4s R=%d %-22s %9.2e %5s %9.2e %-34s %9.2e %8.1e %6s %6s %s%n", model.name(), bf16 ? "bf16" : "fp32", ranks,
-                "E/rank " + layout(placements.values().iterator().next()), loss, sameLoads ? "same" : "DIFF", grad, abbreviate(worst), weights, beyond,
+                (permuted ? "permuted " : "E/rank ") + layout(placements.values().iterator().next()), loss, sameLoads ? "same" : "DIFF", grad, abbreviate(worst), weights, beyond,
                 foreign.isEmpty() ? "zero" : "NONZERO", ranksAgree ? "same" : "DIFF", (pass ? "ok" : "FAIL") + (foreign.isEmpty() ? "" : " (" + foreign + ")")
                         + (exactOne ? "" : " (world of one: gradients or weights not bitwise those without expert parallelism)")
                         + (divergedAt > 0 ? " (routing diverged at step " + divergedAt + ": weights not compared)" : ""));
@@ -493,14 +533,19 @@ public final class ExpertParallelTrainCheck {
                 for (CudaContext c : contexts) {
                     c.expertPrecision = precision;
                 }
-                for (int ranks : precision == Precision.FP32 ? RANKS : BF16_RANKS) {
-                    total++;
-                    try {
-                        failures += check(m, classes, refCtx, Arrays.copyOf(contexts, ranks), ranks, precision == Precision.FP32 ? TOLERANCE : BF16_TOLERANCE);
-                    } catch (Exception | Error ex) {
-                        System.out.printf("%-16s %-4s R=%d FAIL: %s%n", m.name(), precision.name().toLowerCase(Locale.ROOT), ranks, ex);
-                        ex.printStackTrace(System.out);
-                        failures++;
+                for (boolean permuted : new boolean[] {false, true}) {
+                    int[] worlds = precision == Precision.FP32 ? (permuted ? PERMUTED_RANKS : RANKS) : (permuted ? PERMUTED_BF16_RANKS : BF16_RANKS);
+                    for (int ranks : worlds) {
+                        total++;
+                        try {
+                            failures += check(m, classes, refCtx, Arrays.copyOf(contexts, ranks), ranks, precision == Precision.FP32 ? TOLERANCE
+                                    : BF16_TOLERANCE, permuted);
+                        } catch (Exception | Error ex) {
+                            System.out.printf("%-16s %-4s R=%d%s FAIL: %s%n", m.name(), precision.name().toLowerCase(Locale.ROOT), ranks,
+                                    permuted ? " permuted" : "", ex);
+                            ex.printStackTrace(System.out);
+                            failures++;
+                        }
                     }
                 }
             }

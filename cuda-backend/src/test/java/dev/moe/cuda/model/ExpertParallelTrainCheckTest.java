@@ -43,4 +43,31 @@ class ExpertParallelTrainCheckTest {
         assertThat(ExpertParallelTrainCheck.foreignExperts(p, 1, names)).containsExactly("layers.1.moe.experts.0.gate",
                 "layers.1.moe.experts.1.up").inOrder();
     }
+
+    @Test
+    void thePermutedPlacementsAreNotContiguousInRankOrder() {
+        assertThat(ExpertParallelTrainCheck.PERMUTED_RANKS).asList().containsExactly(2, 4);
+        // every layer of both models: mixtral's 8 experts, the zero/copy model's 6 and 3
+        for (int experts : new int[] {8, 6, 3}) {
+            for (int ranks : ExpertParallelTrainCheck.PERMUTED_RANKS) {
+                ExpertPlacement p = ExpertParallelTrainCheck.permuted(experts, ranks);
+                assertThat(p.experts()).isEqualTo(experts);
+                assertThat(p.ranks()).isEqualTo(ranks);
+                assertThat(dev.moe.cuda.dist.ExpertOrder.of(p).identity()).isFalse();
+            }
+        }
+        assertThat(ExpertParallelTrainCheck.permuted(8, 2).expertsOf(0)).asList().containsExactly(0, 2, 4, 6).inOrder();
+        ExpertPlacement uneven = ExpertParallelTrainCheck.permuted(8, 4);
+        assertThat(uneven.expertsOf(1)).asList().containsExactly(7);
+        assertThat(uneven.expertsOf(2)).asList().containsExactly(0, 5, 6).inOrder();
+        assertThat(ExpertParallelTrainCheck.permuted(6, 4).localExperts(2)).isEqualTo(0);
+        // the fallback: contiguous ranges in reverse rank order
+        assertThat(ExpertParallelTrainCheck.permuted(5, 2).expertsOf(0)).asList().containsExactly(3, 4).inOrder();
+        // the foreign experts follow the placement, not the ranges
+        SortedMap<Integer, Integer> experts = new TreeMap<>();
+        experts.put(0, 8);
+        SortedMap<Integer, ExpertPlacement> p = ExpertParallelTrainCheck.placements(experts, 2, true);
+        assertThat(ExpertParallelTrainCheck.foreignExperts(p, 0, List.of("layers.0.moe.experts.1.gate", "layers.0.moe.experts.2.gate")))
+                .containsExactly("layers.0.moe.experts.1.gate");
+    }
 }
