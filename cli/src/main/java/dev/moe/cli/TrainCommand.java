@@ -109,8 +109,9 @@ final class TrainCommand implements Callable<Integer> {
     Integer gpus;
 
     @Option(names = "--expert-parallel", description = "With --backend cuda: run each MoE layer's routed FFN experts expert-parallel over"
-            + " the --gpus ranks (a world of one without --gpus): rank i runs the i-th contiguous range of every layer's experts (when N"
-            + " does not divide them, the first ranks one more; a rank may have none), and the tokens routed to them travel there and back"
+            + " the --gpus ranks (a world of one without --gpus): as the recipe's `parallel` block places them (any placement), else rank i"
+            + " runs the i-th contiguous range of every layer's experts (when N does not divide them, the first ranks one more; a rank may"
+            + " have none), and the tokens routed to them travel there and back"
             + " by all-to-all. Every rank still holds every expert, so checkpoints are those of data parallelism. Device-resident models"
             + " whose MoE layers have FFN, zero and copy experts (not LoRA, latent or MoE++ constant experts).")
     boolean expertParallel;
