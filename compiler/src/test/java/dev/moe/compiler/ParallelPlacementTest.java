@@ -22,33 +22,8 @@ import org.junit.jupiter.api.io.TempDir;
  * {@code diagnostics/MOE0609..0613} hold the rendered text of one case each).
  */
 class ParallelPlacementTest {
-    static final String RECIPE = """
-            moe experts {
-              routed 8 x swiglu(hidden: 64)
-              router { top_k 2 }
-            }
-            moe small {
-              routed 4 x swiglu(hidden: 64)
-              router { top_k 1 }
-            }
-            model Tiny {
-              vocab 256
-              context 64
-              dim 64
-              heads 4
-              layers 3 {
-                first 1: attention, swiglu(hidden: 128)
-                1: attention, experts
-                2: attention, small
-              }
-            }
-            train Tiny {
-              steps 10
-              parallel {
-            %s
-              }
-            }
-            """;
+    /** {@link ExpertPlacementDeclTest}'s model and train block, with a parallel block whose settings are the {@code %s}. */
+    static final String RECIPE = ExpertPlacementDeclTest.RECIPE.formatted("parallel {\n%s\n  }");
 
     @TempDir
     Path dir;
