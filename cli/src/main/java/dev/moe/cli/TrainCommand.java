@@ -507,8 +507,9 @@ final class TrainCommand implements Callable<Integer> {
             Optional<Model> m = Curricula.find(compiled.models(), t.model());
             if (m.isPresent()) {
                 requireExpertParallel(m.get(), t.padDocuments());
-                // the recipe's placement against this run's ranks, before any GPU work
-                placements(m.get(), t, ffnExpertsByLayer(m.get()), gpus != null ? gpus : 1);
+                // the recipe's placement against this run's ranks, before any GPU work: a worker's world (ranks started by hand on
+                // several hosts need not pass --gpus), else the launcher's --gpus
+                placements(m.get(), t, ffnExpertsByLayer(m.get()), world != Collective.SINGLE ? world.size() : gpus != null ? gpus : 1);
             }
         }
     }
