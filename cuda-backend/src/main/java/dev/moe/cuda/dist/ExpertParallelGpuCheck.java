@@ -74,8 +74,9 @@ public final class ExpertParallelGpuCheck {
         List<Case> out = new ArrayList<>();
         for (Precision p : Precision.values()) {
             out.add(new Case(new Spec(64, 128, 8, 2, Score.SOFTMAX, true, 1f, false, p), new int[] {64, 48}, null));
-            // k = 1, odd sizes, sigmoid scores with a bias, a rank of one token
-            out.add(new Case(new Spec(40, 24, 8, 1, Score.SIGMOID, true, 2.5f, true, p), new int[] {33, 7, 1, 20}, null));
+            // k = 1, odd sizes, sigmoid scores with a bias, a rank of one token. Not normalised: one normalised score is s / s = 1,
+            // whose router gradient is zero, so both sides would be rounding noise (fp32 compared noise with noise)
+            out.add(new Case(new Spec(40, 24, 8, 1, Score.SIGMOID, false, 2.5f, true, p), new int[] {33, 7, 1, 20}, null));
             // uneven: 5, 1, 0 and 4 experts; E not a power of two
             out.add(new Case(new Spec(48, 80, 10, 3, Score.SOFTMAX, false, 1f, false, p), new int[] {17, 40, 5, 29},
                     new int[][] {{0, 1, 2, 3, 4}, {5}, {}, {6, 7, 8, 9}}));
@@ -96,7 +97,7 @@ public final class ExpertParallelGpuCheck {
             // scattered. Interleaved:
             out.add(new Case(new Spec(64, 128, 8, 2, Score.SOFTMAX, true, 1f, false, p), new int[] {64, 48}, new int[][] {{0, 2, 4, 6}, {1, 3, 5, 7}}));
             // as a balanced placement might be: a rank of one expert (7), one of three (0, 5, 6); k = 1, sigmoid with a bias
-            out.add(new Case(new Spec(40, 24, 8, 1, Score.SIGMOID, true, 2.5f, true, p), new int[] {33, 7, 1, 20},
+            out.add(new Case(new Spec(40, 24, 8, 1, Score.SIGMOID, false, 2.5f, true, p), new int[] {33, 7, 1, 20},
                     new int[][] {{2, 4}, {7}, {0, 5, 6}, {1, 3}}));
             // a rank without experts, and capacity drops (per expert id, by routing weight) before the sort by slot
             out.add(new Case(new Spec(48, 64, 8, 2, Score.SOFTMAX, true, 1f, false, p).with(Options.NONE.withCapacity(1f, Drop.PROBABILITY)),
