@@ -580,9 +580,15 @@ final class TrainCommand implements Callable<Integer> {
         DeviceExchange exchange = world instanceof NcclCollective nccl ? nccl.deviceExchange()
                 : new SharedDeviceGroup(1, 60_000).rank(0, device.cudaContext());
         java.util.SortedMap<Integer, ExpertPlacement> byLayer = placements(declared, t, device.expertsByLayer(), exchange.size());
-        device.useExpertParallel(exchange, byLayer);
+        long every = device.parameterBytes();
+        // each rank keeps its own experts only where the GPU can give back part of the arena (virtual memory management)
+        boolean localOnly = device.canKeepLocalExpertsOnly();
+        device.useExpertParallel(exchange, byLayer, localOnly);
         if (lead) {
             stdout.printf(Locale.ROOT, "expert-parallel over %d rank(s): %s%n", exchange.size(), describePlacements(byLayer));
+            stdout.printf(Locale.ROOT, localOnly ? "each rank holds its own experts only: %.1f of %.1f MiB of weights and gradients on this GPU%n"
+                    : "every rank holds every expert (%s cannot give back part of an allocation): %.1f MiB of weights and gradients%n",
+                    localOnly ? new Object[] {device.parameterBytes() / 1048576.0, every / 1048576.0} : new Object[] {device.deviceName(), every / 1048576.0});
             stdout.flush();
         }
     }

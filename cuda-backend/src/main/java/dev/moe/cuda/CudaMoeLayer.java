@@ -544,8 +544,18 @@ public final class CudaMoeLayer implements AutoCloseable {
                         cast(gateRouters[gi], gateActs[gi], er * d);
                     }
                 }
-                cast(master.w13(), w13, e * gw * spec.expertIn());
-                cast(master.w2(), w2, e * d * f);
+                int[] read = stage == null ? null : stage.weightsRead();
+                if (read == null) {
+                    cast(master.w13(), w13, e * gw * spec.expertIn());
+                    cast(master.w2(), w2, e * d * f);
+                } else {
+                    // an expert-parallel stage reads its rank's experts only (the others may have no memory behind them)
+                    long per13 = (long) gw * spec.expertIn(), per2 = d * f;
+                    for (int ex : read) {
+                        cast(master.w13() + ex * per13 * 4, w13 + ex * per13 * actBytes, per13);
+                        cast(master.w2() + ex * per2 * 4, w2 + ex * per2 * actBytes, per2);
+                    }
+                }
             }
             in = boundary(true, (long) tokens * spec.expertIn());
             cast(x, in, (long) tokens * spec.expertIn());

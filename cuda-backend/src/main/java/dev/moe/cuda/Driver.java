@@ -33,6 +33,11 @@ public final class Driver {
             cuModuleGetFunction, cuLaunchKernel, cuStreamCreate, cuStreamSynchronize, cuEventCreate, cuEventRecord,
             cuEventSynchronize, cuEventElapsedTime, cuGetErrorName, cuGetErrorString, cuStreamBeginCapture, cuStreamEndCapture,
             cuGraphInstantiate, cuGraphLaunch, cuGraphExecDestroy, cuGraphDestroy, cuStreamWaitEvent, cuFuncGetParamInfo;
+    /** Virtual memory management (CUDA 10.2 and later): null when the driver lacks it. */
+    private final MethodHandle cuMemGetAllocationGranularity, cuMemAddressReserve, cuMemAddressFree, cuMemCreate, cuMemRelease, cuMemMap,
+            cuMemUnmap, cuMemSetAccess;
+    /** Whether a device supports cuMemCreate/cuMemMap (CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED). */
+    public static final int CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 102;
 
     private static Driver instance;
 
@@ -85,7 +90,88 @@ public final class Driver {
         cuGraphLaunch = fn(lib, "cuGraphLaunch", INT, PTR, PTR);
         cuGraphExecDestroy = fn(lib, "cuGraphExecDestroy", INT, PTR);
         cuGraphDestroy = fn(lib, "cuGraphDestroy", INT, PTR);
+        boolean vmm = lib.find("cuMemCreate").isPresent() && lib.find("cuMemMap").isPresent();
+        cuMemGetAllocationGranularity = vmm ? fn(lib, "cuMemGetAllocationGranularity", INT, PTR, PTR, INT) : null;
+        cuMemAddressReserve = vmm ? fn(lib, "cuMemAddressReserve", INT, PTR, SIZE_T, SIZE_T, LONG, LONG) : null;
+        cuMemAddressFree = vmm ? fn(lib, "cuMemAddressFree", INT, LONG, SIZE_T) : null;
+        cuMemCreate = vmm ? fn(lib, "cuMemCreate", INT, PTR, SIZE_T, PTR, LONG) : null;
+        cuMemRelease = vmm ? fn(lib, "cuMemRelease", INT, LONG) : null;
+        cuMemMap = vmm ? fn(lib, "cuMemMap", INT, LONG, SIZE_T, SIZE_T, LONG, LONG) : null;
+        cuMemUnmap = vmm ? fn(lib, "cuMemUnmap", INT, LONG, SIZE_T) : null;
+        cuMemSetAccess = vmm ? fn(lib, "cuMemSetAccess", INT, LONG, SIZE_T, PTR, SIZE_T) : null;
         check(Native.call(cuInit, 0), "cuInit");
+    }
+
+    /** Whether {@code device} can map physical memory into reserved address ranges (cuMemCreate, cuMemMap). */
+    public boolean virtualMemorySupported(int device) {
+        return cuMemCreate != null && attribute(device, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED) != 0;
+    }
+
+    /**
+     * CUmemAllocationProp for pinned device memory on {@code device}: type (int), requestedHandleTypes (int), location {type, id}
+     * (two ints), win32HandleMetaData (pointer), allocFlags (8 bytes); 32 bytes, the rest zero.
+     */
+    private static MemorySegment allocationProp(Arena arena, int device) {
+        MemorySegment prop = arena.allocate(32, 8);
+        prop.set(INT, 0, 1); // CU_MEM_ALLOCATION_TYPE_PINNED
+        prop.set(INT, 8, 1); // CU_MEM_LOCATION_TYPE_DEVICE
+        prop.set(INT, 12, device);
+        return prop;
+    }
+
+    /** The size and alignment unit of mappings on {@code device} (cuMemGetAllocationGranularity, minimum). */
+    public long allocationGranularity(int device) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment g = arena.allocate(SIZE_T);
+            check(Native.call(cuMemGetAllocationGranularity, g, allocationProp(arena, device), 0), "cuMemGetAllocationGranularity");
+            return g.get(SIZE_T, 0);
+        }
+    }
+
+    /** Reserves {@code bytes} (a multiple of the granularity) of device address space, backed by nothing yet. */
+    public long reserveAddresses(long bytes, long alignment) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment p = arena.allocate(LONG);
+            check(Native.call(cuMemAddressReserve, p, bytes, alignment, 0L, 0L), "cuMemAddressReserve");
+            return p.get(LONG, 0);
+        }
+    }
+
+    public void freeAddresses(long pointer, long bytes) {
+        check(Native.call(cuMemAddressFree, pointer, bytes), "cuMemAddressFree");
+    }
+
+    /** A physical allocation of {@code bytes} (a multiple of the granularity) on {@code device}, or -1 when out of memory. */
+    public long tryCreatePhysical(int device, long bytes) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment h = arena.allocate(LONG);
+            int rc = Native.call(cuMemCreate, h, bytes, allocationProp(arena, device), 0L);
+            if (rc == CUDA_ERROR_OUT_OF_MEMORY) {
+                return -1;
+            }
+            check(rc, "cuMemCreate");
+            return h.get(LONG, 0);
+        }
+    }
+
+    public void releasePhysical(long handle) {
+        check(Native.call(cuMemRelease, handle), "cuMemRelease");
+    }
+
+    /** Maps {@code handle}'s first {@code bytes} at {@code pointer} and makes them readable and writable from {@code device}. */
+    public void map(long pointer, long bytes, long handle, int device) {
+        check(Native.call(cuMemMap, pointer, bytes, 0L, handle, 0L), "cuMemMap");
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment desc = arena.allocate(12, 4); // CUmemAccessDesc: location {type, id}, flags
+            desc.set(INT, 0, 1); // CU_MEM_LOCATION_TYPE_DEVICE
+            desc.set(INT, 4, device);
+            desc.set(INT, 8, 3); // CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+            check(Native.call(cuMemSetAccess, pointer, bytes, desc, 1L), "cuMemSetAccess");
+        }
+    }
+
+    public void unmap(long pointer, long bytes) {
+        check(Native.call(cuMemUnmap, pointer, bytes), "cuMemUnmap");
     }
 
     private static MethodHandle fn(SymbolLookup lib, String name, java.lang.foreign.MemoryLayout ret, java.lang.foreign.MemoryLayout... args) {

@@ -24,6 +24,14 @@ public interface ExpertStage extends AutoCloseable {
         return null;
     }
 
+    /**
+     * The experts whose weights this stage reads from the layer's {@link CudaMoeLayer#expertWeights} (ascending ids); null for all
+     * of them. In bf16 the layer refreshes the bf16 copies of these only: another rank's experts may have no memory behind them.
+     */
+    default int[] weightsRead() {
+        return null;
+    }
+
     /** The backward of the last {@link #forward}: {@code dh} (laid out as h) for {@code dy} (laid out as y), and the weight gradients. */
     void backward(long dy, long dh);
 

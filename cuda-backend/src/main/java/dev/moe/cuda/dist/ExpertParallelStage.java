@@ -126,6 +126,11 @@ public final class ExpertParallelStage implements ExpertStage {
         return order.identity() ? null : order.order();
     }
 
+    @Override
+    public int[] weightsRead() {
+        return placement.expertsOf(exchange.rank()).clone();
+    }
+
     /** The slots this stage's layer sorts its rows by (the identity for a placement contiguous in rank order). */
     public ExpertOrder expertOrder() {
         return order;

@@ -62,6 +62,8 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
     /** The expert-parallel stages of the MoE layers ({@link #useExpertParallel}), empty without. */
     private final List<ExpertParallelStage> stages = new ArrayList<>();
     private boolean forwarded;
+    /** One float for summing the experts' share of the gradient norm over the ranks (local experts only). */
+    private DeviceAllocator.Block normScratch;
 
     protected DeviceModel(CudaContext ctx, TrainableModel host, List<String> placedFirst) {
         this.host = host;
@@ -273,7 +275,14 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
             }
             world.awaitDeviceFloats();
         } else {
-            world.allReduceDeviceFloats(w.gradients(), w.size());
+            if (w.expertsSharded()) {
+                // each expert's gradient is on the rank that holds it, complete: the replicated parameters' only are summed
+                for (long[] r : w.replicatedRuns()) {
+                    world.allReduceDeviceFloats(w.gradients() + 4 * r[0], r[1] - r[0]);
+                }
+            } else {
+                world.allReduceDeviceFloats(w.gradients(), w.size());
+            }
         }
         overlapWorld = null;
         layersSummed = false;
@@ -346,6 +355,21 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
      * all-to-alls are collective); the gradient sum no longer overlaps the backward.
      */
     public void useExpertParallel(DeviceExchange exchange, java.util.Map<Integer, ExpertPlacement> placements) {
+        useExpertParallel(exchange, placements, false);
+    }
+
+    /**
+     * {@link #useExpertParallel(DeviceExchange, java.util.Map)}, and with {@code localExpertsOnly} each rank keeps only its own
+     * experts' weights, gradients and AdamW moments in device memory ({@link DeviceWeights#keepExpertsOnly}; the addresses of the
+     * others stay reserved but unbacked): the memory of expert parallelism. Then the gradient sum carries the replicated
+     * parameters only, the gradient norm adds the ranks' shares of the experts', and {@link #pullToHost} is collective (every rank
+     * calls it; rank 0's host gets every expert). Refused on a GPU without virtual memory management
+     * ({@link #canKeepLocalExpertsOnly}).
+     */
+    public void useExpertParallel(DeviceExchange exchange, java.util.Map<Integer, ExpertPlacement> placements, boolean localExpertsOnly) {
+        if (localExpertsOnly && !canKeepLocalExpertsOnly()) {
+            throw new IllegalStateException(ctx.deviceName + " cannot give back other ranks' experts (no virtual memory management)");
+        }
         if (forwarded || !stages.isEmpty()) {
             throw new IllegalStateException("expert parallelism is set once, before the first forward pass");
         }
@@ -379,11 +403,105 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
                 stages.add(stage);
                 layer.useExpertStage(stage);
             }
+            if (localExpertsOnly) {
+                keepLocalExperts(exchange, layers, placements);
+            }
         } catch (RuntimeException ex) {
             stages.forEach(ExpertParallelStage::close);
             stages.clear();
             throw ex;
         }
+    }
+
+    /** Whether this GPU can keep only a rank's experts in memory ({@link #useExpertParallel} with {@code localExpertsOnly}). */
+    public boolean canKeepLocalExpertsOnly() {
+        return dev.moe.cuda.ReservedMemory.supported(ctx);
+    }
+
+    /** Device bytes of the parameter arenas: values, gradients and (once training has stepped) AdamW's moments. */
+    public long parameterBytes() {
+        return w.backedBytes();
+    }
+
+    /** Where one layer's experts lie in the arena (floats): {@code w13 [E, per13]} from off13, {@code w2 [E, per2]} from off2. */
+    private record ExpertRuns(int layer, ExpertPlacement placement, long off13, long per13, long off2, long per2) {}
+
+    private void keepLocalExperts(DeviceExchange exchange, java.util.SortedMap<Integer, CudaMoeLayer> layers, java.util.Map<Integer, ExpertPlacement> placements) {
+        List<ExpertRuns> runs = new ArrayList<>();
+        List<long[]> all = new ArrayList<>(), local = new ArrayList<>();
+        for (var e : layers.entrySet()) {
+            CudaMoeLayer layer = e.getValue();
+            CudaMoeLayer.ExpertWeights ew = layer.expertWeights();
+            long gw = layer.spec.options().activation().gated ? 2L * layer.spec.hidden() : layer.spec.hidden();
+            // the gradients are fp32 arena addresses in every precision (the values may be the layer's bf16 copies)
+            ExpertRuns r = new ExpertRuns(e.getKey(), placements.get(e.getKey()), (ew.dW13() - w.gradients()) / 4, gw * layer.spec.expertIn(),
+                    (ew.dW2() - w.gradients()) / 4, (long) layer.spec.dim() * layer.spec.hidden());
+            runs.add(r);
+            for (int x = 0; x < layer.spec.experts(); x++) {
+                long[] a = {r.off13 + x * r.per13, r.off13 + (x + 1) * r.per13}, b = {r.off2 + x * r.per2, r.off2 + (x + 1) * r.per2};
+                all.add(a);
+                all.add(b);
+                if (r.placement.rankOf(x) == exchange.rank()) {
+                    local.add(a);
+                    local.add(b);
+                }
+            }
+        }
+        DeviceAllocator.Block two = ctx.allocator.allocate(8);
+        normScratch = two;
+        w.keepExpertsOnly(all, local, value -> {
+            // the experts' share of the squared gradient norm, summed over the ranks as two floats (the value and its rounding
+            // error: about 48 bits, so that a world of one clips as without expert parallelism)
+            float hi = (float) value, lo = (float) (value - hi);
+            ctx.upload(new float[] {hi, lo}, two.pointer);
+            exchange.allReduceSum(two.pointer, 2);
+            int[] bits = ctx.downloadInts(two.pointer, 2);
+            return (double) Float.intBitsToFloat(bits[0]) + Float.intBitsToFloat(bits[1]);
+        }, (arena, staging) -> gatherExperts(exchange, runs, arena, staging));
+        hostMayDiffer = true; // the values' pages were given back and mapped again: upload before the next forward
+    }
+
+    /** Rank 0's host copy of an arena gets every layer's experts from their ranks, one layer's w13, then its w2, at a time. */
+    private void gatherExperts(DeviceExchange exchange, List<ExpertRuns> runs, long arena, java.lang.foreign.MemorySegment staging) {
+        int me = exchange.rank(), size = exchange.size();
+        for (ExpertRuns r : runs) {
+            for (int t = 0; t < 2; t++) {
+                long off = t == 0 ? r.off13 : r.off2, per = t == 0 ? r.per13 : r.per2;
+                if (per * 4 > Integer.MAX_VALUE) {
+                    throw new IllegalStateException("an expert of layer " + r.layer + " is too large to gather in one row");
+                }
+                int[] mine = r.placement.expertsOf(me);
+                int[] send = new int[size], recv = new int[size];
+                send[0] = mine.length;
+                int received = 0;
+                if (me == 0) {
+                    for (int s = 0; s < size; s++) {
+                        recv[s] = r.placement.localExperts(s);
+                        received += recv[s];
+                    }
+                }
+                try (DeviceAllocator.Block out = ctx.allocator.allocate(Math.max(1, mine.length * per) * 4);
+                        DeviceAllocator.Block in = ctx.allocator.allocate(Math.max(1, received * per) * 4)) {
+                    for (int l = 0; l < mine.length; l++) {
+                        ctx.driver.copyOnDevice(out.pointer + l * per * 4, arena + (off + mine[l] * per) * 4, per * 4, ctx.stream);
+                    }
+                    exchange.allToAllV(out.pointer, send, in.pointer, recv, (int) (per * 4));
+                    int row = 0;
+                    for (int s = 0; s < size && me == 0; s++) {
+                        for (int l = 0; l < recv[s]; l++, row++) {
+                            long x = r.placement.globalExpert(s, l);
+                            ctx.driver.copyToHost(staging.asSlice((off + x * per) * 4), in.pointer + row * per * 4, per * 4, ctx.stream);
+                        }
+                    }
+                    ctx.synchronize();
+                }
+            }
+        }
+    }
+
+    @Override
+    public boolean collectivePull() {
+        return w.expertsSharded();
     }
 
     /** Whether {@link #useExpertParallel} was called. */
@@ -498,6 +616,9 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
     public void close() {
         stages.forEach(ExpertParallelStage::close);
         stages.clear();
+        if (normScratch != null) {
+            normScratch.close();
+        }
         for (DeviceAllocator.Block b : activations) {
             b.close();
         }

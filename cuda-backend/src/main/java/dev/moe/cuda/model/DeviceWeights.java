@@ -3,6 +3,7 @@ package dev.moe.cuda.model;
 import dev.moe.cuda.CudaContext;
 import dev.moe.cuda.DeviceAllocator;
 import dev.moe.cuda.DeviceOps;
+import dev.moe.cuda.ReservedMemory;
 import dev.moe.runtime.Parameter;
 import dev.moe.runtime.train.AdamW;
 import java.lang.foreign.MemorySegment;
@@ -31,11 +32,22 @@ public final class DeviceWeights implements AutoCloseable {
     private final List<Parameter> order = new ArrayList<>();
     private final Map<String, Long> offsets = new HashMap<>();
     private final long floats;
-    private final DeviceAllocator.Block values;
-    private final DeviceAllocator.Block grads;
+    private final Storage values;
+    private final Storage grads;
     private final DeviceAllocator.Block scalar;
-    private DeviceAllocator.Block first;
-    private DeviceAllocator.Block second;
+    private Storage first;
+    private Storage second;
+    /**
+     * Float runs {start, end} of the arena that are backed on this device: all of it, unless {@link #keepExpertsOnly} gave back
+     * the experts other ranks hold. Every whole-arena operation works on these runs only.
+     */
+    private List<long[]> resident;
+    /** The float runs of experts held by one rank each (empty unless {@link #keepExpertsOnly}), and those this rank holds. */
+    private List<long[]> sharded = List.of();
+    private List<long[]> localSharded = List.of();
+    /** Sums a value over the ranks (the sharded experts' share of the gradient norm). */
+    private java.util.function.DoubleUnaryOperator overRanks;
+    private ExpertGather gather;
     private AdamW moments;
     private MemorySegment staging;
 
@@ -64,10 +76,108 @@ public final class DeviceWeights implements AutoCloseable {
             at = place(p, at);
         }
         floats = Math.max(at, 1);
-        values = ctx.allocator.allocate(floats * 4);
-        grads = ctx.allocator.allocate(floats * 4);
-        scalar = ctx.allocator.allocate(8);
+        resident = List.of(new long[] {0, floats});
+        // reserved addresses where the GPU supports them, so that expert parallelism can give back other ranks' experts later
+        // without moving any parameter (the generated model holds their addresses)
+        boolean reserve = ReservedMemory.supported(ctx);
+        values = Storage.allocate(ctx, floats * 4, reserve);
+        grads = Storage.allocate(ctx, floats * 4, reserve);
+        scalar = ctx.allocator.allocate(16);
         ctx.driver.memsetZero(grads.pointer, floats * 4, ctx.stream);
+    }
+
+    /**
+     * An arena's memory: a {@link ReservedMemory} whose pages can be given back, or (on a GPU without virtual memory management)
+     * one allocation.
+     */
+    private record Storage(long pointer, ReservedMemory reserved, DeviceAllocator.Block block) implements AutoCloseable {
+        static Storage allocate(CudaContext ctx, long bytes, boolean reserve) {
+            if (reserve) {
+                ReservedMemory r = new ReservedMemory(ctx, bytes);
+                return new Storage(r.pointer, r, null);
+            }
+            DeviceAllocator.Block b = ctx.allocator.allocate(bytes);
+            return new Storage(b.pointer, null, b);
+        }
+
+        long backedBytes() {
+            return reserved != null ? reserved.backedBytes() : block.bytes;
+        }
+
+        @Override
+        public void close() {
+            if (reserved != null) {
+                reserved.close();
+            } else {
+                block.close();
+            }
+        }
+    }
+
+    /**
+     * Fills, in a host copy of an arena ({@code staging}, the arena's layout), the experts this rank does not hold, from the
+     * device arena at {@code arena} on every rank (a collective: every rank calls it, in the same order).
+     */
+    public interface ExpertGather {
+        void fill(long arena, MemorySegment staging);
+    }
+
+    /**
+     * Gives back the memory of the experts that other ranks hold (expert parallelism): {@code experts} are the float runs of every
+     * expert that one rank holds alone, {@code local} those of this rank's experts (a subset). The other experts' addresses stay
+     * reserved but unbacked; values, gradients and AdamW's moments are kept for the rest only, so the values must be uploaded
+     * again (the model's next forward does) and the gradients start at zero. The gradient norm adds the sharded experts' share
+     * over the ranks with {@code overRanks}; {@link #pullToHost} fills the other experts with {@code gather}. Once, before the
+     * optimiser's first step.
+     */
+    public void keepExpertsOnly(List<long[]> experts, List<long[]> local, java.util.function.DoubleUnaryOperator overRanks, ExpertGather gather) {
+        if (values.reserved() == null) {
+            throw new IllegalStateException(ctx.deviceName + " cannot give back parts of an allocation (no virtual memory management)");
+        }
+        if (first != null || !sharded.isEmpty()) {
+            throw new IllegalStateException("experts are given back once, before the optimiser's first step");
+        }
+        List<long[]> expertRuns = Runs.union(experts);
+        List<long[]> localRuns = Runs.union(local);
+        if (!Runs.subtract(localRuns, expertRuns).isEmpty()) {
+            throw new IllegalArgumentException("this rank's experts must be among the sharded experts");
+        }
+        for (long[] r : expertRuns) {
+            if (r[0] < 0 || r[1] > floats) {
+                throw new IllegalArgumentException("expert run [" + r[0] + ", " + r[1] + ") outside an arena of " + floats + " floats");
+            }
+        }
+        List<long[]> keep = Runs.subtract(List.of(new long[] {0, floats}), Runs.subtract(expertRuns, localRuns));
+        ctx.synchronize();
+        values.reserved().backOnly(Runs.scale(keep, 4));
+        grads.reserved().backOnly(Runs.scale(keep, 4));
+        resident = keep;
+        sharded = expertRuns;
+        localSharded = localRuns;
+        this.overRanks = overRanks;
+        this.gather = gather;
+        zeroGrads();
+    }
+
+    /** Whether {@link #keepExpertsOnly} gave back other ranks' experts. */
+    public boolean expertsSharded() {
+        return !sharded.isEmpty();
+    }
+
+    /** The float runs every rank holds (the arena without the sharded experts), as {start, end}. */
+    public List<long[]> replicatedRuns() {
+        return Runs.subtract(List.of(new long[] {0, floats}), sharded);
+    }
+
+    /** Device bytes the arenas (values, gradients and, once allocated, AdamW's moments) hold. */
+    public long backedBytes() {
+        long sum = 0;
+        for (Storage s : new Storage[] {values, grads, first, second}) {
+            if (s != null) {
+                sum += s.backedBytes();
+            }
+        }
+        return sum;
     }
 
     private long place(Parameter p, long at) {
@@ -185,21 +295,40 @@ public final class DeviceWeights implements AutoCloseable {
         return staging;
     }
 
-    /** Copies every host value to the device (one transfer). */
+    /** Copies every host value to the device (one transfer per resident run). */
     public void uploadValues() {
         MemorySegment host = staging();
         for (Parameter p : order) {
             MemorySegment.copy(p.value(), p.offset(), host, ValueLayout.JAVA_FLOAT, offsets.get(p.name()) * 4, p.size());
         }
-        ctx.driver.copyToDevice(values.pointer, host, floats * 4, ctx.stream);
+        toDevice(values.pointer, host);
         ctx.synchronize();
     }
 
-    /** Overwrites every host gradient with the device's (one transfer); parameters without a gradient array are skipped. */
+    private void toDevice(long arena, MemorySegment host) {
+        for (long[] r : resident) {
+            ctx.driver.copyToDevice(arena + r[0] * 4, host.asSlice(r[0] * 4), (r[1] - r[0]) * 4, ctx.stream);
+        }
+    }
+
+    /** The resident runs of {@code arena} into {@code host}; other ranks' experts read as zero. */
+    private void toHost(MemorySegment host, long arena) {
+        if (expertsSharded()) {
+            host.fill((byte) 0);
+        }
+        for (long[] r : resident) {
+            ctx.driver.copyToHost(host.asSlice(r[0] * 4), arena + r[0] * 4, (r[1] - r[0]) * 4, ctx.stream);
+        }
+        ctx.synchronize();
+    }
+
+    /**
+     * Overwrites every host gradient with the device's (one transfer per resident run); parameters without a gradient array are
+     * skipped. Experts another rank holds read as zero.
+     */
     public void downloadGrads() {
         MemorySegment host = staging();
-        ctx.driver.copyToHost(host, grads.pointer, floats * 4, ctx.stream);
-        ctx.synchronize();
+        toHost(host, grads.pointer);
         for (Parameter p : order) {
             if (p.grad() != null) {
                 MemorySegment.copy(host, ValueLayout.JAVA_FLOAT, offsets.get(p.name()) * 4, p.grad(), p.offset(), p.size());
@@ -208,7 +337,9 @@ public final class DeviceWeights implements AutoCloseable {
     }
 
     public void zeroGrads() {
-        ctx.driver.memsetZero(grads.pointer, floats * 4, ctx.stream);
+        for (long[] r : resident) {
+            ctx.driver.memsetZero(grads.pointer + r[0] * 4, (r[1] - r[0]) * 4, ctx.stream);
+        }
     }
 
     /** A contiguous arena range of parameters that AdamW treats alike. */
@@ -243,6 +374,17 @@ public final class DeviceWeights implements AutoCloseable {
         return runs;
     }
 
+    /** The parts of {@code runs} inside {@code within} (float runs), in order. */
+    private static List<Run> restrict(List<Run> runs, List<long[]> within) {
+        List<Run> out = new ArrayList<>();
+        for (Run r : runs) {
+            for (long[] part : Runs.intersect(List.of(new long[] {r.offset(), r.offset() + r.size()}), within)) {
+                out.add(new Run(part[0], part[1] - part[0], r.decay()));
+            }
+        }
+        return out;
+    }
+
     /**
      * The trainer's step on the device: the global L2 norm of the trainable parameters' gradients,
      * clipping to {@code maxNorm} (0 = off), then one AdamW update with {@code adam}'s settings and
@@ -250,16 +392,29 @@ public final class DeviceWeights implements AutoCloseable {
      * Returns the norm before clipping, as the CPU trainer does.
      */
     public double clipAndStep(AdamW adam, List<Parameter> trainable, double lr, double maxNorm) {
-        List<Run> runs = runs(trainable, adam.weightDecay());
+        List<Run> all = runs(trainable, adam.weightDecay());
+        // with sharded experts: the replicated parameters, then this rank's experts, whose squares are added up apart (each rank
+        // holds its own experts' gradients, and the ranks' shares are summed)
+        List<Run> replicated = expertsSharded() ? restrict(all, replicatedRuns()) : all;
+        List<Run> local = expertsSharded() ? restrict(all, localSharded) : List.of();
         if (moments != adam) {
             loadMoments(adam);
         }
-        ctx.driver.memsetZero(scalar.pointer, 8, ctx.stream);
-        for (Run r : runs) {
+        ctx.driver.memsetZero(scalar.pointer, 16, ctx.stream);
+        for (Run r : replicated) {
             ops.sumSquares(grads.pointer + r.offset() * 4, r.size(), scalar.pointer);
         }
-        int[] bits = ctx.downloadInts(scalar.pointer, 2);
-        double norm = Math.sqrt(Double.longBitsToDouble(((long) bits[1] << 32) | (bits[0] & 0xffffffffL)));
+        for (Run r : local) {
+            ops.sumSquares(grads.pointer + r.offset() * 4, r.size(), scalar.pointer + 8);
+        }
+        List<Run> runs = new ArrayList<>(replicated);
+        runs.addAll(local);
+        int[] bits = ctx.downloadInts(scalar.pointer, 4);
+        double squares = Double.longBitsToDouble(((long) bits[1] << 32) | (bits[0] & 0xffffffffL));
+        if (expertsSharded()) {
+            squares += overRanks.applyAsDouble(Double.longBitsToDouble(((long) bits[3] << 32) | (bits[2] & 0xffffffffL)));
+        }
+        double norm = Math.sqrt(squares);
         // clipping scales the gradients inside the AdamW kernel: one pass over them fewer
         float clip = maxNorm > 0 && norm > maxNorm ? (float) (maxNorm / norm) : 1f;
         long step = adam.advance();
@@ -273,8 +428,12 @@ public final class DeviceWeights implements AutoCloseable {
 
     private void loadMoments(AdamW adam) {
         if (first == null) {
-            first = ctx.allocator.allocate(floats * 4);
-            second = ctx.allocator.allocate(floats * 4);
+            first = Storage.allocate(ctx, floats * 4, values.reserved() != null);
+            second = Storage.allocate(ctx, floats * 4, values.reserved() != null);
+            if (expertsSharded()) {
+                first.reserved().backOnly(Runs.scale(resident, 4));
+                second.reserved().backOnly(Runs.scale(resident, 4));
+            }
         }
         MemorySegment host = staging();
         for (int which = 0; which < 2; which++) {
@@ -286,24 +445,32 @@ public final class DeviceWeights implements AutoCloseable {
                     MemorySegment.copy(e.getValue(), 0, host, ValueLayout.JAVA_FLOAT, o * 4, e.getValue().length);
                 }
             }
-            ctx.driver.copyToDevice((which == 0 ? first : second).pointer, host, floats * 4, ctx.stream);
+            toDevice((which == 0 ? first : second).pointer, host);
             ctx.synchronize();
         }
         moments = adam;
     }
 
-    /** Copies the device's values into the host parameters and, when {@code adam} is the optimiser stepping here, its moments. */
+    /**
+     * Copies the device's values into the host parameters and, when {@code adam} is the optimiser stepping here, its moments. With
+     * the experts sharded ({@link #keepExpertsOnly}) every rank must call it: the other ranks' experts are gathered (to rank 0).
+     */
     public void pullToHost(AdamW adam) {
         MemorySegment host = staging();
-        ctx.driver.copyToHost(host, values.pointer, floats * 4, ctx.stream);
-        ctx.synchronize();
+        toHost(host, values.pointer);
+        if (expertsSharded()) {
+            gather.fill(values.pointer, host);
+        }
         for (Parameter p : order) {
             MemorySegment.copy(host, ValueLayout.JAVA_FLOAT, offsets.get(p.name()) * 4, p.value(), p.offset(), p.size());
         }
         if (adam != null && adam == moments) {
             for (int which = 0; which < 2; which++) {
-                ctx.driver.copyToHost(host, (which == 0 ? first : second).pointer, floats * 4, ctx.stream);
-                ctx.synchronize();
+                long arena = (which == 0 ? first : second).pointer;
+                toHost(host, arena);
+                if (expertsSharded()) {
+                    gather.fill(arena, host);
+                }
                 Map<String, float[]> state = which == 0 ? adam.firstMoments() : adam.secondMoments();
                 for (var e : state.entrySet()) {
                     Long o = offsets.get(e.getKey());
@@ -317,11 +484,12 @@ public final class DeviceWeights implements AutoCloseable {
 
     @Override
     public void close() {
-        for (DeviceAllocator.Block b : new DeviceAllocator.Block[] {values, grads, scalar, first, second}) {
-            if (b != null) {
-                b.close();
+        for (Storage s : new Storage[] {values, grads, first, second}) {
+            if (s != null) {
+                s.close();
             }
         }
+        scalar.close();
         if (staging != null) {
             ctx.driver.freeHost(staging);
             staging = null;

@@ -100,6 +100,33 @@ public final class ExpertParallelTrainCheck {
             }
             """;
 
+    /**
+     * A model whose experts span whole pages (16 experts of 3 MiB per layer), for the memory of keeping each rank's experts only:
+     * checked in a world of four, where a rank must hold under half the parameter memory of the model.
+     */
+    public static final String MEMORY_MODEL = """
+            moe wide {
+              routed 16 x swiglu(hidden: 1024)
+              router {
+                score softmax
+                top_k 2
+                normalize true
+              }
+            }
+            model EpMemory {
+              vocab 256
+              context 64
+              dim 256
+              heads 4
+              norm rms(eps: 1e-6)
+              position rope(theta: 10000)
+              causal true
+              layers 4 {
+                all: attention, wide
+              }
+            }
+            """;
+
     /** The models the check trains: the mixtral recipe (4 layers of 8 experts) and {@link #ZERO_COPY_MODEL}. */
     public static List<Model> models(Path recipes) {
         List<Model> out = new ArrayList<>(MoeCompiler.compile(recipes.resolve("mixtral.moe")).orThrow().models());
@@ -187,7 +214,7 @@ public final class ExpertParallelTrainCheck {
     }
 
     /** What one run (a rank, or the reference) saw: the loss and expert loads of each step, the first step's gradients, the final weights. */
-    private record Run(double[] losses, long[][] loads, List<float[]> grads, List<float[]> weights, String foreignNonZero) {}
+    private record Run(double[] losses, long[][] loads, List<float[]> grads, List<float[]> weights, String foreignNonZero, long parameterBytes) {}
 
     private static List<float[]> copies(List<Parameter> ps, boolean grads) {
         List<float[]> out = new ArrayList<>();
@@ -230,7 +257,7 @@ public final class ExpertParallelTrainCheck {
                 m.clipAndStep(adam, ps, LR, 1.0);
             }
             m.pullToHost(adam);
-            return new Run(losses, loads, grads, copies(ps, false), "");
+            return new Run(losses, loads, grads, copies(ps, false), "", m.parameterBytes());
         }
     }
 
@@ -358,7 +385,7 @@ public final class ExpertParallelTrainCheck {
             m.clipAndStep(adam, ps, LR, 1.0);
         }
         m.pullToHost(adam);
-        return new Run(losses, loads, grads, copies(ps, false), foreignNonZero);
+        return new Run(losses, loads, grads, copies(ps, false), foreignNonZero, m.parameterBytes());
     }
 
     private static double rel(float[] got, float[] want) {
@@ -404,7 +431,7 @@ public final class ExpertParallelTrainCheck {
 
     /** One model in a world of {@code ranks}: prints its line, returns 1 on a failure. */
     private static int check(Model model, DeviceModels.Classes classes, CudaContext refCtx, CudaContext[] contexts, int ranks, double tolerance,
-            boolean permuted) throws Exception {
+            boolean permuted, boolean localOnly, double maxMemory) throws Exception {
         boolean bf16 = refCtx.expertPrecision == Precision.BF16;
         int seq = Math.min(32, model.config().context());
         int[][][] data = batches(model, seq);
@@ -427,7 +454,7 @@ public final class ExpertParallelTrainCheck {
                 models[r].initialize(11);
                 exchanges[r] = group.rank(r, contexts[r]);
                 pl = placements(models[r].expertsByLayer(), ranks, permuted);
-                models[r].useExpertParallel(exchanges[r], pl);
+                models[r].useExpertParallel(exchanges[r], pl, localOnly);
             }
             placements = pl;
             names = models[0].parameters().stream().map(Parameter::name).toList();
@@ -464,17 +491,36 @@ public final class ExpertParallelTrainCheck {
         }
         String foreign = "";
         boolean ranksAgree = true;
+        // With every expert on every rank, all ranks hold the same gradients and weights. With each rank's experts only
+        // (localOnly), an expert's gradient is on its owner alone and rank 0's weights are every owner's, gathered by pullToHost:
+        // the gradients compared are each tensor's owner's, and every rank must agree on what it holds.
+        List<List<String>> foreignOf = new ArrayList<>();
+        for (int r = 0; r < ranks; r++) {
+            foreignOf.add(localOnly ? foreignExperts(placements, r, names) : List.of());
+        }
+        List<float[]> grads = new ArrayList<>();
+        for (int i = 0; i < names.size(); i++) {
+            int owner = 0;
+            while (foreignOf.get(owner).contains(names.get(i))) {
+                owner++;
+            }
+            grads.add(got[owner].grads().get(i));
+        }
         for (int r = 0; r < ranks; r++) {
             if (!got[r].foreignNonZero().isEmpty() && foreign.isEmpty()) {
                 foreign = "rank " + r + " " + got[r].foreignNonZero();
             }
-            ranksAgree &= sameBits(got[r].grads(), got[0].grads()) && sameBits(got[r].weights(), got[0].weights())
-                    && Arrays.equals(got[r].losses(), got[0].losses());
+            for (int i = 0; i < names.size(); i++) {
+                if (!foreignOf.get(r).contains(names.get(i))) {
+                    ranksAgree &= Arrays.equals(got[r].grads().get(i), grads.get(i)) && Arrays.equals(got[r].weights().get(i), got[0].weights().get(i));
+                }
+            }
+            ranksAgree &= Arrays.equals(got[r].losses(), got[0].losses());
         }
         double grad = 0;
         String worst = "";
         for (int i = 0; i < names.size(); i++) {
-            double e = rel(got[0].grads().get(i), ref.grads().get(i));
+            double e = rel(grads.get(i), ref.grads().get(i));
             if (e > grad) {
                 grad = e;
                 worst = names.get(i);
@@ -488,11 +534,19 @@ public final class ExpertParallelTrainCheck {
         // In fp32, AdamW moves a weight whose gradient is rounding noise by about lr either way (its normalised step is the sign of
         // the noise), so as DeviceModelParity does, all but 0.1% of the weights within the tolerance; in bf16 the rounding of the
         // experts' small gradients does that to many weights: not compared.
+        // each rank's parameter memory (values, gradients, moments) against the model's: never more, and with each rank's experts only
+        // less wherever whole pages (2 MiB) hold nothing but other ranks' experts
+        long most = 0;
+        for (Run r : got) {
+            most = Math.max(most, r.parameterBytes());
+        }
+        boolean memory = most <= maxMemory * ref.parameterBytes();
         boolean pass = loss <= tolerance && sameLoads && foreign.isEmpty() && ranksAgree && grad <= tolerance
-                && (divergedAt > 0 || bf16 || weights <= tolerance || beyond <= 1e-3) && exactOne;
-        System.out.printf(Locale.ROOT, "%-16s %-4s R=%d %-22s %9.2e %5s %9.2e %-34s %9.2e %8.1e %6s %6s %s%n", model.name(), bf16 ? "bf16" : "fp32", ranks,
-                (permuted ? "permuted " : "E/rank ") + layout(placements.values().iterator().next()), loss, sameLoads ? "same" : "DIFF", grad, abbreviate(worst), weights, beyond,
-                foreign.isEmpty() ? "zero" : "NONZERO", ranksAgree ? "same" : "DIFF", (pass ? "ok" : "FAIL") + (foreign.isEmpty() ? "" : " (" + foreign + ")")
+                && (divergedAt > 0 || bf16 || weights <= tolerance || beyond <= 1e-3) && exactOne && memory;
+        System.out.printf(Locale.ROOT, "%-16s %-4s R=%d %-5s %-22s %9.2e %5s %9.2e %-34s %9.2e %8.1e %6s %6s %5.2f %s%n", model.name(), bf16 ? "bf16" : "fp32",
+                ranks, localOnly ? "local" : "all", (permuted ? "permuted " : "E/rank ") + layout(placements.values().iterator().next()), loss,
+                sameLoads ? "same" : "DIFF", grad, abbreviate(worst), weights, beyond,
+                foreign.isEmpty() ? "zero" : "NONZERO", ranksAgree ? "same" : "DIFF", (double) most / ref.parameterBytes(), (pass ? "ok" : "FAIL") + (foreign.isEmpty() ? "" : " (" + foreign + ")")
                         + (exactOne ? "" : " (world of one: gradients or weights not bitwise those without expert parallelism)")
                         + (divergedAt > 0 ? " (routing diverged at step " + divergedAt + ": weights not compared)" : ""));
         return pass ? 0 : 1;
@@ -523,8 +577,8 @@ public final class ExpertParallelTrainCheck {
         System.out.printf("moe train --expert-parallel's path on %s (%s): simulated ranks on one GPU, %d steps of %d micro-batches of %d"
                 + " sequences, against one model without expert parallelism on every rank's shard; fp32 within %.0e, bf16 experts within %.0e%n",
                 refCtx.deviceName, refCtx.arch, STEPS, MICRO, BATCH, TOLERANCE, BF16_TOLERANCE);
-        System.out.printf(Locale.ROOT, "%-16s %-4s %-3s %-22s %9s %5s %9s %-34s %9s %8s %6s %6s%n", "model", "", "", "placement (1st layer)", "loss", "loads",
-                "grads", "worst tensor", "weights", ">1e-4", "others", "ranks");
+        System.out.printf(Locale.ROOT, "%-16s %-4s %-3s %-5s %-22s %9s %5s %9s %-34s %9s %8s %6s %6s %5s%n", "model", "", "", "holds", "placement (1st layer)",
+                "loss", "loads", "grads", "worst tensor", "weights", ">1e-4", "others", "ranks", "mem");
         for (Model m : models(recipes)) {
             DeviceModels.Classes classes = DeviceModels.compile(m, m.name());
             // fp32 (1e-4), then bf16 experts (2e-2; weights not compared): a model reads its context's precision when built
@@ -536,17 +590,42 @@ public final class ExpertParallelTrainCheck {
                 for (boolean permuted : new boolean[] {false, true}) {
                     int[] worlds = precision == Precision.FP32 ? (permuted ? PERMUTED_RANKS : RANKS) : (permuted ? PERMUTED_BF16_RANKS : BF16_RANKS);
                     for (int ranks : worlds) {
-                        total++;
-                        try {
-                            failures += check(m, classes, refCtx, Arrays.copyOf(contexts, ranks), ranks, precision == Precision.FP32 ? TOLERANCE
-                                    : BF16_TOLERANCE, permuted);
-                        } catch (Exception | Error ex) {
-                            System.out.printf("%-16s %-4s R=%d%s FAIL: %s%n", m.name(), precision.name().toLowerCase(Locale.ROOT), ranks,
-                                    permuted ? " permuted" : "", ex);
-                            ex.printStackTrace(System.out);
-                            failures++;
+                        // every expert on every rank, then (several ranks) each rank's experts only
+                        for (boolean localOnly : ranks > 1 ? new boolean[] {false, true} : new boolean[] {false}) {
+                            total++;
+                            try {
+                                failures += check(m, classes, refCtx, Arrays.copyOf(contexts, ranks), ranks, precision == Precision.FP32 ? TOLERANCE
+                                        : BF16_TOLERANCE, permuted, localOnly, 1.0);
+                            } catch (Exception | Error ex) {
+                                System.out.printf("%-16s %-4s R=%d%s%s FAIL: %s%n", m.name(), precision.name().toLowerCase(Locale.ROOT), ranks,
+                                        permuted ? " permuted" : "", localOnly ? " local" : "", ex);
+                                ex.printStackTrace(System.out);
+                                failures++;
+                            }
                         }
                     }
+                }
+            }
+        }
+        // memory: a model of 3 MiB experts in a world of four, contiguous and permuted, every expert on every rank and each rank's only
+        SourceFile.ReadResult read = SourceFile.decode("ep-memory.moe", MEMORY_MODEL.getBytes(StandardCharsets.UTF_8));
+        Model big = MoeCompiler.compile(((SourceFile.ReadResult.Ok) read).source()).orThrow().models().getFirst();
+        DeviceModels.Classes bigClasses = DeviceModels.compile(big, big.name());
+        refCtx.expertPrecision = Precision.FP32;
+        for (CudaContext c : contexts) {
+            c.expertPrecision = Precision.FP32;
+        }
+        int memoryRanks = Math.min(4, contexts.length);
+        for (boolean permuted : new boolean[] {false, true}) {
+            for (boolean localOnly : new boolean[] {false, true}) {
+                total++;
+                try {
+                    failures += check(big, bigClasses, refCtx, Arrays.copyOf(contexts, memoryRanks), memoryRanks, TOLERANCE, permuted, localOnly,
+                            localOnly ? 0.5 : 1.0);
+                } catch (Exception | Error ex) {
+                    System.out.printf("%-16s fp32 R=%d%s%s FAIL: %s%n", big.name(), memoryRanks, permuted ? " permuted" : "", localOnly ? " local" : "", ex);
+                    ex.printStackTrace(System.out);
+                    failures++;
                 }
             }
         }

@@ -29,6 +29,18 @@ class ExpertParallelTrainCheckTest {
     }
 
     @Test
+    void itsMemoryModelHasExpertsOfWholePages() {
+        dev.moe.dsl.SourceFile.ReadResult read = dev.moe.dsl.SourceFile.decode("ep-memory.moe",
+                ExpertParallelTrainCheck.MEMORY_MODEL.getBytes(java.nio.charset.StandardCharsets.UTF_8));
+        Model m = dev.moe.compiler.MoeCompiler.compile(((dev.moe.dsl.SourceFile.ReadResult.Ok) read).source()).orThrow().models().getFirst();
+        assertThat(CudaModelGenerator.expertParallelRefusal(m)).isEmpty();
+        // 16 experts a layer of gate, up and down [1024, 256]: 3 MiB of fp32 each, more than a 2 MiB page
+        long expertBytes = 3L * 1024 * 256 * 4;
+        assertThat(expertBytes).isGreaterThan(2L << 20);
+        assertThat(m.config().dim()).isEqualTo(256);
+    }
+
+    @Test
     void theExpertsARankDoesNotHoldAreNamedByTheirParameters() {
         SortedMap<Integer, Integer> experts = new TreeMap<>();
         experts.put(1, 3);

@@ -41,4 +41,12 @@ public interface DeviceTrainable {
      * that has been stepping on the device, its moments into {@code adam}.
      */
     void pullToHost(AdamW adam);
+
+    /**
+     * Whether {@link #pullToHost} is a collective that every rank must call (an expert-parallel model whose ranks each hold some
+     * experts only: the others are gathered to rank 0).
+     */
+    default boolean collectivePull() {
+        return false;
+    }
 }
