@@ -53,6 +53,11 @@ public final class CudaMoeLayer implements AutoCloseable {
     private boolean training = true;
     /** The weight blocks this layer allocated itself (null when it works on external weights). */
     private final DeviceAllocator.Block routerBlock, biasBlock, w13Block, w2Block, dRouterBlock, dW13Block, dW2Block;
+    /**
+     * In bf16 on external weights, the experts' bf16 copies on reserved addresses where the GPU supports it, so that an
+     * expert-parallel rank can give back the copies of other ranks' experts ({@link #keepExpertCopiesOnly}); else null.
+     */
+    private ReservedMemory w13Copies, w2Copies;
     private final long router, bias, w13, w2, dRouter, dW13, dW2;
     /** Whether backward adds to the weight gradients (a model accumulating micro-batches) or overwrites them. */
     private final boolean accumulateGrads;
@@ -123,6 +128,11 @@ public final class CudaMoeLayer implements AutoCloseable {
      */
     private int[] rowOrder;
     private DeviceAllocator.Block rowOrderBlock;
+    /**
+     * The caller's work to queue beside this layer's experts in the pass under way (the MoE's shared experts): an expert stage runs
+     * it while its rows travel between ranks; without one it runs after the experts' GEMMs. Once per pass, then null.
+     */
+    private Runnable beside;
 
     public CudaMoeLayer(CudaContext ctx, Spec spec, boolean gradsInActivationType) {
         this(ctx, spec, gradsInActivationType, null, null);
@@ -155,6 +165,34 @@ public final class CudaMoeLayer implements AutoCloseable {
             throw new IllegalStateException("only a layer on external weights lends its experts' weights to a stage");
         }
         return new ExpertWeights(w13, w2, dW13, dW2);
+    }
+
+    /**
+     * Keeps the bf16 copies of {@code experts} only (an expert-parallel rank's, {@link ExpertStage#weightsRead}): the others' pages
+     * are given back. A bf16 layer on external weights whose copies are on reserved addresses; false (nothing done) otherwise.
+     */
+    public boolean keepExpertCopiesOnly(int[] experts) {
+        if (w13Copies == null) {
+            return false;
+        }
+        long per13 = (long) gw * spec.expertIn() * actBytes, per2 = (long) spec.dim() * spec.hidden() * actBytes;
+        List<long[]> keep13 = new ArrayList<>(), keep2 = new ArrayList<>();
+        for (int ex : experts) {
+            keep13.add(new long[] {ex * per13, (ex + 1) * per13});
+            keep2.add(new long[] {ex * per2, (ex + 1) * per2});
+        }
+        ctx.synchronize();
+        w13Copies.backOnly(keep13);
+        w2Copies.backOnly(keep2);
+        return true; // the copies are refreshed from the masters at each forward
+    }
+
+    /** Device bytes of the experts' bf16 copies (0 without). */
+    public long expertCopyBytes() {
+        if (w13Copies != null) {
+            return w13Copies.backedBytes() + w2Copies.backedBytes();
+        }
+        return (w13Block != null && master != null ? w13Block.bytes + w2Block.bytes : 0);
     }
 
     /**
@@ -246,12 +284,20 @@ public final class CudaMoeLayer implements AutoCloseable {
         } else {
             // bf16 copies of the fp32 masters for the GEMMs; gradients go straight to the fp32 masters' arena
             routerBlock = ctx.allocator.allocate(er * d * actBytes);
-            w13Block = ctx.allocator.allocate(e * gw * in * actBytes);
-            w2Block = ctx.allocator.allocate(e * d * f * actBytes);
+            if (ReservedMemory.supported(ctx)) {
+                w13Copies = new ReservedMemory(ctx, e * gw * in * actBytes);
+                w2Copies = new ReservedMemory(ctx, e * d * f * actBytes);
+                w13Block = w2Block = null;
+                w13 = w13Copies.pointer;
+                w2 = w2Copies.pointer;
+            } else {
+                w13Block = ctx.allocator.allocate(e * gw * in * actBytes);
+                w2Block = ctx.allocator.allocate(e * d * f * actBytes);
+                w13 = w13Block.pointer;
+                w2 = w2Block.pointer;
+            }
             biasBlock = dRouterBlock = dW13Block = dW2Block = null;
             router = routerBlock.pointer;
-            w13 = w13Block.pointer;
-            w2 = w2Block.pointer;
             bias = external.bias();
             dRouter = external.dRouter();
             dW13 = external.dW13();
@@ -534,6 +580,32 @@ public final class CudaMoeLayer implements AutoCloseable {
      * {@code x [tokens, expertIn]} while the router reads the layer's input.
      */
     public void forwardInto(long x, long routerX, int tokens, long target) {
+        forwardInto(x, routerX, tokens, target, null);
+    }
+
+    /**
+     * {@link #forwardInto(long, long, int, long)} with {@code beside} (null: none) queued where it can overlap the experts' work:
+     * while an expert-parallel stage's rows travel, else after the experts' GEMMs; always before this layer's output is added to
+     * {@code target}, so that {@code beside} may add to target too and the sum's order is the same with or without a stage.
+     */
+    public void forwardInto(long x, long routerX, int tokens, long target, Runnable beside) {
+        this.beside = beside;
+        try {
+            forwardIntoTarget(x, routerX, tokens, target);
+        } finally {
+            this.beside = null;
+        }
+    }
+
+    private void runBeside() {
+        Runnable r = beside;
+        beside = null;
+        if (r != null) {
+            r.run();
+        }
+    }
+
+    private void forwardIntoTarget(long x, long routerX, int tokens, long target) {
         long in = x;
         if (act != Type.F32) {
             if (master != null) {
@@ -576,6 +648,7 @@ public final class CudaMoeLayer implements AutoCloseable {
             }
         }
         long out = forward(in, rin, tokens);
+        runBeside(); // not yet run if the forward had no experts' work to run it beside
         long n = (long) tokens * spec.dim();
         launch("add_to_float", elementwiseGrid(n), THREADS, target, out, n);
     }
@@ -601,6 +674,24 @@ public final class CudaMoeLayer implements AutoCloseable {
      * {@code dRouterIn} (which may be {@code dIn}), that of x ({@code [tokens, expertIn]}) to {@code dIn}.
      */
     public void backwardInto(long dOut, float[] aux, float zc, float ent, long dIn, long dRouterIn) {
+        backwardInto(dOut, aux, zc, ent, dIn, dRouterIn, null);
+    }
+
+    /**
+     * {@link #backwardInto(long, float[], float, float, long, long)} with {@code beside} (null: none) queued where it can overlap
+     * the experts' backward: while an expert-parallel stage's output gradients travel, else after the experts' GEMMs; always
+     * before this layer adds its input gradients to {@code dIn} (beside may add to dIn too: the same order either way).
+     */
+    public void backwardInto(long dOut, float[] aux, float zc, float ent, long dIn, long dRouterIn, Runnable beside) {
+        this.beside = beside;
+        try {
+            backwardIntoInput(dOut, aux, zc, ent, dIn, dRouterIn);
+        } finally {
+            this.beside = null;
+        }
+    }
+
+    private void backwardIntoInput(long dOut, float[] aux, float zc, float ent, long dIn, long dRouterIn) {
         long g = dOut;
         long n = (long) tokens * spec.dim();
         if (act != Type.F32) {
@@ -608,6 +699,7 @@ public final class CudaMoeLayer implements AutoCloseable {
             cast(dOut, g, n);
         }
         long dx = backward(g, aux, zc, ent);
+        runBeside();
         long nx = (long) tokens * spec.expertIn();
         launch("add_to_float", elementwiseGrid(nx), THREADS, dIn, dx, nx);
         if (routerX != x) {
@@ -1047,12 +1139,13 @@ public final class CudaMoeLayer implements AutoCloseable {
         mark("host offsets");
         if (stage == null) {
             gemms.forward(offsets, w13, w2, h, g, a, y, this::mark);
+            runBeside();
         } else {
             int[] stageCounts = new int[e];
             for (int sl = 0; sl < e; sl++) {
                 stageCounts[sl] = routedCounts[rowOrder == null ? sl : rowOrder[sl]];
             }
-            stage.forward(h, stageCounts, y);
+            stage.forward(h, stageCounts, y, this::runBeside);
             mark("expert stage");
         }
         if (spec.constantExperts() > 0) {
@@ -1120,8 +1213,9 @@ public final class CudaMoeLayer implements AutoCloseable {
         mark("backward: combine");
         if (stage == null) {
             gemms.backward(offsets, w13, w2, dW13, dW2, accumulateGrads, h, g, a, dy, da, dg, dh);
+            runBeside();
         } else {
-            stage.backward(dy, dh);
+            stage.backward(dy, dh, this::runBeside);
         }
         mark("backward: experts");
         if (spec.constantExperts() > 0) {
@@ -1279,6 +1373,11 @@ public final class CudaMoeLayer implements AutoCloseable {
             cvBlock, wcBlock, dCvBlock, dWcBlock}) {
             if (b != null) {
                 b.close();
+            }
+        }
+        for (ReservedMemory r : new ReservedMemory[] {w13Copies, w2Copies}) {
+            if (r != null) {
+                r.close();
             }
         }
     }

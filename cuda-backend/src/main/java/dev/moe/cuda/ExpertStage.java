@@ -16,6 +16,15 @@ public interface ExpertStage extends AutoCloseable {
     void forward(long h, int[] counts, long y);
 
     /**
+     * {@link #forward(long, int[], long)}, queuing {@code beside} (work of the caller's that touches neither h nor y, such as the
+     * MoE's shared experts) on the stream where it can run while the rows travel; by default after the experts.
+     */
+    default void forward(long h, int[] counts, long y, Runnable beside) {
+        forward(h, counts, y);
+        beside.run();
+    }
+
+    /**
      * The order of the experts' rows in h this stage wants: slot s holds expert {@code rowOrder()[s]} (an expert-parallel
      * placement whose ranks do not hold contiguous ranges in rank order, renumbered so that they do); null for the experts' own
      * order, as without a stage. The layer reads it when the stage is set.
@@ -34,6 +43,12 @@ public interface ExpertStage extends AutoCloseable {
 
     /** The backward of the last {@link #forward}: {@code dh} (laid out as h) for {@code dy} (laid out as y), and the weight gradients. */
     void backward(long dy, long dh);
+
+    /** {@link #backward(long, long)}, queuing {@code beside} where it can run while the gradients travel (by default after). */
+    default void backward(long dy, long dh, Runnable beside) {
+        backward(dy, dh);
+        beside.run();
+    }
 
     @Override
     void close();

@@ -1508,6 +1508,20 @@ public final class CudaModelGenerator {
         if (m.router().recurrentWidth().isPresent()) {
             recurrentRouterForward(f, m, fnormed);
         }
+        // Shared experts beside the routed ones: the GPU layer queues them where they overlap its experts' work (under expert
+        // parallelism, while the rows travel between ranks), before it adds its own output, so the sum's order never changes.
+        boolean besides = !m.shared().isEmpty() && m.lora() == null && !m.mixer();
+        String sharedArg = "";
+        if (besides) {
+            CodeBlock.Builder sf = CodeBlock.builder();
+            for (int s = 0; s < m.shared().size(); s++) {
+                sf.add("// shared expert $L: $L\n", s, m.shared().get(s));
+                denseForward(sf, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s), target);
+            }
+            f.add("// the shared experts, which the layer runs beside its routed experts\n");
+            f.add("$T shared$L = () -> {\n$>$L$<};\n", Runnable.class, i, sf.build());
+            sharedArg = ", shared" + i;
+        }
         float eps = (float) m.router().jitter();
         if (eps != 0) {
             // (latent experts with jitter stay on the hybrid path)
@@ -1519,7 +1533,7 @@ public final class CudaModelGenerator {
             f.addStatement("ops.jitterNoise($L, (long) rows * DIM, jitterSeed(step, microBatch, $L), $Lf)", buffer("j" + i + "Noise", "DIM"), i,
                     Float.toString(eps));
             f.addStatement("ops.multiply($L, j$LNoise, $L, (long) rows * DIM)", routerIn, i, buffer("j" + i + "Input", "DIM"));
-            f.addStatement("moe$L.forwardInto($L, j$LInput, rows, $L)", i, fnormed, i, target);
+            f.addStatement("moe$L.forwardInto($L, j$LInput, rows, $L$L)", i, fnormed, i, target, sharedArg);
             f.nextControlFlow("else");
         }
         String latentIn = null, dLatent = null;
@@ -1529,9 +1543,11 @@ public final class CudaModelGenerator {
             f.add("// latent experts (MoLE): z = x · latent_downᵀ once per token; the experts read z, the router $L\n",
                     m.router().pregate() ? "the embeddings" : "x");
             f.addStatement("linear($L, $L, $L, rows, DIM, $L, false)", fnormed, pointer(m.latentDown()), latentIn, m.latentRank());
-            f.addStatement("moe$L.forwardInto($L, $L, rows, $L)", i, latentIn, m.router().pregate() ? "embedded" : fnormed, target);
+            f.addStatement("moe$L.forwardInto($L, $L, rows, $L$L)", i, latentIn, m.router().pregate() ? "embedded" : fnormed, target, sharedArg);
         } else if (m.router().pregate()) {
-            f.addStatement("moe$L.forwardInto($L, embedded, rows, $L)", i, fnormed, target);
+            f.addStatement("moe$L.forwardInto($L, embedded, rows, $L$L)", i, fnormed, target, sharedArg);
+        } else if (besides) {
+            f.addStatement("moe$L.forwardInto($L, $L, rows, $L$L)", i, fnormed, fnormed, target, sharedArg);
         } else {
             f.addStatement("moe$L.forwardInto($L, rows, $L)", i, fnormed, target);
         }
@@ -1546,18 +1562,31 @@ public final class CudaModelGenerator {
         f.beginControlFlow("for (int ex = 0; ex < $L; ex++)", m.routed()).addStatement("stepCounts$L[ex] += counts$L[ex]", i, i).endControlFlow();
         f.addStatement("stepSlots$L += slots$L", i, i);
         f.endControlFlow();
-        f.addStatement("mark($S)", "forward: moe routed experts");
-        for (int s = 0; s < m.shared().size(); s++) {
-            f.add("// shared expert $L: $L\n", s, m.shared().get(s));
-            denseForward(f, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s), target);
+        f.addStatement("mark($S)", besides ? "forward: moe routed and shared experts" : "forward: moe routed experts");
+        if (!besides) {
+            for (int s = 0; s < m.shared().size(); s++) {
+                f.add("// shared expert $L: $L\n", s, m.shared().get(s));
+                denseForward(f, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s), target);
+            }
+            f.addStatement("mark($S)", "forward: shared experts");
         }
-        f.addStatement("mark($S)", "forward: shared experts");
         balanceForward(f, m);
-        for (int s = 0; s < m.shared().size(); s++) {
-            bf.add("// shared expert $L\n", s);
-            denseBackward(bf, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s), dOut);
+        if (besides) {
+            CodeBlock.Builder sb = CodeBlock.builder();
+            for (int s = 0; s < m.shared().size(); s++) {
+                sb.add("// shared expert $L\n", s);
+                denseBackward(sb, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s), dOut);
+            }
+            bf.add("// the shared experts' backward, which the layer runs beside its routed experts' (before it adds its own input gradient)\n");
+            bf.add("$T dShared$L = () -> {\n$>$L$<};\n", Runnable.class, i, sb.build());
+        } else {
+            for (int s = 0; s < m.shared().size(); s++) {
+                bf.add("// shared expert $L\n", s);
+                denseBackward(bf, fnormed, "f" + i + "S" + s, p + "moe.shared." + s, m.shared().get(s), dOut);
+            }
+            bf.addStatement("mark($S)", "backward: shared experts");
         }
-        bf.addStatement("mark($S)", "backward: shared experts");
+        String dSharedArg = besides ? ", dShared" + i : "";
         bf.add("// routed experts and router (with the balancing losses' gradients)\n");
         CodeBlock aux = m.moe().losses().stream().anyMatch(x -> x instanceof Loss.Aux) ? CodeBlock.of("scaled(aux$L, scale)", i) : CodeBlock.of("null");
         CodeBlock zc = zLoss(m).map(z -> CodeBlock.of("scale * $Lf / rows", (float) z.coef())).orElse(CodeBlock.of("0f"));
@@ -1567,19 +1596,20 @@ public final class CudaModelGenerator {
             bf.add("// latent experts: d(z) from the experts, the router's input gradient to $L; then the shared down-projection's backward\n",
                     m.router().pregate() ? "the embeddings" : "x");
             bf.addStatement("zero($L, (long) rows * $L)", dLatent, m.latentRank());
-            bf.addStatement("moe$L.backwardInto($L, $L, $L, $L)", i, dOut, losses, dLatent, m.router().pregate() ? "dEmbedded" : "dNormed");
+            bf.addStatement("moe$L.backwardInto($L, $L, $L, $L$L)", i, dOut, losses, dLatent, m.router().pregate() ? "dEmbedded" : "dNormed", dSharedArg);
             bf.addStatement("linearBackward($L, $L, $L, dNormed, $L, rows, DIM, $L, true)", fnormed, pointer(m.latentDown()), dLatent,
                     grad(m.latentDown()), m.latentRank());
         } else {
             if (eps != 0) {
                 bf.beginControlFlow("if (jitterOn$L)", i);
                 bf.addStatement("zero($L, (long) rows * DIM)", buffer("dJittered", "DIM"));
-                bf.addStatement("moe$L.backwardInto($L, $L, dNormed, dJittered)", i, dOut, losses);
+                bf.addStatement("moe$L.backwardInto($L, $L, dNormed, dJittered$L)", i, dOut, losses, dSharedArg);
                 bf.add("// the router read the jittered input: d(input) += d(jittered) · noise\n");
                 bf.addStatement("ops.addProduct($L, dJittered, j$LNoise, (long) rows * DIM)", m.router().pregate() ? "dEmbedded" : "dNormed", i);
                 bf.nextControlFlow("else");
             }
-            bf.addStatement("moe$L.backwardInto($L, $L, dNormed$L)", i, dOut, losses, m.router().pregate() ? ", dEmbedded" : "");
+            bf.addStatement("moe$L.backwardInto($L, $L, dNormed$L$L)", i, dOut, losses, m.router().pregate() ? ", dEmbedded" : besides ? ", dNormed" : "",
+                    dSharedArg);
             if (eps != 0) {
                 bf.endControlFlow();
             }
@@ -1587,7 +1617,7 @@ public final class CudaModelGenerator {
         if (m.router().recurrentWidth().isPresent()) {
             recurrentRouterBackward(bf, m, fnormed);
         }
-        bf.addStatement("mark($S)", "backward: moe routed experts");
+        bf.addStatement("mark($S)", besides ? "backward: moe routed and shared experts" : "backward: moe routed experts");
     }
 
     /**

@@ -20,6 +20,19 @@ public interface DeviceExchange {
      */
     void allToAllV(long send, int[] sendRows, long recv, int[] recvRows, int rowBytes);
 
+    /**
+     * {@link #allToAllV} begun so that work queued on the context's stream after this call (work that neither writes {@code send}
+     * nor touches {@code recv}) may run beside the exchange; {@link #awaitAllToAllV} makes the stream wait for the rows. At most
+     * one exchange is in flight, and no other collective is called before it is awaited. Without a side stream (the default)
+     * the rows have arrived when this returns.
+     */
+    default void startAllToAllV(long send, int[] sendRows, long recv, int[] recvRows, int rowBytes) {
+        allToAllV(send, sendRows, recv, recvRows, rowBytes);
+    }
+
+    /** Work queued on the context's stream after this call sees the rows of the last {@link #startAllToAllV}. */
+    default void awaitAllToAllV() {}
+
     /** The element-wise sum over ranks of {@code count} floats at {@code buffer}, in place, the same on every rank. */
     void allReduceSum(long buffer, long count);
 }

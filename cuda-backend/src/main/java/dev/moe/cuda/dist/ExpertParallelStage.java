@@ -194,6 +194,12 @@ public final class ExpertParallelStage implements ExpertStage {
 
     @Override
     public void forward(long h, int[] counts, long y) {
+        forward(h, counts, y, () -> {});
+    }
+
+    /** Sends h's rows, queues {@code beside} while they travel (the shared experts), then runs this rank's experts and sends back. */
+    @Override
+    public void forward(long h, int[] counts, long y, Runnable beside) {
         release(saved);
         release(backwardBlocks);
         int me = exchange.rank();
@@ -212,7 +218,9 @@ public final class ExpertParallelStage implements ExpertStage {
         long yE = keep(saved, n * d * actBytes);
         long yRecv = keep(saved, n * d * actBytes);
         // h's rows for each rank are one slice of it, in rank order: h is the send buffer as it is
-        exchange.allToAllV(h, sendRows, hRecv, recvRows, in * actBytes);
+        exchange.startAllToAllV(h, sendRows, hRecv, recvRows, in * actBytes);
+        beside.run();
+        exchange.awaitAllToAllV();
         reorder(hRecv, hE, in * actBytes, true);
         gemms.forward(offsets, w13, w2, hE, gE, aE, yE, phase -> {});
         reorder(yRecv, yE, d * actBytes, false);
@@ -221,6 +229,12 @@ public final class ExpertParallelStage implements ExpertStage {
 
     @Override
     public void backward(long dy, long dh) {
+        backward(dy, dh, () -> {});
+    }
+
+    /** Sends dy's rows, queues {@code beside} while they travel (the shared experts' backward), then the experts' backward. */
+    @Override
+    public void backward(long dy, long dh, Runnable beside) {
         if (offsets == null) {
             throw new IllegalStateException("backward before any forward");
         }
@@ -233,7 +247,9 @@ public final class ExpertParallelStage implements ExpertStage {
         long dg = keep(backwardBlocks, n * gw * actBytes);
         long dhE = keep(backwardBlocks, n * in * actBytes);
         long dhRecv = keep(backwardBlocks, n * in * actBytes);
-        exchange.allToAllV(dy, sendRows, dyRecv, recvRows, d * actBytes);
+        exchange.startAllToAllV(dy, sendRows, dyRecv, recvRows, d * actBytes);
+        beside.run();
+        exchange.awaitAllToAllV();
         reorder(dyRecv, dyE, d * actBytes, true);
         gemms.backward(offsets, w13, w2, dW13, dW2, accumulate, hE, gE, aE, dyE, da, dg, dhE);
         reorder(dhRecv, dhE, in * actBytes, false);

@@ -420,7 +420,11 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
 
     /** Device bytes of the parameter arenas: values, gradients and (once training has stepped) AdamW's moments. */
     public long parameterBytes() {
-        return w.backedBytes();
+        long sum = w.backedBytes();
+        for (CudaMoeLayer layer : expertLayers().values()) {
+            sum += layer.expertCopyBytes(); // bf16 copies of the experts
+        }
+        return sum;
     }
 
     /** Where one layer's experts lie in the arena (floats): {@code w13 [E, per13]} from off13, {@code w2 [E, per2]} from off2. */
@@ -459,6 +463,11 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
             return (double) Float.intBitsToFloat(bits[0]) + Float.intBitsToFloat(bits[1]);
         }, (arena, staging) -> gatherExperts(exchange, runs, arena, staging));
         hostMayDiffer = true; // the values' pages were given back and mapped again: upload before the next forward
+        // in bf16, the layers' bf16 copies of other ranks' experts go too
+        for (int s = 0; s < stages.size(); s++) {
+            CudaMoeLayer layer = layers.get(runs.get(s).layer());
+            layer.keepExpertCopiesOnly(stages.get(s).weightsRead());
+        }
     }
 
     /** Rank 0's host copy of an arena gets every layer's experts from their ranks, one layer's w13, then its w2, at a time. */

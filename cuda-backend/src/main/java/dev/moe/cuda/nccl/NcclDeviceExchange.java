@@ -10,13 +10,17 @@ import java.time.Duration;
 /**
  * {@link DeviceExchange} over NCCL, one process per rank: the rows all-to-all is one group of ncclSend/ncclRecv on the
  * context's stream, the all-reduce an ncclAllReduce. Each call waits for the stream with the communicator's watchdog, so that
- * a dead peer ends this rank with a message instead of a hang (the layer already waits once per forward for its counts; the
- * waits cost the overlap of a collective with the next kernels, not yet sought).
+ * a dead peer ends this rank with a message instead of a hang. {@link #startAllToAllV} runs the rows on a side stream instead
+ * (after the work queued so far on the context's stream), so that the work queued next (an MoE layer's shared experts) runs beside
+ * them; {@link #awaitAllToAllV} waits for them with the watchdog and orders the context's stream after them.
  */
 public final class NcclDeviceExchange implements DeviceExchange {
     private final CudaContext ctx;
     private final Communicator comm;
     private final Duration timeout;
+    /** The side stream of {@link #startAllToAllV} and its two events (queued work done; rows arrived), made on first use. */
+    private java.lang.foreign.MemorySegment side, queued, arrived;
+    private boolean inFlight;
 
     public NcclDeviceExchange(CudaContext ctx, Communicator comm, Duration timeout) {
         this.ctx = ctx;
@@ -59,6 +63,35 @@ public final class NcclDeviceExchange implements DeviceExchange {
         int perRow = rowBytes / unit.bytes;
         comm.allToAllV(send, elements(sendRows, perRow), recv, elements(recvRows, perRow), unit, ctx.stream);
         comm.await(ctx.stream, timeout, "the expert rows all-to-all");
+    }
+
+    @Override
+    public void startAllToAllV(long send, int[] sendRows, long recv, int[] recvRows, int rowBytes) {
+        if (inFlight) {
+            throw new IllegalStateException("an all-to-all is already in flight");
+        }
+        if (side == null) {
+            side = ctx.driver.createStream();
+            queued = ctx.driver.createEvent();
+            arrived = ctx.driver.createEvent();
+        }
+        DataType unit = unit(rowBytes);
+        int perRow = rowBytes / unit.bytes;
+        ctx.driver.record(queued, ctx.stream);
+        ctx.driver.streamWaitEvent(side, queued);
+        comm.allToAllV(send, elements(sendRows, perRow), recv, elements(recvRows, perRow), unit, side);
+        ctx.driver.record(arrived, side);
+        inFlight = true;
+    }
+
+    @Override
+    public void awaitAllToAllV() {
+        if (!inFlight) {
+            return;
+        }
+        inFlight = false;
+        comm.await(side, timeout, "the expert rows all-to-all");
+        ctx.driver.streamWaitEvent(ctx.stream, arrived);
     }
 
     /** The widest NCCL type that divides a row: the rows only move, so any type of their size will do. */

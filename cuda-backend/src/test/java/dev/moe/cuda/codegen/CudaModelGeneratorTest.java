@@ -186,11 +186,12 @@ class CudaModelGeneratorTest {
             String normBackward = "ops.rmsNormBackward(a0Input, l0NormWeight, a0Rstd, dNormed, dx, l0NormWeightGrad, rows, DIM)";
             assertThat(source.split(java.util.regex.Pattern.quote(normBackward), -1).length - 1).isEqualTo(2);
             // layer 2: the MoE (and its shared expert) on the same normed input, from the kept output gradient
-            assertThat(source).contains("moe2.forwardInto(a2Normed, rows, stream)");
+            // the shared expert runs beside the routed ones: handed to the layer, which queues it while its experts work
+            assertThat(source).contains("moe2.forwardInto(a2Normed, a2Normed, rows, stream, shared2)");
             assertThat(source).contains("linear(a2Normed, l2MoeShared0Gate, f2S0Gate, rows, DIM, 24, false)");
-            assertThat(source).contains("moe2.backwardInto(p2DOut, scaled(aux2, scale), scale * 0.001f / rows, 0f, dNormed)");
+            assertThat(source).contains("moe2.backwardInto(p2DOut, scaled(aux2, scale), scale * 0.001f / rows, 0f, dNormed, dNormed, dShared2)");
             // the pre-norm layer between them keeps its two norms
-            assertThat(source).contains("moe1.forwardInto(f1Normed, rows, stream)");
+            assertThat(source).contains("moe1.forwardInto(f1Normed, f1Normed, rows, stream, shared1)");
             // the backward: the output gradient kept before the attention's backward adds its input gradient to dx
             String backward2 = source.substring(source.indexOf("private void backwardLayer2("));
             assertThat(backward2.indexOf("copy(p2DOut, dx")).isLessThan(backward2.indexOf("linearBackward(a2Att, l2AttnO, dx"));
@@ -201,6 +202,25 @@ class CudaModelGeneratorTest {
         }
     }
 
+    /**
+     * Shared experts are handed to the routed layer as work to run beside its experts (while an expert-parallel stage's rows
+     * travel), forward and backward, once each: not also run after the layer.
+     */
+    @Test
+    void sharedExpertsRunBesideTheRoutedExperts() throws IOException {
+        Model m = compileText(Files.readString(RECIPES.resolve("deepseek-moe.moe"))).getFirst();
+        String src = CudaModelGenerator.generate(m, "dev.moe.generated", "deepseek-moe.moe").toString();
+        String forward = src.substring(src.indexOf("Runnable shared1 = () -> {"), src.indexOf("moe1.forwardInto("));
+        assertThat(forward).contains("linear(f1Normed, l1MoeShared0Gate, f1S0Gate");
+        assertThat(forward).contains("linear(f1Normed, l1MoeShared1Gate, f1S1Gate");
+        assertThat(src).contains("moe1.forwardInto(f1Normed, f1Normed, rows, stream, shared1)");
+        assertThat(src.split(java.util.regex.Pattern.quote("linear(f1Normed, l1MoeShared0Gate, f1S0Gate"), -1).length - 1).isEqualTo(1);
+        String backward = src.substring(src.indexOf("Runnable dShared1 = () -> {"), src.indexOf("moe1.backwardInto("));
+        assertThat(backward).contains("l1MoeShared0DownGrad");
+        assertThat(src.split(java.util.regex.Pattern.quote("l1MoeShared0DownGrad,"), -1).length - 1).isEqualTo(1);
+        assertThat(src).containsMatch("moe1\\.backwardInto\\(dx, [^;]*, dNormed, dNormed, dShared1\\);");
+    }
+
     /** The shortcut block's parity model is device-resident: the MoE reads ffn0's input, adds into its own buffer, joins at the end. */
     @Test
     void theShortcutBlockIsDeviceResident() {
@@ -209,10 +229,10 @@ class CudaModelGeneratorTest {
         DeviceModels.Classes classes = DeviceModels.compile(m, "blocks.moe");
         assertThat(DeviceModel.class.isAssignableFrom(classes.device())).isTrue();
         String source = CudaModelGenerator.generate(m, "dev.moe.generated", "blocks.moe").toString();
-        assertThat(source).contains("moe0.forwardInto(f0Normed, rows, s0MoeOut)");
+        assertThat(source).contains("moe0.forwardInto(f0Normed, f0Normed, rows, s0MoeOut, shared0)");
         assertThat(source).contains("ops.addInPlace(stream, s0MoeOut, (long) rows * DIM)");
         assertThat(source).contains("copy(s0DMoeOut, dx, (long) rows * DIM)");
-        assertThat(source).contains("moe0.backwardInto(s0DMoeOut, null, scale * 0.001f / rows, 0f, dNormed)");
+        assertThat(source).contains("moe0.backwardInto(s0DMoeOut, null, scale * 0.001f / rows, 0f, dNormed, dNormed, dShared0)");
         // the shared expert's output joins the MoE's, and its backward reads the same output gradient
         assertThat(source).contains("linear(f0S0Act, l0MoeShared0Down, s0MoeOut, rows, 24, DIM, true)");
         assertThat(source).contains("linearBackward(f0S0Act, l0MoeShared0Down, s0DMoeOut, dAct, l0MoeShared0DownGrad, rows, 24, DIM, false)");
@@ -1014,7 +1034,7 @@ class CudaModelGeneratorTest {
         for (int l = 1; l < 4; l++) {
             assertThat(src).contains("aux" + l + " = new float[batch * 16];");
             assertThat(src).contains("balance" + l + " += moe" + l + ".sequenceBalanceStats(seq).auxLoss(1.0E-4f, 4, rows, aux" + l + ");");
-            assertThat(src).contains("moe" + l + ".backwardInto(dx, scaled(aux" + l + ", scale), 0f, 0f, dNormed);");
+            assertThat(src).contains("moe" + l + ".backwardInto(dx, scaled(aux" + l + ", scale), 0f, 0f, dNormed, dNormed, dShared" + l + ");");
         }
         // the sequence-wise loss needs no batch-wide statistics
         assertThat(src).doesNotContain("balanceStats()");
