@@ -112,7 +112,8 @@ final class TrainCommand implements Callable<Integer> {
             + " the --gpus ranks (a world of one without --gpus): as the recipe's `parallel` block places them (any placement), else rank i"
             + " runs the i-th contiguous range of every layer's experts (when N does not divide them, the first ranks one more; a rank may"
             + " have none), and the tokens routed to them travel there and back"
-            + " by all-to-all. Every rank still holds every expert, so checkpoints are those of data parallelism. Device-resident models"
+            + " by all-to-all. Each rank keeps only its own experts in GPU memory; checkpoints gather them, so a run resumes on any number"
+            + " of GPUs. Device-resident models"
             + " whose MoE layers have FFN, zero and copy experts (not LoRA, latent or MoE++ constant experts).")
     boolean expertParallel;
 
@@ -580,15 +581,16 @@ final class TrainCommand implements Callable<Integer> {
         DeviceExchange exchange = world instanceof NcclCollective nccl ? nccl.deviceExchange()
                 : new SharedDeviceGroup(1, 60_000).rank(0, device.cudaContext());
         java.util.SortedMap<Integer, ExpertPlacement> byLayer = placements(declared, t, device.expertsByLayer(), exchange.size());
-        long every = device.parameterBytes();
+        long every = device.trainingParameterBytes();
         // each rank keeps its own experts only where the GPU can give back part of the arena (virtual memory management)
         boolean localOnly = device.canKeepLocalExpertsOnly();
         device.useExpertParallel(exchange, byLayer, localOnly);
         if (lead) {
             stdout.printf(Locale.ROOT, "expert-parallel over %d rank(s): %s%n", exchange.size(), describePlacements(byLayer));
-            stdout.printf(Locale.ROOT, localOnly ? "each rank holds its own experts only: %.1f of %.1f MiB of weights and gradients on this GPU%n"
-                    : "every rank holds every expert (%s cannot give back part of an allocation): %.1f MiB of weights and gradients%n",
-                    localOnly ? new Object[] {device.parameterBytes() / 1048576.0, every / 1048576.0} : new Object[] {device.deviceName(), every / 1048576.0});
+            stdout.printf(Locale.ROOT, localOnly ? "each rank holds its own experts only: %.1f of the model's %.1f MiB of weights, gradients and AdamW"
+                    + " moments on this GPU%n" : "every rank holds every expert (%s cannot give back part of an allocation): %.1f MiB of weights,"
+                    + " gradients and AdamW moments%n", localOnly ? new Object[] {device.trainingParameterBytes() / 1048576.0, every / 1048576.0}
+                    : new Object[] {device.deviceName(), every / 1048576.0});
             stdout.flush();
         }
     }

@@ -418,6 +418,18 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
         return dev.moe.cuda.ReservedMemory.supported(ctx);
     }
 
+    /**
+     * Device bytes of the parameters when training: values, gradients and AdamW's two moments (counted before the first step
+     * allocates them), and in bf16 the experts' bf16 copies.
+     */
+    public long trainingParameterBytes() {
+        long sum = w.trainingBytes();
+        for (CudaMoeLayer layer : expertLayers().values()) {
+            sum += layer.expertCopyBytes();
+        }
+        return sum;
+    }
+
     /** Device bytes of the parameter arenas: values, gradients and (once training has stepped) AdamW's moments. */
     public long parameterBytes() {
         long sum = w.backedBytes();

@@ -169,6 +169,15 @@ public final class DeviceWeights implements AutoCloseable {
         return Runs.subtract(List.of(new long[] {0, floats}), sharded);
     }
 
+    /**
+     * Device bytes of the arenas a training step needs: values, gradients and AdamW's two moments (before the first step, which
+     * allocates the moments, counted as the values' bytes each, which they will take).
+     */
+    public long trainingBytes() {
+        long moments = first != null ? first.backedBytes() + second.backedBytes() : 2 * values.backedBytes();
+        return values.backedBytes() + grads.backedBytes() + moments;
+    }
+
     /** Device bytes the arenas (values, gradients and, once allocated, AdamW's moments) hold. */
     public long backedBytes() {
         long sum = 0;

@@ -43,7 +43,12 @@ import java.util.concurrent.TimeUnit;
  * with bf16 experts in worlds of one and two (2e-2; the weights not compared). Then, with the same criteria, placements that are
  * not contiguous in rank order ({@link #permuted}: interleaved, uneven with a rank of one expert and a rank of none), whose
  * layers sort their rows by slot and whose stages read and write each expert at its own place in the arena: fp32 in worlds of
- * two and four, bf16 in a world of two. Prints a table; exits 1 on any failure.
+ * two and four, bf16 in a world of two. Every world of several ranks runs twice: every expert on every rank, then each rank's
+ * experts only ({@link DeviceModel#useExpertParallel(DeviceExchange, java.util.Map, boolean)}: the other experts' memory given
+ * back), where each gradient is compared on the rank that holds it and rank 0's weights and AdamW moments after the gathering
+ * {@code pullToHost} (what a checkpoint saves) against the reference's (moments within 1e-3 per tensor); no rank may hold more
+ * parameter memory than the model, and a model of 3 MiB experts ({@link #MEMORY_MODEL}) in a world of four must hold under half.
+ * Prints a table; exits 1 on any failure.
  *
  * <pre>
  * java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -cp '.device/lib/*' dev.moe.cuda.model.ExpertParallelTrainCheck
@@ -214,7 +219,20 @@ public final class ExpertParallelTrainCheck {
     }
 
     /** What one run (a rank, or the reference) saw: the loss and expert loads of each step, the first step's gradients, the final weights. */
-    private record Run(double[] losses, long[][] loads, List<float[]> grads, List<float[]> weights, String foreignNonZero, long parameterBytes) {}
+    private record Run(double[] losses, long[][] loads, List<float[]> grads, List<float[]> weights, String foreignNonZero, long parameterBytes,
+            List<float[]> moments) {}
+
+    /** AdamW's first and second moment of every parameter (in the host optimiser after pullToHost), first moments first. */
+    private static List<float[]> moments(AdamW adam, List<Parameter> ps) {
+        List<float[]> out = new ArrayList<>();
+        for (java.util.Map<String, float[]> state : List.of(adam.firstMoments(), adam.secondMoments())) {
+            for (Parameter p : ps) {
+                float[] m = state.get(p.name());
+                out.add(m == null ? new float[p.size()] : m.clone());
+            }
+        }
+        return out;
+    }
 
     private static List<float[]> copies(List<Parameter> ps, boolean grads) {
         List<float[]> out = new ArrayList<>();
@@ -257,7 +275,7 @@ public final class ExpertParallelTrainCheck {
                 m.clipAndStep(adam, ps, LR, 1.0);
             }
             m.pullToHost(adam);
-            return new Run(losses, loads, grads, copies(ps, false), "", m.parameterBytes());
+            return new Run(losses, loads, grads, copies(ps, false), "", m.parameterBytes(), moments(adam, ps));
         }
     }
 
@@ -385,7 +403,7 @@ public final class ExpertParallelTrainCheck {
             m.clipAndStep(adam, ps, LR, 1.0);
         }
         m.pullToHost(adam);
-        return new Run(losses, loads, grads, copies(ps, false), foreignNonZero, m.parameterBytes());
+        return new Run(losses, loads, grads, copies(ps, false), foreignNonZero, m.parameterBytes(), moments(adam, ps));
     }
 
     private static double rel(float[] got, float[] want) {
@@ -527,6 +545,11 @@ public final class ExpertParallelTrainCheck {
             }
         }
         double weights = maxAbs(got[0].weights(), ref.weights());
+        // rank 0's optimiser state, which a checkpoint saves (with each rank's experts only, gathered from their owners): per tensor
+        double moments = 0;
+        for (int i = 0; i < ref.moments().size(); i++) {
+            moments = Math.max(moments, rel(got[0].moments().get(i), ref.moments().get(i)));
+        }
         double beyond = fractionBeyond(got[0].weights(), ref.weights(), tolerance);
         // A world of one runs every expert on its one rank: the gradients and weights of the model without expert parallelism, bit
         // for bit (the step's loss is summed in another order on the host, so it may differ in the last bits: 1e-8).
@@ -542,10 +565,11 @@ public final class ExpertParallelTrainCheck {
         }
         boolean memory = most <= maxMemory * ref.parameterBytes();
         boolean pass = loss <= tolerance && sameLoads && foreign.isEmpty() && ranksAgree && grad <= tolerance
-                && (divergedAt > 0 || bf16 || weights <= tolerance || beyond <= 1e-3) && exactOne && memory;
-        System.out.printf(Locale.ROOT, "%-16s %-4s R=%d %-5s %-22s %9.2e %5s %9.2e %-34s %9.2e %8.1e %6s %6s %5.2f %s%n", model.name(), bf16 ? "bf16" : "fp32",
+                && (divergedAt > 0 || bf16 || weights <= tolerance || beyond <= 1e-3) && exactOne && memory
+                && (divergedAt > 0 || bf16 || moments <= 1e-3);
+        System.out.printf(Locale.ROOT, "%-16s %-4s R=%d %-5s %-22s %9.2e %5s %9.2e %-34s %9.2e %8.1e %8.1e %6s %6s %5.2f %s%n", model.name(), bf16 ? "bf16" : "fp32",
                 ranks, localOnly ? "local" : "all", (permuted ? "permuted " : "E/rank ") + layout(placements.values().iterator().next()), loss,
-                sameLoads ? "same" : "DIFF", grad, abbreviate(worst), weights, beyond,
+                sameLoads ? "same" : "DIFF", grad, abbreviate(worst), weights, beyond, moments,
                 foreign.isEmpty() ? "zero" : "NONZERO", ranksAgree ? "same" : "DIFF", (double) most / ref.parameterBytes(), (pass ? "ok" : "FAIL") + (foreign.isEmpty() ? "" : " (" + foreign + ")")
                         + (exactOne ? "" : " (world of one: gradients or weights not bitwise those without expert parallelism)")
                         + (divergedAt > 0 ? " (routing diverged at step " + divergedAt + ": weights not compared)" : ""));
@@ -577,8 +601,8 @@ public final class ExpertParallelTrainCheck {
         System.out.printf("moe train --expert-parallel's path on %s (%s): simulated ranks on one GPU, %d steps of %d micro-batches of %d"
                 + " sequences, against one model without expert parallelism on every rank's shard; fp32 within %.0e, bf16 experts within %.0e%n",
                 refCtx.deviceName, refCtx.arch, STEPS, MICRO, BATCH, TOLERANCE, BF16_TOLERANCE);
-        System.out.printf(Locale.ROOT, "%-16s %-4s %-3s %-5s %-22s %9s %5s %9s %-34s %9s %8s %6s %6s %5s%n", "model", "", "", "holds", "placement (1st layer)",
-                "loss", "loads", "grads", "worst tensor", "weights", ">1e-4", "others", "ranks", "mem");
+        System.out.printf(Locale.ROOT, "%-16s %-4s %-3s %-5s %-22s %9s %5s %9s %-34s %9s %8s %8s %6s %6s %5s%n", "model", "", "", "holds", "placement (1st layer)",
+                "loss", "loads", "grads", "worst tensor", "weights", ">1e-4", "moments", "others", "ranks", "mem");
         for (Model m : models(recipes)) {
             DeviceModels.Classes classes = DeviceModels.compile(m, m.name());
             // fp32 (1e-4), then bf16 experts (2e-2; weights not compared): a model reads its context's precision when built
