@@ -225,6 +225,91 @@ class DataParallelTest {
         }
     }
 
+    /**
+     * A model whose pull to the host is a collective (an expert-parallel GPU model whose ranks hold their own experts only): every
+     * rank must take part in each save, not only rank 0, or rank 0 would wait forever for the others.
+     */
+    @Test
+    void aCollectivePullIsMadeByEveryRankAtEverySave() throws Exception {
+        Path out = dir.resolve("collective");
+        ThreadWorld world = new ThreadWorld(2);
+        java.util.concurrent.atomic.AtomicIntegerArray pulls = new java.util.concurrent.atomic.AtomicIntegerArray(2);
+        ExecutorService pool = Executors.newFixedThreadPool(2);
+        try {
+            List<Future<Trainer.Result>> results = new ArrayList<>();
+            for (int r = 0; r < 2; r++) {
+                Collective c = world.rank(r);
+                int rank = r;
+                CollectivePullModel m = new CollectivePullModel(tiny(RECIPE), c, () -> pulls.incrementAndGet(rank));
+                results.add(pool.submit(() -> new Trainer(m, data(), optionsEverySecondStep(out), quiet()).world(c).run()));
+            }
+            for (Future<Trainer.Result> f : results) {
+                assertThat(f.get(120, TimeUnit.SECONDS).steps()).isEqualTo(4);
+            }
+        } finally {
+            pool.shutdownNow();
+        }
+        // saves at steps 2 and 4: two pulls on each rank
+        assertThat(pulls.get(0)).isEqualTo(2);
+        assertThat(pulls.get(1)).isEqualTo(2);
+        assertThat(TrainCommandTest.tensors(out.resolve("last.safetensors"))).containsEntry("__step", "4");
+        assertThat(Files.exists(out.resolve("step-000002.safetensors"))).isTrue();
+    }
+
+    /** {@link #options} with a checkpoint kept every second step. */
+    private static Trainer.Options optionsEverySecondStep(Path out) {
+        Trainer.Options o = options(out);
+        return new Trainer.Options(o.steps(), o.batch(), o.microBatches(), o.seq(), o.lr(), o.beta1(), o.beta2(), o.eps(), o.weightDecay(), o.schedule(),
+                o.warmup(), o.minLr(), o.gradClip(), o.seed(), out, 2, false, 0, Map.of());
+    }
+
+    /**
+     * A CPU model dressed as a device model whose {@link dev.moe.runtime.train.DeviceTrainable#pullToHost} is a collective: it
+     * sums over the world (which waits for every rank, and times out if one never comes) and counts its calls.
+     */
+    private record CollectivePullModel(TrainableModel inner, Collective world, Runnable counted)
+            implements TrainableModel, dev.moe.runtime.train.DeviceTrainable {
+        @Override public String name() { return inner.name(); }
+        @Override public int vocab() { return inner.vocab(); }
+        @Override public int context() { return inner.context(); }
+        @Override public List<Parameter> parameters() { return inner.parameters(); }
+        @Override public void initialize(long seed) { inner.initialize(seed); }
+        @Override public void beginStep() { inner.beginStep(); }
+        @Override public void setStep(long step) { inner.setStep(step); }
+        @Override public void setTraining(boolean training) { inner.setTraining(training); }
+        @Override public void setDomains(List<String> domains) { inner.setDomains(domains); }
+        @Override public void setMask(boolean[] keep) { inner.setMask(keep); }
+        @Override public double forward(int[] inputs, int[] targets, int batch, int seq) { return inner.forward(inputs, targets, batch, seq); }
+        @Override public double lastCrossEntropy() { return inner.lastCrossEntropy(); }
+        @Override public void backward(float scale) { inner.backward(scale); }
+        @Override public void endStep() { inner.endStep(); }
+        @Override public long[] stepLoads() { return inner.stepLoads(); }
+        @Override public void setStepLoads(long[] loads) { inner.setStepLoads(loads); }
+        @Override public float[] lastLogits(int[] inputs, int batch, int seq) { return inner.lastLogits(inputs, batch, seq); }
+        @Override public int[][] expertLoads() { return inner.expertLoads(); }
+        @Override public int[][][] expertLoadsBySequence() { return inner.expertLoadsBySequence(); }
+        @Override public int[] moeLayers() { return inner.moeLayers(); }
+        @Override public void gradientsStayOnDevice(boolean stay) {}
+        @Override public void allReduceGradients(Collective w) { w.allReduceGradients(inner.parameters()); }
+
+        @Override
+        public double clipAndStep(dev.moe.runtime.train.AdamW adam, List<Parameter> params, double lr, double maxNorm) {
+            adam.step(params, lr);
+            return 0;
+        }
+
+        @Override
+        public void pullToHost(dev.moe.runtime.train.AdamW adam) {
+            world.allReduceSum(new double[1]);
+            counted.run();
+        }
+
+        @Override
+        public boolean collectivePull() {
+            return true;
+        }
+    }
+
     private static TrainableModel tiny(String recipe) throws Recipes.UserError {
         return Recipes.load(new SourceFile("tiny.moe", recipe), null, 1, new PrintWriter(new StringWriter())).instance();
     }

@@ -487,13 +487,14 @@ public final class Trainer {
 
     /** Rank 0 alone writes: every rank holds the same weights, optimiser state and data position. */
     private void save(Path last, List<Parameter> params, AdamW adam, long step, DataStream data) throws IOException {
-        if (model instanceof DeviceTrainable device && device.collectivePull()) {
-            device.pullToHost(adam); // every rank: each holds some experts only, gathered to rank 0
+        boolean collective = model instanceof DeviceTrainable d && d.collectivePull();
+        if (collective) {
+            ((DeviceTrainable) model).pullToHost(adam); // every rank: each holds some experts only, gathered to rank 0
         }
         if (!lead()) {
             return;
         }
-        if (model instanceof DeviceTrainable device) {
+        if (!collective && model instanceof DeviceTrainable device) {
             device.pullToHost(adam); // the device holds the newest weights and moments
         }
         if (model.moeLayers().length > 0) {
