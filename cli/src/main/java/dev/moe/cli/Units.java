@@ -10,6 +10,7 @@ import java.util.Locale;
 final class Units {
     private static final String[] COUNT_UNITS = {"", "K", "M", "B", "T"};
     private static final String[] SI_PREFIXES = {"", "K", "M", "G", "T", "P", "E"};
+    private static final String[] BINARY_UNITS = {"KiB", "MiB", "GiB", "TiB", "PiB"};
     private static final MathContext THREE_DIGITS = new MathContext(3, RoundingMode.HALF_EVEN);
 
     private Units() {}
@@ -46,6 +47,21 @@ final class Units {
         String loUnit = lo.substring(lo.indexOf(' '));
         String hiUnit = hi.substring(hi.indexOf(' '));
         return loUnit.equals(hiUnit) ? lo.substring(0, lo.indexOf(' ')) + "–" + hi : lo + "–" + hi;
+    }
+
+    /** Memory with one decimal in binary units: {@code 512 bytes}, {@code 3.2 MiB}, {@code 1.5 GiB}. */
+    static String bytes(long n) {
+        if (n < 1024) {
+            return n + " bytes";
+        }
+        double v = n / 1024.0;
+        int unit = 0;
+        // 1023.96 MiB reads 1.0 GiB, not 1024.0 MiB
+        while (unit < BINARY_UNITS.length - 1 && v >= 1023.95) {
+            v /= 1024;
+            unit++;
+        }
+        return String.format(Locale.ROOT, "%.1f %s", v, BINARY_UNITS[unit]);
     }
 
     /** Every digit, grouped: {@code 6,621,440}. */

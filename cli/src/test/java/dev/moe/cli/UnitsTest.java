@@ -28,6 +28,19 @@ class UnitsTest {
     }
 
     @Test
+    void bytesUseBinaryUnitsWithOneDecimal() {
+        assertThat(Units.bytes(0)).isEqualTo("0 bytes");
+        assertThat(Units.bytes(1023)).isEqualTo("1023 bytes");
+        assertThat(Units.bytes(1024)).isEqualTo("1.0 KiB");
+        assertThat(Units.bytes(4_158_464)).isEqualTo("4.0 MiB");
+        assertThat(Units.bytes(3_765_248)).isEqualTo("3.6 MiB");
+        assertThat(Units.bytes(16L * 46_700_000_000L)).isEqualTo("695.9 GiB");
+        // rounding up crosses into the next unit
+        assertThat(Units.bytes((1L << 30) - 1)).isEqualTo("1.0 GiB");
+        assertThat(Units.bytes((1L << 30) - (1L << 20))).isEqualTo("1023.0 MiB");
+    }
+
+    @Test
     void flopsUseSiPrefixes() {
         assertThat(Units.flops(512)).isEqualTo("512 FLOP");
         assertThat(Units.flops(4_600_000)).isEqualTo("4.6 MFLOP");
