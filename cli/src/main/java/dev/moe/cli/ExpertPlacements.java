@@ -1,16 +1,20 @@
 package dev.moe.cli;
 
+import dev.moe.compiler.ir.Expert;
+import dev.moe.compiler.ir.ExpertGroup;
 import dev.moe.compiler.ir.ExpertParallel;
 import dev.moe.compiler.ir.Layer;
 import dev.moe.compiler.ir.Model;
 import dev.moe.compiler.ir.Moe;
 import dev.moe.compiler.ir.Training;
+import dev.moe.cuda.codegen.CudaModelGenerator;
 import dev.moe.cuda.dist.ExpertPlacement;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.Optional;
 
 /**
  * Where expert parallelism puts each MoE layer's routed experts for a run on a given number of ranks:
@@ -18,6 +22,9 @@ import java.util.Map;
  * {@code experts_per_rank}, else contiguous blocks. Pure bookkeeping: no GPU is touched.
  */
 final class ExpertPlacements {
+    /** Device bytes of one parameter in training: its fp32 value, gradient and AdamW's two moments. */
+    static final long TRAINING_BYTES_PER_PARAM = 16;
+
     private ExpertPlacements() {}
 
     /**
@@ -82,6 +89,80 @@ final class ExpertPlacements {
             }
             lines.add(b.toString());
         }
+        return lines;
+    }
+
+    /**
+     * Parameter memory of training on one rank under {@code --expert-parallel}, which keeps the replicated parameters (the
+     * model's {@code totalParams} less the {@code placedParams} of every placed expert) and the {@code rankParams} of the
+     * rank's own experts, {@link #TRAINING_BYTES_PER_PARAM} each. With {@code rankParams == placedParams}: the whole model,
+     * what every rank holds under data parallelism.
+     */
+    static long trainingBytes(long totalParams, long placedParams, long rankParams) {
+        if (rankParams < 0 || rankParams > placedParams || placedParams > totalParams) {
+            throw new IllegalArgumentException("a rank's " + rankParams + " expert parameters of " + placedParams + " placed, of "
+                    + totalParams + " in all");
+        }
+        return TRAINING_BYTES_PER_PARAM * (totalParams - placedParams + rankParams);
+    }
+
+    /**
+     * The parameters of each rank's experts under {@code p}: summed over the MoE layers, the weights of the routed experts the
+     * rank holds (numbered over the routed groups in order, as in checkpoints; zero and copy experts have none).
+     *
+     * @throws IllegalArgumentException for a routed expert that expert parallelism does not run (latent, LoRA, constant)
+     */
+    static long[] expertParamsOfRanks(Model model, ExpertParallel p) {
+        long[] out = new long[p.ranks()];
+        for (ExpertParallel.LayerPlacement l : p.layers()) {
+            Moe moe = model.layers().stream().filter(x -> x.index() == l.layer()).findFirst().flatMap(x -> x.block().ffnMoe())
+                    .orElseThrow(() -> new IllegalArgumentException("layer " + l.layer() + " of " + model.name() + " has no MoE"));
+            List<Long> perExpert = new ArrayList<>();
+            for (ExpertGroup g : moe.groups()) {
+                if (g.role() != ExpertGroup.Role.ROUTED) {
+                    continue;
+                }
+                long n = switch (g.expert()) {
+                    case Expert.FeedForward f -> f.ffn().params(model.config().dim());
+                    case Expert.Zero z -> 0;
+                    case Expert.Copy c -> 0;
+                    default -> throw new IllegalArgumentException("layer " + l.layer() + "'s " + g.expert().describe()
+                            + " experts do not run expert-parallel");
+                };
+                for (int i = 0; i < g.count(); i++) {
+                    perExpert.add(n);
+                }
+            }
+            for (int r = 0; r < l.expertsOfRank().size(); r++) {
+                for (int e : l.expertsOfRank().get(r)) {
+                    out[r] += perExpert.get(e);
+                }
+            }
+        }
+        return out;
+    }
+
+    /**
+     * Each rank's parameter memory for training under {@code p} as {@code moe info} shows it, then the whole model's (every
+     * rank's under data parallelism); one line saying why when {@code --expert-parallel} does not take the model.
+     */
+    static List<String> describeMemory(Model model, ExpertParallel p) {
+        Optional<String> refused = CudaModelGenerator.expertParallelRefusal(model);
+        if (refused.isPresent()) {
+            return List.of("parameter memory per rank: not shown, --expert-parallel refuses this model: " + refused.get());
+        }
+        long[] ranks = expertParamsOfRanks(model, p);
+        long placed = java.util.Arrays.stream(ranks).sum();
+        long total = model.totalParams();
+        List<String> lines = new ArrayList<>();
+        lines.add("parameter memory for training with --expert-parallel (values, gradients, AdamW moments: " + TRAINING_BYTES_PER_PARAM
+                + " bytes a parameter):");
+        for (int r = 0; r < ranks.length; r++) {
+            long params = total - placed + ranks[r];
+            lines.add("  rank " + r + ": about " + Units.bytes(trainingBytes(total, placed, ranks[r])) + " (" + Units.count(params) + " params)");
+        }
+        lines.add("  every rank with data parallelism: about " + Units.bytes(trainingBytes(total, placed, placed)) + " (" + Units.count(total)
+                + " params)");
         return lines;
     }
 

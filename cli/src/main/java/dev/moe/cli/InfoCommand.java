@@ -27,6 +27,8 @@ import picocli.CommandLine.Spec;
             "Show what the models of a .moe file cost.",
             "For each model: a table of its layers (block, parameters, active parameters, FLOPs per token),"
                     + " the totals (parameters, active parameters, activation ratio, FLOPs per token) and its configuration.",
+            "For a model whose train block has a `parallel` block: each MoE layer's experts per rank, and each rank's parameter memory"
+                    + " for training with --expert-parallel beside the whole model's.",
         },
         exitCodeListHeading = "%nExit status:%n",
         exitCodeList = {
@@ -86,6 +88,7 @@ final class InfoCommand implements Callable<Integer> {
                 if (t.model().equals(m.name()) && t.parallel().isPresent()) {
                     out.printf(Locale.ROOT, "%n  expert placement on %d ranks (train %s)%n", t.parallel().get().ranks(), t.model());
                     ExpertPlacements.describe(t.parallel().get()).forEach(line -> out.println("    " + line));
+                    ExpertPlacements.describeMemory(m, t.parallel().get()).forEach(line -> out.println("    " + line));
                 }
             }
         }

@@ -1,16 +1,22 @@
 package dev.moe.cli;
 
 import static com.google.common.truth.Truth.assertThat;
+import static com.google.common.truth.Truth.assertWithMessage;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
 import dev.moe.compiler.MoeCompiler;
 import dev.moe.compiler.ir.CompiledFile;
+import dev.moe.compiler.ir.ExpertParallel;
+import dev.moe.compiler.ir.Model;
+import dev.moe.compiler.ir.Param;
 import dev.moe.cuda.dist.ExpertPlacement;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Map;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -161,5 +167,94 @@ class ExpertPlacementsTest {
         assertThat(check.exit()).isEqualTo(0);
         assertThat(check.out()).contains("1 training recipe; train Placed: experts on 2 ranks)");
         assertThat(Cli.run("info", write("").toString()).out()).doesNotContain("expert placement");
+    }
+
+    @Test
+    void aRanksTrainingMemoryIsSixteenBytesForEachReplicatedParameterAndEachOfItsExperts() {
+        assertThat(ExpertPlacements.trainingBytes(1_000, 600, 150)).isEqualTo(16L * 550);
+        // holding every placed expert is the whole model (data parallelism); a model without placed experts, the same
+        assertThat(ExpertPlacements.trainingBytes(1_000, 600, 600)).isEqualTo(16_000);
+        assertThat(ExpertPlacements.trainingBytes(1_000, 0, 0)).isEqualTo(16_000);
+        assertThat(ExpertPlacements.trainingBytes(1_000, 600, 0)).isEqualTo(16L * 400);
+        assertThrows(IllegalArgumentException.class, () -> ExpertPlacements.trainingBytes(1_000, 600, 601));
+        assertThrows(IllegalArgumentException.class, () -> ExpertPlacements.trainingBytes(1_000, 1_001, 0));
+        assertThrows(IllegalArgumentException.class, () -> ExpertPlacements.trainingBytes(1_000, 600, -1));
+    }
+
+    /** The parameters of each rank's experts counted from the checkpoint's tensors ({@code layers.L.moe.experts.E.*}). */
+    private static long[] expertTensorsOfRanks(Model m, ExpertParallel p) {
+        Pattern name = Pattern.compile("layers\\.(\\d+)\\.moe\\.experts\\.(\\d+)\\..+");
+        long[] out = new long[p.ranks()];
+        for (Param t : m.params()) {
+            Matcher x = name.matcher(t.name());
+            if (!x.matches()) {
+                continue;
+            }
+            int layer = Integer.parseInt(x.group(1));
+            int expert = Integer.parseInt(x.group(2));
+            ExpertParallel.LayerPlacement l = p.layers().stream().filter(y -> y.layer() == layer).findFirst().orElseThrow();
+            for (int r = 0; r < p.ranks(); r++) {
+                if (l.expertsOfRank().get(r).contains(expert)) {
+                    out[r] += t.numel();
+                }
+            }
+        }
+        return out;
+    }
+
+    @Test
+    void contiguousOnTwoRanksHalvesTheExperts() throws Exception {
+        CompiledFile f = MoeCompiler.compile(write("  parallel {\n    ranks 2\n  }")).orThrow();
+        Model m = f.models().getFirst();
+        ExpertParallel p = f.trainings().getFirst().parallel().orElseThrow();
+        // swiglu(hidden: 64) at dim 64: 3·64·64 weights an expert; each rank holds 4 of each wide layer's 8, 2 of narrow's 4
+        long expert = 3L * 64 * 64;
+        long[] ranks = ExpertPlacements.expertParamsOfRanks(m, p);
+        assertThat(ranks).asList().containsExactly(10 * expert, 10 * expert).inOrder();
+        assertThat(ranks).isEqualTo(expertTensorsOfRanks(m, p));
+        assertThat(ExpertPlacements.trainingBytes(m.totalParams(), 20 * expert, ranks[0])).isEqualTo(16 * (m.totalParams() - 10 * expert));
+    }
+
+    @Test
+    void infoShowsEachRanksParameterMemoryBesideTheWholeModels() throws Exception {
+        Path file = write("""
+                  parallel {
+                    ranks 2
+                    experts per_rank([[0], [1, 2, 3, 4, 5, 6, 7]], layers: [3])
+                    experts per_rank([[0, 1, 2, 3, 4, 5], [6, 7]], layers: [1])
+                  }
+                """);
+        CompiledFile f = MoeCompiler.compile(file).orThrow();
+        Model m = f.models().getFirst();
+        ExpertParallel p = f.trainings().getFirst().parallel().orElseThrow();
+        long expert = 3L * 64 * 64;
+        // rank 0: 6 + 2 + 1 experts, rank 1: 2 + 2 + 7
+        long[] ranks = ExpertPlacements.expertParamsOfRanks(m, p);
+        assertThat(ranks).asList().containsExactly(9 * expert, 11 * expert).inOrder();
+        assertThat(ranks).isEqualTo(expertTensorsOfRanks(m, p));
+        long total = m.totalParams();
+        assertThat(total).isEqualTo(370_496);
+        Cli.Run info = Cli.run("info", file.toString());
+        assertThat(info.exit()).isEqualTo(0);
+        // rank 0 lacks 11 of the 20 experts: 16·(370,496 − 11·12,288) = 3,765,248 bytes = 3.59 MiB; rank 1 lacks 9: 16·(370,496 −
+        // 9·12,288) = 4,158,464 bytes = 3.97 MiB; the whole model 16·370,496 = 5.65 MiB
+        assertThat(info.out()).contains("""
+                    layer 3 (moe wide, 8 experts, per_rank): rank 0: 0  rank 1: 1-7
+                    parameter memory for training with --expert-parallel (values, gradients, AdamW moments: 16 bytes a parameter):
+                      rank 0: about 3.6 MiB (235K params)
+                      rank 1: about 4.0 MiB (260K params)
+                      every rank with data parallelism: about 5.7 MiB (370K params)
+                """);
+    }
+
+    @Test
+    void infoSaysWhyItShowsNoMemoryForAModelExpertParallelismRefuses() throws Exception {
+        Path file = dir.resolve("latent.moe");
+        Files.writeString(file, RECIPE.replace("routed 8 x swiglu(hidden: 64)", "routed 8 x latent(rank: 16, ffn: swiglu(hidden: 64))")
+                .formatted("  parallel {\n    ranks 2\n  }"));
+        Cli.Run info = Cli.run("info", file.toString());
+        assertWithMessage("%s", info).that(info.exit()).isEqualTo(0);
+        assertThat(info.out()).contains("parameter memory per rank: not shown, --expert-parallel refuses this model: layer 1's MoE has latent experts");
+        assertThat(info.out()).doesNotContain("data parallelism");
     }
 }
