@@ -44,25 +44,7 @@ public final class Communicator implements AutoCloseable {
         this.settleTimeout = settleTimeout;
     }
 
-    /** Whether this communicator was made nonblocking (its calls are polled until enqueued). */
-    boolean nonblocking() {
-        return settleTimeout != null;
-    }
-
-    /**
-     * A second communicator of the same ranks ({@link Nccl#split}): collective, every rank calls it; within {@code timeout}. The
-     * caller closes it.
-     */
-    public Communicator split(Duration timeout) {
-        return nccl.split(this, comm, timeout);
-    }
-
-    /** Whether this NCCL can {@link #split} (2.18+). */
-    public boolean canSplit() {
-        return nccl.canSplit();
-    }
-
-        /** On a nonblocking communicator, waits until the last call is enqueued (its state leaves ncclInProgress). */
+    /** On a nonblocking communicator, waits until the last call is enqueued (its state leaves ncclInProgress). */
     private void settle(String what) {
         if (settleTimeout == null) {
             return;

@@ -78,7 +78,7 @@ public final class Nccl {
 
     private final MethodHandle ncclGetVersion, ncclGetUniqueId, ncclCommInitRank, ncclCommDestroy, ncclCommAbort, ncclCommGetAsyncError,
             ncclCommCount, ncclCommUserRank, ncclCommCuDevice, ncclAllReduce, ncclSend, ncclRecv, ncclGroupStart, ncclGroupEnd,
-            ncclGetErrorString, ncclGetLastError, ncclCommInitRankConfig, ncclCommSplit;
+            ncclGetErrorString, ncclGetLastError, ncclCommInitRankConfig;
 
     /** Loads libnccl once; throws with what was tried and how to fix it when it is missing. */
     public static synchronized Nccl get() {
@@ -99,8 +99,6 @@ public final class Nccl {
         ncclCommInitRankConfig = lib.find("ncclCommInitRankConfig").isPresent()
                 ? fn(lib, "ncclCommInitRankConfig", INT, PTR, INT, UNIQUE_ID, INT, PTR) : null;
         ncclCommDestroy = fn(lib, "ncclCommDestroy", INT, PTR);
-        // NCCL 2.18 and later
-        ncclCommSplit = lib.find("ncclCommSplit").isPresent() ? fn(lib, "ncclCommSplit", INT, PTR, INT, INT, PTR, PTR) : null;
         ncclCommAbort = fn(lib, "ncclCommAbort", INT, PTR);
         ncclCommGetAsyncError = fn(lib, "ncclCommGetAsyncError", INT, PTR, PTR);
         ncclCommCount = fn(lib, "ncclCommCount", INT, PTR, PTR);
@@ -281,60 +279,6 @@ public final class Nccl {
                 Thread.currentThread().interrupt();
                 abortQuietly(comm);
                 throw new CudaException("rank " + rank + ": interrupted while joining the NCCL communicator", e);
-            }
-        }
-    }
-
-    /** Whether {@link #split} is available (NCCL 2.18+). */
-    public boolean canSplit() {
-        return ncclCommSplit != null;
-    }
-
-    /**
-     * A second communicator of the same ranks (ncclCommSplit, every rank one color, keyed by its rank), so that two streams of
-     * collectives (an expert-parallel layer's all-to-alls and the gradient sums) never share a communicator. A collective of
-     * {@code parent}'s ranks; the new one inherits its configuration, so a nonblocking parent's split is polled as the init is, up
-     * to {@code timeout}.
-     */
-    Communicator split(Communicator parent, MemorySegment parentComm, java.time.Duration timeout) {
-        if (ncclCommSplit == null) {
-            throw new IllegalStateException("NCCL " + versionString(version()) + " cannot split a communicator (2.18+)");
-        }
-        String what = "ncclCommSplit(rank " + parent.rank + " of " + parent.ranks + ")";
-        MemorySegment comm;
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment out = arena.allocate(PTR);
-            int rc = call(ncclCommSplit, parentComm, 0, parent.rank, out, MemorySegment.NULL);
-            comm = out.get(ValueLayout.ADDRESS, 0);
-            if (rc != NCCL_SUCCESS && rc != NCCL_IN_PROGRESS) {
-                if (!comm.equals(MemorySegment.NULL)) {
-                    abortQuietly(comm);
-                }
-                check(rc, what, null);
-            }
-        }
-        long deadline = System.nanoTime() + timeout.toNanos();
-        while (true) {
-            int state = asyncError(comm);
-            if (state == NCCL_SUCCESS) {
-                return new Communicator(this, comm, parent.ranks, parent.rank, parent.nonblocking() ? timeout : null);
-            }
-            if (state != NCCL_IN_PROGRESS) {
-                String msg = failure(what, state, errorString(state), lastError(comm));
-                abortQuietly(comm);
-                throw new CudaException("rank " + parent.rank + ": " + msg);
-            }
-            if (System.nanoTime() > deadline) {
-                abortQuietly(comm);
-                throw new CudaException("rank " + parent.rank + ": splitting the NCCL communicator did not complete within " + timeout.toSeconds()
-                        + " s: a rank did not take part; aborted (MOE_NCCL_TIMEOUT_S sets the limit)");
-            }
-            try {
-                Thread.sleep(1);
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                abortQuietly(comm);
-                throw new CudaException("rank " + parent.rank + ": interrupted while splitting the NCCL communicator", e);
             }
         }
     }

@@ -38,8 +38,6 @@ public final class NcclCollective implements Collective, AutoCloseable {
     private List<Parameter> order;
     /** The stream gradient sums overlapped with the backward run on, and its events (created at the first overlapped sum). */
     private MemorySegment sumStream, ready, summed;
-    /** The expert-parallel exchange's own communicator ({@link #deviceExchange}), split from the world's; null until asked. */
-    private Communicator exchangeComm;
     private int started;
 
     public NcclCollective(CudaContext ctx, Communicator comm, Duration timeout) {
@@ -220,28 +218,16 @@ public final class NcclCollective implements Collective, AutoCloseable {
      * watchdog ({@code moe train --expert-parallel}).
      */
     public dev.moe.cuda.dist.DeviceExchange deviceExchange() {
-        if (exchangeComm == null && comm.canSplit()) {
-            // a communicator of its own (collective: every rank asks for the exchange), so that the gradient sums may run on
-            // their stream beside the all-to-alls instead of waiting for the end of the backward
-            ctx.makeCurrent();
-            exchangeComm = comm.split(timeout);
-        }
-        return exchangeComm != null ? new NcclDeviceExchange(ctx, exchangeComm, timeout, true) : new NcclDeviceExchange(ctx, comm, timeout);
+        return new NcclDeviceExchange(ctx, comm, timeout);
     }
 
-    /** Tears the communicators down without waiting for the peers: after this rank failed. */
+    /** Tears the communicator down without waiting for the peers: after this rank failed. */
     public void abort() {
-        if (exchangeComm != null) {
-            exchangeComm.abort();
-        }
         comm.abort();
     }
 
     @Override
     public void close() {
-        if (exchangeComm != null) {
-            exchangeComm.close();
-        }
         comm.close();
     }
 }
