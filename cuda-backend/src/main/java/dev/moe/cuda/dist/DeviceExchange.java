@@ -33,6 +33,14 @@ public interface DeviceExchange {
     /** Work queued on the context's stream after this call sees the rows of the last {@link #startAllToAllV}. */
     default void awaitAllToAllV() {}
 
+    /**
+     * Whether this exchange's collectives run on a communicator of their own, apart from the data-parallel gradient sums', so that
+     * those may run beside them (on another stream) without two streams of collectives sharing one communicator.
+     */
+    default boolean apartFromGradientSums() {
+        return false;
+    }
+
     /** The element-wise sum over ranks of {@code count} floats at {@code buffer}, in place, the same on every rank. */
     void allReduceSum(long buffer, long count);
 }

@@ -61,6 +61,8 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
     private int profiledSteps;
     /** The expert-parallel stages of the MoE layers ({@link #useExpertParallel}), empty without. */
     private final List<ExpertParallelStage> stages = new ArrayList<>();
+    /** The exchange of {@link #useExpertParallel}, or null. */
+    private DeviceExchange exchange;
     private boolean forwarded;
     /** One float for summing the experts' share of the gradient norm over the ranks (local experts only). */
     private DeviceAllocator.Block normScratch;
@@ -291,9 +293,11 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
     @Override
     public void overlapGradientSum(Collective world) {
         // gradients copied to the host right after the backward must not race the sums: then the sum waits for allReduceGradients.
-        // Expert parallelism's all-to-alls run on the compute stream during the backward, over the same NCCL ranks: a sum on the
-        // side stream beside them could interleave two collectives of the ranks differently, so the sum waits for the end then too.
-        overlapWorld = world == Collective.SINGLE || !gradsStay || !stages.isEmpty() ? null : world;
+        // Expert parallelism's all-to-alls run during the backward over the same ranks: sums on the side stream beside them may
+        // only run when the exchange has a communicator of its own (two streams of collectives on one communicator could be
+        // ordered differently on different ranks); otherwise the sum waits for the end.
+        boolean apart = exchange == null || exchange.apartFromGradientSums();
+        overlapWorld = world == Collective.SINGLE || !gradsStay || !apart ? null : world;
         layersSummed = false;
     }
 
@@ -315,6 +319,11 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
     private java.util.SortedMap<Integer, List<long[]>> gradientRuns() {
         if (gradientRuns == null) {
             gradientRuns = w.runsByLayer();
+            if (w.expertsSharded()) {
+                // each rank's experts stay its own: only the replicated parameters are summed
+                List<long[]> replicated = w.replicatedRuns();
+                gradientRuns.replaceAll((layer, runs) -> Runs.intersect(runs, replicated));
+            }
         }
         return gradientRuns;
     }
@@ -406,6 +415,8 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
             if (localExpertsOnly) {
                 keepLocalExperts(exchange, layers, placements);
             }
+            this.exchange = exchange;
+            gradientRuns = null;
         } catch (RuntimeException ex) {
             stages.forEach(ExpertParallelStage::close);
             stages.clear();

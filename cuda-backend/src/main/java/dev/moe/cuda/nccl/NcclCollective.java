@@ -38,6 +38,8 @@ public final class NcclCollective implements Collective, AutoCloseable {
     private List<Parameter> order;
     /** The stream gradient sums overlapped with the backward run on, and its events (created at the first overlapped sum). */
     private MemorySegment sumStream, ready, summed;
+    /** The expert-parallel exchange's own communicator ({@link #deviceExchange}); null until asked for. */
+    private Communicator exchangeComm;
     private int started;
 
     public NcclCollective(CudaContext ctx, Communicator comm, Duration timeout) {
@@ -218,16 +220,33 @@ public final class NcclCollective implements Collective, AutoCloseable {
      * watchdog ({@code moe train --expert-parallel}).
      */
     public dev.moe.cuda.dist.DeviceExchange deviceExchange() {
-        return new NcclDeviceExchange(ctx, comm, timeout);
+        if (exchangeComm == null) {
+            // A communicator of its own, so that the gradient sums may run on their stream beside the all-to-alls instead of
+            // waiting for the end of the backward (two streams of collectives must not share one). Collective: every rank asks for
+            // the exchange. Rank 0's new id reaches the others through the world's communicator (they add zeros).
+            ctx.makeCurrent();
+            Nccl nccl = Nccl.get();
+            long[] id = rank() == 0 ? nccl.uniqueId().toLongs() : new long[UniqueId.BYTES];
+            allReduceSum(id);
+            exchangeComm = "1".equals(System.getenv("MOE_NCCL_BLOCKING_INIT")) ? nccl.initRank(size(), UniqueId.fromLongs(id), rank())
+                    : nccl.initRank(size(), UniqueId.fromLongs(id), rank(), timeout);
+        }
+        return new NcclDeviceExchange(ctx, exchangeComm, timeout, true);
     }
 
-    /** Tears the communicator down without waiting for the peers: after this rank failed. */
+    /** Tears the communicators down without waiting for the peers: after this rank failed. */
     public void abort() {
+        if (exchangeComm != null) {
+            exchangeComm.abort();
+        }
         comm.abort();
     }
 
     @Override
     public void close() {
+        if (exchangeComm != null) {
+            exchangeComm.close();
+        }
         comm.close();
     }
 }

@@ -22,10 +22,24 @@ public final class NcclDeviceExchange implements DeviceExchange {
     private java.lang.foreign.MemorySegment side, queued, arrived;
     private boolean inFlight;
 
+    /** Whether {@link #comm} is this exchange's own (not the gradient sums' too). */
+    private final boolean ownCommunicator;
+
     public NcclDeviceExchange(CudaContext ctx, Communicator comm, Duration timeout) {
+        this(ctx, comm, timeout, false);
+    }
+
+    /** An exchange on {@code comm}, which with {@code ownCommunicator} carries no other collectives (a split of the world's). */
+    public NcclDeviceExchange(CudaContext ctx, Communicator comm, Duration timeout, boolean ownCommunicator) {
         this.ctx = ctx;
         this.comm = comm;
         this.timeout = timeout;
+        this.ownCommunicator = ownCommunicator;
+    }
+
+    @Override
+    public boolean apartFromGradientSums() {
+        return ownCommunicator;
     }
 
     @Override

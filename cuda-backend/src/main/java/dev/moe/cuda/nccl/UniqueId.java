@@ -29,6 +29,30 @@ public record UniqueId(byte[] bytes) {
         return bytes.clone();
     }
 
+    /** One long a byte (0 to 255): summed over ranks of which only one contributes it and the others zeros, it arrives whole. */
+    public long[] toLongs() {
+        long[] out = new long[BYTES];
+        for (int i = 0; i < BYTES; i++) {
+            out[i] = bytes[i] & 0xff;
+        }
+        return out;
+    }
+
+    /** The id of {@link #toLongs}. */
+    public static UniqueId fromLongs(long[] values) {
+        if (values.length != BYTES) {
+            throw new IllegalArgumentException("an NCCL unique id has " + BYTES + " bytes, not " + values.length);
+        }
+        byte[] out = new byte[BYTES];
+        for (int i = 0; i < BYTES; i++) {
+            if (values[i] < 0 || values[i] > 255) {
+                throw new IllegalArgumentException("byte " + i + " of an NCCL unique id is " + values[i] + ": more than one rank sent an id?");
+            }
+            out[i] = (byte) values[i];
+        }
+        return new UniqueId(out);
+    }
+
     public String toHex() {
         return HexFormat.of().formatHex(bytes);
     }
