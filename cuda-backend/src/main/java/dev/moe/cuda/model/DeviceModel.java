@@ -355,13 +355,13 @@ public abstract class DeviceModel implements TrainableModel, DeviceTrainable, Au
 
     /**
      * Runs every MoE layer's routed FFN experts expert-parallel over {@code exchange}'s ranks, {@code placements} saying which
-     * contiguous range of each layer's experts (by the model's layer index, every layer of {@link #expertsByLayer}) this rank
-     * runs. Every rank still holds every expert in its arena (checkpoints do not change): a layer's stage reads its rank's
-     * experts' slices there, and the tokens routed to them come from every rank by all-to-all. So an expert's gradient is
-     * complete on its owner (the sum over every rank's tokens, each rank's loss weight inside its output gradients) and zero on
-     * the other ranks, and the data-parallel sum of the gradient arena ({@link #allReduceGradients}) gives every rank the whole
-     * batch's gradient, as without. Every rank calls it, before the first forward pass, and then runs the same passes (the
-     * all-to-alls are collective); the gradient sum no longer overlaps the backward.
+     * of each layer's experts (by the model's layer index, every layer of {@link #expertsByLayer}) this rank runs. In this form
+     * every rank keeps every expert in its arena: a layer's stage reads its rank's experts there, and the tokens routed to them
+     * come from every rank by all-to-all. So an expert's gradient is complete on its owner (the sum over every rank's tokens,
+     * each rank's loss weight inside its output gradients) and zero on the other ranks, and the data-parallel sum of the gradient
+     * arena ({@link #allReduceGradients}) gives every rank the whole batch's gradient, as without. Every rank calls it, before
+     * the first forward pass, and then runs the same passes (the all-to-alls are collective); the gradient sum overlaps the
+     * backward only when the exchange has a communicator of its own ({@link DeviceExchange#apartFromGradientSums}).
      */
     public void useExpertParallel(DeviceExchange exchange, java.util.Map<Integer, ExpertPlacement> placements) {
         useExpertParallel(exchange, placements, false);
