@@ -105,16 +105,7 @@ public final class ReservedMemory implements AutoCloseable {
             }
             widened.add(new long[] {r[0] / granularity * granularity, Math.min(bytes, (r[1] + granularity - 1) / granularity * granularity)});
         }
-        widened.sort(java.util.Comparator.comparingLong(r -> r[0]));
-        List<long[]> out = new ArrayList<>();
-        for (long[] r : widened) {
-            if (!out.isEmpty() && out.getLast()[1] >= r[0]) {
-                out.getLast()[1] = Math.max(out.getLast()[1], r[1]);
-            } else {
-                out.add(r);
-            }
-        }
-        return out;
+        return Runs.union(widened);
     }
 
     @Override

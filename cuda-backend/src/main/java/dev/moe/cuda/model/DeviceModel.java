@@ -6,6 +6,7 @@ import dev.moe.cuda.CudaLoraMoeLayer;
 import dev.moe.cuda.CudaMoeLayer;
 import dev.moe.cuda.DeviceAllocator;
 import dev.moe.cuda.DeviceOps;
+import dev.moe.cuda.Runs;
 import dev.moe.cuda.dist.DeviceExchange;
 import dev.moe.cuda.dist.ExpertParallelStage;
 import dev.moe.cuda.dist.ExpertPlacement;

@@ -4,6 +4,7 @@ import dev.moe.cuda.CudaContext;
 import dev.moe.cuda.DeviceAllocator;
 import dev.moe.cuda.DeviceOps;
 import dev.moe.cuda.ReservedMemory;
+import dev.moe.cuda.Runs;
 import dev.moe.runtime.Parameter;
 import dev.moe.runtime.train.AdamW;
 import java.lang.foreign.MemorySegment;

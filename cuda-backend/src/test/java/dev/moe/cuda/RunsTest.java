@@ -1,4 +1,4 @@
-package dev.moe.cuda.model;
+package dev.moe.cuda;
 
 import static com.google.common.truth.Truth.assertThat;
 

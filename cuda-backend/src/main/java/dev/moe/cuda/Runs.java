@@ -1,15 +1,15 @@
-package dev.moe.cuda.model;
+package dev.moe.cuda;
 
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
 
 /** Sets of half-open runs {@code {start, end}} of an arena (floats or bytes), kept sorted and disjoint. */
-final class Runs {
+public final class Runs {
     private Runs() {}
 
     /** The runs sorted, empty ones dropped, overlapping or touching ones merged. */
-    static List<long[]> union(List<long[]> runs) {
+    public static List<long[]> union(List<long[]> runs) {
         List<long[]> sorted = new ArrayList<>();
         for (long[] r : runs) {
             if (r[1] > r[0]) {
@@ -29,7 +29,7 @@ final class Runs {
     }
 
     /** What of {@code from} lies outside {@code minus}. */
-    static List<long[]> subtract(List<long[]> from, List<long[]> minus) {
+    public static List<long[]> subtract(List<long[]> from, List<long[]> minus) {
         List<long[]> cut = union(minus);
         List<long[]> out = new ArrayList<>();
         for (long[] r : union(from)) {
@@ -51,7 +51,7 @@ final class Runs {
     }
 
     /** What {@code a} and {@code b} share. */
-    static List<long[]> intersect(List<long[]> a, List<long[]> b) {
+    public static List<long[]> intersect(List<long[]> a, List<long[]> b) {
         List<long[]> out = new ArrayList<>();
         for (long[] x : union(a)) {
             for (long[] y : union(b)) {
@@ -65,7 +65,7 @@ final class Runs {
     }
 
     /** Every bound times {@code factor} (floats to bytes). */
-    static List<long[]> scale(List<long[]> runs, long factor) {
+    public static List<long[]> scale(List<long[]> runs, long factor) {
         return runs.stream().map(r -> new long[] {r[0] * factor, r[1] * factor}).toList();
     }
 }
